@@ -1,0 +1,98 @@
+"""Bearer-token authentication for every RPC except the standard health service."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+import stat
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import grpc
+
+# Health checks must work for load balancers and probes that hold no token.
+UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/",)
+
+
+class TokenError(Exception):
+    """A token file that cannot be used; the message says what to fix."""
+
+
+def load_or_create_token(data_dir: Path, token_file: Path | None) -> tuple[str, Path]:
+    """Reads `token_file`, or DIR/token, creating the latter (mode 0600) on first start."""
+    path = token_file if token_file is not None else data_dir / "token"
+    if token_file is None and not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(32)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another agent on the same dir won the race; read theirs below
+        else:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(token + "\n")
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise TokenError(f"token file {path} does not exist") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise TokenError(
+            f"token file {path} is readable by others (mode {stat.S_IMODE(mode):o}); "
+            f"run: chmod 600 {path}"
+        )
+    token = path.read_text().strip()
+    if len(token) < 16:
+        raise TokenError(f"token file {path} holds fewer than 16 characters; use a longer token")
+    return token, path
+
+
+def bearer_matches(metadata: tuple[tuple[str, str | bytes], ...] | None, token: str) -> bool:
+    expected = f"Bearer {token}".encode()
+    for key, value in metadata or ():
+        if key == "authorization":
+            given = value.encode() if isinstance(value, str) else value
+            return hmac.compare_digest(given, expected)
+    return False
+
+
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+
+
+def _deny_handler(handler: Handler, message: str) -> Handler:
+    async def abort(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    # Requests are never parsed for an unauthenticated caller.
+    def ignore(_: bytes) -> None:
+        return None
+
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(abort, request_deserializer=ignore)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(abort, request_deserializer=ignore)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(abort, request_deserializer=ignore)
+    return grpc.unary_unary_rpc_method_handler(abort, request_deserializer=ignore)
+
+
+class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or method.startswith(UNAUTHENTICATED_PREFIXES):
+            return handler
+        metadata = handler_call_details.invocation_metadata
+        if bearer_matches(metadata, self._token):
+            return handler
+        has_header = any(key == "authorization" for key, _ in metadata or ())
+        reason = "wrong bearer token" if has_header else "missing bearer token"
+        return _deny_handler(handler, f"{reason} for {method}")

@@ -1,0 +1,98 @@
+"""`gantry-agent`: one per node."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from agent.auth import TokenError, load_or_create_token
+from agent.sampler import Sampler
+from agent.server import ListenError, build_server
+
+log = logging.getLogger("gantry.agent")
+STOP_GRACE_S = 2.0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="gantry-agent", description="Gantry node agent")
+    parser.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT (port 0: any)")
+    parser.add_argument("--node-name", required=True, help="this node's name in the cluster")
+    parser.add_argument("--data-dir", required=True, type=Path, help="journal, logs, token")
+    parser.add_argument("--token-file", type=Path, help="default: DATA_DIR/token, created")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    parser.add_argument("--sample-interval", type=float, default=1.0, metavar="SECONDS")
+    parser.add_argument("--history", type=float, default=900.0, metavar="SECONDS")
+    args = parser.parse_args(argv)
+    if args.sample_interval <= 0 or args.history <= 0:
+        parser.error("--sample-interval and --history must be positive")
+    return args
+
+
+def write_endpoint(data_dir: Path, node_name: str, port: int, listen_host: str) -> None:
+    """DATA_DIR/agent.json tells launchers (the demo, tests, `gantry up`) where we listen."""
+    info = {"node": node_name, "address": f"{listen_host}:{port}", "pid": os.getpid()}
+    tmp = data_dir / "agent.json.tmp"
+    tmp.write_text(json.dumps(info) + "\n")
+    tmp.replace(data_dir / "agent.json")
+
+
+async def run_agent(args: argparse.Namespace) -> int:
+    from agent.prometheus import start_metrics_server
+
+    data_dir: Path = args.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        token, token_path = load_or_create_token(data_dir, args.token_file)
+    except TokenError as exc:
+        log.error("%s", exc)
+        return 2
+    sampler = Sampler(args.node_name, interval_s=args.sample_interval, history_s=args.history)
+    try:
+        server, port, health_servicer = await build_server(sampler, token, args.listen)
+    except ListenError as exc:
+        log.error("%s", exc)
+        return 2
+    sampler.start()
+    metrics = None
+    if args.metrics_port is not None:
+        metrics = start_metrics_server(sampler, args.metrics_port)
+        log.info("Prometheus metrics on 127.0.0.1:%d/metrics", metrics[2])
+    await server.start()
+    host = args.listen.rpartition(":")[0]
+    write_endpoint(data_dir, args.node_name, port, host)
+    log.info(
+        "gantry-agent %s listening on %s:%d (token %s)", args.node_name, host, port, token_path
+    )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(STOP_GRACE_S)
+    sampler.stop()
+    if metrics is not None:
+        metrics[0].shutdown()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    sys.exit(asyncio.run(run_agent(args)))
+
+
+if __name__ == "__main__":
+    main()

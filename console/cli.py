@@ -1,0 +1,103 @@
+"""`gantry`: the console (no verb) and its CLI verbs, each with --json where it reports."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+from console.cluster_file import (
+    ClusterFileError,
+    NodeTarget,
+    load_cluster_file,
+    parse_agent_flags,
+)
+
+DEFAULT_CLUSTER_FILES = (Path(".gantry/cluster.yaml"), Path(".gantry/demo/cluster.yaml"))
+
+
+def add_connection_args(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    # Under a verb the defaults are suppressed, so `gantry --cluster F status` and
+    # `gantry status --cluster F` both work.
+    default = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--cluster", type=Path, default=default, help="cluster file (YAML)")
+    parser.add_argument(
+        "--agent",
+        action="append",
+        default=default,
+        metavar="NAME=HOST:PORT",
+        help="an agent to reach (repeatable), instead of a cluster file",
+    )
+    parser.add_argument(
+        "--token-file", type=Path, default=default, help="token file for the --agent nodes"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gantry", description="Operate large-model training from one console."
+    )
+    add_connection_args(parser, suppress=False)
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    status = verbs.add_parser("status", help="every node's state; exits 1 if any is unreachable")
+    add_connection_args(status, suppress=True)
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
+    return parser
+
+
+def resolve_targets(args: argparse.Namespace) -> list[NodeTarget]:
+    if args.agent:
+        if args.cluster is not None:
+            raise ClusterFileError("give either --cluster or --agent, not both")
+        return parse_agent_flags(args.agent, args.token_file)
+    path = args.cluster
+    if path is None and os.environ.get("GANTRY_CLUSTER"):
+        path = Path(os.environ["GANTRY_CLUSTER"])
+    if path is None:
+        path = next((p for p in DEFAULT_CLUSTER_FILES if p.exists()), None)
+    if path is None:
+        raise ClusterFileError(
+            "no cluster given: pass --cluster FILE or --agent NAME=HOST:PORT --token-file F"
+        )
+    targets = load_cluster_file(path)
+    if not targets:
+        raise ClusterFileError(f"{path}: the cluster has no nodes")
+    return targets
+
+
+def cmd_status(args: argparse.Namespace, targets: list[NodeTarget]) -> int:
+    from console.status import gather_status, to_json, to_table
+
+    statuses = asyncio.run(gather_status(targets, args.timeout))
+    if args.json:
+        print(json.dumps(to_json(statuses), indent=2))
+    else:
+        print(to_table(statuses))
+    return 0 if all(s.state == "live" for s in statuses) else 1
+
+
+def cmd_console(targets: list[NodeTarget]) -> int:
+    from console.app import GantryApp
+
+    GantryApp(targets).run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        targets = resolve_targets(args)
+    except ClusterFileError as exc:
+        print(f"gantry: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if args.verb == "status":
+        sys.exit(cmd_status(args, targets))
+    sys.exit(cmd_console(targets))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from console.local_agents import LocalAgent, start_agent, stop_all
+
+StartAgent = Callable[..., LocalAgent]
+
+
+@pytest.fixture
+def local_agents(tmp_path: Path) -> Iterator[StartAgent]:
+    """Starts real `gantry-agent` processes on 127.0.0.1; all are stopped afterwards."""
+    started: list[LocalAgent] = []
+
+    def start(name: str, port: int = 0, extra_args: list[str] | None = None) -> LocalAgent:
+        agent = start_agent(name, tmp_path / "agents" / name, port, extra_args)
+        started.append(agent)
+        return agent
+
+    yield start
+    stop_all(started)
