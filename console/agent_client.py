@@ -24,6 +24,7 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.enable_retries", 0),
+    ("grpc.http2.bdp_probe", 0),
 ]
 
 

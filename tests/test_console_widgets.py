@@ -1,0 +1,448 @@
+"""Console widgets: pure formatting, and the cluster table and screens under App.run_test()."""
+
+from __future__ import annotations
+
+import pytest
+from textual.app import App, ComposeResult
+from textual.widgets import Static
+
+from console.app import GantryApp
+from console.screens.cluster import ClusterScreen
+from console.screens.node import TIMES, GpuPanel, NodeScreen, ScaledSparkline, gpu_values
+from console.store import ClusterStore
+from console.widgets.bars import (
+    DASH,
+    block,
+    fit,
+    format_bytes,
+    format_bytes_pair,
+    format_bytes_short,
+    format_percent,
+    format_rate,
+    format_rate_short,
+    hbar,
+    percent_of,
+)
+from console.widgets.cluster_table import ClusterTable, choose_layout
+from tests.console_fixtures import (
+    FIXED,
+    GIB,
+    LOST_ERROR,
+    NVML_ERROR,
+    cluster_store,
+    make_sample,
+    targets_for,
+)
+
+# -- pure functions -------------------------------------------------------------
+
+
+def test_block_glyphs() -> None:
+    assert block(None) == DASH
+    assert block(0) == "▁"
+    assert block(-3) == "▁"
+    assert block(49) == "▄"
+    assert block(50) == "▅"
+    assert block(100) == "█"
+    assert block(250) == "█"
+    assert block(float("nan")) == "▁"
+
+
+@pytest.mark.parametrize(
+    ("percent", "width", "expected"),
+    [
+        (None, 3, "   "),
+        (0, 4, "    "),
+        (100, 4, "████"),
+        (50, 4, "██  "),
+        (12.5, 1, "▏"),
+        (99, 1, "█"),
+        (60, 5, "███  "),
+        (55, 3, "█▋ "),
+        (40, 0, ""),
+    ],
+)
+def test_hbar(percent: float | None, width: int, expected: str) -> None:
+    assert hbar(percent, width) == expected
+    assert len(hbar(percent, width)) == width
+
+
+def test_hbar_is_always_its_width() -> None:
+    for width in range(1, 9):
+        for tenth in range(-10, 1100):
+            assert len(hbar(tenth / 10, width)) == width
+
+
+def test_percent_formatting() -> None:
+    assert format_percent(None) == DASH
+    assert format_percent(87.4) == "87%"
+    assert percent_of(None, 10) is None
+    assert percent_of(5, 0) is None
+    assert percent_of(5, 20) == 25.0
+
+
+def test_byte_formatting() -> None:
+    assert format_bytes(None) == DASH
+    assert format_bytes(0) == "0 B"
+    assert format_bytes(512) == "512 B"
+    assert format_bytes(1536) == "1.5 KiB"
+    assert format_bytes(12.3 * GIB) == "12.3 GiB"
+    assert format_bytes_pair(64.2 * GIB, 80 * GIB) == "64.2/80.0 GiB"
+    assert format_bytes_pair(300 * GIB, 1024 * GIB) == "300.0 GiB/1.0 TiB"
+    assert format_bytes_pair(None, 80 * GIB) == DASH
+    assert format_bytes_pair(3 * GIB, 0) == "3.0 GiB"
+    assert format_bytes_short(None) == DASH
+    assert format_bytes_short(0) == "0B"
+    assert format_bytes_short(412 * GIB) == "412G"
+    assert format_bytes_short(9.5 * GIB) == "9.5G"
+    assert format_bytes_short(1024 * GIB) == "1.0T"
+    assert format_bytes_short(980 * 1024**2) == "980M"
+
+
+def test_rate_formatting() -> None:
+    assert format_rate(None) == DASH
+    assert format_rate(0) == "0 B/s"
+    assert format_rate(999) == "999 B/s"
+    assert format_rate(1000) == "1.0 kB/s"
+    assert format_rate(1.2e6) == "1.2 MB/s"
+    assert format_rate(3.4e8) == "340 MB/s"
+    assert format_rate(-5) == "0 B/s"
+    assert format_rate_short(1.2e9) == "1.2G"
+    assert format_rate_short(3.4e8) == "340M"
+    for exponent in range(0, 13):  # up to 9.99 TB/s
+        assert len(format_rate(10.0**exponent * 9.99)) <= 8
+        assert len(format_rate_short(10.0**exponent * 9.99)) <= 4
+        assert len(format_bytes_short(2.0**exponent * 1000)) <= 4
+
+
+def test_fit() -> None:
+    assert fit("ab", 4) == "ab  "
+    assert fit("abcdef", 4) == "abc…"
+    assert fit("abcd", 4) == "abcd"
+    assert fit("abc", 0) == ""
+
+
+def test_layout_always_fits_and_narrows_to_block_glyphs() -> None:
+    for width in range(72, 260):  # 72: the narrowest layout with 8 GPUs
+        for slots in (0, 1, 2, 4, 8):
+            layout = choose_layout(width, slots, 8)
+            assert layout.total <= width
+    narrow = choose_layout(79, 8, 7)
+    assert (narrow.util_bar, narrow.mem_bar, narrow.wide) == (0, 0, False)
+    wide = choose_layout(159, 8, 7)
+    assert wide.util_bar >= 2 and wide.wide
+    few = choose_layout(159, 2, 7)
+    assert few.util_bar > 0 and few.mem_bar > 0
+
+
+def test_gpu_values_show_dashes_for_unsupported_fields() -> None:
+    sample = make_sample("n", 1, 0, FIXED, 4, unsupported_gpu=2, error_gpu=3)
+    assert gpu_values(sample.gpus[2])["util"] == DASH
+    assert gpu_values(sample.gpus[2])["power"] == DASH
+    assert gpu_values(sample.gpus[2])["temp"] == "60 °C"
+    assert set(gpu_values(sample.gpus[3]).values()) == {DASH}
+    assert gpu_values(sample.gpus[0])["power"].endswith("/700 W")
+
+
+# -- the app ---------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_app(store: ClusterStore, clock: Clock, interval: float = 0.05) -> GantryApp:
+    return GantryApp(
+        targets_for(store), store=store, connect=False, clock=clock, refresh_interval_s=interval
+    )
+
+
+def table_of(app: GantryApp) -> ClusterTable:
+    return app.screen.query_one(ClusterTable)
+
+
+async def test_rows_appear_for_every_node() -> None:
+    store = cluster_store()
+    app = make_app(store, Clock(FIXED))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert isinstance(app.screen, ClusterScreen)
+        table = table_of(app)
+        assert table.node_names == store.names()
+        texts = [table.row_text(i) for i in range(len(store))]
+        for name, text in zip(store.names(), texts, strict=True):
+            assert text.lstrip().startswith(name)
+        by_name = dict(zip(store.names(), texts, strict=True))
+        assert "live" in by_name["node-00"]
+        assert "lost 12s" in by_name["node-03"]
+        assert "unauth 3s" in by_name["node-04"]
+        assert "connecting" in by_name["node-07"]
+        assert "no GPU" in by_name["node-05"]
+        assert "!" in by_name["node-02"]
+        assert DASH in by_name["node-01"]
+        assert "1.0T" in by_name["node-05"]
+
+
+async def test_wide_terminal_draws_bars_with_percentages() -> None:
+    store = cluster_store()
+    app = make_app(store, Clock(FIXED))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        table = table_of(app)
+        assert table.layout_in_use.util_bar >= 2
+        row = table.row_text(0)
+        assert "GB/s" in row and "MB/s" in row
+        util = store.node("node-00").latest.gpus[0].gpu_util_percent  # type: ignore[union-attr]
+        assert f"{util:3.0f} " in row
+        assert "unauthorized 3s" in table.row_text(4)
+
+
+async def test_cursor_moves_with_keys() -> None:
+    store = cluster_store()
+    app = make_app(store, Clock(FIXED))
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = table_of(app)
+        assert table.cursor_row == 0
+        await pilot.press("down", "j")
+        assert table.cursor_row == 2
+        await pilot.press("k")
+        assert table.cursor_row == 1
+        await pilot.press("end")
+        assert table.cursor_row == len(store) - 1
+        await pilot.press("down")
+        assert table.cursor_row == len(store) - 1
+        await pilot.press("home", "up")
+        assert table.cursor_row == 0
+        await pilot.press("pagedown")
+        assert table.cursor_row == len(store) - 1
+        await pilot.press("pageup")
+        assert table.cursor_row == 0
+        assert table.cursor_node == "node-00"
+
+
+async def test_cursor_scrolls_a_long_table() -> None:
+    store = ClusterStore()
+    for i in range(60):
+        store.add_node(f"n{i:02d}", "h:1", FIXED)
+    app = make_app(store, Clock(FIXED))
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = table_of(app)
+        await pilot.press("end")
+        await pilot.pause()
+        assert table.cursor_row == 59
+        assert table.scroll_offset.y > 0
+        visible = table.size.height - 1
+        assert table.scroll_offset.y <= 59 < table.scroll_offset.y + visible
+        await pilot.press("home")
+        await pilot.pause()
+        assert table.scroll_offset.y == 0
+
+
+async def test_enter_opens_the_node_screen_and_escape_returns() -> None:
+    store = cluster_store()
+    app = make_app(store, Clock(FIXED))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("down", "down")
+        await pilot.press("enter")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, NodeScreen)
+        assert screen.node_name == "node-02"
+        panels = list(screen.query(GpuPanel))
+        assert [p.index for p in panels] == list(range(8))
+        assert panels[5].has_class("-error")
+        assert not panels[0].has_class("-error")
+        summary = str(screen.query_one("#xid-summary", Static).content)
+        assert f"79 {TIMES}1" in summary and f"13 {TIMES}2" in summary
+        events = str(screen.query_one("#xid-list", Static).content)
+        # Newest first.
+        assert events.index("XID 79") < events.index("XID 13")
+        assert len(panels[0].spark_data("util")) == 60
+        assert panels[0].query(ScaledSparkline)
+        await pilot.press("escape")
+        await pilot.pause()
+        assert isinstance(app.screen, ClusterScreen)
+        assert table_of(app).cursor_row == 2
+
+
+async def test_node_screen_updates_gpu_panels_as_they_scroll_into_view() -> None:
+    store = cluster_store(now=FIXED - 1)
+    clock = Clock(FIXED)
+    app = make_app(store, clock)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("enter")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, NodeScreen)
+        first, last = screen.query_one("#gpu-0", GpuPanel), screen.query_one("#gpu-7", GpuPanel)
+        sample = make_sample("node-00", 0, 1000, FIXED, 8)
+        for gpu in sample.gpus:
+            gpu.gpu_util_percent = 100.0
+        store.apply_sample("node-00", sample, FIXED)
+        await pilot.pause(0.2)
+        assert first.value_text("util") == "100%"
+        assert len(first.spark_data("util")) == 61
+        # GPU 7 is below the fold: it is brought up to date once scrolled to.
+        assert last.value_text("util") != "100%"
+        screen.query_one("#gpu-panels").scroll_end(animate=False)
+        await pilot.pause()
+        await pilot.pause()
+        assert last.value_text("util") == "100%"
+        assert len(last.spark_data("util")) == 61
+
+
+async def test_node_screen_without_driver_and_with_unsupported_fields() -> None:
+    store = cluster_store()
+    app = make_app(store, Clock(FIXED))
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.push_screen(NodeScreen("node-05", store, clock=app.clock))
+        await pilot.pause()
+        title = str(app.screen.query_one("#node-title", Static).content)
+        assert f"no NVIDIA driver: {NVML_ERROR}" in title
+        assert app.screen.query_one("#no-gpu", Static)
+        host = str(app.screen.query_one("#node-host", Static).content)
+        assert "CPU" in host and "GiB" in host
+        app.pop_screen()
+        app.push_screen(NodeScreen("node-01", store, clock=app.clock))
+        await pilot.pause()
+        panel = app.screen.query_one("#gpu-2", GpuPanel)
+        assert panel.value_text("util") == DASH
+        assert panel.value_text("power") == DASH
+        assert panel.value_text("temp") == "60 °C"
+        details = str(panel.query_one(".gpu-details", Static).content)
+        assert f"throttle {DASH}" in details
+        assert f"ECC c/u vol {DASH}/{DASH} agg {DASH}/{DASH}" in details
+
+
+async def test_lost_row_age_follows_the_injected_clock() -> None:
+    store = cluster_store()
+    clock = Clock(FIXED)
+    app = make_app(store, clock)
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = table_of(app)
+        assert "lost 12s" in table.row_text(3)
+        await pilot.press("down", "down", "down")
+        await pilot.pause()
+        status = str(app.screen.query_one("#status-line", Static).content)
+        assert status == f"node-03: {LOST_ERROR}"
+        clock.now = FIXED + 1
+        # Live nodes' samples are only 1 s old: nothing expires, the age moves on.
+        app.tick()
+        await pilot.pause()
+        assert "lost 13s" in table.row_text(3)
+        assert "unauth 4s" in table.row_text(4)
+        assert "live" in table.row_text(0)
+
+
+async def test_silent_node_expires_to_lost() -> None:
+    store = cluster_store()
+    clock = Clock(FIXED)
+    app = make_app(store, clock)
+    async with app.run_test(size=(80, 24)) as pilot:
+        clock.now = FIXED + 30
+        app.tick()
+        await pilot.pause()
+        text = table_of(app).row_text(0)
+        assert "lost 30s" in text
+
+
+async def test_unchanged_rows_are_not_rendered_again() -> None:
+    store = cluster_store()
+    app = make_app(store, Clock(FIXED))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        table = table_of(app)
+        rendered = table.rows_rendered
+        assert rendered >= len(store)
+        table.refresh()  # a full repaint: every visible line drawn from the cache
+        await pilot.pause()
+        app.refresh_screen()
+        app.tick()
+        await pilot.pause()
+        assert table.rows_rendered == rendered
+
+
+async def test_store_changes_are_drawn_after_the_refresh_interval() -> None:
+    store = cluster_store(now=FIXED - 2)
+    app = make_app(store, Clock(FIXED), interval=0.05)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        table = table_of(app)
+        # Every sampled row was drawn once; the lost node's sample is 20 s older.
+        assert list(table.repaint_delays_s) == [2.0, 2.0, 2.0, 22.0, 2.0, 2.0]
+        rendered = table.rows_rendered
+        before = table.row_text(0)
+        sample = make_sample("node-00", 0, 1000, FIXED - 1, 8)
+        for gpu in sample.gpus:
+            gpu.gpu_util_percent = 100.0
+        store.apply_sample("node-00", sample, FIXED - 1)
+        await pilot.pause(0.2)
+        after = table.row_text(0)
+        assert after != before
+        assert "████████" in after
+        # Only the changed row was built again.
+        assert table.rows_rendered == rendered + 1
+        assert list(table.repaint_delays_s)[-1] == 1.0
+        assert len(table.repaint_delays_s) == 7
+
+
+class TableApp(App[None]):
+    """The table alone, to see the messages it posts."""
+
+    def __init__(self, store: ClusterStore) -> None:
+        super().__init__()
+        self.store = store
+        self.selected: list[str] = []
+        self.highlighted: list[str] = []
+
+    def compose(self) -> ComposeResult:
+        yield ClusterTable(self.store, clock=lambda: FIXED)
+
+    def on_cluster_table_node_selected(self, message: ClusterTable.NodeSelected) -> None:
+        self.selected.append(message.node_name)
+
+    def on_cluster_table_node_highlighted(self, message: ClusterTable.NodeHighlighted) -> None:
+        self.highlighted.append(message.node_name)
+
+
+async def test_table_posts_selected_and_highlighted() -> None:
+    app = TableApp(cluster_store())
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = app.query_one(ClusterTable)
+        table.focus()
+        await pilot.press("down", "down", "enter")
+        await pilot.pause()
+        assert app.selected == ["node-02"]
+        assert app.highlighted[0] == "node-00"
+        assert app.highlighted[-1] == "node-02"
+        await pilot.click(ClusterTable, offset=(3, 4))
+        await pilot.pause()
+        assert table.cursor_row == 3
+        await pilot.click(ClusterTable, offset=(3, 4), times=2)
+        await pilot.pause()
+        assert app.selected == ["node-02", "node-03"]
+
+
+async def test_enter_on_a_lost_node_shows_its_error() -> None:
+    store = cluster_store()
+    app = make_app(store, Clock(FIXED))
+    async with app.run_test(size=(80, 24)) as pilot:
+        table_of(app).cursor_row = 3
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, NodeScreen)
+        title = str(app.screen.query_one("#node-title", Static).content)
+        assert "lost 12s" in title and LOST_ERROR in title
+
+
+async def test_quit_key_exits() -> None:
+    store = cluster_store()
+    app = make_app(store, Clock(FIXED))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("q")
+        await pilot.pause()
+    assert app.return_code == 0
