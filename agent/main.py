@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from agent.auth import TokenError, load_or_create_token
+from agent.runtime import build_job_runtime
 from agent.sampler import Sampler
 from agent.server import ListenError, build_server
 
@@ -53,12 +54,17 @@ async def run_agent(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 2
     sampler = Sampler(args.node_name, interval_s=args.sample_interval, history_s=args.history)
+    gpus = [gpu.index for gpu in sampler.node_info().gpus]
+    runtime = build_job_runtime(args.node_name, data_dir, gpus)
     try:
-        server, port, health_servicer = await build_server(sampler, token, args.listen)
+        server, port, health_servicer = await build_server(
+            sampler, token, args.listen, runtime.jobs
+        )
     except ListenError as exc:
         log.error("%s", exc)
         return 2
     sampler.start()
+    await runtime.start()
     metrics = None
     if args.metrics_port is not None:
         metrics = start_metrics_server(sampler, args.metrics_port)
@@ -78,6 +84,7 @@ async def run_agent(args: argparse.Namespace) -> int:
     log.info("stopping")
     await health_servicer.enter_graceful_shutdown()
     await server.stop(STOP_GRACE_S)
+    await runtime.close()
     sampler.stop()
     if metrics is not None:
         metrics[0].shutdown()

@@ -12,6 +12,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from agent.auth import TokenAuthInterceptor
+from agent.job_service import JobService
 from agent.sampler import Sampler
 from agent.service import AgentServicer
 
@@ -53,7 +54,7 @@ def check_loopback(host: str) -> None:
 
 
 async def build_server(
-    sampler: Sampler, token: str, listen: str
+    sampler: Sampler, token: str, listen: str, jobs: JobService
 ) -> tuple[grpc.aio.Server, int, HealthServicer]:
     """Creates the server (inside the running loop) and binds it; returns the bound port."""
     host, port = split_listen(listen)
@@ -68,7 +69,7 @@ async def build_server(
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ],
     )
-    agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(sampler), server)
+    agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(sampler, jobs), server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

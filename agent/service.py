@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 from gantry.v1 import agent_service_pb2, agent_service_pb2_grpc, telemetry_pb2
 
+from agent.job_service import JobRpcs, JobService
 from agent.sampler import Sampler
 
 RECENT_XID_EVENTS = 100
@@ -17,9 +18,10 @@ RECENT_XID_EVENTS = 100
 WATCH_QUEUE_LIMIT = 120
 
 
-class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
-    def __init__(self, sampler: Sampler) -> None:
+class AgentServicer(JobRpcs, agent_service_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
+    def __init__(self, sampler: Sampler, jobs: JobService) -> None:
         self.sampler = sampler
+        self.jobs = jobs
 
     async def GetNodeInfo(
         self,

@@ -40,15 +40,20 @@ def percentile(values: list[float], q: float) -> float:
 
 # -- the agents' side (child process) --------------------------------------------------
 async def serve_agents(nodes: int, gpus: int, interval_s: float) -> None:
+    import tempfile
+
+    from agent.runtime import build_job_runtime
     from agent.sampler import Sampler
     from agent.server import build_server
     from tests.fakes.fake_nvml import FakeNvml
 
     token = "bench-token-" + "x" * 32
+    data_root = Path(tempfile.mkdtemp(prefix="gantry-fanin-"))
     samplers, servers, ports = [], [], []
     for i in range(nodes):
         sampler = Sampler(f"node-{i:03d}", nvml_lib=FakeNvml(gpus, seed=i), interval_s=interval_s)
-        server, port, _ = await build_server(sampler, token, "127.0.0.1:0")
+        runtime = build_job_runtime(f"node-{i:03d}", data_root / f"node-{i:03d}", [])
+        server, port, _ = await build_server(sampler, token, "127.0.0.1:0", runtime.jobs)
         await server.start()
         samplers.append(sampler)
         servers.append(server)

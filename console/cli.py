@@ -16,6 +16,7 @@ from console.cluster_file import (
     parse_agent_flags,
 )
 
+JOB_VERBS = ("launch", "jobs", "job", "stop", "restart", "logs")
 DEFAULT_CLUSTER_FILES = (Path(".gantry/cluster.yaml"), Path(".gantry/demo/cluster.yaml"))
 
 
@@ -46,6 +47,36 @@ def build_parser() -> argparse.ArgumentParser:
     add_connection_args(status, suppress=True)
     status.add_argument("--json", action="store_true", help="print JSON")
     status.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
+
+    launch = verbs.add_parser("launch", help="send a job spec (YAML) to its first node's agent")
+    launch.add_argument("spec", type=Path, metavar="JOB.yaml")
+    jobs = verbs.add_parser("jobs", help="every job the cluster's agents lead")
+    job = verbs.add_parser("job", help="one job: attempts, ranks, checkpoints")
+    job.add_argument("name")
+    stop = verbs.add_parser("stop", help="stop a job's ranks on every node")
+    stop.add_argument("name")
+    stop.add_argument("--grace", type=float, default=10.0, metavar="SECONDS")
+    restart = verbs.add_parser("restart", help="a new attempt now, from the latest checkpoint")
+    restart.add_argument("name")
+    restart.add_argument("--node", default="", help="the node with the fault (for the record)")
+    restart.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="NODE",
+        help="go on without NODE (resumes from a universal checkpoint at the smaller size)",
+    )
+    restart.add_argument("--from", dest="from_checkpoint", default="", metavar="CHECKPOINT")
+    logs = verbs.add_parser("logs", help="a rank's log")
+    logs.add_argument("name")
+    logs.add_argument("--rank", type=int, default=0)
+    logs.add_argument("--attempt", type=int, default=0, help="default: the latest")
+    logs.add_argument("--stderr", action="store_true", help="stderr instead of stdout")
+    logs.add_argument("--tail", type=int, default=200, metavar="LINES")
+    logs.add_argument("-f", "--follow", action="store_true")
+    for verb in (launch, jobs, job, stop, restart, logs):
+        add_connection_args(verb, suppress=True)
+        verb.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -96,6 +127,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     if args.verb == "status":
         sys.exit(cmd_status(args, targets))
+    if args.verb in JOB_VERBS:
+        from console.job_verbs import run_job_verb
+
+        sys.exit(run_job_verb(args, targets))
     sys.exit(cmd_console(targets))
 
 

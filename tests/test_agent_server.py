@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from agent.auth import TokenError, load_or_create_token
+from agent.runtime import build_job_runtime
 from agent.sampler import Sampler
 from agent.server import ListenError, build_server, check_loopback, split_listen
 from tests.fakes.fake_nvml import FakeNvml
@@ -36,13 +37,16 @@ class RunningAgent:
 async def agent(tmp_path: Path) -> AsyncIterator[RunningAgent]:
     sampler = Sampler("node-a", nvml_lib=FakeNvml(gpu_count=8), interval_s=0.02)
     token, _ = load_or_create_token(tmp_path, None)
-    server, port, _ = await build_server(sampler, token, "127.0.0.1:0")
+    runtime = build_job_runtime("node-a", tmp_path, [])
+    server, port, _ = await build_server(sampler, token, "127.0.0.1:0", runtime.jobs)
     sampler.start()
+    await runtime.start()
     await server.start()
     try:
         yield RunningAgent(f"127.0.0.1:{port}", token, sampler)
     finally:
         await server.stop(0)
+        await runtime.close()
         sampler.stop()
 
 

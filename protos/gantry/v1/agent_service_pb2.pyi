@@ -39,11 +39,23 @@ class WatchNodeResponse(_message.Message):
     replayed: bool
     def __init__(self, sample: _Optional[_Union[_telemetry_pb2.NodeSample, _Mapping]] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
+class PeerAgent(_message.Message):
+    __slots__ = ("name", "address", "token")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    address: str
+    token: str
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...
+
 class SubmitJobRequest(_message.Message):
-    __slots__ = ("spec",)
+    __slots__ = ("spec", "peers")
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
     spec: _job_pb2.JobSpec
-    def __init__(self, spec: _Optional[_Union[_job_pb2.JobSpec, _Mapping]] = ...) -> None: ...
+    peers: _containers.RepeatedCompositeFieldContainer[PeerAgent]
+    def __init__(self, spec: _Optional[_Union[_job_pb2.JobSpec, _Mapping]] = ..., peers: _Optional[_Iterable[_Union[PeerAgent, _Mapping]]] = ...) -> None: ...
 
 class SubmitJobResponse(_message.Message):
     __slots__ = ("job",)
@@ -162,7 +174,7 @@ class ListCheckpointsResponse(_message.Message):
     def __init__(self, checkpoints: _Optional[_Iterable[_Union[_job_pb2.Checkpoint, _Mapping]]] = ...) -> None: ...
 
 class StartRanksRequest(_message.Message):
-    __slots__ = ("spec", "attempt", "master_addr", "master_port", "world_size", "ranks", "resume_from")
+    __slots__ = ("spec", "attempt", "master_addr", "master_port", "world_size", "ranks", "resume_from", "validate_only", "leader")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     MASTER_ADDR_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +182,8 @@ class StartRanksRequest(_message.Message):
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     RANKS_FIELD_NUMBER: _ClassVar[int]
     RESUME_FROM_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
     spec: _job_pb2.JobSpec
     attempt: int
     master_addr: str
@@ -177,7 +191,9 @@ class StartRanksRequest(_message.Message):
     world_size: int
     ranks: _containers.RepeatedScalarFieldContainer[int]
     resume_from: str
-    def __init__(self, spec: _Optional[_Union[_job_pb2.JobSpec, _Mapping]] = ..., attempt: _Optional[int] = ..., master_addr: _Optional[str] = ..., master_port: _Optional[int] = ..., world_size: _Optional[int] = ..., ranks: _Optional[_Iterable[int]] = ..., resume_from: _Optional[str] = ...) -> None: ...
+    validate_only: bool
+    leader: str
+    def __init__(self, spec: _Optional[_Union[_job_pb2.JobSpec, _Mapping]] = ..., attempt: _Optional[int] = ..., master_addr: _Optional[str] = ..., master_port: _Optional[int] = ..., world_size: _Optional[int] = ..., ranks: _Optional[_Iterable[int]] = ..., resume_from: _Optional[str] = ..., validate_only: _Optional[bool] = ..., leader: _Optional[str] = ...) -> None: ...
 
 class StartRanksResponse(_message.Message):
     __slots__ = ("ranks",)

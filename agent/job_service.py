@@ -1,0 +1,199 @@
+"""The job half of AgentService: operator verbs (answered by a job's leader) and the
+agent-to-agent calls that start and stop this node's ranks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from gantry.v1 import agent_service_pb2
+
+from agent.event_bus import EventBus
+from agent.launch_checks import LaunchCheckError, check_launch
+from agent.leader import JobError, JobLeader
+from agent.local_supervisor import LocalSupervisor
+from agent.peers import NodeRefused
+from agent.rank_layout import list_checkpoints
+
+Context = grpc.aio.ServicerContext[Any, Any]
+FOLLOW_POLL_S = 0.25
+STATUS_FOR = {
+    "invalid": grpc.StatusCode.INVALID_ARGUMENT,
+    "not_found": grpc.StatusCode.NOT_FOUND,
+    "exists": grpc.StatusCode.ALREADY_EXISTS,
+    "unavailable": grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+class JobService:
+    def __init__(
+        self,
+        node_name: str,
+        supervisor: LocalSupervisor,
+        bus: EventBus,
+        gpus: list[int],
+    ) -> None:
+        self.node_name = node_name
+        self.supervisor = supervisor
+        self.bus = bus
+        self.gpus = gpus
+        self.leader: JobLeader | None = None
+
+    # -- this node's ranks (called by the leader, locally or over gRPC) -------------
+    async def start_ranks(
+        self, request: agent_service_pb2.StartRanksRequest
+    ) -> agent_service_pb2.StartRanksResponse:
+        try:
+            # The module check runs an interpreter: keep it off the event loop.
+            await asyncio.to_thread(check_launch, request.spec, request.resume_from)
+        except LaunchCheckError as exc:
+            raise NodeRefused(f"{self.node_name}: {exc}") from None
+        if request.validate_only:
+            return agent_service_pb2.StartRanksResponse()
+        try:
+            ranks = self.supervisor.start_ranks(
+                request.spec,
+                request.attempt,
+                list(request.ranks),
+                request.world_size,
+                request.master_addr,
+                request.master_port,
+                request.resume_from,
+                gpus=self.gpus,
+                leader=request.leader,
+            )
+        except ValueError as exc:
+            raise NodeRefused(f"{self.node_name}: {exc}") from None
+        return agent_service_pb2.StartRanksResponse(ranks=ranks)
+
+    async def stop_ranks(
+        self, request: agent_service_pb2.StopRanksRequest
+    ) -> agent_service_pb2.StopRanksResponse:
+        grace = request.grace_s if request.grace_s > 0 else None
+        ranks = await self.supervisor.stop_ranks(request.job_name, request.attempt, grace)
+        return agent_service_pb2.StopRanksResponse(ranks=ranks)
+
+    def _leader(self) -> JobLeader:
+        assert self.leader is not None, "JobService used before its leader was set"
+        return self.leader
+
+
+async def _abort_job_error(context: Context, exc: JobError) -> None:
+    await context.abort(STATUS_FOR.get(exc.code, grpc.StatusCode.INVALID_ARGUMENT), str(exc))
+
+
+class JobRpcs:
+    """Mixed into AgentServicer: the job RPCs, delegating to `self.jobs`."""
+
+    jobs: JobService
+
+    async def SubmitJob(
+        self, request: agent_service_pb2.SubmitJobRequest, context: Context
+    ) -> agent_service_pb2.SubmitJobResponse:
+        try:
+            job = await self.jobs._leader().submit(request.spec, list(request.peers))
+        except JobError as exc:
+            await _abort_job_error(context, exc)
+            raise
+        return agent_service_pb2.SubmitJobResponse(job=job)
+
+    async def StopJob(
+        self, request: agent_service_pb2.StopJobRequest, context: Context
+    ) -> agent_service_pb2.StopJobResponse:
+        try:
+            job = await self.jobs._leader().stop(request.name, request.grace_s)
+        except JobError as exc:
+            await _abort_job_error(context, exc)
+            raise
+        return agent_service_pb2.StopJobResponse(job=job)
+
+    async def RestartJob(
+        self, request: agent_service_pb2.RestartJobRequest, context: Context
+    ) -> agent_service_pb2.RestartJobResponse:
+        try:
+            job = await self.jobs._leader().restart(
+                request.name, request.node, list(request.exclude_nodes), request.from_checkpoint
+            )
+        except JobError as exc:
+            await _abort_job_error(context, exc)
+            raise
+        return agent_service_pb2.RestartJobResponse(job=job)
+
+    async def ListJobs(
+        self, request: agent_service_pb2.ListJobsRequest, context: Context
+    ) -> agent_service_pb2.ListJobsResponse:
+        return agent_service_pb2.ListJobsResponse(jobs=self.jobs._leader().list_jobs())
+
+    async def DescribeJob(
+        self, request: agent_service_pb2.DescribeJobRequest, context: Context
+    ) -> agent_service_pb2.DescribeJobResponse:
+        try:
+            job = self.jobs._leader().describe(request.name)
+        except JobError as exc:
+            await _abort_job_error(context, exc)
+            raise
+        checkpoints = await asyncio.to_thread(list_checkpoints, job.spec.checkpoint_dir)
+        return agent_service_pb2.DescribeJobResponse(job=job, checkpoints=checkpoints)
+
+    async def ListCheckpoints(
+        self, request: agent_service_pb2.ListCheckpointsRequest, context: Context
+    ) -> agent_service_pb2.ListCheckpointsResponse:
+        try:
+            spec = self.jobs._leader().spec(request.job_name)
+        except JobError as exc:
+            await _abort_job_error(context, exc)
+            raise
+        checkpoints = await asyncio.to_thread(list_checkpoints, spec.checkpoint_dir)
+        return agent_service_pb2.ListCheckpointsResponse(checkpoints=checkpoints)
+
+    async def WatchJobEvents(
+        self, request: agent_service_pb2.WatchJobEventsRequest, context: Context
+    ) -> AsyncIterator[agent_service_pb2.WatchJobEventsResponse]:
+        async for event in self.jobs.bus.follow(
+            request.job_name, request.after_seq, follow=request.follow
+        ):
+            yield agent_service_pb2.WatchJobEventsResponse(event=event)
+
+    async def TailRankLog(
+        self, request: agent_service_pb2.TailRankLogRequest, context: Context
+    ) -> AsyncIterator[agent_service_pb2.TailRankLogResponse]:
+        supervisor = self.jobs.supervisor
+        stream = request.stream or "stdout"
+        try:
+            chunk = supervisor.tail_log(
+                request.job_name,
+                request.attempt,
+                request.rank,
+                stream,
+                request.tail_lines or 100,
+                request.from_offset or None,
+            )
+        except (KeyError, ValueError) as exc:
+            missing = isinstance(exc, KeyError)
+            code = grpc.StatusCode.NOT_FOUND if missing else grpc.StatusCode.INVALID_ARGUMENT
+            await context.abort(code, str(exc).strip("'\""))
+            raise
+        yield agent_service_pb2.TailRankLogResponse(lines=chunk.lines)
+        while request.follow:
+            await asyncio.sleep(FOLLOW_POLL_S)
+            chunk = supervisor.tail_log(
+                request.job_name, request.attempt, request.rank, stream, 0, chunk.next_offset
+            )
+            if chunk.lines:
+                yield agent_service_pb2.TailRankLogResponse(lines=chunk.lines)
+
+    async def StartRanks(
+        self, request: agent_service_pb2.StartRanksRequest, context: Context
+    ) -> agent_service_pb2.StartRanksResponse:
+        try:
+            return await self.jobs.start_ranks(request)
+        except NodeRefused as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise
+
+    async def StopRanks(
+        self, request: agent_service_pb2.StopRanksRequest, context: Context
+    ) -> agent_service_pb2.StopRanksResponse:
+        return await self.jobs.stop_ranks(request)

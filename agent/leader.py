@@ -1,0 +1,625 @@
+"""The job leader: the agent of a job's first node starts every rank of every node,
+watches them all, and on any failure stops them all and starts a new attempt from
+the latest checkpoint, within the job's restart policy."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gantry.v1 import agent_service_pb2, job_pb2
+
+from agent.event_bus import EventBus
+from agent.peers import LocalNode, NodeApi, NodeRefused, NodeUnreachable, RemoteNode
+from agent.rank_layout import assign_ranks, latest_checkpoint
+from agent.universal import UniversalError, convert_to_universal
+
+log = logging.getLogger("gantry.agent")
+
+JS = job_pb2.JobState
+EK = job_pb2.JobEventKind
+ACTIVE = (
+    JS.JOB_STATE_PENDING,
+    JS.JOB_STATE_STARTING,
+    JS.JOB_STATE_RUNNING,
+    JS.JOB_STATE_RESTARTING,
+)
+STOP_GRACE_S = 10.0
+
+
+class JobError(Exception):
+    """A request the leader refuses; the message is one line naming what to fix."""
+
+    def __init__(self, message: str, *, code: str = "invalid") -> None:
+        super().__init__(message)
+        self.code = code  # "invalid", "not_found", "exists", "unavailable"
+
+
+class Outcome(enum.Enum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    RESTART = "restart"
+
+
+@dataclass
+class Command:
+    kind: str  # "stop" or "restart"
+    grace_s: float = STOP_GRACE_S
+    exclude: tuple[str, ...] = ()
+    from_checkpoint: str = ""
+    done: asyncio.Future[None] | None = None
+
+
+@dataclass
+class LedJob:
+    job: job_pb2.Job
+    peers: dict[str, agent_service_pb2.PeerAgent]
+    nodes: dict[str, NodeApi] = field(default_factory=dict)
+    commands: asyncio.Queue[Command] = field(default_factory=asyncio.Queue)
+    task: asyncio.Task[None] | None = None
+
+
+def _now_ts(msg: job_pb2.Attempt | job_pb2.Job, attr: str) -> None:
+    getattr(msg, attr).FromNanoseconds(time.time_ns())
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class JobLeader:
+    def __init__(
+        self,
+        node_name: str,
+        data_dir: Path,
+        bus: EventBus,
+        local: LocalNode,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        make_remote: Callable[[agent_service_pb2.PeerAgent], NodeApi] = RemoteNode,
+    ) -> None:
+        self.node_name = node_name
+        self.root = data_dir / "jobs"
+        self.bus = bus
+        self.local = local
+        self._sleep = sleep
+        self._make_remote = make_remote
+        self._jobs: dict[str, LedJob] = {}
+
+    # -- operator verbs ---------------------------------------------------------
+    async def submit(
+        self, spec: job_pb2.JobSpec, peers: list[agent_service_pb2.PeerAgent]
+    ) -> job_pb2.Job:
+        validate_spec(spec)
+        existing = self._jobs.get(spec.name)
+        if existing is not None and existing.job.state in ACTIVE:
+            raise JobError(f"job {spec.name} is already running; stop it first", code="exists")
+        known = {p.name: p for p in peers}
+        known.setdefault(self.node_name, agent_service_pb2.PeerAgent(name=self.node_name))
+        if spec.nodes[0].node != self.node_name:
+            raise JobError(
+                f"job {spec.name} must be sent to its first node's agent ({spec.nodes[0].node}),"
+                f" not {self.node_name}"
+            )
+        for entry in spec.nodes:
+            if entry.node not in known:
+                raise JobError(
+                    f"unknown node {entry.node} (the cluster has {', '.join(sorted(known))})"
+                )
+        led = LedJob(
+            job_pb2.Job(spec=spec, state=JS.JOB_STATE_PENDING, leader=self.node_name), peers=known
+        )
+        _now_ts(led.job, "created")
+        led.nodes = {name: self._node(known[name]) for name in {n.node for n in spec.nodes}}
+        # Everything is checked on every node before anything starts.
+        await self._check_nodes(led, self._resume_for_first_attempt(spec))
+        self._jobs[spec.name] = led
+        self._event(led, EK.JOB_EVENT_KIND_SUBMITTED, f"submitted to {self.node_name}")
+        self._save(led)
+        led.task = asyncio.create_task(self._run(led), name=f"job:{spec.name}")
+        return led.job
+
+    async def stop(self, name: str, grace_s: float) -> job_pb2.Job:
+        led = self._get(name)
+        if led.job.state in ACTIVE and led.task is not None and not led.task.done():
+            await self._command(led, Command("stop", grace_s=grace_s or STOP_GRACE_S))
+        return led.job
+
+    async def restart(
+        self, name: str, node: str, exclude: list[str], from_checkpoint: str
+    ) -> job_pb2.Job:
+        led = self._get(name)
+        nodes = {n.node for n in led.job.spec.nodes}
+        for bad in [node, *exclude]:
+            if bad and bad not in nodes:
+                raise JobError(f"node {bad} is not part of job {name} ({', '.join(sorted(nodes))})")
+        if exclude and set(exclude) >= nodes:
+            raise JobError("cannot exclude every node of the job")
+        if exclude and latest_checkpoint(led.job.spec.checkpoint_dir) is None:
+            where = led.job.spec.checkpoint_dir or "the job's checkpoint_dir (unset)"
+            raise JobError(f"--exclude needs a checkpoint to convert, and {where} has none")
+        command = Command("restart", exclude=tuple(exclude), from_checkpoint=from_checkpoint)
+        why = f"operator restart{f' (fault on {node})' if node else ''}"
+        if exclude:
+            why += f" excluding {', '.join(exclude)}"
+        self._event(led, EK.JOB_EVENT_KIND_OPERATOR_ACTION, why)
+        if led.task is not None and not led.task.done():
+            await self._command(led, command)
+        else:
+            led.job.state = JS.JOB_STATE_PENDING
+            led.task = asyncio.create_task(self._run(led, command), name=f"job:{name}")
+        return led.job
+
+    def list_jobs(self) -> list[job_pb2.Job]:
+        return [led.job for led in self._jobs.values()]
+
+    def describe(self, name: str) -> job_pb2.Job:
+        return self._get(name).job
+
+    def spec(self, name: str) -> job_pb2.JobSpec:
+        return self._get(name).job.spec
+
+    # -- agent lifecycle --------------------------------------------------------
+    async def recover(self) -> None:
+        """After an agent restart: pick up the jobs this node was leading."""
+        if not self.root.is_dir():
+            return
+        for path in sorted(self.root.glob("*/job.pb")):
+            job = job_pb2.Job.FromString(path.read_bytes())
+            peers = {}
+            peers_file = path.parent / "peers.json"
+            if peers_file.exists():
+                for entry in json.loads(peers_file.read_text()):
+                    peers[entry["name"]] = agent_service_pb2.PeerAgent(**entry)
+            led = LedJob(job, peers)
+            led.nodes = {
+                n: self._node(peers[n]) for n in {x.node for x in job.spec.nodes} if n in peers
+            }
+            self._jobs[job.spec.name] = led
+            if job.state in ACTIVE:
+                log.info(
+                    "resuming supervision of job %s (attempt %d)", job.spec.name, len(job.attempts)
+                )
+                led.task = asyncio.create_task(
+                    self._run(led, adopt=True), name=f"job:{job.spec.name}"
+                )
+
+    async def close(self) -> None:
+        for led in self._jobs.values():
+            if led.task is not None:
+                led.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await led.task
+            for node in led.nodes.values():
+                await node.close()
+
+    # -- the attempt loop -------------------------------------------------------
+    async def _run(self, led: LedJob, first: Command | None = None, adopt: bool = False) -> None:
+        job = led.job
+        command = first
+        try:
+            while True:
+                if adopt and job.attempts and job.attempts[-1].state == JS.JOB_STATE_RUNNING:
+                    adopt = False
+                    attempt = job.attempts[-1]
+                else:
+                    attempt = await self._start_attempt(led, command)
+                    command = None
+                outcome, reason = (Outcome.FAILED, attempt.reason)
+                if attempt.state == JS.JOB_STATE_RUNNING:
+                    outcome, reason, command = await self._watch(led, attempt)
+                if outcome is Outcome.SUCCEEDED:
+                    self._finish(
+                        led,
+                        JS.JOB_STATE_SUCCEEDED,
+                        "every rank exited 0",
+                        EK.JOB_EVENT_KIND_SUCCEEDED,
+                    )
+                    return
+                if outcome is Outcome.STOPPED:
+                    self._finish(led, JS.JOB_STATE_STOPPED, reason, EK.JOB_EVENT_KIND_STOPPED)
+                    return
+                if outcome is Outcome.RESTART:
+                    continue
+                policy = job.spec.restart
+                if job.restarts_used >= policy.max_restarts:
+                    self._finish(
+                        led,
+                        JS.JOB_STATE_FAILED,
+                        f"{reason}; out of restarts ({job.restarts_used}/{policy.max_restarts})",
+                        EK.JOB_EVENT_KIND_FAILED,
+                    )
+                    return
+                job.restarts_used += 1
+                job.state = JS.JOB_STATE_RESTARTING
+                self._event(
+                    led,
+                    EK.JOB_EVENT_KIND_RESTARTING,
+                    f"restart {job.restarts_used}/{policy.max_restarts}"
+                    f" in {policy.backoff_s:g}s after: {reason}",
+                )
+                self._save(led)
+                command = await self._backoff(led, policy.backoff_s)
+                if command is not None and command.kind == "stop":
+                    self._finish(
+                        led,
+                        JS.JOB_STATE_STOPPED,
+                        "stopped by the operator",
+                        EK.JOB_EVENT_KIND_STOPPED,
+                    )
+                    _resolve(command)
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a leader bug must not leave ranks running unsupervised
+            log.exception("job %s: leader failed", job.spec.name)
+            if job.attempts:
+                await self._stop_attempt(led, job.attempts[-1], STOP_GRACE_S)
+            self._finish(led, JS.JOB_STATE_FAILED, f"leader error: {exc}", EK.JOB_EVENT_KIND_FAILED)
+
+    async def _backoff(self, led: LedJob, seconds: float) -> Command | None:
+        try:
+            return await asyncio.wait_for(led.commands.get(), timeout=seconds)
+        except TimeoutError:
+            return None
+
+    async def _start_attempt(self, led: LedJob, command: Command | None) -> job_pb2.Attempt:
+        job = led.job
+        spec = job.spec
+        previous = job.attempts[-1] if job.attempts else None
+        excluded = set(previous.excluded_nodes) if previous is not None else set()
+        resume = self._resume_for_first_attempt(spec) if previous is None else _latest_path(spec)
+        attempt_spec = job_pb2.JobSpec()
+        attempt_spec.CopyFrom(spec)
+        if command is not None:
+            excluded |= set(command.exclude)
+            if command.from_checkpoint:
+                resume = command.from_checkpoint
+        attempt = job.attempts.add(
+            number=len(job.attempts) + 1,
+            state=JS.JOB_STATE_STARTING,
+            master_port=free_port(),
+            excluded_nodes=sorted(excluded),
+        )
+        _now_ts(attempt, "started")
+        job.state = JS.JOB_STATE_STARTING
+        if command is not None and command.exclude:
+            try:
+                resume = await convert_to_universal(Path(resume) if resume else None)
+            except UniversalError as exc:
+                return self._attempt_failed(led, attempt, str(exc))
+            attempt_spec.env["GANTRY_LOAD_UNIVERSAL"] = "1"
+        elif previous is not None and previous.excluded_nodes:
+            # Still on the smaller world: its checkpoints load only universally.
+            attempt_spec.env["GANTRY_LOAD_UNIVERSAL"] = "1"
+            if resume:
+                with contextlib.suppress(UniversalError):
+                    resume = await convert_to_universal(Path(resume))
+        attempt.resumed_from = resume
+        layout, world = assign_ranks(list(spec.nodes), excluded)
+        master_addr = self._master_addr(led)
+        self._event(
+            led,
+            EK.JOB_EVENT_KIND_ATTEMPT_STARTED,
+            f"attempt {attempt.number}: {world} ranks on {', '.join(n for n, _ in layout)}"
+            + (f", resuming from {resume}" if resume else ", fresh start"),
+            attempt=attempt.number,
+        )
+        started: list[str] = []
+        for node, ranks in layout:
+            request = agent_service_pb2.StartRanksRequest(
+                spec=attempt_spec,
+                attempt=attempt.number,
+                master_addr=master_addr,
+                master_port=attempt.master_port,
+                world_size=world,
+                ranks=ranks,
+                resume_from=resume,
+                leader=self.node_name,
+            )
+            try:
+                reply = await led.nodes[node].start_ranks(request)
+            except (NodeUnreachable, NodeRefused) as exc:
+                for done in started:
+                    with contextlib.suppress(NodeUnreachable, NodeRefused):
+                        await led.nodes[done].stop_ranks(
+                            agent_service_pb2.StopRanksRequest(
+                                job_name=spec.name, attempt=attempt.number, grace_s=STOP_GRACE_S
+                            )
+                        )
+                return self._attempt_failed(led, attempt, f"could not start ranks on {node}: {exc}")
+            started.append(node)
+            attempt.ranks.extend(reply.ranks)
+        attempt.state = JS.JOB_STATE_RUNNING
+        job.state = JS.JOB_STATE_RUNNING
+        self._save(led)
+        return attempt
+
+    def _attempt_failed(
+        self, led: LedJob, attempt: job_pb2.Attempt, reason: str
+    ) -> job_pb2.Attempt:
+        attempt.state = JS.JOB_STATE_FAILED
+        attempt.reason = reason
+        _now_ts(attempt, "ended")
+        self._event(led, EK.JOB_EVENT_KIND_ATTEMPT_FAILED, reason, attempt=attempt.number)
+        self._save(led)
+        return attempt
+
+    async def _watch(
+        self, led: LedJob, attempt: job_pb2.Attempt
+    ) -> tuple[Outcome, str, Command | None]:
+        job = led.job
+        name = job.spec.name
+        queue: asyncio.Queue[tuple[str, job_pb2.JobEvent]] = asyncio.Queue()
+        nodes_in_attempt = sorted({r.node for r in attempt.ranks})
+
+        async def pump(node: str) -> None:
+            async for event in led.nodes[node].events(name, 0):
+                await queue.put((node, event))
+
+        pumps = [asyncio.create_task(pump(n)) for n in nodes_in_attempt]
+        getter: asyncio.Task[tuple[str, job_pb2.JobEvent]] | None = None
+        commander: asyncio.Task[Command] | None = None
+        expected = {r.rank for r in attempt.ranks}
+        exited: set[int] = set()
+        try:
+            while True:
+                getter = getter or asyncio.create_task(queue.get())
+                commander = commander or asyncio.create_task(led.commands.get())
+                done, _ = await asyncio.wait(
+                    {getter, commander}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if commander in done:
+                    command = commander.result()
+                    commander = None
+                    await self._stop_attempt(led, attempt, command.grace_s)
+                    if command.kind == "stop":
+                        attempt.state = JS.JOB_STATE_STOPPED
+                        attempt.reason = "stopped by the operator"
+                        self._save(led)
+                        _resolve(command)
+                        return Outcome.STOPPED, "stopped by the operator", None
+                    attempt.state = JS.JOB_STATE_STOPPED
+                    attempt.reason = "restarted by the operator"
+                    self._save(led)
+                    _resolve(command)
+                    return Outcome.RESTART, attempt.reason, command
+                if getter not in done:
+                    continue
+                node, event = getter.result()
+                getter = None
+                if event.attempt != attempt.number:
+                    continue
+                if node != self.node_name:
+                    self._copy_remote(event, node)
+                self._apply(attempt, event)
+                kind = event.kind
+                if kind == EK.JOB_EVENT_KIND_RANK_EXITED:
+                    exited.add(event.rank)
+                    if exited >= expected:
+                        attempt.state = JS.JOB_STATE_SUCCEEDED
+                        _now_ts(attempt, "ended")
+                        return Outcome.SUCCEEDED, "", None
+                elif kind in (EK.JOB_EVENT_KIND_RANK_FAILED, EK.JOB_EVENT_KIND_RANK_HUNG):
+                    what = "hung" if kind == EK.JOB_EVENT_KIND_RANK_HUNG else "failed"
+                    reason = f"rank {event.rank} on {event.node} {what}: {event.message}"
+                    await self._stop_attempt(led, attempt, STOP_GRACE_S)
+                    attempt.state = JS.JOB_STATE_FAILED
+                    attempt.reason = reason
+                    self._event(
+                        led, EK.JOB_EVENT_KIND_ATTEMPT_FAILED, reason, attempt=attempt.number
+                    )
+                    self._save(led)
+                    return Outcome.FAILED, reason, None
+        finally:
+            for task in [*pumps, getter, commander]:
+                if task is not None:
+                    task.cancel()
+            for task in pumps:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _stop_attempt(self, led: LedJob, attempt: job_pb2.Attempt, grace_s: float) -> None:
+        request = agent_service_pb2.StopRanksRequest(
+            job_name=led.job.spec.name, attempt=attempt.number, grace_s=grace_s
+        )
+        nodes = sorted({r.node for r in attempt.ranks})
+
+        async def stop_one(node: str) -> None:
+            try:
+                reply = await led.nodes[node].stop_ranks(request)
+            except (NodeUnreachable, NodeRefused) as exc:
+                log.warning("job %s: stopping ranks on %s: %s", led.job.spec.name, node, exc)
+                return
+            for rank in reply.ranks:
+                _merge_rank(attempt, rank)
+
+        await asyncio.gather(*(stop_one(n) for n in nodes))
+        _now_ts(attempt, "ended")
+
+    # -- helpers ----------------------------------------------------------------
+    async def _check_nodes(self, led: LedJob, resume: str) -> None:
+        spec = led.job.spec
+        layout, world = assign_ranks(list(spec.nodes), set())
+
+        async def check(node: str, ranks: list[int]) -> None:
+            api = led.nodes[node]
+            try:
+                await api.ping()
+                await api.start_ranks(
+                    agent_service_pb2.StartRanksRequest(
+                        spec=spec,
+                        attempt=0,
+                        world_size=world,
+                        ranks=ranks,
+                        resume_from=resume,
+                        validate_only=True,
+                        leader=self.node_name,
+                    )
+                )
+            except NodeUnreachable as exc:
+                raise JobError(str(exc), code="unavailable") from None
+            except NodeRefused as exc:
+                raise JobError(str(exc)) from None
+
+        await asyncio.gather(*(check(n, r) for n, r in layout))
+
+    def _resume_for_first_attempt(self, spec: job_pb2.JobSpec) -> str:
+        resume = spec.restart.resume
+        if resume in ("", "latest"):
+            return str(_latest_path(spec) or "") if resume == "latest" else ""
+        return resume
+
+    def _master_addr(self, led: LedJob) -> str:
+        hosts = {p.address.rpartition(":")[0] for p in led.peers.values() if p.address}
+        if all(h in ("127.0.0.1", "localhost", "[::1]", "") for h in hosts):
+            return "127.0.0.1"
+        return socket.getfqdn()
+
+    def _node(self, peer: agent_service_pb2.PeerAgent) -> NodeApi:
+        if peer.name == self.node_name:
+            return self.local
+        return self._make_remote(peer)
+
+    def _get(self, name: str) -> LedJob:
+        led = self._jobs.get(name)
+        if led is None:
+            raise JobError(f"no job named {name} on {self.node_name}", code="not_found")
+        return led
+
+    async def _command(self, led: LedJob, command: Command) -> None:
+        command.done = asyncio.get_running_loop().create_future()
+        await led.commands.put(command)
+        await command.done
+
+    def _apply(self, attempt: job_pb2.Attempt, event: job_pb2.JobEvent) -> None:
+        for rank in attempt.ranks:
+            if rank.rank != event.rank:
+                continue
+            if event.HasField("metrics"):
+                rank.metrics.CopyFrom(event.metrics)
+                rank.last_heartbeat.CopyFrom(event.time)
+            kind = event.kind
+            if kind == EK.JOB_EVENT_KIND_RANK_EXITED:
+                rank.state = job_pb2.RankState.RANK_STATE_EXITED
+            elif kind == EK.JOB_EVENT_KIND_RANK_FAILED:
+                rank.state = job_pb2.RankState.RANK_STATE_FAILED
+                rank.reason = event.message
+            elif kind == EK.JOB_EVENT_KIND_RANK_HUNG:
+                rank.state = job_pb2.RankState.RANK_STATE_HUNG
+                rank.reason = event.message
+            elif kind in (
+                EK.JOB_EVENT_KIND_RANK_STARTED,
+                EK.JOB_EVENT_KIND_METRICS,
+            ) and rank.state in (
+                job_pb2.RankState.RANK_STATE_PENDING,
+                job_pb2.RankState.RANK_STATE_STARTING,
+            ):
+                rank.state = job_pb2.RankState.RANK_STATE_RUNNING
+
+    def _copy_remote(self, event: job_pb2.JobEvent, node: str) -> None:
+        copy = job_pb2.JobEvent()
+        copy.CopyFrom(event)
+        copy.details["origin"] = node
+        copy.details["origin_seq"] = str(event.seq)
+        self.bus.publish(copy)
+
+    def _event(
+        self, led: LedJob, kind: job_pb2.JobEventKind, message: str, attempt: int = 0
+    ) -> None:
+        event = job_pb2.JobEvent(
+            job_name=led.job.spec.name,
+            attempt=attempt or len(led.job.attempts),
+            kind=kind,
+            node=self.node_name,
+            rank=-1,
+            message=message,
+        )
+        event.time.FromNanoseconds(time.time_ns())
+        self.bus.publish(event)
+        log.info("job %s: %s", led.job.spec.name, message)
+
+    def _finish(
+        self,
+        led: LedJob,
+        state: job_pb2.JobState,
+        reason: str,
+        kind: job_pb2.JobEventKind,
+    ) -> None:
+        led.job.state = state
+        led.job.reason = reason
+        self._event(led, kind, reason)
+        self._save(led)
+
+    def _save(self, led: LedJob) -> None:
+        folder = self.root / led.job.spec.name
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / "job.pb.tmp"
+        tmp.write_bytes(led.job.SerializeToString())
+        tmp.replace(folder / "job.pb")
+        peers_file = folder / "peers.json"
+        if not peers_file.exists():
+            # Holds the peers' tokens: private to the agent's user.
+            fd = os.open(peers_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            entries = [
+                {"name": p.name, "address": p.address, "token": p.token} for p in led.peers.values()
+            ]
+            with os.fdopen(fd, "w") as handle:
+                json.dump(entries, handle)
+
+
+def _latest_path(spec: job_pb2.JobSpec) -> str:
+    path = latest_checkpoint(spec.checkpoint_dir)
+    return str(path) if path is not None else ""
+
+
+def _merge_rank(attempt: job_pb2.Attempt, rank: job_pb2.Rank) -> None:
+    for existing in attempt.ranks:
+        if existing.rank == rank.rank:
+            metrics = job_pb2.RankMetrics()
+            metrics.CopyFrom(existing.metrics)
+            existing.CopyFrom(rank)
+            if not rank.HasField("metrics"):
+                existing.metrics.CopyFrom(metrics)
+            return
+
+
+def _resolve(command: Command) -> None:
+    if command.done is not None and not command.done.done():
+        command.done.set_result(None)
+
+
+def validate_spec(spec: job_pb2.JobSpec) -> None:
+    """The leader's own check of what the console already validated: RPCs can come
+    from anywhere."""
+    import re
+
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", spec.name):
+        raise JobError(f"job name {spec.name!r} must be lower-case letters, digits and '-'")
+    if not spec.nodes:
+        raise JobError(f"job {spec.name} names no nodes")
+    if not spec.command:
+        raise JobError(f"job {spec.name} has no command")
+    seen: set[str] = set()
+    for entry in spec.nodes:
+        if entry.node in seen:
+            raise JobError(f"node {entry.node} is listed twice")
+        seen.add(entry.node)
+    for field_name in ("hang_timeout_s", "collective_timeout_s"):
+        if getattr(spec, field_name) < 0:
+            raise JobError(f"{field_name} must be >= 0")
+    if spec.restart.backoff_s < 0:
+        raise JobError("restart.backoff_s must be >= 0")

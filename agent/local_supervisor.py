@@ -1,0 +1,774 @@
+"""The node-local half of the supervisor: starts, watches and stops this node's ranks.
+
+A job's leader calls ``start_ranks`` / ``stop_ranks`` on every node of the job; the agent
+calls ``poll`` periodically (or runs ``run``). Each poll tails every live rank's metrics
+file (and, for a rank that does not report, DeepSpeed's progress lines on its stdout),
+applies state edges (``agent.rank_states``), notices exits and hangs, and journals the
+resulting events together with the offsets it read up to, so an agent restart (``readopt``,
+done on construction) neither loses nor repeats anything.
+
+Hangs: a rank with no new record for ``spec.hang_timeout_s`` gets SIGUSR1 (for the
+faulthandler it registered), its stacks are read from its stderr ``stack_wait_s`` later,
+and it is killed and counted FAILED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from gantry.v1 import job_pb2
+
+from agent import rank_process
+from agent.journal import AttemptRow, Journal, RankRow, rank_to_pb
+from agent.launch_checks import resolve_argv
+from agent.metrics_records import (
+    DeepSpeedStdoutParser,
+    Record,
+    RecordKind,
+    RecordParser,
+    merge_metrics,
+)
+from agent.rank_process import RankHandle, describe_exit
+from agent.rank_states import TERMINAL_RANK_STATES, RankEdge, RankState, transition
+from agent.tailer import MAX_READ_BYTES, Chunk, last_lines, read_lines
+
+__all__ = [
+    "LocalSupervisor",
+    "LogChunk",
+    "extract_stacks",
+    "rank_argv",
+    "rank_env",
+]
+
+log = logging.getLogger(__name__)
+
+OnEvent = Callable[[job_pb2.JobEvent], None]
+Clock = Callable[[], float]
+
+JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+STACK_WAIT_S = 2.0
+STOP_GRACE_S = 10.0
+HEARTBEAT_S = 5.0
+MAX_STACK_BYTES = 256 * 1024
+# Per rank and poll: enough for any sane reporter, bounded for a runaway one.
+MAX_POLL_BYTES = 8 * MAX_READ_BYTES
+MAX_LOG_LINES = 10_000
+STREAMS = ("stdout", "stderr")
+
+_K = job_pb2.JobEventKind
+
+
+def rank_argv(spec: job_pb2.JobSpec, resume_from: str = "") -> list[str]:
+    argv = resolve_argv(spec)
+    if resume_from:
+        argv += ["--resume_from_checkpoint", resume_from]
+    return argv
+
+
+def rank_env(
+    base: Mapping[str, str],
+    spec: job_pb2.JobSpec,
+    *,
+    attempt: int,
+    rank: int,
+    local_rank: int,
+    local_world_size: int,
+    world_size: int,
+    master_addr: str,
+    master_port: int,
+    metrics_path: Path,
+    gpus: Sequence[int],
+    heartbeat_s: float,
+) -> dict[str, str]:
+    """The agent's environment, then the job's ``env``, then what Gantry itself decides.
+
+    On a GPU node every local rank sees all of the node's GPUs and picks ``LOCAL_RANK``
+    among them, as the ``deepspeed`` launcher does (scripts call ``set_device(local_rank)``).
+    """
+    env = {**base, "PYTHONUNBUFFERED": "1", **spec.env}
+    if spec.hang_timeout_s > 0:
+        heartbeat_s = min(heartbeat_s, spec.hang_timeout_s / 4)
+    env.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(local_rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(local_world_size),
+        MASTER_ADDR=master_addr,
+        MASTER_PORT=str(master_port),
+        GANTRY_JOB=spec.name,
+        GANTRY_ATTEMPT=str(attempt),
+        GANTRY_METRICS_FILE=str(metrics_path),
+        GANTRY_HEARTBEAT_S=f"{heartbeat_s:g}",
+    )
+    if spec.collective_timeout_s > 0:
+        env["GANTRY_COLLECTIVE_TIMEOUT_S"] = f"{spec.collective_timeout_s:g}"
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
+    elif "DS_ACCELERATOR" not in spec.env:
+        env["DS_ACCELERATOR"] = "cpu"
+    return env
+
+
+_THREAD_HEADER = re.compile(r"^(?:Current thread|Thread) 0x[0-9a-fA-F]+")
+
+
+def extract_stacks(text: str) -> str:
+    """The faulthandler dump(s) in ``text``: thread headers and their frame lines."""
+    out: list[str] = []
+    inside = False
+    for line in text.splitlines():
+        if _THREAD_HEADER.match(line):
+            inside = True
+            out.append(line)
+        elif inside and (line.startswith("  ") or not line.strip()):
+            out.append(line)
+        else:
+            inside = False
+    return "\n".join(out).strip("\n")
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    lines: list[job_pb2.LogLine]
+    next_offset: int  # where a follow-up read starts
+
+
+@dataclass
+class _Live:
+    """What the supervisor keeps in memory about a rank it watches."""
+
+    row: RankRow
+    handle: RankHandle | None  # None: no process (gone while the agent was away)
+    hang_timeout_s: float
+    last_progress: float  # supervisor clock
+    metrics_offset: int = 0
+    stdout_offset: int = 0
+    exit_code: int | None = None  # the code, once known without a handle
+    records: RecordParser = field(default_factory=RecordParser)
+    deepspeed: DeepSpeedStdoutParser = field(default_factory=DeepSpeedStdoutParser)
+    hung_at: float | None = None
+    stack_offset: int = 0
+    stop_owned: bool = False  # stop_ranks is stopping it: poll leaves it alone
+    stop_deadline: float | None = None  # a STOPPING rank re-adopted: SIGKILL at this time
+
+    @property
+    def state(self) -> RankState:
+        return RankState(self.row.state)
+
+    def poll_exit(self) -> int | None:
+        return self.exit_code if self.handle is None else self.handle.poll()
+
+
+@dataclass
+class _Batch:
+    """One rank's changes from one poll: journaled in one transaction, then announced."""
+
+    events: list[job_pb2.JobEvent] = field(default_factory=list)
+    offsets: dict[str, int] = field(default_factory=dict)
+
+
+class LocalSupervisor:
+    """This node's ranks, for every job: spawn, watch (``poll``), stop, re-adopt."""
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        node_name: str,
+        journal: Journal,
+        *,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+        on_event: OnEvent | None = None,
+        base_env: Mapping[str, str] | None = None,
+        stack_wait_s: float = STACK_WAIT_S,
+        stop_grace_s: float = STOP_GRACE_S,
+        heartbeat_s: float = HEARTBEAT_S,
+        readopt: bool = True,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.node_name = node_name
+        self.journal = journal
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.on_event = on_event
+        self.base_env = dict(os.environ if base_env is None else base_env)
+        self.stack_wait_s = stack_wait_s
+        self.stop_grace_s = stop_grace_s
+        self.heartbeat_s = heartbeat_s
+        self._live: dict[tuple[str, int, int], _Live] = {}
+        if readopt:
+            self.readopt()
+
+    # --- paths ------------------------------------------------------------------------------
+
+    def rank_dir(self, job: str, attempt: int, rank: int) -> Path:
+        if not JOB_NAME.match(job):
+            raise ValueError(f"job name {job!r}: use letters, digits, '.', '_' and '-'")
+        return self.data_dir / "jobs" / job / f"attempt-{attempt}" / f"rank-{rank}"
+
+    def live_keys(self) -> list[tuple[str, int, int]]:
+        """(job, attempt, rank) of the ranks being watched."""
+        return list(self._live)
+
+    # --- start ------------------------------------------------------------------------------
+
+    def start_ranks(
+        self,
+        spec: job_pb2.JobSpec,
+        attempt: int,
+        ranks: Sequence[int],
+        world_size: int,
+        master_addr: str,
+        master_port: int,
+        resume_from: str = "",
+        *,
+        gpus: Sequence[int] = (),
+        local_ranks: Sequence[int] | None = None,
+        leader: str = "",
+    ) -> list[job_pb2.Rank]:
+        """Starts this node's ``ranks`` (global numbers) of one attempt; returns them.
+
+        ``local_ranks`` defaults to 0..n-1 in the order given; ``gpus`` are this node's GPU
+        indices for the job (empty: a CPU node, ``DS_ACCELERATOR=cpu``). A rank whose
+        process cannot be started ends FAILED (its event says why); nothing raises for that.
+        """
+        self.rank_dir(spec.name, attempt, 0)  # validates the job name
+        if not spec.command:
+            raise ValueError("the job spec has no command")
+        if not ranks:
+            raise ValueError("no ranks to start")
+        locals_ = list(range(len(ranks))) if local_ranks is None else list(local_ranks)
+        if len(locals_) != len(ranks) or len(set(ranks)) != len(ranks):
+            raise ValueError("ranks and local_ranks must be distinct and of equal length")
+        if gpus and max(locals_) >= len(gpus):
+            raise ValueError(f"{len(ranks)} local ranks but only GPUs {list(gpus)}")
+        for rank in ranks:
+            if not 0 <= rank < world_size:
+                raise ValueError(f"rank {rank} is outside world size {world_size}")
+            if self.journal.get_rank(spec.name, attempt, rank) is not None:
+                raise ValueError(f"{spec.name} attempt {attempt} rank {rank} was already started")
+
+        now = self.wall_clock()
+        rows: list[RankRow] = []
+        with self.journal.transaction():
+            self.journal.ensure_job(spec, leader=leader, created=now)
+            self.journal.add_attempt(
+                AttemptRow(
+                    spec.name,
+                    attempt,
+                    job_pb2.JOB_STATE_STARTING,
+                    started=now,
+                    resumed_from=resume_from,
+                    master_port=master_port,
+                )
+            )
+            for rank, local_rank in zip(ranks, locals_, strict=True):
+                row = self._new_row(spec.name, attempt, rank, local_rank, gpus)
+                self.journal.upsert_rank(row)
+                rows.append(row)
+
+        argv = rank_argv(spec, resume_from)
+        started: list[job_pb2.Rank] = []
+        for row in rows:
+            env = rank_env(
+                self.base_env,
+                spec,
+                attempt=attempt,
+                rank=row.rank,
+                local_rank=row.local_rank,
+                local_world_size=len(rows),
+                world_size=world_size,
+                master_addr=master_addr,
+                master_port=master_port,
+                metrics_path=Path(row.metrics_path),
+                gpus=gpus,
+                heartbeat_s=self.heartbeat_s,
+            )
+            started.append(self._spawn(row, argv, env, spec))
+        return started
+
+    def _new_row(
+        self, job: str, attempt: int, rank: int, local_rank: int, gpus: Sequence[int]
+    ) -> RankRow:
+        rank_dir = self.rank_dir(job, attempt, rank)
+        paths = {
+            name: rank_dir / name
+            for name in ("stdout.log", "stderr.log", "metrics.jsonl", "exit_code")
+        }
+        # Left over from a deleted job of the same name: never read as this run's.
+        for path in paths.values():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            self.journal.set_offset(path, 0)
+        return RankRow(
+            job=job,
+            attempt=attempt,
+            rank=rank,
+            local_rank=local_rank,
+            node=self.node_name,
+            state=RankState.PENDING,
+            stdout_path=str(paths["stdout.log"]),
+            stderr_path=str(paths["stderr.log"]),
+            metrics_path=str(paths["metrics.jsonl"]),
+            exit_path=str(paths["exit_code"]),
+            gpu_indices=(gpus[local_rank],) if gpus else (),
+        )
+
+    def _spawn(
+        self, row: RankRow, argv: list[str], env: dict[str, str], spec: job_pb2.JobSpec
+    ) -> job_pb2.Rank:
+        batch = _Batch()
+        try:
+            handle = rank_process.spawn(
+                argv,
+                env,
+                spec.working_dir or None,
+                Path(row.stdout_path),
+                Path(row.stderr_path),
+                Path(row.exit_path),
+            )
+        except OSError as e:
+            reason = f"could not start: {e}"
+            row = self._edge(row, RankEdge.SPAWN_FAILED, reason=reason, ended=self.wall_clock())
+            self._emit(batch, row, _K.JOB_EVENT_KIND_RANK_FAILED, reason)
+            self._commit(row, batch)
+            return rank_to_pb(row)
+        row = self._edge(
+            row,
+            RankEdge.SPAWN,
+            pid=handle.pid,
+            create_time=handle.create_time,
+            started=self.wall_clock(),
+        )
+        self._emit(
+            batch,
+            row,
+            _K.JOB_EVENT_KIND_RANK_STARTED,
+            f"rank {row.rank} started, pid {handle.pid}",
+            details={"pid": str(handle.pid), "argv": " ".join(argv)},
+        )
+        self._live[row.key] = _Live(row, handle, spec.hang_timeout_s, self.clock())
+        self._commit(row, batch)
+        return rank_to_pb(row)
+
+    # --- watch ------------------------------------------------------------------------------
+
+    async def run(self, period_s: float = 0.2) -> None:
+        """Polls forever (until cancelled)."""
+        while True:
+            try:
+                await self.poll()
+            except Exception:
+                log.exception("supervisor poll failed")
+            await asyncio.sleep(period_s)
+
+    async def poll(self) -> None:
+        """One round over every watched rank: records, exits, hangs."""
+        for key, live in list(self._live.items()):
+            if live.stop_owned:
+                continue
+            try:
+                done = self._poll_rank(live)
+            except Exception:
+                log.exception("polling %s failed", key)
+                continue
+            if done:
+                del self._live[key]
+
+    def _poll_rank(self, live: _Live) -> bool:
+        """Returns True when nothing is left to watch for this rank."""
+        now = self.clock()
+        before = live.row
+        code = live.poll_exit()  # before reading: all the rank wrote is then in the files
+        batch = _Batch()
+        drained = self._read_records(live, batch, now)
+        row = live.row
+        state = live.state
+        if state in TERMINAL_RANK_STATES:
+            # FAILED after a hang, or KILLED: only the exit code was still missing.
+            if code is not None and row.exit_code is None:
+                row = replace(row, exit_code=code, ended=row.ended or self.wall_clock())
+        elif code is not None and drained:
+            row = self._exited(live, row, code, batch)
+        elif state == RankState.HUNG and live.hung_at is not None:
+            if now - live.hung_at >= self.stack_wait_s:
+                row = self._dump_stacks_and_fail(live, row, batch)
+        elif state == RankState.STOPPING:
+            if live.stop_deadline is not None and now >= live.stop_deadline and live.handle:
+                live.handle.kill()
+        elif (
+            state in (RankState.STARTING, RankState.RUNNING)
+            and live.hang_timeout_s > 0
+            and now - live.last_progress > live.hang_timeout_s
+        ):
+            row = self._hang_detected(live, row, batch, now)
+        live.row = row
+        if row != before or batch.events or batch.offsets:
+            self._commit(row, batch)
+        return RankState(row.state) in TERMINAL_RANK_STATES and row.exit_code is not None
+
+    def _read_records(self, live: _Live, batch: _Batch, now: float) -> bool:
+        """Applies what the rank wrote since the last poll; True if all of it was read."""
+        records: list[Record] = []
+        live.metrics_offset, drained = self._read(
+            live.row.metrics_path, live.metrics_offset, batch, live.records.parse, records
+        )
+        if live.row.metrics_source != "file":
+            live.stdout_offset, out_drained = self._read(
+                live.row.stdout_path, live.stdout_offset, batch, live.deepspeed.parse, records
+            )
+            drained = drained and out_drained
+        if records:
+            self._apply_records(live, records, batch, now)
+        return drained
+
+    @staticmethod
+    def _read(
+        path: str,
+        offset: int,
+        batch: _Batch,
+        parse: Callable[[str], Record | None],
+        out: list[Record],
+    ) -> tuple[int, bool]:
+        budget = MAX_POLL_BYTES
+        chunk = Chunk(offset=offset, more=True)
+        while chunk.more and budget > 0:
+            chunk = read_lines(path, chunk.offset, min(budget, MAX_READ_BYTES))
+            budget -= MAX_READ_BYTES
+            for line in chunk.lines:
+                record = parse(line.text)
+                if record is not None:
+                    out.append(record)
+        if chunk.offset != offset:
+            batch.offsets[path] = chunk.offset
+        return chunk.offset, not chunk.more
+
+    def _apply_records(self, live: _Live, records: list[Record], batch: _Batch, now: float) -> None:
+        row = live.row
+        live.last_progress = now
+        heartbeat = row.last_heartbeat
+        metrics = row.last_metrics
+        source = row.metrics_source
+        pending: job_pb2.RankMetrics | None = None  # consecutive records of one step
+        for record in records:
+            when = record.time if record.time is not None else self.wall_clock()
+            heartbeat = when if heartbeat is None else max(heartbeat, when)
+            if record.kind == RecordKind.METRICS and record.metrics is not None:
+                if record.source == "stdout" and source == "file":
+                    continue  # the rank reports itself; DeepSpeed's lines add nothing
+                source = "file" if record.source == "file" else (source or "stdout")
+                if pending is not None and pending.step != record.metrics.step:
+                    self._metrics_event(batch, row, pending)
+                    pending = None
+                pending = merge_metrics(pending, record.metrics)
+                metrics = merge_metrics(metrics, record.metrics)
+            elif record.kind == RecordKind.CHECKPOINT:
+                details = {"tag": record.tag, "path": record.path}
+                if record.step is not None:
+                    details["step"] = str(record.step)
+                self._emit(
+                    batch,
+                    row,
+                    _K.JOB_EVENT_KIND_CHECKPOINT_SAVED,
+                    f"checkpoint {record.tag or record.path} saved",
+                    details=details,
+                    when=when,
+                )
+        if pending is not None:
+            self._metrics_event(batch, row, pending)
+        row = replace(row, last_heartbeat=heartbeat, last_metrics=metrics, metrics_source=source)
+        if RankState(row.state) == RankState.STARTING:
+            row = self._edge(row, RankEdge.FIRST_REPORT)
+        live.row = row
+
+    def _metrics_event(self, batch: _Batch, row: RankRow, metrics: job_pb2.RankMetrics) -> None:
+        when = metrics.time.ToNanoseconds() / 1e9 if metrics.HasField("time") else None
+        self._emit(batch, row, _K.JOB_EVENT_KIND_METRICS, "", metrics=metrics, when=when)
+
+    def _exited(self, live: _Live, row: RankRow, code: int, batch: _Batch) -> RankRow:
+        state = live.state
+        ended = self.wall_clock()
+        details = {"exit_code": str(code)}
+        if state == RankState.STOPPING:
+            # Re-adopted while being stopped: the stop completes now.
+            edge = RankEdge.EXIT_DURING_STOP if code == 0 else RankEdge.STOPPED
+            row = self._edge(row, edge, exit_code=code, ended=ended, reason="stopped")
+            details["state"] = RankState(row.state).name
+            message = f"rank {row.rank} stopped ({describe_exit(code)})"
+            self._emit(batch, row, _K.JOB_EVENT_KIND_RANK_EXITED, message, details=details)
+            return row
+        if code == 0:
+            row = self._edge(row, RankEdge.EXIT_OK, exit_code=0, ended=ended, reason="")
+            details["state"] = RankState(row.state).name
+            message = f"rank {row.rank} exited"
+            self._emit(batch, row, _K.JOB_EVENT_KIND_RANK_EXITED, message, details=details)
+            return row
+        reason = describe_exit(code)
+        if state == RankState.HUNG:
+            reason = f"hung, then {reason}"
+            stacks = self._stacks(live)
+            if stacks:
+                details["stacks"] = stacks
+        row = self._edge(row, RankEdge.EXIT_ERROR, exit_code=code, ended=ended, reason=reason)
+        details["state"] = RankState(row.state).name
+        message = f"rank {row.rank} failed: {reason}"
+        self._emit(batch, row, _K.JOB_EVENT_KIND_RANK_FAILED, message, details=details)
+        return row
+
+    def _hang_detected(self, live: _Live, row: RankRow, batch: _Batch, now: float) -> RankRow:
+        silent = now - live.last_progress
+        reason = f"no progress for {silent:.0f} s (hang timeout {live.hang_timeout_s:g} s)"
+        row = self._edge(row, RankEdge.HANG_DETECTED, reason=reason)
+        live.hung_at = now
+        live.stack_offset = _size(row.stderr_path)
+        if live.handle is not None:
+            live.handle.signal_group(signal.SIGUSR1)
+        details = {"silent_s": f"{silent:.1f}"}
+        if row.last_metrics is not None:
+            details["last_step"] = str(row.last_metrics.step)
+        self._emit(
+            batch, row, _K.JOB_EVENT_KIND_RANK_HUNG, f"rank {row.rank} hung: {reason}", details
+        )
+        return row
+
+    def _stacks(self, live: _Live) -> str:
+        chunk = read_lines(live.row.stderr_path, live.stack_offset, MAX_STACK_BYTES)
+        return extract_stacks("\n".join(line.text for line in chunk.lines))
+
+    def _dump_stacks_and_fail(self, live: _Live, row: RankRow, batch: _Batch) -> RankRow:
+        stacks = self._stacks(live)
+        reason = f"hung: {row.reason}" if row.reason else "hung"
+        row = self._edge(row, RankEdge.STACKS_DUMPED, reason=reason, ended=self.wall_clock())
+        if live.handle is not None:
+            live.handle.kill()
+        details = {"state": RankState(row.state).name, "stacks": stacks or "(no stack dump)"}
+        self._emit(
+            batch,
+            row,
+            _K.JOB_EVENT_KIND_RANK_FAILED,
+            f"rank {row.rank} failed: {reason}",
+            details=details,
+        )
+        return row
+
+    # --- stop -------------------------------------------------------------------------------
+
+    async def stop_ranks(
+        self, job: str, attempt: int, grace_s: float | None = None
+    ) -> list[job_pb2.Rank]:
+        """SIGTERM, ``grace_s``, SIGKILL for every rank of the attempt on this node.
+
+        Ranks that exit 0 within the grace end EXITED, the others KILLED; ranks that had
+        already ended keep their state. Returns all the attempt's ranks here.
+        """
+        grace = self.stop_grace_s if grace_s is None else grace_s
+        targets = [
+            live
+            for live in self._live.values()
+            if live.row.job == job and live.row.attempt == attempt and not live.stop_owned
+        ]
+        for live in targets:
+            live.stop_owned = True
+            if live.state not in TERMINAL_RANK_STATES:
+                live.row = self._edge(live.row, RankEdge.STOP, reason="stopping")
+                self._commit(live.row, _Batch())
+        try:
+            await asyncio.gather(*(self._stop_one(live, grace) for live in targets))
+        finally:
+            for live in targets:
+                live.stop_owned = False
+        return [rank_to_pb(r) for r in self.journal.ranks(job, attempt)]
+
+    async def _stop_one(self, live: _Live, grace_s: float) -> None:
+        if live.handle is not None:
+            await live.handle.stop_async(grace_s)
+        code = live.poll_exit()
+        batch = _Batch()
+        self._read_records(live, batch, self.clock())
+        row = live.row
+        if code is not None and RankState(row.state) == RankState.STOPPING:
+            row = self._exited(live, row, code, batch)
+        elif code is not None and row.exit_code is None:
+            row = replace(row, exit_code=code, ended=row.ended or self.wall_clock())
+        elif code is None:
+            live.stop_deadline = self.clock()  # survived SIGKILL so far: poll kills again
+        live.row = row
+        self._commit(row, batch)
+        if row.exit_code is not None and RankState(row.state) in TERMINAL_RANK_STATES:
+            self._live.pop(row.key, None)
+
+    # --- re-adoption ------------------------------------------------------------------------
+
+    def readopt(self) -> int:
+        """Re-attaches to this node's ranks the journal says are alive; returns how many.
+
+        Ranks that ended while the agent was away get their exit code from the exit file
+        (and are settled on the next poll, after their last records are read).
+        """
+        count = 0
+        terminal = [int(s) for s in TERMINAL_RANK_STATES]
+        for row in self.journal.live_ranks(self.node_name, terminal):
+            if row.key in self._live:
+                continue
+            job = self.journal.get_job(row.job)
+            hang_timeout = job.spec.hang_timeout_s if job is not None else 0.0
+            live = _Live(
+                row,
+                None,
+                hang_timeout,
+                self.clock(),
+                metrics_offset=self.journal.get_offset(row.metrics_path),
+                stdout_offset=self.journal.get_offset(row.stdout_path),
+            )
+            if self._reattach(live):
+                self._live[row.key] = live
+                count += 1
+        return count
+
+    def _reattach(self, live: _Live) -> bool:
+        """Finds the rank's process again; False when there is nothing to watch."""
+        row = live.row
+        exit_path = Path(row.exit_path)
+        if row.pid <= 0 and RankState(row.state) == RankState.PENDING:
+            # The agent died between journaling the rank and recording its pid.
+            found = rank_process.find_wrapper(exit_path)
+            if found is None:
+                batch = _Batch()
+                reason = "the agent stopped before the rank was started"
+                row = self._edge(row, RankEdge.SPAWN_FAILED, reason=reason)
+                row = replace(row, ended=self.wall_clock())
+                self._emit(batch, row, _K.JOB_EVENT_KIND_RANK_FAILED, reason)
+                live.row = row
+                self._commit(row, batch)
+                return False
+            pid, create_time = found
+            row = self._edge(row, RankEdge.SPAWN, pid=pid, create_time=create_time)
+            live.row = row
+            self._commit(row, _Batch())
+        live.handle = rank_process.adopt(row.pid, row.create_time, exit_path)
+        if live.handle is None:
+            code = rank_process.read_exit_file(exit_path)
+            live.exit_code = code if code is not None else rank_process.LOST_EXIT_CODE
+            return True
+        state = RankState(row.state)
+        now = self.clock()
+        if state == RankState.HUNG:
+            # The first dump may have been interrupted by the restart: ask again.
+            live.hung_at = now
+            live.stack_offset = _size(row.stderr_path)
+            live.handle.signal_group(signal.SIGUSR1)
+        elif state == RankState.STOPPING:
+            live.handle.signal_group(signal.SIGTERM)
+            live.stop_deadline = now + self.stop_grace_s
+        elif state in TERMINAL_RANK_STATES:
+            live.handle.kill()  # FAILED after a hang but not yet gone
+        return True
+
+    # --- describe ---------------------------------------------------------------------------
+
+    def ranks(self, job: str, attempt: int | None = None) -> list[job_pb2.Rank]:
+        """The job's ranks on this node, of ``attempt`` (None or 0: the latest)."""
+        if not attempt:
+            attempt = self.journal.latest_attempt(job)
+            if attempt is None:
+                return []
+        return [rank_to_pb(r) for r in self.journal.ranks(job, attempt)]
+
+    def tail_log(
+        self,
+        job: str,
+        attempt: int,
+        rank: int,
+        stream: str = "stdout",
+        tail_lines: int = 100,
+        from_offset: int | None = None,
+        max_bytes: int = MAX_READ_BYTES,
+    ) -> LogChunk:
+        """A rank's log lines: from ``from_offset`` on, else the last ``tail_lines``.
+
+        Bounded by ``max_bytes`` and ``MAX_LOG_LINES``; raises KeyError for an unknown rank.
+        """
+        if stream not in STREAMS:
+            raise ValueError(f"stream must be one of {STREAMS}, not {stream!r}")
+        if not attempt:
+            attempt = self.journal.latest_attempt(job) or 0
+        row = self.journal.get_rank(job, attempt, rank)
+        if row is None:
+            raise KeyError(f"{job} attempt {attempt} has no rank {rank} on {self.node_name}")
+        path = row.stdout_path if stream == "stdout" else row.stderr_path
+        max_bytes = min(max_bytes, MAX_READ_BYTES)
+        if from_offset is not None:
+            chunk = read_lines(path, from_offset, max_bytes)
+            lines, next_offset = chunk.lines, chunk.offset
+            if len(lines) > MAX_LOG_LINES:
+                lines, next_offset = lines[:MAX_LOG_LINES], lines[MAX_LOG_LINES].offset
+        else:
+            count = min(tail_lines, MAX_LOG_LINES) if tail_lines > 0 else MAX_LOG_LINES
+            chunk = last_lines(path, count, max_bytes)
+            lines, next_offset = chunk.lines, chunk.offset
+        return LogChunk(
+            [job_pb2.LogLine(offset=line.offset, text=line.text, stream=stream) for line in lines],
+            next_offset,
+        )
+
+    # --- journal & events -------------------------------------------------------------------
+
+    def _edge(self, row: RankRow, edge: RankEdge, **changes: object) -> RankRow:
+        state = transition(RankState(row.state), edge)
+        return replace(row, state=int(state), **changes)  # type: ignore[arg-type]
+
+    def _emit(
+        self,
+        batch: _Batch,
+        row: RankRow,
+        kind: job_pb2.JobEventKind,
+        message: str,
+        details: Mapping[str, str] | None = None,
+        metrics: job_pb2.RankMetrics | None = None,
+        when: float | None = None,
+    ) -> None:
+        event = job_pb2.JobEvent(
+            job_name=row.job,
+            attempt=row.attempt,
+            kind=kind,
+            node=row.node,
+            rank=row.rank,
+            message=message,
+            details=dict(details or {}),
+        )
+        event.time.FromNanoseconds(int((self.wall_clock() if when is None else when) * 1e9))
+        if metrics is not None:
+            event.metrics.CopyFrom(metrics)
+        batch.events.append(event)
+
+    def _commit(self, row: RankRow, batch: _Batch) -> None:
+        """Journals the rank, its new events and the offsets they were read up to, at once."""
+        with self.journal.transaction():
+            self.journal.upsert_rank(row)
+            for event in batch.events:
+                self.journal.append_event(event)
+            for path, offset in batch.offsets.items():
+                self.journal.set_offset(path, offset)
+        if self.on_event is None:
+            return
+        for event in batch.events:
+            try:
+                self.on_event(event)
+            except Exception:
+                log.exception("on_event failed for %s", event.kind)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0

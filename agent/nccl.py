@@ -1,0 +1,366 @@
+"""What NCCL says about itself in a rank's log (NCCL_DEBUG=INFO), and one check on it.
+
+NCCL prints lines of the form `HOST:PID:TID [CUDADEV] NCCL INFO MESSAGE`; log collectors
+may put timestamps, stream names or ANSI colours in front, and other output is mixed in.
+
+    node-a:1234:1234 [0] NCCL INFO NCCL version 2.21.5+cuda12.4
+    node-a:1234:1250 [0] NCCL INFO NET/IB : Using [0]mlx5_0:1/IB ; OOB ib0:10.2.0.5<0>
+    node-a:1234:1250 [0] NCCL INFO Using network IB
+    node-a:1234:1250 [0] NCCL INFO Channel 00/0 : 1[1] -> 2[0] [send] via NET/IB/0
+    node-a:1234:1250 [0] NCCL INFO comm 0x55d5c8e0 rank 0 nranks 4 ... - Init COMPLETE
+
+`NcclParser.feed(line)` keeps an `NcclState` (version, network, interfaces, transports per
+channel) and returns findings worth an event: only news, so a burst of channel lines gives
+one finding per transport kind, not one per line. `ib_fallback` is a pure check: a rank
+that runs over TCP sockets while InfiniBand was asked for, or was there to be used.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+__all__ = [
+    "INFINIBAND_SYSFS",
+    "NcclFinding",
+    "NcclLine",
+    "NcclParser",
+    "NcclState",
+    "ib_devices_present",
+    "ib_fallback",
+    "parse_nccl_line",
+    "transport_kind",
+]
+
+INFINIBAND_SYSFS = Path("/sys/class/infiniband")
+
+Severity = Literal["info", "warning"]
+
+MAX_LINE = 8192  # longer lines are cut before matching
+MAX_NOTES = 20
+MAX_WARNINGS = 50
+
+# CSI (colours, cursor), OSC (titles, links) and two-character escapes.
+_ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]")
+_MARKER_RE = re.compile(r"NCCL (INFO|WARN|ABORT|TRACE)(?: |$)")
+# What precedes the marker (searched in a bounded window): `HOST:PID:TID [DEV] ` for INFO,
+# `HOST:PID:TID [DEV] FILE:LINE ` for WARN, `HOST:PID:TID [DEV] SECONDS FILE:LINE ` for TRACE.
+_PREFIX_RE = re.compile(r"([^\s:\[\]|]+):(\d+):(\d+) \[(-?\d+)\] (?:[\d.]+ )?(?:\S+:\d+ )?\Z")
+_PREFIX_WINDOW = 300
+
+_VERSION_RE = re.compile(r"NCCL version (\S+)")
+_NETWORK_RE = re.compile(r"Using network (\S.*)")
+_NET_USING_RE = re.compile(r"NET/(?P<net>[^:]{1,60}): Using (?P<rest>.*)")
+_NET_NOTE_RE = re.compile(r"NET/IB ?: (?!Using )(.*)")
+_BOOTSTRAP_RE = re.compile(r"Bootstrap ?: Using (?:\[\d+\])?(\S+)")
+_DEVICE_RE = re.compile(r"\[\d+\]([^\s;<\[]+)")
+_OOB_RE = re.compile(r"OOB (\S+)")
+_PORT_SUFFIX_RE = re.compile(r"<\d+>\Z")  # eth0:10.1.2.3<0>
+_ENV_RE = re.compile(r"(NCCL_[A-Z0-9_]+) set (?:by environment )?to (.*)")
+_CHANNEL_RE = re.compile(
+    r"Channel (?P<channel>\d+)(?:/\d+)? ?: (?P<src>\d+)\[[^\]]*\] -> (?P<dst>\d+)\[[^\]]*\]"
+    r"(?: \[(?P<dir>send|receive)\])? via (?P<via>\S.*)"
+)
+_COMM_RE = re.compile(r"\bcomm (0x[0-9a-fA-F]+) rank (\d+) nranks (\d+)\b")
+_TROUBLE_RE = re.compile(r"no device|fail|unable|error|cannot|could not", re.IGNORECASE)
+
+
+class _Note(Protocol):
+    def __call__(self, kind: str, message: str, severity: Severity = "info") -> None: ...
+
+
+@dataclass(frozen=True)
+class NcclLine:
+    """One NCCL line, found in whatever a log collector made of it."""
+
+    host: str
+    pid: int
+    tid: int
+    cuda_dev: int
+    level: str  # "INFO", "WARN", "ABORT" or "TRACE"
+    message: str
+    text: str  # the line from HOST on, without ANSI codes or a collector's prefix
+
+
+@dataclass(frozen=True)
+class NcclFinding:
+    """Something worth telling the operator, in one line."""
+
+    kind: str  # version, network, interfaces, transport, env, comm, warn, ib_fallback
+    message: str
+    rank: int | None
+    host: str
+    line: str  # the NCCL line it comes from, as in NcclLine.text
+    severity: Severity = "info"
+
+
+@dataclass
+class NcclState:
+    """Everything a parser has learned from one rank's log so far."""
+
+    rank: int | None = None
+    nranks: int | None = None
+    host: str | None = None
+    version: str | None = None
+    networks: list[str] = field(default_factory=list)  # "IB", "Socket", a plugin; first seen
+    network_lines: dict[str, str] = field(default_factory=dict)  # network -> first line
+    # "IB": ["mlx5_0:1/IB", ...], "Socket": ["eth0:10.1.2.3"], "OOB": [...], "Bootstrap": [...]
+    interfaces: dict[str, list[str]] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # NCCL_* that NCCL says were set
+    transports: Counter[str] = field(default_factory=Counter)  # kind -> connections
+    channels: dict[int, set[str]] = field(default_factory=dict)  # channel -> kinds
+    # NET/IB lines other than "Using", and lines about libibverbs: why IB was not used
+    ib_notes: list[str] = field(default_factory=list)
+    socket_line: str | None = None  # the first line showing traffic over sockets
+    comms_ready: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def network(self) -> str | None:
+        return self.networks[-1] if self.networks else None
+
+    def transport_summary(self) -> str:
+        """`8 x NET/IB, 4 x P2P/IPC`, most used first."""
+        return ", ".join(f"{n} x {kind}" for kind, n in self.transports.most_common())
+
+
+def transport_kind(via: str) -> str:
+    """`NET/IB/0/GDRDMA` -> NET/IB, `P2P/CUMEM/read` -> P2P/CUMEM, `SHM/direct/direct` -> SHM."""
+    parts = [p.strip() for p in via.split("/")]
+    head = parts[0]
+    if head in ("NET", "P2P") and len(parts) > 1 and parts[1]:
+        return f"{head}/{parts[1]}"
+    if head == "SHM" or head.startswith("direct shared memory"):
+        return "SHM"
+    return head or via
+
+
+def parse_nccl_line(line: str) -> NcclLine | None:
+    """The NCCL line inside `line`, or None for anything else."""
+    text = line[:MAX_LINE]
+    if "NCCL" not in text:
+        return None
+    if "\x1b" in text:
+        text = _ANSI_RE.sub("", text)
+    text = " ".join(text.splitlines())  # one line, whatever the caller handed over
+    for n, marker in enumerate(_MARKER_RE.finditer(text)):
+        if n == 4:  # NCCL writes one marker a line; more is someone else's text
+            break
+        start = max(0, marker.start() - _PREFIX_WINDOW)
+        prefix = _PREFIX_RE.search(text, start, marker.start())
+        if prefix is None:
+            continue
+        return NcclLine(
+            host=prefix.group(1),
+            pid=int(prefix.group(2)),
+            tid=int(prefix.group(3)),
+            cuda_dev=int(prefix.group(4)),
+            level=marker.group(1),
+            message=text[marker.end() :].strip(),
+            text=text[prefix.start() :].strip(),
+        )
+    return None
+
+
+class NcclParser:
+    """Fed a rank's log line by line; never raises on what it is fed.
+
+    `rank` is the rank whose log this is, when the caller knows it; otherwise the rank of
+    the widest communicator NCCL reports is used. When `env` (the rank's environment) is
+    given, `feed` also runs `ib_fallback` and reports it once; `ib_present` defaults to
+    what `ib_devices_present()` finds on this machine.
+    """
+
+    def __init__(
+        self,
+        rank: int | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        ib_present: bool | None = None,
+    ) -> None:
+        self.state = NcclState(rank=rank)
+        self._rank_given = rank is not None
+        self._env = dict(env) if env is not None else None
+        self._ib_present = ib_present
+        if env is not None and ib_present is None:
+            self._ib_present = ib_devices_present()
+        self._fallback_reported = False
+
+    def feed_lines(self, lines: Iterable[str]) -> list[NcclFinding]:
+        findings: list[NcclFinding] = []
+        for line in lines:
+            findings.extend(self.feed(line))
+        return findings
+
+    def feed(self, line: str) -> list[NcclFinding]:
+        parsed = parse_nccl_line(line) if isinstance(line, str) else None
+        if parsed is None:
+            return []
+        state = self.state
+        if state.host is None:
+            state.host = parsed.host
+        findings: list[NcclFinding] = []
+
+        def note(kind: str, message: str, severity: Severity = "info") -> None:
+            findings.append(
+                NcclFinding(kind, message, state.rank, parsed.host, parsed.text, severity)
+            )
+
+        msg = parsed.message
+        if parsed.level in ("WARN", "ABORT"):
+            if len(state.warnings) < MAX_WARNINGS:
+                state.warnings.append(parsed.text)
+            note("warn", f"{self._who()}: NCCL {parsed.level} {msg}", "warning")
+        elif parsed.level == "INFO":
+            self._info(msg, parsed, note)
+        if self._env is not None and not self._fallback_reported:
+            finding = ib_fallback(self._env, bool(self._ib_present), state)
+            if finding is not None:
+                self._fallback_reported = True
+                findings.append(finding)
+        return findings
+
+    def _who(self) -> str:
+        rank = "rank ?" if self.state.rank is None else f"rank {self.state.rank}"
+        return f"{rank} ({self.state.host})" if self.state.host else rank
+
+    def _info(self, msg: str, parsed: NcclLine, note: _Note) -> None:
+        state = self.state
+        if match := _CHANNEL_RE.search(msg):
+            kind = transport_kind(match.group("via").strip())
+            if kind not in state.transports:
+                direction = f" {match.group('dir')}" if match.group("dir") else ""
+                note(
+                    "transport",
+                    f"{self._who()} connects via {kind} (channel {match.group('channel')}: "
+                    f"{match.group('src')} -> {match.group('dst')}{direction})",
+                )
+            state.transports[kind] += 1
+            state.channels.setdefault(int(match.group("channel")), set()).add(kind)
+            if kind == "NET/Socket" and state.socket_line is None:
+                state.socket_line = parsed.text
+        elif match := _NETWORK_RE.search(msg):
+            network = match.group(1).strip()
+            if network not in state.networks:
+                state.networks.append(network)
+                state.network_lines[network] = parsed.text
+                note("network", f"{self._who()} uses the {network} network")
+            if network == "Socket" and state.socket_line is None:
+                state.socket_line = parsed.text
+        elif match := _NET_USING_RE.search(msg):
+            net, rest = match.group("net").strip(), match.group("rest")
+            devices = _DEVICE_RE.findall(rest.split(";")[0])
+            oob_match = _OOB_RE.search(rest)
+            oob = _PORT_SUFFIX_RE.sub("", oob_match.group(1)) if oob_match else None
+            before = (state.interfaces.get(net), state.interfaces.get("OOB"))
+            if devices:
+                state.interfaces[net] = devices
+            if oob:
+                state.interfaces["OOB"] = [oob]
+            if (devices or oob) and before != (
+                state.interfaces.get(net),
+                state.interfaces.get("OOB"),
+            ):
+                oob_text = f" (OOB {oob})" if oob else ""
+                note(
+                    "interfaces",
+                    f"{self._who()}: NET/{net} uses {', '.join(devices) or '-'}{oob_text}",
+                )
+        elif (match := _NET_NOTE_RE.search(msg)) or "ibverbs" in msg:
+            if len(state.ib_notes) < MAX_NOTES:
+                state.ib_notes.append(match.group(1).strip() if match else msg)
+        elif match := _BOOTSTRAP_RE.search(msg):
+            state.interfaces["Bootstrap"] = [_PORT_SUFFIX_RE.sub("", match.group(1))]
+        elif match := _VERSION_RE.search(msg):
+            if state.version is None:
+                state.version = match.group(1)
+                note("version", f"{self._who()}: NCCL {state.version}")
+        elif match := _ENV_RE.search(msg):
+            name, value = match.group(1), match.group(2).strip().removesuffix(".")
+            if state.env.get(name) != value:
+                state.env[name] = value
+                note("env", f"{self._who()}: {name}={value} (set by environment)")
+        elif "Init COMPLETE" in msg and (match := _COMM_RE.search(msg)):
+            rank, nranks = int(match.group(2)), int(match.group(3))
+            if not self._rank_given and (state.nranks is None or nranks > state.nranks):
+                state.rank = rank
+            if state.nranks is None or nranks > state.nranks:
+                state.nranks = nranks
+            state.comms_ready += 1
+            summary = state.transport_summary()
+            note(
+                "comm",
+                f"{self._who()}: communicator {match.group(1)} ready, rank {rank} of {nranks}"
+                f" (network {state.network or '?'}; {summary or 'no transports yet'})",
+            )
+
+
+def _flag(value: str | None) -> int | None:
+    """An integer NCCL parameter as NCCL reads it; None when unset or not a number."""
+    if value is None:
+        return None
+    text = value.strip()
+    for base in (0, 10):  # strtoll(..., 0) reads 0x10 and 010; Python's base 0 refuses 010
+        try:
+            return int(text, base)
+        except ValueError:
+            continue
+    return None
+
+
+def ib_fallback(
+    env: Mapping[str, str], ib_devices_present: bool, state: NcclState
+) -> NcclFinding | None:
+    """A warning when a rank runs over TCP sockets although InfiniBand was wanted.
+
+    IB is wanted when NCCL_IB_DISABLE=0 or NCCL_NET=IB is set explicitly, or when the node
+    has IB devices and IB is not disabled. Nothing is said when the operator disabled IB
+    (NCCL_IB_DISABLE=1) or chose another network (NCCL_NET=Socket, a plugin). What NCCL
+    printed as set by environment counts over `env`: it is what the rank really had.
+    """
+    if state.socket_line is None:
+        return None
+    effective = {**env, **state.env}
+    disable = _flag(effective.get("NCCL_IB_DISABLE"))
+    net = effective.get("NCCL_NET", "").strip()
+    if disable not in (None, 0):
+        return None
+    if net and net.lower() != "ib":
+        return None
+    if disable == 0:
+        reason = "NCCL_IB_DISABLE=0 asks for InfiniBand"
+    elif net:
+        reason = f"NCCL_NET={net} asks for InfiniBand"
+    elif ib_devices_present:
+        reason = "the node has InfiniBand devices and NCCL_IB_DISABLE is not set"
+    else:
+        return None
+    rank = "a rank" if state.rank is None else f"rank {state.rank}"
+    host = state.host or "its node"
+    trouble = next((n for n in state.ib_notes if _TROUBLE_RE.search(n)), None)
+    said = f'; NCCL said "{trouble}"' if trouble else ""
+    message = (
+        f'{rank} on {host} fell back to TCP sockets although {reason}: "{state.socket_line}"'
+        f"{said}; check the IB driver and libibverbs on {host} and NCCL_IB_HCA, or set "
+        "NCCL_IB_DISABLE=1 if sockets are intended"
+    )
+    return NcclFinding(
+        "ib_fallback",
+        " ".join(message.splitlines()),
+        state.rank,
+        host,
+        state.socket_line,
+        "warning",
+    )
+
+
+def ib_devices_present(root: Path = INFINIBAND_SYSFS) -> bool:
+    """Whether the kernel lists any InfiniBand (or RoCE) device under /sys/class/infiniband."""
+    try:
+        return any(root.iterdir())
+    except OSError:
+        return False

@@ -1,0 +1,162 @@
+"""How a job's leader talks to the nodes of the job: the same interface for its own
+node (direct calls) and for peers (agent-to-agent gRPC with the peers' tokens)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
+
+import grpc
+from gantry.v1 import agent_service_pb2, agent_service_pb2_grpc, job_pb2
+
+from agent.event_bus import EventBus
+
+RPC_TIMEOUT_S = 30.0
+PING_TIMEOUT_S = 5.0
+
+
+class NodeUnreachable(Exception):
+    pass
+
+
+class NodeRefused(Exception):
+    """The node answered, and said no; the message says why."""
+
+
+class NodeApi(Protocol):
+    name: str
+
+    async def ping(self) -> None: ...
+
+    async def start_ranks(
+        self, request: agent_service_pb2.StartRanksRequest
+    ) -> agent_service_pb2.StartRanksResponse: ...
+
+    async def stop_ranks(
+        self, request: agent_service_pb2.StopRanksRequest
+    ) -> agent_service_pb2.StopRanksResponse: ...
+
+    def events(self, job_name: str, after_seq: int) -> AsyncIterator[job_pb2.JobEvent]: ...
+
+    async def close(self) -> None: ...
+
+
+StartRanks = Callable[
+    [agent_service_pb2.StartRanksRequest], Awaitable[agent_service_pb2.StartRanksResponse]
+]
+StopRanks = Callable[
+    [agent_service_pb2.StopRanksRequest], Awaitable[agent_service_pb2.StopRanksResponse]
+]
+
+
+class LocalNode:
+    """The leader's own node: the calls go straight to its supervisor."""
+
+    def __init__(self, name: str, bus: EventBus, start: StartRanks, stop: StopRanks) -> None:
+        self.name = name
+        self._bus = bus
+        self._start = start
+        self._stop = stop
+
+    async def ping(self) -> None:
+        return None
+
+    async def start_ranks(
+        self, request: agent_service_pb2.StartRanksRequest
+    ) -> agent_service_pb2.StartRanksResponse:
+        return await self._start(request)
+
+    async def stop_ranks(
+        self, request: agent_service_pb2.StopRanksRequest
+    ) -> agent_service_pb2.StopRanksResponse:
+        return await self._stop(request)
+
+    async def events(self, job_name: str, after_seq: int) -> AsyncIterator[job_pb2.JobEvent]:
+        async for event in self._bus.follow(job_name, after_seq):
+            # The leader's journal also holds events it copied from peers; only this
+            # node's own rank events come from here.
+            if event.node == self.name and event.rank >= 0 and not event.details.get("origin"):
+                yield event
+
+    async def close(self) -> None:
+        return None
+
+
+def _translate(exc: grpc.aio.AioRpcError, name: str, address: str) -> Exception:
+    if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return NodeUnreachable(f"{name}'s agent at {address} is unreachable")
+    if exc.code() is grpc.StatusCode.UNAUTHENTICATED:
+        return NodeRefused(f"{name}'s agent at {address} refused the token")
+    return NodeRefused(f"{name}: {exc.details()}")
+
+
+class RemoteNode:
+    """A peer agent, reached over gRPC with its bearer token."""
+
+    def __init__(self, peer: agent_service_pb2.PeerAgent) -> None:
+        self.name = peer.name
+        self.address = peer.address
+        self._metadata = (("authorization", f"Bearer {peer.token}"),)
+        self._channel: grpc.aio.Channel | None = None
+
+    def _stub(self) -> agent_service_pb2_grpc.AgentServiceStub:
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.address)
+        return agent_service_pb2_grpc.AgentServiceStub(self._channel)
+
+    async def ping(self) -> None:
+        try:
+            await self._stub().GetNodeInfo(
+                agent_service_pb2.GetNodeInfoRequest(),
+                metadata=self._metadata,
+                timeout=PING_TIMEOUT_S,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, self.name, self.address) from None
+
+    async def start_ranks(
+        self, request: agent_service_pb2.StartRanksRequest
+    ) -> agent_service_pb2.StartRanksResponse:
+        try:
+            reply: agent_service_pb2.StartRanksResponse = await self._stub().StartRanks(
+                request, metadata=self._metadata, timeout=RPC_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, self.name, self.address) from None
+        return reply
+
+    async def stop_ranks(
+        self, request: agent_service_pb2.StopRanksRequest
+    ) -> agent_service_pb2.StopRanksResponse:
+        try:
+            reply: agent_service_pb2.StopRanksResponse = await self._stub().StopRanks(
+                request, metadata=self._metadata, timeout=RPC_TIMEOUT_S + request.grace_s
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, self.name, self.address) from None
+        return reply
+
+    async def events(self, job_name: str, after_seq: int) -> AsyncIterator[job_pb2.JobEvent]:
+        """Follows the peer's events; reconnects (from the last seq) when the peer's
+        agent restarts, so a restarted agent loses the leader nothing."""
+        last = after_seq
+        delay = 0.2
+        while True:
+            request = agent_service_pb2.WatchJobEventsRequest(
+                job_name=job_name, after_seq=last, follow=True
+            )
+            try:
+                async for message in self._stub().WatchJobEvents(request, metadata=self._metadata):
+                    delay = 0.2
+                    last = max(last, message.event.seq)
+                    yield message.event
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close(None)
+            self._channel = None

@@ -1,0 +1,101 @@
+"""Reading complete lines from a growing file, from a saved byte offset.
+
+A partial last line (the writer is mid-line) is left for the next read, so a record is never
+seen twice or half. Each read is bounded; a file that does not exist yet reads as empty.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["MAX_READ_BYTES", "Chunk", "Line", "Tailer", "last_lines", "read_lines"]
+
+MAX_READ_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Line:
+    offset: int  # byte offset of the line's first byte
+    text: str  # without the newline; undecodable bytes replaced
+
+
+@dataclass(frozen=True)
+class Chunk:
+    lines: list[Line] = field(default_factory=list)
+    offset: int = 0  # where the next read starts
+    restarted: bool = False  # the file was shorter than the offset (replaced): read from 0
+    more: bool = False  # the bound was hit: more complete lines may be waiting
+
+
+def _split(data: bytes, base: int, force_partial: bool) -> tuple[list[Line], int]:
+    lines: list[Line] = []
+    start = 0
+    while True:
+        end = data.find(b"\n", start)
+        if end < 0:
+            break
+        text = data[start:end].rstrip(b"\r").decode("utf-8", errors="replace")
+        lines.append(Line(base + start, text))
+        start = end + 1
+    if force_partial and start < len(data):
+        # One line longer than the bound: cut it, or the reader would be stuck forever.
+        lines.append(Line(base + start, data[start:].decode("utf-8", errors="replace")))
+        start = len(data)
+    return lines, base + start
+
+
+def read_lines(path: Path | str, offset: int, max_bytes: int = MAX_READ_BYTES) -> Chunk:
+    """Complete lines from ``offset``, at most about ``max_bytes`` of them."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below, after fstat
+    except (FileNotFoundError, NotADirectoryError):
+        return Chunk(offset=offset)
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        restarted = size < offset
+        if restarted:
+            offset = 0
+        if size == offset:
+            return Chunk(offset=offset, restarted=restarted)
+        f.seek(offset)
+        data = f.read(max_bytes)
+    full = len(data) >= max_bytes
+    lines, new_offset = _split(data, offset, force_partial=full and b"\n" not in data)
+    return Chunk(lines, new_offset, restarted, more=full)
+
+
+def last_lines(path: Path | str, count: int, max_bytes: int = MAX_READ_BYTES) -> Chunk:
+    """The last ``count`` (0: all) complete lines, reading at most ``max_bytes`` from the end."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115
+    except (FileNotFoundError, NotADirectoryError):
+        return Chunk()
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        start = max(0, size - max_bytes)
+        f.seek(start)
+        data = f.read(size - start)
+    if start > 0:
+        # The first line is probably cut: skip to the next line start.
+        cut = data.find(b"\n")
+        if cut < 0:
+            return Chunk(offset=start + len(data))
+        start, data = start + cut + 1, data[cut + 1 :]
+    lines, end = _split(data, start, force_partial=False)
+    return Chunk(lines[-count:] if count > 0 else lines, end)
+
+
+class Tailer:
+    """A file and the offset reached in it."""
+
+    def __init__(self, path: Path | str, offset: int = 0, max_bytes: int = MAX_READ_BYTES) -> None:
+        self.path = Path(path)
+        self.offset = offset
+        self.max_bytes = max_bytes
+
+    def read(self) -> Chunk:
+        chunk = read_lines(self.path, self.offset, self.max_bytes)
+        self.offset = chunk.offset
+        return chunk

@@ -1,0 +1,119 @@
+"""Job verbs' output: tables for people, JSON for scripts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gantry.v1 import job_pb2
+from google.protobuf import json_format
+
+from console.jobs_client import LedJob
+
+
+def state_name(value: int) -> str:
+    return job_pb2.JobState.Name(value).removeprefix("JOB_STATE_").lower()
+
+
+def rank_state_name(value: int) -> str:
+    return job_pb2.RankState.Name(value).removeprefix("RANK_STATE_").lower()
+
+
+def job_json(led: LedJob, checkpoints: list[job_pb2.Checkpoint] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "leader": led.leader.name,
+        "job": json_format.MessageToDict(led.job, always_print_fields_with_no_presence=False),
+    }
+    if checkpoints is not None:
+        out["checkpoints"] = [json_format.MessageToDict(c) for c in checkpoints]
+    return out
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+def _num(metrics: job_pb2.RankMetrics, name: str, fmt: str) -> str:
+    return format(getattr(metrics, name), fmt) if metrics.HasField(name) else "-"
+
+
+def jobs_table(jobs: list[LedJob]) -> str:
+    rows: list[tuple[str, ...]] = [
+        ("NAME", "STATE", "LEADER", "ATTEMPT", "RESTARTS", "STEP", "LOSS", "REASON")
+    ]
+    for led in jobs:
+        job = led.job
+        attempt = job.attempts[-1] if job.attempts else None
+        steps = [r.metrics.step for r in attempt.ranks] if attempt else []
+        losses = [r.metrics for r in attempt.ranks if r.metrics.HasField("loss")] if attempt else []
+        rows.append(
+            (
+                job.spec.name,
+                state_name(job.state),
+                led.leader.name,
+                str(len(job.attempts)),
+                f"{job.restarts_used}/{job.spec.restart.max_restarts}",
+                str(max(steps)) if steps else "-",
+                f"{losses[0].loss:.4f}" if losses else "-",
+                job.reason,
+            )
+        )
+    return _table(rows)
+
+
+def job_text(led: LedJob, checkpoints: list[job_pb2.Checkpoint]) -> str:
+    job = led.job
+    lines = [
+        f"job {job.spec.name}: {state_name(job.state)}"
+        + (f" ({job.reason})" if job.reason else ""),
+        f"leader {led.leader.name} · restarts {job.restarts_used}/{job.spec.restart.max_restarts}"
+        f" · nodes {' '.join(f'{n.node}:{n.slots}' for n in job.spec.nodes)}",
+        "",
+        "attempts:",
+    ]
+    for attempt in job.attempts:
+        extra = f" resumed from {attempt.resumed_from}" if attempt.resumed_from else ""
+        if attempt.excluded_nodes:
+            extra += f" excluding {', '.join(attempt.excluded_nodes)}"
+        reason = f": {attempt.reason}" if attempt.reason else ""
+        lines.append(f"  #{attempt.number} {state_name(attempt.state)}{extra}{reason}")
+    if job.attempts:
+        rows: list[tuple[str, ...]] = [
+            (
+                "RANK",
+                "NODE",
+                "PID",
+                "STATE",
+                "STEP",
+                "LOSS",
+                "GRAD NORM",
+                "STEP S",
+                "TOK/S",
+                "REASON",
+            )
+        ]
+        for rank in job.attempts[-1].ranks:
+            m = rank.metrics
+            rows.append(
+                (
+                    str(rank.rank),
+                    rank.node,
+                    str(rank.pid),
+                    rank_state_name(rank.state),
+                    str(m.step),
+                    _num(m, "loss", ".4f"),
+                    _num(m, "grad_norm", ".3f"),
+                    _num(m, "step_time_s", ".3f"),
+                    _num(m, "tokens_per_s", ".0f"),
+                    rank.reason,
+                )
+            )
+        lines += ["", f"ranks of attempt #{job.attempts[-1].number}:", _table(rows)]
+    if checkpoints:
+        lines += ["", "checkpoints:"]
+        for c in checkpoints:
+            mark = " (latest)" if c.latest else ""
+            lines.append(f"  {c.tag}  step {c.step}  {c.size_bytes / 1e6:.1f} MB{mark}")
+    return "\n".join(lines)
