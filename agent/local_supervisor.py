@@ -37,6 +37,7 @@ from agent.metrics_records import (
     RecordParser,
     merge_metrics,
 )
+from agent.nccl import NcclFinding, NcclParser, ib_devices_present
 from agent.rank_process import RankHandle, describe_exit
 from agent.rank_states import TERMINAL_RANK_STATES, RankEdge, RankState, transition
 from agent.tailer import MAX_READ_BYTES, Chunk, last_lines, read_lines
@@ -65,6 +66,8 @@ MAX_LOG_LINES = 10_000
 STREAMS = ("stdout", "stderr")
 
 _K = job_pb2.JobEventKind
+# NCCL findings worth an event; per-channel transport news stays in the log.
+NCCL_EVENT_KINDS = ("version", "network", "interfaces", "ib_fallback", "warn")
 
 
 def rank_argv(spec: job_pb2.JobSpec, resume_from: str = "") -> list[str]:
@@ -155,6 +158,7 @@ class _Live:
     exit_code: int | None = None  # the code, once known without a handle
     records: RecordParser = field(default_factory=RecordParser)
     deepspeed: DeepSpeedStdoutParser = field(default_factory=DeepSpeedStdoutParser)
+    nccl: NcclParser | None = None
     hung_at: float | None = None
     stack_offset: int = 0
     stop_owned: bool = False  # stop_ranks is stopping it: poll leaves it alone
@@ -205,6 +209,7 @@ class LocalSupervisor:
         self.stop_grace_s = stop_grace_s
         self.heartbeat_s = heartbeat_s
         self._live: dict[tuple[str, int, int], _Live] = {}
+        self._ib_present = ib_devices_present()
         if readopt:
             self.readopt()
 
@@ -356,7 +361,9 @@ class LocalSupervisor:
             f"rank {row.rank} started, pid {handle.pid}",
             details={"pid": str(handle.pid), "argv": " ".join(argv)},
         )
-        self._live[row.key] = _Live(row, handle, spec.hang_timeout_s, self.clock())
+        self._live[row.key] = _Live(
+            row, handle, spec.hang_timeout_s, self.clock(), nccl=self._nccl_parser(row, spec)
+        )
         self._commit(row, batch)
         return rank_to_pb(row)
 
@@ -422,13 +429,34 @@ class LocalSupervisor:
         live.metrics_offset, drained = self._read(
             live.row.metrics_path, live.metrics_offset, batch, live.records.parse, records
         )
-        if live.row.metrics_source != "file":
-            live.stdout_offset, out_drained = self._read(
-                live.row.stdout_path, live.stdout_offset, batch, live.deepspeed.parse, records
-            )
-            drained = drained and out_drained
+        findings: list[NcclFinding] = []
+
+        def parse_stdout(text: str) -> Record | None:
+            # NCCL_DEBUG=INFO lines go to stdout beside DeepSpeed's own progress lines.
+            if live.nccl is not None and "NCCL" in text:
+                findings.extend(live.nccl.feed(text))
+                return None
+            return live.deepspeed.parse(text) if live.row.metrics_source != "file" else None
+
+        live.stdout_offset, out_drained = self._read(
+            live.row.stdout_path, live.stdout_offset, batch, parse_stdout, records
+        )
+        drained = drained and out_drained
         if records:
             self._apply_records(live, records, batch, now)
+        for finding in findings:
+            if finding.kind in NCCL_EVENT_KINDS:
+                self._emit(
+                    batch,
+                    live.row,
+                    _K.JOB_EVENT_KIND_NCCL,
+                    finding.message,
+                    details={
+                        "finding": finding.kind,
+                        "severity": finding.severity,
+                        "line": finding.line,
+                    },
+                )
         return drained
 
     @staticmethod
@@ -628,11 +656,16 @@ class LocalSupervisor:
                 self.clock(),
                 metrics_offset=self.journal.get_offset(row.metrics_path),
                 stdout_offset=self.journal.get_offset(row.stdout_path),
+                nccl=self._nccl_parser(row, job.spec if job is not None else None),
             )
             if self._reattach(live):
                 self._live[row.key] = live
                 count += 1
         return count
+
+    def _nccl_parser(self, row: RankRow, spec: job_pb2.JobSpec | None) -> NcclParser:
+        env = dict(spec.env) if spec is not None else {}
+        return NcclParser(row.rank, env=env, ib_present=self._ib_present)
 
     def _reattach(self, live: _Live) -> bool:
         """Finds the rank's process again; False when there is nothing to watch."""

@@ -524,3 +524,41 @@ async def test_rank_journaled_but_never_started_is_failed_on_readopt(
     assert rank.state == job_pb2.RANK_STATE_FAILED and "before the rank was started" in rank.reason
     await sup.poll()
     assert not sup.live_keys()
+
+
+NCCL_SOCKET_FALLBACK = r"""
+import sys
+lines = [
+    "node-b:4242:4242 [0] NCCL INFO NCCL version 2.21.5+cuda12.4",
+    "node-b:4242:4260 [0] NCCL INFO NET/IB : No device found.",
+    "node-b:4242:4260 [0] NCCL INFO NET/Socket : Using [0]eth0:10.1.2.3<0>",
+    "node-b:4242:4260 [0] NCCL INFO Using network Socket",
+    "node-b:4242:4260 [0] NCCL INFO Channel 00/0 : 1[0] -> 0[0] [send] via NET/Socket/0",
+]
+print("\n".join(lines), flush=True)
+"""
+
+
+async def test_nccl_socket_fallback_raises_an_event_naming_rank_and_line(
+    supervisors: Callable[..., LocalSupervisor],
+    tmp_path: Path,
+    events: list[job_pb2.JobEvent],
+) -> None:
+    script = tmp_path / "nccl_rank.py"
+    script.write_text(NCCL_SOCKET_FALLBACK)
+    sup = supervisors()
+    job_spec = job_pb2.JobSpec(
+        name="nccl",
+        command=[sys.executable, str(script)],
+        env={"NCCL_DEBUG": "INFO", "NCCL_IB_DISABLE": "0"},
+        working_dir=str(tmp_path),
+    )
+    sup.start_ranks(job_spec, 1, [1], 2, "127.0.0.1", 29512)
+    await poll_until(sup, all_done(sup))
+    nccl = [e for e in events if e.kind == K.JOB_EVENT_KIND_NCCL]
+    fallback = [e for e in nccl if e.details["finding"] == "ib_fallback"]
+    assert len(fallback) == 1
+    assert fallback[0].rank == 1
+    assert "Using network Socket" in fallback[0].details["line"]
+    assert fallback[0].details["severity"] == "warning"
+    assert any(e.details["finding"] == "version" and "2.21.5" in e.message for e in nccl)
