@@ -413,9 +413,10 @@ class JobLeader:
                         attempt.state = JS.JOB_STATE_SUCCEEDED
                         _now_ts(attempt, "ended")
                         return Outcome.SUCCEEDED, "", None
-                elif kind in (EK.JOB_EVENT_KIND_RANK_FAILED, EK.JOB_EVENT_KIND_RANK_HUNG):
-                    what = "hung" if kind == EK.JOB_EVENT_KIND_RANK_HUNG else "failed"
-                    reason = f"rank {event.rank} on {event.node} {what}: {event.message}"
+                elif kind == EK.JOB_EVENT_KIND_RANK_FAILED:
+                    # A hung rank is reported FAILED by its node once its stacks are
+                    # dumped; stopping everything at RANK_HUNG would lose the stacks.
+                    reason = f"rank {event.rank} on {event.node} failed: {event.message}"
                     await self._stop_attempt(led, attempt, STOP_GRACE_S)
                     attempt.state = JS.JOB_STATE_FAILED
                     attempt.reason = reason

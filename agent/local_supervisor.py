@@ -560,6 +560,8 @@ class LocalSupervisor:
         live.stack_offset = _size(row.stderr_path)
         if live.handle is not None:
             live.handle.signal_group(signal.SIGUSR1)
+            # A stopped (SIGSTOP) rank handles the SIGUSR1 only once it runs again.
+            live.handle.signal_group(signal.SIGCONT)
         details = {"silent_s": f"{silent:.1f}"}
         if row.last_metrics is not None:
             details["last_step"] = str(row.last_metrics.step)

@@ -16,7 +16,7 @@ from console.cluster_file import (
     parse_agent_flags,
 )
 
-JOB_VERBS = ("launch", "jobs", "job", "stop", "restart", "logs")
+JOB_VERBS = ("launch", "jobs", "job", "stop", "restart", "logs", "events")
 DEFAULT_CLUSTER_FILES = (Path(".gantry/cluster.yaml"), Path(".gantry/demo/cluster.yaml"))
 
 
@@ -74,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--stderr", action="store_true", help="stderr instead of stdout")
     logs.add_argument("--tail", type=int, default=200, metavar="LINES")
     logs.add_argument("-f", "--follow", action="store_true")
-    for verb in (launch, jobs, job, stop, restart, logs):
+    events = verbs.add_parser("events", help="a job's timeline: attempts, failures, restarts")
+    events.add_argument("name")
+    events.add_argument("-f", "--follow", action="store_true")
+    for verb in (launch, jobs, job, stop, restart, logs, events):
         add_connection_args(verb, suppress=True)
         verb.add_argument("--json", action="store_true", help="print JSON")
     return parser

@@ -8,10 +8,19 @@ import json
 import sys
 from typing import Any
 
+from gantry.v1 import job_pb2
+
 from console.cluster_file import NodeTarget
 from console.job_spec import JobSpecError, load_job_spec
 from console.jobs_client import JobCommandError, JobsClient
-from console.jobs_format import job_json, job_text, jobs_table, state_name
+from console.jobs_format import (
+    event_json,
+    event_line,
+    job_json,
+    job_text,
+    jobs_table,
+    state_name,
+)
 
 
 def _print_json(value: Any) -> None:
@@ -68,6 +77,15 @@ async def _run(args: argparse.Namespace, targets: list[NodeTarget]) -> int:
                 print(json.dumps({"offset": line.offset, "stream": line.stream, "text": line.text}))
             else:
                 print(line.text, flush=args.follow)
+        return 0
+    if verb == "events":
+        async for event in client.events(args.name, args.follow):
+            if event.kind == job_pb2.JobEventKind.JOB_EVENT_KIND_METRICS:
+                continue  # one per rank and step: the job view shows them
+            if args.json:
+                print(json.dumps(event_json(event)), flush=args.follow)
+            else:
+                print(event_line(event), flush=args.follow)
         return 0
     raise AssertionError(verb)
 

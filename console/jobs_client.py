@@ -127,6 +127,18 @@ class JobsClient:
         assert isinstance(reply, agent_service_pb2.RestartJobResponse)
         return LedJob(led.leader, reply.job)
 
+    async def events(self, name: str, follow: bool) -> AsyncIterator[job_pb2.JobEvent]:
+        led = await self.find(name)
+        request = agent_service_pb2.WatchJobEventsRequest(job_name=name, follow=follow)
+        metadata = auth_metadata(led.leader.read_token())
+        async with open_channel(led.leader.address) as channel:
+            stub = agent_service_pb2_grpc.AgentServiceStub(channel)
+            try:
+                async for message in stub.WatchJobEvents(request, metadata=metadata):
+                    yield message.event
+            except grpc.aio.AioRpcError as exc:
+                raise _fail(led.leader, exc) from None
+
     async def logs(
         self, name: str, rank: int, attempt: int, stream: str, tail: int, follow: bool
     ) -> AsyncIterator[job_pb2.LogLine]:

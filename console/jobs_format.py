@@ -117,3 +117,19 @@ def job_text(led: LedJob, checkpoints: list[job_pb2.Checkpoint]) -> str:
             mark = " (latest)" if c.latest else ""
             lines.append(f"  {c.tag}  step {c.step}  {c.size_bytes / 1e6:.1f} MB{mark}")
     return "\n".join(lines)
+
+
+def event_kind_name(value: int) -> str:
+    return job_pb2.JobEventKind.Name(value).removeprefix("JOB_EVENT_KIND_").lower()
+
+
+def event_line(event: job_pb2.JobEvent) -> str:
+    when = event.time.ToDatetime().strftime("%H:%M:%S")
+    where = event.node + (f"/rank {event.rank}" if event.rank >= 0 else "")
+    return (
+        f"{when}  #{event.attempt:<2} {event_kind_name(event.kind):<16} {where:<16} {event.message}"
+    )
+
+
+def event_json(event: job_pb2.JobEvent) -> dict[str, Any]:
+    return json_format.MessageToDict(event)

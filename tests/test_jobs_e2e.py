@@ -8,14 +8,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
+from gantry.v1 import job_pb2
 
+from agent.journal import Journal
 from console.cli import main
 from console.cluster_file import dump_cluster_file
 from console.local_agents import LocalAgent
 from tests.conftest import StartAgent
 
 ROOT = Path(__file__).resolve().parent.parent
+METRICS = job_pb2.JobEventKind.JOB_EVENT_KIND_METRICS
 FAKE_RANK = ROOT / "tests" / "fixtures" / "fake_rank.py"
 
 
@@ -52,7 +56,10 @@ def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
 
 
 def wait_job(
-    cluster_file: Path, name: str, states: set[str], capsys: pytest.CaptureFixture[str],
+    cluster_file: Path,
+    name: str,
+    states: set[str],
+    capsys: pytest.CaptureFixture[str],
     timeout: float = 60,
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
@@ -78,7 +85,7 @@ def test_job_runs_on_both_nodes_and_succeeds(
     assert "submitted to node-a" in out
     report = wait_job(cluster_file, "ok-job", {"JOB_STATE_SUCCEEDED"}, capsys)
     ranks = report["job"]["attempts"][0]["ranks"]
-    assert sorted((r["rank"] if "rank" in r else 0, r["node"]) for r in ranks) == [
+    assert sorted((r.get("rank", 0), r["node"]) for r in ranks) == [
         (0, "node-a"),
         (1, "node-b"),
     ]
@@ -136,7 +143,7 @@ def test_stop_ends_every_rank(
     spec = write_job(tmp_path, "long-job", ["--steps", "100000", "--step-s", "0.1"])
     assert cli(["launch", str(spec), "--cluster", str(cluster_file)], capsys)[0] == 0
     wait_job(cluster_file, "long-job", {"JOB_STATE_RUNNING"}, capsys)
-    code, out, err = cli(["stop", "long-job", "--cluster", str(cluster_file)], capsys)
+    code, _, err = cli(["stop", "long-job", "--cluster", str(cluster_file)], capsys)
     assert code == 0, err
     report = wait_job(cluster_file, "long-job", {"JOB_STATE_STOPPED"}, capsys, timeout=30)
     states = {r["state"] for r in report["job"]["attempts"][-1]["ranks"]}
@@ -150,7 +157,10 @@ def test_bad_jobs_are_refused_before_anything_starts(
 ) -> None:
     cluster_file, agents = cluster
     cases = [
-        (write_job(tmp_path, "unknown-node", [], nodes=["node-a", "node-x"]), "unknown node node-x"),
+        (
+            write_job(tmp_path, "unknown-node", [], nodes=["node-a", "node-x"]),
+            "unknown node node-x",
+        ),
         (
             write_job(tmp_path, "no-entry", [], command=["python", str(tmp_path / "nope.py")]),
             "does not exist",
@@ -181,3 +191,84 @@ def test_bad_jobs_are_refused_before_anything_starts(
     names = [j["job"]["spec"]["name"] for j in json.loads(out)["jobs"]]
     assert names == []
     assert not list((agents[0].data_dir / "jobs").glob("*/attempt-*"))
+
+
+def job_events(
+    cluster_file: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> list[dict[str, Any]]:
+    code, out, err = cli(["events", name, "--cluster", str(cluster_file), "--json"], capsys)
+    assert code == 0, err
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_stopped_rank_is_detected_as_hung_with_its_stacks(
+    cluster: tuple[Path, list[LocalAgent]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster_file, _ = cluster
+    spec = write_job(
+        tmp_path, "hang-job", ["--steps", "100000", "--step-s", "0.1"], hang_timeout_s=3
+    )
+    assert cli(["launch", str(spec), "--cluster", str(cluster_file)], capsys)[0] == 0
+    report = wait_job(cluster_file, "hang-job", {"JOB_STATE_RUNNING"}, capsys)
+    rank1 = next(r for r in report["job"]["attempts"][0]["ranks"] if r.get("rank") == 1)
+    time.sleep(1.0)  # let it start and report a few steps
+    # The rank's own process is the wrapper's child.
+    children = psutil.Process(rank1["pid"]).children()
+    assert len(children) == 1
+    rank_proc = children[0]
+    stopped_at = time.monotonic()
+    rank_proc.suspend()  # SIGSTOP
+    report = wait_job(cluster_file, "hang-job", {"JOB_STATE_FAILED"}, capsys, timeout=30)
+    detected = [
+        e
+        for e in job_events(cluster_file, "hang-job", capsys)
+        if e.get("kind") == "JOB_EVENT_KIND_RANK_HUNG"
+    ]
+    assert detected and detected[0]["rank"] == 1
+    assert time.monotonic() - stopped_at < 3 + 5 + 5  # detection within timeout + 5 s (+ polling)
+    failed = [
+        e
+        for e in job_events(cluster_file, "hang-job", capsys)
+        if e.get("kind") == "JOB_EVENT_KIND_RANK_FAILED" and e.get("rank") == 1
+    ]
+    stacks = failed[0]["details"]["stacks"]
+    assert "fake_rank.py" in stacks and "main" in stacks
+    assert "hung" in report["job"]["attempts"][0]["reason"]
+    assert not psutil.pid_exists(rank_proc.pid) or rank_proc.status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.parametrize("victim", ["node-b", "node-a"])
+def test_agent_killed_and_restarted_loses_nothing(
+    victim: str,
+    cluster: tuple[Path, list[LocalAgent]],
+    local_agents: StartAgent,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cluster_file, agents = cluster
+    spec = write_job(tmp_path, "steady", ["--steps", "60", "--step-s", "0.1"])
+    assert cli(["launch", str(spec), "--cluster", str(cluster_file)], capsys)[0] == 0
+    report = wait_job(cluster_file, "steady", {"JOB_STATE_RUNNING"}, capsys)
+    pids = {r["node"]: r["pid"] for r in report["job"]["attempts"][0]["ranks"]}
+    agent = next(a for a in agents if a.name == victim)
+    port = int(agent.address.rsplit(":", 1)[1])
+    time.sleep(1.5)
+    agent.process.kill()  # SIGKILL: no chance to clean up
+    agent.process.wait()
+    time.sleep(1.0)
+    local_agents(victim, port=port)
+    report = wait_job(cluster_file, "steady", {"JOB_STATE_SUCCEEDED"}, capsys, timeout=90)
+    attempts = report["job"]["attempts"]
+    assert len(attempts) == 1  # the ranks never stopped
+    assert {r["node"]: r["pid"] for r in attempts[0]["ranks"]} == pids
+    events = job_events(cluster_file, "steady", capsys)
+    assert any(e.get("kind") == "JOB_EVENT_KIND_SUCCEEDED" for e in events)
+    for rank, agent in enumerate(agents):
+        # Each node's journal holds every step of its rank once: none lost, none twice.
+        journal = Journal.open(agent.data_dir)
+        try:
+            metrics = journal.events_after(0, "steady", kinds=[METRICS])
+        finally:
+            journal.close()
+        steps = [e.metrics.step for e in metrics if e.rank == rank]
+        assert steps == list(range(1, 61)), (rank, steps)
