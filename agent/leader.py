@@ -66,6 +66,8 @@ class LedJob:
     peers: dict[str, agent_service_pb2.PeerAgent]
     nodes: dict[str, NodeApi] = field(default_factory=dict)
     commands: asyncio.Queue[Command] = field(default_factory=asyncio.Queue)
+    # The last event seq read from each node, so a new attempt does not re-read history.
+    seen: dict[str, int] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
 
 
@@ -367,7 +369,7 @@ class JobLeader:
         nodes_in_attempt = sorted({r.node for r in attempt.ranks})
 
         async def pump(node: str) -> None:
-            async for event in led.nodes[node].events(name, 0):
+            async for event in led.nodes[node].events(name, led.seen.get(node, 0)):
                 await queue.put((node, event))
 
         pumps = [asyncio.create_task(pump(n)) for n in nodes_in_attempt]
@@ -401,6 +403,7 @@ class JobLeader:
                     continue
                 node, event = getter.result()
                 getter = None
+                led.seen[node] = max(led.seen.get(node, 0), event.seq)
                 if event.attempt != attempt.number:
                     continue
                 if node != self.node_name:
