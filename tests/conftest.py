@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from console.local_agents import LocalAgent, start_agent, stop_all
@@ -22,3 +26,15 @@ def local_agents(tmp_path: Path) -> Iterator[StartAgent]:
 
     yield start
     stop_all(started)
+    # Ranks outlive their agent by design; a test's ranks must not outlive the test.
+    kill_processes_mentioning(str(tmp_path / "agents"))
+
+
+def kill_processes_mentioning(text: str) -> None:
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if any(text in arg for arg in cmdline):
+            with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
