@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import pytest
 from textual.app import App, ComposeResult
+from textual.content import Content
+from textual.strip import Strip
 from textual.widgets import Static
 
 from console.app import GantryApp
 from console.screens.cluster import ClusterScreen
-from console.screens.node import TIMES, GpuPanel, NodeScreen, ScaledSparkline, gpu_values
+from console.screens.node import (
+    TIMES,
+    GpuPanel,
+    NodeScreen,
+    ScaledSparkline,
+    gpu_values,
+    spaces_outside_spans,
+)
 from console.store import ClusterStore
 from console.widgets.bars import (
     DASH,
@@ -113,6 +122,18 @@ def test_rate_formatting() -> None:
         assert len(format_rate(10.0**exponent * 9.99)) <= 8
         assert len(format_rate_short(10.0**exponent * 9.99)) <= 4
         assert len(format_bytes_short(2.0**exponent * 1000)) <= 4
+
+
+def test_spaces_outside_spans_keeps_the_text_and_moves_boundaries_off_spaces() -> None:
+    content = Content.from_markup("[b]gantry[/b] · nodes [green] 5/8[/] live · [b]40[/b] GPUs")
+    tidy = spaces_outside_spans(content)
+    text = tidy.plain
+    assert text == content.plain
+    assert [text[s.start : s.end] for s in tidy.spans] == ["gantry ", "5/8 ", "40 "]
+    for span in tidy.spans:
+        assert text[span.start] != " "
+        assert span.end == len(text) or text[span.end] != " "
+    assert spaces_outside_spans(Content.from_markup("[b]   [/b]x")).spans == []
 
 
 def test_fit() -> None:
@@ -388,6 +409,103 @@ async def test_store_changes_are_drawn_after_the_refresh_interval() -> None:
         assert table.rows_rendered == rendered + 1
         assert list(table.repaint_delays_s)[-1] == 1.0
         assert len(table.repaint_delays_s) == 7
+
+
+async def test_only_the_lines_of_changed_rows_are_drawn_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = cluster_store(now=FIXED - 2)
+    app = make_app(store, Clock(FIXED), interval=0.05)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        table = table_of(app)
+        drawn: list[int] = []
+        render_line = table.render_line
+
+        def spy(y: int) -> Strip:
+            drawn.append(y)
+            return render_line(y)
+
+        # Textual calls render_line only for lines marked dirty; every other
+        # line of the widget comes from its line cache.
+        monkeypatch.setattr(table, "render_line", spy)
+        rendered = table.rows_rendered
+        before = [table.row_text(row) for row in range(len(store))]
+        for node, name in ((0, "node-00"), (2, "node-02")):
+            sample = make_sample(name, node, 1000, FIXED - 1, 8, error_gpu=5 if node == 2 else None)
+            for gpu in sample.gpus:
+                gpu.gpu_util_percent = 100.0
+            assert store.apply_sample(name, sample, FIXED - 1)
+        await pilot.pause(0.2)
+        # Line 0 is the column header; node-00 and node-02 are lines 1 and 3.
+        assert sorted(set(drawn)) == [1, 3]
+        assert table.rows_rendered == rendered + 2
+        after = [table.row_text(row) for row in range(len(store))]
+        assert [row for row in range(len(store)) if after[row] != before[row]] == [0, 2]
+        assert "100 █████ 100" in after[0]
+        drawn.clear()
+        app.refresh_screen()
+        app.tick()
+        await pilot.pause(0.2)
+        assert drawn == []
+        assert table.rows_rendered == rendered + 2
+
+
+async def test_figures_start_their_own_segment_in_live_and_lost_rows() -> None:
+    # Right-aligned figures keep their padding with the gap before them, so a
+    # viewer that trims each segment (librsvg) aligns live and lost rows alike.
+    store = cluster_store()
+    app = make_app(store, Clock(FIXED))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        table = table_of(app)
+        assert table.layout_in_use.util_bar >= 2
+        for row in (0, 2, 3, 5):
+            segments = list(table.row_strip(row))
+            for segment in segments:
+                assert segment.text.strip() == "" or not segment.text.startswith(" "), (
+                    row,
+                    segment.text,
+                )
+        live, lost = table.row_text(0), table.row_text(3)
+        gpu0 = store.node("node-00").latest.gpus[0]  # type: ignore[union-attr]
+        gpu3 = store.node("node-03").latest.gpus[0]  # type: ignore[union-attr]
+        start = live.index(f"{gpu0.gpu_util_percent:3.0f} ")
+        assert lost.index(f"{gpu3.gpu_util_percent:3.0f} ") == start
+
+
+async def test_header_counts_follow_the_store_and_figures_wait_their_interval() -> None:
+    store = cluster_store(now=FIXED - 2)
+    clock = Clock(FIXED)
+    app = make_app(store, clock)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, ClusterScreen)
+        header = screen.query_one("#cluster-header", Static)
+        text = str(header.content)
+        assert "nodes 5/8 live · 40 GPUs (1 failing) · util " in text
+        monotonic = [1000.0]
+        screen._monotonic = lambda: monotonic[0]
+        screen._figures_shown_at = monotonic[0]
+        util = text.split("util ")[1].split("%")[0]
+        for node, name in ((0, "node-00"), (6, "node-06")):
+            sample = make_sample(name, node, 1000, FIXED - 1, 8)
+            for gpu in sample.gpus:
+                gpu.gpu_util_percent = 100.0
+            assert store.apply_sample(name, sample, FIXED - 1)
+        await pilot.pause(0.2)
+        # The cluster's figures move only once their interval has passed...
+        assert f"util {util}%" in str(header.content)
+        monotonic[0] += 1.0
+        app.tick()  # the app refreshes once a second even when the store is still
+        await pilot.pause()
+        text = str(header.content)
+        assert f"util {util}%" not in text
+        # ...node counts at once.
+        store.set_lost("node-01", FIXED, LOST_ERROR)
+        await pilot.pause(0.2)
+        assert "nodes 4/8 live" in str(header.content)
 
 
 class TableApp(App[None]):

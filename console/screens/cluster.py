@@ -5,20 +5,26 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from textual.app import ComposeResult
 from textual.content import Content
 from textual.widgets import Footer, Static
 
 from console.screens import StoreScreen
-from console.screens.node import NodeScreen
+from console.screens.node import NodeScreen, spaces_outside_spans
 from console.store import ClusterStore, ConnState, NodeView
 from console.widgets.cluster_table import ClusterTable
 
+# Cluster-wide util and mem figures change with almost every sample; the header
+# shows them at most this often. Node and GPU counts are shown at once.
+HEADER_FIGURES_INTERVAL_S = 1.0
 
-@dataclass(frozen=True, slots=True)
-class _NodeTotals:
+
+class _NodeTotals(NamedTuple):
     version: int
+    live: bool
+    down: bool
     gpus: int
     failed: int
     util_sum: float
@@ -31,20 +37,67 @@ def _totals(node: NodeView) -> _NodeTotals:
     gpus = failed = util_n = mem_used = mem_total = 0
     util_sum = 0.0
     if node.latest is not None:
-        for gpu in node.latest.gpus:
-            gpus += 1
+        samples = node.latest.gpus
+        gpus = len(samples)
+        for gpu in samples:
             if gpu.error:
                 failed += 1
                 continue
-            if gpu.HasField("gpu_util_percent"):
+            has = gpu.HasField
+            if has("gpu_util_percent"):
                 util_sum += gpu.gpu_util_percent
                 util_n += 1
-            if gpu.HasField("mem_used_bytes") and gpu.HasField("mem_total_bytes"):
+            if has("mem_used_bytes") and has("mem_total_bytes"):
                 mem_used += gpu.mem_used_bytes
                 mem_total += gpu.mem_total_bytes
     elif node.info is not None:
         gpus = node.info.gpu_count
-    return _NodeTotals(node.version, gpus, failed, util_sum, util_n, mem_used, mem_total)
+    state = node.state
+    return _NodeTotals(
+        node.version,
+        state is ConnState.LIVE,
+        state is ConnState.LOST or state is ConnState.UNAUTHORIZED,
+        gpus,
+        failed,
+        util_sum,
+        util_n,
+        mem_used,
+        mem_total,
+    )
+
+
+@dataclass(slots=True)
+class _ClusterTotals:
+    """Sums over every node, kept up to date one changed node at a time."""
+
+    nodes: int = 0
+    live: int = 0
+    gpus: int = 0
+    failed: int = 0
+    util_sum: float = 0.0
+    util_n: int = 0
+    mem_used: int = 0
+    mem_total: int = 0
+
+    def replace(self, old: _NodeTotals | None, new: _NodeTotals) -> None:
+        """Takes `old` (a node's previous totals, if any) out of the sums and puts `new` in."""
+        if old is None:
+            self.nodes += 1
+            self.live += new.live
+            self.gpus += new.gpus
+            self.failed += new.failed
+            self.util_sum += new.util_sum
+            self.util_n += new.util_n
+            self.mem_used += new.mem_used
+            self.mem_total += new.mem_total
+        else:
+            self.live += new.live - old.live
+            self.gpus += new.gpus - old.gpus
+            self.failed += new.failed - old.failed
+            self.util_sum += new.util_sum - old.util_sum
+            self.util_n += new.util_n - old.util_n
+            self.mem_used += new.mem_used - old.mem_used
+            self.mem_total += new.mem_total - old.mem_total
 
 
 class ClusterScreen(StoreScreen):
@@ -62,9 +115,17 @@ class ClusterScreen(StoreScreen):
         self.clock = clock
         self.cluster_name = cluster_name
         self._totals: dict[str, _NodeTotals] = {}
+        self._sums = _ClusterTotals()
+        self._scanned_version = -1
         self._selected: str | None = None
+        self._status_stale = True
+        self._header_counts: tuple[int, ...] = ()
+        self._header_figures: tuple[str, str] = ("", "")
+        self._figures_shown_at = -HEADER_FIGURES_INTERVAL_S
         self._header_markup = ""
         self._status_markup = ""
+        # For throttling the header's figures only; shown times use `clock`.
+        self._monotonic: Callable[[], float] = time.monotonic
 
     def compose(self) -> ComposeResult:
         yield Static(id="cluster-header")
@@ -78,6 +139,7 @@ class ClusterScreen(StoreScreen):
 
     def on_mount(self) -> None:
         self.table.focus()
+        self._scan()
         self._update_header()
         self._update_status()
 
@@ -86,8 +148,10 @@ class ClusterScreen(StoreScreen):
 
     def refresh_from_store(self) -> None:
         self.table.refresh_rows()
-        self._update_header()
-        self._update_status()
+        if self._scan() or self._header_figures_due():
+            self._update_header()
+        if self._status_stale:
+            self._update_status()
 
     def on_cluster_table_node_highlighted(self, message: ClusterTable.NodeHighlighted) -> None:
         self._selected = message.node_name
@@ -96,47 +160,75 @@ class ClusterScreen(StoreScreen):
     def on_cluster_table_node_selected(self, message: ClusterTable.NodeSelected) -> None:
         self.app.push_screen(NodeScreen(message.node_name, self.store, clock=self.clock))
 
+    def _scan(self) -> bool:
+        """Brings the cluster sums up to date; False when the store did not move.
+
+        One integer compare per node; only nodes whose version moved are summed
+        again. Flags the status line when a node went down or came back.
+        """
+        store = self.store
+        if store.version == self._scanned_version:
+            return False
+        self._scanned_version = store.version
+        totals, sums = self._totals, self._sums
+        for node in store:
+            old = totals.get(node.name)
+            if old is not None and old.version == node.version:
+                continue
+            new = totals[node.name] = _totals(node)
+            sums.replace(old, new)
+            if new.down or (old is not None and old.down) or node.name == self._selected:
+                self._status_stale = True
+        return True
+
+    def _header_figures_due(self) -> bool:
+        return self._monotonic() - self._figures_shown_at >= HEADER_FIGURES_INTERVAL_S
+
     def _update_header(self) -> None:
-        live = gpus = failed = util_n = mem_used = mem_total = 0
-        util_sum = 0.0
-        for node in self.store:
-            totals = self._totals.get(node.name)
-            if totals is None or totals.version != node.version:
-                totals = self._totals[node.name] = _totals(node)
-            live += node.state is ConnState.LIVE
-            gpus += totals.gpus
-            failed += totals.failed
-            util_sum += totals.util_sum
-            util_n += totals.util_n
-            mem_used += totals.mem_used
-            mem_total += totals.mem_total
-        total = len(self.store)
+        s = self._sums
+        counts = (s.live, s.nodes, s.gpus, s.failed)
+        figures = (
+            f"{s.util_sum / s.util_n:.0f}%" if s.util_n else "",
+            f"{100 * s.mem_used / s.mem_total:.0f}%" if s.mem_total else "",
+        )
+        if counts == self._header_counts and (
+            # Only the figures moved: they wait for their interval.
+            figures == self._header_figures or not self._header_figures_due()
+        ):
+            return
+        self._header_counts = counts
+        self._header_figures = figures
+        self._figures_shown_at = self._monotonic()
         parts = ["[b]gantry[/b]"]
         if self.cluster_name:
             parts.append("[b $accent]$cluster[/]")
-        nodes_style = "$success" if live == total else "$warning"
-        parts.append(f"nodes [{nodes_style}]{live}/{total}[/] live")
-        parts.append(f"GPUs [b]{gpus}[/b]")
-        if failed:
-            parts.append(f"[$error]{failed} failing[/]")
-        if util_n:
-            parts.append(f"util [b]{util_sum / util_n:.0f}%[/b]")
-        if mem_total:
-            parts.append(f"mem [b]{100 * mem_used / mem_total:.0f}%[/b]")
+        nodes_style = "$success" if s.live == s.nodes else "$warning"
+        parts.append(f"nodes [{nodes_style}]{s.live}/{s.nodes}[/] live")
+        gpus = f"[b]{s.gpus}[/b] GPU" + ("" if s.gpus == 1 else "s")
+        if s.failed:
+            gpus += f" [$error]({s.failed} failing)[/]"
+        parts.append(gpus)
+        util, mem = figures
+        if util:
+            parts.append(f"util [b]{util}[/b]")
+        if mem:
+            parts.append(f"mem [b]{mem}[/b]")
         markup = " · ".join(parts)
         if markup != self._header_markup:
             self._header_markup = markup
             header = self.query_one("#cluster-header", Static)
-            header.update(Content.from_markup(markup, cluster=self.cluster_name), layout=False)
+            content = Content.from_markup(markup, cluster=self.cluster_name)
+            header.update(spaces_outside_spans(content), layout=False)
 
     def _update_status(self) -> None:
+        self._status_stale = False
         markup, values = self._status()
         key = markup + "\0" + "\0".join(values.values())
         if key == self._status_markup:
             return
         self._status_markup = key
         line = self.query_one("#status-line", Static)
-        line.update(Content.from_markup(markup, **values), layout=False)
+        line.update(spaces_outside_spans(Content.from_markup(markup, **values)), layout=False)
 
     def _status(self) -> tuple[str, dict[str, str]]:
         name = self._selected

@@ -15,7 +15,7 @@ from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.content import Content
+from textual.content import Content, Span
 from textual.strip import Strip
 from textual.widgets import Footer, Sparkline, Static
 
@@ -167,6 +167,29 @@ class GpuSeries:
             self.power.append(gpu.power_draw_w)
 
 
+def spaces_outside_spans(content: Content) -> Content:
+    """The same text and look, with no styled span starting or ending before a space.
+
+    Each span gives up its leading spaces and takes the spaces that follow it, so
+    every change of style falls just before a visible character. A terminal shows
+    the same thing (for spans without a background); viewers that trim every run of
+    text (librsvg, which draws the snapshot SVGs) no longer swallow the space after
+    a bold or coloured word. For markup whose spans have no background.
+    """
+    text = content.plain
+    end_of_text = len(text)
+    spans = []
+    for span in content.spans:
+        start, end = span.start, span.end
+        while start < end and text[start] == " ":
+            start += 1
+        while end < end_of_text and text[end] == " ":
+            end += 1
+        if start < end:
+            spans.append(Span(start, end, span.style))
+    return Content(text, spans, strip_control_codes=False)
+
+
 def _opt(gpu: telemetry_pb2.GpuSample, name: str) -> float | None:
     return float(getattr(gpu, name)) if gpu.HasField(name) else None
 
@@ -284,7 +307,8 @@ class GpuPanel(Horizontal):
             lines_changed = details.count("\n") != self._details_key.count("\n")
             self._details_key = details + gpu.error
             self._details.update(
-                Content.from_markup(details, error=gpu.error), layout=lines_changed
+                spaces_outside_spans(Content.from_markup(details, error=gpu.error)),
+                layout=lines_changed,
             )
         power_ceiling = _opt(gpu, "power_limit_w") or max(series.power, default=0.0) or 1.0
         self._sparks["util"].show(tuple(series.util))
@@ -399,7 +423,7 @@ class NodeScreen(StoreScreen):
         if self._shown.get(selector) == key:
             return
         self._shown[selector] = key
-        content = Content.from_markup(markup, **values)
+        content = spaces_outside_spans(Content.from_markup(markup, **values))
         self.query_one(selector, Static).update(content, layout=layout)
 
     def _title(self, node: NodeView, now: float) -> tuple[str, dict[str, str]]:
