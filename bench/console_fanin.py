@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -72,6 +73,7 @@ async def serve_agents(nodes: int, gpus: int, interval_s: float) -> None:
     for sampler in samplers:
         sampler.stop()
     await asyncio.gather(*(s.stop(0) for s in servers))
+    shutil.rmtree(data_root, ignore_errors=True)
 
 
 # -- the console's side ------------------------------------------------------------------
@@ -121,6 +123,7 @@ async def measure_console(
         delays = list(table.repaint_delays_s)
         samples = sum(len(n.history) for n in app.store) - samples_before
         await pilot.press("q")
+    shutil.rmtree(token_dir, ignore_errors=True)
     wall = wall1 - wall0
     return {
         "console_cpu_s_per_s": (cpu1 - cpu0) / wall,
