@@ -320,9 +320,8 @@ class JobLeader:
             + (f", resuming from {resume}" if resume else ", fresh start"),
             attempt=attempt.number,
         )
-        started: list[str] = []
-        for node, ranks in layout:
-            request = agent_service_pb2.StartRanksRequest(
+        requests = {
+            node: agent_service_pb2.StartRanksRequest(
                 spec=attempt_spec,
                 attempt=attempt.number,
                 master_addr=master_addr,
@@ -332,18 +331,32 @@ class JobLeader:
                 resume_from=resume,
                 leader=self.node_name,
             )
-            try:
-                reply = await led.nodes[node].start_ranks(request)
-            except (NodeUnreachable, NodeRefused) as exc:
-                for done in started:
+            for node, ranks in layout
+        }
+        # Every node at once: a restart should not wait on the nodes one by one.
+        replies = await asyncio.gather(
+            *(led.nodes[node].start_ranks(request) for node, request in requests.items()),
+            return_exceptions=True,
+        )
+        failures = [
+            (node, reply)
+            for node, reply in zip(requests, replies, strict=True)
+            if isinstance(reply, BaseException)
+        ]
+        if failures:
+            stop = agent_service_pb2.StopRanksRequest(
+                job_name=spec.name, attempt=attempt.number, grace_s=STOP_GRACE_S
+            )
+            for node, reply in zip(requests, replies, strict=True):
+                if not isinstance(reply, BaseException):
                     with contextlib.suppress(NodeUnreachable, NodeRefused):
-                        await led.nodes[done].stop_ranks(
-                            agent_service_pb2.StopRanksRequest(
-                                job_name=spec.name, attempt=attempt.number, grace_s=STOP_GRACE_S
-                            )
-                        )
-                return self._attempt_failed(led, attempt, f"could not start ranks on {node}: {exc}")
-            started.append(node)
+                        await led.nodes[node].stop_ranks(stop)
+            node, error = failures[0]
+            if not isinstance(error, NodeUnreachable | NodeRefused):
+                raise error
+            return self._attempt_failed(led, attempt, f"could not start ranks on {node}: {error}")
+        for reply in replies:
+            assert isinstance(reply, agent_service_pb2.StartRanksResponse)
             attempt.ranks.extend(reply.ranks)
         attempt.state = JS.JOB_STATE_RUNNING
         job.state = JS.JOB_STATE_RUNNING
