@@ -3,6 +3,7 @@ refused before anything starts (one line naming what to fix)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -39,7 +40,7 @@ def resolve_argv(spec: job_pb2.JobSpec) -> list[str]:
 
 
 def _module_of(argv: list[str]) -> str | None:
-    for flag, value in zip(argv[1:], argv[2:], strict=False):
+    for flag, value in itertools.pairwise(argv[1:]):
         if flag == "-m":
             return value
     return None
@@ -70,7 +71,8 @@ def check_launch(spec: job_pb2.JobSpec, resume_from: str) -> None:
             [
                 program,
                 "-c",
-                "import importlib.util, sys; sys.exit(importlib.util.find_spec(sys.argv[1]) is None)",
+                "import importlib.util, sys;"
+                " sys.exit(importlib.util.find_spec(sys.argv[1]) is None)",
                 module,
             ],
             cwd=cwd,

@@ -7,13 +7,52 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import subprocess
 import sys
 from pathlib import Path
 
-from console.cluster_file import dump_cluster_file
+from console.cluster_file import NodeTarget, dump_cluster_file
 from console.local_agents import AgentStartError, LocalAgent, start_agent, stop_all
 
 DEMO_NODES = ("node-a", "node-b")
+REPO = Path(__file__).resolve().parent.parent
+DEMO_JOB = REPO / "examples" / "job-demo.yaml"
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+def make_demo_data(root: Path) -> None:
+    """The demo conversations, generated deterministically once (run as a program:
+    the console does not import the agent's code)."""
+    data = root / "data"
+    if (data / "train.jsonl").exists():
+        return
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.demo_data", "--out", str(data)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise DemoError(f"generating the demo data failed: {last}")
+
+
+def launch_demo_job(targets: list[NodeTarget]) -> str:
+    """Sends examples/job-demo.yaml to node-a; an already finished demo is left alone."""
+    from console.job_spec import load_job_spec
+    from console.jobs_client import JobCommandError, JobsClient
+
+    spec = load_job_spec(DEMO_JOB, known_nodes={t.name for t in targets})
+    client = JobsClient(targets)
+    try:
+        led = asyncio.run(client.launch(spec))
+    except JobCommandError as exc:
+        return f"demo job not launched: {exc}"
+    return f"demo job {spec.name} launched on {led.leader.name}: `gantry jobs` to follow it"
 
 
 def start_demo_cluster(root: Path) -> tuple[list[LocalAgent], Path]:
@@ -29,17 +68,30 @@ def start_demo_cluster(root: Path) -> tuple[list[LocalAgent], Path]:
     return agents, cluster_file
 
 
+def stop_demo_job(agents: list[LocalAgent]) -> None:
+    """Ranks outlive their agent by design; the demo's must not outlive the demo."""
+    from console.jobs_client import JobCommandError, JobsClient
+
+    client = JobsClient([a.target for a in agents])
+    with contextlib.suppress(JobCommandError):
+        asyncio.run(client.stop("demo-moe", 5.0))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="gantry-demo")
     parser.add_argument("--root", type=Path, default=Path(".gantry/demo"))
     parser.add_argument(
         "--check", action="store_true", help="start the cluster, print its status, stop it"
     )
+    parser.add_argument("--no-train", action="store_true", help="do not launch the demo job")
     args = parser.parse_args(argv)
     root = args.root.resolve()
+    train = not (args.no_train or args.check)
     try:
+        if train:
+            make_demo_data(root)
         agents, cluster_file = start_demo_cluster(root)
-    except AgentStartError as exc:
+    except (AgentStartError, DemoError) as exc:
         print(f"gantry demo: {exc}", file=sys.stderr)
         sys.exit(1)
     print(f"demo cluster: {cluster_file}", file=sys.stderr)
@@ -53,8 +105,13 @@ def main(argv: list[str] | None = None) -> None:
         from console.app import GantryApp
         from console.cluster_file import load_cluster_file
 
-        GantryApp(load_cluster_file(cluster_file)).run()
+        targets = load_cluster_file(cluster_file)
+        if train:
+            print(launch_demo_job(targets), file=sys.stderr)
+        GantryApp(targets).run()
     finally:
+        if train:
+            stop_demo_job(agents)
         stop_all(agents)
 
 

@@ -1,0 +1,368 @@
+"""agent.train end to end: two real DeepSpeed ranks (ZeRO-3, gloo, CPU) as plain
+processes on 127.0.0.1, a resume from the latest checkpoint, the final HF directory.
+
+DeepSpeed compiles a shared-memory op with g++ the first time a machine initializes
+it (30-55 s, minutes on a loaded machine); the session fixture below warms a fixed
+cache (~/.cache/gantry-torch-extensions) once, and is quick when it is already there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import demo_data
+from agent.train import collective_timeout, lr_lambda, parse_args, resolve_resume
+
+ROOT = Path(__file__).resolve().parent.parent
+EXT_CACHE = Path.home() / ".cache" / "gantry-torch-extensions"
+RUN_TIMEOUT_S = 240
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def base_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        TORCH_EXTENSIONS_DIR=str(EXT_CACHE),
+        DS_ACCELERATOR="cpu",
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONUNBUFFERED="1",
+    )
+    for name in ("GANTRY_METRICS_FILE", "RANK", "LOCAL_RANK", "WORLD_SIZE", "OMP_NUM_THREADS"):
+        env.pop(name, None)
+    return env
+
+
+@pytest.fixture(scope="session")
+def deepspeed_warm() -> dict[str, str]:
+    """The environment for DeepSpeed subprocesses, with the op cache built once."""
+    env = base_env()
+    if not any(EXT_CACHE.glob("**/deepspeed_shm_comm*.so")):
+        env1 = {
+            **env,
+            "RANK": "0",
+            "LOCAL_RANK": "0",
+            "WORLD_SIZE": "1",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(free_port()),
+        }
+        code = "import deepspeed; deepspeed.init_distributed(dist_backend='gloo')"
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            env=env1,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+    return env
+
+
+@dataclass
+class Run:
+    out: Path
+    codes: list[int]
+    logs: list[str]
+
+    def metrics(self, rank: int) -> list[dict[str, Any]]:
+        path = self.out / f"metrics.rank{rank}.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def train_two_ranks(
+    env: dict[str, str], out: Path, name: str, args: list[str], local_rank_flag: bool = False
+) -> Run:
+    port = str(free_port())
+    procs = []
+    logs = []
+    for rank in range(2):
+        rank_env = {
+            **env,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "GANTRY_METRICS_FILE": str(out / f"metrics.rank{rank}.jsonl"),
+            "GANTRY_HEARTBEAT_S": "0.5",
+            "GANTRY_COLLECTIVE_TIMEOUT_S": "60",
+        }
+        extra = [f"--local_rank={rank}"] if local_rank_flag else []
+        log = out / f"{name}.rank{rank}.log"
+        logs.append(log)
+        with log.open("w") as f:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "agent.train", *args, *extra],
+                    env=rank_env,
+                    cwd=ROOT,
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    codes = []
+    try:
+        for p in procs:
+            codes.append(p.wait(timeout=max(1.0, deadline - time.monotonic())))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    texts = [log.read_text() for log in logs]
+    assert codes == [0, 0], "\n".join(t[-4000:] for t in texts)
+    return Run(out, codes, texts)
+
+
+@pytest.fixture(scope="module")
+def runs(
+    deepspeed_warm: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Run, Run]]:
+    base = tmp_path_factory.mktemp("train")
+    demo_data.write_demo(base / "demo", n_train=300, n_heldout=10, seed=1)
+    out = base / "out"
+    out.mkdir()
+    common = [
+        "--deepspeed_config",
+        str(ROOT / "examples" / "ds_config_zero3.json"),
+        "--model_name_or_path",
+        "tiny-moe",
+        "--data",
+        str(base / "demo" / "train.jsonl"),
+        "--output_dir",
+        str(out),
+        "--per_device_train_batch_size",
+        "4",
+        "--gradient_accumulation_steps",
+        "2",
+        "--learning_rate",
+        "3e-3",
+        "--warmup_steps",
+        "2",
+        "--save_steps",
+        "4",
+        "--max_length",
+        "128",
+    ]
+    first = train_two_ranks(deepspeed_warm, out, "first", [*common, "--max_steps", "8"])
+    for rank in range(2):  # keep the first run's records apart
+        path = out / f"metrics.rank{rank}.jsonl"
+        path.rename(out / f"first.rank{rank}.jsonl")
+    second = train_two_ranks(
+        deepspeed_warm,
+        out,
+        "second",
+        [*common, "--max_steps", "11", "--resume_from_checkpoint", "latest"],
+        local_rank_flag=True,
+    )
+    yield Run(out, first.codes, first.logs), second
+
+
+def first_metrics(run: Run, rank: int) -> list[dict[str, Any]]:
+    path = run.out / f"first.rank{rank}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_first_run_trains_and_reports(runs: tuple[Run, Run]) -> None:
+    first, _ = runs
+    log = first.logs[0]
+    assert "gantry: fp16 is not supported on the cpu accelerator" in log
+    assert "gantry: ZeRO stage 3, fp32, micro batch 4, accumulation 2 on 2 rank(s)" in log
+    assert "gantry: prepared" in log or "nothing to do" in log
+    for rank in range(2):
+        rows = first_metrics(first, rank)
+        kinds = [r["kind"] for r in rows]
+        # Heartbeats may come first: they start while DeepSpeed initialises.
+        assert kinds.index("start") < kinds.index("metrics") and kinds[-1] == "end"
+        assert rows[-1]["status"] == "completed" and rows[-1]["step"] == 8
+        assert all(r["rank"] == rank for r in rows)
+        metrics = [r for r in rows if r["kind"] == "metrics"]
+        assert [m["step"] for m in metrics] == list(range(1, 9))
+        for m in metrics:
+            for key in (
+                "time",
+                "epoch",
+                "loss",
+                "grad_norm",
+                "lr",
+                "step_time_s",
+                "samples_per_s",
+                "tokens_per_s",
+                "collective_total_s",
+                "forward_s",
+                "backward_s",
+                "optimizer_step_s",
+                "memory_bytes",
+            ):
+                assert key in m, key
+            assert "loss_scale" not in m  # fp32: no loss scale to report
+            assert m["collective_s"] and all(v >= 0 for v in m["collective_s"].values())
+            assert abs(sum(m["collective_s"].values()) - m["collective_total_s"]) < 1e-3
+            assert m["step_time_s"] >= m["forward_s"] + m["backward_s"] > 0
+        assert metrics[-1]["loss"] < metrics[0]["loss"] - 0.5  # the loss falls
+        assert metrics[0]["lr"] < max(m["lr"] for m in metrics)  # warmup: the first is not the peak
+        ckpts = [r for r in rows if r["kind"] == "checkpoint"]
+        assert [(c["step"], c["tag"]) for c in ckpts] == [(4, "step4"), (8, "step8")]
+        assert "heartbeat" in kinds
+
+
+def test_checkpoints_hold_step_and_data_position(runs: tuple[Run, Run]) -> None:
+    import torch
+
+    first, _ = runs
+    ckpt = first.out / "checkpoints"
+    assert (ckpt / "step4").is_dir() and (ckpt / "step8").is_dir()
+    state = torch.load(
+        ckpt / "step8" / "zero_pp_rank_0_mp_rank_00_model_states.pt",
+        map_location="cpu",
+        weights_only=False,
+    )
+    # 8 steps x 2 micro-batches, all within the first epoch (38 micro-batches a rank)
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (8, 0, 16)
+
+
+def test_resume_continues_step_numbering(runs: tuple[Run, Run]) -> None:
+    first, second = runs
+    assert "resumed from" in second.logs[0] and "at step 8" in second.logs[0]
+    for rank in range(2):
+        rows = second.metrics(rank)
+        start = next(r for r in rows if r["kind"] == "start")  # heartbeats may come first
+        assert start["step"] == 8
+        assert "/checkpoints/step8" in start["resumed_from"]
+        metrics = [r for r in rows if r["kind"] == "metrics"]
+        assert [m["step"] for m in metrics] == [9, 10, 11]
+        before = [r for r in first_metrics(first, rank) if r["kind"] == "metrics"]
+        # the optimizer and data position came back: no jump back to the first loss
+        assert metrics[0]["loss"] < before[0]["loss"] - 0.5
+        assert metrics[0]["epoch"] > before[-1]["epoch"]
+        assert [r["tag"] for r in rows if r["kind"] == "checkpoint"] == ["step11"]
+    assert (first.out / "checkpoints" / "latest").read_text().strip() == "step11"
+
+
+def test_final_directory_reloads_and_generates(runs: tuple[Run, Run]) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from agent.train_data import Turn, eval_prompts
+
+    final = runs[0].out / "final"
+    info = json.loads((final / "gantry_train.json").read_text())
+    assert info["step"] == 11
+    tok = AutoTokenizer.from_pretrained(str(final))
+    model = AutoModelForCausalLM.from_pretrained(str(final))
+    config = model.config
+    assert config.model_type in ("mixtral", "deepseek_v3")
+    experts = getattr(config, "n_routed_experts", None) or config.num_local_experts
+    assert experts == 32 and config.num_experts_per_tok == 2
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(float(p.abs().sum()) > 0 for p in model.parameters())  # gathered, not empty
+    prompt, _ = eval_prompts([Turn("Reverse the words.", "apple river stone", "")])[0]
+    ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    out = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape[1] > ids.shape[1]
+
+
+# --- pure helpers of the trainer ------------------------------------------------------
+
+
+def test_lr_schedule() -> None:
+    f = lr_lambda(warmup=4, total=10)
+    assert [round(f(s), 2) for s in range(11)] == [
+        0.2,
+        0.4,
+        0.6,
+        0.8,
+        1.0,
+        0.83,
+        0.67,
+        0.5,
+        0.33,
+        0.17,
+        0.0,
+    ]
+    c = lr_lambda(warmup=2, total=10, kind="constant")
+    assert [round(c(s), 2) for s in (0, 1, 2, 9, 50)] == [0.33, 0.67, 1.0, 1.0, 1.0]
+
+
+def test_resolve_resume(tmp_path: Path) -> None:
+    assert resolve_resume(None, tmp_path) is None
+    assert resolve_resume("latest", tmp_path) is None  # nothing yet: fresh start
+    ckpt = tmp_path / "checkpoints"
+    (ckpt / "step5").mkdir(parents=True)
+    (ckpt / "latest").write_text("step5")
+    assert resolve_resume("latest", tmp_path) == (ckpt, None)
+    assert resolve_resume(str(ckpt), tmp_path) == (ckpt, None)
+    assert resolve_resume(str(ckpt / "step5"), tmp_path) == (ckpt, "step5")
+    with pytest.raises(SystemExit):
+        resolve_resume(str(tmp_path / "nope"), tmp_path)
+
+
+def test_collective_timeout_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GANTRY_COLLECTIVE_TIMEOUT_S", raising=False)
+    assert collective_timeout() == timedelta(seconds=300)
+    monkeypatch.setenv("GANTRY_COLLECTIVE_TIMEOUT_S", "12.5")
+    assert collective_timeout() == timedelta(seconds=12.5)
+    monkeypatch.setenv("GANTRY_COLLECTIVE_TIMEOUT_S", "soon")
+    with pytest.raises(SystemExit):
+        collective_timeout()
+
+
+def test_arguments_of_the_reference_launch(tmp_path: Path) -> None:
+    cfg = tmp_path / "ds.json"
+    cfg.write_text("{}")
+    args = parse_args(
+        [
+            "--deepspeed_config",
+            str(cfg),
+            "--model_name_or_path",
+            "tiny-moe",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--per_device_train_batch_size",
+            "4",
+            "--gradient_accumulation_steps",
+            "4",
+            "--num_train_epochs",
+            "3",
+            "--learning_rate",
+            "2e-5",
+            "--warmup_steps",
+            "100",
+            "--logging_dir",
+            str(tmp_path / "logs"),
+            "--resume_from_checkpoint",
+            "latest",
+            "--save_steps",
+            "50",
+            "--max_steps",
+            "10",
+            "--seed",
+            "1",
+            "--data",
+            str(cfg),
+            "--local_rank=1",
+        ]
+    )
+    assert args.per_device_train_batch_size == 4 and args.local_rank == 1
+    assert args.num_train_epochs == 3.0 and args.resume_from_checkpoint == "latest"
+    with pytest.raises(SystemExit):
+        parse_args(["--deepspeed_config", str(tmp_path / "missing.json")])
