@@ -260,6 +260,14 @@ class StepStats:
     started: float = field(default_factory=time.perf_counter)
 
 
+def loss_scale(optimizer: Any) -> float | None:
+    for name in ("loss_scale", "cur_scale"):
+        value = getattr(optimizer, name, None)
+        if isinstance(value, int | float):
+            return float(value)
+    return None
+
+
 def save_final(
     engine: Any, model: Any, tokenizer: Any, final_dir: Path, rank: int, info: dict[str, Any]
 ) -> None:
@@ -383,10 +391,17 @@ def train(args: argparse.Namespace, rep: Reporter) -> int:
             raise SystemExit(f"gantry: could not load a checkpoint from {load_dir} ({tag})")
         client = client or {}
         epoch = int(client.get("epoch", 0))
-        batch_in_epoch = int(client.get("batch_in_epoch", 0))
-        resumed_from = path
+        # The data position is kept as samples of the epoch's shuffled order consumed by
+        # all ranks together, so it survives another micro batch (or world) size.
+        consumed = int(client.get("epoch_samples", client.get("batch_in_epoch", 0) * mbs * world))
+        batch_in_epoch, rest = divmod(consumed, mbs * world)
+        if rest:
+            skipped = mbs * world - rest
+            log(f"resuming at sample {consumed} of epoch {epoch}: skipping {skipped} more")
+            batch_in_epoch += 1
+        resumed_from = str(Path(path).parent if Path(path).is_file() else Path(path))
         log(
-            f"resumed from {path} at step {engine.global_steps} "
+            f"resumed from {resumed_from} at step {engine.global_steps} "
             f"(epoch {epoch}, micro-batch {batch_in_epoch})"
         )
 
@@ -421,7 +436,14 @@ def train(args: argparse.Namespace, rep: Reporter) -> int:
 
     def save(at_step: int) -> None:
         tag = f"step{at_step}"
-        client = {"step": at_step, "epoch": epoch, "batch_in_epoch": batch_in_epoch}
+        client = {
+            "step": at_step,
+            "epoch": epoch,
+            "batch_in_epoch": batch_in_epoch,
+            "epoch_samples": batch_in_epoch * mbs * world,
+            "micro_batch": mbs,
+            "world_size": world,
+        }
         engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client)
         rep.checkpoint(at_step, tag, ckpt_dir / tag)
         if rank == 0:
@@ -441,6 +463,7 @@ def train(args: argparse.Namespace, rep: Reporter) -> int:
         )
         for batch in loader:
             t0 = time.perf_counter()
+            batch = {k: v.to(engine.device) for k, v in batch.items()}
             out = engine(**batch)
             accel.synchronize()
             t1 = time.perf_counter()
@@ -472,9 +495,7 @@ def train(args: argparse.Namespace, rep: Reporter) -> int:
                 loss=loss,
                 grad_norm=float(grad_norm) if grad_norm is not None else None,
                 lr=float(engine.get_lr()[0]),
-                loss_scale=float(engine.optimizer.cur_scale)
-                if fp16 and hasattr(engine.optimizer, "cur_scale")
-                else None,
+                loss_scale=loss_scale(engine.optimizer) if fp16 else None,
                 step_time_s=round(elapsed, 6),
                 samples_per_s=round(stats.samples / elapsed, 3),
                 tokens_per_s=round(stats.tokens / elapsed, 3),

@@ -24,6 +24,7 @@ import pytest
 
 from agent import demo_data
 from agent.train import collective_timeout, lr_lambda, parse_args, resolve_resume
+from agent.train_data import Turn, eval_prompts
 
 ROOT = Path(__file__).resolve().parent.parent
 EXT_CACHE = Path.home() / ".cache" / "gantry-torch-extensions"
@@ -238,6 +239,7 @@ def test_checkpoints_hold_step_and_data_position(runs: tuple[Run, Run]) -> None:
     )
     # 8 steps x 2 micro-batches, all within the first epoch (38 micro-batches a rank)
     assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (8, 0, 16)
+    assert state["epoch_samples"] == 16 * 4 * 2  # micro-batches x micro batch x ranks
 
 
 def test_resume_continues_step_numbering(runs: tuple[Run, Run]) -> None:
@@ -262,8 +264,6 @@ def test_final_directory_reloads_and_generates(runs: tuple[Run, Run]) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from agent.train_data import Turn, eval_prompts
-
     final = runs[0].out / "final"
     info = json.loads((final / "gantry_train.json").read_text())
     assert info["step"] == 11
@@ -274,7 +274,7 @@ def test_final_directory_reloads_and_generates(runs: tuple[Run, Run]) -> None:
     experts = getattr(config, "n_routed_experts", None) or config.num_local_experts
     assert experts == 32 and config.num_experts_per_tok == 2
     assert all(p.dtype == torch.float32 for p in model.parameters())
-    assert all(float(p.abs().sum()) > 0 for p in model.parameters())  # gathered, not empty
+    assert all(float(p.detach().abs().sum()) > 0 for p in model.parameters())  # gathered, not empty
     prompt, _ = eval_prompts([Turn("Reverse the words.", "apple river stone", "")])[0]
     ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
     out = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
@@ -282,6 +282,28 @@ def test_final_directory_reloads_and_generates(runs: tuple[Run, Run]) -> None:
 
 
 # --- pure helpers of the trainer ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["tiny-moe", "tiny-deepseek", "tiny-dense"])
+def test_builtin_models_train_a_step(name: str) -> None:
+    import torch
+
+    from agent.train_data import collate, encode_turns, train_tokenizer
+    from agent.train_model import build_model, count_parameters, generate_reply
+
+    tok = train_tokenizer([" apple river stone", " stone river apple"] * 10, vocab_size=300)
+    model = build_model(name, tok, seed=0)
+    assert model.config.vocab_size == len(tok)
+    if name != "tiny-dense":
+        experts = getattr(model.config, "num_local_experts", None) or model.config.n_routed_experts
+        assert experts == 32 and model.config.num_experts_per_tok == 2
+    assert 100_000 < count_parameters(model) < 3_000_000
+    turns = [Turn("s", "apple river stone", "stone river apple")]
+    batch = collate([encode_turns(turns, tok)] * 2, int(tok.pad_token_id))
+    loss = model(**batch).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert isinstance(generate_reply(model, tok, eval_prompts(turns)[0][0], 3), str)
 
 
 def test_lr_schedule() -> None:
