@@ -13,10 +13,10 @@ import pytest
 from gantry.v1 import job_pb2
 
 from agent.journal import Journal
-from console.cli import main
 from console.cluster_file import dump_cluster_file
 from console.local_agents import LocalAgent
 from tests.conftest import StartAgent
+from tests.test_cli import run_cli as cli
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS = job_pb2.JobEventKind.JOB_EVENT_KIND_METRICS
@@ -45,14 +45,6 @@ def write_job(tmp_path: Path, name: str, args: list[str], **extra: Any) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(json.dumps(spec))  # JSON is YAML
     return path
-
-
-def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    out, err = capsys.readouterr()
-    code = info.value.code
-    return (code if isinstance(code, int) else 1), out, err
 
 
 def wait_job(
