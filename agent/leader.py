@@ -21,7 +21,7 @@ from gantry.v1 import agent_service_pb2, job_pb2
 from agent.event_bus import EventBus
 from agent.peers import LocalNode, NodeApi, NodeRefused, NodeUnreachable, RemoteNode
 from agent.rank_layout import assign_ranks, latest_checkpoint
-from agent.universal import UniversalError, convert_to_universal
+from agent.universal import UniversalError, checkpoint_world_size, convert_to_universal
 
 log = logging.getLogger("gantry.agent")
 
@@ -148,7 +148,8 @@ class JobLeader:
         for bad in [node, *exclude]:
             if bad and bad not in nodes:
                 raise JobError(f"node {bad} is not part of job {name} ({', '.join(sorted(nodes))})")
-        if exclude and set(exclude) >= nodes:
+        already = set(led.job.attempts[-1].excluded_nodes) if led.job.attempts else set()
+        if exclude and set(exclude) | already >= nodes:
             raise JobError("cannot exclude every node of the job")
         if exclude and latest_checkpoint(led.job.spec.checkpoint_dir) is None:
             where = led.job.spec.checkpoint_dir or "the job's checkpoint_dir (unset)"
@@ -284,8 +285,6 @@ class JobLeader:
         previous = job.attempts[-1] if job.attempts else None
         excluded = set(previous.excluded_nodes) if previous is not None else set()
         resume = self._resume_for_first_attempt(spec) if previous is None else _latest_path(spec)
-        attempt_spec = job_pb2.JobSpec()
-        attempt_spec.CopyFrom(spec)
         if command is not None:
             excluded |= set(command.exclude)
             if command.from_checkpoint:
@@ -298,20 +297,14 @@ class JobLeader:
         )
         _now_ts(attempt, "started")
         job.state = JS.JOB_STATE_STARTING
-        if command is not None and command.exclude:
+        layout, world = assign_ranks(list(spec.nodes), excluded)
+        if resume and checkpoint_world_size(Path(resume)) not in (0, world):
+            # A plain ZeRO checkpoint loads only at the world size that wrote it.
             try:
-                resume = await convert_to_universal(Path(resume) if resume else None)
+                resume = await convert_to_universal(Path(resume))
             except UniversalError as exc:
                 return self._attempt_failed(led, attempt, str(exc))
-            attempt_spec.env["GANTRY_LOAD_UNIVERSAL"] = "1"
-        elif previous is not None and previous.excluded_nodes:
-            # Still on the smaller world: its checkpoints load only universally.
-            attempt_spec.env["GANTRY_LOAD_UNIVERSAL"] = "1"
-            if resume:
-                with contextlib.suppress(UniversalError):
-                    resume = await convert_to_universal(Path(resume))
         attempt.resumed_from = resume
-        layout, world = assign_ranks(list(spec.nodes), excluded)
         master_addr = self._master_addr(led)
         self._event(
             led,
@@ -322,7 +315,7 @@ class JobLeader:
         )
         requests = {
             node: agent_service_pb2.StartRanksRequest(
-                spec=attempt_spec,
+                spec=spec,
                 attempt=attempt.number,
                 master_addr=master_addr,
                 master_port=attempt.master_port,

@@ -24,6 +24,11 @@ them: one rank on 127.0.0.1).
   tokenizer.
 - Reports to $GANTRY_METRICS_FILE (agent.report); SIGUSR1 dumps every thread's stack.
 
+A universal checkpoint (deepspeed.checkpoint.ds_to_universal's output, as the agent
+writes for `gantry restart --exclude`) is loaded with checkpoint.load_universal, at any
+world size. Resuming from another job's checkpoint uses the tokenizer saved beside it,
+and starts new data at its beginning.
+
 Environment: GANTRY_COLLECTIVE_TIMEOUT_S (300) bounds every collective;
 GANTRY_METRICS_FILE, GANTRY_HEARTBEAT_S (agent.report); DS_ACCELERATOR;
 TORCH_EXTENSIONS_DIR; OMP_NUM_THREADS (else cores / LOCAL_WORLD_SIZE or WORLD_SIZE).
@@ -51,6 +56,7 @@ from typing import Any
 from agent.report import CollectiveClock, Reporter, install_stack_dump, memory_bytes
 
 TIMEOUT_ENV = "GANTRY_COLLECTIVE_TIMEOUT_S"
+CKPT_TOKENIZER = "tokenizer"  # beside the checkpoint tags: the ids the weights were trained on
 DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_LR = 5e-5
 
@@ -171,13 +177,23 @@ def init_distributed(timeout: timedelta) -> tuple[int, int]:
 # --- data ---------------------------------------------------------------------------
 
 
-def resolve_data(args: argparse.Namespace) -> tuple[Path, Path]:
-    """(prepared data dir, tokenizer dir: the model directory's, else the data's)."""
+def resolve_data(args: argparse.Namespace, resume_dir: Path | None = None) -> tuple[Path, Path]:
+    """(prepared data dir, tokenizer dir): the tokenizer of the checkpoint resumed from,
+    else the model directory's, else one trained on the data."""
     from agent.train_data import TOKENIZER_DIR, is_prepared_dir, prepare
     from agent.train_model import has_tokenizer, is_builtin
 
     model_tok = None
-    if not is_builtin(args.model_name_or_path) and has_tokenizer(Path(args.model_name_or_path)):
+    own = (args.output_dir / "checkpoints").resolve()
+    if (
+        resume_dir is not None
+        and resume_dir.resolve() != own
+        and has_tokenizer(resume_dir / CKPT_TOKENIZER)
+    ):
+        # Continual training (another job's checkpoint) must keep the token ids the
+        # weights learned; this job's own checkpoints already share its data's tokenizer.
+        model_tok = resume_dir / CKPT_TOKENIZER
+    elif not is_builtin(args.model_name_or_path) and has_tokenizer(Path(args.model_name_or_path)):
         model_tok = Path(args.model_name_or_path)
     if args.data.is_dir():
         if not is_prepared_dir(args.data):
@@ -187,6 +203,12 @@ def resolve_data(args: argparse.Namespace) -> tuple[Path, Path]:
         data_dir = args.output_dir / "data"
         prepare(args.data, data_dir, args.max_length, tokenizer=model_tok, log=log)
     return data_dir, model_tok or data_dir / TOKENIZER_DIR
+
+
+def data_digest(data_dir: Path) -> str:
+    from agent.train_data import MANIFEST
+
+    return _digest(data_dir / MANIFEST)[:16]
 
 
 def _digest(*paths: Path) -> str:
@@ -231,6 +253,15 @@ def resolve_resume(spec: str | None, output_dir: Path) -> tuple[Path, str | None
     if path.is_dir():
         return path.parent, path.name
     raise SystemExit(f"gantry: --resume_from_checkpoint {spec}: no such checkpoint")
+
+
+def is_universal(load_dir: Path, tag: str | None) -> bool:
+    """Whether (load_dir, tag) names a universal checkpoint (ds_to_universal's output:
+    per-parameter folders under zero/), which loads at any world size."""
+    if tag is None:
+        latest = load_dir / "latest"
+        tag = latest.read_text().strip() if latest.is_file() else ""
+    return bool(tag) and (load_dir / tag / "zero").is_dir()
 
 
 def lr_lambda(warmup: int, total: int, kind: str = "linear") -> Any:
@@ -332,11 +363,13 @@ def train(args: argparse.Namespace, rep: Reporter) -> int:
     logging_dir = args.logging_dir or args.output_dir / "logs"
     logging_dir.mkdir(parents=True, exist_ok=True)
 
-    data_dir, tok_dir = resolve_data(args)
+    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    data_dir, tok_dir = resolve_data(args, resume[0] if resume else None)
     check_same_data(data_dir, tok_dir, world)
     tokenizer = load_tokenizer(tok_dir)
     ensure_chat_tokens(tokenizer)
     dataset = ConversationDataset(data_dir, tokenizer, args.max_length)
+    digest = data_digest(data_dir)
     if len(dataset) == 0:
         raise SystemExit(f"gantry: {data_dir} holds no conversations")
 
@@ -350,9 +383,14 @@ def train(args: argparse.Namespace, rep: Reporter) -> int:
         grad_accum=args.gradient_accumulation_steps,
         hidden_size=getattr(model.config, "hidden_size", None),
     )
+    cfg = adapted.config
+    if resume is not None and is_universal(*resume):
+        # A universal checkpoint is what lets a job go on at another world size; plain
+        # ZeRO checkpoints load only at the world size that wrote them.
+        cfg.setdefault("checkpoint", {})["load_universal"] = True
+        adapted.changes.append(f"loading {resume[0] / (resume[1] or 'latest')} as universal")
     for change in adapted.changes:
         log(change)
-    cfg = adapted.config
     log(f"{ds_config.summary(cfg)} on {world} rank(s), {hw.accelerator} accelerator")
     (logging_dir / f"ds_config.rank{rank}.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
@@ -383,7 +421,6 @@ def train(args: argparse.Namespace, rep: Reporter) -> int:
 
     ckpt_dir = args.output_dir / "checkpoints"
     epoch, batch_in_epoch, resumed_from = 0, 0, None
-    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
     if resume is not None:
         load_dir, tag = resume
         path, client = engine.load_checkpoint(str(load_dir), tag=tag)
@@ -394,6 +431,9 @@ def train(args: argparse.Namespace, rep: Reporter) -> int:
         # The data position is kept as samples of the epoch's shuffled order consumed by
         # all ranks together, so it survives another micro batch (or world) size.
         consumed = int(client.get("epoch_samples", client.get("batch_in_epoch", 0) * mbs * world))
+        if client.get("data", digest) != digest:
+            log("the checkpoint was trained on other data: this data starts at its beginning")
+            epoch, consumed = 0, 0
         batch_in_epoch, rest = divmod(consumed, mbs * world)
         if rest:
             skipped = mbs * world - rest
@@ -443,8 +483,11 @@ def train(args: argparse.Namespace, rep: Reporter) -> int:
             "epoch_samples": batch_in_epoch * mbs * world,
             "micro_batch": mbs,
             "world_size": world,
+            "data": digest,
         }
         engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client)
+        if rank == 0 and not (ckpt_dir / CKPT_TOKENIZER).is_dir():
+            tokenizer.save_pretrained(str(ckpt_dir / CKPT_TOKENIZER))
         rep.checkpoint(at_step, tag, ckpt_dir / tag)
         if rank == 0:
             log(f"checkpoint {ckpt_dir / tag}")

@@ -14,6 +14,14 @@ class UniversalError(Exception):
     pass
 
 
+def checkpoint_world_size(checkpoint: Path) -> int:
+    """How many data-parallel ranks wrote a ZeRO-3 checkpoint tag directory (one
+    zero_pp_rank_N model-states file each); 0 for a universal or unknown one."""
+    if (checkpoint / "zero").is_dir():
+        return 0
+    return len(list(checkpoint.glob("zero_pp_rank_*_mp_rank_00_model_states.pt")))
+
+
 async def convert_to_universal(checkpoint: Path | None) -> str:
     """Returns the universal checkpoint's path (converting once; reused afterwards)."""
     if checkpoint is None:

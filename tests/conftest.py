@@ -10,6 +10,7 @@ import psutil
 import pytest
 
 from console.local_agents import LocalAgent, start_agent, stop_all
+from tests.deepspeed_env import deepspeed_warm  # noqa: F401  (a session fixture)
 
 StartAgent = Callable[..., LocalAgent]
 

@@ -264,3 +264,28 @@ def test_agent_killed_and_restarted_loses_nothing(
             journal.close()
         steps = [e.metrics.step for e in metrics if e.rank == rank]
         assert steps == list(range(1, 61)), (rank, steps)
+
+
+def test_restart_refusals_name_what_to_fix(
+    cluster: tuple[Path, list[LocalAgent]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster_file, _ = cluster
+    spec = write_job(tmp_path, "no-ckpt", ["--steps", "100000", "--step-s", "0.1"])
+    assert cli(["launch", str(spec), "--cluster", str(cluster_file)], capsys)[0] == 0
+    wait_job(cluster_file, "no-ckpt", {"JOB_STATE_RUNNING"}, capsys)
+    cases = [
+        (["--exclude", "node-x"], "node node-x is not part of job no-ckpt"),
+        (["--exclude", "node-a", "--exclude", "node-b"], "cannot exclude every node"),
+        (["--exclude", "node-b"], "--exclude needs a checkpoint to convert"),
+        (["--node", "node-q"], "node node-q is not part of job no-ckpt"),
+    ]
+    for extra, message in cases:
+        code, _, err = cli(["restart", "no-ckpt", *extra, "--cluster", str(cluster_file)], capsys)
+        assert code == 2 and message in err, (extra, err)
+        assert err.count("\n") == 1
+    code, _, err = cli(["restart", "nope", "--cluster", str(cluster_file)], capsys)
+    assert code == 2 and "nope" in err
+    # Nothing was disturbed: still the first attempt, running.
+    report = wait_job(cluster_file, "no-ckpt", {"JOB_STATE_RUNNING"}, capsys)
+    assert len(report["job"]["attempts"]) == 1
+    assert cli(["stop", "no-ckpt", "--cluster", str(cluster_file)], capsys)[0] == 0

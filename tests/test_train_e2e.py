@@ -1,16 +1,9 @@
 """agent.train end to end: two real DeepSpeed ranks (ZeRO-3, gloo, CPU) as plain
-processes on 127.0.0.1, a resume from the latest checkpoint, the final HF directory.
-
-DeepSpeed compiles a shared-memory op with g++ the first time a machine initializes
-it (30-55 s, minutes on a loaded machine); the session fixture below warms a fixed
-cache (~/.cache/gantry-torch-extensions) once, and is quick when it is already there.
-"""
+processes on 127.0.0.1, a resume from the latest checkpoint, the final HF directory."""
 
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,56 +18,9 @@ import pytest
 from agent import demo_data
 from agent.train import collective_timeout, lr_lambda, parse_args, resolve_resume
 from agent.train_data import Turn, eval_prompts
+from tests.deepspeed_env import ROOT, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
-EXT_CACHE = Path.home() / ".cache" / "gantry-torch-extensions"
 RUN_TIMEOUT_S = 240
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def base_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        TORCH_EXTENSIONS_DIR=str(EXT_CACHE),
-        DS_ACCELERATOR="cpu",
-        HF_HUB_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONUNBUFFERED="1",
-    )
-    for name in ("GANTRY_METRICS_FILE", "RANK", "LOCAL_RANK", "WORLD_SIZE", "OMP_NUM_THREADS"):
-        env.pop(name, None)
-    return env
-
-
-@pytest.fixture(scope="session")
-def deepspeed_warm() -> dict[str, str]:
-    """The environment for DeepSpeed subprocesses, with the op cache built once."""
-    env = base_env()
-    if not any(EXT_CACHE.glob("**/deepspeed_shm_comm*.so")):
-        env1 = {
-            **env,
-            "RANK": "0",
-            "LOCAL_RANK": "0",
-            "WORLD_SIZE": "1",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(free_port()),
-        }
-        code = "import deepspeed; deepspeed.init_distributed(dist_backend='gloo')"
-        result = subprocess.run(
-            [sys.executable, "-c", code],
-            env=env1,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-    return env
 
 
 @dataclass
