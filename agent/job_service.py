@@ -4,18 +4,23 @@ agent-to-agent calls that start and stop this node's ranks."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import grpc
-from gantry.v1 import agent_service_pb2
+from gantry.v1 import agent_service_pb2, job_pb2
 
 from agent.event_bus import EventBus
 from agent.launch_checks import LaunchCheckError, check_launch
-from agent.leader import JobError, JobLeader
+from agent.leader import UNKNOWN_OPERATOR, JobError, JobLeader
 from agent.local_supervisor import LocalSupervisor
 from agent.peers import NodeRefused
 from agent.rank_layout import list_checkpoints
+from agent.spec_diff import spec_changes
+
+log = logging.getLogger("gantry.agent")
 
 Context = grpc.aio.ServicerContext[Any, Any]
 FOLLOW_POLL_S = 0.25
@@ -25,6 +30,26 @@ STATUS_FOR = {
     "exists": grpc.StatusCode.ALREADY_EXISTS,
     "unavailable": grpc.StatusCode.FAILED_PRECONDITION,
 }
+# Who asked for a job verb: set by the console; only recorded, never trusted for access.
+OPERATOR_METADATA_KEY = "x-gantry-operator"
+MAX_OPERATOR_CHARS = 64
+_NOT_OPERATOR_CHAR = re.compile(r"[^A-Za-z0-9._@-]")
+
+
+def sanitize_operator(raw: str | bytes | None) -> str:
+    """At most 64 characters of ``[A-Za-z0-9._@-]``, others as ``?``; "unknown" if empty."""
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    if not raw:
+        return UNKNOWN_OPERATOR
+    return _NOT_OPERATOR_CHAR.sub("?", raw[:MAX_OPERATOR_CHARS])
+
+
+def operator_of(context: Context) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == OPERATOR_METADATA_KEY:
+            return sanitize_operator(value)
+    return UNKNOWN_OPERATOR
 
 
 class JobService:
@@ -79,9 +104,35 @@ class JobService:
         assert self.leader is not None, "JobService used before its leader was set"
         return self.leader
 
+    def audit(self, operator: str, verb: str, details: dict[str, str]) -> None:
+        """One line of this agent's audit trail; a journal error never fails the verb."""
+        try:
+            self.supervisor.journal.audit(operator, verb, details)
+        except Exception:
+            log.exception("could not record %s by %s in the audit trail", verb, operator)
+
 
 async def _abort_job_error(context: Context, exc: JobError) -> None:
     await context.abort(STATUS_FOR.get(exc.code, grpc.StatusCode.INVALID_ARGUMENT), str(exc))
+
+
+def _restart_details(
+    request: agent_service_pb2.RestartJobRequest, leader: JobLeader
+) -> dict[str, str]:
+    details = {"job": request.name}
+    if request.node:
+        details["node"] = request.node
+    if request.exclude_nodes:
+        details["exclude"] = ",".join(request.exclude_nodes)
+    if request.from_checkpoint:
+        details["from_checkpoint"] = request.from_checkpoint
+    if request.HasField("spec"):
+        try:
+            changes = spec_changes(leader.spec(request.name), request.spec)
+        except JobError:
+            changes = []
+        details["spec"] = "; ".join(changes) or "unchanged"
+    return details
 
 
 class JobRpcs:
@@ -89,36 +140,65 @@ class JobRpcs:
 
     jobs: JobService
 
+    async def _audited(
+        self,
+        context: Context,
+        operator: str,
+        verb: str,
+        details: dict[str, str],
+        action: Awaitable[job_pb2.Job],
+    ) -> job_pb2.Job:
+        """Runs a mutating verb and records who asked, what, and how it ended."""
+        try:
+            job = await action
+        except JobError as exc:
+            self.jobs.audit(operator, verb, {**details, "outcome": f"refused: {exc}"})
+            await _abort_job_error(context, exc)
+            raise
+        self.jobs.audit(operator, verb, {**details, "outcome": "ok"})
+        return job
+
     async def SubmitJob(
         self, request: agent_service_pb2.SubmitJobRequest, context: Context
     ) -> agent_service_pb2.SubmitJobResponse:
-        try:
-            job = await self.jobs._leader().submit(request.spec, list(request.peers))
-        except JobError as exc:
-            await _abort_job_error(context, exc)
-            raise
+        spec = request.spec
+        details = {
+            "job": spec.name,
+            "nodes": ",".join(n.node for n in spec.nodes),
+            "command": " ".join([*spec.command, *spec.args]),
+        }
+        operator = operator_of(context)
+        action = self.jobs._leader().submit(spec, list(request.peers), operator)
+        job = await self._audited(context, operator, "submit", details, action)
         return agent_service_pb2.SubmitJobResponse(job=job)
 
     async def StopJob(
         self, request: agent_service_pb2.StopJobRequest, context: Context
     ) -> agent_service_pb2.StopJobResponse:
-        try:
-            job = await self.jobs._leader().stop(request.name, request.grace_s)
-        except JobError as exc:
-            await _abort_job_error(context, exc)
-            raise
+        details = {"job": request.name}
+        if request.grace_s:
+            details["grace_s"] = f"{request.grace_s:g}"
+        operator = operator_of(context)
+        action = self.jobs._leader().stop(request.name, request.grace_s, operator)
+        job = await self._audited(context, operator, "stop", details, action)
         return agent_service_pb2.StopJobResponse(job=job)
 
     async def RestartJob(
         self, request: agent_service_pb2.RestartJobRequest, context: Context
     ) -> agent_service_pb2.RestartJobResponse:
-        try:
-            job = await self.jobs._leader().restart(
-                request.name, request.node, list(request.exclude_nodes), request.from_checkpoint
-            )
-        except JobError as exc:
-            await _abort_job_error(context, exc)
-            raise
+        leader = self.jobs._leader()
+        operator = operator_of(context)
+        # Before the restart: afterwards the job's spec may already be the new one.
+        details = _restart_details(request, leader)
+        action = leader.restart(
+            request.name,
+            request.node,
+            list(request.exclude_nodes),
+            request.from_checkpoint,
+            operator=operator,
+            spec=request.spec if request.HasField("spec") else None,
+        )
+        job = await self._audited(context, operator, "restart", details, action)
         return agent_service_pb2.RestartJobResponse(job=job)
 
     async def ListJobs(

@@ -21,6 +21,7 @@ from gantry.v1 import agent_service_pb2, job_pb2
 from agent.event_bus import EventBus
 from agent.peers import LocalNode, NodeApi, NodeRefused, NodeUnreachable, RemoteNode
 from agent.rank_layout import assign_ranks, latest_checkpoint
+from agent.spec_diff import spec_changes
 from agent.universal import UniversalError, checkpoint_world_size, convert_to_universal
 
 log = logging.getLogger("gantry.agent")
@@ -34,6 +35,7 @@ ACTIVE = (
     JS.JOB_STATE_RESTARTING,
 )
 STOP_GRACE_S = 10.0
+UNKNOWN_OPERATOR = "unknown"
 
 
 class JobError(Exception):
@@ -57,6 +59,7 @@ class Command:
     grace_s: float = STOP_GRACE_S
     exclude: tuple[str, ...] = ()
     from_checkpoint: str = ""
+    spec: job_pb2.JobSpec | None = None  # restart: the job's spec from the new attempt on
     done: asyncio.Future[None] | None = None
 
 
@@ -103,7 +106,10 @@ class JobLeader:
 
     # -- operator verbs ---------------------------------------------------------
     async def submit(
-        self, spec: job_pb2.JobSpec, peers: list[agent_service_pb2.PeerAgent]
+        self,
+        spec: job_pb2.JobSpec,
+        peers: list[agent_service_pb2.PeerAgent],
+        operator: str = UNKNOWN_OPERATOR,
     ) -> job_pb2.Job:
         validate_spec(spec)
         existing = self._jobs.get(spec.name)
@@ -129,36 +135,76 @@ class JobLeader:
         # Everything is checked on every node before anything starts.
         await self._check_nodes(led, self._resume_for_first_attempt(spec))
         self._jobs[spec.name] = led
-        self._event(led, EK.JOB_EVENT_KIND_SUBMITTED, f"submitted to {self.node_name}")
+        self._event(
+            led,
+            EK.JOB_EVENT_KIND_SUBMITTED,
+            f"submitted to {self.node_name} by {operator}",
+            details={"operator": operator},
+        )
         self._save(led)
         led.task = asyncio.create_task(self._run(led), name=f"job:{spec.name}")
         return led.job
 
-    async def stop(self, name: str, grace_s: float) -> job_pb2.Job:
+    async def stop(
+        self, name: str, grace_s: float, operator: str = UNKNOWN_OPERATOR
+    ) -> job_pb2.Job:
         led = self._get(name)
         if led.job.state in ACTIVE and led.task is not None and not led.task.done():
-            await self._command(led, Command("stop", grace_s=grace_s or STOP_GRACE_S))
+            grace = grace_s or STOP_GRACE_S
+            self._event(
+                led,
+                EK.JOB_EVENT_KIND_OPERATOR_ACTION,
+                f"operator stop by {operator} (grace {grace:g}s)",
+                details={"operator": operator, "action": "stop", "grace_s": f"{grace:g}"},
+            )
+            await self._command(led, Command("stop", grace_s=grace))
         return led.job
 
     async def restart(
-        self, name: str, node: str, exclude: list[str], from_checkpoint: str
+        self,
+        name: str,
+        node: str,
+        exclude: list[str],
+        from_checkpoint: str,
+        *,
+        operator: str = UNKNOWN_OPERATOR,
+        spec: job_pb2.JobSpec | None = None,
     ) -> job_pb2.Job:
+        """A new attempt now; with ``spec``, the job runs that spec from the new attempt on."""
         led = self._get(name)
-        nodes = {n.node for n in led.job.spec.nodes}
+        current = led.job.spec
+        if spec is not None:
+            _check_replacement(current, spec)
+        target = spec if spec is not None else current
+        nodes = {n.node for n in current.nodes}
         for bad in [node, *exclude]:
             if bad and bad not in nodes:
                 raise JobError(f"node {bad} is not part of job {name} ({', '.join(sorted(nodes))})")
         already = set(led.job.attempts[-1].excluded_nodes) if led.job.attempts else set()
         if exclude and set(exclude) | already >= nodes:
             raise JobError("cannot exclude every node of the job")
-        if exclude and latest_checkpoint(led.job.spec.checkpoint_dir) is None:
-            where = led.job.spec.checkpoint_dir or "the job's checkpoint_dir (unset)"
+        if exclude and latest_checkpoint(target.checkpoint_dir) is None:
+            where = target.checkpoint_dir or "the job's checkpoint_dir (unset)"
             raise JobError(f"--exclude needs a checkpoint to convert, and {where} has none")
-        command = Command("restart", exclude=tuple(exclude), from_checkpoint=from_checkpoint)
-        why = f"operator restart{f' (fault on {node})' if node else ''}"
+        changes: list[str] = []
+        if spec is not None:
+            changes = spec_changes(current, spec)
+            # Refused now, while the running attempt is still untouched.
+            await self._check_nodes(led, "", spec, already | set(exclude))
+        command = Command(
+            "restart",
+            exclude=tuple(exclude),
+            from_checkpoint=from_checkpoint,
+            spec=_copy(spec) if spec is not None else None,
+        )
+        why = f"operator restart by {operator}{f' (fault on {node})' if node else ''}"
         if exclude:
             why += f" excluding {', '.join(exclude)}"
-        self._event(led, EK.JOB_EVENT_KIND_OPERATOR_ACTION, why)
+        details = {"operator": operator, "action": "restart"}
+        if spec is not None:
+            details["changes"] = "; ".join(changes) or "none"
+            why += f"; {details['changes']}" if changes else "; spec unchanged"
+        self._event(led, EK.JOB_EVENT_KIND_OPERATOR_ACTION, why, details=details)
         if led.task is not None and not led.task.done():
             await self._command(led, command)
         else:
@@ -281,6 +327,12 @@ class JobLeader:
 
     async def _start_attempt(self, led: LedJob, command: Command | None) -> job_pb2.Attempt:
         job = led.job
+        if command is not None:
+            # A restart picked up while backing off is answered here.
+            _resolve(command)
+            if command.spec is not None:
+                job.spec.CopyFrom(command.spec)
+                self._save(led)
         spec = job.spec
         previous = job.attempts[-1] if job.attempts else None
         excluded = set(previous.excluded_nodes) if previous is not None else set()
@@ -461,9 +513,16 @@ class JobLeader:
         _now_ts(attempt, "ended")
 
     # -- helpers ----------------------------------------------------------------
-    async def _check_nodes(self, led: LedJob, resume: str) -> None:
-        spec = led.job.spec
-        layout, world = assign_ranks(list(spec.nodes), set())
+    async def _check_nodes(
+        self,
+        led: LedJob,
+        resume: str,
+        spec: job_pb2.JobSpec | None = None,
+        excluded: set[str] | None = None,
+    ) -> None:
+        """Every node (but ``excluded``) agrees to run ``spec`` (default: the job's)."""
+        spec = spec if spec is not None else led.job.spec
+        layout, world = assign_ranks(list(spec.nodes), excluded or set())
 
         async def check(node: str, ranks: list[int]) -> None:
             api = led.nodes[node]
@@ -548,7 +607,12 @@ class JobLeader:
         self.bus.publish(copy)
 
     def _event(
-        self, led: LedJob, kind: job_pb2.JobEventKind, message: str, attempt: int = 0
+        self,
+        led: LedJob,
+        kind: job_pb2.JobEventKind,
+        message: str,
+        attempt: int = 0,
+        details: dict[str, str] | None = None,
     ) -> None:
         event = job_pb2.JobEvent(
             job_name=led.job.spec.name,
@@ -557,6 +621,7 @@ class JobLeader:
             node=self.node_name,
             rank=-1,
             message=message,
+            details=details or {},
         )
         event.time.FromNanoseconds(time.time_ns())
         self.bus.publish(event)
@@ -607,6 +672,36 @@ def _merge_rank(attempt: job_pb2.Attempt, rank: job_pb2.Rank) -> None:
             return
 
 
+def _copy(spec: job_pb2.JobSpec) -> job_pb2.JobSpec:
+    copy = job_pb2.JobSpec()
+    copy.CopyFrom(spec)
+    return copy
+
+
+def _node_list(spec: job_pb2.JobSpec) -> list[tuple[str, int]]:
+    return [(n.node, n.slots or 1) for n in spec.nodes]
+
+
+def _check_replacement(current: job_pb2.JobSpec, new: job_pb2.JobSpec) -> None:
+    """A restart's new spec: valid, and for the same job on the same nodes."""
+    if new.name != current.name:
+        raise JobError(
+            f"the new spec is for job {new.name or '(unnamed)'}, not {current.name};"
+            " a restart keeps the job's name"
+        )
+    validate_spec(new)
+    if _node_list(new) != _node_list(current):
+        raise JobError(
+            f"the new spec of job {current.name} runs on [{_show_nodes(new)}], not"
+            f" [{_show_nodes(current)}]; a restart keeps the job's nodes"
+            " (use --exclude to go on without one)"
+        )
+
+
+def _show_nodes(spec: job_pb2.JobSpec) -> str:
+    return ", ".join(f"{node} slots={slots}" for node, slots in _node_list(spec)) or "none"
+
+
 def _resolve(command: Command) -> None:
     if command.done is not None and not command.done.done():
         command.done.set_result(None)
@@ -633,3 +728,10 @@ def validate_spec(spec: job_pb2.JobSpec) -> None:
             raise JobError(f"{field_name} must be >= 0")
     if spec.restart.backoff_s < 0:
         raise JobError("restart.backoff_s must be >= 0")
+    if spec.deepspeed_config_json:
+        try:
+            config = json.loads(spec.deepspeed_config_json)
+        except (ValueError, RecursionError):
+            raise JobError(f"job {spec.name}: deepspeed_config_json is not valid JSON") from None
+        if not isinstance(config, dict):
+            raise JobError(f"job {spec.name}: deepspeed_config_json must be a JSON object")

@@ -30,6 +30,7 @@ from gantry.v1 import job_pb2
 from agent import rank_process
 from agent.journal import AttemptRow, Journal, RankRow, rank_to_pb
 from agent.launch_checks import resolve_argv
+from agent.log_alerts import alert_for
 from agent.metrics_records import (
     DeepSpeedStdoutParser,
     Record,
@@ -48,6 +49,7 @@ __all__ = [
     "extract_stacks",
     "rank_argv",
     "rank_env",
+    "with_deepspeed_config",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,17 +66,52 @@ MAX_STACK_BYTES = 256 * 1024
 MAX_POLL_BYTES = 8 * MAX_READ_BYTES
 MAX_LOG_LINES = 10_000
 STREAMS = ("stdout", "stderr")
+DS_CONFIG_FILE = "ds_config.json"
+DS_CONFIG_FLAG = "--deepspeed_config"
 
 _K = job_pb2.JobEventKind
+MAX_ALERTS_PER_POLL = 10  # a rank printing OOM in a loop must not flood the journal
+# The end of a failed rank's stderr kept with its failure event.
+FAILURE_TAIL_LINES = 20
+FAILURE_TAIL_BYTES = 16_384
 # NCCL findings worth an event; per-channel transport news stays in the log.
 NCCL_EVENT_KINDS = ("version", "network", "interfaces", "ib_fallback", "warn")
 
 
-def rank_argv(spec: job_pb2.JobSpec, resume_from: str = "") -> list[str]:
+def rank_argv(
+    spec: job_pb2.JobSpec, resume_from: str = "", ds_config: Path | str | None = None
+) -> list[str]:
+    """The rank's command line; ``ds_config``: the file holding the job's own DeepSpeed config
+    (written from ``spec.deepspeed_config_json``), which then wins over the args' own."""
     argv = resolve_argv(spec)
+    if ds_config is not None:
+        argv = with_deepspeed_config(argv, str(ds_config))
     if resume_from:
         argv += ["--resume_from_checkpoint", resume_from]
     return argv
+
+
+def with_deepspeed_config(argv: Sequence[str], path: str) -> list[str]:
+    """``argv`` with every ``--deepspeed_config`` value (``--deepspeed_config V`` or
+    ``--deepspeed_config=V``) replaced by ``path``; the flag is appended when absent."""
+    out: list[str] = []
+    found = False
+    skip_value = False
+    for arg in argv:
+        if skip_value:
+            skip_value = False
+            continue
+        if arg == DS_CONFIG_FLAG:
+            out += [arg, path]
+            found = skip_value = True
+        elif arg.startswith(DS_CONFIG_FLAG + "="):
+            out.append(f"{DS_CONFIG_FLAG}={path}")
+            found = True
+        else:
+            out.append(arg)
+    if not found:
+        out += [DS_CONFIG_FLAG, path]
+    return out
 
 
 def rank_env(
@@ -215,10 +252,13 @@ class LocalSupervisor:
 
     # --- paths ------------------------------------------------------------------------------
 
-    def rank_dir(self, job: str, attempt: int, rank: int) -> Path:
+    def attempt_dir(self, job: str, attempt: int) -> Path:
         if not JOB_NAME.match(job):
             raise ValueError(f"job name {job!r}: use letters, digits, '.', '_' and '-'")
-        return self.data_dir / "jobs" / job / f"attempt-{attempt}" / f"rank-{rank}"
+        return self.data_dir / "jobs" / job / f"attempt-{attempt}"
+
+    def rank_dir(self, job: str, attempt: int, rank: int) -> Path:
+        return self.attempt_dir(job, attempt) / f"rank-{rank}"
 
     def live_keys(self) -> list[tuple[str, int, int]]:
         """(job, attempt, rank) of the ranks being watched."""
@@ -261,6 +301,8 @@ class LocalSupervisor:
                 raise ValueError(f"rank {rank} is outside world size {world_size}")
             if self.journal.get_rank(spec.name, attempt, rank) is not None:
                 raise ValueError(f"{spec.name} attempt {attempt} rank {rank} was already started")
+        # Before anything is journaled: a config that cannot be written refuses the start.
+        ds_config = self._write_ds_config(spec, attempt)
 
         now = self.wall_clock()
         rows: list[RankRow] = []
@@ -281,7 +323,7 @@ class LocalSupervisor:
                 self.journal.upsert_rank(row)
                 rows.append(row)
 
-        argv = rank_argv(spec, resume_from)
+        argv = rank_argv(spec, resume_from, ds_config)
         started: list[job_pb2.Rank] = []
         for row in rows:
             env = rank_env(
@@ -300,6 +342,20 @@ class LocalSupervisor:
             )
             started.append(self._spawn(row, argv, env, spec))
         return started
+
+    def _write_ds_config(self, spec: job_pb2.JobSpec, attempt: int) -> Path | None:
+        """The job's embedded DeepSpeed config as this attempt's ``ds_config.json``."""
+        if not spec.deepspeed_config_json:
+            return None
+        path = self.attempt_dir(spec.name, attempt) / DS_CONFIG_FILE
+        tmp = path.with_name(DS_CONFIG_FILE + ".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(spec.deepspeed_config_json)
+            tmp.replace(path)
+        except OSError as exc:
+            raise ValueError(f"cannot write the job's DeepSpeed config to {path}: {exc}") from None
+        return path
 
     def _new_row(
         self, job: str, attempt: int, rank: int, local_rank: int, gpus: Sequence[int]
@@ -430,12 +486,16 @@ class LocalSupervisor:
             live.row.metrics_path, live.metrics_offset, batch, live.records.parse, records
         )
         findings: list[NcclFinding] = []
+        alerts: list[tuple[str, str]] = []
 
         def parse_stdout(text: str) -> Record | None:
             # NCCL_DEBUG=INFO lines go to stdout beside DeepSpeed's own progress lines.
             if live.nccl is not None and "NCCL" in text:
                 findings.extend(live.nccl.feed(text))
                 return None
+            alert = alert_for(text)
+            if alert is not None and len(alerts) < MAX_ALERTS_PER_POLL:
+                alerts.append((alert, text))
             return live.deepspeed.parse(text) if live.row.metrics_source != "file" else None
 
         live.stdout_offset, out_drained = self._read(
@@ -444,6 +504,14 @@ class LocalSupervisor:
         drained = drained and out_drained
         if records:
             self._apply_records(live, records, batch, now)
+        for alert, text in alerts:
+            self._emit(
+                batch,
+                live.row,
+                _K.JOB_EVENT_KIND_ALERT,
+                f"rank {live.row.rank}: {alert}: {text[:200]}",
+                details={"alert": alert, "line": text[:2000]},
+            )
         for finding in findings:
             if finding.kind in NCCL_EVENT_KINDS:
                 self._emit(
@@ -546,6 +614,12 @@ class LocalSupervisor:
             stacks = self._stacks(live)
             if stacks:
                 details["stacks"] = stacks
+        else:
+            # The end of stderr says why (a traceback, CUDA out of memory, an NCCL error):
+            # the console's advisor reads it from the event.
+            tail = last_lines(row.stderr_path, FAILURE_TAIL_LINES, FAILURE_TAIL_BYTES).lines
+            if tail:
+                details["last_lines"] = "\n".join(line.text for line in tail)
         row = self._edge(row, RankEdge.EXIT_ERROR, exit_code=code, ended=ended, reason=reason)
         details["state"] = RankState(row.state).name
         message = f"rank {row.rank} failed: {reason}"

@@ -1,19 +1,30 @@
-"""The Textual console: the cluster screen fed by agent streams through the store."""
+"""The Textual console: the cluster screen fed by agent streams through the store, and
+the jobs those agents lead (job, logs and restart screens) through the jobs store."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import ClassVar
 
 from textual.app import App
 from textual.binding import Binding, BindingType
+from textual.css.query import NoMatches
 from textual.widgets import HelpPanel
 
 from console.agent_client import ClusterSession
 from console.cluster_file import NodeTarget
+from console.commands import GantryCommands
+from console.job_session import JobsSession
+from console.job_store import BAD_RANK_STATES, RS, JobsStore
+from console.log_buffer import LogBuffer
+from console.operator import Operator
 from console.screens import StoreScreen
 from console.screens.cluster import ClusterScreen
+from console.screens.job import JobScreen
+from console.screens.jobs import JobsScreen
+from console.screens.logs import LogScreen
 from console.store import ClusterStore
 
 EXPIRE_INTERVAL_S = 1.0
@@ -30,6 +41,7 @@ class GantryApp(App[None]):
 
     CSS_PATH = "gantry.tcss"
     TITLE = "gantry"
+    COMMANDS = App.COMMANDS | {GantryCommands}
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "Quit"),
@@ -45,10 +57,16 @@ class GantryApp(App[None]):
         clock: Callable[[], float] = time.time,
         refresh_interval_s: float = 0.1,
         cluster_name: str = "",
+        jobs: JobsStore | None = None,
+        operator: Operator | None = None,
     ) -> None:
         super().__init__()
         self.targets = targets
         self.store = store if store is not None else ClusterStore()
+        self.jobs = jobs if jobs is not None else JobsStore()
+        self.operator = operator if operator is not None else Operator(targets)
+        self.jobs_session: JobsSession | None = None
+        self._jobs_drawn = -1
         self.clock = clock
         self.connect = connect
         self.refresh_interval_s = refresh_interval_s
@@ -64,12 +82,20 @@ class GantryApp(App[None]):
         self.store.expire(self.clock())
         self._drawn_version = self.store.version
         self.push_screen(
-            ClusterScreen(self.store, clock=self.clock, cluster_name=self.cluster_name)
+            ClusterScreen(
+                self.store,
+                clock=self.clock,
+                cluster_name=self.cluster_name,
+                open_jobs=self.open_jobs,
+                restart_node=self.restart_node,
+            )
         )
         if self.connect:
             # grpc.aio channels must be created inside the running loop.
             self.session = ClusterSession(self.targets, self.store)
             self.session.start()
+            self.jobs_session = JobsSession(self.targets, self.jobs, clock=self.clock)
+            self.jobs_session.start()
         self.set_interval(self.refresh_interval_s, self._poll_store, name="poll-store")
         self.set_interval(EXPIRE_INTERVAL_S, self.tick, name="expire")
 
@@ -91,11 +117,92 @@ class GantryApp(App[None]):
         self._drawn_version = self.store.version
         screen = self.screen
         if isinstance(screen, StoreScreen):
-            screen.refresh_from_store()
+            try:
+                screen.refresh_from_store()
+            except NoMatches:
+                # A timer tick while the screen is being taken down (at exit, or as it
+                # is dismissed): there is nothing left to draw into.
+                if screen.is_attached and not self._exit:
+                    raise
 
     def _poll_store(self) -> None:
-        if self.store.version != self._drawn_version:
+        if self.jobs.version != self._jobs_drawn:
+            self._jobs_drawn = self.jobs.version
+            self._mark_nodes()
             self.refresh_screen()
+        elif self.store.version != self._drawn_version:
+            self.refresh_screen()
+
+    def _mark_nodes(self) -> None:
+        """What runs on each node, and which nodes hold a failed or hung rank."""
+        owners = self.jobs.gpu_owners()
+        faults: dict[str, list[str]] = {}
+        for view in self.jobs:
+            attempt = view.latest_attempt()
+            for rank in attempt.ranks if attempt else []:
+                if rank.state in BAD_RANK_STATES:
+                    what = "hung" if rank.state == RS.RANK_STATE_HUNG else "failed"
+                    faults.setdefault(rank.node, []).append(f"{view.name} r{rank.rank} {what}")
+        for node in self.store:
+            runs = [
+                f"{job} r{rank}" + (f" gpu{','.join(map(str, gpus))}" if gpus else "")
+                for job, rank, gpus in owners.get(node.name, [])
+            ]
+            self.store.set_job_marks(
+                node.name, ", ".join(runs), "; ".join(faults.get(node.name, []))
+            )
+
+    # -- jobs ----------------------------------------------------------------------
+
+    def open_jobs(self) -> None:
+        self.push_screen(JobsScreen(self.jobs, self.open_job))
+
+    def open_job(self, name: str) -> JobScreen:
+        if self.jobs_session is not None:
+            self.jobs_session.watch(name)
+        screen = JobScreen(
+            name, self.jobs, self.store, self.operator, clock=self.clock, open_logs=self.open_logs
+        )
+
+        def closed(_: None) -> None:
+            if self.jobs_session is not None and self.jobs_session.watched == name:
+                self.jobs_session.watch("")
+
+        self.push_screen(screen, closed)
+        return screen
+
+    def restart_node(self, node: str) -> None:
+        """The restart dialog of the job whose rank failed on `node` (cluster screen `r`)."""
+        for view in self.jobs:
+            if node in view.bad_nodes():
+                screen = self.open_job(view.name)
+                self.call_after_refresh(screen.action_restart)
+                return
+        self.notify(f"no failed rank on {node}", severity="warning")
+
+    def open_logs(self, name: str, rank: int, attempt: int) -> None:
+        buffer = LogBuffer()
+        title = f"{name} · rank {rank} · attempt {attempt} · stdout"
+        screen = LogScreen(title, buffer)
+        session = self.jobs_session
+        task: asyncio.Task[None] | None = None
+        if session is not None:
+            task = asyncio.create_task(
+                session.tail_log(
+                    name,
+                    rank,
+                    attempt,
+                    buffer.extend,
+                    on_error=lambda line: buffer.append(f"gantry: {line}"),
+                ),
+                name=f"log:{name}:{rank}",
+            )
+
+        def closed(_: object) -> None:
+            if task is not None:
+                task.cancel()
+
+        self.push_screen(screen, closed)
 
     def tick(self) -> None:
         """Marks silent nodes lost and redraws, so shown ages move on (once a second)."""
@@ -106,3 +213,6 @@ class GantryApp(App[None]):
         session, self.session = self.session, None
         if session is not None:
             await session.stop()
+        jobs, self.jobs_session = self.jobs_session, None
+        if jobs is not None:
+            await jobs.stop()

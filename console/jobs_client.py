@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -13,6 +15,25 @@ from console.agent_client import auth_metadata, describe_rpc_error, open_channel
 from console.cluster_file import ClusterFileError, NodeTarget
 
 RPC_TIMEOUT_S = 60.0
+# Who is operating: recorded by the agents with every job verb (audit trail, events).
+OPERATOR_METADATA_KEY = "x-gantry-operator"
+OPERATOR_ENV = "GANTRY_OPERATOR"
+
+
+def operator_name() -> str:
+    """``$GANTRY_OPERATOR``, else the login name; "unknown" when neither can be found."""
+    name = os.environ.get(OPERATOR_ENV, "")
+    if not name:
+        try:
+            name = getpass.getuser()
+        except (OSError, KeyError):
+            name = ""
+    # Visible ASCII only (gRPC metadata values); the agent narrows it further.
+    return "".join(c if " " < c < "\x7f" else "?" for c in name) or "unknown"
+
+
+def job_metadata(token: str) -> tuple[tuple[str, str], ...]:
+    return (*auth_metadata(token), (OPERATOR_METADATA_KEY, operator_name()))
 
 
 class JobCommandError(Exception):
@@ -49,7 +70,7 @@ class JobsClient:
         return target
 
     async def _call(self, target: NodeTarget, method: str, request: object) -> object:
-        metadata = auth_metadata(target.read_token())
+        metadata = job_metadata(target.read_token())
         async with open_channel(target.address) as channel:
             stub = agent_service_pb2_grpc.AgentServiceStub(channel)
             try:
@@ -117,11 +138,18 @@ class JobsClient:
         return LedJob(led.leader, reply.job)
 
     async def restart(
-        self, name: str, node: str, exclude: list[str], from_checkpoint: str
+        self,
+        name: str,
+        node: str,
+        exclude: list[str],
+        from_checkpoint: str,
+        *,
+        spec: job_pb2.JobSpec | None = None,
     ) -> LedJob:
+        """A new attempt now; with ``spec`` (same name and nodes), the job runs it from then on."""
         led = await self.find(name)
         request = agent_service_pb2.RestartJobRequest(
-            name=name, node=node, exclude_nodes=exclude, from_checkpoint=from_checkpoint
+            name=name, node=node, exclude_nodes=exclude, from_checkpoint=from_checkpoint, spec=spec
         )
         reply = await self._call(led.leader, "RestartJob", request)
         assert isinstance(reply, agent_service_pb2.RestartJobResponse)
@@ -130,7 +158,7 @@ class JobsClient:
     async def events(self, name: str, follow: bool) -> AsyncIterator[job_pb2.JobEvent]:
         led = await self.find(name)
         request = agent_service_pb2.WatchJobEventsRequest(job_name=name, follow=follow)
-        metadata = auth_metadata(led.leader.read_token())
+        metadata = job_metadata(led.leader.read_token())
         async with open_channel(led.leader.address) as channel:
             stub = agent_service_pb2_grpc.AgentServiceStub(channel)
             try:
@@ -160,7 +188,7 @@ class JobsClient:
             tail_lines=tail,
             follow=follow,
         )
-        metadata = auth_metadata(target.read_token())
+        metadata = job_metadata(target.read_token())
         async with open_channel(target.address) as channel:
             stub = agent_service_pb2_grpc.AgentServiceStub(channel)
             try:

@@ -46,6 +46,10 @@ class NodeView:
     xid_events: deque[telemetry_pb2.XidEvent] = field(
         default_factory=lambda: deque(maxlen=MAX_XID_EVENTS)
     )
+    # What jobs run here ("demo-moe r0 gpu0, ...") and, when one of their ranks on
+    # this node failed or hung, what ("demo-moe r1 failed"): the node is shown red.
+    jobs_text: str = ""
+    job_fault: str = ""
     # Bumped on every change, so a widget repaints only what moved.
     version: int = 0
 
@@ -59,6 +63,8 @@ class NodeView:
     def status_text(self, now: float) -> str:
         if self.state in (ConnState.LOST, ConnState.UNAUTHORIZED):
             return f"{self.state.value} {format_age(now - self.since)}"
+        if self.job_fault and self.state is ConnState.LIVE:
+            return self.job_fault
         return str(self.state.value)
 
 
@@ -152,6 +158,12 @@ class ClusterStore:
         else:
             self._touch(view)
         return True
+
+    def set_job_marks(self, name: str, jobs_text: str, job_fault: str) -> None:
+        view = self._nodes[name]
+        if (view.jobs_text, view.job_fault) != (jobs_text, job_fault):
+            view.jobs_text, view.job_fault = jobs_text, job_fault
+            self._touch(view)
 
     def expire(self, now: float) -> list[str]:
         """Marks live nodes that went silent as lost; returns their names."""

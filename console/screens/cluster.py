@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
 from textual.content import Content
 from textual.widgets import Footer, Static
 
@@ -101,7 +102,13 @@ class _ClusterTotals:
 
 
 class ClusterScreen(StoreScreen):
-    """Every node at a glance; enter opens a node."""
+    """Every node at a glance; enter opens a node, J the jobs, r the restart dialog of
+    the selected node's failed job."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("J", "jobs", "Jobs", key_display="J"),
+        Binding("r", "restart", "Restart"),
+    ]
 
     def __init__(
         self,
@@ -109,9 +116,13 @@ class ClusterScreen(StoreScreen):
         *,
         clock: Callable[[], float] = time.time,
         cluster_name: str = "",
+        open_jobs: Callable[[], None] | None = None,
+        restart_node: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__()
         self.store = store
+        self.open_jobs = open_jobs
+        self.restart_node = restart_node
         self.clock = clock
         self.cluster_name = cluster_name
         self._totals: dict[str, _NodeTotals] = {}
@@ -156,6 +167,14 @@ class ClusterScreen(StoreScreen):
     def on_cluster_table_node_highlighted(self, message: ClusterTable.NodeHighlighted) -> None:
         self._selected = message.node_name
         self._update_status()
+
+    def action_jobs(self) -> None:
+        if self.open_jobs is not None:
+            self.open_jobs()
+
+    def action_restart(self) -> None:
+        if self.restart_node is not None and self._selected is not None:
+            self.restart_node(self._selected)
 
     def on_cluster_table_node_selected(self, message: ClusterTable.NodeSelected) -> None:
         self.app.push_screen(NodeScreen(message.node_name, self.store, clock=self.clock))
@@ -238,6 +257,13 @@ class ClusterScreen(StoreScreen):
                 return "[$error]$node: $reason[/]", {"node": name, "reason": node.error or "lost"}
             if node.state is ConnState.UNAUTHORIZED:
                 return "[$warning]$node: $reason[/]", {"node": name, "reason": node.error}
+            if node.job_fault:
+                return "[$error]$node: $fault[/] · r: restart", {
+                    "node": name,
+                    "fault": node.job_fault,
+                }
+            if node.jobs_text:
+                return "$node runs $jobs", {"node": name, "jobs": node.jobs_text}
         down = [n.name for n in self.store if n.state in (ConnState.LOST, ConnState.UNAUTHORIZED)]
         if down:
             shown = ", ".join(down[:6]) + (f" and {len(down) - 6} more" if len(down) > 6 else "")

@@ -78,18 +78,20 @@ class StopJobResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ...) -> None: ...
 
 class RestartJobRequest(_message.Message):
-    __slots__ = ("name", "node", "exclude_nodes", "from_checkpoint", "deepspeed_config_json")
+    __slots__ = ("name", "node", "exclude_nodes", "from_checkpoint", "deepspeed_config_json", "spec")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_NODES_FIELD_NUMBER: _ClassVar[int]
     FROM_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     DEEPSPEED_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
     name: str
     node: str
     exclude_nodes: _containers.RepeatedScalarFieldContainer[str]
     from_checkpoint: str
     deepspeed_config_json: str
-    def __init__(self, name: _Optional[str] = ..., node: _Optional[str] = ..., exclude_nodes: _Optional[_Iterable[str]] = ..., from_checkpoint: _Optional[str] = ..., deepspeed_config_json: _Optional[str] = ...) -> None: ...
+    spec: _job_pb2.JobSpec
+    def __init__(self, name: _Optional[str] = ..., node: _Optional[str] = ..., exclude_nodes: _Optional[_Iterable[str]] = ..., from_checkpoint: _Optional[str] = ..., deepspeed_config_json: _Optional[str] = ..., spec: _Optional[_Union[_job_pb2.JobSpec, _Mapping]] = ...) -> None: ...
 
 class RestartJobResponse(_message.Message):
     __slots__ = ("job",)

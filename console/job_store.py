@@ -1,0 +1,336 @@
+"""The console's picture of jobs: plain Python, no Textual, no I/O.
+
+The job session writes into it what the agents say (ListJobs, DescribeJob, the event
+stream with every rank's metrics); the job screens read from it. A job of a thousand
+ranks reporting once a second must cost little per record: a metric record updates
+its rank's latest figures, one bounded per-rank history and one per-step aggregate
+(sums, not lists), nothing more.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from gantry.v1 import job_pb2
+
+EK = job_pb2.JobEventKind
+JS = job_pb2.JobState
+RS = job_pb2.RankState
+MAX_STEPS_KEPT = 20_000
+MAX_EVENTS_KEPT = 5_000
+RANK_HISTORY = 120
+# States in which a rank is a problem the operator must see (red on every screen).
+BAD_RANK_STATES = frozenset({RS.RANK_STATE_FAILED, RS.RANK_STATE_HUNG})
+ACTIVE_JOB_STATES = frozenset(
+    {
+        JS.JOB_STATE_PENDING,
+        JS.JOB_STATE_STARTING,
+        JS.JOB_STATE_RUNNING,
+        JS.JOB_STATE_RESTARTING,
+        JS.JOB_STATE_STOPPING,
+    }
+)
+
+
+def ts(stamp: object) -> float:
+    """Seconds of a protobuf Timestamp (0.0 when unset)."""
+    seconds = getattr(stamp, "seconds", 0)
+    nanos = getattr(stamp, "nanos", 0)
+    return float(seconds) + float(nanos) / 1e9
+
+
+def _opt(m: job_pb2.RankMetrics, name: str) -> float | None:
+    if not m.HasField(name):
+        return None
+    value = float(getattr(m, name))
+    return value
+
+
+class RankPoint(NamedTuple):
+    """One rank's figures at one step."""
+
+    step: int
+    time: float
+    loss: float | None
+    grad_norm: float | None
+    loss_scale: float | None
+    step_time_s: float | None
+    collective_s: float | None
+    tokens_per_s: float | None
+
+
+@dataclass
+class StepAgg:
+    """Every rank's figures at one step, summed (mean = sum / n)."""
+
+    step: int
+    attempt: int = 0
+    time: float = 0.0
+    n: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, name: str, value: float | None) -> None:
+        if value is None or not math.isfinite(value):
+            if value is not None:  # NaN / inf: counted, so the chart shows the hole
+                self.counts[name + ":bad"] = self.counts.get(name + ":bad", 0) + 1
+            return
+        self.sums[name] = self.sums.get(name, 0.0) + value
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+    def mean(self, name: str) -> float | None:
+        n = self.counts.get(name, 0)
+        return self.sums[name] / n if n else None
+
+    def total(self, name: str) -> float | None:
+        return self.sums.get(name) if self.counts.get(name) else None
+
+
+STEP_FIELDS = (
+    "loss",
+    "grad_norm",
+    "learning_rate",
+    "tokens_per_s",
+    "step_time_s",
+    "forward_s",
+    "backward_s",
+    "allreduce_s",
+    "optimizer_step_s",
+    "collective_time_s",
+)
+
+
+@dataclass
+class RankLatest:
+    rank: int
+    node: str
+    attempt: int
+    metrics: job_pb2.RankMetrics
+    time: float
+    history: deque[RankPoint] = field(default_factory=lambda: deque(maxlen=RANK_HISTORY))
+
+
+@dataclass
+class JobView:
+    name: str
+    leader: str
+    job: job_pb2.Job
+    checkpoints: list[job_pb2.Checkpoint] = field(default_factory=list)
+    events: deque[job_pb2.JobEvent] = field(default_factory=lambda: deque(maxlen=MAX_EVENTS_KEPT))
+    steps: OrderedDict[int, StepAgg] = field(default_factory=OrderedDict)
+    ranks: dict[int, RankLatest] = field(default_factory=dict)
+    last_seq: int = 0
+    described_at: float = 0.0
+    version: int = 0
+
+    @property
+    def state(self) -> int:
+        return int(self.job.state)
+
+    @property
+    def spec(self) -> job_pb2.JobSpec:
+        return self.job.spec
+
+    def latest_attempt(self) -> job_pb2.Attempt | None:
+        return self.job.attempts[-1] if self.job.attempts else None
+
+    def rank_rows(self) -> list[tuple[job_pb2.Rank, RankLatest | None]]:
+        """The latest attempt's ranks, each with its newest metric record of that attempt."""
+        attempt = self.latest_attempt()
+        if attempt is None:
+            return []
+        rows = []
+        for rank in sorted(attempt.ranks, key=lambda r: r.rank):
+            latest = self.ranks.get(rank.rank)
+            if latest is not None and latest.attempt != attempt.number:
+                latest = None
+            rows.append((rank, latest))
+        return rows
+
+    def bad_nodes(self) -> set[str]:
+        """Nodes with a failed or hung rank in the latest attempt (a lost agent is the
+        cluster store's to tell)."""
+        attempt = self.latest_attempt()
+        if attempt is None:
+            return set()
+        return {r.node for r in attempt.ranks if r.state in BAD_RANK_STATES}
+
+    def nodes(self) -> list[str]:
+        return [n.node for n in self.job.spec.nodes]
+
+    def last_step(self) -> int:
+        """The newest step reported: from the metric stream when this job is followed,
+        else from the ranks' last metrics in the leader's description."""
+        if self.steps:
+            return next(reversed(self.steps))
+        attempt = self.latest_attempt()
+        return max((int(r.metrics.step) for r in attempt.ranks), default=0) if attempt else 0
+
+    def step_series(self, name: str, how: str = "mean", last: int = 0) -> list[tuple[int, float]]:
+        """(step, value) of a per-step aggregate, oldest first (`last`: only that many)."""
+        steps: Iterable[StepAgg] = self.steps.values()
+        if last:
+            steps = list(self.steps.values())[-last:]
+        out = []
+        for agg in steps:
+            value = agg.mean(name) if how == "mean" else agg.total(name)
+            if value is not None:
+                out.append((agg.step, value))
+        return out
+
+    def time_series(
+        self, name: str, bucket_s: float, now: float, buckets: int, how: str = "mean"
+    ) -> list[float | None]:
+        """The aggregate over wall time: `buckets` buckets of `bucket_s` ending at `now`,
+        each the mean of the steps that ended in it (None where no step did)."""
+        sums = [0.0] * buckets
+        counts = [0] * buckets
+        start = now - bucket_s * buckets
+        for agg in reversed(self.steps.values()):
+            if agg.time < start:
+                break
+            value = agg.mean(name) if how == "mean" else agg.total(name)
+            if value is None:
+                continue
+            i = min(buckets - 1, int((agg.time - start) / bucket_s))
+            sums[i] += value
+            counts[i] += 1
+        return [s / c if c else None for s, c in zip(sums, counts, strict=True)]
+
+
+class JobsStore:
+    """Every job the agents lead, by name; `version` moves on any change."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, JobView] = {}
+        self.version = 0
+        self.errors: list[str] = []
+
+    def __iter__(self) -> Iterator[JobView]:
+        return iter(sorted(self._jobs.values(), key=lambda j: (ts(j.job.created), j.name)))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._jobs
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def get(self, name: str) -> JobView | None:
+        return self._jobs.get(name)
+
+    def _touch(self, view: JobView) -> None:
+        self.version += 1
+        view.version = self.version
+
+    # -- writing -------------------------------------------------------------------
+
+    def set_listing(self, jobs: Iterable[tuple[str, job_pb2.Job]], errors: list[str]) -> None:
+        """ListJobs over every agent: (leader node, job). Jobs no agent lists any more
+        are kept (an agent may be down), only updated when someone answers."""
+        self.errors = list(errors)
+        for leader, job in jobs:
+            self.apply_job(leader, job)
+        self.version += 1
+
+    def apply_job(
+        self,
+        leader: str,
+        job: job_pb2.Job,
+        checkpoints: list[job_pb2.Checkpoint] | None = None,
+        now: float = 0.0,
+    ) -> JobView:
+        name = job.spec.name
+        view = self._jobs.get(name)
+        if view is None:
+            view = self._jobs[name] = JobView(name=name, leader=leader, job=job)
+        else:
+            view.job = job
+            view.leader = leader
+        if checkpoints is not None:
+            view.checkpoints = sorted(checkpoints, key=lambda c: c.step)
+            view.described_at = now
+        self._touch(view)
+        return view
+
+    def apply_event(self, event: job_pb2.JobEvent) -> bool:
+        """One event of the leader's stream; False for one already held (a replay)."""
+        view = self._jobs.get(event.job_name)
+        if view is None or event.seq <= view.last_seq:
+            return False
+        view.last_seq = event.seq
+        if event.kind == EK.JOB_EVENT_KIND_METRICS:
+            self._apply_metrics(view, event)
+        else:
+            view.events.append(event)
+        self._touch(view)
+        return True
+
+    def _apply_metrics(self, view: JobView, event: job_pb2.JobEvent) -> None:
+        m = event.metrics
+        t = ts(m.time) or ts(event.time)
+        latest = view.ranks.get(event.rank)
+        if latest is None:
+            latest = view.ranks[event.rank] = RankLatest(
+                event.rank, event.node, event.attempt, m, t
+            )
+        else:
+            latest.node, latest.attempt, latest.metrics, latest.time = (
+                event.node,
+                event.attempt,
+                m,
+                t,
+            )
+        latest.history.append(
+            RankPoint(
+                int(m.step),
+                t,
+                _opt(m, "loss"),
+                _opt(m, "grad_norm"),
+                _opt(m, "loss_scale"),
+                _opt(m, "step_time_s"),
+                _opt(m, "collective_time_s"),
+                _opt(m, "tokens_per_s"),
+            )
+        )
+        steps = view.steps
+        agg = steps.get(m.step)
+        if agg is not None and event.attempt > agg.attempt:
+            # A resumed attempt repeats the steps after its checkpoint: start them afresh.
+            for later in [s for s in steps if s >= m.step]:
+                del steps[later]
+            agg = None
+        if agg is None:
+            agg = steps[m.step] = StepAgg(int(m.step), attempt=event.attempt)
+            while len(steps) > MAX_STEPS_KEPT:
+                steps.popitem(last=False)
+        agg.n += 1
+        agg.time = max(agg.time, t)
+        for name in STEP_FIELDS:
+            agg.add(name, _opt(m, name))
+
+    def gpu_owners(self) -> dict[str, list[tuple[str, int, tuple[int, ...]]]]:
+        """node -> [(job, rank, gpu indices)] for the ranks of every active job's latest
+        attempt (GPU indices empty on CPU nodes)."""
+        owners: dict[str, list[tuple[str, int, tuple[int, ...]]]] = {}
+        for view in self._jobs.values():
+            if view.state not in ACTIVE_JOB_STATES:
+                continue
+            attempt = view.latest_attempt()
+            if attempt is None:
+                continue
+            for rank in attempt.ranks:
+                owners.setdefault(rank.node, []).append(
+                    (view.name, rank.rank, tuple(rank.gpu_indices))
+                )
+        return owners
+
+    def bad_nodes(self) -> set[str]:
+        """Nodes with a failed or hung rank in any job's latest attempt."""
+        out: set[str] = set()
+        for view in self._jobs.values():
+            out |= view.bad_nodes()
+        return out

@@ -1,0 +1,548 @@
+"""The job screen: a job's state, cost, ranks, charts, events, checkpoints and advice,
+with the operator's actions on keys.
+
+    1-5   tabs: ranks, charts, events, checkpoints, advisor
+    r     restart dialog for the selected rank's node (or the first failed one)
+    s     stop the job (confirmed)
+    l     the selected rank's log
+    t     charts over steps / over time
+    enter on a checkpoint: resume from it (confirmed); on a finding: apply its remedy
+    escape back
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import ClassVar
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
+from textual.widgets import DataTable, Footer, OptionList, Static, TabbedContent, TabPane
+from textual.widgets.option_list import Option
+
+from console.advice import Advice, findings_for
+from console.cost import job_cost, total_steps
+from console.job_store import BAD_RANK_STATES, JS, JobsStore, JobView, ts
+from console.jobs_client import JobCommandError
+from console.operator import Operator
+from console.remedies import RemedyError, apply_remedy, describe_changes
+from console.screens import StoreScreen
+from console.screens.dialogs import ConfirmScreen, RestartChoice, RestartDialog
+from console.store import ClusterStore, ConnState, format_age
+from console.widgets.bars import DASH, format_bytes
+from console.widgets.chart import ChartRow, format_figure
+
+RANK_COLUMNS = (
+    "rank",
+    "node",
+    "gpu",
+    "state",
+    "step",
+    "loss",
+    "gnorm",
+    "s/step",
+    "tok/s",
+    "coll%",
+    "beat",
+)
+CHARTS = (
+    # id, label, store field, aggregate, fixed scale
+    ("loss", "loss", "loss", "mean", None),
+    ("grad_norm", "grad norm", "grad_norm", "mean", None),
+    ("lr", "lr", "learning_rate", "mean", None),
+    ("tokens", "tokens/s", "tokens_per_s", "total", None),
+    ("step_time", "step s", "step_time_s", "mean", None),
+    ("forward", " fwd s", "forward_s", "mean", None),
+    ("backward", " bwd s", "backward_s", "mean", None),
+    ("allreduce", " allred s", "allreduce_s", "mean", None),
+    ("optim", " optim s", "optimizer_step_s", "mean", None),
+)
+CHART_POINTS = 120
+TIME_BUCKET_S = 5.0
+MAX_GPU_CHARTS = 4
+RANKS_REFRESH_S = 0.5
+AGENT_RESTART_UNAVAILABLE = "needs the SSH set-up of `gantry up` (not configured for this cluster)"
+
+
+def state_name(value: int, prefix: str) -> str:
+    from gantry.v1 import job_pb2
+
+    enum = job_pb2.RankState if prefix == "RANK_STATE_" else job_pb2.JobState
+    return enum.Name(value).removeprefix(prefix).lower()
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return DASH if value is None else format(value, spec)
+
+
+class JobScreen(StoreScreen):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "back", "Back"),
+        Binding("r", "restart", "Restart"),
+        Binding("s", "stop", "Stop"),
+        Binding("l", "logs", "Logs"),
+        Binding("t", "toggle_axis", "Steps/time"),
+        Binding("1", "tab('ranks')", "Ranks", show=False),
+        Binding("2", "tab('charts')", "Charts", show=False),
+        Binding("3", "tab('events')", "Events", show=False),
+        Binding("4", "tab('checkpoints')", "Checkpoints", show=False),
+        Binding("5", "tab('advisor')", "Advisor", show=False),
+    ]
+
+    def __init__(
+        self,
+        name: str,
+        jobs: JobsStore,
+        cluster: ClusterStore,
+        operator: Operator | None,
+        *,
+        clock: Callable[[], float] = time.time,
+        open_logs: Callable[[str, int, int], None] | None = None,
+        advice: Callable[[JobView, ClusterStore, float], list[Advice]] = findings_for,
+        agent_restart: str = AGENT_RESTART_UNAVAILABLE,
+    ) -> None:
+        super().__init__()
+        self.job_name = name
+        self.jobs = jobs
+        self.cluster = cluster
+        self.operator = operator
+        self.clock = clock
+        self.open_logs = open_logs
+        self.advice = advice
+        self.agent_restart = agent_restart
+        self.by_time = False
+        self._drawn = -1
+        self._ranks_drawn_at = -RANKS_REFRESH_S
+        self._rank_keys: list[int] = []
+        self._events_drawn = 0
+        self._events_first_seq = 0
+        self._checkpoints_drawn: tuple[tuple[str, int], ...] = ()
+        self._findings: list[Advice] = []
+        self._findings_key: tuple[tuple[str, str], ...] | None = None
+        self._status = ""
+        self._gpu_nodes: list[str] = []
+        self._ready = False
+
+    # -- layout --------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="job-title", markup=False)
+        yield Static(id="job-cost", markup=False)
+        with TabbedContent(id="job-tabs", initial="ranks"):
+            with TabPane("1 Ranks", id="ranks"):
+                yield DataTable(id="rank-table", cursor_type="row", zebra_stripes=False)
+            with TabPane("2 Charts", id="charts"), VerticalScroll(id="chart-rows"):
+                for key, label, *_ in CHARTS:
+                    yield ChartRow(label, id=f"chart-{key}")
+                yield ChartRow("coll %", fixed=(0.0, 100.0), id="chart-coll")
+                for i in range(MAX_GPU_CHARTS + 1):
+                    yield ChartRow("", fixed=(0.0, 100.0), id=f"chart-gpu{i}")
+            with TabPane("3 Events", id="events"):
+                yield DataTable(id="event-table", cursor_type="row")
+            with TabPane("4 Checkpoints", id="checkpoints"):
+                yield DataTable(id="checkpoint-table", cursor_type="row")
+            with TabPane("5 Advisor", id="advisor"):
+                yield OptionList(id="findings")
+        yield Static(id="job-status", markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        ranks = self.query_one("#rank-table", DataTable)
+        for column in RANK_COLUMNS:
+            ranks.add_column(column, key=column)
+        events = self.query_one("#event-table", DataTable)
+        for column in ("time", "event", "where", "what"):
+            events.add_column(column, key=column)
+        ckpts = self.query_one("#checkpoint-table", DataTable)
+        for column in ("tag", "step", "age", "size", ""):
+            ckpts.add_column(column, key=column or "flags")
+        ranks.focus()
+        self._ready = True
+        self.refresh_from_store()
+
+    def on_screen_resume(self) -> None:
+        self.refresh_from_store()
+
+    @property
+    def view(self) -> JobView | None:
+        return self.jobs.get(self.job_name)
+
+    # -- drawing -------------------------------------------------------------------
+
+    def refresh_from_store(self) -> None:
+        if not self._ready:  # the app may poll before the tables have their columns
+            return
+        view = self.view
+        now = self.clock()
+        if view is None:
+            self.query_one("#job-title", Static).update(f"{self.job_name}: not known to any agent")
+            return
+        self._title(view, now)
+        monotonic = time.monotonic()
+        if view.version != self._drawn or monotonic - self._ranks_drawn_at >= 1.0:
+            if monotonic - self._ranks_drawn_at >= RANKS_REFRESH_S:
+                self._ranks_drawn_at = monotonic
+                self._draw_ranks(view, now)
+                self._draw_findings(view, now)
+            self._draw_charts(view, now)
+            self._draw_events(view)
+            self._draw_checkpoints(view, now)
+            self._drawn = view.version
+        self.query_one("#job-status", Static).update(self._status)
+
+    def _title(self, view: JobView, now: float) -> None:
+        job = view.job
+        attempt = view.latest_attempt()
+        step = view.last_step()
+        total = total_steps(view.spec)
+        parts = [
+            view.name,
+            state_name(job.state, "JOB_STATE_"),
+            f"attempt {attempt.number}" if attempt else "no attempt",
+            f"step {step}" + (f"/{total}" if total else ""),
+            f"restarts {job.restarts_used}/{job.spec.restart.max_restarts}",
+            f"leader {view.leader}",
+        ]
+        bad = sorted(view.bad_nodes() | self._lost_nodes(view))
+        title = Text(parts[0])
+        if bad:  # first: the rest may be cut off at 80 columns
+            title.append(f" · failed: {', '.join(bad)}", style="bold red")
+        title.append(" · " + " · ".join(parts[1:]))
+        if job.reason and job.state != JS.JOB_STATE_RUNNING:
+            title.append(f" · {job.reason}", style="dim")
+        self.query_one("#job-title", Static).update(title)
+        times = [p.step_time_s for r in view.ranks.values() for p in list(r.history)[-10:]]
+        step_times = [t for t in times if t is not None]
+        mean_step = sum(step_times) / len(step_times) if step_times else None
+        cost = job_cost(job, now, step, mean_step)
+        self.query_one("#job-cost", Static).update("cost " + cost.summary())
+
+    def _lost_nodes(self, view: JobView) -> set[str]:
+        lost = set()
+        for node in view.nodes():
+            if node in self.cluster and self.cluster.node(node).state in (
+                ConnState.LOST,
+                ConnState.UNAUTHORIZED,
+            ):
+                lost.add(node)
+        return lost
+
+    def _draw_ranks(self, view: JobView, now: float) -> None:
+        table = self.query_one("#rank-table", DataTable)
+        lost = self._lost_nodes(view)
+        rows = view.rank_rows()
+        keys = [rank.rank for rank, _ in rows]
+        if keys != self._rank_keys:
+            table.clear()
+            for key in keys:
+                table.add_row(*([""] * len(RANK_COLUMNS)), key=str(key))
+            self._rank_keys = keys
+        for rank, latest in rows:
+            m = latest.metrics if latest is not None else None
+            bad = rank.state in BAD_RANK_STATES or rank.node in lost
+            state = "lost" if rank.node in lost else state_name(rank.state, "RANK_STATE_")
+
+            def opt(name: str, metrics: object = m) -> float | None:
+                if metrics is None or not metrics.HasField(name):  # type: ignore[attr-defined]
+                    return None
+                return float(getattr(metrics, name))
+
+            step_time, coll = opt("step_time_s"), opt("collective_time_s")
+            coll_pct = 100 * coll / step_time if coll is not None and step_time else None
+            beat = ts(rank.last_heartbeat)
+            cells = (
+                str(rank.rank),
+                rank.node,
+                ",".join(str(g) for g in rank.gpu_indices) or DASH,
+                state,
+                str(m.step) if m is not None else DASH,
+                _fmt(opt("loss"), ".4f"),
+                _fmt(opt("grad_norm"), ".3f"),
+                _fmt(step_time, ".3f"),
+                format_figure(opt("tokens_per_s")),
+                _fmt(coll_pct, ".0f"),
+                format_age(now - beat) if beat else DASH,
+            )
+            style = "bold red" if bad else ""
+            for column, value in zip(RANK_COLUMNS, cells, strict=True):
+                table.update_cell(str(rank.rank), column, Text(value, style=style))
+
+    def _draw_charts(self, view: JobView, now: float) -> None:
+        if self.query_one("#job-tabs", TabbedContent).active != "charts":
+            return
+        for key, _label, field, how, _ in CHARTS:
+            row = self.query_one(f"#chart-{key}", ChartRow)
+            row.show(self._series(view, field, how, now))
+        coll = self._ratio(view, now)
+        self.query_one("#chart-coll", ChartRow).show(coll)
+        self._draw_gpu_charts(view)
+
+    def _series(self, view: JobView, field: str, how: str, now: float) -> list[float]:
+        if self.by_time:
+            return [
+                v
+                for v in view.time_series(field, TIME_BUCKET_S, now, CHART_POINTS, how)
+                if v is not None
+            ]
+        return [v for _, v in view.step_series(field, how, CHART_POINTS)]
+
+    def _ratio(self, view: JobView, now: float) -> list[float]:
+        coll = self._series(view, "collective_time_s", "mean", now)
+        step = self._series(view, "step_time_s", "mean", now)
+        return [100 * c / s for c, s in zip(coll, step, strict=False) if s > 0]
+
+    def _draw_gpu_charts(self, view: JobView) -> None:
+        nodes = [n for n in view.nodes() if n in self.cluster]
+        shown = nodes[:MAX_GPU_CHARTS]
+        rest = nodes[MAX_GPU_CHARTS:]
+        for i in range(MAX_GPU_CHARTS + 1):
+            row = self.query_one(f"#chart-gpu{i}", ChartRow)
+            group = [shown[i]] if i < len(shown) else (rest if i == MAX_GPU_CHARTS else [])
+            row.display = bool(group)
+            if not group:
+                continue
+            label = f"gpu {group[0]}" if len(group) == 1 else f"gpu +{len(group)}"
+            row.query_one(".chart-label", Static).update(label[:12])
+            row.show(self._gpu_util(group))
+
+    def _gpu_util(self, nodes: list[str]) -> list[float]:
+        """Mean GPU utilization of `nodes`, sample by sample (the last CHART_POINTS)."""
+        series: list[list[float]] = []
+        for name in nodes:
+            history = list(self.cluster.node(name).history)[-CHART_POINTS:]
+            values = []
+            for sample in history:
+                utils = [g.gpu_util_percent for g in sample.gpus if g.HasField("gpu_util_percent")]
+                if utils:
+                    values.append(sum(utils) / len(utils))
+            series.append(values)
+        length = min((len(s) for s in series), default=0)
+        if not length:
+            return []
+        return [sum(s[-length + i] for s in series) / len(series) for i in range(length)]
+
+    def _draw_events(self, view: JobView) -> None:
+        table = self.query_one("#event-table", DataTable)
+        events = list(view.events)
+        first = events[0].seq if events else 0
+        if first != self._events_first_seq:  # the bounded deque dropped some: redraw
+            table.clear()
+            self._events_drawn = 0
+            self._events_first_seq = first
+        for event in events[self._events_drawn :]:
+            kind = job_kind(event.kind)
+            where = event.node + (f" r{event.rank}" if event.node and event.rank >= 0 else "")
+            style = (
+                "red" if kind in ("rank failed", "rank hung", "attempt failed", "failed") else ""
+            )
+            if kind in ("alert", "nccl"):
+                style = "yellow"
+            table.add_row(
+                time.strftime("%H:%M:%S", time.localtime(ts(event.time))),
+                Text(kind, style=style),
+                where,
+                Text(event.message.splitlines()[0] if event.message else "", style=style),
+            )
+        if len(events) > self._events_drawn and self._events_drawn:
+            table.move_cursor(row=table.row_count - 1)
+        self._events_drawn = len(events)
+
+    def _draw_checkpoints(self, view: JobView, now: float) -> None:
+        key = tuple((c.tag, c.step) for c in view.checkpoints)
+        table = self.query_one("#checkpoint-table", DataTable)
+        if key != self._checkpoints_drawn:
+            self._checkpoints_drawn = key
+            table.clear()
+            for c in reversed(view.checkpoints):
+                flags = " ".join(
+                    f for f, on in (("latest", c.latest), ("universal", c.universal)) if on
+                )
+                table.add_row(c.tag, str(c.step), "", format_bytes(c.size_bytes), flags, key=c.tag)
+        for c in view.checkpoints:
+            saved = ts(c.saved)
+            table.update_cell(c.tag, "age", format_age(now - saved) if saved else DASH)
+
+    def _draw_findings(self, view: JobView, now: float) -> None:
+        findings = self.advice(view, self.cluster, now)
+        key = tuple((f.rule, f.evidence) for f in findings)
+        if key == self._findings_key:
+            return
+        self._findings_key = key
+        self._findings = findings
+        options = self.query_one("#findings", OptionList)
+        options.clear_options()
+        if not findings:
+            options.add_option(Option("no findings: the rules see nothing wrong", disabled=True))
+        for finding in findings:
+            text = Text()
+            style = "bold red" if finding.severity == "critical" else "bold yellow"
+            text.append(f"{finding.title}\n", style=style)
+            text.append(f"  {finding.evidence}\n", style="")
+            if finding.remedy is not None:
+                text.append(f"  fix: {finding.remedy.summary}", style="green")
+                if finding.applicable:
+                    text.append("  [enter applies]", style="dim")
+            options.add_option(Option(text))
+        tab = self.query_one("#job-tabs", TabbedContent)
+        pane = tab.get_tab("advisor")
+        pane.label = f"5 Advisor ({len(findings)})" if findings else "5 Advisor"
+
+    # -- actions -------------------------------------------------------------------
+
+    def action_back(self) -> None:
+        self.dismiss()
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one("#job-tabs", TabbedContent).active = tab
+        self.refresh_from_store()
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        self._drawn = -1
+        self.refresh_from_store()
+
+    def action_toggle_axis(self) -> None:
+        self.by_time = not self.by_time
+        self._set_status("charts over " + ("time" if self.by_time else "steps"))
+        self._drawn = -1
+        self.refresh_from_store()
+
+    def _selected_rank(self) -> tuple[int, str] | None:
+        view = self.view
+        if view is None:
+            return None
+        rows = view.rank_rows()
+        if not rows:
+            return None
+        table = self.query_one("#rank-table", DataTable)
+        index = min(max(table.cursor_row, 0), len(rows) - 1)
+        rank = rows[index][0]
+        return rank.rank, rank.node
+
+    def action_logs(self) -> None:
+        view = self.view
+        chosen = self._selected_rank()
+        attempt = view.latest_attempt() if view else None
+        if chosen is None or attempt is None or self.open_logs is None:
+            self._set_status("no rank to show the log of")
+            return
+        self.open_logs(self.job_name, chosen[0], attempt.number)
+
+    def action_restart(self) -> None:
+        view = self.view
+        if view is None:
+            return
+        bad = sorted(view.bad_nodes() | self._lost_nodes(view))
+        chosen = self._selected_rank()
+        node = bad[0] if bad else (chosen[1] if chosen else view.nodes()[0])
+        if chosen and chosen[1] in bad:
+            node = chosen[1]
+        can_exclude = ""
+        if len(set(view.nodes())) <= 1:
+            can_exclude = "the job has no other node"
+        elif not view.checkpoints:
+            can_exclude = "no checkpoint to convert yet"
+        dialog = RestartDialog(
+            self.job_name, node, can_exclude=can_exclude, agent_restart=self.agent_restart
+        )
+        self.app.push_screen(dialog, self._restart_chosen)
+
+    def _restart_chosen(self, choice: RestartChoice | None) -> None:
+        if choice is None or self.operator is None:
+            return
+        operator = self.operator
+        if choice.kind == "in-place":
+            question = f"Restart {self.job_name} in place from the latest checkpoint?"
+            detail = "Every rank on every node is stopped, then a new attempt starts."
+            call = lambda: operator.restart(self.job_name, node=choice.node)  # noqa: E731
+        else:
+            question = f"Go on without {choice.node}?"
+            detail = (
+                "The latest checkpoint is converted to a universal one and the job "
+                "resumes at the smaller world size."
+            )
+            call = lambda: operator.restart(  # noqa: E731
+                self.job_name, node=choice.node, exclude=(choice.node,)
+            )
+        self._confirm_then(question, detail, call)
+
+    def action_stop(self) -> None:
+        if self.operator is None:
+            return
+        operator = self.operator
+        self._confirm_then(
+            f"Stop {self.job_name}?",
+            "Every rank is sent SIGTERM, then SIGKILL after the grace period.",
+            lambda: operator.stop(self.job_name),
+        )
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.data_table.id == "checkpoint-table" and self.operator is not None:
+            tag = str(event.row_key.value)
+            view = self.view
+            ckpt = next((c for c in view.checkpoints if c.tag == tag), None) if view else None
+            if ckpt is None:
+                return
+            operator = self.operator
+            self._confirm_then(
+                f"Resume {self.job_name} from {tag} (step {ckpt.step})?",
+                "Every rank is stopped and a new attempt starts from this checkpoint.",
+                lambda: operator.restart(self.job_name, from_checkpoint=ckpt.path or tag),
+            )
+        elif event.data_table.id == "rank-table":
+            self.action_logs()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        if event.option_list.id != "findings" or self.operator is None:
+            return
+        index = event.option_index
+        if not 0 <= index < len(self._findings):
+            return
+        finding = self._findings[index]
+        view = self.view
+        if finding.remedy is None or not finding.applicable or view is None:
+            self._set_status(f"{finding.title}: nothing to apply automatically")
+            return
+        try:
+            spec = apply_remedy(finding.remedy, view.spec)
+        except RemedyError as exc:
+            self._set_status(str(exc))
+            return
+        changes = "; ".join(describe_changes(view.spec, spec))
+        operator = self.operator
+        self._confirm_then(
+            f"Apply: {finding.remedy.summary}?",
+            f"{changes}. The job restarts from its latest checkpoint.",
+            lambda: operator.restart(self.job_name, spec=spec),
+        )
+
+    def _confirm_then(self, question: str, detail: str, call: Callable[[], Awaitable[str]]) -> None:
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._set_status("working…")
+                self._run(call)
+            else:
+                self._set_status("cancelled")
+
+        self.app.push_screen(ConfirmScreen(question, detail), answered)
+
+    @work(exclusive=True, group="job-action")
+    async def _run(self, call: Callable[[], Awaitable[str]]) -> None:
+        try:
+            self._set_status(await call())
+        except JobCommandError as exc:
+            self._set_status(f"refused: {exc}")
+
+    def _set_status(self, text: str) -> None:
+        self._status = text
+        if self.is_mounted:
+            self.query_one("#job-status", Static).update(text)
+
+
+def job_kind(kind: int) -> str:
+    from gantry.v1 import job_pb2
+
+    return job_pb2.JobEventKind.Name(kind).removeprefix("JOB_EVENT_KIND_").lower().replace("_", " ")

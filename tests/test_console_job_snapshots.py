@@ -1,0 +1,74 @@
+"""Snapshots of the job screens (pytest-textual-snapshot) on a fixed job: 4 ranks on
+two nodes, rank 3 hung. Deterministic: fixed data and a fixed clock, times in UTC.
+Update with `pytest tests/test_console_job_snapshots.py --snapshot-update` and look at
+the SVGs under tests/__snapshots__/ before committing them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from console.app import GantryApp
+from tests.console_fixtures import FIXED, cluster_store, targets_for
+from tests.job_fixtures import jobs_store
+
+
+@pytest.fixture(autouse=True)
+def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def make_app() -> GantryApp:
+    store = cluster_store()
+    return GantryApp(
+        targets_for(store),
+        store=store,
+        connect=False,
+        clock=lambda: FIXED,
+        refresh_interval_s=0.1,
+        cluster_name="train-a",
+        jobs=jobs_store(),
+    )
+
+
+OPEN_JOB = ["J", "enter"]
+
+
+def test_jobs_screen_80x24(snap_compare: Any) -> None:
+    assert snap_compare(make_app(), press=["J"], terminal_size=(80, 24))
+
+
+def test_job_ranks_80x24(snap_compare: Any) -> None:
+    assert snap_compare(make_app(), press=OPEN_JOB, terminal_size=(80, 24))
+
+
+def test_job_charts_120x40(snap_compare: Any) -> None:
+    assert snap_compare(make_app(), press=[*OPEN_JOB, "2"], terminal_size=(120, 40))
+
+
+def test_job_events_80x24(snap_compare: Any) -> None:
+    assert snap_compare(make_app(), press=[*OPEN_JOB, "3"], terminal_size=(80, 24))
+
+
+def test_job_checkpoints_80x24(snap_compare: Any) -> None:
+    assert snap_compare(make_app(), press=[*OPEN_JOB, "4"], terminal_size=(80, 24))
+
+
+def test_job_advisor_80x24(snap_compare: Any) -> None:
+    assert snap_compare(make_app(), press=[*OPEN_JOB, "5"], terminal_size=(80, 24))
+
+
+def test_restart_dialog_80x24(snap_compare: Any) -> None:
+    assert snap_compare(make_app(), press=[*OPEN_JOB, "r"], terminal_size=(80, 24))
+
+
+def test_cluster_screen_marks_the_failed_node_80x24(snap_compare: Any) -> None:
+    # node-01 holds the hung rank: red, with the job and rank on the bottom line.
+    assert snap_compare(make_app(), press=["down"], terminal_size=(80, 24))
