@@ -122,7 +122,7 @@ class GantryApp(App[None]):
             except NoMatches:
                 # A timer tick while the screen is being taken down (at exit, or as it
                 # is dismissed): there is nothing left to draw into.
-                if screen.is_attached and not self._exit:
+                if not (self._exit or self._closing or screen._closing or not screen.is_attached):
                     raise
 
     def _poll_store(self) -> None:

@@ -16,7 +16,7 @@ from console.cluster_file import (
     parse_agent_flags,
 )
 
-JOB_VERBS = ("launch", "jobs", "job", "stop", "restart", "logs", "events")
+JOB_VERBS = ("launch", "jobs", "job", "stop", "restart", "logs", "events", "advise")
 DEFAULT_CLUSTER_FILES = (Path(".gantry/cluster.yaml"), Path(".gantry/demo/cluster.yaml"))
 
 
@@ -77,7 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     events = verbs.add_parser("events", help="a job's timeline: attempts, failures, restarts")
     events.add_argument("name")
     events.add_argument("-f", "--follow", action="store_true")
-    for verb in (launch, jobs, job, stop, restart, logs, events):
+    advise = verbs.add_parser(
+        "advise", help="why a job is slow or broken, with the fix (the console's advisor)"
+    )
+    advise.add_argument("name")
+    advise.add_argument(
+        "--apply", default="", metavar="RULE", help="apply that finding's remedy (restarts)"
+    )
+    for verb in (launch, jobs, job, stop, restart, logs, events, advise):
         add_connection_args(verb, suppress=True)
         verb.add_argument("--json", action="store_true", help="print JSON")
     return parser

@@ -1,4 +1,4 @@
-"""The job verbs of the CLI: launch, jobs, job, stop, restart, logs."""
+"""The job verbs of the CLI: launch, jobs, job, stop, restart, logs, events, advise."""
 
 from __future__ import annotations
 
@@ -86,6 +86,17 @@ async def _run(args: argparse.Namespace, targets: list[NodeTarget]) -> int:
                 print(json.dumps(event_json(event)), flush=args.follow)
             else:
                 print(event_line(event), flush=args.follow)
+        return 0
+    if verb == "advise":
+        from console.advise_verb import advice_json, advice_text, advise
+
+        advice, applied = await advise(client, targets, args.name, args.apply)
+        if args.json:
+            _print_json({"job": args.name, "findings": advice_json(advice), "applied": applied})
+        else:
+            print(advice_text(args.name, advice))
+            if applied:
+                print(applied)
         return 0
     raise AssertionError(verb)
 

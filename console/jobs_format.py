@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from gantry.v1 import job_pb2
 from google.protobuf import json_format
 
+from console.cost import Cost, job_cost
 from console.jobs_client import LedJob
 
 
@@ -25,7 +27,27 @@ def job_json(led: LedJob, checkpoints: list[job_pb2.Checkpoint] | None = None) -
     }
     if checkpoints is not None:
         out["checkpoints"] = [json_format.MessageToDict(c) for c in checkpoints]
+    cost = cost_now(led.job)
+    out["cost"] = {
+        "gpu_hours": round(cost.gpu_hours, 4),
+        "price_per_gpu_hour": cost.price_per_gpu_hour,
+        "spent": round(cost.spent, 2),
+        "remaining_gpu_hours": None
+        if cost.remaining_gpu_hours is None
+        else round(cost.remaining_gpu_hours, 4),
+        "remaining": None if cost.remaining is None else round(cost.remaining, 2),
+        "pricing": cost.pricing,
+        "instance_type": cost.instance_type,
+    }
     return out
+
+
+def cost_now(job: job_pb2.Job) -> Cost:
+    """The job's cost from its ranks' last metrics (step, step time) as described."""
+    ranks = list(job.attempts[-1].ranks) if job.attempts else []
+    step = max((int(r.metrics.step) for r in ranks), default=0)
+    times = [r.metrics.step_time_s for r in ranks if r.metrics.HasField("step_time_s")]
+    return job_cost(job, time.time(), step, sum(times) / len(times) if times else None)
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
@@ -70,6 +92,7 @@ def job_text(led: LedJob, checkpoints: list[job_pb2.Checkpoint]) -> str:
         + (f" ({job.reason})" if job.reason else ""),
         f"leader {led.leader.name} · restarts {job.restarts_used}/{job.spec.restart.max_restarts}"
         f" · nodes {' '.join(f'{n.node}:{n.slots}' for n in job.spec.nodes)}",
+        f"cost {cost_now(job).summary()}",
         "",
         "attempts:",
     ]

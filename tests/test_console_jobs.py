@@ -148,3 +148,61 @@ async def test_kill_a_rank_then_restart_it_from_the_console(
         await pilot.press("y")
         await until(pilot, "stopped", lambda: view.state == 6)  # JOB_STATE_STOPPED
         await asyncio.sleep(0)
+
+
+async def test_out_of_memory_is_advised_and_the_fix_applied_with_one_key(
+    local_agents: StartAgent, tmp_path: Path
+) -> None:
+    agents = [local_agents("node-a"), local_agents("node-b")]
+    targets = [a.target for a in agents]
+    spec_path = write_spec(tmp_path)
+    spec = json.loads(spec_path.read_text())
+    spec["args"] = [
+        *spec["args"],
+        "--oom-above",
+        "4",
+        "--per_device_train_batch_size",
+        "8",
+        "--gradient_accumulation_steps",
+        "1",
+    ]
+    spec_path.write_text(json.dumps(spec))
+    await JobsClient(targets).launch(load_job_spec(spec_path))
+    app = GantryApp(targets, refresh_interval_s=0.05)
+    async with app.run_test(size=(100, 30)) as pilot:
+        assert app.jobs_session is not None
+        app.jobs_session.list_interval_s = 0.3
+        await until(pilot, "the job listed", lambda: "live-job" in app.jobs)
+        screen = app.open_job("live-job")
+        await pilot.pause()
+        await pilot.press("5")
+        await until(
+            pilot, "the OOM finding", lambda: any(f.rule == "oom" for f in screen._findings)
+        )
+        finding = next(f for f in screen._findings if f.rule == "oom")
+        assert finding.applicable and "CUDA out of memory" in finding.evidence
+        assert finding.remedy is not None and finding.remedy.kind == "halve-micro-batch"
+        options = screen.query_one("#findings")
+        options.focus()
+        options.highlighted = screen._findings.index(finding)  # type: ignore[attr-defined]
+        await pilot.press("enter")
+        assert isinstance(app.screen, ConfirmScreen)
+        assert "--per_device_train_batch_size 8 -> 4" in app.screen.detail
+        await pilot.press("y")
+        view = app.jobs.get("live-job")
+        assert view is not None
+        await until(
+            pilot,
+            "attempt 2 steps past the OOM",
+            lambda: (
+                (a := view.latest_attempt()) is not None
+                and a.number == 2
+                and all(
+                    latest is not None and latest.metrics.step >= 4
+                    for _, latest in view.rank_rows()
+                )
+            ),
+        )
+        args = list(view.spec.args)
+        assert args[args.index("--per_device_train_batch_size") + 1] == "4"
+        assert args[args.index("--gradient_accumulation_steps") + 1] == "2"
