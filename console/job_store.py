@@ -13,6 +13,7 @@ import math
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import NamedTuple
 
 from gantry.v1 import job_pb2
@@ -174,7 +175,7 @@ class JobView:
         """(step, value) of a per-step aggregate, oldest first (`last`: only that many)."""
         steps: Iterable[StepAgg] = self.steps.values()
         if last:
-            steps = list(self.steps.values())[-last:]
+            steps = list(islice(reversed(self.steps.values()), last))[::-1]
         out = []
         for agg in steps:
             value = agg.mean(name) if how == "mean" else agg.total(name)

@@ -116,9 +116,8 @@ class Tmux:
             if check(screen):
                 return screen
             if self.pane("#{pane_dead}") == "1":
-                status = self.pane("#{pane_dead_status}")
                 raise AssertionError(
-                    f"the console exited (status {status}) while waiting for {what}"
+                    f"the console exited ({self.exit_status(2.0)}) while waiting for {what}"
                     f"\n--- last capture ---\n{screen}"
                 )
             if time.monotonic() > deadline:
@@ -127,6 +126,20 @@ class Tmux:
                     f"\n--- last capture ---\n{screen}"
                 )
             time.sleep(POLL_S)
+
+    def exit_status(self, timeout: float = WAIT_S) -> str:
+        """ "exit N" or "signal N" once the pane's process has exited and been reaped."""
+        deadline = time.monotonic() + timeout
+        while True:
+            fields = self.pane("#{pane_dead}|#{pane_dead_status}|#{pane_dead_signal}")
+            dead, status, signal = fields.split("|")
+            # The pane turns dead when its pty closes, which can come before tmux reaps
+            # the process and knows its status.
+            if dead == "1" and (status or signal):
+                return f"exit {status}" if status else f"signal {signal}"
+            if time.monotonic() > deadline:
+                return "still running" if dead != "1" else "exit status unknown"
+            time.sleep(0.05)
 
     def kill(self) -> None:
         """Kills the server (SIGHUP to the pane's process) and waits until it is gone."""
@@ -271,8 +284,8 @@ def test_console_in_tmux_at_80x24(local_agents: StartAgent, tmp_path: Path, tmux
 
     # `q`: the console exits cleanly...
     tmux.send("q")
-    tmux.wait_for("the console to exit", lambda _: tmux.pane("#{pane_dead}") == "1")
-    assert tmux.pane("#{pane_dead_status}") == "0", tmux.capture()
+    status = tmux.exit_status()
+    assert status == "exit 0", f"console after q: {status}\n--- last capture ---\n{tmux.capture()}"
     deadline = time.monotonic() + 5.0
     while psutil.pid_exists(console_pid):
         assert time.monotonic() < deadline, f"console pid {console_pid} still exists"

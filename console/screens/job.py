@@ -64,7 +64,8 @@ CHARTS = (
 CHART_POINTS = 120
 TIME_BUCKET_S = 5.0
 MAX_GPU_CHARTS = 4
-RANKS_REFRESH_S = 0.5
+DRAW_INTERVAL_S = 0.5
+ADVISOR_INTERVAL_S = 5.0
 AGENT_RESTART_UNAVAILABLE = "needs the SSH set-up of `gantry up` (not configured for this cluster)"
 
 
@@ -116,7 +117,8 @@ class JobScreen(StoreScreen):
         self.agent_restart = agent_restart
         self.by_time = False
         self._drawn = -1
-        self._ranks_drawn_at = -RANKS_REFRESH_S
+        self._ranks_drawn_at = -DRAW_INTERVAL_S
+        self._advised_at = -ADVISOR_INTERVAL_S
         self._rank_keys: list[int] = []
         self._events_drawn = 0
         self._events_first_seq = 0
@@ -181,17 +183,22 @@ class JobScreen(StoreScreen):
         if view is None:
             self.query_one("#job-title", Static).update(f"{self.job_name}: not known to any agent")
             return
-        self._title(view, now)
+        # A big job changes every few milliseconds: the costly parts are drawn at most
+        # every DRAW_INTERVAL_S (and once a second regardless, so ages move on); the
+        # advisor runs every ADVISOR_INTERVAL_S.
         monotonic = time.monotonic()
-        if view.version != self._drawn or monotonic - self._ranks_drawn_at >= 1.0:
-            if monotonic - self._ranks_drawn_at >= RANKS_REFRESH_S:
-                self._ranks_drawn_at = monotonic
-                self._draw_ranks(view, now)
-                self._draw_findings(view, now)
+        since = monotonic - self._ranks_drawn_at
+        if (view.version != self._drawn and since >= DRAW_INTERVAL_S) or since >= 1.0:
+            self._ranks_drawn_at = monotonic
+            self._title(view, now)
+            self._draw_ranks(view, now)
             self._draw_charts(view, now)
-            self._draw_events(view)
             self._draw_checkpoints(view, now)
             self._drawn = view.version
+        self._draw_events(view)
+        if monotonic - self._advised_at >= ADVISOR_INTERVAL_S:
+            self._advised_at = monotonic
+            self._draw_findings(view, now)
         self.query_one("#job-status", Static).update(self._status)
 
     def _title(self, view: JobView, now: float) -> None:
@@ -326,9 +333,12 @@ class JobScreen(StoreScreen):
         return [sum(s[-length + i] for s in series) / len(series) for i in range(length)]
 
     def _draw_events(self, view: JobView) -> None:
+        held = view.events
+        first = held[0].seq if held else 0
+        if len(held) == self._events_drawn and first == self._events_first_seq:
+            return
         table = self.query_one("#event-table", DataTable)
-        events = list(view.events)
-        first = events[0].seq if events else 0
+        events = list(held)
         if first != self._events_first_seq:  # the bounded deque dropped some: redraw
             table.clear()
             self._events_drawn = 0
@@ -398,17 +408,20 @@ class JobScreen(StoreScreen):
 
     def action_tab(self, tab: str) -> None:
         self.query_one("#job-tabs", TabbedContent).active = tab
-        self.refresh_from_store()
+        self.redraw()
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
-        self._drawn = -1
+        self.redraw()
+
+    def redraw(self) -> None:
+        """Everything at once (after a key): the throttles are for streamed changes."""
+        self._ranks_drawn_at = -DRAW_INTERVAL_S
         self.refresh_from_store()
 
     def action_toggle_axis(self) -> None:
         self.by_time = not self.by_time
         self._set_status("charts over " + ("time" if self.by_time else "steps"))
-        self._drawn = -1
-        self.refresh_from_store()
+        self.redraw()
 
     def _selected_rank(self) -> tuple[int, str] | None:
         view = self.view
