@@ -7,7 +7,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gantry-installed
 PROTOS := $(wildcard protos/gantry/v1/*.proto)
 
-.PHONY: venv test lint typecheck pytest demo protos clean
+.PHONY: venv test lint typecheck pytest demo protos clean system-tools
+
+# Programs the suite drives for real: tmux (the console through a real pty). Installed
+# with Debian's apt (one update) only when missing.
+SYSTEM_TOOLS := tmux
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,7 +29,16 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy console agent tests bench
 
-pytest: venv
+system-tools:
+	@missing=""; for tool in $(SYSTEM_TOOLS); do \
+		command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq$$missing; \
+	fi
+
+pytest: venv system-tools
 	$(VENV)/bin/pytest -q
 
 test: lint typecheck pytest
