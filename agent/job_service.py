@@ -19,6 +19,7 @@ from agent.local_supervisor import LocalSupervisor
 from agent.peers import NodeRefused
 from agent.rank_layout import list_checkpoints
 from agent.spec_diff import spec_changes
+from agent.tasks import TaskRunner
 
 log = logging.getLogger("gantry.agent")
 
@@ -65,6 +66,7 @@ class JobService:
         self.bus = bus
         self.gpus = gpus
         self.leader: JobLeader | None = None
+        self.tasks = TaskRunner(supervisor.data_dir, node_name)
 
     # -- this node's ranks (called by the leader, locally or over gRPC) -------------
     async def start_ranks(

@@ -29,11 +29,13 @@ class JobRuntime:
     async def start(self) -> None:
         """Inside the running loop: watch the ranks, resume leading recovered jobs."""
         self._poller = asyncio.create_task(self.supervisor.run(SUPERVISOR_POLL_S))
+        self.jobs.tasks.recover()
         await self.leader.recover()
 
     async def close(self) -> None:
         """Stops watching; the ranks themselves go on (a restarted agent re-adopts them)."""
         await self.leader.close()
+        await self.jobs.tasks.close()
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):

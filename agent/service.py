@@ -1,4 +1,4 @@
-"""The AgentService methods this node answers today: node info and telemetry."""
+"""AgentService: node info and telemetry here; jobs and tasks from their mixins."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from gantry.v1 import agent_service_pb2, agent_service_pb2_grpc, telemetry_pb2
 
 from agent.job_service import JobRpcs, JobService
 from agent.sampler import Sampler
+from agent.task_service import TaskRpcs
 
 RECENT_XID_EVENTS = 100
 # A watcher that falls this far behind loses its oldest queued samples, not the
@@ -18,7 +19,7 @@ RECENT_XID_EVENTS = 100
 WATCH_QUEUE_LIMIT = 120
 
 
-class AgentServicer(JobRpcs, agent_service_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
+class AgentServicer(JobRpcs, TaskRpcs, agent_service_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
     def __init__(self, sampler: Sampler, jobs: JobService) -> None:
         self.sampler = sampler
         self.jobs = jobs

@@ -17,6 +17,7 @@ from console.cluster_file import (
 )
 
 JOB_VERBS = ("launch", "jobs", "job", "stop", "restart", "logs", "events", "advise")
+TASK_VERBS = ("eval", "quantize", "serve", "tasks", "task", "stop-task")
 DEFAULT_CLUSTER_FILES = (Path(".gantry/cluster.yaml"), Path(".gantry/demo/cluster.yaml"))
 
 
@@ -84,7 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     advise.add_argument(
         "--apply", default="", metavar="RULE", help="apply that finding's remedy (restarts)"
     )
-    for verb in (launch, jobs, job, stop, restart, logs, events, advise):
+    from console.task_verbs import add_task_verbs
+
+    task_parsers = add_task_verbs(verbs)
+    for verb in (launch, jobs, job, stop, restart, logs, events, advise, *task_parsers):
         add_connection_args(verb, suppress=True)
         verb.add_argument("--json", action="store_true", help="print JSON")
     return parser
@@ -141,6 +145,10 @@ def main(argv: list[str] | None = None) -> None:
         from console.job_verbs import run_job_verb
 
         sys.exit(run_job_verb(args, targets))
+    if args.verb in TASK_VERBS:
+        from console.task_verbs import run_task_verb
+
+        sys.exit(run_task_verb(args, targets))
     sys.exit(cmd_console(targets))
 
 
