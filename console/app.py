@@ -25,7 +25,9 @@ from console.screens.cluster import ClusterScreen
 from console.screens.job import JobScreen
 from console.screens.jobs import JobsScreen
 from console.screens.logs import LogScreen
+from console.screens.tasks import TasksScreen
 from console.store import ClusterStore
+from console.tasks_client import TasksClient
 
 EXPIRE_INTERVAL_S = 1.0
 
@@ -87,6 +89,7 @@ class GantryApp(App[None]):
                 clock=self.clock,
                 cluster_name=self.cluster_name,
                 open_jobs=self.open_jobs,
+                open_tasks=self.open_tasks,
                 restart_node=self.restart_node,
             )
         )
@@ -156,6 +159,9 @@ class GantryApp(App[None]):
 
     def open_jobs(self) -> None:
         self.push_screen(JobsScreen(self.jobs, self.open_job))
+
+    def open_tasks(self) -> None:
+        self.push_screen(TasksScreen(TasksClient(self.targets)))
 
     def open_job(self, name: str) -> JobScreen:
         if self.jobs_session is not None:

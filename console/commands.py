@@ -18,6 +18,8 @@ class _ConsoleApp(Protocol):
 
     def open_jobs(self) -> None: ...
 
+    def open_tasks(self) -> None: ...
+
     def open_job(self, name: str) -> object: ...
 
     def open_logs(self, name: str, rank: int, attempt: int) -> None: ...
@@ -31,7 +33,10 @@ class Command:
 
 
 def console_commands(app: _ConsoleApp) -> list[Command]:
-    commands = [Command("Jobs", "every job any agent leads (gantry jobs)", app.open_jobs)]
+    commands = [
+        Command("Jobs", "every job any agent leads (gantry jobs)", app.open_jobs),
+        Command("Tasks", "evaluations, quantizations and servers (gantry tasks)", app.open_tasks),
+    ]
     for view in app.jobs:
         name = view.name
 

@@ -107,6 +107,7 @@ class ClusterScreen(StoreScreen):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("J", "jobs", "Jobs", key_display="J"),
+        Binding("T", "tasks", "Tasks", key_display="T"),
         Binding("r", "restart", "Restart"),
     ]
 
@@ -117,11 +118,13 @@ class ClusterScreen(StoreScreen):
         clock: Callable[[], float] = time.time,
         cluster_name: str = "",
         open_jobs: Callable[[], None] | None = None,
+        open_tasks: Callable[[], None] | None = None,
         restart_node: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__()
         self.store = store
         self.open_jobs = open_jobs
+        self.open_tasks = open_tasks
         self.restart_node = restart_node
         self.clock = clock
         self.cluster_name = cluster_name
@@ -171,6 +174,10 @@ class ClusterScreen(StoreScreen):
     def action_jobs(self) -> None:
         if self.open_jobs is not None:
             self.open_jobs()
+
+    def action_tasks(self) -> None:
+        if self.open_tasks is not None:
+            self.open_tasks()
 
     def action_restart(self) -> None:
         if self.restart_node is not None and self._selected is not None:
