@@ -34,6 +34,7 @@ TK = task_pb2.TaskKind
 TS = task_pb2.TaskState
 TERMINAL = frozenset({TS.TASK_STATE_SUCCEEDED, TS.TASK_STATE_FAILED, TS.TASK_STATE_STOPPED})
 STOP_GRACE_S = 10.0
+SERVE_DRAIN_S = 8.0
 READY_POLL_S = 0.2
 MAX_LINE_BYTES = 1 << 20
 MAX_TASKS_KEPT = 200
@@ -80,6 +81,8 @@ def task_argv(task: task_pb2.Task, task_dir: Path) -> list[str]:
         s = task.serve
         argv = [*program, "--model", s.model_dir, "--listen", f"127.0.0.1:{s.port}"]
         argv += ["--ready-file", str(task_dir / "ready.json")]
+        # Drain within the agent's stop grace, so a stop never has to SIGKILL a server.
+        argv += ["--drain-s", f"{SERVE_DRAIN_S:g}"]
         if s.max_batch_size:
             argv += ["--max-batch-size", str(s.max_batch_size)]
         if s.max_queue_delay_ms:

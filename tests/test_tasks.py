@@ -115,6 +115,8 @@ def test_argv_of_each_kind(tmp_path: Path) -> None:
         "127.0.0.1:9000",
         "--ready-file",
         str(tmp_path / "ready.json"),
+        "--drain-s",
+        "8",
         "--max-batch-size",
         "4",
     ]

@@ -1,0 +1,77 @@
+"""Counters behind GetServerStats: totals, rates over a sliding window, batch sizes.
+
+Thread-safe (the decode thread records steps and tokens, the event loop records
+requests); the clock is injected so tests need no sleeping.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+WINDOW_S = 10.0
+
+
+@dataclass(frozen=True)
+class StatsSnapshot:
+    requests_total: int
+    errors_total: int
+    requests_per_s: float
+    tokens_per_s: float
+    batch_size_histogram: dict[int, int] = field(default_factory=dict)
+
+
+class ServerStats:
+    def __init__(
+        self, window_s: float = WINDOW_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._window_s = window_s
+        self._clock = clock
+        self._started = clock()
+        self._lock = threading.Lock()
+        self._requests_total = 0
+        self._errors_total = 0
+        self._completed: deque[float] = deque()  # completion times
+        self._tokens: deque[tuple[float, int]] = deque()  # (time, tokens generated)
+        self._histogram: Counter[int] = Counter()
+
+    def request_received(self) -> None:
+        with self._lock:
+            self._requests_total += 1
+
+    def request_failed(self) -> None:
+        with self._lock:
+            self._errors_total += 1
+
+    def request_completed(self) -> None:
+        with self._lock:
+            self._completed.append(self._clock())
+
+    def step(self, batch_size: int, tokens: int) -> None:
+        """A decode step of `batch_size` sequences; `tokens` generated since the last call."""
+        with self._lock:
+            if batch_size > 0:
+                self._histogram[batch_size] += 1
+            if tokens:
+                self._tokens.append((self._clock(), tokens))
+
+    def snapshot(self) -> StatsSnapshot:
+        now = self._clock()
+        horizon = now - self._window_s
+        with self._lock:
+            while self._completed and self._completed[0] <= horizon:
+                self._completed.popleft()
+            while self._tokens and self._tokens[0][0] <= horizon:
+                self._tokens.popleft()
+            # A server up for less than the window is measured over its uptime.
+            span = max(min(self._window_s, now - self._started), 1e-3)
+            return StatsSnapshot(
+                requests_total=self._requests_total,
+                errors_total=self._errors_total,
+                requests_per_s=len(self._completed) / span,
+                tokens_per_s=sum(n for _, n in self._tokens) / span,
+                batch_size_histogram=dict(self._histogram),
+            )

@@ -1,0 +1,524 @@
+"""The inference server: the pure scheduler, text streaming and stats; the batched decoder
+against `generate`; `python -m agent.serve` as a subprocess on 127.0.0.1 port 0."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from gantry.v1 import inference_service_pb2 as pb
+from gantry.v1 import inference_service_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from agent.batching import Scheduler
+from agent.serve import SERVICE
+from agent.serve_stats import ServerStats
+from agent.serve_text import TextStream
+from tests.deepspeed_env import ROOT, base_env
+
+START_TIMEOUT_S = 90.0
+LINES = [" apple river stone", " stone river apple", " the quick brown fox", " fox river stone"]
+PROMPTS = ["apple river", "stone", "the quick brown fox jumps", "river fox apple stone"]
+
+# --- the scheduler (pure) -------------------------------------------------------------
+
+
+def test_idle_queue_waits_for_the_delay_window() -> None:
+    s: Scheduler[str] = Scheduler(max_batch_size=4, max_queue_delay_s=0.010)
+    s.submit("a", now=0.0)
+    assert s.wake_at() == pytest.approx(0.010)
+    assert not s.plan(now=0.005)
+    s.submit("b", now=0.006)
+    assert s.plan(now=0.009).admitted == []
+    assert s.plan(now=0.010).admitted == ["a", "b"]  # the oldest request's window closed
+    assert s.running == ["a", "b"] and s.queue_depth == 0
+    assert s.wake_at() is None
+
+
+def test_a_full_batch_does_not_wait() -> None:
+    s: Scheduler[str] = Scheduler(max_batch_size=2, max_queue_delay_s=10.0)
+    s.submit("a", now=0.0)
+    s.submit("b", now=0.0)
+    s.submit("c", now=0.0)
+    assert s.wake_at() == 0.0
+    assert s.plan(now=0.0).admitted == ["a", "b"]  # max batch size
+    assert s.queue_depth == 1
+    assert s.plan(now=50.0).admitted == []  # no free place
+    s.finish("a")
+    assert s.plan(now=50.0).admitted == ["c"]
+    assert s.running == ["b", "c"]
+
+
+def test_a_request_joins_the_running_batch_at_the_next_step() -> None:
+    s: Scheduler[str] = Scheduler(max_batch_size=4, max_queue_delay_s=1.0)
+    s.submit("a", now=0.0)
+    s.plan(now=1.0)
+    s.submit("b", now=5.0)
+    assert s.plan(now=5.0).admitted == ["b"]  # no window while a batch runs
+    assert s.running == ["a", "b"]
+
+
+def test_cancel_frees_the_place_at_the_next_step() -> None:
+    s: Scheduler[str] = Scheduler(max_batch_size=1, max_queue_delay_s=0.0)
+    s.submit("a", now=0.0)
+    assert s.plan(now=0.0).admitted == ["a"]
+    s.submit("b", now=0.1)
+    s.submit("c", now=0.2)
+    assert s.cancel("c") and s.queue_depth == 1  # a queued request goes at once
+    assert s.cancel("a")
+    assert s.running == ["a"]  # still in the batch until the step boundary
+    plan = s.plan(now=0.3)
+    assert (plan.evicted, plan.admitted) == (["a"], ["b"])
+    assert not s.cancel("a") and not s.cancel("zzz")
+    s.finish("b")
+    assert s.running == [] and not s.plan(now=1.0)
+
+
+def test_scheduler_refuses_bad_input() -> None:
+    with pytest.raises(ValueError):
+        Scheduler(max_batch_size=0, max_queue_delay_s=0.0)
+    s: Scheduler[str] = Scheduler(max_batch_size=1, max_queue_delay_s=0.0)
+    s.submit("a", now=0.0)
+    with pytest.raises(KeyError):
+        s.submit("a", now=0.0)
+
+
+# --- text streaming and stats (pure) ----------------------------------------------------
+
+
+def byte_decode(ids: Sequence[int]) -> str:
+    """A fake tokenizer: each id is one byte of UTF-8."""
+    return bytes(ids).decode("utf-8", errors="replace")
+
+
+def stream_all(text: str, stop: Sequence[str]) -> tuple[list[str], TextStream]:
+    stream = TextStream(byte_decode, list(b"prompt"), stop)
+    pieces = [stream.push([b]) for b in text.encode()]
+    pieces.append(stream.finish())
+    return pieces, stream
+
+
+def test_text_waits_for_whole_characters() -> None:
+    pieces, stream = stream_all("a\u00e9b\u20ac", stop=[])
+    assert "".join(pieces) == "a\u00e9b\u20ac" == stream.text
+    assert "\ufffd" not in "".join(pieces)
+
+
+def test_text_ends_with_a_partial_character_as_decoding_gives_it() -> None:
+    stream = TextStream(byte_decode, [], [])
+    assert stream.push(list(b"a")) + stream.push(["\u00e9".encode()[0]]) == "a"
+    assert stream.finish() == "\ufffd" and stream.text == byte_decode([*b"a", 0xC3])
+
+
+def test_text_is_cut_before_a_stop_string_spread_over_tokens() -> None:
+    pieces, stream = stream_all("one two END three", stop=["END", "zz"])
+    assert "".join(pieces) == "one two "
+    assert stream.stopped
+    # A tail that might begin a stop string is held back, then released when it cannot.
+    pieces, stream = stream_all("one EN two", stop=["END"])
+    assert "".join(pieces) == "one EN two" and not stream.stopped
+    held = TextStream(byte_decode, [], ["END"])
+    assert held.push(list(b"xE")) == "x"
+    assert held.push(list(b"N")) == ""
+    assert held.push(list(b"d")) == "ENd"
+
+
+def test_stats_rates_over_the_window_and_batch_histogram() -> None:
+    now = [100.0]
+    stats = ServerStats(window_s=10.0, clock=lambda: now[0])
+    now[0] = 120.0
+    stats.request_received()
+    stats.request_received()
+    stats.request_failed()
+    stats.step(3, tokens=30)
+    stats.step(3, tokens=30)
+    stats.step(1, tokens=10)
+    stats.request_completed()
+    snap = stats.snapshot()
+    assert (snap.requests_total, snap.errors_total) == (2, 1)
+    assert snap.tokens_per_s == pytest.approx(7.0) and snap.requests_per_s == pytest.approx(0.1)
+    assert snap.batch_size_histogram == {3: 2, 1: 1}
+    now[0] = 131.0
+    assert stats.snapshot().tokens_per_s == 0.0
+
+
+# --- a tiny model and a server on it -------------------------------------------------------
+#
+# The server starts as soon as the model directory exists, so that its imports and
+# loading overlap with this process loading its reference model.
+
+
+@dataclass
+class TinyModel:
+    dir: Path
+    model: Any
+    tokenizer: Any
+
+    def encode(self, prompt: str) -> list[int]:
+        return list(self.tokenizer(prompt)["input_ids"])
+
+    def greedy(self, prompt: str, max_new_tokens: int) -> list[int]:
+        import torch
+
+        ids = torch.tensor([self.encode(prompt)])
+        out = self.model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False
+        )
+        return [int(t) for t in out[0, ids.shape[1] :]]
+
+    def text(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
+
+@dataclass
+class Served:
+    proc: subprocess.Popen[bytes]
+    base: Path
+    token: str
+    address: str = ""
+    first_health: int = -1  # health as soon as it listens (the watcher notes it)
+    watcher: threading.Thread | None = None
+
+    @property
+    def ready_file(self) -> Path:
+        return self.base / "ready.json"
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.address)
+
+    def metadata(self) -> tuple[tuple[str, str]]:
+        return (("authorization", f"Bearer {self.token}"),)
+
+    def kw(self, timeout: float = 30) -> dict[str, Any]:
+        return {"metadata": self.metadata(), "timeout": timeout}
+
+    def logs(self) -> str:
+        return (self.base / "stderr.log").read_text(errors="replace")[-4000:]
+
+    def wait_until(self, check: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"server exited ({self.proc.returncode}) {what}:\n{self.logs()}"
+                )
+            time.sleep(0.02)
+        raise AssertionError(f"timed out {what}\n{self.logs()}")
+
+    def wait_ready(self) -> Served:
+        self.wait_until(self.ready_file.is_file, START_TIMEOUT_S, "for the ready file")
+        return self
+
+
+def health_status(channel: grpc.Channel) -> int:
+    stub = health_pb2_grpc.HealthStub(channel)
+    response = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=5)
+    return int(response.status)
+
+
+def launch(model_dir: Path, base: Path, extra: list[str]) -> Served:
+    """Starts a server; a thread notes its health as soon as it prints its address."""
+    base.mkdir(parents=True, exist_ok=True)
+    token = "serve-test-token-0123456789"
+    token_file = base / "token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    out = base / "stdout.log"
+    argv = [sys.executable, "-m", "agent.serve", "--model", str(model_dir)]
+    argv += ["--listen", "127.0.0.1:0", "--ready-file", str(base / "ready.json")]
+    argv += ["--token-file", str(token_file), "--device", "cpu", *extra]
+    with out.open("wb") as o, (base / "stderr.log").open("wb") as e:
+        # One intra-op thread: the tiny model gains nothing from more, and on a small
+        # machine the server's and this process's thread pools would spin against each other.
+        env = {**base_env(), "OMP_NUM_THREADS": "1"}
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=o, stderr=e)
+    served = Served(proc, base, token)
+
+    def listening() -> bool:
+        lines = out.read_text().splitlines()
+        served.address = json.loads(lines[0])["address"] if lines else ""
+        return bool(served.address)
+
+    def note_health() -> None:
+        with contextlib.suppress(AssertionError):
+            served.wait_until(listening, START_TIMEOUT_S, "for the address line")
+            with served.channel() as channel:
+                served.first_health = health_status(channel)
+
+    served.watcher = threading.Thread(target=note_health, daemon=True)
+    served.watcher.start()
+    return served
+
+
+def stop_server(served: Served) -> None:
+    if served.proc.poll() is None:
+        served.proc.kill()
+    served.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from agent.train_data import train_tokenizer
+    from agent.train_model import build_model
+
+    tok = train_tokenizer(LINES * 10, vocab_size=300)
+    path = tmp_path_factory.mktemp("serve") / "final"
+    build_model("tiny-dense", tok, seed=0).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def launched(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    extra = ["--max-batch-size", "4", "--max-queue-delay-ms", "50"]
+    served = launch(model_dir, tmp_path_factory.mktemp("server"), extra)
+    yield served
+    stop_server(served)
+
+
+@pytest.fixture(scope="module")
+def tiny(model_dir: Path, launched: Served) -> Iterator[TinyModel]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the server (see launch)
+    model: Any = AutoModelForCausalLM.from_pretrained(model_dir)
+    yield TinyModel(model_dir, model.eval(), AutoTokenizer.from_pretrained(model_dir))
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(("weights", "prompts", "n"), [("fp32", 4, 12), ("int8", 2, 8)])
+def test_batched_decoding_equals_generate(
+    tiny: TinyModel, weights: str, prompts: int, n: int
+) -> None:
+    """Requests joining and leaving a running batch each get `generate`'s greedy tokens,
+    with the trained weights and with agent.quantize's int8 ones."""
+    import copy
+
+    from agent.decode import GREEDY, BatchDecoder, choose_tokens
+
+    if weights == "int8":
+        from agent.quantize import quantize_model
+
+        tiny = TinyModel(tiny.dir, copy.deepcopy(tiny.model), tiny.tokenizer)
+        quantize_model(tiny.model)
+    want = {i: tiny.greedy(p, n) for i, p in enumerate(PROMPTS[:prompts])}
+    decoder: BatchDecoder[int] = BatchDecoder(tiny.model)
+    got: dict[int, list[int]] = {i: [] for i in want}
+    waiting = list(want)
+    while waiting or len(decoder):
+        if waiting:  # one joins per step
+            i = waiting.pop(0)
+            logits, prefilled = decoder.prefill(tiny.encode(PROMPTS[i]))
+            got[i] += choose_tokens(logits, [GREEDY])
+            decoder.join(i, prefilled)
+        keys = decoder.keys
+        logits = decoder.step({i: got[i][-1] for i in keys})
+        for i, token in zip(keys, choose_tokens(logits, [GREEDY] * len(keys)), strict=True):
+            got[i].append(token)
+        # Request 1 leaves early, shrinking the batch under the others.
+        decoder.drop([i for i in decoder.keys if len(got[i]) >= (5 if i == 1 else n)])
+    assert got[1] == want[1][:5]
+    assert all(got[i] == want[i][: len(got[i])] for i in want)
+    assert all(len(got[i]) == n for i in want if i != 1)
+
+
+# --- the server as a subprocess ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(launched: Served) -> Served:
+    return launched.wait_ready()
+
+
+@pytest.fixture
+def stub(server: Served) -> Iterator[Any]:
+    with server.channel() as channel:
+        yield inference_service_pb2_grpc.InferenceServiceStub(channel)
+
+
+def stats(stub: Any, server: Served) -> pb.GetServerStatsResponse:
+    response: pb.GetServerStatsResponse = stub.GetServerStats(
+        pb.GetServerStatsRequest(), metadata=server.metadata(), timeout=5
+    )
+    return response
+
+
+def test_health_reflection_ready_file_and_auth(server: Served, stub: Any) -> None:
+    assert server.watcher is not None
+    server.watcher.join(5)
+    assert server.first_health == health_pb2.HealthCheckResponse.NOT_SERVING  # while loading
+    with server.channel() as channel:
+        assert health_status(channel) == health_pb2.HealthCheckResponse.SERVING  # no token
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        responses = reflect.ServerReflectionInfo(iter([request]), metadata=server.metadata())
+        names = {s.name for r in responses for s in r.list_services_response.service}
+    assert {SERVICE, "grpc.health.v1.Health"} <= names
+    ready = json.loads(server.ready_file.read_text())
+    assert ready == {"address": server.address, "pid": server.proc.pid}
+    lines = [json.loads(line) for line in (server.base / "stdout.log").read_text().splitlines()]
+    assert [line["address"] for line in lines] == [server.address] * 2  # loading, serving
+    with pytest.raises(grpc.RpcError) as err:
+        stub.GetServerStats(pb.GetServerStatsRequest(), timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_generate_streams_what_complete_and_generate_give(
+    server: Served, stub: Any, tiny: TinyModel
+) -> None:
+    prompt, n = PROMPTS[2], 16
+    want = tiny.greedy(prompt, n)
+    params = pb.SamplingParams(max_tokens=n)
+    messages = list(
+        stub.Generate(
+            pb.GenerateRequest(prompt=prompt, params=params),
+            metadata=server.metadata(),
+            timeout=30,
+        )
+    )
+    assert [m.done for m in messages] == [False] * (len(messages) - 1) + [True]
+    assert all(len(m.token_ids) == 1 for m in messages)  # one message per token
+    streamed_ids = [i for m in messages for i in m.token_ids]
+    streamed = "".join(m.text for m in messages)
+    complete = stub.Complete(
+        pb.CompleteRequest(prompt=prompt, params=params), metadata=server.metadata(), timeout=30
+    )
+    assert streamed_ids == list(complete.token_ids) == want
+    assert streamed == complete.text == tiny.text(want)
+    usage = messages[-1].usage
+    assert usage.prompt_tokens == len(tiny.encode(prompt)) == complete.usage.prompt_tokens
+    assert usage.completion_tokens == len(want)
+    assert usage.finish_reason == ("eos" if len(want) < n else "length")
+    assert 0 < usage.time_to_first_token_ms <= usage.total_time_ms
+
+
+def test_concurrent_requests_share_decode_steps(server: Served, stub: Any, tiny: TinyModel) -> None:
+    n = 12
+    futures = [
+        stub.Complete.future(
+            pb.CompleteRequest(prompt=p, params=pb.SamplingParams(max_tokens=n)),
+            metadata=server.metadata(),
+            timeout=30,
+        )
+        for p in PROMPTS
+    ]
+    results = [f.result() for f in futures]
+    assert [list(r.token_ids) for r in results] == [tiny.greedy(p, n) for p in PROMPTS]
+    after = stats(stub, server)
+    assert max(after.batch_size_histogram) > 1
+    assert max(after.batch_size_histogram) <= after.max_batch_size == 4
+    assert after.tokens_per_s > 0 and after.requests_per_s > 0
+    assert after.queue_depth == 0 and after.running == 0
+
+
+def test_stop_strings_and_seeded_sampling(server: Served, stub: Any, tiny: TinyModel) -> None:
+    prompt = PROMPTS[0]
+    full = tiny.text(tiny.greedy(prompt, 16))
+    at = next(i for i in range(2, len(full) - 1) if "\ufffd" not in full[i : i + 2])
+    stop = full[at : at + 2]
+    params = pb.SamplingParams(max_tokens=16, stop=[stop, "never-seen"])
+    cut = stub.Complete(pb.CompleteRequest(prompt=prompt, params=params), **server.kw())
+    assert cut.text == full[: full.index(stop)]
+    assert cut.usage.finish_reason == "stop"
+    sampled = pb.SamplingParams(max_tokens=8, temperature=1.0, top_p=0.9, seed=7)
+    twice = [
+        stub.Complete.future(pb.CompleteRequest(prompt=prompt, params=sampled), **server.kw())
+        for _ in range(2)
+    ]
+    first, second = (list(f.result().token_ids) for f in twice)
+    assert first == second and len(first) == 8  # one seed, one sample, batched or not
+
+
+@pytest.mark.parametrize(
+    ("prompt", "params", "message"),
+    [
+        ("", pb.SamplingParams(max_tokens=4), "prompt is empty"),
+        ("apple", pb.SamplingParams(max_tokens=0), "max_tokens"),
+        ("apple", pb.SamplingParams(max_tokens=5000), "above the limit"),
+        ("apple", pb.SamplingParams(max_tokens=4, temperature=-1), "temperature"),
+        ("apple " * 1100, pb.SamplingParams(max_tokens=4), "context is 1024"),
+    ],
+)
+def test_invalid_requests(
+    server: Served, stub: Any, prompt: str, params: pb.SamplingParams, message: str
+) -> None:
+    before = stats(stub, server).errors_total
+    kw = server.kw()
+    for call in (
+        lambda: list(stub.Generate(pb.GenerateRequest(prompt=prompt, params=params), **kw)),
+        lambda: stub.Complete(pb.CompleteRequest(prompt=prompt, params=params), **kw),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert message in str(err.value.details())
+    assert stats(stub, server).errors_total == before + 2
+
+
+def test_a_cancelled_stream_frees_its_place(server: Served, stub: Any) -> None:
+    call = stub.Generate(
+        pb.GenerateRequest(prompt=PROMPTS[0], params=pb.SamplingParams(max_tokens=1000)),
+        **server.kw(),
+    )
+    next(call)
+    next(call)
+    assert stats(stub, server).running == 1
+    call.cancel()
+    server.wait_until(lambda: stats(stub, server).running == 0, 5, "for the place to be freed")
+    # A deadline ends a request the same way.
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Complete(
+            pb.CompleteRequest(prompt=PROMPTS[1], params=pb.SamplingParams(max_tokens=1000)),
+            metadata=server.metadata(),
+            timeout=0.3,
+        )
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    server.wait_until(lambda: stats(stub, server).running == 0, 5, "for the deadline to free it")
+
+
+def test_sigterm_drains_the_request_in_flight_then_exits_0(server: Served) -> None:
+    """Last: it ends the module's server."""
+    served = server
+    with served.channel() as channel:
+        stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
+        call = stub.Generate(
+            pb.GenerateRequest(prompt=PROMPTS[0], params=pb.SamplingParams(max_tokens=150)),
+            **served.kw(60),
+        )
+        messages = [next(call)]
+        collector = threading.Thread(target=lambda: messages.extend(call))
+        collector.start()
+        os.kill(served.proc.pid, signal.SIGTERM)
+        served.wait_until(
+            lambda: health_status(channel) != health_pb2.HealthCheckResponse.SERVING,
+            10,
+            "for health to leave SERVING",
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Complete(
+                pb.CompleteRequest(prompt="apple", params=pb.SamplingParams(max_tokens=2)),
+                **served.kw(10),
+            )
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        collector.join(60)
+    assert messages[-1].done and messages[-1].usage.finish_reason in ("length", "eos")
+    assert sum(len(m.token_ids) for m in messages) == messages[-1].usage.completion_tokens
+    assert served.proc.wait(30) == 0, served.logs()
+    assert not served.ready_file.exists()
