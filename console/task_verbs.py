@@ -146,8 +146,8 @@ async def _follow(client: TasksClient, started: NodeTask, as_json: bool) -> Node
                 f"  {100 * progress.fraction:3.0f}% {progress.message} {figures}".rstrip(),
                 flush=True,
             )
-        if serve and progress.message.startswith("serving on"):
-            break
+        if serve and progress.state == TS.TASK_STATE_RUNNING:
+            break  # the agent saw the server's ready file: it serves
     if serve and final.state not in TERMINAL:
         return await client.find(started.task.id)
     return NodeTask(started.node, final)
