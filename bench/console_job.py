@@ -896,7 +896,7 @@ async def measure_console(
 ) -> list[Phase]:
     from textual.widgets import DataTable, TabbedContent
 
-    from console.app import GantryApp
+    from console.app import GantryApp, tune_gc
     from console.cluster_file import NodeTarget
     from console.log_buffer import LogBuffer
     from console.screens.job import JobScreen
@@ -915,6 +915,7 @@ async def measure_console(
         ]
         world = args.nodes * args.ranks_per_node
         rng = random.Random(5)
+        tune_gc()  # as `gantry` does before it runs the console
         app = GantryApp(targets, refresh_interval_s=0.1)
         phases = [Phase("job screen"), Phase("log screen")]
         async with app.run_test(size=(160, 48)) as pilot:

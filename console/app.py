@@ -4,6 +4,7 @@ the jobs those agents lead (job, logs and restart screens) through the jobs stor
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Callable
 from typing import ClassVar
@@ -30,6 +31,14 @@ from console.store import ClusterStore
 from console.tasks_client import TasksClient
 
 EXPIRE_INTERVAL_S = 1.0
+
+
+def tune_gc() -> None:
+    """For a long-running console: what exists after start-up is never garbage, and a
+    full collection over hundreds of thousands of strips and records stalls the screen
+    for hundreds of milliseconds; collect young objects less often."""
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1_000)
 
 
 class GantryApp(App[None]):
@@ -69,6 +78,7 @@ class GantryApp(App[None]):
         self.operator = operator if operator is not None else Operator(targets)
         self.jobs_session: JobsSession | None = None
         self._jobs_drawn = -1
+        self._jobs_marked = -1
         self.clock = clock
         self.connect = connect
         self.refresh_interval_s = refresh_interval_s
@@ -129,9 +139,11 @@ class GantryApp(App[None]):
                     raise
 
     def _poll_store(self) -> None:
+        if self.jobs.structure_version != self._jobs_marked:
+            self._jobs_marked = self.jobs.structure_version
+            self._mark_nodes()
         if self.jobs.version != self._jobs_drawn:
             self._jobs_drawn = self.jobs.version
-            self._mark_nodes()
             self.refresh_screen()
         elif self.store.version != self._drawn_version:
             self.refresh_screen()

@@ -126,8 +126,9 @@ def cmd_status(args: argparse.Namespace, targets: list[NodeTarget]) -> int:
 
 
 def cmd_console(targets: list[NodeTarget]) -> int:
-    from console.app import GantryApp
+    from console.app import GantryApp, tune_gc
 
+    tune_gc()
     GantryApp(targets).run()
     return 0
 

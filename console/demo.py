@@ -102,12 +102,13 @@ def main(argv: list[str] | None = None) -> None:
             statuses = asyncio.run(gather_status([a.target for a in agents]))
             print(to_table(statuses))
             sys.exit(0 if all(s.state == "live" for s in statuses) else 1)
-        from console.app import GantryApp
+        from console.app import GantryApp, tune_gc
         from console.cluster_file import load_cluster_file
 
         targets = load_cluster_file(cluster_file)
         if train:
             print(launch_demo_job(targets), file=sys.stderr)
+        tune_gc()
         GantryApp(targets).run()
     finally:
         if train:

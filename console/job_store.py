@@ -209,6 +209,9 @@ class JobsStore:
     def __init__(self) -> None:
         self._jobs: dict[str, JobView] = {}
         self.version = 0
+        # Moves with jobs, attempts, ranks and events, not with metric records: what
+        # the cluster screen's node marks depend on.
+        self.structure_version = 0
         self.errors: list[str] = []
 
     def __iter__(self) -> Iterator[JobView]:
@@ -255,6 +258,7 @@ class JobsStore:
             view.checkpoints = sorted(checkpoints, key=lambda c: c.step)
             view.described_at = now
         self._touch(view)
+        self.structure_version += 1
         return view
 
     def apply_event(self, event: job_pb2.JobEvent) -> bool:
@@ -267,6 +271,7 @@ class JobsStore:
             self._apply_metrics(view, event)
         else:
             view.events.append(event)
+            self.structure_version += 1
         self._touch(view)
         return True
 

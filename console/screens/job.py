@@ -128,6 +128,8 @@ class JobScreen(StoreScreen):
         self._status = ""
         self._gpu_nodes: list[str] = []
         self._ready = False
+        self._shown: dict[str, str] = {}
+        self._cells: dict[tuple[int, str], str] = {}
 
     # -- layout --------------------------------------------------------------------
 
@@ -199,7 +201,16 @@ class JobScreen(StoreScreen):
         if monotonic - self._advised_at >= ADVISOR_INTERVAL_S:
             self._advised_at = monotonic
             self._draw_findings(view, now)
-        self.query_one("#job-status", Static).update(self._status)
+        self._show("#job-status", self._status)
+
+    def _show(self, selector: str, content: str | Text) -> None:
+        """Updates a one-line Static only when its text changed, without a layout pass
+        (a layout of a screen holding a thousand-row table is costly)."""
+        key = content.markup if isinstance(content, Text) else content
+        if self._shown.get(selector) == key:
+            return
+        self._shown[selector] = key
+        self.query_one(selector, Static).update(content, layout=False)
 
     def _title(self, view: JobView, now: float) -> None:
         job = view.job
@@ -221,12 +232,15 @@ class JobScreen(StoreScreen):
         title.append(" · " + " · ".join(parts[1:]))
         if job.reason and job.state != JS.JOB_STATE_RUNNING:
             title.append(f" · {job.reason}", style="dim")
-        self.query_one("#job-title", Static).update(title)
-        times = [p.step_time_s for r in view.ranks.values() for p in list(r.history)[-10:]]
-        step_times = [t for t in times if t is not None]
+        self._show("#job-title", title)
+        step_times = [
+            t
+            for r in view.ranks.values()
+            if r.history and (t := r.history[-1].step_time_s) is not None
+        ]
         mean_step = sum(step_times) / len(step_times) if step_times else None
         cost = job_cost(job, now, step, mean_step)
-        self.query_one("#job-cost", Static).update("cost " + cost.summary())
+        self._show("#job-cost", "cost " + cost.summary())
 
     def _lost_nodes(self, view: JobView) -> set[str]:
         lost = set()
@@ -239,16 +253,24 @@ class JobScreen(StoreScreen):
         return lost
 
     def _draw_ranks(self, view: JobView, now: float) -> None:
+        if self.query_one("#job-tabs", TabbedContent).active != "ranks":
+            return
         table = self.query_one("#rank-table", DataTable)
         lost = self._lost_nodes(view)
         rows = view.rank_rows()
         keys = [rank.rank for rank, _ in rows]
         if keys != self._rank_keys:
             table.clear()
+            self._cells.clear()
             for key in keys:
                 table.add_row(*([""] * len(RANK_COLUMNS)), key=str(key))
             self._rank_keys = keys
-        for rank, latest in rows:
+        # Only the rows on screen (and a page around them): a thousand ranks change
+        # every second, and each cell update costs a repaint of the table.
+        top = int(table.scroll_y)
+        height = table.size.height or 60  # not laid out yet: a generous page
+        shown = rows[max(0, top - height) : top + 2 * height]
+        for rank, latest in shown:
             m = latest.metrics if latest is not None else None
             bad = rank.state in BAD_RANK_STATES or rank.node in lost
             state = "lost" if rank.node in lost else state_name(rank.state, "RANK_STATE_")
@@ -276,6 +298,10 @@ class JobScreen(StoreScreen):
             )
             style = "bold red" if bad else ""
             for column, value in zip(RANK_COLUMNS, cells, strict=True):
+                cell = (rank.rank, column)
+                if self._cells.get(cell) == style + value:
+                    continue
+                self._cells[cell] = style + value
                 table.update_cell(str(rank.rank), column, Text(value, style=style))
 
     def _draw_charts(self, view: JobView, now: float) -> None:
@@ -411,6 +437,14 @@ class JobScreen(StoreScreen):
         self.redraw()
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        focus = {
+            "ranks": "#rank-table",
+            "events": "#event-table",
+            "checkpoints": "#checkpoint-table",
+            "advisor": "#findings",
+        }.get(str(event.pane.id))
+        if focus is not None:
+            self.query_one(focus).focus()
         self.redraw()
 
     def redraw(self) -> None:
@@ -552,7 +586,7 @@ class JobScreen(StoreScreen):
     def _set_status(self, text: str) -> None:
         self._status = text
         if self.is_mounted:
-            self.query_one("#job-status", Static).update(text)
+            self._show("#job-status", text)
 
 
 def job_kind(kind: int) -> str:

@@ -62,7 +62,7 @@ class LogScreen(Screen[None]):
             text-overflow: ellipsis;
             text-style: bold;
         }
-        #log-counts { width: auto; padding: 0 1; }
+        #log-counts { width: 28; padding: 0 1; text-align: right; }
         #log-status {
             height: 1;
             padding: 0 1;
@@ -258,7 +258,9 @@ class LogScreen(Screen[None]):
             if parts:
                 parts.append("  ")
             parts.append((f"{warnings:,} warning{'s' if warnings != 1 else ''}", "$text-warning"))
-        self.query_one("#log-counts", Static).update(Content.assemble(*parts))
+        # No layout pass: the line's size never changes, and a layout per update costs
+        # a repaint of the whole screen several times a second.
+        self.query_one("#log-counts", Static).update(Content.assemble(*parts), layout=False)
 
     def status_text(self) -> str:
         """The status line as plain text (for tests)."""
@@ -302,4 +304,4 @@ class LogScreen(Screen[None]):
         key = (status.plain, tuple(status.spans))  # Content's == compares text only
         if key != self._shown_status:
             self._shown_status = key
-            self.query_one("#log-status", Static).update(status)
+            self.query_one("#log-status", Static).update(status, layout=False)
