@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import ClassVar
 
 from textual.app import App
@@ -70,6 +70,7 @@ class GantryApp(App[None]):
         cluster_name: str = "",
         jobs: JobsStore | None = None,
         operator: Operator | None = None,
+        background: Callable[[GantryApp], Awaitable[object]] | None = None,
     ) -> None:
         super().__init__()
         self.targets = targets
@@ -77,6 +78,7 @@ class GantryApp(App[None]):
         self.jobs = jobs if jobs is not None else JobsStore()
         self.operator = operator if operator is not None else Operator(targets)
         self.jobs_session: JobsSession | None = None
+        self.background = background
         self._jobs_drawn = -1
         self._jobs_marked = -1
         self.clock = clock
@@ -109,6 +111,9 @@ class GantryApp(App[None]):
             self.session.start()
             self.jobs_session = JobsSession(self.targets, self.jobs, clock=self.clock)
             self.jobs_session.start()
+        if self.background is not None:
+            # Something that runs beside the operator (the demo's pipeline).
+            self.run_worker(self.background(self), name="background", group="background")
         self.set_interval(self.refresh_interval_s, self._poll_store, name="poll-store")
         self.set_interval(EXPIRE_INTERVAL_S, self.tick, name="expire")
 

@@ -1,4 +1,6 @@
-"""`make demo`: a two-node cluster of agents on this machine, then the console.
+"""`make demo`: a two-node cluster of agents on this machine, then the console: the demo
+job trains, then its model is evaluated, quantized to int8 and served (each a task the
+console shows under `T`).
 
 Data lives under .gantry/demo/. Quitting the console stops the agents it started.
 """
@@ -10,9 +12,14 @@ import asyncio
 import contextlib
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from console.cluster_file import NodeTarget, dump_cluster_file
+
+if TYPE_CHECKING:
+    from console.app import GantryApp
 from console.local_agents import AgentStartError, LocalAgent, start_agent, stop_all
 
 DEMO_NODES = ("node-a", "node-b")
@@ -55,6 +62,16 @@ def launch_demo_job(targets: list[NodeTarget]) -> str:
     return f"demo job {spec.name} launched on {led.leader.name}: `gantry jobs` to follow it"
 
 
+def demo_steps(targets: list[NodeTarget]) -> Callable[[GantryApp], Awaitable[object]]:
+    """After training: evaluate, quantize and serve, each step told in the console."""
+    from console.demo_pipeline import run_pipeline
+
+    def steps(app: GantryApp) -> Awaitable[object]:
+        return run_pipeline(targets, "demo-moe", lambda line: app.notify(line, timeout=15))
+
+    return steps
+
+
 def start_demo_cluster(root: Path) -> tuple[list[LocalAgent], Path]:
     agents: list[LocalAgent] = []
     try:
@@ -75,6 +92,22 @@ def stop_demo_job(agents: list[LocalAgent]) -> None:
     client = JobsClient([a.target for a in agents])
     with contextlib.suppress(JobCommandError):
         asyncio.run(client.stop("demo-moe", 5.0))
+    with contextlib.suppress(JobCommandError):
+        asyncio.run(_stop_tasks([a.target for a in agents]))
+
+
+async def _stop_tasks(targets: list[NodeTarget]) -> None:
+    """The demo's server (and any task still running) outlives its agent by design."""
+    from gantry.v1 import task_pb2
+
+    from console.tasks_client import TasksClient
+
+    client = TasksClient(targets)
+    tasks, _ = await client.list()
+    running = (task_pb2.TaskState.TASK_STATE_PENDING, task_pb2.TaskState.TASK_STATE_RUNNING)
+    for found in tasks:
+        if found.task.state in running:
+            await client.stop(found.task.id, 5.0)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -109,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         if train:
             print(launch_demo_job(targets), file=sys.stderr)
         tune_gc()
-        GantryApp(targets).run()
+        GantryApp(targets, background=demo_steps(targets) if train else None).run()
     finally:
         if train:
             stop_demo_job(agents)

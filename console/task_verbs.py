@@ -92,7 +92,7 @@ def results_text(task: task_pb2.Task) -> str:
     return "\n".join(lines)
 
 
-def _job_paths(spec: job_pb2.JobSpec) -> tuple[str, str]:
+def job_paths(spec: job_pb2.JobSpec) -> tuple[str, str]:
     """(final model dir, held-out data) of a job trained by agent.train."""
     args = list(spec.args)
     base = Path(spec.working_dir or ".")
@@ -114,7 +114,7 @@ async def _eval_request(
     node = args.node
     if args.job:
         led, _ = await JobsClient(targets).describe(args.job)
-        model, heldout = _job_paths(led.job.spec)
+        model, heldout = job_paths(led.job.spec)
         spec.job_name = args.job
         spec.model_dir = args.model or model
         spec.data_path = args.data or heldout

@@ -4,12 +4,13 @@ served int8 artifact answering a gRPC request."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import grpc
 import pytest
-from gantry.v1 import inference_service_pb2, inference_service_pb2_grpc
+from gantry.v1 import inference_service_pb2, inference_service_pb2_grpc, task_pb2
 
 from console.cluster_file import dump_cluster_file
 from tests.conftest import StartAgent
@@ -82,3 +83,39 @@ def test_eval_quantize_serve_through_an_agent(
     code, out, err = cli(["stop-task", served["id"], "--json", *c], capsys)
     assert code == 0, err
     assert json.loads(out)["task"]["state"] == "TASK_STATE_STOPPED"
+
+
+async def test_demo_pipeline_evaluates_quantizes_and_serves_a_finished_job(
+    local_agents: StartAgent, tmp_path: Path
+) -> None:
+    from console.demo_pipeline import run_pipeline
+    from console.job_spec import load_job_spec
+    from console.jobs_client import JobsClient
+    from console.tasks_client import TasksClient
+    from tests.test_jobs_e2e import write_job
+
+    agents = [local_agents("node-a"), local_agents("node-b")]
+    targets = [a.target for a in agents]
+    out = tmp_path / "out"
+    out.mkdir()
+    model, heldout = tiny_model(tmp_path)
+    model.rename(out / "final")  # what agent.train leaves: OUTPUT_DIR/final
+    data = tmp_path / "train.jsonl"  # heldout.jsonl lies beside it
+    spec = write_job(
+        tmp_path,
+        "pipe-job",
+        ["--steps", "3", "--output_dir", str(out), "--data", str(data)],
+    )
+    await JobsClient(targets).launch(load_job_spec(spec))
+    said: list[str] = []
+    result = await asyncio.wait_for(run_pipeline(targets, "pipe-job", said.append), 240)
+    assert result.stopped_at == ""
+    assert result.eval_task is not None and result.quantize_task is not None
+    assert result.eval_task.task.state == task_pb2.TaskState.TASK_STATE_SUCCEEDED
+    assert result.eval_task.task.eval.data_path == str(heldout)
+    assert result.eval_task.node.name == "node-a"  # the job's leader
+    assert (out / "final-int8" / "gantry_quant.json").is_file()
+    assert result.serve_task is not None and result.serve_task.task.endpoint
+    assert said[0] == f"pipe-job trained: evaluating {out / 'final'}"
+    assert said[-1] == f"serving on {result.serve_task.task.endpoint}"
+    await TasksClient(targets).stop(result.serve_task.task.id, 10)
