@@ -76,6 +76,10 @@ def task_argv(task: task_pb2.Task, task_dir: Path) -> list[str]:
     if which == "quantize":
         q = task.quantize
         argv = [*program, "--model", q.model_dir, "--out", q.output_dir]
+        if q.eval_data_path:
+            argv += ["--eval", q.eval_data_path]
+            if q.eval_max_samples:
+                argv += ["--max-samples", str(q.eval_max_samples)]
         return argv + (["--weight-only"] if q.weight_only else [])
     if which == "serve":
         s = task.serve
@@ -106,6 +110,9 @@ def check_spec(task: task_pb2.Task) -> None:
             raise TaskError("quantize: give an output directory")
         if not task.quantize.int8:
             raise TaskError("quantize: only --int8 is supported")
+        data = task.quantize.eval_data_path
+        if data and not Path(data).is_file():
+            raise TaskError(f"quantize: eval data {data} does not exist on this node")
     elif which == "serve":
         _model_dir(task.serve.model_dir)
         if task.serve.port > 65535:

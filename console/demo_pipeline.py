@@ -18,6 +18,7 @@ from console.tasks_client import NodeTask, TasksClient
 JS = job_pb2.JobState
 TS = task_pb2.TaskState
 POLL_S = 2.0
+QUANTIZE_EVAL_SAMPLES = 50
 
 
 @dataclass
@@ -73,6 +74,8 @@ async def run_pipeline(
     request.quantize.model_dir, request.quantize.output_dir = model, model + "-int8"
     request.quantize.int8 = True
     request.quantize.weight_only = True  # faster than dynamic int8 on CPUs without VNNI
+    request.quantize.eval_data_path = heldout  # BLEU-4 and ROUGE-L before and after
+    request.quantize.eval_max_samples = QUANTIZE_EVAL_SAMPLES
     result.quantize_task = await _wait_task(tasks, await tasks.start(node, request))
     if result.quantize_task.task.state != TS.TASK_STATE_SUCCEEDED:
         result.stopped_at = f"quantize failed: {result.quantize_task.task.error}"

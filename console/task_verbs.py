@@ -38,6 +38,10 @@ def add_task_verbs(verbs: Any) -> list[argparse.ArgumentParser]:
     qu.add_argument("--weight-only", action="store_true")
     qu.add_argument("--out", default="", metavar="DIR", help="default: MODEL_DIR-int8")
     qu.add_argument("--node", default="")
+    qu.add_argument(
+        "--eval", default="", metavar="HELDOUT.jsonl", help="BLEU-4 and ROUGE-L before and after"
+    )
+    qu.add_argument("--max-samples", type=int, default=0)
     qu.add_argument("--no-wait", action="store_true")
     se = verbs.add_parser("serve", help="start the gRPC inference server on an agent")
     se.add_argument("model", metavar="MODEL_DIR")
@@ -186,6 +190,8 @@ async def _run(args: argparse.Namespace, targets: list[NodeTarget]) -> int:
         q.model_dir = os.path.abspath(args.model)
         q.output_dir = os.path.abspath(args.out or args.model.rstrip("/") + "-int8")
         q.int8, q.weight_only = True, args.weight_only
+        q.eval_data_path = os.path.abspath(args.eval) if args.eval else ""
+        q.eval_max_samples = max(0, args.max_samples)
     else:  # serve
         node = args.node or targets[0].name
         request = agent_service_pb2.StartTaskRequest()

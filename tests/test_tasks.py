@@ -126,3 +126,17 @@ def test_argv_of_each_kind(tmp_path: Path) -> None:
     assert task_argv(q, tmp_path)[-3:] == ["--out", "/o", "--weight-only"]
     with pytest.raises(TaskError, match="only --int8"):
         check_spec(q)
+    q.quantize.int8 = True
+    q.quantize.eval_data_path, q.quantize.eval_max_samples = str(tmp_path / "h.jsonl"), 5
+    with pytest.raises(TaskError, match=r"eval data .* does not exist"):
+        check_spec(q)
+    (tmp_path / "h.jsonl").write_text("{}\n")
+    check_spec(q)
+    assert task_argv(q, tmp_path)[-6:] == [
+        "/o",
+        "--eval",
+        str(tmp_path / "h.jsonl"),
+        "--max-samples",
+        "5",
+        "--weight-only",
+    ]

@@ -115,6 +115,8 @@ async def test_demo_pipeline_evaluates_quantizes_and_serves_a_finished_job(
     assert result.eval_task.task.eval.data_path == str(heldout)
     assert result.eval_task.node.name == "node-a"  # the job's leader
     assert (out / "final-int8" / "gantry_quant.json").is_file()
+    quantized = result.quantize_task.task.results
+    assert {"bleu4_before", "bleu4_after", "rouge_l_before", "rouge_l_after"} <= set(quantized)
     assert result.serve_task is not None and result.serve_task.task.endpoint
     assert said[0] == f"pipe-job trained: evaluating {out / 'final'}"
     assert said[-1] == f"serving on {result.serve_task.task.endpoint}"

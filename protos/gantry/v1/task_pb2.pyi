@@ -52,16 +52,20 @@ class EvalTaskSpec(_message.Message):
     def __init__(self, job_name: _Optional[str] = ..., model_dir: _Optional[str] = ..., data_path: _Optional[str] = ..., targets: _Optional[_Union[_job_pb2.EvalTargets, _Mapping]] = ..., max_samples: _Optional[int] = ...) -> None: ...
 
 class QuantizeTaskSpec(_message.Message):
-    __slots__ = ("model_dir", "output_dir", "int8", "weight_only")
+    __slots__ = ("model_dir", "output_dir", "int8", "weight_only", "eval_data_path", "eval_max_samples")
     MODEL_DIR_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_DIR_FIELD_NUMBER: _ClassVar[int]
     INT8_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_ONLY_FIELD_NUMBER: _ClassVar[int]
+    EVAL_DATA_PATH_FIELD_NUMBER: _ClassVar[int]
+    EVAL_MAX_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     model_dir: str
     output_dir: str
     int8: bool
     weight_only: bool
-    def __init__(self, model_dir: _Optional[str] = ..., output_dir: _Optional[str] = ..., int8: _Optional[bool] = ..., weight_only: _Optional[bool] = ...) -> None: ...
+    eval_data_path: str
+    eval_max_samples: int
+    def __init__(self, model_dir: _Optional[str] = ..., output_dir: _Optional[str] = ..., int8: _Optional[bool] = ..., weight_only: _Optional[bool] = ..., eval_data_path: _Optional[str] = ..., eval_max_samples: _Optional[int] = ...) -> None: ...
 
 class ServeTaskSpec(_message.Message):
     __slots__ = ("model_dir", "port", "max_batch_size", "max_queue_delay_ms")
