@@ -16,7 +16,6 @@ from typing import Any
 
 import psutil
 from textual.pilot import Pilot
-from textual.widgets import DataTable
 
 from console.app import GantryApp
 from console.cluster_file import dump_cluster_file
@@ -26,6 +25,7 @@ from console.screens.dialogs import ConfirmScreen, RestartDialog
 from console.screens.job import JobScreen
 from console.screens.jobs import JobsScreen
 from console.screens.logs import LogScreen
+from console.widgets.rank_table import RankTable
 from tests.conftest import StartAgent
 from tests.test_jobs_e2e import FAKE_RANK
 
@@ -87,7 +87,7 @@ async def test_kill_a_rank_then_restart_it_from_the_console(
         view = app.jobs.get("live-job")
         assert view is not None
         await until(pilot, "steps", lambda: view.last_step() >= 3 and len(view.rank_rows()) == 2)
-        table = screen.query_one("#rank-table", DataTable)
+        table = screen.query_one("#rank-table", RankTable)
         assert table.row_count == 2
 
         # kill -9 of rank 1's training process (the child of its wrapper)

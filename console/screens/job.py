@@ -35,6 +35,7 @@ from console.screens.dialogs import ConfirmScreen, RestartChoice, RestartDialog
 from console.store import ClusterStore, ConnState, format_age
 from console.widgets.bars import DASH, format_bytes
 from console.widgets.chart import ChartRow, format_figure
+from console.widgets.rank_table import RankTable
 
 RANK_COLUMNS = (
     "rank",
@@ -119,7 +120,6 @@ class JobScreen(StoreScreen):
         self._drawn = -1
         self._ranks_drawn_at = -DRAW_INTERVAL_S
         self._advised_at = -ADVISOR_INTERVAL_S
-        self._rank_keys: list[int] = []
         self._events_drawn = 0
         self._events_first_seq = 0
         self._checkpoints_drawn: tuple[tuple[str, int], ...] = ()
@@ -129,7 +129,6 @@ class JobScreen(StoreScreen):
         self._gpu_nodes: list[str] = []
         self._ready = False
         self._shown: dict[str, str] = {}
-        self._cells: dict[tuple[int, str], str] = {}
 
     # -- layout --------------------------------------------------------------------
 
@@ -138,7 +137,7 @@ class JobScreen(StoreScreen):
         yield Static(id="job-cost", markup=False)
         with TabbedContent(id="job-tabs", initial="ranks"):
             with TabPane("1 Ranks", id="ranks"):
-                yield DataTable(id="rank-table", cursor_type="row", zebra_stripes=False)
+                yield RankTable(RANK_COLUMNS, id="rank-table")
             with TabPane("2 Charts", id="charts"), VerticalScroll(id="chart-rows"):
                 for key, label, *_ in CHARTS:
                     yield ChartRow(label, id=f"chart-{key}")
@@ -155,16 +154,13 @@ class JobScreen(StoreScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        ranks = self.query_one("#rank-table", DataTable)
-        for column in RANK_COLUMNS:
-            ranks.add_column(column, key=column)
         events = self.query_one("#event-table", DataTable)
         for column in ("time", "event", "where", "what"):
             events.add_column(column, key=column)
         ckpts = self.query_one("#checkpoint-table", DataTable)
         for column in ("tag", "step", "age", "size", ""):
             ckpts.add_column(column, key=column or "flags")
-        ranks.focus()
+        self.query_one("#rank-table", RankTable).focus()
         self._ready = True
         self.refresh_from_store()
 
@@ -255,24 +251,14 @@ class JobScreen(StoreScreen):
     def _draw_ranks(self, view: JobView, now: float) -> None:
         if self.query_one("#job-tabs", TabbedContent).active != "ranks":
             return
-        table = self.query_one("#rank-table", DataTable)
+        table = self.query_one("#rank-table", RankTable)
         lost = self._lost_nodes(view)
-        rows = view.rank_rows()
-        keys = [rank.rank for rank, _ in rows]
-        if keys != self._rank_keys:
-            table.clear()
-            self._cells.clear()
-            for key in keys:
-                table.add_row(*([""] * len(RANK_COLUMNS)), key=str(key))
-            self._rank_keys = keys
-        # Only the rows on screen (and a page around them): a thousand ranks change
-        # every second, and each cell update costs a repaint of the table.
-        top = int(table.scroll_y)
-        height = table.size.height or 60  # not laid out yet: a generous page
-        shown = rows[max(0, top - height) : top + 2 * height]
-        for rank, latest in shown:
+        cells: list[tuple[str, ...]] = []
+        bad: set[int] = set()
+        for index, (rank, latest) in enumerate(view.rank_rows()):
             m = latest.metrics if latest is not None else None
-            bad = rank.state in BAD_RANK_STATES or rank.node in lost
+            if rank.state in BAD_RANK_STATES or rank.node in lost:
+                bad.add(index)
             state = "lost" if rank.node in lost else state_name(rank.state, "RANK_STATE_")
 
             def opt(name: str, metrics: object = m) -> float | None:
@@ -283,26 +269,22 @@ class JobScreen(StoreScreen):
             step_time, coll = opt("step_time_s"), opt("collective_time_s")
             coll_pct = 100 * coll / step_time if coll is not None and step_time else None
             beat = ts(rank.last_heartbeat)
-            cells = (
-                str(rank.rank),
-                rank.node,
-                ",".join(str(g) for g in rank.gpu_indices) or DASH,
-                state,
-                str(m.step) if m is not None else DASH,
-                _fmt(opt("loss"), ".4f"),
-                _fmt(opt("grad_norm"), ".3f"),
-                _fmt(step_time, ".3f"),
-                format_figure(opt("tokens_per_s")),
-                _fmt(coll_pct, ".0f"),
-                format_age(now - beat) if beat else DASH,
+            cells.append(
+                (
+                    str(rank.rank),
+                    rank.node,
+                    ",".join(str(g) for g in rank.gpu_indices) or DASH,
+                    state,
+                    str(m.step) if m is not None else DASH,
+                    _fmt(opt("loss"), ".4f"),
+                    _fmt(opt("grad_norm"), ".3f"),
+                    _fmt(step_time, ".3f"),
+                    format_figure(opt("tokens_per_s")),
+                    _fmt(coll_pct, ".0f"),
+                    format_age(now - beat) if beat else DASH,
+                )
             )
-            style = "bold red" if bad else ""
-            for column, value in zip(RANK_COLUMNS, cells, strict=True):
-                cell = (rank.rank, column)
-                if self._cells.get(cell) == style + value:
-                    continue
-                self._cells[cell] = style + value
-                table.update_cell(str(rank.rank), column, Text(value, style=style))
+        table.set_rows(cells, bad)
 
     def _draw_charts(self, view: JobView, now: float) -> None:
         if self.query_one("#job-tabs", TabbedContent).active != "charts":
@@ -464,7 +446,7 @@ class JobScreen(StoreScreen):
         rows = view.rank_rows()
         if not rows:
             return None
-        table = self.query_one("#rank-table", DataTable)
+        table = self.query_one("#rank-table", RankTable)
         index = min(max(table.cursor_row, 0), len(rows) - 1)
         rank = rows[index][0]
         return rank.rank, rank.node
@@ -539,8 +521,9 @@ class JobScreen(StoreScreen):
                 "Every rank is stopped and a new attempt starts from this checkpoint.",
                 lambda: operator.restart(self.job_name, from_checkpoint=ckpt.path or tag),
             )
-        elif event.data_table.id == "rank-table":
-            self.action_logs()
+
+    def on_rank_table_row_selected(self, event: RankTable.RowSelected) -> None:
+        self.action_logs()
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         if event.option_list.id != "findings" or self.operator is None:
