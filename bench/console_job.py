@@ -903,6 +903,7 @@ async def measure_console(
     from console.screens.logs import LogScreen
     from console.screens.node import ScaledSparkline
     from console.store import ConnState
+    from console.widgets.rank_table import RankTable
 
     token_dir = Path(tempfile.mkdtemp(prefix="gantry-console-job-"))
     try:
@@ -930,7 +931,7 @@ async def measure_console(
 
             await until("the job screen", lambda: bool(screen.query("#rank-table")), 30)
             await pilot.pause()
-            ranks = screen.query_one("#rank-table", DataTable)
+            ranks = screen.query_one("#rank-table", RankTable)
             # The job screen drawn with every rank, and the event stream flowing. Not the
             # whole backlog: a console slower than the stream would never be through it.
             await until(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from rich.text import Text
 from textual import work
@@ -26,7 +26,7 @@ from textual.widgets.option_list import Option
 
 from console.advice import Advice, findings_for
 from console.cost import job_cost, total_steps
-from console.job_store import BAD_RANK_STATES, JS, JobsStore, JobView, ts
+from console.job_store import BAD_RANK_STATES, JS, JobsStore, JobView, RankLatest, ts
 from console.jobs_client import JobCommandError
 from console.operator import Operator
 from console.remedies import RemedyError, apply_remedy, describe_changes
@@ -36,6 +36,9 @@ from console.store import ClusterStore, ConnState, format_age
 from console.widgets.bars import DASH, format_bytes
 from console.widgets.chart import ChartRow, format_figure
 from console.widgets.rank_table import RankTable
+
+if TYPE_CHECKING:
+    from gantry.v1 import job_pb2
 
 RANK_COLUMNS = (
     "rank",
@@ -127,6 +130,7 @@ class JobScreen(StoreScreen):
         self._findings_key: tuple[tuple[str, str], ...] | None = None
         self._status = ""
         self._gpu_nodes: list[str] = []
+        self._rank_keys: list[int] = []
         self._ready = False
         self._shown: dict[str, str] = {}
 
@@ -253,38 +257,60 @@ class JobScreen(StoreScreen):
             return
         table = self.query_one("#rank-table", RankTable)
         lost = self._lost_nodes(view)
-        cells: list[tuple[str, ...]] = []
-        bad: set[int] = set()
-        for index, (rank, latest) in enumerate(view.rank_rows()):
-            m = latest.metrics if latest is not None else None
-            if rank.state in BAD_RANK_STATES or rank.node in lost:
-                bad.add(index)
-            state = "lost" if rank.node in lost else state_name(rank.state, "RANK_STATE_")
-
-            def opt(name: str, metrics: object = m) -> float | None:
-                if metrics is None or not metrics.HasField(name):  # type: ignore[attr-defined]
-                    return None
-                return float(getattr(metrics, name))
-
-            step_time, coll = opt("step_time_s"), opt("collective_time_s")
-            coll_pct = 100 * coll / step_time if coll is not None and step_time else None
-            beat = ts(rank.last_heartbeat)
-            cells.append(
-                (
-                    str(rank.rank),
-                    rank.node,
-                    ",".join(str(g) for g in rank.gpu_indices) or DASH,
-                    state,
-                    str(m.step) if m is not None else DASH,
-                    _fmt(opt("loss"), ".4f"),
-                    _fmt(opt("grad_norm"), ".3f"),
-                    _fmt(step_time, ".3f"),
-                    format_figure(opt("tokens_per_s")),
-                    _fmt(coll_pct, ".0f"),
-                    format_age(now - beat) if beat else DASH,
-                )
-            )
+        rows = view.rank_rows()
+        bad = {
+            index
+            for index, (rank, _) in enumerate(rows)
+            if rank.state in BAD_RANK_STATES or rank.node in lost
+        }
+        keys = [rank.rank for rank, _ in rows]
+        if keys != self._rank_keys:
+            self._rank_keys = keys
+            first, last = 0, len(rows)
+            cells: list[tuple[str, ...]] = []
+        else:
+            # Only the rows on screen (and a page around them) are worked out again: a
+            # thousand ranks change every second. The rest keep their last text until
+            # scrolled near.
+            top = table.scroll_offset.y
+            height = table.size.height or 60  # not laid out yet: a generous page
+            first, last = max(0, top - height), top + 2 * height
+            cells = list(table.rows)
+        fresh = [
+            self._rank_cells(rank, latest, rank.node in lost, now)
+            for rank, latest in rows[first:last]
+        ]
+        cells[first:last] = fresh
         table.set_rows(cells, bad)
+
+    @staticmethod
+    def _rank_cells(
+        rank: job_pb2.Rank, latest: RankLatest | None, lost: bool, now: float
+    ) -> tuple[str, ...]:
+        m = latest.metrics if latest is not None else None
+        state = "lost" if lost else state_name(rank.state, "RANK_STATE_")
+
+        def opt(name: str) -> float | None:
+            if m is None or not m.HasField(name):
+                return None
+            return float(getattr(m, name))
+
+        step_time, coll = opt("step_time_s"), opt("collective_time_s")
+        coll_pct = 100 * coll / step_time if coll is not None and step_time else None
+        beat = ts(rank.last_heartbeat)
+        return (
+            str(rank.rank),
+            rank.node,
+            ",".join(str(g) for g in rank.gpu_indices) or DASH,
+            state,
+            str(m.step) if m is not None else DASH,
+            _fmt(opt("loss"), ".4f"),
+            _fmt(opt("grad_norm"), ".3f"),
+            _fmt(step_time, ".3f"),
+            format_figure(opt("tokens_per_s")),
+            _fmt(coll_pct, ".0f"),
+            format_age(now - beat) if beat else DASH,
+        )
 
     def _draw_charts(self, view: JobView, now: float) -> None:
         if self.query_one("#job-tabs", TabbedContent).active != "charts":
