@@ -57,11 +57,14 @@ def _fail(target: NodeTarget, exc: grpc.aio.AioRpcError) -> JobCommandError:
     return JobCommandError(f"{target.name}: {describe_rpc_error(exc)}")
 
 
-class JobsClient:
+class AgentCalls:
+    """Unary calls to the cluster's agents, each error one line for the operator; the
+    job and task clients are built on it."""
+
     def __init__(self, targets: list[NodeTarget]) -> None:
         self.targets = {t.name: t for t in targets}
 
-    def _target(self, name: str) -> NodeTarget:
+    def target(self, name: str) -> NodeTarget:
         target = self.targets.get(name)
         if target is None:
             raise JobCommandError(
@@ -70,7 +73,10 @@ class JobsClient:
         return target
 
     async def _call(self, target: NodeTarget, method: str, request: object) -> object:
-        metadata = job_metadata(target.read_token())
+        try:
+            metadata = job_metadata(target.read_token())
+        except ClusterFileError as exc:
+            raise JobCommandError(str(exc)) from None
         async with open_channel(target.address) as channel:
             stub = agent_service_pb2_grpc.AgentServiceStub(channel)
             try:
@@ -80,11 +86,13 @@ class JobsClient:
             except grpc.aio.AioRpcError as exc:
                 raise _fail(target, exc) from None
 
+
+class JobsClient(AgentCalls):
     async def launch(self, spec: job_pb2.JobSpec) -> LedJob:
-        leader = self._target(spec.nodes[0].node)
+        leader = self.target(spec.nodes[0].node)
         peers = []
         for name in sorted({n.node for n in spec.nodes}):
-            target = self._target(name)
+            target = self.target(name)
             try:
                 token = target.read_token()
             except ClusterFileError as exc:
@@ -179,7 +187,7 @@ class JobsClient:
         if not nodes:
             ranks = ", ".join(str(r.rank) for r in chosen.ranks)
             raise JobCommandError(f"attempt {chosen.number} of {name} has no rank {rank} ({ranks})")
-        target = self._target(nodes[0])
+        target = self.target(nodes[0])
         request = agent_service_pb2.TailRankLogRequest(
             job_name=name,
             attempt=chosen.number,

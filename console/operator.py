@@ -22,10 +22,7 @@ class Operator:
         from_checkpoint: str = "",
         spec: job_pb2.JobSpec | None = None,
     ) -> str:
-        if spec is not None:
-            led = await self.client.restart(name, node, list(exclude), from_checkpoint, spec=spec)
-        else:
-            led = await self.client.restart(name, node, list(exclude), from_checkpoint)
+        led = await self.client.restart(name, node, list(exclude), from_checkpoint, spec=spec)
         what = f" without {', '.join(exclude)}" if exclude else ""
         what += f" from {from_checkpoint}" if from_checkpoint else ""
         return f"{name}: restart{what} requested (attempt {len(led.job.attempts)} was the last)"

@@ -11,8 +11,8 @@ import grpc
 from gantry.v1 import agent_service_pb2, agent_service_pb2_grpc, task_pb2
 
 from console.agent_client import open_channel
-from console.cluster_file import ClusterFileError, NodeTarget
-from console.jobs_client import RPC_TIMEOUT_S, JobCommandError, _fail, job_metadata
+from console.cluster_file import NodeTarget
+from console.jobs_client import AgentCalls, JobCommandError, _fail, job_metadata
 
 
 @dataclass
@@ -21,32 +21,7 @@ class NodeTask:
     task: task_pb2.Task
 
 
-class TasksClient:
-    def __init__(self, targets: list[NodeTarget]) -> None:
-        self.targets = {t.name: t for t in targets}
-
-    def target(self, name: str) -> NodeTarget:
-        target = self.targets.get(name)
-        if target is None:
-            raise JobCommandError(
-                f"unknown node {name} (the cluster has {', '.join(sorted(self.targets))})"
-            )
-        return target
-
-    async def _call(self, target: NodeTarget, method: str, request: object) -> object:
-        try:
-            metadata = job_metadata(target.read_token())
-        except ClusterFileError as exc:
-            raise JobCommandError(str(exc)) from None
-        async with open_channel(target.address) as channel:
-            stub = agent_service_pb2_grpc.AgentServiceStub(channel)
-            try:
-                return await getattr(stub, method)(
-                    request, metadata=metadata, timeout=RPC_TIMEOUT_S
-                )
-            except grpc.aio.AioRpcError as exc:
-                raise _fail(target, exc) from None
-
+class TasksClient(AgentCalls):
     async def start(self, node: str, request: agent_service_pb2.StartTaskRequest) -> NodeTask:
         target = self.target(node)
         reply = await self._call(target, "StartTask", request)

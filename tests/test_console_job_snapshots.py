@@ -5,8 +5,6 @@ the SVGs under tests/__snapshots__/ before committing them."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,14 +13,7 @@ from console.app import GantryApp
 from tests.console_fixtures import FIXED, cluster_store, targets_for
 from tests.job_fixtures import jobs_store
 
-
-@pytest.fixture(autouse=True)
-def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
+pytestmark = pytest.mark.usefixtures("utc")  # times on screen in UTC
 
 
 def make_app() -> GantryApp:

@@ -8,8 +8,6 @@ committing them.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,14 +15,7 @@ import pytest
 from console.app import GantryApp
 from tests.console_fixtures import FIXED, cluster_store, targets_for
 
-
-@pytest.fixture(autouse=True)
-def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
+pytestmark = pytest.mark.usefixtures("utc")  # times on screen in UTC
 
 
 def make_app() -> GantryApp:
