@@ -1,0 +1,78 @@
+"""Real DeepSpeed ranks as plain processes on 127.0.0.1 (no agent): what the trainer's
+own tests and the demo model's test run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.deepspeed_env import ROOT, free_port
+
+RUN_TIMEOUT_S = 240
+
+
+@dataclass
+class Run:
+    out: Path
+    codes: list[int]
+    logs: list[str]
+
+    def metrics(self, rank: int) -> list[dict[str, Any]]:
+        path = self.out / f"metrics.rank{rank}.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def train_two_ranks(
+    env: dict[str, str],
+    out: Path,
+    name: str,
+    args: list[str],
+    local_rank_flag: bool = False,
+    timeout_s: float = RUN_TIMEOUT_S,
+) -> Run:
+    port = str(free_port())
+    procs = []
+    logs = []
+    for rank in range(2):
+        rank_env = {
+            **env,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "GANTRY_METRICS_FILE": str(out / f"metrics.rank{rank}.jsonl"),
+            "GANTRY_HEARTBEAT_S": "0.5",
+            "GANTRY_COLLECTIVE_TIMEOUT_S": "60",
+        }
+        extra = [f"--local_rank={rank}"] if local_rank_flag else []
+        log = out / f"{name}.rank{rank}.log"
+        logs.append(log)
+        with log.open("w") as f:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "agent.train", *args, *extra],
+                    env=rank_env,
+                    cwd=ROOT,
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    deadline = time.monotonic() + timeout_s
+    codes = []
+    try:
+        for p in procs:
+            codes.append(p.wait(timeout=max(1.0, deadline - time.monotonic())))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    texts = [log.read_text() for log in logs]
+    assert codes == [0, 0], "\n".join(t[-4000:] for t in texts)
+    return Run(out, codes, texts)
