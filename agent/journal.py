@@ -577,6 +577,29 @@ class Journal:
             params.append(limit)
         return [self._event(r) for r in self._db.execute(query, params)]
 
+    def events_after_metrics_tail(
+        self, seq: int, job: str | None, metrics_tail: int
+    ) -> list[job_pb2.JobEvent]:
+        """As ``events_after(seq, job)``, but of the metric events only the last
+        ``metrics_tail`` (0: all), found without reading the older ones."""
+        metrics = job_pb2.JobEventKind.JOB_EVENT_KIND_METRICS
+        if not metrics_tail:
+            return self.events_after(seq, job)
+        query = "SELECT seq FROM events WHERE kind=?"
+        params: list[object] = [metrics]
+        if job:
+            query += " AND job=?"
+            params.append(job)
+        query += " ORDER BY seq DESC LIMIT 1 OFFSET ?"
+        params.append(metrics_tail)
+        row = self._db.execute(query, params).fetchone()
+        start = 0 if row is None else int(row[0])  # the newest metric event left out
+        if start <= seq:
+            return self.events_after(seq, job)
+        others = [k for k in job_pb2.JobEventKind.values() if k != metrics]
+        older = [e for e in self.events_after(seq, job, kinds=others) if e.seq <= start]
+        return older + self.events_after(start, job)
+
     def last_seq(self) -> int:
         row = self._db.execute("SELECT MAX(seq) FROM events").fetchone()
         return 0 if row[0] is None else int(row[0])

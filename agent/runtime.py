@@ -45,7 +45,11 @@ class JobRuntime:
 
 def build_job_runtime(node_name: str, data_dir: Path, gpus: list[int]) -> JobRuntime:
     journal = Journal.open(data_dir)
-    bus = EventBus(journal.append_event, lambda seq, job: journal.events_after(seq, job or None))
+    bus = EventBus(
+        journal.append_event,
+        lambda seq, job: journal.events_after(seq, job or None),
+        lambda seq, job, tail: journal.events_after_metrics_tail(seq, job or None, tail),
+    )
     supervisor = LocalSupervisor(data_dir, node_name, journal, on_event=bus.fan_out)
     jobs = JobService(node_name, supervisor, bus, gpus)
     local = LocalNode(node_name, bus, jobs.start_ranks, jobs.stop_ranks)

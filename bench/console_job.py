@@ -6,9 +6,11 @@ servers on 127.0.0.1 implementing AgentService behind the agents' own token chec
 (agent.auth.TokenAuthInterceptor). Each streams its node's telemetry at 1 Hz (the
 agent's Sampler over the fake NVML, 8 GPUs). node-000 leads `bench-job`, 8 ranks per
 node: ListJobs and DescribeJob return the job with one attempt and every rank with its
-latest metrics (as a leader keeps them), plus its checkpoints; WatchJobEvents replays
-the job's events (submitted, attempt and ranks started, --backlog steps of metrics),
-then follows with one METRICS event per rank per second. The metrics are a recording
+latest metrics (as a leader keeps them), plus its checkpoints; WatchJobEvents, through
+the agent's own EventBus (agent.event_bus: batches of what is at hand when the reader
+asks for them, the metric tail it asks for), replays the job's events (submitted,
+attempt and ranks started, --backlog steps of metrics), then follows with one METRICS
+event per rank per second (published every 50 ms, as due). The metrics are a recording
 written once as JSONL into a temp dir (loss decaying with noise, grad norm, lr, ~1 s
 steps, collective time by op, tokens/s; seeded), replayed with the replay's time
 stamps, each rank at its own phase in the second; a checkpoint event every 50 steps.
@@ -89,6 +91,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # for tests/fakes, which is not an installed package
 
+from agent.event_bus import EventBus  # noqa: E402
+
 if TYPE_CHECKING:
     from textual.widget import Widget
 
@@ -104,7 +108,6 @@ MAX_TAIL_LINES = 10_000
 MAX_TAIL_BYTES = 1 << 20
 LOG_KEEP = 200_000
 EVENTS_KEEP = 1_000_000
-SUBSCRIBER_QUEUE_LIMIT = 10_000
 TICK_S = 0.05
 SEARCH = "NCCL WARN"
 KEY_TIMEOUT_S = 30.0
@@ -351,7 +354,9 @@ class JobSim:
         self.events: list[job_pb2.JobEvent] = []
         self.first_seq = 1
         self.seq = 0
-        self.subscribers: set[asyncio.Queue[job_pb2.JobEvent]] = set()
+        # The agent's own event bus: followers get batches and metric tails as a real
+        # leader's WatchJobEvents gives them.
+        self.bus = EventBus(self._append, lambda after_seq, job: self.history(after_seq))
         self.checkpoints: list[job_pb2.Checkpoint] = []
         # Each rank reports at its own moment in the second, as real ranks do.
         phase = [(r * 0.6180339887) % 1.0 for r in range(self.world)]
@@ -421,9 +426,7 @@ class JobSim:
         details: dict[str, str] | None = None,
         metrics: job_pb2.RankMetrics | None = None,
     ) -> None:
-        self.seq += 1
         event = job_pb2.JobEvent(
-            seq=self.seq,
             job_name=JOB,
             attempt=1,
             kind=kind,  # type: ignore[arg-type]
@@ -434,14 +437,16 @@ class JobSim:
             details=details or {},
             metrics=metrics,
         )
+        self.bus.publish(event)
+
+    def _append(self, event: job_pb2.JobEvent) -> int:
+        self.seq += 1
         self.events.append(event)
         if len(self.events) > EVENTS_KEEP + EVENTS_KEEP // 4:
             drop = len(self.events) - EVENTS_KEEP
             del self.events[:drop]
             self.first_seq += drop
-        for queue in self.subscribers:
-            if queue.qsize() < SUBSCRIBER_QUEUE_LIMIT:
-                queue.put_nowait(event)
+        return self.seq
 
     def history(self, after_seq: int) -> list[job_pb2.JobEvent]:
         return self.events[max(0, after_seq + 1 - self.first_seq) :]
@@ -593,20 +598,19 @@ class SimAgent(agent_service_pb2_grpc.AgentServiceServicer):  # type: ignore[mis
             if request.follow:
                 await asyncio.Event().wait()
             return
-        queue: asyncio.Queue[job_pb2.JobEvent] = asyncio.Queue()
-        job.subscribers.add(queue)
-        try:
-            last = request.after_seq
-            for event in job.history(last):
-                last = event.seq
-                yield agent_service_pb2.WatchJobEventsResponse(event=event)
-            while request.follow:
-                event = await queue.get()
-                if event.seq > last:
-                    last = event.seq
+        # As agent.job_service.WatchJobEvents answers it.
+        batches = job.bus.follow_batches(
+            request.job_name,
+            request.after_seq,
+            follow=request.follow,
+            metrics_tail=request.metrics_tail,
+        )
+        async for batch in batches:
+            if request.batched:
+                yield agent_service_pb2.WatchJobEventsResponse(events=batch)
+            else:
+                for event in batch:
                     yield agent_service_pb2.WatchJobEventsResponse(event=event)
-        finally:
-            job.subscribers.discard(queue)
 
     async def TailRankLog(
         self, request: agent_service_pb2.TailRankLogRequest, context: Context

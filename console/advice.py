@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 
 import yaml
+from gantry.v1 import job_pb2, telemetry_pb2
 
 from console.advisor import (
     AdvisorInput,
@@ -24,7 +26,7 @@ from console.advisor import (
     evaluate,
 )
 from console.cost import arg_value
-from console.job_store import ACTIVE_JOB_STATES, EK, JobView, ts
+from console.job_store import ACTIVE_JOB_STATES, EK, JobView, RankPoint, ts
 from console.store import ClusterStore
 
 APPLICABLE = frozenset({"halve-micro-batch", "set-grad-accum", "lower-lr"})
@@ -80,61 +82,137 @@ def _int_arg(view: JobView, flag: str, config_key: str) -> int | None:
 
 
 def advisor_input(view: JobView, cluster: ClusterStore, now: float) -> AdvisorInput:
-    metrics = [
-        MetricPoint(
-            rank=r.rank,
-            node=r.node,
-            step=p.step,
-            time=p.time,
-            loss=p.loss,
-            grad_norm=p.grad_norm,
-            loss_scale=p.loss_scale,
-            step_time_s=p.step_time_s,
-            collective_time_s=p.collective_s,
-            tokens_per_s=p.tokens_per_s,
+    return AdvisorInputs().take(view, cluster, now).build()
+
+
+@dataclass(frozen=True)
+class Taken:
+    """What the advisor reads of the stores, copied (cheap: no point is converted here),
+    so that `build` can run on another thread while the stores move on."""
+
+    inputs: AdvisorInputs
+    view: JobView
+    ranks: list[tuple[int, str, tuple[RankPoint, ...]]]
+    samples: list[tuple[str, list[telemetry_pb2.NodeSample]]]
+    events: list[job_pb2.JobEvent]
+    now: float
+
+    @property
+    def size(self) -> int:
+        """Metric points plus GPU samples: what building and evaluating cost grows with."""
+        return sum(len(h) for _, _, h in self.ranks) + sum(len(s) for _, s in self.samples)
+
+    def build(self) -> AdvisorInput:
+        return self.inputs.build(self)
+
+
+class AdvisorInputs:
+    """Builds AdvisorInput again and again for one job: each rank's point and each GPU
+    sample is converted once, then reused while the stores hold it (a thousand ranks keep
+    ~120,000 points: converting them all on every run took about a second)."""
+
+    def __init__(self) -> None:
+        # rank -> (node, the history last converted, its points)
+        self._ranks: dict[int, tuple[str, tuple[RankPoint, ...], list[MetricPoint]]] = {}
+        # id() of a sample -> (the sample, so the id is not reused; its GPU points)
+        self._gpus: dict[int, tuple[telemetry_pb2.NodeSample, list[GpuPoint]]] = {}
+
+    def _rank_points(
+        self, rank: int, node: str, history: tuple[RankPoint, ...]
+    ) -> list[MetricPoint]:
+        """`history`'s points, reusing those of the last call: a rank's history is a
+        window that only moves forward (appended on the right, dropped on the left)."""
+        kept: list[MetricPoint] = []
+        prev = self._ranks.get(rank)
+        if prev is not None and prev[0] == node and history and prev[1]:
+            old, old_points = prev[1], prev[2]
+            first = history[0]
+            start = next((i for i, p in enumerate(old) if p is first), -1)
+            overlap = len(old) - start
+            if start >= 0 and overlap <= len(history) and history[overlap - 1] is old[-1]:
+                kept = old_points[start:]
+        points = kept + [
+            MetricPoint(
+                rank=rank,
+                node=node,
+                step=p.step,
+                time=p.time,
+                loss=p.loss,
+                grad_norm=p.grad_norm,
+                loss_scale=p.loss_scale,
+                step_time_s=p.step_time_s,
+                collective_time_s=p.collective_s,
+                tokens_per_s=p.tokens_per_s,
+            )
+            for p in history[len(kept) :]
+        ]
+        self._ranks[rank] = (node, history, points)
+        return points
+
+    def take(self, view: JobView, cluster: ClusterStore, now: float) -> Taken:
+        ranks = [(r.rank, r.node, tuple(r.history)) for r in view.ranks.values()]
+        samples = [
+            (node, list(cluster.node(node).history)[-GPU_WINDOW_SAMPLES:])
+            for node in dict.fromkeys(view.nodes())
+            if node in cluster
+        ]
+        return Taken(self, view, ranks, samples, list(view.events), now)
+
+    def build(self, taken: Taken) -> AdvisorInput:
+        view, now = taken.view, taken.now
+        metrics = []
+        for rank, node, history in taken.ranks:
+            metrics.extend(self._rank_points(rank, node, history))
+        metrics.sort(key=attrgetter("time", "rank"))
+        old_gpus = self._gpus
+        gpu_cache: dict[int, tuple[telemetry_pb2.NodeSample, list[GpuPoint]]] = {}
+        gpus: list[GpuPoint] = []
+        for node, samples in taken.samples:
+            for sample in samples:
+                cached = old_gpus.get(id(sample))
+                if cached is not None and cached[0] is sample:
+                    converted = cached[1]
+                else:
+                    t = ts(sample.time)
+                    converted = [
+                        GpuPoint(node, gpu.index, t, gpu.gpu_util_percent)
+                        for gpu in sample.gpus
+                        if gpu.HasField("gpu_util_percent")
+                    ]
+                gpu_cache[id(sample)] = (sample, converted)
+                gpus.extend(converted)
+        self._gpus = gpu_cache
+        hits = []
+        failures = []
+        for event in taken.events:
+            if event.kind == EK.JOB_EVENT_KIND_ALERT and event.details.get("line"):
+                hits.append(LogHit(event.rank, event.node, ts(event.time), event.details["line"]))
+            elif event.kind in (EK.JOB_EVENT_KIND_RANK_FAILED, EK.JOB_EVENT_KIND_RANK_HUNG):
+                for line in (event.details.get("last_lines") or "").splitlines():
+                    hits.append(LogHit(event.rank, event.node, ts(event.time), line))
+            if event.kind == EK.JOB_EVENT_KIND_ATTEMPT_FAILED:
+                failures.append(Failure(ts(event.time), event.message))
+        config_fp16 = False
+        if view.spec.deepspeed_config_json:
+            config_fp16 = '"fp16"' in view.spec.deepspeed_config_json and (
+                '"enabled": true' in view.spec.deepspeed_config_json
+            )
+        return AdvisorInput(
+            metrics=metrics,
+            gpus=gpus,
+            log_hits=hits,
+            failures=failures,
+            now=now,
+            running=view.state in ACTIVE_JOB_STATES,
+            micro_batch=_int_arg(
+                view, "--per_device_train_batch_size", "train_micro_batch_size_per_gpu"
+            ),
+            grad_accum=_int_arg(
+                view, "--gradient_accumulation_steps", "gradient_accumulation_steps"
+            ),
+            fp16=config_fp16,
+            started=ts(view.job.created) or None,
         )
-        for r in view.ranks.values()
-        for p in r.history
-    ]
-    metrics.sort(key=lambda m: (m.time, m.rank))
-    gpus = []
-    for node in dict.fromkeys(view.nodes()):
-        if node not in cluster:
-            continue
-        for sample in list(cluster.node(node).history)[-GPU_WINDOW_SAMPLES:]:
-            t = ts(sample.time)
-            for gpu in sample.gpus:
-                if gpu.HasField("gpu_util_percent"):
-                    gpus.append(GpuPoint(node, gpu.index, t, gpu.gpu_util_percent))
-    hits = []
-    failures = []
-    for event in view.events:
-        if event.kind == EK.JOB_EVENT_KIND_ALERT and event.details.get("line"):
-            hits.append(LogHit(event.rank, event.node, ts(event.time), event.details["line"]))
-        elif event.kind in (EK.JOB_EVENT_KIND_RANK_FAILED, EK.JOB_EVENT_KIND_RANK_HUNG):
-            for line in (event.details.get("last_lines") or "").splitlines():
-                hits.append(LogHit(event.rank, event.node, ts(event.time), line))
-        if event.kind == EK.JOB_EVENT_KIND_ATTEMPT_FAILED:
-            failures.append(Failure(ts(event.time), event.message))
-    config_fp16 = False
-    if view.spec.deepspeed_config_json:
-        config_fp16 = '"fp16"' in view.spec.deepspeed_config_json and (
-            '"enabled": true' in view.spec.deepspeed_config_json
-        )
-    return AdvisorInput(
-        metrics=metrics,
-        gpus=gpus,
-        log_hits=hits,
-        failures=failures,
-        now=now,
-        running=view.state in ACTIVE_JOB_STATES,
-        micro_batch=_int_arg(
-            view, "--per_device_train_batch_size", "train_micro_batch_size_per_gpu"
-        ),
-        grad_accum=_int_arg(view, "--gradient_accumulation_steps", "gradient_accumulation_steps"),
-        fp16=config_fp16,
-        started=ts(view.job.created) or None,
-    )
 
 
 def _advice(f: Finding) -> Advice:
@@ -144,6 +222,8 @@ def _advice(f: Finding) -> Advice:
 def findings_for(
     view: JobView, cluster: ClusterStore, now: float, thresholds: Thresholds | None = None
 ) -> list[Advice]:
-    return [
-        _advice(f) for f in evaluate(advisor_input(view, cluster, now), thresholds or Thresholds())
-    ]
+    return advise(advisor_input(view, cluster, now), thresholds)
+
+
+def advise(inp: AdvisorInput, thresholds: Thresholds | None = None) -> list[Advice]:
+    return [_advice(f) for f in evaluate(inp, thresholds or Thresholds())]

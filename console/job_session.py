@@ -3,9 +3,11 @@
 - Every `list_interval_s`: ListJobs on every agent, over one long-lived channel each
   (so the cluster screen knows which job and rank runs on each node, and which nodes
   hold a failed rank).
-- For the job on screen: a followed WatchJobEvents stream on its leader, picking up
-  after the last event held when it reconnects; and DescribeJob (attempts,
-  checkpoints) every `describe_interval_s` and at once after an attempt event.
+- For the job on screen: a followed WatchJobEvents stream on its leader, in batches
+  (what the leader has at hand per message), picking up after the last event held when
+  it reconnects, and of the metric history only the recent tail (`metrics_tail`); and
+  DescribeJob (attempts, checkpoints) every `describe_interval_s` and at once after an
+  attempt event.
 - A rank's log, on request: a followed TailRankLog stream on the rank's node.
 
 Operator actions go through `JobsClient` (they are the CLI verbs).
@@ -24,10 +26,14 @@ from gantry.v1 import agent_service_pb2, agent_service_pb2_grpc, job_pb2
 from console.agent_client import describe_rpc_error, open_channel
 from console.backoff import Backoff
 from console.cluster_file import ClusterFileError, NodeTarget
-from console.job_store import EK, JobsStore
+from console.job_store import EK, RANK_HISTORY, JobsStore, JobView
 from console.jobs_client import job_metadata
 
 RPC_TIMEOUT_S = 10.0
+# Metric events replayed on opening a job at most (a thousand ranks: ~32 steps).
+MAX_METRICS_TAIL = 32_768
+# Events applied between two turns of the event loop (~10 ms).
+APPLY_SLICE = 256
 # Events after which the attempts table is stale at once, not at the next poll.
 DESCRIBE_NOW = frozenset(
     {
@@ -44,6 +50,15 @@ DESCRIBE_NOW = frozenset(
         EK.JOB_EVENT_KIND_CHECKPOINT_SAVED,
     }
 )
+
+
+def metrics_tail(view: JobView | None) -> int:
+    """How many of the journaled metric events to ask for on (re)connecting: enough for
+    the charts' and the advisor's window on a small job, bounded for a big one (its
+    history fills in as it runs)."""
+    attempt = view.latest_attempt() if view is not None else None
+    world = len(attempt.ranks) if attempt is not None else 0
+    return min(MAX_METRICS_TAIL, max(world, 1) * RANK_HISTORY)
 
 
 class _Stubs:
@@ -189,15 +204,25 @@ class JobsSession:
         after = view.last_seq if view is not None else 0
         stub, metadata = self._stubs.get(leader)
         request = agent_service_pb2.WatchJobEventsRequest(
-            job_name=name, after_seq=after, follow=True
+            job_name=name,
+            after_seq=after,
+            follow=True,
+            metrics_tail=metrics_tail(view),
+            batched=True,
         )
         async for message in stub.WatchJobEvents(request, metadata=metadata):
             backoff.reset()
-            event = message.event
-            if self.store.apply_event(event):
-                if event.kind in DESCRIBE_NOW:
-                    self._describe_now.set()
-                self.on_change()
+            # Batched (an older agent ignores the ask and sends one event a message).
+            batch = message.events or (message.event,)
+            for start in range(0, len(batch), APPLY_SLICE):
+                applied = self.store.apply_events(batch[start : start + APPLY_SLICE])
+                if applied:
+                    if any(e.kind in DESCRIBE_NOW for e in applied):
+                        self._describe_now.set()
+                    self.on_change()
+                if len(batch) > APPLY_SLICE:
+                    # A replay's big batches: let keys and repaints in between slices.
+                    await asyncio.sleep(0)
 
     async def _describe_loop(self, name: str) -> None:
         while True:

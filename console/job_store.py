@@ -21,6 +21,7 @@ from gantry.v1 import job_pb2
 EK = job_pb2.JobEventKind
 JS = job_pb2.JobState
 RS = job_pb2.RankState
+METRICS = EK.JOB_EVENT_KIND_METRICS
 MAX_STEPS_KEPT = 20_000
 MAX_EVENTS_KEPT = 5_000
 RANK_HISTORY = 120
@@ -102,6 +103,20 @@ STEP_FIELDS = (
     "allreduce_s",
     "optimizer_step_s",
     "collective_time_s",
+)
+# Every optional figure a metric record is read for (RankPoint's and STEP_FIELDS).
+_READ_FIELDS = tuple(
+    dict.fromkeys(
+        (
+            "loss",
+            "grad_norm",
+            "loss_scale",
+            "step_time_s",
+            "collective_time_s",
+            "tokens_per_s",
+            *STEP_FIELDS,
+        )
+    )
 )
 
 
@@ -263,21 +278,42 @@ class JobsStore:
 
     def apply_event(self, event: job_pb2.JobEvent) -> bool:
         """One event of the leader's stream; False for one already held (a replay)."""
-        view = self._jobs.get(event.job_name)
-        if view is None or event.seq <= view.last_seq:
-            return False
-        view.last_seq = event.seq
-        if event.kind == EK.JOB_EVENT_KIND_METRICS:
-            self._apply_metrics(view, event)
-        else:
-            view.events.append(event)
+        return bool(self.apply_events((event,)))
+
+    def apply_events(self, events: Iterable[job_pb2.JobEvent]) -> list[job_pb2.JobEvent]:
+        """Events of the leader's stream in seq order (a batch); returns those applied
+        (not already held). The views they touch move on once for the batch."""
+        applied: list[job_pb2.JobEvent] = []
+        touched: dict[str, JobView] = {}
+        structure = False
+        jobs = self._jobs
+        for event in events:
+            view = jobs.get(event.job_name)
+            if view is None or event.seq <= view.last_seq:
+                continue
+            view.last_seq = event.seq
+            if event.kind == METRICS:
+                self._apply_metrics(view, event)
+            else:
+                view.events.append(event)
+                structure = True
+            touched[view.name] = view
+            applied.append(event)
+        if structure:
             self.structure_version += 1
-        self._touch(view)
-        return True
+        for view in touched.values():
+            self._touch(view)
+        return applied
 
     def _apply_metrics(self, view: JobView, event: job_pb2.JobEvent) -> None:
         m = event.metrics
+        # One look at each figure (a record costs tens of microseconds at most: a
+        # thousand ranks send a thousand a second).
+        has = m.HasField
+        values = {name: float(getattr(m, name)) for name in _READ_FIELDS if has(name)}
+        get = values.get
         t = ts(m.time) or ts(event.time)
+        step = int(m.step)
         latest = view.ranks.get(event.rank)
         if latest is None:
             latest = view.ranks[event.rank] = RankLatest(
@@ -292,31 +328,41 @@ class JobsStore:
             )
         latest.history.append(
             RankPoint(
-                int(m.step),
+                step,
                 t,
-                _opt(m, "loss"),
-                _opt(m, "grad_norm"),
-                _opt(m, "loss_scale"),
-                _opt(m, "step_time_s"),
-                _opt(m, "collective_time_s"),
-                _opt(m, "tokens_per_s"),
+                get("loss"),
+                get("grad_norm"),
+                get("loss_scale"),
+                get("step_time_s"),
+                get("collective_time_s"),
+                get("tokens_per_s"),
             )
         )
         steps = view.steps
-        agg = steps.get(m.step)
+        agg = steps.get(step)
         if agg is not None and event.attempt > agg.attempt:
             # A resumed attempt repeats the steps after its checkpoint: start them afresh.
-            for later in [s for s in steps if s >= m.step]:
+            for later in [s for s in steps if s >= step]:
                 del steps[later]
             agg = None
         if agg is None:
-            agg = steps[m.step] = StepAgg(int(m.step), attempt=event.attempt)
+            agg = steps[step] = StepAgg(step, attempt=event.attempt)
             while len(steps) > MAX_STEPS_KEPT:
                 steps.popitem(last=False)
         agg.n += 1
-        agg.time = max(agg.time, t)
+        if t > agg.time:
+            agg.time = t
+        sums, counts = agg.sums, agg.counts
         for name in STEP_FIELDS:
-            agg.add(name, _opt(m, name))
+            value = values.get(name)
+            if value is None:
+                continue
+            if math.isfinite(value):
+                sums[name] = sums.get(name, 0.0) + value
+                counts[name] = counts.get(name, 0) + 1
+            else:  # NaN / inf: counted, so the chart shows the hole
+                bad = name + ":bad"
+                counts[bad] = counts.get(bad, 0) + 1
 
     def gpu_owners(self) -> dict[str, list[tuple[str, int, tuple[int, ...]]]]:
         """node -> [(job, rank, gpu indices)] for the ranks of every active job's latest

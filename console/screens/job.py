@@ -12,6 +12,8 @@ with the operator's actions on keys.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, ClassVar
@@ -21,10 +23,11 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
-from textual.widgets import DataTable, Footer, OptionList, Static, TabbedContent, TabPane
+from textual.css.query import NoMatches
+from textual.widgets import DataTable, OptionList, Static, TabbedContent, TabPane
 from textual.widgets.option_list import Option
 
-from console.advice import Advice, findings_for
+from console.advice import Advice, AdvisorInputs, advise
 from console.cost import job_cost, total_steps
 from console.job_store import BAD_RANK_STATES, JS, JobsStore, JobView, RankLatest, ts
 from console.jobs_client import JobCommandError
@@ -35,10 +38,13 @@ from console.screens.dialogs import ConfirmScreen, RestartChoice, RestartDialog
 from console.store import ClusterStore, ConnState, format_age
 from console.widgets.bars import DASH, format_bytes
 from console.widgets.chart import ChartRow, format_figure
+from console.widgets.footer import SteadyFooter
 from console.widgets.rank_table import RankTable
 
 if TYPE_CHECKING:
     from gantry.v1 import job_pb2
+
+    from console.advice import Taken
 
 RANK_COLUMNS = (
     "rank",
@@ -70,6 +76,12 @@ TIME_BUCKET_S = 5.0
 MAX_GPU_CHARTS = 4
 DRAW_INTERVAL_S = 0.5
 ADVISOR_INTERVAL_S = 5.0
+# Up to this many metric points and GPU samples (a few ranks and nodes) the advisor
+# runs in the UI loop; above, on a thread, and at most 1/ADVISOR_DUTY of the time (a
+# thousand ranks keep ~120,000 points: a second of CPU and more, too long to hold keys
+# and repaints up).
+ADVISOR_INLINE_SIZE = 5_000
+ADVISOR_DUTY = 10.0
 AGENT_RESTART_UNAVAILABLE = "needs the SSH set-up of `gantry up` (not configured for this cluster)"
 
 
@@ -107,7 +119,7 @@ class JobScreen(StoreScreen):
         *,
         clock: Callable[[], float] = time.time,
         open_logs: Callable[[str, int, int], None] | None = None,
-        advice: Callable[[JobView, ClusterStore, float], list[Advice]] = findings_for,
+        advice: Callable[[JobView, ClusterStore, float], list[Advice]] | None = None,
         agent_restart: str = AGENT_RESTART_UNAVAILABLE,
     ) -> None:
         super().__init__()
@@ -123,6 +135,9 @@ class JobScreen(StoreScreen):
         self._drawn = -1
         self._ranks_drawn_at = -DRAW_INTERVAL_S
         self._advised_at = -ADVISOR_INTERVAL_S
+        self._advisor_interval_s = ADVISOR_INTERVAL_S
+        self._advisor_inputs = AdvisorInputs()
+        self._advising = False
         self._events_drawn = 0
         self._events_first_seq = 0
         self._checkpoints_drawn: tuple[tuple[str, int], ...] = ()
@@ -155,7 +170,7 @@ class JobScreen(StoreScreen):
             with TabPane("5 Advisor", id="advisor"):
                 yield OptionList(id="findings")
         yield Static(id="job-status", markup=False)
-        yield Footer()
+        yield SteadyFooter()
 
     def on_mount(self) -> None:
         events = self.query_one("#event-table", DataTable)
@@ -198,7 +213,7 @@ class JobScreen(StoreScreen):
             self._draw_checkpoints(view, now)
             self._drawn = view.version
         self._draw_events(view)
-        if monotonic - self._advised_at >= ADVISOR_INTERVAL_S:
+        if monotonic - self._advised_at >= self._advisor_interval_s:
             self._advised_at = monotonic
             self._draw_findings(view, now)
         self._show("#job-status", self._status)
@@ -411,7 +426,33 @@ class JobScreen(StoreScreen):
             table.update_cell(c.tag, "age", format_age(now - saved) if saved else DASH)
 
     def _draw_findings(self, view: JobView, now: float) -> None:
-        findings = self.advice(view, self.cluster, now)
+        if self.advice is not None:
+            self._show_findings(self.advice(view, self.cluster, now))
+            return
+        if self._advising:
+            return
+        taken = self._advisor_inputs.take(view, self.cluster, now)
+        if taken.size <= ADVISOR_INLINE_SIZE:
+            self._show_findings(advise(taken.build()))
+            return
+        self._advising = True
+        self._advise_on_thread(taken)
+
+    @work(exclusive=True, group="advisor")
+    async def _advise_on_thread(self, taken: Taken) -> None:
+        try:
+            started = time.monotonic()
+            findings = await asyncio.to_thread(lambda: advise(taken.build()))
+            took = time.monotonic() - started
+            self._advisor_interval_s = max(ADVISOR_INTERVAL_S, ADVISOR_DUTY * took)
+            self._advised_at = time.monotonic()
+            if self.is_attached and not self._closing:
+                with contextlib.suppress(NoMatches):  # the screen is being taken down
+                    self._show_findings(findings)
+        finally:
+            self._advising = False
+
+    def _show_findings(self, findings: list[Advice]) -> None:
         key = tuple((f.rule, f.evidence) for f in findings)
         if key == self._findings_key:
             return
@@ -500,8 +541,11 @@ class JobScreen(StoreScreen):
             can_exclude = "the job has no other node"
         elif not view.checkpoints:
             can_exclude = "no checkpoint to convert yet"
+        agent_restart = self.agent_restart
+        if self.operator is not None:
+            agent_restart = self.operator.agent_restart_unavailable(node)
         dialog = RestartDialog(
-            self.job_name, node, can_exclude=can_exclude, agent_restart=self.agent_restart
+            self.job_name, node, can_exclude=can_exclude, agent_restart=agent_restart
         )
         self.app.push_screen(dialog, self._restart_chosen)
 
@@ -513,6 +557,10 @@ class JobScreen(StoreScreen):
             question = f"Restart {self.job_name} in place from the latest checkpoint?"
             detail = "Every rank on every node is stopped, then a new attempt starts."
             call = lambda: operator.restart(self.job_name, node=choice.node)  # noqa: E731
+        elif choice.kind == "agent":
+            question = f"Restart the agent of {choice.node} over SSH?"
+            detail = "Its ranks keep running; the new agent re-adopts them."
+            call = lambda: operator.restart_agent(choice.node)  # noqa: E731
         else:
             question = f"Go on without {choice.node}?"
             detail = (

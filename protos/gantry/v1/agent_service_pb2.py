@@ -27,7 +27,7 @@ from gantry.v1 import task_pb2 as gantry_dot_v1_dot_task__pb2
 from gantry.v1 import telemetry_pb2 as gantry_dot_v1_dot_telemetry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dgantry/v1/agent_service.proto\x12\tgantry.v1\x1a\x13gantry/v1/job.proto\x1a\x14gantry/v1/task.proto\x1a\x19gantry/v1/telemetry.proto\"\x14\n\x12GetNodeInfoRequest\"\x88\x01\n\x13GetNodeInfoResponse\x12!\n\x04info\x18\x01 \x01(\x0b\x32\x13.gantry.v1.NodeInfo\x12%\n\x06latest\x18\x02 \x01(\x0b\x32\x15.gantry.v1.NodeSample\x12\'\n\nxid_events\x18\x03 \x03(\x0b\x32\x13.gantry.v1.XidEvent\"=\n\x10WatchNodeRequest\x12\x16\n\x0ereplay_history\x18\x01 \x01(\x08\x12\x11\n\thistory_s\x18\x02 \x01(\x01\"L\n\x11WatchNodeResponse\x12%\n\x06sample\x18\x01 \x01(\x0b\x32\x15.gantry.v1.NodeSample\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"9\n\tPeerAgent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\"Y\n\x10SubmitJobRequest\x12 \n\x04spec\x18\x01 \x01(\x0b\x32\x12.gantry.v1.JobSpec\x12#\n\x05peers\x18\x02 \x03(\x0b\x32\x14.gantry.v1.PeerAgent\"0\n\x11SubmitJobResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.gantry.v1.Job\"/\n\x0eStopJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07grace_s\x18\x02 \x01(\x01\".\n\x0fStopJobResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.gantry.v1.Job\"\xa0\x01\n\x11RestartJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x15\n\rexclude_nodes\x18\x03 \x03(\t\x12\x17\n\x0f\x66rom_checkpoint\x18\x04 \x01(\t\x12\x1d\n\x15\x64\x65\x65pspeed_config_json\x18\x05 \x01(\t\x12 \n\x04spec\x18\x06 \x01(\x0b\x32\x12.gantry.v1.JobSpec\"1\n\x12RestartJobResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.gantry.v1.Job\"\x11\n\x0fListJobsRequest\"0\n\x10ListJobsResponse\x12\x1c\n\x04jobs\x18\x01 \x03(\x0b\x32\x0e.gantry.v1.Job\"\"\n\x12\x44\x65scribeJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"^\n\x13\x44\x65scribeJobResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.gantry.v1.Job\x12*\n\x0b\x63heckpoints\x18\x02 \x03(\x0b\x32\x15.gantry.v1.Checkpoint\"L\n\x15WatchJobEventsRequest\x12\x10\n\x08job_name\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"<\n\x16WatchJobEventsResponse\x12\"\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x13.gantry.v1.JobEvent\"\x8e\x01\n\x12TailRankLogRequest\x12\x10\n\x08job_name\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\x0e\n\x06stream\x18\x04 \x01(\t\x12\x12\n\ntail_lines\x18\x05 \x01(\r\x12\x0e\n\x06\x66ollow\x18\x06 \x01(\x08\x12\x13\n\x0b\x66rom_offset\x18\x07 \x01(\x04\"8\n\x13TailRankLogResponse\x12!\n\x05lines\x18\x01 \x03(\x0b\x32\x12.gantry.v1.LogLine\"*\n\x16ListCheckpointsRequest\x12\x10\n\x08job_name\x18\x01 \x01(\t\"E\n\x17ListCheckpointsResponse\x12*\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x15.gantry.v1.Checkpoint\"\xcf\x01\n\x11StartRanksRequest\x12 \n\x04spec\x18\x01 \x01(\x0b\x32\x12.gantry.v1.JobSpec\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x13\n\x0bmaster_addr\x18\x03 \x01(\t\x12\x13\n\x0bmaster_port\x18\x04 \x01(\r\x12\x12\n\nworld_size\x18\x05 \x01(\r\x12\r\n\x05ranks\x18\x06 \x03(\x05\x12\x13\n\x0bresume_from\x18\x07 \x01(\t\x12\x15\n\rvalidate_only\x18\x08 \x01(\x08\x12\x0e\n\x06leader\x18\t \x01(\t\"4\n\x12StartRanksResponse\x12\x1e\n\x05ranks\x18\x01 \x03(\x0b\x32\x0f.gantry.v1.Rank\"F\n\x10StopRanksRequest\x12\x10\n\x08job_name\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0f\n\x07grace_s\x18\x03 \x01(\x01\"3\n\x11StopRanksResponse\x12\x1e\n\x05ranks\x18\x01 \x03(\x0b\x32\x0f.gantry.v1.Rank\"\x9f\x01\n\x10StartTaskRequest\x12\'\n\x04\x65val\x18\x01 \x01(\x0b\x32\x17.gantry.v1.EvalTaskSpecH\x00\x12/\n\x08quantize\x18\x02 \x01(\x0b\x32\x1b.gantry.v1.QuantizeTaskSpecH\x00\x12)\n\x05serve\x18\x03 \x01(\x0b\x32\x18.gantry.v1.ServeTaskSpecH\x00\x42\x06\n\x04spec\"2\n\x11StartTaskResponse\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.gantry.v1.Task\"3\n\x0fStopTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07grace_s\x18\x02 \x01(\x01\"1\n\x10StopTaskResponse\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.gantry.v1.Task\"\x12\n\x10ListTasksRequest\"3\n\x11ListTasksResponse\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.gantry.v1.Task\"#\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"]\n\x11WatchTaskResponse\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x17.gantry.v1.TaskProgress\x12\x1d\n\x04task\x18\x02 \x01(\x0b\x32\x0f.gantry.v1.Task2\xc3\t\n\x0c\x41gentService\x12L\n\x0bGetNodeInfo\x12\x1d.gantry.v1.GetNodeInfoRequest\x1a\x1e.gantry.v1.GetNodeInfoResponse\x12H\n\tWatchNode\x12\x1b.gantry.v1.WatchNodeRequest\x1a\x1c.gantry.v1.WatchNodeResponse0\x01\x12\x46\n\tSubmitJob\x12\x1b.gantry.v1.SubmitJobRequest\x1a\x1c.gantry.v1.SubmitJobResponse\x12@\n\x07StopJob\x12\x19.gantry.v1.StopJobRequest\x1a\x1a.gantry.v1.StopJobResponse\x12I\n\nRestartJob\x12\x1c.gantry.v1.RestartJobRequest\x1a\x1d.gantry.v1.RestartJobResponse\x12\x43\n\x08ListJobs\x12\x1a.gantry.v1.ListJobsRequest\x1a\x1b.gantry.v1.ListJobsResponse\x12L\n\x0b\x44\x65scribeJob\x12\x1d.gantry.v1.DescribeJobRequest\x1a\x1e.gantry.v1.DescribeJobResponse\x12W\n\x0eWatchJobEvents\x12 .gantry.v1.WatchJobEventsRequest\x1a!.gantry.v1.WatchJobEventsResponse0\x01\x12N\n\x0bTailRankLog\x12\x1d.gantry.v1.TailRankLogRequest\x1a\x1e.gantry.v1.TailRankLogResponse0\x01\x12X\n\x0fListCheckpoints\x12!.gantry.v1.ListCheckpointsRequest\x1a\".gantry.v1.ListCheckpointsResponse\x12I\n\nStartRanks\x12\x1c.gantry.v1.StartRanksRequest\x1a\x1d.gantry.v1.StartRanksResponse\x12\x46\n\tStopRanks\x12\x1b.gantry.v1.StopRanksRequest\x1a\x1c.gantry.v1.StopRanksResponse\x12\x46\n\tStartTask\x12\x1b.gantry.v1.StartTaskRequest\x1a\x1c.gantry.v1.StartTaskResponse\x12\x43\n\x08StopTask\x12\x1a.gantry.v1.StopTaskRequest\x1a\x1b.gantry.v1.StopTaskResponse\x12\x46\n\tListTasks\x12\x1b.gantry.v1.ListTasksRequest\x1a\x1c.gantry.v1.ListTasksResponse\x12H\n\tWatchTask\x12\x1b.gantry.v1.WatchTaskRequest\x1a\x1c.gantry.v1.WatchTaskResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dgantry/v1/agent_service.proto\x12\tgantry.v1\x1a\x13gantry/v1/job.proto\x1a\x14gantry/v1/task.proto\x1a\x19gantry/v1/telemetry.proto\"\x14\n\x12GetNodeInfoRequest\"\x88\x01\n\x13GetNodeInfoResponse\x12!\n\x04info\x18\x01 \x01(\x0b\x32\x13.gantry.v1.NodeInfo\x12%\n\x06latest\x18\x02 \x01(\x0b\x32\x15.gantry.v1.NodeSample\x12\'\n\nxid_events\x18\x03 \x03(\x0b\x32\x13.gantry.v1.XidEvent\"=\n\x10WatchNodeRequest\x12\x16\n\x0ereplay_history\x18\x01 \x01(\x08\x12\x11\n\thistory_s\x18\x02 \x01(\x01\"L\n\x11WatchNodeResponse\x12%\n\x06sample\x18\x01 \x01(\x0b\x32\x15.gantry.v1.NodeSample\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"9\n\tPeerAgent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\"Y\n\x10SubmitJobRequest\x12 \n\x04spec\x18\x01 \x01(\x0b\x32\x12.gantry.v1.JobSpec\x12#\n\x05peers\x18\x02 \x03(\x0b\x32\x14.gantry.v1.PeerAgent\"0\n\x11SubmitJobResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.gantry.v1.Job\"/\n\x0eStopJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07grace_s\x18\x02 \x01(\x01\".\n\x0fStopJobResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.gantry.v1.Job\"\xa0\x01\n\x11RestartJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x15\n\rexclude_nodes\x18\x03 \x03(\t\x12\x17\n\x0f\x66rom_checkpoint\x18\x04 \x01(\t\x12\x1d\n\x15\x64\x65\x65pspeed_config_json\x18\x05 \x01(\t\x12 \n\x04spec\x18\x06 \x01(\x0b\x32\x12.gantry.v1.JobSpec\"1\n\x12RestartJobResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.gantry.v1.Job\"\x11\n\x0fListJobsRequest\"0\n\x10ListJobsResponse\x12\x1c\n\x04jobs\x18\x01 \x03(\x0b\x32\x0e.gantry.v1.Job\"\"\n\x12\x44\x65scribeJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"^\n\x13\x44\x65scribeJobResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.gantry.v1.Job\x12*\n\x0b\x63heckpoints\x18\x02 \x03(\x0b\x32\x15.gantry.v1.Checkpoint\"s\n\x15WatchJobEventsRequest\x12\x10\n\x08job_name\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12\x14\n\x0cmetrics_tail\x18\x04 \x01(\r\x12\x0f\n\x07\x62\x61tched\x18\x05 \x01(\x08\"a\n\x16WatchJobEventsResponse\x12\"\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x13.gantry.v1.JobEvent\x12#\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x13.gantry.v1.JobEvent\"\x8e\x01\n\x12TailRankLogRequest\x12\x10\n\x08job_name\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\x0e\n\x06stream\x18\x04 \x01(\t\x12\x12\n\ntail_lines\x18\x05 \x01(\r\x12\x0e\n\x06\x66ollow\x18\x06 \x01(\x08\x12\x13\n\x0b\x66rom_offset\x18\x07 \x01(\x04\"8\n\x13TailRankLogResponse\x12!\n\x05lines\x18\x01 \x03(\x0b\x32\x12.gantry.v1.LogLine\"*\n\x16ListCheckpointsRequest\x12\x10\n\x08job_name\x18\x01 \x01(\t\"E\n\x17ListCheckpointsResponse\x12*\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x15.gantry.v1.Checkpoint\"\xcf\x01\n\x11StartRanksRequest\x12 \n\x04spec\x18\x01 \x01(\x0b\x32\x12.gantry.v1.JobSpec\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x13\n\x0bmaster_addr\x18\x03 \x01(\t\x12\x13\n\x0bmaster_port\x18\x04 \x01(\r\x12\x12\n\nworld_size\x18\x05 \x01(\r\x12\r\n\x05ranks\x18\x06 \x03(\x05\x12\x13\n\x0bresume_from\x18\x07 \x01(\t\x12\x15\n\rvalidate_only\x18\x08 \x01(\x08\x12\x0e\n\x06leader\x18\t \x01(\t\"4\n\x12StartRanksResponse\x12\x1e\n\x05ranks\x18\x01 \x03(\x0b\x32\x0f.gantry.v1.Rank\"F\n\x10StopRanksRequest\x12\x10\n\x08job_name\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0f\n\x07grace_s\x18\x03 \x01(\x01\"3\n\x11StopRanksResponse\x12\x1e\n\x05ranks\x18\x01 \x03(\x0b\x32\x0f.gantry.v1.Rank\"\x9f\x01\n\x10StartTaskRequest\x12\'\n\x04\x65val\x18\x01 \x01(\x0b\x32\x17.gantry.v1.EvalTaskSpecH\x00\x12/\n\x08quantize\x18\x02 \x01(\x0b\x32\x1b.gantry.v1.QuantizeTaskSpecH\x00\x12)\n\x05serve\x18\x03 \x01(\x0b\x32\x18.gantry.v1.ServeTaskSpecH\x00\x42\x06\n\x04spec\"2\n\x11StartTaskResponse\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.gantry.v1.Task\"3\n\x0fStopTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07grace_s\x18\x02 \x01(\x01\"1\n\x10StopTaskResponse\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.gantry.v1.Task\"\x12\n\x10ListTasksRequest\"3\n\x11ListTasksResponse\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.gantry.v1.Task\"#\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"]\n\x11WatchTaskResponse\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x17.gantry.v1.TaskProgress\x12\x1d\n\x04task\x18\x02 \x01(\x0b\x32\x0f.gantry.v1.Task2\xc3\t\n\x0c\x41gentService\x12L\n\x0bGetNodeInfo\x12\x1d.gantry.v1.GetNodeInfoRequest\x1a\x1e.gantry.v1.GetNodeInfoResponse\x12H\n\tWatchNode\x12\x1b.gantry.v1.WatchNodeRequest\x1a\x1c.gantry.v1.WatchNodeResponse0\x01\x12\x46\n\tSubmitJob\x12\x1b.gantry.v1.SubmitJobRequest\x1a\x1c.gantry.v1.SubmitJobResponse\x12@\n\x07StopJob\x12\x19.gantry.v1.StopJobRequest\x1a\x1a.gantry.v1.StopJobResponse\x12I\n\nRestartJob\x12\x1c.gantry.v1.RestartJobRequest\x1a\x1d.gantry.v1.RestartJobResponse\x12\x43\n\x08ListJobs\x12\x1a.gantry.v1.ListJobsRequest\x1a\x1b.gantry.v1.ListJobsResponse\x12L\n\x0b\x44\x65scribeJob\x12\x1d.gantry.v1.DescribeJobRequest\x1a\x1e.gantry.v1.DescribeJobResponse\x12W\n\x0eWatchJobEvents\x12 .gantry.v1.WatchJobEventsRequest\x1a!.gantry.v1.WatchJobEventsResponse0\x01\x12N\n\x0bTailRankLog\x12\x1d.gantry.v1.TailRankLogRequest\x1a\x1e.gantry.v1.TailRankLogResponse0\x01\x12X\n\x0fListCheckpoints\x12!.gantry.v1.ListCheckpointsRequest\x1a\".gantry.v1.ListCheckpointsResponse\x12I\n\nStartRanks\x12\x1c.gantry.v1.StartRanksRequest\x1a\x1d.gantry.v1.StartRanksResponse\x12\x46\n\tStopRanks\x12\x1b.gantry.v1.StopRanksRequest\x1a\x1c.gantry.v1.StopRanksResponse\x12\x46\n\tStartTask\x12\x1b.gantry.v1.StartTaskRequest\x1a\x1c.gantry.v1.StartTaskResponse\x12\x43\n\x08StopTask\x12\x1a.gantry.v1.StopTaskRequest\x1a\x1b.gantry.v1.StopTaskResponse\x12\x46\n\tListTasks\x12\x1b.gantry.v1.ListTasksRequest\x1a\x1c.gantry.v1.ListTasksResponse\x12H\n\tWatchTask\x12\x1b.gantry.v1.WatchTaskRequest\x1a\x1c.gantry.v1.WatchTaskResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -65,41 +65,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DESCRIBEJOBRESPONSE']._serialized_start=1032
   _globals['_DESCRIBEJOBRESPONSE']._serialized_end=1126
   _globals['_WATCHJOBEVENTSREQUEST']._serialized_start=1128
-  _globals['_WATCHJOBEVENTSREQUEST']._serialized_end=1204
-  _globals['_WATCHJOBEVENTSRESPONSE']._serialized_start=1206
-  _globals['_WATCHJOBEVENTSRESPONSE']._serialized_end=1266
-  _globals['_TAILRANKLOGREQUEST']._serialized_start=1269
-  _globals['_TAILRANKLOGREQUEST']._serialized_end=1411
-  _globals['_TAILRANKLOGRESPONSE']._serialized_start=1413
-  _globals['_TAILRANKLOGRESPONSE']._serialized_end=1469
-  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=1471
-  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=1513
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=1515
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=1584
-  _globals['_STARTRANKSREQUEST']._serialized_start=1587
-  _globals['_STARTRANKSREQUEST']._serialized_end=1794
-  _globals['_STARTRANKSRESPONSE']._serialized_start=1796
-  _globals['_STARTRANKSRESPONSE']._serialized_end=1848
-  _globals['_STOPRANKSREQUEST']._serialized_start=1850
-  _globals['_STOPRANKSREQUEST']._serialized_end=1920
-  _globals['_STOPRANKSRESPONSE']._serialized_start=1922
-  _globals['_STOPRANKSRESPONSE']._serialized_end=1973
-  _globals['_STARTTASKREQUEST']._serialized_start=1976
-  _globals['_STARTTASKREQUEST']._serialized_end=2135
-  _globals['_STARTTASKRESPONSE']._serialized_start=2137
-  _globals['_STARTTASKRESPONSE']._serialized_end=2187
-  _globals['_STOPTASKREQUEST']._serialized_start=2189
-  _globals['_STOPTASKREQUEST']._serialized_end=2240
-  _globals['_STOPTASKRESPONSE']._serialized_start=2242
-  _globals['_STOPTASKRESPONSE']._serialized_end=2291
-  _globals['_LISTTASKSREQUEST']._serialized_start=2293
-  _globals['_LISTTASKSREQUEST']._serialized_end=2311
-  _globals['_LISTTASKSRESPONSE']._serialized_start=2313
-  _globals['_LISTTASKSRESPONSE']._serialized_end=2364
-  _globals['_WATCHTASKREQUEST']._serialized_start=2366
-  _globals['_WATCHTASKREQUEST']._serialized_end=2401
-  _globals['_WATCHTASKRESPONSE']._serialized_start=2403
-  _globals['_WATCHTASKRESPONSE']._serialized_end=2496
-  _globals['_AGENTSERVICE']._serialized_start=2499
-  _globals['_AGENTSERVICE']._serialized_end=3718
+  _globals['_WATCHJOBEVENTSREQUEST']._serialized_end=1243
+  _globals['_WATCHJOBEVENTSRESPONSE']._serialized_start=1245
+  _globals['_WATCHJOBEVENTSRESPONSE']._serialized_end=1342
+  _globals['_TAILRANKLOGREQUEST']._serialized_start=1345
+  _globals['_TAILRANKLOGREQUEST']._serialized_end=1487
+  _globals['_TAILRANKLOGRESPONSE']._serialized_start=1489
+  _globals['_TAILRANKLOGRESPONSE']._serialized_end=1545
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=1547
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=1589
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=1591
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=1660
+  _globals['_STARTRANKSREQUEST']._serialized_start=1663
+  _globals['_STARTRANKSREQUEST']._serialized_end=1870
+  _globals['_STARTRANKSRESPONSE']._serialized_start=1872
+  _globals['_STARTRANKSRESPONSE']._serialized_end=1924
+  _globals['_STOPRANKSREQUEST']._serialized_start=1926
+  _globals['_STOPRANKSREQUEST']._serialized_end=1996
+  _globals['_STOPRANKSRESPONSE']._serialized_start=1998
+  _globals['_STOPRANKSRESPONSE']._serialized_end=2049
+  _globals['_STARTTASKREQUEST']._serialized_start=2052
+  _globals['_STARTTASKREQUEST']._serialized_end=2211
+  _globals['_STARTTASKRESPONSE']._serialized_start=2213
+  _globals['_STARTTASKRESPONSE']._serialized_end=2263
+  _globals['_STOPTASKREQUEST']._serialized_start=2265
+  _globals['_STOPTASKREQUEST']._serialized_end=2316
+  _globals['_STOPTASKRESPONSE']._serialized_start=2318
+  _globals['_STOPTASKRESPONSE']._serialized_end=2367
+  _globals['_LISTTASKSREQUEST']._serialized_start=2369
+  _globals['_LISTTASKSREQUEST']._serialized_end=2387
+  _globals['_LISTTASKSRESPONSE']._serialized_start=2389
+  _globals['_LISTTASKSRESPONSE']._serialized_end=2440
+  _globals['_WATCHTASKREQUEST']._serialized_start=2442
+  _globals['_WATCHTASKREQUEST']._serialized_end=2477
+  _globals['_WATCHTASKRESPONSE']._serialized_start=2479
+  _globals['_WATCHTASKRESPONSE']._serialized_end=2572
+  _globals['_AGENTSERVICE']._serialized_start=2575
+  _globals['_AGENTSERVICE']._serialized_end=3794
 # @@protoc_insertion_point(module_scope)

@@ -124,20 +124,26 @@ class DescribeJobResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., checkpoints: _Optional[_Iterable[_Union[_job_pb2.Checkpoint, _Mapping]]] = ...) -> None: ...
 
 class WatchJobEventsRequest(_message.Message):
-    __slots__ = ("job_name", "after_seq", "follow")
+    __slots__ = ("job_name", "after_seq", "follow", "metrics_tail", "batched")
     JOB_NAME_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    METRICS_TAIL_FIELD_NUMBER: _ClassVar[int]
+    BATCHED_FIELD_NUMBER: _ClassVar[int]
     job_name: str
     after_seq: int
     follow: bool
-    def __init__(self, job_name: _Optional[str] = ..., after_seq: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
+    metrics_tail: int
+    batched: bool
+    def __init__(self, job_name: _Optional[str] = ..., after_seq: _Optional[int] = ..., follow: _Optional[bool] = ..., metrics_tail: _Optional[int] = ..., batched: _Optional[bool] = ...) -> None: ...
 
 class WatchJobEventsResponse(_message.Message):
-    __slots__ = ("event",)
+    __slots__ = ("event", "events")
     EVENT_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
     event: _job_pb2.JobEvent
-    def __init__(self, event: _Optional[_Union[_job_pb2.JobEvent, _Mapping]] = ...) -> None: ...
+    events: _containers.RepeatedCompositeFieldContainer[_job_pb2.JobEvent]
+    def __init__(self, event: _Optional[_Union[_job_pb2.JobEvent, _Mapping]] = ..., events: _Optional[_Iterable[_Union[_job_pb2.JobEvent, _Mapping]]] = ...) -> None: ...
 
 class TailRankLogRequest(_message.Message):
     __slots__ = ("job_name", "attempt", "rank", "stream", "tail_lines", "follow", "from_offset")
