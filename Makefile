@@ -9,9 +9,11 @@ PROTOS := $(wildcard protos/gantry/v1/*.proto)
 
 .PHONY: venv test lint typecheck pytest demo protos clean system-tools
 
-# Programs the suite drives for real: tmux (the console through a real pty). Installed
-# with Debian's apt (one update) only when missing.
-SYSTEM_TOOLS := tmux
+# Programs the suite drives for real, as PROGRAM:DEBIAN-PACKAGE: tmux (the console through
+# a real pty) and OpenSSH's sshd and ssh-keygen (`gantry up` through a real SSH server).
+# sshd is named by its path: /usr/sbin is not on every PATH. Installed with Debian's apt
+# (one update) only when missing.
+SYSTEM_TOOLS := tmux:tmux /usr/sbin/sshd:openssh-server ssh-keygen:openssh-client
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,7 +33,7 @@ typecheck: venv
 
 system-tools:
 	@missing=""; for tool in $(SYSTEM_TOOLS); do \
-		command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+		command -v $${tool%%:*} >/dev/null 2>&1 || missing="$$missing $${tool##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -1,4 +1,8 @@
-"""Bearer-token authentication for every RPC except the standard health service."""
+"""Bearer-token authentication for every RPC except the standard health service.
+
+On a mutual-TLS port the client certificate, verified by the handshake against the
+cluster's CA, authenticates the caller instead: no token is needed there.
+"""
 
 from __future__ import annotations
 
@@ -34,9 +38,17 @@ def load_or_create_token(data_dir: Path, token_file: Path | None) -> tuple[str, 
             with os.fdopen(fd, "w") as handle:
                 handle.write(token + "\n")
     try:
-        mode = path.stat().st_mode
+        info = path.stat()
     except FileNotFoundError:
         raise TokenError(f"token file {path} does not exist") from None
+    mode = info.st_mode
+    if not stat.S_ISREG(mode):
+        raise TokenError(f"token file {path} is not a regular file")
+    if info.st_uid != os.geteuid():
+        raise TokenError(
+            f"token file {path} belongs to another user (uid {info.st_uid}); "
+            "give the agent a token file of its own (mode 600)"
+        )
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise TokenError(
             f"token file {path} is readable by others (mode {stat.S_IMODE(mode):o}); "
@@ -78,8 +90,12 @@ def _deny_handler(handler: Handler, message: str) -> Handler:
 
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    def __init__(self, token: str) -> None:
+    """`certificate_verified`: the server demands a client certificate from the cluster's
+    CA (mutual TLS), so every call that reaches it is authenticated already."""
+
+    def __init__(self, token: str, *, certificate_verified: bool = False) -> None:
         self._token = token
+        self._certificate_verified = certificate_verified
 
     async def intercept_service(
         self,
@@ -89,6 +105,8 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
         if handler is None or method.startswith(UNAUTHENTICATED_PREFIXES):
+            return handler
+        if self._certificate_verified:
             return handler
         metadata = handler_call_details.invocation_metadata
         if bearer_matches(metadata, self._token):

@@ -12,9 +12,11 @@ import sys
 from pathlib import Path
 
 from agent.auth import TokenError, load_or_create_token
+from agent.peers import configure_peers
 from agent.runtime import build_job_runtime
 from agent.sampler import Sampler
-from agent.server import ListenError, build_server
+from agent.server import ListenError, build_server, check_loopback, split_listen
+from agent.tls import TlsError, TlsMaterial, channel_credentials, load_tls, tls_files_from_flags
 
 log = logging.getLogger("gantry.agent")
 STOP_GRACE_S = 2.0
@@ -27,6 +29,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-dir", required=True, type=Path, help="journal, logs, token")
     parser.add_argument("--token-file", type=Path, help="default: DATA_DIR/token, created")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    parser.add_argument("--tls-ca", type=Path, help="mutual TLS: the cluster's CA certificate")
+    parser.add_argument("--tls-cert", type=Path, help="mutual TLS: this agent's certificate")
+    parser.add_argument("--tls-key", type=Path, help="mutual TLS: its private key (mode 600)")
     parser.add_argument("--sample-interval", type=float, default=1.0, metavar="SECONDS")
     parser.add_argument("--history", type=float, default=900.0, metavar="SECONDS")
     args = parser.parse_args(argv)
@@ -53,12 +58,24 @@ async def run_agent(args: argparse.Namespace) -> int:
     except TokenError as exc:
         log.error("%s", exc)
         return 2
+    tls: TlsMaterial | None = None
+    try:
+        files = tls_files_from_flags(args.tls_ca, args.tls_cert, args.tls_key)
+        if files is not None:
+            tls = load_tls(files)
+        if tls is None:  # before anything starts: a refusal should cost nothing
+            check_loopback(split_listen(args.listen)[0])
+    except (TlsError, ListenError) as exc:
+        log.error("%s", exc)
+        return 2
+    # Calls to peer agents present this agent's certificate (none without TLS).
+    configure_peers(args.node_name, channel_credentials(tls) if tls is not None else None)
     sampler = Sampler(args.node_name, interval_s=args.sample_interval, history_s=args.history)
     gpus = [gpu.index for gpu in sampler.node_info().gpus]
     runtime = build_job_runtime(args.node_name, data_dir, gpus)
     try:
         server, port, health_servicer = await build_server(
-            sampler, token, args.listen, runtime.jobs
+            sampler, token, args.listen, runtime.jobs, tls
         )
     except ListenError as exc:
         log.error("%s", exc)
@@ -72,9 +89,8 @@ async def run_agent(args: argparse.Namespace) -> int:
     await server.start()
     host = args.listen.rpartition(":")[0]
     write_endpoint(data_dir, args.node_name, port, host)
-    log.info(
-        "gantry-agent %s listening on %s:%d (token %s)", args.node_name, host, port, token_path
-    )
+    auth = f"mutual TLS as {tls.name}" if tls is not None else f"token {token_path}"
+    log.info("gantry-agent %s listening on %s:%d (%s)", args.node_name, host, port, auth)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -15,6 +15,19 @@ from agent.event_bus import EventBus
 RPC_TIMEOUT_S = 30.0
 PING_TIMEOUT_S = 5.0
 
+# How this agent calls its peers: its certificate (mutual TLS; None: plain channels) and
+# the name it gives for their audit trails. One agent per process, so one setting per
+# process (`agent.main` sets it at start).
+_peer_credentials: grpc.ChannelCredentials | None = None
+_caller_metadata: tuple[tuple[str, str], ...] = ()
+OPERATOR_METADATA_KEY = "x-gantry-operator"  # as agent.job_service reads it
+
+
+def configure_peers(node_name: str, credentials: grpc.ChannelCredentials | None) -> None:
+    global _peer_credentials, _caller_metadata
+    _peer_credentials = credentials
+    _caller_metadata = ((OPERATOR_METADATA_KEY, f"leader@{node_name}"),) if node_name else ()
+
 
 class NodeUnreachable(Exception):
     pass
@@ -88,21 +101,33 @@ def _translate(exc: grpc.aio.AioRpcError, name: str, address: str) -> Exception:
         return NodeUnreachable(f"{name}'s agent at {address} is unreachable")
     if exc.code() is grpc.StatusCode.UNAUTHENTICATED:
         return NodeRefused(f"{name}'s agent at {address} refused the token")
+    if exc.code() is grpc.StatusCode.INVALID_ARGUMENT:
+        return NodeRefused(f"{name}'s agent refused the request: {exc.details()}")
     return NodeRefused(f"{name}: {exc.details()}")
 
 
 class RemoteNode:
-    """A peer agent, reached over gRPC with its bearer token."""
+    """A peer agent, reached over gRPC with its bearer token, or with mutual TLS (this
+    agent's certificate) when the agent runs with TLS."""
 
-    def __init__(self, peer: agent_service_pb2.PeerAgent) -> None:
+    def __init__(
+        self,
+        peer: agent_service_pb2.PeerAgent,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.name = peer.name
         self.address = peer.address
-        self._metadata = (("authorization", f"Bearer {peer.token}"),)
+        token = (("authorization", f"Bearer {peer.token}"),) if peer.token else ()
+        self._metadata: tuple[tuple[str, str], ...] = (*token, *_caller_metadata)
+        self._credentials = credentials if credentials is not None else _peer_credentials
         self._channel: grpc.aio.Channel | None = None
 
     def _stub(self) -> agent_service_pb2_grpc.AgentServiceStub:
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.address)
+            if self._credentials is not None:
+                self._channel = grpc.aio.secure_channel(self.address, self._credentials)
+            else:
+                self._channel = grpc.aio.insecure_channel(self.address)
         return agent_service_pb2_grpc.AgentServiceStub(self._channel)
 
     async def ping(self) -> None:

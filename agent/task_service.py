@@ -39,7 +39,10 @@ class TaskRpcs:
         try:
             task = await self.jobs.tasks.stop(request.task_id, request.grace_s)
         except KeyError as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc).strip("'\""))
+            reason = str(exc).strip("'\"")
+            details = {"task": request.task_id, "outcome": f"refused: {reason}"}
+            self.jobs.audit(operator, "task-stop", details)
+            await context.abort(grpc.StatusCode.NOT_FOUND, reason)
             raise
         self.jobs.audit(operator, "task-stop", {"task": request.task_id, "outcome": "ok"})
         return agent_service_pb2.StopTaskResponse(task=task)

@@ -14,7 +14,7 @@ import grpc
 from gantry.v1 import agent_service_pb2, agent_service_pb2_grpc
 
 from console.backoff import Backoff
-from console.cluster_file import ClusterFileError, NodeTarget
+from console.cluster_file import ClusterFileError, NodeTarget, TlsPaths
 from console.store import ClusterStore
 
 CONNECT_TIMEOUT_S = 5.0
@@ -29,12 +29,19 @@ CHANNEL_OPTIONS = [
 
 
 def auth_metadata(token: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {token}"),)
+    """The bearer token; nothing for a TLS node without one (its certificate is enough)."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
 
 
-def describe_rpc_error(exc: grpc.aio.AioRpcError) -> str:
-    """One line an operator can act on."""
+def describe_rpc_error(exc: grpc.aio.AioRpcError, *, tls: bool = False) -> str:
+    """One line an operator can act on; `tls`: the channel was mutual TLS."""
     code = exc.code()
+    details = exc.details() or ""
+    if code is grpc.StatusCode.UNAVAILABLE and _is_tls_failure(details):
+        return "TLS handshake failed (check the cluster file's ca, cert and key)"
+    if code is grpc.StatusCode.UNAVAILABLE and tls:
+        # An agent that refuses our certificate just closes the connection.
+        return "agent unreachable, or it refused this console's certificate (check cert and ca)"
     if code is grpc.StatusCode.UNAVAILABLE:
         return "agent unreachable (connection refused or dropped)"
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -44,8 +51,28 @@ def describe_rpc_error(exc: grpc.aio.AioRpcError) -> str:
     return f"{code.name.lower()}: {exc.details()}"
 
 
-def open_channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+def _is_tls_failure(details: str) -> bool:
+    lowered = details.lower()
+    return any(word in lowered for word in ("handshake", "ssl", "certificate", "tls"))
+
+
+def open_channel(address: str, tls: TlsPaths | None = None, node: str = "") -> grpc.aio.Channel:
+    """A channel to an agent: plain (loopback, SSH tunnel) or mutual TLS (direct mode).
+
+    Raises ClusterFileError when a TLS file cannot be read.
+    """
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    ca, cert, key = tls.read(node or address)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=ca, private_key=key, certificate_chain=cert
+    )
+    return grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+
+
+def target_channel(target: NodeTarget) -> grpc.aio.Channel:
+    """The channel for one node of the cluster file, TLS when the file says so."""
+    return open_channel(target.address, target.tls, target.name)
 
 
 class AgentConnection:
@@ -75,10 +102,11 @@ class AgentConnection:
                 await self._stream_once()
                 self.store.set_lost(name, self.now(), "agent closed the stream")
             except grpc.aio.AioRpcError as exc:
+                tls = self.target.tls is not None
                 if exc.code() is grpc.StatusCode.UNAUTHENTICATED:
                     self.store.set_unauthorized(name, self.now(), describe_rpc_error(exc))
                 else:
-                    self.store.set_lost(name, self.now(), describe_rpc_error(exc))
+                    self.store.set_lost(name, self.now(), describe_rpc_error(exc, tls=tls))
             except ClusterFileError as exc:
                 # The token file is re-read on every attempt: fixing it heals the row.
                 self.store.set_unauthorized(name, self.now(), str(exc))
@@ -88,7 +116,7 @@ class AgentConnection:
     async def _stream_once(self) -> None:
         token = self.target.read_token()
         metadata = auth_metadata(token)
-        async with open_channel(self.target.address) as channel:
+        async with target_channel(self.target) as channel:
             stub = agent_service_pb2_grpc.AgentServiceStub(channel)
             reply = await stub.GetNodeInfo(
                 agent_service_pb2.GetNodeInfoRequest(),
@@ -144,7 +172,7 @@ async def fetch_status(
 ) -> agent_service_pb2.GetNodeInfoResponse:
     """One unary call, for `gantry status`."""
     metadata = auth_metadata(target.read_token())
-    async with open_channel(target.address) as channel:
+    async with target_channel(target) as channel:
         stub = agent_service_pb2_grpc.AgentServiceStub(channel)
         reply: agent_service_pb2.GetNodeInfoResponse = await stub.GetNodeInfo(
             agent_service_pb2.GetNodeInfoRequest(), metadata=metadata, timeout=timeout_s

@@ -5,12 +5,20 @@
         address: 127.0.0.1:50051
         token_file: node-a/token     # relative to this file's folder
 
+Direct mode (agents listening on the network, `gantry init --ca DIR`) adds mutual TLS,
+for every node or per node (a node's own keys override the top-level ones):
+
+    tls: {ca: ca.pem, cert: consoles/alice.pem, key: consoles/alice.key}
+    nodes:
+      - {name: node-a, address: "gpu-01.lan:50051"}          # no token needed with TLS
+
 Errors are one line naming what to fix.
 """
 
 from __future__ import annotations
 
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,13 +31,57 @@ class ClusterFileError(ValueError):
     pass
 
 
+TLS_KEYS = ("ca", "cert", "key")
+
+
+@dataclass(frozen=True)
+class TlsPaths:
+    """The console's certificate and key, and the CA that signed the agents' certificates."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def read(self, node: str) -> tuple[bytes, bytes, bytes]:
+        """(ca, cert, key) as PEM bytes; a key readable by others is refused."""
+        try:
+            mode = self.key.stat().st_mode
+        except OSError as exc:
+            raise ClusterFileError(
+                f"node {node}: cannot read TLS key {self.key}: {exc.strerror}"
+            ) from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ClusterFileError(
+                f"node {node}: TLS key {self.key} is readable by others; run: chmod 600 {self.key}"
+            )
+        pems = []
+        for what, path in (("CA", self.ca), ("certificate", self.cert), ("key", self.key)):
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise ClusterFileError(
+                    f"node {node}: cannot read TLS {what} {path}: {exc.strerror}"
+                ) from None
+            if b"-----BEGIN " not in data:
+                raise ClusterFileError(f"node {node}: TLS {what} {path} is not PEM")
+            pems.append(data)
+        return pems[0], pems[1], pems[2]
+
+
 @dataclass(frozen=True)
 class NodeTarget:
     name: str
     address: str
     token_file: Path | None = None
+    tls: TlsPaths | None = None
 
     def read_token(self) -> str:
+        """The bearer token ("" for a TLS node without one). A TLS node's files are checked
+        here too, so every caller reports a missing certificate as it does a bad token."""
+        if self.tls is not None:
+            self.tls.read(self.name)
+            if self.token_file is None:
+                return ""
         if self.token_file is None:
             raise ClusterFileError(f"node {self.name}: no token file given (--token-file)")
         try:
@@ -69,6 +121,7 @@ def load_cluster_file(path: Path) -> list[NodeTarget]:
         raise ClusterFileError(f"{path}{line}: not valid YAML") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("nodes"), list):
         raise ClusterFileError(f"{path}: expected a mapping with a 'nodes' list")
+    shared = _tls_fields(doc.get("tls"), path, f"{path}: tls", only_tls=True)
     targets: list[NodeTarget] = []
     seen: set[str] = set()
     for i, entry in enumerate(doc["nodes"]):
@@ -88,8 +141,40 @@ def load_cluster_file(path: Path) -> list[NodeTarget]:
             token_path = Path(str(token_file))
             if not token_path.is_absolute():
                 token_path = path.parent / token_path
-        targets.append(NodeTarget(name, parse_address(address, where), token_path))
+        tls = _tls_paths({**shared, **_tls_fields(entry, path, where, only_tls=False)}, where)
+        targets.append(NodeTarget(name, parse_address(address, where), token_path, tls))
     return targets
+
+
+def _tls_fields(doc: object, path: Path, where: str, *, only_tls: bool) -> dict[str, Path]:
+    """ca/cert/key of a mapping (the top-level `tls:` or a node), relative to the file."""
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ClusterFileError(f"{where}: expected a mapping with ca, cert and key")
+    if only_tls:
+        unknown = sorted(str(k) for k in doc if k not in TLS_KEYS)
+        if unknown:
+            raise ClusterFileError(f"{where}: unknown key {unknown[0]!r}; expected ca, cert, key")
+    found: dict[str, Path] = {}
+    for key in TLS_KEYS:
+        value = doc.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value:
+            raise ClusterFileError(f"{where}: {key} must be a file path")
+        file = Path(value).expanduser()
+        found[key] = file if file.is_absolute() else path.parent / file
+    return found
+
+
+def _tls_paths(fields: dict[str, Path], where: str) -> TlsPaths | None:
+    if not fields:
+        return None
+    missing = [k for k in TLS_KEYS if k not in fields]
+    if missing:
+        raise ClusterFileError(f"{where}: TLS needs ca, cert and key; add {missing[0]}")
+    return TlsPaths(fields["ca"], fields["cert"], fields["key"])
 
 
 def dump_cluster_file(path: Path, targets: list[NodeTarget]) -> None:
@@ -98,6 +183,8 @@ def dump_cluster_file(path: Path, targets: list[NodeTarget]) -> None:
         entry: dict[str, str] = {"name": t.name, "address": t.address}
         if t.token_file is not None:
             entry["token_file"] = str(t.token_file)
+        if t.tls is not None:
+            entry.update(ca=str(t.tls.ca), cert=str(t.tls.cert), key=str(t.tls.key))
         nodes.append(entry)
     path.write_text(yaml.safe_dump({"nodes": nodes}, sort_keys=False))
 

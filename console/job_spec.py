@@ -11,14 +11,16 @@
     restart: {max_restarts: 3, backoff_s: 5, resume: latest}
     hang_timeout_s: 120               # 0 = off
     collective_timeout_s: 300
-    checkpoint_dir: out/demo/checkpoints             # relative to working_dir
+    checkpoint_dir: out/demo/checkpoints             # relative to working_dir; no '..'
     deepspeed_config: examples/ds_config_zero3.json   # relative to working_dir, or a mapping
     cost: {price_per_gpu_hour: 2.5, instance_type: p5.48xlarge, pricing: on-demand}
     eval_targets: {bleu4_min: 0.9, rouge_l_min: 0.9, ttft_ms_max: 200, tokens_per_s_min: 1000}
 
 Every error is a `JobSpecError` with one line: where (file, and line when known), the
 field, and what to fix. working_dir and checkpoint_dir are stored as absolute paths, as seen
-on the operator's machine (the cluster is expected to share the file system). The DeepSpeed
+on the operator's machine (the cluster is expected to share the file system). A checkpoint
+to resume from is confined to the job's directories, as the agents require: a tag, a
+relative path without '..', or an absolute path inside working_dir or checkpoint_dir. The DeepSpeed
 config is embedded as normalised JSON text, so a spec written back by `job_spec_to_yaml`
 (config inline as a mapping) parses to an equal spec.
 """
@@ -77,7 +79,7 @@ DEFAULT_COLLECTIVE_TIMEOUT_S = 300.0
 MAX_SLOTS = 1024
 MAX_RESTARTS = 100_000
 MAX_NUMBER = 1e12
-MAX_CONFIG_BYTES = 16 * 1024 * 1024
+MAX_CONFIG_BYTES = 1024 * 1024  # the agents refuse a larger config (agent/validation.py)
 MAX_CONFIG_ITEMS = 100_000  # an inline config, with YAML aliases expanded as JSON would
 
 _PathPart = str | int
@@ -407,7 +409,7 @@ class _SpecParser:
         working_dir = self.working_dir(doc.get("working_dir"))
         spec.working_dir = str(working_dir)
         spec.checkpoint_dir = self.checkpoint_dir(doc.get("checkpoint_dir"), working_dir)
-        spec.restart.CopyFrom(self.restart(doc.get("restart")))
+        spec.restart.CopyFrom(self.restart(doc.get("restart"), spec))
         if doc.get("deepspeed_config") is not None:
             spec.deepspeed_config_json = self.deepspeed_config(doc["deepspeed_config"], working_dir)
         if doc.get("cost") is not None:
@@ -553,10 +555,19 @@ class _SpecParser:
         given = self.text_value(value, path, "a path")
         if not given:
             return ""
+        if ".." in Path(given).parts:
+            self.fail(
+                path,
+                f"{_show(given)} must not contain '..'; give a path below working_dir "
+                "or an absolute one",
+            )
         try:
-            return os.path.abspath(working_dir / Path(given).expanduser())
+            resolved = os.path.abspath(working_dir / Path(given).expanduser())
         except (RuntimeError, ValueError):
             self.fail(path, f"{_show(given)} is not a usable path")
+        if os.path.dirname(resolved) == resolved:
+            self.fail(path, f"{_show(given)} is the file system's root; give a folder of the job")
+        return resolved
 
     def working_dir(self, value: object) -> Path:
         path: _FieldPath = ("working_dir",)
@@ -574,9 +585,11 @@ class _SpecParser:
                 f"{resolved} is not an existing folder (relative paths start at the YAML "
                 "file's folder)",
             )
+        if resolved.parent == resolved:
+            self.fail(path, f"{resolved} is the file system's root; give the job's own folder")
         return resolved
 
-    def restart(self, value: object) -> job_pb2.RestartPolicy:
+    def restart(self, value: object, spec: job_pb2.JobSpec) -> job_pb2.RestartPolicy:
         path: _FieldPath = ("restart",)
         doc = {} if value is None else self.mapping(value, path, RESTART_KEYS, "restart policy")
         policy = job_pb2.RestartPolicy(
@@ -589,10 +602,10 @@ class _SpecParser:
         if doc.get("backoff_s") is not None:
             policy.backoff_s = self.number(doc["backoff_s"], (*path, "backoff_s"), "seconds")
         if "resume" in doc:
-            policy.resume = self.resume(doc["resume"], (*path, "resume"))
+            policy.resume = self.resume(doc["resume"], (*path, "resume"), spec)
         return policy
 
-    def resume(self, value: object, path: _FieldPath) -> str:
+    def resume(self, value: object, path: _FieldPath, spec: job_pb2.JobSpec) -> str:
         hint = 'write "latest", "" (start fresh) or a checkpoint tag or path'
         if not isinstance(value, str):
             self.fail(path, f"expected text, got {_kind(value)}; {hint}")
@@ -601,6 +614,19 @@ class _SpecParser:
             self.fail(path, f"{_show(resume)} has stray spaces or control characters; {hint}")
         if resume.lower() == DEFAULT_RESUME and resume != DEFAULT_RESUME:
             self.fail(path, f"{_show(resume)}: write 'latest' in lower case")
+        if ".." in resume.split("/"):
+            self.fail(path, f"{_show(resume)} must not contain '..'; name a checkpoint of this job")
+        if resume.startswith("~"):
+            self.fail(path, f"{_show(resume)}: '~' is not expanded here; give the full path")
+        if os.path.isabs(resume):
+            plain = os.path.normpath(resume)
+            roots = [r for r in (spec.working_dir, spec.checkpoint_dir) if r]
+            if not any(plain == r or plain.startswith(r.rstrip("/") + "/") for r in roots):
+                self.fail(
+                    path,
+                    f"{_show(resume)} is outside the job's directories ({' or '.join(roots)}); "
+                    "the agents refuse it",
+                )
         return resume
 
     def deepspeed_config(self, value: object, working_dir: Path) -> str:
@@ -616,9 +642,12 @@ class _SpecParser:
         if not isinstance(config, dict):
             self.fail(path, f"must hold a JSON object ({{...}}), got {_kind(config)}")
         try:
-            return json.dumps(config, indent=2)
+            text = json.dumps(config, indent=2)
         except (TypeError, ValueError, RecursionError) as exc:
             self.fail(path, f"cannot be written as JSON: {_show(str(exc), 100)}")
+        if len(text.encode("utf-8")) > MAX_CONFIG_BYTES:
+            self.fail(path, f"is larger than {MAX_CONFIG_BYTES // 2**20} MiB as JSON")
+        return text
 
     def read_json(self, given: str, working_dir: Path, path: _FieldPath) -> object:
         try:

@@ -129,8 +129,13 @@ def test_submit_restart_and_stop_name_the_operator(
     ]
     assert all(a.details["job"] == "who-job" and a.details["outcome"] == "ok" for a in audit)
     assert audit[0].details["nodes"] == "node-a,node-b"
-    # Peers only start and stop ranks for the leader: nothing for their audit trail.
-    assert audit_of(agents[1]) == []
+    # A peer records what the leader asked of it: starting and stopping its ranks.
+    peer = audit_of(agents[1])
+    assert {(a.who, a.what) for a in peer} == {
+        ("leader@node-a", "start-ranks"),
+        ("leader@node-a", "stop-ranks"),
+    }
+    assert all(a.details["job"] == "who-job" for a in peer)
 
 
 def test_restart_with_an_edited_spec(

@@ -1,0 +1,469 @@
+"""`gantry up HOSTFILE` and `gantry down [HOSTFILE]`, and the console's SSH mode
+(`gantry --ssh HOSTFILE`): agents on every node's loopback, reached through SSH.
+
+    gantry up hosts.txt [--user U] [--accept-new] [--remote-python PATH]
+    gantry down [hosts.txt] [--stop-ranks | --keep-ranks]
+
+`up` works on every host at once: connect (host key checked), compare the node's Gantry
+version with ours and install our wheel when it differs, start the agent detached on
+127.0.0.1 with a fresh token, check it answers through an SSH port forward, and record
+it in the SSH cluster file (.gantry/ssh/cluster.yaml). Exit status: 0 all up, 1 some
+host failed (one line each, saying why), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import secrets
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import asyncssh
+
+from console.cluster_file import ClusterFileError, NodeTarget
+from console.ssh.connect import SshError, SshOptions, connect
+from console.ssh.defaults import DEFAULT_STATE
+from console.ssh.hostfile import HostEntry, HostfileError, load_hostfile
+from console.ssh.remote_agent import (
+    RemoteError,
+    VersionMismatch,
+    WheelSource,
+    install_wheel,
+    local_version,
+    remote_version,
+    start_agent,
+    stop_agent,
+)
+from console.ssh.state import (
+    SshCluster,
+    SshNode,
+    StateError,
+    dump_state,
+    load_state,
+    select_nodes,
+    token_path,
+    write_token,
+)
+from console.ssh.tunnels import TunnelManager
+from console.store import ClusterStore, ConnState
+
+if TYPE_CHECKING:
+    from console.jobs_client import JobsClient
+
+VERIFY_TIMEOUT_S = 10.0
+TUNNEL_WAIT_S = 15.0
+
+
+def options_from_args(args: argparse.Namespace) -> SshOptions:
+    return SshOptions(
+        user=args.user,
+        config=tuple(args.ssh_config),
+        known_hosts=args.known_hosts,
+        identities=tuple(args.identity),
+        accept_new=bool(getattr(args, "accept_new", False)),
+        connect_timeout_s=args.connect_timeout,
+    )
+
+
+def run_ssh_verb(args: argparse.Namespace) -> int:
+    try:
+        if args.verb == "up":
+            return cmd_up(args)
+        return cmd_down(args)
+    except (HostfileError, StateError, ClusterFileError) as exc:
+        print(f"gantry: {exc}", file=sys.stderr)
+        return 2
+
+
+# -- up --------------------------------------------------------------------------------
+
+
+@dataclass
+class UpResult:
+    entry: HostEntry
+    node: SshNode | None = None
+    error: str = ""
+    installed: str = ""  # the version installed, when it was
+    seconds: float = 0.0
+
+
+async def up_host(
+    entry: HostEntry,
+    options: SshOptions,
+    *,
+    state: Path,
+    remote_python: str,
+    remote_dir: str,
+    wheels: WheelSource,
+) -> UpResult:
+    started = time.monotonic()
+    result = UpResult(entry)
+    try:
+        conn = await connect(entry, options)
+    except SshError as exc:
+        result.error = f"ssh: {exc}"
+        return result
+    try:
+        async with conn:
+            want = local_version()
+            token = secrets.token_urlsafe(32)
+            # Only an agent that answers replaces the recorded token (tokens/NODE).
+            pending = write_token(state, entry.name, token, suffix=".new")
+            start = partial(
+                start_agent, conn, remote_python, entry.name, remote_dir, token=token, version=want
+            )
+            try:
+                agent = await start()
+            except VersionMismatch:
+                wheel = await wheels.get()
+                await install_wheel(conn, remote_python, wheel, remote_dir, entry.name)
+                have = await remote_version(conn, remote_python, entry.name)
+                if have != want:
+                    raise RemoteError(
+                        f"{entry.name}: {remote_python} has gantry {have or 'missing'} after "
+                        f"installing {wheel.name}; expected {want}"
+                    ) from None
+                result.installed = have
+                agent = await start()
+            node = SshNode(entry, agent.port, pending, remote_python, remote_dir)
+            await verify_through_forward(conn, node)
+            final = token_path(state, entry.name)
+            pending.replace(final)
+            result.node = SshNode(entry, agent.port, final, remote_python, remote_dir)
+    except (RemoteError, SshError) as exc:
+        result.error = str(exc).removeprefix(f"{entry.name}: ")
+    except (asyncssh.Error, OSError) as exc:
+        result.error = f"ssh: {exc}"
+    if result.node is None:
+        token_path(state, entry.name, ".new").unlink(missing_ok=True)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+async def verify_through_forward(conn: asyncssh.SSHClientConnection, node: SshNode) -> None:
+    """The agent answers, with our token, through a port forward of this connection."""
+    from console.agent_client import fetch_status
+
+    listener = await conn.forward_local_port("127.0.0.1", 0, "127.0.0.1", node.agent_port)
+    try:
+        target = NodeTarget(node.name, f"127.0.0.1:{listener.get_port()}", node.token_file)
+        await fetch_status(target, VERIFY_TIMEOUT_S)
+    except Exception as exc:
+        raise RemoteError(
+            f"{node.name}: the agent started but does not answer through SSH: {exc}"
+        ) from None
+    finally:
+        listener.close()
+
+
+async def bring_up(
+    hosts: list[HostEntry],
+    options: SshOptions,
+    *,
+    state: Path,
+    remote_python: str,
+    remote_dir: str,
+    wheel: Path | None = None,
+) -> list[UpResult]:
+    wheels = WheelSource(wheel)
+    try:
+        return list(
+            await asyncio.gather(
+                *(
+                    up_host(
+                        entry,
+                        options,
+                        state=state,
+                        remote_python=remote_python,
+                        remote_dir=remote_dir,
+                        wheels=wheels,
+                    )
+                    for entry in hosts
+                )
+            )
+        )
+    finally:
+        wheels.close()
+
+
+def record_up(state: Path, hostfile: Path, options: SshOptions, results: list[UpResult]) -> None:
+    """The nodes that came up replace their entries; others keep theirs."""
+    previous: list[SshNode] = []
+    if state.exists():
+        with contextlib.suppress(StateError):
+            previous = load_state(state).nodes
+    fresh = {r.entry.name: r.node for r in results if r.node is not None}
+    nodes = [fresh.pop(n.name, n) or n for n in previous]
+    nodes += [n for n in fresh.values() if n is not None]
+    dump_state(SshCluster(state, hostfile, options, nodes))
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    hosts = load_hostfile(args.hostfile)
+    options = options_from_args(args)
+    remote_python = args.remote_python or sys.executable
+    if args.wheel is not None and not args.wheel.is_file():
+        raise HostfileError(f"--wheel {args.wheel}: no such file")
+    results = asyncio.run(
+        bring_up(
+            hosts,
+            options,
+            state=args.state,
+            remote_python=remote_python,
+            remote_dir=args.remote_dir,
+            wheel=args.wheel,
+        )
+    )
+    record_up(args.state, args.hostfile, options, results)
+    width = max(len(r.entry.name) for r in results)
+    for r in results:
+        if r.node is not None:
+            extra = f", installed gantry {r.installed}" if r.installed else ""
+            print(
+                f"{r.entry.name:<{width}}  up      agent on {r.entry.where} "
+                f"127.0.0.1:{r.node.agent_port} ({r.seconds:.1f}s{extra})"
+            )
+        else:
+            print(f"{r.entry.name:<{width}}  FAILED  {r.error}")
+    failed = [r for r in results if r.node is None]
+    if not failed:
+        print(f"wrote {args.state}; open the console: gantry --ssh {args.hostfile}")
+    return 1 if failed else 0
+
+
+# -- the console's SSH mode --------------------------------------------------------------
+
+
+def ssh_targets(
+    hostfile: Path, state: Path = DEFAULT_STATE, wait_s: float = TUNNEL_WAIT_S
+) -> tuple[list[NodeTarget], TunnelManager, dict[str, str]]:
+    """`gantry --ssh HOSTFILE`: a tunnel per node of HOSTFILE to the agent `gantry up`
+    started there, kept up with backoff. Returns the targets (local tunnel addresses,
+    stable while the manager runs), the manager (close it at exit) and {node: reason}
+    for the nodes not connected after `wait_s`. Raises HostfileError or StateError."""
+    hosts = load_hostfile(hostfile)
+    cluster = load_state(state)
+    nodes = select_nodes(cluster, hosts)
+    manager = TunnelManager(nodes, cluster.options)
+    failures = manager.start(wait_s)
+    return manager.targets(), manager, failures
+
+
+@dataclass
+class SshMode:
+    """What the console (and the verbs) need in SSH mode; `close()` at exit."""
+
+    targets: list[NodeTarget]
+    manager: TunnelManager
+    agents: SshAgents
+    background: Callable[[HasStore], Coroutine[Any, Any, None]]
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def open_ssh(hostfile: Path, state: Path = DEFAULT_STATE, wait_s: float = TUNNEL_WAIT_S) -> SshMode:
+    """`gantry --ssh HOSTFILE`: tunnels up (one line on stderr per node that is not,
+    saying why); raises HostfileError or StateError (ValueErrors) on bad input."""
+    targets, manager, failures = ssh_targets(hostfile, state, wait_s)
+    for node, why in failures.items():
+        print(f"gantry: {node}: {why}", file=sys.stderr)
+    return SshMode(targets, manager, SshAgents(manager, state), ssh_reasons(manager))
+
+
+class HasStore(Protocol):
+    store: ClusterStore
+
+
+def ssh_reasons(
+    manager: TunnelManager, interval_s: float = 1.0
+) -> Callable[[HasStore], Coroutine[Any, Any, None]]:
+    """For `GantryApp(background=...)`: a node whose SSH connection is down shows why
+    (authentication, host key, name resolution, timeout...) instead of the gRPC
+    client's "agent unreachable"."""
+
+    async def show(app: HasStore) -> None:
+        while True:
+            now = time.time()
+            for node, why in manager.failures().items():
+                if not why.startswith("ssh:") or node not in app.store:
+                    continue
+                if app.store.node(node).state is not ConnState.LIVE:
+                    app.store.set_lost(node, now, why)
+            await asyncio.sleep(interval_s)
+
+    return show
+
+
+class SshAgents:
+    """The console's "restart the node's agent" over SSH, through the tunnels' own
+    connections; the token and, when free, the port stay the same (a new port is
+    written to the SSH cluster file `state`)."""
+
+    def __init__(self, manager: TunnelManager, state: Path | None = None) -> None:
+        self.manager = manager
+        self.state = state
+
+    def can_restart(self, node: str) -> str:
+        """ "" when offered, else why not."""
+        if not self.manager.has(node):
+            return f"{node} was not started by `gantry up`"
+        return ""
+
+    async def restart(self, node: str) -> str:
+        return await self.manager.call_async(self._restart(node))
+
+    async def _restart(self, node: str) -> str:
+        ssh_node = self.manager.node(node)
+        port = self.manager.remote_port(node)
+        try:
+            conn = await self.manager.connection(node)
+            agent = await start_agent(
+                conn, ssh_node.remote_python, node, ssh_node.remote_dir, port=port
+            )
+        except (SshError, RemoteError) as exc:
+            raise RemoteError(f"restarting the agent of {node} failed: {exc}") from None
+        self.manager.set_remote_port(node, agent.port)
+        moved = ""
+        if agent.port != port:
+            moved = f", now on port {agent.port}"
+            if self.state is not None:
+                _record_port(self.state, node, agent.port)
+        return f"{node}: agent restarted over SSH (pid {agent.pid}{moved})"
+
+
+def _record_port(state: Path, node: str, port: int) -> None:
+    with contextlib.suppress(StateError, OSError):
+        cluster = load_state(state)
+        nodes = [
+            SshNode(n.entry, port, n.token_file, n.remote_python, n.remote_dir)
+            if n.name == node
+            else n
+            for n in cluster.nodes
+        ]
+        dump_state(SshCluster(cluster.path, cluster.hostfile, cluster.options, nodes))
+
+
+# -- down --------------------------------------------------------------------------------
+
+JOB_STOP_GRACE_S = 10.0
+ACTIVE_JOB_STATES = (
+    "JOB_STATE_PENDING",
+    "JOB_STATE_STARTING",
+    "JOB_STATE_RUNNING",
+    "JOB_STATE_RESTARTING",
+)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    cluster = load_state(args.state)
+    nodes = cluster.nodes
+    if args.hostfile is not None:
+        nodes = select_nodes(cluster, load_hostfile(args.hostfile))
+    if not nodes:
+        print(f"no agents in {args.state}")
+        return 0
+    manager = TunnelManager(nodes, _down_options(cluster.options, args))
+    failures = manager.start(TUNNEL_WAIT_S)
+    try:
+        for name, why in failures.items():
+            print(f"{name}: {why}", file=sys.stderr)
+        reachable = [t for t in manager.targets() if t.name not in failures]
+        if reachable and not args.keep_ranks:
+            _maybe_stop_jobs(reachable, args.stop_ranks)
+        stopped: list[str] = []
+        for node in nodes:
+            if node.name in failures:
+                continue
+            try:
+                was = manager.call(_stop(manager, node), timeout_s=60)
+            except (RemoteError, SshError) as exc:
+                print(f"{node.name}: {exc}", file=sys.stderr)
+                failures[node.name] = str(exc)
+                continue
+            stopped.append(node.name)
+            print(f"{node.name}: agent {'stopped' if was else 'was not running'}")
+    finally:
+        manager.close()
+    gone = set(stopped)
+    left = [n for n in cluster.nodes if n.name not in gone]
+    for node in cluster.nodes:
+        if node.name in gone:
+            node.token_file.unlink(missing_ok=True)
+    dump_state(SshCluster(cluster.path, cluster.hostfile, cluster.options, left))
+    return 1 if failures else 0
+
+
+def _down_options(saved: SshOptions, args: argparse.Namespace) -> SshOptions:
+    given = options_from_args(args)
+    return SshOptions(
+        user=given.user or saved.user,
+        config=given.config or saved.config,
+        known_hosts=given.known_hosts or saved.known_hosts,
+        identities=given.identities or saved.identities,
+        connect_timeout_s=given.connect_timeout_s,
+    )
+
+
+async def _stop(manager: TunnelManager, node: SshNode) -> bool:
+    conn = await manager.connection(node.name)
+    return await stop_agent(conn, node.remote_python, node.name, node.remote_dir)
+
+
+def _maybe_stop_jobs(targets: list[NodeTarget], stop_without_asking: bool) -> None:
+    from gantry.v1 import job_pb2
+
+    from console.jobs_client import JobsClient
+
+    client = JobsClient(targets)
+    jobs, errors = asyncio.run(client.list_jobs())
+    for line in errors:
+        print(line, file=sys.stderr)
+    active = [led for led in jobs if job_pb2.JobState.Name(led.job.state) in ACTIVE_JOB_STATES]
+    if not active:
+        return
+    names = ", ".join(led.job.spec.name for led in active)
+    if not stop_without_asking:
+        if not sys.stdin.isatty():
+            print(f"leaving the ranks of {names} running (--stop-ranks stops them)")
+            return
+        answer = input(f"Stop the ranks of {names} too? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            print(f"leaving the ranks of {names} running")
+            return
+    asyncio.run(_stop_jobs(client, [led.job.spec.name for led in active]))
+
+
+async def _stop_jobs(client: JobsClient, names: list[str]) -> None:
+    """Stops the jobs' ranks and waits until their leaders report them stopped, so the
+    agents are not stopped while they still stop ranks."""
+    from gantry.v1 import job_pb2
+
+    from console.jobs_client import JobCommandError
+
+    for name in names:
+        try:
+            await client.stop(name, JOB_STOP_GRACE_S)
+            print(f"{name}: stop requested")
+        except JobCommandError as exc:
+            print(f"{name}: {exc}", file=sys.stderr)
+    deadline = time.monotonic() + JOB_STOP_GRACE_S + 20
+    while time.monotonic() < deadline:
+        jobs, _ = await client.list_jobs()
+        active = [
+            led.job.spec.name
+            for led in jobs
+            if led.job.spec.name in names
+            and job_pb2.JobState.Name(led.job.state) in (*ACTIVE_JOB_STATES, "JOB_STATE_STOPPING")
+        ]
+        if not active:
+            return
+        await asyncio.sleep(0.5)
+    print(f"still stopping: {', '.join(active)}; stopping the agents anyway", file=sys.stderr)
