@@ -53,6 +53,12 @@ DRAIN_POLL_S = 0.02
 T = TypeVar("T")
 
 
+# One decode loop over small per-step matrices: more intra-op threads mostly spin in
+# OpenMP barriers, and on a node shared with other work a second thread made the
+# batched server up to 20x slower (bench/serving.py), so one unless told otherwise.
+DEFAULT_THREADS = 1
+
+
 class ListenError(ValueError):
     pass
 
@@ -69,7 +75,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ready-file", type=Path, help="written (address, pid) once serving")
     parser.add_argument("--drain-s", type=float, default=10.0, help="grace for requests on stop")
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=int(os.environ.get("OMP_NUM_THREADS") or DEFAULT_THREADS),
+        help=f"torch threads (default: $OMP_NUM_THREADS, else {DEFAULT_THREADS})",
+    )
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error("--threads must be at least 1")
     if args.max_batch_size < 1:
         parser.error("--max-batch-size must be at least 1")
     if args.max_queue_delay_ms < 0 or args.drain_s < 0:
@@ -113,7 +127,9 @@ def remove_ready_file(path: Path) -> None:
 # --- the model ------------------------------------------------------------------------
 
 
-def load_for_serving(model_dir: Path, device: str) -> tuple[Any, Any]:
+def load_for_serving(
+    model_dir: Path, device: str, threads: int = DEFAULT_THREADS
+) -> tuple[Any, Any]:
     """(model in eval mode, tokenizer) from a HF directory or an int8 artifact: the one
     place the server loads a model. ModelLoadError names what is wrong."""
     import torch
@@ -123,6 +139,7 @@ def load_for_serving(model_dir: Path, device: str) -> tuple[Any, Any]:
 
     quiet_torchao()  # transformers imports torchao while loading any model
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    torch.set_num_threads(threads)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return load_model(model_dir, device)
@@ -155,7 +172,7 @@ def build_backend(args: argparse.Namespace, stats: ServerStats) -> Backend:
     from agent.batching import Scheduler
     from agent.serve_engine import Engine
 
-    model, tokenizer = load_for_serving(args.model, args.device)
+    model, tokenizer = load_for_serving(args.model, args.device, args.threads)
     scheduler: Scheduler[int] = Scheduler(args.max_batch_size, args.max_queue_delay_ms / 1000)
     engine = Engine(model, tokenizer, scheduler, stats, eos_token_ids(model, tokenizer))
     engine.warm_up()

@@ -1,7 +1,7 @@
 """The inference server's decode loop: one worker thread runs the model.
 
 Each iteration asks the `Scheduler` what changes (requests joining, cancelled ones
-leaving), prefills the joining requests one by one, then runs one decode step for the
+leaving), prefills the joining requests together, then runs one decode step for the
 whole running batch (`BatchDecoder`). Every token is handed to its request's sink as
 an event, from this thread: the sink must be thread-safe (the server posts it to its
 event loop). A request ends at its end-of-text token, at `max_tokens`, at a stop
@@ -170,8 +170,12 @@ class Engine:
         self._running.update(admitted)
         generated = 0
         finished: list[int] = []
-        for key, sequence in admitted:
-            logits, prefilled = self._decoder.prefill(sequence.request.prompt_ids)
+        prefills = (
+            self._decoder.prefill_many([seq.request.prompt_ids for _, seq in admitted])
+            if admitted
+            else []
+        )
+        for (key, sequence), (logits, prefilled) in zip(admitted, prefills, strict=True):
             [token] = choose_tokens(logits, [sequence.sampling])
             generated += 1
             if self._accept(sequence, token):

@@ -339,6 +339,37 @@ def test_batched_decoding_equals_generate(
     assert all(len(got[i]) == n for i in want if i != 1)
 
 
+def test_requests_prefilled_together_decode_as_generate(tiny: TinyModel) -> None:
+    """Prompts of different lengths prefilled in one padded forward, then decoded in one
+    batch, each get `generate`'s greedy tokens."""
+    from agent.decode import GREEDY, BatchDecoder, choose_tokens
+
+    n = 10
+    want = {i: tiny.greedy(p, n) for i, p in enumerate(PROMPTS)}
+    assert len({len(tiny.encode(p)) for p in PROMPTS}) > 1  # padding is exercised
+    decoder: BatchDecoder[int] = BatchDecoder(tiny.model)
+    got: dict[int, list[int]] = {}
+    prefills = decoder.prefill_many([tiny.encode(p) for p in PROMPTS])
+    for i, (logits, prefilled) in enumerate(prefills):
+        alone, _ = decoder.prefill(tiny.encode(PROMPTS[i]))
+        assert torch_allclose(logits, alone)
+        assert prefilled.length == len(tiny.encode(PROMPTS[i]))
+        got[i] = choose_tokens(logits, [GREEDY])
+        decoder.join(i, prefilled)
+    while len(got[0]) < n:
+        keys = decoder.keys
+        logits = decoder.step({i: got[i][-1] for i in keys})
+        for i, token in zip(keys, choose_tokens(logits, [GREEDY] * len(keys)), strict=True):
+            got[i].append(token)
+    assert got == want
+
+
+def torch_allclose(a: Any, b: Any) -> bool:
+    import torch
+
+    return bool(torch.allclose(a, b, atol=1e-4, rtol=1e-4))
+
+
 # --- the server as a subprocess ------------------------------------------------------------
 
 

@@ -1,0 +1,696 @@
+"""Serving: `python -m agent.serve` on the demo model under a closed-loop gRPC load;
+completion tokens/s, requests/s and time to first token, with and without batching.
+
+Each server runs as the agent runs a serve task (`python -m agent.serve --model DIR
+--listen 127.0.0.1:0 --ready-file F ...`, the agent's environment with
+PYTHONUNBUFFERED and HF_HUB_OFFLINE, torch's own thread count unless --server-threads):
+
+- batched: `--max-batch-size` 32 (>= the largest concurrency), `--max-queue-delay-ms` 10;
+- batch 1: `--max-batch-size 1`, the same queue delay;
+- int8 wo: the `agent.quantize --weight-only` artifact of the same model (what the demo
+  serves), batched, at the largest concurrency only (with --int8-dynamic also "int8
+  dyn", int8 activations too).
+
+All servers load at once, then wait idle for their turns, so that the cells of different
+settings alternate (see `schedule`): batched and batch 1 swap which goes first at each
+concurrency, and at the largest one batched runs first and last (its figures are over
+both), so a change in other load on a shared machine weighs on both sides of a ratio.
+
+Each cell is a closed loop: C client coroutines over one channel, each sending the next
+prompt (`Generate`, greedy, max_tokens --max-tokens) as soon as its previous reply ended.
+The first --warmup-s seconds are not counted; over the next --seconds, tokens/s counts
+the completion tokens that arrived in the window (as streamed, so a reply that stops
+early at the end-of-text token counts what it produced), requests/s the replies that
+ended in it, and time to first token (client side: send to first streamed token) is over
+the requests sent in it. The requests still running then have max(5 s, --seconds) to
+finish and are cancelled after that (`cut`: those sent in the window; one cut before its
+first token counts its wait so far, a lower bound). Beside: the server's own time to
+first token (Usage: received to first token), the mean decode batch size (GetServerStats'
+histogram over the window), and the CPU-s per s used over the window by the server, the
+bench and every other process: on a shared machine the last says how far to trust a
+row. --quick: 1.5 s warm-up and 4 s windows.
+
+The model: --model DIR (a trained demo model, e.g. .gantry/demo/out/final, or any HF
+directory the server loads); without it the demo architecture (tiny-moe) with the demo
+tokenizer and seeded random weights, built in a temp dir: throughput does not depend on
+the weights as long as replies run to max_tokens, which the figures show (mean
+completion tokens, finish reasons). Prompts are the demo's held-out conversations,
+rendered as agent.eval renders them.
+
+    .venv/bin/python bench/serving.py [--model DIR] [--quick] [--seconds 10]
+        [--warmup-s 3] [--concurrency 1,8,32] [--max-tokens 32] [--max-batch-size 32]
+        [--max-queue-delay-ms 10] [--device auto|cpu|cuda] [--server-threads N]
+        [--int8-dynamic] [--no-int8] [--keep]
+
+Every process the bench starts is stopped on exit, Ctrl-C or error.
+
+Last line: {"batching_gain_c32": ..., "ttft_p50_ms_c32": ..., "ttft_p99_ms_c32": ...,
+"int8_tokens_per_s_ratio": ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from gantry.v1 import inference_service_pb2 as pb  # noqa: E402
+from gantry.v1 import inference_service_pb2_grpc  # noqa: E402
+
+from bench.failover import BenchError, _raise_interrupt, run_main  # noqa: E402
+
+PYTHON = sys.executable
+START_TIMEOUT_S = 300.0  # torch + transformers imports and the load, on a busy small machine
+STOP_TIMEOUT_S = 20.0
+RPC_TIMEOUT_S = 120.0
+DRAIN_MIN_S = 5.0  # at least this long for the requests running at a window's end
+QUANTIZE_TIMEOUT_S = 600.0
+DEMO_MODEL = "tiny-moe"
+DEMO_MAX_LENGTH = 128  # examples/job-demo.yaml's --max_length: the tokenizer is trained on that
+PROMPT_CONVERSATIONS = 64
+GOAL_GAIN = 6.0
+GOAL_TTFT_P50_MS = 100.0
+GOAL_TTFT_P99_MS = 500.0
+
+
+# --- the model ------------------------------------------------------------------------
+
+
+def build_demo_model(out: Path, seed: int) -> str:
+    """The demo's tiny-moe with the demo tokenizer (trained on the demo data as agent.train
+    prepares it) and seeded random weights, saved as agent.train saves `final`."""
+    from agent.quantized_loading import quiet_torchao
+
+    quiet_torchao()
+    from transformers.utils import logging as hf_logging
+
+    from agent.demo_data import generate, write_jsonl
+    from agent.train_data import TOKENIZER_DIR, ensure_chat_tokens, load_tokenizer, prepare
+    from agent.train_model import build_model
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+
+    train, _ = generate(2000, 0, seed=0)
+    data = out / "data" / "train.jsonl"
+    write_jsonl(data, train)
+    prepared = out / "prepared"
+    prepare(data, prepared, DEMO_MAX_LENGTH, log=lambda _: None)
+    tokenizer = load_tokenizer(prepared / TOKENIZER_DIR)
+    ensure_chat_tokens(tokenizer)
+    model = build_model(DEMO_MODEL, tokenizer, seed=seed)
+    final = out / "final"
+    model.save_pretrained(str(final))
+    tokenizer.save_pretrained(str(final))
+    params = sum(p.numel() for p in model.parameters())
+    return f"{DEMO_MODEL}, demo tokenizer ({len(tokenizer)} tokens), {params / 1e6:.2f} M params"
+
+
+def demo_prompts() -> list[str]:
+    """The demo's held-out conversations, rendered as agent.eval does (history included)."""
+    from agent.demo_data import generate
+    from agent.train_data import eval_prompts, parse_conversation
+
+    _, heldout = generate(0, PROMPT_CONVERSATIONS, seed=0, bad_records=False)
+    prompts: list[str] = []
+    for record in heldout:
+        prompts += [text for text, _ in eval_prompts(parse_conversation(record))]
+    return prompts
+
+
+def quantize(model: Path, out: Path, weight_only: bool, env: dict[str, str]) -> None:
+    argv = [PYTHON, "-m", "agent.quantize", "--model", str(model), "--out", str(out)]
+    argv += ["--latency-prompts", "1", "--gen-tokens", "2"]  # its own timing: not needed
+    argv += ["--weight-only"] if weight_only else []
+    result = subprocess.run(
+        argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=QUANTIZE_TIMEOUT_S
+    )
+    if result.returncode != 0:
+        raise BenchError(f"agent.quantize exited {result.returncode}: {result.stderr[-2000:]}")
+
+
+# --- the server -----------------------------------------------------------------------
+
+
+def server_env(threads: int) -> dict[str, str]:
+    """The agent's environment for a task (agent.tasks), OMP threads as asked."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.pop(name, None)
+    if threads > 0:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    dir: Path
+    address: str = ""
+
+    @property
+    def process(self) -> psutil.Process:
+        return psutil.Process(self.proc.pid)
+
+    def logs(self) -> str:
+        return (self.dir / "stderr.log").read_text(errors="replace")[-3000:]
+
+
+def launch_server(
+    model: Path, base: Path, max_batch_size: int, args: argparse.Namespace, env: dict[str, str]
+) -> Server:
+    base.mkdir(parents=True, exist_ok=True)
+    argv = [PYTHON, "-m", "agent.serve", "--model", str(model), "--listen", "127.0.0.1:0"]
+    argv += ["--ready-file", str(base / "ready.json"), "--drain-s", "5"]
+    argv += ["--device", args.device, "--max-batch-size", str(max_batch_size)]
+    argv += ["--max-queue-delay-ms", f"{args.max_queue_delay_ms:g}"]
+    with (base / "stdout.log").open("wb") as out, (base / "stderr.log").open("wb") as err:
+        proc = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=out, stderr=err, start_new_session=True
+        )
+    return Server(proc, base)
+
+
+def wait_ready(server: Server, deadline: float) -> None:
+    """Until the server writes its ready file (address, pid), as the agent waits for it."""
+    ready = server.dir / "ready.json"
+    while not ready.is_file():
+        if server.proc.poll() is not None:
+            raise BenchError(f"the server exited ({server.proc.returncode}):\n{server.logs()}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"the server was not ready in {START_TIMEOUT_S:.0f} s")
+        time.sleep(0.1)
+    server.address = json.loads(ready.read_text())["address"]
+
+
+def stop_server(server: Server) -> None:
+    """SIGTERM (it drains and exits 0), then SIGKILL if it does not."""
+    if server.proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            server.proc.send_signal(signal.SIGTERM)
+        try:
+            server.proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait(10)
+
+
+# --- the load -------------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    sent: float
+    first: float | None = None
+    ended: float | None = None
+    tokens: int = 0
+    server_ttft_ms: float | None = None
+    finish: str = ""
+    error: str = ""
+    cut_at: float | None = None  # cancelled by the bench before it ended
+
+
+@dataclass
+class Cell:
+    setting: str
+    concurrency: int
+    window_s: float
+    tokens: int = 0  # completion tokens that arrived in the window
+    completed: int = 0  # replies that ended in the window
+    replies: list[Reply] = field(default_factory=list)  # the requests sent in the window
+    errors: Counter[str] = field(default_factory=Counter)
+    mean_batch: float = float("nan")
+    server_cpu: float = float("nan")  # CPU-s per s over the window
+    client_cpu: float = float("nan")
+    other_cpu: float = float("nan")
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.window_s
+
+    @property
+    def tokens_per_cpu_s(self) -> float:
+        """Tokens per CPU-second of the server: steadier than tokens/s when other work
+        takes a varying share of the machine (but OpenMP threads spinning count too)."""
+        return ratio(self.tokens_per_s, self.server_cpu)
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.completed / self.window_s
+
+    def ttft_ms(self, q: float) -> float:
+        """A request cut before its first token counts with its wait so far (a lower bound)."""
+        values = [(t - r.sent) * 1000 for r in self.replies if (t := r.first or r.cut_at)]
+        return percentile(values, q)
+
+    @property
+    def cut(self) -> int:
+        """Requests sent in the window that had not ended when the bench gave up on them."""
+        return sum(1 for r in self.replies if r.cut_at is not None)
+
+    def server_ttft_ms(self, q: float) -> float:
+        values = [r.server_ttft_ms for r in self.replies if r.server_ttft_ms is not None]
+        return percentile(values, q)
+
+    @property
+    def mean_completion_tokens(self) -> float:
+        done = [r.tokens for r in self.replies if r.finish]
+        return sum(done) / len(done) if done else float("nan")
+
+    @property
+    def finishes(self) -> str:
+        counts = Counter(r.finish for r in self.replies if r.finish)
+        return ",".join(f"{k}:{v}" for k, v in sorted(counts.items())) or "-"
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100); NaN when there is nothing."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+class Window:
+    """The measured interval, [start, end) on the monotonic clock."""
+
+    def __init__(self, start: float, end: float) -> None:
+        self.start = start
+        self.end = end
+
+    def __contains__(self, t: float) -> bool:
+        return self.start <= t < self.end
+
+
+class CpuMeter:
+    """CPU seconds used by the server, this process and everything else, over an interval."""
+
+    def __init__(self, server: psutil.Process) -> None:
+        self.server = server
+        self.me = psutil.Process()
+        self._marks: tuple[float, float, float, float] | None = None
+
+    @staticmethod
+    def _busy() -> float:
+        t = psutil.cpu_times()
+        return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+
+    @staticmethod
+    def _cpu(proc: psutil.Process) -> float:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:
+            return 0.0
+        return float(t.user + t.system)
+
+    def mark(self) -> tuple[float, float, float, float]:
+        return (time.monotonic(), self._cpu(self.server), self._cpu(self.me), self._busy())
+
+    def start(self) -> None:
+        self._marks = self.mark()
+
+    def stop(self, cell: Cell) -> None:
+        if self._marks is None:
+            return
+        t0, s0, c0, b0 = self._marks
+        t1, s1, c1, b1 = self.mark()
+        wall = max(t1 - t0, 1e-9)
+        cell.server_cpu = (s1 - s0) / wall
+        cell.client_cpu = (c1 - c0) / wall
+        cell.other_cpu = max(0.0, (b1 - b0) - (s1 - s0) - (c1 - c0)) / wall
+
+
+async def one_request(stub: Any, prompt: str, max_tokens: int, window: Window, cell: Cell) -> None:
+    reply = Reply(sent=time.monotonic())
+    counted = reply.sent in window
+    if counted:
+        cell.replies.append(reply)
+    request = pb.GenerateRequest(
+        prompt=prompt, params=pb.SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    )
+    try:
+        async for message in stub.Generate(request, timeout=RPC_TIMEOUT_S):
+            now = time.monotonic()
+            n = len(message.token_ids)
+            if n and reply.first is None:
+                reply.first = now
+            reply.tokens += n
+            if now in window:
+                cell.tokens += n
+            if message.done:
+                reply.ended = now
+                reply.finish = message.usage.finish_reason
+                reply.server_ttft_ms = message.usage.time_to_first_token_ms
+                if now in window:
+                    cell.completed += 1
+    except grpc.aio.AioRpcError as exc:
+        reply.error = f"{exc.code().name}: {exc.details()}"
+        if counted or time.monotonic() in window:
+            cell.errors[reply.error] += 1
+    except asyncio.CancelledError:  # the bench gave up on it after the window
+        reply.cut_at = time.monotonic()
+        raise
+
+
+async def closed_loop(
+    address: str,
+    setting: str,
+    c: int,
+    prompts: list[str],
+    args: argparse.Namespace,
+    meter: CpuMeter,
+) -> Cell:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
+        await channel.channel_ready()
+        start = time.monotonic() + args.warmup_s
+        window = Window(start, start + args.seconds)
+        cell = Cell(setting, c, args.seconds)
+        turn = iter(range(1 << 62))
+        before: dict[int, int] = {}
+
+        async def worker() -> None:
+            while time.monotonic() < window.end:
+                i = next(turn)
+                await one_request(stub, prompts[i % len(prompts)], args.max_tokens, window, cell)
+
+        async def marks() -> None:
+            nonlocal before
+            await asyncio.sleep(max(0.0, window.start - time.monotonic()))
+            meter.start()
+            before = dict((await server_stats(stub)).batch_size_histogram)
+            await asyncio.sleep(max(0.0, window.end - time.monotonic()))
+            meter.stop(cell)
+            after = dict((await server_stats(stub)).batch_size_histogram)
+            cell.mean_batch = mean_batch(before, after)
+
+        tasks = [asyncio.ensure_future(w) for w in [marks(), *(worker() for _ in range(c))]]
+        # The requests still running at the window's end get a grace to finish, then
+        # are cancelled (a server that has fallen far behind would take minutes).
+        grace = window.end + max(DRAIN_MIN_S, args.seconds) - time.monotonic()
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return cell
+
+
+async def server_stats(stub: Any) -> pb.GetServerStatsResponse:
+    response: pb.GetServerStatsResponse = await stub.GetServerStats(
+        pb.GetServerStatsRequest(), timeout=30
+    )
+    return response
+
+
+def mean_batch(before: dict[int, int], after: dict[int, int]) -> float:
+    """Mean decode batch size of the steps between two histograms (size 0: prefill only)."""
+    steps = {k: after.get(k, 0) - before.get(k, 0) for k in after if k > 0}
+    total = sum(steps.values())
+    return sum(k * v for k, v in steps.items()) / total if total else float("nan")
+
+
+def measure(
+    server: Server, setting: str, c: int, prompts: list[str], args: argparse.Namespace
+) -> Cell:
+    meter = CpuMeter(server.process)
+    cell = asyncio.run(closed_loop(server.address, setting, c, prompts, args, meter))
+    if server.proc.poll() is not None:
+        raise BenchError(f"the server exited ({server.proc.returncode}):\n{server.logs()}")
+    print_cell(cell)
+    return cell
+
+
+def schedule(concurrencies: list[int], int8: list[str]) -> list[tuple[str, int]]:
+    """(setting, concurrency) in the order measured: batched and batch 1 alternate which
+    goes first, and at the top concurrency batched runs before and after the others
+    (its figures are over both), so that a drift in other load on the machine weighs
+    on both sides of each ratio."""
+    pair = ["batched", "batch 1"]
+    plan: list[tuple[str, int]] = []
+    for i, c in enumerate(concurrencies[:-1]):
+        plan += [(name, c) for name in (pair if i % 2 == 0 else pair[::-1])]
+    top = concurrencies[-1]
+    return plan + [(name, top) for name in [*pair, *int8, "batched"]]
+
+
+def merge(cells: list[Cell]) -> Cell:
+    """One cell over several windows of the same setting and concurrency."""
+    if len(cells) == 1:
+        return cells[0]
+    m = Cell(cells[0].setting, cells[0].concurrency, sum(c.window_s for c in cells))
+    m.tokens = sum(c.tokens for c in cells)
+    m.completed = sum(c.completed for c in cells)
+    m.replies = [r for c in cells for r in c.replies]
+    m.errors = sum((c.errors for c in cells), Counter())
+    m.mean_batch = sum(c.mean_batch for c in cells) / len(cells)
+    m.server_cpu = sum(c.server_cpu for c in cells) / len(cells)
+    m.client_cpu = sum(c.client_cpu for c in cells) / len(cells)
+    m.other_cpu = sum(c.other_cpu for c in cells) / len(cells)
+    return m
+
+
+# --- the report -----------------------------------------------------------------------
+
+HEADER = (
+    f"{'setting':10} {'conc':>4} {'tokens/s':>9} {'tok/CPU':>7} {'req/s':>7} "
+    f"{'ttft p50':>8} {'p99':>7} "
+    f"{'srv p50':>7} {'srv p99':>7} {'batch':>5} {'tok/req':>7} {'finish':>15} "
+    f"{'srv CPU':>7} {'bench':>5} {'other':>5} {'cut':>4} {'errors':>6}"
+)
+
+
+def print_cell(c: Cell) -> None:
+    print(
+        f"{c.setting:10} {c.concurrency:4} {c.tokens_per_s:9.1f} {c.tokens_per_cpu_s:7.0f} "
+        f"{c.requests_per_s:7.2f} "
+        f"{c.ttft_ms(50):8.1f} {c.ttft_ms(99):7.1f} {c.server_ttft_ms(50):7.1f} "
+        f"{c.server_ttft_ms(99):7.1f} {c.mean_batch:5.1f} {c.mean_completion_tokens:7.1f} "
+        f"{c.finishes:>15} {c.server_cpu:7.2f} {c.client_cpu:5.2f} {c.other_cpu:5.2f} "
+        f"{c.cut:4} {sum(c.errors.values()):6}",
+        flush=True,
+    )
+    for error, n in c.errors.most_common(3):
+        print(f"    {n} x {error}")
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("nan")
+
+
+def rounded(value: float, digits: int) -> float | None:
+    return round(value, digits) if math.isfinite(value) else None
+
+
+def goal(ok: bool) -> str:
+    return "yes" if ok else "NO"
+
+
+def report(cells: list[Cell], args: argparse.Namespace) -> dict[str, float | None]:
+    top = max(args.concurrency)
+    groups: dict[tuple[str, int], list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault((cell.setting, cell.concurrency), []).append(cell)
+    by = {key: merge(group) for key, group in groups.items()}
+    batched, single = by[("batched", top)], by[("batch 1", top)]
+    gain = ratio(batched.tokens_per_s, single.tokens_per_s)
+    p50, p99 = batched.ttft_ms(50), batched.ttft_ms(99)
+    int8 = by.get(("int8 wo", top))
+    int8_ratio = ratio(int8.tokens_per_s, batched.tokens_per_s) if int8 else float("nan")
+    print()
+    print(f"{'figure (concurrency ' + str(top) + ')':44} {'measured':>10} {'goal':>10} {'met':>4}")
+    print(
+        f"{'batching gain, tokens/s batched / batch 1':44} {gain:10.2f} {'>= 6':>10} "
+        f"{goal(gain >= GOAL_GAIN):>4}"
+    )
+    print(
+        f"{'time to first token p50, ms (batched)':44} {p50:10.1f} {'< 100':>10} "
+        f"{goal(p50 < GOAL_TTFT_P50_MS):>4}"
+    )
+    print(
+        f"{'time to first token p99, ms (batched)':44} {p99:10.1f} {'< 500':>10} "
+        f"{goal(p99 < GOAL_TTFT_P99_MS):>4}"
+    )
+    print(f"{'int8 (weight-only) / fp32 tokens/s':44} {int8_ratio:10.3f} {'(report)':>10}")
+    cpu_gain = ratio(batched.tokens_per_cpu_s, single.tokens_per_cpu_s)
+    print(f"{'batching gain per server CPU-second':44} {cpu_gain:10.2f} {'(report)':>10}")
+    if int8:
+        cpu_int8 = ratio(int8.tokens_per_cpu_s, batched.tokens_per_cpu_s)
+        print(
+            f"{'int8 (weight-only) / fp32 per server CPU-s':44} {cpu_int8:10.3f} {'(report)':>10}"
+        )
+    dyn = by.get(("int8 dyn", top))
+    if dyn:
+        dyn_ratio = ratio(dyn.tokens_per_s, batched.tokens_per_s)
+        print(
+            f"{'int8 (dynamic activations) / fp32 tokens/s':44} {dyn_ratio:10.3f} {'(report)':>10}"
+        )
+    short = [c for c in cells if c.mean_completion_tokens < args.max_tokens - 0.5]
+    if short:
+        print(
+            f"note: some replies stopped before {args.max_tokens} tokens (end of text); "
+            "tokens/s counts the tokens produced"
+        )
+    other = sum(c.other_cpu for c in cells) / len(cells)
+    if other > 0.25:
+        print(
+            f"warning: other processes used {other:.2f} CPU-s per s on average ({os.cpu_count()} "
+            "cores): the rows are skewed by how much of the machine the server had; the "
+            "per-CPU-second figures are steadier"
+        )
+    if any(c.errors for c in cells):
+        print("warning: some requests failed (see the errors column)")
+    return {
+        "batching_gain_c32": rounded(gain, 3),
+        "ttft_p50_ms_c32": rounded(p50, 2),
+        "ttft_p99_ms_c32": rounded(p99, 2),
+        "int8_tokens_per_s_ratio": rounded(int8_ratio, 3),
+    }
+
+
+# --- main -----------------------------------------------------------------------------
+
+
+def last_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[-1] if lines else type(exc).__name__
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="model directory (default: demo, random)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured window per cell")
+    parser.add_argument("--warmup-s", type=float, default=3.0, help="not counted, per cell")
+    parser.add_argument("--quick", action="store_true", help="--seconds 4 --warmup-s 1.5")
+    parser.add_argument("--concurrency", default="1,8,32", help="comma-separated")
+    parser.add_argument("--max-tokens", type=int, default=32, help="per request")
+    parser.add_argument("--max-batch-size", type=int, default=32, help="of the batched server")
+    parser.add_argument("--max-queue-delay-ms", type=float, default=10.0)
+    parser.add_argument("--device", default="auto", help="the server's --device")
+    parser.add_argument(
+        "--server-threads",
+        type=int,
+        default=0,
+        help="OMP_NUM_THREADS of the server (0: unset, torch's choice, as the agent runs it)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="of the random demo weights")
+    parser.add_argument("--int8-dynamic", action="store_true", help="also dynamic int8")
+    parser.add_argument("--no-int8", action="store_true", help="skip int8")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.warmup_s = 4.0, 1.5
+    try:
+        args.concurrency = sorted({int(c) for c in args.concurrency.split(",")})
+    except ValueError:
+        parser.error("--concurrency: comma-separated integers, e.g. 1,8,32")
+    if min(args.concurrency) < 1 or args.seconds <= 0 or args.warmup_s < 0:
+        parser.error("need concurrency >= 1, --seconds > 0, --warmup-s >= 0")
+    if args.max_batch_size < max(args.concurrency):
+        print(
+            f"note: --max-batch-size {args.max_batch_size} is below the concurrency "
+            f"{max(args.concurrency)}: requests queue beyond it",
+            file=sys.stderr,
+        )
+    if args.model is not None and not (args.model / "config.json").is_file():
+        parser.error(f"--model {args.model}: no config.json")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    root = Path(tempfile.mkdtemp(prefix="gantry-serving-"))
+    env = server_env(args.server_threads)
+    servers: dict[str, Server] = {}
+    cells: list[Cell] = []
+    t0 = time.monotonic()
+    try:
+        if args.model is None:
+            print("model: none given; building the demo model with random weights", flush=True)
+            model = root / "model" / "final"
+            what = build_demo_model(root / "model", args.seed)
+            print(f"model: {what} (seed {args.seed}), in {model}")
+        else:
+            model = args.model.resolve()
+            print(f"model: {model}")
+        prompts = demo_prompts()
+        threads = args.server_threads or f"unset (torch's default; {os.cpu_count()} cores)"
+        print(
+            f"load: closed loop, greedy, max_tokens {args.max_tokens}, {len(prompts)} demo "
+            f"prompts in turn; {args.warmup_s:g} s warm-up + {args.seconds:g} s measured per "
+            f"cell; server --device {args.device}, --max-queue-delay-ms "
+            f"{args.max_queue_delay_ms:g}, OMP threads {threads}",
+            flush=True,
+        )
+        settings: list[tuple[str, Path, int]] = [
+            ("batched", model, args.max_batch_size),
+            ("batch 1", model, 1),
+        ]
+        int8 = [] if args.no_int8 else ["int8 wo"] + (["int8 dyn"] if args.int8_dynamic else [])
+        for name in int8:
+            out = root / name.replace(" ", "-")
+            try:
+                quantize(model, out, weight_only=name == "int8 wo", env=env)
+            except BenchError as exc:
+                print(f"{name}: agent.quantize failed: {last_line(exc)}", flush=True)
+                continue
+            settings.append((name, out, args.max_batch_size))
+        # All servers load at once and wait, idle, for their turns: cells of different
+        # settings can then alternate without a restart between them.
+        for name, directory, batch in settings:
+            servers[name] = launch_server(directory, root / "servers" / name, batch, args, env)
+        launched = time.monotonic()
+        deadline = launched + START_TIMEOUT_S
+        for name in list(servers):
+            try:
+                wait_ready(servers[name], deadline)
+            except BenchError as exc:
+                if not name.startswith("int8"):
+                    raise
+                # int8 is a side figure: its failure (e.g. on a device torchao's int8
+                # does not run on) must not lose the others.
+                print(f"{name}: the server failed: {last_line(exc)}", flush=True)
+                stop_server(servers.pop(name))
+        print(f"{len(servers)} servers ready in {time.monotonic() - launched:.0f} s")
+        print()
+        print(HEADER, flush=True)
+        plan = schedule(args.concurrency, [n for n in int8 if n in servers])
+        cells = [measure(servers[name], name, c, prompts, args) for name, c in plan]
+    finally:
+        for server in servers.values():
+            stop_server(server)
+        if args.keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    print(
+        "(tok/CPU: tokens per server CPU-second; ttft: client side, send to first token; "
+        "srv: the server's Usage, received to first token; batch: mean decode batch; "
+        "srv CPU, bench, other: CPU-s per s of the server, this bench, other processes)"
+    )
+    print(f"total {time.monotonic() - t0:.0f} s")
+    print(json.dumps(report(cells, args)))
+
+
+if __name__ == "__main__":
+    run_main(main)
