@@ -13,7 +13,7 @@ import grpc
 from gantry.v1 import agent_service_pb2, agent_service_pb2_grpc
 
 from console.advice import Advice, findings_for, load_thresholds
-from console.agent_client import auth_metadata, open_channel
+from console.agent_client import auth_metadata, target_channel
 from console.cluster_file import ClusterFileError, NodeTarget
 from console.job_store import JobsStore, JobView
 from console.jobs_client import JobCommandError, JobsClient
@@ -30,7 +30,7 @@ async def _node_history(target: NodeTarget, store: ClusterStore) -> None:
         metadata = auth_metadata(target.read_token())
     except ClusterFileError:
         return
-    async with open_channel(target.address) as channel:
+    async with target_channel(target) as channel:
         stub = agent_service_pb2_grpc.AgentServiceStub(channel)
         stream = stub.WatchNode(request, metadata=metadata)
         deadline = time.monotonic() + HISTORY_MAX_S

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 import grpc
 from gantry.v1 import agent_service_pb2, agent_service_pb2_grpc, job_pb2
 
-from console.agent_client import describe_rpc_error, open_channel
+from console.agent_client import describe_rpc_error, target_channel
 from console.backoff import Backoff
 from console.cluster_file import ClusterFileError, NodeTarget
 from console.job_store import EK, RANK_HISTORY, JobsStore, JobView
@@ -74,7 +74,7 @@ class _Stubs:
         target = self.targets[node]
         channel = self._channels.get(node)
         if channel is None:
-            channel = self._channels[node] = open_channel(target.address)
+            channel = self._channels[node] = target_channel(target)
         return agent_service_pb2_grpc.AgentServiceStub(channel), job_metadata(target.read_token())
 
     async def close(self) -> None:

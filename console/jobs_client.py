@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import grpc
 from gantry.v1 import agent_service_pb2, agent_service_pb2_grpc, job_pb2
 
-from console.agent_client import auth_metadata, describe_rpc_error, open_channel
+from console.agent_client import auth_metadata, describe_rpc_error, target_channel
 from console.cluster_file import ClusterFileError, NodeTarget
 
 RPC_TIMEOUT_S = 60.0
@@ -77,7 +77,7 @@ class AgentCalls:
             metadata = job_metadata(target.read_token())
         except ClusterFileError as exc:
             raise JobCommandError(str(exc)) from None
-        async with open_channel(target.address) as channel:
+        async with target_channel(target) as channel:
             stub = agent_service_pb2_grpc.AgentServiceStub(channel)
             try:
                 return await getattr(stub, method)(
@@ -167,7 +167,7 @@ class JobsClient(AgentCalls):
         led = await self.find(name)
         request = agent_service_pb2.WatchJobEventsRequest(job_name=name, follow=follow)
         metadata = job_metadata(led.leader.read_token())
-        async with open_channel(led.leader.address) as channel:
+        async with target_channel(led.leader) as channel:
             stub = agent_service_pb2_grpc.AgentServiceStub(channel)
             try:
                 async for message in stub.WatchJobEvents(request, metadata=metadata):
@@ -197,7 +197,7 @@ class JobsClient(AgentCalls):
             follow=follow,
         )
         metadata = job_metadata(target.read_token())
-        async with open_channel(target.address) as channel:
+        async with target_channel(target) as channel:
             stub = agent_service_pb2_grpc.AgentServiceStub(channel)
             try:
                 async for message in stub.TailRankLog(request, metadata=metadata):

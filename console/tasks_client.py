@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import grpc
 from gantry.v1 import agent_service_pb2, agent_service_pb2_grpc, task_pb2
 
-from console.agent_client import open_channel
+from console.agent_client import target_channel
 from console.cluster_file import NodeTarget
 from console.jobs_client import AgentCalls, JobCommandError, _fail, job_metadata
 
@@ -61,7 +61,7 @@ class TasksClient(AgentCalls):
         self, node: NodeTarget, task_id: str
     ) -> AsyncIterator[agent_service_pb2.WatchTaskResponse]:
         metadata = job_metadata(node.read_token())
-        async with open_channel(node.address) as channel:
+        async with target_channel(node) as channel:
             stub = agent_service_pb2_grpc.AgentServiceStub(channel)
             request = agent_service_pb2.WatchTaskRequest(task_id=task_id)
             try:

@@ -225,6 +225,11 @@ def test_gantry_status_reads_tls_from_the_cluster_file(
     code, out, err = run_cli(["status", "--cluster", str(cluster), "--json"], capsys)
     assert code == 0, err
     assert json.loads(out)["nodes"][0]["state"] == "live"
+    # The job and task verbs go the same way.
+    for verb in (["jobs"], ["tasks"]):
+        code, out, err = run_cli([*verb, "--cluster", str(cluster), "--json"], capsys)
+        assert code == 0, err
+        json.loads(out)
 
 
 def test_no_certificate_is_refused(tls_agent: ThreadedAgent, cas: tuple[Path, Path]) -> None:
