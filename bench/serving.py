@@ -3,7 +3,8 @@ completion tokens/s, requests/s and time to first token, with and without batchi
 
 Each server runs as the agent runs a serve task (`python -m agent.serve --model DIR
 --listen 127.0.0.1:0 --ready-file F ...`, the agent's environment with
-PYTHONUNBUFFERED and HF_HUB_OFFLINE, torch's own thread count unless --server-threads):
+PYTHONUNBUFFERED and HF_HUB_OFFLINE, the server's own thread default unless
+--server-threads):
 
 - batched: `--max-batch-size` 32 (>= the largest concurrency), `--max-queue-delay-ms` 10;
 - batch 1: `--max-batch-size 1`, the same queue delay;
@@ -590,7 +591,7 @@ def parse_args() -> argparse.Namespace:
         "--server-threads",
         type=int,
         default=0,
-        help="OMP_NUM_THREADS of the server (0: unset, torch's choice, as the agent runs it)",
+        help="OMP_NUM_THREADS of the server (0: unset, the server's default, as the agent runs it)",
     )
     parser.add_argument("--seed", type=int, default=0, help="of the random demo weights")
     parser.add_argument("--int8-dynamic", action="store_true", help="also dynamic int8")
@@ -634,7 +635,7 @@ def main() -> None:
             model = args.model.resolve()
             print(f"model: {model}")
         prompts = demo_prompts()
-        threads = args.server_threads or f"unset (torch's default; {os.cpu_count()} cores)"
+        threads = args.server_threads or f"unset (the server's default; {os.cpu_count()} cores)"
         print(
             f"load: closed loop, greedy, max_tokens {args.max_tokens}, {len(prompts)} demo "
             f"prompts in turn; {args.warmup_s:g} s warm-up + {args.seconds:g} s measured per "
