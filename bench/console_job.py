@@ -76,10 +76,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
@@ -819,14 +821,74 @@ def machine_busy_s() -> float:
     return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
 
 
-async def stall_monitor(period_s: float, stalls: list[float], stop: asyncio.Event) -> None:
+async def stall_monitor(
+    period_s: float, stalls: list[float], stop: asyncio.Event, trace_ms: float = 0.0
+) -> None:
+    """Records how late each tick of the loop is; with `trace_ms`, a thread also samples
+    the loop's stack while a tick is over `trace_ms` late and prints where the longest
+    stalls were spent (to stderr)."""
     loop = asyncio.get_running_loop()
     expected = loop.time() + period_s
+    beat = [time.monotonic()]
+    tracer = None
+    if trace_ms:
+        tracer = threading.Thread(
+            target=trace_stalls,
+            args=(threading.get_ident(), beat, trace_ms / 1000, stop),
+            name="bench:stall-tracer",
+            daemon=True,
+        )
+        tracer.start()
     while not stop.is_set():
         await asyncio.sleep(period_s)
         now = loop.time()
+        beat[0] = time.monotonic()
         stalls.append(max(0.0, now - expected))
         expected = now + period_s
+    if tracer is not None:
+        await asyncio.to_thread(tracer.join)
+
+
+def trace_stalls(loop_thread: int, beat: list[float], after_s: float, stop: asyncio.Event) -> None:
+    """Samples `loop_thread`'s stack every 10 ms while the loop is `after_s` late; prints
+    each stall's length and its most sampled frames (the console's and Textual's)."""
+    found: list[tuple[float, list[tuple[str, int]]]] = []
+    while not stop.is_set():
+        time.sleep(0.01)
+        since = time.monotonic() - beat[0]
+        if since < after_s:
+            continue
+        start = beat[0]
+        counts: dict[str, int] = {}
+        while beat[0] == start and not stop.is_set():
+            frames = sys._current_frames()
+            for ident, top in frames.items():
+                if ident == loop_thread:
+                    continue
+                other: FrameType | None = top
+                while other is not None:
+                    if other.f_code.co_filename.endswith(("advice.py", "advisor.py")):
+                        what = f"(advisor thread at {Path(top.f_code.co_filename).name}:"
+                        what += f"{top.f_lineno} {top.f_code.co_name})"
+                        counts[what] = counts.get(what, 0) + 1
+                        break
+                    other = other.f_back
+            frame: FrameType | None = frames.get(loop_thread)
+            seen = set()
+            while frame is not None:
+                code = frame.f_code
+                where = f"{Path(code.co_filename).name}:{frame.f_lineno} {code.co_name}"
+                if where not in seen:
+                    seen.add(where)
+                    counts[where] = counts.get(where, 0) + 1
+                frame = frame.f_back
+            time.sleep(0.01)
+        length = time.monotonic() - start
+        found.append((length, sorted(counts.items(), key=lambda kv: -kv[1])[:30]))
+    for length, sampled in sorted(found, key=lambda f: -f[0])[:5]:
+        print(f"== stall {length * 1000:.0f} ms ==", file=sys.stderr)
+        for where, n in sampled:
+            print(f"  {n:4d} {where}", file=sys.stderr)
 
 
 async def until(what: str, check: Callable[[], bool], timeout_s: float) -> None:
@@ -848,10 +910,11 @@ async def measure_phase(
     rng: random.Random,
     profile_dir: Path | None,
     agents: psutil.Process,
+    trace_ms: float = 0.0,
 ) -> None:
     stalls: list[float] = []
     stop = asyncio.Event()
-    monitor = asyncio.create_task(stall_monitor(0.01, stalls, stop))
+    monitor = asyncio.create_task(stall_monitor(0.01, stalls, stop, trace_ms))
     profiler = cProfile.Profile() if profile_dir else None
     events0, lines0 = counters()
     updates0, chars0 = probe.updates, probe.output_chars
@@ -898,15 +961,15 @@ async def measure_phase(
 async def measure_console(
     ports: list[int], args: argparse.Namespace, agents: psutil.Process
 ) -> list[Phase]:
-    from textual.widgets import DataTable, TabbedContent
+    from textual.widgets import TabbedContent
 
     from console.app import GantryApp, tune_gc
     from console.cluster_file import NodeTarget
     from console.log_buffer import LogBuffer
     from console.screens.job import JobScreen
     from console.screens.logs import LogScreen
-    from console.screens.node import ScaledSparkline
     from console.store import ConnState
+    from console.widgets.chart_panel import ChartPanel
     from console.widgets.rank_table import RankTable
 
     token_dir = Path(tempfile.mkdtemp(prefix="gantry-console-job-"))
@@ -955,8 +1018,8 @@ async def measure_console(
             await until("the log", lambda: side.end_index > 0, 30)
             await asyncio.sleep(args.warmup)
             tabs = screen.query_one("#job-tabs", TabbedContent)
-            spark = screen.query_one("#chart-loss").query_one(ScaledSparkline)
-            events = screen.query_one("#event-table", DataTable)
+            charts = screen.query_one("#chart-panel", ChartPanel)
+            events = screen.query_one("#event-table", RankTable)
 
             def cursor(delta: int) -> Callable[[], Callable[[], bool]]:
                 def arm() -> Callable[[], bool]:
@@ -976,7 +1039,7 @@ async def measure_console(
 
             job_keys = [
                 Key("down", ranks, cursor(1)),
-                Key("2", spark, tab("charts")),
+                Key("2", charts, tab("charts")),
                 Key("1", ranks, tab("ranks"), refocus),
                 Key("down", ranks, cursor(1)),
                 Key("3", events, tab("events")),
@@ -995,6 +1058,7 @@ async def measure_console(
                 rng,
                 args.profile,
                 agents,
+                args.trace_stalls,
             )
             tail.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -1035,6 +1099,7 @@ async def measure_console(
                 rng,
                 args.profile,
                 agents,
+                args.trace_stalls,
             )
             assert isinstance(screen, JobScreen)
             await pilot.press("escape", "escape")
@@ -1158,6 +1223,13 @@ def main() -> None:
     parser.add_argument("--key-interval", type=float, default=0.15)
     parser.add_argument("--quick", action="store_true", help="a 5 s smoke run")
     parser.add_argument("--profile", type=Path, help="write a cProfile of each phase here")
+    parser.add_argument(
+        "--trace-stalls",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="sample the loop's stack in stalls over MS ms; print the longest (stderr)",
+    )
     parser.add_argument("--serve-agents", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:

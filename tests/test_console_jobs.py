@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 from textual.pilot import Pilot
 
 from console.app import GantryApp
@@ -206,3 +207,103 @@ async def test_out_of_memory_is_advised_and_the_fix_applied_with_one_key(
         args = list(view.spec.args)
         assert args[args.index("--per_device_train_batch_size") + 1] == "4"
         assert args[args.index("--gradient_accumulation_steps") + 1] == "2"
+
+
+# -- pieces of the job screen, without agents --------------------------------------------
+
+
+def naive_gpu_util(store: Any, nodes: list[str], points: int) -> list[float]:
+    """What the charts showed before the per-sample cache: every sample read again."""
+    series = []
+    for name in nodes:
+        values = []
+        for sample in list(store.node(name).history)[-points:]:
+            utils = [g.gpu_util_percent for g in sample.gpus if g.HasField("gpu_util_percent")]
+            if utils:
+                values.append(sum(utils) / len(utils))
+        series.append(values)
+    length = min((len(s) for s in series), default=0)
+    if not length:
+        return []
+    return [sum(s[-length + i] for s in series) / len(series) for i in range(length)]
+
+
+def test_gpu_charts_read_each_sample_once_and_match_a_full_read() -> None:
+    from console.screens.job import CHART_POINTS
+    from console.store import ClusterStore
+    from tests.console_fixtures import make_sample
+    from tests.job_fixtures import jobs_store
+
+    store = ClusterStore(history=CHART_POINTS + 30)
+    nodes = ["node-00", "node-01", "node-02"]
+    for i, name in enumerate(nodes):
+        store.add_node(name, f"10.0.0.{i}:1", 0.0)
+    screen = JobScreen("demo-moe", jobs_store(), store, None)
+    for step in range(CHART_POINTS + 20):  # past the window: the oldest drop out
+        for i, name in enumerate(nodes):
+            store.apply_sample(
+                name,
+                make_sample(name, i, step, 100.0 + step, 8, unsupported_gpu=2 if i else None),
+                100.0 + step,
+            )
+        if step % 7 in (0, 3):  # now and then, as draws come
+            for group in ([nodes[0]], nodes[1:], nodes):
+                expected = naive_gpu_util(store, group, CHART_POINTS)
+                assert list(screen._gpu_util(group)) == pytest.approx(expected)
+    cache = screen._gpu_node_cache["node-00"]
+    assert screen._gpu_util(nodes) == screen._gpu_util(nodes)  # cached: the same tuple
+    store.apply_sample("node-00", make_sample("node-00", 0, 999, 999.0, 8), 999.0)
+    assert list(screen._gpu_util(nodes)) == pytest.approx(
+        naive_gpu_util(store, nodes, CHART_POINTS)
+    )
+    assert screen._gpu_node_cache["node-00"][1] is not cache[1]  # moved on by one sample
+
+
+def test_advisor_sorts_big_inputs_in_pieces_as_one_stable_sort() -> None:
+    import random
+    from operator import itemgetter
+
+    from console.advice import SORT_PIECE, _sorted_in_pieces
+
+    rng = random.Random(3)
+    points = [(rng.randrange(500), rng.randrange(8), i) for i in range(3 * SORT_PIECE + 17)]
+    key = itemgetter(0, 1)
+    assert _sorted_in_pieces(points, key) == sorted(points, key=key)
+    assert _sorted_in_pieces(points[:50], key) == sorted(points[:50], key=key)
+
+
+async def test_chart_panel_draws_each_chart_on_a_line_and_repaints_only_changes() -> None:
+    from textual.app import App, ComposeResult
+
+    from console.widgets.bars import DASH
+    from console.widgets.chart_panel import Chart, ChartPanel
+
+    class Charts(App[None]):
+        def compose(self) -> ComposeResult:
+            yield ChartPanel()
+
+    app = Charts()
+    async with app.run_test(size=(80, 10)) as pilot:
+        panel = app.query_one(ChartPanel)
+        charts = [
+            Chart("loss", (3.0, 2.0, 1.5)),
+            Chart(" fwd s", ()),
+            Chart("gpu node-00", (50.0, 100.0), (0.0, 100.0)),
+        ]
+        panel.show(charts)
+        await pilot.pause()
+        loss = panel.line_text(0)
+        assert loss.startswith("loss ") and loss.rstrip().endswith("1.50 1.50..3.00")
+        # 12 cells of label, the sparkline right-aligned on the data's range, the value
+        assert len(loss) == 80 and loss[12:56] == " " * 41 + "█▃▁"
+        assert panel.line_text(1) == " fwd s" + " " * 51 + DASH + " " * 22
+        assert panel.line_text(2)[54:56] == "▅█"  # on the fixed 0..100 scale: 50 is level 4
+        drawn = panel.lines_rendered
+        panel.show(list(charts))  # the same: nothing to draw
+        await pilot.pause()
+        assert panel.lines_rendered == drawn
+        charts[0] = Chart("loss", (3.0, 2.0, 1.5, 1.2))
+        panel.show(charts)
+        await pilot.pause()
+        assert panel.lines_rendered == drawn + 1  # that line alone
+        assert panel.line_text(0).rstrip().endswith("1.20 1.20..3.00")

@@ -22,7 +22,6 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import VerticalScroll
 from textual.css.query import NoMatches
 from textual.widgets import DataTable, OptionList, Static, TabbedContent, TabPane
 from textual.widgets.option_list import Option
@@ -37,12 +36,13 @@ from console.screens import StoreScreen
 from console.screens.dialogs import ConfirmScreen, RestartChoice, RestartDialog
 from console.store import ClusterStore, ConnState, format_age
 from console.widgets.bars import DASH, format_bytes
-from console.widgets.chart import ChartRow, format_figure
+from console.widgets.chart import format_figure
+from console.widgets.chart_panel import Chart, ChartPanel
 from console.widgets.footer import SteadyFooter
 from console.widgets.rank_table import RankTable
 
 if TYPE_CHECKING:
-    from gantry.v1 import job_pb2
+    from gantry.v1 import job_pb2, telemetry_pb2
 
     from console.advice import Taken
 
@@ -71,6 +71,8 @@ CHARTS = (
     ("allreduce", " allred s", "allreduce_s", "mean", None),
     ("optim", " optim s", "optimizer_step_s", "mean", None),
 )
+EVENT_COLUMNS = ("time", "event", "where", "what")
+EVENT_WIDTHS = {"time": 8, "event": 16, "where": 14, "what": 200}
 CHART_POINTS = 120
 TIME_BUCKET_S = 5.0
 MAX_GPU_CHARTS = 4
@@ -140,6 +142,9 @@ class JobScreen(StoreScreen):
         self._advising = False
         self._events_drawn = 0
         self._events_first_seq = 0
+        self._event_rows: list[tuple[str, ...]] = []
+        self._event_bad: set[int] = set()
+        self._event_warn: set[int] = set()
         self._checkpoints_drawn: tuple[tuple[str, int], ...] = ()
         self._findings: list[Advice] = []
         self._findings_key: tuple[tuple[str, str], ...] | None = None
@@ -147,7 +152,14 @@ class JobScreen(StoreScreen):
         self._gpu_nodes: list[str] = []
         self._rank_keys: list[int] = []
         self._ready = False
+        self._tab_drawn = ""  # the tab a key switched to and drew, until it is shown
         self._shown: dict[str, str] = {}
+        # node -> (its version, newest sample read, per-sample means, those not None)
+        self._gpu_node_cache: dict[
+            str,
+            tuple[int, telemetry_pb2.NodeSample | None, list[float | None], list[float]],
+        ] = {}
+        self._gpu_group_cache: dict[tuple[str, ...], tuple[tuple[int, ...], tuple[float, ...]]] = {}
 
     # -- layout --------------------------------------------------------------------
 
@@ -157,14 +169,10 @@ class JobScreen(StoreScreen):
         with TabbedContent(id="job-tabs", initial="ranks"):
             with TabPane("1 Ranks", id="ranks"):
                 yield RankTable(RANK_COLUMNS, id="rank-table")
-            with TabPane("2 Charts", id="charts"), VerticalScroll(id="chart-rows"):
-                for key, label, *_ in CHARTS:
-                    yield ChartRow(label, id=f"chart-{key}")
-                yield ChartRow("coll %", fixed=(0.0, 100.0), id="chart-coll")
-                for i in range(MAX_GPU_CHARTS + 1):
-                    yield ChartRow("", fixed=(0.0, 100.0), id=f"chart-gpu{i}")
+            with TabPane("2 Charts", id="charts"):
+                yield ChartPanel(id="chart-panel")
             with TabPane("3 Events", id="events"):
-                yield DataTable(id="event-table", cursor_type="row")
+                yield RankTable(EVENT_COLUMNS, widths=EVENT_WIDTHS, id="event-table")
             with TabPane("4 Checkpoints", id="checkpoints"):
                 yield DataTable(id="checkpoint-table", cursor_type="row")
             with TabPane("5 Advisor", id="advisor"):
@@ -173,9 +181,6 @@ class JobScreen(StoreScreen):
         yield SteadyFooter()
 
     def on_mount(self) -> None:
-        events = self.query_one("#event-table", DataTable)
-        for column in ("time", "event", "where", "what"):
-            events.add_column(column, key=column)
         ckpts = self.query_one("#checkpoint-table", DataTable)
         for column in ("tag", "step", "age", "size", ""):
             ckpts.add_column(column, key=column or "flags")
@@ -330,12 +335,13 @@ class JobScreen(StoreScreen):
     def _draw_charts(self, view: JobView, now: float) -> None:
         if self.query_one("#job-tabs", TabbedContent).active != "charts":
             return
-        for key, _label, field, how, _ in CHARTS:
-            row = self.query_one(f"#chart-{key}", ChartRow)
-            row.show(self._series(view, field, how, now))
-        coll = self._ratio(view, now)
-        self.query_one("#chart-coll", ChartRow).show(coll)
-        self._draw_gpu_charts(view)
+        charts = [
+            Chart(label, tuple(self._series(view, field, how, now)), fixed)
+            for _key, label, field, how, fixed in CHARTS
+        ]
+        charts.append(Chart("coll %", tuple(self._ratio(view, now)), (0.0, 100.0)))
+        charts.extend(self._gpu_charts(view))
+        self.query_one("#chart-panel", ChartPanel).show(charts)
 
     def _series(self, view: JobView, field: str, how: str, now: float) -> list[float]:
         if self.by_time:
@@ -351,63 +357,95 @@ class JobScreen(StoreScreen):
         step = self._series(view, "step_time_s", "mean", now)
         return [100 * c / s for c, s in zip(coll, step, strict=False) if s > 0]
 
-    def _draw_gpu_charts(self, view: JobView) -> None:
-        nodes = [n for n in view.nodes() if n in self.cluster]
-        shown = nodes[:MAX_GPU_CHARTS]
-        rest = nodes[MAX_GPU_CHARTS:]
-        for i in range(MAX_GPU_CHARTS + 1):
-            row = self.query_one(f"#chart-gpu{i}", ChartRow)
-            group = [shown[i]] if i < len(shown) else (rest if i == MAX_GPU_CHARTS else [])
-            row.display = bool(group)
-            if not group:
-                continue
+    def _gpu_charts(self, view: JobView) -> list[Chart]:
+        """One chart per node for the first MAX_GPU_CHARTS nodes, then one for the rest."""
+        nodes = [n for n in dict.fromkeys(view.nodes()) if n in self.cluster]
+        groups = [[n] for n in nodes[:MAX_GPU_CHARTS]]
+        if nodes[MAX_GPU_CHARTS:]:
+            groups.append(nodes[MAX_GPU_CHARTS:])
+        charts = []
+        for group in groups:
             label = f"gpu {group[0]}" if len(group) == 1 else f"gpu +{len(group)}"
-            row.query_one(".chart-label", Static).update(label[:12])
-            row.show(self._gpu_util(group))
+            charts.append(Chart(label[:12], self._gpu_util(group), (0.0, 100.0)))
+        return charts
 
-    def _gpu_util(self, nodes: list[str]) -> list[float]:
+    def _gpu_util(self, nodes: list[str]) -> tuple[float, ...]:
         """Mean GPU utilization of `nodes`, sample by sample (the last CHART_POINTS)."""
-        series: list[list[float]] = []
-        for name in nodes:
-            history = list(self.cluster.node(name).history)[-CHART_POINTS:]
-            values = []
-            for sample in history:
-                utils = [g.gpu_util_percent for g in sample.gpus if g.HasField("gpu_util_percent")]
-                if utils:
-                    values.append(sum(utils) / len(utils))
-            series.append(values)
+        versions = tuple(self.cluster.node(name).version for name in nodes)
+        key = tuple(nodes)
+        cached = self._gpu_group_cache.get(key)
+        if cached is not None and cached[0] == versions:
+            return cached[1]
+        series = [self._node_util(name) for name in nodes]
         length = min((len(s) for s in series), default=0)
-        if not length:
-            return []
-        return [sum(s[-length + i] for s in series) / len(series) for i in range(length)]
+        result: tuple[float, ...] = ()
+        if length:
+            result = tuple(
+                sum(s[len(s) - length + i] for s in series) / len(series) for i in range(length)
+            )
+        self._gpu_group_cache[key] = (versions, result)
+        return result
+
+    def _node_util(self, name: str) -> list[float]:
+        """A node's mean GPU utilization per sample (of its last CHART_POINTS samples).
+
+        Each sample is worked out once: the per-sample means are kept with the newest
+        sample they reach, and only the samples after it are read on the next call (128
+        nodes x 120 samples x 8 GPUs each time took tens of milliseconds)."""
+        node = self.cluster.node(name)
+        cached = self._gpu_node_cache.get(name)
+        if cached is not None and cached[0] == node.version:
+            return cached[3]
+        history = node.history
+        stop = max(0, len(history) - CHART_POINTS)
+        newest = cached[1] if cached is not None else None
+        fresh: list[float | None] = []
+        i = len(history) - 1
+        while i >= stop and history[i] is not newest:
+            utils = [g.gpu_util_percent for g in history[i].gpus if g.HasField("gpu_util_percent")]
+            fresh.append(sum(utils) / len(utils) if utils else None)
+            i -= 1
+        kept = cached[2] if cached is not None and i >= stop else []
+        means = (kept + fresh[::-1])[-(len(history) - stop) :] if history else []
+        values = [v for v in means if v is not None]
+        self._gpu_node_cache[name] = (node.version, history[-1] if history else None, means, values)
+        return values
 
     def _draw_events(self, view: JobView) -> None:
+        # Only while shown: rows kept up to date on a hidden tab are work nobody sees
+        # (the tab's key draws them, and they are few next to a thousand ranks).
+        if self.query_one("#job-tabs", TabbedContent).active != "events":
+            return
         held = view.events
         first = held[0].seq if held else 0
         if len(held) == self._events_drawn and first == self._events_first_seq:
             return
-        table = self.query_one("#event-table", DataTable)
-        events = list(held)
         if first != self._events_first_seq:  # the bounded deque dropped some: redraw
-            table.clear()
+            self._event_rows, self._event_bad, self._event_warn = [], set(), set()
             self._events_drawn = 0
             self._events_first_seq = first
+        events = list(held)
+        rows = list(self._event_rows)  # a new list: the table compares it with the last
         for event in events[self._events_drawn :]:
             kind = job_kind(event.kind)
             where = event.node + (f" r{event.rank}" if event.node and event.rank >= 0 else "")
-            style = (
-                "red" if kind in ("rank failed", "rank hung", "attempt failed", "failed") else ""
+            if kind in ("rank failed", "rank hung", "attempt failed", "failed"):
+                self._event_bad.add(len(rows))
+            elif kind in ("alert", "nccl"):
+                self._event_warn.add(len(rows))
+            rows.append(
+                (
+                    time.strftime("%H:%M:%S", time.localtime(ts(event.time))),
+                    kind,
+                    where,
+                    event.message.splitlines()[0] if event.message else "",
+                )
             )
-            if kind in ("alert", "nccl"):
-                style = "yellow"
-            table.add_row(
-                time.strftime("%H:%M:%S", time.localtime(ts(event.time))),
-                Text(kind, style=style),
-                where,
-                Text(event.message.splitlines()[0] if event.message else "", style=style),
-            )
+        self._event_rows = rows
+        table = self.query_one("#event-table", RankTable)
+        table.set_rows(rows, self._event_bad, self._event_warn)
         if len(events) > self._events_drawn and self._events_drawn:
-            table.move_cursor(row=table.row_count - 1)
+            table.cursor_row = table.row_count - 1
         self._events_drawn = len(events)
 
     def _draw_checkpoints(self, view: JobView, now: float) -> None:
@@ -438,7 +476,9 @@ class JobScreen(StoreScreen):
         self._advising = True
         self._advise_on_thread(taken)
 
-    @work(exclusive=True, group="advisor")
+    # A description of its own: Textual's default is the repr of the arguments, and that
+    # of a thousand ranks' histories took seconds, in the UI loop.
+    @work(exclusive=True, group="advisor", description="advisor")
     async def _advise_on_thread(self, taken: Taken) -> None:
         try:
             started = time.monotonic()
@@ -484,6 +524,7 @@ class JobScreen(StoreScreen):
     def action_tab(self, tab: str) -> None:
         self.query_one("#job-tabs", TabbedContent).active = tab
         self.redraw()
+        self._tab_drawn = tab
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         focus = {
@@ -494,7 +535,9 @@ class JobScreen(StoreScreen):
         }.get(str(event.pane.id))
         if focus is not None:
             self.query_one(focus).focus()
-        self.redraw()
+        if self._tab_drawn != event.pane.id:  # a click: a key's action drew it already
+            self.redraw()
+        self._tab_drawn = ""
 
     def redraw(self) -> None:
         """Everything at once (after a key): the throttles are for streamed changes."""
@@ -597,7 +640,8 @@ class JobScreen(StoreScreen):
             )
 
     def on_rank_table_row_selected(self, event: RankTable.RowSelected) -> None:
-        self.action_logs()
+        if event.table.id == "rank-table":
+            self.action_logs()
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         if event.option_list.id != "findings" or self.operator is None:

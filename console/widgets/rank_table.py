@@ -1,4 +1,5 @@
-"""The ranks table of the job screen: one line per rank, drawn through Textual's line API.
+"""The ranks table of the job screen: one line per rank, drawn through Textual's line API
+(its events table is one too, with its own column widths).
 
 The screen hands over every row's cell texts with `set_rows`; lines are built only
 when Textual asks for a visible one, and each built line is kept keyed by its text,
@@ -49,8 +50,8 @@ DEFAULT_WIDTH = 8
 
 # Equal to no style in every terminal, but not to the row's style (see render_line).
 _PAD = Style(underline=False)
-# How a line is drawn: bad (red) and/or under the cursor.
-_Kind = tuple[bool, bool]
+# How a line is drawn: its tone (0 plain, 1 bad: red, 2 warn: yellow), under the cursor.
+_Kind = tuple[int, bool]
 
 
 class RankTable(ScrollView, can_focus=True):
@@ -70,6 +71,7 @@ class RankTable(ScrollView, can_focus=True):
         "rank-table--header",
         "rank-table--cursor",
         "rank-table--bad",
+        "rank-table--warn",
     }
 
     DEFAULT_CSS = """
@@ -86,6 +88,7 @@ class RankTable(ScrollView, can_focus=True):
             text-style: $block-cursor-text-style;
         }
         & > .rank-table--bad { color: $error; text-style: bold; }
+        & > .rank-table--warn { color: $warning; }
     }
     """
 
@@ -107,17 +110,20 @@ class RankTable(ScrollView, can_focus=True):
         self,
         columns: Sequence[str],
         *,
+        widths: dict[str, int] | None = None,
         name: str | None = None,
         id: str | None = None,
         classes: str | None = None,
     ) -> None:
         super().__init__(name=name, id=id, classes=classes)
         self.columns = tuple(columns)
-        self.widths = tuple(COLUMN_WIDTHS.get(c, DEFAULT_WIDTH) for c in self.columns)
+        chosen = COLUMN_WIDTHS if widths is None else widths
+        self.widths = tuple(chosen.get(c, DEFAULT_WIDTH) for c in self.columns)
         self._rows: list[tuple[str, ...]] = []
         self._bad: set[int] = set()
-        # Built lines by (text, bad, cursor), for one content width and one set of styles.
-        self._strips: dict[tuple[str, bool, bool], Strip] = {}
+        self._warn: set[int] = set()
+        # Built lines by (text, tone, cursor), for one content width and one set of styles.
+        self._strips: dict[tuple[str, int, bool], Strip] = {}
         self._strips_width = -1
         self._styles: dict[_Kind, Style] | None = None
         self._header: Strip | None = None
@@ -134,14 +140,17 @@ class RankTable(ScrollView, can_focus=True):
     def rows(self) -> list[tuple[str, ...]]:
         return self._rows
 
-    def set_rows(self, rows: list[tuple[str, ...]], bad: set[int]) -> None:
-        """Shows `rows` (one text per column each), the rows indexed by `bad` in red.
+    def set_rows(
+        self, rows: list[tuple[str, ...]], bad: set[int], warn: set[int] | None = None
+    ) -> None:
+        """Shows `rows` (one text per column each), the rows indexed by `bad` in red,
+        those by `warn` (and not `bad`) in yellow.
 
         Marks dirty only the visible lines whose text or colour changed (one full
         refresh when many did, or when the row count moved).
         """
-        old_rows, old_bad = self._rows, self._bad
-        self._rows, self._bad = rows, bad
+        old_rows, old_bad, old_warn = self._rows, self._bad, self._warn
+        self._rows, self._bad, self._warn = rows, bad, warn or set()
         if len(rows) != len(old_rows):
             self.virtual_size = Size(0, len(rows) + HEADER_LINES)
             self.cursor_row = self.validate_cursor_row(self.cursor_row)
@@ -152,7 +161,9 @@ class RankTable(ScrollView, can_focus=True):
         changed = [
             row
             for row in range(top, bottom)
-            if rows[row] != old_rows[row] or (row in bad) != (row in old_bad)
+            if rows[row] != old_rows[row]
+            or (row in bad) != (row in old_bad)
+            or (row in self._warn) != (row in old_warn)
         ]
         if len(changed) > MAX_LINE_REFRESHES:
             self.refresh()
@@ -194,7 +205,7 @@ class RankTable(ScrollView, can_focus=True):
         if row >= len(self._rows):
             return Strip.blank(width, self.rich_style)
         text = self._text(self._rows[row])
-        key = (text, row in self._bad, row == self.cursor_row)
+        key = (text, self._tone(row), row == self.cursor_row)
         strip = self._strips.get(key)
         if strip is None:
             self.lines_rendered += 1
@@ -203,7 +214,7 @@ class RankTable(ScrollView, can_focus=True):
             style = self._style((key[1], key[2]))
             # The pad in a style of its own, so that the text starts a segment: SVG
             # viewers (librsvg, which draws snapshots) trim a segment's leading spaces.
-            pad = Segment(text[:LEFT_PAD], self._style((False, key[2])) + _PAD)
+            pad = Segment(text[:LEFT_PAD], self._style((0, key[2])) + _PAD)
             strip = Strip([pad, Segment(text[LEFT_PAD:], style)]).adjust_cell_length(width, style)
             self._strips[key] = strip
         return strip
@@ -251,6 +262,9 @@ class RankTable(ScrollView, can_focus=True):
             fit(cell, width) for cell, width in zip(cells, self.widths, strict=False)
         )
 
+    def _tone(self, row: int) -> int:
+        return 1 if row in self._bad else 2 if row in self._warn else 0
+
     def _view_height(self) -> int:
         return self.scrollable_content_region.height
 
@@ -271,11 +285,11 @@ class RankTable(ScrollView, can_focus=True):
             base = self.rich_style
             bad = self.get_component_rich_style("rank-table--bad", partial=True)
             cursor = self.get_component_rich_style("rank-table--cursor", partial=True)
+            warn = self.get_component_rich_style("rank-table--warn", partial=True)
             self._styles = {
-                (False, False): base,
-                (True, False): base + bad,
-                (False, True): base + cursor,
-                (True, True): base + cursor + bad,
+                (tone, under): base + (cursor if under else Style()) + colour
+                for tone, colour in enumerate((Style(), bad, warn))
+                for under in (False, True)
             }
         return self._styles[kind]
 
