@@ -30,6 +30,7 @@ from console.job_store import EK, RANK_HISTORY, JobsStore, JobView
 from console.jobs_client import job_metadata
 
 RPC_TIMEOUT_S = 10.0
+TOKEN_REREAD_S = 5.0  # a rotated token file is picked up within this
 # Metric events replayed on opening a job at most (a thousand ranks: ~32 steps).
 MAX_METRICS_TAIL = 32_768
 # Events applied between two turns of the event loop (~10 ms).
@@ -67,6 +68,9 @@ class _Stubs:
     def __init__(self, targets: Iterable[NodeTarget]) -> None:
         self.targets = {t.name: t for t in targets}
         self._channels: dict[str, grpc.aio.Channel] = {}
+        # (read at, metadata) per node: a 1,024-rank job makes hundreds of calls a
+        # second, and reading the token (and TLS) files for each showed in UI stalls.
+        self._metadata: dict[str, tuple[float, tuple[tuple[str, str], ...]]] = {}
 
     def get(
         self, node: str
@@ -75,7 +79,11 @@ class _Stubs:
         channel = self._channels.get(node)
         if channel is None:
             channel = self._channels[node] = target_channel(target)
-        return agent_service_pb2_grpc.AgentServiceStub(channel), job_metadata(target.read_token())
+        now = time.monotonic()
+        cached = self._metadata.get(node)
+        if cached is None or now - cached[0] > TOKEN_REREAD_S:
+            cached = self._metadata[node] = (now, job_metadata(target.read_token()))
+        return agent_service_pb2_grpc.AgentServiceStub(channel), cached[1]
 
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), {}
