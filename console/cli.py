@@ -18,6 +18,7 @@ from console.cluster_file import (
 
 JOB_VERBS = ("launch", "jobs", "job", "stop", "restart", "logs", "events", "advise")
 TASK_VERBS = ("eval", "quantize", "serve", "tasks", "task", "stop-task")
+LOADTEST_VERBS = ("loadtest",)  # need no cluster
 DEFAULT_CLUSTER_FILES = (Path(".gantry/cluster.yaml"), Path(".gantry/demo/cluster.yaml"))
 
 
@@ -85,9 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     advise.add_argument(
         "--apply", default="", metavar="RULE", help="apply that finding's remedy (restarts)"
     )
+    from console.loadtest_verb import add_loadtest_verb
     from console.task_verbs import add_task_verbs
 
     task_parsers = add_task_verbs(verbs)
+    add_loadtest_verb(verbs)
     for verb in (launch, jobs, job, stop, restart, logs, events, advise, *task_parsers):
         add_connection_args(verb, suppress=True)
         verb.add_argument("--json", action="store_true", help="print JSON")
@@ -135,6 +138,10 @@ def cmd_console(targets: list[NodeTarget]) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.verb in LOADTEST_VERBS:
+        from console.loadtest_verb import run_loadtest_verb
+
+        sys.exit(run_loadtest_verb(args))
     try:
         targets = resolve_targets(args)
     except ClusterFileError as exc:

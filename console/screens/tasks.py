@@ -3,6 +3,7 @@ detail (an evaluation's targets and its trend across checkpoints, a quantization
 sizes, a server's health, requests/s, queue and batch sizes); start and stop servers.
 
     S      serve a model (asks for its directory)
+    L      load-test a server (the selected one, or any endpoint)
     x      stop the selected task (confirmed)
     escape back
 """
@@ -133,6 +134,7 @@ class TasksScreen(ModalScreen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back"),
         Binding("S", "serve", "Serve a model", key_display="S"),
+        Binding("L", "loadtest", "Load test", key_display="L"),
         Binding("x", "stop", "Stop task"),
     ]
 
@@ -270,6 +272,22 @@ class TasksScreen(ModalScreen[None]):
             return
         self._status(f"{started.task.id} starting on {started.node.name}")
         self.poll()
+
+    def action_loadtest(self) -> None:
+        from console.screens.loadtest import LoadTestScreen
+
+        endpoints = [
+            n.task.endpoint
+            for n in self.tasks
+            if n.task.kind == TK.TASK_KIND_SERVE
+            and n.task.state == TS.TASK_STATE_RUNNING
+            and n.task.endpoint
+        ]
+        found = self.selected()
+        if found is not None and found.task.endpoint in endpoints:
+            endpoints.remove(found.task.endpoint)
+            endpoints.append(found.task.endpoint)  # the form starts on the last one
+        self.app.push_screen(LoadTestScreen(endpoints))
 
     def action_stop(self) -> None:
         found = self.selected()

@@ -1,0 +1,141 @@
+"""What a load test does (the options of `gantry loadtest`), checked before anything runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from console.loadtest.schedule import parse_schedule
+
+
+class LoadTestError(Exception):
+    """Bad input or an unusable target; the message is one line naming what to fix."""
+
+
+ARRIVALS = ("constant", "poisson")
+MAX_WORKERS = 64
+METHOD_RE = re.compile(r"^[A-Za-z_][\w.]*/[A-Za-z_]\w*$")
+DEFAULT_DURATION_S = 10.0
+
+
+@dataclass(frozen=True)
+class LoadTestConfig:
+    target: str  # "HOST:PORT" or "http(s)://.../v1/completions"
+    method: str = ""  # "" = gantry.v1.InferenceService/Generate; else "pkg.Service/Method"
+    data: str = ""  # JSON request body for --method (HTTP: extra fields of the body)
+    prompts: Path | None = None  # JSONL of prompts ("prompt" or "text"); default: built-in
+    max_tokens: int = 32
+    rate: float | None = None  # open loop, requests/s
+    arrival: str = "constant"  # or "poisson"
+    concurrency: int | None = None  # closed loop
+    schedule: str = ""  # open loop in steps and ramps: "100:30s,200:30s,ramp:400:60s"
+    duration_s: float | None = None  # measured time; default 10 s unless `requests` is given
+    requests: int | None = None  # measured requests
+    warmup_s: float = 0.0
+    workers: int = 1
+    slo_ttft_ms: float | None = None
+    slo_latency_ms: float | None = None
+    token_file: Path | None = None
+    model: str = ""  # HTTP: the body's "model" (default: the server's first model)
+    timeout_s: float = 30.0  # per request
+    seed: int | None = None  # Poisson arrivals; None: a fresh one per run
+
+    @property
+    def is_http(self) -> bool:
+        return self.target.startswith(("http://", "https://"))
+
+    @property
+    def open_loop(self) -> bool:
+        return self.concurrency is None
+
+
+def split_host_port(target: str) -> tuple[str, int]:
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise LoadTestError(
+            f"--target {target!r}: expected HOST:PORT or http(s)://HOST/v1/completions"
+        )
+    return host, int(port)
+
+
+def _positive(name: str, value: float | None) -> None:
+    if value is not None and (not math.isfinite(value) or value <= 0):
+        raise LoadTestError(f"{name} must be a positive number, not {value:g}")
+
+
+def validate(config: LoadTestConfig) -> None:
+    """Raises LoadTestError with a one-line message on the first problem found."""
+    if not config.target:
+        raise LoadTestError("give the endpoint: --target HOST:PORT or --target http(s)://URL")
+    if not config.is_http:
+        split_host_port(config.target)
+    given = [
+        flag
+        for flag, value in (
+            ("--rate", config.rate),
+            ("--concurrency", config.concurrency),
+            ("--schedule", config.schedule or None),
+        )
+        if value is not None
+    ]
+    if not given:
+        raise LoadTestError(
+            "give the load: --rate R (open loop), --concurrency N (closed loop) or --schedule S"
+        )
+    if len(given) > 1:
+        raise LoadTestError(f"give one of --rate, --concurrency or --schedule, not {given}")
+    _positive("--rate", config.rate)
+    if config.concurrency is not None and config.concurrency < 1:
+        raise LoadTestError(f"--concurrency must be at least 1, not {config.concurrency}")
+    if config.schedule:
+        try:
+            parse_schedule(config.schedule)
+        except ValueError as exc:
+            raise LoadTestError(f"--schedule {config.schedule!r}: {exc}") from None
+        if config.duration_s is not None:
+            raise LoadTestError("--schedule sets the duration itself: drop --duration")
+    if config.arrival not in ARRIVALS:
+        raise LoadTestError(f"--arrival {config.arrival!r}: expected constant or poisson")
+    if config.arrival == "poisson" and not config.open_loop:
+        raise LoadTestError("--arrival poisson needs --rate or --schedule (open loop)")
+    _positive("--duration", config.duration_s)
+    if config.requests is not None and config.requests < 1:
+        raise LoadTestError(f"--requests must be at least 1, not {config.requests}")
+    if not math.isfinite(config.warmup_s) or config.warmup_s < 0:
+        raise LoadTestError(f"--warmup must be 0 or more, not {config.warmup_s:g}")
+    if not 1 <= config.workers <= MAX_WORKERS:
+        raise LoadTestError(f"--workers must be 1 to {MAX_WORKERS}, not {config.workers}")
+    if config.concurrency is not None and config.concurrency < config.workers:
+        raise LoadTestError(
+            f"--concurrency {config.concurrency} is below --workers {config.workers}: "
+            "each worker needs at least one request in flight"
+        )
+    if config.max_tokens < 1:
+        raise LoadTestError(f"--max-tokens must be at least 1, not {config.max_tokens}")
+    _positive("--slo-ttft-ms", config.slo_ttft_ms)
+    _positive("--slo-latency-ms", config.slo_latency_ms)
+    _positive("--timeout", config.timeout_s)
+    _check_method_and_data(config)
+    for flag, path in (("--prompts", config.prompts), ("--token-file", config.token_file)):
+        if path is not None and not path.is_file():
+            raise LoadTestError(f"{flag} {path}: no such file")
+
+
+def _check_method_and_data(config: LoadTestConfig) -> None:
+    if config.method:
+        if config.is_http:
+            raise LoadTestError("--method is for gRPC targets; an HTTP target is its URL")
+        if not METHOD_RE.match(config.method):
+            raise LoadTestError(f"--method {config.method!r}: expected pkg.Service/Method")
+    if config.data:
+        if not config.method and not config.is_http:
+            raise LoadTestError("--data goes with --method (the Gantry endpoint takes --prompts)")
+        try:
+            body = json.loads(config.data)
+        except ValueError as exc:
+            raise LoadTestError(f"--data is not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise LoadTestError('--data must be a JSON object, e.g. \'{"name": "x"}\'')

@@ -1,0 +1,212 @@
+"""Before the run: reach the target, find the method, prepare the requests, make one probe
+call. Every failure here is a LoadTestError with a one-line message."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+from gantry.v1 import inference_service_pb2 as pb
+from google.protobuf import json_format
+
+from console.loadtest.config import LoadTestConfig, LoadTestError, validate
+from console.loadtest.prompts import load_prompts
+from console.loadtest.reflection import find_method
+from console.loadtest.targets import CHANNEL_OPTIONS, GANTRY_GENERATE, TargetSpec
+
+CONNECT_TIMEOUT_S = 5.0
+# Codes that say the run cannot work at all; any other error of the probe is left for the
+# run to count.
+_REFUSALS = (
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.UNAVAILABLE,
+)
+
+
+def read_token(path: Path | None) -> str:
+    if path is None:
+        return ""
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise LoadTestError(f"--token-file {path}: {exc.strerror or exc}") from None
+    if not token:
+        raise LoadTestError(f"--token-file {path} is empty")
+    return token
+
+
+async def resolve(config: LoadTestConfig) -> TargetSpec:
+    validate(config)
+    token = read_token(config.token_file)
+    if config.is_http:
+        return await _resolve_http(config, token)
+    return await _resolve_grpc(config, token)
+
+
+async def wait_reachable(channel: grpc.aio.Channel, address: str, timeout: float) -> None:
+    """Returns once connected; fails at the first failed attempt rather than retrying."""
+    deadline = time.monotonic() + timeout
+    state = channel.get_state(try_to_connect=True)
+    while state is not grpc.ChannelConnectivity.READY:
+        if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+            raise LoadTestError(
+                f"cannot reach {address}: connection refused or failed (is the server running?)"
+            )
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise LoadTestError(f"cannot reach {address}: no connection in {timeout:g} s")
+        try:
+            await asyncio.wait_for(channel.wait_for_state_change(state), remaining)
+        except TimeoutError:
+            continue
+        state = channel.get_state(try_to_connect=True)
+
+
+async def _resolve_grpc(config: LoadTestConfig, token: str) -> TargetSpec:
+    address = config.target
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
+    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        await wait_reachable(channel, address, CONNECT_TIMEOUT_S)
+        if not config.method:
+            prompts = load_prompts(config.prompts)
+            bodies = tuple(
+                pb.GenerateRequest(
+                    prompt=p, params=pb.SamplingParams(max_tokens=config.max_tokens)
+                ).SerializeToString()
+                for p in prompts
+            )
+            spec = TargetSpec(
+                "gantry", address, GANTRY_GENERATE, True, bodies, token, config.timeout_s
+            )
+            probe = pb.GenerateRequest(
+                prompt=prompts[0], params=pb.SamplingParams(max_tokens=1)
+            ).SerializeToString()
+        else:
+            info = await find_method(
+                channel, address, config.method, metadata, min(config.timeout_s, 10.0)
+            )
+            if info.client_streaming:
+                raise LoadTestError(
+                    f"{config.method} is client-streaming: only unary and server-streaming "
+                    "methods can be load-tested"
+                )
+            request = info.request_class()
+            try:
+                json_format.Parse(config.data or "{}", request)
+            except json_format.ParseError as exc:
+                raise LoadTestError(f"--data does not fit {config.method}: {exc}") from None
+            body = request.SerializeToString()
+            spec = TargetSpec(
+                "grpc",
+                address,
+                config.method,
+                info.server_streaming,
+                (body,),
+                token,
+                config.timeout_s,
+            )
+            probe = body
+        await _probe_grpc(channel, spec, probe, metadata)
+    return spec
+
+
+async def _probe_grpc(
+    channel: grpc.aio.Channel, spec: TargetSpec, body: bytes, metadata: Any
+) -> None:
+    path = "/" + spec.method
+    try:
+        if spec.streaming:
+            call = channel.unary_stream(path, None, None)(
+                body, timeout=spec.timeout_s, metadata=metadata
+            )
+            await call.read()  # the first message (or the status) is enough
+            call.cancel()
+        else:
+            await channel.unary_unary(path, None, None)(
+                body, timeout=spec.timeout_s, metadata=metadata
+            )
+    except grpc.aio.AioRpcError as exc:
+        code = exc.code()
+        if code not in _REFUSALS:
+            return
+        if code is grpc.StatusCode.UNIMPLEMENTED:
+            hint = "; give --method pkg.Service/Method" if spec.kind == "gantry" else ""
+            raise LoadTestError(f"{spec.address} does not serve {spec.method}{hint}") from None
+        if code is grpc.StatusCode.UNAVAILABLE:
+            raise LoadTestError(f"cannot reach {spec.address}: {exc.details()}") from None
+        need = "check --token-file" if spec.token else "give --token-file"
+        raise LoadTestError(
+            f"{spec.address} refused the call ({code.name}: {exc.details()}); {need}"
+        ) from None
+
+
+def _models_url(url: str) -> str | None:
+    base, sep, last = url.rstrip("/").rpartition("/")
+    return f"{base}/models" if sep and last == "completions" else None
+
+
+async def _resolve_http(config: LoadTestConfig, token: str) -> TargetSpec:
+    url = config.target
+    extra: dict[str, Any] = json.loads(config.data) if config.data else {}
+    streaming = extra.get("stream", True) is not False
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(headers=headers, timeout=CONNECT_TIMEOUT_S) as client:
+        try:
+            model = config.model or await _first_model(client, url)
+            bodies = []
+            for prompt in load_prompts(config.prompts):
+                body: dict[str, Any] = {"prompt": prompt, "max_tokens": config.max_tokens}
+                if model:
+                    body["model"] = model
+                body["stream"] = streaming
+                body.update(extra)
+                bodies.append(json.dumps(body).encode())
+            probe = {**json.loads(bodies[0]), "max_tokens": 1, "stream": False}
+            response = await client.post(url, json=probe, timeout=config.timeout_s)
+        except httpx.ConnectError as exc:
+            raise LoadTestError(f"cannot reach {url}: {exc or 'connection failed'}") from None
+        except httpx.TimeoutException:
+            raise LoadTestError(f"{url} did not answer the probe request in time") from None
+        except httpx.HTTPError as exc:
+            raise LoadTestError(f"{url}: {type(exc).__name__}: {exc}") from None
+    status = response.status_code
+    if status in (401, 403):
+        need = "check --token-file" if token else "give --token-file"
+        raise LoadTestError(f"{url} refused the request (HTTP {status}); {need}")
+    if status in (404, 405):
+        raise LoadTestError(
+            f"{url} answered HTTP {status}: no OpenAI-compatible completions endpoint there "
+            "(expected http(s)://HOST/v1/completions)"
+        )
+    if 400 <= status < 500:
+        detail = " ".join(response.text.split())[:200]
+        raise LoadTestError(f"{url} refused the probe request: HTTP {status}: {detail}")
+    return TargetSpec(
+        "http",
+        url,
+        "POST " + (httpx.URL(url).path or "/"),
+        streaming,
+        tuple(bodies),
+        token,
+        config.timeout_s,
+    )
+
+
+async def _first_model(client: httpx.AsyncClient, url: str) -> str:
+    """The first model the server lists, or "" (then the body carries no "model")."""
+    models_url = _models_url(url)
+    if models_url is None:
+        return ""
+    response = await client.get(models_url)
+    try:
+        data = response.json()["data"]
+        return str(data[0]["id"]) if response.status_code == 200 and data else ""
+    except (ValueError, KeyError, IndexError, TypeError):
+        return ""

@@ -1,0 +1,53 @@
+"""Saved reports: one JSON file each under .gantry/loadtests/, named by time and target."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+from console.loadtest.report import Report
+
+DEFAULT_DIR = Path(".gantry/loadtests")
+
+
+def _slug(target: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", target.split("://")[-1]).strip("-")[:60] or "target"
+
+
+def save_report(report: Report, dir: Path = DEFAULT_DIR, now: datetime | None = None) -> Path:
+    dir.mkdir(parents=True, exist_ok=True)
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
+    base = f"{stamp}-{_slug(report.target)}"
+    path = dir / f"{base}.json"
+    n = 1
+    while path.exists():
+        n += 1
+        path = dir / f"{base}-{n}.json"
+    write_report(report, path)
+    return path
+
+
+def write_report(report: Report, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    tmp.replace(path)
+
+
+def load_report(path: Path) -> Report:
+    """ValueError (one line) when the file is not a load test report."""
+    try:
+        data = json.loads(path.read_text())
+        return Report.from_json(data)
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror or exc}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a load test report ({exc})") from None
+
+
+def list_reports(dir: Path = DEFAULT_DIR) -> list[Path]:
+    """Saved reports, oldest first."""
+    if not dir.is_dir():
+        return []
+    return sorted(dir.glob("*.json"))

@@ -1,0 +1,197 @@
+"""What is loaded (a resolved, picklable TargetSpec) and the clients that call it.
+
+Requests are serialized once, before the run: a gRPC call sends bytes as they are and a
+unary reply is not parsed (only its status matters), so the load tester spends its CPU on
+calls, not on protobuf. Gantry's Generate stream is parsed to count tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+import httpx
+from gantry.v1 import inference_service_pb2
+from google.protobuf.message import DecodeError
+
+GANTRY_GENERATE = "gantry.v1.InferenceService/Generate"
+CHANNEL_OPTIONS = [
+    ("grpc.enable_retries", 0),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    # Each channel its own connection: workers and channels must not share one socket.
+    ("grpc.use_local_subchannel_pool", 1),
+]
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    kind: str  # "gantry" (InferenceService/Generate), "grpc" (a reflected method) or "http"
+    address: str  # HOST:PORT, or the URL
+    method: str  # "pkg.Service/Method", or "POST /v1/completions"
+    streaming: bool
+    bodies: tuple[bytes, ...]  # serialized requests, sent round-robin
+    token: str = ""
+    timeout_s: float = 30.0
+
+
+class Client(Protocol):
+    streaming: bool
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def unary(self, index: int) -> None: ...
+
+    def stream(self, index: int) -> AsyncIterator[int]:
+        """Yields the number of tokens in each message as it arrives."""
+        ...
+
+    def error_code(self, exc: BaseException) -> str:
+        """A short name to count the failure under: a gRPC status name, "HTTP_503"..."""
+        ...
+
+
+def make_client(spec: TargetSpec) -> Client:
+    if spec.kind == "http":
+        return HttpClient(spec)
+    return GrpcClient(spec)
+
+
+class GrpcClient:
+    def __init__(self, spec: TargetSpec) -> None:
+        self.spec = spec
+        self.streaming = spec.streaming
+        self._bodies = spec.bodies
+        self._metadata = (("authorization", f"Bearer {spec.token}"),) if spec.token else None
+        self._channel: grpc.aio.Channel | None = None
+        self._parse = spec.kind == "gantry"
+
+    async def open(self) -> None:
+        self._channel = grpc.aio.insecure_channel(self.spec.address, options=CHANNEL_OPTIONS)
+        path = "/" + self.spec.method
+        # No serializers: requests go as the bytes prepared before the run.
+        self._unary = self._channel.unary_unary(path, None, None)
+        self._stream = self._channel.unary_stream(path, None, None)
+        await asyncio.wait_for(self._channel.channel_ready(), self.spec.timeout_s)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close(None)
+
+    async def unary(self, index: int) -> None:
+        bodies = self._bodies
+        await self._unary(
+            bodies[index % len(bodies)], timeout=self.spec.timeout_s, metadata=self._metadata
+        )
+
+    async def stream(self, index: int) -> AsyncIterator[int]:
+        bodies = self._bodies
+        call = self._stream(
+            bodies[index % len(bodies)], timeout=self.spec.timeout_s, metadata=self._metadata
+        )
+        if not self._parse:
+            async for _ in call:
+                yield 1
+            return
+        parse = inference_service_pb2.GenerateResponse.FromString
+        async for raw in call:
+            message = parse(raw)
+            yield len(message.token_ids) or (1 if message.text else 0)
+
+    def error_code(self, exc: BaseException) -> str:
+        if isinstance(exc, grpc.aio.AioRpcError):
+            return str(exc.code().name)
+        if isinstance(exc, asyncio.TimeoutError):
+            return "DEADLINE_EXCEEDED"
+        if isinstance(exc, DecodeError):
+            return "BAD_RESPONSE"
+        return type(exc).__name__
+
+
+class HttpStatusError(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+class StreamError(Exception):
+    """The server reported an error inside the event stream."""
+
+
+def sse_tokens(line: str) -> int | None:
+    """Tokens in one line of an OpenAI completions event stream; None at its end."""
+    if not line.startswith("data:"):
+        return 0
+    payload = line[5:].strip()
+    if payload == "[DONE]":
+        return None
+    chunk: Any = json.loads(payload)
+    if not isinstance(chunk, dict):
+        raise StreamError("an event that is not a JSON object")
+    if chunk.get("error"):
+        raise StreamError(str(chunk["error"]))
+    choices = chunk.get("choices") or []
+    text = choices[0].get("text") if choices and isinstance(choices[0], dict) else None
+    return 1 if text else 0
+
+
+class HttpClient:
+    """An OpenAI-compatible /v1/completions endpoint (vLLM, TGI...), streamed over SSE."""
+
+    def __init__(self, spec: TargetSpec) -> None:
+        self.spec = spec
+        self.streaming = spec.streaming
+        self._client: httpx.AsyncClient | None = None
+
+    async def open(self) -> None:
+        headers = {"content-type": "application/json"}
+        if self.spec.token:
+            headers["authorization"] = f"Bearer {self.spec.token}"
+        self._client = httpx.AsyncClient(
+            headers=headers,
+            timeout=httpx.Timeout(self.spec.timeout_s),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
+        )
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def unary(self, index: int) -> None:
+        assert self._client is not None
+        bodies = self.spec.bodies
+        response = await self._client.post(self.spec.address, content=bodies[index % len(bodies)])
+        if response.status_code != 200:
+            raise HttpStatusError(response.status_code)
+
+    async def stream(self, index: int) -> AsyncIterator[int]:
+        assert self._client is not None
+        bodies = self.spec.bodies
+        body = bodies[index % len(bodies)]
+        async with self._client.stream("POST", self.spec.address, content=body) as response:
+            if response.status_code != 200:
+                await response.aread()
+                raise HttpStatusError(response.status_code)
+            async for line in response.aiter_lines():
+                tokens = sse_tokens(line)
+                if tokens is None:
+                    return
+                yield tokens
+
+    def error_code(self, exc: BaseException) -> str:
+        if isinstance(exc, HttpStatusError):
+            return f"HTTP_{exc.status}"
+        if isinstance(exc, httpx.ConnectError):
+            return "UNAVAILABLE"
+        if isinstance(exc, httpx.TimeoutException | asyncio.TimeoutError):
+            return "DEADLINE_EXCEEDED"
+        if isinstance(exc, ValueError | StreamError):
+            return "BAD_RESPONSE"
+        if isinstance(exc, httpx.TransportError):
+            return "TRANSPORT_ERROR"
+        return type(exc).__name__

@@ -1,0 +1,215 @@
+"""`gantry loadtest`: load-test a gRPC or OpenAI-compatible HTTP endpoint from the CLI, and
+`gantry loadtest compare A.json B.json`. Needs no cluster file.
+
+Exit status: 0 after a full run, 130 after Ctrl-C (the partial report is still printed and
+saved), 2 on bad input or an unusable target (one line on stderr, before the run starts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from console.loadtest.config import LoadTestConfig, LoadTestError, validate
+from console.loadtest.schedule import parse_duration, parse_rate
+
+EXIT_INTERRUPTED = 130
+
+
+def add_loadtest_verb(verbs: Any) -> argparse.ArgumentParser:
+    lt: argparse.ArgumentParser = verbs.add_parser(
+        "loadtest",
+        help="load-test a gRPC or OpenAI-compatible HTTP endpoint (no cluster needed)",
+        description="Open loop (--rate, --schedule) or closed loop (--concurrency) load "
+        "against the Gantry inference endpoint, any reflected gRPC method, or an "
+        "OpenAI-compatible /v1/completions URL. `gantry loadtest compare A.json B.json` "
+        "sets two reports side by side.",
+    )
+    actions = lt.add_subparsers(dest="loadtest_action", metavar="compare")
+    cmp = actions.add_parser("compare", help="two saved reports side by side")
+    cmp.add_argument("a", type=Path, metavar="A.json")
+    cmp.add_argument("b", type=Path, metavar="B.json")
+    cmp.add_argument("--json", action="store_true", help="print JSON")
+    # Numbers are taken as text and checked here, so a bad one is a one-line error.
+    add = lt.add_argument
+    add("--target", default="", metavar="HOST:PORT|URL", help="gRPC HOST:PORT or http(s) URL")
+    add("--method", default="", metavar="pkg.Service/Method", help="via server reflection")
+    add("--data", default="", metavar="JSON", help="the request for --method (HTTP: extra body)")
+    add("--prompts", type=Path, default=None, metavar="FILE.jsonl", help='"prompt" or "text"')
+    add("--max-tokens", default="32", metavar="N")
+    add("--model", default="", help="HTTP: the body's model (default: the server's first)")
+    add("--rate", default=None, metavar="R", help="open loop: requests/s")
+    add("--arrival", default="constant", metavar="constant|poisson")
+    add("--concurrency", default=None, metavar="N", help="closed loop: requests in flight")
+    add("--schedule", default="", metavar="S", help="open loop steps: 100:30s,ramp:400:60s")
+    add("--duration", default=None, metavar="D", help="measured time, e.g. 30s (default 10s)")
+    add("--requests", default=None, metavar="N", help="measured requests")
+    add("--warmup", default="0", metavar="D", help="excluded from the results")
+    add("--workers", default="1", metavar="N", help="processes, each with its own loop")
+    add("--timeout", default="30s", metavar="D", help="per request")
+    add("--slo-ttft-ms", default=None, metavar="MS")
+    add("--slo-latency-ms", default=None, metavar="MS")
+    add("--seed", default=None, metavar="N", help="for Poisson arrivals")
+    add("--token-file", type=Path, default=argparse.SUPPRESS, help="bearer token")
+    add("--json", action="store_true", help="print the report as JSON")
+    add("--out", type=Path, default=None, metavar="FILE", help="write the JSON report there")
+    add("--no-save", action="store_true", help="do not keep the report in .gantry/loadtests/")
+    add("--quiet", action="store_true", help="no progress line")
+    return lt
+
+
+def _number(flag: str, text: str | None, kind: type[int] | type[float]) -> Any:
+    if text is None:
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise LoadTestError(f"{flag} {text!r}: not {what}") from None
+
+
+def _duration(flag: str, text: str | None, allow_zero: bool = False) -> float | None:
+    if text is None:
+        return None
+    try:
+        return parse_duration(text, allow_zero)
+    except ValueError as exc:
+        raise LoadTestError(f"{flag} {text!r}: {exc}") from None
+
+
+def config_from_args(args: argparse.Namespace) -> LoadTestConfig:
+    """LoadTestError on the first bad value, naming the flag."""
+    rate = None
+    if args.rate is not None:
+        try:
+            rate = parse_rate(args.rate)
+        except ValueError as exc:
+            raise LoadTestError(f"--rate {args.rate!r}: {exc}") from None
+    return LoadTestConfig(
+        target=args.target,
+        method=args.method,
+        data=args.data,
+        prompts=args.prompts,
+        max_tokens=_number("--max-tokens", args.max_tokens, int),
+        rate=rate,
+        arrival=args.arrival,
+        concurrency=_number("--concurrency", args.concurrency, int),
+        schedule=args.schedule,
+        duration_s=_duration("--duration", args.duration),
+        requests=_number("--requests", args.requests, int),
+        warmup_s=_duration("--warmup", args.warmup, allow_zero=True) or 0.0,
+        workers=_number("--workers", args.workers, int),
+        slo_ttft_ms=_number("--slo-ttft-ms", args.slo_ttft_ms, float),
+        slo_latency_ms=_number("--slo-latency-ms", args.slo_latency_ms, float),
+        token_file=getattr(args, "token_file", None),
+        model=args.model,
+        timeout_s=_duration("--timeout", args.timeout) or 30.0,
+        seed=_number("--seed", args.seed, int),
+    )
+
+
+def _fail(message: str) -> int:
+    print(f"gantry: {message}", file=sys.stderr)
+    return 2
+
+
+def run_loadtest_verb(args: argparse.Namespace) -> int:
+    if args.loadtest_action == "compare":
+        return _compare(args)
+    try:
+        config = config_from_args(args)
+        validate(config)
+    except LoadTestError as exc:
+        return _fail(str(exc))
+    try:
+        return asyncio.run(_run(config, args))
+    except KeyboardInterrupt:  # a second Ctrl-C
+        return EXIT_INTERRUPTED
+
+
+class _ProgressLine:
+    """A line rewritten in place on a terminal; elsewhere one line a second."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last_printed = -1.0
+        self.width = 0
+
+    def __call__(self, progress: Any) -> None:
+        line = progress.line()
+        if self.tty:
+            self.stream.write("\r" + line.ljust(self.width))
+            self.width = len(line)
+            if progress.done:
+                self.stream.write("\n")
+        elif progress.done or progress.elapsed_s - self.last_printed >= 1.0:
+            self.stream.write(line + "\n")
+            self.last_printed = progress.elapsed_s
+        self.stream.flush()
+
+
+async def _run(config: LoadTestConfig, args: argparse.Namespace) -> int:
+    from console.loadtest.engine import tune_gc
+    from console.loadtest.runner import run_loadtest
+    from console.loadtest.store import save_report, write_report
+
+    tune_gc()  # this process only runs the test
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def interrupted() -> None:
+        print("\ngantry: stopping; Ctrl-C again to abandon the report", file=sys.stderr)
+        stop.set()
+        loop.remove_signal_handler(signal.SIGINT)  # the next one interrupts for real
+
+    loop.add_signal_handler(signal.SIGINT, interrupted)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    try:
+        # Even one worker runs in a child process: drawing progress here then never
+        # delays a send.
+        report = await run_loadtest(
+            config,
+            on_progress=None if args.quiet else _ProgressLine(sys.stderr),
+            stop=stop,
+            in_process=False,
+        )
+    except LoadTestError as exc:
+        return _fail(str(exc))
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_report(report, args.out)
+        print(f"report: {args.out}", file=sys.stderr)
+    elif not args.no_save:
+        print(f"report: {save_report(report)}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(report.to_table())
+    return EXIT_INTERRUPTED if stop.is_set() else 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from console.loadtest.compare import compare, compare_json, format_compare
+    from console.loadtest.store import load_report
+
+    try:
+        a, b = load_report(args.a), load_report(args.b)
+    except ValueError as exc:
+        return _fail(str(exc))
+    rows = compare(a, b)
+    if args.json:
+        print(
+            json.dumps({"a": str(args.a), "b": str(args.b), "rows": compare_json(rows)}, indent=2)
+        )
+    else:
+        print(format_compare(rows, str(args.a), str(args.b)))
+    return 0

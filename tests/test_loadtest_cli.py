@@ -1,0 +1,154 @@
+"""`gantry loadtest` and `gantry loadtest compare`: one-line errors with exit 2, reports on
+stdout and on disk, and Ctrl-C (SIGINT to the process group) with workers: exit 130 and a
+partial report still written."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from console.cli import main
+from tests.deepspeed_env import ROOT
+from tests.loadtest_servers import Timing, grpc_server_in_thread
+from tests.test_loadtest_live import closed_port
+
+COMPLETE = "gantry.v1.InferenceService/Complete"
+
+
+def run_cli(
+    args: list[str], capsys: pytest.CaptureFixture[str], cwd: Path | None = None
+) -> tuple[int, str, str]:
+    old = Path.cwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        with pytest.raises(SystemExit) as info:
+            main(args)
+    finally:
+        os.chdir(old)
+    out, err = capsys.readouterr()
+    code = info.value.code
+    return (code if isinstance(code, int) else 1), out, err
+
+
+T = ["loadtest", "--target", "127.0.0.1:5"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([*T, "--rate", "fast"], "--rate 'fast': not a rate in requests per second"),
+        ([*T, "--rate", "-3"], "--rate '-3': a rate must be a positive number"),
+        ([*T, "--rate", "5", "--duration", "10x"], "--duration '10x': not a duration"),
+        ([*T, "--rate", "5", "--warmup", "soon"], "--warmup 'soon': not a duration"),
+        ([*T, "--schedule", "100:30s,ramp:400"], "--schedule '100:30s,ramp:400': step 2"),
+        ([*T, "--schedule", "100:30s,fast:1m"], "step 2 'fast:1m': 'fast' is not a rate"),
+        ([*T, "--concurrency", "two"], "--concurrency 'two': not a whole number"),
+        ([*T, "--rate", "5", "--workers", "0"], "--workers must be 1 to 64"),
+        ([*T, "--rate", "5", "--requests", "1.5"], "--requests '1.5': not a whole number"),
+        (T, "give the load: --rate R (open loop), --concurrency N"),
+        ([*T, "--rate", "5", "--concurrency", "2"], "give one of --rate, --concurrency"),
+        ([*T, "--rate", "5", "--arrival", "bursty"], "--arrival 'bursty': expected constant"),
+        (["loadtest", "--rate", "5"], "give the endpoint: --target HOST:PORT"),
+        (["loadtest", "--target", "nowhere", "--rate", "5"], "--target 'nowhere': expected"),
+        (["loadtest", "compare", "/nonexistent/a.json", "b.json"], "/nonexistent/a.json: No such"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(args, capsys)
+    assert code == 2 and out == ""
+    assert err.startswith("gantry: ") and err.count("\n") == 1, err
+    assert message in err
+
+
+def test_an_unreachable_target_fails_before_the_run_without_a_cluster(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # No cluster file anywhere: loadtest does not need one.
+    args = ["loadtest", "--target", f"127.0.0.1:{closed_port()}", "--rate", "5"]
+    code, out, err = run_cli(args, capsys, cwd=tmp_path)
+    assert code == 2 and out == ""
+    assert err.startswith("gantry: cannot reach 127.0.0.1:") and err.count("\n") == 1
+    assert not (tmp_path / ".gantry").exists()
+
+
+def test_json_report_saved_then_compared(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with grpc_server_in_thread(Timing(delay_s=0.005)) as address:
+        base = ["loadtest", "--target", address, "--method", COMPLETE, "--data", "{}"]
+        code, out, err = run_cli(
+            [*base, "--concurrency", "2", "--requests", "20", "--json", "--quiet"],
+            capsys,
+            cwd=tmp_path,
+        )
+        assert code == 0, err
+        report = json.loads(out)
+        assert report["ok"] == 20 and report["mode"] == "closed"
+        saved = sorted((tmp_path / ".gantry" / "loadtests").glob("*.json"))
+        assert len(saved) == 1 and json.loads(saved[0].read_text())["ok"] == 20
+        assert f"report: {Path('.gantry/loadtests') / saved[0].name}" in err
+        out_file = tmp_path / "b.json"
+        code, out, err = run_cli(
+            [*base, "--rate", "40", "--requests", "20", "--out", str(out_file), "--quiet"],
+            capsys,
+        )
+        assert code == 0, err
+        assert "achieved" in out and "latency" in out  # the table
+        assert json.loads(out_file.read_text())["sent"] == 20
+    code, out, err = run_cli(["loadtest", "compare", str(saved[0]), str(out_file)], capsys)
+    assert code == 0, err
+    assert out.startswith(f"A: {saved[0]}\nB: {out_file}")
+    assert "latency p99 ms" in out and "achieved req/s" in out
+    code, out, _ = run_cli(["loadtest", "compare", str(out_file), str(out_file), "--json"], capsys)
+    rows = {r["metric"]: r for r in json.loads(out)["rows"]}
+    assert rows["latency p50 ms"]["verdict"] == "same" and rows["latency p50 ms"]["diff"] == 0
+
+
+def test_ctrl_c_stops_the_workers_and_still_writes_the_partial_report(tmp_path: Path) -> None:
+    out_file = tmp_path / "partial.json"
+    with grpc_server_in_thread(Timing(delay_s=0.005)) as address:
+        argv = [sys.executable, "-m", "console", "loadtest", "--target", address]
+        argv += ["--method", COMPLETE, "--rate", "40", "--duration", "60s", "--workers", "2"]
+        argv += ["--out", str(out_file)]
+        proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its own process group, as a terminal gives it
+        )
+        try:
+            assert proc.stderr is not None
+            deadline = time.monotonic() + 60
+            line = ""
+            while " sent " not in line or " sent 0 " in line:
+                line = proc.stderr.readline()
+                assert line or proc.poll() is None, proc.stderr.read()
+                assert time.monotonic() < deadline, "no progress line"
+            workers = psutil.Process(proc.pid).children(recursive=True)
+            assert len(workers) == 2
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C at a terminal does
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 130, err
+    report = json.loads(out_file.read_text())
+    assert report["partial"] is True and report["sent"] > 0 and report["workers"] == 2
+    assert report["duration_s"] < 30
+    assert "achieved" in out  # the table is printed too
+    _gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive
