@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from console.cluster_file import (
     ClusterFileError,
@@ -15,6 +16,10 @@ from console.cluster_file import (
     load_cluster_file,
     parse_agent_flags,
 )
+from console.ssh.cli_args import SSH_VERBS
+
+if TYPE_CHECKING:
+    from console.ssh.up_verb import SshMode
 
 JOB_VERBS = ("launch", "jobs", "job", "stop", "restart", "logs", "events", "advise")
 TASK_VERBS = ("eval", "quantize", "serve", "tasks", "task", "stop-task")
@@ -44,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gantry", description="Operate large-model training from one console."
     )
     add_connection_args(parser, suppress=False)
+    parser.add_argument(
+        "--ssh",
+        type=Path,
+        metavar="HOSTFILE",
+        help="reach the agents `gantry up HOSTFILE` started, through SSH tunnels",
+    )
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
     status = verbs.add_parser("status", help="every node's state; exits 1 if any is unreachable")
     add_connection_args(status, suppress=True)
@@ -86,11 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     advise.add_argument(
         "--apply", default="", metavar="RULE", help="apply that finding's remedy (restarts)"
     )
+    from console.init_verb import add_init_verb
     from console.loadtest_verb import add_loadtest_verb
+    from console.ssh.cli_args import add_ssh_verbs
     from console.task_verbs import add_task_verbs
 
     task_parsers = add_task_verbs(verbs)
     add_loadtest_verb(verbs)
+    add_init_verb(verbs)
+    add_ssh_verbs(verbs)
     for verb in (launch, jobs, job, stop, restart, logs, events, advise, *task_parsers):
         add_connection_args(verb, suppress=True)
         verb.add_argument("--json", action="store_true", help="print JSON")
@@ -128,11 +143,16 @@ def cmd_status(args: argparse.Namespace, targets: list[NodeTarget]) -> int:
     return 0 if all(s.state == "live" for s in statuses) else 1
 
 
-def cmd_console(targets: list[NodeTarget]) -> int:
+def cmd_console(targets: list[NodeTarget], ssh: SshMode | None = None) -> int:
     from console.app import GantryApp, tune_gc
+    from console.operator import Operator
 
     tune_gc()
-    GantryApp(targets).run()
+    if ssh is None:
+        GantryApp(targets).run()
+    else:
+        operator = Operator(targets, agents=ssh.agents)
+        GantryApp(targets, operator=operator, background=ssh.background).run()
     return 0
 
 
@@ -142,22 +162,47 @@ def main(argv: list[str] | None = None) -> None:
         from console.loadtest_verb import run_loadtest_verb
 
         sys.exit(run_loadtest_verb(args))
+    if args.verb == "init":
+        from console.init_verb import run_init_verb
+
+        sys.exit(run_init_verb(args))
+    if args.verb in SSH_VERBS:
+        from console.ssh.up_verb import run_ssh_verb
+
+        sys.exit(run_ssh_verb(args))
+    ssh: SshMode | None = None
     try:
-        targets = resolve_targets(args)
-    except ClusterFileError as exc:
+        if getattr(args, "ssh", None) is not None:
+            if args.cluster is not None or args.agent:
+                raise ClusterFileError("give either --ssh or --cluster/--agent, not both")
+            from console.ssh.up_verb import open_ssh
+
+            ssh = open_ssh(args.ssh)  # one line on stderr per node not connected
+            targets = ssh.targets
+        else:
+            targets = resolve_targets(args)
+    except ValueError as exc:  # ClusterFileError, HostfileError, StateError
         print(f"gantry: {exc}", file=sys.stderr)
         sys.exit(2)
+    try:
+        sys.exit(dispatch(args, targets, ssh))
+    finally:
+        if ssh is not None:
+            ssh.close()
+
+
+def dispatch(args: argparse.Namespace, targets: list[NodeTarget], ssh: SshMode | None) -> int:
     if args.verb == "status":
-        sys.exit(cmd_status(args, targets))
+        return cmd_status(args, targets)
     if args.verb in JOB_VERBS:
         from console.job_verbs import run_job_verb
 
-        sys.exit(run_job_verb(args, targets))
+        return run_job_verb(args, targets)
     if args.verb in TASK_VERBS:
         from console.task_verbs import run_task_verb
 
-        sys.exit(run_task_verb(args, targets))
-    sys.exit(cmd_console(targets))
+        return run_task_verb(args, targets)
+    return cmd_console(targets, ssh)
 
 
 if __name__ == "__main__":

@@ -148,3 +148,28 @@ def test_demo_check_starts_and_stops_two_agents(tmp_path: Path) -> None:
             not Path(f"/proc/{pid}").exists()
             or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
         )
+
+
+def test_init_up_down_and_ssh_are_verbs_of_gantry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The security verbs reach their modules through `gantry` itself; bad input is one
+    line and exit 2 before anything is contacted."""
+    monkeypatch.chdir(tmp_path)
+    ca = tmp_path / "ca"
+    code, out, err = run_cli(
+        ["init", "--ca", str(ca), "--host", "node-a=127.0.0.1", "--json"], capsys
+    )
+    assert code == 0, err
+    assert (ca / "ca.pem").is_file() and (ca / "cluster.yaml").is_file()
+    json.loads(out)
+    missing = tmp_path / "no-hostfile"
+    for args, message in (
+        (["up", str(missing)], "no-hostfile"),
+        (["down", str(missing)], "run `gantry up HOSTFILE` first"),
+        (["--ssh", str(missing), "status"], "no-hostfile"),
+        (["--ssh", str(missing), "--cluster", "c.yaml", "status"], "either --ssh or --cluster"),
+    ):
+        code, _, err = run_cli(args, capsys)
+        assert code == 2, (args, err)
+        assert message in err and err.count("\n") == 1, (args, err)
