@@ -20,6 +20,7 @@ from agent.peers import NodeRefused
 from agent.rank_layout import list_checkpoints
 from agent.spec_diff import spec_changes
 from agent.tasks import TaskRunner
+from agent.tls import verified_identity
 
 log = logging.getLogger("gantry.agent")
 
@@ -47,10 +48,14 @@ def sanitize_operator(raw: str | bytes | None) -> str:
 
 
 def operator_of(context: Context) -> str:
+    """The name the operator gives, with the certificate the handshake verified (mTLS)."""
+    name = UNKNOWN_OPERATOR
     for key, value in context.invocation_metadata() or ():
         if key == OPERATOR_METADATA_KEY:
-            return sanitize_operator(value)
-    return UNKNOWN_OPERATOR
+            name = sanitize_operator(value)
+            break
+    cert = verified_identity(context)
+    return name if cert is None else f"{name} ({cert})"
 
 
 class JobService:

@@ -405,3 +405,10 @@ def test_a_job_runs_across_two_mtls_agents(
     finally:
         peer_audit.close()
     assert ("agent node-a", "start-ranks") in whos
+    leader_audit = Journal.open(agents[0].data_dir)
+    try:
+        submits = [e.who for e in leader_audit.audit_entries() if e.what == "submit"]
+    finally:
+        leader_audit.close()
+    # The name the caller gives (none here) beside the certificate the handshake verified.
+    assert submits == ["unknown (console alice)"]
