@@ -113,9 +113,8 @@ async def test_run_stop_and_compare_against_a_live_endpoint(tmp_path: Path) -> N
             assert first.mode == "closed" and first.ok > 0 and not first.partial
             assert first.ttft_ms is not None and first.ttft_ms.count == first.ok
             assert "latency" in text_of(screen, "#lt-detail-text")
-            assert "req/s" in text_of(screen, "#lt-progress") or "rate" in text_of(
-                screen, "#lt-progress"
-            )
+            final = text_of(screen, "#lt-progress")
+            assert "[done]" in final and f"done {first.completed}" in final
 
             fill(screen, "open", "20", "30s")  # stopped long before its end
             await pilot.press("ctrl+r")
