@@ -65,6 +65,7 @@ import asyncio
 import bisect
 import contextlib
 import cProfile
+import gc
 import io
 import json
 import math
@@ -915,6 +916,17 @@ async def measure_phase(
     stalls: list[float] = []
     stop = asyncio.Event()
     monitor = asyncio.create_task(stall_monitor(0.01, stalls, stop, trace_ms))
+    gc_pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+    gc_started = [0.0]
+
+    def on_gc(what: str, info: dict[str, int]) -> None:
+        if what == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            gc_pauses[info["generation"]].append(time.perf_counter() - gc_started[0])
+
+    if trace_ms:
+        gc.callbacks.append(on_gc)
     profiler = cProfile.Profile() if profile_dir else None
     events0, lines0 = counters()
     updates0, chars0 = probe.updates, probe.output_chars
@@ -941,6 +953,15 @@ async def measure_phase(
     busy1, agents1 = machine_busy_s(), sum(agents.cpu_times()[:2])
     stop.set()
     await monitor
+    if trace_ms:
+        gc.callbacks.remove(on_gc)
+        for gen, pauses in gc_pauses.items():
+            print(
+                f"== {phase.name}: gc generation {gen}: {len(pauses)} collections, "
+                f"{sum(pauses) * 1000:.0f} ms in all, "
+                f"longest {max(pauses, default=0) * 1000:.0f} ms",
+                file=sys.stderr,
+            )
     events1, lines1 = counters()
     phase.wall_s, phase.cpu_s = wall1 - wall0, cpu1 - cpu0
     phase.agents_cpu_s = agents1 - agents0
@@ -961,7 +982,6 @@ async def measure_phase(
 async def measure_console(
     ports: list[int], args: argparse.Namespace, agents: psutil.Process
 ) -> list[Phase]:
-    from textual.widgets import TabbedContent
 
     from console.app import GantryApp, tune_gc
     from console.cluster_file import NodeTarget
@@ -984,6 +1004,8 @@ async def measure_console(
         world = args.nodes * args.ranks_per_node
         rng = random.Random(5)
         tune_gc()  # as `gantry` does before it runs the console
+        if args.gc_threshold:  # an experiment: other collection thresholds than tune_gc's
+            gc.set_threshold(*(int(n) for n in args.gc_threshold.split(",")))
         app = GantryApp(targets, refresh_interval_s=0.1)
         phases = [Phase("job screen"), Phase("log screen")]
         async with app.run_test(size=(160, 48)) as pilot:
@@ -1017,7 +1039,6 @@ async def measure_console(
             )
             await until("the log", lambda: side.end_index > 0, 30)
             await asyncio.sleep(args.warmup)
-            tabs = screen.query_one("#job-tabs", TabbedContent)
             charts = screen.query_one("#chart-panel", ChartPanel)
             events = screen.query_one("#event-table", RankTable)
 
@@ -1029,11 +1050,10 @@ async def measure_console(
                 return arm
 
             def tab(name: str) -> Callable[[], Callable[[], bool]]:
-                return lambda: lambda: tabs.active == name
+                return lambda: lambda: screen.active_tab == name
 
-            # Back on the ranks tab nothing has the focus (JobScreen.action_tab does not
-            # give it back), so down/up would do nothing: the bench gives it back, untimed,
-            # as an operator's tab key or click would.
+            # Back on the ranks tab JobScreen.action_tab gives the table the focus (timed,
+            # with the key); the bench makes sure of it, untimed, so down/up always move.
             def refocus() -> None:
                 screen.set_focus(ranks)
 
@@ -1228,7 +1248,14 @@ def main() -> None:
         type=float,
         default=0.0,
         metavar="MS",
-        help="sample the loop's stack in stalls over MS ms; print the longest (stderr)",
+        help="sample the loop's stack in stalls over MS ms; print the longest stalls and the GC "
+        "pauses (stderr)",
+    )
+    parser.add_argument(
+        "--gc-threshold",
+        default="",
+        metavar="G0,G1,G2",
+        help="an experiment: gc.set_threshold(G0, G1, G2) after the console's own tuning",
     )
     parser.add_argument("--serve-agents", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -169,7 +169,7 @@ class AdvisorInputs:
         metrics = []
         for rank, node, history in taken.ranks:
             metrics.extend(self._rank_points(rank, node, history))
-        metrics = _sorted_in_pieces(metrics, attrgetter("time", "rank"))
+        metrics = _by_time_and_rank(metrics)
         old_gpus = self._gpus
         gpu_cache: dict[int, tuple[telemetry_pb2.NodeSample, list[GpuPoint]]] = {}
         gpus: list[GpuPoint] = []
@@ -231,6 +231,22 @@ def _sorted_in_pieces(points: list[T], key: Callable[[T], Any]) -> list[T]:
         sorted(points[i : i + SORT_PIECE], key=key) for i in range(0, len(points), SORT_PIECE)
     ]
     return list(heapq.merge(*pieces, key=key))
+
+
+def _by_time_and_rank(metrics: list[MetricPoint]) -> list[MetricPoint]:
+    """`sorted(metrics, key=attrgetter("time", "rank"))`. A thousand ranks' ~120,000
+    points are ordered by numpy's stable sort, which does not hold the GIL (sorting them in
+    Python, even in pieces, took the advisor's thread a fifth of a second)."""
+    if len(metrics) <= SORT_PIECE:
+        return sorted(metrics, key=attrgetter("time", "rank"))
+    import numpy as np
+
+    times = np.fromiter(map(attrgetter("time"), metrics), dtype=np.float64, count=len(metrics))
+    if np.isnan(times).any():  # numpy puts NaN last, sorted leaves it where it stands
+        return _sorted_in_pieces(metrics, attrgetter("time", "rank"))
+    ranks = np.fromiter(map(attrgetter("rank"), metrics), dtype=np.int64, count=len(metrics))
+    order = np.lexsort((ranks, times))  # stable: equal keys keep their order
+    return [metrics[i] for i in order.tolist()]
 
 
 def _advice(f: Finding) -> Advice:

@@ -23,6 +23,7 @@ import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Literal
 
 __all__ = [
@@ -208,7 +209,8 @@ def _by_rank(metrics: Sequence[MetricPoint]) -> dict[int, list[MetricPoint]]:
     ranks: dict[int, list[MetricPoint]] = defaultdict(list)
     for point in metrics:
         ranks[point.rank].append(point)
-    out = {rank: sorted(pts, key=lambda p: (p.time, p.step)) for rank, pts in ranks.items()}
+    by_time = attrgetter("time", "step")
+    out = {rank: sorted(pts, key=by_time) for rank, pts in ranks.items()}
     if getattr(_memo, "active", False):
         _memo.by_rank = (metrics, out)
     return out
@@ -409,21 +411,31 @@ def _robust_z(value: float, baseline: Sequence[float]) -> tuple[float, float] | 
 
 def grad_spike(inp: AdvisorInput, th: Thresholds) -> list[Finding]:
     """A recent gradient norm far above the robust spread of the steps before it."""
-    worst: tuple[float, float, float, int, MetricPoint] | None = None  # z, value, median, n
+    window, recent = th.grad_norm_window_steps, th.recent_steps
+    # Each rank's last recent + window points with a finite grad norm: all that is scored
+    # (a longer series' recent points have full windows within them) and their norms.
+    ranks: list[tuple[list[MetricPoint], list[float]]] = []
+    # (rank's index in `ranks`, the point's index in its series, its baseline's length)
+    candidates: list[tuple[int, int, int]] = []
     for points in _by_rank(inp.metrics).values():
-        series = [p for p in points if _finite(p.grad_norm)]
-        for i in range(max(0, len(series) - th.recent_steps), len(series)):
-            baseline = [
-                p.grad_norm
-                for p in series[max(0, i - th.grad_norm_window_steps) : i]
-                if p.grad_norm is not None
-            ]
-            value = series[i].grad_norm
-            if len(baseline) < th.grad_norm_min_steps or value is None:
-                continue
-            scored = _robust_z(value, baseline)
-            if scored is not None and (worst is None or scored[0] > worst[0]):
-                worst = (scored[0], value, scored[1], len(baseline), series[i])
+        series = _finite_grads(points[-(recent + window) :])
+        if len(series) < recent + window < len(points):  # non-finite ones in the tail
+            series = _finite_grads(points)[-(recent + window) :]
+        values: list[float] = [p.grad_norm for p in series]  # type: ignore[misc]
+        for i in range(max(0, len(series) - recent), len(series)):
+            count = min(i, window)
+            if count >= th.grad_norm_min_steps:
+                candidates.append((len(ranks), i, count))
+        ranks.append((series, values))
+    if len(candidates) >= GRAD_VECTOR_MIN:
+        scores = _robust_z_many([values for _, values in ranks], candidates)
+    else:
+        scores = [_robust_z(ranks[r][1][i], ranks[r][1][i - c : i]) for r, i, c in candidates]
+    worst: tuple[float, float, float, int, MetricPoint] | None = None  # z, value, median, n
+    for (r, i, count), scored in zip(candidates, scores, strict=True):
+        if scored is not None and (worst is None or scored[0] > worst[0]):
+            series, values = ranks[r]
+            worst = (scored[0], values[i], scored[1], count, series[i])
     if worst is None or worst[0] <= th.grad_norm_z_max:
         return []
     z, value, median, count, point = worst
@@ -433,6 +445,56 @@ def grad_spike(inp: AdvisorInput, th: Thresholds) -> list[Finding]:
         f"(threshold {th.grad_norm_z_max:g})"
     )
     return [Finding("grad-spike", "warning", "Gradient norm spike", evidence, _lower_lr(inp))]
+
+
+def _finite_grads(points: Sequence[MetricPoint]) -> list[MetricPoint]:
+    isfinite = math.isfinite
+    return [p for p in points if (g := p.grad_norm) is not None and isfinite(g)]
+
+
+# From this many scored points on, grad_spike scores them with numpy (a thousand ranks x
+# 20 recent steps x 50-step baselines: half a second of pure Python, holding the GIL
+# against the console's UI loop). Both ways give the same floats: the same medians ((a +
+# b) / 2 of the middle two), deviations and quotients, in IEEE double precision.
+GRAD_VECTOR_MIN = 256
+
+
+def _robust_z_many(
+    series: Sequence[Sequence[float]], candidates: Sequence[tuple[int, int, int]]
+) -> list[tuple[float, float] | None]:
+    """`_robust_z(series[r][i], series[r][i - count : i])` for each (r, i, count), with
+    the windows of one length scored together."""
+    import numpy as np
+
+    flat: list[float] = []
+    offsets: list[int] = []
+    for values in series:
+        offsets.append(len(flat))
+        flat.extend(values)
+    data = np.asarray(flat, dtype=np.float64)
+    by_count: dict[int, list[int]] = {}  # baseline length -> candidate numbers
+    ends: list[int] = []  # where each candidate's value is in `flat`
+    for n, (r, i, count) in enumerate(candidates):
+        by_count.setdefault(count, []).append(n)
+        ends.append(offsets[r] + i)
+    out: list[tuple[float, float] | None] = [None] * len(candidates)
+    for count, numbers in by_count.items():
+        end = np.asarray([ends[n] for n in numbers], dtype=np.intp)
+        windows = data[end[:, None] - count + np.arange(count)]
+        median = np.median(windows, axis=1)
+        scale = MAD_TO_SIGMA * np.median(np.abs(windows - median[:, None]), axis=1)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            z = (data[end] - median) / scale
+        zero = scale == 0
+        for n, z_n, median_n, zero_n in zip(
+            numbers, z.tolist(), median.tolist(), zero.tolist(), strict=True
+        ):
+            if zero_n:  # the mean-deviation fallback
+                e = ends[n]
+                out[n] = _robust_z(flat[e], flat[e - count : e])
+            else:
+                out[n] = (z_n, median_n)
+    return out
 
 
 def loss_scale_collapse(inp: AdvisorInput, th: Thresholds) -> list[Finding]:

@@ -63,3 +63,27 @@ def test_restart_dialog_80x24(snap_compare: Any) -> None:
 def test_cluster_screen_marks_the_failed_node_80x24(snap_compare: Any) -> None:
     # node-01 holds the hung rank: red, with the job and rank on the bottom line.
     assert snap_compare(make_app(), press=["down"], terminal_size=(80, 24))
+
+
+async def test_job_tabs_switch_on_keys_and_clicks_and_focus_their_table() -> None:
+    from console.screens.job import JobScreen
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press(*OPEN_JOB)
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, JobScreen) and screen.active_tab == "ranks"
+        await pilot.press("3")
+        assert screen.active_tab == "events"
+        assert screen.query_one("#job-tabs").current == "events"  # type: ignore[attr-defined]
+        assert app.focused is screen.query_one("#event-table")
+        assert screen.query_one("#events").display and not screen.query_one("#ranks").display
+        # "1 Ranks  2 Charts  3 Events  4 Checkpoints  5 Advisor": click on "4 Checkpoints"
+        await pilot.click("#job-tab-bar", offset=(1 + len("1 Ranks  2 Charts  3 Events  "), 0))
+        await pilot.pause()
+        assert screen.active_tab == "checkpoints"
+        assert app.focused is screen.query_one("#checkpoint-table")
+        await pilot.press("1")
+        assert screen.active_tab == "ranks" and app.focused is screen.query_one("#rank-table")
+        assert "5 Advisor (1)" in str(screen.query_one("#job-tab-bar").render())

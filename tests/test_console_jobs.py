@@ -272,6 +272,30 @@ def test_advisor_sorts_big_inputs_in_pieces_as_one_stable_sort() -> None:
     assert _sorted_in_pieces(points[:50], key) == sorted(points[:50], key=key)
 
 
+@pytest.mark.parametrize("nan", [False, True])
+def test_advisor_orders_big_inputs_by_time_and_rank_as_sorted_does(nan: bool) -> None:
+    import math
+    import random
+    from operator import attrgetter
+
+    from console.advice import SORT_PIECE, _by_time_and_rank, _sorted_in_pieces
+    from console.advisor import MetricPoint
+
+    rng = random.Random(5)
+
+    def at(i: int) -> MetricPoint:
+        t = math.nan if nan and i % 997 == 0 else float(rng.randrange(300)) + rng.choice([0, 0.5])
+        return MetricPoint(rng.randrange(40), "n", i, t, None, None, None, None, None, None)
+
+    points = [at(i) for i in range(3 * SORT_PIECE + 17)]  # many equal keys: stability shows
+    for chosen in (points, points[:50]):
+        key = attrgetter("time", "rank")
+        # NaN has no order: what the advisor did before numpy sorted its input
+        expected = _sorted_in_pieces(chosen, key) if nan else sorted(chosen, key=key)
+        got = _by_time_and_rank(list(chosen))
+        assert [id(p) for p in got] == [id(p) for p in expected]
+
+
 async def test_chart_panel_draws_each_chart_on_a_line_and_repaints_only_changes() -> None:
     from textual.app import App, ComposeResult
 

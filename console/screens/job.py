@@ -22,8 +22,9 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
+from textual.containers import Vertical
 from textual.css.query import NoMatches
-from textual.widgets import DataTable, OptionList, Static, TabbedContent, TabPane
+from textual.widgets import ContentSwitcher, DataTable, OptionList, Static
 from textual.widgets.option_list import Option
 
 from console.advice import Advice, AdvisorInputs, advise
@@ -71,6 +72,20 @@ CHARTS = (
     ("allreduce", " allred s", "allreduce_s", "mean", None),
     ("optim", " optim s", "optimizer_step_s", "mean", None),
 )
+# id, label: the tabs, on their keys 1-5
+TABS = (
+    ("ranks", "1 Ranks"),
+    ("charts", "2 Charts"),
+    ("events", "3 Events"),
+    ("checkpoints", "4 Checkpoints"),
+    ("advisor", "5 Advisor"),
+)
+TAB_FOCUS = {
+    "ranks": "#rank-table",
+    "events": "#event-table",
+    "checkpoints": "#checkpoint-table",
+    "advisor": "#findings",
+}
 EVENT_COLUMNS = ("time", "event", "where", "what")
 EVENT_WIDTHS = {"time": 8, "event": 16, "where": 14, "what": 200}
 CHART_POINTS = 120
@@ -99,6 +114,24 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 class JobScreen(StoreScreen):
+    # The tabs are a one-line bar over a ContentSwitcher of fixed-height panes rather than
+    # a TabbedContent: its panes are `height: auto` (each switch measured the new pane's
+    # content), its tab bar restyled itself and animated its underline for 0.3 s, a
+    # repaint every frame, under the next keys.
+    DEFAULT_CSS = """
+    JobScreen #job-tab-bar {
+        height: 2;
+        padding: 0 1;
+        link-style: none;
+        link-color: $foreground 50%;
+        link-background-hover: transparent;
+        link-style-hover: underline;
+    }
+    JobScreen #job-tabs > Vertical {
+        height: 1fr;
+    }
+    """
+
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back"),
         Binding("r", "restart", "Restart"),
@@ -152,7 +185,8 @@ class JobScreen(StoreScreen):
         self._gpu_nodes: list[str] = []
         self._rank_keys: list[int] = []
         self._ready = False
-        self._tab_drawn = ""  # the tab a key switched to and drew, until it is shown
+        self.active_tab = "ranks"
+        self._advisor_count = 0
         self._shown: dict[str, str] = {}
         # node -> (its version, newest sample read, per-sample means, those not None)
         self._gpu_node_cache: dict[
@@ -166,16 +200,17 @@ class JobScreen(StoreScreen):
     def compose(self) -> ComposeResult:
         yield Static(id="job-title", markup=False)
         yield Static(id="job-cost", markup=False)
-        with TabbedContent(id="job-tabs", initial="ranks"):
-            with TabPane("1 Ranks", id="ranks"):
+        yield Static(self._tab_bar(), id="job-tab-bar")
+        with ContentSwitcher(id="job-tabs", initial="ranks"):
+            with Vertical(id="ranks"):
                 yield RankTable(RANK_COLUMNS, id="rank-table")
-            with TabPane("2 Charts", id="charts"):
+            with Vertical(id="charts"):
                 yield ChartPanel(id="chart-panel")
-            with TabPane("3 Events", id="events"):
+            with Vertical(id="events"):
                 yield RankTable(EVENT_COLUMNS, widths=EVENT_WIDTHS, id="event-table")
-            with TabPane("4 Checkpoints", id="checkpoints"):
+            with Vertical(id="checkpoints"):
                 yield DataTable(id="checkpoint-table", cursor_type="row")
-            with TabPane("5 Advisor", id="advisor"):
+            with Vertical(id="advisor"):
                 yield OptionList(id="findings")
         yield Static(id="job-status", markup=False)
         yield SteadyFooter()
@@ -273,7 +308,7 @@ class JobScreen(StoreScreen):
         return lost
 
     def _draw_ranks(self, view: JobView, now: float) -> None:
-        if self.query_one("#job-tabs", TabbedContent).active != "ranks":
+        if self.active_tab != "ranks":
             return
         table = self.query_one("#rank-table", RankTable)
         lost = self._lost_nodes(view)
@@ -333,7 +368,13 @@ class JobScreen(StoreScreen):
         )
 
     def _draw_charts(self, view: JobView, now: float) -> None:
-        if self.query_one("#job-tabs", TabbedContent).active != "charts":
+        if self.active_tab != "charts":
+            # Hidden, each node's GPU means still take in its new samples (a millisecond
+            # for 128 nodes), so that the tab's key does not read them all at once (128
+            # nodes' minutes of samples took a few hundred milliseconds, in the key's frame).
+            for node in dict.fromkeys(view.nodes()):
+                if node in self.cluster:
+                    self._node_util(node)
             return
         charts = [
             Chart(label, tuple(self._series(view, field, how, now)), fixed)
@@ -414,7 +455,7 @@ class JobScreen(StoreScreen):
     def _draw_events(self, view: JobView) -> None:
         # Only while shown: rows kept up to date on a hidden tab are work nobody sees
         # (the tab's key draws them, and they are few next to a thousand ranks).
-        if self.query_one("#job-tabs", TabbedContent).active != "events":
+        if self.active_tab != "events":
             return
         held = view.events
         first = held[0].seq if held else 0
@@ -512,9 +553,8 @@ class JobScreen(StoreScreen):
                 if finding.applicable:
                     text.append("  [enter applies]", style="dim")
             options.add_option(Option(text))
-        tab = self.query_one("#job-tabs", TabbedContent)
-        pane = tab.get_tab("advisor")
-        pane.label = f"5 Advisor ({len(findings)})" if findings else "5 Advisor"
+        self._advisor_count = len(findings)
+        self._show("#job-tab-bar", self._tab_bar())
 
     # -- actions -------------------------------------------------------------------
 
@@ -522,22 +562,45 @@ class JobScreen(StoreScreen):
         self.dismiss()
 
     def action_tab(self, tab: str) -> None:
-        self.query_one("#job-tabs", TabbedContent).active = tab
-        self.redraw()
-        self._tab_drawn = tab
-
-    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
-        focus = {
-            "ranks": "#rank-table",
-            "events": "#event-table",
-            "checkpoints": "#checkpoint-table",
-            "advisor": "#findings",
-        }.get(str(event.pane.id))
+        if tab == self.active_tab or tab not in dict(TABS):
+            return
+        self.active_tab = tab
+        self.query_one("#job-tabs", ContentSwitcher).current = tab
+        self._show("#job-tab-bar", self._tab_bar())
+        focus = TAB_FOCUS.get(tab)
         if focus is not None:
             self.query_one(focus).focus()
-        if self._tab_drawn != event.pane.id:  # a click: a key's action drew it already
-            self.redraw()
-        self._tab_drawn = ""
+        self._draw_tab(tab)
+
+    def _draw_tab(self, tab: str) -> None:
+        """The tab a key just showed, at once; the rest (the title, the throttled draws)
+        is left to the next refresh: in the key's frame, only what it changes."""
+        view = self.view
+        if view is None or not self._ready:
+            return
+        now = self.clock()
+        if tab == "ranks":
+            self._draw_ranks(view, now)
+        elif tab == "charts":
+            self._draw_charts(view, now)
+        elif tab == "events":
+            self._draw_events(view)
+        elif tab == "checkpoints":
+            self._draw_checkpoints(view, now)
+
+    def _tab_bar(self) -> str:
+        """The tabs' labels (a click on one switches to it), the active one underlined
+        on the line below."""
+        labels, under = [], []
+        for key, label in TABS:
+            if key == "advisor" and self._advisor_count:
+                label = f"{label} ({self._advisor_count})"
+            active = key == self.active_tab
+            link = f"[@click=screen.tab('{key}')]{label}[/]"
+            labels.append(f"[bold $foreground]{link}[/]" if active else link)
+            bar = "$block-cursor-background" if active else "$foreground 15%"
+            under.append(f"[{bar}]{'━' * len(label)}[/]")
+        return "  ".join(labels) + "\n" + "[$foreground 15%]━━[/]".join(under)
 
     def redraw(self) -> None:
         """Everything at once (after a key): the throttles are for streamed changes."""
