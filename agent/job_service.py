@@ -58,6 +58,26 @@ def operator_of(context: Context) -> str:
     return name if cert is None else f"{name} ({cert})"
 
 
+async def event_responses(
+    bus: EventBus, request: agent_service_pb2.WatchJobEventsRequest
+) -> AsyncIterator[agent_service_pb2.WatchJobEventsResponse]:
+    """WatchJobEvents' answer from `bus`: batched when asked, else one event a message."""
+    batches = bus.follow_batches(
+        request.job_name,
+        request.after_seq,
+        follow=request.follow,
+        metrics_tail=request.metrics_tail,
+    )
+    async for batch in batches:
+        if request.batched:
+            # What is at hand in one message: a thousand ranks' metrics a second
+            # would otherwise be a thousand messages for the console to read.
+            yield agent_service_pb2.WatchJobEventsResponse(events=batch)
+        else:
+            for event in batch:
+                yield agent_service_pb2.WatchJobEventsResponse(event=event)
+
+
 class JobService:
     def __init__(
         self,
@@ -238,20 +258,8 @@ class JobRpcs:
     async def WatchJobEvents(
         self, request: agent_service_pb2.WatchJobEventsRequest, context: Context
     ) -> AsyncIterator[agent_service_pb2.WatchJobEventsResponse]:
-        batches = self.jobs.bus.follow_batches(
-            request.job_name,
-            request.after_seq,
-            follow=request.follow,
-            metrics_tail=request.metrics_tail,
-        )
-        async for batch in batches:
-            if request.batched:
-                # What is at hand in one message: a thousand ranks' metrics a second
-                # would otherwise be a thousand messages for the console to read.
-                yield agent_service_pb2.WatchJobEventsResponse(events=batch)
-            else:
-                for event in batch:
-                    yield agent_service_pb2.WatchJobEventsResponse(event=event)
+        async for response in event_responses(self.jobs.bus, request):
+            yield response
 
     async def TailRankLog(
         self, request: agent_service_pb2.TailRankLogRequest, context: Context

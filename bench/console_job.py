@@ -95,6 +95,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # for tests/fakes, which is not an installed package
 
 from agent.event_bus import EventBus  # noqa: E402
+from agent.job_service import event_responses  # noqa: E402
 
 if TYPE_CHECKING:
     from textual.widget import Widget
@@ -601,19 +602,8 @@ class SimAgent(agent_service_pb2_grpc.AgentServiceServicer):  # type: ignore[mis
             if request.follow:
                 await asyncio.Event().wait()
             return
-        # As agent.job_service.WatchJobEvents answers it.
-        batches = job.bus.follow_batches(
-            request.job_name,
-            request.after_seq,
-            follow=request.follow,
-            metrics_tail=request.metrics_tail,
-        )
-        async for batch in batches:
-            if request.batched:
-                yield agent_service_pb2.WatchJobEventsResponse(events=batch)
-            else:
-                for event in batch:
-                    yield agent_service_pb2.WatchJobEventsResponse(event=event)
+        async for response in event_responses(job.bus, request):  # as the agent answers
+            yield response
 
     async def TailRankLog(
         self, request: agent_service_pb2.TailRankLogRequest, context: Context

@@ -19,7 +19,7 @@ from console.cluster_file import (
 from console.ssh.cli_args import SSH_VERBS
 
 if TYPE_CHECKING:
-    from console.ssh.up_verb import SshMode
+    from console.ssh.mode import SshMode
 
 JOB_VERBS = ("launch", "jobs", "job", "stop", "restart", "logs", "events", "advise")
 TASK_VERBS = ("eval", "quantize", "serve", "tasks", "task", "stop-task")
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(args, "ssh", None) is not None:
             if args.cluster is not None or args.agent:
                 raise ClusterFileError("give either --ssh or --cluster/--agent, not both")
-            from console.ssh.up_verb import open_ssh
+            from console.ssh.mode import open_ssh
 
             ssh = open_ssh(args.ssh)  # one line on stderr per node not connected
             targets = ssh.targets

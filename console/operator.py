@@ -14,7 +14,7 @@ AGENT_RESTART_NEEDS_SSH = "needs the SSH set-up of `gantry up` (not configured f
 
 
 class AgentRestarter(Protocol):
-    """Restarts a node's agent out of band (over SSH: `console.ssh.up_verb.SshAgents`)."""
+    """Restarts a node's agent out of band (over SSH: `console.ssh.mode.SshAgents`)."""
 
     def can_restart(self, node: str) -> str:
         """ "" when the node's agent can be restarted, else why not (one line)."""

@@ -249,14 +249,14 @@ def test_gpu_charts_read_each_sample_once_and_match_a_full_read() -> None:
         if step % 7 in (0, 3):  # now and then, as draws come
             for group in ([nodes[0]], nodes[1:], nodes):
                 expected = naive_gpu_util(store, group, CHART_POINTS)
-                assert list(screen._gpu_util(group)) == pytest.approx(expected)
-    cache = screen._gpu_node_cache["node-00"]
-    assert screen._gpu_util(nodes) == screen._gpu_util(nodes)  # cached: the same tuple
+                assert list(screen.gpu.group(group)) == pytest.approx(expected)
+    newest = screen.gpu.newest_read("node-00")
+    assert screen.gpu.group(nodes) is screen.gpu.group(nodes)  # cached: the same tuple
     store.apply_sample("node-00", make_sample("node-00", 0, 999, 999.0, 8), 999.0)
-    assert list(screen._gpu_util(nodes)) == pytest.approx(
+    assert list(screen.gpu.group(nodes)) == pytest.approx(
         naive_gpu_util(store, nodes, CHART_POINTS)
     )
-    assert screen._gpu_node_cache["node-00"][1] is not cache[1]  # moved on by one sample
+    assert screen.gpu.newest_read("node-00") is not newest  # moved on by one sample
 
 
 def test_advisor_sorts_big_inputs_in_pieces_as_one_stable_sort() -> None:

@@ -33,9 +33,10 @@ from console.screens.job import JobScreen
 from console.ssh.cli_args import add_ssh_verbs
 from console.ssh.connect import SshError, SshOptions, connect
 from console.ssh.hostfile import HostEntry, HostfileError, parse_hostfile
+from console.ssh.mode import open_ssh, ssh_reasons, ssh_targets
 from console.ssh.state import SshCluster, SshNode, StateError, dump_state, load_state
 from console.ssh.tunnels import TunnelManager
-from console.ssh.up_verb import open_ssh, run_ssh_verb, ssh_reasons, ssh_targets
+from console.ssh.up_verb import run_ssh_verb
 from console.store import ClusterStore
 from tests.conftest import kill_processes_mentioning
 from tests.console_fixtures import FIXED, cluster_store, targets_for

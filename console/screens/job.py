@@ -29,6 +29,7 @@ from textual.widgets.option_list import Option
 
 from console.advice import Advice, AdvisorInputs, advise
 from console.cost import job_cost, total_steps
+from console.gpu_series import GpuUtilization
 from console.job_store import BAD_RANK_STATES, JS, JobsStore, JobView, RankLatest, ts
 from console.jobs_client import JobCommandError
 from console.operator import Operator
@@ -43,7 +44,7 @@ from console.widgets.footer import SteadyFooter
 from console.widgets.rank_table import RankTable
 
 if TYPE_CHECKING:
-    from gantry.v1 import job_pb2, telemetry_pb2
+    from gantry.v1 import job_pb2
 
     from console.advice import Taken
 
@@ -182,18 +183,12 @@ class JobScreen(StoreScreen):
         self._findings: list[Advice] = []
         self._findings_key: tuple[tuple[str, str], ...] | None = None
         self._status = ""
-        self._gpu_nodes: list[str] = []
         self._rank_keys: list[int] = []
         self._ready = False
         self.active_tab = "ranks"
         self._advisor_count = 0
         self._shown: dict[str, str] = {}
-        # node -> (its version, newest sample read, per-sample means, those not None)
-        self._gpu_node_cache: dict[
-            str,
-            tuple[int, telemetry_pb2.NodeSample | None, list[float | None], list[float]],
-        ] = {}
-        self._gpu_group_cache: dict[tuple[str, ...], tuple[tuple[int, ...], tuple[float, ...]]] = {}
+        self.gpu = GpuUtilization(cluster, CHART_POINTS)
 
     # -- layout --------------------------------------------------------------------
 
@@ -374,7 +369,7 @@ class JobScreen(StoreScreen):
             # nodes' minutes of samples took a few hundred milliseconds, in the key's frame).
             for node in dict.fromkeys(view.nodes()):
                 if node in self.cluster:
-                    self._node_util(node)
+                    self.gpu.node(node)
             return
         charts = [
             Chart(label, tuple(self._series(view, field, how, now)), fixed)
@@ -407,50 +402,8 @@ class JobScreen(StoreScreen):
         charts = []
         for group in groups:
             label = f"gpu {group[0]}" if len(group) == 1 else f"gpu +{len(group)}"
-            charts.append(Chart(label[:12], self._gpu_util(group), (0.0, 100.0)))
+            charts.append(Chart(label[:12], self.gpu.group(group), (0.0, 100.0)))
         return charts
-
-    def _gpu_util(self, nodes: list[str]) -> tuple[float, ...]:
-        """Mean GPU utilization of `nodes`, sample by sample (the last CHART_POINTS)."""
-        versions = tuple(self.cluster.node(name).version for name in nodes)
-        key = tuple(nodes)
-        cached = self._gpu_group_cache.get(key)
-        if cached is not None and cached[0] == versions:
-            return cached[1]
-        series = [self._node_util(name) for name in nodes]
-        length = min((len(s) for s in series), default=0)
-        result: tuple[float, ...] = ()
-        if length:
-            result = tuple(
-                sum(s[len(s) - length + i] for s in series) / len(series) for i in range(length)
-            )
-        self._gpu_group_cache[key] = (versions, result)
-        return result
-
-    def _node_util(self, name: str) -> list[float]:
-        """A node's mean GPU utilization per sample (of its last CHART_POINTS samples).
-
-        Each sample is worked out once: the per-sample means are kept with the newest
-        sample they reach, and only the samples after it are read on the next call (128
-        nodes x 120 samples x 8 GPUs each time took tens of milliseconds)."""
-        node = self.cluster.node(name)
-        cached = self._gpu_node_cache.get(name)
-        if cached is not None and cached[0] == node.version:
-            return cached[3]
-        history = node.history
-        stop = max(0, len(history) - CHART_POINTS)
-        newest = cached[1] if cached is not None else None
-        fresh: list[float | None] = []
-        i = len(history) - 1
-        while i >= stop and history[i] is not newest:
-            utils = [g.gpu_util_percent for g in history[i].gpus if g.HasField("gpu_util_percent")]
-            fresh.append(sum(utils) / len(utils) if utils else None)
-            i -= 1
-        kept = cached[2] if cached is not None and i >= stop else []
-        means = (kept + fresh[::-1])[-(len(history) - stop) :] if history else []
-        values = [v for v in means if v is not None]
-        self._gpu_node_cache[name] = (node.version, history[-1] if history else None, means, values)
-        return values
 
     def _draw_events(self, view: JobView) -> None:
         # Only while shown: rows kept up to date on a hidden tab are work nobody sees

@@ -256,6 +256,7 @@ class LoadTestScreen(ModalScreen[None]):
     # --- past runs ------------------------------------------------------------------
 
     def load_runs(self) -> None:
+        """Reads the saved reports (after a run, and on opening)."""
         runs = []
         unreadable = 0
         for path in list_reports(self.reports_dir):
@@ -264,16 +265,19 @@ class LoadTestScreen(ModalScreen[None]):
             except ValueError:
                 unreadable += 1
         self.runs = runs
+        self._draw_runs(len(runs) - 1)
+        if unreadable:
+            self._status(f"{unreadable} file(s) in {self.reports_dir} are not load test reports")
+
+    def _draw_runs(self, cursor: int) -> None:
         table = self.query_one("#lt-runs", DataTable)
         table.clear()
-        for path, report in runs:
+        for path, report in self.runs:
             cells = run_row(path, report)
             style = "bold" if path in self.marked else ""
             table.add_row(*(Text(c, style=style) for c in cells), key=str(path))
-        if runs:
-            table.move_cursor(row=len(runs) - 1)
-        if unreadable:
-            self._status(f"{unreadable} file(s) in {self.reports_dir} are not load test reports")
+        if self.runs:
+            table.move_cursor(row=cursor)
 
     def selected_run(self) -> tuple[Path, Report] | None:
         if not self.runs:
@@ -296,8 +300,7 @@ class LoadTestScreen(ModalScreen[None]):
             self.marked.remove(path)
         else:
             self.marked = [*self.marked, path][-2:]
-        self.load_runs()
-        self.query_one("#lt-runs", DataTable).move_cursor(row=[p for p, _ in self.runs].index(path))
+        self._draw_runs(self.runs.index(chosen))
         names = " and ".join(p.stem for p in self.marked) or "none"
         self._status(f"marked: {names}" + (" · c compares" if len(self.marked) == 2 else ""))
 
