@@ -12,8 +12,12 @@
 #
 #     bash bench/gpu_check.sh          # from the repository root
 #
-# Assumes the repository's .venv (`make venv` makes it when it is missing) holds a CUDA
-# build of torch. The Makefile pins torch==2.13.0 without an index: what pip resolves
+# GANTRY_PYTHON=PATH runs the checks with that interpreter instead of .venv/bin/python
+# (a GPU machine's own Python with a CUDA torch, Gantry's other dependencies and the
+# repository on its PYTHONPATH); no venv is made then.
+#
+# Otherwise assumes the repository's .venv (`make venv` makes it when it is missing)
+# holds a CUDA build of torch. The Makefile pins torch==2.13.0 without an index: what pip resolves
 # depends on the machine's pip configuration (a CPU-only wheel, 2.13.0+cpu, on the CPU
 # machines this project is developed on); a torch without CUDA fails step 1 with one
 # line saying so, and then needs torch==2.13.0 from PyTorch's CUDA index for the
@@ -24,7 +28,7 @@
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 1
-PY=.venv/bin/python
+PY=${GANTRY_PYTHON:-.venv/bin/python}
 TOTAL_S=480  # the whole check, make venv aside
 
 # --- 1. is there a GPU ----------------------------------------------------------------
