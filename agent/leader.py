@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import ipaddress
 import json
 import logging
 import os
@@ -357,7 +358,7 @@ class JobLeader:
             except UniversalError as exc:
                 return self._attempt_failed(led, attempt, str(exc))
         attempt.resumed_from = resume
-        master_addr = self._master_addr(led)
+        master_addr = await self._master_addr(led, [n for n, _ in layout])
         self._event(
             led,
             EK.JOB_EVENT_KIND_ATTEMPT_STARTED,
@@ -552,7 +553,15 @@ class JobLeader:
             return str(_latest_path(spec) or "") if resume == "latest" else ""
         return resume
 
-    def _master_addr(self, led: LedJob) -> str:
+    async def _master_addr(self, led: LedJob, nodes: list[str]) -> str:
+        for name in nodes:
+            node = led.nodes.get(name)
+            if isinstance(node, RemoteNode):
+                # SSH mode: the address this node reaches that peer from.
+                with contextlib.suppress(NodeUnreachable):
+                    ip = await node.local_ip()
+                    if ip is not None:
+                        return "127.0.0.1" if ipaddress.ip_address(ip).is_loopback else ip
         hosts = {p.address.rpartition(":")[0] for p in led.peers.values() if p.address}
         if all(h in ("127.0.0.1", "localhost", "[::1]", "") for h in hosts):
             return "127.0.0.1"
@@ -650,7 +659,8 @@ class JobLeader:
             # Holds the peers' tokens: private to the agent's user.
             fd = os.open(peers_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             entries = [
-                {"name": p.name, "address": p.address, "token": p.token} for p in led.peers.values()
+                {"name": p.name, "address": p.address, "token": p.token, "ssh": p.ssh}
+                for p in led.peers.values()
             ]
             with os.fdopen(fd, "w") as handle:
                 json.dump(entries, handle)

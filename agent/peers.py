@@ -11,6 +11,7 @@ import grpc
 from gantry.v1 import agent_service_pb2, agent_service_pb2_grpc, job_pb2
 
 from agent.event_bus import EventBus
+from agent.peer_ssh import PeerSshError, SshForward
 
 RPC_TIMEOUT_S = 30.0
 PING_TIMEOUT_S = 5.0
@@ -108,7 +109,9 @@ def _translate(exc: grpc.aio.AioRpcError, name: str, address: str) -> Exception:
 
 class RemoteNode:
     """A peer agent, reached over gRPC with its bearer token, or with mutual TLS (this
-    agent's certificate) when the agent runs with TLS."""
+    agent's certificate) when the agent runs with TLS. A peer given with an SSH
+    destination (SSH mode) is reached through a port forward over SSH
+    (agent.peer_ssh)."""
 
     def __init__(
         self,
@@ -120,51 +123,80 @@ class RemoteNode:
         token = (("authorization", f"Bearer {peer.token}"),) if peer.token else ()
         self._metadata: tuple[tuple[str, str], ...] = (*token, *_caller_metadata)
         self._credentials = credentials if credentials is not None else _peer_credentials
+        self._forward = SshForward(peer.ssh, peer.address) if peer.ssh else None
         self._channel: grpc.aio.Channel | None = None
+        self._channel_address = ""
 
-    def _stub(self) -> agent_service_pb2_grpc.AgentServiceStub:
-        if self._channel is None:
+    async def _stub(self) -> agent_service_pb2_grpc.AgentServiceStub:
+        address = self.address
+        if self._forward is not None:
+            try:
+                address = await self._forward.local_address()
+            except PeerSshError as exc:
+                raise NodeUnreachable(f"{self.name}'s agent: {exc}") from None
+        if self._channel is None or address != self._channel_address:
+            if self._channel is not None:
+                await self._channel.close(None)
             if self._credentials is not None:
-                self._channel = grpc.aio.secure_channel(self.address, self._credentials)
+                self._channel = grpc.aio.secure_channel(address, self._credentials)
             else:
-                self._channel = grpc.aio.insecure_channel(self.address)
+                self._channel = grpc.aio.insecure_channel(address)
+            self._channel_address = address
         return agent_service_pb2_grpc.AgentServiceStub(self._channel)
 
-    async def ping(self) -> None:
+    async def local_ip(self) -> str | None:
+        """For a peer reached over SSH: this node's address as the peer's network sees
+        it (None otherwise)."""
+        if self._forward is None:
+            return None
         try:
-            await self._stub().GetNodeInfo(
+            return await self._forward.local_ip()
+        except PeerSshError as exc:
+            raise NodeUnreachable(f"{self.name}'s agent: {exc}") from None
+
+    def _where(self) -> str:
+        if self._forward is not None:
+            return f"{self.address} (over ssh {self._forward.destination})"
+        return self.address
+
+    async def ping(self) -> None:
+        stub = await self._stub()
+        try:
+            await stub.GetNodeInfo(
                 agent_service_pb2.GetNodeInfoRequest(),
                 metadata=self._metadata,
                 timeout=PING_TIMEOUT_S,
             )
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, self.name, self.address) from None
+            raise _translate(exc, self.name, self._where()) from None
 
     async def start_ranks(
         self, request: agent_service_pb2.StartRanksRequest
     ) -> agent_service_pb2.StartRanksResponse:
+        stub = await self._stub()
         try:
-            reply: agent_service_pb2.StartRanksResponse = await self._stub().StartRanks(
+            reply: agent_service_pb2.StartRanksResponse = await stub.StartRanks(
                 request, metadata=self._metadata, timeout=RPC_TIMEOUT_S
             )
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, self.name, self.address) from None
+            raise _translate(exc, self.name, self._where()) from None
         return reply
 
     async def stop_ranks(
         self, request: agent_service_pb2.StopRanksRequest
     ) -> agent_service_pb2.StopRanksResponse:
+        stub = await self._stub()
         try:
-            reply: agent_service_pb2.StopRanksResponse = await self._stub().StopRanks(
+            reply: agent_service_pb2.StopRanksResponse = await stub.StopRanks(
                 request, metadata=self._metadata, timeout=RPC_TIMEOUT_S + request.grace_s
             )
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, self.name, self.address) from None
+            raise _translate(exc, self.name, self._where()) from None
         return reply
 
     async def events(self, job_name: str, after_seq: int) -> AsyncIterator[job_pb2.JobEvent]:
         """Follows the peer's events; reconnects (from the last seq) when the peer's
-        agent restarts, so a restarted agent loses the leader nothing."""
+        agent restarts, or its SSH connection drops, so that loses the leader nothing."""
         last = after_seq
         delay = 0.2
         while True:
@@ -172,11 +204,12 @@ class RemoteNode:
                 job_name=job_name, after_seq=last, follow=True
             )
             try:
-                async for message in self._stub().WatchJobEvents(request, metadata=self._metadata):
+                stub = await self._stub()
+                async for message in stub.WatchJobEvents(request, metadata=self._metadata):
                     delay = 0.2
                     last = max(last, message.event.seq)
                     yield message.event
-            except grpc.aio.AioRpcError:
+            except (grpc.aio.AioRpcError, NodeUnreachable):
                 pass
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
@@ -185,3 +218,5 @@ class RemoteNode:
         if self._channel is not None:
             await self._channel.close(None)
             self._channel = None
+        if self._forward is not None:
+            await self._forward.close()

@@ -26,6 +26,10 @@ from gantry.v1 import agent_service_pb2, job_pb2
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}\Z")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}\Z")
 HOST_RE = re.compile(r"[A-Za-z0-9._:\[\]%-]{1,253}\Z")
+# [user@]host[:port] as a hostfile names a node; never starting with "-" (an option).
+SSH_DESTINATION_RE = re.compile(
+    r"([A-Za-z0-9._][A-Za-z0-9._-]{0,63}@)?[A-Za-z0-9._:\[\]%][A-Za-z0-9._:\[\]%-]{0,252}\Z"
+)
 STREAMS = ("", "stdout", "stderr")
 
 MAX_NODES = 4096
@@ -115,6 +119,14 @@ def check_address(value: str, field: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not HOST_RE.match(host) or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValidationError(f"{field}: {_show(value)} is not HOST:PORT")
+    return value
+
+
+def check_ssh_destination(value: str, field: str) -> str:
+    """[user@]host[:port], as `gantry up` names a node for SSH."""
+    check_text(value, field)
+    if not SSH_DESTINATION_RE.match(value):
+        raise ValidationError(f"{field}: {_show(value)} is not an SSH destination [user@]host")
     return value
 
 
@@ -255,6 +267,8 @@ def _submit(request: agent_service_pb2.SubmitJobRequest) -> None:
         if peer.address:
             check_address(peer.address, f"peers[{i}].address")
         check_text(peer.token, f"peers[{i}].token", MAX_TOKEN_CHARS)
+        if peer.ssh:
+            check_ssh_destination(peer.ssh, f"peers[{i}].ssh")
 
 
 def _stop_job(request: agent_service_pb2.StopJobRequest) -> None:

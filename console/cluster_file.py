@@ -74,6 +74,15 @@ class NodeTarget:
     address: str
     token_file: Path | None = None
     tls: TlsPaths | None = None
+    # SSH mode (`gantry --ssh`): `address` is the console's tunnel; the agent listens on
+    # `node_address` on its own node, where a job's leader reaches it over SSH to `ssh`.
+    ssh: str = ""
+    node_address: str = ""
+
+    @property
+    def peer_address(self) -> str:
+        """Where a job's leader connects to this agent (after SSH to `ssh`, if set)."""
+        return self.node_address or self.address
 
     def read_token(self) -> str:
         """The bearer token ("" for a TLS node without one). A TLS node's files are checked

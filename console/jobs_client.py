@@ -98,7 +98,9 @@ class JobsClient(AgentCalls):
             except ClusterFileError as exc:
                 raise JobCommandError(str(exc)) from None
             peers.append(
-                agent_service_pb2.PeerAgent(name=name, address=target.address, token=token)
+                agent_service_pb2.PeerAgent(
+                    name=name, address=target.peer_address, token=token, ssh=target.ssh
+                )
             )
         request = agent_service_pb2.SubmitJobRequest(spec=spec, peers=peers)
         reply = await self._call(leader, "SubmitJob", request)

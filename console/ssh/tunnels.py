@@ -82,7 +82,13 @@ class TunnelManager:
 
     def targets(self) -> list[NodeTarget]:
         return [
-            NodeTarget(t.node.name, f"127.0.0.1:{t.local_port}", t.node.token_file)
+            NodeTarget(
+                t.node.name,
+                f"127.0.0.1:{t.local_port}",
+                t.node.token_file,
+                ssh=t.node.entry.where,
+                node_address=f"127.0.0.1:{t.remote_port}",
+            )
             for t in self._tunnels.values()
         ]
 

@@ -40,14 +40,16 @@ class WatchNodeResponse(_message.Message):
     def __init__(self, sample: _Optional[_Union[_telemetry_pb2.NodeSample, _Mapping]] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
 class PeerAgent(_message.Message):
-    __slots__ = ("name", "address", "token")
+    __slots__ = ("name", "address", "token", "ssh")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SSH_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     token: str
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...
+    ssh: str
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., token: _Optional[str] = ..., ssh: _Optional[str] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("spec", "peers")
