@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from agent.auth import TokenError, load_or_create_token
+from agent.peer_ssh import configure_peer_ssh
 from agent.peers import configure_peers
 from agent.runtime import build_job_runtime
 from agent.sampler import Sampler
@@ -32,6 +33,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tls-ca", type=Path, help="mutual TLS: the cluster's CA certificate")
     parser.add_argument("--tls-cert", type=Path, help="mutual TLS: this agent's certificate")
     parser.add_argument("--tls-key", type=Path, help="mutual TLS: its private key (mode 600)")
+    parser.add_argument(
+        "--peer-ssh-config",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="SSH mode: OpenSSH config for calls to peer agents (default ~/.ssh/config)",
+    )
     parser.add_argument("--sample-interval", type=float, default=1.0, metavar="SECONDS")
     parser.add_argument("--history", type=float, default=900.0, metavar="SECONDS")
     args = parser.parse_args(argv)
@@ -49,8 +58,6 @@ def write_endpoint(data_dir: Path, node_name: str, port: int, listen_host: str) 
 
 
 async def run_agent(args: argparse.Namespace) -> int:
-    from agent.prometheus import start_metrics_server
-
     data_dir: Path = args.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -70,6 +77,7 @@ async def run_agent(args: argparse.Namespace) -> int:
         return 2
     # Calls to peer agents present this agent's certificate (none without TLS).
     configure_peers(args.node_name, channel_credentials(tls) if tls is not None else None)
+    configure_peer_ssh(args.peer_ssh_config)
     sampler = Sampler(args.node_name, interval_s=args.sample_interval, history_s=args.history)
     gpus = [gpu.index for gpu in sampler.node_info().gpus]
     runtime = build_job_runtime(args.node_name, data_dir, gpus)
@@ -84,6 +92,8 @@ async def run_agent(args: argparse.Namespace) -> int:
     await runtime.start()
     metrics = None
     if args.metrics_port is not None:
+        from agent.prometheus import start_metrics_server  # only then: prometheus_client
+
         metrics = start_metrics_server(sampler, args.metrics_port)
         log.info("Prometheus metrics on 127.0.0.1:%d/metrics", metrics[2])
     await server.start()

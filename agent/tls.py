@@ -5,6 +5,9 @@ call its peers. The CA and the certificates come from `gantry init --ca DIR`.
 Files are checked before gRPC sees them, each problem one line naming the file: missing,
 a private key readable by others, not PEM, expired, not issued by the given CA, or a key
 that does not belong to the certificate.
+
+`cryptography` is imported only where certificates are read: an agent without TLS (the
+usual one, behind an SSH tunnel) never loads it, which keeps its start-up cheap.
 """
 
 from __future__ import annotations
@@ -13,13 +16,12 @@ import datetime
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 
 class TlsError(Exception):
@@ -65,6 +67,8 @@ def _read(path: Path, what: str) -> bytes:
 
 
 def _certificate(data: bytes, path: Path, what: str) -> x509.Certificate:
+    from cryptography import x509
+
     try:
         return x509.load_pem_x509_certificate(data)
     except ValueError:
@@ -72,6 +76,8 @@ def _certificate(data: bytes, path: Path, what: str) -> x509.Certificate:
 
 
 def _common_name(cert: x509.Certificate) -> str:
+    from cryptography.x509.oid import NameOID
+
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     value = names[0].value if names else ""
     return value if isinstance(value, str) else value.decode("utf-8", "replace")
@@ -79,6 +85,9 @@ def _common_name(cert: x509.Certificate) -> str:
 
 def load_tls(files: TlsFiles, now: datetime.datetime | None = None) -> TlsMaterial:
     """Reads and checks the CA, certificate and key."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+
     now = now or datetime.datetime.now(datetime.UTC)
     try:
         mode = files.key.stat().st_mode
@@ -146,6 +155,9 @@ def verified_identity(context: grpc.aio.ServicerContext[Any, Any]) -> str | None
     pems = list(auth.get("x509_pem_cert") or [])
     if not pems:
         return None
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     try:
         cert = x509.load_pem_x509_certificate(pems[0])
     except ValueError:

@@ -11,7 +11,8 @@ runs, so each run starts them cold; every process the bench starts is stopped on
 
 On a cluster every node starts its agent on its own CPUs; here all agents share this
 machine's cores, so the ratio also measures how many agent start-ups the cores run at
-once (see the cpu line).
+once (see the cpu lines: the second one adds what sshd, the login shell and the node
+script cost per host).
 
 Last line: {"up_8_concurrent_s": ..., "up_1_s": ..., "up_concurrent_vs_single_ratio": ...}
 (medians).
@@ -40,7 +41,7 @@ from console.ssh.hostfile import HostEntry  # noqa: E402
 from console.ssh.remote_agent import stop_agent  # noqa: E402
 from console.ssh.up_verb import bring_up  # noqa: E402
 from tests.conftest import kill_processes_mentioning  # noqa: E402
-from tests.sshd import running_sshd  # noqa: E402
+from tests.sshd import Sshd, running_sshd  # noqa: E402
 
 
 async def up(hosts: list[HostEntry], options: SshOptions, work: Path) -> float:
@@ -68,6 +69,15 @@ def agents_cpu_s(hosts: list[HostEntry], work: Path) -> list[float]:
             times = psutil.Process(info["pid"]).cpu_times()
             used.append(times.user + times.system)
     return used
+
+
+def sshd_cpu_s(sshd: Sshd) -> float:
+    """CPU seconds of the sshd daemon and everything it has reaped: the per-connection
+    sshd processes, the user's shell (and its rc files) and the node scripts."""
+    with contextlib.suppress(psutil.Error):
+        t = psutil.Process(sshd.process.pid).cpu_times()
+        return t.user + t.system + t.children_user + t.children_system
+    return 0.0
 
 
 async def down(hosts: list[HostEntry], options: SshOptions, work: Path) -> None:
@@ -106,6 +116,8 @@ def main() -> None:
                 singles: list[float] = []
                 concurrent: list[float] = []
                 agent_cpu: list[float] = []
+                sessions_cpu: list[float] = []  # per host, of the concurrent ups
+                client_cpu: list[float] = []
                 # Warm-up (imports, first connections), not measured.
                 asyncio.run(up(hosts[:1], options, work))
                 asyncio.run(down(hosts[:1], options, work))
@@ -113,7 +125,11 @@ def main() -> None:
                 for run in range(args.runs):
                     single = asyncio.run(up(hosts[:1], options, work))
                     asyncio.run(down(hosts[:1], options, work))
+                    sshd_before, client_before = sshd_cpu_s(sshd), time.process_time()
                     many = asyncio.run(up(hosts, options, work))
+                    client_cpu.append((time.process_time() - client_before) / len(hosts))
+                    time.sleep(0.3)  # not timed: sshd reaps the closed connections
+                    sessions_cpu.append((sshd_cpu_s(sshd) - sshd_before) / len(hosts))
                     agent_cpu.extend(agents_cpu_s(hosts, work))
                     asyncio.run(down(hosts, options, work))
                     singles.append(single)
@@ -129,6 +145,9 @@ def main() -> None:
                     print(f"{args.hosts} hosts one after another: {one_by_one:.2f}s")
                 cpu = os.times()
                 per_agent = statistics.median(agent_cpu)
+                per_session = statistics.median(sessions_cpu)
+                per_client = statistics.median(client_cpu)
+                per_host = per_agent + per_session + per_client
                 cores = os.cpu_count() or 1
                 print(
                     f"cpu: {cores} cores, load {os.getloadavg()[0]:.1f}; this process "
@@ -136,6 +155,12 @@ def main() -> None:
                     f" (SSH client side); each agent's start-up "
                     f"{per_agent:.2f}s CPU, so {args.hosts} at once need at least "
                     f"{args.hosts * per_agent / cores:.2f}s of these cores"
+                )
+                print(
+                    f"cpu per host: agent {per_agent:.2f}s + sshd, login shell and node "
+                    f"script {per_session:.2f}s + SSH client {per_client:.2f}s = "
+                    f"{per_host:.2f}s, so {args.hosts} at once need at least "
+                    f"{args.hosts * per_host / cores:.2f}s of {cores} cores"
                 )
         finally:
             kill_processes_mentioning(str(work / "remote"))

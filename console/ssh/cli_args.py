@@ -67,6 +67,14 @@ def add_ssh_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help=f"agents' data on the nodes, DIR/NODE (default {DEFAULT_REMOTE_DIR})",
     )
     up.add_argument("--wheel", type=Path, metavar="FILE", help="the Gantry wheel to install")
+    up.add_argument(
+        "--peer-ssh-config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="on the nodes: the OpenSSH config a job's leader reaches the other agents with "
+        "(repeatable; default: the agents' user's ~/.ssh/config)",
+    )
     down = verbs.add_parser("down", help="stop the agents `gantry up` started")
     down.add_argument("hostfile", type=Path, nargs="?", metavar="HOSTFILE")
     add_ssh_options(down)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -18,7 +19,7 @@ from console.ssh.connect import SshError
 from console.ssh.defaults import DEFAULT_STATE
 from console.ssh.hostfile import load_hostfile
 from console.ssh.remote_agent import RemoteError, start_agent
-from console.ssh.state import SshCluster, SshNode, StateError, dump_state, load_state, select_nodes
+from console.ssh.state import SshCluster, StateError, dump_state, load_state, select_nodes
 from console.ssh.tunnels import TunnelManager
 from console.store import ClusterStore, ConnState
 
@@ -110,7 +111,12 @@ class SshAgents:
         try:
             conn = await self.manager.connection(node)
             agent = await start_agent(
-                conn, ssh_node.remote_python, node, ssh_node.remote_dir, port=port
+                conn,
+                ssh_node.remote_python,
+                node,
+                ssh_node.remote_dir,
+                port=port,
+                agent_args=ssh_node.agent_args,
             )
         except (SshError, RemoteError) as exc:
             raise RemoteError(f"restarting the agent of {node} failed: {exc}") from None
@@ -127,9 +133,6 @@ def _record_port(state: Path, node: str, port: int) -> None:
     with contextlib.suppress(StateError, OSError):
         cluster = load_state(state)
         nodes = [
-            SshNode(n.entry, port, n.token_file, n.remote_python, n.remote_dir)
-            if n.name == node
-            else n
-            for n in cluster.nodes
+            dataclasses.replace(n, agent_port=port) if n.name == node else n for n in cluster.nodes
         ]
         dump_state(SshCluster(cluster.path, cluster.hostfile, cluster.options, nodes))

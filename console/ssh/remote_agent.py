@@ -19,6 +19,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +94,7 @@ def start(port):
         pass
     argv = [sys.executable, "-m", "agent.main", "--listen", "127.0.0.1:%d" % port,
             "--node-name", p["node"], "--data-dir", d, "--token-file", token_path]
+    argv += p.get("agent_args", [])
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True, close_fds=True)
@@ -362,11 +364,13 @@ async def start_agent(
     token: str = "",
     port: int = 0,
     version: str = "",
+    agent_args: Sequence[str] = (),
 ) -> RemoteAgent:
     """(Re)starts the node's agent on 127.0.0.1:`port` (0: any; a busy port falls back
     to any). A previous agent of this data dir is stopped first; its ranks live on and
     the new agent re-adopts them. `token` "" keeps the node's token file. With
-    `version`, a node whose Gantry differs raises VersionMismatch and nothing changes."""
+    `version`, a node whose Gantry differs raises VersionMismatch and nothing changes.
+    `agent_args` are added to the agent's command line."""
     params = {
         "action": "start",
         "version": version,
@@ -375,6 +379,7 @@ async def start_agent(
         "port": port,
         "grace": STOP_GRACE_S,
         "timeout": START_TIMEOUT_S,
+        "agent_args": list(agent_args),
     }
     reply = await _node_script(conn, python, params, token=token, node=node, what="agent start")
     address = str(reply.get("address", ""))

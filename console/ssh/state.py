@@ -32,6 +32,7 @@ class SshNode:
     token_file: Path
     remote_python: str
     remote_dir: str
+    agent_args: tuple[str, ...] = ()  # added to the agent's command line (restarts too)
 
     @property
     def name(self) -> str:
@@ -82,6 +83,8 @@ def dump_state(cluster: SshCluster) -> None:
             remote_python=node.remote_python,
             remote_dir=node.remote_dir,
         )
+        if node.agent_args:
+            doc["agent_args"] = list(node.agent_args)
         nodes.append(doc)
     body = {
         "hostfile": str(cluster.hostfile.resolve()),
@@ -129,6 +132,7 @@ def load_state(path: Path) -> SshCluster:
                     token if token.is_absolute() else path.parent / token,
                     str(item["remote_python"]),
                     str(item["remote_dir"]),
+                    tuple(str(a) for a in item.get("agent_args") or []),
                 )
             )
         except (AttributeError, KeyError, TypeError, ValueError):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import secrets
 import sys
 import time
@@ -99,6 +100,7 @@ async def up_host(
     remote_python: str,
     remote_dir: str,
     wheels: WheelSource,
+    agent_args: tuple[str, ...] = (),
 ) -> UpResult:
     started = time.monotonic()
     result = UpResult(entry)
@@ -114,7 +116,14 @@ async def up_host(
             # Only an agent that answers replaces the recorded token (tokens/NODE).
             pending = write_token(state, entry.name, token, suffix=".new")
             start = partial(
-                start_agent, conn, remote_python, entry.name, remote_dir, token=token, version=want
+                start_agent,
+                conn,
+                remote_python,
+                entry.name,
+                remote_dir,
+                token=token,
+                version=want,
+                agent_args=agent_args,
             )
             try:
                 agent = await start()
@@ -129,11 +138,11 @@ async def up_host(
                     ) from None
                 result.installed = have
                 agent = await start()
-            node = SshNode(entry, agent.port, pending, remote_python, remote_dir)
+            node = SshNode(entry, agent.port, pending, remote_python, remote_dir, agent_args)
             await verify_through_forward(conn, node)
             final = token_path(state, entry.name)
             pending.replace(final)
-            result.node = SshNode(entry, agent.port, final, remote_python, remote_dir)
+            result.node = dataclasses.replace(node, token_file=final)
     except (RemoteError, SshError) as exc:
         result.error = str(exc).removeprefix(f"{entry.name}: ")
     except (asyncssh.Error, OSError) as exc:
@@ -168,6 +177,7 @@ async def bring_up(
     remote_python: str,
     remote_dir: str,
     wheel: Path | None = None,
+    agent_args: tuple[str, ...] = (),
 ) -> list[UpResult]:
     wheels = WheelSource(wheel)
     try:
@@ -181,6 +191,7 @@ async def bring_up(
                         remote_python=remote_python,
                         remote_dir=remote_dir,
                         wheels=wheels,
+                        agent_args=agent_args,
                     )
                     for entry in hosts
                 )
@@ -202,6 +213,11 @@ def record_up(state: Path, hostfile: Path, options: SshOptions, results: list[Up
     dump_state(SshCluster(state, hostfile, options, nodes))
 
 
+def agent_args_from(args: argparse.Namespace) -> tuple[str, ...]:
+    """`gantry up`'s options for the agents' own command lines."""
+    return tuple(a for path in args.peer_ssh_config for a in ("--peer-ssh-config", path))
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     hosts = load_hostfile(args.hostfile)
     options = options_from_args(args)
@@ -216,6 +232,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             remote_python=remote_python,
             remote_dir=args.remote_dir,
             wheel=args.wheel,
+            agent_args=agent_args_from(args),
         )
     )
     record_up(args.state, args.hostfile, options, results)
