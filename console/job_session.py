@@ -31,6 +31,7 @@ from console.jobs_client import job_metadata
 
 RPC_TIMEOUT_S = 10.0
 TOKEN_REREAD_S = 5.0  # a rotated token file is picked up within this
+LIST_GAP_MAX_S = 0.01  # between two agents' ListJobs calls of one listing
 # Metric events replayed on opening a job at most (a thousand ranks: ~32 steps).
 MAX_METRICS_TAIL = 32_768
 # Events applied between two turns of the event loop (~10 ms).
@@ -68,6 +69,8 @@ class _Stubs:
     def __init__(self, targets: Iterable[NodeTarget]) -> None:
         self.targets = {t.name: t for t in targets}
         self._channels: dict[str, grpc.aio.Channel] = {}
+        # A stub builds a callable per method: made once per channel, not per call.
+        self._stubs: dict[str, agent_service_pb2_grpc.AgentServiceStub] = {}
         # (read at, metadata) per node: a 1,024-rank job makes hundreds of calls a
         # second, and reading the token (and TLS) files for each showed in UI stalls.
         self._metadata: dict[str, tuple[float, tuple[tuple[str, str], ...]]] = {}
@@ -76,16 +79,18 @@ class _Stubs:
         self, node: str
     ) -> tuple[agent_service_pb2_grpc.AgentServiceStub, tuple[tuple[str, str], ...]]:
         target = self.targets[node]
-        channel = self._channels.get(node)
-        if channel is None:
+        stub = self._stubs.get(node)
+        if stub is None:
             channel = self._channels[node] = target_channel(target)
+            stub = self._stubs[node] = agent_service_pb2_grpc.AgentServiceStub(channel)
         now = time.monotonic()
         cached = self._metadata.get(node)
         if cached is None or now - cached[0] > TOKEN_REREAD_S:
             cached = self._metadata[node] = (now, job_metadata(target.read_token()))
-        return agent_service_pb2_grpc.AgentServiceStub(channel), cached[1]
+        return stub, cached[1]
 
     async def close(self) -> None:
+        self._stubs = {}
         channels, self._channels = list(self._channels.values()), {}
         for channel in channels:
             await channel.close(None)
@@ -162,7 +167,17 @@ class JobsSession:
                 return f"{node}: {exc}"
             return [(node, job) for job in reply.jobs]
 
-        results = await asyncio.gather(*(ask(t.name) for t in self.targets))
+        # Spread over a fraction of the interval: replies from a hundred agents at once
+        # would be decoded in one burst between two frames.
+        gap = min(0.5 * self.list_interval_s / max(len(self.targets), 1), LIST_GAP_MAX_S)
+
+        async def ask_in_turn(i: int, node: str) -> list[tuple[str, job_pb2.Job]] | str:
+            await asyncio.sleep(i * gap)
+            return await ask(node)
+
+        results = await asyncio.gather(
+            *(ask_in_turn(i, t.name) for i, t in enumerate(self.targets))
+        )
         jobs = [j for r in results if isinstance(r, list) for j in r]
         errors = [r for r in results if isinstance(r, str)]
         self.store.set_listing(jobs, errors)
