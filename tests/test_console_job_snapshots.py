@@ -78,7 +78,10 @@ async def test_job_tabs_switch_on_keys_and_clicks_and_focus_their_table() -> Non
         assert screen.active_tab == "events"
         assert screen.query_one("#job-tabs").current == "events"  # type: ignore[attr-defined]
         assert app.focused is screen.query_one("#event-table")
-        assert screen.query_one("#events").display and not screen.query_one("#ranks").display
+        # The events pane fills the strip's view; the ranks pane is out of it.
+        view = screen.query_one("#job-tabs").region
+        assert screen.query_one("#events").region == view
+        assert not view.overlaps(screen.query_one("#ranks").region)
         # "1 Ranks  2 Charts  3 Events  4 Checkpoints  5 Advisor": click on "4 Checkpoints"
         await pilot.click("#job-tab-bar", offset=(1 + len("1 Ranks  2 Charts  3 Events  "), 0))
         await pilot.pause()
@@ -87,3 +90,11 @@ async def test_job_tabs_switch_on_keys_and_clicks_and_focus_their_table() -> Non
         await pilot.press("1")
         assert screen.active_tab == "ranks" and app.focused is screen.query_one("#rank-table")
         assert "5 Advisor (1)" in str(screen.query_one("#job-tab-bar").render())
+        # Focus moved into another tab's pane (Tab, a click) shows that tab.
+        await pilot.press("tab")
+        await pilot.pause()
+        focused = app.focused
+        assert focused is not None and focused is not screen.query_one("#rank-table")
+        pane = screen.query_one("#job-tabs").pane_of(focused)  # type: ignore[attr-defined]
+        assert pane is not None and screen.active_tab == pane
+        assert screen.query_one(f"#{pane}").region == screen.query_one("#job-tabs").region

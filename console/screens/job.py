@@ -19,12 +19,14 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, ClassVar
 
 from rich.text import Text
-from textual import work
+from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.css.query import NoMatches
-from textual.widgets import ContentSwitcher, DataTable, OptionList, Static
+from textual.reactive import Reactive
+from textual.widget import Widget
+from textual.widgets import DataTable, OptionList, Static
 from textual.widgets.option_list import Option
 
 from console.advice import Advice, AdvisorInputs, advise
@@ -41,6 +43,7 @@ from console.widgets.bars import DASH, format_bytes
 from console.widgets.chart import format_figure
 from console.widgets.chart_panel import Chart, ChartPanel
 from console.widgets.footer import SteadyFooter
+from console.widgets.pane_strip import PaneStrip
 from console.widgets.rank_table import RankTable
 
 if TYPE_CHECKING:
@@ -115,10 +118,11 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 class JobScreen(StoreScreen):
-    # The tabs are a one-line bar over a ContentSwitcher of fixed-height panes rather than
-    # a TabbedContent: its panes are `height: auto` (each switch measured the new pane's
+    # The tabs are a one-line bar over a PaneStrip of fixed-height panes rather than a
+    # TabbedContent: its panes are `height: auto` (each switch measured the new pane's
     # content), its tab bar restyled itself and animated its underline for 0.3 s, a
-    # repaint every frame, under the next keys.
+    # repaint every frame, under the next keys; and a ContentSwitcher's display toggle
+    # rebuilt the whole screen on every tab key.
     DEFAULT_CSS = """
     JobScreen #job-tab-bar {
         height: 2;
@@ -129,9 +133,15 @@ class JobScreen(StoreScreen):
         link-style-hover: underline;
     }
     JobScreen #job-tabs > Vertical {
+        width: 100%;
         height: 1fr;
     }
     """
+
+    # Screen.focused repaints the whole screen when it changes, and every tab key moves
+    # the focus to its pane's table; the widgets that lose or gain the focus restyle
+    # (and repaint) themselves already.
+    focused: Reactive[Widget | None] = Reactive(None, repaint=False)
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back"),
@@ -196,7 +206,7 @@ class JobScreen(StoreScreen):
         yield Static(id="job-title", markup=False)
         yield Static(id="job-cost", markup=False)
         yield Static(self._tab_bar(), id="job-tab-bar")
-        with ContentSwitcher(id="job-tabs", initial="ranks"):
+        with PaneStrip(id="job-tabs", initial="ranks"):
             with Vertical(id="ranks"):
                 yield RankTable(RANK_COLUMNS, id="rank-table")
             with Vertical(id="charts"):
@@ -518,12 +528,21 @@ class JobScreen(StoreScreen):
         if tab == self.active_tab or tab not in dict(TABS):
             return
         self.active_tab = tab
-        self.query_one("#job-tabs", ContentSwitcher).current = tab
+        self.query_one("#job-tabs", PaneStrip).current = tab
         self._show("#job-tab-bar", self._tab_bar())
         focus = TAB_FOCUS.get(tab)
         if focus is not None:
             self.query_one(focus).focus()
         self._draw_tab(tab)
+
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        """Focus moved (Tab, a click) into another tab's pane: that tab is shown."""
+        pane = self.query_one("#job-tabs", PaneStrip).pane_of(event.widget)
+        if pane is not None and pane != self.active_tab:
+            self.active_tab = pane
+            self.query_one("#job-tabs", PaneStrip).current = pane
+            self._show("#job-tab-bar", self._tab_bar())
+            self._draw_tab(pane)
 
     def _draw_tab(self, tab: str) -> None:
         """The tab a key just showed, at once; the rest (the title, the throttled draws)
