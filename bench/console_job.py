@@ -85,6 +85,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")  # as the console's main does
 import grpc
 import psutil
 from gantry.v1 import agent_service_pb2, agent_service_pb2_grpc, job_pb2

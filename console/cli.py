@@ -16,6 +16,7 @@ from console.cluster_file import (
     load_cluster_file,
     parse_agent_flags,
 )
+from console.forked import without_grpc_fork_handlers
 from console.ssh.cli_args import SSH_VERBS
 
 if TYPE_CHECKING:
@@ -157,6 +158,7 @@ def cmd_console(targets: list[NodeTarget], ssh: SshMode | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    without_grpc_fork_handlers()
     args = build_parser().parse_args(argv)
     if args.verb in LOADTEST_VERBS:
         from console.loadtest_verb import run_loadtest_verb

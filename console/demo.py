@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from console.cluster_file import NodeTarget, dump_cluster_file
+from console.forked import without_grpc_fork_handlers
 
 if TYPE_CHECKING:
     from console.app import GantryApp
@@ -111,6 +112,7 @@ async def _stop_tasks(targets: list[NodeTarget]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    without_grpc_fork_handlers()
     parser = argparse.ArgumentParser(prog="gantry-demo")
     parser.add_argument("--root", type=Path, default=Path(".gantry/demo"))
     parser.add_argument(

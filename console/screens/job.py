@@ -31,6 +31,7 @@ from textual.widgets.option_list import Option
 
 from console.advice import Advice, AdvisorInputs, advise
 from console.cost import job_cost, total_steps
+from console.forked import ForkedError, call_forked
 from console.gpu_series import GpuUtilization
 from console.job_store import BAD_RANK_STATES, JS, JobsStore, JobView, RankLatest, ts
 from console.jobs_client import JobCommandError
@@ -103,6 +104,7 @@ ADVISOR_INTERVAL_S = 5.0
 # and repaints up).
 ADVISOR_INLINE_SIZE = 5_000
 ADVISOR_DUTY = 10.0
+ADVISOR_TIMEOUT_S = 60.0
 AGENT_RESTART_UNAVAILABLE = "needs the SSH set-up of `gantry up` (not configured for this cluster)"
 
 
@@ -486,7 +488,14 @@ class JobScreen(StoreScreen):
     async def _advise_on_thread(self, taken: Taken) -> None:
         try:
             started = time.monotonic()
-            findings = await asyncio.to_thread(lambda: advise(taken.build()))
+            # In a forked child: a thread would hold the GIL against the UI loop.
+            try:
+                findings = await asyncio.to_thread(
+                    call_forked, lambda: advise(taken.build()), ADVISOR_TIMEOUT_S
+                )
+            except ForkedError as exc:
+                self._status = f"advisor: {exc}"
+                return
             took = time.monotonic() - started
             self._advisor_interval_s = max(ADVISOR_INTERVAL_S, ADVISOR_DUTY * took)
             self._advised_at = time.monotonic()
