@@ -659,7 +659,13 @@ class JobLeader:
             # Holds the peers' tokens: private to the agent's user.
             fd = os.open(peers_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             entries = [
-                {"name": p.name, "address": p.address, "token": p.token, "ssh": p.ssh}
+                {
+                    "name": p.name,
+                    "address": p.address,
+                    "token": p.token,
+                    "ssh": p.ssh,
+                    "token_file": p.token_file,
+                }
                 for p in led.peers.values()
             ]
             with os.fdopen(fd, "w") as handle:

@@ -97,6 +97,22 @@ class SshForward:
         assert self._conn is not None
         return str(self._conn.get_extra_info("sockname")[0])
 
+    async def read_text(self, path: str, limit: int = 4096) -> str:
+        """A small file on the peer's node (its token file), over SFTP: no remote shell."""
+        import asyncssh
+
+        await self.local_address()
+        assert self._conn is not None
+        # SFTP resolves a relative path from the home directory.
+        where = path.removeprefix("~/")
+        try:
+            async with self._conn.start_sftp_client() as sftp, sftp.open(where, "rb") as f:
+                data = await f.read(limit)
+        except (asyncssh.Error, OSError) as exc:
+            raise PeerSshError(f"ssh {self.destination}: cannot read {path}: {exc}") from None
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+        return text.strip()
+
     async def _open(self) -> None:
         import asyncssh
 

@@ -4,14 +4,17 @@ node (direct calls) and for peers (agent-to-agent gRPC with the peers' tokens)."
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 from gantry.v1 import agent_service_pb2, agent_service_pb2_grpc, job_pb2
 
 from agent.event_bus import EventBus
 from agent.peer_ssh import PeerSshError, SshForward
+
+log = logging.getLogger("gantry.agent")
 
 RPC_TIMEOUT_S = 30.0
 PING_TIMEOUT_S = 5.0
@@ -120,12 +123,46 @@ class RemoteNode:
     ) -> None:
         self.name = peer.name
         self.address = peer.address
-        token = (("authorization", f"Bearer {peer.token}"),) if peer.token else ()
-        self._metadata: tuple[tuple[str, str], ...] = (*token, *_caller_metadata)
+        self._token_file = peer.token_file if peer.ssh else ""
+        self._metadata: tuple[tuple[str, str], ...] = ()
+        self._use_token(peer.token)
         self._credentials = credentials if credentials is not None else _peer_credentials
         self._forward = SshForward(peer.ssh, peer.address) if peer.ssh else None
         self._channel: grpc.aio.Channel | None = None
         self._channel_address = ""
+
+    def _use_token(self, token: str) -> None:
+        bearer = (("authorization", f"Bearer {token}"),) if token else ()
+        self._metadata = (*bearer, *_caller_metadata)
+
+    async def _token_refreshed(self, exc: grpc.aio.AioRpcError) -> bool:
+        """SSH mode: the peer refused our token (its agent was started again, with a
+        fresh one): read its token file over SSH. True when there is a new one to try."""
+        if exc.code() is not grpc.StatusCode.UNAUTHENTICATED or not self._token_file:
+            return False
+        assert self._forward is not None
+        try:
+            token = await self._forward.read_text(self._token_file)
+        except PeerSshError as err:
+            log.warning("%s: %s", self.name, err)
+            return False
+        old = dict(self._metadata).get("authorization", "")
+        self._use_token(token)
+        return bool(token) and dict(self._metadata).get("authorization") != old
+
+    async def _call(self, method: str, request: Any, timeout: float) -> Any:
+        """One unary call; in SSH mode retried once with the peer's new token."""
+        for attempt in (1, 2):
+            stub = await self._stub()
+            try:
+                return await getattr(stub, method)(
+                    request, metadata=self._metadata, timeout=timeout
+                )
+            except grpc.aio.AioRpcError as exc:
+                if attempt == 1 and await self._token_refreshed(exc):
+                    continue
+                raise _translate(exc, self.name, self._where()) from None
+        raise AssertionError("unreachable")
 
     async def _stub(self) -> agent_service_pb2_grpc.AgentServiceStub:
         address = self.address
@@ -160,38 +197,22 @@ class RemoteNode:
         return self.address
 
     async def ping(self) -> None:
-        stub = await self._stub()
-        try:
-            await stub.GetNodeInfo(
-                agent_service_pb2.GetNodeInfoRequest(),
-                metadata=self._metadata,
-                timeout=PING_TIMEOUT_S,
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, self.name, self._where()) from None
+        await self._call("GetNodeInfo", agent_service_pb2.GetNodeInfoRequest(), PING_TIMEOUT_S)
 
     async def start_ranks(
         self, request: agent_service_pb2.StartRanksRequest
     ) -> agent_service_pb2.StartRanksResponse:
-        stub = await self._stub()
-        try:
-            reply: agent_service_pb2.StartRanksResponse = await stub.StartRanks(
-                request, metadata=self._metadata, timeout=RPC_TIMEOUT_S
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, self.name, self._where()) from None
+        reply: agent_service_pb2.StartRanksResponse = await self._call(
+            "StartRanks", request, RPC_TIMEOUT_S
+        )
         return reply
 
     async def stop_ranks(
         self, request: agent_service_pb2.StopRanksRequest
     ) -> agent_service_pb2.StopRanksResponse:
-        stub = await self._stub()
-        try:
-            reply: agent_service_pb2.StopRanksResponse = await stub.StopRanks(
-                request, metadata=self._metadata, timeout=RPC_TIMEOUT_S + request.grace_s
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, self.name, self._where()) from None
+        reply: agent_service_pb2.StopRanksResponse = await self._call(
+            "StopRanks", request, RPC_TIMEOUT_S + request.grace_s
+        )
         return reply
 
     async def events(self, job_name: str, after_seq: int) -> AsyncIterator[job_pb2.JobEvent]:
@@ -209,7 +230,9 @@ class RemoteNode:
                     delay = 0.2
                     last = max(last, message.event.seq)
                     yield message.event
-            except (grpc.aio.AioRpcError, NodeUnreachable):
+            except grpc.aio.AioRpcError as exc:
+                await self._token_refreshed(exc)
+            except NodeUnreachable:
                 pass
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)

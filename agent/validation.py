@@ -130,6 +130,16 @@ def check_ssh_destination(value: str, field: str) -> str:
     return value
 
 
+def check_peer_token_file(value: str, field: str) -> str:
+    """An agent's token file on its node (DATA_DIR/token): the leader reads it over SSH,
+    so nothing but a plain path from / or ~/ to a file named `token`."""
+    check_path(value, field)
+    rooted = value.startswith(("/", "~/"))
+    if not rooted or has_dot_dot(value) or posixpath.basename(value) != "token":
+        raise ValidationError(f"{field}: {_show(value)} is not a path to a token file")
+    return value
+
+
 # -- paths ---------------------------------------------------------------------------------
 
 
@@ -269,6 +279,8 @@ def _submit(request: agent_service_pb2.SubmitJobRequest) -> None:
         check_text(peer.token, f"peers[{i}].token", MAX_TOKEN_CHARS)
         if peer.ssh:
             check_ssh_destination(peer.ssh, f"peers[{i}].ssh")
+        if peer.token_file:
+            check_peer_token_file(peer.token_file, f"peers[{i}].token_file")
 
 
 def _stop_job(request: agent_service_pb2.StopJobRequest) -> None:

@@ -78,6 +78,7 @@ class NodeTarget:
     # `node_address` on its own node, where a job's leader reaches it over SSH to `ssh`.
     ssh: str = ""
     node_address: str = ""
+    node_token_file: str = ""  # the agent's token file on its node (SSH mode)
 
     @property
     def peer_address(self) -> str:

@@ -99,7 +99,11 @@ class JobsClient(AgentCalls):
                 raise JobCommandError(str(exc)) from None
             peers.append(
                 agent_service_pb2.PeerAgent(
-                    name=name, address=target.peer_address, token=token, ssh=target.ssh
+                    name=name,
+                    address=target.peer_address,
+                    token=token,
+                    ssh=target.ssh,
+                    token_file=target.node_token_file,
                 )
             )
         request = agent_service_pb2.SubmitJobRequest(spec=spec, peers=peers)

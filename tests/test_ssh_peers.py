@@ -10,6 +10,7 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -18,7 +19,7 @@ from gantry.v1 import agent_service_pb2, job_pb2
 
 from agent.peer_ssh import configure_peer_ssh, split_destination
 from agent.peers import NodeUnreachable, RemoteNode
-from agent.validation import ValidationError, check_ssh_destination
+from agent.validation import ValidationError, check_peer_token_file, check_ssh_destination
 from console.cluster_file import NodeTarget
 from console.job_spec import parse_job_spec
 from console.jobs_client import JobsClient
@@ -72,6 +73,12 @@ def test_ssh_destinations_are_parsed_and_validated() -> None:
     for bad in ("-oProxyCommand=touch x", "node 2", "a@-b", ""):
         with pytest.raises(ValidationError, match="ssh"):
             check_ssh_destination(bad, "ssh")
+    # The leader reads a peer's token file over SSH: only ever a file named token.
+    for good in ("/srv/gantry/node-2/token", "~/.gantry/agents/node-2/token"):
+        assert check_peer_token_file(good, "token_file") == good
+    for bad in ("/etc/shadow", "~/.ssh/id_ed25519", "/a/../b/token", "rel/token", "/x/token\0"):
+        with pytest.raises(ValidationError, match="token_file"):
+            check_peer_token_file(bad, "token_file")
 
 
 @needs_sshd
@@ -128,46 +135,134 @@ def test_an_untrusted_peer_host_key_stops_the_call_with_why(
     assert "\n" not in message
 
 
+@dataclass
+class TwoNodes:
+    """Two nodes behind the test sshd, brought up with `gantry up`'s own verb."""
+
+    hostfile: Path
+    state: Path
+    remote_dir: Path
+    config: Path
+
+    def gantry(self, capsys: pytest.CaptureFixture[str], verb: str, *args: str) -> str:
+        argv = [verb, str(self.hostfile), "--state", str(self.state), *args]
+        if verb == "up":
+            argv += ["--ssh-config", str(self.config), "--remote-dir", str(self.remote_dir)]
+            argv += ["--peer-ssh-config", str(self.config)]
+        parser = argparse.ArgumentParser(prog="gantry")
+        add_ssh_verbs(parser.add_subparsers(dest="verb"))
+        code = run_ssh_verb(parser.parse_args(argv))
+        out = capsys.readouterr()
+        assert code == 0, out.out + out.err
+        return out.out
+
+    def address(self, node: str) -> str:
+        info = json.loads((self.remote_dir / node / "agent.json").read_text())
+        return str(info["address"])
+
+    def agent(self, node: str) -> psutil.Process:
+        info = json.loads((self.remote_dir / node / "agent.json").read_text())
+        return psutil.Process(info["pid"])
+
+
+@pytest.fixture
+def two_nodes(sshd: Sshd, tmp_path: Path) -> Iterator[TwoNodes]:
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("node-1 slots=1\nnode-2 slots=1\n")
+    nodes = TwoNodes(
+        hostfile,
+        tmp_path / "console" / "cluster.yaml",
+        tmp_path / "remote",
+        peer_config(sshd, tmp_path),
+    )
+    yield nodes
+    kill_processes_mentioning(str(nodes.remote_dir))
+
+
 @needs_sshd
 def test_a_job_spans_two_nodes_brought_up_over_ssh(
-    sshd: Sshd, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    sshd: Sshd, two_nodes: TwoNodes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`gantry up --peer-ssh-config` starts both agents on loopback; in SSH mode the
     console sends each peer as the leader must reach it (the agent's port on its own
     node, the hostfile's host to SSH to), and the leader starts node-2's rank over SSH."""
-    hostfile = tmp_path / "hosts"
-    hostfile.write_text("node-1 slots=1\nnode-2 slots=1\n")
-    state = tmp_path / "console" / "cluster.yaml"
-    remote_dir = tmp_path / "remote"
-    config = peer_config(sshd, tmp_path)
-    argv = ["up", str(hostfile), "--ssh-config", str(config), "--state", str(state)]
-    argv += ["--remote-dir", str(remote_dir), "--peer-ssh-config", str(config)]
-    parser = argparse.ArgumentParser(prog="gantry")
-    add_ssh_verbs(parser.add_subparsers(dest="verb"))
+    two_nodes.gantry(capsys, "up")
+    leader = two_nodes.agent("node-1")
+    assert ["--peer-ssh-config", str(two_nodes.config)] == leader.cmdline()[-2:]
+    ssh = open_ssh(two_nodes.hostfile, two_nodes.state)
     try:
-        code = run_ssh_verb(parser.parse_args(argv))
-        out = capsys.readouterr().out
-        assert code == 0, out
-        info = json.loads((remote_dir / "node-1" / "agent.json").read_text())
-        leader = psutil.Process(info["pid"])
-        assert ["--peer-ssh-config", str(config)] == leader.cmdline()[-2:]
-        ssh = open_ssh(hostfile, state)
-        try:
-            job = asyncio.run(run_job(ssh.targets, tmp_path, leader, sshd))
-            # An agent restarted over SSH keeps the options `gantry up` gave it.
-            line = asyncio.run(ssh.agents.restart("node-2"))
-            assert line.startswith("node-2: agent restarted over SSH"), line
-            info = json.loads((remote_dir / "node-2" / "agent.json").read_text())
-            assert psutil.Process(info["pid"]).cmdline()[-2:] == ["--peer-ssh-config", str(config)]
-        finally:
-            ssh.close()
+        job = asyncio.run(run_job(ssh.targets, tmp_path, leader, sshd))
+        # An agent restarted over SSH keeps the options `gantry up` gave it.
+        line = asyncio.run(ssh.agents.restart("node-2"))
+        assert line.startswith("node-2: agent restarted over SSH"), line
+        restarted = two_nodes.agent("node-2").cmdline()
+        assert restarted[-2:] == ["--peer-ssh-config", str(two_nodes.config)]
     finally:
-        kill_processes_mentioning(str(remote_dir))
+        ssh.close()
     assert job.state == JS.JOB_STATE_SUCCEEDED, job.reason
     assert sorted(r.node for r in job.attempts[0].ranks) == ["node-1", "node-2"]
     # The leader kept how it reaches its peers, for after its own restart.
-    peers = json.loads((remote_dir / "node-1" / "jobs" / "ssh-job" / "peers.json").read_text())
+    peers_file = two_nodes.remote_dir / "node-1" / "jobs" / "ssh-job" / "peers.json"
+    peers = json.loads(peers_file.read_text())
     assert {p["name"]: p["ssh"] for p in peers} == {"node-1": "node-1", "node-2": "node-2"}
+
+
+@needs_sshd
+def test_down_asks_before_stopping_ranks_and_up_brings_the_agents_back_to_them(
+    two_nodes: TwoNodes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    two_nodes.gantry(capsys, "up")
+    addresses = {n: two_nodes.address(n) for n in ("node-1", "node-2")}
+    ssh = open_ssh(two_nodes.hostfile, two_nodes.state)
+    try:
+        pids = asyncio.run(start_long_job(ssh.targets, tmp_path))
+    finally:
+        ssh.close()
+    # No terminal to ask on: the ranks are left running, the agents stopped.
+    out = two_nodes.gantry(capsys, "down")
+    assert "leaving the ranks of long-job running (--stop-ranks stops them)" in out
+    assert "node-1: agent stopped" in out and "node-2: agent stopped" in out
+    assert all(running(pid) for pid in pids)
+    # Up again, each on its old port: the leader finds its peer where it was.
+    two_nodes.gantry(capsys, "up")
+    assert {n: two_nodes.address(n) for n in ("node-1", "node-2")} == addresses
+    out = two_nodes.gantry(capsys, "down", "--stop-ranks")
+    assert "long-job: stop requested" in out and "node-2: agent stopped" in out
+    deadline = time.monotonic() + 30
+    while any(running(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"ranks left running: {out}"
+        time.sleep(0.2)
+
+
+def running(pid: int) -> bool:
+    """Alive, not a zombie (a rank whose agent is gone is reparented and may not be reaped
+    at once)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def start_long_job(targets: list[NodeTarget], tmp_path: Path) -> list[int]:
+    """Launches a job that runs until stopped; its ranks' pids once both report steps."""
+    doc = {
+        "name": "long-job",
+        "nodes": ["node-1 slots=1", "node-2 slots=1"],
+        "command": ["python", str(FAKE_RANK)],
+        "args": ["--steps", "100000", "--step-s", "0.1"],
+        "working_dir": str(tmp_path),
+        "restart": {"max_restarts": 0, "backoff_s": 0},
+    }
+    client = JobsClient(targets)
+    await client.launch(parse_job_spec(json.dumps(doc), tmp_path, {"node-1", "node-2"}))
+    deadline = time.monotonic() + 60
+    while True:
+        led, _ = await client.describe("long-job")
+        ranks = led.job.attempts[-1].ranks if led.job.attempts else []
+        if len(ranks) == 2 and all(r.pid and r.metrics.step >= 1 for r in ranks):
+            return [r.pid for r in ranks]
+        assert time.monotonic() < deadline, led.job
+        await asyncio.sleep(0.2)
 
 
 async def run_job(

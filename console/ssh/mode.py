@@ -19,7 +19,7 @@ from console.ssh.connect import SshError
 from console.ssh.defaults import DEFAULT_STATE
 from console.ssh.hostfile import load_hostfile
 from console.ssh.remote_agent import RemoteError, start_agent
-from console.ssh.state import SshCluster, StateError, dump_state, load_state, select_nodes
+from console.ssh.state import StateError, dump_state, load_state, select_nodes
 from console.ssh.tunnels import TunnelManager
 from console.store import ClusterStore, ConnState
 
@@ -135,4 +135,4 @@ def _record_port(state: Path, node: str, port: int) -> None:
         nodes = [
             dataclasses.replace(n, agent_port=port) if n.name == node else n for n in cluster.nodes
         ]
-        dump_state(SshCluster(cluster.path, cluster.hostfile, cluster.options, nodes))
+        dump_state(dataclasses.replace(cluster, nodes=nodes))

@@ -180,6 +180,11 @@ def data_dir(remote_dir: str, node: str) -> str:
     return f"{remote_dir.rstrip('/')}/{node}"
 
 
+def node_token_path(remote_dir: str, node: str) -> str:
+    """The agent's token file on its node (`~/` for the home directory there)."""
+    return f"{data_dir(remote_dir, node)}/token"
+
+
 async def _run(
     conn: asyncssh.SSHClientConnection,
     argv: list[str],

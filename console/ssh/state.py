@@ -12,7 +12,7 @@ loopback, the token to use (a local copy, mode 600), and the SSH options used.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -45,6 +45,12 @@ class SshCluster:
     hostfile: Path
     options: SshOptions
     nodes: list[SshNode]
+    # The port each node's agent last had, stopped ones too: `gantry up` starts a node's
+    # agent there again when free, so a job's leader reaches it where it last did.
+    last_ports: dict[str, int] = field(default_factory=dict)
+
+    def ports(self) -> dict[str, int]:
+        return {**self.last_ports, **{n.name: n.agent_port for n in self.nodes}}
 
     def node(self, name: str) -> SshNode:
         for node in self.nodes:
@@ -90,6 +96,7 @@ def dump_state(cluster: SshCluster) -> None:
         "hostfile": str(cluster.hostfile.resolve()),
         "ssh": cluster.options.to_doc(),
         "nodes": nodes,
+        "last_ports": cluster.ports(),
     }
     cluster.path.parent.mkdir(parents=True, exist_ok=True)
     tmp = cluster.path.with_suffix(".tmp")
@@ -139,7 +146,14 @@ def load_state(path: Path) -> SshCluster:
             raise StateError(
                 f"{path}: nodes[{i}] is incomplete; run `gantry up HOSTFILE` again"
             ) from None
-    return SshCluster(path, Path(str(doc.get("hostfile", ""))), SshOptions.from_doc(ssh), nodes)
+    ports = doc.get("last_ports") or {}
+    last_ports = (
+        {str(k): int(v) for k, v in ports.items() if isinstance(v, int)}
+        if isinstance(ports, dict)
+        else {}
+    )
+    hostfile = Path(str(doc.get("hostfile", "")))
+    return SshCluster(path, hostfile, SshOptions.from_doc(ssh), nodes, last_ports)
 
 
 def select_nodes(cluster: SshCluster, hosts: list[HostEntry]) -> list[SshNode]:

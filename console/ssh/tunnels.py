@@ -27,6 +27,7 @@ import asyncssh
 from console.backoff import Backoff
 from console.cluster_file import NodeTarget
 from console.ssh.connect import SshError, SshOptions, connect
+from console.ssh.remote_agent import node_token_path
 from console.ssh.state import SshNode
 
 T = TypeVar("T")
@@ -88,6 +89,7 @@ class TunnelManager:
                 t.node.token_file,
                 ssh=t.node.entry.where,
                 node_address=f"127.0.0.1:{t.remote_port}",
+                node_token_file=node_token_path(t.node.remote_dir, t.node.name),
             )
             for t in self._tunnels.values()
         ]

@@ -101,6 +101,7 @@ async def up_host(
     remote_dir: str,
     wheels: WheelSource,
     agent_args: tuple[str, ...] = (),
+    port: int = 0,
 ) -> UpResult:
     started = time.monotonic()
     result = UpResult(entry)
@@ -122,6 +123,7 @@ async def up_host(
                 entry.name,
                 remote_dir,
                 token=token,
+                port=port,
                 version=want,
                 agent_args=agent_args,
             )
@@ -178,7 +180,10 @@ async def bring_up(
     remote_dir: str,
     wheel: Path | None = None,
     agent_args: tuple[str, ...] = (),
+    ports: dict[str, int] | None = None,
 ) -> list[UpResult]:
+    """`ports`: the port each node's agent had (kept when free, so that a job's leader
+    still reaches a restarted peer where it last did)."""
     wheels = WheelSource(wheel)
     try:
         return list(
@@ -192,6 +197,7 @@ async def bring_up(
                         remote_dir=remote_dir,
                         wheels=wheels,
                         agent_args=agent_args,
+                        port=(ports or {}).get(entry.name, 0),
                     )
                     for entry in hosts
                 )
@@ -204,13 +210,22 @@ async def bring_up(
 def record_up(state: Path, hostfile: Path, options: SshOptions, results: list[UpResult]) -> None:
     """The nodes that came up replace their entries; others keep theirs."""
     previous: list[SshNode] = []
+    ports: dict[str, int] = {}
     if state.exists():
         with contextlib.suppress(StateError):
-            previous = load_state(state).nodes
+            cluster = load_state(state)
+            previous, ports = cluster.nodes, cluster.ports()
     fresh = {r.entry.name: r.node for r in results if r.node is not None}
     nodes = [fresh.pop(n.name, n) or n for n in previous]
     nodes += [n for n in fresh.values() if n is not None]
-    dump_state(SshCluster(state, hostfile, options, nodes))
+    dump_state(SshCluster(state, hostfile, options, nodes, ports))
+
+
+def recorded_ports(state: Path) -> dict[str, int]:
+    """The agent port of every node of the SSH cluster file (none when there is none)."""
+    with contextlib.suppress(StateError):
+        return load_state(state).ports()
+    return {}
 
 
 def agent_args_from(args: argparse.Namespace) -> tuple[str, ...]:
@@ -233,6 +248,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             remote_dir=args.remote_dir,
             wheel=args.wheel,
             agent_args=agent_args_from(args),
+            ports=recorded_ports(args.state),
         )
     )
     record_up(args.state, args.hostfile, options, results)
@@ -298,7 +314,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     for node in cluster.nodes:
         if node.name in gone:
             node.token_file.unlink(missing_ok=True)
-    dump_state(SshCluster(cluster.path, cluster.hostfile, cluster.options, left))
+    dump_state(SshCluster(cluster.path, cluster.hostfile, cluster.options, left, cluster.ports()))
     return 1 if failures else 0
 
 

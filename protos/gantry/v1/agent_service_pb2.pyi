@@ -40,16 +40,18 @@ class WatchNodeResponse(_message.Message):
     def __init__(self, sample: _Optional[_Union[_telemetry_pb2.NodeSample, _Mapping]] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
 class PeerAgent(_message.Message):
-    __slots__ = ("name", "address", "token", "ssh")
+    __slots__ = ("name", "address", "token", "ssh", "token_file")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     SSH_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FILE_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     token: str
     ssh: str
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., token: _Optional[str] = ..., ssh: _Optional[str] = ...) -> None: ...
+    token_file: str
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., token: _Optional[str] = ..., ssh: _Optional[str] = ..., token_file: _Optional[str] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("spec", "peers")
