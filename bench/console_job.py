@@ -43,7 +43,8 @@ that shows the key's effect. Headless, Textual skips turning an update into term
 output; the probe does that itself (CompositorUpdate.render_segments, output thrown
 away) so both latency and CPU include it. A key not shown within 30 s is a miss.
 
-CPU: time.process_time() of this process (every thread, gRPC's included) over the two
+CPU: time.process_time() of this process (every thread, gRPC's included), plus the
+children it reaped meanwhile (the advisor's forked runs), over the two
 measured windows, per wall-second; start-up, the backlog and the switch between the
 phases are left out. This machine's other load (the agents' process among it) is shown
 beside it. --profile DIR writes a cProfile of each phase (event-loop thread) and prints
@@ -72,6 +73,7 @@ import math
 import os
 import pstats
 import random
+import resource
 import shutil
 import signal
 import subprocess
@@ -118,6 +120,13 @@ SEARCH = "NCCL WARN"
 KEY_TIMEOUT_S = 30.0
 GIB = 1024**3
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+
+def console_cpu_s() -> float:
+    """This process's CPU time and that of its reaped children: the console's forked
+    advisor runs (the agents' process is reaped only at the end)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -924,7 +933,7 @@ async def measure_phase(
     busy0, agents0 = machine_busy_s(), sum(agents.cpu_times()[:2])
     if profiler:
         profiler.enable()
-    cpu0, wall0 = time.process_time(), time.monotonic()
+    cpu0, wall0 = console_cpu_s(), time.monotonic()
     n = 0
     while time.monotonic() - wall0 < seconds:
         key = keys[n % len(keys)]
@@ -938,7 +947,7 @@ async def measure_phase(
         key.after()
         due = wall0 + n * interval_s + rng.uniform(-interval_s / 3, interval_s / 3)
         await asyncio.sleep(max(0.0, min(due, wall0 + seconds) - time.monotonic()))
-    cpu1, wall1 = time.process_time(), time.monotonic()
+    cpu1, wall1 = console_cpu_s(), time.monotonic()
     if profiler:
         profiler.disable()
     busy1, agents1 = machine_busy_s(), sum(agents.cpu_times()[:2])
