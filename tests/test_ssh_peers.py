@@ -243,18 +243,23 @@ def running(pid: int) -> bool:
         return False
 
 
-async def start_long_job(targets: list[NodeTarget], tmp_path: Path) -> list[int]:
-    """Launches a job that runs until stopped; its ranks' pids once both report steps."""
+def fake_job(name: str, tmp_path: Path, *, steps: int, step_s: float) -> job_pb2.JobSpec:
+    """One fake rank (no DeepSpeed) on each of node-1 and node-2, never restarted."""
     doc = {
-        "name": "long-job",
+        "name": name,
         "nodes": ["node-1 slots=1", "node-2 slots=1"],
         "command": ["python", str(FAKE_RANK)],
-        "args": ["--steps", "100000", "--step-s", "0.1"],
+        "args": ["--steps", str(steps), "--step-s", str(step_s)],
         "working_dir": str(tmp_path),
         "restart": {"max_restarts": 0, "backoff_s": 0},
     }
+    return parse_job_spec(json.dumps(doc), tmp_path, {"node-1", "node-2"})
+
+
+async def start_long_job(targets: list[NodeTarget], tmp_path: Path) -> list[int]:
+    """Launches a job that runs until stopped; its ranks' pids once both report steps."""
     client = JobsClient(targets)
-    await client.launch(parse_job_spec(json.dumps(doc), tmp_path, {"node-1", "node-2"}))
+    await client.launch(fake_job("long-job", tmp_path, steps=100_000, step_s=0.1))
     deadline = time.monotonic() + 60
     while True:
         led, _ = await client.describe("long-job")
@@ -268,17 +273,8 @@ async def start_long_job(targets: list[NodeTarget], tmp_path: Path) -> list[int]
 async def run_job(
     targets: list[NodeTarget], tmp_path: Path, leader: psutil.Process, sshd: Sshd
 ) -> job_pb2.Job:
-    doc = {
-        "name": "ssh-job",
-        "nodes": ["node-1 slots=1", "node-2 slots=1"],
-        "command": ["python", str(FAKE_RANK)],
-        "args": ["--steps", "3", "--step-s", "0.01"],
-        "working_dir": str(tmp_path),
-        "restart": {"max_restarts": 0, "backoff_s": 0},
-    }
-    spec = parse_job_spec(json.dumps(doc), tmp_path, {"node-1", "node-2"})
     client = JobsClient(targets)
-    await client.launch(spec)
+    await client.launch(fake_job("ssh-job", tmp_path, steps=3, step_s=0.01))
     over_ssh = False
     deadline = time.monotonic() + 60
     while True:
