@@ -60,6 +60,7 @@ Clock = Callable[[], float]
 JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 STACK_WAIT_S = 2.0
 STACK_WAIT_MAX_S = 10.0
+STACK_QUIET_S = 1.0  # stderr unchanged this long: the stack dump is complete
 STOP_GRACE_S = 10.0
 HEARTBEAT_S = 5.0
 MAX_STACK_BYTES = 256 * 1024
@@ -200,6 +201,7 @@ class _Live:
     hung_at: float | None = None
     stack_offset: int = 0
     stack_size: int = -1  # stderr's size at the last poll while the stacks are written
+    stack_size_since: float = 0.0  # when stderr last grew (or was first looked at)
     stop_owned: bool = False  # stop_ranks is stopping it: poll leaves it alone
     stop_deadline: float | None = None  # a STOPPING rank re-adopted: SIGKILL at this time
 
@@ -465,13 +467,15 @@ class LocalSupervisor:
         elif code is not None and drained:
             row = self._exited(live, row, code, batch)
         elif state == RankState.HUNG and live.hung_at is not None:
-            # The dump is complete once stderr stops growing (a loaded machine may take
-            # longer than stack_wait_s to write it), or at the latest STACK_WAIT_MAX_S.
+            # The dump is complete once stderr has not grown for STACK_QUIET_S (a loaded
+            # machine may pause the rank mid-dump, or take longer than stack_wait_s to
+            # write it), or at the latest STACK_WAIT_MAX_S.
             size = _size(row.stderr_path)
-            still_writing = size != live.stack_size
-            live.stack_size = size
+            if size != live.stack_size:
+                live.stack_size, live.stack_size_since = size, now
+            quiet = now - live.stack_size_since >= STACK_QUIET_S
             waited = now - live.hung_at
-            if waited >= self.stack_wait_s and (not still_writing or waited >= STACK_WAIT_MAX_S):
+            if waited >= self.stack_wait_s and (quiet or waited >= STACK_WAIT_MAX_S):
                 row = self._dump_stacks_and_fail(live, row, batch)
         elif state == RankState.STOPPING:
             if live.stop_deadline is not None and now >= live.stop_deadline and live.handle:
