@@ -91,20 +91,20 @@ def check_text(value: str, field: str, limit: int = MAX_TEXT_CHARS) -> str:
     return value
 
 
-def check_seconds(value: float, field: str, limit: float = MAX_SECONDS) -> float:
+def _check_range(value: float, field: str, limit: float, what: str) -> float:
     if math.isnan(value) or value < 0:
-        raise ValidationError(f"{field}: {_show(value)} must be a number of seconds >= 0")
+        raise ValidationError(f"{field}: {_show(value)} must be {what} >= 0")
     if value > limit:
         raise ValidationError(f"{field}: {_show(value)} is too large (at most {limit:g})")
     return value
+
+
+def check_seconds(value: float, field: str, limit: float = MAX_SECONDS) -> float:
+    return _check_range(value, field, limit, "a number of seconds")
 
 
 def check_number(value: float, field: str, limit: float = MAX_NUMBER) -> float:
-    if math.isnan(value) or value < 0:
-        raise ValidationError(f"{field}: {_show(value)} must be a number >= 0")
-    if value > limit:
-        raise ValidationError(f"{field}: {_show(value)} is too large (at most {limit:g})")
-    return value
+    return _check_range(value, field, limit, "a number")
 
 
 def check_at_most(value: int, field: str, limit: int) -> int:

@@ -33,7 +33,8 @@ from console.advice import Advice, AdvisorInputs, advise
 from console.cost import job_cost, total_steps
 from console.forked import ForkedError, call_forked
 from console.gpu_series import GpuUtilization
-from console.job_store import BAD_RANK_STATES, JS, JobsStore, JobView, RankLatest, ts
+from console.job_rows import RANK_COLUMNS, job_kind, rank_cells, state_name
+from console.job_store import BAD_RANK_STATES, JS, JobsStore, JobView, ts
 from console.jobs_client import JobCommandError
 from console.operator import Operator
 from console.remedies import RemedyError, apply_remedy, describe_changes
@@ -41,30 +42,15 @@ from console.screens import StoreScreen
 from console.screens.dialogs import ConfirmScreen, RestartChoice, RestartDialog
 from console.store import ClusterStore, ConnState, format_age
 from console.widgets.bars import DASH, format_bytes
-from console.widgets.chart import format_figure
 from console.widgets.chart_panel import Chart, ChartPanel
 from console.widgets.footer import SteadyFooter
 from console.widgets.pane_strip import PaneStrip
 from console.widgets.rank_table import RankTable
 
 if TYPE_CHECKING:
-    from gantry.v1 import job_pb2
 
     from console.advice import Taken
 
-RANK_COLUMNS = (
-    "rank",
-    "node",
-    "gpu",
-    "state",
-    "step",
-    "loss",
-    "gnorm",
-    "s/step",
-    "tok/s",
-    "coll%",
-    "beat",
-)
 CHARTS = (
     # id, label, store field, aggregate, fixed scale
     ("loss", "loss", "loss", "mean", None),
@@ -106,17 +92,6 @@ ADVISOR_INLINE_SIZE = 5_000
 ADVISOR_DUTY = 10.0
 ADVISOR_TIMEOUT_S = 60.0
 AGENT_RESTART_UNAVAILABLE = "needs the SSH set-up of `gantry up` (not configured for this cluster)"
-
-
-def state_name(value: int, prefix: str) -> str:
-    from gantry.v1 import job_pb2
-
-    enum = job_pb2.RankState if prefix == "RANK_STATE_" else job_pb2.JobState
-    return enum.Name(value).removeprefix(prefix).lower()
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return DASH if value is None else format(value, spec)
 
 
 class JobScreen(StoreScreen):
@@ -339,40 +314,10 @@ class JobScreen(StoreScreen):
             first, last = max(0, top - height), top + 2 * height
             cells = list(table.rows)
         fresh = [
-            self._rank_cells(rank, latest, rank.node in lost, now)
-            for rank, latest in rows[first:last]
+            rank_cells(rank, latest, rank.node in lost, now) for rank, latest in rows[first:last]
         ]
         cells[first:last] = fresh
         table.set_rows(cells, bad)
-
-    @staticmethod
-    def _rank_cells(
-        rank: job_pb2.Rank, latest: RankLatest | None, lost: bool, now: float
-    ) -> tuple[str, ...]:
-        m = latest.metrics if latest is not None else None
-        state = "lost" if lost else state_name(rank.state, "RANK_STATE_")
-
-        def opt(name: str) -> float | None:
-            if m is None or not m.HasField(name):
-                return None
-            return float(getattr(m, name))
-
-        step_time, coll = opt("step_time_s"), opt("collective_time_s")
-        coll_pct = 100 * coll / step_time if coll is not None and step_time else None
-        beat = ts(rank.last_heartbeat)
-        return (
-            str(rank.rank),
-            rank.node,
-            ",".join(str(g) for g in rank.gpu_indices) or DASH,
-            state,
-            str(m.step) if m is not None else DASH,
-            _fmt(opt("loss"), ".4f"),
-            _fmt(opt("grad_norm"), ".3f"),
-            _fmt(step_time, ".3f"),
-            format_figure(opt("tokens_per_s")),
-            _fmt(coll_pct, ".0f"),
-            format_age(now - beat) if beat else DASH,
-        )
 
     def _draw_charts(self, view: JobView, now: float) -> None:
         if self.active_tab != "charts":
@@ -732,9 +677,3 @@ class JobScreen(StoreScreen):
         self._status = text
         if self.is_mounted:
             self._show("#job-status", text)
-
-
-def job_kind(kind: int) -> str:
-    from gantry.v1 import job_pb2
-
-    return job_pb2.JobEventKind.Name(kind).removeprefix("JOB_EVENT_KIND_").lower().replace("_", " ")

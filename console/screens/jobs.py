@@ -11,9 +11,9 @@ from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Static
 
 from console.cost import total_steps
+from console.job_rows import state_name
 from console.job_store import JobsStore
 from console.screens import StoreScreen
-from console.screens.job import state_name
 
 COLUMNS = ("job", "state", "attempt", "step", "ranks", "leader", "reason")
 
