@@ -48,7 +48,6 @@ from console.widgets.pane_strip import PaneStrip
 from console.widgets.rank_table import RankTable
 
 if TYPE_CHECKING:
-
     from console.advice import Taken
 
 CHARTS = (
