@@ -12,12 +12,12 @@ from typing import Any
 import grpc
 from gantry.v1 import agent_service_pb2, job_pb2
 
+from agent.checkpoints import list_checkpoints
 from agent.event_bus import EventBus
 from agent.launch_checks import LaunchCheckError, check_launch
 from agent.leader import UNKNOWN_OPERATOR, JobError, JobLeader
 from agent.local_supervisor import LocalSupervisor
 from agent.peers import NodeRefused
-from agent.rank_layout import list_checkpoints
 from agent.spec_diff import spec_changes
 from agent.tasks import TaskRunner
 from agent.tls import verified_identity

@@ -110,8 +110,14 @@ CREATE TABLE audit (
 );
 """
 
+# Where each rank is on its way to training (gantry.v1.RankPhase) and since when.
+_SCHEMA_V2 = """
+ALTER TABLE ranks ADD COLUMN phase INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE ranks ADD COLUMN phase_since REAL;
+"""
+
 # Index i upgrades the schema from version i to i + 1.
-_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
@@ -177,6 +183,8 @@ class RankRow:
     last_heartbeat: float | None = None
     last_metrics: job_pb2.RankMetrics | None = field(default=None, compare=False)
     metrics_source: str = ""
+    phase: int = 0  # gantry.v1.RankPhase
+    phase_since: float | None = None
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -195,7 +203,7 @@ class AuditEntry:
 _RANK_COLUMNS = (
     "job, attempt, rank, local_rank, node, gpu_indices, pid, create_time, state, exit_code, "
     "reason, stdout_path, stderr_path, metrics_path, exit_path, started, ended, "
-    "last_heartbeat, last_metrics, metrics_source"
+    "last_heartbeat, last_metrics, metrics_source, phase, phase_since"
 )
 _EVENT_COLUMNS = "seq, job, attempt, kind, time, node, rank, message, details, metrics"
 _ATTEMPT_COLUMNS = (
@@ -424,7 +432,7 @@ class Journal:
         with self.transaction():
             self._db.execute(
                 f"INSERT OR REPLACE INTO ranks ({_RANK_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     rank.job,
                     rank.attempt,
@@ -446,6 +454,8 @@ class Journal:
                     rank.last_heartbeat,
                     _metrics_json(rank.last_metrics),
                     rank.metrics_source,
+                    rank.phase,
+                    rank.phase_since,
                 ),
             )
 
@@ -472,6 +482,8 @@ class Journal:
             last_heartbeat=r[17],
             last_metrics=_metrics_from_json(r[18]),
             metrics_source=r[19],
+            phase=r[20],
+            phase_since=r[21],
         )
 
     def get_rank(self, job: str, attempt: int, rank: int) -> RankRow | None:
@@ -686,6 +698,8 @@ def rank_to_pb(row: RankRow) -> job_pb2.Rank:
         gpu_indices=row.gpu_indices,
     )
     _ts(row.last_heartbeat, pb.last_heartbeat)
+    pb.phase = row.phase  # type: ignore[assignment]
+    _ts(row.phase_since, pb.phase_since)
     if row.last_metrics is not None:
         pb.metrics.CopyFrom(row.last_metrics)
     return pb

@@ -12,6 +12,9 @@ from pathlib import Path
 
 from gantry.v1 import job_pb2
 
+from agent.checkpoints import resolve_reference
+from agent.resume_args import LATEST, spec_args_resume
+
 MODULE_CHECK_TIMEOUT_S = 30.0
 
 
@@ -46,15 +49,6 @@ def _module_of(argv: list[str]) -> str | None:
     return None
 
 
-def _resume_arg(argv: list[str]) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg == "--resume_from_checkpoint" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--resume_from_checkpoint="):
-            return arg.split("=", 1)[1]
-    return None
-
-
 def check_launch(spec: job_pb2.JobSpec, resume_from: str) -> None:
     cwd = working_dir(spec)
     if not cwd.is_dir():
@@ -85,12 +79,15 @@ def check_launch(spec: job_pb2.JobSpec, resume_from: str) -> None:
         script = Path(argv[1]) if os.path.isabs(argv[1]) else cwd / argv[1]
         if not script.is_file():
             raise LaunchCheckError(f"entry point script {argv[1]} does not exist")
-    for resume in (resume_from, _resume_arg(argv) or "", _policy_resume(spec)):
-        if resume and resume != "latest":
+    # The leader resolves what an attempt resumes from (resume_from); what the args or the
+    # policy name must exist too, as a folder or a checkpoint tag of checkpoint_dir.
+    for resume in (resume_from, spec_args_resume(spec) or "", _policy_resume(spec)):
+        if resume and resume != LATEST:
             path = Path(resume) if os.path.isabs(resume) else cwd / resume
-            if not path.exists():
+            named = resolve_reference(resume, spec.checkpoint_dir, str(cwd))
+            if not path.exists() and named is None:
                 raise LaunchCheckError(f"checkpoint {resume} to resume from does not exist")
 
 
 def _policy_resume(spec: job_pb2.JobSpec) -> str:
-    return spec.restart.resume if spec.restart.resume not in ("", "latest") else ""
+    return spec.restart.resume if spec.restart.resume not in ("", LATEST) else ""

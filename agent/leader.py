@@ -19,11 +19,19 @@ from pathlib import Path
 
 from gantry.v1 import agent_service_pb2, job_pb2
 
+from agent.checkpoints import latest_checkpoint, resolve_reference
 from agent.event_bus import EventBus
+from agent.metrics_records import latest_metrics
 from agent.peers import LocalNode, NodeApi, NodeRefused, NodeUnreachable, RemoteNode
-from agent.rank_layout import assign_ranks, latest_checkpoint
+from agent.rank_layout import assign_ranks
+from agent.resume_args import LATEST, spec_args_resume
 from agent.spec_diff import spec_changes
-from agent.universal import UniversalError, checkpoint_world_size, convert_to_universal
+from agent.universal import (
+    UniversalError,
+    checkpoint_world_size,
+    convert_to_universal,
+    nested_deepspeed_tag,
+)
 
 log = logging.getLogger("gantry.agent")
 
@@ -134,7 +142,7 @@ class JobLeader:
         _now_ts(led.job, "created")
         led.nodes = {name: self._node(known[name]) for name in {n.node for n in spec.nodes}}
         # Everything is checked on every node before anything starts.
-        await self._check_nodes(led, self._resume_for_first_attempt(spec))
+        await self._check_nodes(led, _first_resume(spec))
         self._jobs[spec.name] = led
         self._event(
             led,
@@ -187,6 +195,13 @@ class JobLeader:
         if exclude and latest_checkpoint(target.checkpoint_dir) is None:
             where = target.checkpoint_dir or "the job's checkpoint_dir (unset)"
             raise JobError(f"--exclude needs a checkpoint to convert, and {where} has none")
+        if from_checkpoint:
+            # Refused now, before the running attempt (or a finished job) is touched.
+            found = resolve_reference(from_checkpoint, target.checkpoint_dir, target.working_dir)
+            if found is None:
+                where = " or ".join(d for d in (target.checkpoint_dir, target.working_dir) if d)
+                raise JobError(f"no checkpoint {from_checkpoint} in {where or 'the job'}")
+            from_checkpoint = str(found)
         changes: list[str] = []
         if spec is not None:
             changes = spec_changes(current, spec)
@@ -337,7 +352,8 @@ class JobLeader:
         spec = job.spec
         previous = job.attempts[-1] if job.attempts else None
         excluded = set(previous.excluded_nodes) if previous is not None else set()
-        resume = self._resume_for_first_attempt(spec) if previous is None else _latest_path(spec)
+        resume = _latest_path(spec) if previous is not None else ""
+        resume = resume or _first_resume(spec)
         if command is not None:
             excluded |= set(command.exclude)
             if command.from_checkpoint:
@@ -351,10 +367,9 @@ class JobLeader:
         _now_ts(attempt, "started")
         job.state = JS.JOB_STATE_STARTING
         layout, world = assign_ranks(list(spec.nodes), excluded)
-        if resume and checkpoint_world_size(Path(resume)) not in (0, world):
-            # A plain ZeRO checkpoint loads only at the world size that wrote it.
+        if resume:
             try:
-                resume = await convert_to_universal(Path(resume))
+                resume = await _loadable_at(Path(resume), world)
             except UniversalError as exc:
                 return self._attempt_failed(led, attempt, str(exc))
         attempt.resumed_from = resume
@@ -478,7 +493,8 @@ class JobLeader:
                 elif kind == EK.JOB_EVENT_KIND_RANK_FAILED:
                     # A hung rank is reported FAILED by its node once its stacks are
                     # dumped; stopping everything at RANK_HUNG would lose the stacks.
-                    reason = f"rank {event.rank} on {event.node} failed: {event.message}"
+                    why = event.details.get("reason") or event.message
+                    reason = f"rank {event.rank} on {event.node} failed: {why}"
                     await self._stop_attempt(led, attempt, STOP_GRACE_S)
                     attempt.state = JS.JOB_STATE_FAILED
                     attempt.reason = reason
@@ -547,12 +563,6 @@ class JobLeader:
 
         await asyncio.gather(*(check(n, r) for n, r in layout))
 
-    def _resume_for_first_attempt(self, spec: job_pb2.JobSpec) -> str:
-        resume = spec.restart.resume
-        if resume in ("", "latest"):
-            return str(_latest_path(spec) or "") if resume == "latest" else ""
-        return resume
-
     async def _master_addr(self, led: LedJob, nodes: list[str]) -> str:
         for name in nodes:
             node = led.nodes.get(name)
@@ -588,7 +598,7 @@ class JobLeader:
             if rank.rank != event.rank:
                 continue
             if event.HasField("metrics"):
-                rank.metrics.CopyFrom(event.metrics)
+                rank.metrics.CopyFrom(latest_metrics(rank.metrics, event.metrics))
                 rank.last_heartbeat.CopyFrom(event.time)
             kind = event.kind
             if kind == EK.JOB_EVENT_KIND_RANK_EXITED:
@@ -599,6 +609,11 @@ class JobLeader:
             elif kind == EK.JOB_EVENT_KIND_RANK_HUNG:
                 rank.state = job_pb2.RankState.RANK_STATE_HUNG
                 rank.reason = event.message
+            elif kind == EK.JOB_EVENT_KIND_RANK_PHASE:
+                name = "RANK_PHASE_" + event.details.get("phase", "").upper()
+                if name in job_pb2.RankPhase.DESCRIPTOR.values_by_name:
+                    rank.phase = job_pb2.RankPhase.Value(name)  # type: ignore[assignment]
+                    rank.phase_since.CopyFrom(event.time)
             elif kind in (
                 EK.JOB_EVENT_KIND_RANK_STARTED,
                 EK.JOB_EVENT_KIND_METRICS,
@@ -675,6 +690,40 @@ class JobLeader:
 def _latest_path(spec: job_pb2.JobSpec) -> str:
     path = latest_checkpoint(spec.checkpoint_dir)
     return str(path) if path is not None else ""
+
+
+async def _loadable_at(checkpoint: Path, world: int) -> str:
+    """A checkpoint the new world can load: ``checkpoint`` itself, or its universal
+    conversion when plain ZeRO partitions were written by another world size."""
+    written = checkpoint_world_size(checkpoint)
+    if written in (0, world):
+        inner = nested_deepspeed_tag(checkpoint)
+        written = checkpoint_world_size(inner) if inner is not None else 0
+        if written not in (0, world):
+            raise UniversalError(
+                f"{checkpoint} holds DeepSpeed ZeRO states of {written} rank(s) and this attempt"
+                f" has {world}; the script's own DeepSpeed resume loads them only at {written}"
+                " (convert with ds_to_universal and load it with checkpoint.load_universal)"
+            )
+        return str(checkpoint)
+    return await convert_to_universal(checkpoint)
+
+
+def _first_resume(spec: job_pb2.JobSpec) -> str:
+    """What a job's first attempt resumes from: the policy's checkpoint; with ``latest``,
+    the job's own latest; else a checkpoint its args name (continual training from
+    another job's checkpoint), so the leader can convert it for another world size."""
+    policy = spec.restart.resume
+    if policy and policy != LATEST:
+        found = resolve_reference(policy, spec.checkpoint_dir, spec.working_dir)
+        return str(found) if found is not None else policy  # the node checks refuse it
+    given = spec_args_resume(spec)
+    if LATEST in (policy, given) and (own := _latest_path(spec)):
+        return own
+    if given and given != LATEST:
+        found = resolve_reference(given, spec.checkpoint_dir, spec.working_dir)
+        return str(found) if found is not None else ""
+    return ""
 
 
 def _merge_rank(attempt: job_pb2.Attempt, rank: job_pb2.Rank) -> None:

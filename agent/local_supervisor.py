@@ -28,19 +28,24 @@ from pathlib import Path
 from gantry.v1 import job_pb2
 
 from agent import rank_process
+from agent.failure_cause import failure_cause
 from agent.journal import AttemptRow, Journal, RankRow, rank_to_pb
 from agent.launch_checks import resolve_argv
 from agent.log_alerts import alert_for
 from agent.metrics_records import (
-    DeepSpeedStdoutParser,
     Record,
     RecordKind,
     RecordParser,
+    latest_metrics,
     merge_metrics,
+    phase_name,
 )
 from agent.nccl import NcclFinding, NcclParser, ib_devices_present
 from agent.rank_process import RankHandle, describe_exit
 from agent.rank_states import TERMINAL_RANK_STATES, RankEdge, RankState, transition
+from agent.resume_args import with_resume
+from agent.script_logs import ScriptLogParser
+from agent.standby import Standbys
 from agent.tailer import MAX_READ_BYTES, Chunk, last_lines, read_lines
 
 __all__ = [
@@ -70,12 +75,18 @@ MAX_LOG_LINES = 10_000
 STREAMS = ("stdout", "stderr")
 DS_CONFIG_FILE = "ds_config.json"
 DS_CONFIG_FLAG = "--deepspeed_config"
+INSTRUMENT_ENV = "GANTRY_INSTRUMENT"
+IMPORTS_FILE = "imports.json"  # what the rank imported by its first step (agent.rank_hooks)
+BOOTSTRAP_DIR = str(Path(__file__).resolve().parent / "rank_bootstrap")
 
 _K = job_pb2.JobEventKind
 MAX_ALERTS_PER_POLL = 10  # a rank printing OOM in a loop must not flood the journal
 # The end of a failed rank's stderr kept with its failure event.
 FAILURE_TAIL_LINES = 20
 FAILURE_TAIL_BYTES = 16_384
+# Read to find the cause: a traceback's header may lie well above its last line.
+CAUSE_LINES = 400
+CAUSE_BYTES = 65_536
 # NCCL findings worth an event; per-channel transport news stays in the log.
 NCCL_EVENT_KINDS = ("version", "network", "interfaces", "ib_fallback", "warn")
 
@@ -88,9 +99,7 @@ def rank_argv(
     argv = resolve_argv(spec)
     if ds_config is not None:
         argv = with_deepspeed_config(argv, str(ds_config))
-    if resume_from:
-        argv += ["--resume_from_checkpoint", resume_from]
-    return argv
+    return with_resume(argv, spec, resume_from)
 
 
 def with_deepspeed_config(argv: Sequence[str], path: str) -> list[str]:
@@ -149,10 +158,15 @@ def rank_env(
         GANTRY_JOB=spec.name,
         GANTRY_ATTEMPT=str(attempt),
         GANTRY_METRICS_FILE=str(metrics_path),
+        GANTRY_IMPORTS_FILE=str(metrics_path.with_name(IMPORTS_FILE)),
         GANTRY_HEARTBEAT_S=f"{heartbeat_s:g}",
     )
     if spec.collective_timeout_s > 0:
         env["GANTRY_COLLECTIVE_TIMEOUT_S"] = f"{spec.collective_timeout_s:g}"
+    if env.get(INSTRUMENT_ENV, "1") != "0":
+        # Heartbeats, stacks on SIGUSR1 and start-up phases for any Python script
+        # (agent.rank_hooks), without a change to it.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (BOOTSTRAP_DIR, env.get("PYTHONPATH")) if p)
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
     elif "DS_ACCELERATOR" not in spec.env:
@@ -184,6 +198,15 @@ class LogChunk:
     next_offset: int  # where a follow-up read starts
 
 
+@dataclass(frozen=True)
+class _Launch:
+    """What a rank was started with: what its standby for the next attempt needs."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+
+
 @dataclass
 class _Live:
     """What the supervisor keeps in memory about a rank it watches."""
@@ -194,9 +217,10 @@ class _Live:
     last_progress: float  # supervisor clock
     metrics_offset: int = 0
     stdout_offset: int = 0
+    stderr_offset: int = 0  # how far the script's own progress lines were read
     exit_code: int | None = None  # the code, once known without a handle
     records: RecordParser = field(default_factory=RecordParser)
-    deepspeed: DeepSpeedStdoutParser = field(default_factory=DeepSpeedStdoutParser)
+    script: ScriptLogParser = field(default_factory=ScriptLogParser)
     nccl: NcclParser | None = None
     hung_at: float | None = None
     stack_offset: int = 0
@@ -204,6 +228,7 @@ class _Live:
     stack_size_since: float = 0.0  # when stderr last grew (or was first looked at)
     stop_owned: bool = False  # stop_ranks is stopping it: poll leaves it alone
     stop_deadline: float | None = None  # a STOPPING rank re-adopted: SIGKILL at this time
+    launch: _Launch | None = None  # how it was started (None: re-adopted)
 
     @property
     def state(self) -> RankState:
@@ -251,6 +276,7 @@ class LocalSupervisor:
         self.heartbeat_s = heartbeat_s
         self._live: dict[tuple[str, int, int], _Live] = {}
         self._ib_present = ib_devices_present()
+        self.standbys = Standbys(self.data_dir / "standby")
         if readopt:
             self.readopt()
 
@@ -392,37 +418,63 @@ class LocalSupervisor:
         self, row: RankRow, argv: list[str], env: dict[str, str], spec: job_pb2.JobSpec
     ) -> job_pb2.Rank:
         batch = _Batch()
+        cwd = spec.working_dir or os.getcwd()
+        details = {"argv": " ".join(argv)}
         try:
-            handle = rank_process.spawn(
+            handle = self.standbys.take(
+                row.job,
+                row.local_rank,
                 argv,
                 env,
-                spec.working_dir or None,
+                cwd,
                 Path(row.stdout_path),
                 Path(row.stderr_path),
-                Path(row.exit_path),
             )
+            if handle is not None:
+                # Its wrapper records the exit code in the standby's own exit file.
+                row = replace(row, exit_path=str(handle.exit_file))
+                details["standby"] = "yes"
+            else:
+                handle = rank_process.spawn(
+                    argv,
+                    env,
+                    cwd,
+                    Path(row.stdout_path),
+                    Path(row.stderr_path),
+                    Path(row.exit_path),
+                )
         except OSError as e:
             reason = f"could not start: {e}"
             row = self._edge(row, RankEdge.SPAWN_FAILED, reason=reason, ended=self.wall_clock())
             self._emit(batch, row, _K.JOB_EVENT_KIND_RANK_FAILED, reason)
             self._commit(row, batch)
             return rank_to_pb(row)
+        started = self.wall_clock()
         row = self._edge(
             row,
             RankEdge.SPAWN,
             pid=handle.pid,
             create_time=handle.create_time,
-            started=self.wall_clock(),
+            started=started,
+            phase=job_pb2.RANK_PHASE_STARTED,
+            phase_since=started,
         )
         self._emit(
             batch,
             row,
             _K.JOB_EVENT_KIND_RANK_STARTED,
-            f"rank {row.rank} started, pid {handle.pid}",
-            details={"pid": str(handle.pid), "argv": " ".join(argv)},
+            f"rank {row.rank} started, pid {handle.pid}"
+            + (" (from its standby)" if "standby" in details else ""),
+            details={"pid": str(handle.pid), **details},
         )
         self._live[row.key] = _Live(
-            row, handle, spec.hang_timeout_s, self.clock(), nccl=self._nccl_parser(row, spec)
+            row,
+            handle,
+            spec.hang_timeout_s,
+            self.clock(),
+            nccl=self._nccl_parser(row, spec),
+            script=ScriptLogParser(argv),
+            launch=_Launch(argv, env, cwd),
         )
         self._commit(row, batch)
         return rank_to_pb(row)
@@ -494,26 +546,39 @@ class LocalSupervisor:
     def _read_records(self, live: _Live, batch: _Batch, now: float) -> bool:
         """Applies what the rank wrote since the last poll; True if all of it was read."""
         records: list[Record] = []
+
+        def parse_file(text: str) -> list[Record]:
+            record = live.records.parse(text)
+            return [record] if record is not None else []
+
         live.metrics_offset, drained = self._read(
-            live.row.metrics_path, live.metrics_offset, batch, live.records.parse, records
+            live.row.metrics_path, live.metrics_offset, batch, parse_file, records
         )
         findings: list[NcclFinding] = []
         alerts: list[tuple[str, str]] = []
 
-        def parse_stdout(text: str) -> Record | None:
-            # NCCL_DEBUG=INFO lines go to stdout beside DeepSpeed's own progress lines.
+        def parse_stderr(text: str) -> list[Record]:
+            # tqdm's bars (the step and its rate) are drawn on stderr.
+            return live.script.feed("stderr", text, now)
+
+        def parse_stdout(text: str) -> list[Record]:
+            # NCCL_DEBUG=INFO lines go to stdout beside the script's own progress lines.
             if live.nccl is not None and "NCCL" in text:
                 findings.extend(live.nccl.feed(text))
-                return None
+                return []
             alert = alert_for(text)
             if alert is not None and len(alerts) < MAX_ALERTS_PER_POLL:
                 alerts.append((alert, text))
-            return live.deepspeed.parse(text) if live.row.metrics_source != "file" else None
+            return live.script.feed("stdout", text, now)
 
-        live.stdout_offset, out_drained = self._read(
-            live.row.stdout_path, live.stdout_offset, batch, parse_stdout, records
+        live.stderr_offset, err_drained = self._read(
+            live.row.stderr_path, live.stderr_offset, batch, parse_stderr, records, split_cr=True
         )
-        drained = drained and out_drained
+        live.stdout_offset, out_drained = self._read(
+            live.row.stdout_path, live.stdout_offset, batch, parse_stdout, records, split_cr=True
+        )
+        records += live.script.flush(now)
+        drained = drained and out_drained and err_drained
         if records:
             self._apply_records(live, records, batch, now)
         for alert, text in alerts:
@@ -544,18 +609,17 @@ class LocalSupervisor:
         path: str,
         offset: int,
         batch: _Batch,
-        parse: Callable[[str], Record | None],
+        parse: Callable[[str], list[Record]],
         out: list[Record],
+        split_cr: bool = False,
     ) -> tuple[int, bool]:
         budget = MAX_POLL_BYTES
         chunk = Chunk(offset=offset, more=True)
         while chunk.more and budget > 0:
-            chunk = read_lines(path, chunk.offset, min(budget, MAX_READ_BYTES))
+            chunk = read_lines(path, chunk.offset, min(budget, MAX_READ_BYTES), split_cr=split_cr)
             budget -= MAX_READ_BYTES
             for line in chunk.lines:
-                record = parse(line.text)
-                if record is not None:
-                    out.append(record)
+                out += parse(line.text)
         if chunk.offset != offset:
             batch.offsets[path] = chunk.offset
         return chunk.offset, not chunk.more
@@ -570,15 +634,21 @@ class LocalSupervisor:
         for record in records:
             when = record.time if record.time is not None else self.wall_clock()
             heartbeat = when if heartbeat is None else max(heartbeat, when)
-            if record.kind == RecordKind.METRICS and record.metrics is not None:
-                if record.source == "stdout" and source == "file":
-                    continue  # the rank reports itself; DeepSpeed's lines add nothing
-                source = "file" if record.source == "file" else (source or "stdout")
+            if record.kind == RecordKind.PHASE and record.phase:
+                # The rank's own hooks say exactly where it is; what it prints only moves
+                # it on (a late line must not send it back).
+                if record.source == "file" or record.phase > row.phase:
+                    row = self._phase(row, record.phase, when, batch)
+            elif record.kind == RecordKind.METRICS and record.metrics is not None:
+                row = self._phase(row, job_pb2.RANK_PHASE_TRAINING, when, batch)
+                if record.source != "file" and source == "file":
+                    continue  # the rank reports itself; what it prints adds nothing
+                source = "file" if record.source == "file" else (source or record.source)
                 if pending is not None and pending.step != record.metrics.step:
                     self._metrics_event(batch, row, pending)
                     pending = None
                 pending = merge_metrics(pending, record.metrics)
-                metrics = merge_metrics(metrics, record.metrics)
+                metrics = latest_metrics(metrics, record.metrics)
             elif record.kind == RecordKind.CHECKPOINT:
                 details = {"tag": record.tag, "path": record.path}
                 if record.step is not None:
@@ -594,9 +664,37 @@ class LocalSupervisor:
         if pending is not None:
             self._metrics_event(batch, row, pending)
         row = replace(row, last_heartbeat=heartbeat, last_metrics=metrics, metrics_source=source)
+        if live.row.phase != row.phase == job_pb2.RANK_PHASE_TRAINING and live.launch is not None:
+            # Trained once: the next attempt of this slot can start from a standby.
+            launch = live.launch
+            self.standbys.prepare(
+                row.job,
+                row.local_rank,
+                launch.argv,
+                launch.env,
+                launch.cwd,
+                Path(row.metrics_path).with_name(IMPORTS_FILE),
+            )
         if RankState(row.state) == RankState.STARTING:
             row = self._edge(row, RankEdge.FIRST_REPORT)
         live.row = row
+
+    def _phase(self, row: RankRow, phase: int, when: float, batch: _Batch) -> RankRow:
+        """The rank's new phase, with an event saying how long the last one took. A rank
+        that trains has no phases left (a late start-up line changes nothing)."""
+        if phase == row.phase or row.phase == job_pb2.RANK_PHASE_TRAINING:
+            return row
+        name = phase_name(phase)
+        details = {"phase": name}
+        message = f"rank {row.rank}: {name.replace('_', ' ')}"
+        if row.phase:
+            details["previous"] = phase_name(row.phase)
+            if row.phase_since is not None:
+                took = max(0.0, when - row.phase_since)
+                details["previous_s"] = f"{took:.1f}"
+                message += f" ({details['previous'].replace('_', ' ')} took {took:.1f} s)"
+        self._emit(batch, row, _K.JOB_EVENT_KIND_RANK_PHASE, message, details=details, when=when)
+        return replace(row, phase=phase, phase_since=when)
 
     def _metrics_event(self, batch: _Batch, row: RankRow, metrics: job_pb2.RankMetrics) -> None:
         when = metrics.time.ToNanoseconds() / 1e9 if metrics.HasField("time") else None
@@ -616,6 +714,13 @@ class LocalSupervisor:
             return row
         if code == 0:
             row = self._edge(row, RankEdge.EXIT_OK, exit_code=0, ended=ended, reason="")
+            if not any(
+                other.row.job == row.job
+                and other.row.rank != row.rank
+                and other.state not in TERMINAL_RANK_STATES
+                for other in self._live.values()
+            ):
+                self.standbys.discard_job(row.job)  # done here: no attempt will follow
             details["state"] = RankState(row.state).name
             message = f"rank {row.rank} exited"
             self._emit(batch, row, _K.JOB_EVENT_KIND_RANK_EXITED, message, details=details)
@@ -628,12 +733,21 @@ class LocalSupervisor:
                 details["stacks"] = stacks
         else:
             # The end of stderr says why (a traceback, CUDA out of memory, an NCCL error):
-            # the console's advisor reads it from the event.
-            tail = last_lines(row.stderr_path, FAILURE_TAIL_LINES, FAILURE_TAIL_BYTES).lines
+            # the console's advisor reads it from the event, and the reason names it.
+            tail = last_lines(row.stderr_path, CAUSE_LINES, CAUSE_BYTES).lines
             if tail:
-                details["last_lines"] = "\n".join(line.text for line in tail)
+                texts = [line.text for line in tail]
+                details["last_lines"] = "\n".join(texts[-FAILURE_TAIL_LINES:])
+                cause = failure_cause(texts)
+                if cause is None:
+                    out = last_lines(row.stdout_path, FAILURE_TAIL_LINES, FAILURE_TAIL_BYTES)
+                    cause = failure_cause([line.text for line in out.lines])
+                if cause is not None:
+                    details["cause"] = cause
+                    reason = f"{cause} ({reason})"
         row = self._edge(row, RankEdge.EXIT_ERROR, exit_code=code, ended=ended, reason=reason)
         details["state"] = RankState(row.state).name
+        details["reason"] = reason
         message = f"rank {row.rank} failed: {reason}"
         self._emit(batch, row, _K.JOB_EVENT_KIND_RANK_FAILED, message, details=details)
         return row
@@ -722,6 +836,10 @@ class LocalSupervisor:
         if row.exit_code is not None and RankState(row.state) in TERMINAL_RANK_STATES:
             self._live.pop(row.key, None)
 
+    def close(self) -> None:
+        """The agent stops: its standbys go (ranks go on, to be re-adopted)."""
+        self.standbys.close()
+
     # --- re-adoption ------------------------------------------------------------------------
 
     def readopt(self) -> int:
@@ -744,7 +862,9 @@ class LocalSupervisor:
                 self.clock(),
                 metrics_offset=self.journal.get_offset(row.metrics_path),
                 stdout_offset=self.journal.get_offset(row.stdout_path),
+                stderr_offset=self.journal.get_offset(row.stderr_path),
                 nccl=self._nccl_parser(row, job.spec if job is not None else None),
+                script=ScriptLogParser(resolve_argv(job.spec) if job is not None else ()),
             )
             if self._reattach(live):
                 self._live[row.key] = live

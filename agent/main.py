@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from agent.auth import TokenError, load_or_create_token
+from agent.ops_warmup import extensions_dir
 from agent.peer_ssh import configure_peer_ssh
 from agent.peers import configure_peers
 from agent.runtime import build_job_runtime
@@ -40,6 +41,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="FILE",
         help="SSH mode: OpenSSH config for calls to peer agents (default ~/.ssh/config)",
+    )
+    parser.add_argument(
+        "--torch-extensions-dir",
+        type=Path,
+        metavar="DIR",
+        help="the ranks' TORCH_EXTENSIONS_DIR (default: $TORCH_EXTENSIONS_DIR, else "
+        "DATA_DIR/torch_extensions)",
+    )
+    parser.add_argument(
+        "--warm-op",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a DeepSpeed op builder to build at start besides the comm op (e.g. CPUAdamBuilder)",
+    )
+    parser.add_argument(
+        "--no-warm-ops", action="store_true", help="do not build DeepSpeed's ops at start"
     )
     parser.add_argument("--sample-interval", type=float, default=1.0, metavar="SECONDS")
     parser.add_argument("--history", type=float, default=900.0, metavar="SECONDS")
@@ -80,7 +98,9 @@ async def run_agent(args: argparse.Namespace) -> int:
     configure_peer_ssh(args.peer_ssh_config)
     sampler = Sampler(args.node_name, interval_s=args.sample_interval, history_s=args.history)
     gpus = [gpu.index for gpu in sampler.node_info().gpus]
-    runtime = build_job_runtime(args.node_name, data_dir, gpus)
+    extensions = extensions_dir(data_dir, args.torch_extensions_dir, os.environ)
+    warm = None if args.no_warm_ops else tuple(args.warm_op)
+    runtime = build_job_runtime(args.node_name, data_dir, gpus, extensions, warm)
     try:
         server, port, health_servicer = await build_server(
             sampler, token, args.listen, runtime.jobs, tls

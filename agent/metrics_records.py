@@ -8,10 +8,12 @@ A rank using Gantry's reporter appends JSON lines to ``$GANTRY_METRICS_FILE``::
     {"kind": "checkpoint", "time": ..., "rank": 0, "step": 100, "tag": "global_step100",
      "path": "/ckpt/global_step100"}
     {"kind": "start", ...}  {"kind": "end", ...}
+    {"kind": "phase", "time": ..., "rank": 0, "phase": "joining"}
 
 Unknown and missing fields are tolerated; a line that is not a JSON object is skipped and
 counted, never raised. A script that does not report still gets rank 0's figures from what
-DeepSpeed prints every ``steps_per_print`` steps (see ``DeepSpeedStdoutParser``).
+DeepSpeed prints every ``steps_per_print`` steps (see ``DeepSpeedStdoutParser``), and from
+what other libraries print (``agent.script_logs``).
 """
 
 from __future__ import annotations
@@ -31,11 +33,17 @@ __all__ = [
     "Record",
     "RecordKind",
     "RecordParser",
+    "latest_metrics",
+    "log_time",
     "merge_metrics",
     "metrics_from_fields",
+    "phase_from_name",
+    "phase_name",
+    "whole_number",
 ]
 
 GIB = 1024**3
+MAX_COUNT = 10**15  # steps and sizes above this are garbage (and would not fit the proto)
 
 
 class RecordKind(StrEnum):
@@ -44,6 +52,7 @@ class RecordKind(StrEnum):
     CHECKPOINT = "checkpoint"
     START = "start"
     END = "end"
+    PHASE = "phase"
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,34 @@ class Record:
     metrics: job_pb2.RankMetrics | None = None  # METRICS only
     tag: str = ""  # CHECKPOINT only
     path: str = ""  # CHECKPOINT only
-    source: str = "file"  # "file" (the rank's metrics file) or "stdout" (DeepSpeed's lines)
+    # "file" (the rank's metrics file); anything else was read from its logs ("stdout",
+    # "stderr"), which the rank's own file overrides.
+    source: str = "file"
+    phase: int = 0  # PHASE only: a job_pb2.RankPhase value
+
+
+_PHASE_PREFIX = "RANK_PHASE_"
+
+
+def phase_from_name(name: str) -> int | None:
+    """The ``RankPhase`` value named ``name`` ("joining" or "RANK_PHASE_JOINING"), else None."""
+    key = name.strip().upper()
+    if not key.startswith(_PHASE_PREFIX):
+        key = _PHASE_PREFIX + key
+    if key == _PHASE_PREFIX + "UNSPECIFIED":
+        return None
+    try:
+        return int(job_pb2.RankPhase.Value(key))
+    except ValueError:
+        return None
+
+
+def phase_name(value: int) -> str:
+    """A ``RankPhase`` value's short name ("joining"); "unspecified" for unknown values."""
+    try:
+        return str(job_pb2.RankPhase.Name(value)).removeprefix(_PHASE_PREFIX).lower()
+    except ValueError:
+        return "unspecified"
 
 
 def _num(value: object) -> float | None:
@@ -70,11 +106,19 @@ def _num(value: object) -> float | None:
     return None
 
 
+def whole_number(text: str) -> int | None:
+    """``text`` as a step count (digits only, at most ``MAX_COUNT``), else None."""
+    if not text.isdigit() or len(text) > 16:
+        return None
+    value = int(text)
+    return value if value <= MAX_COUNT else None
+
+
 def _int(value: object) -> int | None:
     number = _num(value)
     if number is None or not math.isfinite(number) or number != int(number):
         return None
-    return int(number)
+    return int(number) if abs(number) <= MAX_COUNT else None
 
 
 _FLOAT_FIELDS: Mapping[str, str] = {
@@ -92,6 +136,7 @@ _FLOAT_FIELDS: Mapping[str, str] = {
     "backward_s": "backward_s",
     "allreduce_s": "allreduce_s",
     "optimizer_step_s": "optimizer_step_s",
+    "tflops": "tflops",
 }
 
 
@@ -104,6 +149,9 @@ def metrics_from_fields(fields: Mapping[str, object]) -> job_pb2.RankMetrics:
     epoch = _num(fields.get("epoch"))
     if epoch is not None:
         m.epoch = epoch
+    total = _int(fields.get("total_steps"))
+    if total is not None and 0 < total <= MAX_COUNT:
+        m.total_steps = total
     for key, attr in _FLOAT_FIELDS.items():
         value = _num(fields.get(key))
         if value is not None:
@@ -137,6 +185,29 @@ def merge_metrics(
     return merged
 
 
+def latest_metrics(
+    previous: job_pb2.RankMetrics | None, new: job_pb2.RankMetrics
+) -> job_pb2.RankMetrics:
+    """A rank's latest figures, each the last one known: the highest step, with what an
+    earlier step said and a later one has not said again (a script logs its loss every
+    ``logging_steps`` while its progress bar moves every step). A record for an earlier
+    step, read late, adds its figures without moving the step back."""
+    if previous is None:
+        return new
+    merged = job_pb2.RankMetrics()
+    if new.step >= previous.step:
+        merged.CopyFrom(previous)
+        merged.MergeFrom(new)
+        return merged
+    merged.CopyFrom(previous)
+    late = job_pb2.RankMetrics()
+    late.CopyFrom(new)
+    late.ClearField("step")
+    late.ClearField("time")
+    merged.MergeFrom(late)
+    return merged
+
+
 class RecordParser:
     """Parses a metrics file's lines; counts what it had to skip."""
 
@@ -166,6 +237,13 @@ class RecordParser:
         if kind == RecordKind.METRICS:
             metrics = metrics_from_fields(fields)
             return Record(kind, when, step, metrics=metrics)
+        if kind == RecordKind.PHASE:
+            name = fields.get("phase")
+            phase = phase_from_name(name) if isinstance(name, str) else None
+            if phase is None:
+                self.unknown += 1
+                return None
+            return Record(kind, when, step, phase=phase)
         if kind == RecordKind.CHECKPOINT:
             tag, path = fields.get("tag"), fields.get("path")
             return Record(
@@ -178,32 +256,55 @@ class RecordParser:
         return Record(kind, when, step)
 
 
-# DeepSpeed 0.19 (deepspeed/runtime/engine.py, utils/timer.py, utils/logging.py) prints, on
-# rank 0 only, with its logger at INFO:
-#   [2026-11-28 09:46:23,018] [INFO] [logging.py:123:log_dist] [Rank 0] step=2, skipped=0,
-#       lr=[0.001], mom=[(0.9, 0.999)]                      (_report_progress, every N steps)
-#   [...] [INFO] [timer.py:264:stop] epoch=0/micro_step=8/global_step=4,
-#       RunningAvgSamplesPerSec=1299.4, CurrSamplesPerSec=889.3, MemAllocated=0.33GB,
-#       MaxMemAllocated=0.33GB                              (ThroughputTimer, every N steps)
-# and with wall_clock_breakdown, via print (no logger prefix), every optimizer step:
-#   [Rank 0] time (ms) | fwd: 0.56 | bwd: 1.16 | bwd_inner: 0.44 | bwd_allreduce: 0.68 | step: 6.07
-_PREFIX = re.compile(
-    r"^(?:\[(?P<when>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\] \[\w+\] \[[^\]]*\] )?"
-    r"(?:\[Rank -?\d+\] )?(?P<msg>.*)$"
+# DeepSpeed prints, on rank 0, with its logger's prefix ("[2026-11-28 09:46:23,018] [INFO]
+# [logging.py:123:log_dist] "; before 0.3 "[INFO 2020-06-08 06:02:19] "), and the lines are
+# searched anywhere in a line since launchers and terminals put text before them:
+#   [Rank 0] step=2, skipped=0, lr=[0.001], mom=[(0.9, 0.999)]     (every steps_per_print;
+#       before log_dist existed: "rank:0 step=2, ...")
+#   ThroughputTimer, every steps_per_print (deepspeed/utils/timer.py):
+#     >= 0.8:  epoch=0/micro_step=8/global_step=4, RunningAvgSamplesPerSec=1299.4,
+#              CurrSamplesPerSec=889.3, MemAllocated=0.33GB, MaxMemAllocated=0.33GB
+#     0.6-0.7: 0/40, RunningAvgSamplesPerSec=.., CurrSamplesPerSec=.., MemAllocated=..GB, ..
+#     <= 0.5:  0/40, SamplesPerSec=83.48, MemAllocated=0.26GB, MaxMemAllocated=9.02GB
+#              (0/40 is epoch/micro-step, not the optimizer step)
+#   wall_clock_breakdown, every optimizer step (Timers.log):
+#     >= 0.10.3: [Rank 0] time (ms) | fwd: 0.56 | bwd: 1.16 | bwd_inner: 0.44 |
+#                bwd_allreduce: 0.68 | step: 6.07
+#     <  0.10.3: [Rank 0] rank=0 time (ms) | forward: .. | backward: .. | backward_inner: .. |
+#                backward_allreduce: .. | step: ..
+#     plus per-micro-step lines (fwd_microstep, ...) and optimizer lines, which are skipped.
+#   PipelineEngine.train_batch (print): steps: 10 loss: 2.3456 iter time (s): 0.512
+#       samples/sec: 62.500 (other losses may come before "iter time"; GPT-NeoX's copy prints
+#       "step:    10 /   100 loss: ...")
+_LOG_TIME = re.compile(
+    r"\[(?:[A-Z]+ )?(?P<when>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:[,.](?P<frac>\d{1,6}))?\]"
 )
-_STEP = re.compile(r"^step=(?P<step>\d+), skipped=(?P<skipped>\d+), lr=\[(?P<lr>[^\]]*)\]")
+_STEP = re.compile(
+    r"(?:\[Rank -?\d+\] |\brank:\d+ )step=(?P<step>\d+), skipped=\d+, lr=\[(?P<lr>[^\]]*)\]"
+)
 _THROUGHPUT = re.compile(
-    r"^epoch=(?P<epoch>\d+)/micro_step=\d+/global_step=(?P<gstep>\d+), "
-    r"RunningAvgSamplesPerSec=[^,]*, CurrSamplesPerSec=(?P<curr>[^,]*), "
-    r"MemAllocated=(?P<mem>[\d.]+)GB"
+    r"(?:\bepoch=(?P<epoch>\d+)/micro_step=\d+/global_step=(?P<gstep>\d+)"
+    r"|(?<![\w/.])(?P<oepoch>\d+)/(?P<ostep>\d+)), "
+    r"(?:RunningAvgSamplesPerSec=[^,]*, CurrSamplesPerSec=(?P<curr>[^,\s]*)"
+    r"|SamplesPerSec=(?P<avg>[^,\s]*))"
+    r"(?:, MemAllocated=(?P<mem>[\d.]+)GB)?"
 )
-_TIMERS = re.compile(r"^time \(ms\)((?: \| [\w.]+: [-\d.]+)+)\s*$")
+_TIMERS = re.compile(r"\btime \(ms\)(?P<parts> \|.*)")
+_TIMER_PART = re.compile(r"\s*(?P<name>[\w.-]+): (?P<value>-?[\d.]+)")
 _TIMER_FIELDS: Mapping[str, str] = {
     "fwd": "forward_s",
+    "forward": "forward_s",
     "bwd": "backward_s",
+    "backward": "backward_s",
     "bwd_allreduce": "allreduce_s",
+    "backward_allreduce": "allreduce_s",
     "step": "optimizer_step_s",
 }
+_PIPE = re.compile(
+    r"\bsteps?: *(?P<step>\d+)(?: */ *(?P<total>\d+))? loss: (?P<loss>\S+) .*?"
+    r"iter time \(s\): (?P<iter>[\d.]+) samples/sec: (?P<tput>[\d.]+)"
+)
+_MAX_LINE = 16384  # longer lines are cut: no DeepSpeed line is this long
 
 
 class DeepSpeedStdoutParser:
@@ -218,19 +319,23 @@ class DeepSpeedStdoutParser:
         self._pending = False
 
     def parse(self, line: str) -> Record | None:
-        if "] " not in line and not line.startswith("time (ms)"):
-            return None
-        match = _PREFIX.match(line.rstrip())
-        if match is None:
-            return None
-        msg = match["msg"]
-        when = _log_time(match["when"])
-        if msg.startswith("step="):
-            return self._step_line(msg, when)
-        if msg.startswith("epoch="):
-            return self._throughput_line(msg, when)
-        if msg.startswith("time (ms)"):
-            return self._timer_line(msg, when)
+        line = line[:_MAX_LINE]
+        if "step=" in line:
+            match = _STEP.search(line)
+            if match is not None:
+                return self._step_line(match, log_time(line))
+        if "SamplesPerSec=" in line:
+            match = _THROUGHPUT.search(line)
+            if match is not None:
+                return self._throughput_line(match, log_time(line))
+        if "time (ms)" in line:
+            match = _TIMERS.search(line)
+            if match is not None:
+                return self._timer_line(match["parts"], log_time(line))
+        if "iter time (s)" in line:
+            match = _PIPE.search(line)
+            if match is not None:
+                return self._pipe_line(match, log_time(line))
         return None
 
     def _record(self, m: job_pb2.RankMetrics, when: float | None) -> Record:
@@ -238,58 +343,87 @@ class DeepSpeedStdoutParser:
             m.time.FromNanoseconds(int(when * 1e9))
         return Record(RecordKind.METRICS, when, m.step, metrics=m, source="stdout")
 
-    def _step_line(self, msg: str, when: float | None) -> Record | None:
-        match = _STEP.match(msg)
-        if match is None:
+    def _step_line(self, match: re.Match[str], when: float | None) -> Record | None:
+        step = whole_number(match["step"])
+        if step is None:
             return None
-        step = int(match["step"])
         # step=0 is printed by deepspeed.initialize, before any training step.
         self.step, self._pending = step, step > 0
         m = job_pb2.RankMetrics(step=step)
-        lrs = [_num(x) for x in match["lr"].split(",")]
+        lrs = [_num(x.strip(" ()")) for x in match["lr"].split(",")]
         if lrs and lrs[0] is not None:
             m.learning_rate = lrs[0]
         return self._record(m, when)
 
-    def _throughput_line(self, msg: str, when: float | None) -> Record | None:
-        match = _THROUGHPUT.match(msg)
-        if match is None:
+    def _throughput_line(self, match: re.Match[str], when: float | None) -> Record | None:
+        # global_step here is the timer's own count, which restarts at 0 on resume; the old
+        # forms count micro-steps.
+        step = (
+            self.step if self.step is not None else whole_number(match["gstep"] or match["ostep"])
+        )
+        epoch = whole_number(match["epoch"] or match["oepoch"])
+        if step is None or epoch is None:
             return None
-        # global_step here is the timer's own count, which restarts at 0 on resume.
-        step = self.step if self.step is not None else int(match["gstep"])
-        m = job_pb2.RankMetrics(step=step, epoch=float(match["epoch"]))
-        curr = _num(match["curr"])
-        if curr is not None and math.isfinite(curr):
-            m.samples_per_s = curr
-        m.memory_bytes = int(float(match["mem"]) * GIB)
+        if self.step is None and match["gstep"] is not None:
+            # No step line yet: the wall-clock timer line just after this one is this step's.
+            self.step, self._pending = step, True
+        m = job_pb2.RankMetrics(step=step, epoch=float(epoch))
+        rate = _num(match["curr"] if match["curr"] is not None else match["avg"])
+        if rate is not None and math.isfinite(rate):
+            m.samples_per_s = rate
+        memory = _num(match["mem"])
+        if memory is not None and 0 <= memory * GIB <= MAX_COUNT:
+            m.memory_bytes = int(memory * GIB)
         return self._record(m, when)
 
-    def _timer_line(self, msg: str, when: float | None) -> Record | None:
-        match = _TIMERS.match(msg)
-        if match is None:
-            return None
+    def _timer_line(self, parts: str, when: float | None) -> Record | None:
         timers: dict[str, float] = {}
-        for part in match[1].split(" | ")[1:]:
-            name, _, value = part.partition(": ")
-            number = _num(value)
-            if number is not None:
-                timers[name] = number / 1000.0
-        if "fwd" not in timers:
-            return None  # the per-micro-step line (fwd_microstep, ...)
+        for part in parts.split("|")[1:]:
+            found = _TIMER_PART.match(part)
+            number = _num(found["value"]) if found is not None else None
+            if found is not None and number is not None:
+                timers[found["name"]] = number / 1000.0
+        if "step" not in timers or not ("fwd" in timers or "forward" in timers):
+            return None  # per-micro-step, optimizer or MoE lines, or another library's timers
         step = self.step if self._pending and self.step is not None else (self.step or 0) + 1
         self.step, self._pending = step, False
         m = job_pb2.RankMetrics(step=step)
         for name, attr in _TIMER_FIELDS.items():
             if name in timers:
                 setattr(m, attr, timers[name])
-        m.step_time_s = sum(timers.get(name, 0.0) for name in ("fwd", "bwd", "step"))
+        m.step_time_s = sum(
+            timers.get(name, 0.0) for name in ("fwd", "forward", "bwd", "backward", "step")
+        )
+        return self._record(m, when)
+
+    def _pipe_line(self, match: re.Match[str], when: float | None) -> Record | None:
+        step = whole_number(match["step"])
+        if step is None:
+            return None
+        self.step = step
+        m = job_pb2.RankMetrics(step=step)
+        total = whole_number(match["total"] or "")
+        if total is not None:
+            m.total_steps = total
+        for attr, value in (
+            ("loss", match["loss"]),
+            ("step_time_s", match["iter"]),
+            ("samples_per_s", match["tput"]),
+        ):
+            number = _num(value)
+            if number is not None:
+                setattr(m, attr, number)
         return self._record(m, when)
 
 
-def _log_time(text: str | None) -> float | None:
-    if text is None:
+def log_time(line: str) -> float | None:
+    """The time in a logger prefix such as ``[2026-11-28 09:46:23,018]``, local time."""
+    match = _LOG_TIME.search(line)
+    if match is None:
         return None
     try:
-        return datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        when = datetime.strptime(match["when"], "%Y-%m-%d %H:%M:%S")
     except ValueError:
         return None
+    frac = match["frac"]
+    return when.timestamp() + (int(frac) / 10 ** len(frac) if frac else 0.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from agent.job_service import JobService
 from agent.journal import Journal
 from agent.leader import JobLeader
 from agent.local_supervisor import LocalSupervisor
+from agent.ops_warmup import ENV as EXTENSIONS_ENV
+from agent.ops_warmup import warm_ops
 from agent.peers import LocalNode
 
 SUPERVISOR_POLL_S = 0.2
@@ -24,11 +27,20 @@ class JobRuntime:
     supervisor: LocalSupervisor
     jobs: JobService
     leader: JobLeader
+    warm: tuple[str, ...] | None = None  # DeepSpeed ops to build besides the comm op; None: none
     _poller: asyncio.Task[None] | None = field(default=None, repr=False)
+    _warmer: asyncio.Task[bool] | None = field(default=None, repr=False)
 
     async def start(self) -> None:
-        """Inside the running loop: watch the ranks, resume leading recovered jobs."""
+        """Inside the running loop: watch the ranks, resume leading recovered jobs, build
+        DeepSpeed's ops for the ranks to come."""
         self._poller = asyncio.create_task(self.supervisor.run(SUPERVISOR_POLL_S))
+        if self.warm is not None:
+            env = dict(self.supervisor.base_env)
+            if not self.jobs.gpus:
+                env.setdefault("DS_ACCELERATOR", "cpu")
+            folder = Path(env[EXTENSIONS_ENV])
+            self._warmer = asyncio.create_task(warm_ops(folder, env, ops=self.warm))
         self.jobs.tasks.recover()
         await self.leader.recover()
 
@@ -36,23 +48,40 @@ class JobRuntime:
         """Stops watching; the ranks themselves go on (a restarted agent re-adopts them)."""
         await self.leader.close()
         await self.jobs.tasks.close()
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+        for task in (self._poller, self._warmer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self.supervisor.close()
         self.journal.close()
 
 
-def build_job_runtime(node_name: str, data_dir: Path, gpus: list[int]) -> JobRuntime:
+def build_job_runtime(
+    node_name: str,
+    data_dir: Path,
+    gpus: list[int],
+    extensions: Path | None = None,
+    warm: tuple[str, ...] | None = None,
+) -> JobRuntime:
+    """``extensions``: the ranks' TORCH_EXTENSIONS_DIR (None: whatever the environment
+    says); ``warm``: build DeepSpeed's ops there at start (and these named ones)."""
     journal = Journal.open(data_dir)
     bus = EventBus(
         journal.append_event,
         lambda seq, job: journal.events_after(seq, job or None),
         lambda seq, job, tail: journal.events_after_metrics_tail(seq, job or None, tail),
     )
-    supervisor = LocalSupervisor(data_dir, node_name, journal, on_event=bus.fan_out)
+    base_env = dict(os.environ)
+    if extensions is not None:
+        base_env[EXTENSIONS_ENV] = str(extensions)
+    elif EXTENSIONS_ENV not in base_env:
+        warm = None  # nowhere of the agent's own to build them
+    supervisor = LocalSupervisor(
+        data_dir, node_name, journal, on_event=bus.fan_out, base_env=base_env
+    )
     jobs = JobService(node_name, supervisor, bus, gpus)
     local = LocalNode(node_name, bus, jobs.start_ranks, jobs.stop_ranks)
     leader = JobLeader(node_name, data_dir, bus, local)
     jobs.leader = leader
-    return JobRuntime(journal, bus, supervisor, jobs, leader)
+    return JobRuntime(journal, bus, supervisor, jobs, leader, warm)

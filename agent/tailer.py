@@ -2,17 +2,23 @@
 
 A partial last line (the writer is mid-line) is left for the next read, so a record is never
 seen twice or half. Each read is bounded; a file that does not exist yet reads as empty.
+
+With ``split_cr`` a lone ``\r`` also ends a line, so a progress bar redrawn in place (tqdm
+writes ``\r`` before each draw and no newline until it closes) arrives draw by draw; ``\r\n``
+stays one line end, and a ``\r`` that is the last byte read waits for the next byte.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["MAX_READ_BYTES", "Chunk", "Line", "Tailer", "last_lines", "read_lines"]
 
 MAX_READ_BYTES = 1 << 20
+_LINE_END_CR = re.compile(rb"\r\n|\r|\n")
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,20 @@ class Chunk:
     offset: int = 0  # where the next read starts
     restarted: bool = False  # the file was shorter than the offset (replaced): read from 0
     more: bool = False  # the bound was hit: more complete lines may be waiting
+
+
+def _split_cr(data: bytes, base: int, full: bool) -> tuple[list[Line], int]:
+    lines: list[Line] = []
+    start = 0
+    for end in _LINE_END_CR.finditer(data):
+        if end.end() == len(data) and end.group() == b"\r" and not full:
+            break  # perhaps the first half of a \r\n still being written
+        lines.append(Line(base + start, data[start : end.start()].decode("utf-8", "replace")))
+        start = end.end()
+    if full and not lines and start < len(data):
+        lines.append(Line(base + start, data[start:].decode("utf-8", errors="replace")))
+        start = len(data)
+    return lines, base + start
 
 
 def _split(data: bytes, base: int, force_partial: bool) -> tuple[list[Line], int]:
@@ -46,7 +66,9 @@ def _split(data: bytes, base: int, force_partial: bool) -> tuple[list[Line], int
     return lines, base + start
 
 
-def read_lines(path: Path | str, offset: int, max_bytes: int = MAX_READ_BYTES) -> Chunk:
+def read_lines(
+    path: Path | str, offset: int, max_bytes: int = MAX_READ_BYTES, split_cr: bool = False
+) -> Chunk:
     """Complete lines from ``offset``, at most about ``max_bytes`` of them."""
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed below, after fstat
@@ -62,7 +84,10 @@ def read_lines(path: Path | str, offset: int, max_bytes: int = MAX_READ_BYTES) -
         f.seek(offset)
         data = f.read(max_bytes)
     full = len(data) >= max_bytes
-    lines, new_offset = _split(data, offset, force_partial=full and b"\n" not in data)
+    if split_cr:
+        lines, new_offset = _split_cr(data, offset, full)
+    else:
+        lines, new_offset = _split(data, offset, force_partial=full and b"\n" not in data)
     return Chunk(lines, new_offset, restarted, more=full)
 
 
@@ -90,12 +115,19 @@ def last_lines(path: Path | str, count: int, max_bytes: int = MAX_READ_BYTES) ->
 class Tailer:
     """A file and the offset reached in it."""
 
-    def __init__(self, path: Path | str, offset: int = 0, max_bytes: int = MAX_READ_BYTES) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        offset: int = 0,
+        max_bytes: int = MAX_READ_BYTES,
+        split_cr: bool = False,
+    ) -> None:
         self.path = Path(path)
         self.offset = offset
         self.max_bytes = max_bytes
+        self.split_cr = split_cr
 
     def read(self) -> Chunk:
-        chunk = read_lines(self.path, self.offset, self.max_bytes)
+        chunk = read_lines(self.path, self.offset, self.max_bytes, self.split_cr)
         self.offset = chunk.offset
         return chunk

@@ -4,6 +4,7 @@ another world size (DeepSpeed refuses a plain checkpoint at a different size).""
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 from pathlib import Path
 
@@ -14,12 +15,29 @@ class UniversalError(Exception):
     pass
 
 
+# One file per data-parallel rank: ZeRO-3 model and optimizer states, ZeRO-1/2 optimizer
+# states (bf16_ in front under bf16 at stage 1/2).
+_ZERO_FILE = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_(?:model|optim)_states\.pt$")
+
+
 def checkpoint_world_size(checkpoint: Path) -> int:
-    """How many data-parallel ranks wrote a ZeRO-3 checkpoint tag directory (one
-    zero_pp_rank_N model-states file each); 0 for a universal or unknown one."""
-    if (checkpoint / "zero").is_dir():
+    """How many data-parallel ranks wrote a DeepSpeed ZeRO checkpoint tag directory;
+    0 when any world size can load it (universal, no ZeRO partitions, or unknown)."""
+    if (checkpoint / "zero").is_dir() or not checkpoint.is_dir():
         return 0
-    return len(list(checkpoint.glob("zero_pp_rank_*_mp_rank_00_model_states.pt")))
+    ranks = {int(m.group(1)) for p in checkpoint.iterdir() if (m := _ZERO_FILE.match(p.name))}
+    return len(ranks)
+
+
+def nested_deepspeed_tag(checkpoint: Path) -> Path | None:
+    """The DeepSpeed tag folder inside a Hugging Face ``checkpoint-N`` (Trainer with
+    ``--deepspeed`` saves the engine there, with its own ``latest`` file)."""
+    try:
+        tag = (checkpoint / "latest").read_text().strip()
+    except OSError:
+        return None
+    inner = checkpoint / tag
+    return inner if tag and "/" not in tag and inner.is_dir() else None
 
 
 async def convert_to_universal(checkpoint: Path | None) -> str:

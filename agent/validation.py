@@ -30,6 +30,9 @@ HOST_RE = re.compile(r"[A-Za-z0-9._:\[\]%-]{1,253}\Z")
 SSH_DESTINATION_RE = re.compile(
     r"([A-Za-z0-9._][A-Za-z0-9._-]{0,63}@)?[A-Za-z0-9._:\[\]%][A-Za-z0-9._:\[\]%-]{0,252}\Z"
 )
+# A command-line flag as a job's restart.resume_flag names it: "--resume_from_checkpoint",
+# "--load", or "--resume=" for one "--resume=PATH" word.
+FLAG_RE = re.compile(r"--?[A-Za-z0-9][A-Za-z0-9_.-]{0,127}=?\Z")
 STREAMS = ("", "stdout", "stderr")
 
 MAX_NODES = 4096
@@ -255,6 +258,11 @@ def validate_job_spec(spec: job_pb2.JobSpec, field: str = "spec") -> None:
     check_seconds(spec.collective_timeout_s, f"{field}.collective_timeout_s")
     check_seconds(spec.restart.backoff_s, f"{field}.restart.backoff_s")
     check_checkpoint_ref(spec.restart.resume, f"{field}.restart.resume", spec)
+    if spec.restart.resume_flag and not FLAG_RE.match(spec.restart.resume_flag):
+        raise ValidationError(
+            f"{field}.restart.resume_flag: {_show(spec.restart.resume_flag)} is not a flag"
+            " (e.g. --resume_from_checkpoint, or --resume= for one --resume=PATH word)"
+        )
     if len(spec.deepspeed_config_json.encode("utf-8")) > MAX_CONFIG_JSON_BYTES:
         raise ValidationError(
             f"{field}.deepspeed_config_json: larger than {MAX_CONFIG_JSON_BYTES >> 20} MiB"

@@ -22,7 +22,10 @@ rank wrapper) and measures, per run:
 checkpoints: only the timings mean something). Every process the bench starts is
 stopped on exit, Ctrl-C or error.
 
-Last line: {"kill_to_all_stopped_s": ..., "kill_to_next_step_s": ...} (medians)
+- kill -> next step, raw: everything included (the new ranks' start-up too).
+
+Last line: {"kill_to_all_stopped_s": ..., "kill_to_next_step_s": ...,
+"kill_to_next_step_raw_s": ...} (medians)
 """
 
 from __future__ import annotations
@@ -570,7 +573,7 @@ def report(args: argparse.Namespace, runs: list[Run]) -> dict[str, float]:
     for label, values, goal in (
         ("kill -> every attempt-1 process gone (s)", stopped, "<= 2"),
         ("kill -> next step, less model start-up (s)", net, "<= 5"),
-        ("kill -> next step, raw (s)", raw, ""),
+        ("kill -> next step, raw (s)", raw, "<= 5"),
         ("model start-up of attempt 2 (s)", startup, ""),
     ):
         print(f"{label:44} {statistics.median(values):8.3f} {max(values):8.3f} {goal:>6}")
@@ -579,6 +582,7 @@ def report(args: argparse.Namespace, runs: list[Run]) -> dict[str, float]:
     return {
         "kill_to_all_stopped_s": round(statistics.median(stopped), 3),
         "kill_to_next_step_s": round(statistics.median(net), 3),
+        "kill_to_next_step_raw_s": round(statistics.median(raw), 3),
     }
 
 

@@ -76,8 +76,10 @@ def demo_steps(targets: list[NodeTarget]) -> Callable[[GantryApp], Awaitable[obj
 def start_demo_cluster(root: Path) -> tuple[list[LocalAgent], Path]:
     agents: list[LocalAgent] = []
     try:
+        # One extensions folder for the demo's agents: its op is built once, not per node.
+        shared = ["--torch-extensions-dir", str((root / "torch_extensions").resolve())]
         for name in DEMO_NODES:
-            agents.append(start_agent(name, root / name))
+            agents.append(start_agent(name, root / name, extra_args=shared))
     except AgentStartError:
         stop_all(agents)
         raise

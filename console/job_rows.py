@@ -5,6 +5,7 @@ from __future__ import annotations
 from gantry.v1 import job_pb2
 
 from console.job_store import RankLatest, ts
+from console.rank_phase import starting_phase
 from console.store import format_age
 from console.widgets.bars import DASH
 from console.widgets.chart import format_figure
@@ -42,7 +43,7 @@ def rank_cells(
 ) -> tuple[str, ...]:
     """One rank's row of RANK_COLUMNS."""
     m = latest.metrics if latest is not None else None
-    state = "lost" if lost else state_name(rank.state, "RANK_STATE_")
+    state = "lost" if lost else starting_phase(rank, now) or state_name(rank.state, "RANK_STATE_")
 
     def opt(name: str) -> float | None:
         if m is None or not m.HasField(name):

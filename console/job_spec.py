@@ -60,7 +60,9 @@ TOP_KEYS = (
     "cost",
     "eval_targets",
 )
-RESTART_KEYS = ("max_restarts", "backoff_s", "resume")
+RESTART_KEYS = ("max_restarts", "backoff_s", "resume", "resume_flag")
+# restart.resume_flag: "--resume_from_checkpoint", "--load", or "--resume=" (one word).
+FLAG_RE = re.compile(r"--?[A-Za-z0-9][A-Za-z0-9_.-]{0,127}=?\Z")
 COST_KEYS = ("price_per_gpu_hour", "instance_type", "pricing")
 EVAL_KEYS = ("bleu4_min", "rouge_l_min", "ttft_ms_max", "tokens_per_s_min")
 PRICING = ("on-demand", "reserved", "preemptible")
@@ -133,11 +135,14 @@ def job_spec_to_yaml(spec: job_pb2.JobSpec) -> str:
         doc["env"] = dict(sorted(spec.env.items()))
     if spec.working_dir:
         doc["working_dir"] = spec.working_dir
-    doc["restart"] = {
+    restart: dict[str, object] = {
         "max_restarts": spec.restart.max_restarts,
         "backoff_s": spec.restart.backoff_s,
         "resume": spec.restart.resume,
     }
+    if spec.restart.resume_flag:
+        restart["resume_flag"] = spec.restart.resume_flag
+    doc["restart"] = restart
     doc["hang_timeout_s"] = spec.hang_timeout_s
     doc["collective_timeout_s"] = spec.collective_timeout_s
     if spec.checkpoint_dir:
@@ -603,6 +608,15 @@ class _SpecParser:
             policy.backoff_s = self.number(doc["backoff_s"], (*path, "backoff_s"), "seconds")
         if "resume" in doc:
             policy.resume = self.resume(doc["resume"], (*path, "resume"), spec)
+        if doc.get("resume_flag") is not None:
+            flag = doc["resume_flag"]
+            if not isinstance(flag, str) or not FLAG_RE.match(flag):
+                self.fail(
+                    (*path, "resume_flag"),
+                    f"{_show(flag)} is not a flag; write e.g. --resume_from_checkpoint, --load,"
+                    " or --resume= to pass one --resume=PATH word",
+                )
+            policy.resume_flag = flag
         return policy
 
     def resume(self, value: object, path: _FieldPath, spec: job_pb2.JobSpec) -> str:

@@ -320,6 +320,10 @@ class JobsStore:
                 event.rank, event.node, event.attempt, m, t
             )
         else:
+            if "loss" not in values and latest.metrics.HasField("loss"):
+                # A script that logs its loss every N steps while its progress moves every
+                # step: the row keeps the last loss (and the rest) it was told.
+                m = _carried(latest.metrics, m)
             latest.node, latest.attempt, latest.metrics, latest.time = (
                 event.node,
                 event.attempt,
@@ -386,3 +390,19 @@ class JobsStore:
         for view in self._jobs.values():
             out |= view.bad_nodes()
         return out
+
+
+def _carried(previous: job_pb2.RankMetrics, new: job_pb2.RankMetrics) -> job_pb2.RankMetrics:
+    """``new``, with what ``previous`` said and ``new`` does not; a late record of an
+    earlier step only adds to ``previous``."""
+    merged = job_pb2.RankMetrics()
+    merged.CopyFrom(previous)
+    if new.step >= previous.step:
+        merged.MergeFrom(new)
+        return merged
+    late = job_pb2.RankMetrics()
+    late.CopyFrom(new)
+    late.ClearField("step")
+    late.ClearField("time")
+    merged.MergeFrom(late)
+    return merged

@@ -10,6 +10,7 @@ from google.protobuf import json_format
 
 from console.cost import Cost, job_cost
 from console.jobs_client import LedJob
+from console.rank_phase import starting_phase
 
 
 def state_name(value: int) -> str:
@@ -109,6 +110,7 @@ def job_text(led: LedJob, checkpoints: list[job_pb2.Checkpoint]) -> str:
                 "NODE",
                 "PID",
                 "STATE",
+                "PHASE",
                 "STEP",
                 "LOSS",
                 "GRAD NORM",
@@ -117,6 +119,7 @@ def job_text(led: LedJob, checkpoints: list[job_pb2.Checkpoint]) -> str:
                 "REASON",
             )
         ]
+        now = time.time()
         for rank in job.attempts[-1].ranks:
             m = rank.metrics
             rows.append(
@@ -125,6 +128,7 @@ def job_text(led: LedJob, checkpoints: list[job_pb2.Checkpoint]) -> str:
                     rank.node,
                     str(rank.pid),
                     rank_state_name(rank.state),
+                    starting_phase(rank, now) or "-",
                     str(m.step),
                     _num(m, "loss", ".4f"),
                     _num(m, "grad_norm", ".3f"),
@@ -138,7 +142,8 @@ def job_text(led: LedJob, checkpoints: list[job_pb2.Checkpoint]) -> str:
         lines += ["", "checkpoints:"]
         for c in checkpoints:
             mark = " (latest)" if c.latest else ""
-            lines.append(f"  {c.tag}  step {c.step}  {c.size_bytes / 1e6:.1f} MB{mark}")
+            kind = f"  {c.format}" if c.format else ""
+            lines.append(f"  {c.tag}  step {c.step}  {c.size_bytes / 1e6:.1f} MB{kind}{mark}")
     return "\n".join(lines)
 
 

@@ -11,9 +11,16 @@ import psutil
 import pytest
 
 from console.local_agents import LocalAgent, start_agent, stop_all
-from tests.deepspeed_env import deepspeed_warm  # noqa: F401  (a session fixture)
+from tests.deepspeed_env import (
+    EXT_CACHE,
+    deepspeed_warm,  # noqa: F401  (a session fixture)
+)
 
 StartAgent = Callable[..., LocalAgent]
+
+# Agents started by the tests build DeepSpeed's ops into the suite's shared cache (once,
+# and only when a test needs them), not each into its own data dir.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(EXT_CACHE))
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,7 @@ def with_attempt(journal: Journal, job: str = "moe", number: int = 1) -> None:
 
 def test_file_wal_and_schema_version(tmp_path: Path, journal: Journal) -> None:
     assert journal.path == tmp_path / FILE_NAME
-    assert journal.schema_version() == SCHEMA_VERSION == 1
+    assert journal.schema_version() == SCHEMA_VERSION == 2
     mode = sqlite3.connect(journal.path).execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
 
@@ -77,6 +78,34 @@ def test_reopening_keeps_data_and_a_newer_schema_is_refused(tmp_path: Path) -> N
     db.close()
     with pytest.raises(JournalError, match="newer agent"):
         Journal.open(tmp_path)
+
+
+def test_a_version_1_journal_is_upgraded_keeping_its_ranks(tmp_path: Path) -> None:
+    from agent.journal import _SCHEMA_V1, _statements
+
+    db = sqlite3.connect(tmp_path / FILE_NAME, isolation_level=None)
+    for statement in _statements(_SCHEMA_V1):
+        db.execute(statement)
+    db.execute("PRAGMA user_version=1")
+    db.execute(
+        "INSERT INTO jobs (name, spec, state, created) VALUES ('moe', ?, 3, 1.0)",
+        (spec().SerializeToString(),),
+    )
+    db.execute("INSERT INTO attempts (job, number, state) VALUES ('moe', 1, 3)")
+    db.execute(
+        "INSERT INTO ranks (job, attempt, rank, local_rank, node, state, stdout_path, "
+        "stderr_path, metrics_path, exit_path) VALUES ('moe', 1, 0, 0, 'n1', 3, 'o', 'e', 'm', 'x')"
+    )
+    db.close()
+    with Journal.open(tmp_path) as j:
+        assert j.schema_version() == 2
+        row = j.get_rank("moe", 1, 0)
+        assert row is not None and row.node == "n1"
+        assert (row.phase, row.phase_since) == (0, None)
+        j.upsert_rank(replace(row, phase=job_pb2.RANK_PHASE_JOINING, phase_since=5.0))
+        again = j.get_rank("moe", 1, 0)
+        assert again is not None and again.phase == job_pb2.RANK_PHASE_JOINING
+        assert rank_to_pb(again).phase_since.seconds == 5
 
 
 def test_job_round_trip(journal: Journal) -> None:

@@ -17,6 +17,8 @@ from agent.metrics_records import (
     RecordParser,
     merge_metrics,
     metrics_from_fields,
+    phase_from_name,
+    phase_name,
 )
 from agent.tailer import Tailer, last_lines, read_lines
 
@@ -88,6 +90,50 @@ def test_last_lines(tmp_path: Path) -> None:
     small = last_lines(path, 0, max_bytes=30)
     assert all(ln.text.startswith("line 9") for ln in small.lines)
     assert len(small.lines) < 5
+
+
+def test_split_cr_delivers_each_draw_with_exact_offsets(tmp_path: Path) -> None:
+    path = tmp_path / "r0.err"
+    # tqdm's draws ("\r" before each) and a clear, from a real Trainer run (test_script_logs.py)
+    data = b"warn\r\n\r  5%| 1/20\r" + b" " * 8 + b"\r\r 10%| 2/20\n\rnext"
+    path.write_bytes(data)
+    tailer = Tailer(path, split_cr=True)
+    chunk = tailer.read()
+    got = [(ln.offset, ln.text) for ln in chunk.lines]
+    assert got == [
+        (0, "warn"),  # \r\n stays one line end
+        (6, ""),
+        (7, "  5%| 1/20"),
+        (18, " " * 8),
+        (27, ""),
+        (28, " 10%| 2/20"),
+        (39, ""),
+    ]
+    assert all(data[off:].startswith(text.encode()) for off, text in got)
+    assert tailer.offset == data.index(b"next")  # not ended yet
+    with path.open("ab") as f:
+        f.write(b" 15%\r")
+    assert tailer.read().lines == []  # a last \r may be half of \r\n: it waits
+    with path.open("ab") as f:
+        f.write(b"\n")
+    assert [ln.text for ln in tailer.read().lines] == ["next 15%"]
+    assert tailer.offset == path.stat().st_size
+    # The default is unchanged: only \n ends a line, \r stays in the text.
+    assert [ln.text for ln in read_lines(path, 0).lines][:2] == [
+        "warn",
+        "\r  5%| 1/20\r" + " " * 8 + "\r\r 10%| 2/20",
+    ]
+
+
+def test_split_cr_bounded_reads(tmp_path: Path) -> None:
+    path = tmp_path / "r0.err"
+    path.write_bytes(b"x" * 10 + b"\ry\r")
+    chunk = read_lines(path, 0, max_bytes=4, split_cr=True)
+    assert [ln.text for ln in chunk.lines] == ["xxxx"] and chunk.offset == 4 and chunk.more
+    chunk = read_lines(path, 4, max_bytes=100, split_cr=True)
+    assert [ln.text for ln in chunk.lines] == ["xxxxxx"]  # "y\r" waits for the next byte
+    chunk = read_lines(path, 0, max_bytes=11, split_cr=True)
+    assert [ln.text for ln in chunk.lines] == ["x" * 10] and chunk.offset == 11
 
 
 # --- metrics records ------------------------------------------------------------------------
@@ -175,6 +221,26 @@ def test_other_kinds_garbage_and_unknown() -> None:
     assert (parser.garbage, parser.unknown) == (4, 1)
     no_kind = parser.parse('{"step": 4, "loss": 1.0}')
     assert no_kind is not None and no_kind.kind is RecordKind.METRICS
+
+
+def test_phase_records_and_names() -> None:
+    parser = RecordParser()
+    record = parser.parse('{"kind": "phase", "time": 5.0, "rank": 0, "phase": "joining"}')
+    assert record is not None and record.kind is RecordKind.PHASE
+    assert (record.phase, record.time, record.source) == (
+        job_pb2.RANK_PHASE_JOINING,
+        5.0,
+        "file",
+    )
+    for bad in ('"warming"', '"unspecified"', "3", "null"):
+        assert parser.parse('{"kind": "phase", "phase": ' + bad + "}") is None
+    assert parser.unknown == 4
+    names = ["started", "importing", "building_ops", "joining", "loading_checkpoint"]
+    names += ["first_step", "training"]
+    for value, name in enumerate(names, start=1):
+        assert phase_from_name(name) == value and phase_name(value) == name
+    assert phase_from_name("RANK_PHASE_TRAINING") == job_pb2.RANK_PHASE_TRAINING
+    assert phase_from_name("") is None and phase_name(99) == "unspecified"
 
 
 def test_merge_metrics() -> None:
@@ -279,3 +345,29 @@ def test_deepspeed_step_after_resume_follows_the_step_lines() -> None:
     assert records[0].metrics.learning_rate == 0.0005
     assert records[1] is not None and records[1].metrics is not None
     assert records[1].metrics.epoch == 3 and records[1].metrics.memory_bytes == int(1.5 * GIB)
+
+
+def test_deepspeed_older_forms() -> None:
+    """Real lines of DeepSpeed 0.2-0.10 (sources in tests/test_script_logs.py)."""
+    parser = DeepSpeedStdoutParser()
+    lines = [
+        # https://github.com/deepspeedai/DeepSpeed/issues/849 (0.3.x)
+        "[2021-03-10 18:22:31,608] [INFO] [logging.py:60:log_dist] [Rank 0] step=25, skipped=5, "
+        "lr=[1.446140557591026e-05], mom=[[0.8, 0.999]]",
+        "[2021-03-10 18:22:31,608] [INFO] [timer.py:154:stop] 0/25, "
+        "SamplesPerSec=6.302019280317165",
+        # https://github.com/huggingface/accelerate/issues/1589 (0.9.x)
+        "[2023-06-21 07:39:09,626] [INFO] [logging.py:96:log_dist] [Rank 0] rank=0 time (ms) | "
+        "forward: 27.46 | backward: 73.60 | backward_inner: 51.05 | backward_allreduce: 22.50 | "
+        "step: 72.60",
+    ]
+    records = [parser.parse(line) for line in lines]
+    assert [r.step if r else None for r in records] == [25, 25, 25]  # the step line's step
+    second = records[1]
+    assert second is not None and second.metrics is not None
+    assert second.metrics.samples_per_s == 6.302019280317165
+    assert not second.metrics.HasField("memory_bytes")
+    third = records[2]
+    assert third is not None and third.metrics is not None
+    assert third.metrics.forward_s == pytest.approx(0.02746)
+    assert third.metrics.allreduce_s == pytest.approx(0.0225)

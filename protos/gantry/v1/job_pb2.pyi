@@ -34,6 +34,17 @@ class RankState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RANK_STATE_FAILED: _ClassVar[RankState]
     RANK_STATE_KILLED: _ClassVar[RankState]
 
+class RankPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RANK_PHASE_UNSPECIFIED: _ClassVar[RankPhase]
+    RANK_PHASE_STARTED: _ClassVar[RankPhase]
+    RANK_PHASE_IMPORTING: _ClassVar[RankPhase]
+    RANK_PHASE_BUILDING_OPS: _ClassVar[RankPhase]
+    RANK_PHASE_JOINING: _ClassVar[RankPhase]
+    RANK_PHASE_LOADING_CHECKPOINT: _ClassVar[RankPhase]
+    RANK_PHASE_FIRST_STEP: _ClassVar[RankPhase]
+    RANK_PHASE_TRAINING: _ClassVar[RankPhase]
+
 class JobEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     JOB_EVENT_KIND_UNSPECIFIED: _ClassVar[JobEventKind]
@@ -53,6 +64,7 @@ class JobEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_EVENT_KIND_OPERATOR_ACTION: _ClassVar[JobEventKind]
     JOB_EVENT_KIND_NCCL: _ClassVar[JobEventKind]
     JOB_EVENT_KIND_METRICS: _ClassVar[JobEventKind]
+    JOB_EVENT_KIND_RANK_PHASE: _ClassVar[JobEventKind]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_PENDING: JobState
 JOB_STATE_STARTING: JobState
@@ -71,6 +83,14 @@ RANK_STATE_STOPPING: RankState
 RANK_STATE_EXITED: RankState
 RANK_STATE_FAILED: RankState
 RANK_STATE_KILLED: RankState
+RANK_PHASE_UNSPECIFIED: RankPhase
+RANK_PHASE_STARTED: RankPhase
+RANK_PHASE_IMPORTING: RankPhase
+RANK_PHASE_BUILDING_OPS: RankPhase
+RANK_PHASE_JOINING: RankPhase
+RANK_PHASE_LOADING_CHECKPOINT: RankPhase
+RANK_PHASE_FIRST_STEP: RankPhase
+RANK_PHASE_TRAINING: RankPhase
 JOB_EVENT_KIND_UNSPECIFIED: JobEventKind
 JOB_EVENT_KIND_SUBMITTED: JobEventKind
 JOB_EVENT_KIND_ATTEMPT_STARTED: JobEventKind
@@ -88,6 +108,7 @@ JOB_EVENT_KIND_ALERT: JobEventKind
 JOB_EVENT_KIND_OPERATOR_ACTION: JobEventKind
 JOB_EVENT_KIND_NCCL: JobEventKind
 JOB_EVENT_KIND_METRICS: JobEventKind
+JOB_EVENT_KIND_RANK_PHASE: JobEventKind
 
 class NodeSlots(_message.Message):
     __slots__ = ("node", "slots")
@@ -98,14 +119,16 @@ class NodeSlots(_message.Message):
     def __init__(self, node: _Optional[str] = ..., slots: _Optional[int] = ...) -> None: ...
 
 class RestartPolicy(_message.Message):
-    __slots__ = ("max_restarts", "backoff_s", "resume")
+    __slots__ = ("max_restarts", "backoff_s", "resume", "resume_flag")
     MAX_RESTARTS_FIELD_NUMBER: _ClassVar[int]
     BACKOFF_S_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FLAG_FIELD_NUMBER: _ClassVar[int]
     max_restarts: int
     backoff_s: float
     resume: str
-    def __init__(self, max_restarts: _Optional[int] = ..., backoff_s: _Optional[float] = ..., resume: _Optional[str] = ...) -> None: ...
+    resume_flag: str
+    def __init__(self, max_restarts: _Optional[int] = ..., backoff_s: _Optional[float] = ..., resume: _Optional[str] = ..., resume_flag: _Optional[str] = ...) -> None: ...
 
 class CostPolicy(_message.Message):
     __slots__ = ("price_per_gpu_hour", "instance_type", "pricing")
@@ -167,7 +190,7 @@ class JobSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeSlots, _Mapping]]] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., restart: _Optional[_Union[RestartPolicy, _Mapping]] = ..., hang_timeout_s: _Optional[float] = ..., collective_timeout_s: _Optional[float] = ..., checkpoint_dir: _Optional[str] = ..., deepspeed_config_json: _Optional[str] = ..., working_dir: _Optional[str] = ..., cost: _Optional[_Union[CostPolicy, _Mapping]] = ..., eval_targets: _Optional[_Union[EvalTargets, _Mapping]] = ...) -> None: ...
 
 class RankMetrics(_message.Message):
-    __slots__ = ("step", "epoch", "loss", "grad_norm", "learning_rate", "loss_scale", "step_time_s", "samples_per_s", "tokens_per_s", "collective_time_s", "collective_time_by_op_s", "forward_s", "backward_s", "allreduce_s", "optimizer_step_s", "memory_bytes", "time")
+    __slots__ = ("step", "epoch", "loss", "grad_norm", "learning_rate", "loss_scale", "step_time_s", "samples_per_s", "tokens_per_s", "collective_time_s", "collective_time_by_op_s", "forward_s", "backward_s", "allreduce_s", "optimizer_step_s", "memory_bytes", "time", "total_steps", "tflops")
     class CollectiveTimeByOpSEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -192,6 +215,8 @@ class RankMetrics(_message.Message):
     OPTIMIZER_STEP_S_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    TFLOPS_FIELD_NUMBER: _ClassVar[int]
     step: int
     epoch: float
     loss: float
@@ -209,10 +234,12 @@ class RankMetrics(_message.Message):
     optimizer_step_s: float
     memory_bytes: int
     time: _timestamp_pb2.Timestamp
-    def __init__(self, step: _Optional[int] = ..., epoch: _Optional[float] = ..., loss: _Optional[float] = ..., grad_norm: _Optional[float] = ..., learning_rate: _Optional[float] = ..., loss_scale: _Optional[float] = ..., step_time_s: _Optional[float] = ..., samples_per_s: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., collective_time_s: _Optional[float] = ..., collective_time_by_op_s: _Optional[_Mapping[str, float]] = ..., forward_s: _Optional[float] = ..., backward_s: _Optional[float] = ..., allreduce_s: _Optional[float] = ..., optimizer_step_s: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    total_steps: int
+    tflops: float
+    def __init__(self, step: _Optional[int] = ..., epoch: _Optional[float] = ..., loss: _Optional[float] = ..., grad_norm: _Optional[float] = ..., learning_rate: _Optional[float] = ..., loss_scale: _Optional[float] = ..., step_time_s: _Optional[float] = ..., samples_per_s: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., collective_time_s: _Optional[float] = ..., collective_time_by_op_s: _Optional[_Mapping[str, float]] = ..., forward_s: _Optional[float] = ..., backward_s: _Optional[float] = ..., allreduce_s: _Optional[float] = ..., optimizer_step_s: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., total_steps: _Optional[int] = ..., tflops: _Optional[float] = ...) -> None: ...
 
 class Rank(_message.Message):
-    __slots__ = ("rank", "local_rank", "node", "pid", "state", "exit_code", "reason", "gpu_indices", "last_heartbeat", "metrics")
+    __slots__ = ("rank", "local_rank", "node", "pid", "state", "exit_code", "reason", "gpu_indices", "last_heartbeat", "metrics", "phase", "phase_since")
     RANK_FIELD_NUMBER: _ClassVar[int]
     LOCAL_RANK_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
@@ -223,6 +250,8 @@ class Rank(_message.Message):
     GPU_INDICES_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_SINCE_FIELD_NUMBER: _ClassVar[int]
     rank: int
     local_rank: int
     node: str
@@ -233,7 +262,9 @@ class Rank(_message.Message):
     gpu_indices: _containers.RepeatedScalarFieldContainer[int]
     last_heartbeat: _timestamp_pb2.Timestamp
     metrics: RankMetrics
-    def __init__(self, rank: _Optional[int] = ..., local_rank: _Optional[int] = ..., node: _Optional[str] = ..., pid: _Optional[int] = ..., state: _Optional[_Union[RankState, str]] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Union[RankMetrics, _Mapping]] = ...) -> None: ...
+    phase: RankPhase
+    phase_since: _timestamp_pb2.Timestamp
+    def __init__(self, rank: _Optional[int] = ..., local_rank: _Optional[int] = ..., node: _Optional[str] = ..., pid: _Optional[int] = ..., state: _Optional[_Union[RankState, str]] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Union[RankMetrics, _Mapping]] = ..., phase: _Optional[_Union[RankPhase, str]] = ..., phase_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Attempt(_message.Message):
     __slots__ = ("number", "state", "reason", "started", "ended", "resumed_from", "master_port", "ranks", "excluded_nodes")
@@ -319,7 +350,7 @@ class LogLine(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., text: _Optional[str] = ..., stream: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Checkpoint(_message.Message):
-    __slots__ = ("tag", "step", "path", "size_bytes", "saved", "latest", "universal")
+    __slots__ = ("tag", "step", "path", "size_bytes", "saved", "latest", "universal", "format")
     TAG_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
@@ -327,6 +358,7 @@ class Checkpoint(_message.Message):
     SAVED_FIELD_NUMBER: _ClassVar[int]
     LATEST_FIELD_NUMBER: _ClassVar[int]
     UNIVERSAL_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
     tag: str
     step: int
     path: str
@@ -334,4 +366,5 @@ class Checkpoint(_message.Message):
     saved: _timestamp_pb2.Timestamp
     latest: bool
     universal: bool
-    def __init__(self, tag: _Optional[str] = ..., step: _Optional[int] = ..., path: _Optional[str] = ..., size_bytes: _Optional[int] = ..., saved: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latest: _Optional[bool] = ..., universal: _Optional[bool] = ...) -> None: ...
+    format: str
+    def __init__(self, tag: _Optional[str] = ..., step: _Optional[int] = ..., path: _Optional[str] = ..., size_bytes: _Optional[int] = ..., saved: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latest: _Optional[bool] = ..., universal: _Optional[bool] = ..., format: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,193 @@
+"""Which folders of a job's ``checkpoint_dir`` are checkpoints, of which convention, at
+which step, and which one a restart resumes from.
+
+Conventions recognised (one folder per checkpoint):
+
+- Gantry's trainer: ``stepN`` tags, with DeepSpeed's ``latest`` file beside them;
+- DeepSpeed's own ``save_checkpoint``: any tag (``global_stepN`` by default) holding
+  ``*model_states.pt`` files, named by the ``latest`` file;
+- universal checkpoints (``ds_to_universal``'s output: ``zero/`` inside, ``*_universal``);
+- Hugging Face ``Trainer``: ``checkpoint-N`` in the output dir, complete once its
+  ``trainer_state.json`` is written (the Trainer writes it after the weights and optimizer);
+  the step is that file's ``global_step``;
+- Megatron: ``iter_NNNNNNN`` with ``latest_checkpointed_iteration.txt`` beside them.
+
+Anything else in the folder (a tokenizer, logs, ``runs/``) is not a checkpoint. Reads the
+file system only; nothing here writes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from gantry.v1 import job_pb2
+
+__all__ = [
+    "Found",
+    "find",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "resolve_reference",
+    "step_of",
+]
+
+GANTRY = "gantry"
+DEEPSPEED = "deepspeed"
+HF = "hf"
+UNIVERSAL = "universal"
+MEGATRON = "megatron"
+
+_GANTRY_TAG = re.compile(r"^step(\d+)$")
+_UNIVERSAL_TAG = re.compile(r"^(?:global_)?step(\d+)_universal$")
+_DS_TAG = re.compile(r"^global_step(\d+)$")
+_HF_TAG = re.compile(r"^checkpoint-(\d+)$")
+_MEGATRON_TAG = re.compile(r"^iter_(\d+)$")
+HF_STATE = "trainer_state.json"
+DS_LATEST = "latest"
+MEGATRON_LATEST = "latest_checkpointed_iteration.txt"
+
+
+@dataclass(frozen=True)
+class Found:
+    """One checkpoint folder."""
+
+    path: Path
+    format: str  # GANTRY, DEEPSPEED, HF, UNIVERSAL or MEGATRON
+    step: int  # -1 when the folder does not say
+
+    @property
+    def tag(self) -> str:
+        return self.path.name
+
+
+def _has_model_states(path: Path) -> bool:
+    return any(path.glob("*model_states.pt"))
+
+
+def _hf_step(path: Path, fallback: int) -> int:
+    try:
+        state = json.loads((path / HF_STATE).read_text())
+    except (OSError, ValueError):
+        return fallback
+    step = state.get("global_step") if isinstance(state, dict) else None
+    return step if isinstance(step, int) and step >= 0 else fallback
+
+
+def classify(path: Path) -> Found | None:
+    """What ``path`` is as a checkpoint, or None when it is not a complete one."""
+    if not path.is_dir():
+        return None
+    name = path.name
+    if (path / "zero").is_dir() or _UNIVERSAL_TAG.match(name):
+        match = _UNIVERSAL_TAG.match(name) or _GANTRY_TAG.match(name) or _DS_TAG.match(name)
+        return Found(path, UNIVERSAL, int(match.group(1)) if match else -1)
+    if match := _HF_TAG.match(name):
+        if not (path / HF_STATE).is_file():
+            return None  # being written, or cut by a crash: the Trainer could not load it
+        return Found(path, HF, _hf_step(path, int(match.group(1))))
+    if match := _GANTRY_TAG.match(name):
+        return Found(path, GANTRY, int(match.group(1)))
+    if match := _MEGATRON_TAG.match(name):
+        return Found(path, MEGATRON, int(match.group(1)))
+    if _has_model_states(path):
+        match = _DS_TAG.match(name)
+        return Found(path, DEEPSPEED, int(match.group(1)) if match else -1)
+    return None
+
+
+def step_of(path: Path | str) -> int:
+    """The step a checkpoint folder holds, -1 when unknown."""
+    found = classify(Path(path))
+    return found.step if found is not None else -1
+
+
+def find(checkpoint_dir: str | Path) -> list[Found]:
+    """Every checkpoint directly in ``checkpoint_dir``, by step then name."""
+    root = Path(checkpoint_dir) if checkpoint_dir else None
+    if root is None or not root.is_dir():
+        return []
+    found = [f for p in root.iterdir() if (f := classify(p)) is not None]
+    found.sort(key=lambda f: (f.step, f.tag))
+    return found
+
+
+def _named_latest(root: Path) -> Path | None:
+    """The checkpoint a ``latest`` pointer file names (DeepSpeed's, or Megatron's)."""
+    try:
+        tag = (root / DS_LATEST).read_text().strip()
+    except OSError:
+        tag = ""
+    if tag and "/" not in tag and (root / tag).is_dir():
+        return root / tag
+    try:
+        iteration = (root / MEGATRON_LATEST).read_text().strip()
+    except OSError:
+        return None
+    if iteration.isdigit():
+        path = root / f"iter_{int(iteration):07d}"
+        return path if path.is_dir() else None
+    return None
+
+
+def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
+    """The checkpoint a restart resumes from: the one a ``latest`` file names, else the
+    complete non-universal checkpoint with the highest step."""
+    if not checkpoint_dir:
+        return None
+    root = Path(checkpoint_dir)
+    named = _named_latest(root)
+    if named is not None:
+        return named
+    candidates = [f for f in find(root) if f.format != UNIVERSAL and f.step >= 0]
+    return candidates[-1].path if candidates else None
+
+
+def resolve_reference(ref: str, checkpoint_dir: str, working_dir: str) -> Path | None:
+    """The folder ``ref`` names: "latest"; a tag of ``checkpoint_dir`` (``step200``,
+    ``checkpoint-200``); a path relative to ``working_dir``; an absolute path. A folder
+    that holds checkpoints (a ``latest`` file or ``checkpoint-N`` folders) stands for its
+    latest. None when nothing there is a checkpoint."""
+    if not ref:
+        return None
+    if ref == "latest":
+        return latest_checkpoint(checkpoint_dir)
+    candidates: list[Path] = []
+    if Path(ref).is_absolute():
+        candidates.append(Path(ref))
+    else:
+        if checkpoint_dir and "/" not in ref:
+            candidates.append(Path(checkpoint_dir) / ref)
+        if working_dir:
+            candidates.append(Path(working_dir) / ref)
+    for path in candidates:
+        if classify(path) is not None:
+            return path
+        if path.is_dir():
+            inner = latest_checkpoint(path)
+            if inner is not None:
+                return inner
+    return None
+
+
+def list_checkpoints(checkpoint_dir: str) -> list[job_pb2.Checkpoint]:
+    """The job's checkpoints as the contract lists them (size, time saved, latest)."""
+    latest = latest_checkpoint(checkpoint_dir)
+    out = []
+    for found in find(checkpoint_dir):
+        files = [p for p in found.path.rglob("*") if p.is_file()]
+        checkpoint = job_pb2.Checkpoint(
+            tag=found.tag,
+            step=found.step,
+            path=str(found.path),
+            size_bytes=sum(p.stat().st_size for p in files),
+            latest=latest is not None and found.path == latest,
+            universal=found.format == UNIVERSAL,
+            format=found.format,
+        )
+        mtime = max((p.stat().st_mtime for p in files), default=found.path.stat().st_mtime)
+        checkpoint.saved.FromNanoseconds(int(mtime * 1e9))
+        out.append(checkpoint)
+    return out

@@ -1,0 +1,122 @@
+"""The one-line cause of a failed rank, from the end of real logs."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.failure_cause import MAX_CAUSE_CHARS, failure_cause
+
+# deepspeedai/DeepSpeed#6441 (and deepspeedai/Megatron-DeepSpeed#439): torch's [rankN]:
+# prefix on every line of a resume at another world size.
+ZERO_WORLD_SIZE = """\
+[rank5]: Traceback (most recent call last):
+[rank5]:   File "/workspace/pretrain_gpt.py", line 356, in <module>
+[rank5]:     pretrain(train_valid_test_datasets_provider,
+[rank5]:   File "/usr/local/lib/python3.10/dist-packages/deepspeed/runtime/engine.py", line 2981, \
+in _load_zero_checkpoint
+[rank5]:     raise ZeRORuntimeException("The checkpoint being loaded used a DP " \\
+[rank5]: deepspeed.runtime.zero.utils.ZeRORuntimeException: The checkpoint being loaded used a DP \
+world size of 8 but the current world size is 16. Automatic adjustment of ZeRO's optimizer \
+state partitioning with a new world size is not currently supported.
+"""
+
+# THUDM/GLM#136: DeepSpeed's own INFO line printed between the frames of the traceback.
+INTERLEAVED = """\
+Traceback (most recent call last):
+  File "pretrain_glm.py", line 673, in <module>
+    main()
+  File "/data/users/x/utils.py", line 339, in load_checkpoint
+[2023-03-21 20:28:05,674] [INFO] [torch_checkpoint_engine.py:21:load] [Torch] Loading \
+checkpoint from /data/glm-10b-chinese-mp4/80000/mp_rank_00_model_states.pt...
+    load_lr_scheduler_states=not args.no_load_lr_scheduler)
+  File "/x/site-packages/deepspeed/runtime/engine.py", line 2950, in _load_zero_checkpoint
+    raise ZeRORuntimeException("The checkpoint being loaded used a DP " \\
+deepspeed.runtime.zero.utils.ZeRORuntimeException: The checkpoint being loaded used a DP world \
+size of 256 but the current world size is 2. Automatic adjustment of ZeRO's optimizer state \
+partitioning with a new world size is not currently supported.
+g2001:34292:39682 [7] NCCL INFO [Service thread] Connection closed by localRank 7
+"""
+
+# vllm-project/vllm#10453: an NCCL failure in all_reduce; the message goes on over lines.
+NCCL_ERROR = """\
+h100-2:412:412 [0] NCCL INFO init.cc:1929 -> 3
+[rank1]: Traceback (most recent call last):
+[rank1]:   File "/vllm-workspace/test.py", line 8, in <module>
+[rank1]:     dist.all_reduce(data, op=dist.ReduceOp.SUM)
+[rank1]:            ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+[rank1]: torch.distributed.DistBackendError: NCCL error in: \
+../torch/csrc/distributed/c10d/NCCLUtils.hpp:317, internal error - please report this issue to \
+the NCCL developers, NCCL version 2.21.5
+[rank1]: ncclInternalError: Internal check failed.
+[rank1]: Last error:
+"""
+
+# bshall/hubert#1: the cause after torch.multiprocessing's wrapper; the last traceback wins.
+CHAINED = """\
+Traceback (most recent call last):
+  File "E:\\VC\\hubert\\train.py", line 448, in <module>
+    mp.spawn(
+torch.multiprocessing.spawn.ProcessRaisedException:
+
+-- Process 0 terminated with the following error:
+Traceback (most recent call last):
+  File "H:\\CONDA\\envs\\x\\lib\\site-packages\\torch\\distributed\\distributed_c10d.py", \
+line 727, in _new_process_group_helper
+    raise RuntimeError("Distributed package doesn't have NCCL " "built in")
+RuntimeError: Distributed package doesn't have NCCL built in
+"""
+
+
+def test_a_world_size_mismatch_is_named() -> None:
+    cause = failure_cause(ZERO_WORLD_SIZE.splitlines())
+    assert cause is not None
+    assert cause.startswith("ZeRORuntimeException: The checkpoint being loaded used a DP world")
+    assert "world size of 8 but the current world size is 16" in cause
+
+
+def test_log_lines_between_frames_do_not_hide_the_exception() -> None:
+    cause = failure_cause(INTERLEAVED.splitlines())
+    assert cause is not None and "world size of 256 but the current world size is 2" in cause
+
+
+def test_first_line_of_a_long_message() -> None:
+    assert failure_cause(NCCL_ERROR.splitlines()) == (
+        "DistBackendError: NCCL error in: ../torch/csrc/distributed/c10d/NCCLUtils.hpp:317, "
+        "internal error - please report this issue to the NCCL developers, NCCL version 2.21.5"
+    )
+
+
+def test_the_last_traceback_is_the_cause() -> None:
+    assert failure_cause(CHAINED.splitlines()) == (
+        "RuntimeError: Distributed package doesn't have NCCL built in"
+    )
+
+
+def test_argparse_gantry_and_cpp_errors() -> None:
+    argparse = ["usage: train.py [-h] --deepspeed_config X", "train.py: error: unrecognized x"]
+    assert failure_cause(argparse) == "unrecognized x"
+    assert failure_cause(["gantry: --data d.jsonl: no such file"]) == "--data d.jsonl: no such file"
+    # pytorch/pytorch issues: what a C++ exception leaves when it escapes.
+    cpp = [
+        "terminate called after throwing an instance of 'c10::DistBackendError'",
+        "  what():  [PG 0 Rank 1] Process group watchdog thread terminated with exception",
+    ]
+    assert (
+        failure_cause(cpp)
+        == "[PG 0 Rank 1] Process group watchdog thread terminated with exception"
+    )
+
+
+def test_nothing_recognisable_and_bounded_length() -> None:
+    assert failure_cause(["step 10 loss 2.3", "NCCL WARN something"]) is None
+    assert failure_cause([]) is None
+    long = ["Traceback (most recent call last):", "ValueError: " + "x" * 5000]
+    cause = failure_cause(long)
+    assert cause is not None and len(cause) == MAX_CAUSE_CHARS and cause.endswith("...")
+
+
+@given(st.lists(st.text(max_size=200), max_size=30))
+def test_any_text_gives_one_line_or_none(lines: list[str]) -> None:
+    cause = failure_cause(lines)
+    assert cause is None or ("\n" not in cause and len(cause) <= MAX_CAUSE_CHARS)

@@ -1,0 +1,155 @@
+"""examples/hf-trainer/train.py as a user runs it: two plain processes (RANK, WORLD_SIZE,
+...) training under DeepSpeed on the CPU, then a second run that resumes from `latest`."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.demo_data import write_demo
+from tests.deepspeed_env import ROOT, free_port
+
+SCRIPT = ROOT / "examples" / "hf-trainer" / "train.py"
+DS_CONFIG = ROOT / "examples" / "hf-trainer" / "ds_config.json"
+RUN_TIMEOUT_S = 300
+
+
+@dataclass
+class Run:
+    logs: list[str]
+    metrics: list[Path]
+
+    def log_dicts(self) -> list[dict[str, float]]:
+        """The Trainer's printed step logs on rank 0: {'loss': '2.5', ...} (v5 prints strings)."""
+        found = []
+        for line in self.logs[0].splitlines():
+            if line.startswith("{'loss'"):
+                found.append({k: float(v) for k, v in ast.literal_eval(line).items()})
+        return found
+
+    def records(self, rank: int) -> list[dict[str, Any]]:
+        path = self.metrics[rank]
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def run_two_ranks(env: dict[str, str], out: Path, name: str, args: list[str]) -> Run:
+    port = str(free_port())
+    procs = []
+    logs = []
+    metrics = [out.parent / f"{name}.metrics.rank{rank}.jsonl" for rank in range(2)]
+    for rank in range(2):
+        rank_env = {
+            **env,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "LOCAL_WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "OMP_NUM_THREADS": "1",
+            "GANTRY_METRICS_FILE": str(metrics[rank]),
+            "GANTRY_HEARTBEAT_S": "1",
+        }
+        log = out.parent / f"{name}.rank{rank}.log"
+        logs.append(log)
+        with log.open("w") as f:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(SCRIPT), *args],
+                    env=rank_env,
+                    cwd=ROOT,
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    codes = []
+    try:
+        for p in procs:
+            codes.append(p.wait(timeout=max(1.0, deadline - time.monotonic())))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    texts = [log.read_text() for log in logs]
+    assert codes == [0, 0], "\n".join(t[-4000:] for t in texts)
+    return Run(texts, metrics)
+
+
+def global_step(checkpoint: Path) -> int:
+    return int(json.loads((checkpoint / "trainer_state.json").read_text())["global_step"])
+
+
+def test_trains_under_deepspeed_and_resumes_latest(
+    deepspeed_warm: dict[str, str], tmp_path: Path
+) -> None:
+    data, _ = write_demo(tmp_path / "data", n_train=600, n_heldout=0)
+    out = tmp_path / "out"
+    out.mkdir()
+    common = [
+        "--deepspeed",
+        str(DS_CONFIG),
+        "--data",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--per_device_train_batch_size",
+        "8",
+        "--gradient_accumulation_steps",
+        "2",
+        "--learning_rate",
+        "3e-3",
+        "--warmup_steps",
+        "2",
+        "--logging_steps",
+        "5",
+        "--save_steps",
+        "10",
+        "--disable_tqdm",
+        "true",
+        "--gantry_callback",
+        "--resume_from_checkpoint",
+        "latest",  # nothing there yet: a fresh start
+    ]
+    first = run_two_ranks(deepspeed_warm, out, "first", [*common, "--max_steps", "20"])
+    assert "starting fresh" in first.logs[0]
+    assert global_step(out / "checkpoint-20") == 20
+    assert (out / "checkpoint-20" / "global_step20").is_dir()  # DeepSpeed's own state
+    assert (out / "tokenizer.json").is_file() and (out / "model.safetensors").is_file()
+    losses = [d["loss"] for d in first.log_dicts()]
+    assert len(losses) == 4 and losses[-1] < losses[0] - 0.5, losses
+
+    for rank in (0, 1):
+        # heartbeats go on after the end record, until the process exits
+        rows = [r for r in first.records(rank) if r["kind"] != "heartbeat"]
+        kinds = [r["kind"] for r in rows]
+        assert "start" in kinds and kinds[-1] == "end" and rows[-1]["status"] == "completed"
+        start = rows[kinds.index("start")]
+        assert start["world_size"] == 2 and start["deepspeed"] is True
+        steps = [r for r in rows if r["kind"] == "metrics" and "step_time_s" in r]
+        assert [r["step"] for r in steps] == list(range(1, 21))
+        assert all(r["collective_total_s"] > 0 and r["collective_s"] for r in steps)
+        assert [r["step"] for r in rows if r["kind"] == "checkpoint"] == [10, 20]
+        phases = [r["phase"] for r in rows if r["kind"] == "phase"]
+        assert phases == ["first_step", "training"]
+
+    second = run_two_ranks(deepspeed_warm, out, "second", [*common, "--max_steps", "30"])
+    assert f"resuming from {out / 'checkpoint-20'}" in second.logs[0]
+    assert global_step(out / "checkpoint-30") == 30
+    resumed = second.log_dicts()
+    assert len(resumed) == 2
+    # the step-25 loss goes on from where the first run stopped, far below where it began
+    assert resumed[0]["loss"] < (losses[0] + losses[-1]) / 2, (losses, resumed)
+    state = json.loads((out / "checkpoint-30" / "trainer_state.json").read_text())
+    logged_steps = [h["step"] for h in state["log_history"] if "loss" in h]
+    assert logged_steps == [5, 10, 15, 20, 25, 30]
+    rows = second.records(0)
+    start = next(r for r in rows if r["kind"] == "start")
+    assert start["step"] == 20 and start["resumed_from"] == str(out / "checkpoint-20")

@@ -1,0 +1,103 @@
+"""Gantry's start-up hook in an unchanged script's Python (agent/rank_bootstrap): phases,
+heartbeats and stacks, in real interpreters."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from agent.local_supervisor import BOOTSTRAP_DIR
+from tests.deepspeed_env import free_port
+
+PLAIN_DDP = """
+import os, subprocess, sys, torch, torch.distributed as dist
+dist.init_process_group("gloo")
+model = torch.nn.Linear(4, 4)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+# a child Python (a compiler, a data worker) must not speak for the rank
+subprocess.run([sys.executable, "-c", "pass"], check=True)
+for _ in range(2):
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    opt.zero_grad()
+dist.destroy_process_group()
+print("trained", flush=True)
+"""
+
+
+def run(script: str, tmp: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    metrics = tmp / "metrics.jsonl"
+    full = {
+        **os.environ,
+        "PYTHONPATH": BOOTSTRAP_DIR,
+        "GANTRY_METRICS_FILE": str(metrics),
+        "GANTRY_HEARTBEAT_S": "0.05",
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        **env,
+    }
+    for name in ("GANTRY_RANK_HOOKS_PID", "GANTRY_HEARTBEAT_PID"):
+        full.pop(name, None)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=full, capture_output=True, text=True, timeout=120
+    )
+    return done, metrics
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_plain_torch_script_reports_its_phases_and_heartbeats(tmp_path: Path) -> None:
+    done, metrics = run(PLAIN_DDP, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "trained" in done.stdout
+    rows = records(metrics)
+    phases = [r["phase"] for r in rows if r["kind"] == "phase"]
+    assert phases == ["importing", "joining", "first_step", "training"]
+    assert any(r["kind"] == "heartbeat" for r in rows)
+    assert {r["rank"] for r in rows} == {0}
+
+
+def test_switched_off_or_without_a_metrics_file_it_does_nothing(tmp_path: Path) -> None:
+    done, metrics = run("print('ok')", tmp_path, GANTRY_INSTRUMENT="0")
+    assert done.returncode == 0 and done.stdout == "ok\n"
+    assert records(metrics) == []
+    done, _ = run("print('ok')", tmp_path, GANTRY_METRICS_FILE="")
+    assert done.returncode == 0 and done.stdout == "ok\n"
+
+
+def test_a_broken_metrics_path_never_fails_the_script(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    done, _ = run("print('still runs')", tmp_path, GANTRY_METRICS_FILE=str(blocker / "m.jsonl"))
+    assert done.returncode == 0 and done.stdout == "still runs\n"
+
+
+def test_the_sitecustomize_it_shadows_still_runs(tmp_path: Path) -> None:
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "sitecustomize.py").write_text("import os\nos.environ['OWN_SITE'] = 'yes'\n")
+    done, metrics = run(
+        "import os; print(os.environ.get('OWN_SITE'))",
+        tmp_path,
+        PYTHONPATH=os.pathsep.join([BOOTSTRAP_DIR, str(own)]),
+    )
+    assert done.returncode == 0 and done.stdout == "yes\n"
+    assert [r["phase"] for r in records(metrics) if r["kind"] == "phase"] == ["importing"]
+
+
+def test_sigusr1_prints_every_thread(tmp_path: Path) -> None:
+    script = "import os, signal, time; os.kill(os.getpid(), signal.SIGUSR1); time.sleep(0.2)"
+    done, _ = run(script, tmp_path)
+    assert done.returncode == 0
+    # the main thread and Gantry's heartbeat thread
+    assert done.stderr.count("Thread 0x") + done.stderr.count("Current thread 0x") >= 2
