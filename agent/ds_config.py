@@ -20,18 +20,26 @@ DS_ACCELERATOR=cpu (deepspeed 0.19.8, torch 2.13):
   warmup-then-linear schedule; both are removed.
 - comms_logger is enabled (prof_all, not verbose) so time in collectives can be read
   every step, unless the config sets "comms_logger" itself.
+
+Whether bf16 is native on a CPU is probed with torch.ops.mkldnn._is_mkldnn_bf16_supported()
+(machines differ: an AMD EPYC with AVX512-BF16 says yes, an AVX2-only CPU no).
+GANTRY_CPU_BF16=1 or 0 forces that answer on the cpu accelerator (other accelerators
+ignore it; any other value is an error), so a run's precision does not depend on the
+machine: a change line then says it was forced and what the probe said.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 AUTO = "auto"
+BF16_ENV = "GANTRY_CPU_BF16"  # "1" or "0": forces the native-bf16 probe on the cpu accelerator
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,8 @@ class Hardware:
     fp16: bool
     bf16: bool
     bf16_native: bool  # bf16 runs at full speed (not emulated)
+    bf16_forced: bool = False  # bf16_native set by GANTRY_CPU_BF16, not by the probe
+    bf16_probed: bool | None = None  # where forced: what the probe said
 
 
 @dataclass
@@ -52,22 +62,56 @@ class Adapted:
     optimizer_params: dict[str, Any] = field(default_factory=dict)
 
 
-def detect_hardware() -> Hardware:
-    import torch
-    from deepspeed.accelerator import get_accelerator
+def cpu_bf16_override(environ: Mapping[str, str] | None = None) -> bool | None:
+    """GANTRY_CPU_BF16's answer: True for "1", False for "0", None when unset or empty;
+    any other value is a ValueError."""
+    raw = (os.environ if environ is None else environ).get(BF16_ENV, "").strip()
+    if raw == "":
+        return None
+    if raw not in ("0", "1"):
+        raise ValueError(
+            f"{BF16_ENV}={raw!r} is not allowed: use 1 (native bf16) or 0 (no native "
+            "bf16), or leave it unset to probe the CPU"
+        )
+    return raw == "1"
 
-    acc = get_accelerator()
+
+def probe_cpu_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def detect_hardware(accelerator: Any = None) -> Hardware:
+    """What `accelerator` (DeepSpeed's get_accelerator() unless given) can do; on the cpu
+    accelerator GANTRY_CPU_BF16 (1 or 0) overrides the native-bf16 probe. A bad
+    GANTRY_CPU_BF16 is a ValueError on every accelerator."""
+    forced = cpu_bf16_override()
+    if accelerator is None:
+        from deepspeed.accelerator import get_accelerator
+
+        accelerator = get_accelerator()
+    acc = accelerator
     name = str(acc.device_name())
     fp16 = bool(acc.is_fp16_supported())
     bf16 = bool(acc.is_bf16_supported())
-    if name == "cpu":
-        try:
-            native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            native = False
-    else:
-        native = bf16
-    return Hardware(accelerator=name, fp16=fp16, bf16=bf16, bf16_native=native)
+    if name != "cpu":
+        return Hardware(name, fp16=fp16, bf16=bf16, bf16_native=bf16)
+    probed = probe_cpu_bf16()
+    if forced is None:
+        return Hardware(name, fp16=fp16, bf16=bf16, bf16_native=probed)
+    return Hardware(
+        name,
+        fp16=fp16,
+        bf16=bf16 or forced,
+        bf16_native=forced,
+        bf16_forced=True,
+        bf16_probed=probed,
+    )
 
 
 def load_config(path: Path) -> dict[str, Any]:
@@ -135,6 +179,13 @@ def adapt_config(
         cfg["gradient_clipping"] = gradient_clipping
         note(f'gradient_clipping "auto" -> {gradient_clipping}')
 
+    if hw.bf16_forced:
+        probe = {True: "found it native", False: "found it emulated", None: "was not asked"}
+        note(
+            f"{BF16_ENV}={int(hw.bf16_native)}: bf16 taken as "
+            f"{'native' if hw.bf16_native else 'emulated'} on the {hw.accelerator} accelerator "
+            f"(forced; the probe {probe[hw.bf16_probed]})"
+        )
     _adapt_precision(cfg, hw, note)
 
     # The trainer passes its own optimizer and scheduler.

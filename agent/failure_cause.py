@@ -21,7 +21,8 @@ _PREFIX = re.compile(r"^(?:\[(?:rank|default)\d+\]:\s?)+")
 _EXCEPTION = re.compile(
     r"^(?P<type>(?:[A-Za-z_]\w*\.)*[A-Z][A-Za-z0-9_]*)(?::\s*(?P<message>.*))?$"
 )
-_ARGPARSE = re.compile(r"^\S+: error: (?P<message>.+)$")
+# argparse: "PROG: error: ...", where PROG may be "python -m agent.train".
+_ARGPARSE = re.compile(r"^[^:\s][^:]{0,200}: error: (?P<message>.+)$")
 _GANTRY = re.compile(r"^gantry: (?P<message>.+)$")
 _WHAT = re.compile(r"^\s*what\(\):\s*(?P<message>.+)$")
 _TRACEBACK = "Traceback (most recent call last):"

@@ -26,6 +26,7 @@ import runpy
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +149,13 @@ def main() -> int:
         with contextlib.suppress(OSError, ValueError):
             loaded = json.loads(Path(args.imports_file).read_text())
             names = [str(n) for n in loaded] if isinstance(loaded, list) else []
-    _import_all(names)
+    started = time.monotonic()
+    count = _import_all(names)
+    # In the standby's own log: when it is ready to take a rank without waiting.
+    print(
+        f"gantry standby: ready, {count} modules imported in {time.monotonic() - started:.1f} s",
+        flush=True,
+    )
     receiver.join()
     message = receiver.message
     if message is None:

@@ -30,6 +30,7 @@ world size. Resuming from another job's checkpoint uses the tokenizer saved besi
 and starts new data at its beginning.
 
 Environment: GANTRY_COLLECTIVE_TIMEOUT_S (300) bounds every collective;
+GANTRY_CPU_BF16 (1 or 0) forces the native-bf16 probe on the CPU (agent.ds_config);
 GANTRY_METRICS_FILE, GANTRY_HEARTBEAT_S (agent.report); DS_ACCELERATOR;
 TORCH_EXTENSIONS_DIR; OMP_NUM_THREADS (else cores / LOCAL_WORLD_SIZE or WORLD_SIZE).
 """
@@ -320,8 +321,11 @@ def save_final(
         if tmp.exists():
             shutil.rmtree(tmp)
         config = model.config
-        config.dtype = torch.float32
         model.save_pretrained(str(tmp), state_dict=state)
+        # transformers 5 writes the module's own dtype (bf16 in a bf16 run) into config.json;
+        # the weights saved are fp32, and so must the config say.
+        config.dtype = torch.float32
+        config.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         (tmp / "gantry_train.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
         if final_dir.exists():
@@ -373,8 +377,11 @@ def train(args: argparse.Namespace, rep: Reporter) -> int:
     if len(dataset) == 0:
         raise SystemExit(f"gantry: {data_dir} holds no conversations")
 
+    try:
+        hw = ds_config.detect_hardware()
+    except ValueError as exc:  # a bad GANTRY_CPU_BF16: fails before the model is built
+        raise SystemExit(f"gantry: {exc}") from None
     model = build_model(args.model_name_or_path, tokenizer, seed=args.seed)
-    hw = ds_config.detect_hardware()
     adapted = ds_config.adapt_config(
         ds_config.load_config(args.deepspeed_config),
         hw,

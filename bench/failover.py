@@ -17,6 +17,10 @@ rank wrapper) and measures, per run:
 
     .venv/bin/python bench/failover.py [--runs 3] [--model tiny-moe] [--save-steps 5]
         [--kill-after 2] [--micro-batch 4] [--grad-accum 1] [--threads 1] [--keep] [--fake]
+        [--cold]
+
+The kill comes once both agents' standbys for the next attempt are ready (a failure comes
+long after a start); --cold turns standbys off (GANTRY_STANDBY=0), every rank starting cold.
 
 --fake runs tests/fixtures/fake_rank.py instead of the trainer (no DeepSpeed, no
 checkpoints: only the timings mean something). Every process the bench starts is
@@ -65,7 +69,12 @@ from console.local_agents import LocalAgent, start_agent  # noqa: E402
 PYTHON = sys.executable
 DS_CONFIG = ROOT / "examples" / "ds_config_zero3.json"
 FAKE_RANK = ROOT / "tests" / "fixtures" / "fake_rank.py"
-EXTENSIONS_DIR = Path("~/.cache/gantry-torch-extensions").expanduser()
+# The agents' own extensions folder (built as they start, as on a real node), kept across
+# bench runs and apart from the test suite's.
+EXTENSIONS_DIR = (
+    Path("~/.cache/gantry-bench-torch-extensions").expanduser()
+    / hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]
+)
 NODES = ("node-a", "node-b")  # one rank each: rank 0 on node-a (the leader), rank 1 on node-b
 START_TIMEOUT_S = 300.0  # two ranks importing torch + DeepSpeed on 2 cores: ~35 s
 GONE_TIMEOUT_S = 60.0
@@ -194,7 +203,6 @@ def prepare_data(root: Path, max_length: int) -> Path:
 def rank_env(threads: int) -> dict[str, str]:
     env = {
         "DS_ACCELERATOR": "cpu",
-        "TORCH_EXTENSIONS_DIR": str(EXTENSIONS_DIR),
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
@@ -242,6 +250,8 @@ def job_spec(args: argparse.Namespace, name: str, data: Path, out: Path) -> job_
         "working_dir": str(ROOT),
         "restart": {"max_restarts": 1, "backoff_s": 0, "resume": "latest"},
     }
+    if args.cold:
+        doc["env"]["GANTRY_STANDBY"] = "0"
     if args.fake:
         doc["command"] = ["python", str(FAKE_RANK)]
         doc["args"] = ["--steps", "100000", "--step-s", "0.1"]
@@ -365,6 +375,7 @@ class Run:
     continues: bool = False
     replayed: int = 0  # steps both attempts ran (after the checkpoint, before the kill)
     replay_rel_diff: float = float("nan")  # their rank-0 losses, max relative difference
+    standby: bool = False  # attempt 2's ranks were handed to their standbys
     timeline: list[tuple[float, str]] = field(default_factory=list)
 
 
@@ -384,6 +395,15 @@ def _kill_point(files: RankFiles, save_steps: int, kill_after: int, fake: bool) 
     return last
 
 
+def standbys_ready(agents: dict[str, LocalAgent], job: str) -> bool:
+    """Every agent has a standby for the job's next attempt that has done its imports."""
+    for agent in agents.values():
+        logs = list((agent.data_dir / "standby" / job).glob("*/stdout.log"))
+        if not logs or not all("gantry standby: ready" in p.read_text() for p in logs):
+            return False
+    return True
+
+
 async def one_run(
     args: argparse.Namespace,
     number: int,
@@ -398,6 +418,15 @@ async def one_run(
     files = RankFiles(agents, name)
     await client.launch(job_spec(args, name, data, out))
     first = await wait_attempt(client, name, 1, START_TIMEOUT_S)
+    if not (args.fake or args.cold):
+        # A failure comes long after a start: the agents' standbys are ready by then.
+        await wait_for(
+            "the agents' standbys for the next attempt",
+            lambda: True if standbys_ready(agents, name) else None,
+            START_TIMEOUT_S,
+            name,
+            client,
+        )
     killed_at = await wait_for(
         "steps past a checkpoint",
         lambda: _kill_point(files, args.save_steps, args.kill_after, args.fake),
@@ -443,6 +472,11 @@ async def one_run(
     ]
     if len(started_2) < len(NODES) or not started:
         raise BenchError(f"job {name}: no RANK_STARTED events for attempt 2")
+    run.standby = all(
+        e.details.get("standby") == "yes"
+        for e in events
+        if e.kind == EK.JOB_EVENT_KIND_RANK_STARTED and e.attempt == 2 and e.rank >= 0
+    )
     run.kill_to_first_step_s = first_step_at - kill_at
     run.startup_s = first_step_at - max(started_2)
     run.kill_to_next_step_s = run.kill_to_first_step_s - run.startup_s
@@ -550,7 +584,7 @@ def report(args: argparse.Namespace, runs: list[Run]) -> dict[str, float]:
     head = (
         f"{'run':>3} {'kill->stopped s':>15} {'kill->step s':>12} {'start-up s':>10} "
         f"{'net s':>7} {'killed@':>7} {'last(1)':>7} {'ckpt':>5} {'first(2)':>8} "
-        f"{'continues':>9} {'replayed':>8} {'replay loss rel diff':>20}"
+        f"{'continues':>9} {'replayed':>8} {'replay loss rel diff':>20} {'standby':>7}"
     )
     print(head)
     for r in runs:
@@ -558,7 +592,8 @@ def report(args: argparse.Namespace, runs: list[Run]) -> dict[str, float]:
             f"{r.number:>3} {r.kill_to_all_stopped_s:15.3f} {r.kill_to_first_step_s:12.3f} "
             f"{r.startup_s:10.3f} {r.kill_to_next_step_s:7.3f} {r.killed_at_step:>7} "
             f"{r.last_step_1:>7} {r.resumed_step:>5} {r.first_step_2:>8} "
-            f"{'yes' if r.continues else 'NO':>9} {r.replayed:>8} {r.replay_rel_diff:20.3g}"
+            f"{'yes' if r.continues else 'NO':>9} {r.replayed:>8} {r.replay_rel_diff:20.3g} "
+            f"{'yes' if r.standby else 'no':>7}"
         )
     print()
     print("timeline of the last run (seconds after the kill; leader's journal + this bench):")
@@ -603,6 +638,9 @@ def main() -> None:
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     parser.add_argument("--fake", action="store_true", help="tests/fixtures/fake_rank.py")
+    parser.add_argument(
+        "--cold", action="store_true", help="no standbys: every attempt's ranks start cold"
+    )
     args = parser.parse_args()
     if args.runs < 1 or args.save_steps < 2 or args.kill_after < 1:
         parser.error("--runs and --kill-after must be >= 1, --save-steps >= 2")
@@ -613,7 +651,11 @@ def main() -> None:
     try:
         data = root / "no-data" if args.fake else prepare_data(root, args.max_length)
         for node in NODES:
-            agents[node] = start_agent(node, root / "agents" / node)
+            agents[node] = start_agent(
+                node,
+                root / "agents" / node,
+                extra_args=["--torch-extensions-dir", str(EXTENSIONS_DIR)],
+            )
         runs = asyncio.run(measure(args, agents, root, data))
     finally:
         stop_agents(list(agents.values()), root)

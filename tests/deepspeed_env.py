@@ -2,12 +2,16 @@
 session fixture that builds DeepSpeed's shared-memory op once.
 
 DeepSpeed compiles that op with g++ the first time a machine initializes it (30-55 s,
-minutes on a loaded machine); `deepspeed_warm` builds it into a fixed cache
-(~/.cache/gantry-torch-extensions) once, and is quick when it is already there.
+minutes on a loaded machine); `deepspeed_warm` builds it into a cache of this
+virtualenv's own (~/.cache/gantry-torch-extensions/<hash of sys.prefix>) once, and is
+quick when it is already there. One cache per virtualenv: an op built by another
+checkout's virtualenv is rebuilt in place when this one loads it (40-107 s), and two
+suites running side by side would rebuild it under each other's ranks.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -17,7 +21,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-EXT_CACHE = Path.home() / ".cache" / "gantry-torch-extensions"
+EXT_CACHE = (
+    Path.home()
+    / ".cache"
+    / "gantry-torch-extensions"
+    / hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]
+)
 # What a rank needs beyond the agent's own environment.
 DEEPSPEED_ENV = {
     "TORCH_EXTENSIONS_DIR": str(EXT_CACHE),

@@ -2,8 +2,14 @@
 DeepSpeed ranks) passes its quality targets, and its int8 weight-only artifact loses at
 most 0.02 of BLEU-4 and ROUGE-L.
 
-The slowest module of the suite (about 1-2 minutes of training on two idle cores): it
-is the only test that proves the demo learns, which the eval targets are about.
+The slowest module of the suite: it is the only test that proves the demo learns,
+which the eval targets are about, so it trains the demo's whole schedule (300 steps at
+1e-3; measured with seed 1: BLEU-4 0.37 at step 240, 0.63 at 260, 0.98 at 300: a
+shorter run saves little and loses the margin). It trains in fp32 on every CPU
+(GANTRY_CPU_BF16=0), so the model does not depend on the machine's bf16. Training takes
+about a minute on two idle cores and several beside other CPU-heavy processes; the
+module fixture counts against the first test's timeout, so both tests have a timeout
+sized for a loaded machine.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ import pytest
 import yaml
 
 from agent import demo_data
+from agent.ds_config import BF16_ENV
 from tests.deepspeed_env import ROOT
-from tests.ds_runs import train_two_ranks
+from tests.ds_runs import LOADED_TIMEOUT_S, train_two_ranks
 
 DEMO_JOB = ROOT / "examples" / "job-demo.yaml"
 HELDOUT_SAMPLES = 30
@@ -62,11 +69,14 @@ def trained(deepspeed_warm: dict[str, str], tmp_path_factory: pytest.TempPathFac
     train, _ = demo_data.write_demo(root / "data")  # what `make demo` generates
     out = root / "out"
     out.mkdir()
-    train_two_ranks(deepspeed_warm, out, "demo", demo_args(out, train), timeout_s=TRAIN_TIMEOUT_S)
+    env = {**deepspeed_warm, BF16_ENV: "0"}  # fp32 on every CPU: the same model everywhere
+    run = train_two_ranks(env, out, "demo", demo_args(out, train), timeout_s=TRAIN_TIMEOUT_S)
+    assert "gantry: ZeRO stage 3, fp32, micro batch 16, accumulation 1" in run.logs[0]
     assert (out / "final" / "config.json").is_file()
     return root
 
 
+@pytest.mark.timeout(LOADED_TIMEOUT_S)
 def test_demo_model_passes_its_quality_targets(trained: Path) -> None:
     report_path = trained / "eval.json"
     result = run_module(
@@ -89,6 +99,7 @@ def test_demo_model_passes_its_quality_targets(trained: Path) -> None:
     assert result["passed"] is True
 
 
+@pytest.mark.timeout(LOADED_TIMEOUT_S)
 def test_int8_weight_only_loses_at_most_002(trained: Path) -> None:
     out = trained / "final-int8"
     run_module(

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.ds_config import Hardware, adapt_config, load_config, summary
+from agent import ds_config
+from agent.ds_config import (
+    BF16_ENV,
+    Hardware,
+    adapt_config,
+    cpu_bf16_override,
+    detect_hardware,
+    load_config,
+    summary,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "examples" / "ds_config_zero3.json"
@@ -158,3 +168,125 @@ def test_load_config_errors(tmp_path: Path) -> None:
     bad.write_text("[1, 2]")
     with pytest.raises(ValueError, match="JSON object"):
         load_config(bad)
+
+
+# --- the native-bf16 probe and GANTRY_CPU_BF16 ------------------------------------------
+
+
+class FakeAccelerator:
+    """The part of DeepSpeed's accelerator that detect_hardware asks."""
+
+    def __init__(self, name: str, fp16: bool = False, bf16: bool = True) -> None:
+        self.name, self.fp16, self.bf16 = name, fp16, bf16
+
+    def device_name(self) -> str:
+        return self.name
+
+    def is_fp16_supported(self) -> bool:
+        return self.fp16
+
+    def is_bf16_supported(self) -> bool:
+        return self.bf16
+
+
+@pytest.fixture
+def probe(monkeypatch: pytest.MonkeyPatch) -> Callable[[bool], None]:
+    """Sets what the CPU's native-bf16 probe answers; GANTRY_CPU_BF16 starts unset."""
+    monkeypatch.delenv(BF16_ENV, raising=False)
+
+    def says(native: bool) -> None:
+        monkeypatch.setattr(ds_config, "probe_cpu_bf16", lambda: native)
+
+    return says
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_unset_the_probe_decides(
+    native: bool, probe: Callable[[bool], None], reference: dict[str, Any]
+) -> None:
+    probe(native)
+    hw = detect_hardware(FakeAccelerator("cpu"))
+    assert hw == Hardware("cpu", fp16=False, bf16=True, bf16_native=native)
+    out = adapt_config(reference, hw, world_size=2)
+    assert not any(BF16_ENV in c for c in out.changes)
+    assert summary(out.config).startswith(f"ZeRO stage 3, {'bf16' if native else 'fp32'},")
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("value", ["0", "1", " 1 "])
+def test_forced_answer_wins_over_the_probe_and_is_logged(
+    native: bool,
+    value: str,
+    probe: Callable[[bool], None],
+    monkeypatch: pytest.MonkeyPatch,
+    reference: dict[str, Any],
+) -> None:
+    probe(native)
+    monkeypatch.setenv(BF16_ENV, value)
+    forced = value.strip() == "1"
+    hw = detect_hardware(FakeAccelerator("cpu"))
+    assert (hw.bf16_native, hw.bf16_forced, hw.bf16_probed, hw.bf16) == (forced, True, native, True)
+    out = adapt_config(reference, hw, world_size=2)
+    precision = "bf16" if forced else "fp32"
+    assert summary(out.config) == f"ZeRO stage 3, {precision}, micro batch 4, accumulation 4"
+    said, meant = ("native" if native else "emulated"), ("native" if forced else "emulated")
+    # the first line says the answer was forced, and what the probe would have said
+    assert out.changes[0] == (
+        f"{BF16_ENV}={int(forced)}: bf16 taken as {meant} on the cpu accelerator "
+        f"(forced; the probe found it {said})"
+    )
+    assert out.changes[1].startswith("fp16 is not supported on the cpu accelerator")
+    assert out.changes[1].endswith(f"using {precision}")
+
+
+def test_forced_bf16_also_decides_precision_auto(
+    probe: Callable[[bool], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    probe(False)
+    monkeypatch.setenv(BF16_ENV, "1")
+    cfg = {"bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"}}
+    out = adapt_config(cfg, detect_hardware(FakeAccelerator("cpu")), world_size=1)
+    assert out.config["bf16"]["enabled"] is True and out.config["fp16"]["enabled"] is False
+    assert 'precision "auto" -> bf16 on the cpu accelerator' in out.changes
+
+
+@pytest.mark.parametrize("value", ["yes", "true", "2", "-1", "on", "0 1"])
+def test_bad_override_is_a_one_line_error(
+    value: str, probe: Callable[[bool], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    probe(True)
+    monkeypatch.setenv(BF16_ENV, value)
+    for accelerator in ("cpu", "cuda"):  # a typo is caught wherever it runs
+        with pytest.raises(ValueError) as err:
+            detect_hardware(FakeAccelerator(accelerator))
+        message = str(err.value)
+        assert "\n" not in message
+        assert message.startswith(f"{BF16_ENV}={value!r} is not allowed")
+        assert "use 1" in message and "or 0" in message and "unset" in message
+
+
+def test_empty_override_is_unset() -> None:
+    assert cpu_bf16_override({BF16_ENV: ""}) is None
+    assert cpu_bf16_override({}) is None
+    assert cpu_bf16_override({BF16_ENV: "0"}) is False
+    assert cpu_bf16_override({BF16_ENV: "1"}) is True
+
+
+@pytest.mark.parametrize("value", ["0", "1"])
+def test_override_is_ignored_off_the_cpu_accelerator(
+    value: str, probe: Callable[[bool], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    probe(value == "0")  # the CPU's probe is not asked for a GPU
+    monkeypatch.setenv(BF16_ENV, value)
+    hw = detect_hardware(FakeAccelerator("cuda", fp16=True, bf16=True))
+    assert hw == GPU
+    no_bf16 = detect_hardware(FakeAccelerator("mps", fp16=True, bf16=False))
+    assert (no_bf16.bf16, no_bf16.bf16_native, no_bf16.bf16_forced) == (False, False, False)
+    assert not any(BF16_ENV in c for c in adapt_config({}, hw, world_size=1).changes)
+
+
+def test_probe_answers_a_bool_on_this_machine() -> None:
+    import torch
+
+    expected = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert ds_config.probe_cpu_bf16() is expected

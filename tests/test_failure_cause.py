@@ -96,6 +96,8 @@ def test_the_last_traceback_is_the_cause() -> None:
 def test_argparse_gantry_and_cpp_errors() -> None:
     argparse = ["usage: train.py [-h] --deepspeed_config X", "train.py: error: unrecognized x"]
     assert failure_cause(argparse) == "unrecognized x"
+    spaced = ["python -m agent.train: error: --data d.jsonl: no such file or directory"]
+    assert failure_cause(spaced) == "--data d.jsonl: no such file or directory"
     assert failure_cause(["gantry: --data d.jsonl: no such file"]) == "--data d.jsonl: no such file"
     # pytorch/pytorch issues: what a C++ exception leaves when it escapes.
     cpp = [

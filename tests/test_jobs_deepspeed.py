@@ -12,7 +12,9 @@ to one job, one test per phase (the tests run in file order; each needs the one 
    stacks, and attempt 3 resumes;
 4. `gantry restart --exclude node-b`: attempt 4 goes on with one rank from a universal
    checkpoint and trains to max_steps; the loss fell over the whole job;
-5. continual training: a second job starts from the first one's checkpoint on new data.
+5. continual training across world sizes: a second job, on both nodes, starts from the
+   first one's last checkpoint (written by one rank) on new data; the leader converts it to
+   a universal checkpoint first (DeepSpeed refuses a plain one at another world size).
 """
 
 from __future__ import annotations
@@ -150,7 +152,8 @@ def write_spec(path: Path, name: str, nodes: list[str], args: list[str], out: Pa
         "nodes": nodes,
         "command": ["python", "-m", "agent.train"],
         "args": args,
-        "env": {**DEEPSPEED_ENV, "OMP_NUM_THREADS": "1"},
+        # fp32 on every CPU: bf16 where it is native would change the losses checked here
+        "env": {**DEEPSPEED_ENV, "OMP_NUM_THREADS": "1", "GANTRY_CPU_BF16": "0"},
         "working_dir": str(ROOT),
         "restart": {"max_restarts": 3, "backoff_s": 0, "resume": "latest"},
         "hang_timeout_s": HANG_TIMEOUT_S,
@@ -340,7 +343,8 @@ def test_5_continual_training_from_another_jobs_checkpoint_on_new_data(c: Cluste
     out2 = c.base / "out2"
     args = trainer_args(c.base / "fresh" / "train.jsonl", out2, MAX_STEPS + 5)
     args[-1] = str(checkpoint)  # --resume_from_checkpoint
-    spec = write_spec(c.base / "job2.yaml", "ds-continue", ["node-a slots=1"], args, out2)
+    nodes = ["node-a slots=1", "node-b slots=1"]  # 2 ranks; the checkpoint is of 1
+    spec = write_spec(c.base / "job2.yaml", "ds-continue", nodes, args, out2)
     code, _, err = c.cli("launch", str(spec))
     assert code == 0, err
     job = c.wait(
@@ -353,8 +357,11 @@ def test_5_continual_training_from_another_jobs_checkpoint_on_new_data(c: Cluste
     assert len(job["attempts"]) == 1
     steps = c.steps("node-a", 0, 1, name="ds-continue")
     assert steps == list(range(MAX_STEPS + 1, MAX_STEPS + 6))
+    assert job["attempts"][0]["resumedFrom"] == f"{checkpoint}_universal"
+    assert c.steps("node-b", 1, 1, name="ds-continue") == list(range(MAX_STEPS + 1, MAX_STEPS + 6))
     code, log, _ = c.cli("logs", "ds-continue", "--rank", "0")
-    assert f"resumed from {checkpoint} at step {MAX_STEPS}" in log
+    assert f"resumed from {checkpoint}_universal at step {MAX_STEPS}" in log
+    assert "as universal" in log and "on 2 rank(s)" in log
     assert "trained on other data: this data starts at its beginning" in log
     # The new data was tokenized with the ids the weights learned, not a new tokenizer.
     manifest = json.loads((out2 / "data" / "manifest.json").read_text())

@@ -289,3 +289,33 @@ def test_restart_refusals_name_what_to_fix(
     report = wait_job(cluster_file, "no-ckpt", {"JOB_STATE_RUNNING"}, capsys)
     assert len(report["job"]["attempts"]) == 1
     assert cli(["stop", "no-ckpt", "--cluster", str(cluster_file)], capsys)[0] == 0
+
+
+def test_a_failed_ranks_cause_is_the_jobs_reason(
+    cluster: tuple[Path, list[LocalAgent]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Gantry's own trainer, given a DeepSpeed config that is not there: the job's reason
+    names the cause (argparse's error), not only "exit code 2"."""
+    cluster_file, _ = cluster
+    spec = write_job(
+        tmp_path,
+        "bad-config",
+        [
+            "--deepspeed_config",
+            "missing.json",
+            "--model_name_or_path",
+            "tiny-moe",
+            "--output_dir",
+            "out",
+            "--data",
+            "data.jsonl",
+        ],
+        command=["python", "-m", "agent.train"],
+    )
+    (tmp_path / "data.jsonl").write_text("{}\n")
+    assert cli(["launch", str(spec), "--cluster", str(cluster_file)], capsys)[0] == 0
+    report = wait_job(cluster_file, "bad-config", {"JOB_STATE_FAILED"}, capsys)
+    reason = report["job"]["reason"]
+    assert "--deepspeed_config missing.json: no such file (exit code 2)" in reason, reason
+    failed = report["job"]["attempts"][0]["ranks"]
+    assert any("no such file" in r.get("reason", "") for r in failed)

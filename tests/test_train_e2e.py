@@ -1,5 +1,10 @@
 """agent.train end to end: two real DeepSpeed ranks (ZeRO-3, gloo, CPU) as plain
-processes on 127.0.0.1, a resume from the latest checkpoint, the final HF directory."""
+processes on 127.0.0.1, a resume from the latest checkpoint, the final HF directory.
+
+Both precisions the trainer picks on a CPU run on every machine, whatever its probe
+says: the main runs force fp32 (GANTRY_CPU_BF16=0: no native bf16, so the reference
+config's fp16 becomes fp32), a short extra run forces bf16 (GANTRY_CPU_BF16=1; emulated,
+so slower, where the CPU lacks AVX512-BF16/AMX). Nothing here asserts a time."""
 
 from __future__ import annotations
 
@@ -12,16 +17,26 @@ from typing import Any
 import pytest
 
 from agent import demo_data
+from agent.ds_config import BF16_ENV
 from agent.train import collective_timeout, lr_lambda, parse_args, resolve_resume
 from agent.train_data import Turn, eval_prompts
 from tests.deepspeed_env import ROOT
-from tests.ds_runs import Run, train_two_ranks
+from tests.ds_runs import LOADED_TIMEOUT_S, Run, train_two_ranks
+
+# A module fixture's runs count against the first test that asks for it; on a loaded
+# 2-core machine (and a cold op cache) that is minutes, not seconds.
+loaded = pytest.mark.timeout(LOADED_TIMEOUT_S)
+
+
+def forced(env: dict[str, str], native_bf16: bool) -> dict[str, str]:
+    return {**env, BF16_ENV: "1" if native_bf16 else "0"}
 
 
 @pytest.fixture(scope="module")
 def runs(
     deepspeed_warm: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Run, Run]]:
+    env = forced(deepspeed_warm, native_bf16=False)  # fp32 on any CPU
     base = tmp_path_factory.mktemp("train")
     demo_data.write_demo(base / "demo", n_train=300, n_heldout=10, seed=1)
     out = base / "out"
@@ -48,12 +63,12 @@ def runs(
         "--max_length",
         "128",
     ]
-    first = train_two_ranks(deepspeed_warm, out, "first", [*common, "--max_steps", "8"])
+    first = train_two_ranks(env, out, "first", [*common, "--max_steps", "8"])
     for rank in range(2):  # keep the first run's records apart
         path = out / f"metrics.rank{rank}.jsonl"
         path.rename(out / f"first.rank{rank}.jsonl")
     second = train_two_ranks(
-        deepspeed_warm,
+        env,
         out,
         "second",
         [*common, "--max_steps", "11", "--resume_from_checkpoint", "latest"],
@@ -67,9 +82,11 @@ def first_metrics(run: Run, rank: int) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@loaded
 def test_first_run_trains_and_reports(runs: tuple[Run, Run]) -> None:
     first, _ = runs
     log = first.logs[0]
+    assert f"gantry: {BF16_ENV}=0: bf16 taken as emulated on the cpu accelerator (forced;" in log
     assert "gantry: fp16 is not supported on the cpu accelerator" in log
     assert "gantry: ZeRO stage 3, fp32, micro batch 4, accumulation 2 on 2 rank(s)" in log
     assert "gantry: prepared" in log or "nothing to do" in log
@@ -110,6 +127,7 @@ def test_first_run_trains_and_reports(runs: tuple[Run, Run]) -> None:
         assert "heartbeat" in kinds
 
 
+@loaded
 def test_checkpoints_hold_step_and_data_position(runs: tuple[Run, Run]) -> None:
     import torch
 
@@ -126,6 +144,7 @@ def test_checkpoints_hold_step_and_data_position(runs: tuple[Run, Run]) -> None:
     assert state["epoch_samples"] == 16 * 4 * 2  # micro-batches x micro batch x ranks
 
 
+@loaded
 def test_resume_continues_step_numbering(runs: tuple[Run, Run]) -> None:
     first, second = runs
     assert "resumed from" in second.logs[0] and "at step 8" in second.logs[0]
@@ -144,13 +163,26 @@ def test_resume_continues_step_numbering(runs: tuple[Run, Run]) -> None:
     assert (first.out / "checkpoints" / "latest").read_text().strip() == "step11"
 
 
+@loaded
 def test_final_directory_reloads_and_generates(runs: tuple[Run, Run]) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     final = runs[0].out / "final"
     info = json.loads((final / "gantry_train.json").read_text())
     assert info["step"] == 11
+    assert_final_is_fp32_and_generates(final)
+
+
+def assert_final_is_fp32_and_generates(final: Path) -> None:
+    """The trainer's final directory: an fp32 Hugging Face model (gathered from the ZeRO-3
+    partitions, whatever precision trained it) that reloads and generates."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with safe_open(str(final / "model.safetensors"), "pt") as weights:
+        stored = {str(weights.get_tensor(k).dtype) for k in weights.keys()}  # noqa: SIM118
+    assert stored == {"torch.float32"}
+    # and the config says so: from_pretrained loads the dtype config.json names
+    assert json.loads((final / "config.json").read_text())["dtype"] == "float32"
     tok = AutoTokenizer.from_pretrained(str(final))
     model = AutoModelForCausalLM.from_pretrained(str(final))
     config = model.config
@@ -163,6 +195,73 @@ def test_final_directory_reloads_and_generates(runs: tuple[Run, Run]) -> None:
     ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
     out = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
     assert out.shape[1] > ids.shape[1]
+
+
+# --- the other precision: bf16, forced -------------------------------------------------
+
+BF16_STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def bf16_run(deepspeed_warm: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """A tiny run forced to bf16: native where the CPU has it, emulated (slower) elsewhere."""
+    base = tmp_path_factory.mktemp("train-bf16")
+    demo_data.write_demo(base / "demo", n_train=60, n_heldout=0, seed=2)
+    out = base / "out"
+    out.mkdir()
+    args = [
+        "--deepspeed_config",
+        str(ROOT / "examples" / "ds_config_zero3.json"),
+        "--model_name_or_path",
+        "tiny-moe",
+        "--data",
+        str(base / "demo" / "train.jsonl"),
+        "--output_dir",
+        str(out),
+        "--per_device_train_batch_size",
+        "4",
+        "--gradient_accumulation_steps",
+        "1",
+        "--learning_rate",
+        "3e-3",
+        "--warmup_steps",
+        "1",
+        "--save_steps",
+        "100",  # no checkpoint but the last one
+        "--max_length",
+        "64",
+        "--max_steps",
+        str(BF16_STEPS),
+    ]
+    return train_two_ranks(forced(deepspeed_warm, native_bf16=True), out, "bf16", args)
+
+
+@loaded
+def test_forced_bf16_trains_and_saves_fp32(bf16_run: Run) -> None:
+    import math
+
+    log = bf16_run.logs[0]
+    forced_line = f"{BF16_ENV}=1: bf16 taken as native on the cpu accelerator (forced;"
+    assert f"gantry: {forced_line}" in log
+    assert "gantry: fp16 is not supported on the cpu accelerator; using bf16" in log
+    assert "gantry: ZeRO stage 3, bf16, micro batch 4, accumulation 1 on 2 rank(s)" in log
+    for rank in range(2):
+        cfg = json.loads((bf16_run.out / "logs" / f"ds_config.rank{rank}.json").read_text())
+        assert cfg["bf16"] == {"enabled": True} and "fp16" not in cfg
+        rows = bf16_run.metrics(rank)
+        start = next(r for r in rows if r["kind"] == "start")
+        assert any(c.startswith(forced_line) for c in start["config_changes"])
+        metrics = [r for r in rows if r["kind"] == "metrics"]
+        assert [m["step"] for m in metrics] == list(range(1, BF16_STEPS + 1))
+        assert all(math.isfinite(m["loss"]) and m["loss"] > 0 for m in metrics)
+        assert "loss_scale" not in metrics[-1]  # bf16 needs no loss scaling
+        assert metrics[-1]["loss"] < metrics[0]["loss"]  # it learns
+        assert rows[-1]["kind"] == "end" and rows[-1]["status"] == "completed"
+    final = bf16_run.out / "final"
+    info = json.loads((final / "gantry_train.json").read_text())
+    assert info["step"] == BF16_STEPS
+    assert any(c.startswith(forced_line) for c in info["config_changes"])
+    assert_final_is_fp32_and_generates(final)
 
 
 # --- pure helpers of the trainer ------------------------------------------------------

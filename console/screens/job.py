@@ -405,8 +405,16 @@ class JobScreen(StoreScreen):
             self._checkpoints_drawn = key
             table.clear()
             for c in reversed(view.checkpoints):
+                # A script's own convention is named (hf: checkpoint-N, deepspeed: a tag).
+                foreign = c.format not in ("", "gantry", "universal")
                 flags = " ".join(
-                    f for f, on in (("latest", c.latest), ("universal", c.universal)) if on
+                    f
+                    for f, on in (
+                        ("latest", c.latest),
+                        ("universal", c.universal),
+                        (c.format, foreign),
+                    )
+                    if on
                 )
                 table.add_row(c.tag, str(c.step), "", format_bytes(c.size_bytes), flags, key=c.tag)
         for c in view.checkpoints:
