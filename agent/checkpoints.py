@@ -191,3 +191,25 @@ def list_checkpoints(checkpoint_dir: str) -> list[job_pb2.Checkpoint]:
         checkpoint.saved.FromNanoseconds(int(mtime * 1e9))
         out.append(checkpoint)
     return out
+
+
+def prunable(checkpoint_dir: str | Path, keep: int, protect: set[Path]) -> list[Path]:
+    """The checkpoints retention removes: all but the newest ``keep`` by step, never the
+    latest, one in ``protect`` (what an attempt resumes from) or a universal one whose
+    source is kept. Universal conversions go with their source checkpoint."""
+    if keep <= 0:
+        return []
+    found = [f for f in find(checkpoint_dir) if f.step >= 0]
+    plain = [f for f in found if f.format != UNIVERSAL]
+    latest = latest_checkpoint(checkpoint_dir)
+    kept = {f.path for f in plain[-keep:]} | {p for p in (latest,) if p is not None}
+    kept |= {p.resolve() for p in protect} & {f.path.resolve() for f in found}
+    kept_steps = {f.step for f in plain if f.path in kept or f.path.resolve() in kept}
+    doomed = []
+    for f in found:
+        if f.path in kept or f.path.resolve() in kept:
+            continue
+        if f.format == UNIVERSAL and f.step in kept_steps:
+            continue
+        doomed.append(f.path)
+    return doomed

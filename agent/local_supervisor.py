@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +29,7 @@ from pathlib import Path
 from gantry.v1 import job_pb2
 
 from agent import rank_process
+from agent.checkpoints import prunable
 from agent.failure_cause import failure_cause
 from agent.journal import AttemptRow, Journal, RankRow, rank_to_pb
 from agent.launch_checks import resolve_argv
@@ -67,6 +69,7 @@ STACK_WAIT_S = 2.0
 STACK_WAIT_MAX_S = 10.0
 STACK_QUIET_S = 1.0  # stderr unchanged this long: the stack dump is complete
 STOP_GRACE_S = 10.0
+PRUNE_EVERY_S = 10.0
 HEARTBEAT_S = 5.0
 MAX_STACK_BYTES = 256 * 1024
 # Per rank and poll: enough for any sane reporter, bounded for a runaway one.
@@ -277,6 +280,7 @@ class LocalSupervisor:
         self._live: dict[tuple[str, int, int], _Live] = {}
         self._ib_present = ib_devices_present()
         self.standbys = Standbys(self.data_dir / "standby")
+        self._pruned: dict[str, float] = {}  # job -> when retention last looked
         if readopt:
             self.readopt()
 
@@ -491,7 +495,7 @@ class LocalSupervisor:
             await asyncio.sleep(period_s)
 
     async def poll(self) -> None:
-        """One round over every watched rank: records, exits, hangs."""
+        """One round over every watched rank: records, exits, hangs; then retention."""
         for key, live in list(self._live.items()):
             if live.stop_owned:
                 continue
@@ -502,6 +506,34 @@ class LocalSupervisor:
                 continue
             if done:
                 del self._live[key]
+        jobs = {live.row.job for live in self._live.values()}
+        for job in jobs:
+            try:
+                self._keep_checkpoints(job)
+            except Exception:
+                log.exception("checkpoint retention of %s failed", job)
+
+    def _keep_checkpoints(self, job: str) -> None:
+        """A job's ``keep_checkpoints``, applied to this node's view of its checkpoint_dir
+        while its ranks run here (every PRUNE_EVERY_S at most)."""
+        now = self.clock()
+        if now - self._pruned.get(job, -PRUNE_EVERY_S) < PRUNE_EVERY_S:
+            return
+        self._pruned[job] = now
+        row = self.journal.get_job(job)
+        if row is None or not row.spec.keep_checkpoints or not row.spec.checkpoint_dir:
+            return
+        protect = {Path(a.resumed_from) for a in self.journal.attempts(job)[-1:] if a.resumed_from}
+        doomed = prunable(row.spec.checkpoint_dir, row.spec.keep_checkpoints, protect)
+        for path in doomed:
+            shutil.rmtree(path, ignore_errors=True)
+        if doomed:
+            log.info(
+                "job %s: keep_checkpoints %d removed %s",
+                job,
+                row.spec.keep_checkpoints,
+                ", ".join(p.name for p in doomed),
+            )
 
     def _poll_rank(self, live: _Live) -> bool:
         """Returns True when nothing is left to watch for this rank."""

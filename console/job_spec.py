@@ -12,6 +12,7 @@
     hang_timeout_s: 120               # 0 = off
     collective_timeout_s: 300
     checkpoint_dir: out/demo/checkpoints             # relative to working_dir; no '..'
+    keep_checkpoints: 3               # the newest 3 (never the latest); 0 = all (the default)
     deepspeed_config: examples/ds_config_zero3.json   # relative to working_dir, or a mapping
     cost: {price_per_gpu_hour: 2.5, instance_type: p5.48xlarge, pricing: on-demand}
     eval_targets: {bleu4_min: 0.9, rouge_l_min: 0.9, ttft_ms_max: 200, tokens_per_s_min: 1000}
@@ -56,10 +57,12 @@ TOP_KEYS = (
     "hang_timeout_s",
     "collective_timeout_s",
     "checkpoint_dir",
+    "keep_checkpoints",
     "deepspeed_config",
     "cost",
     "eval_targets",
 )
+MAX_KEEP_CHECKPOINTS = 100_000
 RESTART_KEYS = ("max_restarts", "backoff_s", "resume", "resume_flag")
 # restart.resume_flag: "--resume_from_checkpoint", "--load", or "--resume=" (one word).
 FLAG_RE = re.compile(r"--?[A-Za-z0-9][A-Za-z0-9_.-]{0,127}=?\Z")
@@ -147,6 +150,8 @@ def job_spec_to_yaml(spec: job_pb2.JobSpec) -> str:
     doc["collective_timeout_s"] = spec.collective_timeout_s
     if spec.checkpoint_dir:
         doc["checkpoint_dir"] = spec.checkpoint_dir
+    if spec.keep_checkpoints:
+        doc["keep_checkpoints"] = spec.keep_checkpoints
     if spec.deepspeed_config_json:
         try:
             doc["deepspeed_config"] = json.loads(spec.deepspeed_config_json)
@@ -415,6 +420,12 @@ class _SpecParser:
         spec.working_dir = str(working_dir)
         spec.checkpoint_dir = self.checkpoint_dir(doc.get("checkpoint_dir"), working_dir)
         spec.restart.CopyFrom(self.restart(doc.get("restart"), spec))
+        if doc.get("keep_checkpoints") is not None:
+            spec.keep_checkpoints = self.whole(
+                doc["keep_checkpoints"], ("keep_checkpoints",), MAX_KEEP_CHECKPOINTS
+            )
+            if spec.keep_checkpoints and not spec.checkpoint_dir:
+                self.fail(("keep_checkpoints",), "needs checkpoint_dir: the folder to keep them in")
         if doc.get("deepspeed_config") is not None:
             spec.deepspeed_config_json = self.deepspeed_config(doc["deepspeed_config"], working_dir)
         if doc.get("cost") is not None:

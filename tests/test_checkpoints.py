@@ -13,6 +13,7 @@ from agent.checkpoints import (
     find,
     latest_checkpoint,
     list_checkpoints,
+    prunable,
     resolve_reference,
     step_of,
 )
@@ -167,3 +168,22 @@ def test_a_job_names_its_own_flag() -> None:
     assert with_resume(["p", "--resume=a"], joined, "/c/b") == ["p", "--resume=/c/b"]
     assert args_resume(["p", "--load", "a", "--load=b"], "--load") == "b"
     assert args_resume(["p", "--load"], "--load") is None
+
+
+def test_retention_keeps_the_newest_the_latest_and_what_an_attempt_resumed_from(
+    tmp_path: Path,
+) -> None:
+    for step in (10, 20, 30, 40, 50):
+        ds_tag(tmp_path, f"step{step}")
+    (tmp_path / "latest").write_text("step20")  # an older latest (a --from restart): kept
+    ds_tag(tmp_path, "step10_universal").joinpath("zero").mkdir()  # goes with step10
+    ds_tag(tmp_path, "step20_universal").joinpath("zero").mkdir()  # stays with step20
+    (tmp_path / "tokenizer").mkdir()
+    doomed = prunable(tmp_path, 2, protect={tmp_path / "step30"})
+    assert sorted(p.name for p in doomed) == ["step10", "step10_universal"]
+    assert prunable(tmp_path, 0, set()) == []
+    hf = tmp_path / "hf"
+    for step in (5, 10, 15):
+        hf_checkpoint(hf, step)
+    hf_checkpoint(hf, 20, complete=False)  # being written: neither counted nor removed
+    assert [p.name for p in prunable(hf, 1, set())] == ["checkpoint-5", "checkpoint-10"]

@@ -134,6 +134,18 @@ def test_round_trip(tmp_path: Path) -> None:
     assert job_spec_to_yaml(again) == job_spec_to_yaml(spec)
 
 
+def test_resume_flag_and_retention_round_trip(tmp_path: Path) -> None:
+    text = BASE + (
+        "restart: {resume: latest, resume_flag: --load}\ncheckpoint_dir: out\nkeep_checkpoints: 3\n"
+    )
+    spec = parse(text, tmp_path)
+    assert (spec.restart.resume_flag, spec.keep_checkpoints) == ("--load", 3)
+    assert parse(job_spec_to_yaml(spec), tmp_path) == spec
+    assert parse(BASE + "restart: {resume_flag: '--resume='}\n", tmp_path).restart.resume_flag == (
+        "--resume="
+    )
+
+
 def test_example_job_parses() -> None:
     spec = load_job_spec(ROOT / "examples" / "job-demo.yaml", CLUSTER)
     assert hostfile_lines(spec) == ["node-a slots=1", "node-b slots=1"]
@@ -199,6 +211,10 @@ BAD = [
     (BASE + "restart: {resume: 5}\n", "restart.resume: expected text, got a number (5)"),
     (BASE + "restart: {resume: Latest}\n", "restart.resume: 'Latest': write 'latest' in lower case"),
     (BASE + "restart: {resume: ' latest'}\n", "restart.resume: ' latest' has stray spaces"),
+    (BASE + "restart: {resume_flag: resume}\n", "restart.resume_flag: 'resume' is not a flag; write e.g. --resume_from_checkpoint, --load, or --resume= to pass one --resume=PATH word"),
+    (BASE + "restart: {resume_flag: '--a b'}\n", "restart.resume_flag: '--a b' is not a flag"),
+    (BASE + "keep_checkpoints: 3\n", "keep_checkpoints: needs checkpoint_dir: the folder to keep them in"),
+    (BASE + "checkpoint_dir: c\nkeep_checkpoints: -1\n", "keep_checkpoints: -1 must be a whole number >= 0"),
     (BASE + "hang_timeout_s: -1\n", "job.yaml line 6: hang_timeout_s: -1 must be a number of seconds >= 0"),
     (BASE + "collective_timeout_s: -0.5\n", "collective_timeout_s: -0.5 must be a number of seconds >= 0"),
     (BASE + "collective_timeout_s: soon\n", "collective_timeout_s: expected a number of seconds >= 0, got text 'soon'"),

@@ -562,3 +562,20 @@ async def test_nccl_socket_fallback_raises_an_event_naming_rank_and_line(
     assert "Using network Socket" in fallback[0].details["line"]
     assert fallback[0].details["severity"] == "warning"
     assert any(e.details["finding"] == "version" and "2.21.5" in e.message for e in nccl)
+
+
+async def test_keep_checkpoints_prunes_the_job_folder_while_it_runs(
+    supervisors: Callable[..., LocalSupervisor], journal: Journal, fake_rank: Path, tmp_path: Path
+) -> None:
+    ckpt = tmp_path / "ckpt"
+    for step in (5, 10, 15, 20):
+        (ckpt / f"checkpoint-{step}").mkdir(parents=True)
+        (ckpt / f"checkpoint-{step}" / "trainer_state.json").write_text(
+            f'{{"global_step": {step}}}'
+        )
+    job = spec(fake_rank, "steps=30", "period=0.05")
+    job.checkpoint_dir, job.keep_checkpoints = str(ckpt), 2
+    sup = supervisors()
+    sup.start_ranks(job, 1, [0], 1, "127.0.0.1", 29500)
+    await poll_until(sup, lambda: not (ckpt / "checkpoint-10").exists())
+    assert sorted(p.name for p in ckpt.iterdir()) == ["checkpoint-15", "checkpoint-20"]

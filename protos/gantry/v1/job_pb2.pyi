@@ -153,7 +153,7 @@ class EvalTargets(_message.Message):
     def __init__(self, bleu4_min: _Optional[float] = ..., rouge_l_min: _Optional[float] = ..., ttft_ms_max: _Optional[float] = ..., tokens_per_s_min: _Optional[float] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "nodes", "command", "args", "env", "restart", "hang_timeout_s", "collective_timeout_s", "checkpoint_dir", "deepspeed_config_json", "working_dir", "cost", "eval_targets")
+    __slots__ = ("name", "nodes", "command", "args", "env", "restart", "hang_timeout_s", "collective_timeout_s", "checkpoint_dir", "deepspeed_config_json", "working_dir", "cost", "eval_targets", "keep_checkpoints")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +174,7 @@ class JobSpec(_message.Message):
     WORKING_DIR_FIELD_NUMBER: _ClassVar[int]
     COST_FIELD_NUMBER: _ClassVar[int]
     EVAL_TARGETS_FIELD_NUMBER: _ClassVar[int]
+    KEEP_CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     nodes: _containers.RepeatedCompositeFieldContainer[NodeSlots]
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -187,7 +188,8 @@ class JobSpec(_message.Message):
     working_dir: str
     cost: CostPolicy
     eval_targets: EvalTargets
-    def __init__(self, name: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeSlots, _Mapping]]] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., restart: _Optional[_Union[RestartPolicy, _Mapping]] = ..., hang_timeout_s: _Optional[float] = ..., collective_timeout_s: _Optional[float] = ..., checkpoint_dir: _Optional[str] = ..., deepspeed_config_json: _Optional[str] = ..., working_dir: _Optional[str] = ..., cost: _Optional[_Union[CostPolicy, _Mapping]] = ..., eval_targets: _Optional[_Union[EvalTargets, _Mapping]] = ...) -> None: ...
+    keep_checkpoints: int
+    def __init__(self, name: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeSlots, _Mapping]]] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., restart: _Optional[_Union[RestartPolicy, _Mapping]] = ..., hang_timeout_s: _Optional[float] = ..., collective_timeout_s: _Optional[float] = ..., checkpoint_dir: _Optional[str] = ..., deepspeed_config_json: _Optional[str] = ..., working_dir: _Optional[str] = ..., cost: _Optional[_Union[CostPolicy, _Mapping]] = ..., eval_targets: _Optional[_Union[EvalTargets, _Mapping]] = ..., keep_checkpoints: _Optional[int] = ...) -> None: ...
 
 class RankMetrics(_message.Message):
     __slots__ = ("step", "epoch", "loss", "grad_norm", "learning_rate", "loss_scale", "step_time_s", "samples_per_s", "tokens_per_s", "collective_time_s", "collective_time_by_op_s", "forward_s", "backward_s", "allreduce_s", "optimizer_step_s", "memory_bytes", "time", "total_steps", "tflops")
