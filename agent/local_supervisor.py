@@ -43,21 +43,15 @@ from agent.metrics_records import (
     phase_name,
 )
 from agent.nccl import NcclFinding, NcclParser, ib_devices_present
+from agent.rank_launch import IMPORTS_FILE, rank_argv, rank_env
+from agent.rank_logs import STREAMS, LogChunk, extract_stacks, tail_log
 from agent.rank_process import RankHandle, describe_exit
 from agent.rank_states import TERMINAL_RANK_STATES, RankEdge, RankState, transition
-from agent.resume_args import with_resume
 from agent.script_logs import ScriptLogParser
 from agent.standby import Standbys
 from agent.tailer import MAX_READ_BYTES, Chunk, last_lines, read_lines
 
-__all__ = [
-    "LocalSupervisor",
-    "LogChunk",
-    "extract_stacks",
-    "rank_argv",
-    "rank_env",
-    "with_deepspeed_config",
-]
+__all__ = ["LocalSupervisor"]
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +68,7 @@ HEARTBEAT_S = 5.0
 MAX_STACK_BYTES = 256 * 1024
 # Per rank and poll: enough for any sane reporter, bounded for a runaway one.
 MAX_POLL_BYTES = 8 * MAX_READ_BYTES
-MAX_LOG_LINES = 10_000
-STREAMS = ("stdout", "stderr")
 DS_CONFIG_FILE = "ds_config.json"
-DS_CONFIG_FLAG = "--deepspeed_config"
-INSTRUMENT_ENV = "GANTRY_INSTRUMENT"
-IMPORTS_FILE = "imports.json"  # what the rank imported by its first step (agent.rank_hooks)
-BOOTSTRAP_DIR = str(Path(__file__).resolve().parent / "rank_bootstrap")
 
 _K = job_pb2.JobEventKind
 MAX_ALERTS_PER_POLL = 10  # a rank printing OOM in a loop must not flood the journal
@@ -92,113 +80,6 @@ CAUSE_LINES = 400
 CAUSE_BYTES = 65_536
 # NCCL findings worth an event; per-channel transport news stays in the log.
 NCCL_EVENT_KINDS = ("version", "network", "interfaces", "ib_fallback", "warn")
-
-
-def rank_argv(
-    spec: job_pb2.JobSpec, resume_from: str = "", ds_config: Path | str | None = None
-) -> list[str]:
-    """The rank's command line; ``ds_config``: the file holding the job's own DeepSpeed config
-    (written from ``spec.deepspeed_config_json``), which then wins over the args' own."""
-    argv = resolve_argv(spec)
-    if ds_config is not None:
-        argv = with_deepspeed_config(argv, str(ds_config))
-    return with_resume(argv, spec, resume_from)
-
-
-def with_deepspeed_config(argv: Sequence[str], path: str) -> list[str]:
-    """``argv`` with every ``--deepspeed_config`` value (``--deepspeed_config V`` or
-    ``--deepspeed_config=V``) replaced by ``path``; the flag is appended when absent."""
-    out: list[str] = []
-    found = False
-    skip_value = False
-    for arg in argv:
-        if skip_value:
-            skip_value = False
-            continue
-        if arg == DS_CONFIG_FLAG:
-            out += [arg, path]
-            found = skip_value = True
-        elif arg.startswith(DS_CONFIG_FLAG + "="):
-            out.append(f"{DS_CONFIG_FLAG}={path}")
-            found = True
-        else:
-            out.append(arg)
-    if not found:
-        out += [DS_CONFIG_FLAG, path]
-    return out
-
-
-def rank_env(
-    base: Mapping[str, str],
-    spec: job_pb2.JobSpec,
-    *,
-    attempt: int,
-    rank: int,
-    local_rank: int,
-    local_world_size: int,
-    world_size: int,
-    master_addr: str,
-    master_port: int,
-    metrics_path: Path,
-    gpus: Sequence[int],
-    heartbeat_s: float,
-) -> dict[str, str]:
-    """The agent's environment, then the job's ``env``, then what Gantry itself decides.
-
-    On a GPU node every local rank sees all of the node's GPUs and picks ``LOCAL_RANK``
-    among them, as the ``deepspeed`` launcher does (scripts call ``set_device(local_rank)``).
-    """
-    env = {**base, "PYTHONUNBUFFERED": "1", **spec.env}
-    if spec.hang_timeout_s > 0:
-        heartbeat_s = min(heartbeat_s, spec.hang_timeout_s / 4)
-    env.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(local_rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_WORLD_SIZE=str(local_world_size),
-        MASTER_ADDR=master_addr,
-        MASTER_PORT=str(master_port),
-        GANTRY_JOB=spec.name,
-        GANTRY_ATTEMPT=str(attempt),
-        GANTRY_METRICS_FILE=str(metrics_path),
-        GANTRY_IMPORTS_FILE=str(metrics_path.with_name(IMPORTS_FILE)),
-        GANTRY_HEARTBEAT_S=f"{heartbeat_s:g}",
-    )
-    if spec.collective_timeout_s > 0:
-        env["GANTRY_COLLECTIVE_TIMEOUT_S"] = f"{spec.collective_timeout_s:g}"
-    if env.get(INSTRUMENT_ENV, "1") != "0":
-        # Heartbeats, stacks on SIGUSR1 and start-up phases for any Python script
-        # (agent.rank_hooks), without a change to it.
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (BOOTSTRAP_DIR, env.get("PYTHONPATH")) if p)
-    if gpus:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
-    elif "DS_ACCELERATOR" not in spec.env:
-        env["DS_ACCELERATOR"] = "cpu"
-    return env
-
-
-_THREAD_HEADER = re.compile(r"^(?:Current thread|Thread) 0x[0-9a-fA-F]+")
-
-
-def extract_stacks(text: str) -> str:
-    """The faulthandler dump(s) in ``text``: thread headers and their frame lines."""
-    out: list[str] = []
-    inside = False
-    for line in text.splitlines():
-        if _THREAD_HEADER.match(line):
-            inside = True
-            out.append(line)
-        elif inside and (line.startswith("  ") or not line.strip()):
-            out.append(line)
-        else:
-            inside = False
-    return "\n".join(out).strip("\n")
-
-
-@dataclass(frozen=True)
-class LogChunk:
-    lines: list[job_pb2.LogLine]
-    next_offset: int  # where a follow-up read starts
 
 
 @dataclass(frozen=True)
@@ -966,10 +847,7 @@ class LocalSupervisor:
         from_offset: int | None = None,
         max_bytes: int = MAX_READ_BYTES,
     ) -> LogChunk:
-        """A rank's log lines: from ``from_offset`` on, else the last ``tail_lines``.
-
-        Bounded by ``max_bytes`` and ``MAX_LOG_LINES``; raises KeyError for an unknown rank.
-        """
+        """A rank's log lines (``rank_logs.tail_log``); KeyError for an unknown rank."""
         if stream not in STREAMS:
             raise ValueError(f"stream must be one of {STREAMS}, not {stream!r}")
         if not attempt:
@@ -978,20 +856,7 @@ class LocalSupervisor:
         if row is None:
             raise KeyError(f"{job} attempt {attempt} has no rank {rank} on {self.node_name}")
         path = row.stdout_path if stream == "stdout" else row.stderr_path
-        max_bytes = min(max_bytes, MAX_READ_BYTES)
-        if from_offset is not None:
-            chunk = read_lines(path, from_offset, max_bytes)
-            lines, next_offset = chunk.lines, chunk.offset
-            if len(lines) > MAX_LOG_LINES:
-                lines, next_offset = lines[:MAX_LOG_LINES], lines[MAX_LOG_LINES].offset
-        else:
-            count = min(tail_lines, MAX_LOG_LINES) if tail_lines > 0 else MAX_LOG_LINES
-            chunk = last_lines(path, count, max_bytes)
-            lines, next_offset = chunk.lines, chunk.offset
-        return LogChunk(
-            [job_pb2.LogLine(offset=line.offset, text=line.text, stream=stream) for line in lines],
-            next_offset,
-        )
+        return tail_log(path, stream, tail_lines, from_offset, max_bytes)
 
     # --- journal & events -------------------------------------------------------------------
 

@@ -39,8 +39,15 @@ def train_two_ranks(
     args: list[str],
     local_rank_flag: bool = False,
     timeout_s: float = RUN_TIMEOUT_S,
+    command: list[str] | None = None,
+    metrics: list[Path] | None = None,
 ) -> Run:
+    """Two ranks of ``command`` (default: ``python -m agent.train``) with ``args``; each
+    reports to ``metrics[rank]`` (default: OUT/metrics.rankN.jsonl) and logs to
+    OUT/NAME.rankN.log. Both must exit 0."""
     port = str(free_port())
+    command = command or [sys.executable, "-m", "agent.train"]
+    metrics = metrics or [out / f"metrics.rank{rank}.jsonl" for rank in range(2)]
     procs = []
     logs = []
     for rank in range(2):
@@ -49,9 +56,10 @@ def train_two_ranks(
             "RANK": str(rank),
             "LOCAL_RANK": str(rank),
             "WORLD_SIZE": "2",
+            "LOCAL_WORLD_SIZE": "2",
             "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": port,
-            "GANTRY_METRICS_FILE": str(out / f"metrics.rank{rank}.jsonl"),
+            "GANTRY_METRICS_FILE": str(metrics[rank]),
             "GANTRY_HEARTBEAT_S": "0.5",
             # a hung rank ends its run; a loaded machine's slow start must not
             "GANTRY_COLLECTIVE_TIMEOUT_S": "300",
@@ -62,7 +70,7 @@ def train_two_ranks(
         with log.open("w") as f:
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "agent.train", *args, *extra],
+                    [*command, *args, *extra],
                     env=rank_env,
                     cwd=ROOT,
                     stdout=f,

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import ast
 import json
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.demo_data import write_demo
-from tests.deepspeed_env import ROOT, free_port
+from tests.deepspeed_env import ROOT
+from tests.ds_runs import train_two_ranks
 
 SCRIPT = ROOT / "examples" / "hf-trainer" / "train.py"
 DS_CONFIG = ROOT / "examples" / "hf-trainer" / "ds_config.json"
@@ -39,48 +38,17 @@ class Run:
 
 
 def run_two_ranks(env: dict[str, str], out: Path, name: str, args: list[str]) -> Run:
-    port = str(free_port())
-    procs = []
-    logs = []
     metrics = [out.parent / f"{name}.metrics.rank{rank}.jsonl" for rank in range(2)]
-    for rank in range(2):
-        rank_env = {
-            **env,
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": "2",
-            "LOCAL_WORLD_SIZE": "2",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": port,
-            "OMP_NUM_THREADS": "1",
-            "GANTRY_METRICS_FILE": str(metrics[rank]),
-            "GANTRY_HEARTBEAT_S": "1",
-        }
-        log = out.parent / f"{name}.rank{rank}.log"
-        logs.append(log)
-        with log.open("w") as f:
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, str(SCRIPT), *args],
-                    env=rank_env,
-                    cwd=ROOT,
-                    stdout=f,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    codes = []
-    try:
-        for p in procs:
-            codes.append(p.wait(timeout=max(1.0, deadline - time.monotonic())))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    texts = [log.read_text() for log in logs]
-    assert codes == [0, 0], "\n".join(t[-4000:] for t in texts)
-    return Run(texts, metrics)
+    done = train_two_ranks(
+        {**env, "OMP_NUM_THREADS": "1", "GANTRY_HEARTBEAT_S": "1"},
+        out,
+        name,
+        args,
+        timeout_s=RUN_TIMEOUT_S,
+        command=[sys.executable, str(SCRIPT)],
+        metrics=metrics,
+    )
+    return Run(done.logs, metrics)
 
 
 def global_step(checkpoint: Path) -> int:

@@ -16,7 +16,9 @@ import pytest
 from gantry.v1 import job_pb2
 
 from agent.journal import AttemptRow, Journal, RankRow
-from agent.local_supervisor import LocalSupervisor, extract_stacks, rank_argv, rank_env
+from agent.local_supervisor import LocalSupervisor
+from agent.rank_launch import rank_argv, rank_env
+from agent.rank_logs import extract_stacks
 
 K = job_pb2.JobEventKind
 

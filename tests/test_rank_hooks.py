@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.local_supervisor import BOOTSTRAP_DIR
+from agent.rank_launch import BOOTSTRAP_DIR
 from tests.deepspeed_env import free_port
 
 PLAIN_DDP = """

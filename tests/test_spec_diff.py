@@ -9,7 +9,7 @@ import sys
 import pytest
 from gantry.v1 import job_pb2
 
-from agent.local_supervisor import rank_argv, with_deepspeed_config
+from agent.rank_launch import rank_argv, with_deepspeed_config
 from agent.spec_diff import spec_changes
 
 
