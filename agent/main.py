@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from agent.auth import TokenError, load_or_create_token
+from agent.ops_warmup import SWITCH_ENV as WARM_SWITCH_ENV
 from agent.ops_warmup import extensions_dir
 from agent.peer_ssh import configure_peer_ssh
 from agent.peers import configure_peers
@@ -57,7 +58,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a DeepSpeed op builder to build at start besides the comm op (e.g. CPUAdamBuilder)",
     )
     parser.add_argument(
-        "--no-warm-ops", action="store_true", help="do not build DeepSpeed's ops at start"
+        "--no-warm-ops",
+        action="store_true",
+        default=os.environ.get(WARM_SWITCH_ENV) == "0",
+        help=f"do not build DeepSpeed's ops at start (also {WARM_SWITCH_ENV}=0)",
     )
     parser.add_argument("--sample-interval", type=float, default=1.0, metavar="SECONDS")
     parser.add_argument("--history", type=float, default=900.0, metavar="SECONDS")

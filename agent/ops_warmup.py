@@ -8,6 +8,11 @@ extensions folder of its own (``DATA_DIR/torch_extensions`` unless told otherwis
 it starts, builds the ops there in a child process (the agent itself never imports torch).
 A stamp file records which DeepSpeed, torch and Python built them, so later starts cost a
 file read; ranks started while the build runs wait on torch's own build lock.
+
+That lock is a file torch's builder deletes when it is done; a builder killed mid-build
+leaves it, and every later rank then waits for it forever. So the build runs in a session of
+its own and is never killed (an agent that stops leaves it to finish), and a lock older than
+``STALE_LOCK_S`` is taken for such a leftover and removed before building.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
@@ -25,7 +31,10 @@ log = logging.getLogger("gantry.agent")
 ENV = "TORCH_EXTENSIONS_DIR"
 DIR_NAME = "torch_extensions"
 STAMP = "gantry-ops.json"
+BUILD_LOG = "gantry-ops.log"
 WARM_TIMEOUT_S = 900.0
+STALE_LOCK_S = 900.0  # no build of these ops takes this long; its lock is a leftover
+SWITCH_ENV = "GANTRY_WARM_OPS"  # "0": no build at start (like --no-warm-ops)
 # What every rank on the CPU accelerator builds in init_distributed (deepspeed.comm.torch).
 WARM_CODE = """
 import sys
@@ -70,6 +79,19 @@ def is_warm(folder: Path, python: str = sys.executable, ops: tuple[str, ...] = (
     return bool(stamp == _versions(python, ops))
 
 
+def remove_stale_locks(folder: Path, now: float, max_age_s: float = STALE_LOCK_S) -> list[Path]:
+    """torch's build locks in ``folder`` older than ``max_age_s``: removed, and returned."""
+    removed = []
+    for lock in folder.glob("*/lock"):
+        try:
+            if now - lock.stat().st_mtime > max_age_s:
+                lock.unlink()
+                removed.append(lock)
+        except OSError:
+            continue
+    return removed
+
+
 async def warm_ops(
     folder: Path,
     env: Mapping[str, str],
@@ -80,28 +102,28 @@ async def warm_ops(
     if is_warm(folder, python, ops):
         return True
     folder.mkdir(parents=True, exist_ok=True)
-    process = await asyncio.create_subprocess_exec(
-        python,
-        "-c",
-        WARM_CODE,
-        *ops,
-        env={**env, ENV: str(folder)},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    for lock in remove_stale_locks(folder, time.time()):
+        log.warning("removed %s: a build killed long ago left it, and ranks would wait on it", lock)
+    # Output to a file, not a pipe: the build outlives an agent that stops.
+    with open(folder / BUILD_LOG, "ab") as output:
+        process = await asyncio.create_subprocess_exec(
+            python,
+            "-c",
+            WARM_CODE,
+            *ops,
+            env={**env, ENV: str(folder)},
+            stdout=output,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # a signal to the agent's group must not cut the build
+        )
     try:
-        output, _ = await asyncio.wait_for(process.communicate(), WARM_TIMEOUT_S)
+        await asyncio.wait_for(asyncio.shield(process.wait()), WARM_TIMEOUT_S)
     except TimeoutError:
-        process.kill()
-        await process.wait()
-        log.warning("building DeepSpeed's ops in %s took over %.0f s", folder, WARM_TIMEOUT_S)
+        log.warning("building DeepSpeed's ops in %s takes over %.0f s", folder, WARM_TIMEOUT_S)
         return False
-    except asyncio.CancelledError:
-        process.kill()
-        await process.wait()
-        raise
     if process.returncode != 0:
-        last = output.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        text = (folder / BUILD_LOG).read_text(errors="replace").strip()
+        last = text.splitlines()[-1:] or ["no output"]
         log.warning("building DeepSpeed's ops in %s failed: %s", folder, last[0])
         return False
     (folder / STAMP).write_text(json.dumps(_versions(python, ops)) + "\n")

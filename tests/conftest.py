@@ -18,9 +18,11 @@ from tests.deepspeed_env import (
 
 StartAgent = Callable[..., LocalAgent]
 
-# Agents started by the tests build DeepSpeed's ops into the suite's shared cache (once,
-# and only when a test needs them), not each into its own data dir.
+# Agents started by the tests give their ranks the suite's shared DeepSpeed ops cache, not
+# each a folder of its own ...
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(EXT_CACHE))
+# ... and do not build them as they start: `deepspeed_warm` does, once per session.
+os.environ.setdefault("GANTRY_WARM_OPS", "0")
 
 
 @pytest.fixture

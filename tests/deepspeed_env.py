@@ -16,9 +16,12 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from agent.ops_warmup import remove_stale_locks
 
 ROOT = Path(__file__).resolve().parent.parent
 EXT_CACHE = (
@@ -54,6 +57,8 @@ def base_env() -> dict[str, str]:
 def deepspeed_warm() -> dict[str, str]:
     """The environment for DeepSpeed subprocesses, with the op cache built once."""
     env = base_env()
+    # A run killed mid-build left torch's lock: every build would wait on it forever.
+    remove_stale_locks(EXT_CACHE, time.time())
     if not any(EXT_CACHE.glob("**/deepspeed_shm_comm*.so")):
         env1 = {
             **env,

@@ -112,6 +112,9 @@ def running_sshd(root: Path, aliases: int = 8) -> Iterator[Sshd]:
         "PermitRootLogin prohibit-password\nAllowTcpForwarding yes\n"
         "Subsystem sftp internal-sftp\nMaxStartups 64\nMaxSessions 64\n"
         "LogLevel ERROR\n"
+        # Agents started through it leave DeepSpeed's ops to the suite's own build (each
+        # agent would compile them into its fresh data dir).
+        "SetEnv GANTRY_WARM_OPS=0\n"
     )
     ssh_config = root / "ssh_config"
     ssh_config.write_text(ssh_config_text(port, user, aliases))

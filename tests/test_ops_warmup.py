@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import stat
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from agent.ops_warmup import STAMP, extensions_dir, is_warm, warm_ops
+from agent.ops_warmup import STAMP, extensions_dir, is_warm, remove_stale_locks, warm_ops
 
 
 def fake_python(tmp_path: Path, code: int, name: str = "python3") -> str:
@@ -70,3 +71,16 @@ async def test_a_failed_build_is_logged_and_not_stamped(
         assert not await warm_ops(folder, {}, python)
     assert "building DeepSpeed's ops" in caplog.text and "boom" in caplog.text
     assert not (folder / STAMP).exists()
+
+
+def test_a_lock_left_by_a_killed_build_is_removed(tmp_path: Path) -> None:
+    """torch's builder deletes its lock file when done; one killed mid-build leaves it and
+    every later rank would wait on it forever."""
+    old = tmp_path / "deepspeed_shm_comm" / "lock"
+    fresh = tmp_path / "other_op" / "lock"
+    for lock in (old, fresh):
+        lock.parent.mkdir()
+        lock.write_text("")
+    os.utime(old, (1000.0, 1000.0))
+    assert remove_stale_locks(tmp_path, now=1000.0 + 3600) == [old]
+    assert not old.exists() and fresh.exists()  # a build running now keeps its lock

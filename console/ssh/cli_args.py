@@ -75,6 +75,11 @@ def add_ssh_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="on the nodes: the OpenSSH config a job's leader reaches the other agents with "
         "(repeatable; default: the agents' user's ~/.ssh/config)",
     )
+    up.add_argument(
+        "--no-warm-ops",
+        action="store_true",
+        help="the agents do not build DeepSpeed's ops as they start (the first ranks will)",
+    )
     down = verbs.add_parser("down", help="stop the agents `gantry up` started")
     down.add_argument("hostfile", type=Path, nargs="?", metavar="HOSTFILE")
     add_ssh_options(down)

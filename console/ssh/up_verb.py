@@ -230,7 +230,10 @@ def recorded_ports(state: Path) -> dict[str, int]:
 
 def agent_args_from(args: argparse.Namespace) -> tuple[str, ...]:
     """`gantry up`'s options for the agents' own command lines."""
-    return tuple(a for path in args.peer_ssh_config for a in ("--peer-ssh-config", path))
+    found = [a for path in args.peer_ssh_config for a in ("--peer-ssh-config", path)]
+    if getattr(args, "no_warm_ops", False):
+        found.append("--no-warm-ops")
+    return tuple(found)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
