@@ -12,6 +12,8 @@
     hang_timeout_s: 120               # 0 = off
     collective_timeout_s: 300
     checkpoint_dir: out/demo/checkpoints             # relative to working_dir; no '..'
+                                      # (default: the args' --output_dir; its checkpoints/
+                                      # for Gantry's own trainer)
     keep_checkpoints: 3               # the newest 3 (never the latest); 0 = all (the default)
     deepspeed_config: examples/ds_config_zero3.json   # relative to working_dir, or a mapping
     cost: {price_per_gpu_hour: 2.5, instance_type: p5.48xlarge, pricing: on-demand}
@@ -29,6 +31,7 @@ config is embedded as normalised JSON text, so a spec written back by `job_spec_
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
 import math
 import os
@@ -118,6 +121,26 @@ def parse_job_spec(
 ) -> job_pb2.JobSpec:
     """Validates job spec YAML. `known_nodes`, when given, are the cluster's agents."""
     return _SpecParser(text, base_dir, known_nodes, source).parse()
+
+
+def checkpoints_of_output_dir(spec: job_pb2.JobSpec, working_dir: Path) -> str:
+    """Where a job's script saves checkpoints when the spec does not say: its
+    ``--output_dir`` (a Hugging Face ``Trainer`` writes ``checkpoint-N`` there), or that
+    folder's ``checkpoints`` for Gantry's own trainer; "" without an ``--output_dir``."""
+    argv = [*spec.command, *spec.args]
+    given = None
+    for i, word in enumerate(argv):
+        if word in ("--output_dir", "--output-dir") and i + 1 < len(argv):
+            given = argv[i + 1]
+        elif word.startswith(("--output_dir=", "--output-dir=")):
+            given = word.split("=", 1)[1]
+    if not given:
+        return ""
+    folder = Path(os.path.abspath(working_dir / Path(given).expanduser()))
+    if folder.parent == folder:
+        return ""
+    own_trainer = any(a == "-m" and b == "agent.train" for a, b in itertools.pairwise(argv))
+    return str(folder / "checkpoints") if own_trainer else str(folder)
 
 
 def hostfile_lines(spec: job_pb2.JobSpec) -> list[str]:
@@ -419,6 +442,8 @@ class _SpecParser:
         working_dir = self.working_dir(doc.get("working_dir"))
         spec.working_dir = str(working_dir)
         spec.checkpoint_dir = self.checkpoint_dir(doc.get("checkpoint_dir"), working_dir)
+        if "checkpoint_dir" not in doc:
+            spec.checkpoint_dir = checkpoints_of_output_dir(spec, working_dir)
         spec.restart.CopyFrom(self.restart(doc.get("restart"), spec))
         if doc.get("keep_checkpoints") is not None:
             spec.keep_checkpoints = self.whole(

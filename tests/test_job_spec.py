@@ -146,6 +146,17 @@ def test_resume_flag_and_retention_round_trip(tmp_path: Path) -> None:
     )
 
 
+def test_checkpoint_dir_defaults_to_the_scripts_output_dir(tmp_path: Path) -> None:
+    hf = BASE.replace("[python, -m, agent.train]", "[python, train.py]")
+    spec = parse(hf + "args: [--output_dir, runs/a, --logging_steps, 5]\n", tmp_path)
+    assert spec.checkpoint_dir == str(tmp_path / "runs" / "a")  # checkpoint-N lands there
+    spec = parse(BASE + "args: ['--output_dir=out']\n", tmp_path)
+    assert spec.checkpoint_dir == str(tmp_path / "out" / "checkpoints")  # agent.train's stepN
+    given = parse(hf + "args: [--output_dir, x]\ncheckpoint_dir: elsewhere\n", tmp_path)
+    assert given.checkpoint_dir == str(tmp_path / "elsewhere")
+    assert parse(hf, tmp_path).checkpoint_dir == ""
+
+
 def test_example_job_parses() -> None:
     spec = load_job_spec(ROOT / "examples" / "job-demo.yaml", CLUSTER)
     assert hostfile_lines(spec) == ["node-a slots=1", "node-b slots=1"]

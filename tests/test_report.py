@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from agent.report import CollectiveClock, Reporter, memory_bytes
+from agent.report import Reporter, memory_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,9 +134,15 @@ def test_non_finite_and_memory(tmp_path: Path) -> None:
 
 
 def test_collective_clock_without_deepspeed() -> None:
-    if "deepspeed.comm.comm" in sys.modules:
-        pytest.skip("deepspeed already imported in this session")
-    assert CollectiveClock().take() is None
+    # In a fresh interpreter: this session may have imported DeepSpeed already.
+    code = (
+        "import sys\n"
+        "from agent.report import CollectiveClock\n"
+        "assert 'deepspeed' not in sys.modules\n"
+        "print(CollectiveClock().take())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (0, "None\n"), done.stderr
 
 
 def test_sigusr1_dumps_stacks() -> None:
