@@ -23,6 +23,8 @@ from typing import Any
 
 from gantry.v1 import agent_service_pb2, job_pb2
 
+from agent.resume_args import spec_args_resume
+
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}\Z")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}\Z")
 HOST_RE = re.compile(r"[A-Za-z0-9._:\[\]%-]{1,253}\Z")
@@ -195,16 +197,21 @@ def check_checkpoint_syntax(value: str, field: str) -> str:
 
 
 def check_checkpoint_ref(value: str, field: str, spec: job_pb2.JobSpec) -> str:
-    """A checkpoint to resume from, confined to the job's working_dir or checkpoint_dir.
+    """A checkpoint to resume from, confined to the job's working_dir or checkpoint_dir,
+    or to the folder of the checkpoint the job's own args resume from (continual training
+    from another job's checkpoint, and its universal conversion beside it).
 
     Accepted: "" and "latest"; a tag or a relative path without `..` (the ranks see it
-    from working_dir); an absolute path without `..` inside working_dir or checkpoint_dir.
+    from working_dir); an absolute path without `..` inside one of those folders.
     """
     check_checkpoint_syntax(value, field)
     if not value.startswith("/"):
         return value
     plain = posixpath.normpath(value)
     roots = [r for r in (spec.working_dir, spec.checkpoint_dir) if r]
+    given = spec_args_resume(spec)
+    if given and given.startswith("/") and ".." not in given.split("/"):
+        roots.append(posixpath.dirname(posixpath.normpath(given)))
     if not any(is_within(plain, posixpath.normpath(r)) for r in roots):
         where = " or ".join(roots) or "the job's working_dir (unset)"
         raise ValidationError(f"{field}: {_show(value)} is outside the job's directories ({where})")

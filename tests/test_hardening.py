@@ -146,6 +146,21 @@ def test_checkpoints_outside_are_refused(value: str) -> None:
         check_checkpoint_ref(value, "resume", good_spec())
 
 
+def test_the_checkpoint_the_jobs_args_resume_from_is_allowed_with_its_neighbours() -> None:
+    """Continual training: the job's own args name another job's checkpoint; the leader
+    may pass it, or its universal conversion beside it, and nothing else out there."""
+    spec = good_spec()
+    spec.args.extend(["--resume_from_checkpoint", "/old/job/checkpoints/step100"])
+    check_checkpoint_ref("/old/job/checkpoints/step100", "resume_from", spec)
+    check_checkpoint_ref("/old/job/checkpoints/step100_universal", "resume_from", spec)
+    with pytest.raises(ValidationError, match="outside the job's directories"):
+        check_checkpoint_ref("/old/job/secrets", "resume_from", spec)
+    sneaky = good_spec()
+    sneaky.args.extend(["--resume_from_checkpoint", "/old/../etc/x"])
+    with pytest.raises(ValidationError):
+        check_checkpoint_ref("/etc/passwd", "resume_from", sneaky)
+
+
 def test_restart_checkpoint_is_confined_to_the_stored_job() -> None:
     stored = good_spec()
     restart_checkpoint(A.RestartJobRequest(name="demo-moe", from_checkpoint="step20"), stored)
