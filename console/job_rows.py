@@ -43,7 +43,8 @@ def rank_cells(
 ) -> tuple[str, ...]:
     """One rank's row of RANK_COLUMNS."""
     m = latest.metrics if latest is not None else None
-    state = "lost" if lost else starting_phase(rank, now) or state_name(rank.state, "RANK_STATE_")
+    phase = starting_phase(rank, now, short=True)
+    state = "lost" if lost else phase or state_name(rank.state, "RANK_STATE_")
 
     def opt(name: str) -> float | None:
         if m is None or not m.HasField(name):

@@ -6,7 +6,8 @@ from __future__ import annotations
 from gantry.v1 import job_pb2
 
 from console.job_rows import rank_cells
-from console.rank_phase import LABELS, starting_phase
+from console.rank_phase import LABELS, SHORT, starting_phase
+from console.widgets.rank_table import COLUMN_WIDTHS
 
 P = job_pb2.RankPhase
 
@@ -33,12 +34,17 @@ def test_training_ended_or_unknown_shows_nothing() -> None:
 
 def test_every_phase_of_the_contract_has_a_label() -> None:
     named = {v for v in P.values() if v != P.RANK_PHASE_UNSPECIFIED}
-    assert set(LABELS) == named
+    assert set(LABELS) == set(SHORT) == named
+    # a phase of under 100 s fits the state column whole
+    shown = [label for phase, label in SHORT.items() if phase != P.RANK_PHASE_TRAINING]
+    assert max(len(f"{label} 99s") for label in shown) <= COLUMN_WIDTHS["state"]
 
 
 def test_the_rank_row_shows_the_phase_in_its_state_column() -> None:
     cells = rank_cells(rank(P.RANK_PHASE_LOADING_CHECKPOINT, 100.0), None, False, 103.0)
-    assert cells[3] == "loading ckpt 3s"
+    assert cells[3] == "ckpt 3s"
+    cells = rank_cells(rank(P.RANK_PHASE_BUILDING_OPS, 100.0), None, False, 175.0)
+    assert cells[3] == "ops 1m15s"
     trained = rank_cells(rank(P.RANK_PHASE_TRAINING, 100.0), None, False, 103.0)
     assert trained[3] == "running"
     assert rank_cells(rank(P.RANK_PHASE_JOINING, 100.0), None, True, 103.0)[3] == "lost"

@@ -37,14 +37,14 @@ COLUMN_WIDTHS = {
     "rank": 4,
     "node": 10,
     "gpu": 4,
-    "state": 8,
+    "state": 10,  # a starting rank's phase: "ops 1m15s"
     "step": 6,
     "loss": 7,
     "gnorm": 6,
     "s/step": 6,
-    "tok/s": 6,
+    "tok/s": 5,
     "coll%": 5,
-    "beat": 6,
+    "beat": 5,
 }
 DEFAULT_WIDTH = 8
 
