@@ -69,9 +69,12 @@ class PhaseLog:
         with contextlib.suppress(Exception):
             self._write(phase)
 
-    def during(self, phase: str, then: str | None = None) -> Callable[[Any], Any]:
+    def during(
+        self, phase: str, then: str | None = None, stay_after: tuple[str, ...] = ()
+    ) -> Callable[[Any], Any]:
         """A decorator: ``phase`` while the call runs, ``then`` (default: the phase before
-        it) afterwards."""
+        it) afterwards; after a call made in one of the ``stay_after`` phases, ``phase``
+        stays until the next one begins."""
 
         def wrap(func: Any) -> Any:
             if getattr(func, "__gantry_phase__", None):
@@ -84,7 +87,8 @@ class PhaseLog:
                 try:
                     return func(*args, **kwargs)
                 finally:
-                    self.set(then or before)
+                    if before not in stay_after:
+                        self.set(then or before)
 
             wrapper.__gantry_phase__ = phase  # type: ignore[attr-defined]
             return wrapper
@@ -164,7 +168,9 @@ def _hook_optimizer(module: ModuleType, phases: PhaseLog) -> None:
 def _hook_op_builder(module: ModuleType, phases: PhaseLog) -> None:
     builder = getattr(module, "OpBuilder", None)
     if builder is not None:
-        _patch(builder, "load", phases.during(BUILDING_OPS))
+        # Built while the script starts (DeepSpeed's comm op, before joining): no step back
+        # to "importing" after it; built later (an optimizer's op): back to where it was.
+        _patch(builder, "load", phases.during(BUILDING_OPS, stay_after=(IMPORTING,)))
 
 
 def _hook_deepspeed_engine(module: ModuleType, phases: PhaseLog) -> None:

@@ -101,3 +101,20 @@ def test_sigusr1_prints_every_thread(tmp_path: Path) -> None:
     assert done.returncode == 0
     # the main thread and Gantry's heartbeat thread
     assert done.stderr.count("Thread 0x") + done.stderr.count("Current thread 0x") >= 2
+
+
+def test_phases_around_a_wrapped_call() -> None:
+    from agent.rank_hooks import PhaseLog
+
+    written: list[str] = []
+    phases = PhaseLog(written.append)
+    phases.set("importing")
+    build = phases.during("building_ops", stay_after=("importing",))(lambda: "built")
+    assert build() == "built"
+    assert written == ["importing", "building_ops"]  # no step back to importing
+    phases.set("first_step")
+    assert build() == "built"  # an op built later: back to where the rank was
+    assert written[-2:] == ["building_ops", "first_step"]
+    phases.set("training")
+    phases.set("joining")  # once training, a rank has no start-up phases left
+    assert written[-1] == "training"
