@@ -116,8 +116,19 @@ ALTER TABLE ranks ADD COLUMN phase INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE ranks ADD COLUMN phase_since REAL;
 """
 
+# How far a job's leader has read each peer's events (the peer's own seq), written in the
+# same transaction as its copies of them: a restarted leader neither loses nor repeats one.
+_SCHEMA_V3 = """
+CREATE TABLE peer_positions (
+    job TEXT NOT NULL,
+    node TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (job, node)
+);
+"""
+
 # Index i upgrades the schema from version i to i + 1.
-_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
+_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
@@ -572,11 +583,15 @@ class Journal:
         job: str | None = None,
         limit: int | None = None,
         kinds: Sequence[int] = (),
+        up_to: int | None = None,
     ) -> list[job_pb2.JobEvent]:
-        """Events with a seq above ``seq``, oldest first: of one job (None or "": all), of
-        some ``kinds`` (empty: all), at most ``limit`` (None: all)."""
+        """Events with a seq above ``seq`` (and at most ``up_to``), oldest first: of one job
+        (None or "": all), of some ``kinds`` (empty: all), at most ``limit`` (None: all)."""
         query = f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq>?"
         params: list[object] = [seq]
+        if up_to is not None:
+            query += " AND seq<=?"
+            params.append(up_to)
         if job:
             query += " AND job=?"
             params.append(job)
@@ -589,28 +604,21 @@ class Journal:
             params.append(limit)
         return [self._event(r) for r in self._db.execute(query, params)]
 
-    def events_after_metrics_tail(
-        self, seq: int, job: str | None, metrics_tail: int
-    ) -> list[job_pb2.JobEvent]:
-        """As ``events_after(seq, job)``, but of the metric events only the last
-        ``metrics_tail`` (0: all), found without reading the older ones."""
-        metrics = job_pb2.JobEventKind.JOB_EVENT_KIND_METRICS
+    def metrics_tail_start(self, seq: int, job: str | None, metrics_tail: int) -> int:
+        """Where a replay after ``seq`` keeping only the last ``metrics_tail`` metric events
+        starts them: the seq of the newest metric event it leaves out (``seq`` when it
+        leaves none out)."""
         if not metrics_tail:
-            return self.events_after(seq, job)
+            return seq
         query = "SELECT seq FROM events WHERE kind=?"
-        params: list[object] = [metrics]
+        params: list[object] = [job_pb2.JobEventKind.JOB_EVENT_KIND_METRICS]
         if job:
             query += " AND job=?"
             params.append(job)
         query += " ORDER BY seq DESC LIMIT 1 OFFSET ?"
         params.append(metrics_tail)
         row = self._db.execute(query, params).fetchone()
-        start = 0 if row is None else int(row[0])  # the newest metric event left out
-        if start <= seq:
-            return self.events_after(seq, job)
-        others = [k for k in job_pb2.JobEventKind.values() if k != metrics]
-        older = [e for e in self.events_after(seq, job, kinds=others) if e.seq <= start]
-        return older + self.events_after(start, job)
+        return seq if row is None else max(seq, int(row[0]))
 
     def last_seq(self) -> int:
         row = self._db.execute("SELECT MAX(seq) FROM events").fetchone()
@@ -629,6 +637,20 @@ class Journal:
     def get_offset(self, path: str | Path) -> int:
         row = self._db.execute("SELECT offset FROM offsets WHERE path=?", (str(path),)).fetchone()
         return 0 if row is None else int(row[0])
+
+    # --- peer positions (a leader's) -------------------------------------------------------
+
+    def set_peer_position(self, job: str, node: str, seq: int) -> None:
+        with self.transaction():
+            self._db.execute(
+                "INSERT INTO peer_positions (job, node, seq) VALUES (?, ?, ?) "
+                "ON CONFLICT(job, node) DO UPDATE SET seq=excluded.seq",
+                (job, node, seq),
+            )
+
+    def peer_positions(self, job: str) -> dict[str, int]:
+        rows = self._db.execute("SELECT node, seq FROM peer_positions WHERE job=?", (job,))
+        return {node: int(seq) for node, seq in rows}
 
     # --- audit ------------------------------------------------------------------------------
 

@@ -20,8 +20,9 @@ from pathlib import Path
 from gantry.v1 import agent_service_pb2, job_pb2
 
 from agent.checkpoints import latest_checkpoint, resolve_reference
-from agent.event_bus import EventBus
-from agent.metrics_records import latest_metrics
+from agent.event_bus import MAX_BATCH, EventBus
+from agent.journal import Journal
+from agent.leader_peers import PeerLedger, Tally, with_unknown_ranks
 from agent.peers import LocalNode, NodeApi, NodeRefused, NodeUnreachable, RemoteNode
 from agent.rank_layout import assign_ranks
 from agent.resume_args import LATEST, spec_args_resume
@@ -78,7 +79,8 @@ class LedJob:
     peers: dict[str, agent_service_pb2.PeerAgent]
     nodes: dict[str, NodeApi] = field(default_factory=dict)
     commands: asyncio.Queue[Command] = field(default_factory=asyncio.Queue)
-    # The last event seq read from each node, so a new attempt does not re-read history.
+    # The last event seq read from each node (its own seq), so a new attempt does not
+    # re-read history; a peer's is journaled with the copies of its events (PeerLedger).
     seen: dict[str, int] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
 
@@ -101,6 +103,7 @@ class JobLeader:
         data_dir: Path,
         bus: EventBus,
         local: LocalNode,
+        journal: Journal,
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         make_remote: Callable[[agent_service_pb2.PeerAgent], NodeApi] = RemoteNode,
@@ -109,6 +112,7 @@ class JobLeader:
         self.root = data_dir / "jobs"
         self.bus = bus
         self.local = local
+        self._ledger = PeerLedger(node_name, journal, bus)
         self._sleep = sleep
         self._make_remote = make_remote
         self._jobs: dict[str, LedJob] = {}
@@ -137,7 +141,9 @@ class JobLeader:
                     f"unknown node {entry.node} (the cluster has {', '.join(sorted(known))})"
                 )
         led = LedJob(
-            job_pb2.Job(spec=spec, state=JS.JOB_STATE_PENDING, leader=self.node_name), peers=known
+            job_pb2.Job(spec=spec, state=JS.JOB_STATE_PENDING, leader=self.node_name),
+            peers=known,
+            seen=self._ledger.positions(spec.name),
         )
         _now_ts(led.job, "created")
         led.nodes = {name: self._node(known[name]) for name in {n.node for n in spec.nodes}}
@@ -229,10 +235,11 @@ class JobLeader:
         return led.job
 
     def list_jobs(self) -> list[job_pb2.Job]:
-        return [led.job for led in self._jobs.values()]
+        return [with_unknown_ranks(led.job, led.nodes) for led in self._jobs.values()]
 
     def describe(self, name: str) -> job_pb2.Job:
-        return self._get(name).job
+        led = self._get(name)
+        return with_unknown_ranks(led.job, led.nodes)
 
     def spec(self, name: str) -> job_pb2.JobSpec:
         return self._get(name).job.spec
@@ -249,7 +256,7 @@ class JobLeader:
             if peers_file.exists():
                 for entry in json.loads(peers_file.read_text()):
                     peers[entry["name"]] = agent_service_pb2.PeerAgent(**entry)
-            led = LedJob(job, peers)
+            led = LedJob(job, peers, seen=self._ledger.positions(job.spec.name))
             led.nodes = {
                 n: self._node(peers[n]) for n in {x.node for x in job.spec.nodes} if n in peers
             }
@@ -277,7 +284,10 @@ class JobLeader:
         command = first
         try:
             while True:
-                if adopt and job.attempts and job.attempts[-1].state == JS.JOB_STATE_RUNNING:
+                adopted = (
+                    adopt and bool(job.attempts) and job.attempts[-1].state == JS.JOB_STATE_RUNNING
+                )
+                if adopted:
                     adopt = False
                     attempt = job.attempts[-1]
                 else:
@@ -285,7 +295,7 @@ class JobLeader:
                     command = None
                 outcome, reason = (Outcome.FAILED, attempt.reason)
                 if attempt.state == JS.JOB_STATE_RUNNING:
-                    outcome, reason, command = await self._watch(led, attempt)
+                    outcome, reason, command = await self._watch(led, attempt, adopted)
                 if outcome is Outcome.SUCCEEDED:
                     self._finish(
                         led,
@@ -435,24 +445,28 @@ class JobLeader:
         return attempt
 
     async def _watch(
-        self, led: LedJob, attempt: job_pb2.Attempt
+        self, led: LedJob, attempt: job_pb2.Attempt, adopted: bool = False
     ) -> tuple[Outcome, str, Command | None]:
-        job = led.job
-        name = job.spec.name
-        queue: asyncio.Queue[tuple[str, job_pb2.JobEvent]] = asyncio.Queue()
-        nodes_in_attempt = sorted({r.node for r in attempt.ranks})
+        name = led.job.spec.name
+        # Bounded: a leader busy stopping ranks holds its peers' streams back, not its memory.
+        queue: asyncio.Queue[tuple[str, job_pb2.JobEvent]] = asyncio.Queue(MAX_BATCH)
+        tally = Tally(attempt)
+        if adopted:
+            # What this leader knew before its restart: the ranks' figures, and perhaps a
+            # failure or the last exit it copied but had no time to act on.
+            led.seen[self.node_name] = await self._ledger.replay(name, attempt.number, tally)
 
         async def pump(node: str) -> None:
-            async for event in led.nodes[node].events(name, led.seen.get(node, 0)):
-                await queue.put((node, event))
+            events = led.nodes[node].events(name, led.seen.get(node, 0))
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    await queue.put((node, event))
 
-        pumps = [asyncio.create_task(pump(n)) for n in nodes_in_attempt]
+        pumps = [asyncio.create_task(pump(n)) for n in sorted({r.node for r in attempt.ranks})]
         getter: asyncio.Task[tuple[str, job_pb2.JobEvent]] | None = None
         commander: asyncio.Task[Command] | None = None
-        expected = {r.rank for r in attempt.ranks}
-        exited: set[int] = set()
         try:
-            while True:
+            while not (tally.failure or tally.succeeded):
                 getter = getter or asyncio.create_task(queue.get())
                 commander = commander or asyncio.create_task(led.commands.get())
                 done, _ = await asyncio.wait(
@@ -481,28 +495,20 @@ class JobLeader:
                 if event.attempt != attempt.number:
                     continue
                 if node != self.node_name:
-                    self._copy_remote(event, node)
-                self._apply(attempt, event)
-                kind = event.kind
-                if kind == EK.JOB_EVENT_KIND_RANK_EXITED:
-                    exited.add(event.rank)
-                    if exited >= expected:
-                        attempt.state = JS.JOB_STATE_SUCCEEDED
-                        _now_ts(attempt, "ended")
-                        return Outcome.SUCCEEDED, "", None
-                elif kind == EK.JOB_EVENT_KIND_RANK_FAILED:
-                    # A hung rank is reported FAILED by its node once its stacks are
-                    # dumped; stopping everything at RANK_HUNG would lose the stacks.
-                    why = event.details.get("reason") or event.message
-                    reason = f"rank {event.rank} on {event.node} failed: {why}"
-                    await self._stop_attempt(led, attempt, STOP_GRACE_S)
-                    attempt.state = JS.JOB_STATE_FAILED
-                    attempt.reason = reason
-                    self._event(
-                        led, EK.JOB_EVENT_KIND_ATTEMPT_FAILED, reason, attempt=attempt.number
-                    )
-                    self._save(led)
-                    return Outcome.FAILED, reason, None
+                    self._ledger.copy(name, node, event)
+                tally.add(event)
+            if not tally.failure:
+                attempt.state = JS.JOB_STATE_SUCCEEDED
+                _now_ts(attempt, "ended")
+                return Outcome.SUCCEEDED, "", None
+            await self._stop_attempt(led, attempt, STOP_GRACE_S)
+            attempt.state = JS.JOB_STATE_FAILED
+            attempt.reason = tally.failure
+            self._event(
+                led, EK.JOB_EVENT_KIND_ATTEMPT_FAILED, tally.failure, attempt=attempt.number
+            )
+            self._save(led)
+            return Outcome.FAILED, tally.failure, None
         finally:
             for task in [*pumps, getter, commander]:
                 if task is not None:
@@ -592,43 +598,6 @@ class JobLeader:
         command.done = asyncio.get_running_loop().create_future()
         await led.commands.put(command)
         await command.done
-
-    def _apply(self, attempt: job_pb2.Attempt, event: job_pb2.JobEvent) -> None:
-        for rank in attempt.ranks:
-            if rank.rank != event.rank:
-                continue
-            if event.HasField("metrics"):
-                rank.metrics.CopyFrom(latest_metrics(rank.metrics, event.metrics))
-                rank.last_heartbeat.CopyFrom(event.time)
-            kind = event.kind
-            if kind == EK.JOB_EVENT_KIND_RANK_EXITED:
-                rank.state = job_pb2.RankState.RANK_STATE_EXITED
-            elif kind == EK.JOB_EVENT_KIND_RANK_FAILED:
-                rank.state = job_pb2.RankState.RANK_STATE_FAILED
-                rank.reason = event.message
-            elif kind == EK.JOB_EVENT_KIND_RANK_HUNG:
-                rank.state = job_pb2.RankState.RANK_STATE_HUNG
-                rank.reason = event.message
-            elif kind == EK.JOB_EVENT_KIND_RANK_PHASE:
-                name = "RANK_PHASE_" + event.details.get("phase", "").upper()
-                if name in job_pb2.RankPhase.DESCRIPTOR.values_by_name:
-                    rank.phase = job_pb2.RankPhase.Value(name)  # type: ignore[assignment]
-                    rank.phase_since.CopyFrom(event.time)
-            elif kind in (
-                EK.JOB_EVENT_KIND_RANK_STARTED,
-                EK.JOB_EVENT_KIND_METRICS,
-            ) and rank.state in (
-                job_pb2.RankState.RANK_STATE_PENDING,
-                job_pb2.RankState.RANK_STATE_STARTING,
-            ):
-                rank.state = job_pb2.RankState.RANK_STATE_RUNNING
-
-    def _copy_remote(self, event: job_pb2.JobEvent, node: str) -> None:
-        copy = job_pb2.JobEvent()
-        copy.CopyFrom(event)
-        copy.details["origin"] = node
-        copy.details["origin_seq"] = str(event.seq)
-        self.bus.publish(copy)
 
     def _event(
         self,

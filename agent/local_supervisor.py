@@ -62,6 +62,8 @@ JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 STACK_WAIT_S = 2.0
 STACK_WAIT_MAX_S = 10.0
 STACK_QUIET_S = 1.0  # stderr unchanged this long: the stack dump is complete
+STACK_WAIT_DONE_S = 5.0  # quiet this late, a dump without a <module> frame is all there is
+_OUTERMOST = " in <module>"  # the main thread's first frame, the last line faulthandler writes
 STOP_GRACE_S = 10.0
 PRUNE_EVERY_S = 10.0
 HEARTBEAT_S = 5.0
@@ -432,15 +434,17 @@ class LocalSupervisor:
         elif code is not None and drained:
             row = self._exited(live, row, code, batch)
         elif state == RankState.HUNG and live.hung_at is not None:
-            # The dump is complete once stderr has not grown for STACK_QUIET_S (a loaded
-            # machine may pause the rank mid-dump, or take longer than stack_wait_s to
-            # write it), or at the latest STACK_WAIT_MAX_S.
+            # The dump is complete once it holds the main thread's outermost frame (faulthandler
+            # writes that thread last) and stderr has not grown for STACK_QUIET_S: a loaded
+            # machine may pause the rank mid-dump for longer than that. At the latest, after
+            # STACK_WAIT_MAX_S.
             size = _size(row.stderr_path)
             if size != live.stack_size:
                 live.stack_size, live.stack_size_since = size, now
             quiet = now - live.stack_size_since >= STACK_QUIET_S
             waited = now - live.hung_at
-            if waited >= self.stack_wait_s and (quiet or waited >= STACK_WAIT_MAX_S):
+            done = quiet and (waited >= STACK_WAIT_DONE_S or _OUTERMOST in self._stacks(live))
+            if waited >= self.stack_wait_s and (done or waited >= STACK_WAIT_MAX_S):
                 row = self._dump_stacks_and_fail(live, row, batch)
         elif state == RankState.STOPPING:
             if live.stop_deadline is not None and now >= live.stop_deadline and live.handle:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, Protocol
 
 import grpc
@@ -18,6 +19,23 @@ log = logging.getLogger("gantry.agent")
 
 RPC_TIMEOUT_S = 30.0
 PING_TIMEOUT_S = 5.0
+# A peer's event stream is tried again this soon after it broke, then at most this late.
+RETRY_MIN_S = 0.2
+RETRY_MAX_S = 1.0
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    # gRPC's default reconnect backoff grows to 120 s: a peer whose agent was down a
+    # minute would be reached again only half a minute after it is back.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+    # Pings notice a peer that vanished without closing the connection (agents allow one
+    # every 5 s).
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+)
+# Channels to one address share one connection, and its backoff, unless told otherwise:
+# each new event stream gets a connection of its own, tried at once.
+STREAM_CHANNEL_OPTIONS = (*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1))
 
 # How this agent calls its peers: its certificate (mutual TLS; None: plain channels) and
 # the name it gives for their audit trails. One agent per process, so one setting per
@@ -46,6 +64,10 @@ class NodeApi(Protocol):
 
     async def ping(self) -> None: ...
 
+    def lost_since(self) -> float | None:
+        """When this node stopped answering (wall-clock seconds); None while it answers."""
+        ...
+
     async def start_ranks(
         self, request: agent_service_pb2.StartRanksRequest
     ) -> agent_service_pb2.StartRanksResponse: ...
@@ -54,7 +76,9 @@ class NodeApi(Protocol):
         self, request: agent_service_pb2.StopRanksRequest
     ) -> agent_service_pb2.StopRanksResponse: ...
 
-    def events(self, job_name: str, after_seq: int) -> AsyncIterator[job_pb2.JobEvent]: ...
+    def events(self, job_name: str, after_seq: int) -> AsyncGenerator[job_pb2.JobEvent, None]:
+        """The node's events of the job after `after_seq` (its own seq), on and on."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -79,6 +103,9 @@ class LocalNode:
     async def ping(self) -> None:
         return None
 
+    def lost_since(self) -> float | None:
+        return None
+
     async def start_ranks(
         self, request: agent_service_pb2.StartRanksRequest
     ) -> agent_service_pb2.StartRanksResponse:
@@ -89,7 +116,7 @@ class LocalNode:
     ) -> agent_service_pb2.StopRanksResponse:
         return await self._stop(request)
 
-    async def events(self, job_name: str, after_seq: int) -> AsyncIterator[job_pb2.JobEvent]:
+    async def events(self, job_name: str, after_seq: int) -> AsyncGenerator[job_pb2.JobEvent, None]:
         async for event in self._bus.follow(job_name, after_seq):
             # The leader's journal also holds events it copied from peers; only this
             # node's own rank events come from here.
@@ -130,6 +157,17 @@ class RemoteNode:
         self._forward = SshForward(peer.ssh, peer.address) if peer.ssh else None
         self._channel: grpc.aio.Channel | None = None
         self._channel_address = ""
+        self._lost_since: float | None = None
+
+    def lost_since(self) -> float | None:
+        return self._lost_since
+
+    def _heard(self) -> None:
+        self._lost_since = None
+
+    def _lost(self) -> None:
+        if self._lost_since is None:
+            self._lost_since = time.time()
 
     def _use_token(self, token: str) -> None:
         bearer = (("authorization", f"Bearer {token}"),) if token else ()
@@ -153,31 +191,44 @@ class RemoteNode:
     async def _call(self, method: str, request: Any, timeout: float) -> Any:
         """One unary call; in SSH mode retried once with the peer's new token."""
         for attempt in (1, 2):
-            stub = await self._stub()
             try:
-                return await getattr(stub, method)(
+                stub = await self._stub()
+                reply = await getattr(stub, method)(
                     request, metadata=self._metadata, timeout=timeout
                 )
             except grpc.aio.AioRpcError as exc:
                 if attempt == 1 and await self._token_refreshed(exc):
                     continue
-                raise _translate(exc, self.name, self._where()) from None
+                error = _translate(exc, self.name, self._where())
+                if isinstance(error, NodeUnreachable):
+                    self._lost()
+                raise error from None
+            except NodeUnreachable:
+                self._lost()
+                raise
+            self._heard()
+            return reply
         raise AssertionError("unreachable")
 
+    async def _address(self) -> str:
+        if self._forward is None:
+            return self.address
+        try:
+            return await self._forward.local_address()
+        except PeerSshError as exc:
+            raise NodeUnreachable(f"{self.name}'s agent: {exc}") from None
+
+    def _open(self, address: str, options: tuple[tuple[str, int], ...]) -> grpc.aio.Channel:
+        if self._credentials is not None:
+            return grpc.aio.secure_channel(address, self._credentials, options=options)
+        return grpc.aio.insecure_channel(address, options=options)
+
     async def _stub(self) -> agent_service_pb2_grpc.AgentServiceStub:
-        address = self.address
-        if self._forward is not None:
-            try:
-                address = await self._forward.local_address()
-            except PeerSshError as exc:
-                raise NodeUnreachable(f"{self.name}'s agent: {exc}") from None
+        address = await self._address()
         if self._channel is None or address != self._channel_address:
             if self._channel is not None:
                 await self._channel.close(None)
-            if self._credentials is not None:
-                self._channel = grpc.aio.secure_channel(address, self._credentials)
-            else:
-                self._channel = grpc.aio.insecure_channel(address)
+            self._channel = self._open(address, CHANNEL_OPTIONS)
             self._channel_address = address
         return agent_service_pb2_grpc.AgentServiceStub(self._channel)
 
@@ -215,27 +266,43 @@ class RemoteNode:
         )
         return reply
 
-    async def events(self, job_name: str, after_seq: int) -> AsyncIterator[job_pb2.JobEvent]:
-        """Follows the peer's events; reconnects (from the last seq) when the peer's
-        agent restarts, or its SSH connection drops, so that loses the leader nothing."""
+    async def events(self, job_name: str, after_seq: int) -> AsyncGenerator[job_pb2.JobEvent, None]:
+        """Follows the peer's events; reconnects (from the last seq) when the peer's agent
+        restarts, or its SSH connection drops, so that loses the leader nothing. Each try
+        is a fresh connection: a peer that comes back is seen within RETRY_MAX_S."""
         last = after_seq
-        delay = 0.2
+        delay = RETRY_MIN_S
         while True:
-            request = agent_service_pb2.WatchJobEventsRequest(
-                job_name=job_name, after_seq=last, follow=True
-            )
+            channel: grpc.aio.Channel | None = None
             try:
-                stub = await self._stub()
+                channel = self._open(await self._address(), STREAM_CHANNEL_OPTIONS)
+                stub = agent_service_pb2_grpc.AgentServiceStub(channel)
+                if self._lost_since is not None:
+                    # The stream itself may stay quiet a long while: this says it is back.
+                    await stub.GetNodeInfo(
+                        agent_service_pb2.GetNodeInfoRequest(),
+                        metadata=self._metadata,
+                        timeout=PING_TIMEOUT_S,
+                    )
+                    self._heard()
+                request = agent_service_pb2.WatchJobEventsRequest(
+                    job_name=job_name, after_seq=last, follow=True
+                )
                 async for message in stub.WatchJobEvents(request, metadata=self._metadata):
-                    delay = 0.2
+                    self._heard()
+                    delay = RETRY_MIN_S
                     last = max(last, message.event.seq)
                     yield message.event
             except grpc.aio.AioRpcError as exc:
                 await self._token_refreshed(exc)
             except NodeUnreachable:
                 pass
+            finally:
+                if channel is not None:
+                    await channel.close(None)
+            self._lost()
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 2, RETRY_MAX_S)
 
     async def close(self) -> None:
         if self._channel is not None:

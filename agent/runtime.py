@@ -67,21 +67,17 @@ def build_job_runtime(
     """``extensions``: the ranks' TORCH_EXTENSIONS_DIR (None: whatever the environment
     says); ``warm``: build DeepSpeed's ops there at start (and these named ones)."""
     journal = Journal.open(data_dir)
-    bus = EventBus(
-        journal.append_event,
-        lambda seq, job: journal.events_after(seq, job or None),
-        lambda seq, job, tail: journal.events_after_metrics_tail(seq, job or None, tail),
-    )
+    bus = EventBus(journal)
     base_env = dict(os.environ)
     if extensions is not None:
         base_env[EXTENSIONS_ENV] = str(extensions)
     elif EXTENSIONS_ENV not in base_env:
         warm = None  # nowhere of the agent's own to build them
     supervisor = LocalSupervisor(
-        data_dir, node_name, journal, on_event=bus.fan_out, base_env=base_env
+        data_dir, node_name, journal, on_event=bus.notify, base_env=base_env
     )
     jobs = JobService(node_name, supervisor, bus, gpus)
     local = LocalNode(node_name, bus, jobs.start_ranks, jobs.stop_ranks)
-    leader = JobLeader(node_name, data_dir, bus, local)
+    leader = JobLeader(node_name, data_dir, bus, local, journal)
     jobs.leader = leader
     return JobRuntime(journal, bus, supervisor, jobs, leader, warm)

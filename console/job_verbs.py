@@ -12,7 +12,7 @@ from gantry.v1 import job_pb2
 
 from console.cluster_file import NodeTarget
 from console.job_spec import JobSpecError, load_job_spec
-from console.jobs_client import JobCommandError, JobsClient
+from console.jobs_client import AgentUnreachable, JobCommandError, JobsClient
 from console.jobs_format import (
     event_json,
     event_line,
@@ -104,6 +104,9 @@ async def _run(args: argparse.Namespace, targets: list[NodeTarget]) -> int:
 def run_job_verb(args: argparse.Namespace, targets: list[NodeTarget]) -> int:
     try:
         return asyncio.run(_run(args, targets))
+    except AgentUnreachable as exc:
+        print(f"gantry: {exc}", file=sys.stderr)
+        return 1
     except (JobSpecError, JobCommandError) as exc:
         print(f"gantry: {exc}", file=sys.stderr)
         return 2

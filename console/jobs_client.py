@@ -40,6 +40,10 @@ class JobCommandError(Exception):
     """One line for the operator."""
 
 
+class AgentUnreachable(JobCommandError):
+    """An agent the verb needs did not answer: nothing wrong with the input (exit 1)."""
+
+
 @dataclass
 class LedJob:
     leader: NodeTarget
@@ -54,6 +58,8 @@ def _fail(target: NodeTarget, exc: grpc.aio.AioRpcError) -> JobCommandError:
         grpc.StatusCode.FAILED_PRECONDITION,
     ):
         return JobCommandError(exc.details() or exc.code().name)
+    if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return AgentUnreachable(f"{target.name}: {describe_rpc_error(exc)}")
     return JobCommandError(f"{target.name}: {describe_rpc_error(exc)}")
 
 
@@ -118,7 +124,8 @@ class JobsClient(AgentCalls):
             try:
                 reply = await self._call(target, "ListJobs", agent_service_pb2.ListJobsRequest())
             except (JobCommandError, ClusterFileError) as exc:
-                return f"{target.name}: {exc}"
+                text = str(exc)
+                return text if text.startswith(f"{target.name}:") else f"{target.name}: {text}"
             assert isinstance(reply, agent_service_pb2.ListJobsResponse)
             return [LedJob(target, job) for job in reply.jobs]
 
@@ -133,8 +140,14 @@ class JobsClient(AgentCalls):
         for led in jobs:
             if led.job.spec.name == name:
                 return led
-        hint = f" ({'; '.join(errors)})" if errors else ""
-        raise JobCommandError(f"no job named {name} on any reachable agent{hint}")
+        if errors and len(errors) == len(self.targets):
+            raise AgentUnreachable(f"no agent answered: {'; '.join(errors)}")
+        if errors:
+            # Its leader may be the one that did not answer: no reason to doubt the name.
+            raise AgentUnreachable(
+                f"{'; '.join(errors)}; job {name} is on none of the agents that answered"
+            )
+        raise JobCommandError(f"no job named {name} on any agent")
 
     async def describe(self, name: str) -> tuple[LedJob, list[job_pb2.Checkpoint]]:
         led = await self.find(name)

@@ -21,6 +21,10 @@ def rank_state_name(value: int) -> str:
     return job_pb2.RankState.Name(value).removeprefix("RANK_STATE_").lower()
 
 
+def _last_known(rank: job_pb2.Rank) -> str:
+    return rank_state_name(rank.state) + (f": {rank.reason}" if rank.reason else "")
+
+
 def job_json(led: LedJob, checkpoints: list[job_pb2.Checkpoint] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "leader": led.leader.name,
@@ -122,19 +126,25 @@ def job_text(led: LedJob, checkpoints: list[job_pb2.Checkpoint]) -> str:
         now = time.time()
         for rank in job.attempts[-1].ranks:
             m = rank.metrics
+            state, reason = rank_state_name(rank.state), rank.reason
+            if rank.HasField("unknown_since"):
+                # The leader cannot reach the node: what follows is the last it knew.
+                when = rank.unknown_since.ToDatetime()  # as event_line shows times
+                state = "unknown"
+                reason = f"no word from {rank.node} since {when:%H:%M:%S} (was {_last_known(rank)})"
             rows.append(
                 (
                     str(rank.rank),
                     rank.node,
                     str(rank.pid),
-                    rank_state_name(rank.state),
+                    state,
                     starting_phase(rank, now) or "-",
                     str(m.step),
                     _num(m, "loss", ".4f"),
                     _num(m, "grad_norm", ".3f"),
                     _num(m, "step_time_s", ".3f"),
                     _num(m, "tokens_per_s", ".0f"),
-                    rank.reason,
+                    reason,
                 )
             )
         lines += ["", f"ranks of attempt #{job.attempts[-1].number}:", _table(rows)]

@@ -63,7 +63,7 @@ def with_attempt(journal: Journal, job: str = "moe", number: int = 1) -> None:
 
 def test_file_wal_and_schema_version(tmp_path: Path, journal: Journal) -> None:
     assert journal.path == tmp_path / FILE_NAME
-    assert journal.schema_version() == SCHEMA_VERSION == 2
+    assert journal.schema_version() == SCHEMA_VERSION == 3
     mode = sqlite3.connect(journal.path).execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
 
@@ -98,7 +98,7 @@ def test_a_version_1_journal_is_upgraded_keeping_its_ranks(tmp_path: Path) -> No
     )
     db.close()
     with Journal.open(tmp_path) as j:
-        assert j.schema_version() == 2
+        assert j.schema_version() == 3
         row = j.get_rank("moe", 1, 0)
         assert row is not None and row.node == "n1"
         assert (row.phase, row.phase_since) == (0, None)

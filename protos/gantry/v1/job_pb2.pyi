@@ -241,7 +241,7 @@ class RankMetrics(_message.Message):
     def __init__(self, step: _Optional[int] = ..., epoch: _Optional[float] = ..., loss: _Optional[float] = ..., grad_norm: _Optional[float] = ..., learning_rate: _Optional[float] = ..., loss_scale: _Optional[float] = ..., step_time_s: _Optional[float] = ..., samples_per_s: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., collective_time_s: _Optional[float] = ..., collective_time_by_op_s: _Optional[_Mapping[str, float]] = ..., forward_s: _Optional[float] = ..., backward_s: _Optional[float] = ..., allreduce_s: _Optional[float] = ..., optimizer_step_s: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., total_steps: _Optional[int] = ..., tflops: _Optional[float] = ...) -> None: ...
 
 class Rank(_message.Message):
-    __slots__ = ("rank", "local_rank", "node", "pid", "state", "exit_code", "reason", "gpu_indices", "last_heartbeat", "metrics", "phase", "phase_since")
+    __slots__ = ("rank", "local_rank", "node", "pid", "state", "exit_code", "reason", "gpu_indices", "last_heartbeat", "metrics", "phase", "phase_since", "unknown_since")
     RANK_FIELD_NUMBER: _ClassVar[int]
     LOCAL_RANK_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
@@ -254,6 +254,7 @@ class Rank(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     PHASE_SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_SINCE_FIELD_NUMBER: _ClassVar[int]
     rank: int
     local_rank: int
     node: str
@@ -266,7 +267,8 @@ class Rank(_message.Message):
     metrics: RankMetrics
     phase: RankPhase
     phase_since: _timestamp_pb2.Timestamp
-    def __init__(self, rank: _Optional[int] = ..., local_rank: _Optional[int] = ..., node: _Optional[str] = ..., pid: _Optional[int] = ..., state: _Optional[_Union[RankState, str]] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Union[RankMetrics, _Mapping]] = ..., phase: _Optional[_Union[RankPhase, str]] = ..., phase_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    unknown_since: _timestamp_pb2.Timestamp
+    def __init__(self, rank: _Optional[int] = ..., local_rank: _Optional[int] = ..., node: _Optional[str] = ..., pid: _Optional[int] = ..., state: _Optional[_Union[RankState, str]] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Union[RankMetrics, _Mapping]] = ..., phase: _Optional[_Union[RankPhase, str]] = ..., phase_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., unknown_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Attempt(_message.Message):
     __slots__ = ("number", "state", "reason", "started", "ended", "resumed_from", "master_port", "ranks", "excluded_nodes")
