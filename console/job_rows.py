@@ -44,7 +44,12 @@ def rank_cells(
     """One rank's row of RANK_COLUMNS."""
     m = latest.metrics if latest is not None else None
     phase = starting_phase(rank, now, short=True)
-    state = "lost" if lost else phase or state_name(rank.state, "RANK_STATE_")
+    if lost:
+        state = "lost"  # this console cannot reach the node
+    elif rank.HasField("unknown_since"):
+        state = "unknown"  # the job's leader cannot: the figures are its last word
+    else:
+        state = phase or state_name(rank.state, "RANK_STATE_")
 
     def opt(name: str) -> float | None:
         if m is None or not m.HasField(name):

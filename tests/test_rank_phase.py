@@ -48,3 +48,10 @@ def test_the_rank_row_shows_the_phase_in_its_state_column() -> None:
     trained = rank_cells(rank(P.RANK_PHASE_TRAINING, 100.0), None, False, 103.0)
     assert trained[3] == "running"
     assert rank_cells(rank(P.RANK_PHASE_JOINING, 100.0), None, True, 103.0)[3] == "lost"
+
+
+def test_a_rank_the_leader_cannot_reach_shows_unknown() -> None:
+    silent = rank(P.RANK_PHASE_TRAINING, 100.0)
+    silent.unknown_since.FromNanoseconds(int(150 * 1e9))
+    assert rank_cells(silent, None, False, 160.0)[3] == "unknown"
+    assert rank_cells(silent, None, True, 160.0)[3] == "lost"

@@ -297,7 +297,7 @@ class JobScreen(StoreScreen):
         bad = {
             index
             for index, (rank, _) in enumerate(rows)
-            if rank.state in BAD_RANK_STATES or rank.node in lost
+            if rank.state in BAD_RANK_STATES or rank.node in lost or rank.HasField("unknown_since")
         }
         keys = [rank.rank for rank, _ in rows]
         if keys != self._rank_keys:
