@@ -10,10 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gantry.v1 import job_pb2
+from gantry.v1.figures import latest_metrics
 
 from agent.event_bus import MAX_BATCH, EventBus
 from agent.journal import Journal
-from agent.metrics_records import latest_metrics
 from agent.peers import NodeApi
 
 EK = job_pb2.JobEventKind

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from gantry.v1 import job_pb2
+from gantry.v1.figures import latest_metrics
 
 from agent import rank_process
 from agent.checkpoints import prunable
@@ -38,7 +39,6 @@ from agent.metrics_records import (
     Record,
     RecordKind,
     RecordParser,
-    latest_metrics,
     merge_metrics,
     phase_name,
 )

@@ -33,7 +33,6 @@ __all__ = [
     "Record",
     "RecordKind",
     "RecordParser",
-    "latest_metrics",
     "log_time",
     "merge_metrics",
     "metrics_from_fields",
@@ -182,29 +181,6 @@ def merge_metrics(
     merged = job_pb2.RankMetrics()
     merged.CopyFrom(previous)
     merged.MergeFrom(new)
-    return merged
-
-
-def latest_metrics(
-    previous: job_pb2.RankMetrics | None, new: job_pb2.RankMetrics
-) -> job_pb2.RankMetrics:
-    """A rank's latest figures, each the last one known: the highest step, with what an
-    earlier step said and a later one has not said again (a script logs its loss every
-    ``logging_steps`` while its progress bar moves every step). A record for an earlier
-    step, read late, adds its figures without moving the step back."""
-    if previous is None:
-        return new
-    merged = job_pb2.RankMetrics()
-    if new.step >= previous.step:
-        merged.CopyFrom(previous)
-        merged.MergeFrom(new)
-        return merged
-    merged.CopyFrom(previous)
-    late = job_pb2.RankMetrics()
-    late.CopyFrom(new)
-    late.ClearField("step")
-    late.ClearField("time")
-    merged.MergeFrom(late)
     return merged
 
 

@@ -17,6 +17,7 @@ from itertools import islice
 from typing import NamedTuple
 
 from gantry.v1 import job_pb2
+from gantry.v1.figures import latest_metrics
 
 EK = job_pb2.JobEventKind
 JS = job_pb2.JobState
@@ -323,7 +324,7 @@ class JobsStore:
             if "loss" not in values and latest.metrics.HasField("loss"):
                 # A script that logs its loss every N steps while its progress moves every
                 # step: the row keeps the last loss (and the rest) it was told.
-                m = _carried(latest.metrics, m)
+                m = latest_metrics(latest.metrics, m)
             latest.node, latest.attempt, latest.metrics, latest.time = (
                 event.node,
                 event.attempt,
@@ -390,19 +391,3 @@ class JobsStore:
         for view in self._jobs.values():
             out |= view.bad_nodes()
         return out
-
-
-def _carried(previous: job_pb2.RankMetrics, new: job_pb2.RankMetrics) -> job_pb2.RankMetrics:
-    """``new``, with what ``previous`` said and ``new`` does not; a late record of an
-    earlier step only adds to ``previous``."""
-    merged = job_pb2.RankMetrics()
-    merged.CopyFrom(previous)
-    if new.step >= previous.step:
-        merged.MergeFrom(new)
-        return merged
-    late = job_pb2.RankMetrics()
-    late.CopyFrom(new)
-    late.ClearField("step")
-    late.ClearField("time")
-    merged.MergeFrom(late)
-    return merged
