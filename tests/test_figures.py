@@ -7,7 +7,10 @@ from gantry.v1.figures import latest_metrics
 
 
 def m(step: int, **fields: float) -> job_pb2.RankMetrics:
-    return job_pb2.RankMetrics(step=step, **fields)
+    metrics = job_pb2.RankMetrics(step=step)
+    for name, value in fields.items():
+        setattr(metrics, name, value)
+    return metrics
 
 
 def test_a_later_step_keeps_what_it_does_not_say() -> None:
