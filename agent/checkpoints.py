@@ -109,7 +109,18 @@ def find(checkpoint_dir: str | Path) -> list[Found]:
     root = Path(checkpoint_dir) if checkpoint_dir else None
     if root is None or not root.is_dir():
         return []
-    found = [f for p in root.iterdir() if (f := classify(p)) is not None]
+    found = []
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return []
+    for path in entries:
+        try:
+            checkpoint = classify(path)
+        except OSError:  # removed or replaced while we looked
+            continue
+        if checkpoint is not None:
+            found.append(checkpoint)
     found.sort(key=lambda f: (f.step, f.tag))
     return found
 
@@ -177,20 +188,39 @@ def list_checkpoints(checkpoint_dir: str) -> list[job_pb2.Checkpoint]:
     latest = latest_checkpoint(checkpoint_dir)
     out = []
     for found in find(checkpoint_dir):
-        files = [p for p in found.path.rglob("*") if p.is_file()]
+        size, mtime = _size_and_time(found.path)
         checkpoint = job_pb2.Checkpoint(
             tag=found.tag,
             step=found.step,
             path=str(found.path),
-            size_bytes=sum(p.stat().st_size for p in files),
+            size_bytes=size,
             latest=latest is not None and found.path == latest,
             universal=found.format == UNIVERSAL,
             format=found.format,
         )
-        mtime = max((p.stat().st_mtime for p in files), default=found.path.stat().st_mtime)
         checkpoint.saved.FromNanoseconds(int(mtime * 1e9))
         out.append(checkpoint)
     return out
+
+
+def _size_and_time(folder: Path) -> tuple[int, float]:
+    """Bytes in ``folder`` and the newest file's time. A checkpoint may be written, pruned
+    or converted while it is listed: a file that vanishes is left out, not an error."""
+    size, newest = 0, 0.0
+    for path in folder.rglob("*"):
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        if path.is_file():
+            size += info.st_size
+            newest = max(newest, info.st_mtime)
+    if not newest:
+        try:
+            newest = folder.stat().st_mtime
+        except OSError:
+            newest = 0.0
+    return size, newest
 
 
 def prunable(checkpoint_dir: str | Path, keep: int, protect: set[Path]) -> list[Path]:

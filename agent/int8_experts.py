@@ -15,8 +15,9 @@ Activations, two modes:
   Linears, so the whole model runs one scheme): each token's input to each of the two
   matmuls is quantized to int8 (per token, symmetric), the product runs int8 x int8 ->
   int32 (`torch._int_mm`: on CPU it takes any shape in torch 2.13; where it refuses, on
-  CUDA with small or unaligned shapes, the int8 values are multiplied in fp32, exact
-  while in_features <= 1040) and is rescaled by x_scale * w_scale.
+  CUDA with small or unaligned shapes, or is not exact, on a CPU without VNNI, the int8
+  values are multiplied in fp32, exact while in_features <= 1040) and is rescaled by
+  x_scale * w_scale.
 - weight-only: activations stay in float; each hit expert's int8 matrix is converted to
   the activation dtype on the fly and the per-channel scale applied to the output,
   `linear(x, q) * s == linear(x, q * s)`: exact dequantization, no int8 kernel needed,
@@ -42,9 +43,34 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
+_CPU_INT_MM_EXACT: bool | None = None
+
+
+def cpu_int_mm_exact() -> bool:
+    """Whether ``torch._int_mm`` gives exact int32 products on this CPU (probed once).
+
+    oneDNN's int8 kernels without VNNI (an AVX2-only CPU) multiply u8 x s8 pairs into
+    saturating int16 sums: products of large int8 values come out wrong by tens of
+    thousands, and the fp32 matmul of the same int8 values is then the exact one."""
+    global _CPU_INT_MM_EXACT
+    if _CPU_INT_MM_EXACT is None:
+        gen = torch.Generator().manual_seed(0)
+        a = torch.randint(-INT8_MAX, INT8_MAX + 1, (32, 64), dtype=torch.int8, generator=gen)
+        b = torch.randint(-INT8_MAX, INT8_MAX + 1, (64, 32), dtype=torch.int8, generator=gen)
+        exact = torch.matmul(a.float(), b.float()).to(torch.int32)
+        try:
+            _CPU_INT_MM_EXACT = bool(torch.equal(torch._int_mm(a, b), exact))
+        except RuntimeError:
+            _CPU_INT_MM_EXACT = False
+    return _CPU_INT_MM_EXACT
+
+
 def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a (M, K) int8 @ b (K, N) int8 -> int32 (M, N)."""
-    if a.device.type == "cpu" or (a.shape[0] > 16 and a.shape[1] % 8 == 0 and b.shape[1] % 8 == 0):
+    on_cpu = a.device.type == "cpu"
+    if (on_cpu and cpu_int_mm_exact()) or (
+        not on_cpu and a.shape[0] > 16 and a.shape[1] % 8 == 0 and b.shape[1] % 8 == 0
+    ):
         try:
             return torch._int_mm(a, b)
         except RuntimeError:

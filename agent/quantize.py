@@ -552,6 +552,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "not_quantized": plan.skipped,
         "versions": manifest["versions"],
     }
+    from agent.int8_experts import cpu_int_mm_exact
+
+    if not args.weight_only and not cpu_int_mm_exact():
+        # torchao's Linears multiply int8 x int8 with the CPU's kernel; Int8Experts does not.
+        report["warning"] = (
+            "this CPU's int8 matmul saturates (no VNNI): the Linears' int8 products lose "
+            "precision; --weight-only avoids it"
+        )
     (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
     return report
 
@@ -602,6 +610,8 @@ def table(report: dict[str, Any]) -> str:
     for reason, names in by_reason.items():
         more = f" and {len(names) - 2} more" if len(names) > 2 else ""
         lines.append(f"  not quantized: {', '.join(names[:2])}{more}: {reason}")
+    if report.get("warning"):
+        lines.append(f"warning: {report['warning']}")
     return "\n".join(lines)
 
 

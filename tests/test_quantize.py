@@ -339,3 +339,28 @@ def test_bad_input_exits_2_naming_the_fix(
     assert code == 2
     assert err.count("\n") == 1 and expected in err, err
     assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"
+
+
+def test_int8_products_stay_exact_where_the_cpus_int8_kernel_saturates(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An AVX2-only CPU (no VNNI) sums u8 x s8 pairs in saturating int16: _int_mm is then
+    wrong for large values, and Int8Experts multiplies the int8 values in fp32 instead."""
+    import agent.int8_experts as experts
+
+    real = torch._int_mm
+
+    def saturating(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return real(a, b).clamp(-(2**15), 2**15 - 1)  # as an int16 accumulator would
+
+    monkeypatch.setattr(torch, "_int_mm", saturating)
+    monkeypatch.setattr(experts, "_CPU_INT_MM_EXACT", None)
+    assert not experts.cpu_int_mm_exact()
+    a = torch.full((4, 64), 127, dtype=torch.int8)
+    b = torch.full((64, 4), 127, dtype=torch.int8)
+    assert int(experts.int8_matmul(a, b)[0, 0]) == 64 * 127 * 127
+    monkeypatch.setattr(torch, "_int_mm", real)
+    monkeypatch.setattr(experts, "_CPU_INT_MM_EXACT", None)
+    assert experts.cpu_int_mm_exact() == torch.equal(
+        real(a, b), torch.matmul(a.float(), b.float()).to(torch.int32)
+    )
