@@ -1,4 +1,5 @@
 """The agent's journal: jobs, attempts, ranks, events, tail offsets and an audit trail.
+(Over 400 lines: one connection's API, each table's reads and writes beside its schema.)
 
 One SQLite file (``<data_dir>/journal.sqlite3``) in WAL mode, one connection, used from the
 agent's event-loop thread; the API is synchronous and each call is a small transaction.

@@ -1,6 +1,9 @@
 """The job leader: the agent of a job's first node starts every rank of every node,
 watches them all, and on any failure stops them all and starts a new attempt from
-the latest checkpoint, within the job's restart policy."""
+the latest checkpoint, within the job's restart policy.
+
+(Over 400 lines: one attempt loop and the operator verbs share each job's in-memory state;
+issue 14 moves that state onto the journal's state tables, and the verbs out.)"""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ from gantry.v1.figures import latest_metrics
 
 from agent.event_bus import MAX_BATCH, EventBus
 from agent.journal import Journal
+from agent.metrics_records import phase_from_name
 from agent.peers import NodeApi
 
 EK = job_pb2.JobEventKind
@@ -111,9 +112,9 @@ def apply_event(attempt: job_pb2.Attempt, event: job_pb2.JobEvent) -> None:
             rank.state = RS.RANK_STATE_HUNG
             rank.reason = event.message
         elif kind == EK.JOB_EVENT_KIND_RANK_PHASE:
-            name = "RANK_PHASE_" + event.details.get("phase", "").upper()
-            if name in job_pb2.RankPhase.DESCRIPTOR.values_by_name:
-                rank.phase = job_pb2.RankPhase.Value(name)  # type: ignore[assignment]
+            phase = phase_from_name(event.details.get("phase", ""))
+            if phase is not None:
+                rank.phase = phase  # type: ignore[assignment]
                 rank.phase_since.CopyFrom(event.time)
         elif kind in (
             EK.JOB_EVENT_KIND_RANK_STARTED,

@@ -1,4 +1,6 @@
 """The node-local half of the supervisor: starts, watches and stops this node's ranks.
+(Over 400 lines: every rank edge reads and writes one in-memory table of live ranks;
+issue 14 splits start, watch, stop and re-adoption into rooms of the jobs package.)
 
 A job's leader calls ``start_ranks`` / ``stop_ranks`` on every node of the job; the agent
 calls ``poll`` periodically (or runs ``run``). Each poll tails every live rank's metrics
@@ -31,25 +33,23 @@ from gantry.v1.figures import latest_metrics
 
 from agent import rank_process
 from agent.checkpoints import prunable
-from agent.failure_cause import failure_cause
 from agent.journal import AttemptRow, Journal, RankRow, rank_to_pb
 from agent.launch_checks import resolve_argv
-from agent.log_alerts import alert_for
 from agent.metrics_records import (
     Record,
     RecordKind,
-    RecordParser,
     merge_metrics,
     phase_name,
 )
-from agent.nccl import NcclFinding, NcclParser, ib_devices_present
+from agent.nccl import NcclParser, ib_devices_present
+from agent.rank_files import RankFiles
 from agent.rank_launch import IMPORTS_FILE, rank_argv, rank_env
-from agent.rank_logs import STREAMS, LogChunk, extract_stacks, tail_log
+from agent.rank_logs import STREAMS, LogChunk, extract_stacks, failure_tail, tail_log
 from agent.rank_process import RankHandle, describe_exit
 from agent.rank_states import TERMINAL_RANK_STATES, RankEdge, RankState, transition
 from agent.script_logs import ScriptLogParser
 from agent.standby import Standbys
-from agent.tailer import MAX_READ_BYTES, Chunk, last_lines, read_lines
+from agent.tailer import MAX_READ_BYTES, read_lines
 
 __all__ = ["LocalSupervisor"]
 
@@ -69,17 +69,9 @@ PRUNE_EVERY_S = 10.0
 HEARTBEAT_S = 5.0
 MAX_STACK_BYTES = 256 * 1024
 # Per rank and poll: enough for any sane reporter, bounded for a runaway one.
-MAX_POLL_BYTES = 8 * MAX_READ_BYTES
 DS_CONFIG_FILE = "ds_config.json"
 
 _K = job_pb2.JobEventKind
-MAX_ALERTS_PER_POLL = 10  # a rank printing OOM in a loop must not flood the journal
-# The end of a failed rank's stderr kept with its failure event.
-FAILURE_TAIL_LINES = 20
-FAILURE_TAIL_BYTES = 16_384
-# Read to find the cause: a traceback's header may lie well above its last line.
-CAUSE_LINES = 400
-CAUSE_BYTES = 65_536
 # NCCL findings worth an event; per-channel transport news stays in the log.
 NCCL_EVENT_KINDS = ("version", "network", "interfaces", "ib_fallback", "warn")
 
@@ -101,13 +93,8 @@ class _Live:
     handle: RankHandle | None  # None: no process (gone while the agent was away)
     hang_timeout_s: float
     last_progress: float  # supervisor clock
-    metrics_offset: int = 0
-    stdout_offset: int = 0
-    stderr_offset: int = 0  # how far the script's own progress lines were read
+    files: RankFiles
     exit_code: int | None = None  # the code, once known without a handle
-    records: RecordParser = field(default_factory=RecordParser)
-    script: ScriptLogParser = field(default_factory=ScriptLogParser)
-    nccl: NcclParser | None = None
     hung_at: float | None = None
     stack_offset: int = 0
     stack_size: int = -1  # stderr's size at the last poll while the stacks are written
@@ -359,8 +346,13 @@ class LocalSupervisor:
             handle,
             spec.hang_timeout_s,
             self.clock(),
-            nccl=self._nccl_parser(row, spec),
-            script=ScriptLogParser(argv),
+            RankFiles(
+                row.metrics_path,
+                row.stdout_path,
+                row.stderr_path,
+                nccl=self._nccl_parser(row, spec),
+                script=ScriptLogParser(argv),
+            ),
             launch=_Launch(argv, env, cwd),
         )
         self._commit(row, batch)
@@ -462,43 +454,15 @@ class LocalSupervisor:
 
     def _read_records(self, live: _Live, batch: _Batch, now: float) -> bool:
         """Applies what the rank wrote since the last poll; True if all of it was read."""
-        records: list[Record] = []
-
-        def parse_file(text: str) -> list[Record]:
-            record = live.records.parse(text)
-            return [record] if record is not None else []
-
-        live.metrics_offset, drained = self._read(
-            live.row.metrics_path, live.metrics_offset, batch, parse_file, records
+        # A rank reporting through its own file and training: its printing adds nothing.
+        trained = live.row.phase == job_pb2.RANK_PHASE_TRAINING
+        reading = live.files.read(
+            now, script_lines=not (trained and live.row.metrics_source == "file")
         )
-        findings: list[NcclFinding] = []
-        alerts: list[tuple[str, str]] = []
-
-        def parse_stderr(text: str) -> list[Record]:
-            # tqdm's bars (the step and its rate) are drawn on stderr.
-            return live.script.feed("stderr", text, now)
-
-        def parse_stdout(text: str) -> list[Record]:
-            # NCCL_DEBUG=INFO lines go to stdout beside the script's own progress lines.
-            if live.nccl is not None and "NCCL" in text:
-                findings.extend(live.nccl.feed(text))
-                return []
-            alert = alert_for(text)
-            if alert is not None and len(alerts) < MAX_ALERTS_PER_POLL:
-                alerts.append((alert, text))
-            return live.script.feed("stdout", text, now)
-
-        live.stderr_offset, err_drained = self._read(
-            live.row.stderr_path, live.stderr_offset, batch, parse_stderr, records, split_cr=True
-        )
-        live.stdout_offset, out_drained = self._read(
-            live.row.stdout_path, live.stdout_offset, batch, parse_stdout, records, split_cr=True
-        )
-        records += live.script.flush(now)
-        drained = drained and out_drained and err_drained
-        if records:
-            self._apply_records(live, records, batch, now)
-        for alert, text in alerts:
+        batch.offsets.update(reading.offsets)
+        if reading.records:
+            self._apply_records(live, reading.records, batch, now)
+        for alert, text in reading.alerts:
             self._emit(
                 batch,
                 live.row,
@@ -506,7 +470,7 @@ class LocalSupervisor:
                 f"rank {live.row.rank}: {alert}: {text[:200]}",
                 details={"alert": alert, "line": text[:2000]},
             )
-        for finding in findings:
+        for finding in reading.findings:
             if finding.kind in NCCL_EVENT_KINDS:
                 self._emit(
                     batch,
@@ -519,27 +483,7 @@ class LocalSupervisor:
                         "line": finding.line,
                     },
                 )
-        return drained
-
-    @staticmethod
-    def _read(
-        path: str,
-        offset: int,
-        batch: _Batch,
-        parse: Callable[[str], list[Record]],
-        out: list[Record],
-        split_cr: bool = False,
-    ) -> tuple[int, bool]:
-        budget = MAX_POLL_BYTES
-        chunk = Chunk(offset=offset, more=True)
-        while chunk.more and budget > 0:
-            chunk = read_lines(path, chunk.offset, min(budget, MAX_READ_BYTES), split_cr=split_cr)
-            budget -= MAX_READ_BYTES
-            for line in chunk.lines:
-                out += parse(line.text)
-        if chunk.offset != offset:
-            batch.offsets[path] = chunk.offset
-        return chunk.offset, not chunk.more
+        return reading.drained
 
     def _apply_records(self, live: _Live, records: list[Record], batch: _Batch, now: float) -> None:
         row = live.row
@@ -651,17 +595,12 @@ class LocalSupervisor:
         else:
             # The end of stderr says why (a traceback, CUDA out of memory, an NCCL error):
             # the console's advisor reads it from the event, and the reason names it.
-            tail = last_lines(row.stderr_path, CAUSE_LINES, CAUSE_BYTES).lines
-            if tail:
-                texts = [line.text for line in tail]
-                details["last_lines"] = "\n".join(texts[-FAILURE_TAIL_LINES:])
-                cause = failure_cause(texts)
-                if cause is None:
-                    out = last_lines(row.stdout_path, FAILURE_TAIL_LINES, FAILURE_TAIL_BYTES)
-                    cause = failure_cause([line.text for line in out.lines])
-                if cause is not None:
-                    details["cause"] = cause
-                    reason = f"{cause} ({reason})"
+            last, cause = failure_tail(row.stderr_path, row.stdout_path)
+            if last:
+                details["last_lines"] = last
+            if cause is not None:
+                details["cause"] = cause
+                reason = f"{cause} ({reason})"
         row = self._edge(row, RankEdge.EXIT_ERROR, exit_code=code, ended=ended, reason=reason)
         details["state"] = RankState(row.state).name
         details["reason"] = reason
@@ -777,11 +716,16 @@ class LocalSupervisor:
                 None,
                 hang_timeout,
                 self.clock(),
-                metrics_offset=self.journal.get_offset(row.metrics_path),
-                stdout_offset=self.journal.get_offset(row.stdout_path),
-                stderr_offset=self.journal.get_offset(row.stderr_path),
-                nccl=self._nccl_parser(row, job.spec if job is not None else None),
-                script=ScriptLogParser(resolve_argv(job.spec) if job is not None else ()),
+                RankFiles(
+                    row.metrics_path,
+                    row.stdout_path,
+                    row.stderr_path,
+                    self.journal.get_offset(row.metrics_path),
+                    self.journal.get_offset(row.stdout_path),
+                    self.journal.get_offset(row.stderr_path),
+                    nccl=self._nccl_parser(row, job.spec if job is not None else None),
+                    script=ScriptLogParser(resolve_argv(job.spec) if job is not None else ()),
+                ),
             )
             if self._reattach(live):
                 self._live[row.key] = live

@@ -8,11 +8,18 @@ from dataclasses import dataclass
 
 from gantry.v1 import job_pb2
 
+from agent.failure_cause import failure_cause
 from agent.tailer import MAX_READ_BYTES, last_lines, read_lines
 
-__all__ = ["MAX_LOG_LINES", "STREAMS", "LogChunk", "extract_stacks", "tail_log"]
+__all__ = ["MAX_LOG_LINES", "STREAMS", "LogChunk", "extract_stacks", "failure_tail", "tail_log"]
 
 MAX_LOG_LINES = 10_000
+# The end of a failed rank's stderr kept with its failure event.
+FAILURE_TAIL_LINES = 20
+FAILURE_TAIL_BYTES = 16_384
+# Read to find the cause: a traceback's header may lie well above its last line.
+CAUSE_LINES = 400
+CAUSE_BYTES = 65_536
 STREAMS = ("stdout", "stderr")
 
 _THREAD_HEADER = re.compile(r"^(?:Current thread|Thread) 0x[0-9a-fA-F]+")
@@ -62,3 +69,14 @@ def tail_log(
         [job_pb2.LogLine(offset=line.offset, text=line.text, stream=stream) for line in lines],
         next_offset,
     )
+
+
+def failure_tail(stderr_path: str, stdout_path: str) -> tuple[str, str | None]:
+    """A failed rank's last stderr lines, and the cause they (or, failing them, the end of
+    stdout) give in one line."""
+    tail = [line.text for line in last_lines(stderr_path, CAUSE_LINES, CAUSE_BYTES).lines]
+    cause = failure_cause(tail) if tail else None
+    if tail and cause is None:
+        out = last_lines(stdout_path, FAILURE_TAIL_LINES, FAILURE_TAIL_BYTES).lines
+        cause = failure_cause([line.text for line in out])
+    return "\n".join(tail[-FAILURE_TAIL_LINES:]), cause

@@ -17,8 +17,10 @@ Standard library only; loaded by path (nothing of Gantry's on the script's ``sys
 from __future__ import annotations
 
 import argparse
+import builtins
 import contextlib
 import importlib
+import importlib.machinery
 import importlib.util
 import json
 import os
@@ -28,7 +30,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 MAX_MESSAGE_BYTES = 4 << 20
 
@@ -98,7 +100,8 @@ def _redirect(stdout: str, stderr: str) -> None:
 
 
 def _install_hooks() -> None:
-    """Gantry's rank hooks, now that the environment names the rank's metrics file."""
+    """Gantry's rank hooks, now that the environment names the rank's metrics file (loaded
+    as rank_bootstrap/sitecustomize.py loads them: both run by path, neither can import)."""
     path = Path(__file__).with_name("rank_hooks.py")
     spec = importlib.util.spec_from_file_location("_gantry_rank_hooks", path)
     if spec is None or spec.loader is None:
@@ -109,8 +112,14 @@ def _install_hooks() -> None:
     module.install()
 
 
-def become(message: dict[str, Any]) -> None:
-    """Runs the rank: environment, directory, logs, hooks, then its module or script."""
+def become(message: dict[str, Any]) -> NoReturn:
+    """Runs the rank: environment, directory, logs, hooks, then its module or script, in
+    this process's own ``__main__`` namespace as ``python -m MOD`` / ``python SCRIPT`` do.
+
+    Not with ``runpy.run_path``/``run_module``: their namespace is torn down as they return,
+    before the interpreter's exit, so a script's process group and threads were destroyed
+    in another order than in a cold rank (one aborted in C++ at exit). Exits with the
+    script's status; returns never."""
     argv = [str(a) for a in message["argv"]]
     os.environ.clear()
     os.environ.update({str(k): str(v) for k, v in message["env"].items()})
@@ -123,15 +132,44 @@ def become(message: dict[str, Any]) -> None:
     rest = argv[1:]
     if rest and rest[0] == "-u":
         rest = rest[1:]
+    # Everything the rank needs is taken into locals first: this module's globals are the
+    # namespace the rank's code gets, and they are cleared for it.
+    namespace = sys.modules["__main__"].__dict__
+    exit_now, run_module, builtins_module = sys.exit, runpy._run_module_as_main, builtins  # type: ignore[attr-defined]
     if rest[0] == "-m":
-        sys.argv = [rest[1], *rest[2:]]
+        module = rest[1]
+        sys.argv = [module, *rest[2:]]
         sys.path[0] = os.getcwd()
-        runpy.run_module(rest[1], run_name="__main__", alter_sys=True)
+
+        def run() -> None:
+            run_module(module, alter_argv=True)  # what `python -m` itself calls
+
     else:
         script = os.path.abspath(rest[0])
         sys.argv = [rest[0], *rest[1:]]
         sys.path[0] = os.path.dirname(script)
-        runpy.run_path(script, run_name="__main__")
+        with open(script, "rb") as source:
+            code = compile(source.read(), script, "exec")
+        loader = importlib.machinery.SourceFileLoader("__main__", script)
+
+        def run() -> None:
+            namespace.update(
+                __name__="__main__",
+                __file__=script,
+                __doc__=None,
+                __package__=None,
+                __spec__=None,
+                __cached__=None,
+                __loader__=loader,
+            )
+            exec(code, namespace)
+
+    # Everything the rank needs was taken into locals above: this module's globals are the
+    # namespace the rank's code gets, cleared for it.
+    namespace.clear()
+    namespace["__builtins__"] = builtins_module
+    run()
+    exit_now(0)
 
 
 def main() -> int:
@@ -161,7 +199,6 @@ def main() -> int:
     if message is None:
         return 0
     become(message)
-    return 0
 
 
 if __name__ == "__main__":

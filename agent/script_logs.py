@@ -42,14 +42,8 @@ from collections.abc import Sequence
 
 from gantry.v1 import job_pb2
 
-from agent.metrics_records import (
-    MAX_COUNT,
-    DeepSpeedStdoutParser,
-    Record,
-    RecordKind,
-    log_time,
-    whole_number,
-)
+from agent.deepspeed_lines import DeepSpeedStdoutParser, log_time
+from agent.metrics_records import MAX_COUNT, Record, RecordKind, whole_number
 from agent.script_logs_hf import (
     Bar,
     LogDict,

@@ -1,4 +1,5 @@
 """What the agent accepts in an RPC request, checked before any servicer sees it.
+(Over 400 lines: one check per request field of the whole contract, in one place.)
 
 RPCs can come from anything that holds a token or a certificate, not only from the
 console, whose own checks (`console/job_spec.py`) are friendlier but cannot be relied on.

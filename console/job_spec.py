@@ -1,4 +1,5 @@
 """The job spec: the YAML an operator writes to launch a job, parsed into `job_pb2.JobSpec`.
+(Over 400 lines: one field's parsing and its one-line errors stay together, field by field.)
 
     name: demo-moe                    # 1-63 of [a-z0-9-], starting with a letter or digit
     nodes:                            # DeepSpeed hostfile form; names are agents of the cluster

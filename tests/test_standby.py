@@ -16,7 +16,11 @@ from agent.rank_process import RankHandle
 from agent.standby import Standbys, handoff_path0, stable_env
 
 SCRIPT = """
-import os, sys
+import atexit, os, sys
+state = {"ok": "alive"}
+# As in a cold rank, the script's globals outlive it until the interpreter exits.
+atexit.register(lambda: print("at exit", state["ok"], flush=True))
+print("main", __name__, sys.modules["__main__"].__file__ == __file__, flush=True)
 print("preloaded", "email.mime.text" in sys.modules, flush=True)
 print("argv", sys.argv[1:], "rank", os.environ["RANK"], "cwd", os.getcwd(), flush=True)
 print("path0", sys.path[0], flush=True)
@@ -70,6 +74,7 @@ def test_a_standby_becomes_the_rank(
     assert wait_exit(handle) == 0
     text = out.read_text()
     assert "preloaded True" in text
+    assert "main __main__ True" in text and "at exit alive" in text
     assert f"argv ['--lr', '1'] rank 3 cwd {work}" in text
     assert f"path0 {work}" in text
     assert err.read_text() == "oops\n"
@@ -131,3 +136,19 @@ def wait_gone(pid: int, timeout_s: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def test_a_module_rank_runs_as_python_m_would(
+    tmp_path: Path, setup: tuple[Standbys, Path, list[str], dict[str, str]]
+) -> None:
+    standbys, imports, _, env = setup
+    work = str(tmp_path / "work")
+    (tmp_path / "work" / "mod_rank.py").write_text(SCRIPT)
+    argv = [sys.executable, "-m", "mod_rank", "--x"]
+    assert standbys.prepare("job", 0, argv, env, work, imports)
+    out = tmp_path / "m.log"
+    handle = standbys.take("job", 0, argv, env, work, out, tmp_path / "me.log")
+    assert handle is not None and wait_exit(handle) == 0
+    text = out.read_text()
+    assert "main __main__ True" in text and "argv ['--x']" in text and "at exit alive" in text
+    assert f"path0 {work}" in text

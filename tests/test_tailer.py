@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from gantry.v1 import job_pb2
 
+from agent.deepspeed_lines import DeepSpeedStdoutParser
 from agent.metrics_records import (
     GIB,
-    DeepSpeedStdoutParser,
     RecordKind,
     RecordParser,
     merge_metrics,
