@@ -11,15 +11,21 @@ import signal
 import sys
 from pathlib import Path
 
-from agent.auth import TokenError, load_or_create_token
-from agent.ops_warmup import SWITCH_ENV as WARM_SWITCH_ENV
-from agent.ops_warmup import extensions_dir
-from agent.peer_ssh import configure_peer_ssh
-from agent.peers import configure_peers
+from agent.jobs.leader.peer_ssh import configure_peer_ssh
+from agent.jobs.leader.peers import configure_peers
+from agent.jobs.node.ops_warmup import SWITCH_ENV as WARM_SWITCH_ENV
+from agent.jobs.node.ops_warmup import extensions_dir
+from agent.rpc.server import ListenError, build_server, check_loopback, split_listen
 from agent.runtime import build_job_runtime
-from agent.sampler import Sampler
-from agent.server import ListenError, build_server, check_loopback, split_listen
-from agent.tls import TlsError, TlsMaterial, channel_credentials, load_tls, tls_files_from_flags
+from agent.security.auth import TokenError, load_or_create_token
+from agent.security.tls import (
+    TlsError,
+    TlsMaterial,
+    channel_credentials,
+    load_tls,
+    tls_files_from_flags,
+)
+from agent.telemetry.sampler import Sampler
 
 log = logging.getLogger("gantry.agent")
 STOP_GRACE_S = 2.0
@@ -116,7 +122,7 @@ async def run_agent(args: argparse.Namespace) -> int:
     await runtime.start()
     metrics = None
     if args.metrics_port is not None:
-        from agent.prometheus import start_metrics_server  # only then: prometheus_client
+        from agent.telemetry.prometheus import start_metrics_server  # only then: prometheus_client
 
         metrics = start_metrics_server(sampler, args.metrics_port)
         log.info("Prometheus metrics on 127.0.0.1:%d/metrics", metrics[2])

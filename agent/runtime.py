@@ -8,14 +8,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.event_bus import EventBus
-from agent.job_service import JobService
-from agent.journal import Journal
-from agent.leader import JobLeader
-from agent.local_supervisor import LocalSupervisor
-from agent.ops_warmup import ENV as EXTENSIONS_ENV
-from agent.ops_warmup import warm_ops
-from agent.peers import LocalNode
+from agent.jobs.event_bus import EventBus
+from agent.jobs.journal import Journal
+from agent.jobs.leader.leader import JobLeader
+from agent.jobs.leader.peers import LocalNode
+from agent.jobs.node.ops_warmup import ENV as EXTENSIONS_ENV
+from agent.jobs.node.ops_warmup import warm_ops
+from agent.jobs.node.supervisor import LocalSupervisor
+from agent.rpc.jobs import JobService
 
 SUPERVISOR_POLL_S = 0.2
 

@@ -43,9 +43,9 @@ def percentile(values: list[float], q: float) -> float:
 async def serve_agents(nodes: int, gpus: int, interval_s: float) -> None:
     import tempfile
 
+    from agent.rpc.server import build_server
     from agent.runtime import build_job_runtime
-    from agent.sampler import Sampler
-    from agent.server import build_server
+    from agent.telemetry.sampler import Sampler
     from tests.fakes.fake_nvml import FakeNvml
 
     token = "bench-token-" + "x" * 32
@@ -90,10 +90,10 @@ async def stall_monitor(period_s: float, stalls: list[float], stop: asyncio.Even
 async def measure_console(
     ports: list[int], token: str, seconds: float, warmup_s: float
 ) -> dict[str, float]:
-    from console.app import GantryApp
-    from console.cluster_file import NodeTarget
-    from console.store import ConnState
-    from console.widgets.cluster_table import ClusterTable
+    from console.model.cluster import ConnState
+    from console.net.cluster_file import NodeTarget
+    from console.ui.app import GantryApp
+    from console.ui.widgets.cluster_table import ClusterTable
 
     token_dir = Path(tempfile.mkdtemp(prefix="gantry-bench-"))
     token_file = token_dir / "token"
@@ -137,7 +137,7 @@ async def measure_console(
 
 def measure_sampler(gpus: int, ticks: int = 300) -> float:
     """CPU-seconds per second of one agent's sampler at 1 Hz with `gpus` fake GPUs."""
-    from agent.sampler import Sampler
+    from agent.telemetry.sampler import Sampler
     from tests.fakes.fake_nvml import FakeNvml
 
     sampler = Sampler("bench", nvml_lib=FakeNvml(gpus))

@@ -3,11 +3,11 @@ rank's log at 5,000 lines/s, and an operator pressing keys.
 
 The agents' side runs in a child process, so its CPU is not counted: 128 grpc.aio
 servers on 127.0.0.1 implementing AgentService behind the agents' own token check
-(agent.auth.TokenAuthInterceptor). Each streams its node's telemetry at 1 Hz (the
+(agent.security.auth.TokenAuthInterceptor). Each streams its node's telemetry at 1 Hz (the
 agent's Sampler over the fake NVML, 8 GPUs). node-000 leads `bench-job`, 8 ranks per
 node: ListJobs and DescribeJob return the job with one attempt and every rank with its
 latest metrics (as a leader keeps them), plus its checkpoints; WatchJobEvents, through
-the agent's own EventBus (agent.event_bus: batches of what is at hand when the reader
+the agent's own EventBus (agent.jobs.event_bus: batches of what is at hand when the reader
 asks for them, the metric tail it asks for), replays the job's events (submitted,
 attempt and ranks started, --backlog steps of metrics), then follows with one METRICS
 event per rank per second (published every 50 ms, as due). The metrics are a recording
@@ -97,20 +97,20 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # for tests/fakes, which is not an installed package
 
-from agent.event_bus import EventBus  # noqa: E402
-from agent.job_service import event_responses  # noqa: E402
+from agent.jobs.event_bus import EventBus  # noqa: E402
+from agent.rpc.jobs import event_responses  # noqa: E402
 
 if TYPE_CHECKING:
     from textual.widget import Widget
 
-    from agent.sampler import Sampler
-    from console.app import GantryApp
+    from agent.telemetry.sampler import Sampler
+    from console.ui.app import GantryApp
 
 JOB = "bench-job"
 TOKEN = "bench-token-" + "x" * 32
 STEP_S = 1.0
 CHECKPOINT_EVERY = 50
-# What an agent answers at most for a tail (agent.local_supervisor, agent.tailer).
+# What an agent answers at most for a tail (agent.jobs.node.supervisor, agent.jobs.node.tailer).
 MAX_TAIL_LINES = 10_000
 MAX_TAIL_BYTES = 1 << 20
 LOG_KEEP = 200_000
@@ -642,8 +642,8 @@ class SimAgent(agent_service_pb2_grpc.AgentServiceServicer):  # type: ignore[mis
 
 
 async def serve_agents(args: argparse.Namespace) -> None:
-    from agent.auth import TokenAuthInterceptor
-    from agent.sampler import Sampler
+    from agent.security.auth import TokenAuthInterceptor
+    from agent.telemetry.sampler import Sampler
     from tests.fakes.fake_nvml import FakeNvml
 
     data_root = Path(tempfile.mkdtemp(prefix="gantry-console-job-"))
@@ -983,14 +983,14 @@ async def measure_console(
     ports: list[int], args: argparse.Namespace, agents: psutil.Process
 ) -> list[Phase]:
 
-    from console.app import GantryApp, tune_gc
-    from console.cluster_file import NodeTarget
-    from console.log_buffer import LogBuffer
-    from console.screens.job import JobScreen
-    from console.screens.logs import LogScreen
-    from console.store import ConnState
-    from console.widgets.chart_panel import ChartPanel
-    from console.widgets.rank_table import RankTable
+    from console.model.cluster import ConnState
+    from console.model.log_buffer import LogBuffer
+    from console.net.cluster_file import NodeTarget
+    from console.ui.app import GantryApp, tune_gc
+    from console.ui.screens.job import JobScreen
+    from console.ui.screens.logs import LogScreen
+    from console.ui.widgets.chart_panel import ChartPanel
+    from console.ui.widgets.rank_table import RankTable
 
     token_dir = Path(tempfile.mkdtemp(prefix="gantry-console-job-"))
     try:

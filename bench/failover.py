@@ -62,9 +62,9 @@ if str(ROOT) not in sys.path:
 
 from gantry.v1 import job_pb2  # noqa: E402
 
-from console.job_spec import parse_job_spec  # noqa: E402
-from console.jobs_client import JobsClient  # noqa: E402
-from console.local_agents import LocalAgent, start_agent  # noqa: E402
+from console.model.job_spec import parse_job_spec  # noqa: E402
+from console.net.jobs_client import JobsClient  # noqa: E402
+from console.net.local_agents import LocalAgent, start_agent  # noqa: E402
 
 PYTHON = sys.executable
 DS_CONFIG = ROOT / "examples" / "ds_config_zero3.json"
@@ -156,7 +156,9 @@ def trainer_sources() -> str:
     """A digest of the trainer's code and config: runs are compared only when it is the
     same for all of them (the working tree may be edited while a bench runs)."""
     digest = hashlib.sha256()
-    for path in sorted([*ROOT.glob("agent/train*.py"), ROOT / "agent/ds_config.py", DS_CONFIG]):
+    for path in sorted(
+        [*ROOT.glob("agent/train*.py"), ROOT / "agent/rank/ds_config.py", DS_CONFIG]
+    ):
         digest.update(path.name.encode())
         with contextlib.suppress(OSError):
             digest.update(path.read_bytes())
@@ -166,7 +168,7 @@ def trainer_sources() -> str:
 def check_sources(expected: str) -> None:
     if trainer_sources() != expected:
         raise BenchError(
-            "agent/train*.py, agent/ds_config.py or the DeepSpeed config changed while the "
+            "agent/train*.py, agent/rank/ds_config.py or the DeepSpeed config changed while the "
             "bench ran: its runs are not comparable; run it again"
         )
 
@@ -184,7 +186,7 @@ def prepare_data(root: Path, max_length: int) -> Path:
         [
             PYTHON,
             "-m",
-            "agent.train_data",
+            "agent.ml.data",
             "prepare",
             "--data",
             str(raw / "train.jsonl"),

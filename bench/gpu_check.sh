@@ -5,7 +5,7 @@
 #
 #   1. a GPU is there: `nvidia-smi -L`, else NVML through pynvml; and the venv's torch
 #      can use it (torch.cuda.is_available());
-#   2. the agent's NVML sampler (agent.sampler) on the real device: its figures;
+#   2. the agent's NVML sampler (agent.telemetry.sampler) on the real device: its figures;
 #   3. a one-GPU DeepSpeed run of the demo job (NCCL backend) with the sampler running:
 #      steps/s, tokens/s, loss, GPU memory and utilization;
 #   4. bench/serving.py --quick on the GPU (the server's --device cuda).

@@ -5,7 +5,7 @@
     python bench/gpu_check_steps.py nvml [--seconds 3]
     python bench/gpu_check_steps.py train [--steps 60] [--timeout-s 180]
 
-`nvml`: agent.sampler.Sampler (the agent's own NVML sampler) on the real devices for a
+`nvml`: agent.telemetry.sampler.Sampler (the agent's own NVML sampler) on the real devices for a
 few seconds; prints the node's facts and every GPU's figures from its last sample.
 
 `train`: a one-GPU DeepSpeed run of the demo job (`deepspeed --num_gpus 1 --module
@@ -13,7 +13,7 @@ agent.train`, examples/ds_config_zero3.json, tiny-moe on the demo data, DS_ACCEL
 cuda: agent.train leaves the backend to DeepSpeed, which is NCCL there) while the
 sampler runs; prints rank 0's figures from its metrics records (agent.report): steps/s,
 tokens/s, samples/s, loss, time in collectives, peak GPU memory, the config changes
-agent.ds_config made, the process group's backend as the log shows it, and the GPU's
+agent.rank.ds_config made, the process group's backend as the log shows it, and the GPU's
 peak utilization and memory as NVML saw them during the run.
 
 Each prints its figures; a failure exits 1 with one line saying why (after the log's
@@ -126,7 +126,7 @@ def describe_gpu(g: Any) -> str:
 
 
 def nvml_step(seconds: float) -> None:
-    from agent.sampler import Sampler
+    from agent.telemetry.sampler import Sampler
 
     sampler = Sampler("gpu-check", interval_s=0.5)
     sampler.start()
@@ -178,7 +178,7 @@ def backend_seen(log: str) -> str:
 
 
 def train_step(steps: int, timeout_s: float) -> None:
-    from agent.sampler import Sampler
+    from agent.telemetry.sampler import Sampler
 
     root = Path(tempfile.mkdtemp(prefix="gantry-gpu-check-"))
     metrics = root / "metrics.jsonl"

@@ -74,9 +74,9 @@ from bench.failover import (  # noqa: E402
     trainer_sources,
     tree,
 )
-from console.job_spec import parse_job_spec  # noqa: E402
-from console.jobs_client import JobsClient  # noqa: E402
-from console.local_agents import LocalAgent, start_agent  # noqa: E402
+from console.model.job_spec import parse_job_spec  # noqa: E402
+from console.net.jobs_client import JobsClient  # noqa: E402
+from console.net.local_agents import LocalAgent, start_agent  # noqa: E402
 
 JS = job_pb2.JobState
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"

@@ -8,7 +8,7 @@ PYTHONUNBUFFERED and HF_HUB_OFFLINE, the server's own thread default unless
 
 - batched: `--max-batch-size` 32 (>= the largest concurrency), `--max-queue-delay-ms` 10;
 - batch 1: `--max-batch-size 1`, the same queue delay;
-- int8 wo: the `agent.quantize --weight-only` artifact of the same model (what the demo
+- int8 wo: the `agent.tasks.quantize --weight-only` artifact of the same model (what the demo
   serves), batched, at the largest concurrency only (with --int8-dynamic also "int8
   dyn", int8 activations too).
 
@@ -36,7 +36,7 @@ directory the server loads); without it the demo architecture (tiny-moe) with th
 tokenizer and seeded random weights, built in a temp dir: throughput does not depend on
 the weights as long as replies run to max_tokens, which the figures show (mean
 completion tokens, finish reasons). Prompts are the demo's held-out conversations,
-rendered as agent.eval renders them.
+rendered as agent.tasks.eval renders them.
 
     .venv/bin/python bench/serving.py [--model DIR] [--quick] [--seconds 10]
         [--warmup-s 3] [--concurrency 1,8,32] [--max-tokens 32] [--max-batch-size 32]
@@ -100,14 +100,14 @@ GOAL_TTFT_P99_MS = 500.0
 def build_demo_model(out: Path, seed: int) -> str:
     """The demo's tiny-moe with the demo tokenizer (trained on the demo data as agent.train
     prepares it) and seeded random weights, saved as agent.train saves `final`."""
-    from agent.quantized_loading import quiet_torchao
+    from agent.ml.loading import quiet_torchao
 
     quiet_torchao()
     from transformers.utils import logging as hf_logging
 
-    from agent.demo_data import generate, write_jsonl
-    from agent.train_data import TOKENIZER_DIR, ensure_chat_tokens, load_tokenizer, prepare
-    from agent.train_model import build_model
+    from agent.ml.data import TOKENIZER_DIR, ensure_chat_tokens, load_tokenizer, prepare
+    from agent.ml.models import build_model
+    from agent.rank.demo_data import generate, write_jsonl
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
@@ -127,9 +127,9 @@ def build_demo_model(out: Path, seed: int) -> str:
 
 
 def demo_prompts() -> list[str]:
-    """The demo's held-out conversations, rendered as agent.eval does (history included)."""
-    from agent.demo_data import generate
-    from agent.train_data import eval_prompts, parse_conversation
+    """The demo's held-out conversations, rendered as agent.tasks.eval does (history included)."""
+    from agent.ml.data import eval_prompts, parse_conversation
+    from agent.rank.demo_data import generate
 
     _, heldout = generate(0, PROMPT_CONVERSATIONS, seed=0, bad_records=False)
     prompts: list[str] = []
@@ -139,21 +139,23 @@ def demo_prompts() -> list[str]:
 
 
 def quantize(model: Path, out: Path, weight_only: bool, env: dict[str, str]) -> None:
-    argv = [PYTHON, "-m", "agent.quantize", "--model", str(model), "--out", str(out)]
+    argv = [PYTHON, "-m", "agent.tasks.quantize", "--model", str(model), "--out", str(out)]
     argv += ["--latency-prompts", "1", "--gen-tokens", "2"]  # its own timing: not needed
     argv += ["--weight-only"] if weight_only else []
     result = subprocess.run(
         argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=QUANTIZE_TIMEOUT_S
     )
     if result.returncode != 0:
-        raise BenchError(f"agent.quantize exited {result.returncode}: {result.stderr[-2000:]}")
+        raise BenchError(
+            f"agent.tasks.quantize exited {result.returncode}: {result.stderr[-2000:]}"
+        )
 
 
 # --- the server -----------------------------------------------------------------------
 
 
 def server_env(threads: int) -> dict[str, str]:
-    """The agent's environment for a task (agent.tasks), OMP threads as asked."""
+    """The agent's environment for a task (agent.tasks.runner), OMP threads as asked."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env.pop(name, None)
@@ -653,7 +655,7 @@ def main() -> None:
             try:
                 quantize(model, out, weight_only=name == "int8 wo", env=env)
             except BenchError as exc:
-                print(f"{name}: agent.quantize failed: {last_line(exc)}", flush=True)
+                print(f"{name}: agent.tasks.quantize failed: {last_line(exc)}", flush=True)
                 continue
             settings.append((name, out, args.max_batch_size))
         # All servers load at once and wait, idle, for their turns: cells of different

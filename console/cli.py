@@ -10,14 +10,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from console.cluster_file import (
+from console.net.cluster_file import (
     ClusterFileError,
     NodeTarget,
     load_cluster_file,
     parse_agent_flags,
 )
-from console.forked import without_grpc_fork_handlers
 from console.ssh.cli_args import SSH_VERBS
+from console.ui.forked import without_grpc_fork_handlers
 
 if TYPE_CHECKING:
     from console.ssh.mode import SshMode
@@ -98,10 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     advise.add_argument(
         "--apply", default="", metavar="RULE", help="apply that finding's remedy (restarts)"
     )
-    from console.init_verb import add_init_verb
-    from console.loadtest_verb import add_loadtest_verb
     from console.ssh.cli_args import add_ssh_verbs
-    from console.task_verbs import add_task_verbs
+    from console.verbs.init import add_init_verb
+    from console.verbs.loadtest import add_loadtest_verb
+    from console.verbs.tasks import add_task_verbs
 
     task_parsers = add_task_verbs(verbs)
     add_loadtest_verb(verbs)
@@ -134,7 +134,7 @@ def resolve_targets(args: argparse.Namespace) -> list[NodeTarget]:
 
 
 def cmd_status(args: argparse.Namespace, targets: list[NodeTarget]) -> int:
-    from console.status import gather_status, to_json, to_table
+    from console.verbs.status import gather_status, to_json, to_table
 
     statuses = asyncio.run(gather_status(targets, args.timeout))
     if args.json:
@@ -145,8 +145,8 @@ def cmd_status(args: argparse.Namespace, targets: list[NodeTarget]) -> int:
 
 
 def cmd_console(targets: list[NodeTarget], ssh: SshMode | None = None) -> int:
-    from console.app import GantryApp, tune_gc
-    from console.operator import Operator
+    from console.net.operator import Operator
+    from console.ui.app import GantryApp, tune_gc
 
     tune_gc()
     if ssh is None:
@@ -161,11 +161,11 @@ def main(argv: list[str] | None = None) -> None:
     without_grpc_fork_handlers()
     args = build_parser().parse_args(argv)
     if args.verb in LOADTEST_VERBS:
-        from console.loadtest_verb import run_loadtest_verb
+        from console.verbs.loadtest import run_loadtest_verb
 
         sys.exit(run_loadtest_verb(args))
     if args.verb == "init":
-        from console.init_verb import run_init_verb
+        from console.verbs.init import run_init_verb
 
         sys.exit(run_init_verb(args))
     if args.verb in SSH_VERBS:
@@ -197,11 +197,11 @@ def dispatch(args: argparse.Namespace, targets: list[NodeTarget], ssh: SshMode |
     if args.verb == "status":
         return cmd_status(args, targets)
     if args.verb in JOB_VERBS:
-        from console.job_verbs import run_job_verb
+        from console.verbs.jobs import run_job_verb
 
         return run_job_verb(args, targets)
     if args.verb in TASK_VERBS:
-        from console.task_verbs import run_task_verb
+        from console.verbs.tasks import run_task_verb
 
         return run_task_verb(args, targets)
     return cmd_console(targets, ssh)

@@ -16,12 +16,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from console.cluster_file import NodeTarget, dump_cluster_file
-from console.forked import without_grpc_fork_handlers
+from console.net.cluster_file import NodeTarget, dump_cluster_file
+from console.ui.forked import without_grpc_fork_handlers
 
 if TYPE_CHECKING:
-    from console.app import GantryApp
-from console.local_agents import AgentStartError, LocalAgent, start_agent, stop_all
+    from console.ui.app import GantryApp
+from console.net.local_agents import AgentStartError, LocalAgent, start_agent, stop_all
 
 DEMO_NODES = ("node-a", "node-b")
 REPO = Path(__file__).resolve().parent.parent
@@ -51,8 +51,8 @@ def make_demo_data(root: Path) -> None:
 
 def launch_demo_job(targets: list[NodeTarget]) -> str:
     """Sends examples/job-demo.yaml to node-a; an already finished demo is left alone."""
-    from console.job_spec import load_job_spec
-    from console.jobs_client import JobCommandError, JobsClient
+    from console.model.job_spec import load_job_spec
+    from console.net.jobs_client import JobCommandError, JobsClient
 
     spec = load_job_spec(DEMO_JOB, known_nodes={t.name for t in targets})
     client = JobsClient(targets)
@@ -65,7 +65,7 @@ def launch_demo_job(targets: list[NodeTarget]) -> str:
 
 def demo_steps(targets: list[NodeTarget]) -> Callable[[GantryApp], Awaitable[object]]:
     """After training: evaluate, quantize and serve, each step told in the console."""
-    from console.demo_pipeline import run_pipeline
+    from console.verbs.demo_pipeline import run_pipeline
 
     def steps(app: GantryApp) -> Awaitable[object]:
         return run_pipeline(targets, "demo-moe", lambda line: app.notify(line, timeout=15))
@@ -90,7 +90,7 @@ def start_demo_cluster(root: Path) -> tuple[list[LocalAgent], Path]:
 
 def stop_demo_job(agents: list[LocalAgent]) -> None:
     """Ranks outlive their agent by design; the demo's must not outlive the demo."""
-    from console.jobs_client import JobCommandError, JobsClient
+    from console.net.jobs_client import JobCommandError, JobsClient
 
     client = JobsClient([a.target for a in agents])
     with contextlib.suppress(JobCommandError):
@@ -103,7 +103,7 @@ async def _stop_tasks(targets: list[NodeTarget]) -> None:
     """The demo's server (and any task still running) outlives its agent by design."""
     from gantry.v1 import task_pb2
 
-    from console.tasks_client import TasksClient
+    from console.net.tasks_client import TasksClient
 
     client = TasksClient(targets)
     tasks, _ = await client.list()
@@ -134,13 +134,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"demo cluster: {cluster_file}", file=sys.stderr)
     try:
         if args.check:
-            from console.status import gather_status, to_table
+            from console.verbs.status import gather_status, to_table
 
             statuses = asyncio.run(gather_status([a.target for a in agents]))
             print(to_table(statuses))
             sys.exit(0 if all(s.state == "live" for s in statuses) else 1)
-        from console.app import GantryApp, tune_gc
-        from console.cluster_file import load_cluster_file
+        from console.net.cluster_file import load_cluster_file
+        from console.ui.app import GantryApp, tune_gc
 
         targets = load_cluster_file(cluster_file)
         if train:

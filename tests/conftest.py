@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from console.local_agents import LocalAgent, start_agent, stop_all
+from console.net.local_agents import LocalAgent, start_agent, stop_all
 from tests.deepspeed_env import (
     EXT_CACHE,
     deepspeed_warm,  # noqa: F401  (a session fixture)

@@ -6,8 +6,8 @@ import math
 
 from gantry.v1 import telemetry_pb2
 
-from console.cluster_file import NodeTarget
-from console.store import ClusterStore
+from console.model.cluster import ClusterStore
+from console.net.cluster_file import NodeTarget
 
 # 2024-06-01 12:00:00 UTC: every fixture time is relative to this.
 FIXED = 1_717_243_200.0

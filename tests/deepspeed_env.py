@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.ops_warmup import remove_stale_locks
+from agent.jobs.node.ops_warmup import remove_stale_locks
 
 ROOT = Path(__file__).resolve().parent.parent
 EXT_CACHE = (

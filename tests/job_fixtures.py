@@ -7,7 +7,7 @@ import math
 
 from gantry.v1 import job_pb2
 
-from console.job_store import EK, JS, RS, JobsStore
+from console.model.jobs import EK, JS, RS, JobsStore
 from tests.console_fixtures import FIXED
 
 NODES = ("node-00", "node-01")

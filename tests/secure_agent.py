@@ -15,12 +15,12 @@ from typing import Any
 import grpc
 from gantry.v1 import agent_service_pb2_grpc
 
-from agent.auth import load_or_create_token
-from agent.journal import AuditEntry
+from agent.jobs.journal import AuditEntry
+from agent.rpc.server import build_server
 from agent.runtime import JobRuntime, build_job_runtime
-from agent.sampler import Sampler
-from agent.server import build_server
-from agent.tls import TlsMaterial
+from agent.security.auth import load_or_create_token
+from agent.security.tls import TlsMaterial
+from agent.telemetry.sampler import Sampler
 from tests.fakes.fake_nvml import FakeNvml
 
 

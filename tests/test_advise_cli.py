@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from console.cluster_file import dump_cluster_file
+from console.net.cluster_file import dump_cluster_file
 from tests.conftest import StartAgent
 from tests.test_cli import run_cli as cli
 from tests.test_jobs_e2e import wait_job, write_job

@@ -1,4 +1,4 @@
-"""console.advisor: each rule fires on its recorded case and stays quiet on a healthy run."""
+"""console.model.advisor: each rule fires on its recorded case and stays quiet on a healthy run."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from console import advisor
-from console.advisor import (
+from console.model import advisor
+from console.model.advisor import (
     DEFAULT_THRESHOLDS,
     AdvisorInput,
     Failure,
@@ -408,7 +408,7 @@ def test_thresholds_from_mapping() -> None:
             {"gpu_util_min": 70},
             "unknown advisor threshold 'gpu_util_min': did you mean 'gpu_util_min_percent'?",
         ),
-        ({"zzz": 1}, "unknown advisor threshold 'zzz': see console.advisor.Thresholds"),
+        ({"zzz": 1}, "unknown advisor threshold 'zzz': see console.model.advisor.Thresholds"),
         (
             {"gpu_util_window_s": "60"},
             "advisor threshold 'gpu_util_window_s': expected a number, got '60'",

@@ -16,10 +16,10 @@ from gantry.v1 import agent_service_pb2, agent_service_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from agent.auth import TokenError, load_or_create_token
+from agent.rpc.server import ListenError, build_server, check_loopback, split_listen
 from agent.runtime import build_job_runtime
-from agent.sampler import Sampler
-from agent.server import ListenError, build_server, check_loopback, split_listen
+from agent.security.auth import TokenError, load_or_create_token
+from agent.telemetry.sampler import Sampler
 from tests.fakes.fake_nvml import FakeNvml
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gantry.v1 import job_pb2
 
-from agent.checkpoints import (
+from agent.jobs.checkpoints import (
     classify,
     find,
     latest_checkpoint,
@@ -17,8 +17,8 @@ from agent.checkpoints import (
     resolve_reference,
     step_of,
 )
-from agent.resume_args import args_resume, with_resume
-from agent.universal import checkpoint_world_size, nested_deepspeed_tag
+from agent.jobs.leader.universal import checkpoint_world_size, nested_deepspeed_tag
+from agent.jobs.resume_args import args_resume, with_resume
 
 
 def ds_tag(root: Path, tag: str, ranks: int = 2, stage: int = 3) -> Path:

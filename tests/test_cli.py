@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from console.cli import main
-from console.cluster_file import dump_cluster_file
+from console.net.cluster_file import dump_cluster_file
 from tests.conftest import StartAgent
 
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from console.backoff import Backoff
-from console.cluster_file import (
+from console.net.backoff import Backoff
+from console.net.cluster_file import (
     ClusterFileError,
     NodeTarget,
     dump_cluster_file,

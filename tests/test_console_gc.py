@@ -9,8 +9,8 @@ from rich.segment import Segment
 from rich.style import Style
 from textual.strip import Strip
 
-import console.app
-from console.app import _untangle_strips
+import console.ui.app
+from console.ui.app import _untangle_strips
 
 
 def _strip() -> Strip:
@@ -52,5 +52,5 @@ def test_divided_strip_needs_no_cyclic_collection() -> None:
 
 
 def test_thresholds_keep_young_collections_small() -> None:
-    young, middle, _ = console.app.GC_THRESHOLDS
+    young, middle, _ = console.ui.app.GC_THRESHOLDS
     assert young * middle <= 20_000

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from console.app import GantryApp
+from console.ui.app import GantryApp
 from tests.console_fixtures import FIXED, cluster_store, targets_for
 from tests.job_fixtures import jobs_store
 
@@ -66,7 +66,7 @@ def test_cluster_screen_marks_the_failed_node_80x24(snap_compare: Any) -> None:
 
 
 async def test_job_tabs_switch_on_keys_and_clicks_and_focus_their_table() -> None:
-    from console.screens.job import JobScreen
+    from console.ui.screens.job import JobScreen
 
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:

@@ -18,15 +18,15 @@ import psutil
 import pytest
 from textual.pilot import Pilot
 
-from console.app import GantryApp
-from console.cluster_file import dump_cluster_file
-from console.job_spec import load_job_spec
-from console.jobs_client import JobsClient
-from console.screens.dialogs import ConfirmScreen, RestartDialog
-from console.screens.job import JobScreen
-from console.screens.jobs import JobsScreen
-from console.screens.logs import LogScreen
-from console.widgets.rank_table import RankTable
+from console.model.job_spec import load_job_spec
+from console.net.cluster_file import dump_cluster_file
+from console.net.jobs_client import JobsClient
+from console.ui.app import GantryApp
+from console.ui.screens.dialogs import ConfirmScreen, RestartDialog
+from console.ui.screens.job import JobScreen
+from console.ui.screens.jobs import JobsScreen
+from console.ui.screens.logs import LogScreen
+from console.ui.widgets.rank_table import RankTable
 from tests.conftest import StartAgent
 from tests.test_jobs_e2e import FAKE_RANK
 
@@ -229,8 +229,8 @@ def naive_gpu_util(store: Any, nodes: list[str], points: int) -> list[float]:
 
 
 def test_gpu_charts_read_each_sample_once_and_match_a_full_read() -> None:
-    from console.screens.job import CHART_POINTS
-    from console.store import ClusterStore
+    from console.model.cluster import ClusterStore
+    from console.ui.screens.job import CHART_POINTS
     from tests.console_fixtures import make_sample
     from tests.job_fixtures import jobs_store
 
@@ -263,7 +263,7 @@ def test_advisor_sorts_big_inputs_in_pieces_as_one_stable_sort() -> None:
     import random
     from operator import itemgetter
 
-    from console.advice import SORT_PIECE, _sorted_in_pieces
+    from console.model.advice import SORT_PIECE, _sorted_in_pieces
 
     rng = random.Random(3)
     points = [(rng.randrange(500), rng.randrange(8), i) for i in range(3 * SORT_PIECE + 17)]
@@ -278,8 +278,8 @@ def test_advisor_orders_big_inputs_by_time_and_rank_as_sorted_does(nan: bool) ->
     import random
     from operator import attrgetter
 
-    from console.advice import SORT_PIECE, _by_time_and_rank, _sorted_in_pieces
-    from console.advisor import MetricPoint
+    from console.model.advice import SORT_PIECE, _by_time_and_rank, _sorted_in_pieces
+    from console.model.advisor import MetricPoint
 
     rng = random.Random(5)
 
@@ -299,8 +299,8 @@ def test_advisor_orders_big_inputs_by_time_and_rank_as_sorted_does(nan: bool) ->
 async def test_chart_panel_draws_each_chart_on_a_line_and_repaints_only_changes() -> None:
     from textual.app import App, ComposeResult
 
-    from console.widgets.bars import DASH
-    from console.widgets.chart_panel import Chart, ChartPanel
+    from console.model.bars import DASH
+    from console.ui.widgets.chart_panel import Chart, ChartPanel
 
     class Charts(App[None]):
         def compose(self) -> ComposeResult:

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 from textual.pilot import Pilot
 
-from console.app import GantryApp
-from console.store import ConnState
+from console.model.cluster import ConnState
+from console.ui.app import GantryApp
 from tests.conftest import StartAgent
 
 

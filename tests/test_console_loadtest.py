@@ -17,8 +17,8 @@ from console.loadtest.config import LoadTestError
 from console.loadtest.histogram import Dist
 from console.loadtest.report import Report
 from console.loadtest.store import list_reports, load_report, write_report
-from console.loadtest_form import LoadForm, config_from_form
-from console.screens.loadtest import LoadTestScreen, histogram_lines
+from console.model.loadtest_form import LoadForm, config_from_form
+from console.ui.screens.loadtest import LoadTestScreen, histogram_lines
 from tests.loadtest_servers import Timing, start_grpc
 
 # --- the form (pure) ------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from console.app import GantryApp
+from console.ui.app import GantryApp
 from tests.console_fixtures import FIXED, cluster_store, targets_for
 
 pytestmark = pytest.mark.usefixtures("utc")  # times on screen in UTC

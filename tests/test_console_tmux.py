@@ -26,10 +26,10 @@ import psutil
 import pytest
 from gantry.v1 import job_pb2
 
-from console.cluster_file import dump_cluster_file
-from console.job_spec import load_job_spec
-from console.jobs_client import JobsClient
-from console.local_agents import agent_program
+from console.model.job_spec import load_job_spec
+from console.net.cluster_file import dump_cluster_file
+from console.net.jobs_client import JobsClient
+from console.net.local_agents import agent_program
 from tests.conftest import StartAgent
 
 FAKE_RANK = Path(__file__).resolve().parent / "fixtures" / "fake_rank.py"

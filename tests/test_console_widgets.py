@@ -8,18 +8,7 @@ from textual.content import Content
 from textual.strip import Strip
 from textual.widgets import Static
 
-from console.app import GantryApp
-from console.screens.cluster import ClusterScreen
-from console.screens.node import (
-    TIMES,
-    GpuPanel,
-    NodeScreen,
-    ScaledSparkline,
-    gpu_values,
-    spaces_outside_spans,
-)
-from console.store import ClusterStore
-from console.widgets.bars import (
+from console.model.bars import (
     DASH,
     block,
     fit,
@@ -32,7 +21,18 @@ from console.widgets.bars import (
     hbar,
     percent_of,
 )
-from console.widgets.cluster_table import ClusterTable, choose_layout
+from console.model.cluster import ClusterStore
+from console.ui.app import GantryApp
+from console.ui.screens.cluster import ClusterScreen
+from console.ui.screens.node import (
+    TIMES,
+    GpuPanel,
+    NodeScreen,
+    ScaledSparkline,
+    gpu_values,
+    spaces_outside_spans,
+)
+from console.ui.widgets.cluster_table import ClusterTable, choose_layout
 from tests.console_fixtures import (
     FIXED,
     GIB,

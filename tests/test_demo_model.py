@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
-from agent import demo_data
-from agent.ds_config import BF16_ENV
+from agent.rank import demo_data
+from agent.rank.ds_config import BF16_ENV
 from tests.deepspeed_env import ROOT
 from tests.ds_runs import LOADED_TIMEOUT_S, train_two_ranks
 
@@ -80,7 +80,7 @@ def trained(deepspeed_warm: dict[str, str], tmp_path_factory: pytest.TempPathFac
 def test_demo_model_passes_its_quality_targets(trained: Path) -> None:
     report_path = trained / "eval.json"
     result = run_module(
-        "agent.eval",
+        "agent.tasks.eval",
         "--model", str(trained / "out" / "final"),
         "--data", str(trained / "data" / "heldout.jsonl"),
         "--out", str(report_path),
@@ -103,7 +103,7 @@ def test_demo_model_passes_its_quality_targets(trained: Path) -> None:
 def test_int8_weight_only_loses_at_most_002(trained: Path) -> None:
     out = trained / "final-int8"
     run_module(
-        "agent.quantize",
+        "agent.tasks.quantize",
         "--model", str(trained / "out" / "final"),
         "--out", str(out),
         "--weight-only",

@@ -1,4 +1,4 @@
-"""agent.ds_config: adapting a DeepSpeed config to the hardware (pure)."""
+"""agent.rank.ds_config: adapting a DeepSpeed config to the hardware (pure)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from agent import ds_config
-from agent.ds_config import (
+from agent.rank import ds_config
+from agent.rank.ds_config import (
     BF16_ENV,
     Hardware,
     adapt_config,

@@ -1,4 +1,5 @@
-"""agent.eval and agent.eval_metrics: metrics, targets, inputs and the CLI end to end."""
+"""agent.tasks.eval and agent.tasks.eval_metrics: metrics, targets, inputs and the CLI end to
+end."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from agent import eval as agent_eval
-from agent.eval_metrics import (
+from agent.tasks import eval as agent_eval
+from agent.tasks.eval_metrics import (
     EvalTargets,
     RougeL,
     all_passed,
@@ -81,7 +82,7 @@ class CliRun:
 
 
 def cli_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "agent.eval", *args]
+    return [sys.executable, "-m", "agent.tasks.eval", *args]
 
 
 CLI_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
@@ -93,9 +94,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random tiny-dense model with its tokenizer, and a 5-conversation held-out file."""
     from transformers.utils import logging as hf_logging
 
-    from agent.demo_data import generate, write_jsonl
-    from agent.train_data import train_tokenizer
-    from agent.train_model import build_model
+    from agent.ml.data import train_tokenizer
+    from agent.ml.models import build_model
+    from agent.rank.demo_data import generate, write_jsonl
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     root = tmp_path_factory.mktemp("eval")
@@ -279,7 +280,7 @@ def test_target_comparisons() -> None:
 
 
 def test_samples_are_the_last_turns(tmp_path: Path) -> None:
-    from agent.train_data import ASSISTANT_TOKEN
+    from agent.ml.data import ASSISTANT_TOKEN
 
     two_turns = {"text": ["S1", "a b c <end> c b a", "S2", "d e f <end> f e d"]}
     one_turn = {"text": ["S", "x y z <end> z y x"]}

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from gantry.v1 import job_pb2
 
-from agent.event_bus import EventBus
-from agent.journal import Journal
+from agent.jobs.event_bus import EventBus
+from agent.jobs.journal import Journal
 
 EK = job_pb2.JobEventKind
 BEHIND = 20_000

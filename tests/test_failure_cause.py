@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.failure_cause import MAX_CAUSE_CHARS, failure_cause
+from agent.jobs.node.failure_cause import MAX_CAUSE_CHARS, failure_cause
 
 # deepspeedai/DeepSpeed#6441 (and deepspeedai/Megatron-DeepSpeed#439): torch's [rankN]:
 # prefix on every line of a resume at another world size.

@@ -1,4 +1,4 @@
-"""console.forked: a pure computation in a forked child, its answer back through a pipe."""
+"""console.ui.forked: a pure computation in a forked child, its answer back through a pipe."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import TypeVar
 import psutil
 import pytest
 
-from console.forked import ForkedError, call_forked
+from console.ui.forked import ForkedError, call_forked
 
 T = TypeVar("T")
 
@@ -48,7 +48,7 @@ async def test_the_job_screens_advisor_runs_forked_past_the_inline_size(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A big job's advisor runs in a forked child, and its findings reach the screen."""
-    import console.screens.job as job_screen
+    import console.ui.screens.job as job_screen
     from tests.test_console_job_snapshots import OPEN_JOB, make_app
 
     monkeypatch.setattr(job_screen, "ADVISOR_INLINE_SIZE", 0)  # the demo job counts as big

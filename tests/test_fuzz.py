@@ -19,8 +19,8 @@ from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.validation import VALIDATORS, ValidationError, validate_request
-from console.job_spec import TOP_KEYS, JobSpecError, parse_job_spec
+from agent.rpc.validation import VALIDATORS, ValidationError, validate_request
+from console.model.job_spec import TOP_KEYS, JobSpecError, parse_job_spec
 from tests.secure_agent import ThreadedAgent, threaded_agent
 
 FUZZ = settings(

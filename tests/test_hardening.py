@@ -15,9 +15,8 @@ import grpc
 import pytest
 from gantry.v1 import agent_service_pb2, job_pb2
 
-from agent.auth import TokenError, load_or_create_token
 from agent.main import parse_args, run_agent
-from agent.validation import (
+from agent.rpc.validation import (
     MAX_TAIL_LINES,
     VALIDATORS,
     ValidationError,
@@ -27,7 +26,8 @@ from agent.validation import (
     validate_job_spec,
     validate_request,
 )
-from console.job_spec import JobSpecError, parse_job_spec
+from agent.security.auth import TokenError, load_or_create_token
+from console.model.job_spec import JobSpecError, parse_job_spec
 from tests.secure_agent import ThreadedAgent, threaded_agent
 
 A = agent_service_pb2

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from agent.metrics_records import Record, RecordKind, RecordParser
-from agent.report import HEARTBEAT_PID_ENV, METRICS_FILE_ENV, Reporter
+from agent.jobs.metrics_records import Record, RecordKind, RecordParser
+from agent.rank.report import HEARTBEAT_PID_ENV, METRICS_FILE_ENV, Reporter
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT_TIMEOUT_S = 120
@@ -58,7 +58,7 @@ def tiny_trainer(out: Path, max_steps: int, reporter: Reporter) -> Any:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
-    from agent.hf_callback import GantryCallback
+    from agent.rank.hf_callback import GantryCallback
 
     torch.manual_seed(0)
     config = LlamaConfig(
@@ -164,7 +164,7 @@ def run_script(
 REPORT_SCRIPT = """
 import sys, time
 before = set(sys.modules)
-from agent.report import report, report_checkpoint, report_phase
+from agent.rank.report import report, report_checkpoint, report_phase
 
 class Scalar:  # what a 0-d tensor or a numpy scalar offers
     def item(self): return 0.5
@@ -288,4 +288,10 @@ def test_callback_imports_no_agent_service_code(tmp_path: Path) -> None:
     )
     done = run_script(code, {}, tmp_path)
     assert done.returncode == 0, done.stderr
-    assert set(done.stdout.split()) == {"agent", "agent.report", "agent.hf_callback"}
+    assert set(done.stdout.split()) == {
+        "agent",
+        "agent.rank",
+        "agent.rank.report",
+        "agent.hf_callback",
+        "agent.rank.hf_callback",
+    }

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.demo_data import write_demo
+from agent.rank.demo_data import write_demo
 from tests.deepspeed_env import ROOT
 from tests.ds_runs import train_two_ranks
 

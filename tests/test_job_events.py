@@ -11,10 +11,10 @@ from typing import Any, cast
 import pytest
 from gantry.v1 import agent_service_pb2, job_pb2
 
-from agent.event_bus import EventBus, keep_metrics_tail
-from agent.job_service import JobRpcs
+from agent.jobs.event_bus import EventBus, keep_metrics_tail
+from agent.rpc.jobs import JobRpcs
 from agent.runtime import build_job_runtime
-from console.job_store import JobsStore
+from console.model.jobs import JobsStore
 
 EK = job_pb2.JobEventKind
 JOB = "j"
@@ -146,9 +146,9 @@ async def test_watch_job_events_batched_and_one_by_one(runtime: Any) -> None:
 
 
 def test_advisor_input_reused_across_runs_equals_a_fresh_one() -> None:
-    from console.advice import AdvisorInputs, advisor_input
-    from console.job_store import RANK_HISTORY
-    from console.store import ClusterStore
+    from console.model.advice import AdvisorInputs, advisor_input
+    from console.model.cluster import ClusterStore
+    from console.model.jobs import RANK_HISTORY
 
     store = JobsStore()
     store.apply_job("n", job_pb2.Job(spec=job_pb2.JobSpec(name=JOB)))
@@ -175,7 +175,7 @@ def test_median_without_is_the_median_of_the_others() -> None:
     import random
     import statistics
 
-    from console.advisor import _median_without
+    from console.model.advisor import _median_without
 
     rng = random.Random(7)
     for _ in range(500):

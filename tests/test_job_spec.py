@@ -12,7 +12,7 @@ from gantry.v1 import job_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from console.job_spec import (
+from console.model.job_spec import (
     TOP_KEYS,
     JobSpecError,
     hostfile_lines,

@@ -6,8 +6,8 @@ import math
 
 from gantry.v1 import job_pb2
 
-from console.cost import arg_value, job_cost, total_steps
-from console.job_store import EK, JS, RS, JobsStore
+from console.model.cost import arg_value, job_cost, total_steps
+from console.model.jobs import EK, JS, RS, JobsStore
 
 T0 = 1_800_000_000.0
 

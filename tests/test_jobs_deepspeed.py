@@ -31,10 +31,10 @@ import psutil
 import pytest
 from gantry.v1 import job_pb2
 
-from agent import demo_data
-from agent.journal import Journal
-from console.cluster_file import dump_cluster_file
-from console.local_agents import LocalAgent, start_agent, stop_all
+from agent.jobs.journal import Journal
+from agent.rank import demo_data
+from console.net.cluster_file import dump_cluster_file
+from console.net.local_agents import LocalAgent, start_agent, stop_all
 from tests.conftest import kill_processes_mentioning
 from tests.deepspeed_env import DEEPSPEED_ENV, ROOT
 from tests.test_cli import run_cli
@@ -302,7 +302,7 @@ def test_3_sigstop_is_found_as_a_hang_with_stacks(c: Cluster) -> None:
         and e.get("rank") == 1
     ]
     stacks = failed[0]["details"]["stacks"]
-    assert "agent/train.py" in stacks and "in train" in stacks, stacks[-2000:]
+    assert "agent/rank/train.py" in stacks and "in train" in stacks, stacks[-2000:]
     third = attempt(job, 3)
     assert third is not None and resumed_step(third) >= c.facts["resumed_2"]
     c.facts["resumed_3"] = resumed_step(third)

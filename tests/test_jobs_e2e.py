@@ -12,9 +12,9 @@ import psutil
 import pytest
 from gantry.v1 import job_pb2
 
-from agent.journal import Journal
-from console.cluster_file import dump_cluster_file
-from console.local_agents import LocalAgent
+from agent.jobs.journal import Journal
+from console.net.cluster_file import dump_cluster_file
+from console.net.local_agents import LocalAgent
 from tests.conftest import StartAgent
 from tests.test_cli import run_cli as cli
 

@@ -21,9 +21,9 @@ import psutil
 import pytest
 from gantry.v1 import job_pb2
 
-from agent import demo_data
-from agent.journal import Journal
-from console.cluster_file import dump_cluster_file
+from agent.jobs.journal import Journal
+from agent.rank import demo_data
+from console.net.cluster_file import dump_cluster_file
 from tests.conftest import StartAgent
 from tests.deepspeed_env import DEEPSPEED_ENV, ROOT
 from tests.test_cli import run_cli

@@ -15,8 +15,8 @@ import psutil
 import pytest
 from gantry.v1 import job_pb2
 
-from agent.journal import Journal
-from console.local_agents import LocalAgent
+from agent.jobs.journal import Journal
+from console.net.local_agents import LocalAgent
 from tests.conftest import StartAgent
 from tests.test_cli import run_cli as cli
 from tests.test_jobs_e2e import (

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from gantry.v1 import job_pb2
 
-from agent.journal import (
+from agent.jobs.journal import (
     FILE_NAME,
     SCHEMA_VERSION,
     AttemptRow,
@@ -81,7 +81,7 @@ def test_reopening_keeps_data_and_a_newer_schema_is_refused(tmp_path: Path) -> N
 
 
 def test_a_version_1_journal_is_upgraded_keeping_its_ranks(tmp_path: Path) -> None:
-    from agent.journal import _SCHEMA_V1, _statements
+    from agent.jobs.journal import _SCHEMA_V1, _statements
 
     db = sqlite3.connect(tmp_path / FILE_NAME, isolation_level=None)
     for statement in _statements(_SCHEMA_V1):

@@ -12,11 +12,11 @@ import pytest
 from gantry.v1 import agent_service_pb2 as A
 from gantry.v1 import job_pb2
 
-from agent.event_bus import EventBus
-from agent.journal import Journal
-from agent.leader import JobLeader
-from agent.leader_peers import PeerLedger
-from agent.peers import LocalNode, NodeApi
+from agent.jobs.event_bus import EventBus
+from agent.jobs.journal import Journal
+from agent.jobs.leader.leader import JobLeader
+from agent.jobs.leader.peer_events import PeerLedger
+from agent.jobs.leader.peers import LocalNode, NodeApi
 
 EK = job_pb2.JobEventKind
 JS = job_pb2.JobState

@@ -26,9 +26,9 @@ LINES = [" apple river stone", " stone river apple", " the quick brown fox", " f
 PROMPTS = ["apple river", "stone", "the quick brown fox jumps", "river fox apple stone"]
 BUILD_THEN_SERVE = """
 import json, sys
-from agent.train_data import train_tokenizer
-from agent.train_model import build_model
-from agent.serve import main
+from agent.ml.data import train_tokenizer
+from agent.ml.models import build_model
+from agent.serve.main import main
 
 model, lines = sys.argv[1], json.loads(sys.argv[2])
 tok = train_tokenizer(lines * 10, vocab_size=300)

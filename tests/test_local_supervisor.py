@@ -15,10 +15,10 @@ import psutil
 import pytest
 from gantry.v1 import job_pb2
 
-from agent.journal import AttemptRow, Journal, RankRow
-from agent.local_supervisor import LocalSupervisor
-from agent.rank_launch import rank_argv, rank_env
-from agent.rank_logs import extract_stacks
+from agent.jobs.journal import AttemptRow, Journal, RankRow
+from agent.jobs.node.launch import rank_argv, rank_env
+from agent.jobs.node.logs import extract_stacks
+from agent.jobs.node.supervisor import LocalSupervisor
 
 K = job_pb2.JobEventKind
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from console.log_buffer import (
+from console.model.log_buffer import (
     MAX_LINE_CHARS,
     LogBuffer,
     LogSearch,

@@ -18,9 +18,9 @@ from textual.pilot import Pilot
 from textual.screen import Screen
 from textual.widgets import Static
 
-from console.log_buffer import LogBuffer
-from console.screens.logs import LogScreen
-from console.widgets.log_view import LogView
+from console.model.log_buffer import LogBuffer
+from console.ui.screens.logs import LogScreen
+from console.ui.widgets.log_view import LogView
 
 TITLE = "demo-moe · rank 1 · attempt 2 · stdout"
 SIZE = (80, 24)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.nccl import (
+from agent.jobs.node.nccl import (
     NcclParser,
     NcclState,
     ib_devices_present,

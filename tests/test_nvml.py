@@ -9,7 +9,7 @@ import pynvml
 import pytest
 from gantry.v1 import telemetry_pb2 as pb
 
-from agent.nvml import NvmlReader, decode_clock_event_reasons, format_cuda_version
+from agent.telemetry.nvml import NvmlReader, decode_clock_event_reasons, format_cuda_version
 from tests.fakes import FakeEventData, FakeNvml
 
 ALL_OPTIONAL = (

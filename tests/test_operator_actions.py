@@ -14,11 +14,11 @@ from typing import Any, TypeVar
 import pytest
 from gantry.v1 import job_pb2
 
-from agent.job_service import sanitize_operator
-from agent.journal import AuditEntry, Journal
-from console.cluster_file import dump_cluster_file, load_cluster_file
-from console.jobs_client import JobCommandError, JobsClient
-from console.local_agents import LocalAgent
+from agent.jobs.journal import AuditEntry, Journal
+from agent.rpc.jobs import sanitize_operator
+from console.net.cluster_file import dump_cluster_file, load_cluster_file
+from console.net.jobs_client import JobCommandError, JobsClient
+from console.net.local_agents import LocalAgent
 from tests.conftest import StartAgent
 from tests.test_cli import run_cli as cli
 from tests.test_jobs_e2e import job_events, wait_job, write_job

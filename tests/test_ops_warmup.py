@@ -1,5 +1,5 @@
-"""DeepSpeed's ops built once per agent (agent/ops_warmup.py): which folder, the stamp that
-makes later starts free, and a build that fails or is not needed."""
+"""DeepSpeed's ops built once per agent (agent/jobs/node/ops_warmup.py): which folder, the
+stamp that makes later starts free, and a build that fails or is not needed."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from agent.ops_warmup import STAMP, extensions_dir, is_warm, remove_stale_locks, warm_ops
+from agent.jobs.node.ops_warmup import STAMP, extensions_dir, is_warm, remove_stale_locks, warm_ops
 
 
 def fake_python(tmp_path: Path, code: int, name: str = "python3") -> str:

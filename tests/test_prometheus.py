@@ -10,8 +10,8 @@ import pynvml
 import pytest
 from prometheus_client import REGISTRY
 
-from agent.prometheus import make_registry, start_metrics_server
-from agent.sampler import Sampler
+from agent.telemetry.prometheus import make_registry, start_metrics_server
+from agent.telemetry.sampler import Sampler
 from tests.fakes import FakeNvml
 
 

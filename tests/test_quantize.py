@@ -1,5 +1,5 @@
-"""agent.quantize: int8 with torchao for the Linears and agent.int8_experts for the fused
-MoE experts; the artifact agent.quantized_loading loads back; the CLI's report."""
+"""agent.tasks.quantize: int8 with torchao for the Linears and agent.ml.int8_experts for the fused
+MoE experts; the artifact agent.ml.loading loads back; the CLI's report."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import torch
 from torch import nn
 from transformers.integrations.moe import use_experts_implementation
 
-from agent import demo_data
-from agent.int8_experts import Int8Experts, quantize_rows, unsupported_reason
-from agent.quantize import float_3d_left, main, module_bytes, quantize_model
-from agent.quantized_loading import MANIFEST, STATE_FILE, load_hf, load_model
+from agent.ml.int8_experts import Int8Experts, quantize_rows, unsupported_reason
+from agent.ml.loading import MANIFEST, STATE_FILE, load_hf, load_model
+from agent.rank import demo_data
+from agent.tasks.quantize import float_3d_left, main, module_bytes, quantize_model
 from tests.deepspeed_env import ROOT
 
 pytestmark = pytest.mark.timeout(120)
@@ -41,8 +41,8 @@ def one_thread() -> Iterator[None]:
 def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """tiny-moe and tiny-dense (seeded random weights) saved as HF directories, and a
     held-out file."""
-    from agent.train_data import train_tokenizer
-    from agent.train_model import build_model
+    from agent.ml.data import train_tokenizer
+    from agent.ml.models import build_model
 
     root = tmp_path_factory.mktemp("quantize")
     tok = train_tokenizer([" apple river stone", " stone river apple"] * 10, vocab_size=300)
@@ -297,7 +297,7 @@ def test_load_model_reads_plain_hf_directories(saved: dict[str, Path]) -> None:
 def test_missing_model_dir_exits_2_with_one_line(tmp_path: Path) -> None:
     args = ["--model", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]
     result = subprocess.run(
-        [sys.executable, "-m", "agent.quantize", *args],
+        [sys.executable, "-m", "agent.tasks.quantize", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -346,7 +346,7 @@ def test_int8_products_stay_exact_where_the_cpus_int8_kernel_saturates(
 ) -> None:
     """An AVX2-only CPU (no VNNI) sums u8 x s8 pairs in saturating int16: _int_mm is then
     wrong for large values, and Int8Experts multiplies the int8 values in fp32 instead."""
-    import agent.int8_experts as experts
+    import agent.ml.int8_experts as experts
 
     real = torch._int_mm
 

@@ -1,4 +1,4 @@
-"""Gantry's start-up hook in an unchanged script's Python (agent/rank_bootstrap): phases,
+"""Gantry's start-up hook in an unchanged script's Python (agent/rank/bootstrap): phases,
 heartbeats and stacks, in real interpreters."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.rank_launch import BOOTSTRAP_DIR
+from agent.jobs.node.launch import BOOTSTRAP_DIR
 from tests.deepspeed_env import free_port
 
 PLAIN_DDP = """
@@ -104,7 +104,7 @@ def test_sigusr1_prints_every_thread(tmp_path: Path) -> None:
 
 
 def test_phases_around_a_wrapped_call() -> None:
-    from agent.rank_hooks import PhaseLog
+    from agent.rank.hooks import PhaseLog
 
     written: list[str] = []
     phases = PhaseLog(written.append)

@@ -1,13 +1,13 @@
-"""How the console says where a rank is on its way to training (console/rank_phase.py), in
+"""How the console says where a rank is on its way to training (console/model/rank_phase.py), in
 the job screen's rank rows and in `gantry job`."""
 
 from __future__ import annotations
 
 from gantry.v1 import job_pb2
 
-from console.job_rows import rank_cells
-from console.rank_phase import LABELS, SHORT, starting_phase
-from console.widgets.rank_table import COLUMN_WIDTHS
+from console.model.job_rows import rank_cells
+from console.model.rank_phase import LABELS, SHORT, starting_phase
+from console.ui.widgets.rank_table import COLUMN_WIDTHS
 
 P = job_pb2.RankPhase
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agent import rank_process
-from agent.rank_process import RankHandle, adopt, describe_exit, read_exit_file, spawn
+from agent.jobs.node import rank_process
+from agent.jobs.node.rank_process import RankHandle, adopt, describe_exit, read_exit_file, spawn
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -242,7 +242,7 @@ def test_wrapper_survives_sigusr1_for_the_ranks_faulthandler(
 OLD_AGENT = """
 import json, os, sys
 from pathlib import Path
-from agent.rank_process import spawn
+from agent.jobs.node.rank_process import spawn
 d = Path(sys.argv[1])
 rank = "import sys, time; print('up', flush=True); time.sleep(float(sys.argv[1])); sys.exit(7)"
 h = spawn([sys.executable, "-c", rank, sys.argv[2]], dict(os.environ), None,
@@ -312,7 +312,7 @@ def test_find_wrapper_by_exit_file(tmp_path: Path, handles: list[RankHandle]) ->
 def test_wrapper_command_line(tmp_path: Path) -> None:
     out = subprocess.run(
         [
-            *(PY, "-m", "agent.rank_wrapper", "--exit-file", str(tmp_path / "x"), "--"),
+            *(PY, "-m", "agent.jobs.node.rank_wrapper", "--exit-file", str(tmp_path / "x"), "--"),
             *(PY, "-c", "import sys; print(sys.argv[1:]); sys.exit(4)", "--exit-file", "y"),
         ],
         cwd=REPO,

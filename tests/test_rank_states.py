@@ -7,7 +7,7 @@ import itertools
 import pytest
 from gantry.v1 import job_pb2
 
-from agent.rank_states import (
+from agent.jobs.node.rank_states import (
     ATTEMPT_EDGES,
     RANK_EDGES,
     TERMINAL_ATTEMPT_STATES,

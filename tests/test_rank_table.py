@@ -7,7 +7,7 @@ from typing import Any
 from textual.app import App, ComposeResult
 from textual.geometry import Region
 
-from console.widgets.rank_table import HEADER_LINES, RankTable
+from console.ui.widgets.rank_table import HEADER_LINES, RankTable
 
 COLUMNS = ("rank", "node", "state", "step")
 

@@ -1,4 +1,4 @@
-"""console.remedies: remedies as edits of a job spec's args and embedded DeepSpeed config."""
+"""console.model.remedies: remedies as edits of a job spec's args and embedded DeepSpeed config."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from gantry.v1 import job_pb2
 
-from console.advisor import Remedy, evaluate
-from console.job_spec import load_job_spec
-from console.remedies import APPLICABLE_KINDS, RemedyError, apply_remedy, describe_changes
+from console.model.advisor import Remedy, evaluate
+from console.model.job_spec import load_job_spec
+from console.model.remedies import APPLICABLE_KINDS, RemedyError, apply_remedy, describe_changes
 from tests.fixtures.advisor.make_streams import HERE, load
 
 ROOT = Path(__file__).resolve().parent.parent

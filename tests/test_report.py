@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from agent.report import Reporter, memory_bytes
+from agent.rank.report import Reporter, memory_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,9 +11,9 @@ import pynvml
 import pytest
 from gantry.v1 import telemetry_pb2 as pb
 
-from agent.host import HostReader, _rate
-from agent.ring import Ring
-from agent.sampler import Sampler
+from agent.telemetry.host import HostReader, _rate
+from agent.telemetry.ring import Ring
+from agent.telemetry.sampler import Sampler
 from tests.fakes import FakeNvml
 
 WALL_NS = 1_750_000_000_000_000_000

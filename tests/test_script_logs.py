@@ -18,10 +18,10 @@ from gantry.v1 import job_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.metrics_records import GIB, Record, RecordKind, merge_metrics
-from agent.script_logs import ScriptLogParser, megatron_metrics
-from agent.script_logs_hf import LogDict, StepMatcher, parse_bar, parse_log_dict
-from agent.tailer import read_lines
+from agent.jobs.metrics_records import GIB, Record, RecordKind, merge_metrics
+from agent.jobs.node.script_logs import ScriptLogParser, megatron_metrics
+from agent.jobs.node.script_logs_hf import LogDict, StepMatcher, parse_bar, parse_log_dict
+from agent.jobs.node.tailer import read_lines
 
 P = job_pb2.RankPhase
 

@@ -23,10 +23,10 @@ from gantry.v1 import inference_service_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from agent.batching import Scheduler
-from agent.serve import SERVICE
-from agent.serve_stats import ServerStats
-from agent.serve_text import TextStream
+from agent.serve.batching import Scheduler
+from agent.serve.main import SERVICE
+from agent.serve.stats import ServerStats
+from agent.serve.text import TextStream
 from tests.deepspeed_env import ROOT, base_env
 
 START_TIMEOUT_S = 90.0
@@ -273,8 +273,8 @@ def stop_server(served: Served) -> None:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from agent.train_data import train_tokenizer
-    from agent.train_model import build_model
+    from agent.ml.data import train_tokenizer
+    from agent.ml.models import build_model
 
     tok = train_tokenizer(LINES * 10, vocab_size=300)
     path = tmp_path_factory.mktemp("serve") / "final"
@@ -308,13 +308,13 @@ def test_batched_decoding_equals_generate(
     tiny: TinyModel, weights: str, prompts: int, n: int
 ) -> None:
     """Requests joining and leaving a running batch each get `generate`'s greedy tokens,
-    with the trained weights and with agent.quantize's int8 ones."""
+    with the trained weights and with agent.tasks.quantize's int8 ones."""
     import copy
 
-    from agent.decode import GREEDY, BatchDecoder, choose_tokens
+    from agent.serve.decode import GREEDY, BatchDecoder, choose_tokens
 
     if weights == "int8":
-        from agent.quantize import quantize_model
+        from agent.tasks.quantize import quantize_model
 
         tiny = TinyModel(tiny.dir, copy.deepcopy(tiny.model), tiny.tokenizer)
         quantize_model(tiny.model)
@@ -342,7 +342,7 @@ def test_batched_decoding_equals_generate(
 def test_requests_prefilled_together_decode_as_generate(tiny: TinyModel) -> None:
     """Prompts of different lengths prefilled in one padded forward, then decoded in one
     batch, each get `generate`'s greedy tokens."""
-    from agent.decode import GREEDY, BatchDecoder, choose_tokens
+    from agent.serve.decode import GREEDY, BatchDecoder, choose_tokens
 
     n = 10
     want = {i: tiny.greedy(p, n) for i, p in enumerate(PROMPTS)}

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 from gantry.v1 import job_pb2
+from gantry.v1.spec_diff import spec_changes
 
-from agent.rank_launch import rank_argv, with_deepspeed_config
-from agent.spec_diff import spec_changes
+from agent.jobs.node.launch import rank_argv, with_deepspeed_config
 
 
 def base_spec() -> job_pb2.JobSpec:

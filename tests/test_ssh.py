@@ -24,12 +24,10 @@ from typing import Any
 import psutil
 import pytest
 
-from console.agent_client import fetch_status
-from console.app import GantryApp
-from console.cluster_file import NodeTarget
-from console.operator import AGENT_RESTART_NEEDS_SSH, Operator
-from console.screens.dialogs import ConfirmScreen, RestartDialog
-from console.screens.job import JobScreen
+from console.model.cluster import ClusterStore
+from console.net.agent_client import fetch_status
+from console.net.cluster_file import NodeTarget
+from console.net.operator import AGENT_RESTART_NEEDS_SSH, Operator
 from console.ssh.cli_args import add_ssh_verbs
 from console.ssh.connect import SshError, SshOptions, connect
 from console.ssh.hostfile import HostEntry, HostfileError, parse_hostfile
@@ -37,7 +35,9 @@ from console.ssh.mode import open_ssh, ssh_reasons, ssh_targets
 from console.ssh.state import SshCluster, SshNode, StateError, dump_state, load_state
 from console.ssh.tunnels import TunnelManager
 from console.ssh.up_verb import run_ssh_verb
-from console.store import ClusterStore
+from console.ui.app import GantryApp
+from console.ui.screens.dialogs import ConfirmScreen, RestartDialog
+from console.ui.screens.job import JobScreen
 from tests.conftest import kill_processes_mentioning
 from tests.console_fixtures import FIXED, cluster_store, targets_for
 from tests.job_fixtures import jobs_store

@@ -1,5 +1,5 @@
 """SSH mode's agent-to-agent calls: agents listen on their node's loopback only, so a
-job's leader reaches a peer's agent over SSH (agent.peer_ssh) with its own SSH config,
+job's leader reaches a peer's agent over SSH (agent.jobs.leader.peer_ssh) with its own SSH config,
 keys and known_hosts, through a local port forward. Against a real OpenSSH sshd on
 127.0.0.1 (tests/sshd.py) and real agents."""
 
@@ -17,12 +17,12 @@ import psutil
 import pytest
 from gantry.v1 import agent_service_pb2, job_pb2
 
-from agent.peer_ssh import configure_peer_ssh, split_destination
-from agent.peers import NodeUnreachable, RemoteNode
-from agent.validation import ValidationError, check_peer_token_file, check_ssh_destination
-from console.cluster_file import NodeTarget
-from console.job_spec import parse_job_spec
-from console.jobs_client import JobsClient
+from agent.jobs.leader.peer_ssh import configure_peer_ssh, split_destination
+from agent.jobs.leader.peers import NodeUnreachable, RemoteNode
+from agent.rpc.validation import ValidationError, check_peer_token_file, check_ssh_destination
+from console.model.job_spec import parse_job_spec
+from console.net.cluster_file import NodeTarget
+from console.net.jobs_client import JobsClient
 from console.ssh.cli_args import add_ssh_verbs
 from console.ssh.mode import open_ssh
 from console.ssh.up_verb import run_ssh_verb

@@ -1,5 +1,5 @@
-"""Standbys (agent/standby.py, agent/rank_standby.py): a rank's next attempt, started ahead,
-becomes the rank when handed its command line; anything unfit starts cold."""
+"""Standbys (agent/jobs/node/standby.py, agent/rank/standby_runner.py): a rank's next attempt,
+started ahead, becomes the rank when handed its command line; anything unfit starts cold."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agent.rank_process import RankHandle
-from agent.standby import Standbys, handoff_path0, stable_env
+from agent.jobs.node.rank_process import RankHandle
+from agent.jobs.node.standby import Standbys, handoff_path0, stable_env
 
 SCRIPT = """
 import atexit, os, sys

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from gantry.v1 import telemetry_pb2
 
-from console.store import ClusterStore, ConnState, format_age
+from console.model.cluster import ClusterStore, ConnState, format_age
 
 
 def sample(seq: int, t: float, xids: tuple[int, ...] = ()) -> telemetry_pb2.NodeSample:

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from gantry.v1 import job_pb2
 
-from agent.deepspeed_lines import DeepSpeedStdoutParser
-from agent.metrics_records import (
+from agent.jobs.metrics_records import (
     GIB,
     RecordKind,
     RecordParser,
@@ -20,7 +19,8 @@ from agent.metrics_records import (
     phase_from_name,
     phase_name,
 )
-from agent.tailer import Tailer, last_lines, read_lines
+from agent.jobs.node.deepspeed_lines import DeepSpeedStdoutParser
+from agent.jobs.node.tailer import Tailer, last_lines, read_lines
 
 # --- tailer ---------------------------------------------------------------------------------
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from gantry.v1 import agent_service_pb2, task_pb2
 
-from agent import tasks
-from agent.tasks import TaskError, TaskRunner, check_spec, task_argv
+from agent.tasks import runner as tasks
+from agent.tasks.runner import TaskError, TaskRunner, check_spec, task_argv
 
 TS = task_pb2.TaskState
 

@@ -12,15 +12,15 @@ import grpc
 import pytest
 from gantry.v1 import inference_service_pb2, inference_service_pb2_grpc, task_pb2
 
-from console.cluster_file import dump_cluster_file
+from console.net.cluster_file import dump_cluster_file
 from tests.conftest import StartAgent
 from tests.test_cli import run_cli as cli
 
 
 def tiny_model(root: Path) -> tuple[Path, Path]:
-    from agent.demo_data import generate, write_jsonl
-    from agent.train_data import train_tokenizer
-    from agent.train_model import build_model
+    from agent.ml.data import train_tokenizer
+    from agent.ml.models import build_model
+    from agent.rank.demo_data import generate, write_jsonl
 
     train, heldout = generate(40, 3, seed=3, bad_records=False)
     tokenizer = train_tokenizer((" " + t for r in train for t in r["text"]), vocab_size=300)
@@ -88,10 +88,10 @@ def test_eval_quantize_serve_through_an_agent(
 async def test_demo_pipeline_evaluates_quantizes_and_serves_a_finished_job(
     local_agents: StartAgent, tmp_path: Path
 ) -> None:
-    from console.demo_pipeline import run_pipeline
-    from console.job_spec import load_job_spec
-    from console.jobs_client import JobsClient
-    from console.tasks_client import TasksClient
+    from console.model.job_spec import load_job_spec
+    from console.net.jobs_client import JobsClient
+    from console.net.tasks_client import TasksClient
+    from console.verbs.demo_pipeline import run_pipeline
     from tests.test_jobs_e2e import write_job
 
     agents = [local_agents("node-a"), local_agents("node-b")]

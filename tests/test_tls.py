@@ -19,21 +19,27 @@ import pytest
 from gantry.v1 import agent_service_pb2, agent_service_pb2_grpc, job_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from agent.journal import Journal
-from agent.peers import NodeUnreachable, RemoteNode
-from agent.server import ListenError
-from agent.tls import TlsError, TlsFiles, channel_credentials, load_tls, tls_files_from_flags
-from console.agent_client import describe_rpc_error, fetch_status, target_channel
-from console.ca import CaError, init_ca, issue, load_ca, parse_host_flag, write_private
-from console.cluster_file import (
+from agent.jobs.journal import Journal
+from agent.jobs.leader.peers import NodeUnreachable, RemoteNode
+from agent.rpc.server import ListenError
+from agent.security.tls import (
+    TlsError,
+    TlsFiles,
+    channel_credentials,
+    load_tls,
+    tls_files_from_flags,
+)
+from console.model.job_spec import parse_job_spec
+from console.net.agent_client import describe_rpc_error, fetch_status, target_channel
+from console.net.ca import CaError, init_ca, issue, load_ca, parse_host_flag, write_private
+from console.net.cluster_file import (
     ClusterFileError,
     NodeTarget,
     TlsPaths,
     dump_cluster_file,
     load_cluster_file,
 )
-from console.init_verb import add_init_verb, run_init_verb
-from console.job_spec import parse_job_spec
+from console.verbs.init import add_init_verb, run_init_verb
 from tests.conftest import StartAgent
 from tests.secure_agent import ThreadedAgent, threaded_agent
 from tests.test_cli import run_cli

@@ -1,4 +1,4 @@
-"""agent.train_data and agent.demo_data: parsing, masking, prepare, sampling."""
+"""agent.ml.data and agent.demo_data: parsing, masking, prepare, sampling."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from agent import demo_data
-from agent.train_data import (
+from agent.ml.data import (
     ASSISTANT_TOKEN,
     EOS_TOKEN,
     IGNORE_INDEX,
@@ -30,6 +29,7 @@ from agent.train_data import (
     split_user,
     train_tokenizer,
 )
+from agent.rank import demo_data
 
 
 def convo(*pairs: tuple[str, str]) -> dict[str, list[str]]:
@@ -196,7 +196,7 @@ def test_tokenizer_trained_locally_reloads(tmp_path: Path) -> None:
 
 
 def test_prepare_cli(demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from agent.train_data import main
+    from agent.ml.data import main
 
     args = ["prepare", "--data", str(demo / "heldout.jsonl"), "--out", str(tmp_path)]
     assert main([*args, "--max-length", "128"]) == 0

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from agent import demo_data
-from agent.ds_config import BF16_ENV
-from agent.train import collective_timeout, lr_lambda, parse_args, resolve_resume
-from agent.train_data import Turn, eval_prompts
+from agent.ml.data import Turn, eval_prompts
+from agent.rank import demo_data
+from agent.rank.ds_config import BF16_ENV
+from agent.rank.train import collective_timeout, lr_lambda, parse_args, resolve_resume
 from tests.deepspeed_env import ROOT
 from tests.ds_runs import LOADED_TIMEOUT_S, Run, train_two_ranks
 
@@ -271,8 +271,8 @@ def test_forced_bf16_trains_and_saves_fp32(bf16_run: Run) -> None:
 def test_builtin_models_train_a_step(name: str) -> None:
     import torch
 
-    from agent.train_data import collate, encode_turns, train_tokenizer
-    from agent.train_model import build_model, count_parameters, generate_reply
+    from agent.ml.data import collate, encode_turns, train_tokenizer
+    from agent.ml.models import build_model, count_parameters, generate_reply
 
     tok = train_tokenizer([" apple river stone", " stone river apple"] * 10, vocab_size=300)
     model = build_model(name, tok, seed=0)

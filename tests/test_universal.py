@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.train import is_universal
-from agent.universal import UniversalError, checkpoint_world_size, convert_to_universal
+from agent.jobs.leader.universal import UniversalError, checkpoint_world_size, convert_to_universal
+from agent.rank.train import is_universal
 
 
 def plain(root: Path, tag: str, world: int) -> Path:

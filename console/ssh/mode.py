@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from console.cluster_file import NodeTarget
+from console.model.cluster import ClusterStore, ConnState
+from console.net.cluster_file import NodeTarget
 from console.ssh.connect import SshError
 from console.ssh.defaults import DEFAULT_STATE
 from console.ssh.hostfile import load_hostfile
 from console.ssh.remote_agent import RemoteError, start_agent
 from console.ssh.state import StateError, dump_state, load_state, select_nodes
 from console.ssh.tunnels import TunnelManager
-from console.store import ClusterStore, ConnState
 
 TUNNEL_WAIT_S = 15.0
 

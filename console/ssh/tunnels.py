@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 
 import asyncssh
 
-from console.backoff import Backoff
-from console.cluster_file import NodeTarget
+from console.net.backoff import Backoff
+from console.net.cluster_file import NodeTarget
 from console.ssh.connect import SshError, SshOptions, connect
 from console.ssh.remote_agent import node_token_path
 from console.ssh.state import SshNode

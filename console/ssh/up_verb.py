@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import asyncssh
 
-from console.cluster_file import ClusterFileError, NodeTarget
+from console.net.cluster_file import ClusterFileError, NodeTarget
 from console.ssh.connect import SshError, SshOptions, connect
 from console.ssh.hostfile import HostEntry, HostfileError, load_hostfile
 from console.ssh.mode import TUNNEL_WAIT_S
@@ -54,7 +54,7 @@ from console.ssh.state import (
 from console.ssh.tunnels import TunnelManager
 
 if TYPE_CHECKING:
-    from console.jobs_client import JobsClient
+    from console.net.jobs_client import JobsClient
 
 VERIFY_TIMEOUT_S = 10.0
 
@@ -157,7 +157,7 @@ async def up_host(
 
 async def verify_through_forward(conn: asyncssh.SSHClientConnection, node: SshNode) -> None:
     """The agent answers, with our token, through a port forward of this connection."""
-    from console.agent_client import fetch_status
+    from console.net.agent_client import fetch_status
 
     listener = await conn.forward_local_port("127.0.0.1", 0, "127.0.0.1", node.agent_port)
     try:
@@ -340,7 +340,7 @@ async def _stop(manager: TunnelManager, node: SshNode) -> bool:
 def _maybe_stop_jobs(targets: list[NodeTarget], stop_without_asking: bool) -> None:
     from gantry.v1 import job_pb2
 
-    from console.jobs_client import JobsClient
+    from console.net.jobs_client import JobsClient
 
     client = JobsClient(targets)
     jobs, errors = asyncio.run(client.list_jobs())
@@ -366,7 +366,7 @@ async def _stop_jobs(client: JobsClient, names: list[str]) -> None:
     agents are not stopped while they still stop ranks."""
     from gantry.v1 import job_pb2
 
-    from console.jobs_client import JobCommandError
+    from console.net.jobs_client import JobCommandError
 
     for name in names:
         try:

@@ -329,7 +329,7 @@ def add_gantry_callback(trainer: Trainer) -> None:
     """Report to Gantry (agent.hf_callback) when it is installed; the script trains the
     same without it, and Gantry then reads the log lines the Trainer prints."""
     try:
-        from agent.hf_callback import GantryCallback
+        from agent.rank.hf_callback import GantryCallback
     except ImportError:
         print("--gantry_callback: agent.hf_callback is not importable", flush=True)
         return

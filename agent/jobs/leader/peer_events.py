@@ -1,0 +1,139 @@
+"""A job leader's bookkeeping of the nodes it leads: how far it has read each peer's
+events (kept in its journal in the same transaction as its copies of them, so a restart
+neither loses nor repeats one), what the ranks of an attempt have reported, and which
+ranks it cannot vouch for because their node does not answer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from gantry.v1 import job_pb2
+from gantry.v1.figures import latest_metrics
+
+from agent.jobs.event_bus import MAX_BATCH, EventBus
+from agent.jobs.journal import Journal
+from agent.jobs.leader.peers import NodeApi
+from agent.jobs.metrics_records import phase_from_name
+
+EK = job_pb2.JobEventKind
+RS = job_pb2.RankState
+JS = job_pb2.JobState
+ACTIVE = (
+    JS.JOB_STATE_PENDING,
+    JS.JOB_STATE_STARTING,
+    JS.JOB_STATE_RUNNING,
+    JS.JOB_STATE_RESTARTING,
+)
+ENDED = (RS.RANK_STATE_EXITED, RS.RANK_STATE_FAILED, RS.RANK_STATE_KILLED)
+ORIGIN = "origin"  # the detail naming the node a copied event came from
+ORIGIN_SEQ = "origin_seq"  # ... and its seq there
+
+
+class PeerLedger:
+    """The leader's journal, seen as the record of what it has read from its peers."""
+
+    def __init__(self, node_name: str, journal: Journal, bus: EventBus) -> None:
+        self.node_name = node_name
+        self.journal = journal
+        self.bus = bus
+
+    def positions(self, job: str) -> dict[str, int]:
+        """The last seq of each peer's events copied here for `job`."""
+        return self.journal.peer_positions(job)
+
+    def copy(self, job: str, node: str, event: job_pb2.JobEvent) -> job_pb2.JobEvent:
+        """Journals a copy of `node`'s `event` and the position it was read at, together."""
+        copy = job_pb2.JobEvent()
+        copy.CopyFrom(event)
+        copy.details[ORIGIN] = node
+        copy.details[ORIGIN_SEQ] = str(event.seq)
+        with self.journal.transaction():
+            self.bus.publish(copy)
+            self.journal.set_peer_position(job, node, event.seq)
+        return copy
+
+    async def replay(self, job: str, attempt: int, tally: Tally) -> int:
+        """Gives `tally` every rank event of `attempt` journaled here, this node's own and
+        the copies of its peers': what the leader knew before it was restarted. Returns
+        the last seq read (where this node's own events go on)."""
+        end = self.journal.last_seq()
+        last = 0
+        while batch := self.journal.events_after(last, job, MAX_BATCH, up_to=end):
+            last = batch[-1].seq
+            for event in batch:
+                ours = event.node == self.node_name or ORIGIN in event.details
+                if event.attempt == attempt and event.rank >= 0 and ours:
+                    tally.add(event)
+            await asyncio.sleep(0)  # a long attempt's history: let the agent answer meanwhile
+        return max(last, end)
+
+
+@dataclass
+class Tally:
+    """What the ranks of one attempt have reported: each event applied to its ranks, the
+    exits counted, the first failure kept."""
+
+    attempt: job_pb2.Attempt
+    exited: set[int] = field(default_factory=set)
+    failure: str = ""
+
+    def add(self, event: job_pb2.JobEvent) -> None:
+        apply_event(self.attempt, event)
+        if event.kind == EK.JOB_EVENT_KIND_RANK_EXITED:
+            self.exited.add(event.rank)
+        elif event.kind == EK.JOB_EVENT_KIND_RANK_FAILED and not self.failure:
+            # A hung rank is reported FAILED by its node once its stacks are dumped;
+            # stopping everything at RANK_HUNG would lose the stacks.
+            why = event.details.get("reason") or event.message
+            self.failure = f"rank {event.rank} on {event.node} failed: {why}"
+
+    @property
+    def succeeded(self) -> bool:
+        return bool(self.exited) and self.exited >= {r.rank for r in self.attempt.ranks}
+
+
+def apply_event(attempt: job_pb2.Attempt, event: job_pb2.JobEvent) -> None:
+    """One rank event into the attempt's view of that rank."""
+    for rank in attempt.ranks:
+        if rank.rank != event.rank:
+            continue
+        if event.HasField("metrics"):
+            rank.metrics.CopyFrom(latest_metrics(rank.metrics, event.metrics))
+            rank.last_heartbeat.CopyFrom(event.time)
+        kind = event.kind
+        if kind == EK.JOB_EVENT_KIND_RANK_EXITED:
+            rank.state = RS.RANK_STATE_EXITED
+        elif kind == EK.JOB_EVENT_KIND_RANK_FAILED:
+            rank.state = RS.RANK_STATE_FAILED
+            rank.reason = event.message
+        elif kind == EK.JOB_EVENT_KIND_RANK_HUNG:
+            rank.state = RS.RANK_STATE_HUNG
+            rank.reason = event.message
+        elif kind == EK.JOB_EVENT_KIND_RANK_PHASE:
+            phase = phase_from_name(event.details.get("phase", ""))
+            if phase is not None:
+                rank.phase = phase  # type: ignore[assignment]
+                rank.phase_since.CopyFrom(event.time)
+        elif kind in (
+            EK.JOB_EVENT_KIND_RANK_STARTED,
+            EK.JOB_EVENT_KIND_METRICS,
+        ) and rank.state in (RS.RANK_STATE_PENDING, RS.RANK_STATE_STARTING):
+            rank.state = RS.RANK_STATE_RUNNING
+
+
+def with_unknown_ranks(job: job_pb2.Job, nodes: Mapping[str, NodeApi]) -> job_pb2.Job:
+    """The job as the leader can vouch for it: the ranks still going on a node that does
+    not answer are marked unknown since it stopped (a copy; `job` itself is unchanged)."""
+    if job.state not in ACTIVE or not job.attempts:
+        return job
+    lost = {name: since for name, api in nodes.items() if (since := api.lost_since()) is not None}
+    if not any(r.node in lost and r.state not in ENDED for r in job.attempts[-1].ranks):
+        return job
+    marked = job_pb2.Job()
+    marked.CopyFrom(job)
+    for rank in marked.attempts[-1].ranks:
+        if rank.node in lost and rank.state not in ENDED:
+            rank.unknown_since.FromNanoseconds(int(lost[rank.node] * 1e9))
+    return marked

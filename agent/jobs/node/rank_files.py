@@ -1,0 +1,101 @@
+"""A rank's three files (its metrics file, stdout, stderr), how far each was read, and
+what the new lines hold: records, NCCL findings and alerts. Reads files; no journal, no
+events (the supervisor applies what it returns)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from agent.jobs.metrics_records import Record, RecordParser
+from agent.jobs.node.log_alerts import alert_for
+from agent.jobs.node.nccl import NcclFinding, NcclParser
+from agent.jobs.node.script_logs import ScriptLogParser
+from agent.jobs.node.tailer import MAX_READ_BYTES, Chunk, read_lines
+
+__all__ = ["MAX_ALERTS_PER_READ", "RankFiles", "Reading"]
+
+# Per rank and read: enough for any sane reporter, bounded for a runaway one.
+MAX_READ_BYTES_PER_FILE = 8 * MAX_READ_BYTES
+MAX_ALERTS_PER_READ = 10  # a rank printing OOM in a loop must not flood the journal
+
+
+@dataclass
+class Reading:
+    """What one read found, and the offsets to journal with it."""
+
+    records: list[Record] = field(default_factory=list)
+    findings: list[NcclFinding] = field(default_factory=list)
+    alerts: list[tuple[str, str]] = field(default_factory=list)  # (alert, line)
+    offsets: dict[str, int] = field(default_factory=dict)
+    drained: bool = True  # everything written so far was read
+
+
+@dataclass
+class RankFiles:
+    metrics_path: str
+    stdout_path: str
+    stderr_path: str
+    metrics_offset: int = 0
+    stdout_offset: int = 0
+    stderr_offset: int = 0  # how far the script's own progress lines were read
+    records: RecordParser = field(default_factory=RecordParser)
+    script: ScriptLogParser = field(default_factory=ScriptLogParser)
+    nccl: NcclParser | None = None
+
+    def read(self, now: float, script_lines: bool = True) -> Reading:
+        """The new lines of all three files. ``script_lines``: read what the script prints
+        for progress too (tqdm on stderr, log lines on stdout); not needed once a rank
+        reports through its own file and trains."""
+        out = Reading()
+
+        def parse_file(text: str) -> list[Record]:
+            record = self.records.parse(text)
+            return [record] if record is not None else []
+
+        def parse_stdout(text: str) -> list[Record]:
+            # NCCL_DEBUG=INFO lines go to stdout beside the script's own progress lines.
+            if self.nccl is not None and "NCCL" in text:
+                out.findings.extend(self.nccl.feed(text))
+                return []
+            alert = alert_for(text)
+            if alert is not None and len(out.alerts) < MAX_ALERTS_PER_READ:
+                out.alerts.append((alert, text))
+            return self.script.feed("stdout", text, now) if script_lines else []
+
+        self.metrics_offset = self._read(self.metrics_path, self.metrics_offset, parse_file, out)
+        if script_lines:
+            # tqdm's bars (the step and its rate) are drawn on stderr.
+            self.stderr_offset = self._read(
+                self.stderr_path,
+                self.stderr_offset,
+                lambda text: self.script.feed("stderr", text, now),
+                out,
+                split_cr=True,
+            )
+        self.stdout_offset = self._read(
+            self.stdout_path, self.stdout_offset, parse_stdout, out, split_cr=True
+        )
+        if script_lines:
+            out.records += self.script.flush(now)
+        return out
+
+    @staticmethod
+    def _read(
+        path: str,
+        offset: int,
+        parse: Callable[[str], list[Record]],
+        out: Reading,
+        split_cr: bool = False,
+    ) -> int:
+        budget = MAX_READ_BYTES_PER_FILE
+        chunk = Chunk(offset=offset, more=True)
+        while chunk.more and budget > 0:
+            chunk = read_lines(path, chunk.offset, min(budget, MAX_READ_BYTES), split_cr=split_cr)
+            budget -= MAX_READ_BYTES
+            for line in chunk.lines:
+                out.records += parse(line.text)
+        if chunk.offset != offset:
+            out.offsets[path] = chunk.offset
+        out.drained = out.drained and not chunk.more
+        return chunk.offset

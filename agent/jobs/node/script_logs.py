@@ -1,0 +1,335 @@
+"""What users' own training scripts print, read back as records: one rank's stdout and stderr.
+
+How the supervisor calls it (one parser per rank process; pure: no I/O, no clock of its own)::
+
+    parser = ScriptLogParser(argv=rank_argv)  # the rank's command line (for --logging_steps,
+                                              # --max_steps); a new parser for each attempt
+    # every poll, `now` = the supervisor's monotonic clock, in seconds; stderr first:
+    for line in read_lines(stderr_path, stderr_offset, split_cr=True).lines:
+        records += parser.feed("stderr", line.text, now)
+    for line in read_lines(stdout_path, stdout_offset, split_cr=True).lines:
+        records += parser.feed("stdout", line.text, now)
+    records += parser.flush(now)  # after both files, on every poll, even with no new lines
+
+Both files are needed: tqdm bars (steps, it/s) are on stderr, the Trainer's log dicts
+(loss, lr, ...) on stdout; a dict waits up to ``wait_s`` (2 s of ``now``) for the bar redraw
+that tells its step, so ``flush`` must keep being called (either order of the files works;
+stderr first lets a dict read late still meet its redraw). ``split_cr=True`` delivers each bar
+as it is drawn; without it bars arrive only when they close, and dicts fall back to counting.
+``feed`` also accepts lines that still hold ``\\r``-separated draws.
+
+It yields, in order:
+- METRICS records with ``source`` = the stream ("stdout"/"stderr"): what each line knows of a
+  step (steps >= 1 only); records of one step complete each other through ``merge_metrics``.
+  Like DeepSpeed's lines before, they are ignored for a rank that reports through its own
+  metrics file (``record.source != "file"`` while the rank's source is "file"). It runs
+  ``DeepSpeedStdoutParser`` itself: do not run that one beside it.
+- PHASE records (``record.phase``, a ``job_pb2.RankPhase``), only ever moving forward, from
+  start-up lines (importing, building ops, joining, loading a checkpoint, first step) and
+  TRAINING at the first step > 0. ``record.time`` is the line's own time stamp when it has one,
+  else None (stamp it on arrival).
+
+Read: Hugging Face Trainer dicts and tqdm bars (``agent.jobs.node.script_logs_hf``),
+DeepSpeed 0.3-0.19
+progress, throughput, timer and pipeline lines, Megatron-LM / Megatron-DeepSpeed / GPT-NeoX /
+nanotron ``iteration N/ M | key: value |`` lines. Garbage never raises.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+from gantry.v1 import job_pb2
+
+from agent.jobs.metrics_records import MAX_COUNT, Record, RecordKind, whole_number
+from agent.jobs.node.deepspeed_lines import DeepSpeedStdoutParser, log_time
+from agent.jobs.node.script_logs_hf import (
+    Bar,
+    LogDict,
+    StepMatcher,
+    hf_metrics,
+    parse_bar,
+    parse_log_dict,
+)
+
+__all__ = ["ScriptLogParser", "megatron_metrics"]
+
+MAX_SEGMENT = 16384  # a draw or line longer than this is read from its start only
+_P = job_pb2.RankPhase
+_SEGMENTS = re.compile(r"\r\n|\r|\n")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_CURSOR_UP = "\x1b[A"  # tqdm moves a bar below another with "\n" ... "\x1b[A"
+
+# Start-up texts, as the libraries print them (see tests/test_script_logs.py for sources).
+_PHASES: tuple[tuple[str, int], ...] = (
+    ("Setting ds_accelerator to", _P.RANK_PHASE_IMPORTING),
+    ("[real_accelerator.py:", _P.RANK_PHASE_IMPORTING),  # 0.19: "Setting accelerator to CPU."
+    ("as PyTorch extensions root", _P.RANK_PHASE_BUILDING_OPS),
+    ("Emitting ninja build file", _P.RANK_PHASE_BUILDING_OPS),
+    ("Building extension module", _P.RANK_PHASE_BUILDING_OPS),
+    ("Loading extension module", _P.RANK_PHASE_BUILDING_OPS),
+    ("Time to load ", _P.RANK_PHASE_BUILDING_OPS),  # DeepSpeed: "Time to load utils op: 0.1 s.."
+    ("_op built successfully", _P.RANK_PHASE_BUILDING_OPS),  # DeepSpeed's shm/ccl comm ops
+    ("> compiling dataset index builder", _P.RANK_PHASE_BUILDING_OPS),
+    ("> compiling and loading fused kernels", _P.RANK_PHASE_BUILDING_OPS),
+    ("Initializing TorchBackend in DeepSpeed", _P.RANK_PHASE_JOINING),
+    (":init_distributed]", _P.RANK_PHASE_JOINING),
+    ("Initializing torch distributed with backend", _P.RANK_PHASE_JOINING),
+    ("> initializing torch distributed", _P.RANK_PHASE_JOINING),
+    ("store_based_barrier_key", _P.RANK_PHASE_JOINING),
+    ("[Torch] Loading checkpoint from", _P.RANK_PHASE_LOADING_CHECKPOINT),
+    ("[Torch] Begin Load checkpoint from", _P.RANK_PHASE_LOADING_CHECKPOINT),
+    ("zero partition checkpoints for rank", _P.RANK_PHASE_LOADING_CHECKPOINT),
+    ("ZeRO state_dicts for rank", _P.RANK_PHASE_LOADING_CHECKPOINT),
+    ("Continuing training from ", _P.RANK_PHASE_LOADING_CHECKPOINT),
+    ("Resuming training from checkpoint", _P.RANK_PHASE_LOADING_CHECKPOINT),
+    ("Loading model from ", _P.RANK_PHASE_LOADING_CHECKPOINT),
+    (" loading checkpoint from ", _P.RANK_PHASE_LOADING_CHECKPOINT),
+    (" loading release checkpoint from ", _P.RANK_PHASE_LOADING_CHECKPOINT),
+    ("[before load checkpoint]", _P.RANK_PHASE_LOADING_CHECKPOINT),
+    ("***** Running training *****", _P.RANK_PHASE_FIRST_STEP),
+    ("[before the start of training step]", _P.RANK_PHASE_FIRST_STEP),
+)
+_RESUMED_AT = re.compile(
+    r"(?:Continuing training from global step |Resuming training from checkpoint with epoch \d+"
+    r" and global step |checkpoint from \S+ (?:\[[^\]]{0,40}\] )?at iteration )(?P<step>\d+)"
+)
+_TOTAL = re.compile(r"Total optimization steps = (?P<total>[\d,]{1,20})")
+
+# Megatron-LM / Megatron-DeepSpeed training_log, GPT-NeoX and nanotron: "iteration N/ M | ..."
+_ITERATION = re.compile(r"\biteration:?\s*(?P<step>\d+)\s*/\s*(?P<total>\d+)\s*\|")
+_NUMBER = re.compile(r"\s*(?P<n>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf)(?P<rest>.*)")
+_SCALE = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}  # nanotron's human_format
+_MEGATRON_FIELDS = {
+    "learning rate": "learning_rate",
+    "lr": "learning_rate",
+    "loss scale": "loss_scale",
+    "grad norm": "grad_norm",
+    "grad_norm": "grad_norm",
+    "samples per second": "samples_per_s",
+    "samples/sec": "samples_per_s",
+    "tokens per gpu per second (tgs)": "tokens_per_s",
+    "tokens_per_sec_per_gpu": "tokens_per_s",
+    "tflops": "tflops",
+    "throughput per gpu (tflop/s/gpu)": "tflops",
+    "model_tflops_per_gpu": "tflops",
+    "approx flops per gpu": "tflops",
+}
+_MEGATRON_MS = ("elapsed time per iteration (ms)", "elapsed_time_per_iteration_ms")
+_LOSS_KEYS = ("lm loss", "lm_loss", "loss")
+
+
+def _number(text: str) -> float | None:
+    match = _NUMBER.fullmatch(text)
+    if match is None:
+        return None
+    return float(match["n"]) * _SCALE.get(match["rest"].strip(), 1.0)
+
+
+def megatron_metrics(text: str) -> job_pb2.RankMetrics | None:
+    """The figures of a Megatron-style ``iteration N/ M | key: value | ...`` line, else None."""
+    if "iteration" not in text or "|" not in text:
+        return None
+    found = _ITERATION.search(text)
+    step = whole_number(found["step"]) if found is not None else None
+    total = whole_number(found["total"]) if found is not None else None
+    if found is None or step is None or total is None:
+        return None
+    m = job_pb2.RankMetrics(step=step, total_steps=total)
+    values: dict[str, float] = {}
+    for part in text[found.end() :].split("|") + text[: found.start()].split("|"):
+        key, sep, value = part.partition(":")
+        number = _number(value) if sep else None
+        if number is not None:
+            values.setdefault(" ".join(key.lower().split()), number)
+    for key, attr in _MEGATRON_FIELDS.items():
+        if key in values and not m.HasField(attr):
+            setattr(m, attr, values[key])
+    for key in _MEGATRON_MS:
+        if key in values:
+            m.step_time_s = values[key] / 1000.0
+    losses = [k for k in _LOSS_KEYS if k in values]
+    losses += [k for k in values if k.endswith("loss") and k not in _LOSS_KEYS]
+    if losses:
+        m.loss = values[losses[0]]
+    return m
+
+
+def _arg(argv: Sequence[str], *names: str) -> str | None:
+    for i, arg in enumerate(argv):
+        for name in names:
+            if arg == name:
+                return argv[i + 1] if i + 1 < len(argv) else ""
+            if arg.startswith(name + "="):
+                return arg[len(name) + 1 :]
+    return None
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
+
+
+class ScriptLogParser:
+    """Reads one rank's stdout and stderr lines into METRICS and PHASE records."""
+
+    def __init__(self, argv: Sequence[str] = (), wait_s: float = 2.0) -> None:
+        argv = [str(a) for a in list(argv)[:4096]]
+        max_steps = _float(_arg(argv, "--max_steps", "--max-steps"))
+        iters = _float(_arg(argv, "--train-iters", "--train_iters"))
+        total = next((int(v) for v in (max_steps, iters) if v and 1 <= v <= MAX_COUNT), None)
+        first = _arg(argv, "--logging_first_step", "--logging-first-step")
+        self.phase = 0  # the latest job_pb2.RankPhase reached
+        self.total = total  # the run's last step, when known
+        self._steps = StepMatcher(
+            _float(_arg(argv, "--logging_steps", "--logging-steps")),
+            total,
+            first is not None and first.lower() not in ("false", "0", "no"),
+            wait_s,
+        )
+        self._deepspeed = DeepSpeedStdoutParser()
+        self._bar_total = total if max_steps else None  # the Trainer bar's total
+        self._bar_done = False  # that bar reached its total
+        self._ended = False  # the Trainer printed its end-of-training dict
+        self._bar_step: int | None = None  # the step of the last bar record
+        self._cleared: dict[str, bool] = {}  # per stream: a bar was just cleared
+
+    def feed(self, stream: str, line: str, now: float) -> list[Record]:
+        """The records one line (or \\r-separated draws) of ``stream`` gives, at ``now``."""
+        out: list[Record] = []
+        for segment in _SEGMENTS.split(line):
+            self._segment(stream, segment, now, out)
+        self._placed(self._steps.expire(now), out)  # after the line: it may be the redraw
+        return out
+
+    def flush(self, now: float) -> list[Record]:
+        """Records of log dicts whose wait for their step ran out by ``now``."""
+        out: list[Record] = []
+        self._placed(self._steps.expire(now), out)
+        return out
+
+    def _segment(self, stream: str, raw: str, now: float, out: list[Record]) -> None:
+        if not raw:
+            return
+        if not raw.strip(" "):
+            if stream in self._cleared or len(self._cleared) < 8:
+                self._cleared[stream] = True  # tqdm's clear: "\r" + spaces + "\r"
+            return
+        raw = raw[:MAX_SEGMENT]
+        nested = _CURSOR_UP in raw
+        text = _ANSI.sub("", raw) if "\x1b" in raw else raw
+        while "%|" in text:
+            found = parse_bar(text)
+            if found is None:
+                break
+            bar, start, end = found
+            self._text(stream, text[:start], now, out)
+            self._bar(stream, bar, nested, out)
+            text = text[end:]
+        self._text(stream, text, now, out)
+
+    def _is_main(self, bar: Bar, nested: bool, after_clear: bool) -> bool:
+        if bar.desc or nested or bar.n is None or not bar.total or bar.unit != "it":
+            return False
+        if self._bar_total is None or bar.total == self._bar_total:
+            self._bar_total = bar.total
+        elif not self._ended and (after_clear or (self._bar_done and bar.n == 0)):
+            # The first bar without a description was another loop's; this one logs.
+            self._bar_total, self._bar_done = bar.total, False
+        else:
+            return False
+        self._set_total(bar.total)
+        return True
+
+    def _bar(self, stream: str, bar: Bar, nested: bool, out: list[Record]) -> None:
+        after_clear = self._cleared.get(stream, False)
+        if bar.n is None or not self._is_main(bar, nested, after_clear):
+            return
+        if after_clear:
+            self._cleared[stream] = False
+        self._placed(self._steps.bar(stream, bar.n, after_clear), out)
+        self._bar_done = self._bar_done or bar.n >= (bar.total or 0)
+        if bar.n == self._bar_step:
+            return
+        self._bar_step = bar.n
+        if bar.n == 0:
+            self._advance(_P.RANK_PHASE_FIRST_STEP, None, stream, out)
+            return
+        m = job_pb2.RankMetrics(step=bar.n)
+        if bar.step_time_s is not None and math.isfinite(bar.step_time_s):
+            m.step_time_s = bar.step_time_s
+        self._metrics(m, None, stream, out)
+
+    def _text(self, stream: str, text: str, now: float, out: list[Record]) -> None:
+        if not text.strip():
+            return
+        if "{" in text:
+            fields = parse_log_dict(text)
+            if fields is not None:
+                self._log_dict(stream, fields, now, out)
+        record = self._deepspeed.parse(text)
+        if record is not None and record.metrics is not None:
+            self._metrics(record.metrics, record.time, stream, out)
+        megatron = megatron_metrics(text)
+        if megatron is not None:
+            self._set_total(megatron.total_steps)
+            self._metrics(megatron, log_time(text), stream, out)
+        self._startup(stream, text, out)
+
+    def _log_dict(
+        self, stream: str, fields: dict[str, float | None], now: float, out: list[Record]
+    ) -> None:
+        item = LogDict.of(fields, stream, now)
+        step = fields.get("step")  # transformers 3.x printed it
+        if step is not None and 0 <= step <= MAX_COUNT and step.is_integer():
+            self._placed([(item, int(step))], out)
+            return
+        self._ended = self._ended or item.kind == "end"
+        self._placed(self._steps.add(item), out)
+
+    def _placed(self, placed: list[tuple[LogDict, int]], out: list[Record]) -> None:
+        for item, step in placed:
+            m = hf_metrics(item.fields, step)
+            if m is not None:
+                self._metrics(m, None, item.stream, out)
+
+    def _startup(self, stream: str, text: str, out: list[Record]) -> None:
+        for needle, phase in _PHASES:
+            if phase > self.phase and needle in text:
+                self._advance(phase, log_time(text), stream, out)
+                break
+        if "from" in text:
+            resumed = _RESUMED_AT.search(text)
+            step = whole_number(resumed["step"]) if resumed is not None else None
+            if step is not None:
+                self._steps.last_step = step
+        if "Total optimization steps" in text:
+            found = _TOTAL.search(text)
+            total = whole_number(found["total"].replace(",", "")) if found is not None else None
+            if total:
+                self._bar_total = total
+                self._set_total(total)
+
+    def _set_total(self, total: int | None) -> None:
+        if total:
+            self.total = self._steps.total = total
+
+    def _advance(self, phase: int, when: float | None, stream: str, out: list[Record]) -> None:
+        if phase > self.phase:
+            self.phase = phase
+            out.append(Record(RecordKind.PHASE, when, phase=phase, source=stream))
+
+    def _metrics(
+        self, m: job_pb2.RankMetrics, when: float | None, stream: str, out: list[Record]
+    ) -> None:
+        if m.step <= 0:
+            return  # DeepSpeed's "step=0" at initialize: nothing trained yet
+        self._advance(_P.RANK_PHASE_TRAINING, when, stream, out)
+        if self.total and not m.HasField("total_steps"):
+            m.total_steps = self.total
+        out.append(Record(RecordKind.METRICS, when, m.step, metrics=m, source=stream))

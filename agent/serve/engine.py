@@ -1,0 +1,258 @@
+"""The inference server's decode loop: one worker thread runs the model.
+
+Each iteration asks the `Scheduler` what changes (requests joining, cancelled ones
+leaving), prefills the joining requests together, then runs one decode step for the
+whole running batch (`BatchDecoder`). Every token is handed to its request's sink as
+an event, from this thread: the sink must be thread-safe (the server posts it to its
+event loop). A request ends at its end-of-text token, at `max_tokens`, at a stop
+string, or when cancelled; its place is free from the next step on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from agent.serve.batching import Plan, Scheduler
+from agent.serve.decode import GREEDY, BatchDecoder, Sampling, choose_tokens
+from agent.serve.events import Chunk, Done, Event, Failed, Request, Sink, Usage
+from agent.serve.stats import ServerStats
+from agent.serve.text import TextStream
+
+log = logging.getLogger("gantry.serve")
+
+
+@dataclass
+class _Sequence:
+    request: Request
+    sink: Sink
+    text: TextStream
+    sampling: Sampling
+    generated: list[int] = field(default_factory=list)
+    first_token_at: float | None = None
+
+
+class Engine:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        scheduler: Scheduler[int],
+        stats: ServerStats,
+        eos_token_ids: Collection[int],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._model = model
+        self._tokenizer = tokenizer
+        self._scheduler = scheduler
+        self._stats = stats
+        self._eos = frozenset(eos_token_ids)
+        self._clock = clock
+        self._decoder: BatchDecoder[int] = BatchDecoder(model)
+        self._cond = threading.Condition()
+        self._ids = itertools.count(1)
+        self._queued: dict[int, _Sequence] = {}  # guarded by _cond
+        self._running: dict[int, _Sequence] = {}  # the worker's own
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="gantry-decode", daemon=True)
+
+    def now(self) -> float:
+        return self._clock()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def warm_up(self) -> None:
+        """One prefill and one decode step before serving: fails early on an unsupported
+        model and takes the first-call costs out of the first request's latency."""
+        with torch.inference_mode():
+            logits, prefilled = self._decoder.prefill([self._first_token_id()])
+            [token] = choose_tokens(logits, [GREEDY])
+            self._decoder.join(0, prefilled)
+            self._decoder.step({0: token})
+            self._decoder.drop([0])
+
+    def _first_token_id(self) -> int:
+        for candidate in (self._tokenizer.bos_token_id, self._tokenizer.eos_token_id):
+            if isinstance(candidate, int):
+                return candidate
+        return 0
+
+    def submit(self, request: Request, sink: Sink) -> int:
+        generator = None
+        if request.seed and request.temperature > 0:
+            generator = torch.Generator(device=self._decoder.device)
+            generator.manual_seed(request.seed)
+        sequence = _Sequence(
+            request=request,
+            sink=sink,
+            text=TextStream(self._decode_text, request.prompt_ids, request.stop),
+            sampling=Sampling(request.temperature, request.top_p, generator),
+        )
+        key = next(self._ids)
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the engine is stopped")
+            self._queued[key] = sequence
+            self._scheduler.submit(key, self._clock())
+            self._cond.notify()
+        return key
+
+    def cancel(self, key: int) -> None:
+        with self._cond:
+            if self._scheduler.cancel(key):
+                self._queued.pop(key, None)
+                self._cond.notify()
+
+    def load(self) -> tuple[int, int]:
+        """(requests queued, requests running)."""
+        with self._cond:
+            return self._scheduler.queue_depth, len(self._scheduler.running)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stops the loop after its current step; requests still there fail."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        with self._cond:
+            left = list(self._queued.values())
+            self._queued.clear()
+        if not self._thread.is_alive():  # else the worker still owns its requests
+            left += self._running.values()
+            self._running.clear()
+        for sequence in left:
+            self._emit(sequence, Failed("the server stopped before the request finished"))
+
+    # -- the worker thread ---------------------------------------------------------
+
+    def _decode_text(self, ids: Sequence[int]) -> str:
+        return str(self._tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                admitted = self._next_batch()
+                if admitted is None:
+                    return
+                try:
+                    self._iterate(*admitted)
+                except Exception as exc:  # a model error fails the batch, not the server
+                    log.exception("decode step failed")
+                    self._fail_running(f"generation failed: {exc}")
+
+    def _next_batch(self) -> tuple[Plan[int], list[tuple[int, _Sequence]]] | None:
+        with self._cond:
+            while not self._stopping:
+                plan = self._scheduler.plan(self._clock())
+                if plan or self._scheduler.running:
+                    admitted = [(key, self._queued.pop(key)) for key in plan.admitted]
+                    return plan, admitted
+                wake = self._scheduler.wake_at()
+                self._cond.wait(None if wake is None else max(0.0, wake - self._clock()))
+        return None
+
+    def _iterate(self, plan: Plan[int], admitted: list[tuple[int, _Sequence]]) -> None:
+        if plan.evicted:
+            self._decoder.drop(plan.evicted)
+            for key in plan.evicted:
+                sequence = self._running.pop(key, None)
+                if sequence is not None:
+                    self._emit(sequence, Done("", (), self._usage(sequence, "cancelled")))
+        self._running.update(admitted)
+        generated = 0
+        finished: list[int] = []
+        prefills = (
+            self._decoder.prefill_many([seq.request.prompt_ids for _, seq in admitted])
+            if admitted
+            else []
+        )
+        for (key, sequence), (logits, prefilled) in zip(admitted, prefills, strict=True):
+            [token] = choose_tokens(logits, [sequence.sampling])
+            generated += 1
+            if self._accept(sequence, token):
+                finished.append(key)
+            else:
+                self._decoder.join(key, prefilled)
+        self._finish(finished)
+        if len(self._decoder):
+            finished = []
+            batch = [(key, self._running[key]) for key in self._decoder.keys]
+            logits = self._decoder.step({key: seq.generated[-1] for key, seq in batch})
+            tokens = choose_tokens(logits, [seq.sampling for _, seq in batch])
+            for (key, sequence), token in zip(batch, tokens, strict=True):
+                if self._accept(sequence, token):
+                    finished.append(key)
+            generated += len(batch)
+            self._stats.step(len(batch), generated)
+            self._decoder.drop(finished)
+            self._finish(finished)
+        elif generated:
+            self._stats.step(0, generated)
+
+    def _accept(self, sequence: _Sequence, token: int) -> bool:
+        """Records a new token and sends it on; True when the request is complete."""
+        now = self._clock()
+        if sequence.first_token_at is None:
+            sequence.first_token_at = now
+        sequence.generated.append(token)
+        eos = token in self._eos
+        piece = "" if eos else sequence.text.push([token])
+        if sequence.text.stopped:
+            reason = "stop"
+        elif eos:
+            reason = "eos"
+        elif len(sequence.generated) >= sequence.request.max_tokens:
+            reason = "length"
+        else:
+            self._emit(sequence, Chunk(piece, (token,)))
+            return False
+        piece += sequence.text.finish()
+        self._emit(sequence, Done(piece, (token,), self._usage(sequence, reason)))
+        self._stats.request_completed()
+        return True
+
+    def _finish(self, keys: list[int]) -> None:
+        if not keys:
+            return
+        for key in keys:
+            self._running.pop(key, None)
+        with self._cond:
+            for key in keys:
+                self._scheduler.finish(key)
+
+    def _fail_running(self, message: str) -> None:
+        failed = list(self._running)
+        self._decoder = BatchDecoder(self._model)
+        for key in failed:
+            self._emit(self._running.pop(key), Failed(message))
+        with self._cond:
+            for key in failed:
+                self._scheduler.finish(key)
+
+    def _usage(self, sequence: _Sequence, reason: str) -> Usage:
+        now = self._clock()
+        received = sequence.request.received
+        first = sequence.first_token_at
+        return Usage(
+            prompt_tokens=len(sequence.request.prompt_ids),
+            completion_tokens=len(sequence.generated),
+            time_to_first_token_ms=(first - received) * 1000 if first is not None else 0.0,
+            total_time_ms=(now - received) * 1000,
+            finish_reason=reason,
+        )
+
+    @staticmethod
+    def _emit(sequence: _Sequence, event: Event) -> None:
+        try:
+            sequence.sink(event)
+        except Exception:  # the server's loop is gone (shutting down): nobody listens
+            log.debug("dropped an event for a finished request", exc_info=True)

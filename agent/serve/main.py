@@ -1,0 +1,331 @@
+"""`python -m agent.serve`: the inference server of a trained model.
+
+    python -m agent.serve --model DIR [--listen 127.0.0.1:PORT] [--max-batch-size 8]
+        [--max-queue-delay-ms 10] [--token-file F] [--ready-file PATH] [--drain-s 10]
+        [--device auto|cpu|cuda]
+
+DIR is a Hugging Face model directory with its tokenizer (the trainer's
+`OUTPUT_DIR/final`) or an int8 artifact of `agent.tasks.quantize`. The server listens
+first, with grpc.health.v1 NOT_SERVING while the model loads (and reflection on),
+then turns SERVING and writes the ready file (JSON: address, pid) so that a
+supervising agent knows the port; `--listen HOST:0` takes any free port. It prints
+JSON progress lines on stdout (the agent's task protocol), the address included.
+With `--token-file`, every RPC but health needs `authorization: Bearer TOKEN`.
+
+SIGTERM or SIGINT: health turns NOT_SERVING, new requests get UNAVAILABLE, requests
+in flight have `--drain-s` seconds to finish, then the server exits 0.
+
+Batching: see agent.serve.batching (admission) and agent.serve.decode (model stepping).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from gantry.v1 import inference_service_pb2, inference_service_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from agent.security.auth import TokenAuthInterceptor, TokenError, load_or_create_token
+from agent.serve.rpc import Backend, InferenceServicer
+from agent.serve.stats import ServerStats
+
+log = logging.getLogger("gantry.serve")
+
+SERVICE = inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+DEFAULT_LISTEN = "127.0.0.1:50061"
+STOP_GRACE_S = 2.0
+DRAIN_POLL_S = 0.02
+T = TypeVar("T")
+
+
+# One decode loop over small per-step matrices: more intra-op threads mostly spin in
+# OpenMP barriers, and on a node shared with other work a second thread made the
+# batched server up to 20x slower (bench/serving.py), so one unless told otherwise.
+DEFAULT_THREADS = 1
+
+
+class ListenError(ValueError):
+    pass
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m agent.serve", description="Gantry inference server"
+    )
+    parser.add_argument("--model", required=True, type=Path, help="model directory")
+    parser.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT (port 0: any)")
+    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--max-queue-delay-ms", type=float, default=10.0)
+    parser.add_argument("--token-file", type=Path, help="require this bearer token")
+    parser.add_argument("--ready-file", type=Path, help="written (address, pid) once serving")
+    parser.add_argument("--drain-s", type=float, default=10.0, help="grace for requests on stop")
+    parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=int(os.environ.get("OMP_NUM_THREADS") or DEFAULT_THREADS),
+        help=f"torch threads (default: $OMP_NUM_THREADS, else {DEFAULT_THREADS})",
+    )
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error("--threads must be at least 1")
+    if args.max_batch_size < 1:
+        parser.error("--max-batch-size must be at least 1")
+    if args.max_queue_delay_ms < 0 or args.drain_s < 0:
+        parser.error("--max-queue-delay-ms and --drain-s must not be negative")
+    try:
+        split_listen(args.listen)
+    except ListenError as exc:
+        parser.error(str(exc))
+    if not (args.model / "config.json").is_file():
+        parser.error(f"--model {args.model}: no config.json (not a Hugging Face model directory)")
+    return args
+
+
+def split_listen(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ListenError(f"--listen {address!r}: expected HOST:PORT, e.g. 127.0.0.1:50061")
+    return host, int(port)
+
+
+def emit(doc: dict[str, Any]) -> None:
+    """A progress line for the supervising agent (see agent.tasks.runner)."""
+    with contextlib.suppress(OSError):  # an agent that restarted no longer reads our stdout
+        print(json.dumps(doc), flush=True)
+
+
+def write_ready_file(path: Path, address: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"address": address, "pid": os.getpid()}) + "\n")
+    tmp.replace(path)
+
+
+def remove_ready_file(path: Path) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+
+
+# --- the model ------------------------------------------------------------------------
+
+
+def load_for_serving(
+    model_dir: Path, device: str, threads: int = DEFAULT_THREADS
+) -> tuple[Any, Any]:
+    """(model in eval mode, tokenizer) from a HF directory or an int8 artifact: the one
+    place the server loads a model. ModelLoadError names what is wrong."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from agent.ml.loading import load_model, quiet_torchao
+
+    quiet_torchao()  # transformers imports torchao while loading any model
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    torch.set_num_threads(threads)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return load_model(model_dir, device)
+
+
+def context_tokens(model: Any, tokenizer: Any) -> int:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else None
+    for value in (
+        getattr(config or model.config, "max_position_embeddings", None),
+        getattr(tokenizer, "model_max_length", None),
+    ):
+        if isinstance(value, int) and 0 < value < 10_000_000:
+            return value
+    return 2048
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """Where `generate` stops: the generation config's end tokens, else the tokenizer's."""
+    generation = getattr(model, "generation_config", None)
+    for value in (getattr(generation, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            return {value}
+        if isinstance(value, list | tuple) and value:
+            return {v for v in value if isinstance(v, int)}
+    return set()
+
+
+def build_backend(args: argparse.Namespace, stats: ServerStats) -> Backend:
+    """Loads the model and warms the decode loop up (runs in a worker thread)."""
+    from agent.serve.batching import Scheduler
+    from agent.serve.engine import Engine
+
+    model, tokenizer = load_for_serving(args.model, args.device, args.threads)
+    scheduler: Scheduler[int] = Scheduler(args.max_batch_size, args.max_queue_delay_ms / 1000)
+    engine = Engine(model, tokenizer, scheduler, stats, eos_token_ids(model, tokenizer))
+    engine.warm_up()
+
+    def encode(prompt: str) -> list[int]:
+        return list(tokenizer(prompt)["input_ids"])
+
+    return Backend(engine=engine, encode=encode, context_tokens=context_tokens(model, tokenizer))
+
+
+def in_thread(work: Callable[[], T]) -> asyncio.Future[T]:
+    """Runs `work` in a daemon thread: a stop during a long load need not wait for it."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not future.done():
+            future.set_result(value) if ok else future.set_exception(value)
+
+    def run() -> None:
+        try:
+            outcome: tuple[bool, Any] = (True, work())
+        except BaseException as exc:
+            outcome = (False, exc)
+        with contextlib.suppress(RuntimeError):  # the loop closed first
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=run, name="gantry-serve-load", daemon=True).start()
+    return future
+
+
+# --- the server -----------------------------------------------------------------------
+
+
+async def build_server(
+    servicer: InferenceServicer, listen: str, token: str | None
+) -> tuple[grpc.aio.Server, int, HealthServicer]:
+    host, port = split_listen(listen)
+    server = grpc.aio.server(
+        interceptors=[TokenAuthInterceptor(token)] if token else None,
+        # Without this a second server on the same fixed port would silently share it.
+        options=[("grpc.so_reuseport", 0)],
+    )
+    inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection((SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(bind)
+    except RuntimeError:
+        raise ListenError(f"cannot listen on {listen}: address in use or not available") from None
+    for name in ("", SERVICE):
+        await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    return server, bound, health
+
+
+async def serve(args: argparse.Namespace) -> int:
+    token = None
+    if args.token_file is not None:
+        try:
+            token, _ = load_or_create_token(args.token_file.parent, args.token_file)
+        except TokenError as exc:
+            log.error("%s", exc)
+            return 2
+    stats = ServerStats()
+    servicer = InferenceServicer(
+        str(args.model), stats, args.max_batch_size, args.max_queue_delay_ms
+    )
+    try:
+        server, port, health = await build_server(servicer, args.listen, token)
+    except ListenError as exc:
+        log.error("%s", exc)
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    host = split_listen(args.listen)[0]
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    log.info("listening on %s; loading %s", address, args.model)
+    emit({"progress": 0.0, "message": f"loading {args.model}", "address": address})
+
+    code = await _load_and_serve(args, servicer, health, stats, stop, address)
+    await _drain(servicer, health, args.drain_s)
+    await server.stop(STOP_GRACE_S)
+    if args.ready_file is not None:
+        remove_ready_file(args.ready_file)
+    log.info("stopped")
+    return code
+
+
+async def _load_and_serve(
+    args: argparse.Namespace,
+    servicer: InferenceServicer,
+    health: HealthServicer,
+    stats: ServerStats,
+    stop: asyncio.Event,
+    address: str,
+) -> int:
+    loading = in_thread(lambda: build_backend(args, stats))
+    stopped = asyncio.ensure_future(stop.wait())
+    either: list[asyncio.Future[Any]] = [loading, stopped]
+    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    if not loading.done():
+        log.info("stopped while loading")
+        loading.cancel()
+        return 0
+    try:
+        backend = loading.result()
+    except Exception as exc:
+        stopped.cancel()
+        log.error("cannot serve %s: %s", args.model, exc)
+        return 1
+    servicer.backend = backend
+    backend.engine.start()
+    for name in ("", SERVICE):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    if args.ready_file is not None:
+        write_ready_file(args.ready_file, address)
+    log.info("serving %s on %s", args.model, address)
+    emit({"message": f"serving on {address}", "address": address})
+    await stopped
+    return 0
+
+
+async def _drain(servicer: InferenceServicer, health: HealthServicer, drain_s: float) -> None:
+    servicer.draining = True
+    await health.enter_graceful_shutdown()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + drain_s
+    if servicer.inflight:
+        log.info("draining %d request(s), up to %gs", servicer.inflight, drain_s)
+    while servicer.inflight and loop.time() < deadline:
+        await asyncio.sleep(DRAIN_POLL_S)
+    if servicer.backend is not None:
+        # Requests still running fail with UNAVAILABLE; the loop thread ends.
+        await asyncio.to_thread(servicer.backend.engine.stop)
+    # Let the handlers send the failures before the server closes.
+    while servicer.inflight and loop.time() < deadline + STOP_GRACE_S:
+        await asyncio.sleep(DRAIN_POLL_S)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    sys.exit(asyncio.run(serve(args)))
+
+
+if __name__ == "__main__":
+    main()

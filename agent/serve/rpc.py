@@ -1,0 +1,213 @@
+"""gantry.v1.InferenceService on top of the decode engine: validation, streaming, stats.
+
+Until the model is loaded (and once the server drains) requests are refused with
+UNAVAILABLE; bad requests get INVALID_ARGUMENT naming what to fix. A request whose
+RPC ends early (client cancel, deadline) is cancelled in the engine, which frees its
+place in the batch from the next step on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import grpc
+from gantry.v1 import inference_service_pb2 as pb
+from gantry.v1 import inference_service_pb2_grpc
+
+from agent.serve.events import Chunk, Done, Event, Failed, Request, Usage
+from agent.serve.stats import ServerStats
+
+if TYPE_CHECKING:
+    from agent.serve.engine import Engine
+
+log = logging.getLogger("gantry.serve")
+
+MAX_TOKENS_LIMIT = 4096
+MAX_STOP_STRINGS = 16
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class InvalidRequest(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What serving needs once the model is loaded."""
+
+    engine: Engine
+    encode: Callable[[str], Sequence[int]]
+    context_tokens: int  # the model's context (max_position_embeddings)
+
+
+def check_params(prompt: str, params: pb.SamplingParams, context_tokens: int) -> None:
+    """Checks what can be checked before tokenizing; InvalidRequest says what is wrong."""
+    if not prompt:
+        raise InvalidRequest("prompt is empty")
+    limit = min(MAX_TOKENS_LIMIT, context_tokens)
+    if params.max_tokens == 0:
+        raise InvalidRequest(f"params.max_tokens must be between 1 and {limit}")
+    if params.max_tokens > limit:
+        raise InvalidRequest(f"params.max_tokens {params.max_tokens} is above the limit {limit}")
+    if not params.temperature >= 0:  # also refuses NaN
+        raise InvalidRequest(f"params.temperature {params.temperature} must not be negative")
+    if not 0 <= params.top_p <= 1:
+        raise InvalidRequest(f"params.top_p {params.top_p} must be between 0 and 1")
+    if len(params.stop) > MAX_STOP_STRINGS:
+        raise InvalidRequest(f"at most {MAX_STOP_STRINGS} stop strings")
+
+
+def check_prompt_length(prompt_tokens: int, context_tokens: int) -> None:
+    if prompt_tokens == 0:
+        raise InvalidRequest("prompt encodes to no tokens")
+    if prompt_tokens >= context_tokens:
+        raise InvalidRequest(
+            f"prompt is {prompt_tokens} tokens; the model's context is {context_tokens} "
+            "(prompt and completion together)"
+        )
+
+
+def build_request(
+    prompt_ids: Sequence[int], params: pb.SamplingParams, context_tokens: int, received: float
+) -> Request:
+    """The engine's request; `max_tokens` is cut to what fits in the context."""
+    check_prompt_length(len(prompt_ids), context_tokens)
+    return Request(
+        prompt_ids=tuple(prompt_ids),
+        max_tokens=min(params.max_tokens, context_tokens - len(prompt_ids)),
+        received=received,
+        temperature=params.temperature,
+        top_p=params.top_p or 1.0,
+        stop=tuple(params.stop),
+        seed=params.seed,
+    )
+
+
+def usage_pb(usage: Usage) -> pb.Usage:
+    return pb.Usage(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        time_to_first_token_ms=usage.time_to_first_token_ms,
+        total_time_ms=usage.total_time_ms,
+        finish_reason=usage.finish_reason,
+    )
+
+
+class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):  # type: ignore[misc]
+    def __init__(
+        self, model_name: str, stats: ServerStats, max_batch_size: int, max_queue_delay_ms: float
+    ) -> None:
+        self.model_name = model_name
+        self.stats = stats
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_ms = max_queue_delay_ms
+        self.backend: Backend | None = None
+        self.draining = False
+        self.inflight = 0
+
+    async def Generate(
+        self, request: pb.GenerateRequest, context: Context
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        self.stats.request_received()
+        self.inflight += 1
+        try:
+            backend, req = await self._prepare(request.prompt, request.params, context)
+            async for event in self._run(backend, req, context):
+                yield self._to_response(event)
+        finally:
+            self.inflight -= 1
+
+    async def Complete(self, request: pb.CompleteRequest, context: Context) -> pb.CompleteResponse:
+        self.stats.request_received()
+        self.inflight += 1
+        try:
+            backend, req = await self._prepare(request.prompt, request.params, context)
+            texts: list[str] = []
+            ids: list[int] = []
+            usage = pb.Usage()
+            async for event in self._run(backend, req, context):
+                texts.append(event.text)
+                ids.extend(event.token_ids)
+                if isinstance(event, Done):
+                    usage = usage_pb(event.usage)
+            return pb.CompleteResponse(text="".join(texts), token_ids=ids, usage=usage)
+        finally:
+            self.inflight -= 1
+
+    async def GetServerStats(
+        self, request: pb.GetServerStatsRequest, context: Context
+    ) -> pb.GetServerStatsResponse:
+        queued, running = self.backend.engine.load() if self.backend else (0, 0)
+        snap = self.stats.snapshot()
+        return pb.GetServerStatsResponse(
+            model=self.model_name,
+            queue_depth=queued,
+            running=running,
+            requests_total=snap.requests_total,
+            errors_total=snap.errors_total,
+            requests_per_s=snap.requests_per_s,
+            tokens_per_s=snap.tokens_per_s,
+            batch_size_histogram=snap.batch_size_histogram,
+            max_batch_size=self.max_batch_size,
+            max_queue_delay_ms=self.max_queue_delay_ms,
+        )
+
+    # -- helpers -------------------------------------------------------------------
+
+    async def _fail(self, context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
+        self.stats.request_failed()
+        await context.abort(code, message)
+
+    async def _prepare(
+        self, prompt: str, params: pb.SamplingParams, context: Context
+    ) -> tuple[Backend, Request]:
+        backend = self.backend
+        if self.draining:
+            await self._fail(context, grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+        if backend is None:
+            await self._fail(context, grpc.StatusCode.UNAVAILABLE, "the model is still loading")
+        received = backend.engine.now()
+        try:
+            check_params(prompt, params, backend.context_tokens)
+            ids = await asyncio.to_thread(backend.encode, prompt)  # long prompts take a while
+            return backend, build_request(ids, params, backend.context_tokens, received)
+        except InvalidRequest as exc:
+            await self._fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    async def _run(
+        self, backend: Backend, request: Request, context: Context
+    ) -> AsyncIterator[Chunk | Done]:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        engine = backend.engine
+
+        def sink(event: Event) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        try:
+            key = engine.submit(request, sink)
+        except RuntimeError:  # stopped between the check and now
+            await self._fail(context, grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+        # Whatever ends the RPC (cancel, deadline, a failed write) frees the place; a
+        # no-op once the request is complete.
+        context.add_done_callback(lambda _: engine.cancel(key))  # type: ignore[arg-type]  # stub: a class
+        while True:
+            event = await events.get()
+            if isinstance(event, Failed):
+                code = grpc.StatusCode.UNAVAILABLE if self.draining else grpc.StatusCode.INTERNAL
+                await self._fail(context, code, event.message)
+            yield event
+            if not isinstance(event, Chunk):
+                return
+
+    @staticmethod
+    def _to_response(event: Chunk | Done) -> pb.GenerateResponse:
+        if isinstance(event, Done):
+            return pb.GenerateResponse(
+                text=event.text, token_ids=event.token_ids, done=True, usage=usage_pb(event.usage)
+            )
+        return pb.GenerateResponse(text=event.text, token_ids=event.token_ids)

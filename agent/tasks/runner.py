@@ -1,0 +1,419 @@
+"""Tasks: evaluation, quantization and serving, each a supervised child process of the
+agent (`python -m agent.tasks.eval | agent.tasks.quantize | agent.serve`).
+
+A task program reports on stdout, one JSON object a line: `{"progress": 0.4,
+"message": "...", "figures": {...}}` while it works and `{"done": true, "results":
+{...}}` at the end; a serve task writes a ready file (its address) once it serves. The
+agent keeps each task's record in DATA/tasks/ID/task.pb (and its stderr beside it),
+so `ListTasks` still knows a task after the agent restarts; a task still running then
+is re-adopted by pid (its progress stream is not: it shows as running until it ends).
+Stop is SIGTERM to the task's process group, a grace period, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+from gantry.v1 import agent_service_pb2, task_pb2
+
+log = logging.getLogger("gantry.agent")
+
+TK = task_pb2.TaskKind
+TS = task_pb2.TaskState
+TERMINAL = frozenset({TS.TASK_STATE_SUCCEEDED, TS.TASK_STATE_FAILED, TS.TASK_STATE_STOPPED})
+STOP_GRACE_S = 10.0
+SERVE_DRAIN_S = 8.0
+READY_POLL_S = 0.2
+MAX_LINE_BYTES = 1 << 20
+MAX_TASKS_KEPT = 200
+PROGRAMS = {
+    TK.TASK_KIND_EVAL: "agent.tasks.eval",
+    TK.TASK_KIND_QUANTIZE: "agent.tasks.quantize",
+    TK.TASK_KIND_SERVE: "agent.serve",
+}
+
+
+class TaskError(ValueError):
+    """A task refused before it starts: one line naming what to fix."""
+
+
+def _now(stamp: object) -> None:
+    stamp.FromNanoseconds(time.time_ns())  # type: ignore[attr-defined]
+
+
+def task_argv(task: task_pb2.Task, task_dir: Path) -> list[str]:
+    """The task program's command line (pure)."""
+    program = [sys.executable, "-m", PROGRAMS[task.kind]]
+    which = task.WhichOneof("spec")
+    if which == "eval":
+        e = task.eval
+        argv = [*program, "--model", e.model_dir, "--data", e.data_path]
+        argv += ["--out", str(task_dir / "report.json")]
+        if e.max_samples:
+            argv += ["--max-samples", str(e.max_samples)]
+        targets = {
+            name: getattr(e.targets, name)
+            for name in ("bleu4_min", "rouge_l_min", "ttft_ms_max", "tokens_per_s_min")
+            if e.targets.HasField(name)
+        }
+        if targets:
+            argv += ["--targets", json.dumps(targets)]
+        if e.job_name:
+            argv += ["--checkpoint", f"{e.job_name}:{Path(e.model_dir).name}"]
+        return argv
+    if which == "quantize":
+        q = task.quantize
+        argv = [*program, "--model", q.model_dir, "--out", q.output_dir]
+        if q.eval_data_path:
+            argv += ["--eval", q.eval_data_path]
+            if q.eval_max_samples:
+                argv += ["--max-samples", str(q.eval_max_samples)]
+        return argv + (["--weight-only"] if q.weight_only else [])
+    if which == "serve":
+        s = task.serve
+        argv = [*program, "--model", s.model_dir, "--listen", f"127.0.0.1:{s.port}"]
+        argv += ["--ready-file", str(task_dir / "ready.json")]
+        # Drain within the agent's stop grace, so a stop never has to SIGKILL a server.
+        argv += ["--drain-s", f"{SERVE_DRAIN_S:g}"]
+        if s.max_batch_size:
+            argv += ["--max-batch-size", str(s.max_batch_size)]
+        if s.max_queue_delay_ms:
+            argv += ["--max-queue-delay-ms", f"{s.max_queue_delay_ms:g}"]
+        return argv
+    raise TaskError("the task has no spec (eval, quantize or serve)")
+
+
+def check_spec(task: task_pb2.Task) -> None:
+    """Refuses a task whose inputs are not there, before anything starts."""
+    which = task.WhichOneof("spec")
+    if which == "eval":
+        _model_dir(task.eval.model_dir)
+        if not task.eval.data_path:
+            raise TaskError("eval: give the held-out data (--data HELDOUT.jsonl)")
+        if not Path(task.eval.data_path).is_file():
+            raise TaskError(f"eval: data {task.eval.data_path} does not exist on this node")
+    elif which == "quantize":
+        _model_dir(task.quantize.model_dir)
+        if not task.quantize.output_dir:
+            raise TaskError("quantize: give an output directory")
+        if not task.quantize.int8:
+            raise TaskError("quantize: only --int8 is supported")
+        data = task.quantize.eval_data_path
+        if data and not Path(data).is_file():
+            raise TaskError(f"quantize: eval data {data} does not exist on this node")
+    elif which == "serve":
+        _model_dir(task.serve.model_dir)
+        if task.serve.port > 65535:
+            raise TaskError(f"serve: port {task.serve.port} is not a port")
+    else:
+        raise TaskError("the task has no spec (eval, quantize or serve)")
+
+
+def _model_dir(path: str) -> None:
+    if not path:
+        raise TaskError("give a model directory")
+    if not (Path(path) / "config.json").is_file():
+        raise TaskError(f"model {path} is not a model directory on this node (no config.json)")
+
+
+@dataclass
+class _Running:
+    task: task_pb2.Task
+    dir: Path
+    pid: int = 0
+    process: asyncio.subprocess.Process | None = None
+    watchers: list[asyncio.Queue[task_pb2.TaskProgress | None]] = field(default_factory=list)
+    last: task_pb2.TaskProgress | None = None
+    stop_requested: bool = False
+    supervisor: asyncio.Task[None] | None = None
+
+
+class TaskRunner:
+    def __init__(self, data_dir: Path, node_name: str) -> None:
+        self.root = data_dir / "tasks"
+        self.node_name = node_name
+        self._tasks: dict[str, _Running] = {}
+
+    # -- records -------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Loads the records of earlier tasks; re-adopts those still running."""
+        if not self.root.is_dir():
+            return
+        for record in sorted(self.root.glob("*/task.pb")):
+            task = task_pb2.Task()
+            try:
+                task.ParseFromString(record.read_bytes())
+            except Exception:
+                log.warning("task record %s is unreadable; skipped", record)
+                continue
+            running = _Running(task, record.parent)
+            pid_file = record.parent / "pid"
+            if task.state not in TERMINAL:
+                pid = int(pid_file.read_text()) if pid_file.is_file() else 0
+                if pid and psutil.pid_exists(pid):
+                    running.pid = pid
+                    running.supervisor = asyncio.create_task(self._watch_pid(running))
+                else:
+                    self._finish(running, TS.TASK_STATE_FAILED, "the agent restarted while it ran")
+            self._tasks[task.id] = running
+
+    def _save(self, running: _Running) -> None:
+        running.dir.mkdir(parents=True, exist_ok=True)
+        tmp = running.dir / "task.pb.tmp"
+        tmp.write_bytes(running.task.SerializeToString())
+        tmp.replace(running.dir / "task.pb")
+
+    def all(self) -> list[task_pb2.Task]:
+        return [
+            r.task
+            for r in sorted(self._tasks.values(), key=lambda r: r.task.created.ToNanoseconds())
+        ]
+
+    def get(self, task_id: str) -> task_pb2.Task:
+        running = self._tasks.get(task_id)
+        if running is None:
+            raise KeyError(f"no task {task_id} on {self.node_name}")
+        return running.task
+
+    # -- starting and stopping -----------------------------------------------------
+
+    async def start(self, request: agent_service_pb2.StartTaskRequest) -> task_pb2.Task:
+        which = request.WhichOneof("spec")
+        kind = {
+            "eval": TK.TASK_KIND_EVAL,
+            "quantize": TK.TASK_KIND_QUANTIZE,
+            "serve": TK.TASK_KIND_SERVE,
+        }.get(which or "")
+        if kind is None:
+            raise TaskError("the task has no spec (eval, quantize or serve)")
+        task = task_pb2.Task(
+            id=f"{which}-{uuid.uuid4().hex[:8]}", kind=kind, state=TS.TASK_STATE_PENDING
+        )
+        task.node = self.node_name
+        getattr(task, which or "").CopyFrom(getattr(request, which or ""))
+        _now(task.created)
+        check_spec(task)
+        running = _Running(task, self.root / task.id)
+        running.dir.mkdir(parents=True, exist_ok=True)
+        argv = task_argv(task, running.dir)
+        stderr = (running.dir / "stderr.log").open("ab")
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=stderr,
+                start_new_session=True,
+                limit=MAX_LINE_BYTES,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"},
+            )
+        finally:
+            stderr.close()
+        running.process, running.pid = process, process.pid
+        (running.dir / "pid").write_text(str(process.pid))
+        task.state = TS.TASK_STATE_RUNNING if kind != TK.TASK_KIND_SERVE else TS.TASK_STATE_PENDING
+        self._tasks[task.id] = running
+        self._save(running)
+        running.supervisor = asyncio.create_task(self._supervise(running))
+        self._prune()
+        return task
+
+    async def stop(self, task_id: str, grace_s: float = 0.0) -> task_pb2.Task:
+        running = self._tasks.get(task_id)
+        if running is None:
+            raise KeyError(f"no task {task_id} on {self.node_name}")
+        if running.task.state in TERMINAL:
+            return running.task
+        running.stop_requested = True
+        grace = grace_s or STOP_GRACE_S
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(running.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and running.task.state not in TERMINAL:
+            await asyncio.sleep(0.05)
+        if running.task.state not in TERMINAL:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(running.pid, signal.SIGKILL)
+            while running.task.state not in TERMINAL:
+                await asyncio.sleep(0.05)
+        return running.task
+
+    async def close(self) -> None:
+        """The agent stops: tasks go on (a restarted agent re-adopts them)."""
+        for running in self._tasks.values():
+            if running.supervisor is not None:
+                running.supervisor.cancel()
+
+    # -- watching ------------------------------------------------------------------
+
+    async def watch(
+        self, task_id: str
+    ) -> AsyncIterator[tuple[task_pb2.TaskProgress | None, task_pb2.Task | None]]:
+        """(progress, None) while the task runs, then (None, task) once it ended."""
+        running = self._tasks.get(task_id)
+        if running is None:
+            raise KeyError(f"no task {task_id} on {self.node_name}")
+        if running.task.state in TERMINAL:
+            yield None, running.task
+            return
+        queue: asyncio.Queue[task_pb2.TaskProgress | None] = asyncio.Queue()
+        running.watchers.append(queue)
+        try:
+            if running.last is not None:
+                yield running.last, None
+            while True:
+                progress = await queue.get()
+                if progress is None:
+                    yield None, running.task
+                    return
+                yield progress, None
+        finally:
+            running.watchers.remove(queue)
+
+    # -- supervision ---------------------------------------------------------------
+
+    def _publish(self, running: _Running, progress: task_pb2.TaskProgress | None) -> None:
+        if progress is not None:
+            running.last = progress
+        for queue in running.watchers:
+            queue.put_nowait(progress)
+
+    def _progress(
+        self, running: _Running, message: str, fraction: float | None = None
+    ) -> task_pb2.TaskProgress:
+        progress = task_pb2.TaskProgress(
+            task_id=running.task.id, state=running.task.state, message=message
+        )
+        if fraction is not None:
+            progress.fraction = fraction
+        elif running.last is not None:
+            progress.fraction = running.last.fraction
+        _now(progress.time)
+        return progress
+
+    def _on_line(self, running: _Running, raw: bytes) -> None:
+        text = raw.decode("utf-8", "replace").strip()
+        if not text.startswith("{"):
+            return
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            return
+        if not isinstance(doc, dict):
+            return
+        task = running.task
+        if doc.get("done"):
+            results = doc.get("results") or {}
+            for key, value in results.items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    task.results[key] = float(value)
+            report = running.dir / "report.json"
+            if report.is_file():
+                task.report_json = report.read_text()[:MAX_LINE_BYTES]
+            elif isinstance(doc.get("report"), dict):
+                task.report_json = json.dumps(doc["report"])
+            self._save(running)
+            self._publish(running, self._progress(running, "done", 1.0))
+            return
+        fraction = doc.get("progress")
+        progress = self._progress(
+            running,
+            str(doc.get("message", "")),
+            float(fraction) if isinstance(fraction, int | float) else None,
+        )
+        for key, value in (doc.get("figures") or {}).items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                progress.figures[key] = float(value)
+        self._publish(running, progress)
+
+    async def _supervise(self, running: _Running) -> None:
+        process = running.process
+        assert process is not None and process.stdout is not None
+        ready = (
+            asyncio.create_task(self._await_ready(running))
+            if running.task.kind == TK.TASK_KIND_SERVE
+            else None
+        )
+        try:
+            while True:
+                try:
+                    line = await process.stdout.readline()
+                except ValueError:  # a line over the limit: skip it
+                    continue
+                if not line:
+                    break
+                self._on_line(running, line)
+            code = await process.wait()
+        finally:
+            if ready is not None:
+                ready.cancel()
+        self._ended(running, code)
+
+    async def _watch_pid(self, running: _Running) -> None:
+        while psutil.pid_exists(running.pid):
+            with contextlib.suppress(psutil.Error):
+                if psutil.Process(running.pid).status() == psutil.STATUS_ZOMBIE:
+                    break
+            await asyncio.sleep(0.5)
+        state = TS.TASK_STATE_STOPPED if running.stop_requested else TS.TASK_STATE_SUCCEEDED
+        self._finish(running, state, "")
+
+    async def _await_ready(self, running: _Running) -> None:
+        path = running.dir / "ready.json"
+        while True:
+            if path.is_file():
+                try:
+                    doc = json.loads(path.read_text())
+                except ValueError:
+                    doc = None
+                if isinstance(doc, dict) and doc.get("address"):
+                    running.task.endpoint = str(doc["address"])
+                    running.task.state = TS.TASK_STATE_RUNNING
+                    self._save(running)
+                    self._publish(
+                        running, self._progress(running, f"serving on {running.task.endpoint}")
+                    )
+                    return
+            await asyncio.sleep(READY_POLL_S)
+
+    def _ended(self, running: _Running, code: int) -> None:
+        if running.stop_requested:
+            self._finish(running, TS.TASK_STATE_STOPPED, "")
+        elif code == 0:
+            self._finish(running, TS.TASK_STATE_SUCCEEDED, "")
+        else:
+            self._finish(running, TS.TASK_STATE_FAILED, self._why(running, code))
+
+    def _why(self, running: _Running, code: int) -> str:
+        lines = []
+        with contextlib.suppress(OSError):
+            lines = (running.dir / "stderr.log").read_text(errors="replace").strip().splitlines()
+        last = lines[-1] if lines else ""
+        how = f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
+        return f"{how}: {last[:300]}" if last else how
+
+    def _finish(self, running: _Running, state: int, error: str) -> None:
+        task = running.task
+        task.state = state  # type: ignore[assignment]
+        if error:
+            task.error = error
+        _now(task.ended)
+        self._save(running)
+        self._publish(running, None)
+
+    def _prune(self) -> None:
+        ended = [r for r in self._tasks.values() if r.task.state in TERMINAL]
+        for running in ended[: max(0, len(self._tasks) - MAX_TASKS_KEPT)]:
+            del self._tasks[running.task.id]

@@ -1,0 +1,89 @@
+"""What a job costs: GPU-hours used so far and the estimate to finish, at the job's
+price per GPU-hour (its spec's `cost`). Pure: the time is passed in.
+
+One rank holds one GPU (on a CPU node, one slot counted the same way), for as long
+as its attempt ran; a restart's lost work therefore shows as GPU-hours spent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gantry.v1 import job_pb2
+
+from console.model.jobs import ACTIVE_JOB_STATES, ts
+
+
+@dataclass(frozen=True)
+class Cost:
+    gpu_hours: float
+    price_per_gpu_hour: float  # 0: no price in the spec
+    pricing: str
+    instance_type: str
+    remaining_gpu_hours: float | None  # None: no step time or no step budget yet
+
+    @property
+    def spent(self) -> float:
+        return self.gpu_hours * self.price_per_gpu_hour
+
+    @property
+    def remaining(self) -> float | None:
+        if self.remaining_gpu_hours is None:
+            return None
+        return self.remaining_gpu_hours * self.price_per_gpu_hour
+
+    def summary(self) -> str:
+        """One line, e.g. `3.2 GPU-h $8.00 · to finish ~1.1 GPU-h $2.75 (on-demand 2.50/GPU-h)`."""
+        used = f"{self.gpu_hours:.2f} GPU-h"
+        rest = (
+            f" · to finish ~{self.remaining_gpu_hours:.2f} GPU-h"
+            if self.remaining_gpu_hours is not None
+            else ""
+        )
+        if not self.price_per_gpu_hour:
+            return used + rest + " (no price: set cost.price_per_gpu_hour in the job spec)"
+        used += f" ${self.spent:,.2f}"
+        if self.remaining is not None:
+            rest += f" ${self.remaining:,.2f}"
+        where = " ".join(p for p in (self.instance_type, self.pricing) if p)
+        return f"{used}{rest} ({where + ' ' if where else ''}${self.price_per_gpu_hour:g}/GPU-h)"
+
+
+def arg_value(args: list[str], flag: str) -> str | None:
+    """The value of `--flag VALUE` or `--flag=VALUE` (the last one wins), else None."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def total_steps(spec: job_pb2.JobSpec) -> int | None:
+    raw = arg_value(list(spec.args), "--max_steps")
+    try:
+        steps = int(raw) if raw is not None else 0
+    except ValueError:
+        return None
+    return steps if steps > 0 else None
+
+
+def attempt_gpu_hours(attempt: job_pb2.Attempt, now: float) -> float:
+    start = ts(attempt.started)
+    if not start:
+        return 0.0
+    end = ts(attempt.ended) or now
+    return max(0.0, end - start) * len(attempt.ranks) / 3600.0
+
+
+def job_cost(job: job_pb2.Job, now: float, step: int, step_time_s: float | None) -> Cost:
+    """`step`: the last step reached; `step_time_s`: the recent mean step time."""
+    used = sum(attempt_gpu_hours(a, now) for a in job.attempts)
+    remaining = None
+    total = total_steps(job.spec)
+    ranks = len(job.attempts[-1].ranks) if job.attempts else 0
+    if job.state in ACTIVE_JOB_STATES and total is not None and step_time_s is not None and ranks:
+        remaining = max(0, total - step) * step_time_s * ranks / 3600.0
+    cost = job.spec.cost
+    return Cost(used, cost.price_per_gpu_hour, cost.pricing, cost.instance_type, remaining)

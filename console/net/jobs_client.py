@@ -1,0 +1,226 @@
+"""Job verbs over gRPC: the console finds each job's leader and talks to it."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+from gantry.v1 import agent_service_pb2, agent_service_pb2_grpc, job_pb2
+
+from console.net.agent_client import auth_metadata, describe_rpc_error, target_channel
+from console.net.cluster_file import ClusterFileError, NodeTarget
+
+RPC_TIMEOUT_S = 60.0
+# Who is operating: recorded by the agents with every job verb (audit trail, events).
+OPERATOR_METADATA_KEY = "x-gantry-operator"
+OPERATOR_ENV = "GANTRY_OPERATOR"
+
+
+def operator_name() -> str:
+    """``$GANTRY_OPERATOR``, else the login name; "unknown" when neither can be found."""
+    name = os.environ.get(OPERATOR_ENV, "")
+    if not name:
+        try:
+            name = getpass.getuser()
+        except (OSError, KeyError):
+            name = ""
+    # Visible ASCII only (gRPC metadata values); the agent narrows it further.
+    return "".join(c if " " < c < "\x7f" else "?" for c in name) or "unknown"
+
+
+def job_metadata(token: str) -> tuple[tuple[str, str], ...]:
+    return (*auth_metadata(token), (OPERATOR_METADATA_KEY, operator_name()))
+
+
+class JobCommandError(Exception):
+    """One line for the operator."""
+
+
+class AgentUnreachable(JobCommandError):
+    """An agent the verb needs did not answer: nothing wrong with the input (exit 1)."""
+
+
+@dataclass
+class LedJob:
+    leader: NodeTarget
+    job: job_pb2.Job
+
+
+def _fail(target: NodeTarget, exc: grpc.aio.AioRpcError) -> JobCommandError:
+    if exc.code() in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ):
+        return JobCommandError(exc.details() or exc.code().name)
+    if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return AgentUnreachable(f"{target.name}: {describe_rpc_error(exc)}")
+    return JobCommandError(f"{target.name}: {describe_rpc_error(exc)}")
+
+
+class AgentCalls:
+    """Unary calls to the cluster's agents, each error one line for the operator; the
+    job and task clients are built on it."""
+
+    def __init__(self, targets: list[NodeTarget]) -> None:
+        self.targets = {t.name: t for t in targets}
+
+    def target(self, name: str) -> NodeTarget:
+        target = self.targets.get(name)
+        if target is None:
+            raise JobCommandError(
+                f"unknown node {name} (the cluster has {', '.join(sorted(self.targets))})"
+            )
+        return target
+
+    async def _call(self, target: NodeTarget, method: str, request: object) -> object:
+        try:
+            metadata = job_metadata(target.read_token())
+        except ClusterFileError as exc:
+            raise JobCommandError(str(exc)) from None
+        async with target_channel(target) as channel:
+            stub = agent_service_pb2_grpc.AgentServiceStub(channel)
+            try:
+                return await getattr(stub, method)(
+                    request, metadata=metadata, timeout=RPC_TIMEOUT_S
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise _fail(target, exc) from None
+
+
+class JobsClient(AgentCalls):
+    async def launch(self, spec: job_pb2.JobSpec) -> LedJob:
+        leader = self.target(spec.nodes[0].node)
+        peers = []
+        for name in sorted({n.node for n in spec.nodes}):
+            target = self.target(name)
+            try:
+                token = target.read_token()
+            except ClusterFileError as exc:
+                raise JobCommandError(str(exc)) from None
+            peers.append(
+                agent_service_pb2.PeerAgent(
+                    name=name,
+                    address=target.peer_address,
+                    token=token,
+                    ssh=target.ssh,
+                    token_file=target.node_token_file,
+                )
+            )
+        request = agent_service_pb2.SubmitJobRequest(spec=spec, peers=peers)
+        reply = await self._call(leader, "SubmitJob", request)
+        assert isinstance(reply, agent_service_pb2.SubmitJobResponse)
+        return LedJob(leader, reply.job)
+
+    async def list_jobs(self) -> tuple[list[LedJob], list[str]]:
+        """Every job any agent leads, and one line per agent that could not answer."""
+
+        async def ask(target: NodeTarget) -> list[LedJob] | str:
+            try:
+                reply = await self._call(target, "ListJobs", agent_service_pb2.ListJobsRequest())
+            except (JobCommandError, ClusterFileError) as exc:
+                text = str(exc)
+                return text if text.startswith(f"{target.name}:") else f"{target.name}: {text}"
+            assert isinstance(reply, agent_service_pb2.ListJobsResponse)
+            return [LedJob(target, job) for job in reply.jobs]
+
+        results = await asyncio.gather(*(ask(t) for t in self.targets.values()))
+        jobs = [job for r in results if isinstance(r, list) for job in r]
+        errors = [r for r in results if isinstance(r, str)]
+        jobs.sort(key=lambda j: (j.job.created.seconds, j.job.spec.name))
+        return jobs, errors
+
+    async def find(self, name: str) -> LedJob:
+        jobs, errors = await self.list_jobs()
+        for led in jobs:
+            if led.job.spec.name == name:
+                return led
+        if errors and len(errors) == len(self.targets):
+            raise AgentUnreachable(f"no agent answered: {'; '.join(errors)}")
+        if errors:
+            # Its leader may be the one that did not answer: no reason to doubt the name.
+            raise AgentUnreachable(
+                f"{'; '.join(errors)}; job {name} is on none of the agents that answered"
+            )
+        raise JobCommandError(f"no job named {name} on any agent")
+
+    async def describe(self, name: str) -> tuple[LedJob, list[job_pb2.Checkpoint]]:
+        led = await self.find(name)
+        reply = await self._call(
+            led.leader, "DescribeJob", agent_service_pb2.DescribeJobRequest(name=name)
+        )
+        assert isinstance(reply, agent_service_pb2.DescribeJobResponse)
+        return LedJob(led.leader, reply.job), list(reply.checkpoints)
+
+    async def stop(self, name: str, grace_s: float) -> LedJob:
+        led = await self.find(name)
+        request = agent_service_pb2.StopJobRequest(name=name, grace_s=grace_s)
+        reply = await self._call(led.leader, "StopJob", request)
+        assert isinstance(reply, agent_service_pb2.StopJobResponse)
+        return LedJob(led.leader, reply.job)
+
+    async def restart(
+        self,
+        name: str,
+        node: str,
+        exclude: list[str],
+        from_checkpoint: str,
+        *,
+        spec: job_pb2.JobSpec | None = None,
+    ) -> LedJob:
+        """A new attempt now; with ``spec`` (same name and nodes), the job runs it from then on."""
+        led = await self.find(name)
+        request = agent_service_pb2.RestartJobRequest(
+            name=name, node=node, exclude_nodes=exclude, from_checkpoint=from_checkpoint, spec=spec
+        )
+        reply = await self._call(led.leader, "RestartJob", request)
+        assert isinstance(reply, agent_service_pb2.RestartJobResponse)
+        return LedJob(led.leader, reply.job)
+
+    async def events(self, name: str, follow: bool) -> AsyncIterator[job_pb2.JobEvent]:
+        led = await self.find(name)
+        request = agent_service_pb2.WatchJobEventsRequest(job_name=name, follow=follow)
+        metadata = job_metadata(led.leader.read_token())
+        async with target_channel(led.leader) as channel:
+            stub = agent_service_pb2_grpc.AgentServiceStub(channel)
+            try:
+                async for message in stub.WatchJobEvents(request, metadata=metadata):
+                    yield message.event
+            except grpc.aio.AioRpcError as exc:
+                raise _fail(led.leader, exc) from None
+
+    async def logs(
+        self, name: str, rank: int, attempt: int, stream: str, tail: int, follow: bool
+    ) -> AsyncIterator[job_pb2.LogLine]:
+        led, _ = await self.describe(name)
+        attempts = led.job.attempts
+        if not attempts:
+            raise JobCommandError(f"job {name} has no attempt yet")
+        chosen = attempts[attempt - 1] if 0 < attempt <= len(attempts) else attempts[-1]
+        nodes = [r.node for r in chosen.ranks if r.rank == rank]
+        if not nodes:
+            ranks = ", ".join(str(r.rank) for r in chosen.ranks)
+            raise JobCommandError(f"attempt {chosen.number} of {name} has no rank {rank} ({ranks})")
+        target = self.target(nodes[0])
+        request = agent_service_pb2.TailRankLogRequest(
+            job_name=name,
+            attempt=chosen.number,
+            rank=rank,
+            stream=stream,
+            tail_lines=tail,
+            follow=follow,
+        )
+        metadata = job_metadata(target.read_token())
+        async with target_channel(target) as channel:
+            stub = agent_service_pb2_grpc.AgentServiceStub(channel)
+            try:
+                async for message in stub.TailRankLog(request, metadata=metadata):
+                    for line in message.lines:
+                        yield line
+            except grpc.aio.AioRpcError as exc:
+                raise _fail(target, exc) from None

@@ -1,0 +1,119 @@
+"""`gantry advise NAME [--apply RULE]`: the advisor's findings for a job, from what the
+agents hold now (the job, its whole event stream, each node's buffered GPU history),
+and applying one finding's remedy (a restart with the edited spec)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import grpc
+from gantry.v1 import agent_service_pb2, agent_service_pb2_grpc
+
+from console.model.advice import Advice, findings_for, load_thresholds
+from console.model.cluster import ClusterStore
+from console.model.jobs import JobsStore, JobView
+from console.model.remedies import RemedyError, apply_remedy, describe_changes
+from console.net.agent_client import auth_metadata, target_channel
+from console.net.cluster_file import ClusterFileError, NodeTarget
+from console.net.jobs_client import JobCommandError, JobsClient
+
+HISTORY_QUIET_S = 0.3  # the replayed history has arrived once the stream goes quiet
+HISTORY_MAX_S = 3.0
+
+
+async def _node_history(target: NodeTarget, store: ClusterStore) -> None:
+    request = agent_service_pb2.WatchNodeRequest(replay_history=True)
+    try:
+        metadata = auth_metadata(target.read_token())
+    except ClusterFileError:
+        return
+    async with target_channel(target) as channel:
+        stub = agent_service_pb2_grpc.AgentServiceStub(channel)
+        stream = stub.WatchNode(request, metadata=metadata)
+        deadline = time.monotonic() + HISTORY_MAX_S
+        with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError, StopAsyncIteration):
+            while time.monotonic() < deadline:
+                message = await asyncio.wait_for(stream.read(), HISTORY_QUIET_S)
+                if message is grpc.aio.EOF:  # type: ignore[attr-defined]
+                    break
+                store.apply_sample(target.name, message.sample, time.time())
+        stream.cancel()
+
+
+async def gather(
+    client: JobsClient, targets: list[NodeTarget], name: str
+) -> tuple[JobView, ClusterStore]:
+    led, checkpoints = await client.describe(name)
+    jobs = JobsStore()
+    view = jobs.apply_job(led.leader.name, led.job, checkpoints, time.time())
+    async for event in client.events(name, follow=False):
+        jobs.apply_event(event)
+    cluster = ClusterStore()
+    by_name = {t.name: t for t in targets}
+    nodes = [n for n in dict.fromkeys(view.nodes()) if n in by_name]
+    for node in nodes:
+        cluster.add_node(node, by_name[node].address, time.time())
+    await asyncio.gather(*(_node_history(by_name[n], cluster) for n in nodes))
+    return view, cluster
+
+
+def advice_json(advice: list[Advice]) -> list[dict[str, Any]]:
+    return [
+        {
+            "rule": a.rule,
+            "severity": a.severity,
+            "title": a.title,
+            "evidence": a.evidence,
+            "remedy": None
+            if a.remedy is None
+            else {"kind": a.remedy.kind, "summary": a.remedy.summary, "details": a.remedy.details},
+            "applicable": a.applicable,
+        }
+        for a in advice
+    ]
+
+
+def advice_text(name: str, advice: list[Advice]) -> str:
+    if not advice:
+        return f"{name}: no findings (the advisor's rules see nothing wrong)"
+    lines = []
+    for a in advice:
+        lines.append(f"[{a.severity}] {a.rule}: {a.title}")
+        lines.append(f"    {a.evidence}")
+        if a.remedy is not None:
+            hint = f"  (gantry advise {name} --apply {a.rule})" if a.applicable else ""
+            lines.append(f"    fix: {a.remedy.summary}{hint}")
+    return "\n".join(lines)
+
+
+async def advise(
+    client: JobsClient, targets: list[NodeTarget], name: str, apply: str = ""
+) -> tuple[list[Advice], str]:
+    """The findings, and (with `apply`) one line saying what was applied."""
+    try:
+        thresholds = load_thresholds()
+    except ValueError as exc:
+        raise JobCommandError(str(exc)) from None
+    view, cluster = await gather(client, targets, name)
+    advice = findings_for(view, cluster, time.time(), thresholds)
+    if not apply:
+        return advice, ""
+    chosen = next((a for a in advice if a.rule == apply), None)
+    if chosen is None:
+        rules = ", ".join(a.rule for a in advice) or "none"
+        raise JobCommandError(f"no finding {apply!r} for {name} now (findings: {rules})")
+    if chosen.remedy is None or not chosen.applicable:
+        raise JobCommandError(f"{apply}: its remedy is advice, nothing to apply automatically")
+    try:
+        spec = apply_remedy(chosen.remedy, view.spec)
+    except RemedyError as exc:
+        raise JobCommandError(str(exc)) from None
+    changes = "; ".join(describe_changes(view.spec, spec))
+    led = await client.restart(name, "", [], "", spec=spec)
+    return (
+        advice,
+        f"{name}: applied {apply} ({changes}); restarting after attempt {len(led.job.attempts)}",
+    )

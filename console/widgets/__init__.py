@@ -1,5 +1,0 @@
-"""Reusable widgets of the console."""
-
-from console.widgets.cluster_table import ClusterTable, TableLayout, choose_layout
-
-__all__ = ["ClusterTable", "TableLayout", "choose_layout"]
