@@ -1,5 +1,5 @@
-"""The inference server: the pure scheduler, text streaming and stats; the batched decoder
-against `generate`; `python -m agent.serve` as a subprocess on 127.0.0.1 port 0."""
+"""The inference server: the batched decoder against `generate`; `python -m agent.serve` as
+a subprocess on 127.0.0.1 port 0 (its pure parts: tests/test_serve_parts.py)."""
 
 from __future__ import annotations
 
@@ -23,137 +23,12 @@ from gantry.v1 import inference_service_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from agent.serve.batching import Scheduler
 from agent.serve.main import SERVICE
-from agent.serve.stats import ServerStats
-from agent.serve.text import TextStream
 from tests.deepspeed_env import ROOT, base_env
 
 START_TIMEOUT_S = 90.0
 LINES = [" apple river stone", " stone river apple", " the quick brown fox", " fox river stone"]
 PROMPTS = ["apple river", "stone", "the quick brown fox jumps", "river fox apple stone"]
-
-# --- the scheduler (pure) -------------------------------------------------------------
-
-
-def test_idle_queue_waits_for_the_delay_window() -> None:
-    s: Scheduler[str] = Scheduler(max_batch_size=4, max_queue_delay_s=0.010)
-    s.submit("a", now=0.0)
-    assert s.wake_at() == pytest.approx(0.010)
-    assert not s.plan(now=0.005)
-    s.submit("b", now=0.006)
-    assert s.plan(now=0.009).admitted == []
-    assert s.plan(now=0.010).admitted == ["a", "b"]  # the oldest request's window closed
-    assert s.running == ["a", "b"] and s.queue_depth == 0
-    assert s.wake_at() is None
-
-
-def test_a_full_batch_does_not_wait() -> None:
-    s: Scheduler[str] = Scheduler(max_batch_size=2, max_queue_delay_s=10.0)
-    s.submit("a", now=0.0)
-    s.submit("b", now=0.0)
-    s.submit("c", now=0.0)
-    assert s.wake_at() == 0.0
-    assert s.plan(now=0.0).admitted == ["a", "b"]  # max batch size
-    assert s.queue_depth == 1
-    assert s.plan(now=50.0).admitted == []  # no free place
-    s.finish("a")
-    assert s.plan(now=50.0).admitted == ["c"]
-    assert s.running == ["b", "c"]
-
-
-def test_a_request_joins_the_running_batch_at_the_next_step() -> None:
-    s: Scheduler[str] = Scheduler(max_batch_size=4, max_queue_delay_s=1.0)
-    s.submit("a", now=0.0)
-    s.plan(now=1.0)
-    s.submit("b", now=5.0)
-    assert s.plan(now=5.0).admitted == ["b"]  # no window while a batch runs
-    assert s.running == ["a", "b"]
-
-
-def test_cancel_frees_the_place_at_the_next_step() -> None:
-    s: Scheduler[str] = Scheduler(max_batch_size=1, max_queue_delay_s=0.0)
-    s.submit("a", now=0.0)
-    assert s.plan(now=0.0).admitted == ["a"]
-    s.submit("b", now=0.1)
-    s.submit("c", now=0.2)
-    assert s.cancel("c") and s.queue_depth == 1  # a queued request goes at once
-    assert s.cancel("a")
-    assert s.running == ["a"]  # still in the batch until the step boundary
-    plan = s.plan(now=0.3)
-    assert (plan.evicted, plan.admitted) == (["a"], ["b"])
-    assert not s.cancel("a") and not s.cancel("zzz")
-    s.finish("b")
-    assert s.running == [] and not s.plan(now=1.0)
-
-
-def test_scheduler_refuses_bad_input() -> None:
-    with pytest.raises(ValueError):
-        Scheduler(max_batch_size=0, max_queue_delay_s=0.0)
-    s: Scheduler[str] = Scheduler(max_batch_size=1, max_queue_delay_s=0.0)
-    s.submit("a", now=0.0)
-    with pytest.raises(KeyError):
-        s.submit("a", now=0.0)
-
-
-# --- text streaming and stats (pure) ----------------------------------------------------
-
-
-def byte_decode(ids: Sequence[int]) -> str:
-    """A fake tokenizer: each id is one byte of UTF-8."""
-    return bytes(ids).decode("utf-8", errors="replace")
-
-
-def stream_all(text: str, stop: Sequence[str]) -> tuple[list[str], TextStream]:
-    stream = TextStream(byte_decode, list(b"prompt"), stop)
-    pieces = [stream.push([b]) for b in text.encode()]
-    pieces.append(stream.finish())
-    return pieces, stream
-
-
-def test_text_waits_for_whole_characters() -> None:
-    pieces, stream = stream_all("a\u00e9b\u20ac", stop=[])
-    assert "".join(pieces) == "a\u00e9b\u20ac" == stream.text
-    assert "\ufffd" not in "".join(pieces)
-
-
-def test_text_ends_with_a_partial_character_as_decoding_gives_it() -> None:
-    stream = TextStream(byte_decode, [], [])
-    assert stream.push(list(b"a")) + stream.push(["\u00e9".encode()[0]]) == "a"
-    assert stream.finish() == "\ufffd" and stream.text == byte_decode([*b"a", 0xC3])
-
-
-def test_text_is_cut_before_a_stop_string_spread_over_tokens() -> None:
-    pieces, stream = stream_all("one two END three", stop=["END", "zz"])
-    assert "".join(pieces) == "one two "
-    assert stream.stopped
-    # A tail that might begin a stop string is held back, then released when it cannot.
-    pieces, stream = stream_all("one EN two", stop=["END"])
-    assert "".join(pieces) == "one EN two" and not stream.stopped
-    held = TextStream(byte_decode, [], ["END"])
-    assert held.push(list(b"xE")) == "x"
-    assert held.push(list(b"N")) == ""
-    assert held.push(list(b"d")) == "ENd"
-
-
-def test_stats_rates_over_the_window_and_batch_histogram() -> None:
-    now = [100.0]
-    stats = ServerStats(window_s=10.0, clock=lambda: now[0])
-    now[0] = 120.0
-    stats.request_received()
-    stats.request_received()
-    stats.request_failed()
-    stats.step(3, tokens=30)
-    stats.step(3, tokens=30)
-    stats.step(1, tokens=10)
-    stats.request_completed()
-    snap = stats.snapshot()
-    assert (snap.requests_total, snap.errors_total) == (2, 1)
-    assert snap.tokens_per_s == pytest.approx(7.0) and snap.requests_per_s == pytest.approx(0.1)
-    assert snap.batch_size_histogram == {3: 2, 1: 1}
-    now[0] = 131.0
-    assert stats.snapshot().tokens_per_s == 0.0
-
 
 # --- a tiny model and a server on it -------------------------------------------------------
 #

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import socket
 import stat
 import subprocess
@@ -26,60 +25,20 @@ import pytest
 
 from console.model.cluster import ClusterStore
 from console.net.agent_client import fetch_status
-from console.net.cluster_file import NodeTarget
-from console.net.operator import AGENT_RESTART_NEEDS_SSH, Operator
+from console.net.operator import Operator
 from console.ssh.cli_args import add_ssh_verbs
 from console.ssh.connect import SshError, SshOptions, connect
-from console.ssh.hostfile import HostEntry, HostfileError, parse_hostfile
+from console.ssh.hostfile import HostEntry
 from console.ssh.mode import open_ssh, ssh_reasons, ssh_targets
 from console.ssh.state import SshCluster, SshNode, StateError, dump_state, load_state
 from console.ssh.tunnels import TunnelManager
 from console.ssh.up_verb import run_ssh_verb
 from console.ui.app import GantryApp
-from console.ui.screens.dialogs import ConfirmScreen, RestartDialog
-from console.ui.screens.job import JobScreen
 from tests.conftest import kill_processes_mentioning
-from tests.console_fixtures import FIXED, cluster_store, targets_for
-from tests.job_fixtures import jobs_store
 from tests.sshd import SSHD, Sshd, keygen, public_key, running_sshd
 
 needs_sshd = pytest.mark.skipif(not SSHD.exists(), reason="needs openssh-server (make test)")
 WAIT_S = 30.0
-
-
-# -- the hostfile (pure) -----------------------------------------------------------------
-
-
-def test_hostfile_deepspeed_form_with_ports_and_comments() -> None:
-    text = (
-        "# cluster\ngpu-01 slots=8\n\nGPU_02.lan slots=4  # two\n127.0.0.1:2222 slots=1\nnode-x\n"
-    )
-    hosts = parse_hostfile(text, "h")
-    assert hosts == [
-        HostEntry("gpu-01", "gpu-01", None, 8),
-        HostEntry("gpu-02-lan", "GPU_02.lan", None, 4),
-        HostEntry("127-0-0-1-2222", "127.0.0.1", 2222, 1),
-        HostEntry("node-x", "node-x", None, 1),
-    ]
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("a slots=x\n", "h line 1: expected 'HOST slots=N'"),
-        ("a slots=0\n", "h line 1: slots must be at least 1"),
-        ("a:99999 slots=1\n", "h line 1: port in 'a:99999' must be 1-65535"),
-        ("a\nA\n", "h line 2: A is node a again (first on line 1)"),
-        ("# nothing\n", "h: no hosts"),
-        ("a/b slots=1\n", "h line 1: 'a/b' is not a host name"),
-    ],
-)
-def test_hostfile_errors_name_the_line(text: str, message: str) -> None:
-    with pytest.raises(HostfileError, match="^" + re.escape(message)):
-        parse_hostfile(text, "h")
-
-
-# -- a real sshd ------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -430,64 +389,3 @@ def test_ssh_mode_needs_gantry_up_first(tmp_path: Path) -> None:
     assert loaded.nodes == [node] and loaded.options.user == "alice"
     with pytest.raises(StateError, match=r"node node-2 has no agent in .*run: gantry up HOSTFILE"):
         ssh_targets(hostfile, state)
-
-
-# -- the restart dialog's (c) ------------------------------------------------------------
-
-
-class FakeAgents:
-    def __init__(self) -> None:
-        self.restarted: list[str] = []
-
-    def can_restart(self, node: str) -> str:
-        return ""
-
-    async def restart(self, node: str) -> str:
-        self.restarted.append(node)
-        return f"{node}: agent restarted over SSH (pid 1)"
-
-
-def job_app(operator_agents: FakeAgents | None) -> GantryApp:
-    store = cluster_store()
-    targets: list[NodeTarget] = targets_for(store)
-    return GantryApp(
-        targets,
-        store=store,
-        connect=False,
-        clock=lambda: FIXED,
-        jobs=jobs_store(),
-        operator=Operator(targets, agents=operator_agents),
-    )
-
-
-async def test_restart_dialog_restarts_the_nodes_agent_over_ssh() -> None:
-    agents = FakeAgents()
-    app = job_app(agents)
-    async with app.run_test() as pilot:
-        await pilot.press("J", "enter")
-        job: object = app.screen
-        assert isinstance(job, JobScreen)
-        await pilot.press("r")
-        dialog: object = app.screen
-        assert isinstance(dialog, RestartDialog) and dialog.agent_restart == ""
-        await pilot.press("c")
-        assert isinstance(app.screen, ConfirmScreen)
-        await pilot.press("y")
-        for _ in range(50):
-            if agents.restarted:
-                break
-            await pilot.pause(0.05)
-        assert agents.restarted == [dialog.node]
-        await pilot.pause(0.1)
-        assert job._status == f"{dialog.node}: agent restarted over SSH (pid 1)"
-
-
-async def test_restart_dialog_greys_out_c_without_ssh() -> None:
-    app = job_app(None)
-    async with app.run_test() as pilot:
-        await pilot.press("J", "enter", "r")
-        dialog: object = app.screen
-        assert isinstance(dialog, RestartDialog)
-        assert dialog.agent_restart == AGENT_RESTART_NEEDS_SSH
-        await pilot.press("c")
-        assert app.screen is dialog  # not offered: nothing happens
