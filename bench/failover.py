@@ -555,20 +555,20 @@ async def wait_state(client: JobsClient, name: str, states: set[int], timeout_s:
 async def measure(
     args: argparse.Namespace, agents: dict[str, LocalAgent], root: Path, data: Path
 ) -> list[Run]:
-    client = JobsClient([a.target for a in agents.values()])
     runs = []
     sources = trainer_sources()
-    for number in range(1, args.runs + 1):
-        run = await one_run(args, number, client, agents, root, data)
-        check_sources(sources)
-        print(
-            f"run {number}: kill -> all stopped {run.kill_to_all_stopped_s:.3f} s, "
-            f"kill -> next step {run.kill_to_next_step_s:.3f} s "
-            f"(+ {run.startup_s:.1f} s model start-up); steps {run.last_step_1} | "
-            f"ckpt {run.resumed_step} -> {run.first_step_2}",
-            flush=True,
-        )
-        runs.append(run)
+    async with JobsClient([a.target for a in agents.values()]) as client:
+        for number in range(1, args.runs + 1):
+            run = await one_run(args, number, client, agents, root, data)
+            check_sources(sources)
+            print(
+                f"run {number}: kill -> all stopped {run.kill_to_all_stopped_s:.3f} s, "
+                f"kill -> next step {run.kill_to_next_step_s:.3f} s "
+                f"(+ {run.startup_s:.1f} s model start-up); steps {run.last_step_1} | "
+                f"ckpt {run.resumed_step} -> {run.first_step_2}",
+                flush=True,
+            )
+            runs.append(run)
     return runs
 
 

@@ -260,20 +260,20 @@ async def run_agents(
         "restart": {"max_restarts": 0},
     }
     spec = parse_job_spec(json.dumps(doc), ROOT, set(NODES), source=f"bench job {name}")
-    client = JobsClient([a.target for a in agents.values()])
     cpu_before = agent_cpu_s(agents)
     started = time.monotonic()
-    await client.launch(spec)
-    while True:
-        led, _ = await client.describe(name)
-        if led.job.state == JS.JOB_STATE_SUCCEEDED:
-            break
-        if led.job.state in (JS.JOB_STATE_FAILED, JS.JOB_STATE_STOPPED):
-            raise BenchError(f"job {name} ended {JS.Name(led.job.state)}: {led.job.reason}")
-        if time.monotonic() - started > RUN_TIMEOUT_S:
-            await client.stop(name, grace_s=5)
-            raise BenchError(f"job {name} did not finish within {RUN_TIMEOUT_S:.0f}s")
-        await asyncio.sleep(0.2)
+    async with JobsClient([a.target for a in agents.values()]) as client:
+        await client.launch(spec)
+        while True:
+            led, _ = await client.describe(name)
+            if led.job.state == JS.JOB_STATE_SUCCEEDED:
+                break
+            if led.job.state in (JS.JOB_STATE_FAILED, JS.JOB_STATE_STOPPED):
+                raise BenchError(f"job {name} ended {JS.Name(led.job.state)}: {led.job.reason}")
+            if time.monotonic() - started > RUN_TIMEOUT_S:
+                await client.stop(name, grace_s=5)
+                raise BenchError(f"job {name} did not finish within {RUN_TIMEOUT_S:.0f}s")
+            await asyncio.sleep(0.2)
     wall = time.monotonic() - started
     cpu = agent_cpu_s(agents) - cpu_before
     metrics = agents[NODES[0]].data_dir / "jobs" / name / "attempt-1" / "rank-0" / "metrics.jsonl"

@@ -52,12 +52,16 @@ def make_demo_data(root: Path) -> None:
 def launch_demo_job(targets: list[NodeTarget]) -> str:
     """Sends examples/job-demo.yaml to node-a; an already finished demo is left alone."""
     from console.model.job_spec import load_job_spec
-    from console.net.jobs_client import JobCommandError, JobsClient
+    from console.net.jobs_client import JobCommandError, JobsClient, LedJob
 
     spec = load_job_spec(DEMO_JOB, known_nodes={t.name for t in targets})
-    client = JobsClient(targets)
+
+    async def launch() -> LedJob:
+        async with JobsClient(targets) as client:
+            return await client.launch(spec)
+
     try:
-        led = asyncio.run(client.launch(spec))
+        led = asyncio.run(launch())
     except JobCommandError as exc:
         return f"demo job not launched: {exc}"
     return f"demo job {spec.name} launched on {led.leader.name}: `gantry jobs` to follow it"
@@ -68,7 +72,9 @@ def demo_steps(targets: list[NodeTarget]) -> Callable[[GantryApp], Awaitable[obj
     from console.verbs.demo_pipeline import run_pipeline
 
     def steps(app: GantryApp) -> Awaitable[object]:
-        return run_pipeline(targets, "demo-moe", lambda line: app.notify(line, timeout=15))
+        return run_pipeline(
+            targets, "demo-moe", lambda line: app.notify(line, timeout=15), app.links
+        )
 
     return steps
 
@@ -92,11 +98,16 @@ def stop_demo_job(agents: list[LocalAgent]) -> None:
     """Ranks outlive their agent by design; the demo's must not outlive the demo."""
     from console.net.jobs_client import JobCommandError, JobsClient
 
-    client = JobsClient([a.target for a in agents])
+    targets = [a.target for a in agents]
+
+    async def stop_job() -> None:
+        async with JobsClient(targets) as client:
+            await client.stop("demo-moe", 5.0)
+
     with contextlib.suppress(JobCommandError):
-        asyncio.run(client.stop("demo-moe", 5.0))
+        asyncio.run(stop_job())
     with contextlib.suppress(JobCommandError):
-        asyncio.run(_stop_tasks([a.target for a in agents]))
+        asyncio.run(_stop_tasks(targets))
 
 
 async def _stop_tasks(targets: list[NodeTarget]) -> None:
@@ -105,12 +116,12 @@ async def _stop_tasks(targets: list[NodeTarget]) -> None:
 
     from console.net.tasks_client import TasksClient
 
-    client = TasksClient(targets)
-    tasks, _ = await client.list()
-    running = (task_pb2.TaskState.TASK_STATE_PENDING, task_pb2.TaskState.TASK_STATE_RUNNING)
-    for found in tasks:
-        if found.task.state in running:
-            await client.stop(found.task.id, 5.0)
+    async with TasksClient(targets) as client:
+        tasks, _ = await client.list()
+        running = (task_pb2.TaskState.TASK_STATE_PENDING, task_pb2.TaskState.TASK_STATE_RUNNING)
+        for found in tasks:
+            if found.task.state in running:
+                await client.stop(found.task.id, 5.0)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from console.model import advisor
+from console.model import advisor_rules_training as training_rules
 from console.model.advisor import (
     DEFAULT_THRESHOLDS,
     AdvisorInput,
@@ -473,7 +473,7 @@ def _reference_grad_spike(inp: AdvisorInput, th: Thresholds) -> list[Finding]:
             value = series[i].grad_norm
             if len(baseline) < th.grad_norm_min_steps or value is None:
                 continue
-            scored = advisor._robust_z(value, baseline)
+            scored = training_rules._robust_z(value, baseline)
             if scored is not None and (worst is None or scored[0] > worst[0]):
                 worst = (scored[0], value, scored[1], len(baseline), series[i])
     if worst is None or worst[0] <= th.grad_norm_z_max:
@@ -485,7 +485,9 @@ def _reference_grad_spike(inp: AdvisorInput, th: Thresholds) -> list[Finding]:
         f"(threshold {th.grad_norm_z_max:g})"
     )
     return [
-        Finding("grad-spike", "warning", "Gradient norm spike", evidence, advisor._lower_lr(inp))
+        Finding(
+            "grad-spike", "warning", "Gradient norm spike", evidence, training_rules._lower_lr(inp)
+        )
     ]
 
 
@@ -521,7 +523,7 @@ def test_grad_spike_numpy_agrees_with_pure_python(
     th = Thresholds(grad_norm_z_max=z_max)
     expected = _reference_grad_spike(inp, th)
     for vector_min in (0, 10**9):
-        monkeypatch.setattr(advisor, "GRAD_VECTOR_MIN", vector_min)
+        monkeypatch.setattr(training_rules, "GRAD_VECTOR_MIN", vector_min)
         assert grad_spike(inp, th) == expected
         assert [f for f in evaluate(inp, th) if f.rule == "grad-spike"] == expected
 
@@ -539,5 +541,7 @@ def test_robust_z_many_is_robust_z_bit_for_bit(seed: int) -> None:
         for i in range(max(len(values) - 20, 0), len(values))
         if min(i, 50) >= 10
     ]
-    expected = [advisor._robust_z(series[r][i], series[r][i - c : i]) for r, i, c in candidates]
-    assert advisor._robust_z_many(series, candidates) == expected
+    expected = [
+        training_rules._robust_z(series[r][i], series[r][i - c : i]) for r, i, c in candidates
+    ]
+    assert training_rules._robust_z_many(series, candidates) == expected

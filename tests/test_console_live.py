@@ -6,11 +6,14 @@ import asyncio
 import time
 from collections.abc import Callable
 
+import grpc
 from textual.pilot import Pilot
 
 from console.model.cluster import ConnState
+from console.net.agent_link import AgentLinks
 from console.ui.app import GantryApp
 from tests.conftest import StartAgent
+from tests.test_agent_link import Opened
 
 
 async def wait_until(pilot: Pilot[None], condition: Callable[[], bool], timeout: float) -> None:
@@ -43,3 +46,23 @@ async def test_nodes_appear_go_lost_and_come_back(local_agents: StartAgent) -> N
         local_agents("node-b", port=port)
         await wait_until(pilot, lambda: node_b.state is ConnState.LIVE, timeout=20)
         assert node_b.latest is not None
+
+
+async def test_the_console_keeps_one_channel_per_agent_and_closes_them(
+    local_agents: StartAgent,
+) -> None:
+    a, b = local_agents("node-a"), local_agents("node-b")
+    opened = Opened()
+    app = GantryApp([a.target, b.target], links=AgentLinks(factory=opened))
+    async with app.run_test(size=(120, 30)) as pilot:
+        assert app.jobs_session is not None
+        app.jobs_session.list_interval_s = 0.1
+        await wait_until(
+            pilot, lambda: all(n.state is ConnState.LIVE for n in app.store), timeout=20
+        )
+        listed = app.jobs.version
+        await wait_until(pilot, lambda: app.jobs.version > listed + 2, timeout=10)
+        await pilot.press("q")
+    # Telemetry streams and job listings rode the same two channels, closed at exit.
+    assert sorted(address for address, _, _ in opened.calls) == sorted([a.address, b.address])
+    assert {ch.get_state() for ch in opened.channels} == {grpc.ChannelConnectivity.SHUTDOWN}

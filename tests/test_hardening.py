@@ -14,18 +14,16 @@ from typing import Any
 import grpc
 import pytest
 from gantry.v1 import agent_service_pb2, job_pb2
-
-from agent.main import parse_args, run_agent
-from agent.rpc.validation import (
+from gantry.v1.rules import (
     MAX_TAIL_LINES,
-    VALIDATORS,
     ValidationError,
     check_absolute_dir,
     check_checkpoint_ref,
-    restart_checkpoint,
     validate_job_spec,
-    validate_request,
 )
+
+from agent.main import parse_args, run_agent
+from agent.rpc.validation import VALIDATORS, restart_checkpoint, validate_request
 from agent.security.auth import TokenError, load_or_create_token
 from console.model.job_spec import JobSpecError, parse_job_spec
 from tests.secure_agent import ThreadedAgent, threaded_agent

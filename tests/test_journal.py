@@ -19,6 +19,7 @@ from agent.jobs.journal import (
     RankRow,
     rank_to_pb,
 )
+from agent.jobs.journal_schema import MIGRATIONS, statements
 
 
 @pytest.fixture
@@ -63,7 +64,7 @@ def with_attempt(journal: Journal, job: str = "moe", number: int = 1) -> None:
 
 def test_file_wal_and_schema_version(tmp_path: Path, journal: Journal) -> None:
     assert journal.path == tmp_path / FILE_NAME
-    assert journal.schema_version() == SCHEMA_VERSION == 3
+    assert journal.schema_version() == SCHEMA_VERSION == 4
     mode = sqlite3.connect(journal.path).execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
 
@@ -81,10 +82,8 @@ def test_reopening_keeps_data_and_a_newer_schema_is_refused(tmp_path: Path) -> N
 
 
 def test_a_version_1_journal_is_upgraded_keeping_its_ranks(tmp_path: Path) -> None:
-    from agent.jobs.journal import _SCHEMA_V1, _statements
-
     db = sqlite3.connect(tmp_path / FILE_NAME, isolation_level=None)
-    for statement in _statements(_SCHEMA_V1):
+    for statement in statements(MIGRATIONS[0]):
         db.execute(statement)
     db.execute("PRAGMA user_version=1")
     db.execute(
@@ -98,7 +97,7 @@ def test_a_version_1_journal_is_upgraded_keeping_its_ranks(tmp_path: Path) -> No
     )
     db.close()
     with Journal.open(tmp_path) as j:
-        assert j.schema_version() == 3
+        assert j.schema_version() == SCHEMA_VERSION
         row = j.get_rank("moe", 1, 0)
         assert row is not None and row.node == "n1"
         assert (row.phase, row.phase_since) == (0, None)
@@ -284,3 +283,55 @@ def test_job_pb_with_attempts_and_ranks(journal: Journal) -> None:
     assert journal.job_pb("nope") is None
     journal.delete_job("moe")
     assert journal.job_pb("moe") is None and journal.ranks("moe") == []
+
+
+def test_a_leaders_view_of_every_nodes_ranks_replaces_the_local_ones(journal: Journal) -> None:
+    journal.upsert_job(spec(), job_pb2.JOB_STATE_RUNNING, leader="n1", created=50.0)
+    journal.add_attempt(AttemptRow("moe", 1, job_pb2.JOB_STATE_FAILED))
+    journal.add_attempt(AttemptRow("moe", 2, job_pb2.JOB_STATE_RUNNING))
+    journal.upsert_rank(rank_row(attempt=1, rank=0))
+    journal.upsert_rank(rank_row(attempt=2, rank=0))
+    seen = [
+        job_pb2.Rank(rank=0, node="n1", state=job_pb2.RANK_STATE_RUNNING),
+        job_pb2.Rank(rank=1, node="n2", state=job_pb2.RANK_STATE_FAILED),
+    ]
+    journal.set_attempt_ranks("moe", 2, seen[:1])
+    journal.set_attempt_ranks("moe", 2, seen)  # the last view wins
+    assert journal.attempt_ranks("moe") == {2: seen}
+    job = journal.job_pb("moe")
+    assert job is not None
+    assert [(r.rank, r.node) for r in job.attempts[0].ranks] == [(0, "n1")]  # local rows
+    assert list(job.attempts[1].ranks) == seen
+    journal.delete_job("moe")
+    assert journal.attempt_ranks("moe") == {}
+
+
+def test_save_attempt_overwrites_and_set_resumed_from(journal: Journal) -> None:
+    journal.upsert_job(spec(), leader="n1")
+    journal.save_attempt(AttemptRow("moe", 1, job_pb2.JOB_STATE_STARTING, started=1.0))
+    journal.upsert_rank(rank_row(attempt=1, rank=0))
+    journal.save_attempt(AttemptRow("moe", 1, job_pb2.JOB_STATE_STOPPED, "stopped", 1.0, 2.0))
+    journal.set_attempt_resumed_from("moe", 1, "/c/s5")
+    assert journal.attempts("moe") == [
+        AttemptRow("moe", 1, job_pb2.JOB_STATE_STOPPED, "stopped", 1.0, 2.0, "/c/s5")
+    ]
+    assert journal.get_rank("moe", 1, 0) is not None  # an overwrite keeps the ranks
+
+
+def test_a_version_3_journal_gains_the_leader_tables_and_keeps_its_jobs(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / FILE_NAME, isolation_level=None)
+    for script in MIGRATIONS[:3]:
+        for statement in statements(script):
+            db.execute(statement)
+    db.execute("PRAGMA user_version=3")
+    db.execute(
+        "INSERT INTO jobs (name, spec, state, leader, created) VALUES ('moe', ?, 3, 'n1', 1.0)",
+        (spec().SerializeToString(),),
+    )
+    db.close()
+    with Journal.open(tmp_path) as j:
+        assert j.schema_version() == SCHEMA_VERSION
+        assert j.job_names(leader="n1") == ["moe"] and j.job_names(leader="n2") == []
+        j.add_attempt(AttemptRow("moe", 1, job_pb2.JOB_STATE_RUNNING))
+        j.set_attempt_ranks("moe", 1, [job_pb2.Rank(rank=0, node="n1")])
+        assert list(j.attempt_ranks("moe")) == [1]

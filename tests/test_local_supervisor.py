@@ -15,7 +15,7 @@ import psutil
 import pytest
 from gantry.v1 import job_pb2
 
-from agent.jobs.journal import AttemptRow, Journal, RankRow
+from agent.jobs.journal import Journal
 from agent.jobs.node.launch import rank_argv, rank_env
 from agent.jobs.node.logs import extract_stacks
 from agent.jobs.node.supervisor import LocalSupervisor
@@ -309,70 +309,6 @@ async def test_no_hang_detection_without_a_timeout(
     await sup.stop_ranks("moe", 1, grace_s=0.2)
 
 
-async def test_stop_ranks_kills_or_lets_exit(
-    supervisors: Callable[..., LocalSupervisor],
-    journal: Journal,
-    fake_rank: Path,
-    events: list[job_pb2.JobEvent],
-) -> None:
-    sup = supervisors()
-    stubborn = spec(fake_rank, "steps=1", "linger=30", "ignore_term=1")
-    polite = spec(fake_rank, "steps=1", "linger=30", "clean_term=1")
-    sup.start_ranks(stubborn, 1, [0], 2, "127.0.0.1", 29500)
-    sup.start_ranks(polite, 1, [1], 2, "127.0.0.1", 29500, local_ranks=[1])
-    await poll_until(sup, lambda: states(sup) == [job_pb2.RANK_STATE_RUNNING] * 2)
-    pids = [r.pid for r in sup.ranks("moe")]
-    ranks = await sup.stop_ranks("moe", 1, grace_s=0.5)
-    assert [(r.state, r.exit_code) for r in ranks] == [
-        (job_pb2.RANK_STATE_KILLED, -signal.SIGKILL),
-        (job_pb2.RANK_STATE_EXITED, 0),
-    ]
-    assert not sup.live_keys()
-    for pid in pids:
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    ended = [e for e in events if e.kind == K.JOB_EVENT_KIND_RANK_EXITED]
-    assert {e.rank: e.details["state"] for e in ended} == {0: "KILLED", 1: "EXITED"}
-    assert journal.live_ranks("n1", [6, 7, 8]) == []
-
-
-async def test_agent_restart_readopts_without_losing_or_repeating_a_step(
-    supervisors: Callable[..., LocalSupervisor],
-    journal: Journal,
-    fake_rank: Path,
-    events: list[job_pb2.JobEvent],
-) -> None:
-    first = supervisors()
-    first.start_ranks(spec(fake_rank, "steps=40", "period=0.02"), 1, [0], 1, "127.0.0.1", 29500)
-    await poll_until(first, lambda: len(steps(events)) >= 5)
-    # The agent 'dies': its supervisor is dropped while the rank keeps running.
-    del first
-    second = supervisors()
-    assert second.live_keys() == [("moe", 1, 0)]
-    await poll_until(second, all_done(second))
-    journaled = journal.events_after(0, "moe")
-    assert steps(journaled) == list(range(1, 41))
-    assert kinds(journaled).count(K.JOB_EVENT_KIND_RANK_EXITED) == 1
-    [rank] = second.ranks("moe")
-    assert (rank.state, rank.exit_code, rank.metrics.step) == (job_pb2.RANK_STATE_EXITED, 0, 40)
-
-
-async def test_rank_that_died_while_the_agent_was_away(
-    supervisors: Callable[..., LocalSupervisor], journal: Journal, fake_rank: Path
-) -> None:
-    first = supervisors()
-    first.start_ranks(spec(fake_rank, "steps=3", "exit=3"), 1, [0], 1, "127.0.0.1", 29500)
-    del first
-    [row] = journal.ranks("moe")
-    await wait_for(lambda: not wrapper_running(row.pid))
-    second = supervisors()
-    await second.poll()
-    [rank] = second.ranks("moe")
-    assert (rank.state, rank.exit_code) == (job_pb2.RANK_STATE_FAILED, 3)
-    assert rank.metrics.step == 3  # what it wrote before dying was still read
-    assert steps(journal.events_after(0, "moe")) == [1, 2, 3]
-    assert not second.live_keys()
-
-
 async def test_deepspeed_stdout_when_the_rank_does_not_report(
     supervisors: Callable[..., LocalSupervisor],
     fake_rank: Path,
@@ -506,26 +442,6 @@ def test_extract_stacks() -> None:
     assert "stuck_in_all_reduce" in stacks and "data_worker" in stacks
     assert "log line" not in stacks
     assert extract_stacks("nothing here") == ""
-
-
-async def test_rank_journaled_but_never_started_is_failed_on_readopt(
-    supervisors: Callable[..., LocalSupervisor], journal: Journal, tmp_path: Path
-) -> None:
-    """The agent died between journaling a rank and starting it: no process, no orphan."""
-    journal.ensure_job(job_pb2.JobSpec(name="moe", command=["x"]))
-    journal.add_attempt(AttemptRow("moe", 1, job_pb2.JOB_STATE_STARTING))
-    d = tmp_path / "r0"
-    journal.upsert_rank(
-        RankRow(
-            "moe", 1, 0, 0, "n1", job_pb2.RANK_STATE_PENDING,
-            str(d / "o"), str(d / "e"), str(d / "m"), str(d / "x"),
-        )
-    )  # fmt: skip
-    sup = supervisors()
-    [rank] = sup.ranks("moe")
-    assert rank.state == job_pb2.RANK_STATE_FAILED and "before the rank was started" in rank.reason
-    await sup.poll()
-    assert not sup.live_keys()
 
 
 NCCL_SOCKET_FALLBACK = r"""

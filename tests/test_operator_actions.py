@@ -188,10 +188,9 @@ def test_restart_with_an_edited_spec(
         log = rank_log(cluster_file, "edit-job", rank, 2, capsys)
         assert "argv --steps 100000 --step-s 0.05 --tag v2" in log
     # Persisted: a restarted leader goes on with the edited spec.
-    saved = job_pb2.Job.FromString(
-        (agents[0].data_dir / "jobs" / "edit-job" / "job.pb").read_bytes()
-    )
-    assert list(saved.spec.args) == list(spec.args)
+    with Journal.open(agents[0].data_dir) as journal:
+        saved = journal.get_job("edit-job")
+    assert saved is not None and list(saved.spec.args) == list(spec.args)
 
     changes = "args --step-s 0.1 -> 0.05; args --tag unset -> v2; env NCCL_IB_DISABLE unset -> 1"
     actions = [e for e in job_events(cluster_file, "edit-job", capsys) if e["kind"] == ACTION]

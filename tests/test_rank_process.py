@@ -19,6 +19,7 @@ from agent.jobs.node import rank_process
 from agent.jobs.node.rank_process import RankHandle, adopt, describe_exit, read_exit_file, spawn
 
 REPO = Path(__file__).resolve().parent.parent
+WRAPPER = REPO / "agent" / "jobs" / "node" / "rank_wrapper.py"
 PY = sys.executable
 
 
@@ -329,7 +330,7 @@ def test_wrapper_command_line(tmp_path: Path) -> None:
 def test_wrapper_dies_of_the_ranks_signal(tmp_path: Path, sig: int) -> None:
     out = subprocess.run(
         [
-            *(PY, str(REPO / "agent" / "rank_wrapper.py"), "--exit-file", str(tmp_path / "x")),
+            *(PY, str(WRAPPER), "--exit-file", str(tmp_path / "x")),
             *(PY, "-c", f"import os; os.kill(os.getpid(), {int(sig)})"),
         ],
         capture_output=True,

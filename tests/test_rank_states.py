@@ -1,4 +1,5 @@
-"""The rank and attempt state machines: every edge from every state, legal or refused."""
+"""The rank, attempt and job state machines: every edge from every state, legal or refused;
+an attempt's outcome from its ranks' states, and a rank's state from its events."""
 
 from __future__ import annotations
 
@@ -7,19 +8,27 @@ import itertools
 import pytest
 from gantry.v1 import job_pb2
 
-from agent.jobs.node.rank_states import (
+from agent.jobs.leader.states import (
     ATTEMPT_EDGES,
-    RANK_EDGES,
+    JOB_EDGES,
     TERMINAL_ATTEMPT_STATES,
-    TERMINAL_RANK_STATES,
+    TERMINAL_JOB_STATES,
     AttemptEdge,
     AttemptState,
+    JobEdge,
+    JobState,
+    attempt_edge_for,
+    reported_rank_state,
+    transition_attempt,
+    transition_job,
+)
+from agent.jobs.node.rank_states import (
+    RANK_EDGES,
+    TERMINAL_RANK_STATES,
     IllegalTransition,
     RankEdge,
     RankState,
-    attempt_edge_for,
     transition,
-    transition_attempt,
 )
 
 R = RankState
@@ -39,12 +48,27 @@ EXPECTED_RANK_EDGES = {
 }
 
 EXPECTED_ATTEMPT_EDGES = {
-    AttemptEdge.ALL_RUNNING: ({A.STARTING}, A.RUNNING),
-    AttemptEdge.ALL_EXITED_OK: ({A.STARTING, A.RUNNING}, A.SUCCEEDED),
-    AttemptEdge.RANK_FAILED: ({A.STARTING, A.RUNNING}, A.FAILED),
+    AttemptEdge.RANKS_STARTED: ({A.STARTING}, A.RUNNING),
+    AttemptEdge.START_FAILED: ({A.STARTING}, A.FAILED),
+    AttemptEdge.ALL_EXITED_OK: ({A.RUNNING}, A.SUCCEEDED),
+    AttemptEdge.RANK_FAILED: ({A.RUNNING}, A.FAILED),
     AttemptEdge.STOP: ({A.STARTING, A.RUNNING}, A.STOPPING),
+    # Never SUCCEEDED: a stopped attempt is stopped whatever its ranks did meanwhile.
     AttemptEdge.STOPPED: ({A.STOPPING}, A.STOPPED),
-    AttemptEdge.EXITED_DURING_STOP: ({A.STOPPING}, A.SUCCEEDED),
+}
+
+J = JobState
+LIVE = {J.PENDING, J.STARTING, J.RUNNING, J.RESTARTING}
+ENDED = {J.STOPPED, J.SUCCEEDED, J.FAILED}
+EXPECTED_JOB_EDGES = {
+    JobEdge.SUBMIT: ({J.NEW} | ENDED, J.PENDING),
+    JobEdge.ATTEMPT_STARTING: ({J.PENDING, J.STARTING, J.RUNNING, J.RESTARTING}, J.STARTING),
+    JobEdge.ATTEMPT_RUNNING: ({J.STARTING}, J.RUNNING),
+    JobEdge.RESTART_AFTER_FAILURE: ({J.STARTING, J.RUNNING}, J.RESTARTING),
+    JobEdge.SUCCEED: ({J.RUNNING}, J.SUCCEEDED),
+    JobEdge.FAIL: (LIVE, J.FAILED),
+    JobEdge.STOP: (LIVE, J.STOPPED),
+    JobEdge.REOPEN: (ENDED, J.PENDING),
 }
 
 
@@ -54,6 +78,9 @@ def test_states_mirror_the_proto_enums() -> None:
     assert len(RankState) == len(job_pb2.RankState.keys()) - 1  # all but UNSPECIFIED
     for attempt_state in AttemptState:
         assert job_pb2.JobState.Name(attempt_state) == f"JOB_STATE_{attempt_state.name}"
+    for job_state in JobState:
+        name = "UNSPECIFIED" if job_state is J.NEW else job_state.name
+        assert job_pb2.JobState.Name(job_state) == f"JOB_STATE_{name}"
 
 
 def test_the_tables_are_exactly_the_documented_edges() -> None:
@@ -61,8 +88,10 @@ def test_the_tables_are_exactly_the_documented_edges() -> None:
     assert {
         e: (set(s.sources), s.target) for e, s in ATTEMPT_EDGES.items()
     } == EXPECTED_ATTEMPT_EDGES
+    assert {e: (set(s.sources), s.target) for e, s in JOB_EDGES.items()} == EXPECTED_JOB_EDGES
     assert set(RANK_EDGES) == set(RankEdge)
     assert set(ATTEMPT_EDGES) == set(AttemptEdge)
+    assert set(JOB_EDGES) == set(JobEdge)
 
 
 @pytest.mark.parametrize(
@@ -88,6 +117,25 @@ def test_every_attempt_edge_from_every_state(state: AttemptState, edge: AttemptE
     else:
         with pytest.raises(IllegalTransition):
             transition_attempt(state, edge)
+
+
+@pytest.mark.parametrize(
+    ("state", "edge"), list(itertools.product(JobState, JobEdge)), ids=lambda v: str(v)
+)
+def test_every_job_edge_from_every_state(state: JobState, edge: JobEdge) -> None:
+    sources, target = EXPECTED_JOB_EDGES[edge]
+    if state in sources:
+        assert transition_job(state, edge) is target
+    else:
+        with pytest.raises(IllegalTransition, match=f"job edge '{edge.value}'"):
+            transition_job(state, edge)
+
+
+def test_an_ended_job_leaves_only_when_submitted_again_or_reopened() -> None:
+    for edge in JobEdge:
+        if TERMINAL_JOB_STATES & JOB_EDGES[edge].sources:
+            assert edge in (JobEdge.SUBMIT, JobEdge.REOPEN)
+            assert JOB_EDGES[edge].target == J.PENDING
 
 
 def test_terminal_states_have_no_way_out() -> None:
@@ -123,23 +171,22 @@ def test_a_happy_life_and_a_hung_one() -> None:
 @pytest.mark.parametrize(
     ("attempt", "ranks", "edge"),
     [
-        (A.STARTING, [], None),
-        (A.STARTING, [R.STARTING, R.RUNNING], None),
-        (A.STARTING, [R.RUNNING, R.RUNNING], AttemptEdge.ALL_RUNNING),
-        (A.STARTING, [R.RUNNING, R.EXITED], AttemptEdge.ALL_RUNNING),
+        (A.RUNNING, [], None),
+        (A.RUNNING, [R.STARTING, R.RUNNING], None),
         (A.RUNNING, [R.RUNNING, R.RUNNING], None),
         (A.RUNNING, [R.RUNNING, R.EXITED], None),
         (A.RUNNING, [R.EXITED, R.EXITED], AttemptEdge.ALL_EXITED_OK),
-        (A.STARTING, [R.EXITED], AttemptEdge.ALL_EXITED_OK),
         (A.RUNNING, [R.RUNNING, R.FAILED], AttemptEdge.RANK_FAILED),
-        (A.STARTING, [R.STARTING, R.FAILED], AttemptEdge.RANK_FAILED),
+        # Killed while the attempt runs (not by its stop): a failure, never a success.
         (A.RUNNING, [R.EXITED, R.KILLED], AttemptEdge.RANK_FAILED),
         # A hung rank is failed a moment later, once its stacks are dumped.
         (A.RUNNING, [R.RUNNING, R.HUNG], None),
+        (A.STARTING, [R.EXITED], None),  # the leader watches only once every node started
         (A.STOPPING, [R.STOPPING, R.KILLED], None),
         (A.STOPPING, [R.KILLED, R.EXITED], AttemptEdge.STOPPED),
         (A.STOPPING, [R.FAILED, R.KILLED], AttemptEdge.STOPPED),
-        (A.STOPPING, [R.EXITED, R.EXITED], AttemptEdge.EXITED_DURING_STOP),
+        # Every rank exited 0 while being stopped: still stopped, not succeeded.
+        (A.STOPPING, [R.EXITED, R.EXITED], AttemptEdge.STOPPED),
         (A.FAILED, [R.FAILED, R.RUNNING], None),
         (A.SUCCEEDED, [R.EXITED], None),
         (A.STOPPED, [R.KILLED], None),
@@ -151,3 +198,33 @@ def test_attempt_outcome_from_rank_states(
     assert attempt_edge_for(attempt, ranks) == edge
     if edge is not None:
         transition_attempt(attempt, edge)  # whatever it decides is legal
+
+
+EK = job_pb2.JobEventKind
+
+
+@pytest.mark.parametrize(
+    ("kind", "details", "state"),
+    [
+        (EK.JOB_EVENT_KIND_RANK_EXITED, {"exit_code": "0"}, R.EXITED),
+        (EK.JOB_EVENT_KIND_RANK_EXITED, {}, R.EXITED),
+        # A node that killed the rank while stopping it says so, or only gives its code.
+        (EK.JOB_EVENT_KIND_RANK_EXITED, {"exit_code": "-15", "state": "KILLED"}, R.KILLED),
+        (EK.JOB_EVENT_KIND_RANK_EXITED, {"exit_code": "-9"}, R.KILLED),
+        (EK.JOB_EVENT_KIND_RANK_EXITED, {"exit_code": "0", "state": "EXITED"}, R.EXITED),
+        (EK.JOB_EVENT_KIND_RANK_FAILED, {"exit_code": "3"}, R.FAILED),
+        (EK.JOB_EVENT_KIND_RANK_HUNG, {}, R.HUNG),
+        (EK.JOB_EVENT_KIND_METRICS, {}, None),
+        (EK.JOB_EVENT_KIND_RANK_STARTED, {}, None),
+    ],
+)
+def test_the_rank_state_an_event_reports(
+    kind: int, details: dict[str, str], state: RankState | None
+) -> None:
+    event = job_pb2.JobEvent(kind=kind, details=details)  # type: ignore[arg-type]
+    assert reported_rank_state(event) == state
+
+
+def test_a_rank_killed_event_is_a_killed_rank() -> None:
+    event = job_pb2.JobEvent(kind=EK.JOB_EVENT_KIND_RANK_KILLED, details={"exit_code": "-9"})
+    assert reported_rank_state(event) == R.KILLED

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from gantry.v1 import job_pb2
+from gantry.v1.spec_diff import spec_changes
 
 from console.model.advisor import Remedy, evaluate
 from console.model.job_spec import load_job_spec
@@ -347,10 +348,10 @@ def test_describe_changes_of_other_edits() -> None:
         "args: --fp16 removed (was (switch))",
         "args: --bf16 (switch) (added)",
         "deepspeed_config: a.b removed (was 1)",
-        "deepspeed_config: a.c [1, 2] -> [1, 2, 3]",
+        "deepspeed_config: a.c [1,2] -> [1,2,3]",
         "deepspeed_config: d true (added)",
-        "name: 'demo' -> 'demo-2'",
-        "env changed",
+        "name: demo -> demo-2",
+        "env: NCCL_IB_DISABLE 0 (added)",
     ]
 
 
@@ -358,7 +359,7 @@ def test_describe_changes_of_positional_args_and_whole_configs() -> None:
     old = spec(["train.py", "--seed", "1"])
     new = spec(["train2.py", "--seed", "1"], {"x": 1})
     assert describe_changes(old, new) == [
-        "args: train.py --seed 1 -> train2.py --seed 1",
+        "args: train.py -> train2.py",
         "deepspeed_config added",
     ]
     assert describe_changes(new, old)[-1] == "deepspeed_config removed"
@@ -375,4 +376,27 @@ def test_oom_remedy_on_the_demo_job() -> None:
     assert describe_changes(demo, edited) == [
         "args: --per_device_train_batch_size 16 -> 8",
         "args: --gradient_accumulation_steps 1 -> 2",
+    ]
+
+
+def test_describe_changes_reads_every_field_from_the_one_differ() -> None:
+    old = spec(["--bf16", "--lr", "1"])
+    new = job_pb2.JobSpec()
+    new.CopyFrom(old)
+    del new.env["NCCL_DEBUG"]
+    new.restart.max_restarts = 3
+    new.checkpoint_dir = "/out/ckpt"
+    new.args[:] = ["--lr", "1", "--bf16"]
+    assert describe_changes(old, new) == [
+        "args reordered",
+        "env: NCCL_DEBUG removed (was INFO)",
+        "restart.max_restarts: 0 -> 3",
+        "checkpoint_dir: /out/ckpt (added)",
+    ]
+    # The agent's event phrases for the same edit (gantry.v1.spec_diff.spec_changes).
+    assert spec_changes(old, new) == [
+        "args reordered",
+        "env NCCL_DEBUG INFO -> unset",
+        "restart.max_restarts 0 -> 3",
+        "checkpoint_dir unset -> /out/ckpt",
     ]

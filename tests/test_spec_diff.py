@@ -8,7 +8,7 @@ import sys
 
 import pytest
 from gantry.v1 import job_pb2
-from gantry.v1.spec_diff import spec_changes
+from gantry.v1.spec_diff import CONFIG_FIELD, SpecChange, diff_specs, spec_changes
 
 from agent.jobs.node.launch import rank_argv, with_deepspeed_config
 
@@ -206,3 +206,24 @@ def test_rank_argv_with_a_config_file_then_resume() -> None:
         "/c/s",
     ]
     assert rank_argv(spec) == [sys.executable, "t.py", "--deepspeed_config", "mine.json"]
+
+
+def test_diff_specs_holds_the_values_apart_from_the_phrases() -> None:
+    new = edited(
+        args=["--per_device_train_batch_size", "16", "--gradient_accumulation_steps=1"],
+        env={},
+        deepspeed_config_json="",
+    )
+    new.restart.max_restarts = 0
+    assert diff_specs(base_spec(), new) == [
+        SpecChange("args", "--bf16", "", None),  # "": a switch, None: unset
+        SpecChange("env", "NCCL_DEBUG", "INFO", None),
+        SpecChange("restart.max_restarts", "", "3", "0"),
+        SpecChange(CONFIG_FIELD, summary="removed"),
+    ]
+    assert spec_changes(base_spec(), new) == [
+        "args --bf16 set -> unset",
+        "env NCCL_DEBUG INFO -> unset",
+        "restart.max_restarts 3 -> 0",
+        "deepspeed config removed",
+    ]

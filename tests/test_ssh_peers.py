@@ -16,10 +16,10 @@ from pathlib import Path
 import psutil
 import pytest
 from gantry.v1 import agent_service_pb2, job_pb2
+from gantry.v1.rules import ValidationError, check_peer_token_file, check_ssh_destination
 
 from agent.jobs.leader.peer_ssh import configure_peer_ssh, split_destination
 from agent.jobs.leader.peers import NodeUnreachable, RemoteNode
-from agent.rpc.validation import ValidationError, check_peer_token_file, check_ssh_destination
 from console.model.job_spec import parse_job_spec
 from console.net.cluster_file import NodeTarget
 from console.net.jobs_client import JobsClient

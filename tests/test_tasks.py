@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from gantry.v1 import agent_service_pb2, task_pb2
 
-from agent.tasks import runner as tasks
+from agent.tasks import programs
 from agent.tasks.runner import TaskError, TaskRunner, check_spec, task_argv
 
 TS = task_pb2.TaskState
@@ -19,7 +19,7 @@ TS = task_pb2.TaskState
 @pytest.fixture(autouse=True)
 def fake_programs(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = "tests.fixtures.fake_task"
-    monkeypatch.setattr(tasks, "PROGRAMS", dict.fromkeys(tasks.PROGRAMS, fake))
+    monkeypatch.setattr(programs, "PROGRAMS", dict.fromkeys(programs.PROGRAMS, fake))
 
 
 def model(tmp_path: Path, behaviour: str) -> Path:

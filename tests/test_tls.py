@@ -30,7 +30,8 @@ from agent.security.tls import (
     tls_files_from_flags,
 )
 from console.model.job_spec import parse_job_spec
-from console.net.agent_client import describe_rpc_error, fetch_status, target_channel
+from console.net.agent_client import fetch_status
+from console.net.agent_link import AgentLinks, describe_rpc_error
 from console.net.ca import CaError, init_ca, issue, load_ca, parse_host_flag, write_private
 from console.net.cluster_file import (
     ClusterFileError,
@@ -388,8 +389,8 @@ def test_a_job_runs_across_two_mtls_agents(
     peers = [A.PeerAgent(name=a.name, address=a.address) for a in agents]
 
     async def run() -> agent_service_pb2.DescribeJobResponse:
-        async with target_channel(NodeTarget("node-a", agents[0].address, None, tls)) as channel:
-            stub = agent_service_pb2_grpc.AgentServiceStub(channel)
+        async with AgentLinks() as links:
+            stub = await links.link(NodeTarget("node-a", agents[0].address, None, tls)).stub()
             await stub.SubmitJob(A.SubmitJobRequest(spec=spec, peers=peers), timeout=30)
             deadline = time.monotonic() + 60
             while True:

@@ -4,7 +4,8 @@ The job spec's ``restart.resume_flag`` names the flag (default ``--resume_from_c
 what Gantry's trainer and Hugging Face scripts take); ``FLAG=`` passes one ``FLAG=PATH``
 word. The agent owns that flag: it replaces whatever the job's args say with the folder it
 resolved, or, when there is nothing to resume from, drops an unresolvable ``latest`` (a
-Hugging Face script would look for a folder called "latest").
+Hugging Face script would look for a folder called "latest"). Reading the flag is a rule of
+the contract (`gantry.v1.rules`); this module holds the agent's rewriting.
 """
 
 from __future__ import annotations
@@ -12,34 +13,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gantry.v1 import job_pb2
+from gantry.v1.rules import DEFAULT_FLAG, LATEST, args_resume, resume_flag, spec_args_resume
 
-DEFAULT_FLAG = "--resume_from_checkpoint"
-LATEST = "latest"
-
-
-def resume_flag(spec: job_pb2.JobSpec) -> tuple[str, bool]:
-    """(flag, joined): joined when the value goes in the same word (``FLAG=PATH``)."""
-    flag = spec.restart.resume_flag or DEFAULT_FLAG
-    if flag.endswith("="):
-        return flag[:-1], True
-    return flag, False
-
-
-def args_resume(argv: Sequence[str], flag: str) -> str | None:
-    """The value the command line gives ``flag`` (the last one wins, as with argparse)."""
-    value: str | None = None
-    for i, arg in enumerate(argv):
-        if arg == flag and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith(flag + "="):
-            value = arg.split("=", 1)[1]
-    return value
-
-
-def spec_args_resume(spec: job_pb2.JobSpec) -> str | None:
-    """What the job's own command and args say to resume from, if anything."""
-    flag, _ = resume_flag(spec)
-    return args_resume([*spec.command, *spec.args], flag)
+__all__ = [
+    "DEFAULT_FLAG",
+    "LATEST",
+    "args_resume",
+    "resume_flag",
+    "spec_args_resume",
+    "with_resume",
+]
 
 
 def with_resume(argv: Sequence[str], spec: job_pb2.JobSpec, resume_from: str) -> list[str]:

@@ -33,37 +33,86 @@ Environment: GANTRY_COLLECTIVE_TIMEOUT_S (300) bounds every collective;
 GANTRY_CPU_BF16 (1 or 0) forces the native-bf16 probe on the CPU (agent.rank.ds_config);
 GANTRY_METRICS_FILE, GANTRY_HEARTBEAT_S (agent.report); DS_ACCELERATOR;
 TORCH_EXTENSIONS_DIR; OMP_NUM_THREADS (else cores / LOCAL_WORLD_SIZE or WORLD_SIZE).
+
+This module is the command and the order of a rank's steps; the set-up (process, data,
+checkpoint to resume) is `agent.rank.train_setup`, the optimizer steps and the final model
+`agent.rank.train_loop`.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
-import shutil
 import signal
-import socket
 import sys
-import time
-import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import timedelta
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.rank.report import CollectiveClock, Reporter, install_stack_dump, memory_bytes
+from agent.rank.report import Reporter, install_stack_dump
+from agent.rank.train_loop import (
+    DataPosition,
+    LoopPlan,
+    StepStats,
+    TrainLoop,
+    engine_barrier,
+    loss_scale,
+    save_final,
+)
+from agent.rank.train_setup import (
+    CKPT_TOKENIZER,
+    DEFAULT_TIMEOUT_S,
+    TIMEOUT_ENV,
+    RankData,
+    check_same_data,
+    collective_timeout,
+    data_digest,
+    init_distributed,
+    is_universal,
+    log,
+    lr_lambda,
+    open_data,
+    resolve_data,
+    resolve_resume,
+    set_threads,
+    setup_env,
+)
 
-TIMEOUT_ENV = "GANTRY_COLLECTIVE_TIMEOUT_S"
-CKPT_TOKENIZER = "tokenizer"  # beside the checkpoint tags: the ids the weights were trained on
-DEFAULT_TIMEOUT_S = 300.0
+__all__ = [
+    "CKPT_TOKENIZER",
+    "DEFAULT_LR",
+    "DEFAULT_TIMEOUT_S",
+    "TIMEOUT_ENV",
+    "RankData",
+    "RankEngine",
+    "StepStats",
+    "Terminated",
+    "build_engine",
+    "check_same_data",
+    "collective_timeout",
+    "data_digest",
+    "engine_barrier",
+    "init_distributed",
+    "is_universal",
+    "log",
+    "loss_scale",
+    "lr_lambda",
+    "main",
+    "open_data",
+    "parse_args",
+    "resolve_data",
+    "resolve_resume",
+    "restore",
+    "save_final",
+    "set_threads",
+    "setup_env",
+    "train",
+]
+
 DEFAULT_LR = 5e-5
-
-
-def log(message: str) -> None:
-    print(f"gantry: {message}", flush=True)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -117,271 +166,38 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-# --- process set-up -------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def setup_env(args: argparse.Namespace) -> None:
-    """Single-process defaults, threads per rank, quiet deprecation noise."""
-    if "RANK" not in os.environ and "WORLD_SIZE" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    if args.local_rank is not None:
-        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local directories and built-ins only
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-
-
-def set_threads() -> None:
-    import torch
-
-    if os.environ.get("OMP_NUM_THREADS"):
-        return
-    per_node = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("WORLD_SIZE") or 1)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, per_node)))
-
-
-def collective_timeout() -> timedelta:
-    raw = os.environ.get(TIMEOUT_ENV) or str(DEFAULT_TIMEOUT_S)
-    try:
-        seconds = float(raw)
-    except ValueError:
-        raise SystemExit(f"gantry: {TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
-    if seconds <= 0:
-        raise SystemExit(f"gantry: {TIMEOUT_ENV} must be positive")
-    return timedelta(seconds=seconds)
-
-
-def init_distributed(timeout: timedelta) -> tuple[int, int]:
-    """Process group with `timeout` for every group, including those DeepSpeed makes
-    later (they take torch's default_pg_timeout, 30 min unless set here)."""
-    import deepspeed
-    import torch.distributed
-    from deepspeed.accelerator import get_accelerator
-
-    torch.distributed.distributed_c10d.default_pg_timeout = timeout
-    backend = "gloo" if get_accelerator().device_name() == "cpu" else None
-    deepspeed.init_distributed(dist_backend=backend, timeout=timeout, verbose=False)
-    return torch.distributed.get_rank(), torch.distributed.get_world_size()
-
-
-# --- data ---------------------------------------------------------------------------
-
-
-def resolve_data(args: argparse.Namespace, resume_dir: Path | None = None) -> tuple[Path, Path]:
-    """(prepared data dir, tokenizer dir): the tokenizer of the checkpoint resumed from,
-    else the model directory's, else one trained on the data."""
-    from agent.ml.data import TOKENIZER_DIR, is_prepared_dir, prepare
-    from agent.ml.models import has_tokenizer, is_builtin
-
-    model_tok = None
-    own = (args.output_dir / "checkpoints").resolve()
-    if (
-        resume_dir is not None
-        and resume_dir.resolve() != own
-        and has_tokenizer(resume_dir / CKPT_TOKENIZER)
-    ):
-        # Continual training (another job's checkpoint) must keep the token ids the
-        # weights learned; this job's own checkpoints already share its data's tokenizer.
-        model_tok = resume_dir / CKPT_TOKENIZER
-    elif not is_builtin(args.model_name_or_path) and has_tokenizer(Path(args.model_name_or_path)):
-        model_tok = Path(args.model_name_or_path)
-    if args.data.is_dir():
-        if not is_prepared_dir(args.data):
-            raise SystemExit(f"gantry: --data {args.data}: not a prepared directory")
-        data_dir = args.data
-    else:
-        data_dir = args.output_dir / "data"
-        prepare(args.data, data_dir, args.max_length, tokenizer=model_tok, log=log)
-    return data_dir, model_tok or data_dir / TOKENIZER_DIR
-
-
-def data_digest(data_dir: Path) -> str:
-    from agent.ml.data import MANIFEST
-
-    return _digest(data_dir / MANIFEST)[:16]
-
-
-def _digest(*paths: Path) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(p.read_bytes() if p.is_file() else b"-")
-    return h.hexdigest()
-
-
-def check_same_data(data_dir: Path, tok_dir: Path, world_size: int) -> None:
-    """Every rank must train on the same shards with the same tokenizer."""
-    import torch.distributed
-
-    from agent.ml.data import MANIFEST
-
-    mine = _digest(data_dir / MANIFEST, tok_dir / "tokenizer.json")
-    every: list[Any] = [None] * world_size
-    torch.distributed.all_gather_object(every, mine)
-    if len(set(every)) != 1:
-        raise SystemExit(
-            "gantry: ranks disagree on the prepared data or tokenizer "
-            f"({', '.join(d[:8] for d in every)}); prepare once on a shared filesystem"
-        )
-
-
-# --- checkpoints --------------------------------------------------------------------
-
-
-def resolve_resume(spec: str | None, output_dir: Path) -> tuple[Path, str | None] | None:
-    """(load_dir, tag) for engine.load_checkpoint, or None for a fresh start."""
-    if not spec:
-        return None
-    if spec == "latest":
-        ckpt = output_dir / "checkpoints"
-        if (ckpt / "latest").is_file():
-            return ckpt, None
-        log(f"no checkpoint under {ckpt}; starting fresh")
-        return None
-    path = Path(spec)
-    if (path / "latest").is_file():
-        return path, None
-    if path.is_dir():
-        return path.parent, path.name
-    raise SystemExit(f"gantry: --resume_from_checkpoint {spec}: no such checkpoint")
-
-
-def is_universal(load_dir: Path, tag: str | None) -> bool:
-    """Whether (load_dir, tag) names a universal checkpoint (ds_to_universal's output:
-    per-parameter folders under zero/), which loads at any world size."""
-    if tag is None:
-        latest = load_dir / "latest"
-        tag = latest.read_text().strip() if latest.is_file() else ""
-    return bool(tag) and (load_dir / tag / "zero").is_dir()
-
-
-def lr_lambda(warmup: int, total: int, kind: str = "linear") -> Any:
-    """LR factor at optimizer step `step` (0-based): linear warmup over `warmup` steps,
-    then constant or a linear decay reaching 0 at `total`."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        if kind == "constant" or total <= warmup:
-            return 1.0
-        return max(0.0, (total - step) / (total - warmup))
-
-    return factor
+# --- a rank's steps -----------------------------------------------------------------
 
 
 @dataclass
-class StepStats:
-    """What one optimizer step measured on this rank."""
+class RankEngine:
+    """The DeepSpeed engine with the config it was built from and the run's length."""
 
-    losses: list[float] = field(default_factory=list)
-    samples: int = 0
-    tokens: int = 0
-    forward_s: float = 0.0
-    backward_s: float = 0.0
-    step_s: float = 0.0
-    started: float = field(default_factory=time.perf_counter)
-
-
-def loss_scale(optimizer: Any) -> float | None:
-    for name in ("loss_scale", "cur_scale"):
-        value = getattr(optimizer, name, None)
-        if isinstance(value, int | float):
-            return float(value)
-    return None
+    engine: Any
+    config: dict[str, Any]
+    changes: list[str]
+    micro_batch: int
+    grad_accum: int
+    per_epoch: int
+    total_steps: int
 
 
-def save_final(
-    engine: Any, model: Any, tokenizer: Any, final_dir: Path, rank: int, info: dict[str, Any]
-) -> None:
-    """A Hugging Face directory in fp32, gathered from the ZeRO-3 partitions."""
+def build_engine(
+    args: argparse.Namespace, data: RankData, rank: int, world: int, logging_dir: Path
+) -> RankEngine:
+    """The model, the DeepSpeed config adapted to the hardware, AdamW and the LR schedule."""
     import deepspeed
     import torch
 
-    params = list(model.parameters())
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-        if rank == 0:
-            state = {
-                k: v.detach().to("cpu", dtype=torch.float32).clone()
-                if v.is_floating_point()
-                else v.detach().cpu().clone()
-                for k, v in model.state_dict().items()
-            }
-    if rank == 0:
-        tmp = final_dir.with_name(final_dir.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        config = model.config
-        model.save_pretrained(str(tmp), state_dict=state)
-        # transformers 5 writes the module's own dtype (bf16 in a bf16 run) into config.json;
-        # the weights saved are fp32, and so must the config say.
-        config.dtype = torch.float32
-        config.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        (tmp / "gantry_train.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
-        if final_dir.exists():
-            shutil.rmtree(final_dir)
-        tmp.replace(final_dir)
-    engine_barrier()
-
-
-def engine_barrier() -> None:
-    import deepspeed.comm
-
-    deepspeed.comm.barrier()
-
-
-# --- training -----------------------------------------------------------------------
-
-
-def train(args: argparse.Namespace, rep: Reporter) -> int:
-    import deepspeed
-    import torch
-    from deepspeed.accelerator import get_accelerator
-
-    from agent.ml.data import (
-        ConversationDataset,
-        batches_per_epoch,
-        ensure_chat_tokens,
-        load_tokenizer,
-        rank_batches,
-    )
-    from agent.ml.models import build_model, count_parameters
+    from agent.ml.data import batches_per_epoch
+    from agent.ml.models import build_model
     from agent.rank import ds_config
-
-    timeout = collective_timeout()
-    set_threads()
-    rank, world = init_distributed(timeout)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    rep.rank = rank
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    logging_dir = args.logging_dir or args.output_dir / "logs"
-    logging_dir.mkdir(parents=True, exist_ok=True)
-
-    resume = resolve_resume(args.resume_from_checkpoint, args.output_dir)
-    data_dir, tok_dir = resolve_data(args, resume[0] if resume else None)
-    check_same_data(data_dir, tok_dir, world)
-    tokenizer = load_tokenizer(tok_dir)
-    ensure_chat_tokens(tokenizer)
-    dataset = ConversationDataset(data_dir, tokenizer, args.max_length)
-    digest = data_digest(data_dir)
-    if len(dataset) == 0:
-        raise SystemExit(f"gantry: {data_dir} holds no conversations")
 
     try:
         hw = ds_config.detect_hardware()
     except ValueError as exc:  # a bad GANTRY_CPU_BF16: fails before the model is built
         raise SystemExit(f"gantry: {exc}") from None
-    model = build_model(args.model_name_or_path, tokenizer, seed=args.seed)
+    model = build_model(args.model_name_or_path, data.tokenizer, seed=args.seed)
     adapted = ds_config.adapt_config(
         ds_config.load_config(args.deepspeed_config),
         hw,
@@ -391,6 +207,7 @@ def train(args: argparse.Namespace, rep: Reporter) -> int:
         hidden_size=getattr(model.config, "hidden_size", None),
     )
     cfg = adapted.config
+    resume = data.resume
     if resume is not None and is_universal(*resume):
         # A universal checkpoint is what lets a job go on at another world size; plain
         # ZeRO checkpoints load only at the world size that wrote them.
@@ -403,7 +220,7 @@ def train(args: argparse.Namespace, rep: Reporter) -> int:
 
     mbs = int(cfg.get("train_micro_batch_size_per_gpu") or 1)
     gas = int(cfg.get("gradient_accumulation_steps") or 1)
-    per_epoch = batches_per_epoch(dataset, world, mbs)
+    per_epoch = batches_per_epoch(data.dataset, world, mbs)
     total_steps = (
         args.max_steps
         if args.max_steps > 0
@@ -425,38 +242,61 @@ def train(args: argparse.Namespace, rep: Reporter) -> int:
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
         config=cfg,
     )
+    return RankEngine(engine, cfg, adapted.changes, mbs, gas, per_epoch, total_steps)
 
-    ckpt_dir = args.output_dir / "checkpoints"
-    epoch, batch_in_epoch, resumed_from = 0, 0, None
-    if resume is not None:
-        load_dir, tag = resume
-        path, client = engine.load_checkpoint(str(load_dir), tag=tag)
-        if path is None:
-            raise SystemExit(f"gantry: could not load a checkpoint from {load_dir} ({tag})")
-        client = client or {}
-        epoch = int(client.get("epoch", 0))
-        # The data position is kept as samples of the epoch's shuffled order consumed by
-        # all ranks together, so it survives another micro batch (or world) size.
-        consumed = int(client.get("epoch_samples", client.get("batch_in_epoch", 0) * mbs * world))
-        if client.get("data", digest) != digest:
-            log("the checkpoint was trained on other data: this data starts at its beginning")
-            epoch, consumed = 0, 0
-        batch_in_epoch, rest = divmod(consumed, mbs * world)
-        if rest:
-            skipped = mbs * world - rest
-            log(f"resuming at sample {consumed} of epoch {epoch}: skipping {skipped} more")
-            batch_in_epoch += 1
-        resumed_from = str(Path(path).parent if Path(path).is_file() else Path(path))
-        log(
-            f"resumed from {resumed_from} at step {engine.global_steps} "
-            f"(epoch {epoch}, micro-batch {batch_in_epoch})"
-        )
+
+def restore(engine: Any, data: RankData, micro_batch: int, world: int) -> DataPosition:
+    """Load the checkpoint resumed from, if any; the data position to go on at."""
+    if data.resume is None:
+        return DataPosition()
+    load_dir, tag = data.resume
+    path, client = engine.load_checkpoint(str(load_dir), tag=tag)
+    if path is None:
+        raise SystemExit(f"gantry: could not load a checkpoint from {load_dir} ({tag})")
+    client = client or {}
+    epoch = int(client.get("epoch", 0))
+    # The data position is kept as samples of the epoch's shuffled order consumed by
+    # all ranks together, so it survives another micro batch (or world) size.
+    per_batch = micro_batch * world
+    consumed = int(client.get("epoch_samples", client.get("batch_in_epoch", 0) * per_batch))
+    if client.get("data", data.digest) != data.digest:
+        log("the checkpoint was trained on other data: this data starts at its beginning")
+        epoch, consumed = 0, 0
+    batch_in_epoch, rest = divmod(consumed, per_batch)
+    if rest:
+        log(f"resuming at sample {consumed} of epoch {epoch}: skipping {per_batch - rest} more")
+        batch_in_epoch += 1
+    resumed_from = str(Path(path).parent if Path(path).is_file() else Path(path))
+    log(
+        f"resumed from {resumed_from} at step {engine.global_steps} "
+        f"(epoch {epoch}, micro-batch {batch_in_epoch})"
+    )
+    return DataPosition(epoch, batch_in_epoch, resumed_from)
+
+
+def train(args: argparse.Namespace, rep: Reporter) -> int:
+    """One rank's whole run: set up, restore, train, save the final model, report the end."""
+    from agent.ml.models import count_parameters
+
+    timeout = collective_timeout()
+    set_threads()
+    rank, world = init_distributed(timeout)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rep.rank = rank
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    logging_dir = args.logging_dir or args.output_dir / "logs"
+    logging_dir.mkdir(parents=True, exist_ok=True)
+
+    data = open_data(args, world)
+    run = build_engine(args, data, rank, world, logging_dir)
+    engine = run.engine
+    position = restore(engine, data, run.micro_batch, world)
 
     step = int(engine.global_steps)
     n_params = count_parameters(engine.module)
     log(
-        f"{args.model_name_or_path}: {n_params:,} parameters; {len(dataset)} conversations, "
-        f"{per_epoch} micro-batches per rank per epoch; steps {step} -> {total_steps}"
+        f"{args.model_name_or_path}: {n_params:,} parameters; {len(data.dataset)} conversations, "
+        f"{run.per_epoch} micro-batches per rank per epoch; steps {step} -> {run.total_steps}"
     )
     rep.start(
         step=step,
@@ -464,129 +304,42 @@ def train(args: argparse.Namespace, rep: Reporter) -> int:
         local_rank=local_rank,
         model=args.model_name_or_path,
         parameters=n_params,
-        total_steps=total_steps,
-        micro_batch=mbs,
-        gradient_accumulation_steps=gas,
-        config_changes=adapted.changes,
-        resumed_from=resumed_from,
+        total_steps=run.total_steps,
+        micro_batch=run.micro_batch,
+        gradient_accumulation_steps=run.grad_accum,
+        config_changes=run.changes,
+        resumed_from=position.resumed_from,
     )
-
-    accel = get_accelerator()
-    comm_clock = CollectiveClock()
-    comm_clock.take()  # drop what initialize and load_checkpoint spent
-    fp16 = bool(engine.fp16_enabled())
-    print_every = int(cfg.get("steps_per_print") or 10)
-    last_saved = step if resumed_from else -1
-    stats = StepStats()
-    first_loss: float | None = None
-    last_loss: float | None = None
-
-    def save(at_step: int) -> None:
-        tag = f"step{at_step}"
-        client = {
-            "step": at_step,
-            "epoch": epoch,
-            "batch_in_epoch": batch_in_epoch,
-            "epoch_samples": batch_in_epoch * mbs * world,
-            "micro_batch": mbs,
-            "world_size": world,
-            "data": digest,
-        }
-        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client)
-        if rank == 0 and not (ckpt_dir / CKPT_TOKENIZER).is_dir():
-            tokenizer.save_pretrained(str(ckpt_dir / CKPT_TOKENIZER))
-        rep.checkpoint(at_step, tag, ckpt_dir / tag)
-        if rank == 0:
-            log(f"checkpoint {ckpt_dir / tag}")
-
-    engine.train()
-    while step < total_steps:
-        loader = rank_batches(
-            dataset,
-            rank=rank,
-            world_size=world,
-            micro_batch=mbs,
-            seed=args.seed,
-            epoch=epoch,
-            skip_batches=batch_in_epoch,
-            pad_id=int(tokenizer.pad_token_id),
-        )
-        for batch in loader:
-            t0 = time.perf_counter()
-            batch = {k: v.to(engine.device) for k, v in batch.items()}
-            out = engine(**batch)
-            accel.synchronize()
-            t1 = time.perf_counter()
-            engine.backward(out.loss)
-            accel.synchronize()
-            t2 = time.perf_counter()
-            engine.step()
-            accel.synchronize()
-            t3 = time.perf_counter()
-            batch_in_epoch += 1
-            stats.losses.append(float(out.loss.detach().float().item()))
-            stats.samples += int(batch["input_ids"].shape[0])
-            stats.tokens += int(batch["attention_mask"].sum())
-            stats.forward_s += t1 - t0
-            stats.backward_s += t2 - t1
-            stats.step_s += t3 - t2
-            if int(engine.global_steps) == step:
-                continue  # within gradient accumulation
-            step = int(engine.global_steps)
-            elapsed = time.perf_counter() - stats.started
-            loss = sum(stats.losses) / len(stats.losses)
-            first_loss = loss if first_loss is None else first_loss
-            last_loss = loss
-            comms = comm_clock.take()
-            grad_norm = engine.get_global_grad_norm()
-            rep.metrics(
-                step,
-                epoch=round(epoch + batch_in_epoch / per_epoch, 4),
-                loss=loss,
-                grad_norm=float(grad_norm) if grad_norm is not None else None,
-                lr=float(engine.get_lr()[0]),
-                loss_scale=loss_scale(engine.optimizer) if fp16 else None,
-                step_time_s=round(elapsed, 6),
-                samples_per_s=round(stats.samples / elapsed, 3),
-                tokens_per_s=round(stats.tokens / elapsed, 3),
-                collective_s=comms,
-                collective_total_s=round(sum(comms.values()), 6) if comms is not None else None,
-                forward_s=round(stats.forward_s, 6),
-                backward_s=round(stats.backward_s, 6),
-                optimizer_step_s=round(stats.step_s, 6),
-                memory_bytes=memory_bytes(),
-            )
-            if rank == 0 and (step % print_every == 0 or step == total_steps):
-                log(
-                    f"step {step}/{total_steps} loss {loss:.4f} lr {engine.get_lr()[0]:.3g} "
-                    f"{elapsed:.3f}s/step"
-                )
-            if step % args.save_steps == 0:
-                save(step)
-                last_saved = step
-            stats = StepStats()
-            if step >= total_steps:
-                break
-        else:
-            epoch, batch_in_epoch = epoch + 1, 0
-    if last_saved != step:
-        save(step)
+    plan = LoopPlan(
+        rank=rank,
+        world_size=world,
+        micro_batch=run.micro_batch,
+        per_epoch=run.per_epoch,
+        total_steps=run.total_steps,
+        save_steps=args.save_steps,
+        print_every=int(run.config.get("steps_per_print") or 10),
+        seed=args.seed,
+        ckpt_dir=args.output_dir / "checkpoints",
+        data_digest=data.digest,
+    )
+    loop = TrainLoop(engine, rep, data.tokenizer, data.dataset, plan, position)
+    step = loop.run()
 
     final_dir = args.output_dir / "final"
     info = {
         "step": step,
         "model": args.model_name_or_path,
-        "data": str(data_dir),
-        "first_loss": first_loss,
-        "last_loss": last_loss,
-        "config_changes": adapted.changes,
+        "data": str(data.data_dir),
+        "first_loss": loop.first_loss,
+        "last_loss": loop.last_loss,
+        "config_changes": run.changes,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
-    save_final(engine, engine.module, tokenizer, final_dir, rank, info)
+    save_final(engine, engine.module, data.tokenizer, final_dir, rank, info)
     if rank == 0:
         log(f"final model in {final_dir}")
     rep.step = step
-    rep.end("completed", final_dir=str(final_dir), loss=last_loss)
+    rep.end("completed", final_dir=str(final_dir), loss=loop.last_loss)
     return 0
 
 

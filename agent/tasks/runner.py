@@ -7,7 +7,8 @@ A task program reports on stdout, one JSON object a line: `{"progress": 0.4,
 agent keeps each task's record in DATA/tasks/ID/task.pb (and its stderr beside it),
 so `ListTasks` still knows a task after the agent restarts; a task still running then
 is re-adopted by pid (its progress stream is not: it shows as running until it ends).
-Stop is SIGTERM to the task's process group, a grace period, then SIGKILL.
+Stop is SIGTERM to the task's process group, a grace period, then SIGKILL. Which program
+runs a task, and with what command line, is `agent.tasks.programs`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import json
 import logging
 import os
 import signal
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -28,104 +28,37 @@ from pathlib import Path
 import psutil
 from gantry.v1 import agent_service_pb2, task_pb2
 
+from agent.tasks.programs import PROGRAMS, SERVE_DRAIN_S, TaskError, check_spec, task_argv
+
+__all__ = [
+    "MAX_LINE_BYTES",
+    "MAX_TASKS_KEPT",
+    "PROGRAMS",
+    "READY_POLL_S",
+    "SERVE_DRAIN_S",
+    "STOP_GRACE_S",
+    "TERMINAL",
+    "TK",
+    "TS",
+    "TaskError",
+    "TaskRunner",
+    "check_spec",
+    "task_argv",
+]
+
 log = logging.getLogger("gantry.agent")
 
 TK = task_pb2.TaskKind
 TS = task_pb2.TaskState
 TERMINAL = frozenset({TS.TASK_STATE_SUCCEEDED, TS.TASK_STATE_FAILED, TS.TASK_STATE_STOPPED})
 STOP_GRACE_S = 10.0
-SERVE_DRAIN_S = 8.0
 READY_POLL_S = 0.2
 MAX_LINE_BYTES = 1 << 20
 MAX_TASKS_KEPT = 200
-PROGRAMS = {
-    TK.TASK_KIND_EVAL: "agent.tasks.eval",
-    TK.TASK_KIND_QUANTIZE: "agent.tasks.quantize",
-    TK.TASK_KIND_SERVE: "agent.serve",
-}
-
-
-class TaskError(ValueError):
-    """A task refused before it starts: one line naming what to fix."""
 
 
 def _now(stamp: object) -> None:
     stamp.FromNanoseconds(time.time_ns())  # type: ignore[attr-defined]
-
-
-def task_argv(task: task_pb2.Task, task_dir: Path) -> list[str]:
-    """The task program's command line (pure)."""
-    program = [sys.executable, "-m", PROGRAMS[task.kind]]
-    which = task.WhichOneof("spec")
-    if which == "eval":
-        e = task.eval
-        argv = [*program, "--model", e.model_dir, "--data", e.data_path]
-        argv += ["--out", str(task_dir / "report.json")]
-        if e.max_samples:
-            argv += ["--max-samples", str(e.max_samples)]
-        targets = {
-            name: getattr(e.targets, name)
-            for name in ("bleu4_min", "rouge_l_min", "ttft_ms_max", "tokens_per_s_min")
-            if e.targets.HasField(name)
-        }
-        if targets:
-            argv += ["--targets", json.dumps(targets)]
-        if e.job_name:
-            argv += ["--checkpoint", f"{e.job_name}:{Path(e.model_dir).name}"]
-        return argv
-    if which == "quantize":
-        q = task.quantize
-        argv = [*program, "--model", q.model_dir, "--out", q.output_dir]
-        if q.eval_data_path:
-            argv += ["--eval", q.eval_data_path]
-            if q.eval_max_samples:
-                argv += ["--max-samples", str(q.eval_max_samples)]
-        return argv + (["--weight-only"] if q.weight_only else [])
-    if which == "serve":
-        s = task.serve
-        argv = [*program, "--model", s.model_dir, "--listen", f"127.0.0.1:{s.port}"]
-        argv += ["--ready-file", str(task_dir / "ready.json")]
-        # Drain within the agent's stop grace, so a stop never has to SIGKILL a server.
-        argv += ["--drain-s", f"{SERVE_DRAIN_S:g}"]
-        if s.max_batch_size:
-            argv += ["--max-batch-size", str(s.max_batch_size)]
-        if s.max_queue_delay_ms:
-            argv += ["--max-queue-delay-ms", f"{s.max_queue_delay_ms:g}"]
-        return argv
-    raise TaskError("the task has no spec (eval, quantize or serve)")
-
-
-def check_spec(task: task_pb2.Task) -> None:
-    """Refuses a task whose inputs are not there, before anything starts."""
-    which = task.WhichOneof("spec")
-    if which == "eval":
-        _model_dir(task.eval.model_dir)
-        if not task.eval.data_path:
-            raise TaskError("eval: give the held-out data (--data HELDOUT.jsonl)")
-        if not Path(task.eval.data_path).is_file():
-            raise TaskError(f"eval: data {task.eval.data_path} does not exist on this node")
-    elif which == "quantize":
-        _model_dir(task.quantize.model_dir)
-        if not task.quantize.output_dir:
-            raise TaskError("quantize: give an output directory")
-        if not task.quantize.int8:
-            raise TaskError("quantize: only --int8 is supported")
-        data = task.quantize.eval_data_path
-        if data and not Path(data).is_file():
-            raise TaskError(f"quantize: eval data {data} does not exist on this node")
-    elif which == "serve":
-        _model_dir(task.serve.model_dir)
-        if task.serve.port > 65535:
-            raise TaskError(f"serve: port {task.serve.port} is not a port")
-    else:
-        raise TaskError("the task has no spec (eval, quantize or serve)")
-
-
-def _model_dir(path: str) -> None:
-    if not path:
-        raise TaskError("give a model directory")
-    if not (Path(path) / "config.json").is_file():
-        raise TaskError(f"model {path} is not a model directory on this node (no config.json)")
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The advisor on live data: builds the advisor's input from the console's stores and
 says which findings the console can apply itself (those whose remedy edits the spec).
 
-Pure (the time is passed in); `console.model.advisor` holds the rules.
+Pure (the time is passed in); `console.model.advisor` evaluates the rules (advisor_rules_*).
 """
 
 from __future__ import annotations

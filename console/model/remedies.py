@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import json
 import math
-import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from gantry.v1 import job_pb2
+from gantry.v1.spec_diff import CONFIG_FIELD, SpecChange, diff_specs
 
 from console.model.advisor import Remedy
 
@@ -222,82 +222,29 @@ def apply_remedy(remedy: Remedy, spec: job_pb2.JobSpec) -> job_pb2.JobSpec:
 
 # --- describe_changes ---------------------------------------------------------------------
 
-
-def _flags(args: list[str]) -> dict[str, str | None]:
-    """Each `--flag` with its value (None for a bare switch); the last occurrence wins."""
-    flags: dict[str, str | None] = {}
-    for i, token in enumerate(args):
-        if not token.startswith("--") or token == "--":
-            continue
-        if "=" in token:
-            name, value = token.split("=", 1)
-            flags[name] = value
-        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
-            flags[token] = args[i + 1]
-        else:
-            flags[token] = None
-    return flags
+# What a remedy edits comes first in its preview.
+_FIRST = {"args": 0, CONFIG_FIELD: 1}
 
 
-def _flatten(value: object, prefix: str = "") -> dict[str, object]:
-    if isinstance(value, dict) and value:
-        out: dict[str, object] = {}
-        for key, item in value.items():
-            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: value}
+def _value(value: str | None) -> str:
+    return "unset" if value is None else value or "(switch)"
 
 
-def _diff(
-    where: str, old: dict[str, Any], new: dict[str, Any], show: Callable[[Any], str]
-) -> list[str]:
-    lines: list[str] = []
-    for key in old:
-        if key not in new:
-            lines.append(f"{where}: {key} removed (was {show(old[key])})")
-        elif new[key] != old[key]:
-            lines.append(f"{where}: {key} {show(old[key])} -> {show(new[key])}")
-    lines += [f"{where}: {key} {show(new[key])} (added)" for key in new if key not in old]
-    return lines
-
-
-def _show_arg(value: str | None) -> str:
-    return "(switch)" if value is None else value
-
-
-def _config_doc(text: str) -> object:
-    try:
-        return json.loads(text) if text else None
-    except ValueError:
-        return text
+def _line(change: SpecChange) -> str:
+    where = "deepspeed_config" if change.field == CONFIG_FIELD else change.field
+    if change.summary:
+        return f"{where} {change.summary}"
+    if change.before is None and change.after is not None:
+        shown = f"{_value(change.after)} (added)"
+    elif change.after is None and change.before is not None:
+        shown = f"removed (was {_value(change.before)})"
+    else:
+        shown = f"{_value(change.before)} -> {_value(change.after)}"
+    return f"{where}: {change.key} {shown}" if change.key else f"{where}: {shown}"
 
 
 def describe_changes(old: job_pb2.JobSpec, new: job_pb2.JobSpec) -> list[str]:
-    """One line per change from `old` to `new`: args by flag, the DeepSpeed config by key
-    path, any other field by name."""
-    lines: list[str] = []
-    old_args, new_args = list(old.args), list(new.args)
-    if old_args != new_args:
-        by_flag = _diff("args", _flags(old_args), _flags(new_args), _show_arg)
-        lines += by_flag or [f"args: {shlex.join(old_args)} -> {shlex.join(new_args)}"]
-    if old.deepspeed_config_json != new.deepspeed_config_json:
-        before = _config_doc(old.deepspeed_config_json)
-        after = _config_doc(new.deepspeed_config_json)
-        if isinstance(before, dict) and isinstance(after, dict):
-            lines += _diff("deepspeed_config", _flatten(before), _flatten(after), json.dumps)
-        elif before is None or after is None:
-            lines.append("deepspeed_config " + ("added" if before is None else "removed"))
-        else:
-            lines.append("deepspeed_config replaced")
-    for descriptor in job_pb2.JobSpec.DESCRIPTOR.fields:
-        name = descriptor.name
-        if name in ("args", "deepspeed_config_json"):
-            continue
-        before_value, after_value = getattr(old, name), getattr(new, name)
-        if before_value == after_value:
-            continue
-        if isinstance(before_value, str | int | float):
-            lines.append(f"{name}: {before_value!r} -> {after_value!r}")
-        else:
-            lines.append(f"{name} changed")
-    return lines
+    """One line per change from `old` to `new` (`gantry.v1.spec_diff.diff_specs`): args by
+    flag, then the DeepSpeed config by key path, then any other field by name."""
+    changes = sorted(diff_specs(old, new), key=lambda c: _FIRST.get(c.field, 2))
+    return [_line(change) for change in changes]

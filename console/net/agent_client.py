@@ -1,7 +1,5 @@
-"""Talking to agents: one long-lived stream per agent, reconnecting with backoff.
-
-Channels are created inside the running event loop (grpc.aio requirement).
-"""
+"""Each agent's telemetry: one long-lived WatchNode stream per agent, on its link,
+reconnecting with backoff."""
 
 from __future__ import annotations
 
@@ -11,68 +9,14 @@ import time
 from collections.abc import Callable
 
 import grpc
-from gantry.v1 import agent_service_pb2, agent_service_pb2_grpc
+from gantry.v1 import agent_service_pb2
 
 from console.model.cluster import ClusterStore
+from console.net.agent_link import AgentLinks, describe_rpc_error
 from console.net.backoff import Backoff
-from console.net.cluster_file import ClusterFileError, NodeTarget, TlsPaths
+from console.net.cluster_file import ClusterFileError, NodeTarget
 
 CONNECT_TIMEOUT_S = 5.0
-# Keepalive pings notice a peer that vanished without closing the connection.
-CHANNEL_OPTIONS = [
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.enable_retries", 0),
-    ("grpc.http2.bdp_probe", 0),
-]
-
-
-def auth_metadata(token: str) -> tuple[tuple[str, str], ...]:
-    """The bearer token; nothing for a TLS node without one (its certificate is enough)."""
-    return (("authorization", f"Bearer {token}"),) if token else ()
-
-
-def describe_rpc_error(exc: grpc.aio.AioRpcError, *, tls: bool = False) -> str:
-    """One line an operator can act on; `tls`: the channel was mutual TLS."""
-    code = exc.code()
-    details = exc.details() or ""
-    if code is grpc.StatusCode.UNAVAILABLE and _is_tls_failure(details):
-        return "TLS handshake failed (check the cluster file's ca, cert and key)"
-    if code is grpc.StatusCode.UNAVAILABLE and tls:
-        # An agent that refuses our certificate just closes the connection.
-        return "agent unreachable, or it refused this console's certificate (check cert and ca)"
-    if code is grpc.StatusCode.UNAVAILABLE:
-        return "agent unreachable (connection refused or dropped)"
-    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-        return "agent did not answer in time"
-    if code is grpc.StatusCode.UNAUTHENTICATED:
-        return f"token refused: {exc.details()} (check the token file)"
-    return f"{code.name.lower()}: {exc.details()}"
-
-
-def _is_tls_failure(details: str) -> bool:
-    lowered = details.lower()
-    return any(word in lowered for word in ("handshake", "ssl", "certificate", "tls"))
-
-
-def open_channel(address: str, tls: TlsPaths | None = None, node: str = "") -> grpc.aio.Channel:
-    """A channel to an agent: plain (loopback, SSH tunnel) or mutual TLS (direct mode).
-
-    Raises ClusterFileError when a TLS file cannot be read.
-    """
-    if tls is None:
-        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-    ca, cert, key = tls.read(node or address)
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=ca, private_key=key, certificate_chain=cert
-    )
-    return grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
-
-
-def target_channel(target: NodeTarget) -> grpc.aio.Channel:
-    """The channel for one node of the cluster file, TLS when the file says so."""
-    return open_channel(target.address, target.tls, target.name)
 
 
 class AgentConnection:
@@ -82,6 +26,7 @@ class AgentConnection:
         self,
         target: NodeTarget,
         store: ClusterStore,
+        links: AgentLinks,
         *,
         on_change: Callable[[], None] = lambda: None,
         backoff: Backoff | None = None,
@@ -89,6 +34,7 @@ class AgentConnection:
     ) -> None:
         self.target = target
         self.store = store
+        self.links = links
         self.on_change = on_change
         self.backoff = backoff or Backoff()
         self.now = wall_clock
@@ -114,28 +60,28 @@ class AgentConnection:
             await asyncio.sleep(self.backoff.next())
 
     async def _stream_once(self) -> None:
-        token = self.target.read_token()
-        metadata = auth_metadata(token)
-        async with target_channel(self.target) as channel:
-            stub = agent_service_pb2_grpc.AgentServiceStub(channel)
-            reply = await stub.GetNodeInfo(
-                agent_service_pb2.GetNodeInfoRequest(),
-                metadata=metadata,
-                timeout=CONNECT_TIMEOUT_S,
-            )
-            self.store.set_live(self.target.name, reply.info, self.now())
-            if reply.HasField("latest"):
-                self.store.apply_sample(self.target.name, reply.latest, self.now())
-            self.on_change()
-            self.backoff.reset()
-            request = agent_service_pb2.WatchNodeRequest(replay_history=True)
-            async for message in stub.WatchNode(request, metadata=metadata):
-                if self.store.apply_sample(self.target.name, message.sample, self.now()):
-                    self.on_change()
+        link = self.links.link(self.target)
+        metadata = link.metadata(max_age_s=0)
+        stub = await link.stub()
+        reply = await stub.GetNodeInfo(
+            agent_service_pb2.GetNodeInfoRequest(),
+            metadata=metadata,
+            timeout=CONNECT_TIMEOUT_S,
+        )
+        self.store.set_live(self.target.name, reply.info, self.now())
+        if reply.HasField("latest"):
+            self.store.apply_sample(self.target.name, reply.latest, self.now())
+        self.on_change()
+        self.backoff.reset()
+        request = agent_service_pb2.WatchNodeRequest(replay_history=True)
+        async for message in stub.WatchNode(request, metadata=metadata):
+            if self.store.apply_sample(self.target.name, message.sample, self.now()):
+                self.on_change()
 
 
 class ClusterSession:
-    """All agent connections of one console, as tasks on the running loop."""
+    """All agent connections of one console, as tasks on the running loop; `links`: the
+    console's (without, the session's own, closed by `stop`)."""
 
     def __init__(
         self,
@@ -143,10 +89,13 @@ class ClusterSession:
         store: ClusterStore,
         *,
         on_change: Callable[[], None] = lambda: None,
+        links: AgentLinks | None = None,
     ) -> None:
         self.targets = targets
         self.store = store
         self.on_change = on_change
+        self._owns_links = links is None
+        self.links = links if links is not None else AgentLinks()
         self._tasks: list[asyncio.Task[None]] = []
         now = time.time()
         for target in targets:
@@ -155,7 +104,7 @@ class ClusterSession:
 
     def start(self) -> None:
         for target in self.targets:
-            conn = AgentConnection(target, self.store, on_change=self.on_change)
+            conn = AgentConnection(target, self.store, self.links, on_change=self.on_change)
             self._tasks.append(asyncio.create_task(conn.run(), name=f"agent:{target.name}"))
 
     async def stop(self) -> None:
@@ -165,16 +114,24 @@ class ClusterSession:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self._owns_links:
+            await self.links.close()
 
 
 async def fetch_status(
-    target: NodeTarget, timeout_s: float = CONNECT_TIMEOUT_S
+    target: NodeTarget, timeout_s: float = CONNECT_TIMEOUT_S, links: AgentLinks | None = None
 ) -> agent_service_pb2.GetNodeInfoResponse:
-    """One unary call, for `gantry status`."""
-    metadata = auth_metadata(target.read_token())
-    async with target_channel(target) as channel:
-        stub = agent_service_pb2_grpc.AgentServiceStub(channel)
-        reply: agent_service_pb2.GetNodeInfoResponse = await stub.GetNodeInfo(
-            agent_service_pb2.GetNodeInfoRequest(), metadata=metadata, timeout=timeout_s
-        )
-        return reply
+    """One GetNodeInfo call (`gantry status`); without `links`, over a channel closed after.
+
+    Raises ClusterFileError (token or TLS files) and grpc.aio.AioRpcError.
+    """
+    if links is None:
+        async with AgentLinks() as own:
+            return await fetch_status(target, timeout_s, own)
+    link = links.link(target)
+    metadata = link.metadata()
+    stub = await link.stub()
+    reply: agent_service_pb2.GetNodeInfoResponse = await stub.GetNodeInfo(
+        agent_service_pb2.GetNodeInfoRequest(), metadata=metadata, timeout=timeout_s
+    )
+    return reply

@@ -17,14 +17,12 @@ Errors are one line naming what to fix.
 
 from __future__ import annotations
 
-import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+from gantry.v1.rules import NAME_RE  # a node's name, as the agents require
 
 
 class ClusterFileError(ValueError):

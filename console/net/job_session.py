@@ -1,8 +1,9 @@
 """Keeps the console's `JobsStore` fed from the agents (grpc.aio, on the app's loop).
 
-- Every `list_interval_s`: ListJobs on every agent, over one long-lived channel each
-  (so the cluster screen knows which job and rank runs on each node, and which nodes
-  hold a failed rank).
+- Every `list_interval_s`: ListJobs on every agent, over its link (the console's one
+  channel to it), so the cluster screen knows which job and rank runs on each node, and
+  which nodes hold a failed rank. By default every 2 s, and on a big cluster at most
+  `LIST_CALLS_PER_S` calls a second (128 agents: every 4 s).
 - For the job on screen: a followed WatchJobEvents stream on its leader, in batches
   (what the leader has at hand per message), picking up after the last event held when
   it reconnects, and of the metric history only the recent tail (`metrics_tail`); and
@@ -18,20 +19,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import grpc
 from gantry.v1 import agent_service_pb2, agent_service_pb2_grpc, job_pb2
 
 from console.model.jobs import EK, RANK_HISTORY, JobsStore, JobView
-from console.net.agent_client import describe_rpc_error, target_channel
+from console.net.agent_link import AgentLinks, Metadata, describe_rpc_error
 from console.net.backoff import Backoff
 from console.net.cluster_file import ClusterFileError, NodeTarget
-from console.net.jobs_client import job_metadata
 
 RPC_TIMEOUT_S = 10.0
-TOKEN_REREAD_S = 5.0  # a rotated token file is picked up within this
 LIST_GAP_MAX_S = 0.01  # between two agents' ListJobs calls of one listing
+LIST_INTERVAL_S = 2.0
+# ListJobs calls a second across the cluster, at most, unless an interval is given: each
+# costs the console a reply to decode; 64 a second were a third of its CPU at 128 agents.
+LIST_CALLS_PER_S = 32.0
+LIST_INTERVAL_MAX_S = 10.0
+
+
+def list_interval_for(agents: int) -> float:
+    """The listing's period for a cluster of `agents`: 2 s, longer past 64 agents."""
+    return min(max(LIST_INTERVAL_S, agents / LIST_CALLS_PER_S), LIST_INTERVAL_MAX_S)
+
+
 # Metric events replayed on opening a job at most (a thousand ranks: ~32 steps).
 MAX_METRICS_TAIL = 32_768
 # Events applied between two turns of the event loop (~10 ms).
@@ -42,6 +53,7 @@ DESCRIBE_NOW = frozenset(
         EK.JOB_EVENT_KIND_ATTEMPT_STARTED,
         EK.JOB_EVENT_KIND_RANK_STARTED,
         EK.JOB_EVENT_KIND_RANK_EXITED,
+        EK.JOB_EVENT_KIND_RANK_KILLED,
         EK.JOB_EVENT_KIND_RANK_FAILED,
         EK.JOB_EVENT_KIND_RANK_HUNG,
         EK.JOB_EVENT_KIND_ATTEMPT_FAILED,
@@ -63,57 +75,31 @@ def metrics_tail(view: JobView | None) -> int:
     return min(MAX_METRICS_TAIL, max(world, 1) * RANK_HISTORY)
 
 
-class _Stubs:
-    """One channel per agent, opened on first use and kept."""
-
-    def __init__(self, targets: Iterable[NodeTarget]) -> None:
-        self.targets = {t.name: t for t in targets}
-        self._channels: dict[str, grpc.aio.Channel] = {}
-        # A stub builds a callable per method: made once per channel, not per call.
-        self._stubs: dict[str, agent_service_pb2_grpc.AgentServiceStub] = {}
-        # (read at, metadata) per node: a 1,024-rank job makes hundreds of calls a
-        # second, and reading the token (and TLS) files for each showed in UI stalls.
-        self._metadata: dict[str, tuple[float, tuple[tuple[str, str], ...]]] = {}
-
-    def get(
-        self, node: str
-    ) -> tuple[agent_service_pb2_grpc.AgentServiceStub, tuple[tuple[str, str], ...]]:
-        target = self.targets[node]
-        stub = self._stubs.get(node)
-        if stub is None:
-            channel = self._channels[node] = target_channel(target)
-            stub = self._stubs[node] = agent_service_pb2_grpc.AgentServiceStub(channel)
-        now = time.monotonic()
-        cached = self._metadata.get(node)
-        if cached is None or now - cached[0] > TOKEN_REREAD_S:
-            cached = self._metadata[node] = (now, job_metadata(target.read_token()))
-        return stub, cached[1]
-
-    async def close(self) -> None:
-        self._stubs = {}
-        channels, self._channels = list(self._channels.values()), {}
-        for channel in channels:
-            await channel.close(None)
-
-
 class JobsSession:
+    """`links`: the console's (without, the session's own, closed by `stop`)."""
+
     def __init__(
         self,
         targets: list[NodeTarget],
         store: JobsStore,
         *,
         on_change: Callable[[], None] = lambda: None,
-        list_interval_s: float = 2.0,
+        list_interval_s: float | None = None,
         describe_interval_s: float = 2.0,
         clock: Callable[[], float] = time.time,
+        links: AgentLinks | None = None,
     ) -> None:
         self.targets = targets
+        self._by_name = {t.name: t for t in targets}
+        self._owns_links = links is None
+        self.links = links if links is not None else AgentLinks()
         self.store = store
         self.on_change = on_change
-        self.list_interval_s = list_interval_s
+        self.list_interval_s = (
+            list_interval_for(len(targets)) if list_interval_s is None else list_interval_s
+        )
         self.describe_interval_s = describe_interval_s
         self.clock = clock
-        self._stubs = _Stubs(targets)
         self._tasks: list[asyncio.Task[None]] = []
         self._watch: asyncio.Task[None] | None = None
         self._watched = ""
@@ -132,7 +118,8 @@ class JobsSession:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self._stubs.close()
+        if self._owns_links:
+            await self.links.close()
 
     @property
     def watched(self) -> str:
@@ -152,12 +139,18 @@ class JobsSession:
     def describe_soon(self) -> None:
         self._describe_now.set()
 
+    async def _stub(self, node: str) -> tuple[agent_service_pb2_grpc.AgentServiceStub, Metadata]:
+        """The node's stub and call metadata, from its link (KeyError: not in the cluster)."""
+        link = self.links.link(self._by_name[node])
+        stub = await link.stub()
+        return stub, link.metadata()
+
     # -- polling -------------------------------------------------------------------
 
     async def refresh_listing(self) -> None:
         async def ask(node: str) -> list[tuple[str, job_pb2.Job]] | str:
             try:
-                stub, metadata = self._stubs.get(node)
+                stub, metadata = await self._stub(node)
                 reply = await stub.ListJobs(
                     agent_service_pb2.ListJobsRequest(), metadata=metadata, timeout=RPC_TIMEOUT_S
                 )
@@ -192,7 +185,7 @@ class JobsSession:
         view = self.store.get(name)
         if view is None:
             return
-        stub, metadata = self._stubs.get(view.leader)
+        stub, metadata = await self._stub(view.leader)
         reply = await stub.DescribeJob(
             agent_service_pb2.DescribeJobRequest(name=name),
             metadata=metadata,
@@ -225,7 +218,7 @@ class JobsSession:
     async def _stream_events(self, name: str, leader: str, backoff: Backoff) -> None:
         view = self.store.get(name)
         after = view.last_seq if view is not None else 0
-        stub, metadata = self._stubs.get(leader)
+        stub, metadata = await self._stub(leader)
         request = agent_service_pb2.WatchJobEventsRequest(
             job_name=name,
             after_seq=after,
@@ -293,7 +286,7 @@ class JobsSession:
                 from_offset=offset,
             )
             try:
-                stub, metadata = self._stubs.get(nodes[0])
+                stub, metadata = await self._stub(nodes[0])
                 async for message in stub.TailRankLog(request, metadata=metadata):
                     backoff.reset()
                     if message.lines:

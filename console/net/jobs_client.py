@@ -3,37 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
 
 import grpc
 from gantry.v1 import agent_service_pb2, agent_service_pb2_grpc, job_pb2
 
-from console.net.agent_client import auth_metadata, describe_rpc_error, target_channel
+from console.net.agent_link import AgentLinks, Metadata, describe_rpc_error
 from console.net.cluster_file import ClusterFileError, NodeTarget
 
 RPC_TIMEOUT_S = 60.0
-# Who is operating: recorded by the agents with every job verb (audit trail, events).
-OPERATOR_METADATA_KEY = "x-gantry-operator"
-OPERATOR_ENV = "GANTRY_OPERATOR"
-
-
-def operator_name() -> str:
-    """``$GANTRY_OPERATOR``, else the login name; "unknown" when neither can be found."""
-    name = os.environ.get(OPERATOR_ENV, "")
-    if not name:
-        try:
-            name = getpass.getuser()
-        except (OSError, KeyError):
-            name = ""
-    # Visible ASCII only (gRPC metadata values); the agent narrows it further.
-    return "".join(c if " " < c < "\x7f" else "?" for c in name) or "unknown"
-
-
-def job_metadata(token: str) -> tuple[tuple[str, str], ...]:
-    return (*auth_metadata(token), (OPERATOR_METADATA_KEY, operator_name()))
 
 
 class JobCommandError(Exception):
@@ -64,11 +45,30 @@ def _fail(target: NodeTarget, exc: grpc.aio.AioRpcError) -> JobCommandError:
 
 
 class AgentCalls:
-    """Unary calls to the cluster's agents, each error one line for the operator; the
-    job and task clients are built on it."""
+    """Calls to the cluster's agents over `links` (without, its own: `close` it, or use it
+    as `async with`), each error one line for the operator; the job and task clients are
+    built on it."""
 
-    def __init__(self, targets: list[NodeTarget]) -> None:
+    def __init__(self, targets: list[NodeTarget], links: AgentLinks | None = None) -> None:
         self.targets = {t.name: t for t in targets}
+        self._owns_links = links is None
+        self.links = links if links is not None else AgentLinks()
+
+    async def close(self) -> None:
+        """Closes the client's own links (those it was given stay open)."""
+        if self._owns_links:
+            await self.links.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
 
     def target(self, name: str) -> NodeTarget:
         target = self.targets.get(name)
@@ -78,19 +78,23 @@ class AgentCalls:
             )
         return target
 
-    async def _call(self, target: NodeTarget, method: str, request: object) -> object:
+    async def _stub(
+        self, target: NodeTarget
+    ) -> tuple[agent_service_pb2_grpc.AgentServiceStub, Metadata]:
+        """The target's stub and call metadata; a file that cannot be read: JobCommandError."""
+        link = self.links.link(target)
         try:
-            metadata = job_metadata(target.read_token())
+            metadata = link.metadata()
+            return await link.stub(), metadata
         except ClusterFileError as exc:
             raise JobCommandError(str(exc)) from None
-        async with target_channel(target) as channel:
-            stub = agent_service_pb2_grpc.AgentServiceStub(channel)
-            try:
-                return await getattr(stub, method)(
-                    request, metadata=metadata, timeout=RPC_TIMEOUT_S
-                )
-            except grpc.aio.AioRpcError as exc:
-                raise _fail(target, exc) from None
+
+    async def _call(self, target: NodeTarget, method: str, request: object) -> object:
+        stub, metadata = await self._stub(target)
+        try:
+            return await getattr(stub, method)(request, metadata=metadata, timeout=RPC_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            raise _fail(target, exc) from None
 
 
 class JobsClient(AgentCalls):
@@ -185,14 +189,15 @@ class JobsClient(AgentCalls):
     async def events(self, name: str, follow: bool) -> AsyncIterator[job_pb2.JobEvent]:
         led = await self.find(name)
         request = agent_service_pb2.WatchJobEventsRequest(job_name=name, follow=follow)
-        metadata = job_metadata(led.leader.read_token())
-        async with target_channel(led.leader) as channel:
-            stub = agent_service_pb2_grpc.AgentServiceStub(channel)
-            try:
-                async for message in stub.WatchJobEvents(request, metadata=metadata):
-                    yield message.event
-            except grpc.aio.AioRpcError as exc:
-                raise _fail(led.leader, exc) from None
+        stub, metadata = await self._stub(led.leader)
+        call = stub.WatchJobEvents(request, metadata=metadata)
+        try:
+            async for message in call:
+                yield message.event
+        except grpc.aio.AioRpcError as exc:
+            raise _fail(led.leader, exc) from None
+        finally:
+            call.cancel()  # the caller stopped reading: the channel stays, the stream ends
 
     async def logs(
         self, name: str, rank: int, attempt: int, stream: str, tail: int, follow: bool
@@ -215,12 +220,13 @@ class JobsClient(AgentCalls):
             tail_lines=tail,
             follow=follow,
         )
-        metadata = job_metadata(target.read_token())
-        async with target_channel(target) as channel:
-            stub = agent_service_pb2_grpc.AgentServiceStub(channel)
-            try:
-                async for message in stub.TailRankLog(request, metadata=metadata):
-                    for line in message.lines:
-                        yield line
-            except grpc.aio.AioRpcError as exc:
-                raise _fail(target, exc) from None
+        stub, metadata = await self._stub(target)
+        call = stub.TailRankLog(request, metadata=metadata)
+        try:
+            async for message in call:
+                for line in message.lines:
+                    yield line
+        except grpc.aio.AioRpcError as exc:
+            raise _fail(target, exc) from None
+        finally:
+            call.cancel()

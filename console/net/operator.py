@@ -7,6 +7,7 @@ from typing import Protocol
 
 from gantry.v1 import job_pb2
 
+from console.net.agent_link import AgentLinks
 from console.net.cluster_file import NodeTarget
 from console.net.jobs_client import JobCommandError, JobsClient
 
@@ -31,9 +32,20 @@ class Operator:
         targets: list[NodeTarget],
         client: JobsClient | None = None,
         agents: AgentRestarter | None = None,
+        *,
+        links: AgentLinks | None = None,
     ) -> None:
-        self.client = client or JobsClient(targets)
+        self.client = client or JobsClient(targets, links)
         self.agents = agents
+
+    @property
+    def links(self) -> AgentLinks:
+        """The links its calls go over (the app's, when it made this operator)."""
+        return self.client.links
+
+    async def close(self) -> None:
+        """Closes the links it made itself (not ones it was given)."""
+        await self.client.close()
 
     def agent_restart_unavailable(self, node: str) -> str:
         """ "" when the restart dialog may offer (c) for `node`, else why not."""

@@ -8,7 +8,7 @@ import grpc
 from gantry.v1 import inference_service_pb2, inference_service_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from console.net.agent_client import describe_rpc_error, open_channel
+from console.net.agent_link import describe_rpc_error, open_channel
 
 STATS_TIMEOUT_S = 2.0
 
@@ -21,6 +21,7 @@ class ServerView:
 
 
 async def probe(endpoint: str) -> ServerView:
+    """A served model, not an agent: a channel of its own for each look, closed after."""
     async with open_channel(endpoint) as channel:
         try:
             health = await health_pb2_grpc.HealthStub(channel).Check(

@@ -8,11 +8,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
-from gantry.v1 import agent_service_pb2, agent_service_pb2_grpc, task_pb2
+from gantry.v1 import agent_service_pb2, task_pb2
 
-from console.net.agent_client import target_channel
 from console.net.cluster_file import NodeTarget
-from console.net.jobs_client import AgentCalls, JobCommandError, _fail, job_metadata
+from console.net.jobs_client import AgentCalls, JobCommandError, _fail
 
 
 @dataclass
@@ -60,12 +59,14 @@ class TasksClient(AgentCalls):
     async def watch(
         self, node: NodeTarget, task_id: str
     ) -> AsyncIterator[agent_service_pb2.WatchTaskResponse]:
-        metadata = job_metadata(node.read_token())
-        async with target_channel(node) as channel:
-            stub = agent_service_pb2_grpc.AgentServiceStub(channel)
-            request = agent_service_pb2.WatchTaskRequest(task_id=task_id)
-            try:
-                async for message in stub.WatchTask(request, metadata=metadata):
-                    yield message
-            except grpc.aio.AioRpcError as exc:
-                raise _fail(node, exc) from None
+        stub, metadata = await self._stub(node)
+        call = stub.WatchTask(
+            agent_service_pb2.WatchTaskRequest(task_id=task_id), metadata=metadata
+        )
+        try:
+            async for message in call:
+                yield message
+        except grpc.aio.AioRpcError as exc:
+            raise _fail(node, exc) from None
+        finally:
+            call.cancel()  # the caller stopped reading: the channel stays, the stream ends

@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from gantry.v1.rules import MAX_NAME_CHARS
+
 HOST_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 SLOTS_RE = re.compile(r"^slots=(\d+)$")
 
@@ -42,7 +44,7 @@ def node_name(host: str, port: int | None) -> str:
     name = re.sub(r"[^a-z0-9-]", "-", host.lower()).strip("-") or "node"
     if port is not None:
         name = f"{name}-{port}"
-    return name[:63]
+    return name[:MAX_NAME_CHARS]
 
 
 def parse_hostfile(text: str, source: str = "hostfile") -> list[HostEntry]:

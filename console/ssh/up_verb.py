@@ -340,10 +340,13 @@ async def _stop(manager: TunnelManager, node: SshNode) -> bool:
 def _maybe_stop_jobs(targets: list[NodeTarget], stop_without_asking: bool) -> None:
     from gantry.v1 import job_pb2
 
-    from console.net.jobs_client import JobsClient
+    from console.net.jobs_client import JobsClient, LedJob
 
-    client = JobsClient(targets)
-    jobs, errors = asyncio.run(client.list_jobs())
+    async def listing() -> tuple[list[LedJob], list[str]]:
+        async with JobsClient(targets) as client:
+            return await client.list_jobs()
+
+    jobs, errors = asyncio.run(listing())
     for line in errors:
         print(line, file=sys.stderr)
     active = [led for led in jobs if job_pb2.JobState.Name(led.job.state) in ACTIVE_JOB_STATES]
@@ -358,12 +361,19 @@ def _maybe_stop_jobs(targets: list[NodeTarget], stop_without_asking: bool) -> No
         if answer not in ("y", "yes"):
             print(f"leaving the ranks of {names} running")
             return
-    asyncio.run(_stop_jobs(client, [led.job.spec.name for led in active]))
+    asyncio.run(_stop_jobs(targets, [led.job.spec.name for led in active]))
 
 
-async def _stop_jobs(client: JobsClient, names: list[str]) -> None:
+async def _stop_jobs(targets: list[NodeTarget], names: list[str]) -> None:
     """Stops the jobs' ranks and waits until their leaders report them stopped, so the
     agents are not stopped while they still stop ranks."""
+    from console.net.jobs_client import JobsClient
+
+    async with JobsClient(targets) as client:
+        await _stop_and_wait(client, names)
+
+
+async def _stop_and_wait(client: JobsClient, names: list[str]) -> None:
     from gantry.v1 import job_pb2
 
     from console.net.jobs_client import JobCommandError

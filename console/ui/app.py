@@ -20,6 +20,7 @@ from console.model.cluster import ClusterStore
 from console.model.jobs import BAD_RANK_STATES, RS, JobsStore
 from console.model.log_buffer import LogBuffer
 from console.net.agent_client import ClusterSession
+from console.net.agent_link import AgentLinks
 from console.net.cluster_file import NodeTarget
 from console.net.job_session import JobsSession
 from console.net.operator import Operator
@@ -108,12 +109,17 @@ class GantryApp(App[None]):
         jobs: JobsStore | None = None,
         operator: Operator | None = None,
         background: Callable[[GantryApp], Awaitable[object]] | None = None,
+        links: AgentLinks | None = None,
     ) -> None:
         super().__init__()
         self.targets = targets
         self.store = store if store is not None else ClusterStore()
         self.jobs = jobs if jobs is not None else JobsStore()
-        self.operator = operator if operator is not None else Operator(targets)
+        # One channel per agent for everything the console does; closed at exit.
+        if links is None:
+            links = operator.links if operator is not None else AgentLinks()
+        self.links = links
+        self.operator = operator if operator is not None else Operator(targets, links=links)
         self.jobs_session: JobsSession | None = None
         self.background = background
         self._jobs_drawn = -1
@@ -144,9 +150,11 @@ class GantryApp(App[None]):
         )
         if self.connect:
             # grpc.aio channels must be created inside the running loop.
-            self.session = ClusterSession(self.targets, self.store)
+            self.session = ClusterSession(self.targets, self.store, links=self.links)
             self.session.start()
-            self.jobs_session = JobsSession(self.targets, self.jobs, clock=self.clock)
+            self.jobs_session = JobsSession(
+                self.targets, self.jobs, clock=self.clock, links=self.links
+            )
             self.jobs_session.start()
         if self.background is not None:
             # Something that runs beside the operator (the demo's pipeline).
@@ -215,7 +223,7 @@ class GantryApp(App[None]):
         self.push_screen(JobsScreen(self.jobs, self.open_job))
 
     def open_tasks(self) -> None:
-        self.push_screen(TasksScreen(TasksClient(self.targets)))
+        self.push_screen(TasksScreen(TasksClient(self.targets, self.links)))
 
     def open_job(self, name: str) -> JobScreen:
         if self.jobs_session is not None:
@@ -276,3 +284,5 @@ class GantryApp(App[None]):
         jobs, self.jobs_session = self.jobs_session, None
         if jobs is not None:
             await jobs.stop()
+        await self.operator.close()
+        await self.links.close()

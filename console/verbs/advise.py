@@ -10,13 +10,13 @@ import time
 from typing import Any
 
 import grpc
-from gantry.v1 import agent_service_pb2, agent_service_pb2_grpc
+from gantry.v1 import agent_service_pb2
 
 from console.model.advice import Advice, findings_for, load_thresholds
 from console.model.cluster import ClusterStore
 from console.model.jobs import JobsStore, JobView
 from console.model.remedies import RemedyError, apply_remedy, describe_changes
-from console.net.agent_client import auth_metadata, target_channel
+from console.net.agent_link import AgentLink
 from console.net.cluster_file import ClusterFileError, NodeTarget
 from console.net.jobs_client import JobCommandError, JobsClient
 
@@ -24,23 +24,22 @@ HISTORY_QUIET_S = 0.3  # the replayed history has arrived once the stream goes q
 HISTORY_MAX_S = 3.0
 
 
-async def _node_history(target: NodeTarget, store: ClusterStore) -> None:
+async def _node_history(link: AgentLink, store: ClusterStore) -> None:
     request = agent_service_pb2.WatchNodeRequest(replay_history=True)
     try:
-        metadata = auth_metadata(target.read_token())
+        metadata = link.metadata()
+        stub = await link.stub()
     except ClusterFileError:
         return
-    async with target_channel(target) as channel:
-        stub = agent_service_pb2_grpc.AgentServiceStub(channel)
-        stream = stub.WatchNode(request, metadata=metadata)
-        deadline = time.monotonic() + HISTORY_MAX_S
-        with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError, StopAsyncIteration):
-            while time.monotonic() < deadline:
-                message = await asyncio.wait_for(stream.read(), HISTORY_QUIET_S)
-                if message is grpc.aio.EOF:  # type: ignore[attr-defined]
-                    break
-                store.apply_sample(target.name, message.sample, time.time())
-        stream.cancel()
+    stream = stub.WatchNode(request, metadata=metadata)
+    deadline = time.monotonic() + HISTORY_MAX_S
+    with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError, StopAsyncIteration):
+        while time.monotonic() < deadline:
+            message = await asyncio.wait_for(stream.read(), HISTORY_QUIET_S)
+            if message is grpc.aio.EOF:  # type: ignore[attr-defined]
+                break
+            store.apply_sample(link.target.name, message.sample, time.time())
+    stream.cancel()
 
 
 async def gather(
@@ -56,7 +55,7 @@ async def gather(
     nodes = [n for n in dict.fromkeys(view.nodes()) if n in by_name]
     for node in nodes:
         cluster.add_node(node, by_name[node].address, time.time())
-    await asyncio.gather(*(_node_history(by_name[n], cluster) for n in nodes))
+    await asyncio.gather(*(_node_history(client.links.link(by_name[n]), cluster) for n in nodes))
     return view, cluster
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from gantry.v1 import agent_service_pb2, job_pb2, task_pb2
 
+from console.net.agent_link import AgentLinks
 from console.net.cluster_file import NodeTarget
 from console.net.jobs_client import JobCommandError, JobsClient
 from console.net.tasks_client import NodeTask, TasksClient
@@ -44,9 +45,16 @@ async def _wait_task(client: TasksClient, started: NodeTask, serving: bool = Fal
 
 
 async def run_pipeline(
-    targets: list[NodeTarget], job: str, say: Callable[[str], None]
+    targets: list[NodeTarget],
+    job: str,
+    say: Callable[[str], None],
+    links: AgentLinks | None = None,
 ) -> PipelineResult:
-    jobs, tasks = JobsClient(targets), TasksClient(targets)
+    """`links`: the console's (without, the pipeline's own, closed as it ends)."""
+    if links is None:
+        async with AgentLinks() as own:
+            return await run_pipeline(targets, job, say, own)
+    jobs, tasks = JobsClient(targets, links), TasksClient(targets, links)
     result = PipelineResult()
     while True:
         try:

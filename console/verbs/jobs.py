@@ -28,7 +28,11 @@ def _print_json(value: Any) -> None:
 
 
 async def _run(args: argparse.Namespace, targets: list[NodeTarget]) -> int:
-    client = JobsClient(targets)
+    async with JobsClient(targets) as client:  # its channels close as the verb ends
+        return await _verb(args, targets, client)
+
+
+async def _verb(args: argparse.Namespace, targets: list[NodeTarget], client: JobsClient) -> int:
     verb = args.verb
     if verb == "launch":
         spec = load_job_spec(args.spec, known_nodes={t.name for t in targets})

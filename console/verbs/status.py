@@ -11,7 +11,8 @@ from gantry.v1 import agent_service_pb2
 from google.protobuf import json_format
 
 from console.model.bars import format_bytes, format_rate
-from console.net.agent_client import describe_rpc_error, fetch_status
+from console.net.agent_client import fetch_status
+from console.net.agent_link import AgentLinks, describe_rpc_error
 from console.net.cluster_file import ClusterFileError, NodeTarget
 
 
@@ -23,9 +24,9 @@ class NodeStatus:
     reply: agent_service_pb2.GetNodeInfoResponse | None = None
 
 
-async def probe(target: NodeTarget, timeout_s: float) -> NodeStatus:
+async def probe(target: NodeTarget, timeout_s: float, links: AgentLinks) -> NodeStatus:
     try:
-        reply = await fetch_status(target, timeout_s)
+        reply = await fetch_status(target, timeout_s, links)
     except ClusterFileError as exc:
         return NodeStatus(target, "unauthorized", str(exc))
     except grpc.aio.AioRpcError as exc:
@@ -35,7 +36,8 @@ async def probe(target: NodeTarget, timeout_s: float) -> NodeStatus:
 
 
 async def gather_status(targets: list[NodeTarget], timeout_s: float = 5.0) -> list[NodeStatus]:
-    return list(await asyncio.gather(*(probe(t, timeout_s) for t in targets)))
+    async with AgentLinks() as links:
+        return list(await asyncio.gather(*(probe(t, timeout_s, links) for t in targets)))
 
 
 def to_json(statuses: list[NodeStatus]) -> dict[str, Any]:

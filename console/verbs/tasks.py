@@ -16,6 +16,7 @@ from gantry.v1 import agent_service_pb2, job_pb2, task_pb2
 from google.protobuf import json_format
 
 from console.model.cost import arg_value
+from console.net.agent_link import AgentLinks
 from console.net.cluster_file import NodeTarget
 from console.net.jobs_client import JobCommandError, JobsClient
 from console.net.tasks_client import NodeTask, TasksClient
@@ -111,13 +112,13 @@ def job_paths(spec: job_pb2.JobSpec) -> tuple[str, str]:
 
 
 async def _eval_request(
-    args: argparse.Namespace, targets: list[NodeTarget]
+    args: argparse.Namespace, targets: list[NodeTarget], links: AgentLinks
 ) -> tuple[str, agent_service_pb2.StartTaskRequest]:
     request = agent_service_pb2.StartTaskRequest()
     spec = request.eval
     node = args.node
     if args.job:
-        led, _ = await JobsClient(targets).describe(args.job)
+        led, _ = await JobsClient(targets, links).describe(args.job)
         model, heldout = job_paths(led.job.spec)
         spec.job_name = args.job
         spec.model_dir = args.model or model
@@ -158,7 +159,11 @@ async def _follow(client: TasksClient, started: NodeTask, as_json: bool) -> Node
 
 
 async def _run(args: argparse.Namespace, targets: list[NodeTarget]) -> int:
-    client = TasksClient(targets)
+    async with TasksClient(targets) as client:  # its channels close as the verb ends
+        return await _verb(args, targets, client)
+
+
+async def _verb(args: argparse.Namespace, targets: list[NodeTarget], client: TasksClient) -> int:
     verb = args.verb
     if verb == "tasks":
         tasks, errors = await client.list()
@@ -182,7 +187,7 @@ async def _run(args: argparse.Namespace, targets: list[NodeTarget]) -> int:
         print(json.dumps(task_json(found), indent=2) if args.json else task_line(found))
         return 0
     if verb == "eval":
-        node, request = await _eval_request(args, targets)
+        node, request = await _eval_request(args, targets, client.links)
     elif verb == "quantize":
         node = args.node or targets[0].name
         request = agent_service_pb2.StartTaskRequest()

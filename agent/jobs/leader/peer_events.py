@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gantry.v1 import job_pb2
 from gantry.v1.figures import latest_metrics
@@ -15,18 +15,18 @@ from gantry.v1.figures import latest_metrics
 from agent.jobs.event_bus import MAX_BATCH, EventBus
 from agent.jobs.journal import Journal
 from agent.jobs.leader.peers import NodeApi
+from agent.jobs.leader.states import (
+    ACTIVE_JOB_STATES,
+    ENDED_RANK_STATES,
+    AttemptEdge,
+    AttemptState,
+    attempt_edge_for,
+    reported_rank_state,
+)
 from agent.jobs.metrics_records import phase_from_name
 
 EK = job_pb2.JobEventKind
 RS = job_pb2.RankState
-JS = job_pb2.JobState
-ACTIVE = (
-    JS.JOB_STATE_PENDING,
-    JS.JOB_STATE_STARTING,
-    JS.JOB_STATE_RUNNING,
-    JS.JOB_STATE_RESTARTING,
-)
-ENDED = (RS.RANK_STATE_EXITED, RS.RANK_STATE_FAILED, RS.RANK_STATE_KILLED)
 ORIGIN = "origin"  # the detail naming the node a copied event came from
 ORIGIN_SEQ = "origin_seq"  # ... and its seq there
 
@@ -72,26 +72,27 @@ class PeerLedger:
 
 @dataclass
 class Tally:
-    """What the ranks of one attempt have reported: each event applied to its ranks, the
-    exits counted, the first failure kept."""
+    """What the ranks of one running attempt have reported: each event applied to its
+    ranks, the first failure kept, the attempt's edge read from its state table."""
 
     attempt: job_pb2.Attempt
-    exited: set[int] = field(default_factory=set)
     failure: str = ""
 
     def add(self, event: job_pb2.JobEvent) -> None:
         apply_event(self.attempt, event)
-        if event.kind == EK.JOB_EVENT_KIND_RANK_EXITED:
-            self.exited.add(event.rank)
-        elif event.kind == EK.JOB_EVENT_KIND_RANK_FAILED and not self.failure:
-            # A hung rank is reported FAILED by its node once its stacks are dumped;
-            # stopping everything at RANK_HUNG would lose the stacks.
+        state = reported_rank_state(event)
+        # A hung rank is reported FAILED by its node once its stacks are dumped;
+        # stopping everything at RANK_HUNG would lose the stacks.
+        if state in (RS.RANK_STATE_FAILED, RS.RANK_STATE_KILLED) and not self.failure:
             why = event.details.get("reason") or event.message
-            self.failure = f"rank {event.rank} on {event.node} failed: {why}"
+            verb = "failed" if state == RS.RANK_STATE_FAILED else "was killed"
+            self.failure = f"rank {event.rank} on {event.node} {verb}: {why}"
 
-    @property
-    def succeeded(self) -> bool:
-        return bool(self.exited) and self.exited >= {r.rank for r in self.attempt.ranks}
+    def edge(self) -> AttemptEdge | None:
+        """RANK_FAILED, ALL_EXITED_OK, or None while the attempt runs on."""
+        if self.failure:
+            return AttemptEdge.RANK_FAILED
+        return attempt_edge_for(AttemptState.RUNNING, [r.state for r in self.attempt.ranks])
 
 
 def apply_event(attempt: job_pb2.Attempt, event: job_pb2.JobEvent) -> None:
@@ -103,14 +104,11 @@ def apply_event(attempt: job_pb2.Attempt, event: job_pb2.JobEvent) -> None:
             rank.metrics.CopyFrom(latest_metrics(rank.metrics, event.metrics))
             rank.last_heartbeat.CopyFrom(event.time)
         kind = event.kind
-        if kind == EK.JOB_EVENT_KIND_RANK_EXITED:
-            rank.state = RS.RANK_STATE_EXITED
-        elif kind == EK.JOB_EVENT_KIND_RANK_FAILED:
-            rank.state = RS.RANK_STATE_FAILED
-            rank.reason = event.message
-        elif kind == EK.JOB_EVENT_KIND_RANK_HUNG:
-            rank.state = RS.RANK_STATE_HUNG
-            rank.reason = event.message
+        state = reported_rank_state(event)
+        if state is not None:
+            rank.state = state  # type: ignore[assignment]
+            if state in (RS.RANK_STATE_FAILED, RS.RANK_STATE_HUNG):
+                rank.reason = event.message
         elif kind == EK.JOB_EVENT_KIND_RANK_PHASE:
             phase = phase_from_name(event.details.get("phase", ""))
             if phase is not None:
@@ -126,14 +124,16 @@ def apply_event(attempt: job_pb2.Attempt, event: job_pb2.JobEvent) -> None:
 def with_unknown_ranks(job: job_pb2.Job, nodes: Mapping[str, NodeApi]) -> job_pb2.Job:
     """The job as the leader can vouch for it: the ranks still going on a node that does
     not answer are marked unknown since it stopped (a copy; `job` itself is unchanged)."""
-    if job.state not in ACTIVE or not job.attempts:
+    if job.state not in ACTIVE_JOB_STATES or not job.attempts:
         return job
     lost = {name: since for name, api in nodes.items() if (since := api.lost_since()) is not None}
-    if not any(r.node in lost and r.state not in ENDED for r in job.attempts[-1].ranks):
+    if not any(
+        r.node in lost and int(r.state) not in ENDED_RANK_STATES for r in job.attempts[-1].ranks
+    ):
         return job
     marked = job_pb2.Job()
     marked.CopyFrom(job)
     for rank in marked.attempts[-1].ranks:
-        if rank.node in lost and rank.state not in ENDED:
+        if rank.node in lost and int(rank.state) not in ENDED_RANK_STATES:
             rank.unknown_since.FromNanoseconds(int(lost[rank.node] * 1e9))
     return marked

@@ -65,6 +65,7 @@ class JobEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_EVENT_KIND_NCCL: _ClassVar[JobEventKind]
     JOB_EVENT_KIND_METRICS: _ClassVar[JobEventKind]
     JOB_EVENT_KIND_RANK_PHASE: _ClassVar[JobEventKind]
+    JOB_EVENT_KIND_RANK_KILLED: _ClassVar[JobEventKind]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_PENDING: JobState
 JOB_STATE_STARTING: JobState
@@ -109,6 +110,7 @@ JOB_EVENT_KIND_OPERATOR_ACTION: JobEventKind
 JOB_EVENT_KIND_NCCL: JobEventKind
 JOB_EVENT_KIND_METRICS: JobEventKind
 JOB_EVENT_KIND_RANK_PHASE: JobEventKind
+JOB_EVENT_KIND_RANK_KILLED: JobEventKind
 
 class NodeSlots(_message.Message):
     __slots__ = ("node", "slots")

@@ -1,55 +1,102 @@
-"""What changed between two job specs, as short phrases for an event or the audit trail,
-e.g. ``args --per_device_train_batch_size 16 -> 8`` or ``env NCCL_IB_DISABLE unset -> 1``."""
+"""What changed between two job specs: `diff_specs` as structured changes, `spec_changes` as
+short phrases for an event or the audit trail, e.g. ``args --per_device_train_batch_size 16 -> 8``
+or ``env NCCL_IB_DISABLE unset -> 1``. The one spec differ of both sides: the agent's events and
+the console's remedy preview are built from it."""
 
 from __future__ import annotations
 
 import json
 import shlex
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
 from gantry.v1 import job_pb2
 
-__all__ = ["spec_changes"]
+__all__ = ["CONFIG_FIELD", "SpecChange", "diff_specs", "spec_changes"]
 
 UNSET = "unset"
+CONFIG_FIELD = "deepspeed_config_json"
 # More changed keys than this in the DeepSpeed config: one summary phrase, not a list.
 MAX_CONFIG_CHANGES = 4
-# Fields with a phrase of their own; every other field is compared generically.
-_SPECIAL = {"nodes", "command", "args", "env", "deepspeed_config_json"}
 
 
-def spec_changes(old: job_pb2.JobSpec, new: job_pb2.JobSpec) -> list[str]:
-    """One phrase per change, in the order of the spec's fields; empty when equal."""
-    changes: list[str] = []
+@dataclass(frozen=True)
+class SpecChange:
+    """One change between two specs, its values as shown: None for unset or empty, "" for a
+    flag given without a value (a switch), else the value (quoted as a shell would need).
+
+    `field` is the spec's field ("args", "env", "restart.backoff_s", "deepspeed_config_json");
+    `key` what changed within it (a flag, a variable, a config key path), "" for the field as
+    a whole; `summary`, when set, stands in for the values ("reordered", "added", "removed",
+    "changed")."""
+
+    field: str
+    key: str = ""
+    before: str | None = None
+    after: str | None = None
+    summary: str = ""
+
+
+def diff_specs(old: job_pb2.JobSpec, new: job_pb2.JobSpec) -> list[SpecChange]:
+    """Every change, in the order of the spec's fields; the DeepSpeed config key by key."""
+    changes: list[SpecChange] = []
     for field in job_pb2.JobSpec.DESCRIPTOR.fields:
         name = field.name
         if name == "nodes":
             before, after = _nodes(old.nodes), _nodes(new.nodes)
             if before != after:
-                changes.append(f"nodes {before or UNSET} -> {after or UNSET}")
+                changes.append(SpecChange(name, "", before or None, after or None))
         elif name == "command":
             if list(old.command) != list(new.command):
-                changes.append(f"command {_join(old.command)} -> {_join(new.command)}")
+                changes.append(SpecChange(name, "", _join(old.command), _join(new.command)))
         elif name == "args":
-            changes.extend(f"args {c}" for c in _args_changes(old.args, new.args))
+            changes.extend(_args_changes(old.args, new.args))
         elif name == "env":
-            changes.extend(f"env {c}" for c in _map_changes(dict(old.env), dict(new.env)))
-        elif name == "deepspeed_config_json":
+            changes.extend(_map_changes(name, dict(old.env), dict(new.env)))
+        elif name == CONFIG_FIELD:
             changes.extend(_config_changes(old.deepspeed_config_json, new.deepspeed_config_json))
         elif field.message_type is not None:
             changes.extend(_message_changes(name, old, new))
         else:
             before, after = getattr(old, name), getattr(new, name)
             if before != after:
-                changes.append(f"{name} {_show(before)} -> {_show(after)}")
+                changes.append(SpecChange(name, "", _show(before), _show(after)))
     return changes
 
 
-def _show(value: object) -> str:
-    if value is None or value == "":
+def spec_changes(old: job_pb2.JobSpec, new: job_pb2.JobSpec) -> list[str]:
+    """One phrase per change, in the order of the spec's fields; empty when equal. Over
+    `MAX_CONFIG_CHANGES` keys of the DeepSpeed config changed read as one phrase."""
+    changes = diff_specs(old, new)
+    config_keys = sum(1 for c in changes if c.field == CONFIG_FIELD and c.key)
+    phrases: list[str] = []
+    for change in changes:
+        if change.field == CONFIG_FIELD and change.key and config_keys > MAX_CONFIG_CHANGES:
+            summary = f"deepspeed config changed ({config_keys} keys)"
+            if summary not in phrases:
+                phrases.append(summary)
+        else:
+            phrases.append(_phrase(change))
+    return phrases
+
+
+def _phrase(change: SpecChange) -> str:
+    label = "deepspeed config" if change.field == CONFIG_FIELD else change.field
+    values = change.summary or f"{_shown(change.before)} -> {_shown(change.after)}"
+    return " ".join(part for part in (label, change.key, values) if part)
+
+
+def _shown(value: str | None) -> str:
+    if value is None:
         return UNSET
+    return value or "set"
+
+
+def _show(value: object) -> str | None:
+    if value is None or value == "":
+        return None
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, str):
@@ -57,15 +104,15 @@ def _show(value: object) -> str:
     return str(value)
 
 
-def _join(words: Sequence[str]) -> str:
-    return shlex.join(words) if words else UNSET
+def _join(words: Sequence[str]) -> str | None:
+    return shlex.join(words) if words else None
 
 
 def _nodes(nodes: Sequence[job_pb2.NodeSlots]) -> str:
     return ", ".join(f"{n.node} slots={n.slots}" if n.slots else n.node for n in nodes)
 
 
-def _message_changes(name: str, old: Message, new: Message) -> Iterator[str]:
+def _message_changes(name: str, old: Message, new: Message) -> Iterator[SpecChange]:
     """A nested message (restart policy, cost, eval targets), field by field."""
     before, after = getattr(old, name), getattr(new, name)
     if before == after:
@@ -75,14 +122,14 @@ def _message_changes(name: str, old: Message, new: Message) -> Iterator[str]:
         a = getattr(before, sub.name) if not present or before.HasField(sub.name) else None
         b = getattr(after, sub.name) if not present or after.HasField(sub.name) else None
         if a != b:
-            yield f"{name}.{sub.name} {_show(a)} -> {_show(b)}"
+            yield SpecChange(f"{name}.{sub.name}", "", _show(a), _show(b))
 
 
-def _map_changes(before: dict[str, str], after: dict[str, str]) -> Iterator[str]:
+def _map_changes(name: str, before: dict[str, str], after: dict[str, str]) -> Iterator[SpecChange]:
     for key in sorted(before.keys() | after.keys()):
         a, b = before.get(key), after.get(key)
         if a != b:
-            yield f"{key} {_show(a)} -> {_show(b)}"
+            yield SpecChange(name, key, _show(a), _show(b))
 
 
 def _is_flag(token: str) -> bool:
@@ -120,25 +167,25 @@ def _parse_args(args: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
     return positionals, flags
 
 
-def _flag_value(values: list[str] | None) -> str:
+def _flag_value(values: list[str] | None) -> str | None:
     if values is None:
-        return UNSET
-    return shlex.join(values) if values else "set"
+        return None
+    return shlex.join(values) if values else ""
 
 
-def _args_changes(old: Sequence[str], new: Sequence[str]) -> list[str]:
+def _args_changes(old: Sequence[str], new: Sequence[str]) -> list[SpecChange]:
     if list(old) == list(new):
         return []
     old_pos, old_flags = _parse_args(old)
     new_pos, new_flags = _parse_args(new)
-    changes: list[str] = []
+    changes: list[SpecChange] = []
     if old_pos != new_pos:
-        changes.append(f"{_join(old_pos)} -> {_join(new_pos)}")
+        changes.append(SpecChange("args", "", _join(old_pos), _join(new_pos)))
     for flag in [*old_flags, *(f for f in new_flags if f not in old_flags)]:
         a, b = old_flags.get(flag), new_flags.get(flag)
         if a != b:
-            changes.append(f"{flag} {_flag_value(a)} -> {_flag_value(b)}")
-    return changes or ["reordered"]
+            changes.append(SpecChange("args", flag, _flag_value(a), _flag_value(b)))
+    return changes or [SpecChange("args", "", _join(old), _join(new), summary="reordered")]
 
 
 def _flatten(value: object, prefix: str = "") -> dict[str, object]:
@@ -150,27 +197,24 @@ def _flatten(value: object, prefix: str = "") -> dict[str, object]:
     return {prefix: value}
 
 
-def _config_changes(old: str, new: str) -> list[str]:
+def _config_changes(old: str, new: str) -> list[SpecChange]:
     if old == new:
         return []
     if not old or not new:
-        return [f"deepspeed config {'added' if new else 'removed'}"]
+        return [SpecChange(CONFIG_FIELD, summary="added" if new else "removed")]
     try:
         before, after = _flatten(json.loads(old)), _flatten(json.loads(new))
     except (ValueError, RecursionError):
-        return ["deepspeed config changed"]
-    shown = [
-        (key, _json(before, key), _json(after, key))
-        for key in [*before, *(k for k in after if k not in before)]
+        return [SpecChange(CONFIG_FIELD, summary="changed")]
+    keys = [*before, *(k for k in after if k not in before)]
+    # Only the layout of the JSON text differs when no key's value does.
+    return [
+        SpecChange(CONFIG_FIELD, key, _json(before, key), _json(after, key))
+        for key in keys
+        if _json(before, key) != _json(after, key)
     ]
-    changed = [(key, a, b) for key, a, b in shown if a != b]
-    if not changed:
-        return []  # only the layout of the JSON text differs
-    if len(changed) > MAX_CONFIG_CHANGES:
-        return [f"deepspeed config changed ({len(changed)} keys)"]
-    return [f"deepspeed config {key} {a} -> {b}" for key, a, b in changed]
 
 
-def _json(flat: dict[str, object], key: str) -> str:
+def _json(flat: dict[str, object], key: str) -> str | None:
     # As JSON text, so that 1 and true (equal in Python) still differ.
-    return json.dumps(flat[key], separators=(",", ":")) if key in flat else UNSET
+    return json.dumps(flat[key], separators=(",", ":")) if key in flat else None

@@ -1,0 +1,81 @@
+"""The journal's SQLite file and its one connection: open, upgrade, transactions."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Self
+
+from agent.jobs.journal_schema import MIGRATIONS, SCHEMA_VERSION, JournalError, statements
+
+FILE_NAME = "journal.sqlite3"
+
+
+class JournalDb:
+    """The journal file and its single connection (the tables' API is in subclasses)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit mode: transactions are explicit (see ``transaction``).
+        self._db = sqlite3.connect(self.path, isolation_level=None)
+        self._depth = 0
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # In WAL mode NORMAL loses nothing when the agent dies, only on power loss.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
+
+    @classmethod
+    def open(cls, data_dir: Path | str) -> Self:
+        return cls(Path(data_dir) / FILE_NAME)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def schema_version(self) -> int:
+        row = self._db.execute("PRAGMA user_version").fetchone()
+        return int(row[0])
+
+    def _migrate(self) -> None:
+        version = self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise JournalError(
+                f"{self.path} has schema version {version}; this agent knows up to "
+                f"{SCHEMA_VERSION} (was it written by a newer agent?)"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            with self.transaction():
+                for statement in statements(MIGRATIONS[target - 1]):
+                    self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version={target}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Groups calls into one commit; a nested use joins the outer transaction."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            self._db.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        self._db.execute("COMMIT")

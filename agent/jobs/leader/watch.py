@@ -1,0 +1,139 @@
+"""How the leader watches a running attempt: every node's events pumped into one bounded
+queue (a peer's copied into the journal with its read position), the ranks' states
+tallied until the attempt's table names its edge, and the operator's commands answered
+meanwhile; and how it stops an attempt's ranks on every node."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from gantry.v1 import agent_service_pb2, job_pb2
+
+from agent.jobs.event_bus import MAX_BATCH
+from agent.jobs.leader.led_job import STOP_GRACE_S, Command, LedJob, Outcome
+from agent.jobs.leader.peer_events import PeerLedger, Tally
+from agent.jobs.leader.peers import NodeRefused, NodeUnreachable
+from agent.jobs.leader.states import AttemptEdge
+from agent.jobs.leader.store import LeaderStore
+
+log = logging.getLogger("gantry.agent")
+EK = job_pb2.JobEventKind
+
+
+async def watch_attempt(
+    store: LeaderStore,
+    ledger: PeerLedger,
+    led: LedJob,
+    attempt: job_pb2.Attempt,
+    adopted: bool = False,
+) -> tuple[Outcome, str, Command | None]:
+    """Until the attempt ends: SUCCEEDED (its edge still to write), FAILED (written, its
+    ranks stopped), or, on a command, STOPPED/RESTART (stopped, the STOPPED edge still to
+    write, with the command)."""
+    name = led.name
+    # Bounded: a leader busy stopping ranks holds its peers' streams back, not its memory.
+    queue: asyncio.Queue[tuple[str, job_pb2.JobEvent]] = asyncio.Queue(MAX_BATCH)
+    tally = Tally(attempt)
+    led.live = attempt
+    if adopted:
+        # What this leader knew before its restart: the ranks' figures, and perhaps a
+        # failure or the last exit it copied but had no time to act on.
+        led.seen[store.node_name] = await ledger.replay(name, attempt.number, tally)
+
+    async def pump(node: str) -> None:
+        events = led.nodes[node].events(name, led.seen.get(node, 0))
+        async with contextlib.aclosing(events):
+            async for event in events:
+                await queue.put((node, event))
+
+    pumps = [asyncio.create_task(pump(n)) for n in sorted({r.node for r in attempt.ranks})]
+    getter: asyncio.Task[tuple[str, job_pb2.JobEvent]] | None = None
+    commander: asyncio.Task[Command] | None = None
+    try:
+        while (edge := tally.edge()) is None:
+            getter = getter or asyncio.create_task(queue.get())
+            commander = commander or asyncio.create_task(led.commands.get())
+            done, _ = await asyncio.wait({getter, commander}, return_when=asyncio.FIRST_COMPLETED)
+            if commander in done:
+                command = commander.result()
+                commander = None
+                store.attempt_edge(name, attempt.number, AttemptEdge.STOP, ranks=attempt.ranks)
+                await stop_attempt(led, attempt, command.grace_s)
+                if command.kind == "stop":
+                    return Outcome.STOPPED, "stopped by the operator", command
+                return Outcome.RESTART, "restarted by the operator", command
+            if getter not in done:
+                continue
+            node, event = getter.result()
+            getter = None
+            led.seen[node] = max(led.seen.get(node, 0), event.seq)
+            if event.attempt != attempt.number:
+                continue
+            if node != store.node_name:
+                ledger.copy(name, node, event)
+            tally.add(event)
+        if edge is AttemptEdge.ALL_EXITED_OK:
+            return Outcome.SUCCEEDED, "every rank exited 0", None
+        await stop_attempt(led, attempt, STOP_GRACE_S)
+        told = (EK.JOB_EVENT_KIND_ATTEMPT_FAILED, tally.failure)
+        store.attempt_edge(name, attempt.number, edge, tally.failure, told, attempt.ranks)
+        return Outcome.FAILED, tally.failure, None
+    finally:
+        for task in [*pumps, getter, commander]:
+            if task is not None:
+                task.cancel()
+        for task in pumps:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+async def stop_attempt(led: LedJob, attempt: job_pb2.Attempt, grace_s: float) -> None:
+    """Every node stops the attempt's ranks; their last states go into ``attempt``."""
+    request = agent_service_pb2.StopRanksRequest(
+        job_name=led.name, attempt=attempt.number, grace_s=grace_s
+    )
+    nodes = sorted({r.node for r in attempt.ranks})
+
+    async def stop_one(node: str) -> None:
+        try:
+            reply = await led.nodes[node].stop_ranks(request)
+        except (NodeUnreachable, NodeRefused) as exc:
+            log.warning("job %s: stopping ranks on %s: %s", led.name, node, exc)
+            return
+        for rank in reply.ranks:
+            merge_rank(attempt, rank)
+
+    await asyncio.gather(*(stop_one(n) for n in nodes if n in led.nodes))
+
+
+def merge_rank(attempt: job_pb2.Attempt, rank: job_pb2.Rank) -> None:
+    """A node's answer about one rank, keeping the figures the leader has if it has none."""
+    for existing in attempt.ranks:
+        if existing.rank == rank.rank:
+            metrics = job_pb2.RankMetrics()
+            metrics.CopyFrom(existing.metrics)
+            existing.CopyFrom(rank)
+            if not rank.HasField("metrics"):
+                existing.metrics.CopyFrom(metrics)
+            return
+
+
+async def readopt(store: LeaderStore, led: LedJob) -> job_pb2.Attempt | None:
+    """After a leader restart: the attempt to go on with (running, or being stopped), or
+    None for a new one."""
+    job = store.job(led.name)
+    if not job.attempts:
+        return None
+    attempt = job.attempts[-1]
+    if attempt.state in (job_pb2.JOB_STATE_RUNNING, job_pb2.JOB_STATE_STOPPING):
+        return attempt
+    if attempt.state == job_pb2.JOB_STATE_STARTING:
+        # Some nodes may have started its ranks: stopped, and a new attempt started.
+        attempt.ranks.extend(job_pb2.Rank(rank=-1, node=n) for n in led.nodes)
+        await stop_attempt(led, attempt, STOP_GRACE_S)
+        why = "the leader was restarted while the attempt started"
+        told = (EK.JOB_EVENT_KIND_ATTEMPT_FAILED, why)
+        store.attempt_edge(led.name, attempt.number, AttemptEdge.START_FAILED, why, told)
+    return None

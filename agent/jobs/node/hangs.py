@@ -1,0 +1,111 @@
+"""Hung ranks: noticing one (no new record for ``hang_timeout_s``), asking it for its thread
+stacks (SIGUSR1, for the faulthandler it registered), knowing when the dump is complete,
+then killing it and counting it FAILED with the stacks in its event."""
+
+from __future__ import annotations
+
+import signal
+
+from gantry.v1 import job_pb2
+
+from agent.jobs.journal import RankRow
+from agent.jobs.node.live_rank import EventBatch, LiveRank, file_size
+from agent.jobs.node.logs import extract_stacks
+from agent.jobs.node.rank_journal import RankJournal
+from agent.jobs.node.rank_states import RankEdge, RankState
+from agent.jobs.node.tailer import read_lines
+
+__all__ = [
+    "MAX_STACK_BYTES",
+    "STACK_QUIET_S",
+    "STACK_WAIT_DONE_S",
+    "STACK_WAIT_MAX_S",
+    "STACK_WAIT_S",
+    "ask_for_stacks",
+    "dump_stacks_and_fail",
+    "hang_detected",
+    "is_silent",
+    "read_stacks",
+    "stacks_dumped",
+]
+
+_K = job_pb2.JobEventKind
+STACK_WAIT_S = 2.0
+STACK_WAIT_MAX_S = 10.0
+STACK_QUIET_S = 1.0  # stderr unchanged this long: the stack dump is complete
+STACK_WAIT_DONE_S = 5.0  # quiet this late, a dump without a <module> frame is all there is
+MAX_STACK_BYTES = 256 * 1024
+_OUTERMOST = " in <module>"  # the main thread's first frame, the last line faulthandler writes
+
+
+def is_silent(live: LiveRank, now: float) -> bool:
+    """A starting or running rank with a hang timeout, and no progress for longer."""
+    return (
+        live.state in (RankState.STARTING, RankState.RUNNING)
+        and live.hang_timeout_s > 0
+        and now - live.last_progress > live.hang_timeout_s
+    )
+
+
+def ask_for_stacks(live: LiveRank, now: float) -> None:
+    """Signals the rank to dump its stacks; they are read from stderr past this point."""
+    live.hung_at = now
+    live.stack_offset = file_size(live.row.stderr_path)
+    if live.handle is not None:
+        live.handle.signal_group(signal.SIGUSR1)
+
+
+def hang_detected(
+    rj: RankJournal, live: LiveRank, row: RankRow, batch: EventBatch, now: float
+) -> RankRow:
+    """``row`` HUNG, its stacks asked for, and the RANK_HUNG event in ``batch``."""
+    silent = now - live.last_progress
+    reason = f"no progress for {silent:.0f} s (hang timeout {live.hang_timeout_s:g} s)"
+    row = rj.edge(row, RankEdge.HANG_DETECTED, reason=reason)
+    ask_for_stacks(live, now)
+    if live.handle is not None:
+        # A stopped (SIGSTOP) rank handles the SIGUSR1 only once it runs again.
+        live.handle.signal_group(signal.SIGCONT)
+    details = {"silent_s": f"{silent:.1f}"}
+    if row.last_metrics is not None:
+        details["last_step"] = str(row.last_metrics.step)
+    rj.emit(batch, row, _K.JOB_EVENT_KIND_RANK_HUNG, f"rank {row.rank} hung: {reason}", details)
+    return row
+
+
+def stacks_dumped(live: LiveRank, now: float, stack_wait_s: float) -> bool:
+    """Whether a HUNG rank's dump is complete (or waited for long enough).
+
+    Complete once it holds the main thread's outermost frame (faulthandler writes that
+    thread last) and stderr has not grown for STACK_QUIET_S: a loaded machine may pause the
+    rank mid-dump for longer than that. At the latest, after STACK_WAIT_MAX_S.
+    """
+    if live.hung_at is None:
+        return False
+    size = file_size(live.row.stderr_path)
+    if size != live.stack_size:
+        live.stack_size, live.stack_size_since = size, now
+    quiet = now - live.stack_size_since >= STACK_QUIET_S
+    waited = now - live.hung_at
+    done = quiet and (waited >= STACK_WAIT_DONE_S or _OUTERMOST in read_stacks(live))
+    return waited >= stack_wait_s and (done or waited >= STACK_WAIT_MAX_S)
+
+
+def read_stacks(live: LiveRank) -> str:
+    """The stacks the rank wrote to stderr since it was asked for them."""
+    chunk = read_lines(live.row.stderr_path, live.stack_offset, MAX_STACK_BYTES)
+    return extract_stacks("\n".join(line.text for line in chunk.lines))
+
+
+def dump_stacks_and_fail(
+    rj: RankJournal, live: LiveRank, row: RankRow, batch: EventBatch
+) -> RankRow:
+    """``row`` FAILED with its stacks in the RANK_FAILED event; the rank is killed."""
+    stacks = read_stacks(live)
+    reason = f"hung: {row.reason}" if row.reason else "hung"
+    row = rj.edge(row, RankEdge.STACKS_DUMPED, reason=reason, ended=rj.wall_clock())
+    if live.handle is not None:
+        live.handle.kill()
+    details = {"state": RankState(row.state).name, "stacks": stacks or "(no stack dump)"}
+    rj.emit(batch, row, _K.JOB_EVENT_KIND_RANK_FAILED, f"rank {row.rank} failed: {reason}", details)
+    return row

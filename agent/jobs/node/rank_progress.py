@@ -1,0 +1,125 @@
+"""What a watched rank wrote since the last poll, applied to its row: its phase, metrics,
+checkpoints, NCCL findings and log alerts, as events in the poll's batch."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from gantry.v1 import job_pb2
+from gantry.v1.figures import latest_metrics
+
+from agent.jobs.journal import RankRow
+from agent.jobs.metrics_records import Record, RecordKind, merge_metrics, phase_name
+from agent.jobs.node.live_rank import EventBatch, LiveRank
+from agent.jobs.node.rank_journal import RankJournal
+from agent.jobs.node.rank_states import RankEdge, RankState
+
+__all__ = ["NCCL_EVENT_KINDS", "read_progress"]
+
+_K = job_pb2.JobEventKind
+# NCCL findings worth an event; per-channel transport news stays in the log.
+NCCL_EVENT_KINDS = ("version", "network", "interfaces", "ib_fallback", "warn")
+
+
+def read_progress(rj: RankJournal, live: LiveRank, batch: EventBatch, now: float) -> bool:
+    """Applies what the rank wrote since the last poll; True if all of it was read."""
+    # A rank reporting through its own file and training: its printing adds nothing.
+    trained = live.row.phase == job_pb2.RANK_PHASE_TRAINING
+    reading = live.files.read(now, script_lines=not (trained and live.row.metrics_source == "file"))
+    batch.offsets.update(reading.offsets)
+    if reading.records:
+        _apply_records(rj, live, reading.records, batch, now)
+    for alert, text in reading.alerts:
+        rj.emit(
+            batch,
+            live.row,
+            _K.JOB_EVENT_KIND_ALERT,
+            f"rank {live.row.rank}: {alert}: {text[:200]}",
+            details={"alert": alert, "line": text[:2000]},
+        )
+    for finding in reading.findings:
+        if finding.kind in NCCL_EVENT_KINDS:
+            rj.emit(
+                batch,
+                live.row,
+                _K.JOB_EVENT_KIND_NCCL,
+                finding.message,
+                details={
+                    "finding": finding.kind,
+                    "severity": finding.severity,
+                    "line": finding.line,
+                },
+            )
+    return reading.drained
+
+
+def _apply_records(
+    rj: RankJournal, live: LiveRank, records: list[Record], batch: EventBatch, now: float
+) -> None:
+    row = live.row
+    live.last_progress = now
+    heartbeat = row.last_heartbeat
+    metrics = row.last_metrics
+    source = row.metrics_source
+    pending: job_pb2.RankMetrics | None = None  # consecutive records of one step
+    for record in records:
+        when = record.time if record.time is not None else rj.wall_clock()
+        heartbeat = when if heartbeat is None else max(heartbeat, when)
+        if record.kind == RecordKind.PHASE and record.phase:
+            # The rank's own hooks say exactly where it is; what it prints only moves
+            # it on (a late line must not send it back).
+            if record.source == "file" or record.phase > row.phase:
+                row = _phase(rj, row, record.phase, when, batch)
+        elif record.kind == RecordKind.METRICS and record.metrics is not None:
+            row = _phase(rj, row, job_pb2.RANK_PHASE_TRAINING, when, batch)
+            if record.source != "file" and source == "file":
+                continue  # the rank reports itself; what it prints adds nothing
+            source = "file" if record.source == "file" else (source or record.source)
+            if pending is not None and pending.step != record.metrics.step:
+                _metrics_event(rj, batch, row, pending)
+                pending = None
+            pending = merge_metrics(pending, record.metrics)
+            metrics = latest_metrics(metrics, record.metrics)
+        elif record.kind == RecordKind.CHECKPOINT:
+            details = {"tag": record.tag, "path": record.path}
+            if record.step is not None:
+                details["step"] = str(record.step)
+            rj.emit(
+                batch,
+                row,
+                _K.JOB_EVENT_KIND_CHECKPOINT_SAVED,
+                f"checkpoint {record.tag or record.path} saved",
+                details=details,
+                when=when,
+            )
+    if pending is not None:
+        _metrics_event(rj, batch, row, pending)
+    row = replace(row, last_heartbeat=heartbeat, last_metrics=metrics, metrics_source=source)
+    if RankState(row.state) == RankState.STARTING:
+        row = rj.edge(row, RankEdge.FIRST_REPORT)
+    live.row = row
+
+
+def _phase(rj: RankJournal, row: RankRow, phase: int, when: float, batch: EventBatch) -> RankRow:
+    """The rank's new phase, with an event saying how long the last one took. A rank
+    that trains has no phases left (a late start-up line changes nothing)."""
+    if phase == row.phase or row.phase == job_pb2.RANK_PHASE_TRAINING:
+        return row
+    name = phase_name(phase)
+    details = {"phase": name}
+    message = f"rank {row.rank}: {name.replace('_', ' ')}"
+    if row.phase:
+        details["previous"] = phase_name(row.phase)
+        if row.phase_since is not None:
+            took = max(0.0, when - row.phase_since)
+            details["previous_s"] = f"{took:.1f}"
+            message += f" ({details['previous'].replace('_', ' ')} took {took:.1f} s)"
+    rj.emit(batch, row, _K.JOB_EVENT_KIND_RANK_PHASE, message, details=details, when=when)
+    return replace(row, phase=phase, phase_since=when)
+
+
+def _metrics_event(
+    rj: RankJournal, batch: EventBatch, row: RankRow, metrics: job_pb2.RankMetrics
+) -> None:
+    when = metrics.time.ToNanoseconds() / 1e9 if metrics.HasField("time") else None
+    rj.emit(batch, row, _K.JOB_EVENT_KIND_METRICS, "", metrics=metrics, when=when)

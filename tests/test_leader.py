@@ -1,0 +1,511 @@
+"""The job leader driven the way torch elastic tests its agent: scripted nodes (fake
+NodeApis whose ranks report what each test says), an injected clock and an injected sleep,
+no servers and no processes; each restart-policy path in milliseconds."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from gantry.v1 import agent_service_pb2 as A
+from gantry.v1 import job_pb2
+
+from agent.jobs.event_bus import EventBus
+from agent.jobs.journal import Journal
+from agent.jobs.leader.leader import JobError, JobLeader
+from agent.jobs.leader.peers import LocalNode, NodeApi, NodeUnreachable
+
+EK = job_pb2.JobEventKind
+JS = job_pb2.JobState
+RS = job_pb2.RankState
+JOB = "moe"
+T0 = 1_700_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Sleeps:
+    """The leader's backoff: recorded, and over at once unless held."""
+
+    def __init__(self) -> None:
+        self.asked: list[float] = []
+        self.held = False
+        self._release = asyncio.Event()
+
+    async def __call__(self, seconds: float) -> None:
+        self.asked.append(seconds)
+        if self.held:
+            await self._release.wait()
+        await asyncio.sleep(0)
+
+    def release(self) -> None:
+        self._release.set()
+
+
+class ScriptedNode:
+    """A node whose ranks start and stop as asked and report what the test emits.
+
+    ``on_stop``: what its ranks report when stopped (a node kills them): "killed" (an
+    older node: RANK_EXITED with the signal's code), "killed_state" (RANK_EXITED saying
+    KILLED), "exit0" (they all finish with 0 as the stop comes), or "" (nothing)."""
+
+    def __init__(self, name: str, publish: Callable[[job_pb2.JobEvent], object] | None) -> None:
+        self.name = name
+        self._publish = publish  # None: a peer, whose events are read through events()
+        self.log: list[job_pb2.JobEvent] = []
+        self.more = asyncio.Event()
+        self.started: list[A.StartRanksRequest] = []
+        self.stopped: list[tuple[int, float]] = []  # (attempt, grace_s)
+        self.asked: list[int] = []  # each events() call's after_seq
+        self.refuse: Exception | None = None
+        self.lost: float | None = None
+        self.on_stop = "killed"
+
+    def emit(
+        self,
+        kind: int,
+        rank: int,
+        attempt: int = 1,
+        message: str = "",
+        extra: dict[str, str] | None = None,
+        **details: str,
+    ) -> None:
+        event = job_pb2.JobEvent(
+            job_name=JOB,
+            attempt=attempt,
+            kind=kind,  # type: ignore[arg-type]
+            node=self.name,
+            rank=rank,
+            message=message,
+            details={**(extra or {}), **details},
+        )
+        if self._publish is not None:
+            self._publish(event)
+            return
+        event.seq = len(self.log) + 1
+        self.log.append(event)
+        self.more.set()
+
+    def ranks_of(self, attempt: int) -> list[int]:
+        return [r for q in self.started if q.attempt == attempt for r in q.ranks]
+
+    async def ping(self) -> None:
+        if self.refuse is not None:
+            raise self.refuse
+
+    def lost_since(self) -> float | None:
+        return self.lost
+
+    async def start_ranks(self, request: A.StartRanksRequest) -> A.StartRanksResponse:
+        if self.refuse is not None:
+            raise self.refuse
+        if request.validate_only:
+            return A.StartRanksResponse()
+        self.started.append(request)
+        ranks = [
+            job_pb2.Rank(rank=r, local_rank=i, node=self.name, state=RS.RANK_STATE_STARTING)
+            for i, r in enumerate(request.ranks)
+        ]
+        return A.StartRanksResponse(ranks=ranks)
+
+    async def stop_ranks(self, request: A.StopRanksRequest) -> A.StopRanksResponse:
+        self.stopped.append((request.attempt, request.grace_s))
+        if self.refuse is not None:
+            raise self.refuse
+        for rank in self.ranks_of(request.attempt):
+            if self.on_stop == "killed":
+                self.emit(EK.JOB_EVENT_KIND_RANK_EXITED, rank, request.attempt, exit_code="-15")
+            elif self.on_stop == "killed_state":
+                self.emit(
+                    EK.JOB_EVENT_KIND_RANK_EXITED,
+                    rank,
+                    request.attempt,
+                    exit_code="-15",
+                    state="KILLED",
+                )
+            elif self.on_stop == "exit0":
+                self.emit(EK.JOB_EVENT_KIND_RANK_EXITED, rank, request.attempt, exit_code="0")
+        return A.StopRanksResponse()
+
+    async def events(self, job_name: str, after_seq: int) -> AsyncGenerator[job_pb2.JobEvent, None]:
+        self.asked.append(after_seq)
+        while True:
+            self.more.clear()
+            for event in [e for e in self.log if e.seq > after_seq]:
+                after_seq = event.seq
+                yield event
+            if not any(e.seq > after_seq for e in self.log):
+                await self.more.wait()
+
+    async def close(self) -> None:
+        return None
+
+
+class Agent:
+    """node-a's agent: its journal, bus and leader; node-a's ranks and node-b are scripted."""
+
+    def __init__(self, data_dir: Path, peer: ScriptedNode | None = None) -> None:
+        self.data_dir = data_dir
+        self.journal = Journal.open(data_dir)
+        self.bus = EventBus(self.journal)
+        self.clock = Clock()
+        self.sleeps = Sleeps()
+        self.a = ScriptedNode("node-a", self.bus.publish)
+        self.b = peer if peer is not None else ScriptedNode("node-b", None)
+        local = LocalNode("node-a", self.bus, self.a.start_ranks, self.a.stop_ranks)
+        remotes: dict[str, NodeApi] = {"node-b": self.b}
+        self.leader = JobLeader(
+            "node-a",
+            data_dir,
+            self.bus,
+            local,
+            self.journal,
+            clock=self.clock,
+            sleep=self.sleeps,
+            make_remote=lambda peer: remotes[peer.name],
+        )
+
+    def job(self) -> job_pb2.Job:
+        return self.leader.describe(JOB)
+
+    def kinds(self) -> list[str]:
+        """The leader's own events, in order, without the JOB_EVENT_KIND_ prefix."""
+        events = self.journal.events_after(0, JOB)
+        return [EK.Name(e.kind)[15:] for e in events if e.node == "node-a" and e.rank < 0]
+
+    async def until(self, check: Callable[[], bool], what: str) -> None:
+        for _ in range(5_000):  # a bound, not a timing: each pass yields to the leader
+            if check():
+                return
+            await asyncio.sleep(0.001)
+        raise AssertionError(f"timed out waiting for {what}: {self.job()}")
+
+    async def until_state(self, state: int) -> job_pb2.Job:
+        await self.until(lambda: self.job().state == state, JS.Name(state))
+        return self.job()
+
+    async def until_attempt(self, number: int) -> job_pb2.Attempt:
+        def running() -> bool:
+            job = self.job()
+            return len(job.attempts) >= number and job.state == JS.JOB_STATE_RUNNING
+
+        await self.until(running, f"attempt {number} running")
+        return self.job().attempts[number - 1]
+
+    async def kill(self) -> None:
+        await self.leader.close()
+        self.journal.close()
+
+
+def spec(
+    max_restarts: int = 0, backoff_s: float = 0.0, checkpoint_dir: str = ""
+) -> job_pb2.JobSpec:
+    return job_pb2.JobSpec(
+        name=JOB,
+        nodes=[
+            job_pb2.NodeSlots(node="node-a", slots=1),
+            job_pb2.NodeSlots(node="node-b", slots=1),
+        ],
+        command=["python", "train.py"],
+        checkpoint_dir=checkpoint_dir,
+        restart=job_pb2.RestartPolicy(max_restarts=max_restarts, backoff_s=backoff_s),
+    )
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[Agent]:
+    agent = Agent(tmp_path)
+    yield agent
+    agent.journal.close()
+
+
+async def submitted(agent: Agent, job: job_pb2.JobSpec | None = None) -> job_pb2.Attempt:
+    await agent.leader.submit(job or spec(), [A.PeerAgent(name="node-b")], "alice")
+    return await agent.until_attempt(1)
+
+
+def fail_rank_1(agent: Agent, attempt: int) -> None:
+    agent.b.emit(EK.JOB_EVENT_KIND_RANK_FAILED, 1, attempt, "rank 1 failed: exit code 3")
+
+
+async def test_every_rank_exiting_0_is_a_success(agent: Agent) -> None:
+    await submitted(agent)
+    agent.clock.now = T0 + 60
+    agent.a.emit(EK.JOB_EVENT_KIND_RANK_EXITED, 0, exit_code="0", state="EXITED")
+    agent.b.emit(EK.JOB_EVENT_KIND_RANK_EXITED, 1, exit_code="0", state="EXITED")
+    job = await agent.until_state(JS.JOB_STATE_SUCCEEDED)
+    assert job.reason == "every rank exited 0" and job.restarts_used == 0
+    (attempt,) = job.attempts
+    assert attempt.state == JS.JOB_STATE_SUCCEEDED
+    assert [r.state for r in attempt.ranks] == [RS.RANK_STATE_EXITED] * 2
+    assert (attempt.started.seconds, attempt.ended.seconds) == (T0, T0 + 60)
+    assert job.created.seconds == T0
+    assert agent.kinds() == ["SUBMITTED", "ATTEMPT_STARTED", "SUCCEEDED"]
+    assert agent.a.stopped == [] and agent.b.stopped == []
+    await agent.kill()
+
+
+async def test_a_failed_rank_restarts_the_job_until_its_restarts_run_out(agent: Agent) -> None:
+    await submitted(agent, spec(max_restarts=2, backoff_s=30))
+    for number in (1, 2, 3):
+        await agent.until_attempt(number)
+        fail_rank_1(agent, number)
+    job = await agent.until_state(JS.JOB_STATE_FAILED)
+    assert (
+        job.reason == "rank 1 on node-b failed: rank 1 failed: exit code 3; out of restarts (2/2)"
+    )
+    assert job.restarts_used == 2
+    assert [a.state for a in job.attempts] == [JS.JOB_STATE_FAILED] * 3
+    assert agent.sleeps.asked == [30, 30]  # the policy's backoff, before attempts 2 and 3
+    # Every failure stopped the attempt's ranks on every node.
+    assert [n for n, _ in agent.b.stopped] == [1, 2, 3]
+    assert [n for n, _ in agent.a.stopped] == [1, 2, 3]
+    assert agent.kinds() == [
+        "SUBMITTED",
+        *(["ATTEMPT_STARTED", "ATTEMPT_FAILED", "RESTARTING"] * 2),
+        "ATTEMPT_STARTED",
+        "ATTEMPT_FAILED",
+        "FAILED",
+    ]
+    await agent.kill()
+
+
+async def test_the_next_attempt_waits_for_the_backoff(agent: Agent) -> None:
+    agent.sleeps.held = True
+    await submitted(agent, spec(max_restarts=1, backoff_s=12.5))
+    fail_rank_1(agent, 1)
+    await agent.until(lambda: agent.sleeps.asked == [12.5], "the backoff")
+    job = agent.job()
+    assert job.state == JS.JOB_STATE_RESTARTING and job.restarts_used == 1
+    assert len(job.attempts) == 1 and len(agent.b.started) == 1
+    agent.sleeps.release()
+    attempt = await agent.until_attempt(2)
+    assert attempt.state == JS.JOB_STATE_RUNNING and len(agent.b.started) == 2
+    await agent.kill()
+
+
+async def test_a_hung_rank_is_restarted_once_its_node_fails_it(agent: Agent) -> None:
+    await submitted(agent, spec(max_restarts=1))
+    agent.b.emit(EK.JOB_EVENT_KIND_RANK_HUNG, 1, message="no progress for 60s")
+    await agent.until(
+        lambda: agent.job().attempts[0].ranks[1].state == RS.RANK_STATE_HUNG, "rank 1 hung"
+    )
+    # Its stacks are being dumped: nothing is stopped yet.
+    assert agent.job().attempts[0].state == JS.JOB_STATE_RUNNING and agent.b.stopped == []
+    agent.b.emit(EK.JOB_EVENT_KIND_RANK_FAILED, 1, message="hung, then killed", reason="hung")
+    await agent.until_attempt(2)
+    first = agent.job().attempts[0]
+    assert first.state == JS.JOB_STATE_FAILED and first.reason == "rank 1 on node-b failed: hung"
+    await agent.kill()
+
+
+@pytest.mark.parametrize("on_stop", ["killed", "killed_state", "exit0"])
+async def test_a_stopped_attempt_is_stopped_whatever_its_ranks_report(
+    agent: Agent, on_stop: str
+) -> None:
+    agent.a.on_stop = agent.b.on_stop = on_stop
+    await submitted(agent, spec(max_restarts=3))
+    job = await agent.leader.stop(JOB, 4.0, "bob")
+    assert job.state == JS.JOB_STATE_STOPPED and job.reason == "stopped by the operator"
+    assert job.attempts[0].state == JS.JOB_STATE_STOPPED
+    assert agent.b.stopped == [(1, 4.0)] and agent.a.stopped == [(1, 4.0)]
+    await asyncio.sleep(0.01)  # the ranks' exits arrive after: nothing changes
+    job = agent.job()
+    assert (job.state, job.restarts_used, len(job.attempts)) == (JS.JOB_STATE_STOPPED, 0, 1)
+    assert agent.kinds() == ["SUBMITTED", "ATTEMPT_STARTED", "OPERATOR_ACTION", "STOPPED"]
+    await agent.kill()
+
+
+async def test_a_stop_during_the_backoff_stops_the_job(agent: Agent) -> None:
+    agent.sleeps.held = True
+    await submitted(agent, spec(max_restarts=2, backoff_s=30))
+    fail_rank_1(agent, 1)
+    await agent.until(lambda: agent.job().state == JS.JOB_STATE_RESTARTING, "restarting")
+    job = await agent.leader.stop(JOB, 0, "bob")
+    assert job.state == JS.JOB_STATE_STOPPED and job.reason == "stopped by the operator"
+    assert len(job.attempts) == 1 and job.attempts[0].state == JS.JOB_STATE_FAILED
+    agent.sleeps.release()
+    await asyncio.sleep(0.01)
+    assert agent.job().state == JS.JOB_STATE_STOPPED and len(agent.b.started) == 1
+    await agent.kill()
+
+
+@pytest.mark.parametrize("details", [{"exit_code": "-15"}, {"exit_code": "-15", "state": "KILLED"}])
+async def test_a_rank_killed_while_the_attempt_runs_is_not_a_success(
+    agent: Agent, details: dict[str, str]
+) -> None:
+    await submitted(agent)
+    # Its node stopped rank 1 (not the leader), and rank 0 then ended well.
+    agent.b.emit(EK.JOB_EVENT_KIND_RANK_EXITED, 1, 1, "rank 1 stopped", details)
+    agent.a.emit(EK.JOB_EVENT_KIND_RANK_EXITED, 0, exit_code="0", state="EXITED")
+    job = await agent.until_state(JS.JOB_STATE_FAILED)
+    assert job.attempts[0].state == JS.JOB_STATE_FAILED
+    assert job.attempts[0].reason == "rank 1 on node-b was killed: rank 1 stopped"
+    assert job.attempts[0].ranks[1].state == RS.RANK_STATE_KILLED
+    await agent.kill()
+
+
+async def test_a_lost_node_fails_attempts_until_the_operator_excludes_it(
+    agent: Agent, tmp_path: Path
+) -> None:
+    checkpoints = tmp_path / "ckpt"
+    (checkpoints / "step10").mkdir(parents=True)
+    (checkpoints / "latest").write_text("step10")
+    await submitted(agent, spec(max_restarts=1, checkpoint_dir=str(checkpoints)))
+    agent.b.lost = T0 + 5
+    agent.b.refuse = NodeUnreachable("node-b's agent at 10.0.0.2:7000 is unreachable")
+    ranks = agent.job().attempts[0].ranks
+    assert ranks[1].unknown_since.seconds == T0 + 5 and not ranks[0].HasField("unknown_since")
+    # The survivor's collective fails once its peer is gone.
+    agent.a.emit(EK.JOB_EVENT_KIND_RANK_FAILED, 0, message="gloo: Connection reset by peer")
+    job = await agent.until_state(JS.JOB_STATE_FAILED)
+    assert [a.state for a in job.attempts] == [JS.JOB_STATE_FAILED] * 2
+    assert job.attempts[1].reason.startswith("could not start ranks on node-b: ")
+    assert job.attempts[1].resumed_from == str(checkpoints / "step10")
+    assert agent.a.stopped[0][0] == 1 and agent.b.stopped[0][0] == 1  # tried, unreachable
+
+    await agent.leader.restart(JOB, "node-b", ["node-b"], "", operator="bob")
+    attempt = await agent.until_attempt(3)
+    assert list(attempt.excluded_nodes) == ["node-b"]
+    assert [r.node for r in attempt.ranks] == ["node-a"]
+    request = agent.a.started[-1]
+    assert (request.world_size, list(request.ranks)) == (1, [0])
+    assert request.resume_from == str(checkpoints / "step10")
+    agent.a.emit(EK.JOB_EVENT_KIND_RANK_EXITED, 0, attempt=3, exit_code="0")
+    job = await agent.until_state(JS.JOB_STATE_SUCCEEDED)
+    assert job.attempts[2].state == JS.JOB_STATE_SUCCEEDED
+    with pytest.raises(JobError, match="cannot exclude every node"):
+        await agent.leader.restart(JOB, "", ["node-a"], "", operator="bob")
+    await agent.kill()
+
+
+async def test_a_restart_with_a_new_spec_runs_it_from_the_next_attempt(agent: Agent) -> None:
+    await submitted(agent)
+    new = spec()
+    new.command[:] = ["python", "train.py", "--lr", "1e-4"]
+    await agent.leader.restart(JOB, "", [], "", operator="bob", spec=new)
+    attempt = await agent.until_attempt(2)
+    job = agent.job()
+    assert job.attempts[0].state == JS.JOB_STATE_STOPPED
+    assert job.attempts[0].reason == "restarted by the operator"
+    assert job.spec == new and agent.leader.spec(JOB) == new
+    assert list(agent.b.started[-1].spec.command) == list(new.command)
+    assert attempt.number == 2 and job.restarts_used == 0  # the operator's, not the policy's
+    action = [e for e in agent.journal.events_after(0, JOB) if e.details.get("action")]
+    assert action[-1].details["changes"] != "none"
+    moved = spec()
+    moved.nodes[1].node = "node-c"
+    with pytest.raises(JobError, match="keeps the job's nodes"):
+        await agent.leader.restart(JOB, "", [], "", operator="bob", spec=moved)
+    await agent.kill()
+
+
+async def test_an_ended_job_restarted_or_submitted_again(agent: Agent) -> None:
+    # node-a's ranks say they were killed when stopped; node-b's say nothing (a peer's
+    # events of an earlier job of the same name are not told apart: its positions go on).
+    agent.b.on_stop = ""
+    await submitted(agent)
+    fail_rank_1(agent, 1)
+    await agent.until_state(JS.JOB_STATE_FAILED)
+    await agent.leader.restart(JOB, "", [], "", operator="bob")
+    await agent.until_attempt(2)
+    with pytest.raises(JobError, match="already running") as refused:
+        await agent.leader.submit(spec(), [A.PeerAgent(name="node-b")], "alice")
+    assert refused.value.code == "exists"
+    await agent.leader.stop(JOB, 0, "bob")
+    # Submitted again: a new job of that name, its attempts from 1.
+    await submitted(agent)
+    job = agent.job()
+    assert [a.number for a in job.attempts] == [1] and job.state == JS.JOB_STATE_RUNNING
+    # The first job's events of attempt 1 are not this one's.
+    await asyncio.sleep(0.01)
+    assert agent.job().state == JS.JOB_STATE_RUNNING
+    await agent.kill()
+
+
+async def test_a_restarted_leader_adopts_the_running_attempt(tmp_path: Path) -> None:
+    agent = Agent(tmp_path)
+    await submitted(agent, spec(max_restarts=1))
+    agent.b.emit(EK.JOB_EVENT_KIND_RANK_STARTED, 1)
+    agent.b.emit(EK.JOB_EVENT_KIND_METRICS, 1)
+    await agent.until(lambda: agent.b.log[-1].seq == 2 and len(copies(agent)) == 2, "copies")
+    await agent.kill()
+
+    again = Agent(tmp_path, peer=agent.b)
+    await again.leader.recover()
+    await again.until(lambda: len(agent.b.asked) == 2, "node-b read again")
+    assert agent.b.asked == [0, 2]  # on from where it had copied
+    assert len(agent.b.started) == 1 and agent.b.stopped == []  # the attempt goes on
+    assert again.job().attempts[0].ranks[1].state == RS.RANK_STATE_RUNNING
+    again.a.emit(EK.JOB_EVENT_KIND_RANK_EXITED, 0, exit_code="0")
+    again.b.emit(EK.JOB_EVENT_KIND_RANK_EXITED, 1, exit_code="0")
+    job = await again.until_state(JS.JOB_STATE_SUCCEEDED)
+    assert len(job.attempts) == 1
+    assert copies(again) == [1, 2, 3]  # none of node-b's events twice
+    await again.kill()
+
+
+def copies(agent: Agent) -> list[int]:
+    events = agent.journal.events_after(0, JOB)
+    return [int(e.details["origin_seq"]) for e in events if e.details.get("origin") == "node-b"]
+
+
+async def test_a_leader_restarted_while_stopping_finishes_the_stop(tmp_path: Path) -> None:
+    agent = Agent(tmp_path)
+    agent.b.on_stop = ""
+    await submitted(agent)
+    blocked = asyncio.Event()
+
+    async def hanging_stop(request: A.StopRanksRequest) -> A.StopRanksResponse:
+        await blocked.wait()
+        return A.StopRanksResponse()
+
+    agent.b.stop_ranks = hanging_stop  # type: ignore[method-assign]
+    stopping = asyncio.create_task(agent.leader.stop(JOB, 0, "bob"))
+    await agent.until(lambda: agent.job().attempts[0].state == JS.JOB_STATE_STOPPING, "stopping")
+    await agent.kill()
+    stopping.cancel()
+
+    peer = ScriptedNode("node-b", None)
+    peer.started = agent.b.started
+    again = Agent(tmp_path, peer=peer)
+    await again.leader.recover()
+    job = await again.until_state(JS.JOB_STATE_STOPPED)
+    assert job.attempts[0].state == JS.JOB_STATE_STOPPED and len(job.attempts) == 1
+    assert peer.stopped == [(1, 10.0)]
+    await again.kill()
+
+
+async def test_jobs_an_older_leader_kept_in_job_pb_files_are_imported_once(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "jobs" / JOB
+    folder.mkdir(parents=True)
+    (folder / "peers.json").write_text('[{"name": "node-b", "address": "127.0.0.1:9"}]')
+    old = job_pb2.Job(spec=spec(), state=JS.JOB_STATE_SUCCEEDED, leader="node-a", reason="ok")
+    old.created.FromSeconds(100)
+    first = old.attempts.add(number=1, state=JS.JOB_STATE_SUCCEEDED, master_port=29500)
+    first.started.FromSeconds(110)
+    first.ranks.add(rank=0, node="node-a", state=RS.RANK_STATE_EXITED)
+    first.ranks.add(rank=1, node="node-b", state=RS.RANK_STATE_EXITED)
+    (folder / "job.pb").write_bytes(old.SerializeToString())
+
+    agent = Agent(tmp_path)
+    await agent.leader.recover()
+    job = agent.job()
+    assert job == old
+    assert not (folder / "job.pb").exists() and (folder / "job.pb.imported").exists()
+    assert agent.a.started == [] and agent.b.started == []  # ended: nothing to run
+    await agent.kill()
+    again = Agent(tmp_path)
+    await again.leader.recover()
+    assert again.job() == old  # from the journal now
+    await again.kill()
