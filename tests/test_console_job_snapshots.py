@@ -67,6 +67,7 @@ def test_cluster_screen_marks_the_failed_node_80x24(snap_compare: Any) -> None:
 
 async def test_job_tabs_switch_on_keys_and_clicks_and_focus_their_table() -> None:
     from console.ui.screens.job import JobScreen
+    from console.ui.widgets.pane_strip import PaneStrip
 
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
@@ -76,7 +77,7 @@ async def test_job_tabs_switch_on_keys_and_clicks_and_focus_their_table() -> Non
         assert isinstance(screen, JobScreen) and screen.active_tab == "ranks"
         await pilot.press("3")
         assert screen.active_tab == "events"
-        assert screen.query_one("#job-tabs").current == "events"  # type: ignore[attr-defined]
+        assert screen.query_one("#job-tabs", PaneStrip).current == "events"
         assert app.focused is screen.query_one("#event-table")
         # The events pane fills the strip's view; the ranks pane is out of it.
         view = screen.query_one("#job-tabs").region
@@ -95,6 +96,6 @@ async def test_job_tabs_switch_on_keys_and_clicks_and_focus_their_table() -> Non
         await pilot.pause()
         focused = app.focused
         assert focused is not None and focused is not screen.query_one("#rank-table")
-        pane = screen.query_one("#job-tabs").pane_of(focused)  # type: ignore[attr-defined]
+        pane = screen.query_one("#job-tabs", PaneStrip).pane_of(focused)
         assert pane is not None and screen.active_tab == pane
         assert screen.query_one(f"#{pane}").region == screen.query_one("#job-tabs").region

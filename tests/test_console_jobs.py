@@ -177,15 +177,13 @@ async def test_out_of_memory_is_advised_and_the_fix_applied_with_one_key(
         screen = app.open_job("live-job")
         await pilot.pause()
         await pilot.press("5")
-        await until(
-            pilot, "the OOM finding", lambda: any(f.rule == "oom" for f in screen._findings)
-        )
-        finding = next(f for f in screen._findings if f.rule == "oom")
+        await until(pilot, "the OOM finding", lambda: any(f.rule == "oom" for f in screen.findings))
+        finding = next(f for f in screen.findings if f.rule == "oom")
         assert finding.applicable and "CUDA out of memory" in finding.evidence
         assert finding.remedy is not None and finding.remedy.kind == "halve-micro-batch"
-        options = screen.query_one("#findings")
+        options = screen.advisor.options
         options.focus()
-        options.highlighted = screen._findings.index(finding)  # type: ignore[attr-defined]
+        options.highlighted = screen.findings.index(finding)
         await pilot.press("enter")
         assert isinstance(app.screen, ConfirmScreen)
         assert "--per_device_train_batch_size 8 -> 4" in app.screen.detail
@@ -230,7 +228,7 @@ def naive_gpu_util(store: Any, nodes: list[str], points: int) -> list[float]:
 
 def test_gpu_charts_read_each_sample_once_and_match_a_full_read() -> None:
     from console.model.cluster import ClusterStore
-    from console.ui.screens.job import CHART_POINTS
+    from console.ui.screens.job.charts import CHART_POINTS
     from tests.console_fixtures import make_sample
     from tests.job_fixtures import jobs_store
 
@@ -239,6 +237,7 @@ def test_gpu_charts_read_each_sample_once_and_match_a_full_read() -> None:
     for i, name in enumerate(nodes):
         store.add_node(name, f"10.0.0.{i}:1", 0.0)
     screen = JobScreen("demo-moe", jobs_store(), store, None)
+    gpu = screen.charts.gpu
     for step in range(CHART_POINTS + 20):  # past the window: the oldest drop out
         for i, name in enumerate(nodes):
             store.apply_sample(
@@ -249,14 +248,12 @@ def test_gpu_charts_read_each_sample_once_and_match_a_full_read() -> None:
         if step % 7 in (0, 3):  # now and then, as draws come
             for group in ([nodes[0]], nodes[1:], nodes):
                 expected = naive_gpu_util(store, group, CHART_POINTS)
-                assert list(screen.gpu.group(group)) == pytest.approx(expected)
-    newest = screen.gpu.newest_read("node-00")
-    assert screen.gpu.group(nodes) is screen.gpu.group(nodes)  # cached: the same tuple
+                assert list(gpu.group(group)) == pytest.approx(expected)
+    newest = gpu.newest_read("node-00")
+    assert gpu.group(nodes) is gpu.group(nodes)  # cached: the same tuple
     store.apply_sample("node-00", make_sample("node-00", 0, 999, 999.0, 8), 999.0)
-    assert list(screen.gpu.group(nodes)) == pytest.approx(
-        naive_gpu_util(store, nodes, CHART_POINTS)
-    )
-    assert screen.gpu.newest_read("node-00") is not newest  # moved on by one sample
+    assert list(gpu.group(nodes)) == pytest.approx(naive_gpu_util(store, nodes, CHART_POINTS))
+    assert gpu.newest_read("node-00") is not newest  # moved on by one sample
 
 
 def test_advisor_sorts_big_inputs_in_pieces_as_one_stable_sort() -> None:

@@ -22,17 +22,14 @@ from console.model.bars import (
     percent_of,
 )
 from console.model.cluster import ClusterStore
+from console.model.node_gpus import gpu_values
 from console.ui.app import GantryApp
 from console.ui.screens.cluster import ClusterScreen
-from console.ui.screens.node import (
-    TIMES,
-    GpuPanel,
-    NodeScreen,
-    ScaledSparkline,
-    gpu_values,
-    spaces_outside_spans,
-)
+from console.ui.screens.node import TIMES, NodeScreen
 from console.ui.widgets.cluster_table import ClusterTable, choose_layout
+from console.ui.widgets.gpu_panel import GpuPanel
+from console.ui.widgets.spans import spaces_outside_spans
+from console.ui.widgets.sparkline import ScaledSparkline
 from tests.console_fixtures import (
     FIXED,
     GIB,

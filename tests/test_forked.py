@@ -48,10 +48,11 @@ async def test_the_job_screens_advisor_runs_forked_past_the_inline_size(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A big job's advisor runs in a forked child, and its findings reach the screen."""
-    import console.ui.screens.job as job_screen
+    import console.ui.screens.job.advisor as job_advisor
+    from console.ui.screens.job import JobScreen
     from tests.test_console_job_snapshots import OPEN_JOB, make_app
 
-    monkeypatch.setattr(job_screen, "ADVISOR_INLINE_SIZE", 0)  # the demo job counts as big
+    monkeypatch.setattr(job_advisor, "ADVISOR_INLINE_SIZE", 0)  # the demo job counts as big
     forked: list[float] = []
     real = call_forked
 
@@ -59,15 +60,15 @@ async def test_the_job_screens_advisor_runs_forked_past_the_inline_size(
         forked.append(timeout_s)
         return real(fn, timeout_s)
 
-    monkeypatch.setattr(job_screen, "call_forked", spy)
+    monkeypatch.setattr(job_advisor, "call_forked", spy)
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press(*OPEN_JOB)
         screen = app.screen
-        assert isinstance(screen, job_screen.JobScreen)
+        assert isinstance(screen, JobScreen)
         deadline = time.monotonic() + 30
-        while not screen._findings:
+        while not screen.findings:
             assert time.monotonic() < deadline, "no findings"
             await pilot.pause(0.1)
-        assert forked and screen._findings[0].title == "GPUs starved for input"
+        assert forked and screen.findings[0].title == "GPUs starved for input"
         assert "5 Advisor (1)" in str(screen.query_one("#job-tab-bar").render())

@@ -134,7 +134,7 @@ async def test_set_rows_refreshes_only_changed_lines() -> None:
         changed[5] = ("5", "node-00", "running", "11")
         changed[40] = ("40", "node-05", "running", "11")
         table.set_rows(changed, set())
-        width = table.size.width
+        width = table.content_width  # the scrollbar's column is not the line's
         assert refreshed == [
             (Region(0, HEADER_LINES + 3, width, 1), Region(0, HEADER_LINES + 5, width, 1))
         ]
@@ -154,3 +154,52 @@ async def test_set_rows_refreshes_only_changed_lines() -> None:
         assert table.row_count == 4
         assert table.cursor_row == 3
         assert table.virtual_size.height == 4 + HEADER_LINES
+
+
+async def test_cursor_moves_on_a_scrolled_table_repaint_the_lines_on_screen() -> None:
+    app = TableApp(make_rows(100))
+    async with app.run_test(size=(60, 12)) as pilot:
+        table = app.query_one(RankTable)
+        await pilot.press("end")
+        await pilot.pause()
+        top = table.scroll_offset.y
+        assert top > 0
+        refreshed: list[tuple[Region, ...]] = []
+        original = table.refresh
+
+        def spy(*regions: Region, **kwargs: Any) -> RankTable:
+            refreshed.append(regions)
+            return original(*regions, **kwargs)
+
+        table.refresh = spy  # type: ignore[method-assign]
+        await pilot.press("up")
+        lines = {region.y for regions in refreshed for region in regions}
+        # The old and the new cursor row, where they are on screen (not scrolled twice).
+        assert lines == {99 - top + HEADER_LINES, 98 - top + HEADER_LINES}
+
+
+class TwoTables(App[None]):
+    def compose(self) -> ComposeResult:
+        yield RankTable(COLUMNS, id="a")
+        yield RankTable(COLUMNS, id="b")
+
+    def on_mount(self) -> None:
+        for table in self.query(RankTable):
+            table.set_rows(make_rows(8), set())
+        self.query_one("#a", RankTable).focus()
+
+
+async def test_a_focus_change_builds_again_only_the_cursor_line() -> None:
+    app = TwoTables()
+    async with app.run_test(size=(60, 24)) as pilot:
+        await pilot.pause()
+        first, second = app.query_one("#a", RankTable), app.query_one("#b", RankTable)
+        built = first.lines_rendered, second.lines_rendered
+        assert min(built) >= 8  # every row drawn once
+        cursor = first.get_component_rich_style("rank-table--cursor")
+        await pilot.press("tab")  # the focus moves to the second table: both restyle
+        await pilot.pause()
+        assert app.focused is second
+        assert (first.lines_rendered, second.lines_rendered) == (built[0] + 1, built[1] + 1)
+        # The unfocused cursor looks different: its line was built again, not reused.
+        assert first.get_component_rich_style("rank-table--cursor") != cursor

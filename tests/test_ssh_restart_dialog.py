@@ -58,7 +58,7 @@ async def test_restart_dialog_restarts_the_nodes_agent_over_ssh() -> None:
             await pilot.pause(0.05)
         assert agents.restarted == [dialog.node]
         await pilot.pause(0.1)
-        assert job._status == f"{dialog.node}: agent restarted over SSH (pid 1)"
+        assert job.status == f"{dialog.node}: agent restarted over SSH (pid 1)"
 
 
 async def test_restart_dialog_greys_out_c_without_ssh() -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from gantry.v1 import job_pb2
 
 from console.model.bars import DASH
-from console.model.cluster import format_age
-from console.model.jobs import RankLatest, ts
+from console.model.cluster import ClusterStore, ConnState, format_age
+from console.model.figures_text import format_figure
+from console.model.jobs import JobView, RankLatest, ts
 from console.model.rank_phase import starting_phase
-from console.ui.widgets.chart import format_figure
 
 RANK_COLUMNS = (
     "rank",
@@ -72,3 +72,15 @@ def rank_cells(
         _fmt(coll_pct, ".0f"),
         format_age(now - beat) if beat else DASH,
     )
+
+
+def lost_nodes(view: JobView, cluster: ClusterStore) -> set[str]:
+    """The job's nodes this console cannot reach (lost, or refusing its token)."""
+    lost = set()
+    for node in view.nodes():
+        if node in cluster and cluster.node(node).state in (
+            ConnState.LOST,
+            ConnState.UNAUTHORIZED,
+        ):
+            lost.add(node)
+    return lost

@@ -14,8 +14,9 @@ from textual.widgets import Footer, Static
 
 from console.model.cluster import ClusterStore, ConnState, NodeView
 from console.ui.screens import StoreScreen
-from console.ui.screens.node import NodeScreen, spaces_outside_spans
+from console.ui.screens.node import NodeScreen
 from console.ui.widgets.cluster_table import ClusterTable
+from console.ui.widgets.spans import spaces_outside_spans
 
 # Cluster-wide util and mem figures change with almost every sample; the header
 # shows them at most this often. Node and GPU counts are shown at once.

@@ -1,5 +1,1 @@
-"""Reusable widgets of the console."""
-
-from console.ui.widgets.cluster_table import ClusterTable, TableLayout, choose_layout
-
-__all__ = ["ClusterTable", "TableLayout", "choose_layout"]
+"""Reusable widgets of the console (import each from its module)."""

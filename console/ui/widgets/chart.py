@@ -11,24 +11,8 @@ from textual.containers import Horizontal
 from textual.widgets import Static
 
 from console.model.bars import DASH
-from console.ui.screens.node import ScaledSparkline
-
-
-def format_figure(value: float | None) -> str:
-    if value is None:
-        return DASH
-    magnitude = abs(value)
-    if magnitude >= 10_000:
-        return f"{value / 1000:,.0f}k"
-    if magnitude >= 100:
-        return f"{value:,.0f}"
-    if magnitude >= 1:
-        return f"{value:.2f}"
-    if magnitude == 0:
-        return "0"
-    if magnitude >= 1e-3:
-        return f"{value:.4f}"
-    return f"{value:.1e}"
+from console.model.figures_text import format_figure
+from console.ui.widgets.sparkline import ScaledSparkline
 
 
 class ChartRow(Horizontal):

@@ -20,8 +20,8 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from console.model.bars import DASH
-from console.ui.screens.node import BARS, sparkline_levels
-from console.ui.widgets.chart import format_figure
+from console.model.figures_text import format_figure
+from console.ui.widgets.sparkline import BARS, sparkline_levels
 
 LABEL_WIDTH = 12
 VALUE_WIDTH = 24  # one cell of it a gap before the value
