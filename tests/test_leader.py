@@ -391,7 +391,9 @@ async def test_a_restart_with_a_new_spec_runs_it_from_the_next_attempt(agent: Ag
     await submitted(agent)
     new = spec()
     new.command[:] = ["python", "train.py", "--lr", "1e-4"]
-    await agent.leader.restart(JOB, "", [], "", operator="bob", spec=new)
+    answer = await agent.leader.restart(JOB, "", [], "", operator="bob", spec=new)
+    # The answer is the job as the restart found it: "attempt 1 was the last".
+    assert [a.number for a in answer.attempts] == [1]
     attempt = await agent.until_attempt(2)
     job = agent.job()
     assert job.attempts[0].state == JS.JOB_STATE_STOPPED

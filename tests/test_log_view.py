@@ -8,7 +8,8 @@ tests/__snapshots__/test_log_view/ before committing them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 from textual.app import App
@@ -36,13 +37,29 @@ class LogApp(App[None]):
         Binding("question_mark", "help_quit", "Help", key_display="?"),
     ]
 
-    def __init__(self, buffer: LogBuffer, *, follow: bool = True) -> None:
+    def __init__(
+        self,
+        buffer: LogBuffer,
+        *,
+        follow: bool = True,
+        live_repaint_s: float = 0.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
         self.buffer = buffer
         self.follow = follow
+        self.live_repaint_s = live_repaint_s  # 0: every poll shows what came (most tests)
+        self.monotonic = monotonic
 
     def on_mount(self) -> None:
-        self.push_screen(LogScreen(TITLE, self.buffer, follow=self.follow))
+        screen = LogScreen(
+            TITLE,
+            self.buffer,
+            follow=self.follow,
+            live_repaint_s=self.live_repaint_s,
+            monotonic=self.monotonic,
+        )
+        self.push_screen(screen)
 
 
 def step_lines(start: int, count: int) -> list[str]:
@@ -89,6 +106,24 @@ async def test_follow_keeps_the_last_line_visible() -> None:
         assert view.visible_range()[1] == 309
         assert "follow" in screen.status_text()
         assert "new" not in screen.status_text()
+
+
+async def test_a_followed_firehose_repaints_at_most_every_live_repaint_s() -> None:
+    now = [100.0]
+    app = LogApp(filled(10), live_repaint_s=0.25, monotonic=lambda: now[0])
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        screen = log_screen(app)
+        view = screen.view
+        await feed(pilot, step_lines(10, 100))  # the first poll past the interval: shown
+        assert last_visible(view) == step_lines(109, 1)[0]
+        now[0] += 0.1
+        await feed(pilot, step_lines(110, 100))  # too soon: waits
+        assert last_visible(view) == step_lines(109, 1)[0]
+        now[0] += 0.2
+        screen.poll()  # nothing new since, but the waiting lines are due
+        await pilot.pause()
+        assert last_visible(view) == step_lines(209, 1)[0] and view.live
 
 
 async def test_pause_keeps_the_view_still_and_counts_new_lines() -> None:

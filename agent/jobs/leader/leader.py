@@ -136,7 +136,8 @@ class JobLeader:
         operator: str = UNKNOWN_OPERATOR,
         spec: job_pb2.JobSpec | None = None,
     ) -> job_pb2.Job:
-        """A new attempt now; with ``spec``, the job runs that spec from the new attempt on."""
+        """A new attempt now; with ``spec``, the job runs that spec from the new attempt on.
+        Returns the job as it was before (its last attempt is the one replaced)."""
         led = self._get(name)
         current = self.store.spec(name)
         if spec is not None:
@@ -179,12 +180,15 @@ class JobLeader:
             details["changes"] = "; ".join(changes) or "none"
             why += f"; {details['changes']}" if changes else "; spec unchanged"
         self.store.event(name, EK.JOB_EVENT_KIND_OPERATOR_ACTION, why, details=details)
+        # The answer is the job as the restart found it: its last attempt is the one the
+        # restart replaces (the CLI says "attempt N was the last").
+        before = self._job_pb(led)
         if led.running():
             await self._command(led, command)
         else:
             self.store.job_edge(name, JobEdge.REOPEN)
             led.task = asyncio.create_task(self._run(led, command), name=f"job:{name}")
-        return self._job_pb(led)
+        return before
 
     def list_jobs(self) -> list[job_pb2.Job]:
         return [with_unknown_ranks(self._job_pb(led), led.nodes) for led in self._jobs.values()]

@@ -6,6 +6,8 @@ polls `buffer.version` and redraws only when it moved.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import ClassVar
 
 from textual.app import ComposeResult
@@ -19,6 +21,9 @@ from console.model.log_buffer import LogBuffer, LogSearch
 from console.ui.widgets.log_view import LogView
 
 POLL_INTERVAL_S = 0.1
+# A followed log repaints all its rows for new lines: under a firehose (thousands of lines
+# a second) at most this often. A quiet log's line shows at the next poll all the same.
+LIVE_REPAINT_S = 0.25
 MAX_SHOWN_QUERY = 24
 
 
@@ -80,6 +85,8 @@ class LogScreen(Screen[None]):
         *,
         follow: bool = True,
         poll_interval_s: float = POLL_INTERVAL_S,
+        live_repaint_s: float = LIVE_REPAINT_S,
+        monotonic: Callable[[], float] = time.monotonic,
         name: str | None = None,
         id: str | None = None,
         classes: str | None = None,
@@ -88,6 +95,9 @@ class LogScreen(Screen[None]):
         self.log_title = title
         self.buffer = buffer
         self.poll_interval_s = poll_interval_s
+        self.live_repaint_s = live_repaint_s
+        self.monotonic = monotonic
+        self._live_synced_at = -live_repaint_s
         self._follow = follow
         self._query = ""
         self._message: Content | None = None
@@ -123,7 +133,14 @@ class LogScreen(Screen[None]):
 
     def poll(self) -> None:
         """Redraws what changed since the last poll; cheap when nothing did."""
-        self.view.sync()
+        view, now = self.view, self.monotonic()
+        if view.live:
+            if now - self._live_synced_at < self.live_repaint_s:
+                return  # new lines wait for the next poll past the interval
+            if view.sync():
+                self._live_synced_at = now
+        else:
+            view.sync()
         self._update_header()
         self._update_status()
 
