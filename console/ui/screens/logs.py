@@ -21,8 +21,10 @@ from console.model.log_buffer import LogBuffer, LogSearch
 from console.ui.widgets.log_view import LogView
 
 POLL_INTERVAL_S = 0.1
-# A followed log repaints all its rows for new lines: under a firehose (thousands of lines
-# a second) at most this often. A quiet log's line shows at the next poll all the same.
+# The view takes in new lines at most this often: a followed log repaints all its rows for
+# them, and a paused one too once its ring drops lines (the rows shift under the view), so
+# under a firehose (thousands of lines a second) every poll was a full repaint. A quiet
+# log's line shows at the next poll all the same; keys sync at once.
 LIVE_REPAINT_S = 0.25
 MAX_SHOWN_QUERY = 24
 
@@ -134,13 +136,10 @@ class LogScreen(Screen[None]):
     def poll(self) -> None:
         """Redraws what changed since the last poll; cheap when nothing did."""
         view, now = self.view, self.monotonic()
-        if view.live:
-            if now - self._live_synced_at < self.live_repaint_s:
-                return  # new lines wait for the next poll past the interval
-            if view.sync():
-                self._live_synced_at = now
-        else:
-            view.sync()
+        if now - self._live_synced_at < self.live_repaint_s:
+            return  # new lines wait for the next poll past the interval
+        if view.sync():
+            self._live_synced_at = now
         self._update_header()
         self._update_status()
 

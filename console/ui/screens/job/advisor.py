@@ -31,10 +31,11 @@ if TYPE_CHECKING:
 ADVISOR_INTERVAL_S = 5.0
 # Up to this many metric points and GPU samples (a few ranks and nodes) the advisor
 # runs in the UI loop; above, in a forked child, and at most 1/ADVISOR_DUTY of the time
-# (a thousand ranks keep ~120,000 points: a second of CPU and more, too long to hold
-# keys and repaints up).
+# (a thousand ranks keep ~120,000 points: half a second of CPU and more, too long to hold
+# keys and repaints up). At 1/10 it was a third of the console's CPU under a 1,024-rank
+# job; what it finds there (stragglers, stalls, loss trends) holds for tens of seconds.
 ADVISOR_INLINE_SIZE = 5_000
-ADVISOR_DUTY = 10.0
+ADVISOR_DUTY = 20.0
 ADVISOR_TIMEOUT_S = 60.0
 
 AdviceSource = Callable[[JobView, ClusterStore, float], list[Advice]]
