@@ -5,7 +5,7 @@ no servers and no processes; each restart-policy path in milliseconds."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ from agent.jobs.event_bus import EventBus
 from agent.jobs.journal import Journal
 from agent.jobs.leader.leader import JobError, JobLeader
 from agent.jobs.leader.peers import LocalNode, NodeApi, NodeUnreachable
+from tests.fakes.scripted_node import ScriptedNode
 
 EK = job_pb2.JobEventKind
 JS = job_pb2.JobState
@@ -50,105 +51,6 @@ class Sleeps:
         self._release.set()
 
 
-class ScriptedNode:
-    """A node whose ranks start and stop as asked and report what the test emits.
-
-    ``on_stop``: what its ranks report when stopped (a node kills them): "killed" (an
-    older node: RANK_EXITED with the signal's code), "killed_state" (RANK_EXITED saying
-    KILLED), "exit0" (they all finish with 0 as the stop comes), or "" (nothing)."""
-
-    def __init__(self, name: str, publish: Callable[[job_pb2.JobEvent], object] | None) -> None:
-        self.name = name
-        self._publish = publish  # None: a peer, whose events are read through events()
-        self.log: list[job_pb2.JobEvent] = []
-        self.more = asyncio.Event()
-        self.started: list[A.StartRanksRequest] = []
-        self.stopped: list[tuple[int, float]] = []  # (attempt, grace_s)
-        self.asked: list[int] = []  # each events() call's after_seq
-        self.refuse: Exception | None = None
-        self.lost: float | None = None
-        self.on_stop = "killed"
-
-    def emit(
-        self,
-        kind: int,
-        rank: int,
-        attempt: int = 1,
-        message: str = "",
-        extra: dict[str, str] | None = None,
-        **details: str,
-    ) -> None:
-        event = job_pb2.JobEvent(
-            job_name=JOB,
-            attempt=attempt,
-            kind=kind,  # type: ignore[arg-type]
-            node=self.name,
-            rank=rank,
-            message=message,
-            details={**(extra or {}), **details},
-        )
-        if self._publish is not None:
-            self._publish(event)
-            return
-        event.seq = len(self.log) + 1
-        self.log.append(event)
-        self.more.set()
-
-    def ranks_of(self, attempt: int) -> list[int]:
-        return [r for q in self.started if q.attempt == attempt for r in q.ranks]
-
-    async def ping(self) -> None:
-        if self.refuse is not None:
-            raise self.refuse
-
-    def lost_since(self) -> float | None:
-        return self.lost
-
-    async def start_ranks(self, request: A.StartRanksRequest) -> A.StartRanksResponse:
-        if self.refuse is not None:
-            raise self.refuse
-        if request.validate_only:
-            return A.StartRanksResponse()
-        self.started.append(request)
-        ranks = [
-            job_pb2.Rank(rank=r, local_rank=i, node=self.name, state=RS.RANK_STATE_STARTING)
-            for i, r in enumerate(request.ranks)
-        ]
-        return A.StartRanksResponse(ranks=ranks)
-
-    async def stop_ranks(self, request: A.StopRanksRequest) -> A.StopRanksResponse:
-        self.stopped.append((request.attempt, request.grace_s))
-        if self.refuse is not None:
-            raise self.refuse
-        for rank in self.ranks_of(request.attempt):
-            if self.on_stop == "killed":
-                self.emit(EK.JOB_EVENT_KIND_RANK_EXITED, rank, request.attempt, exit_code="-15")
-            elif self.on_stop == "killed_state":
-                self.emit(
-                    EK.JOB_EVENT_KIND_RANK_EXITED,
-                    rank,
-                    request.attempt,
-                    exit_code="-15",
-                    state="KILLED",
-                )
-            elif self.on_stop == "exit0":
-                self.emit(EK.JOB_EVENT_KIND_RANK_EXITED, rank, request.attempt, exit_code="0")
-        return A.StopRanksResponse()
-
-    async def events(self, job_name: str, after_seq: int) -> AsyncGenerator[job_pb2.JobEvent, None]:
-        self.asked.append(after_seq)
-        while True:
-            self.more.clear()
-            for event in [e for e in self.log if e.seq > after_seq]:
-                after_seq = event.seq
-                yield event
-            if not any(e.seq > after_seq for e in self.log):
-                await self.more.wait()
-
-    async def close(self) -> None:
-        return None
-
-
 class Agent:
     """node-a's agent: its journal, bus and leader; node-a's ranks and node-b are scripted."""
 
@@ -158,8 +60,8 @@ class Agent:
         self.bus = EventBus(self.journal)
         self.clock = Clock()
         self.sleeps = Sleeps()
-        self.a = ScriptedNode("node-a", self.bus.publish)
-        self.b = peer if peer is not None else ScriptedNode("node-b", None)
+        self.a = ScriptedNode("node-a", self.bus.publish, job=JOB)
+        self.b = peer if peer is not None else ScriptedNode("node-b", job=JOB)
         local = LocalNode("node-a", self.bus, self.a.start_ranks, self.a.stop_ranks)
         remotes: dict[str, NodeApi] = {"node-b": self.b}
         self.leader = JobLeader(
@@ -476,7 +378,7 @@ async def test_a_leader_restarted_while_stopping_finishes_the_stop(tmp_path: Pat
     await agent.kill()
     stopping.cancel()
 
-    peer = ScriptedNode("node-b", None)
+    peer = ScriptedNode("node-b", job=JOB)
     peer.started = agent.b.started
     again = Agent(tmp_path, peer=peer)
     await again.leader.recover()

@@ -5,7 +5,7 @@ after one, the copy and its position journaled together, lost nodes' ranks unkno
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ from agent.jobs.journal import Journal
 from agent.jobs.leader.leader import JobLeader
 from agent.jobs.leader.peer_events import PeerLedger
 from agent.jobs.leader.peers import LocalNode, NodeApi
+from tests.fakes.scripted_node import ScriptedNode
 
 EK = job_pb2.JobEventKind
 JS = job_pb2.JobState
@@ -24,64 +25,18 @@ RS = job_pb2.RankState
 JOB = "j"
 
 
-class ScriptedPeer:
-    """node-b: its ranks start and stop as asked; its events are what the test emits."""
+class ScriptedPeer(ScriptedNode):
+    """node-b: its ranks start and stop as asked (and report nothing of it); its events
+    are what the test emits, rank 1's by default."""
 
     def __init__(self, name: str = "node-b") -> None:
-        self.name = name
-        self.log: list[job_pb2.JobEvent] = []
-        self.more = asyncio.Event()
-        self.asked: list[int] = []  # the after_seq of each events() call
-        self.stopped: list[int] = []  # the attempts it was told to stop
-        self.lost: float | None = None
+        super().__init__(name, job=JOB, on_stop="")
 
-    def emit(self, kind: int, rank: int = 1, step: int = 0, attempt: int = 1) -> None:
-        event = job_pb2.JobEvent(
-            seq=len(self.log) + 1,
-            job_name=JOB,
-            attempt=attempt,
-            kind=kind,  # type: ignore[arg-type]
-            node=self.name,
-            rank=rank,
-            message="exit code 3" if kind == EK.JOB_EVENT_KIND_RANK_FAILED else "",
-        )
-        if kind == EK.JOB_EVENT_KIND_METRICS:
-            event.metrics.step = step
-        event.time.GetCurrentTime()
-        self.log.append(event)
-        self.more.set()
-
-    async def ping(self) -> None:
-        return None
-
-    def lost_since(self) -> float | None:
-        return self.lost
-
-    async def start_ranks(self, request: A.StartRanksRequest) -> A.StartRanksResponse:
-        if request.validate_only:
-            return A.StartRanksResponse()
-        ranks = [
-            job_pb2.Rank(rank=r, node=self.name, state=RS.RANK_STATE_STARTING)
-            for r in request.ranks
-        ]
-        return A.StartRanksResponse(ranks=ranks)
-
-    async def stop_ranks(self, request: A.StopRanksRequest) -> A.StopRanksResponse:
-        self.stopped.append(request.attempt)
-        return A.StopRanksResponse()
-
-    async def events(self, job_name: str, after_seq: int) -> AsyncGenerator[job_pb2.JobEvent, None]:
-        self.asked.append(after_seq)
-        while True:
-            self.more.clear()
-            for event in [e for e in self.log if e.seq > after_seq]:
-                after_seq = event.seq
-                yield event
-            if not any(e.seq > after_seq for e in self.log):
-                await self.more.wait()
-
-    async def close(self) -> None:
-        return None
+    def emit_event(self, kind: int, rank: int = 1, step: int = 0, attempt: int = 1) -> None:
+        failed = kind == EK.JOB_EVENT_KIND_RANK_FAILED
+        metrics = kind == EK.JOB_EVENT_KIND_METRICS
+        message = "exit code 3" if failed else ""
+        self.emit(kind, rank, attempt, message, step=step if metrics else None)
 
 
 class Agent:
@@ -154,10 +109,10 @@ async def running_job(tmp_path: Path, peer: ScriptedPeer) -> Agent:
 async def test_each_peer_event_is_copied_once_across_a_leader_restart(tmp_path: Path) -> None:
     peer = ScriptedPeer()
     agent = await running_job(tmp_path, peer)
-    peer.emit(EK.JOB_EVENT_KIND_RANK_STARTED)
+    peer.emit_event(EK.JOB_EVENT_KIND_RANK_STARTED)
     for step in range(1, 6):
-        peer.emit(EK.JOB_EVENT_KIND_METRICS, step=step)
-    peer.emit(EK.JOB_EVENT_KIND_METRICS, step=1, attempt=7)  # another attempt's: not copied
+        peer.emit_event(EK.JOB_EVENT_KIND_METRICS, step=step)
+    peer.emit_event(EK.JOB_EVENT_KIND_METRICS, step=1, attempt=7)  # another attempt's: not copied
     await until(lambda: agent.copies() == [1, 2, 3, 4, 5, 6], "the first copies")
     await agent.kill()
 
@@ -168,11 +123,11 @@ async def test_each_peer_event_is_copied_once_across_a_leader_restart(tmp_path: 
     await until(lambda: agent.leader.describe(JOB).attempts[0].ranks[1].metrics.step == 5, "5")
     assert agent.leader.describe(JOB).attempts[0].ranks[1].state == RS.RANK_STATE_RUNNING
     for step in range(6, 9):
-        peer.emit(EK.JOB_EVENT_KIND_METRICS, step=step)
+        peer.emit_event(EK.JOB_EVENT_KIND_METRICS, step=step)
     await until(lambda: agent.copies() == [1, 2, 3, 4, 5, 6, 8, 9, 10], "the copies after")
     assert peer.asked == [0, 6]  # the restarted leader read on from where it had copied
 
-    peer.emit(EK.JOB_EVENT_KIND_RANK_EXITED)
+    peer.emit_event(EK.JOB_EVENT_KIND_RANK_EXITED)
     agent.local_event(EK.JOB_EVENT_KIND_RANK_EXITED)
     await until(lambda: agent.leader.describe(JOB).state == JS.JOB_STATE_SUCCEEDED, "success")
     assert agent.copies() == [1, 2, 3, 4, 5, 6, 8, 9, 10, 11]
@@ -183,11 +138,11 @@ async def test_each_peer_event_is_copied_once_across_a_leader_restart(tmp_path: 
 async def test_a_failure_copied_just_before_a_restart_is_acted_on(tmp_path: Path) -> None:
     peer = ScriptedPeer()
     agent = await running_job(tmp_path, peer)
-    peer.emit(EK.JOB_EVENT_KIND_RANK_STARTED)
+    peer.emit_event(EK.JOB_EVENT_KIND_RANK_STARTED)
     await until(lambda: agent.copies() == [1], "the first copy")
     await agent.kill()
     # Copied (with its position), then the agent died before stopping the attempt.
-    peer.emit(EK.JOB_EVENT_KIND_RANK_FAILED)
+    peer.emit_event(EK.JOB_EVENT_KIND_RANK_FAILED)
     with Journal.open(tmp_path) as journal:
         PeerLedger("node-a", journal, EventBus(journal)).copy(JOB, "node-b", peer.log[-1])
 
@@ -196,7 +151,7 @@ async def test_a_failure_copied_just_before_a_restart_is_acted_on(tmp_path: Path
     await until(lambda: agent.leader.describe(JOB).state == JS.JOB_STATE_FAILED, "failed")
     job = agent.leader.describe(JOB)
     assert job.attempts[0].reason == "rank 1 on node-b failed: exit code 3"
-    assert peer.stopped == [1] and agent.stopped == [1]
+    assert [a for a, _ in peer.stopped] == [1] and agent.stopped == [1]
     assert agent.copies() == [1, 2]  # the failure was not read (nor copied) again
     await agent.kill()
 
