@@ -8,6 +8,7 @@ import json
 import math
 import pickle
 import random
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -347,10 +348,11 @@ def test_compare_rows_and_verdicts() -> None:
 
 def test_store_saves_lists_and_loads(tmp_path: Path) -> None:
     report = make_report()
-    first = save_report(report, tmp_path / "lt")
-    second = save_report(report, tmp_path / "lt")
-    assert first != second and first.parent == tmp_path / "lt"
-    assert list_reports(tmp_path / "lt") == sorted([first, second])
+    second_of = datetime(2026, 12, 6, 3, 0, 0, tzinfo=UTC)  # three reports in one second
+    saved = [save_report(report, tmp_path / "lt", now=second_of) for _ in range(3)]
+    first = saved[0]
+    assert len(set(saved)) == 3 and first.parent == tmp_path / "lt"
+    assert list_reports(tmp_path / "lt") == saved  # oldest first
     assert load_report(first) == report
     assert list_reports(tmp_path / "none") == []
     (tmp_path / "bad.json").write_text("{}")

@@ -23,8 +23,10 @@ def save_report(report: Report, dir: Path = DEFAULT_DIR, now: datetime | None = 
     path = dir / f"{base}.json"
     n = 1
     while path.exists():
+        # "~" sorts after ".": a second report of the same second lists after the first
+        # ("-2" sorted before it, and the slug may end in "-<port>" anyway).
         n += 1
-        path = dir / f"{base}-{n}.json"
+        path = dir / f"{base}~{n:03d}.json"
     write_report(report, path)
     return path
 
