@@ -68,6 +68,65 @@ RuntimeError: Distributed package doesn't have NCCL built in
 """
 
 
+# hiyouga/LlamaFactory#7396 (PyTorch 2.x): each rank's watchdog line, torch's [rankN]:
+# prefix behind the launcher's own, the work counters on the next line; the process aborts.
+WATCHDOG_2X = """\
+[80746] [rank0]:[E321 02:07:08.408271257 ProcessGroupNCCL.cpp:607] [Rank 0] Watchdog caught \
+collective operation timeout: WorkNCCL(SeqNum=1580, OpType=ALLREDUCE, NumelIn=466119168, \
+NumelOut=466119168, Timeout(ms)=600000) ran for 600060 milliseconds before timing out.
+[80748] [rank0]:[E321 02:07:08.465150152 ProcessGroupNCCL.cpp:1664] [PG 1 Rank 0] Exception \
+(either an error or timeout) detected by watchdog at work: 1580, last enqueued NCCL work: 1582, \
+last completed NCCL work: 1579.
+"""
+
+# hiyouga/LlamaFactory#6269 (PyTorch 2.x, ZeRO's reduce-scatter).
+WATCHDOG_REDUCE_SCATTER = """\
+[rank0]:[E1206 18:44:12.715298746 ProcessGroupNCCL.cpp:607] [Rank 0] Watchdog caught collective \
+operation timeout: WorkNCCL(SeqNum=7753, OpType=_REDUCE_SCATTER_BASE, NumelIn=544997376, \
+NumelOut=68124672, Timeout(ms)=600000) ran for 600061 milliseconds before timing out.
+[rank0]:[E1206 18:44:12.715588844 ProcessGroupNCCL.cpp:1664] [PG 1 Rank 0] Exception (either an \
+error or timeout) detected by watchdog at work: 7753, last enqueued NCCL work: 7755, last \
+completed NCCL work: 7752.
+"""
+
+# OFA-Sys/OFA#271 (PyTorch 1.x): no rank prefix, no Numel*, no work counters.
+WATCHDOG_1X = """\
+[E ProcessGroupNCCL.cpp:737] [Rank 1] Watchdog caught collective operation timeout: \
+WorkNCCL(SeqNum=469508, OpType=ALLREDUCE, Timeout(ms)=1800000) ran for 1802212 milliseconds \
+before timing out.
+"""
+
+
+def test_an_nccl_watchdog_timeout_is_the_cause_in_every_format() -> None:
+    assert failure_cause(WATCHDOG_2X.splitlines()) == (
+        "NCCL watchdog timeout: ALLREDUCE (SeqNum 1580) ran 600060 ms, timeout 600000 ms;"
+        " last enqueued 1582, last completed 1579"
+    )
+    assert failure_cause(WATCHDOG_REDUCE_SCATTER.splitlines()) == (
+        "NCCL watchdog timeout: _REDUCE_SCATTER_BASE (SeqNum 7753) ran 600061 ms,"
+        " timeout 600000 ms; last enqueued 7755, last completed 7752"
+    )
+    assert failure_cause(WATCHDOG_1X.splitlines()) == (
+        "NCCL watchdog timeout: ALLREDUCE (SeqNum 469508) ran 1802212 ms, timeout 1800000 ms"
+    )
+
+
+def test_the_watchdog_wins_over_the_abort_that_follows_it() -> None:
+    # The 2.x abort after the watchdog: a DistBackendError whose what() repeats the timeout,
+    # then C++ frames; and a Python traceback of the rank's own after a 1.x one.
+    aborted = [
+        *WATCHDOG_2X.splitlines(),
+        "terminate called after throwing an instance of 'c10::DistBackendError'",
+        "  what():  [PG 1 Rank 0] Process group watchdog thread terminated with exception",
+        *[f"frame #{i}: <unknown function> + 0x{i:x} (0x7f in libc10.so)" for i in range(30)],
+    ]
+    cause = failure_cause(aborted)
+    assert cause is not None and cause.startswith("NCCL watchdog timeout: ALLREDUCE (SeqNum 1580)")
+    traced = [*WATCHDOG_1X.splitlines(), *ZERO_WORLD_SIZE.splitlines()]
+    cause = failure_cause(traced)
+    assert cause is not None and cause.startswith("NCCL watchdog timeout: ALLREDUCE (SeqNum 4695")
+
+
 def test_a_world_size_mismatch_is_named() -> None:
     cause = failure_cause(ZERO_WORLD_SIZE.splitlines())
     assert cause is not None

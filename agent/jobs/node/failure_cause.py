@@ -6,6 +6,12 @@ checkpoint being loaded used a DP world size of 1 but the current world size is 
 argparse's ``prog: error: ...``, Gantry's own ``gantry: ...``, or C++'s ``terminate called
 after throwing ...`` with its ``what():`` line. Lines may carry the prefixes torch and its
 launchers add (``[rank1]:``, ``[default0]:``).
+
+An NCCL watchdog timeout comes first, wherever it is in the lines: PyTorch then aborts the
+process (no traceback at all in 1.x; in 2.x a ``DistBackendError`` whose ``what()`` repeats
+it after pages of C++ frames), and the timeout, not the abort, is the cause:
+``NCCL watchdog timeout: ALLREDUCE (SeqNum 1580) ran 600060 ms, timeout 600000 ms; last
+enqueued 1582, last completed 1579``.
 """
 
 from __future__ import annotations
@@ -26,6 +32,19 @@ _ARGPARSE = re.compile(r"^[^:\s][^:]{0,200}: error: (?P<message>.+)$")
 _GANTRY = re.compile(r"^gantry: (?P<message>.+)$")
 _WHAT = re.compile(r"^\s*what\(\):\s*(?P<message>.+)$")
 _TRACEBACK = "Traceback (most recent call last):"
+# PyTorch's ProcessGroupNCCL, 1.x to 2.x: "[Rank 1] Watchdog caught collective operation
+# timeout: WorkNCCL(SeqNum=5, OpType=ALLREDUCE, NumelIn=1, NumelOut=1, Timeout(ms)=600000)
+# ran for 600013 milliseconds before timing out." (older: no SeqNum, no Numel*).
+_WATCHDOG = re.compile(
+    r"Watchdog caught collective operation timeout: WorkNCCL\((?P<fields>.*?)\)"
+    r" ran for (?P<ran>\d+) milliseconds before timing out"
+)
+_WORK_FIELD = re.compile(r"(?P<key>\w+)(?:\(ms\))?=(?P<value>[^,]*)")
+# 2.x, the next line: "... detected by watchdog at work: 1580, last enqueued NCCL work:
+# 1582, last completed NCCL work: 1579."
+_WATCHDOG_WORK = re.compile(
+    r"last enqueued NCCL work: (?P<enqueued>-?\d+), last completed NCCL work: (?P<completed>-?\d+)"
+)
 
 
 def _clean(line: str) -> str:
@@ -53,9 +72,33 @@ def _exception_after(lines: Sequence[str], start: int) -> str | None:
     return None
 
 
+def watchdog_timeout(lines: Sequence[str]) -> str | None:
+    """An NCCL watchdog timeout in ``lines``, in one line (its first report), or None."""
+    for i, line in enumerate(lines):
+        match = _WATCHDOG.search(line)
+        if match is None:
+            continue
+        fields = {m["key"]: m["value"].strip() for m in _WORK_FIELD.finditer(match["fields"])}
+        op = fields.get("OpType", "collective")
+        seq = f" (SeqNum {fields['SeqNum']})" if "SeqNum" in fields else ""
+        cause = f"NCCL watchdog timeout: {op}{seq} ran {match['ran']} ms"
+        if "Timeout" in fields:
+            cause += f", timeout {fields['Timeout']} ms"
+        for later in lines[i + 1 : i + 4]:
+            work = _WATCHDOG_WORK.search(later)
+            if work is not None:
+                cause += f"; last enqueued {work['enqueued']}, last completed {work['completed']}"
+                break
+        return cause
+    return None
+
+
 def failure_cause(lines: Sequence[str]) -> str | None:
     """The one-line cause in the last lines a rank wrote (stderr, then stdout), or None."""
     cleaned = [_clean(line) for line in lines]
+    timeout = watchdog_timeout(cleaned)
+    if timeout is not None:
+        return _short(timeout)
     for i in range(len(cleaned) - 1, -1, -1):
         line = cleaned[i]
         if line.strip() == _TRACEBACK:
