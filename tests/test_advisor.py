@@ -261,6 +261,8 @@ def test_oom_host_from_a_failure_reason() -> None:
     [
         ("RuntimeError: CUDA out of memory. Tried to allocate 20.00 MiB", "GPU out of memory"),
         ("torch.OutOfMemoryError: CUDA error", "GPU out of memory"),
+        ("[rank7]: Cuda failure 2 'out of memory'", "GPU out of memory"),
+        ("node-a:4242:4300 [0] NCCL WARN Cuda failure 'out of memory'", "GPU out of memory"),
         ("Out of memory: Killed process 4242 (python) total-vm:123kB", "Host out of memory"),
         ("oom-kill:constraint=CONSTRAINT_NONE,task=python,pid=4242", "Host out of memory"),
     ],

@@ -127,6 +127,61 @@ def test_the_watchdog_wins_over_the_abort_that_follows_it() -> None:
     assert cause is not None and cause.startswith("NCCL watchdog timeout: ALLREDUCE (SeqNum 4695")
 
 
+# deepspeedai/DeepSpeed#3869 (PyTorch 1.x allocator message, then DeepSpeed's launcher).
+OOM_1X = """\
+Traceback (most recent call last):
+  File "bloom-inference-scripts/bloom-ds-zero-inference.py", line 1, in <module>
+torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 978.00 MiB (GPU 0; 4.00 GiB \
+total capacity; 1.68 GiB already allocated; 0 bytes free; 2.72 GiB reserved in total by PyTorch) \
+If reserved memory is >> allocated memory try setting max_split_size_mb to avoid fragmentation.  \
+See documentation for Memory Management and PYTORCH_CUDA_ALLOC_CONF
+[2023-07-04 17:31:27,755] [INFO] [launch.py:315:sigkill_handler] Killing subprocess 953850
+"""
+
+# Ucas-HaoranWei/Vary#18 (PyTorch 2.x wording, with its "capacty" typo).
+OOM_2X = """\
+Traceback (most recent call last):
+  File "vary/train/train_qwen_vary.py", line 1, in <module>
+torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.97 GiB. GPU 2 has a total \
+capacty of 39.43 GiB of which 982.31 MiB is free. Including non-PyTorch memory, this process \
+has 38.47 GiB memory in use.
+"""
+
+# NVIDIA/nccl#1410: NCCL's unhandled CUDA error names the CUDA failure on a later line.
+NCCL_CUDA_ERROR = """\
+[rank7]: Traceback (most recent call last):
+[rank7]:   File "check.py", line 1, in <module>
+[rank7]: torch.distributed.DistBackendError: NCCL error in: \
+../torch/csrc/distributed/c10d/NCCLUtils.hpp:275, unhandled cuda error (run with NCCL_DEBUG=INFO \
+for details), NCCL version 2.20.5
+[rank7]: ncclUnhandledCudaError: Call to CUDA function failed.
+[rank7]: Last error:
+[rank7]: Cuda failure 1 'invalid argument'
+"""
+
+
+def test_cuda_out_of_memory_is_its_figures() -> None:
+    assert failure_cause(OOM_1X.splitlines()) == (
+        "CUDA out of memory on GPU 0: tried 978.00 MiB, 0 bytes free of 4.00 GiB"
+    )
+    assert failure_cause(OOM_2X.splitlines()) == (
+        "CUDA out of memory on GPU 2: tried 1.97 GiB, 982.31 MiB free of 39.43 GiB"
+    )
+
+
+def test_nccls_unhandled_cuda_error_names_the_cuda_failure() -> None:
+    assert failure_cause(NCCL_CUDA_ERROR.splitlines()) == (
+        "NCCL: unhandled CUDA error: Cuda failure 1 'invalid argument'"
+    )
+    # The same with an out-of-memory failure is a GPU's, not the host's.
+    oom = NCCL_CUDA_ERROR.replace(
+        "Cuda failure 1 'invalid argument'", "Cuda failure 2 'out of memory'"
+    )
+    assert failure_cause(oom.splitlines()) == (
+        "CUDA out of memory in NCCL (Cuda failure 2 'out of memory')"
+    )
+
+
 def test_a_world_size_mismatch_is_named() -> None:
     cause = failure_cause(ZERO_WORLD_SIZE.splitlines())
     assert cause is not None

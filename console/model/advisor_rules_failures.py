@@ -15,7 +15,10 @@ from console.model.advisor_types import (
     Thresholds,
 )
 
-CUDA_OOM_RE = re.compile(r"CUDA out of memory|OutOfMemoryError", re.IGNORECASE)
+# NCCL's own: "Cuda failure 2 'out of memory'" (NVIDIA/nccl#1410's form) is the GPU's.
+CUDA_OOM_RE = re.compile(
+    r"CUDA out of memory|OutOfMemoryError|Cuda failure (?:\d+ )?'out of memory'", re.IGNORECASE
+)
 HOST_OOM_RE = re.compile(r"Killed process|oom-kill|oom_kill|out of memory", re.IGNORECASE)
 
 

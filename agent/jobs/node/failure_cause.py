@@ -47,6 +47,22 @@ _WATCHDOG_WORK = re.compile(
 )
 
 
+# PyTorch's CUDA allocator: 1.x "CUDA out of memory. Tried to allocate 978.00 MiB (GPU 0;
+# 4.00 GiB total capacity; 1.68 GiB already allocated; 0 bytes free; ...)", 2.x "... Tried
+# to allocate 1.97 GiB. GPU 2 has a total capacty of 39.43 GiB of which 982.31 MiB is free."
+_CUDA_OOM = re.compile(r"CUDA out of memory\. Tried to allocate (?P<tried>[\d.]+ \w+)")
+_OOM_GPU_1X = re.compile(
+    r"\(GPU (?P<gpu>\d+); (?P<total>[\d.]+ \w+) total capacity;.*?; (?P<free>[\d.]+ \w+) free"
+)
+_OOM_GPU_2X = re.compile(
+    r"GPU ?(?P<gpu>\d*) has a total capac\w* of (?P<total>[\d.]+ \w+)"
+    r" of which (?P<free>[\d.]+ \w+) is free"
+)
+# NCCL's "Last error:" line under ncclUnhandledCudaError: "Cuda failure 1 'invalid argument'"
+# (older: "Cuda failure 'out of memory'").
+_NCCL_CUDA = re.compile(r"Cuda failure (?:\d+ )?'(?P<what>[^']+)'")
+
+
 def _clean(line: str) -> str:
     return _PREFIX.sub("", line.rstrip())
 
@@ -99,15 +115,42 @@ def failure_cause(lines: Sequence[str]) -> str | None:
     timeout = watchdog_timeout(cleaned)
     if timeout is not None:
         return _short(timeout)
+    cause = _last_error(cleaned)
+    return None if cause is None else _short(_plain_cuda(cause, cleaned))
+
+
+def _last_error(cleaned: Sequence[str]) -> str | None:
     for i in range(len(cleaned) - 1, -1, -1):
-        line = cleaned[i]
-        if line.strip() == _TRACEBACK:
+        if cleaned[i].strip() == _TRACEBACK:
             cause = _exception_after(cleaned, i)
             if cause is not None:
-                return _short(cause)
+                return cause
     for line in reversed(cleaned):
         for pattern in (_WHAT, _ARGPARSE, _GANTRY):
             match = pattern.match(line)
             if match is not None:
-                return _short(match["message"])
+                return str(match["message"])
     return None
+
+
+def _plain_cuda(cause: str, cleaned: Sequence[str]) -> str:
+    """A CUDA out-of-memory cause as its figures; NCCL's unhandled CUDA error with the CUDA
+    failure it names on a later line (the exception's own text says only "Call to CUDA
+    function failed")."""
+    oom = _CUDA_OOM.search(cause)
+    if oom is not None:
+        gpu = _OOM_GPU_1X.search(cause) or _OOM_GPU_2X.search(cause)
+        where = f" on GPU {gpu['gpu']}" if gpu is not None and gpu["gpu"] else ""
+        text = f"CUDA out of memory{where}: tried {oom['tried']}"
+        if gpu is not None:
+            text += f", {gpu['free']} free of {gpu['total']}"
+        return text
+    if "ncclUnhandledCudaError" in cause or "unhandled cuda error" in cause:
+        for line in reversed(cleaned):
+            failure = _NCCL_CUDA.search(line)
+            if failure is not None:
+                what = failure["what"]
+                if what == "out of memory":
+                    return f"CUDA out of memory in NCCL ({failure[0]})"
+                return f"NCCL: unhandled CUDA error: {failure[0]}"
+    return cause
