@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from gantry.v1 import job_pb2
+from gantry.v1.rules import args_resume
 
 from agent.jobs.checkpoints import (
     classify,
@@ -18,7 +19,7 @@ from agent.jobs.checkpoints import (
     step_of,
 )
 from agent.jobs.leader.universal import checkpoint_world_size, nested_deepspeed_tag
-from agent.jobs.resume_args import args_resume, with_resume
+from agent.jobs.resume_args import with_resume
 
 
 def ds_tag(root: Path, tag: str, ranks: int = 2, stage: int = 3) -> Path:

@@ -14,12 +14,13 @@ import grpc
 import pytest
 import yaml
 from gantry.v1 import agent_service_pb2
+from gantry.v1.rules import ValidationError
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.rpc.validation import VALIDATORS, ValidationError, validate_request
+from agent.rpc.validation import VALIDATORS, validate_request
 from console.model.job_spec import TOP_KEYS, JobSpecError, parse_job_spec
 from tests.secure_agent import ThreadedAgent, threaded_agent
 

@@ -175,7 +175,7 @@ def test_median_without_is_the_median_of_the_others() -> None:
     import random
     import statistics
 
-    from console.model.advisor import _median_without
+    from console.model.advisor_rules_speed import _median_without
 
     rng = random.Random(7)
     for _ in range(500):

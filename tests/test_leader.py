@@ -209,7 +209,7 @@ async def test_a_hung_rank_is_restarted_once_its_node_fails_it(agent: Agent) -> 
     await agent.kill()
 
 
-@pytest.mark.parametrize("on_stop", ["killed", "killed_state", "exit0"])
+@pytest.mark.parametrize("on_stop", ["rank_killed", "killed", "killed_state", "exit0"])
 async def test_a_stopped_attempt_is_stopped_whatever_its_ranks_report(
     agent: Agent, on_stop: str
 ) -> None:

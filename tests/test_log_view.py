@@ -42,13 +42,13 @@ class LogApp(App[None]):
         buffer: LogBuffer,
         *,
         follow: bool = True,
-        live_repaint_s: float = 0.0,
+        sync_interval_s: float = 0.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
         self.buffer = buffer
         self.follow = follow
-        self.live_repaint_s = live_repaint_s  # 0: every poll shows what came (most tests)
+        self.sync_interval_s = sync_interval_s  # 0: every poll shows what came (most tests)
         self.monotonic = monotonic
 
     def on_mount(self) -> None:
@@ -56,7 +56,7 @@ class LogApp(App[None]):
             TITLE,
             self.buffer,
             follow=self.follow,
-            live_repaint_s=self.live_repaint_s,
+            sync_interval_s=self.sync_interval_s,
             monotonic=self.monotonic,
         )
         self.push_screen(screen)
@@ -108,9 +108,9 @@ async def test_follow_keeps_the_last_line_visible() -> None:
         assert "new" not in screen.status_text()
 
 
-async def test_a_followed_firehose_repaints_at_most_every_live_repaint_s() -> None:
+async def test_a_firehose_is_taken_in_at_most_every_sync_interval_s() -> None:
     now = [100.0]
-    app = LogApp(filled(10), live_repaint_s=0.25, monotonic=lambda: now[0])
+    app = LogApp(filled(10), sync_interval_s=0.25, monotonic=lambda: now[0])
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         screen = log_screen(app)
@@ -124,6 +124,17 @@ async def test_a_followed_firehose_repaints_at_most_every_live_repaint_s() -> No
         screen.poll()  # nothing new since, but the waiting lines are due
         await pilot.pause()
         assert last_visible(view) == step_lines(209, 1)[0] and view.live
+        # Paused, the same: new lines are counted (and the ring shifted) at that pace.
+        await pilot.press("space")
+        now[0] += 0.3
+        await feed(pilot, step_lines(210, 5))
+        assert view.new_lines == 5
+        now[0] += 0.1
+        await feed(pilot, step_lines(215, 5))  # too soon: waits
+        assert view.new_lines == 5
+        now[0] += 0.2
+        screen.poll()
+        assert view.new_lines == 10 and not view.live
 
 
 async def test_pause_keeps_the_view_still_and_counts_new_lines() -> None:

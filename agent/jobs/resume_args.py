@@ -13,16 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gantry.v1 import job_pb2
-from gantry.v1.rules import DEFAULT_FLAG, LATEST, args_resume, resume_flag, spec_args_resume
+from gantry.v1.rules import LATEST, args_resume, resume_flag
 
-__all__ = [
-    "DEFAULT_FLAG",
-    "LATEST",
-    "args_resume",
-    "resume_flag",
-    "spec_args_resume",
-    "with_resume",
-]
+__all__ = ["with_resume"]
 
 
 def with_resume(argv: Sequence[str], spec: job_pb2.JobSpec, resume_from: str) -> list[str]:

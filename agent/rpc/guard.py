@@ -11,10 +11,11 @@ from typing import Any, TypeAlias
 
 import grpc
 from gantry.v1 import agent_service_pb2, job_pb2
+from gantry.v1.rules import ValidationError
 
 from agent.jobs.leader.leader import UNKNOWN_OPERATOR
 from agent.rpc.jobs import operator_of
-from agent.rpc.validation import ValidationError, restart_checkpoint, validate_request
+from agent.rpc.validation import restart_checkpoint, validate_request
 from agent.security.tls import verified_identity
 
 log = logging.getLogger("gantry.agent")

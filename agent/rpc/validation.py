@@ -43,16 +43,7 @@ from gantry.v1.rules import (
     validate_job_spec,
 )
 
-# This module's own names, and the rules' names its callers import from here.
-__all__ = [
-    "VALIDATORS",
-    "ValidationError",
-    "check_peer_token_file",
-    "check_ssh_destination",
-    "restart_checkpoint",
-    "validate_job_spec",
-    "validate_request",
-]
+__all__ = ["VALIDATORS", "restart_checkpoint", "validate_request"]
 
 
 def _show(value: object, limit: int = 60) -> str:

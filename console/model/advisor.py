@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from console.model.advisor_rules_failures import CUDA_OOM_RE, HOST_OOM_RE, interruptions, oom
-from console.model.advisor_rules_speed import _median_without as _median_without
 from console.model.advisor_rules_speed import input_bound, network_bound, straggler
 from console.model.advisor_rules_training import grad_spike, loss_scale_collapse, nan_loss
 from console.model.advisor_series import shared_grouping

@@ -46,13 +46,6 @@ def ts(stamp: object) -> float:
     return float(seconds) + float(nanos) / 1e9
 
 
-def _opt(m: job_pb2.RankMetrics, name: str) -> float | None:
-    if not m.HasField(name):
-        return None
-    value = float(getattr(m, name))
-    return value
-
-
 class RankPoint(NamedTuple):
     """One rank's figures at one step."""
 

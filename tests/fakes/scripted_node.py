@@ -18,9 +18,10 @@ class ScriptedNode:
     """``publish``: how the node's events reach the leader when the node is the leader's
     own (the bus); None for a peer, whose events are read through ``events()``.
 
-    ``on_stop``: what its ranks report when stopped (a node kills them): "killed" (an
-    older node: RANK_EXITED with the signal's code), "killed_state" (RANK_EXITED saying
-    KILLED), "exit0" (they all finish with 0 as the stop comes), or "" (nothing)."""
+    ``on_stop``: what its ranks report when stopped (a node kills them): "rank_killed"
+    (RANK_KILLED, as a node does now), "killed" (an older node: RANK_EXITED with the
+    signal's code), "killed_state" (RANK_EXITED saying KILLED), "exit0" (they all finish
+    with 0 as the stop comes), or "" (nothing)."""
 
     def __init__(
         self,
@@ -28,7 +29,7 @@ class ScriptedNode:
         publish: Callable[[job_pb2.JobEvent], object] | None = None,
         *,
         job: str,
-        on_stop: str = "killed",
+        on_stop: str = "rank_killed",
     ) -> None:
         self.name = name
         self.job = job
@@ -99,7 +100,9 @@ class ScriptedNode:
         if self.refuse is not None:
             raise self.refuse
         for rank in self.ranks_of(request.attempt):
-            if self.on_stop == "killed":
+            if self.on_stop == "rank_killed":
+                self.emit(EK.JOB_EVENT_KIND_RANK_KILLED, rank, request.attempt, exit_code="-15")
+            elif self.on_stop == "killed":
                 self.emit(EK.JOB_EVENT_KIND_RANK_EXITED, rank, request.attempt, exit_code="-15")
             elif self.on_stop == "killed_state":
                 self.emit(

@@ -11,6 +11,7 @@ import socket
 from pathlib import Path
 
 from gantry.v1 import agent_service_pb2, job_pb2
+from gantry.v1.rules import LATEST, spec_args_resume
 
 from agent.jobs.checkpoints import latest_checkpoint, resolve_reference
 from agent.jobs.leader.led_job import STOP_GRACE_S, Command, LedJob
@@ -25,7 +26,6 @@ from agent.jobs.leader.universal import (
     convert_to_universal,
     nested_deepspeed_tag,
 )
-from agent.jobs.resume_args import LATEST, spec_args_resume
 
 EK = job_pb2.JobEventKind
 JS = job_pb2.JobState

@@ -191,9 +191,6 @@ class LeaderStore:
     def set_resumed_from(self, name: str, number: int, resumed_from: str) -> None:
         self.journal.set_attempt_resumed_from(name, number, resumed_from)
 
-    def save_ranks(self, name: str, number: int, ranks: Sequence[job_pb2.Rank]) -> None:
-        self.journal.set_attempt_ranks(name, number, ranks)
-
     def event(
         self,
         name: str,

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 from gantry.v1 import job_pb2
+from gantry.v1.rules import LATEST, spec_args_resume
 
 from agent.jobs.checkpoints import resolve_reference
-from agent.jobs.resume_args import LATEST, spec_args_resume
 
 MODULE_CHECK_TIMEOUT_S = 30.0
 

@@ -25,7 +25,7 @@ POLL_INTERVAL_S = 0.1
 # them, and a paused one too once its ring drops lines (the rows shift under the view), so
 # under a firehose (thousands of lines a second) every poll was a full repaint. A quiet
 # log's line shows at the next poll all the same; keys sync at once.
-LIVE_REPAINT_S = 0.25
+SYNC_INTERVAL_S = 0.25
 MAX_SHOWN_QUERY = 24
 
 
@@ -87,7 +87,7 @@ class LogScreen(Screen[None]):
         *,
         follow: bool = True,
         poll_interval_s: float = POLL_INTERVAL_S,
-        live_repaint_s: float = LIVE_REPAINT_S,
+        sync_interval_s: float = SYNC_INTERVAL_S,
         monotonic: Callable[[], float] = time.monotonic,
         name: str | None = None,
         id: str | None = None,
@@ -97,9 +97,9 @@ class LogScreen(Screen[None]):
         self.log_title = title
         self.buffer = buffer
         self.poll_interval_s = poll_interval_s
-        self.live_repaint_s = live_repaint_s
+        self.sync_interval_s = sync_interval_s
         self.monotonic = monotonic
-        self._live_synced_at = -live_repaint_s
+        self._synced_at = -sync_interval_s
         self._follow = follow
         self._query = ""
         self._message: Content | None = None
@@ -136,10 +136,10 @@ class LogScreen(Screen[None]):
     def poll(self) -> None:
         """Redraws what changed since the last poll; cheap when nothing did."""
         view, now = self.view, self.monotonic()
-        if now - self._live_synced_at < self.live_repaint_s:
+        if now - self._synced_at < self.sync_interval_s:
             return  # new lines wait for the next poll past the interval
         if view.sync():
-            self._live_synced_at = now
+            self._synced_at = now
         self._update_header()
         self._update_status()
 

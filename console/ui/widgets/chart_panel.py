@@ -21,7 +21,7 @@ from textual.strip import Strip
 
 from console.model.bars import DASH
 from console.model.figures_text import format_figure
-from console.ui.widgets.sparkline import BARS, sparkline_levels
+from console.ui.widgets.sparkline import BARS, level_styles, sparkline_levels
 
 LABEL_WIDTH = 12
 VALUE_WIDTH = 24  # one cell of it a gap before the value
@@ -168,12 +168,5 @@ class ChartPanel(ScrollView, can_focus=False):
 
     def _level_styles(self) -> list[Style]:
         if self._levels is None:
-            _, base = self.background_colors
-            low = base + self.get_component_styles("chart-panel--min-color").color
-            high = base + self.get_component_styles("chart-panel--max-color").color
-            background = base.rich_color
-            self._levels = [
-                Style(color=low.blend(high, i / (len(BARS) - 1)).rich_color, bgcolor=background)
-                for i in range(len(BARS))
-            ]
+            self._levels = level_styles(self, "chart-panel")
         return self._levels

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from rich.segment import Segment
 from rich.style import Style
 from textual.strip import Strip
+from textual.widget import Widget
 from textual.widgets import Sparkline
 
 BARS = "▁▂▃▄▅▆▇█"
@@ -32,6 +33,19 @@ def sparkline_levels(
     extent = (ceiling - floor) or 1.0
     top = len(BARS) - 1
     return [min(top, max(0, int((v - floor) / extent * len(BARS)))) for v in values]
+
+
+def level_styles(widget: Widget, component: str) -> list[Style]:
+    """One style per bar level, blended from the widget's `{component}--min-color` to its
+    `{component}--max-color` over its background."""
+    _, base = widget.background_colors
+    low = base + widget.get_component_styles(f"{component}--min-color").color
+    high = base + widget.get_component_styles(f"{component}--max-color").color
+    background = base.rich_color
+    return [
+        Style(color=low.blend(high, i / (len(BARS) - 1)).rich_color, bgcolor=background)
+        for i in range(len(BARS))
+    ]
 
 
 class ScaledSparkline(Sparkline):
@@ -69,14 +83,7 @@ class ScaledSparkline(Sparkline):
 
     def _level_styles(self) -> list[Style]:
         if self._styles is None:
-            _, base = self.background_colors
-            low = base + self.get_component_styles("sparkline--min-color").color
-            high = base + self.get_component_styles("sparkline--max-color").color
-            background = base.rich_color
-            self._styles = [
-                Style(color=low.blend(high, i / (len(BARS) - 1)).rich_color, bgcolor=background)
-                for i in range(len(BARS))
-            ]
+            self._styles = level_styles(self, "sparkline")
         return self._styles
 
     def render_line(self, y: int) -> Strip:
