@@ -4,8 +4,12 @@ restart resumes from, and how it reaches a script's command line."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
+from typing import Any
 
+import pytest
 from gantry.v1 import job_pb2
 from gantry.v1.rules import args_resume
 
@@ -67,6 +71,52 @@ def test_gantry_tags_with_latest_and_a_tokenizer_that_is_not_a_checkpoint(tmp_pa
     assert [c.tag for c in listed if c.latest] == ["step20"]
     assert [c.universal for c in listed] == [False, False, True]
     assert all(c.size_bytes > 0 and c.saved.seconds > 0 for c in listed)
+
+
+class _Listed:
+    """A finished os.scandir listing, usable as scandir's own iterator is."""
+
+    def __init__(self, entries: list[os.DirEntry[str]]) -> None:
+        self._entries = iter(entries)
+
+    def __enter__(self) -> _Listed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def __iter__(self) -> _Listed:
+        return self
+
+    def __next__(self) -> os.DirEntry[str]:
+        return next(self._entries)
+
+    def close(self) -> None:
+        return None
+
+
+def test_a_folder_deleted_while_listed_is_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A universal conversion deletes its tmp/ folders as it goes: one vanishes between its
+    # parent's listing and its own (under load, seen in a fresh clone's DeepSpeed test).
+    ds_tag(tmp_path, "step20")
+    universal = ds_tag(tmp_path, "step20_universal")
+    (universal / "zero").mkdir()
+    (universal / "tmp" / "model.layers.0.self_attn.o_proj.weight").mkdir(parents=True)
+    real_scandir = os.scandir
+
+    def list_then_delete(path: Any = ".") -> _Listed:
+        with real_scandir(path) as listing:
+            entries = list(listing)
+        if not isinstance(path, int) and Path(path) == universal:  # rmtree lists by fd
+            shutil.rmtree(universal / "tmp")
+        return _Listed(entries)
+
+    monkeypatch.setattr(os, "scandir", list_then_delete)
+    listed = list_checkpoints(str(tmp_path))
+    assert [c.tag for c in listed] == ["step20", "step20_universal"]
+    assert listed[1].size_bytes > 0 and not (universal / "tmp").exists()
 
 
 def test_hf_output_dir_latest_is_the_highest_complete_checkpoint(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ file system only; nothing here writes.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,12 +208,14 @@ def _size_and_time(folder: Path) -> tuple[int, float]:
     """Bytes in ``folder`` and the newest file's time. A checkpoint may be written, pruned
     or converted while it is listed: a file that vanishes is left out, not an error."""
     size, newest = 0, 0.0
-    for path in folder.rglob("*"):
-        try:
-            info = path.stat()
-        except OSError:
-            continue
-        if path.is_file():
+    # os.walk, not Path.rglob: rglob raises when a folder vanishes between being listed and
+    # being opened (a universal conversion deletes its tmp/ as it goes); os.walk skips it.
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            try:
+                info = os.stat(os.path.join(parent, name))
+            except OSError:
+                continue
             size += info.st_size
             newest = max(newest, info.st_mtime)
     if not newest:
