@@ -16,7 +16,7 @@ from agent.jobs.leader.peers import configure_peers
 from agent.jobs.node.ops_warmup import SWITCH_ENV as WARM_SWITCH_ENV
 from agent.jobs.node.ops_warmup import extensions_dir
 from agent.rpc.server import ListenError, build_server, check_loopback, split_listen
-from agent.runtime import build_job_runtime
+from agent.runtime import build_job_runtime, tie_kernel_log
 from agent.security.auth import TokenError, load_or_create_token
 from agent.security.tls import (
     TlsError,
@@ -25,6 +25,7 @@ from agent.security.tls import (
     load_tls,
     tls_files_from_flags,
 )
+from agent.telemetry.kernel_follow import KernelLogFollower
 from agent.telemetry.sampler import Sampler
 
 log = logging.getLogger("gantry.agent")
@@ -71,6 +72,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--sample-interval", type=float, default=1.0, metavar="SECONDS")
     parser.add_argument("--history", type=float, default=900.0, metavar="SECONDS")
+    parser.add_argument(
+        "--kernel-log",
+        default="auto",
+        metavar="auto|off|FILE",
+        help="where XIDs and oom kills are read: auto (/dev/kmsg, else journalctl -k), off, "
+        "or a file being appended to (a saved or relayed kernel log)",
+    )
     args = parser.parse_args(argv)
     if args.sample_interval <= 0 or args.history <= 0:
         parser.error("--sample-interval and --history must be positive")
@@ -106,7 +114,16 @@ async def run_agent(args: argparse.Namespace) -> int:
     # Calls to peer agents present this agent's certificate (none without TLS).
     configure_peers(args.node_name, channel_credentials(tls) if tls is not None else None)
     configure_peer_ssh(args.peer_ssh_config)
-    sampler = Sampler(args.node_name, interval_s=args.sample_interval, history_s=args.history)
+    sampler = Sampler(
+        args.node_name,
+        interval_s=args.sample_interval,
+        history_s=args.history,
+        kernel_log=args.kernel_log == "auto",
+    )
+    if args.kernel_log not in ("auto", "off"):
+        sampler.attach_kernel_log(
+            KernelLogFollower.follow_file(args.kernel_log, sampler.on_kernel_event)
+        )
     gpus = [gpu.index for gpu in sampler.node_info().gpus]
     extensions = extensions_dir(data_dir, args.torch_extensions_dir, os.environ)
     warm = None if args.no_warm_ops else tuple(args.warm_op)
@@ -120,6 +137,7 @@ async def run_agent(args: argparse.Namespace) -> int:
         return 2
     sampler.start()
     await runtime.start()
+    unsubscribe = tie_kernel_log(sampler, runtime.supervisor, asyncio.get_running_loop())
     metrics = None
     if args.metrics_port is not None:
         from agent.telemetry.prometheus import start_metrics_server  # only then: prometheus_client
@@ -140,6 +158,7 @@ async def run_agent(args: argparse.Namespace) -> int:
     log.info("stopping")
     await health_servicer.enter_graceful_shutdown()
     await server.stop(STOP_GRACE_S)
+    unsubscribe()
     await runtime.close()
     sampler.stop()
     if metrics is not None:

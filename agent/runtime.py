@@ -1,10 +1,13 @@
-"""Assembles an agent's job machinery: journal, event bus, local supervisor, leader."""
+"""Assembles an agent's job machinery: journal, event bus, local supervisor, leader; and ties
+what the kernel log says (XIDs, oom kills) to the ranks it concerns."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +19,9 @@ from agent.jobs.node.ops_warmup import ENV as EXTENSIONS_ENV
 from agent.jobs.node.ops_warmup import warm_ops
 from agent.jobs.node.supervisor import LocalSupervisor
 from agent.rpc.jobs import JobService
+from agent.telemetry.kernel_events import KernelNotice
+from agent.telemetry.kernel_log import GpuInitFailure, KernelOomKill, KernelXid
+from agent.telemetry.sampler import Sampler
 
 SUPERVISOR_POLL_S = 0.2
 
@@ -81,3 +87,28 @@ def build_job_runtime(
     leader = JobLeader(node_name, data_dir, bus, local, journal)
     jobs.leader = leader
     return JobRuntime(journal, bus, supervisor, jobs, leader, warm)
+
+
+def tie_kernel_log(
+    sampler: Sampler, supervisor: LocalSupervisor, loop: asyncio.AbstractEventLoop
+) -> Callable[[], None]:
+    """Hands each kernel-log fact the sampler reads to the supervisor, on the loop: an XID
+    on a GPU a rank uses, or an oom kill of a rank's process, becomes that rank's ALERT.
+    Returns the function that unties them."""
+
+    def on_loop(notice: KernelNotice) -> None:
+        item = notice.item
+        try:
+            if isinstance(item, KernelXid):
+                supervisor.kernel_xid(item.xid, notice.gpu_index, item.pci, item.text, item.pid)
+            elif isinstance(item, KernelOomKill):
+                supervisor.kernel_oom_kill(item.pid, item.process, item.text)
+            elif isinstance(item, GpuInitFailure) and notice.gpu_index is not None:
+                supervisor.kernel_gpu_failed(notice.gpu_index, item.pci, item.text)
+        except Exception:
+            logging.getLogger("gantry.agent").exception("kernel event for the jobs failed")
+
+    def on_thread(notice: KernelNotice) -> None:
+        loop.call_soon_threadsafe(on_loop, notice)
+
+    return sampler.subscribe_kernel(on_thread)

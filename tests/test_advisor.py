@@ -252,8 +252,10 @@ def test_oom_host_from_a_failure_reason() -> None:
     finding = only(evaluate(stream("oom_host")), "oom")
     assert finding.title == "Host out of memory"
     assert "killed by SIGKILL: host out of memory" in finding.evidence
-    assert finding.remedy is not None and finding.remedy.kind == "halve-micro-batch"
-    assert "host ran out of RAM" in finding.remedy.details
+    # Host RAM: a smaller micro batch on the GPU is no fix (issue 15).
+    assert finding.remedy is not None and finding.remedy.kind == "advice"
+    assert "dataloader workers" in finding.remedy.summary
+    assert "host ran out of RAM" in finding.remedy.details and "nvme" in finding.remedy.details
 
 
 @pytest.mark.parametrize(
@@ -284,8 +286,12 @@ def test_oom_ignores_other_lines_and_failures() -> None:
 def test_oom_remedy_depends_on_the_micro_batch() -> None:
     hit = [LogHit(0, "node-a", 1.0, "CUDA out of memory")]
     at_one = only(oom(given(log_hits=hit, micro_batch=1), DEFAULT_THRESHOLDS), "oom").remedy
-    assert at_one is not None and at_one.kind == "advice"
-    assert "activation checkpointing" in at_one.details
+    assert at_one is not None and at_one.kind == "enable-gradient-checkpointing"
+    assert "already 1" in at_one.summary and "--gradient_checkpointing" in at_one.details
+    on = given(log_hits=hit, micro_batch=1)
+    on = dataclasses.replace(on, gradient_checkpointing=True)
+    last = only(oom(on, DEFAULT_THRESHOLDS), "oom").remedy
+    assert last is not None and last.kind == "advice" and "offload" in last.details
     unknown = only(oom(given(log_hits=hit, micro_batch=None), DEFAULT_THRESHOLDS), "oom").remedy
     assert unknown is not None and unknown.kind == "halve-micro-batch"
     assert unknown.params == {"gradient_accumulation_steps": "4"}
@@ -330,24 +336,11 @@ def test_straggler_names_rank_and_node() -> None:
     assert finding.title == "Rank 3 is a straggler"
     assert finding.evidence.startswith("rank 3 on node-b: compute time")
     assert "1.9x the other ranks' median 0.45 s" in finding.evidence
+    assert "its collective wait 0.05 s is the lowest (the others' median 0.45 s)" in (
+        finding.evidence
+    )
     assert finding.remedy is not None and finding.remedy.params == {"rank": "3", "node": "node-b"}
     assert straggler(stream("straggler"), Thresholds(straggler_factor=2.0)) == []
-
-
-def test_straggler_by_collective_wait_and_by_step_time() -> None:
-    waits = [
-        point(r, s, collective_time_s=0.4 if r == 1 else 0.1) for r in range(3) for s in range(10)
-    ]
-    finding = only(straggler(given(waits), DEFAULT_THRESHOLDS), "straggler")
-    assert finding.evidence.startswith("rank 1 on node-a: collective wait 0.4 s per step, 4.0x")
-    slow = [
-        point(r, s, step_time_s=2.0 if r == 0 else 1.0, collective_time_s=None, node=f"n{r}")
-        for r in range(2)
-        for s in range(10)
-    ]
-    finding = only(straggler(given(slow), DEFAULT_THRESHOLDS), "straggler")
-    assert finding.evidence.startswith("rank 0 on n0: step time 2 s per step, 2.0x")
-    assert straggler(given([p for p in slow if p.rank == 0]), DEFAULT_THRESHOLDS) == []
 
 
 def test_input_bound_needs_running_steps_and_coverage() -> None:

@@ -89,6 +89,11 @@ def test_bad_thresholds_name_the_key(values: dict[str, object], message: str) ->
 def test_thresholds_accept_zero_where_it_means_something() -> None:
     th = Thresholds.from_mapping({"interruptions_per_week_max": 0, "straggler_min_delta_s": 0})
     assert th.interruptions_per_week_max == 0
+    assert Thresholds.from_mapping({"interruptions_min_span_s": 0}).interruptions_min_span_s == 0
+    assert (DEFAULT_THRESHOLDS.interruptions_min_span_s, th.interruptions_frequent_s) == (
+        6 * 3600,
+        3600,
+    )
 
 
 # --- grad_spike over many ranks: numpy and pure Python agree ------------------------------
@@ -125,7 +130,11 @@ def _reference_grad_spike(inp: AdvisorInput, th: Thresholds) -> list[Finding]:
     )
     return [
         Finding(
-            "grad-spike", "warning", "Gradient norm spike", evidence, training_rules._lower_lr(inp)
+            "grad-spike",
+            "warning",
+            "Gradient norm spike",
+            evidence,
+            training_rules.lower_lr_remedy(inp),
         )
     ]
 

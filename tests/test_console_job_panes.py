@@ -6,12 +6,16 @@ import math
 
 import pytest
 from gantry.v1 import job_pb2
+from textual.widgets import Static
 
 from console.ui.screens.job import JobScreen
 from console.ui.screens.job.checkpoints import CheckpointsPane
+from console.ui.screens.job.event_detail import EventDetailScreen
 from console.ui.screens.job.events import EventsPane
 from console.ui.screens.job.pane import Cadence
 from console.ui.screens.job.ranks import RanksPane
+from console.ui.screens.logs import LogScreen
+from console.ui.widgets.log_view import LogView
 from tests.job_fixtures import NODES, checkpoints, demo_job
 from tests.test_console_job_snapshots import OPEN_JOB, make_app
 
@@ -105,3 +109,72 @@ async def test_a_tab_shown_again_within_its_interval_waits_for_its_cadence() -> 
         assert pane.table.row_count == 4  # hidden: not drawn
         await pilot.press("4")
         assert pane.table.row_count == 5  # shown past its interval: drawn at once
+
+
+async def test_enter_on_a_failure_opens_its_cause_and_l_its_log_at_the_error() -> None:
+    app = make_app()
+    line = "train.py: error: argument --deepspeed_config: can't open '/work/ds.json'"
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press(*OPEN_JOB)
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, JobScreen)
+        view = app.jobs.get("demo-moe")
+        assert view is not None
+        failed = job_pb2.JobEvent(
+            seq=1000,
+            job_name="demo-moe",
+            kind=job_pb2.JOB_EVENT_KIND_RANK_FAILED,
+            node="node-01",
+            rank=2,
+            attempt=2,
+            message="rank 2 failed: argument --deepspeed_config: can't open '/work/ds.json'",
+        )
+        failed.details.update(
+            {
+                "cause": "argument --deepspeed_config: can't open '/work/ds.json'",
+                "reason": "argument --deepspeed_config: can't open '/work/ds.json'",
+                "last_lines": f"usage: train.py [-h] [--deepspeed_config DEEPSPEED_CONFIG]\n{line}",
+            }
+        )
+        app.jobs.apply_event(failed)
+        await pilot.press("3")
+        events = screen.pane("events")
+        assert isinstance(events, EventsPane)
+        screen.redraw()
+        row = events.table.row_count - 1
+        assert events.event_at(row) == failed
+        events.table.cursor_row = row
+        await pilot.press("enter")
+        detail = app.screen
+        assert isinstance(detail, EventDetailScreen)
+        assert str(detail.query_one("#event-cause", Static).render()).startswith(
+            "argument --deepspeed_config: can't open"
+        )
+        lines = detail.query_one("#event-lines", LogView)
+        assert lines.buffer.line(1) == line
+        await pilot.press("l")
+        await pilot.pause()
+        log = app.screen
+        assert isinstance(log, LogScreen)
+        assert log.pending_seek == line  # shown once the log brings it
+
+
+async def test_an_event_without_a_rank_has_no_log_key() -> None:
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press(*OPEN_JOB, "3")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, JobScreen)
+        events = screen.pane("events")
+        assert isinstance(events, EventsPane)
+        events.table.cursor_row = 0  # "submitted by alice"
+        await pilot.press("enter")
+        detail = app.screen
+        assert isinstance(detail, EventDetailScreen) and not detail.can_open_log
+        await pilot.press("l")
+        assert app.screen is detail
+        await pilot.press("escape")
+        top: object = app.screen
+        assert top is screen

@@ -20,10 +20,12 @@ from textual.screen import Screen
 from textual.widgets import Static
 
 from console.model.log_buffer import LogBuffer
+from console.model.log_streams import LogMode, RankLogs
 from console.ui.screens.logs import LogScreen
 from console.ui.widgets.log_view import LogView
 
 TITLE = "demo-moe · rank 1 · attempt 2 · stdout"
+RANK_TITLE = "demo-moe · rank 1 · attempt 2"  # both streams: the screen adds the mode
 SIZE = (80, 24)
 
 
@@ -39,13 +41,15 @@ class LogApp(App[None]):
 
     def __init__(
         self,
-        buffer: LogBuffer,
+        buffer: LogBuffer | RankLogs,
         *,
         follow: bool = True,
         sync_interval_s: float = 0.0,
         monotonic: Callable[[], float] = time.monotonic,
+        title: str = TITLE,
     ) -> None:
         super().__init__()
+        self.title_text = title
         self.buffer = buffer
         self.follow = follow
         self.sync_interval_s = sync_interval_s  # 0: every poll shows what came (most tests)
@@ -53,7 +57,7 @@ class LogApp(App[None]):
 
     def on_mount(self) -> None:
         screen = LogScreen(
-            TITLE,
+            self.title_text,
             self.buffer,
             follow=self.follow,
             sync_interval_s=self.sync_interval_s,
@@ -368,6 +372,27 @@ async def test_e_jumps_to_the_first_error() -> None:
         assert counts.plain == "4 errors"
 
 
+async def test_e_again_goes_to_the_next_error_and_E_back() -> None:
+    lines = step_lines(0, 300)
+    lines[120] = "[rank1]: Traceback (most recent call last):"
+    lines[121] = '[rank1]:   File "/work/agent/train.py", line 88, in <module>'
+    lines[122] = "[rank1]: RuntimeError: CUDA error: an illegal memory access was encountered"
+    lines[200] = "[rank1]:[E1023 12:34:56.789012 1234 ProcessGroupNCCL.cpp:616] Watchdog timeout"
+    buffer = LogBuffer()
+    buffer.extend(lines)
+    app = LogApp(buffer)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        screen = log_screen(app)
+        await pilot.press("e", "e")
+        assert screen.view.current_line == 200  # the traceback's frames are not errors
+        assert "error 2 of 2: error" in screen.status_text()
+        await pilot.press("e")
+        assert screen.view.current_line == 120  # wrapped
+        await pilot.press("E")
+        assert screen.view.current_line == 200
+
+
 async def test_e_without_errors_says_so() -> None:
     app = LogApp(filled(50))
     async with app.run_test(size=SIZE) as pilot:
@@ -376,6 +401,87 @@ async def test_e_without_errors_says_so() -> None:
         await pilot.press("e")
         assert "no error lines" in screen.status_text()
         assert screen.view.current_line is None
+
+
+# -- both streams ---------------------------------------------------------------
+
+# A rank started with a config that is not there: stdout says little, stderr why.
+# (The argparse line as a rank prints it; DeepSpeed's launcher line from
+# https://github.com/hiyouga/LlamaFactory/issues/573.)
+STDOUT_LINES = [
+    "[2025-03-01 10:00:00,001] [INFO] [real_accelerator.py:219:get_accelerator] Setting "
+    "ds_accelerator to cuda (auto detect)",
+    "[2025-03-01 10:00:01,310] [INFO] [comm.py:652:init_distributed] cdb=None",
+]
+STDERR_LINES = [
+    "usage: train.py [-h] [--deepspeed_config DEEPSPEED_CONFIG] [--steps STEPS]",
+    "train.py: error: argument --deepspeed_config: can't open '/work/ds_config.json': [Errno 2] "
+    "No such file or directory: '/work/ds_config.json'",
+]
+
+
+def rank_logs(stdout: list[str], stderr: list[str]) -> RankLogs:
+    logs = RankLogs(hold_s=0.0)
+    logs.add("stdout", stdout)
+    logs.add("stderr", stderr)
+    return logs
+
+
+async def test_stdout_and_stderr_merged_stderr_marked_and_s_cycles() -> None:
+    logs = rank_logs(STDOUT_LINES, STDERR_LINES)
+    app = LogApp(logs, title=RANK_TITLE)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        screen = log_screen(app)
+        view = screen.view
+        title = str(screen.query_one("#log-title", Static).render())
+        assert title == RANK_TITLE + " · stdout+stderr"
+        assert view.visible_text() == STDOUT_LINES + STDERR_LINES
+        gutters = [view.render_line(y).text[:2] for y in range(4)]
+        assert gutters == ["  ", "  ", "│ ", "│ "]
+        modes: list[LogMode] = []
+        await pilot.press("s")
+        modes.append(screen.mode)
+        assert view.buffer is logs.stdout
+        assert view.visible_text() == STDOUT_LINES and not view.marked
+        assert view.render_line(0).text.startswith("[2025")
+        await pilot.press("s")
+        modes.append(screen.mode)
+        assert view.visible_text() == STDERR_LINES
+        assert str(screen.query_one("#log-title", Static).render()).endswith("· stderr")
+        await pilot.press("s")
+        modes.append(screen.mode)
+        assert modes == [LogMode.STDOUT, LogMode.STDERR, LogMode.MERGED] and view.marked
+
+
+async def test_an_empty_stream_says_which_and_e_finds_the_error_on_stderr() -> None:
+    app = LogApp(rank_logs([], STDERR_LINES))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        screen = log_screen(app)
+        await pilot.press("s")
+        assert screen.status_text().startswith("no lines yet on stdout (stderr has 2: press s)")
+        assert "of 0" not in screen.status_text()
+        await pilot.press("s", "e")
+        assert screen.view.current_line == 1
+        assert "error 1 of 1: error" in screen.status_text()
+
+
+async def test_seek_lands_on_the_event_line_once_it_arrives() -> None:
+    logs = RankLogs(hold_s=60.0)
+    app = LogApp(logs)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        screen = log_screen(app)
+        screen.seek(STDERR_LINES[1])
+        assert screen.view.current_line is None
+        logs.add("stdout", STDOUT_LINES + step_lines(0, 100))
+        logs.add("stderr", STDERR_LINES)
+        screen.poll()
+        await pilot.pause()
+        assert screen.view.current_line == 103
+        first, last = screen.view.visible_range()
+        assert first <= 103 <= last
 
 
 # -- cost -----------------------------------------------------------------------
@@ -447,6 +553,15 @@ def snapshot_app() -> LogApp:
 def test_log_screen_follow_80x24(snap_compare: Any) -> None:
     # The end of the log: the traceback in red, warnings in yellow, following.
     assert snap_compare(snapshot_app(), terminal_size=SIZE)
+
+
+def test_log_screen_merged_80x24(snap_compare: Any) -> None:
+    # Both streams: stderr's traceback behind the red gutter; `e` on its first error.
+    on_stderr = ("NCCL", "[rank1]", "Warning", "warnings.warn", "[WARNING]")
+    stderr = [line for line in DEEPSPEED_LOG if any(mark in line for mark in on_stderr)]
+    stdout = [line for line in DEEPSPEED_LOG if line not in stderr]
+    app = LogApp(rank_logs(stdout, stderr), title=RANK_TITLE)
+    assert snap_compare(app, press=["e", "e"], terminal_size=SIZE)
 
 
 def test_log_screen_search_80x24(snap_compare: Any) -> None:

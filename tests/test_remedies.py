@@ -36,7 +36,8 @@ def config_of(edited: job_pb2.JobSpec) -> dict[str, Any]:
 
 
 def test_applicable_kinds() -> None:
-    assert {"halve-micro-batch", "set-grad-accum", "lower-lr"} == APPLICABLE_KINDS
+    edits = {"halve-micro-batch", "set-grad-accum", "lower-lr", "enable-gradient-checkpointing"}
+    assert edits | {"exclude-node"} == APPLICABLE_KINDS
 
 
 # --- halve-micro-batch --------------------------------------------------------------------

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pynvml
 import pytest
@@ -49,7 +50,7 @@ def make(
     samplers: list[Sampler],
     fake: FakeNvml | None = None,
     clock: ManualClock | None = None,
-    **kwargs: float,
+    **kwargs: Any,
 ) -> Sampler:
     clk = clock or ManualClock()
     sampler = Sampler(

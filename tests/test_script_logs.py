@@ -117,12 +117,17 @@ def test_deepspeed_timer_line_before_any_step_line_and_neox_iterations() -> None
     step34 = merged(records, 34)
     assert step34.samples_per_s == 7.799  # the later line wins (GPT-NeoX's samples/sec)
     assert step34.memory_bytes == int(59.65 * GIB)
-    assert step34.forward_s == pytest.approx(0.65241)  # the timer line after it is step 34's
+    # DeepSpeed's timer line after the throughput line is step 34's; GPT-NeoX's Megatron-style
+    # timers after its iteration line are step 34's too, and come last.
+    ds_timers = next(m for m in metrics(records) if m.HasField("forward_s"))
+    assert ds_timers.step == 34 and ds_timers.forward_s == pytest.approx(0.65241)
+    assert (step34.forward_s, step34.backward_s) == pytest.approx((0.65986, 2.16469))
+    assert step34.allreduce_s == 0.0 and step34.optimizer_step_s == pytest.approx(1.17251)
     assert step34.loss == pytest.approx(11.18665) and step34.tflops == pytest.approx(112.9)
-    assert step34.step_time_s == pytest.approx(4.1031)  # the iteration line came last
+    assert step34.step_time_s == pytest.approx(4.1031)  # the iteration line came after timers
     assert step34.learning_rate == pytest.approx(2.111e-06) and step34.total_steps == 10000
     assert merged(records, 35).learning_rate == pytest.approx(2.1731931451279077e-06)
-    assert [m.step for m in metrics(records)] == [34, 34, 34, 35]  # GPT-NeoX's timers skipped
+    assert [m.step for m in metrics(records)] == [34, 34, 34, 34, 35]
 
 
 def test_deepspeed_old_throughput_forms() -> None:
@@ -395,6 +400,15 @@ _FRAGMENTS = st.sampled_from(
         "GB",
         "0/",
         ", SamplesPerSec=",
+        "Comm. Op  Total Latency(ms)",
+        "all_reduce | [Caller Func: f]",
+        "   8.0 B   40   100.00   0.58   0.00   0.00",
+        "(min, max) time across ranks (ms):",
+        "    forward-compute ....: (1.0, 2.0)",
+        "time (ms) | forward-compute: 1.0 | optimizer: ",
+        "  train_batch_size ............. 8",
+        "time (ms) | batch_input: 1.0 | fwd_microstep: 1",
+        "iteration= 3/ 9 | lm loss=",
     ]
 )
 

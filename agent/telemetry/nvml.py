@@ -23,6 +23,7 @@ from typing import Any
 from gantry.v1 import telemetry_pb2 as pb
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
+from agent.telemetry.kernel_log import normalize_pci
 from agent.telemetry.nvml_fields import (
     CLOCK_EVENT_REASONS,
     FieldReader,
@@ -78,6 +79,7 @@ class NvmlReader:
         self._gpus: list[GpuState] = []
         self._by_handle: dict[object, GpuState] = {}
         self._by_uuid: dict[str, GpuState] = {}
+        self._by_pci: dict[str, int] = {}
         self._event_set: Any = None
         self._events_broken = False
         self._xid_lock = threading.Lock()
@@ -149,6 +151,7 @@ class NvmlReader:
             self._gpus = []
             self._by_handle.clear()
             self._by_uuid.clear()
+            self._by_pci.clear()
             self._opened = False
             self._error = ""
 
@@ -200,6 +203,9 @@ class NvmlReader:
             gpu.pci_bus_id = text(self._nv.f_pci(handle).busId)
         except (self._nv.NVMLError, NoSuchError, AttributeError) as exc:
             log.debug("GPU %d: PCI info unavailable: %s", gpu.index, exc)
+        pci = normalize_pci(gpu.pci_bus_id)
+        if pci:
+            self._by_pci[pci] = gpu.index
         try:
             gpu.mem_total = int(self._nv.f_mem(handle).total)
         except (self._nv.NVMLError, NoSuchError, AttributeError) as exc:
@@ -232,6 +238,15 @@ class NvmlReader:
     @property
     def gpu_count(self) -> int:
         return len(self._gpus)
+
+    def gpu_for_pci(self, pci_bus_id: str) -> int | None:
+        """The index of the GPU at a PCI address (NVML's or the kernel's form), or None."""
+        return self._by_pci.get(normalize_pci(pci_bus_id))
+
+    def gpu_uuid(self, index: int) -> str:
+        """The UUID of GPU ``index``, or "" when unknown."""
+        gpus = self._gpus
+        return gpus[index].uuid if 0 <= index < len(gpus) else ""
 
     def identities(self) -> list[pb.GpuIdentity]:
         """One ``GpuIdentity`` per GPU (fresh messages; fields unknown stay empty)."""
@@ -325,11 +340,13 @@ class NvmlReader:
             if not int(data.eventType) & self._nv.XID:
                 continue
             gpu = self._event_gpu(data.device)
-            event = pb.XidEvent(xid=int(data.eventData))
+            event = pb.XidEvent(xid=int(data.eventData), source="nvml")
             event.time.FromNanoseconds(now_ns)
             if gpu is not None:
                 event.gpu_index = gpu.index
                 event.gpu_uuid = gpu.uuid
+                event.gpu_known = True
+                event.pci_bus_id = normalize_pci(gpu.pci_bus_id)
             new.append(event)
         if new:
             with self._xid_lock:

@@ -1,8 +1,12 @@
 """The telemetry sampler: one thread, a fixed interval, a ring buffer, subscribers.
 
 Each tick builds one ``gantry.v1.NodeSample`` (host figures, every GPU, the XID events that
-arrived since the previous tick), appends it to the ring buffer and hands it to every
-subscriber. Samples are shared, not copied: subscribers and readers must not modify them.
+arrived since the previous tick, from NVML and from the kernel log, and the GPUs that cannot
+be read or failed to start), appends it to the ring buffer and hands it to every subscriber.
+Samples are shared, not copied: subscribers and readers must not modify them.
+
+With ``kernel_log=True`` the sampler follows the kernel log (``KernelLogFollower``); every
+fact it finds is also handed, with its GPU resolved, to the ``subscribe_kernel`` callbacks.
 """
 
 from __future__ import annotations
@@ -12,11 +16,15 @@ import logging
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 from gantry.v1 import telemetry_pb2 as pb
 
 from agent.telemetry.host import HostReader
+from agent.telemetry.kernel_events import KernelEvents, KernelNotice
+from agent.telemetry.kernel_follow import KernelLogFollower
+from agent.telemetry.kernel_log import KernelItem
 from agent.telemetry.nvml import NvmlReader
 from agent.telemetry.ring import Ring
 
@@ -25,6 +33,7 @@ __all__ = ["Sampler", "agent_version"]
 log = logging.getLogger("gantry.agent")
 
 Subscriber = Callable[[pb.NodeSample], None]
+KernelSubscriber = Callable[[KernelNotice], None]
 
 
 def agent_version() -> str:
@@ -45,6 +54,8 @@ class Sampler:
         history_s: how many seconds of samples the ring buffer keeps.
         clock: monotonic seconds; schedules ticks and stamps the ring buffer.
         wall_clock_ns: wall-clock nanoseconds, for the samples' timestamps.
+        kernel_log: follow the kernel log from ``start()`` (``/dev/kmsg`` or journalctl).
+        xid_history: how many recent XID events ``xid_events()`` keeps.
     """
 
     def __init__(
@@ -56,6 +67,8 @@ class Sampler:
         history_s: float = 900.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock_ns: Callable[[], int] = time.time_ns,
+        kernel_log: bool = False,
+        xid_history: int = 1000,
     ) -> None:
         if interval_s <= 0:
             raise ValueError("interval_s must be positive")
@@ -77,6 +90,12 @@ class Sampler:
         self._sub_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._kernel = KernelEvents(self._nvml.gpu_for_pci, self._nvml.gpu_uuid)
+        self._kernel_log = kernel_log
+        self._follower: KernelLogFollower | None = None
+        self._kernel_subscribers: tuple[KernelSubscriber, ...] = ()
+        self._xid_recent: deque[pb.XidEvent] = deque(maxlen=xid_history)
+        self._xid_lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
     def _ensure_open(self) -> None:
@@ -90,6 +109,8 @@ class Sampler:
             return
         self._stop.clear()
         self.sample_once()
+        if self._kernel_log and self._follower is None:
+            self.attach_kernel_log(KernelLogFollower(self.on_kernel_event))
         self._thread = threading.Thread(
             target=self._run, name=f"gantry-sampler-{self.node_name}", daemon=True
         )
@@ -108,6 +129,9 @@ class Sampler:
             if thread.is_alive():  # pragma: no cover - a tick stuck in the driver
                 log.warning("sampler thread did not stop within %.1f s", timeout_s)
             self._thread = None
+        follower, self._follower = self._follower, None
+        if follower is not None:
+            follower.stop(timeout_s)
         with self._tick_lock:
             if self._opened:
                 self._nvml.close()
@@ -147,9 +171,14 @@ class Sampler:
             self._host.fill(sample.host, t)
             nvml = self._nvml
             nvml.fill_gpus(sample.gpus, now_ns)
-            events = nvml.take_xid_events()
+            events = self._kernel.merge(nvml.take_xid_events(), now_ns)
             if events:
                 sample.xid_events.extend(events)
+                with self._xid_lock:
+                    self._xid_recent.extend(events)
+            extra, problems = self._kernel.failed_gpus(sample.gpus, nvml.gpu_count)
+            sample.gpus.extend(extra)
+            sample.gpu_problems.extend(problems)
             self._ring.append(t, sample)
         self._notify(sample)
         return sample
@@ -178,8 +207,40 @@ class Sampler:
         return self._ring.items(self._clock() - since_s)
 
     def xid_events(self) -> list[pb.XidEvent]:
-        """The recent XID events, newest last (bounded)."""
-        return self._nvml.xid_events()
+        """The recent XID events (NVML's and the kernel's, as samples carried them), newest
+        last (bounded)."""
+        with self._xid_lock:
+            return list(self._xid_recent)
+
+    # ------------------------------------------------------------------ kernel log
+    def attach_kernel_log(self, follower: KernelLogFollower) -> str:
+        """Use ``follower`` (built with ``self.on_kernel_event`` as its callback) as the
+        kernel-log source, start it and return its source; stopped by ``stop()``."""
+        self._follower = follower
+        return follower.start()
+
+    def on_kernel_event(self, item: KernelItem) -> None:
+        """A parsed kernel-log fact (the follower's callback; any thread)."""
+        notice = self._kernel.add(item, self._wall_clock_ns())
+        for callback in self._kernel_subscribers:
+            try:
+                callback(notice)
+            except Exception:
+                log.exception("kernel-log subscriber %r failed", callback)
+
+    def subscribe_kernel(self, callback: KernelSubscriber) -> Callable[[], None]:
+        """Call ``callback(notice)`` for every kernel-log fact, on the follower's thread
+        (cheap, non-blocking, like ``subscribe``). Returns a function that unsubscribes."""
+        with self._sub_lock:
+            self._kernel_subscribers = (*self._kernel_subscribers, callback)
+
+        def unsubscribe() -> None:
+            with self._sub_lock:
+                self._kernel_subscribers = tuple(
+                    c for c in self._kernel_subscribers if c is not callback
+                )
+
+        return unsubscribe
 
     def node_info(self) -> pb.NodeInfo:
         """The node's static facts (a fresh message)."""
@@ -202,6 +263,13 @@ class Sampler:
             gpus=gpus,
             accelerator="cuda" if gpus else "cpu",
         )
+        follower = self._follower
+        if follower is not None:
+            info.kernel_log_source = follower.source
+            info.kernel_log_error = follower.why
+        else:
+            info.kernel_log_source = "none"
+            info.kernel_log_error = "the agent does not follow the kernel log"
         info.agent_started.FromNanoseconds(self._started_ns)
         return info
 

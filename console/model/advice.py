@@ -19,6 +19,7 @@ from gantry.v1 import job_pb2, telemetry_pb2
 
 from console.model.advisor import (
     AdvisorInput,
+    EventNote,
     Failure,
     Finding,
     GpuPoint,
@@ -28,11 +29,19 @@ from console.model.advisor import (
     Thresholds,
     evaluate,
 )
+from console.model.advisor_types import NoteKind
 from console.model.cluster import ClusterStore
 from console.model.cost import arg_value
 from console.model.jobs import ACTIVE_JOB_STATES, EK, JobView, RankPoint, ts
+from console.model.remedies import APPLICABLE_KINDS, gradient_checkpointing_on
 
-APPLICABLE = frozenset({"halve-micro-batch", "set-grad-accum", "lower-lr"})
+APPLICABLE = APPLICABLE_KINDS  # spec edits, and restarts without a node
+# The events the rules read as notes (see the diagnosis contract of issue 15).
+NOTE_KINDS: dict[int, NoteKind] = {
+    EK.JOB_EVENT_KIND_ALERT: "alert",
+    EK.JOB_EVENT_KIND_NCCL: "nccl",
+    EK.JOB_EVENT_KIND_RANK_FAILED: "rank_failed",
+}
 GPU_WINDOW_SAMPLES = 300
 THRESHOLDS_ENV = "GANTRY_ADVISOR"
 THRESHOLDS_FILE = Path(".gantry") / "advisor.yaml"
@@ -98,7 +107,7 @@ class Taken:
 
     inputs: AdvisorInputs
     view: JobView
-    ranks: list[tuple[int, str, tuple[RankPoint, ...]]]
+    ranks: list[tuple[int, str, int, tuple[RankPoint, ...]]]  # rank, node, attempt, history
     samples: list[tuple[str, list[telemetry_pb2.NodeSample]]]
     events: list[job_pb2.JobEvent]
     now: float
@@ -106,7 +115,7 @@ class Taken:
     @property
     def size(self) -> int:
         """Metric points plus GPU samples: what building and evaluating cost grows with."""
-        return sum(len(h) for _, _, h in self.ranks) + sum(len(s) for _, s in self.samples)
+        return sum(len(h) for _, _, _, h in self.ranks) + sum(len(s) for _, s in self.samples)
 
     def build(self) -> AdvisorInput:
         return self.inputs.build(self)
@@ -156,7 +165,7 @@ class AdvisorInputs:
         return points
 
     def take(self, view: JobView, cluster: ClusterStore, now: float) -> Taken:
-        ranks = [(r.rank, r.node, tuple(r.history)) for r in view.ranks.values()]
+        ranks = [(r.rank, r.node, r.attempt, tuple(r.history)) for r in view.ranks.values()]
         samples = [
             (node, list(cluster.node(node).history)[-GPU_WINDOW_SAMPLES:])
             for node in dict.fromkeys(view.nodes())
@@ -166,8 +175,12 @@ class AdvisorInputs:
 
     def build(self, taken: Taken) -> AdvisorInput:
         view, now = taken.view, taken.now
+        attempt = view.latest_attempt()
+        number = int(attempt.number) if attempt is not None else None
         metrics = []
-        for rank, node, history in taken.ranks:
+        for rank, node, rank_attempt, history in taken.ranks:
+            if number is not None and rank_attempt < number:
+                continue  # all it holds is an earlier attempt's
             metrics.extend(self._rank_points(rank, node, history))
         metrics = _by_time_and_rank(metrics)
         old_gpus = self._gpus
@@ -188,16 +201,7 @@ class AdvisorInputs:
                 gpu_cache[id(sample)] = (sample, converted)
                 gpus.extend(converted)
         self._gpus = gpu_cache
-        hits = []
-        failures = []
-        for event in taken.events:
-            if event.kind == EK.JOB_EVENT_KIND_ALERT and event.details.get("line"):
-                hits.append(LogHit(event.rank, event.node, ts(event.time), event.details["line"]))
-            elif event.kind in (EK.JOB_EVENT_KIND_RANK_FAILED, EK.JOB_EVENT_KIND_RANK_HUNG):
-                for line in (event.details.get("last_lines") or "").splitlines():
-                    hits.append(LogHit(event.rank, event.node, ts(event.time), line))
-            if event.kind == EK.JOB_EVENT_KIND_ATTEMPT_FAILED:
-                failures.append(Failure(ts(event.time), event.message))
+        hits, failures, notes = _read_events(taken.events)
         config_fp16 = False
         if view.spec.deepspeed_config_json:
             config_fp16 = '"fp16"' in view.spec.deepspeed_config_json and (
@@ -218,7 +222,39 @@ class AdvisorInputs:
             ),
             fp16=config_fp16,
             started=ts(view.job.created) or None,
+            notes=notes,
+            attempt=number,
+            attempt_started=(ts(attempt.started) or None) if attempt is not None else None,
+            world_size=(len(attempt.ranks) or None) if attempt is not None else None,
+            nodes=(frozenset(r.node for r in attempt.ranks) or None) if attempt else None,
+            gradient_checkpointing=gradient_checkpointing_on(list(view.spec.args)),
         )
+
+
+def _read_events(
+    events: list[job_pb2.JobEvent],
+) -> tuple[list[LogHit], list[Failure], list[EventNote]]:
+    """The log hits (failed and hung ranks' last lines), attempt failures and notes (alerts,
+    NCCL findings, failed ranks) the rules read from a job's events."""
+    hits: list[LogHit] = []
+    failures: list[Failure] = []
+    notes: list[EventNote] = []
+    for event in events:
+        kind = event.kind
+        attempt = int(event.attempt) or None
+        when = ts(event.time)
+        note_kind = NOTE_KINDS.get(kind)
+        if note_kind is not None:
+            details = dict(event.details)
+            notes.append(
+                EventNote(note_kind, event.rank, event.node, when, event.message, details, attempt)
+            )
+        if kind in (EK.JOB_EVENT_KIND_RANK_FAILED, EK.JOB_EVENT_KIND_RANK_HUNG):
+            for line in (event.details.get("last_lines") or "").splitlines():
+                hits.append(LogHit(event.rank, event.node, when, line, attempt))
+        elif kind == EK.JOB_EVENT_KIND_ATTEMPT_FAILED:
+            failures.append(Failure(when, event.message, attempt))
+    return hits, failures, notes
 
 
 def _sorted_in_pieces(points: list[T], key: Callable[[T], Any]) -> list[T]:

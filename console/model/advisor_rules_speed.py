@@ -9,7 +9,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 
-from console.model.advisor_series import by_rank, is_finite
+from console.model.advisor_series import by_rank, is_finite, transports
 from console.model.advisor_types import (
     AdvisorInput,
     Finding,
@@ -37,12 +37,17 @@ def _median_without(ordered: Sequence[float], value: float) -> float:
 def input_bound(inp: AdvisorInput, th: Thresholds) -> list[Finding]:
     """GPUs under-used over the window while steps ran: the input pipeline starves them.
 
-    The window starts no earlier than the first step after the latest failure, so the idle time
-    of a restart is not counted; it must still span most of the window (min coverage).
+    The window starts no earlier than the first step of the current attempt, nor than the
+    first step after the latest failure, so the idle time of a restart is not counted; it
+    must still span most of the window (min coverage).
     """
     if not inp.running:
         return []
     start = inp.now - th.gpu_util_window_s
+    if inp.attempt_started is not None and inp.attempt_started > start:
+        # The GPUs idle while a new attempt sets up: from its first step on.
+        first = [m.time for m in inp.metrics if m.time >= inp.attempt_started]
+        start = max(start, min(first, default=inp.now))
     if inp.failures:
         failed = max(f.time for f in inp.failures)
         resumed = [m.time for m in inp.metrics if m.time > failed]
@@ -115,6 +120,7 @@ def network_bound(inp: AdvisorInput, th: Thresholds) -> list[Finding]:
         f"collectives took {share:.0%} of step time over steps {min(per_step)}-{max(per_step)} "
         f"({len(per_step)} steps, {ranks} ranks; threshold {th.collective_fraction_max:.0%})"
     )
+    evidence += "; " + (transports(inp.notes) or "NCCL transport not reported (NCCL_DEBUG=INFO)")
     findings = [
         Finding(
             "network-bound",
@@ -158,51 +164,92 @@ def network_bound(inp: AdvisorInput, th: Thresholds) -> list[Finding]:
     return findings
 
 
-_STRAGGLER_MEASURES: Mapping[str, Callable[[MetricPoint], float | None]] = {
-    "step time": lambda p: p.step_time_s,
-    "compute time (step minus collectives)": lambda p: (
-        p.step_time_s - p.collective_time_s
-        if p.step_time_s is not None and p.collective_time_s is not None
-        else None
-    ),
-    "collective wait": lambda p: p.collective_time_s,
-}
+def _medians(
+    windows: Mapping[int, Sequence[MetricPoint]],
+    measure: Callable[[MetricPoint], float | None],
+    min_steps: int,
+) -> dict[int, float]:
+    """Each rank's median of `measure` over its window, where it has `min_steps` values."""
+    out: dict[int, float] = {}
+    for rank, points in windows.items():
+        values = [v for p in points if (v := measure(p)) is not None and math.isfinite(v)]
+        if len(values) >= min_steps:
+            out[rank] = statistics.median(values)
+    return out
+
+
+def _compute_s(p: MetricPoint) -> float | None:
+    if p.step_time_s is None or p.collective_time_s is None:
+        return None
+    return p.step_time_s - p.collective_time_s
+
+
+def _slowest(medians: Mapping[int, float], th: Thresholds) -> tuple[int, float, float] | None:
+    """(rank, its median, the others' median) for the rank far above the others, if one is."""
+    rank = max(medians, key=lambda r: (medians[r], -r))
+    value = medians[rank]
+    others = _median_without(sorted(medians.values()), value)
+    if others <= 0 or value - others < th.straggler_min_delta_s:
+        return None
+    return (rank, value, others) if value / others >= th.straggler_factor else None
 
 
 def straggler(inp: AdvisorInput, th: Thresholds) -> list[Finding]:
-    """One rank's median step time, compute time or collective wait far above the others'.
+    """The rank the others wait for: the highest compute time (its step less its collective
+    wait) far above the others' and, of all ranks, the lowest collective wait.
 
-    In synchronous training every rank's step takes as long as the slowest one's, so the
-    straggler shows in compute time (its step minus its collective wait) while the others wait.
+    A rank that only waits long (the highest collective wait) is the one waiting for the
+    others, not their straggler. Without collective times, step times are compared only when
+    the ranks step together (the same steps in their windows), over those steps.
     """
     ranks = by_rank(inp.metrics)
-    worst: tuple[float, float, float, str, int] | None = None  # ratio, value, others, what, rank
-    for what, measure in _STRAGGLER_MEASURES.items():
-        medians: dict[int, float] = {}
-        for rank, points in ranks.items():
-            values = [measure(p) for p in points[-th.straggler_window_steps :]]
-            finite = [v for v in values if v is not None and math.isfinite(v)]
-            if len(finite) >= th.straggler_min_steps:
-                medians[rank] = statistics.median(finite)
-        if len(medians) < 2:
-            continue
-        ordered = sorted(medians.values())
-        for rank, value in medians.items():
-            others = _median_without(ordered, value)
-            if value - others < th.straggler_min_delta_s or others <= 0:
-                continue
-            ratio = value / others
-            if ratio >= th.straggler_factor and (worst is None or ratio > worst[0]):
-                worst = (ratio, value, others, what, rank)
-    if worst is None:
+    windows = {rank: points[-th.straggler_window_steps :] for rank, points in ranks.items()}
+    compute = _medians(windows, _compute_s, th.straggler_min_steps)
+    if len(compute) >= 2:
+        waits = _medians(windows, lambda p: p.collective_time_s, th.straggler_min_steps)
+        found = _slowest(compute, th)
+        if found is None:
+            return []
+        rank, value, others = found
+        other_waits = sorted(w for r, w in waits.items() if r != rank and r in compute)
+        if not other_waits or waits[rank] > other_waits[0] + th.straggler_min_delta_s:
+            return []  # it waits for someone too: no rank the others all wait for
+        detail = (
+            f"compute time (step minus collectives) {value:.3g} s per step, "
+            f"{value / others:.1f}x the other ranks' median {others:.3g} s; its collective "
+            f"wait {waits[rank]:.3g} s is the lowest (the others' median "
+            f"{statistics.median(other_waits):.3g} s): the others wait for it (last "
+            f"{th.straggler_window_steps} steps, threshold {th.straggler_factor:g}x)"
+        )
+        return [_straggler_finding(rank, ranks[rank][-1].node, detail)]
+    timed = {
+        rank: {
+            p.step: p.step_time_s
+            for p in points
+            if p.step_time_s is not None and math.isfinite(p.step_time_s)
+        }
+        for rank, points in windows.items()
+    }
+    timed = {rank: steps for rank, steps in timed.items() if steps}
+    if len(timed) < 2:
         return []
-    ratio, value, others, what, rank = worst
-    node = ranks[rank][-1].node
-    evidence = (
-        f"rank {rank} on {node}: {what} {value:.3g} s per step, {ratio:.1f}x the other ranks' "
-        f"median {others:.3g} s (last {th.straggler_window_steps} steps, threshold "
-        f"{th.straggler_factor:g}x)"
+    common = set.intersection(*(set(steps) for steps in timed.values()))
+    if len(common) < th.straggler_min_steps:
+        return []  # the ranks do not step together: their step times are not comparable
+    medians = {rank: statistics.median(steps[s] for s in common) for rank, steps in timed.items()}
+    found = _slowest(medians, th)
+    if found is None:
+        return []
+    rank, value, others = found
+    detail = (
+        f"step time {value:.3g} s per step, {value / others:.1f}x the other ranks' median "
+        f"{others:.3g} s over the same steps {min(common)}-{max(common)} (no collective time "
+        f"reported; the ranks step together; threshold {th.straggler_factor:g}x)"
     )
+    return [_straggler_finding(rank, ranks[rank][-1].node, detail)]
+
+
+def _straggler_finding(rank: int, node: str, detail: str) -> Finding:
     remedy = Remedy(
         kind="advice",
         summary=f"Check rank {rank} on {node}",
@@ -213,4 +260,5 @@ def straggler(inp: AdvisorInput, th: Thresholds) -> list[Finding]:
         ),
         params={"rank": str(rank), "node": node},
     )
-    return [Finding("straggler", "warning", f"Rank {rank} is a straggler", evidence, remedy)]
+    evidence = f"rank {rank} on {node}: {detail}"
+    return Finding("straggler", "warning", f"Rank {rank} is a straggler", evidence, remedy)

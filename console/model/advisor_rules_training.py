@@ -21,7 +21,8 @@ MAD_TO_SIGMA = 1.4826  # MAD x this estimates the standard deviation of normal d
 MEAN_AD_TO_SIGMA = 1.2533  # the same for the mean absolute deviation (fallback when MAD is 0)
 
 
-def _lower_lr(inp: AdvisorInput) -> Remedy:
+def lower_lr_remedy(inp: AdvisorInput) -> Remedy:
+    """Halve the learning rate (the training-health rules' remedy)."""
     precision = (
         "Prefer bf16 to fp16 where the GPUs support it (A100, H100 and later): its range needs "
         "no loss scaling. "
@@ -87,7 +88,7 @@ def grad_spike(inp: AdvisorInput, th: Thresholds) -> list[Finding]:
         f"{z:.1f} robust z above the median {median:.3g} of the previous {count} steps "
         f"(threshold {th.grad_norm_z_max:g})"
     )
-    return [Finding("grad-spike", "warning", "Gradient norm spike", evidence, _lower_lr(inp))]
+    return [Finding("grad-spike", "warning", "Gradient norm spike", evidence, lower_lr_remedy(inp))]
 
 
 def _finite_grads(points: Sequence[MetricPoint]) -> list[MetricPoint]:
@@ -165,7 +166,9 @@ def loss_scale_collapse(inp: AdvisorInput, th: Thresholds) -> list[Finding]:
     )
     severity: Severity = "critical" if low <= th.loss_scale_floor else "warning"
     return [
-        Finding("loss-scale-collapse", severity, "Loss scale collapsed", evidence, _lower_lr(inp))
+        Finding(
+            "loss-scale-collapse", severity, "Loss scale collapsed", evidence, lower_lr_remedy(inp)
+        )
     ]
 
 
@@ -192,4 +195,6 @@ def nan_loss(inp: AdvisorInput, th: Thresholds) -> list[Finding]:
         last = max(finite, key=lambda p: p.time)
         evidence += f"; last finite loss {last.loss:.4g} at step {last.step}"
     severity: Severity = "critical" if lasting else "warning"
-    return [Finding("nan-loss", severity, "Loss is NaN or infinite", evidence, _lower_lr(inp))]
+    return [
+        Finding("nan-loss", severity, "Loss is NaN or infinite", evidence, lower_lr_remedy(inp))
+    ]

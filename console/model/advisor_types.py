@@ -1,5 +1,9 @@
-"""The advisor's vocabulary: what it reads (metric points, GPU samples, log hits, failures),
-what it says (findings with remedies) and the thresholds its rules judge by."""
+"""The advisor's vocabulary: what it reads (metric points, GPU samples, log hits, failures,
+the job's diagnosis events), what it says (findings with remedies) and the thresholds its
+rules judge by.
+
+An `attempt` of None is unknown: such an item is placed by its time against the current
+attempt's start instead (see `console.model.advisor.current`)."""
 
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ class MetricPoint:
     step_time_s: float | None
     collective_time_s: float | None
     tokens_per_s: float | None
+    attempt: int | None = None
 
 
 @dataclass(frozen=True)
@@ -43,12 +48,31 @@ class LogHit:
     node: str
     time: float
     line: str
+    attempt: int | None = None
 
 
 @dataclass(frozen=True)
 class Failure:
     time: float
     reason: str
+    attempt: int | None = None  # the attempt that failed
+
+
+NoteKind = Literal["alert", "nccl", "rank_failed"]
+
+
+@dataclass(frozen=True)
+class EventNote:
+    """A job event a rule reads: an ALERT (details["alert"]: the signature), an NCCL finding
+    (details["finding"]) or a failed rank (details["cause"], ["signature"], ["last_lines"])."""
+
+    kind: NoteKind
+    rank: int
+    node: str
+    time: float
+    message: str
+    details: Mapping[str, str] = field(default_factory=dict)
+    attempt: int | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +87,12 @@ class AdvisorInput:
     grad_accum: int | None
     fp16: bool
     started: float | None = None  # the job's creation time; None: the earliest time given
+    notes: Sequence[EventNote] = ()
+    attempt: int | None = None  # the current attempt; None: every item counts as current
+    attempt_started: float | None = None
+    world_size: int | None = None  # the current attempt's ranks
+    nodes: frozenset[str] | None = None  # the current attempt's nodes
+    gradient_checkpointing: bool = False  # already on in the spec's args
 
 
 @dataclass(frozen=True)
@@ -101,6 +131,8 @@ class Thresholds:
     interruptions_per_week_max: float = 1.0
     interruptions_window_s: float = WEEK_S
     interruptions_min_failures: int = 2  # one failure in a young job is no rate yet
+    interruptions_min_span_s: float = 6 * 3600.0  # a shorter history gets no weekly rate
+    interruptions_frequent_s: float = 3600.0  # ...but failures closer than this on average
     straggler_factor: float = 1.5
     straggler_window_steps: int = 20
     straggler_min_steps: int = 5
@@ -140,6 +172,7 @@ _LIMITS: Mapping[str, tuple[float, float, bool]] = {
     "loss_scale_collapse_factor": (1.0, math.inf, False),
     "loss_scale_floor": (0.0, math.inf, True),
     "interruptions_per_week_max": (0.0, math.inf, True),
+    "interruptions_min_span_s": (0.0, math.inf, True),  # 0: always a weekly rate
     "straggler_factor": (1.0, math.inf, False),
     "straggler_min_delta_s": (0.0, math.inf, True),
 }

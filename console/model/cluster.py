@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from gantry.v1 import telemetry_pb2
+from gantry.v1.xid_catalog import xid_info
 
 # A live agent that has sent nothing for this many sample intervals (and at least
 # STALE_MIN_S) is shown as lost: a hung agent must never look like a frozen row.
@@ -50,6 +51,8 @@ class NodeView:
     # this node failed or hung, what ("demo-moe r1 failed"): the node is shown red.
     jobs_text: str = ""
     job_fault: str = ""
+    # A fatal XID (or a GPU the driver lost) since the agent last connected: "xid 79 gpu3".
+    gpu_fault: str = ""
     # Bumped on every change, so a widget repaints only what moved.
     version: int = 0
 
@@ -65,7 +68,21 @@ class NodeView:
             return f"{self.state.value} {format_age(now - self.since)}"
         if self.job_fault and self.state is ConnState.LIVE:
             return self.job_fault
+        if self.gpu_fault and self.state is ConnState.LIVE:
+            return self.gpu_fault
         return str(self.state.value)
+
+
+def gpu_fault(sample: telemetry_pb2.NodeSample) -> str:
+    """What makes a node unfit for ranks in ``sample``: its latest fatal XID (the catalogue
+    says reset the GPU or drain the node), else a GPU the driver lost; "" when none."""
+    for event in reversed(sample.xid_events):
+        if xid_info(event.xid).fatal:
+            where = f" gpu{event.gpu_index}" if event.gpu_known else ""
+            return f"xid {event.xid}{where}"
+    if sample.gpu_problems:
+        return "gpu lost"
+    return ""
 
 
 def format_age(seconds: float) -> str:
@@ -123,6 +140,7 @@ class ClusterStore:
         self._set_state(view, ConnState.CONNECTING, now, "")
 
     def set_live(self, name: str, info: telemetry_pb2.NodeInfo, now: float) -> None:
+        self._nodes[name].gpu_fault = ""  # a restarted agent (a reset, a reboot) starts clean
         view = self._nodes[name]
         view.info = info
         self._set_state(view, ConnState.LIVE, now, "")
@@ -152,6 +170,9 @@ class ClusterStore:
         view.received_at = now
         view.history.append(sample)
         view.xid_events.extend(sample.xid_events)
+        fault = gpu_fault(sample)
+        if fault:
+            view.gpu_fault = fault
         if view.state is not ConnState.LIVE:
             # Samples only flow on a live stream; a stale node that speaks again is live.
             self._set_state(view, ConnState.LIVE, now, "")

@@ -1,12 +1,15 @@
 """One node's GPUs as the node screen shows them: each GPU's series, kept as samples
-arrive, and its figures and details as text (markup). Pure: no Textual."""
+arrive, its figures and details as text (markup), and its XID events in the words of the
+shared catalogue (``gantry.v1.xid_catalog``). Pure: no Textual."""
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from gantry.v1 import telemetry_pb2
+from gantry.v1.xid_catalog import xid_info
 
 from console.model.bars import (
     DASH,
@@ -16,26 +19,60 @@ from console.model.bars import (
     percent_of,
 )
 
-# Common XIDs from NVIDIA's XID catalogue, to spare the operator a look-up.
-XID_MEANINGS: dict[int, str] = {
-    13: "graphics engine exception",
-    31: "GPU memory page fault",
-    32: "invalid push buffer stream",
-    43: "GPU stopped processing",
-    45: "preemptive cleanup",
-    48: "double-bit ECC error",
-    61: "micro-controller breakpoint",
-    62: "micro-controller halt",
-    63: "ECC page retirement / row remap",
-    64: "ECC page retirement failure",
-    74: "NVLink error",
-    79: "GPU has fallen off the bus",
-    92: "high single-bit ECC rate",
-    94: "contained ECC error",
-    95: "uncontained ECC error",
-    119: "GSP RPC timeout",
-    120: "GSP error",
-}
+_SEVERITY_STYLE = {"critical": "$error", "warning": "$warning", "info": "$text-muted"}
+
+
+def xid_label(code: int) -> str:
+    """An XID code in the catalogue's words: what it is and what to do."""
+    info = xid_info(code)
+    return f"{info.description} · {info.action_text}"
+
+
+def xid_style(code: int) -> str:
+    """The colour for an XID code: by its severity in the catalogue."""
+    return _SEVERITY_STYLE[xid_info(code).severity]
+
+
+def xid_on_gpu(event: telemetry_pb2.XidEvent) -> bool:
+    """Whether the event names a GPU (NVML's always do; old agents sent no source)."""
+    return event.source != "kernel" or event.gpu_known
+
+
+def xid_where(event: telemetry_pb2.XidEvent) -> str:
+    """Where an XID happened: "GPU 3", "PCI 0000:3b:00" (a GPU NVML does not know) or "node"."""
+    if xid_on_gpu(event):
+        return f"GPU {event.gpu_index}"
+    return f"PCI {event.pci_bus_id}" if event.pci_bus_id else "node"
+
+
+def xid_counts(
+    sample: telemetry_pb2.NodeSample | None, events: Iterable[telemetry_pb2.XidEvent]
+) -> Counter[int]:
+    """XID counts per code: each GPU's cumulative counts, plus the events those do not
+    count (a kernel XID on no GPU, or on a GPU and code NVML never counted)."""
+    counts: Counter[int] = Counter()
+    counted: set[tuple[int, int]] = set()
+    if sample is not None:
+        for gpu in sample.gpus:
+            for code, count in gpu.xid_counts.items():
+                counts[code] += count
+                counted.add((gpu.index, code))
+    for event in events:
+        if xid_on_gpu(event) and (event.gpu_index, event.xid) in counted:
+            continue  # in that GPU's cumulative count already
+        counts[event.xid] += 1
+    return counts
+
+
+def xid_row(event: telemetry_pb2.XidEvent) -> str:
+    """One event as markup: where, the code coloured by severity, its source, its meaning."""
+    info = xid_info(event.xid)
+    source = "kernel" if event.source == "kernel" else "nvml"
+    pid = f" pid {event.pid}" if event.pid else ""
+    return (
+        f"{xid_where(event):<15} XID [{xid_style(event.xid)}]{event.xid}[/] "
+        f"[$text-muted]{source}{pid} · {info.description}[/]"
+    )
 
 
 @dataclass

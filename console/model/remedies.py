@@ -18,9 +18,15 @@ each value is edited wherever it is set: every `--flag VALUE` and `--flag=VALUE`
   in the config.
 - "lower-lr": halve `--learning_rate`, `optimizer.params.lr` and a DeepSpeed scheduler's
   `scheduler.params.warmup_max_lr` (WarmupLR/WarmupDecayLR set the rate from it).
+- "enable-gradient-checkpointing": add `--gradient_checkpointing` to `args` (or turn a false
+  `--gradient_checkpointing false` true).
+
+One kind is a restart rather than a spec edit: "exclude-node" (params["node"]) goes on without
+that node. `plan_remedy` says what to restart with for any applicable kind; `apply_remedy`
+edits the spec only.
 
 `RemedyError` (one line) when the spec has nothing to edit or a value is not a number; a
-remedy's params are for display only.
+remedy's params are for display only, but for "exclude-node"'s node.
 """
 
 from __future__ import annotations
@@ -36,11 +42,26 @@ from gantry.v1.spec_diff import CONFIG_FIELD, SpecChange, diff_specs
 
 from console.model.advisor import Remedy
 
-__all__ = ["APPLICABLE_KINDS", "RemedyError", "apply_remedy", "describe_changes"]
+__all__ = [
+    "APPLICABLE_KINDS",
+    "RESTART_KINDS",
+    "SPEC_KINDS",
+    "RemedyError",
+    "RemedyPlan",
+    "apply_remedy",
+    "describe_changes",
+    "gradient_checkpointing_on",
+    "plan_remedy",
+]
 
 MICRO_BATCH_FLAG = "--per_device_train_batch_size"
 GRAD_ACCUM_FLAG = "--gradient_accumulation_steps"
 LR_FLAG = "--learning_rate"
+CHECKPOINTING_FLAG = "--gradient_checkpointing"
+# What HfArgumentParser's string_to_bool reads as a bool flag's value.
+_TRUE = frozenset({"yes", "true", "t", "y", "1"})
+_FALSE = frozenset({"no", "false", "f", "n", "0"})
+EXCLUDE_NODE = "exclude-node"
 MICRO_BATCH_KEY = "train_micro_batch_size_per_gpu"
 GRAD_ACCUM_KEY = "gradient_accumulation_steps"
 LR_PATHS = (("optimizer", "params", "lr"), ("scheduler", "params", "warmup_max_lr"))
@@ -194,21 +215,86 @@ class _Edit:
                 "optimizer.params.lr in the DeepSpeed config"
             )
 
+    def enable_gradient_checkpointing(self) -> None:
+        state = _checkpointing(self.args)
+        if state is True:
+            raise RemedyError(f"{CHECKPOINTING_FLAG} is on already in args")
+        if state is None:
+            self.args.append(CHECKPOINTING_FLAG)
+            return
+        for i, token in enumerate(self.args):  # each false value made true
+            if token.startswith(CHECKPOINTING_FLAG + "="):
+                self.args[i] = CHECKPOINTING_FLAG + "=true"
+            elif token == CHECKPOINTING_FLAG and _bool_at(self.args, i + 1) is False:
+                self.args[i + 1] = "true"
+
+
+def _bool_at(args: list[str], i: int) -> bool | None:
+    """The bool value token at `i` (as HfArgumentParser reads it), None when there is none."""
+    if i >= len(args):
+        return None
+    word = args[i].lower()
+    return True if word in _TRUE else False if word in _FALSE else None
+
+
+def _checkpointing(args: list[str]) -> bool | None:
+    """Whether args turn gradient checkpointing on (the last flag wins); None: no flag."""
+    state = None
+    for i, token in enumerate(args):
+        if token.startswith(CHECKPOINTING_FLAG + "="):
+            state = token.split("=", 1)[1].lower() not in _FALSE
+        elif token == CHECKPOINTING_FLAG:
+            state = _bool_at(args, i + 1) is not False  # a bare flag is true
+    return state
+
+
+def gradient_checkpointing_on(args: list[str]) -> bool:
+    """Whether the trainer's args turn gradient checkpointing on."""
+    return _checkpointing(args) is True
+
 
 _EDITS: dict[str, Callable[[_Edit], None]] = {
     "halve-micro-batch": _Edit.halve_micro_batch,
     "set-grad-accum": _Edit.raise_grad_accum,
     "lower-lr": _Edit.halve_learning_rate,
+    "enable-gradient-checkpointing": _Edit.enable_gradient_checkpointing,
 }
 
-APPLICABLE_KINDS = frozenset(_EDITS)
+SPEC_KINDS = frozenset(_EDITS)  # remedies that edit the spec (apply_remedy)
+RESTART_KINDS = frozenset({EXCLUDE_NODE})  # remedies that restart without a node
+APPLICABLE_KINDS = SPEC_KINDS | RESTART_KINDS
+
+
+@dataclass(frozen=True)
+class RemedyPlan:
+    """What applying a remedy restarts the job with: the spec (edited, or the same) and
+    the nodes to go on without; `changes` says it, one line each."""
+
+    spec: job_pb2.JobSpec
+    exclude: tuple[str, ...]
+    changes: list[str]
+
+
+def plan_remedy(remedy: Remedy, spec: job_pb2.JobSpec) -> RemedyPlan:
+    """The restart an applicable remedy asks for; RemedyError (one line) when there is none."""
+    if remedy.kind != EXCLUDE_NODE:
+        edited = apply_remedy(remedy, spec)
+        return RemedyPlan(edited, (), describe_changes(spec, edited))
+    node = remedy.params.get("node", "")
+    nodes = [n.node for n in spec.nodes]
+    if node not in nodes:
+        raise RemedyError(f"no node {node!r} to go on without: the job runs on {nodes}")
+    if len(set(nodes)) <= 1:
+        raise RemedyError(f"cannot go on without {node}: the job has no other node")
+    return RemedyPlan(spec, (node,), [f"nodes: without {node} (a smaller world, resumed)"])
 
 
 def apply_remedy(remedy: Remedy, spec: job_pb2.JobSpec) -> job_pb2.JobSpec:
     """An edited copy of `spec`; `spec` itself is left as it is."""
     edit_fn = _EDITS.get(remedy.kind)
     if edit_fn is None:
-        raise RemedyError(f"remedy {remedy.kind!r} changes no job spec: {remedy.summary}")
+        restart = " (a restart: see plan_remedy)" if remedy.kind in RESTART_KINDS else ""
+        raise RemedyError(f"remedy {remedy.kind!r} changes no job spec{restart}: {remedy.summary}")
     edit = _Edit(spec)
     edit_fn(edit)
     new = job_pb2.JobSpec()

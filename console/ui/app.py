@@ -3,7 +3,6 @@ the jobs those agents lead (job, logs and restart screens) through the jobs stor
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -18,7 +17,6 @@ from textual.widgets import HelpPanel
 
 from console.model.cluster import ClusterStore
 from console.model.jobs import BAD_RANK_STATES, RS, JobsStore
-from console.model.log_buffer import LogBuffer
 from console.net.agent_client import ClusterSession
 from console.net.agent_link import AgentLinks
 from console.net.cluster_file import NodeTarget
@@ -30,7 +28,7 @@ from console.ui.screens import StoreScreen
 from console.ui.screens.cluster import ClusterScreen
 from console.ui.screens.job import JobScreen
 from console.ui.screens.jobs import JobsScreen
-from console.ui.screens.logs import LogScreen
+from console.ui.screens.rank_logs import rank_log_screen
 from console.ui.screens.tasks import TasksScreen
 
 EXPIRE_INTERVAL_S = 1.0
@@ -249,28 +247,8 @@ class GantryApp(App[None]):
         self.notify(f"no failed rank on {node}", severity="warning")
 
     def open_logs(self, name: str, rank: int, attempt: int) -> None:
-        buffer = LogBuffer()
-        title = f"{name} · rank {rank} · attempt {attempt} · stdout"
-        screen = LogScreen(title, buffer)
-        session = self.jobs_session
-        task: asyncio.Task[None] | None = None
-        if session is not None:
-            task = asyncio.create_task(
-                session.tail_log(
-                    name,
-                    rank,
-                    attempt,
-                    buffer.extend,
-                    on_error=lambda line: buffer.append(f"gantry: {line}"),
-                ),
-                name=f"log:{name}:{rank}",
-            )
-
-        def closed(_: object) -> None:
-            if task is not None:
-                task.cancel()
-
-        self.push_screen(screen, closed)
+        """The rank's log screen: stdout and stderr, merged with stderr marked (``s`` cycles)."""
+        self.push_screen(rank_log_screen(self.jobs_session, name, rank, attempt))
 
     def tick(self) -> None:
         """Marks silent nodes lost and redraws, so shown ages move on (once a second)."""

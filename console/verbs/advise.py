@@ -15,7 +15,7 @@ from gantry.v1 import agent_service_pb2
 from console.model.advice import Advice, findings_for, load_thresholds
 from console.model.cluster import ClusterStore
 from console.model.jobs import JobsStore, JobView
-from console.model.remedies import RemedyError, apply_remedy, describe_changes
+from console.model.remedies import RemedyError, plan_remedy
 from console.net.agent_link import AgentLink
 from console.net.cluster_file import ClusterFileError, NodeTarget
 from console.net.jobs_client import JobCommandError, JobsClient
@@ -107,11 +107,15 @@ async def advise(
     if chosen.remedy is None or not chosen.applicable:
         raise JobCommandError(f"{apply}: its remedy is advice, nothing to apply automatically")
     try:
-        spec = apply_remedy(chosen.remedy, view.spec)
+        plan = plan_remedy(chosen.remedy, view.spec)
     except RemedyError as exc:
         raise JobCommandError(str(exc)) from None
-    changes = "; ".join(describe_changes(view.spec, spec))
-    led = await client.restart(name, "", [], "", spec=spec)
+    changes = "; ".join(plan.changes)
+    if plan.exclude:  # go on without a node: a restart at the smaller world, the spec as it is
+        node = plan.exclude[0]
+        led = await client.restart(name, node, list(plan.exclude), "")
+    else:
+        led = await client.restart(name, "", [], "", spec=plan.spec)
     return (
         advice,
         f"{name}: applied {apply} ({changes}); restarting after attempt {len(led.job.attempts)}",

@@ -53,10 +53,11 @@ async def _verb(args: argparse.Namespace, targets: list[NodeTarget], client: Job
         return 1 if errors else 0
     if verb == "job":
         led, checkpoints = await client.describe(args.name)
+        events = [event async for event in client.events(args.name, follow=False)]
         if args.json:
-            _print_json(job_json(led, checkpoints))
+            _print_json(job_json(led, checkpoints, events))
         else:
-            print(job_text(led, checkpoints))
+            print(job_text(led, checkpoints, events))
         return 0
     if verb == "stop":
         led = await client.stop(args.name, args.grace)

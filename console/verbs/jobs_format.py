@@ -9,7 +9,9 @@ from gantry.v1 import job_pb2
 from google.protobuf import json_format
 
 from console.model.cost import Cost, job_cost
+from console.model.diagnoses import diagnoses, diagnoses_json
 from console.model.rank_phase import starting_phase
+from console.model.transport import transport_by_node, transport_json
 from console.net.jobs_client import LedJob
 
 
@@ -25,13 +27,22 @@ def _last_known(rank: job_pb2.Rank) -> str:
     return rank_state_name(rank.state) + (f": {rank.reason}" if rank.reason else "")
 
 
-def job_json(led: LedJob, checkpoints: list[job_pb2.Checkpoint] | None = None) -> dict[str, Any]:
+def job_json(
+    led: LedJob,
+    checkpoints: list[job_pb2.Checkpoint] | None = None,
+    events: list[job_pb2.JobEvent] | None = None,
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "leader": led.leader.name,
         "job": json_format.MessageToDict(led.job, always_print_fields_with_no_presence=False),
     }
     if checkpoints is not None:
         out["checkpoints"] = [json_format.MessageToDict(c) for c in checkpoints]
+    if events is not None:
+        # The latest attempt's: what NCCL runs over, and what the agents diagnosed.
+        attempt = led.job.attempts[-1].number if led.job.attempts else None
+        out["transport"] = transport_json(transport_by_node(events, attempt))
+        out["diagnoses"] = diagnoses_json(diagnoses(events, attempt))
     cost = cost_now(led.job)
     out["cost"] = {
         "gpu_hours": round(cost.gpu_hours, 4),
@@ -90,7 +101,11 @@ def jobs_table(jobs: list[LedJob]) -> str:
     return _table(rows)
 
 
-def job_text(led: LedJob, checkpoints: list[job_pb2.Checkpoint]) -> str:
+def job_text(
+    led: LedJob,
+    checkpoints: list[job_pb2.Checkpoint],
+    events: list[job_pb2.JobEvent] | None = None,
+) -> str:
     job = led.job
     lines = [
         f"job {job.spec.name}: {state_name(job.state)}"
@@ -148,6 +163,16 @@ def job_text(led: LedJob, checkpoints: list[job_pb2.Checkpoint]) -> str:
                 )
             )
         lines += ["", f"ranks of attempt #{job.attempts[-1].number}:", _table(rows)]
+    if events and job.attempts:
+        number = job.attempts[-1].number
+        nodes = transport_by_node(events, number)
+        if nodes:
+            lines += ["", "transport (NCCL):"]
+            lines += [f"  {name}: {t.text()}" for name, t in sorted(nodes.items())]
+        found = diagnoses(events, number)
+        if found:
+            lines += ["", f"diagnosed in attempt #{number}:"]
+            lines += [f"  rank {d.rank} ({d.node}) {d.alert}: {d.cause}" for d in found[-20:]]
     if checkpoints:
         lines += ["", "checkpoints:"]
         for c in checkpoints:

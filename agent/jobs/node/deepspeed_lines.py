@@ -30,7 +30,16 @@ __all__ = ["DeepSpeedStdoutParser", "log_time"]
 #                bwd_allreduce: 0.68 | step: 6.07
 #     <  0.10.3: [Rank 0] rank=0 time (ms) | forward: .. | backward: .. | backward_inner: .. |
 #                backward_allreduce: .. | step: ..
-#     plus per-micro-step lines (fwd_microstep, ...) and optimizer lines, which are skipped.
+#     plus per-micro-step lines (fwd_microstep, ...) and optimizer lines, which are skipped:
+#     the engine prints the step's line after its micro-steps' in every version since 0.3
+#     (both are on with wall_clock_breakdown), and that line is their sum.
+#   PipelineEngine (0.3-0.19) prints both forms only every steps_per_print steps, summed over
+#     those steps, then "steps: N loss: ..."; its micro-step line has "batch_input": the line
+#     after it is that N's, divided by the steps since the last one (or since ``start_step``,
+#     else steps_per_print).
+#   The config dump at start-up (config.py print, every version): "  steps_per_print
+#       .............. 10", "  train_batch_size ............. 32" (the throughput timer's
+#       batch: its step time is train_batch_size / CurrSamplesPerSec).
 #   PipelineEngine.train_batch (print): steps: 10 loss: 2.3456 iter time (s): 0.512
 #       samples/sec: 62.500 (other losses may come before "iter time"; GPT-NeoX's copy prints
 #       "step:    10 /   100 loss: ...")
@@ -58,6 +67,7 @@ _TIMER_FIELDS: Mapping[str, str] = {
     "backward_allreduce": "allreduce_s",
     "step": "optimizer_step_s",
 }
+_CONFIG = re.compile(r"\b(?P<key>steps_per_print|train_batch_size) \.{3,} (?P<value>\d{1,12})\s*$")
 _PIPE = re.compile(
     r"\bsteps?: *(?P<step>\d+)(?: */ *(?P<total>\d+))? loss: (?P<loss>\S+) .*?"
     r"iter time \(s\): (?P<iter>[\d.]+) samples/sec: (?P<tput>[\d.]+)"
@@ -74,10 +84,19 @@ class DeepSpeedStdoutParser:
 
     def __init__(self) -> None:
         self.step: int | None = None
+        self.steps_per_print: int | None = None
+        # The step this process started after (0, or the one it resumed from; None: unknown).
+        self.start_step: int | None = 0
+        self.train_batch_size: int | None = None
         self._pending = False
+        self._pipe = False  # the pipeline engine's micro-step line came just before
+        self._pipe_timers: dict[str, float] | None = None  # waiting for their "steps: N"
+        self._timer_step: int | None = None  # the pipeline engine's last timer lines' step
 
     def parse(self, line: str) -> Record | None:
         line = line[:_MAX_LINE]
+        if " ..." in line and "_" in line:
+            self._config_line(line)
         if "step=" in line:
             match = _STEP.search(line)
             if match is not None:
@@ -129,6 +148,8 @@ class DeepSpeedStdoutParser:
         rate = as_number(match["curr"] if match["curr"] is not None else match["avg"])
         if rate is not None and math.isfinite(rate):
             m.samples_per_s = rate
+            if match["curr"] is not None and self.train_batch_size and rate > 0:
+                m.step_time_s = self.train_batch_size / rate
         memory = as_number(match["mem"])
         if memory is not None and 0 <= memory * GIB <= MAX_COUNT:
             m.memory_bytes = int(memory * GIB)
@@ -142,17 +163,48 @@ class DeepSpeedStdoutParser:
             if found is not None and number is not None:
                 timers[found["name"]] = number / 1000.0
         if "step" not in timers or not ("fwd" in timers or "forward" in timers):
-            return None  # per-micro-step, optimizer or MoE lines, or another library's timers
+            # per-micro-step, optimizer or MoE lines, or another library's timers
+            self._pipe = self._pipe or "batch_input" in timers
+            return None
+        if self._pipe and not self._pending:
+            # The pipeline engine's step comes after, in its "steps: N" line (step=N lines
+            # come before only when DeepSpeed's logger prints INFO).
+            self._pipe, self._pipe_timers = False, timers
+            return None
         step = self.step if self._pending and self.step is not None else (self.step or 0) + 1
         self.step, self._pending = step, False
         m = job_pb2.RankMetrics(step=step)
+        if self._pipe:
+            self._pipe = False
+            if not self._split(m, timers, self._pipe_span(step)):
+                return None
+        else:
+            self._split(m, timers, 1)
+        return self._record(m, when)
+
+    def _pipe_span(self, step: int) -> int | None:
+        """How many steps the pipeline engine's timer sums cover, ending with ``step``."""
+        last, self._timer_step = self._timer_step, step
+        if last is None:
+            last = self.start_step
+        return step - last if last is not None and step > last else self.steps_per_print
+
+    def _split(self, m: job_pb2.RankMetrics, timers: dict[str, float], span: int | None) -> bool:
+        if not span:
+            return False  # how many steps these sums cover is unknown
         for name, attr in _TIMER_FIELDS.items():
             if name in timers:
-                setattr(m, attr, timers[name])
-        m.step_time_s = sum(
-            timers.get(name, 0.0) for name in ("fwd", "forward", "bwd", "backward", "step")
-        )
-        return self._record(m, when)
+                setattr(m, attr, timers[name] / span)
+        if not m.HasField("step_time_s"):
+            fwd_bwd_step = ("fwd", "forward", "bwd", "backward", "step")
+            m.step_time_s = sum(timers.get(name, 0.0) for name in fwd_bwd_step) / span
+        return True
+
+    def _config_line(self, line: str) -> None:
+        found = _CONFIG.search(line)
+        value = whole_number(found["value"]) if found is not None else None
+        if found is not None and value:
+            setattr(self, found["key"], value)
 
     def _pipe_line(self, match: re.Match[str], when: float | None) -> Record | None:
         step = whole_number(match["step"])
@@ -171,6 +223,9 @@ class DeepSpeedStdoutParser:
             number = as_number(value)
             if number is not None:
                 setattr(m, attr, number)
+        timers, self._pipe_timers = self._pipe_timers, None
+        if timers is not None:
+            self._split(m, timers, self._pipe_span(step))
         return self._record(m, when)
 
 

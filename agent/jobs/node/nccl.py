@@ -53,6 +53,7 @@ _PREFIX_RE = re.compile(r"([^\s:\[\]|]+):(\d+):(\d+) \[(-?\d+)\] (?:[\d.]+ )?(?:
 _PREFIX_WINDOW = 300
 
 _VERSION_RE = re.compile(r"NCCL version (\S+)")
+_BARE_VERSION_RE = re.compile(r"^\s*NCCL version (\d[\w.+-]*)\s*$")
 _NETWORK_RE = re.compile(r"Using network (\S.*)")
 _NET_USING_RE = re.compile(r"NET/(?P<net>[^:]{1,60}): Using (?P<rest>.*)")
 _NET_NOTE_RE = re.compile(r"NET/IB ?: (?!Using )(.*)")
@@ -61,16 +62,29 @@ _DEVICE_RE = re.compile(r"\[\d+\]([^\s;<\[]+)")
 _OOB_RE = re.compile(r"OOB (\S+)")
 _PORT_SUFFIX_RE = re.compile(r"<\d+>\Z")  # eth0:10.1.2.3<0>
 _ENV_RE = re.compile(r"(NCCL_[A-Z0-9_]+) set (?:by environment )?to (.*)")
+# NCCL 2.4/2.5 said "Ring 00 : 15 -> 0 [receive] via NET/Socket/0" (no device brackets).
 _CHANNEL_RE = re.compile(
-    r"Channel (?P<channel>\d+)(?:/\d+)? ?: (?P<src>\d+)\[[^\]]*\] -> (?P<dst>\d+)\[[^\]]*\]"
+    r"(?:Channel|Ring) (?P<channel>\d+)(?:/\d+)? ?: (?P<src>\d+)(?:\[[^\]]*\])?"
+    r" -> (?P<dst>\d+)(?:\[[^\]]*\])?"
     r"(?: \[(?P<dir>send|receive)\])? via (?P<via>\S.*)"
 )
 _COMM_RE = re.compile(r"\bcomm (0x[0-9a-fA-F]+) rank (\d+) nranks (\d+)\b")
+# NVLS in use (NCCL 2.17+): "NVLS comm 0x55d5c8e0 headRank 0 nHeads 4 buffSize ...",
+# "Connected NVLS tree"; "NVLS multicast support is available on dev 0" only says it could be.
+_NVLS_RE = re.compile(r"\bNVLS comm 0x|Connected NVLS")
+# "GPU Direct RDMA Enabled for GPU 0 / HCA 0 (distance 4 <= 4), read 1 mode Default"
+_GDR_RE = re.compile(r"GPU Direct RDMA Enabled", re.IGNORECASE)
 _TROUBLE_RE = re.compile(r"no device|fail|unable|error|cannot|could not", re.IGNORECASE)
 
 
 class _Note(Protocol):
-    def __call__(self, kind: str, message: str, severity: Severity = "info") -> None: ...
+    def __call__(
+        self,
+        kind: str,
+        message: str,
+        severity: Severity = "info",
+        fields: Mapping[str, str] | None = None,
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -96,6 +110,7 @@ class NcclFinding:
     host: str
     line: str  # the NCCL line it comes from, as in NcclLine.text
     severity: Severity = "info"
+    fields: Mapping[str, str] = field(default_factory=dict)  # what it read, for the event
 
 
 @dataclass
@@ -118,10 +133,26 @@ class NcclState:
     socket_line: str | None = None  # the first line showing traffic over sockets
     comms_ready: int = 0
     warnings: list[str] = field(default_factory=list)
+    gdr: bool = False  # GPUDirect RDMA in use
 
     @property
     def network(self) -> str | None:
         return self.networks[-1] if self.networks else None
+
+    @property
+    def fabric(self) -> str | None:
+        """The network as an operator names it: IB, RoCE (IB verbs over Ethernet), Socket or
+        a plugin's name; from "Using network", else the channels' NET/ transports, else the
+        NET/ interfaces NCCL listed."""
+        net = self.network
+        if net is None:
+            net = next((k[4:] for k in self.transports if k.startswith("NET/")), None)
+        if net is None:
+            net = next((n for n in ("IB", "Socket") if self.interfaces.get(n)), None)
+        if net is not None and net.startswith("IB"):  # IBext_v8: NCCL's IB plugin
+            devices = self.interfaces.get("IB", [])
+            return "RoCE" if devices and all("RoCE" in d for d in devices) else "IB"
+        return net
 
     def transport_summary(self) -> str:
         """`8 x NET/IB, 4 x P2P/IPC`, most used first."""
@@ -199,15 +230,22 @@ class NcclParser:
     def feed(self, line: str) -> list[NcclFinding]:
         parsed = parse_nccl_line(line) if isinstance(line, str) else None
         if parsed is None:
-            return []
+            return self._bare_version(line) if isinstance(line, str) else []
         state = self.state
         if state.host is None:
             state.host = parsed.host
         findings: list[NcclFinding] = []
 
-        def note(kind: str, message: str, severity: Severity = "info") -> None:
+        def note(
+            kind: str,
+            message: str,
+            severity: Severity = "info",
+            fields: Mapping[str, str] | None = None,
+        ) -> None:
             findings.append(
-                NcclFinding(kind, message, state.rank, parsed.host, parsed.text, severity)
+                NcclFinding(
+                    kind, message, state.rank, parsed.host, parsed.text, severity, fields or {}
+                )
             )
 
         msg = parsed.message
@@ -224,6 +262,23 @@ class NcclParser:
                 findings.append(finding)
         return findings
 
+    def _bare_version(self, line: str) -> list[NcclFinding]:
+        """NCCL_DEBUG=VERSION prints its version with no prefix: "NCCL version 2.18.5+cuda12.0"."""
+        match = _BARE_VERSION_RE.match(line)
+        if match is None or self.state.version is not None:
+            return []
+        self.state.version = match.group(1)
+        return [
+            NcclFinding(
+                "version",
+                f"{self._who()}: NCCL {self.state.version}",
+                self.state.rank,
+                self.state.host or "",
+                line.strip(),
+                fields={"version": self.state.version},
+            )
+        ]
+
     def _who(self) -> str:
         rank = "rank ?" if self.state.rank is None else f"rank {self.state.rank}"
         return f"{rank} ({self.state.host})" if self.state.host else rank
@@ -231,24 +286,52 @@ class NcclParser:
     def _info(self, msg: str, parsed: NcclLine, note: _Note) -> None:
         state = self.state
         if match := _CHANNEL_RE.search(msg):
-            kind = transport_kind(match.group("via").strip())
+            via = match.group("via").strip()
+            kind = transport_kind(via)
+            gdr = "GDRDMA" in via
+            if gdr and not state.gdr:
+                state.gdr = True
             if kind not in state.transports:
                 direction = f" {match.group('dir')}" if match.group("dir") else ""
                 note(
                     "transport",
-                    f"{self._who()} connects via {kind} (channel {match.group('channel')}: "
+                    f"{self._who()} connects via {kind}{' with GPUDirect RDMA' if gdr else ''}"
+                    f" (channel {match.group('channel')}: "
                     f"{match.group('src')} -> {match.group('dst')}{direction})",
+                    fields={"transport": kind, "gdr": "1" if gdr else "0"},
                 )
             state.transports[kind] += 1
             state.channels.setdefault(int(match.group("channel")), set()).add(kind)
             if kind == "NET/Socket" and state.socket_line is None:
                 state.socket_line = parsed.text
+        elif _NVLS_RE.search(msg):
+            if "NVLS" not in state.transports:
+                note(
+                    "transport",
+                    f"{self._who()} uses NVLS (NVLink SHARP multicast)",
+                    fields={"transport": "NVLS", "gdr": "0"},
+                )
+            state.transports["NVLS"] += 1
+        elif _GDR_RE.search(msg):
+            if not state.gdr:
+                state.gdr = True
+                note(
+                    "transport",
+                    f"{self._who()}: GPUDirect RDMA enabled",
+                    fields={"transport": "GDR", "gdr": "1"},
+                )
         elif match := _NETWORK_RE.search(msg):
             network = match.group(1).strip()
             if network not in state.networks:
                 state.networks.append(network)
                 state.network_lines[network] = parsed.text
-                note("network", f"{self._who()} uses the {network} network")
+                fields = {"network": network}
+                devices = state.interfaces.get("IB", [])
+                if network.startswith("IB") and devices and all("RoCE" in d for d in devices):
+                    fields["network"] = "RoCE"
+                note(
+                    "network", f"{self._who()} uses the {fields['network']} network", fields=fields
+                )
             if network == "Socket" and state.socket_line is None:
                 state.socket_line = parsed.text
         elif match := _NET_USING_RE.search(msg):
@@ -269,6 +352,7 @@ class NcclParser:
                 note(
                     "interfaces",
                     f"{self._who()}: NET/{net} uses {', '.join(devices) or '-'}{oob_text}",
+                    fields={"net": net, "devices": ",".join(devices)},
                 )
         elif (match := _NET_NOTE_RE.search(msg)) or "ibverbs" in msg:
             if len(state.ib_notes) < MAX_NOTES:
@@ -278,7 +362,11 @@ class NcclParser:
         elif match := _VERSION_RE.search(msg):
             if state.version is None:
                 state.version = match.group(1)
-                note("version", f"{self._who()}: NCCL {state.version}")
+                note(
+                    "version",
+                    f"{self._who()}: NCCL {state.version}",
+                    fields={"version": state.version},
+                )
         elif match := _ENV_RE.search(msg):
             name, value = match.group(1), match.group(2).strip().removesuffix(".")
             if state.env.get(name) != value:

@@ -1,10 +1,10 @@
 """A watched rank's process has ended: which edge of the rank table that is, and its event.
 
-Exit 0 is EXITED (RANK_EXITED); any other code is FAILED (RANK_FAILED, with the end of its
-stderr and the cause found there). While the rank is being stopped, exit 0 is still EXITED,
-but a rank that ended any other way was killed by the stop: KILLED, announced as a rank's
-STOPPED event (the contract has no RANK_KILLED kind), never as RANK_EXITED, which the
-leader counts as a success.
+Exit 0 is EXITED (RANK_EXITED); any other code is FAILED (RANK_FAILED, with the cause the
+log scanner diagnosed, or the kernel's oom-killer, or the end of its stderr). While the rank
+is being stopped, exit 0 is still EXITED, but a rank that ended any other way was killed by
+the stop: KILLED, announced as RANK_KILLED, never as RANK_EXITED, which the leader counts
+as a success.
 """
 
 from __future__ import annotations
@@ -27,9 +27,15 @@ KILLED_EVENT_KIND = _K.JOB_EVENT_KIND_RANK_KILLED
 
 
 def settle_exit(
-    rj: RankJournal, live: LiveRank, row: RankRow, code: int, batch: EventBatch
+    rj: RankJournal,
+    live: LiveRank,
+    row: RankRow,
+    code: int,
+    batch: EventBatch,
+    oom_kill: str | None = None,
 ) -> RankRow:
-    """``row`` after its process ended with ``code``, its event added to ``batch``."""
+    """``row`` after its process ended with ``code``, its event added to ``batch``.
+    ``oom_kill``: the kernel's oom-killer line naming the rank's process, if one did."""
     ended = rj.wall_clock()
     if live.state == RankState.STOPPING:
         return _stopped(rj, row, code, ended, batch)
@@ -46,9 +52,19 @@ def settle_exit(
         if stacks:
             details["stacks"] = stacks
     else:
-        # The end of stderr says why (a traceback, CUDA out of memory, an NCCL error):
-        # the console's advisor reads it from the event, and the reason names it.
+        # What the scanner diagnosed while the rank ran says why (a watchdog timeout, out
+        # of memory, an NCCL error, a traceback), else the end of its stderr: the console's
+        # advisor reads it from the event, and the reason names it.
         last, cause = failure_tail(row.stderr_path, row.stdout_path)
+        found = live.files.scan.cause()
+        if oom_kill is not None:
+            cause = f"host out of memory: {oom_kill}"
+            details["signature"] = "host_oom"
+        elif found is not None:
+            cause = found.cause
+            details["signature"] = found.alert
+            if found.line and found.line not in last:
+                last = "\n".join(filter(None, (found.line, "...", last)))
         if last:
             details["last_lines"] = last
         if cause is not None:

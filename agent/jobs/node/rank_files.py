@@ -1,6 +1,7 @@
 """A rank's three files (its metrics file, stdout, stderr), how far each was read, and
-what the new lines hold: records, NCCL findings and alerts. Reads files; no journal, no
-events (the supervisor applies what it returns)."""
+what the new lines hold: records, NCCL findings and diagnoses. Both streams are scanned
+for failure signatures on every read, whoever reports the rank's metrics. Reads files; no
+journal, no events (the supervisor applies what it returns)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.jobs.metrics_records import Record, RecordParser
-from agent.jobs.node.log_alerts import alert_for
+from agent.jobs.node.log_scan import Diagnosis, LogScanner
 from agent.jobs.node.nccl import NcclFinding, NcclParser
 from agent.jobs.node.script_logs import ScriptLogParser
 from agent.jobs.node.tailer import MAX_READ_BYTES, Chunk, read_lines
 
-__all__ = ["MAX_ALERTS_PER_READ", "RankFiles", "Reading"]
+__all__ = ["MAX_DIAGNOSES_PER_READ", "RankFiles", "Reading"]
 
 # Per rank and read: enough for any sane reporter, bounded for a runaway one.
 MAX_READ_BYTES_PER_FILE = 8 * MAX_READ_BYTES
-MAX_ALERTS_PER_READ = 10  # a rank printing OOM in a loop must not flood the journal
+MAX_DIAGNOSES_PER_READ = 20  # on top of the scanner's own limits: one read, one batch
 
 
 @dataclass
@@ -26,7 +27,7 @@ class Reading:
 
     records: list[Record] = field(default_factory=list)
     findings: list[NcclFinding] = field(default_factory=list)
-    alerts: list[tuple[str, str]] = field(default_factory=list)  # (alert, line)
+    diagnoses: list[Diagnosis] = field(default_factory=list)
     offsets: dict[str, int] = field(default_factory=dict)
     drained: bool = True  # everything written so far was read
 
@@ -38,44 +39,44 @@ class RankFiles:
     stderr_path: str
     metrics_offset: int = 0
     stdout_offset: int = 0
-    stderr_offset: int = 0  # how far the script's own progress lines were read
+    stderr_offset: int = 0
     records: RecordParser = field(default_factory=RecordParser)
     script: ScriptLogParser = field(default_factory=ScriptLogParser)
     nccl: NcclParser | None = None
+    scan: LogScanner = field(default_factory=LogScanner)
 
     def read(self, now: float, script_lines: bool = True) -> Reading:
         """The new lines of all three files. ``script_lines``: read what the script prints
         for progress too (tqdm on stderr, log lines on stdout); not needed once a rank
-        reports through its own file and trains."""
+        reports through its own file and trains. Both streams are scanned either way."""
         out = Reading()
 
         def parse_file(text: str) -> list[Record]:
             record = self.records.parse(text)
             return [record] if record is not None else []
 
-        def parse_stdout(text: str) -> list[Record]:
-            # NCCL_DEBUG=INFO lines go to stdout beside the script's own progress lines.
-            if self.nccl is not None and "NCCL" in text:
-                out.findings.extend(self.nccl.feed(text))
-                return []
-            alert = alert_for(text)
-            if alert is not None and len(out.alerts) < MAX_ALERTS_PER_READ:
-                out.alerts.append((alert, text))
-            return self.script.feed("stdout", text, now) if script_lines else []
+        def parse_stream(stream: str) -> Callable[[str], list[Record]]:
+            def parse(text: str) -> list[Record]:
+                out.diagnoses.extend(self.scan.feed(stream, text, now))
+                # NCCL_DEBUG=INFO lines go to stdout beside the script's own progress lines
+                # (NCCL_DEBUG_FILE aside); WARN lines often to stderr.
+                if self.nccl is not None and "NCCL" in text:
+                    out.findings.extend(self.nccl.feed(text))
+                    return []
+                return self.script.feed(stream, text, now) if script_lines else []
+
+            return parse
 
         self.metrics_offset = self._read(self.metrics_path, self.metrics_offset, parse_file, out)
-        if script_lines:
-            # tqdm's bars (the step and its rate) are drawn on stderr.
-            self.stderr_offset = self._read(
-                self.stderr_path,
-                self.stderr_offset,
-                lambda text: self.script.feed("stderr", text, now),
-                out,
-                split_cr=True,
-            )
-        self.stdout_offset = self._read(
-            self.stdout_path, self.stdout_offset, parse_stdout, out, split_cr=True
+        # tqdm's bars (the step and its rate) are drawn on stderr.
+        self.stderr_offset = self._read(
+            self.stderr_path, self.stderr_offset, parse_stream("stderr"), out, split_cr=True
         )
+        self.stdout_offset = self._read(
+            self.stdout_path, self.stdout_offset, parse_stream("stdout"), out, split_cr=True
+        )
+        out.diagnoses.extend(self.scan.flush())
+        del out.diagnoses[MAX_DIAGNOSES_PER_READ:]
         if script_lines:
             out.records += self.script.flush(now)
         return out

@@ -1,5 +1,5 @@
 """What a watched rank wrote since the last poll, applied to its row: its phase, metrics,
-checkpoints, NCCL findings and log alerts, as events in the poll's batch."""
+checkpoints, NCCL findings and diagnoses (failure signatures), as events in the poll's batch."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ __all__ = ["NCCL_EVENT_KINDS", "read_progress"]
 
 _K = job_pb2.JobEventKind
 # NCCL findings worth an event; per-channel transport news stays in the log.
-NCCL_EVENT_KINDS = ("version", "network", "interfaces", "ib_fallback", "warn")
+NCCL_EVENT_KINDS = ("version", "network", "interfaces", "ib_fallback", "warn", "transport")
 
 
 def read_progress(rj: RankJournal, live: LiveRank, batch: EventBatch, now: float) -> bool:
@@ -29,13 +29,13 @@ def read_progress(rj: RankJournal, live: LiveRank, batch: EventBatch, now: float
     batch.offsets.update(reading.offsets)
     if reading.records:
         _apply_records(rj, live, reading.records, batch, now)
-    for alert, text in reading.alerts:
+    for found in reading.diagnoses:
         rj.emit(
             batch,
             live.row,
             _K.JOB_EVENT_KIND_ALERT,
-            f"rank {live.row.rank}: {alert}: {text[:200]}",
-            details={"alert": alert, "line": text[:2000]},
+            f"rank {live.row.rank}: {found.cause}",
+            details=found.details(),
         )
     for finding in reading.findings:
         if finding.kind in NCCL_EVENT_KINDS:
@@ -45,6 +45,7 @@ def read_progress(rj: RankJournal, live: LiveRank, batch: EventBatch, now: float
                 _K.JOB_EVENT_KIND_NCCL,
                 finding.message,
                 details={
+                    **finding.fields,
                     "finding": finding.kind,
                     "severity": finding.severity,
                     "line": finding.line,

@@ -31,8 +31,12 @@ It yields, in order:
 
 Read: Hugging Face Trainer dicts and tqdm bars (``agent.jobs.node.script_logs_hf``),
 DeepSpeed 0.3-0.19
-progress, throughput, timer and pipeline lines, Megatron-LM / Megatron-DeepSpeed / GPT-NeoX /
-nanotron ``iteration N/ M | key: value |`` lines. Garbage never raises.
+progress, throughput, timer and pipeline lines (``agent.jobs.node.deepspeed_lines``) and its
+comms-logger summary tables (``agent.jobs.node.comms_table``), Megatron-LM / Megatron-DeepSpeed /
+GPT-NeoX / nanotron ``iteration N/ M | key: value |`` lines and the timers after them
+(``agent.jobs.node.megatron_lines``). Multi-line output (timer blocks, tables) is followed per
+stream, so the other stream's lines may interleave; a block ends at its stream's next other line
+or ``wait_s`` after its last row (``flush``). Garbage never raises.
 """
 
 from __future__ import annotations
@@ -44,7 +48,9 @@ from collections.abc import Sequence
 from gantry.v1 import job_pb2
 
 from agent.jobs.metrics_records import MAX_COUNT, Record, RecordKind, whole_number
+from agent.jobs.node.comms_table import CommsPerStep, CommsTables, Totals
 from agent.jobs.node.deepspeed_lines import DeepSpeedStdoutParser, log_time
+from agent.jobs.node.megatron_lines import MegatronParser, megatron_metrics
 from agent.jobs.node.script_logs_hf import (
     Bar,
     LogDict,
@@ -92,69 +98,12 @@ _PHASES: tuple[tuple[str, int], ...] = (
     ("***** Running training *****", _P.RANK_PHASE_FIRST_STEP),
     ("[before the start of training step]", _P.RANK_PHASE_FIRST_STEP),
 )
+_LAST_PHASE = max(phase for _, phase in _PHASES)  # past it, start-up lines say nothing
 _RESUMED_AT = re.compile(
     r"(?:Continuing training from global step |Resuming training from checkpoint with epoch \d+"
     r" and global step |checkpoint from \S+ (?:\[[^\]]{0,40}\] )?at iteration )(?P<step>\d+)"
 )
 _TOTAL = re.compile(r"Total optimization steps = (?P<total>[\d,]{1,20})")
-
-# Megatron-LM / Megatron-DeepSpeed training_log, GPT-NeoX and nanotron: "iteration N/ M | ..."
-_ITERATION = re.compile(r"\biteration:?\s*(?P<step>\d+)\s*/\s*(?P<total>\d+)\s*\|")
-_NUMBER = re.compile(r"\s*(?P<n>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf)(?P<rest>.*)")
-_SCALE = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}  # nanotron's human_format
-_MEGATRON_FIELDS = {
-    "learning rate": "learning_rate",
-    "lr": "learning_rate",
-    "loss scale": "loss_scale",
-    "grad norm": "grad_norm",
-    "grad_norm": "grad_norm",
-    "samples per second": "samples_per_s",
-    "samples/sec": "samples_per_s",
-    "tokens per gpu per second (tgs)": "tokens_per_s",
-    "tokens_per_sec_per_gpu": "tokens_per_s",
-    "tflops": "tflops",
-    "throughput per gpu (tflop/s/gpu)": "tflops",
-    "model_tflops_per_gpu": "tflops",
-    "approx flops per gpu": "tflops",
-}
-_MEGATRON_MS = ("elapsed time per iteration (ms)", "elapsed_time_per_iteration_ms")
-_LOSS_KEYS = ("lm loss", "lm_loss", "loss")
-
-
-def _number(text: str) -> float | None:
-    match = _NUMBER.fullmatch(text)
-    if match is None:
-        return None
-    return float(match["n"]) * _SCALE.get(match["rest"].strip(), 1.0)
-
-
-def megatron_metrics(text: str) -> job_pb2.RankMetrics | None:
-    """The figures of a Megatron-style ``iteration N/ M | key: value | ...`` line, else None."""
-    if "iteration" not in text or "|" not in text:
-        return None
-    found = _ITERATION.search(text)
-    step = whole_number(found["step"]) if found is not None else None
-    total = whole_number(found["total"]) if found is not None else None
-    if found is None or step is None or total is None:
-        return None
-    m = job_pb2.RankMetrics(step=step, total_steps=total)
-    values: dict[str, float] = {}
-    for part in text[found.end() :].split("|") + text[: found.start()].split("|"):
-        key, sep, value = part.partition(":")
-        number = _number(value) if sep else None
-        if number is not None:
-            values.setdefault(" ".join(key.lower().split()), number)
-    for key, attr in _MEGATRON_FIELDS.items():
-        if key in values and not m.HasField(attr):
-            setattr(m, attr, values[key])
-    for key in _MEGATRON_MS:
-        if key in values:
-            m.step_time_s = values[key] / 1000.0
-    losses = [k for k in _LOSS_KEYS if k in values]
-    losses += [k for k in values if k.endswith("loss") and k not in _LOSS_KEYS]
-    if losses:
-        m.loss = values[losses[0]]
-    return m
 
 
 def _arg(argv: Sequence[str], *names: str) -> str | None:
@@ -193,6 +142,10 @@ class ScriptLogParser:
             wait_s,
         )
         self._deepspeed = DeepSpeedStdoutParser()
+        self._megatron = MegatronParser(wait_s)
+        self._comms = CommsTables(wait_s)
+        self._comms_per_step = CommsPerStep()
+        self.last_step: int | None = None  # the highest step reported so far
         self._bar_total = total if max_steps else None  # the Trainer bar's total
         self._bar_done = False  # that bar reached its total
         self._ended = False  # the Trainer printed its end-of-training dict
@@ -208,9 +161,13 @@ class ScriptLogParser:
         return out
 
     def flush(self, now: float) -> list[Record]:
-        """Records of log dicts whose wait for their step ran out by ``now``."""
+        """Records of log dicts, timer blocks and comms tables whose wait ran out by ``now``."""
         out: list[Record] = []
         self._placed(self._steps.expire(now), out)
+        for stream, m in self._megatron.flush(now):
+            self._metrics(m, None, stream, out)
+        for stream, step, totals in self._comms.flush(now):
+            self._comms_table(step, totals, stream, out)
         return out
 
     def _segment(self, stream: str, raw: str, now: float, out: list[Record]) -> None:
@@ -266,7 +223,10 @@ class ScriptLogParser:
         self._metrics(m, None, stream, out)
 
     def _text(self, stream: str, text: str, now: float, out: list[Record]) -> None:
-        if not text.strip():
+        in_table, tables = self._comms.feed(stream, text, now, self.last_step)
+        for step, totals in tables:
+            self._comms_table(step, totals, stream, out)
+        if in_table or not text.strip():
             return
         if "{" in text:
             fields = parse_log_dict(text)
@@ -275,11 +235,19 @@ class ScriptLogParser:
         record = self._deepspeed.parse(text)
         if record is not None and record.metrics is not None:
             self._metrics(record.metrics, record.time, stream, out)
-        megatron = megatron_metrics(text)
-        if megatron is not None:
-            self._set_total(megatron.total_steps)
-            self._metrics(megatron, log_time(text), stream, out)
+        for m in self._megatron.feed(stream, text, now):
+            iteration = m.HasField("total_steps")  # else the timers of the last iteration
+            if iteration:
+                self._set_total(m.total_steps)
+            self._metrics(m, log_time(text) if iteration else None, stream, out)
         self._startup(stream, text, out)
+
+    def _comms_table(
+        self, step: int | None, totals: Totals, stream: str, out: list[Record]
+    ) -> None:
+        m = self._comms_per_step.metrics(step, totals)
+        if m is not None:
+            self._metrics(m, None, stream, out)
 
     def _log_dict(
         self, stream: str, fields: dict[str, float | None], now: float, out: list[Record]
@@ -299,21 +267,28 @@ class ScriptLogParser:
                 self._metrics(m, None, item.stream, out)
 
     def _startup(self, stream: str, text: str, out: list[Record]) -> None:
-        for needle, phase in _PHASES:
+        for needle, phase in _PHASES if self.phase < _LAST_PHASE else ():
             if phase > self.phase and needle in text:
                 self._advance(phase, log_time(text), stream, out)
+                if phase == _P.RANK_PHASE_LOADING_CHECKPOINT:
+                    self._start_step(None)  # resumed: from which step?
                 break
         if "from" in text:
             resumed = _RESUMED_AT.search(text)
             step = whole_number(resumed["step"]) if resumed is not None else None
             if step is not None:
                 self._steps.last_step = step
+                self._start_step(step)
         if "Total optimization steps" in text:
             found = _TOTAL.search(text)
             total = whole_number(found["total"].replace(",", "")) if found is not None else None
             if total:
                 self._bar_total = total
                 self._set_total(total)
+
+    def _start_step(self, step: int | None) -> None:
+        """Where this process's running totals (comms tables, pipeline timers) start."""
+        self._comms_per_step.base_step = self._deepspeed.start_step = step
 
     def _set_total(self, total: int | None) -> None:
         if total:
@@ -332,4 +307,5 @@ class ScriptLogParser:
         self._advance(_P.RANK_PHASE_TRAINING, when, stream, out)
         if self.total and not m.HasField("total_steps"):
             m.total_steps = self.total
+        self.last_step = max(self.last_step or 0, m.step)
         out.append(Record(RecordKind.METRICS, when, m.step, metrics=m, source=stream))

@@ -34,6 +34,7 @@ from agent.jobs.node.hangs import (
     is_silent,
     stacks_dumped,
 )
+from agent.jobs.node.kernel_events import KernelAlert, KernelEvents
 from agent.jobs.node.launch import IMPORTS_FILE, rank_argv, rank_env
 from agent.jobs.node.live_rank import EventBatch, Launch, LiveRank
 from agent.jobs.node.logs import STREAMS, LogChunk, tail_log
@@ -90,6 +91,7 @@ class LocalSupervisor:
         self._ib_present = ib_devices_present()
         self.standbys = Standbys(self.data_dir / "standby")
         self.retention = CheckpointRetention(journal, clock)
+        self.kernel = KernelEvents()
         if readopt:
             self.readopt()
 
@@ -283,7 +285,8 @@ class LocalSupervisor:
     def _exited(self, live: LiveRank, row: RankRow, code: int, batch: EventBatch) -> RankRow:
         """``settle_exit``; the last of a job's ranks here to exit 0 takes its standbys."""
         stopping = live.state == RankState.STOPPING
-        row = settle_exit(self.ranks_journal, live, row, code, batch)
+        oom = self.kernel.killed_by_oom(row.pid, code, self.wall_clock())
+        row = settle_exit(self.ranks_journal, live, row, code, batch, oom_kill=oom)
         done_here = not any(
             other.row.job == row.job
             and other.row.rank != row.rank
@@ -293,6 +296,38 @@ class LocalSupervisor:
         if not stopping and RankState(row.state) == RankState.EXITED and done_here:
             self.standbys.discard_job(row.job)  # no attempt will follow
         return row
+
+    # --- the kernel log (on the loop; the daemon follows it) --------------------------------
+
+    def kernel_xid(
+        self, code: int, gpu: int | None, pci: str, text: str, pid: int | None = None
+    ) -> int:
+        """An XID the kernel logged: an alert for each rank using that GPU; how many."""
+        rows = [live.row for live in self._live.values()]
+        return self._journal_alerts(self.kernel.xid(rows, code, gpu, pci, text, pid))
+
+    def kernel_gpu_failed(self, gpu: int, pci: str, text: str) -> int:
+        """The driver lost ``gpu`` or could not bring it up: an alert for each rank on it."""
+        rows = [live.row for live in self._live.values()]
+        return self._journal_alerts(self.kernel.gpu_failed(rows, gpu, pci, text))
+
+    def kernel_oom_kill(self, pid: int, process: str, text: str) -> int:
+        """The oom-killer killed ``pid``: an alert if it was a rank's; remembered for its exit."""
+        rows = [live.row for live in self._live.values()]
+        alerts = self.kernel.oom_kill(rows, pid, process, text, self.wall_clock())
+        return self._journal_alerts(alerts)
+
+    def _journal_alerts(self, alerts: list[KernelAlert]) -> int:
+        for alert in alerts:
+            live = self._live.get(alert.key)
+            if live is None:
+                continue
+            batch = EventBatch()
+            self.ranks_journal.emit(
+                batch, live.row, job_pb2.JOB_EVENT_KIND_ALERT, alert.message, alert.details
+            )
+            self.ranks_journal.commit(live.row, batch)
+        return len(alerts)
 
     # --- stop -------------------------------------------------------------------------------
 

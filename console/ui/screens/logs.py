@@ -1,14 +1,17 @@
-"""The log screen: one rank's log, live, with search and a jump to the first error.
+"""The log screen: one rank's log, live, with search and jumps from error to error.
 
-Something else feeds the `LogBuffer` (a `gantry logs -f` stream, a test); the screen
-polls `buffer.version` and redraws only when it moved.
+Shown from a `LogBuffer` (one stream), or from `RankLogs`: stdout and stderr merged,
+stderr's lines marked in a gutter, or either alone (`s` cycles). Something else feeds
+the lines (the `feeds` the screen runs while open, a test); the screen polls the
+shown buffer's `version` and redraws only when it moved.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
-from typing import ClassVar
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, ClassVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -18,6 +21,9 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 
 from console.model.log_buffer import LogBuffer, LogSearch
+from console.model.log_errors import ErrorJumps, LineSeek
+from console.model.log_streams import LogMode, RankLogs
+from console.ui.screens.log_status import SearchInput, counts_line, join_status
 from console.ui.widgets.log_view import LogView
 
 POLL_INTERVAL_S = 0.1
@@ -27,25 +33,13 @@ POLL_INTERVAL_S = 0.1
 # log's line shows at the next poll all the same; keys sync at once.
 SYNC_INTERVAL_S = 0.25
 MAX_SHOWN_QUERY = 24
-
-
-class SearchInput(Input):
-    """The `/` prompt; hidden until asked for."""
-
-    DEFAULT_CSS = """
-    SearchInput {
-        display: none;
-        height: 1;
-        border: none;
-        padding: 0 1;
-        background: $panel;
-        &:focus { border: none; background-tint: $foreground 5%; }
-    }
-    """
+# A feed: a coroutine the screen runs while it is open (it follows a stream until cancelled).
+Feed = Callable[[], Coroutine[Any, Any, None]]
 
 
 class LogScreen(Screen[None]):
-    """`title` names the log (job · rank · attempt · stream); `buffer` holds its lines."""
+    """`title` names the log (job · rank · attempt, and the stream of a lone buffer);
+    `logs` holds its lines."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back"),
@@ -54,7 +48,9 @@ class LogScreen(Screen[None]):
         Binding("slash", "open_search", "Search", key_display="/"),
         Binding("n", "next_match", "Next"),
         Binding("N", "previous_match", "Previous match", show=False),
-        Binding("e", "first_error", "Error"),
+        Binding("e", "next_error", "Error"),
+        Binding("E", "previous_error", "Previous error", show=False),
+        Binding("s", "cycle_stream", "Stream"),
         Binding("g", "top", "Top", show=False),
         Binding("G", "bottom", "Bottom", show=False),
     ]
@@ -83,9 +79,10 @@ class LogScreen(Screen[None]):
     def __init__(
         self,
         title: str,
-        buffer: LogBuffer,
+        logs: LogBuffer | RankLogs,
         *,
         follow: bool = True,
+        feeds: Sequence[Feed] = (),
         poll_interval_s: float = POLL_INTERVAL_S,
         sync_interval_s: float = SYNC_INTERVAL_S,
         monotonic: Callable[[], float] = time.monotonic,
@@ -95,7 +92,13 @@ class LogScreen(Screen[None]):
     ) -> None:
         super().__init__(name=name, id=id, classes=classes)
         self.log_title = title
-        self.buffer = buffer
+        self.logs = logs if isinstance(logs, RankLogs) else None
+        self.mode = LogMode.MERGED
+        self._lone = logs if isinstance(logs, LogBuffer) else None
+        self._feeds = feeds
+        self._tasks: list[asyncio.Task[None]] = []
+        self._jumps = ErrorJumps()
+        self._seek: LineSeek | None = None  # where an event that opened the log points
         self.poll_interval_s = poll_interval_s
         self.sync_interval_s = sync_interval_s
         self.monotonic = monotonic
@@ -108,12 +111,21 @@ class LogScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="log-header"):
-            yield Static(self.log_title, id="log-title", markup=False)
+            yield Static(self._title(), id="log-title", markup=False)
             yield Static(id="log-counts")
-        yield LogView(self.buffer, follow=self._follow, id="log-view")
+        marked = self.logs is not None and self.mode is LogMode.MERGED
+        yield LogView(self.buffer, follow=self._follow, marked=marked, id="log-view")
         yield SearchInput(placeholder="search (re: for a regex)", id="log-search")
         yield Static(id="log-status")
         yield Footer()
+
+    @property
+    def buffer(self) -> LogBuffer:
+        """The buffer shown now (one stream, or both merged)."""
+        if self.logs is not None:
+            return self.logs.buffer(self.mode)
+        assert self._lone is not None
+        return self._lone
 
     @property
     def view(self) -> LogView:
@@ -130,18 +142,54 @@ class LogScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.view.focus()
+        self._tasks = [asyncio.create_task(feed(), name="log-feed") for feed in self._feeds]
         self.set_interval(self.poll_interval_s, self.poll, name="poll-log")
         self.call_after_refresh(self.poll)
+
+    def on_unmount(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # One stream only: no key to cycle, and none in the footer.
+        return self.logs is not None or action != "cycle_stream"
 
     def poll(self) -> None:
         """Redraws what changed since the last poll; cheap when nothing did."""
         view, now = self.view, self.monotonic()
+        if self.logs is not None:
+            self.logs.poll()
         if now - self._synced_at < self.sync_interval_s:
             return  # new lines wait for the next poll past the interval
         if view.sync():
             self._synced_at = now
+        if self._seek is not None:
+            self._try_seek(self._seek)
         self._update_header()
         self._update_status()
+
+    @property
+    def pending_seek(self) -> str | None:
+        """The line the screen waits to show ("" for the last error), None if none."""
+        return self._seek.target if self._seek is not None else None
+
+    def seek(self, line: str = "") -> None:
+        """Shows `line` once it arrives, else the last error once the backlog is in:
+        where the event that opened the log points."""
+        self._seek = LineSeek(line)
+        if self.is_mounted:
+            self.poll()
+
+    def _try_seek(self, seek: LineSeek) -> None:
+        buffer = self.buffer
+        # A lone buffer's backlog comes in one batch.
+        settled = self.logs.settled if self.logs is not None else len(buffer) > 0
+        done, index = seek.find(buffer, self._jumps.index(buffer), settled)
+        if done:
+            self._seek = None
+        if index is not None:
+            self.view.jump_to(index)
+            self._message = self._error_message(index)
 
     # -- actions ---------------------------------------------------------------
     def action_back(self) -> None:
@@ -173,15 +221,46 @@ class LogScreen(Screen[None]):
     def action_previous_match(self) -> None:
         self._step(backwards=True)
 
-    def action_first_error(self) -> None:
+    def action_next_error(self) -> None:
+        """The first error, or the one after the error shown (wrapping)."""
+        self._step_error(backwards=False)
+
+    def action_previous_error(self) -> None:
+        self._step_error(backwards=True)
+
+    def action_cycle_stream(self) -> None:
+        """Merged → stdout → stderr → merged."""
+        if self.logs is None:
+            return
         self._message = None
-        self.view.sync()
-        index = self.buffer.first_error()
+        self._seek = None
+        self.mode = self.mode.next
+        search = self.view.search
+        self.view.set_buffer(self.buffer, marked=self.mode is LogMode.MERGED)
+        self.query_one("#log-title", Static).update(self._title())
+        if search is not None:
+            self.view.set_search(LogSearch(self.buffer, search.query))
+        self._shown_counts = (-1, -1)
+        self._update_header()
+        self._update_status()
+
+    def _step_error(self, backwards: bool) -> None:
+        self._message = None
+        self._seek = None
+        view = self.view
+        view.sync()
+        index = self._jumps.step(self.buffer, view.current_line, backwards)
         if index is None:
             self._message = Content("no error lines")
         else:
-            self.view.jump_to(index)
+            view.jump_to(index)
+            self._message = self._error_message(index)
         self._update_status()
+
+    def _error_message(self, index: int) -> Content | None:
+        if self._jumps.index(self.buffer).ordinal(index) is None:
+            return None  # the event's own line, not an error start
+        return Content.styled(self._jumps.describe(self.buffer, index) + " ", "$text-error")
 
     def action_top(self) -> None:
         self._message = None
@@ -261,22 +340,19 @@ class LogScreen(Screen[None]):
         self.set_focus(self.view)
 
     # -- header and status -----------------------------------------------------
+    def _title(self) -> str:
+        if self.logs is None:
+            return self.log_title
+        return f"{self.log_title} · {self.mode.value}"
+
     def _update_header(self) -> None:
         counts = (self.buffer.error_count, self.buffer.warning_count)
         if counts == self._shown_counts:
             return
         self._shown_counts = counts
-        errors, warnings = counts
-        parts: list[str | tuple[str, str]] = []
-        if errors:
-            parts.append((f"{errors:,} error{'s' if errors != 1 else ''}", "bold $text-error"))
-        if warnings:
-            if parts:
-                parts.append("  ")
-            parts.append((f"{warnings:,} warning{'s' if warnings != 1 else ''}", "$text-warning"))
         # No layout pass: the line's size never changes, and a layout per update costs
         # a repaint of the whole screen several times a second.
-        self.query_one("#log-counts", Static).update(Content.assemble(*parts), layout=False)
+        self.query_one("#log-counts", Static).update(counts_line(*counts), layout=False)
 
     def status_text(self) -> str:
         """The status line as plain text (for tests)."""
@@ -285,8 +361,13 @@ class LogScreen(Screen[None]):
     def _status(self) -> Content:
         view, buffer = self.view, self.buffer
         first, last = view.visible_range()
-        position = "no lines yet" if last < first else f"{first + 1:,}-{last + 1:,}"
-        items: list[Content] = [Content(f"{position} of {buffer.end_index:,}")]
+        if last >= first:
+            position = f"{first + 1:,}-{last + 1:,} of {buffer.end_index:,}"
+        elif self.logs is not None:
+            position = self.logs.empty_note(self.mode)
+        else:
+            position = "no lines yet"
+        items: list[Content] = [Content(position)]
         if view.live:
             items.append(Content.styled("follow ", "bold $text-success"))
         else:
@@ -308,12 +389,7 @@ class LogScreen(Screen[None]):
             items.append(Content(f"/{query} {found}"))
         if self._message is not None:
             items.append(self._message)
-        # A styled item ends with its own space: SVG viewers (librsvg) drop the leading
-        # spaces of a run, which a separator of its own would start with.
-        status = items[0]
-        for item in items[1:]:
-            status += ("· " if status.plain.endswith(" ") else " · ") + item
-        return status.rstrip()
+        return join_status(items)
 
     def _update_status(self) -> None:
         status = self._status()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import ClassVar
 
@@ -17,7 +16,7 @@ from textual.widgets import Footer, Static
 
 from console.model.bars import format_bytes_pair, format_rate, percent_of
 from console.model.cluster import DEFAULT_HISTORY, ClusterStore, ConnState, NodeView
-from console.model.node_gpus import XID_MEANINGS, GpuSeries
+from console.model.node_gpus import GpuSeries, xid_counts, xid_label, xid_row, xid_style
 from console.ui.screens import StoreScreen
 from console.ui.widgets.gpu_panel import GpuPanel
 from console.ui.widgets.spans import spaces_outside_spans
@@ -228,13 +227,7 @@ class NodeScreen(StoreScreen):
             self._show_gpus(self.node)
 
     def _show_xids(self, node: NodeView) -> None:
-        counts: Counter[int] = Counter()
-        if node.latest is not None:
-            for gpu in node.latest.gpus:
-                for code, count in gpu.xid_counts.items():
-                    counts[code] += count
-        if not counts:
-            counts.update(e.xid for e in node.xid_events)
+        counts = xid_counts(node.latest, node.xid_events)
         total = sum(counts.values())
         if not total:
             self._set("#xid-summary", "[b]XID events[/b]\n[$text-muted]none[/]")
@@ -242,8 +235,10 @@ class NodeScreen(StoreScreen):
             return
         lines = [f"[b]XID events[/b] ({total})"]
         for code, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-            meaning = XID_MEANINGS.get(code, "")
-            lines.append(f"[$error b]{code:>3}[/] {TIMES}{count}  [$text-muted]{meaning}[/]")
+            lines.append(
+                f"[{xid_style(code)} b]{code:>3}[/] {TIMES}{count}  "
+                f"[$text-muted]{xid_label(code)}[/]"
+            )
         self._set("#xid-summary", "\n".join(lines))
         events: Iterable[telemetry_pb2.XidEvent] = reversed(node.xid_events)
         rows = ["", "[b]newest first[/b]"]
@@ -252,5 +247,5 @@ class NodeScreen(StoreScreen):
                 rows.append(f"[$text-muted]… {len(node.xid_events) - i} older[/]")
                 break
             t = event.time.seconds + event.time.nanos / 1e9
-            rows.append(f"{_fmt_time(t)}  GPU {event.gpu_index:<2} XID [$error]{event.xid}[/]")
+            rows.append(f"{_fmt_time(t)}  {xid_row(event)}")
         self._set("#xid-list", "\n".join(rows))

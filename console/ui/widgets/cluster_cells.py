@@ -161,7 +161,7 @@ def _label(choices: tuple[str, ...], width: int) -> str:
 
 def _state_style(node: NodeView, palette: Palette) -> Style:
     if node.state is ConnState.LIVE:
-        return palette.lost if node.job_fault else palette.live
+        return palette.lost if node.job_fault or node.gpu_fault else palette.live
     if node.state is ConnState.LOST:
         return palette.lost
     if node.state is ConnState.UNAUTHORIZED:

@@ -24,6 +24,9 @@ from textual.strip import Strip
 
 from console.model.log_buffer import LogBuffer, LogSearch, Severity
 
+# A merged log's stderr lines are marked in a gutter this wide (a bar, then a space).
+GUTTER_CELLS = 2
+GUTTER_MARK = "│ "
 # Rows above a jumped-to line, as a share of the view: some context before it.
 JUMP_CONTEXT = 3
 STRIP_CACHE_SIZE = 1024
@@ -37,10 +40,12 @@ class _Palette:
     current_lines: tuple[Style, Style, Style]
     match: Style
     current_match: Style
+    stderr: Style
 
 
 class LogView(ScrollView, can_focus=True):
-    """Lines of a `LogBuffer`: errors red, warnings yellow, search matches reversed.
+    """Lines of a `LogBuffer`: errors red, warnings yellow, search matches reversed;
+    with `marked`, lines tagged as stderr behind a red bar in a gutter.
 
     The owner calls `sync()` when `buffer.version` moved (LogScreen polls it); nothing
     is redrawn per appended line.
@@ -52,6 +57,7 @@ class LogView(ScrollView, can_focus=True):
         "log-view--match",
         "log-view--current",
         "log-view--current-match",
+        "log-view--stderr",
     }
 
     DEFAULT_CSS = """
@@ -66,6 +72,7 @@ class LogView(ScrollView, can_focus=True):
         & > .log-view--match { text-style: reverse; }
         & > .log-view--current { background: $primary 30%; }
         & > .log-view--current-match { text-style: reverse bold underline; }
+        & > .log-view--stderr { color: $text-error 70%; }
     }
     """
 
@@ -74,14 +81,23 @@ class LogView(ScrollView, can_focus=True):
         buffer: LogBuffer,
         *,
         follow: bool = True,
+        marked: bool = False,
         name: str | None = None,
         id: str | None = None,
         classes: str | None = None,
     ) -> None:
         super().__init__(name=name, id=id, classes=classes)
-        self.buffer = buffer
         self._follow = follow
         self._paused = False
+        self._strips: LRUCache[tuple[int, bool], Strip] = LRUCache(STRIP_CACHE_SIZE)
+        self._palette: _Palette | None = None
+        self.lines_rendered = 0  # uncached line renders (tests and benchmarks)
+        self._reset(buffer, marked)
+
+    def _reset(self, buffer: LogBuffer, marked: bool) -> None:
+        self.buffer = buffer
+        self.marked = marked
+        self._gutter = GUTTER_CELLS if marked else 0
         self._current: int | None = None
         self._search: LogSearch | None = None
         # The buffer as last synced: rows are drawn from these, not from the live buffer.
@@ -90,9 +106,7 @@ class LogView(ScrollView, can_focus=True):
         self._synced_end = buffer.first_index
         # end_index when the view stopped being live (new lines are counted from it).
         self._frozen_end = buffer.end_index
-        self._strips: LRUCache[tuple[int, bool], Strip] = LRUCache(STRIP_CACHE_SIZE)
-        self._palette: _Palette | None = None
-        self.lines_rendered = 0  # uncached line renders (tests and benchmarks)
+        self._strips.clear()
 
     # -- state -----------------------------------------------------------------
     @property
@@ -154,6 +168,14 @@ class LogView(ScrollView, can_focus=True):
     def toggle_pause(self) -> None:
         self._set_state(self._follow, not self._paused)
 
+    def set_buffer(self, buffer: LogBuffer, *, marked: bool = False) -> None:
+        """Shows another buffer (a log's other stream): from its end if live, else its
+        top; the search and the marked line are dropped."""
+        self._reset(buffer, marked)
+        self.scroll_to(0, 0, animate=False, force=True)
+        self.sync()
+        self.refresh()
+
     def set_search(self, search: LogSearch | None) -> None:
         self._search = search
         self._strips.clear()
@@ -171,7 +193,7 @@ class LogView(ScrollView, can_focus=True):
         dropped = buffer.first_index - self._synced_first
         self._synced_first, self._synced_end = buffer.first_index, buffer.end_index
         top = self.scroll_offset.y
-        self.virtual_size = Size(buffer.max_line_length, len(buffer))
+        self.virtual_size = Size(buffer.max_line_length + self._gutter, len(buffer))
         if self.live:
             self._scroll_to_end()
             self.refresh()
@@ -191,16 +213,21 @@ class LogView(ScrollView, can_focus=True):
         if self.live:
             self._set_state(self._follow, True)
         self._current = index
+        self._show_row(index)
+        # A scrollbar that comes with these lines takes a row only at the next layout.
+        self.call_after_refresh(self._show_row, index)
+        width = self._view_width() - self._gutter
+        x = self.scroll_offset.x
+        if not x <= column < x + width:
+            self._scroll_rows(x=max(0, column - width // 4))
+        self.refresh()
+
+    def _show_row(self, index: int) -> None:
         row = index - self._synced_first
         height = self._view_height()
         top = self.scroll_offset.y
         if not top <= row < top + height:
             self._scroll_rows(max(0, row - height // JUMP_CONTEXT))
-        width = self._view_width()
-        x = self.scroll_offset.x
-        if not x <= column < x + width:
-            self._scroll_rows(x=max(0, column - width // 4))
-        self.refresh()
 
     def clear_current(self) -> None:
         if self._current is not None:
@@ -252,7 +279,15 @@ class LogView(ScrollView, can_focus=True):
             self._strips[(index, current)] = strip
         severity = self.buffer.severity(index)
         pad = (palette.current_lines if current else palette.lines)[severity]
-        return strip.crop_extend(scroll_x, scroll_x + width, pad)
+        if not self._gutter:
+            return strip.crop_extend(scroll_x, scroll_x + width, pad)
+        # The gutter stays put while the text scrolls sideways.
+        body = strip.crop_extend(scroll_x, scroll_x + width - self._gutter, pad)
+        if self.buffer.tag(index):
+            mark = Segment(GUTTER_MARK, palette.stderr)
+        else:
+            mark = Segment(" " * self._gutter, palette.lines[0])
+        return Strip([mark, *body], width)
 
     # -- internals -------------------------------------------------------------
     def _set_state(self, follow: bool, paused: bool) -> None:
@@ -328,5 +363,6 @@ class LogView(ScrollView, can_focus=True):
                 current_match=self.get_component_rich_style(
                     "log-view--current-match", partial=True
                 ),
+                stderr=self.get_component_rich_style("log-view--stderr"),
             )
         return self._palette

@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_name", "hostname", "agent_version", "agent_started", "driver_version", "cuda_driver_version", "nvml_error", "gpu_count", "cpu_count", "mem_total_bytes", "sample_interval_s", "history_s", "gpus", "accelerator")
+    __slots__ = ("node_name", "hostname", "agent_version", "agent_started", "driver_version", "cuda_driver_version", "nvml_error", "gpu_count", "cpu_count", "mem_total_bytes", "sample_interval_s", "history_s", "gpus", "accelerator", "kernel_log_source", "kernel_log_error")
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,8 @@ class NodeInfo(_message.Message):
     HISTORY_S_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
     ACCELERATOR_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_LOG_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_LOG_ERROR_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     hostname: str
     agent_version: str
@@ -39,7 +41,9 @@ class NodeInfo(_message.Message):
     history_s: float
     gpus: _containers.RepeatedCompositeFieldContainer[GpuIdentity]
     accelerator: str
-    def __init__(self, node_name: _Optional[str] = ..., hostname: _Optional[str] = ..., agent_version: _Optional[str] = ..., agent_started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., driver_version: _Optional[str] = ..., cuda_driver_version: _Optional[str] = ..., nvml_error: _Optional[str] = ..., gpu_count: _Optional[int] = ..., cpu_count: _Optional[int] = ..., mem_total_bytes: _Optional[int] = ..., sample_interval_s: _Optional[float] = ..., history_s: _Optional[float] = ..., gpus: _Optional[_Iterable[_Union[GpuIdentity, _Mapping]]] = ..., accelerator: _Optional[str] = ...) -> None: ...
+    kernel_log_source: str
+    kernel_log_error: str
+    def __init__(self, node_name: _Optional[str] = ..., hostname: _Optional[str] = ..., agent_version: _Optional[str] = ..., agent_started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., driver_version: _Optional[str] = ..., cuda_driver_version: _Optional[str] = ..., nvml_error: _Optional[str] = ..., gpu_count: _Optional[int] = ..., cpu_count: _Optional[int] = ..., mem_total_bytes: _Optional[int] = ..., sample_interval_s: _Optional[float] = ..., history_s: _Optional[float] = ..., gpus: _Optional[_Iterable[_Union[GpuIdentity, _Mapping]]] = ..., accelerator: _Optional[str] = ..., kernel_log_source: _Optional[str] = ..., kernel_log_error: _Optional[str] = ...) -> None: ...
 
 class GpuIdentity(_message.Message):
     __slots__ = ("index", "uuid", "name", "pci_bus_id", "mem_total_bytes")
@@ -161,29 +165,41 @@ class HostSample(_message.Message):
     def __init__(self, cpu_percent: _Optional[float] = ..., cpu_count: _Optional[int] = ..., load1: _Optional[float] = ..., load5: _Optional[float] = ..., load15: _Optional[float] = ..., mem_used_bytes: _Optional[int] = ..., mem_total_bytes: _Optional[int] = ..., net_rx_bytes_per_s: _Optional[float] = ..., net_tx_bytes_per_s: _Optional[float] = ..., disk_read_bytes_per_s: _Optional[float] = ..., disk_write_bytes_per_s: _Optional[float] = ...) -> None: ...
 
 class XidEvent(_message.Message):
-    __slots__ = ("gpu_index", "gpu_uuid", "xid", "time")
+    __slots__ = ("gpu_index", "gpu_uuid", "xid", "time", "source", "pci_bus_id", "text", "gpu_known", "pid")
     GPU_INDEX_FIELD_NUMBER: _ClassVar[int]
     GPU_UUID_FIELD_NUMBER: _ClassVar[int]
     XID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    PCI_BUS_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    GPU_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
     gpu_index: int
     gpu_uuid: str
     xid: int
     time: _timestamp_pb2.Timestamp
-    def __init__(self, gpu_index: _Optional[int] = ..., gpu_uuid: _Optional[str] = ..., xid: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    source: str
+    pci_bus_id: str
+    text: str
+    gpu_known: bool
+    pid: int
+    def __init__(self, gpu_index: _Optional[int] = ..., gpu_uuid: _Optional[str] = ..., xid: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., pci_bus_id: _Optional[str] = ..., text: _Optional[str] = ..., gpu_known: _Optional[bool] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class NodeSample(_message.Message):
-    __slots__ = ("node_name", "seq", "time", "host", "gpus", "xid_events")
+    __slots__ = ("node_name", "seq", "time", "host", "gpus", "xid_events", "gpu_problems")
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
     XID_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    GPU_PROBLEMS_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     seq: int
     time: _timestamp_pb2.Timestamp
     host: HostSample
     gpus: _containers.RepeatedCompositeFieldContainer[GpuSample]
     xid_events: _containers.RepeatedCompositeFieldContainer[XidEvent]
-    def __init__(self, node_name: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., host: _Optional[_Union[HostSample, _Mapping]] = ..., gpus: _Optional[_Iterable[_Union[GpuSample, _Mapping]]] = ..., xid_events: _Optional[_Iterable[_Union[XidEvent, _Mapping]]] = ...) -> None: ...
+    gpu_problems: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_name: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., host: _Optional[_Union[HostSample, _Mapping]] = ..., gpus: _Optional[_Iterable[_Union[GpuSample, _Mapping]]] = ..., xid_events: _Optional[_Iterable[_Union[XidEvent, _Mapping]]] = ..., gpu_problems: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -15,7 +15,7 @@ from console.model.advice import Advice
 from console.model.cluster import ClusterStore
 from console.model.job_rows import lost_nodes
 from console.model.jobs import JobsStore, JobView
-from console.model.remedies import RemedyError, apply_remedy, describe_changes
+from console.model.remedies import RemedyError, plan_remedy
 from console.net.jobs_client import JobCommandError
 from console.net.operator import Operator
 from console.ui.screens import StoreScreen
@@ -167,16 +167,22 @@ class JobActions(StoreScreen):
             self._set_status(f"{finding.title}: nothing to apply automatically")
             return
         try:
-            spec = apply_remedy(finding.remedy, view.spec)
+            plan = plan_remedy(finding.remedy, view.spec)
         except RemedyError as exc:
             self._set_status(str(exc))
             return
-        changes = "; ".join(describe_changes(view.spec, spec))
+        changes = "; ".join(plan.changes)
         operator = self.operator
+
+        def restart() -> Awaitable[str]:
+            if plan.exclude:  # go on without a node (a GPU the driver lost, a fatal XID)
+                return operator.restart(self.job_name, node=plan.exclude[0], exclude=plan.exclude)
+            return operator.restart(self.job_name, spec=plan.spec)
+
         self._confirm_then(
             f"Apply: {finding.remedy.summary}?",
             f"{changes}. The job restarts from its latest checkpoint.",
-            lambda: operator.restart(self.job_name, spec=spec),
+            restart,
         )
 
     # -- internals -----------------------------------------------------------------

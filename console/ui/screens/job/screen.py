@@ -6,7 +6,9 @@ checkpoints, advice), with the operator's actions on keys.
     s     stop the job (confirmed)
     l     the selected rank's log
     t     charts over steps / over time
-    enter on a checkpoint: resume from it (confirmed); on a finding: apply its remedy
+    enter on a checkpoint: resume from it (confirmed); on a finding: apply its remedy;
+          on an event: its detail (a failure: its cause and last error lines; l opens
+          the rank's log at the error)
     escape back
 
 Each tab is a pane that draws itself at its own cadence while shown; the screen draws
@@ -33,6 +35,7 @@ from console.model.cluster import ClusterStore
 from console.model.cost import job_cost, total_steps
 from console.model.job_rows import lost_nodes, state_name
 from console.model.jobs import JS, JobsStore, JobView
+from console.model.transport import transport_by_node, transport_summary
 from console.net.operator import Operator
 from console.ui.screens.job.actions import AGENT_RESTART_UNAVAILABLE, JobActions
 from console.ui.screens.job.advisor import AdviceSource, AdvisorPane
@@ -220,7 +223,10 @@ class JobScreen(JobActions):
         ]
         mean_step = sum(step_times) / len(step_times) if step_times else None
         cost = job_cost(job, now, step, mean_step)
-        self._show("#job-cost", "cost " + cost.summary())
+        line = "cost " + cost.summary()
+        attempt = view.latest_attempt()
+        net = transport_summary(transport_by_node(view.events, attempt.number if attempt else None))
+        self._show("#job-cost", f"{net} · {line}" if net else line)
 
     def _tab_bar(self) -> str:
         """The tabs' labels (a click on one switches to it), the active one underlined

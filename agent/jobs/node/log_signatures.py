@@ -1,0 +1,531 @@
+"""The catalogue of failure signatures: one small pure rule per way a real rank says it is
+dying or in trouble, each turning one log line into a ``Hit`` (an alert name, a severity,
+a one-line cause and the figures it read). Pure; ``log_scan.LogScanner`` runs them on every
+line a rank writes and keeps the state some need (tracebacks, storms, follow-up lines).
+
+Each rule names the texts it needs (``needles``); a line holding none of them costs one
+regular-expression search for all rules together. The formats come from real logs of
+PyTorch 1.x and 2.x, NCCL 2.4 to 2.2x, DeepSpeed and Megatron (tests/fixtures/logs/, each
+with its source in SOURCES.md).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gantry.v1.xid_catalog import xid_info
+
+__all__ = [
+    "ALERTS",
+    "SIGNATURES",
+    "Hit",
+    "Severity",
+    "Signature",
+    "cuda_oom_cause",
+    "strip_prefix",
+    "watchdog_hit",
+]
+
+Severity = Literal["critical", "warning", "info"]
+
+# Every alert name a diagnosis may carry (details["alert"] of an ALERT event).
+ALERTS = (
+    "nccl_watchdog_timeout",
+    "nccl_flight_recorder",
+    "nccl_warn",
+    "nccl_system_error",
+    "nccl_cuda_error",
+    "nccl_remote_exited",
+    "nccl_internal_error",
+    "cuda_oom",
+    "nccl_cuda_oom",
+    "zero_alloc",
+    "host_oom",
+    "loss_scale_storm",
+    "nan_loss",
+    "gloo_reset",
+    "gloo_timeout",
+    "traceback",
+    "xid",
+    "ib_fallback",
+    "gpu_missing",
+)
+
+
+_PREFIX = re.compile(r"^(?:\[(?:rank|default)\d+\]:\s?)+")
+
+
+def strip_prefix(line: str) -> str:
+    """``line`` without the ``[rank1]:`` / ``[default0]:`` prefixes torch and its launchers add."""
+    return _PREFIX.sub("", line) if line.startswith("[") else line
+
+
+@dataclass(frozen=True)
+class Hit:
+    """What one rule read in one line."""
+
+    alert: str
+    severity: Severity
+    cause: str
+    fields: Mapping[str, str] = field(default_factory=dict)
+    key: str = ""  # the same alert with the same key is one finding, however often printed
+
+
+@dataclass(frozen=True)
+class Signature:
+    alert: str
+    needles: tuple[str, ...]
+    read: Callable[[str], Hit | None]
+
+
+# --- NCCL watchdog ---------------------------------------------------------------------------
+# PyTorch 1.x to 2.x: "[Rank 1] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=5,
+# OpType=ALLREDUCE, NumelIn=1, NumelOut=1, Timeout(ms)=600000) ran for 600013 milliseconds
+# before timing out." (1.x: no SeqNum, no Numel*; 1.8: TensorShape=[...]).
+_WATCHDOG = re.compile(
+    r"Watchdog caught collective operation timeout: WorkNCCL\((?P<fields>.*?)\)"
+    r" ran for (?P<ran>\d+) milliseconds before timing out"
+)
+_WORK_FIELD = re.compile(r"(?P<key>\w+)(?:\(ms\))?=(?P<value>\[[^\]]*\]|[^,]*)")
+_WATCHDOG_START = "Watchdog caught collective operation timeout"
+# 2.x, a later line: "[Rank 0] Timeout at NCCL work: 1580, last enqueued NCCL work: 1582,
+# last completed NCCL work: 1579."
+WATCHDOG_WORK = re.compile(
+    r"last enqueued NCCL work: (?P<enqueued>-?\d+), last completed NCCL work: (?P<completed>-?\d+)"
+)
+# 2.2+: the heartbeat monitor, when the watchdog itself is stuck.
+_WATCHDOG_STUCK = re.compile(
+    r"watchdog (?:thread )?got stuck for (?P<s>\d+) seconds|Heartbeat monitor timed out"
+)
+
+
+def watchdog_hit(line: str) -> Hit | None:
+    match = _WATCHDOG.search(line)
+    if match is None and _WATCHDOG_START in line:
+        # Cut by a terminal's wrap: the scanner joins the next line and reads it again.
+        return Hit("nccl_watchdog_timeout", "critical", "NCCL watchdog timeout", key="partial")
+    if match is None:
+        stuck = _WATCHDOG_STUCK.search(line)
+        if stuck is None:
+            return None
+        secs = f" for {stuck['s']} s" if stuck["s"] else ""
+        return Hit(
+            "nccl_watchdog_timeout",
+            "critical",
+            f"NCCL watchdog stuck{secs} (heartbeat monitor): a collective or CUDA call hangs",
+            key="stuck",
+        )
+    fields = {m["key"]: m["value"].strip() for m in _WORK_FIELD.finditer(match["fields"])}
+    op = fields.get("OpType", "collective")
+    seq = fields.get("SeqNum", "")
+    cause = f"NCCL watchdog timeout: {op}"
+    if seq:
+        cause += f" (SeqNum {seq})"
+    cause += f" ran {match['ran']} ms"
+    out = {"op": op, "ran_ms": match["ran"]}
+    if seq:
+        out["seq"] = seq
+    if "Timeout" in fields:
+        cause += f", timeout {fields['Timeout']} ms"
+        out["timeout_ms"] = fields["Timeout"]
+    return Hit("nccl_watchdog_timeout", "critical", cause, out, key=f"{op}/{seq}")
+
+
+def with_work(hit: Hit, line: str) -> Hit | None:
+    """``hit`` completed by PyTorch's "last enqueued/completed NCCL work" line, or None."""
+    work = WATCHDOG_WORK.search(line)
+    if work is None:
+        return None
+    cause = f"{hit.cause}; last enqueued {work['enqueued']}, last completed {work['completed']}"
+    fields = {
+        **hit.fields,
+        "last_enqueued": work["enqueued"],
+        "last_completed": work["completed"],
+    }
+    return Hit(hit.alert, hit.severity, cause, fields, hit.key)
+
+
+# PyTorch's flight recorder (TORCH_NCCL_TRACE_BUFFER_SIZE > 0): "[PG 0 Rank 0] ProcessGroupNCCL
+# preparing to dump debug info." then the dump's file (TORCH_NCCL_DEBUG_INFO_TEMP_FILE, by
+# default /tmp/nccl_trace_rank_<rank>).
+_FLIGHT = re.compile(
+    r"preparing to dump debug info|[Ff]inished writing NCCLPG debug info to (?P<file>\S+)"
+    r"|[Ff]light [Rr]ecorder dump(?:ed)? (?:written )?to (?P<file2>\S+)"
+)
+
+
+def _flight(line: str) -> Hit | None:
+    match = _FLIGHT.search(line)
+    if match is None:
+        return None
+    path = (match["file"] or match["file2"] or "").rstrip(".")
+    where = path or "TORCH_NCCL_DEBUG_INFO_TEMP_FILE (default /tmp/nccl_trace_rank_<rank>)"
+    return Hit(
+        "nccl_flight_recorder",
+        "info",
+        f"NCCL flight recorder dump in {where}: read it with torchfrtrace to see which rank "
+        "did not join the collective",
+        {"path": path} if path else {},
+        key=path or "dump",
+    )
+
+
+# --- NCCL errors -----------------------------------------------------------------------------
+# "NCCL error in: ../torch/csrc/distributed/c10d/NCCLUtils.hpp:219, unhandled system error,
+# NCCL version 2.14.3", "ncclRemoteError: A call failed possibly due to a network error or a
+# remote process exiting prematurely.", "ncclInternalError: Internal check failed."
+_NCCL_ERROR = re.compile(
+    r"(?P<name>unhandled system error|unhandled cuda error|internal error|invalid usage"
+    r"|remote process exited or there was a network error"
+    r"|ncclSystemError|ncclUnhandledCudaError|ncclInternalError|ncclRemoteError"
+    r"|ncclInvalidUsage)",
+    re.IGNORECASE,
+)
+_NCCL_ALERT = {
+    "unhandled system error": "nccl_system_error",
+    "ncclsystemerror": "nccl_system_error",
+    "unhandled cuda error": "nccl_cuda_error",
+    "ncclunhandledcudaerror": "nccl_cuda_error",
+    "internal error": "nccl_internal_error",
+    "ncclinternalerror": "nccl_internal_error",
+    "invalid usage": "nccl_internal_error",
+    "ncclinvalidusage": "nccl_internal_error",
+    "remote process exited or there was a network error": "nccl_remote_exited",
+    "ncclremoteerror": "nccl_remote_exited",
+}
+_NCCL_WORDS = {
+    "nccl_system_error": "NCCL unhandled system error (a socket, IB or shared-memory call failed)",
+    "nccl_cuda_error": "NCCL unhandled CUDA error",
+    "nccl_internal_error": "NCCL internal error",
+    "nccl_remote_exited": "NCCL: remote process exited or there was a network error",
+}
+_NCCL_VERSION = re.compile(r"NCCL version (\d[\w.+-]*)")
+# NCCL's "Cuda failure 1 'invalid argument'" (older: "Cuda failure 'out of memory'").
+NCCL_CUDA_FAILURE = re.compile(r"Cuda failure (?:\d+ )?'(?P<what>[^']+)'")
+
+
+def _nccl_error(line: str) -> Hit | None:
+    if "NCCL" not in line and "nccl" not in line:
+        return None
+    failure = NCCL_CUDA_FAILURE.search(line)
+    if failure is not None:
+        if failure["what"] == "out of memory":
+            return Hit(
+                "nccl_cuda_oom",
+                "critical",
+                f"CUDA out of memory in NCCL ({failure[0]})",
+                key="oom",
+            )
+        return Hit("nccl_cuda_error", "critical", f"NCCL: {failure[0]}", key=failure["what"])
+    match = _NCCL_ERROR.search(line)
+    if match is None:
+        return None
+    alert = _NCCL_ALERT[match["name"].lower()]
+    version = _NCCL_VERSION.search(line)
+    fields = {"nccl_version": version[1]} if version else {}
+    cause = _NCCL_WORDS[alert] + (f" (NCCL {version[1]})" if version else "")
+    return Hit(alert, "critical", cause, fields, key=alert)
+
+
+def with_last_error(hit: Hit, line: str) -> Hit:
+    """An NCCL error completed by the "Last error:" text that follows it."""
+    text = strip_prefix(line.strip()).strip()
+    failure = NCCL_CUDA_FAILURE.search(text)
+    if failure is not None:
+        if failure["what"] == "out of memory":
+            return Hit(
+                "nccl_cuda_oom", "critical", f"CUDA out of memory in NCCL ({failure[0]})", key="oom"
+            )
+        if hit.alert == "nccl_cuda_error":
+            cause = f"NCCL: unhandled CUDA error: {failure[0]}"
+            return Hit(hit.alert, hit.severity, cause, hit.fields, hit.key)
+    fields = {**hit.fields, "last_error": text[:500]}
+    return Hit(hit.alert, hit.severity, f"{hit.cause}: {text[:200]}", fields, hit.key)
+
+
+# "host:pid:tid [dev] NCCL WARN ..." (NCCL's own log, NCCL_DEBUG=WARN or INFO).
+_NCCL_WARN = re.compile(r"NCCL WARN (?P<what>.+)")
+
+
+def _nccl_warn(line: str) -> Hit | None:
+    match = _NCCL_WARN.search(line)
+    if match is None:
+        return None
+    what = match["what"].strip()
+    failure = NCCL_CUDA_FAILURE.search(what)
+    if failure is not None and failure["what"] == "out of memory":
+        return Hit("nccl_cuda_oom", "critical", f"CUDA out of memory in NCCL ({failure[0]})")
+    return Hit("nccl_warn", "warning", f"NCCL WARN {what[:200]}", key=what[:80])
+
+
+# --- memory ----------------------------------------------------------------------------------
+# PyTorch's allocator: 1.x "CUDA out of memory. Tried to allocate 978.00 MiB (GPU 0; 4.00 GiB
+# total capacity; 1.68 GiB already allocated; 0 bytes free; ...)"; 2.x "... Tried to allocate
+# 1.97 GiB. GPU 2 has a total capacty of 39.43 GiB of which 982.31 MiB is free."
+_CUDA_OOM = re.compile(r"CUDA out of memory\.? ?(?:Tried to allocate (?P<tried>[\d.]+ ?\w+))?")
+_OOM_GPU_1X = re.compile(
+    r"\(GPU (?P<gpu>\d+); (?P<total>[\d.]+ \w+) total capacity;.*?; (?P<free>[\d.]+ \w+) free"
+)
+_OOM_GPU_2X = re.compile(
+    r"GPU ?(?P<gpu>\d*) has a total capac\w* of (?P<total>[\d.]+ \w+)"
+    r" of which (?P<free>[\d.]+ \w+) is free"
+)
+_CUDA_ERROR_OOM = re.compile(r"CUDA error: out of memory|CUBLAS_STATUS_ALLOC_FAILED")
+
+
+def cuda_oom_cause(line: str) -> tuple[str, dict[str, str]] | None:
+    """A CUDA out-of-memory line as its figures: ``CUDA out of memory on GPU 0: tried 2.00
+    GiB, 1.20 GiB free of 79.15 GiB``."""
+    oom = _CUDA_OOM.search(line)
+    if oom is None:
+        error = _CUDA_ERROR_OOM.search(line)
+        if error is None:
+            return None
+        return f"CUDA out of memory ({error[0]})", {}
+    fields: dict[str, str] = {}
+    gpu = _OOM_GPU_1X.search(line) or _OOM_GPU_2X.search(line)
+    where = f" on GPU {gpu['gpu']}" if gpu is not None and gpu["gpu"] else ""
+    text = f"CUDA out of memory{where}"
+    if oom["tried"]:
+        text += f": tried {oom['tried']}"
+        fields["tried"] = oom["tried"]
+    if gpu is not None:
+        text += f", {gpu['free']} free of {gpu['total']}"
+        fields.update(free=gpu["free"], total=gpu["total"])
+        if gpu["gpu"]:
+            fields["gpu"] = gpu["gpu"]
+    return text, fields
+
+
+def _cuda_oom(line: str) -> Hit | None:
+    found = cuda_oom_cause(line)
+    if found is None:
+        return None
+    return Hit("cuda_oom", "critical", found[0], found[1], key=found[0])
+
+
+# Host allocations that ZeRO offload and pinned buffers make: "[enforce fail at
+# alloc_cpu.cpp:114] data. DefaultCPUAllocator: not enough memory: you tried to allocate
+# 10737418240 bytes." (older: "can't allocate memory: you tried to allocate ...").
+_HOST_ALLOC = re.compile(
+    r"DefaultCPUAllocator: (?:can't allocate memory|not enough memory)"
+    r"(?:: you tried to allocate (?P<bytes>\d+) bytes)?"
+    r"|cudaHostAlloc failed|pinned memory allocation failed"
+)
+
+
+def _zero_alloc(line: str) -> Hit | None:
+    match = _HOST_ALLOC.search(line)
+    if match is None:
+        return None
+    cause = f"host memory allocation failed ({match[0].split(': you')[0]})"
+    fields = {}
+    if match["bytes"]:
+        size = int(match["bytes"])
+        cause += f": tried {size / 2**30:.2f} GiB"
+        fields["tried"] = f"{size / 2**30:.2f} GiB"
+    cause += " (ZeRO offload and pinned buffers live in host RAM)"
+    return Hit("zero_alloc", "critical", cause, fields, key="host")
+
+
+# The kernel's oom-killer, when its lines reach a log: "Out of memory: Killed process 4125
+# (python) total-vm:..., anon-rss:...kB", "oom-kill:constraint=CONSTRAINT_NONE,...,pid=4125".
+_OOM_KILL = re.compile(
+    r"Out of memory: Kill(?:ed)? process (?P<pid>\d+) \((?P<name>[^)]*)\)"
+    r"|oom-kill:.*?task=(?P<task>[^,]+),pid=(?P<pid2>\d+)"
+)
+
+
+def _host_oom(line: str) -> Hit | None:
+    match = _OOM_KILL.search(line)
+    if match is None:
+        return None
+    pid = match["pid"] or match["pid2"]
+    name = match["name"] or match["task"]
+    return Hit(
+        "host_oom",
+        "critical",
+        f"host out of memory: the kernel's oom-killer killed pid {pid} ({name})",
+        {"pid": pid},
+        key=pid,
+    )
+
+
+# --- training --------------------------------------------------------------------------------
+# DeepSpeed: "[deepspeed] OVERFLOW! Rank 0 Skipping step. Attempted loss scale: 65536,
+# reducing to 32768"; older: "Grad overflow on iteration 12"; "Current loss scale already at
+# minimum - cannot decrease scale anymore. Exiting run."
+_OVERFLOW = re.compile(
+    r"OVERFLOW! Rank \d+ Skipping step|Grad overflow on iteration|Gradient overflow\. Skipping step"
+)
+_REDUCING = re.compile(r"reducing to (?P<scale>[\d.e+]+)")
+_MIN_SCALE = "loss scale already at minimum"
+
+
+def overflow_scale(line: str) -> tuple[bool, str | None]:
+    """Whether ``line`` reports a skipped fp16 step, and the scale it reduced to."""
+    if _OVERFLOW.search(line) is None:
+        return False, None
+    scale = _REDUCING.search(line)
+    return True, scale["scale"] if scale else None
+
+
+def _min_scale(line: str) -> Hit | None:
+    if _MIN_SCALE not in line:
+        return None
+    return Hit(
+        "loss_scale_storm",
+        "critical",
+        "fp16 loss scale already at its minimum: every step overflows (use bf16, or lower "
+        "the learning rate)",
+        key="minimum",
+    )
+
+
+# {'loss': nan, ...} (Trainer), "lm loss: nan" / "lm loss: inf" (Megatron), "loss=nan",
+# "Loss is nan", "number of nan iterations:   3" (Megatron).
+_NAN_LOSS = re.compile(
+    r"\bloss['\"]?\s*(?:[:=]|is)\s*['\"]?(?P<value>nan|[+-]?inf(?:inity)?)\b", re.IGNORECASE
+)
+_NAN_ITERS = re.compile(r"number of nan iterations:\s*(?P<n>[1-9]\d*)")
+# {'grad_norm': nan} (Trainer), "grad norm: nan" (Megatron): the loss follows a step later.
+_NAN_GRAD = re.compile(
+    r"\bgrad[_ ]norm['\"]?\s*[:=]\s*['\"]?(?P<value>nan|[+-]?inf)\b", re.IGNORECASE
+)
+
+
+def _nan_loss(line: str) -> Hit | None:
+    match = _NAN_LOSS.search(line)
+    if match is not None:
+        value = match["value"].lower()
+        return Hit("nan_loss", "critical", f"loss is {value}", {"value": value}, key=value)
+    iters = _NAN_ITERS.search(line)
+    if iters is not None:
+        return Hit("nan_loss", "critical", f"{iters['n']} iterations with a NaN loss", key="iters")
+    grad = _NAN_GRAD.search(line)
+    if grad is not None:
+        value = grad["value"].lower()
+        return Hit(
+            "nan_loss",
+            "critical",
+            f"gradient norm is {value}: the step's update is lost and the loss will follow",
+            {"value": value, "what": "grad_norm"},
+            key=f"grad {value}",
+        )
+    return None
+
+
+# --- gloo ------------------------------------------------------------------------------------
+# "[../third_party/gloo/gloo/transport/tcp/pair.cc:598] Connection closed by peer
+# [10.0.0.2]:35679", "... pair.cc:534] Read error [10.0.0.2]:42127: Connection reset by peer",
+# "... unbound_buffer.cc:81] Timed out waiting 1800000ms for recv operation to complete".
+_GLOO_RESET = re.compile(
+    r"(?:Connection closed by peer|Connection reset by peer)(?: ?(?P<peer>\[[^\]]+\]:\d+))?"
+)
+_GLOO_PEER = re.compile(r"(?P<peer>\[[^\]]+\]:\d+)")
+_GLOO_TIMEOUT = re.compile(r"Timed out waiting (?P<ms>\d+)ms for (?P<op>\w+) operation")
+
+
+def _gloo(line: str) -> Hit | None:
+    if "gloo" not in line:
+        return None
+    timeout = _GLOO_TIMEOUT.search(line)
+    if timeout is not None:
+        return Hit(
+            "gloo_timeout",
+            "critical",
+            f"gloo collective timeout: {timeout['op']} waited {timeout['ms']} ms (a peer "
+            "rank hangs or died)",
+            {"timeout_ms": timeout["ms"], "op": timeout["op"]},
+            key=timeout["op"],
+        )
+    reset = _GLOO_RESET.search(line)
+    if reset is None:
+        return None
+    peer_match = _GLOO_PEER.search(line)
+    peer = peer_match["peer"].replace("[", "").replace("]", "") if peer_match else ""
+    words = "Connection reset by peer" if "reset" in reset[0] else "Connection closed by peer"
+    cause = f"gloo: {words}" + (f" ({peer})" if peer else "")
+    cause += ": a peer rank died or the network dropped"
+    return Hit("gloo_reset", "critical", cause, {"peer": peer} if peer else {}, key=peer)
+
+
+# --- XID -------------------------------------------------------------------------------------
+# "NVRM: Xid (PCI:0000:3b:00): 79, pid=1234, name=python, GPU has fallen off the bus."
+# (older: "NVRM: Xid (0000:3b:00): 13, ...").
+_XID = re.compile(
+    r"NVRM: Xid \((?:PCI:)?(?P<pci>[0-9a-fA-F:.]+)\): (?P<xid>\d+)(?:, (?P<rest>.*))?"
+)
+
+
+def _xid(line: str) -> Hit | None:
+    match = _XID.search(line)
+    if match is None:
+        return None
+    info = xid_info(int(match["xid"]))
+    cause = f"Xid {info.code} on the GPU at PCI {match['pci']}: {info.description}"
+    cause += f" ({info.action_text})"
+    return Hit(
+        "xid",
+        "critical" if info.severity == "critical" else "warning",
+        cause,
+        {
+            "xid": str(info.code),
+            "pci": match["pci"],
+            "action": info.action,
+            "description": info.description,
+        },
+        key=f"{match['pci']}/{info.code}",
+    )
+
+
+# A GPU the driver could not bring up, or lost: "NVRM: GPU 0000:0a:00.0: RmInitAdapter failed!
+# (0x26:0xffff:1601)", "NVRM: GPU at PCI:0000:b3:00: GPU-... \n NVRM: GPU has fallen off the bus."
+_GPU_MISSING = re.compile(
+    r"(?:GPU (?:at PCI:)?(?P<pci>[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}(?:\.\d)?)\S*:? )?"
+    r".*?(?P<what>RmInitAdapter failed|fallen off the bus|failed to initialize)"
+)
+
+
+def _gpu_missing(line: str) -> Hit | None:
+    if "NVRM" not in line:
+        return None
+    match = _GPU_MISSING.search(line)
+    if match is None:
+        return None
+    pci = match["pci"] or ""
+    where = f"the GPU at PCI {pci}" if pci else "a GPU"
+    what = {
+        "RmInitAdapter failed": "failed to initialise (RmInitAdapter failed)",
+        "fallen off the bus": "has fallen off the bus",
+    }.get(match["what"], match["what"])
+    return Hit(
+        "gpu_missing",
+        "critical",
+        f"{where} {what}: it is gone until the node is drained and reset or rebooted",
+        {"pci": pci, "action": "drain_node"} if pci else {"action": "drain_node"},
+        key=pci or match["what"],
+    )
+
+
+SIGNATURES: tuple[Signature, ...] = (
+    Signature("nccl_watchdog_timeout", ("atchdog", "Heartbeat monitor"), watchdog_hit),
+    Signature("nccl_flight_recorder", ("dump debug info", "debug info to", "light"), _flight),
+    Signature("cuda_oom", ("out of memory", "ALLOC_FAILED"), _cuda_oom),
+    Signature("nccl_error", ("rror", "Cuda failure", "network error"), _nccl_error),
+    Signature("nccl_warn", ("NCCL WARN",), _nccl_warn),
+    Signature("zero_alloc", ("DefaultCPUAllocator", "cudaHostAlloc", "pinned memory"), _zero_alloc),
+    Signature("host_oom", ("Out of memory: Kill", "oom-kill:"), _host_oom),
+    Signature("loss_scale_storm", (_MIN_SCALE,), _min_scale),
+    Signature("nan_loss", ("nan", "NaN", "inf"), _nan_loss),
+    Signature("gloo", ("gloo",), _gloo),
+    Signature("xid", ("NVRM: Xid",), _xid),
+    Signature(
+        "gpu_missing",
+        ("RmInitAdapter failed", "fallen off the bus", "failed to initialize"),
+        _gpu_missing,
+    ),
+)
