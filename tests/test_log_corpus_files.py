@@ -15,34 +15,15 @@ from typing import Any
 import pytest
 from gantry.v1 import job_pb2
 
+from agent.jobs.node.log_signatures import ALERTS
+
 LOGS_DIR = Path(__file__).parent / "fixtures" / "logs"
 SOURCES_MD = LOGS_DIR / "SOURCES.md"
 EXPECTED_JSON = LOGS_DIR / "expected.json"
 MIN_FILES = 30
 
-# details["alert"] values of the issue 15 diagnosis contract.
-CONTRACT_ALERTS = frozenset(
-    {
-        "nccl_watchdog_timeout",
-        "nccl_flight_recorder",
-        "nccl_warn",
-        "nccl_system_error",
-        "nccl_cuda_error",
-        "nccl_remote_exited",
-        "nccl_internal_error",
-        "cuda_oom",
-        "nccl_cuda_oom",
-        "zero_alloc",
-        "host_oom",
-        "loss_scale_storm",
-        "nan_loss",
-        "gloo_reset",
-        "traceback",
-        "xid",
-        "ib_fallback",
-        "gpu_missing",
-    }
-)
+# details["alert"] values a diagnosis may carry (the scanner's catalogue says them once).
+CONTRACT_ALERTS = frozenset(ALERTS)
 # Classes the corpus must show with at least one real excerpt each (no real flight-recorder
 # dump or IB-fallback-when-IB-was-asked log was found in public threads).
 REQUIRED_ALERTS = CONTRACT_ALERTS - {"nccl_flight_recorder", "ib_fallback"}
