@@ -283,16 +283,20 @@ def test_console_in_tmux_at_80x24(local_agents: StartAgent, tmp_path: Path, tmux
         all_of(job_title, both_ranks, has_line("1 Ranks"), footer("l Logs")),
     )
 
-    # `l`: rank 0's log, live; `g` goes to its first line.
+    # `l`: rank 0's log, live, both streams (a two-column gutter marks stderr's lines);
+    # `g` goes to its first line.
     tmux.send("l")
     tmux.wait_for(
         "rank 0's log with step lines",
-        all_of(has_line(rf"^\s*{JOB} · rank 0 · attempt 1 · stdout"), has_line(r"^step \d+\s*$")),
+        all_of(
+            has_line(rf"^\s*{JOB} · rank 0 · attempt 1 · stdout\+stderr"),
+            has_line(r"^[ │]{0,2}step \d+\s*$"),
+        ),
     )
     tmux.send("g")
     tmux.wait_for(
         "the log's first line (rank 0 of 2 attempt 1)",
-        has_line(r"^rank 0 of 2 attempt 1 master "),
+        has_line(r"^[ │]{0,2}rank 0 of 2 attempt 1 master "),
     )
 
     # `escape`: back on the job screen.
