@@ -97,14 +97,21 @@ def tie_kernel_log(
     Returns the function that unties them."""
 
     def on_loop(notice: KernelNotice) -> None:
-        item = notice.item
+        item, gpu, kernel = notice.item, notice.gpu_index, supervisor.kernel
         try:
             if isinstance(item, KernelXid):
-                supervisor.kernel_xid(item.xid, notice.gpu_index, item.pci, item.text, item.pid)
+                supervisor.journal_kernel(
+                    lambda rows: kernel.xid(rows, item.xid, gpu, item.pci, item.text, item.pid)
+                )
             elif isinstance(item, KernelOomKill):
-                supervisor.kernel_oom_kill(item.pid, item.process, item.text)
-            elif isinstance(item, GpuInitFailure) and notice.gpu_index is not None:
-                supervisor.kernel_gpu_failed(notice.gpu_index, item.pci, item.text)
+                now = supervisor.wall_clock()
+                supervisor.journal_kernel(
+                    lambda rows: kernel.oom_kill(rows, item.pid, item.process, item.text, now)
+                )
+            elif isinstance(item, GpuInitFailure) and gpu is not None:
+                supervisor.journal_kernel(
+                    lambda rows: kernel.gpu_failed(rows, gpu, item.pci, item.text)
+                )
         except Exception:
             logging.getLogger("gantry.agent").exception("kernel event for the jobs failed")
 

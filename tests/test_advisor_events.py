@@ -234,10 +234,10 @@ def test_network_rule_cites_the_transport() -> None:
         nccl("transport", 1, "node-b", transport="P2P/IPC"),
     ]
     network = only(evaluate(dataclasses.replace(inp, notes=notes)), "network-bound")
-    assert network.evidence.endswith("; NCCL transport: NET/Socket, P2P/IPC (node-a, node-b)")
+    assert network.evidence.endswith("; NCCL transport: Socket · P2P/IPC (node-a, node-b)")
     ib = [nccl("transport", 0, "node-a", transport="NET/IB", gdr="1")]
     network = only(evaluate(dataclasses.replace(inp, notes=ib)), "network-bound")
-    assert network.evidence.endswith("; NCCL transport: NET/IB+GDR (node-a)")
+    assert network.evidence.endswith("; NCCL transport: IB+GDR (node-a)")
 
 
 # --- NCCL errors, training alerts, a failed rank's cause -------------------------------------

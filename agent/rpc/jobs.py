@@ -18,6 +18,7 @@ from agent.jobs.event_bus import EventBus
 from agent.jobs.leader.leader import UNKNOWN_OPERATOR, JobError, JobLeader
 from agent.jobs.leader.peers import NodeRefused
 from agent.jobs.node.launch_checks import LaunchCheckError, check_launch
+from agent.jobs.node.logs import rank_log_path, tail_log
 from agent.jobs.node.supervisor import LocalSupervisor
 from agent.security.tls import verified_identity
 from agent.tasks.runner import TaskRunner
@@ -267,14 +268,16 @@ class JobRpcs:
         supervisor = self.jobs.supervisor
         stream = request.stream or "stdout"
         try:
-            chunk = supervisor.tail_log(
+            # Looked up once: the follow-up reads go to the file.
+            path = rank_log_path(
+                supervisor.journal,
+                supervisor.node_name,
                 request.job_name,
                 request.attempt,
                 request.rank,
                 stream,
-                request.tail_lines or 100,
-                request.from_offset or None,
             )
+            chunk = tail_log(path, stream, request.tail_lines or 100, request.from_offset or None)
         except (KeyError, ValueError) as exc:
             missing = isinstance(exc, KeyError)
             code = grpc.StatusCode.NOT_FOUND if missing else grpc.StatusCode.INVALID_ARGUMENT
@@ -283,9 +286,7 @@ class JobRpcs:
         yield agent_service_pb2.TailRankLogResponse(lines=chunk.lines)
         while request.follow:
             await asyncio.sleep(FOLLOW_POLL_S)
-            chunk = supervisor.tail_log(
-                request.job_name, request.attempt, request.rank, stream, 0, chunk.next_offset
-            )
+            chunk = tail_log(path, stream, 0, chunk.next_offset)
             if chunk.lines:
                 yield agent_service_pb2.TailRankLogResponse(lines=chunk.lines)
 

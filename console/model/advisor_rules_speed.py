@@ -9,7 +9,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 
-from console.model.advisor_series import by_rank, is_finite, transports
+from console.model.advisor_series import by_rank, is_finite, nodes_text
 from console.model.advisor_types import (
     AdvisorInput,
     Finding,
@@ -18,6 +18,7 @@ from console.model.advisor_types import (
     Remedy,
     Thresholds,
 )
+from console.model.transport import fold_findings, transport_summary
 
 
 def _median_without(ordered: Sequence[float], value: float) -> float:
@@ -120,7 +121,7 @@ def network_bound(inp: AdvisorInput, th: Thresholds) -> list[Finding]:
         f"collectives took {share:.0%} of step time over steps {min(per_step)}-{max(per_step)} "
         f"({len(per_step)} steps, {ranks} ranks; threshold {th.collective_fraction_max:.0%})"
     )
-    evidence += "; " + (transports(inp.notes) or "NCCL transport not reported (NCCL_DEBUG=INFO)")
+    evidence += "; " + _transport(inp)
     findings = [
         Finding(
             "network-bound",
@@ -262,3 +263,13 @@ def _straggler_finding(rank: int, node: str, detail: str) -> Finding:
     )
     evidence = f"rank {rank} on {node}: {detail}"
     return Finding("straggler", "warning", f"Rank {rank} is a straggler", evidence, remedy)
+
+
+def _transport(inp: AdvisorInput) -> str:
+    """What NCCL runs over, read as the job screen reads it: "NCCL transport: Socket ·
+    P2P/IPC (node-a, node-b)"."""
+    nodes = fold_findings((n.node, n.details, n.message) for n in inp.notes if n.kind == "nccl")
+    if not nodes:
+        return "NCCL transport not reported (NCCL_DEBUG=INFO)"
+    summary = transport_summary(nodes).removeprefix("net ")
+    return f"NCCL transport: {summary} ({nodes_text(nodes)})"

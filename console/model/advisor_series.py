@@ -4,14 +4,13 @@ evaluation) and the wording of numbers, times and log lines in the evidence."""
 from __future__ import annotations
 
 import math
-import re
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from operator import attrgetter
 
-from console.model.advisor_types import EventNote, MetricPoint
+from console.model.advisor_types import MetricPoint
 
 
 def is_finite(value: float | None) -> bool:
@@ -79,44 +78,3 @@ def nodes_text(nodes: Iterable[str], most: int = 3) -> str:
     ordered = sorted(set(nodes))
     more = f" and {len(ordered) - most} more" if len(ordered) > most else ""
     return ", ".join(ordered[:most]) + more
-
-
-# NCCL's transports as its INFO lines name them ("via NET/IB/0/GDRDMA", "via P2P/IPC/read",
-# "via SHM/direct/direct", "NVLS multicast"); "uses the Socket network" from the agent's note.
-_TRANSPORT_RE = re.compile(r"\b(NET/[A-Za-z]+|P2P/[A-Za-z]+|SHM|NVLS|COLLNET)")
-_NETWORK_RE = re.compile(r"uses the (\w+) network")
-
-
-def note_transport(note: EventNote) -> str | None:
-    """The transport an NCCL `transport` or `network` note names ("NET/IB+GDR"), if any."""
-    finding = note.details.get("finding")
-    if note.kind != "nccl" or finding not in ("transport", "network"):
-        return None
-    name = note.details.get("transport")
-    if not name:
-        text = f"{note.message} {note.details.get('line', '')}"
-        match = _TRANSPORT_RE.search(text)
-        network = _NETWORK_RE.search(text)
-        name = match.group(1) if match else (f"NET/{network.group(1)}" if network else None)
-    if name is None:
-        return None
-    gdr = note.details.get("gdr") == "1" or "GDRDMA" in note.details.get("line", "")
-    return f"{name}+GDR" if gdr and name.startswith("NET/") else name
-
-
-def transports(notes: Sequence[EventNote]) -> str:
-    """ "NCCL transport: NET/Socket, P2P/IPC (node-a, node-b)" from the NCCL notes, one group
-    per set of transports; "" when none was reported."""
-    by_node: dict[str, set[str]] = defaultdict(set)
-    for note in notes:
-        name = note_transport(note)
-        if name is not None:
-            by_node[note.node].add(name)
-    if not by_node:
-        return ""
-    groups: dict[tuple[str, ...], list[str]] = defaultdict(list)
-    for node, names in by_node.items():
-        # The network path first (NET/...), then the intra-node ones.
-        groups[tuple(sorted(names, key=lambda n: (not n.startswith("NET/"), n)))].append(node)
-    parts = [f"{', '.join(names)} ({nodes_text(nodes)})" for names, nodes in groups.items()]
-    return "NCCL transport: " + "; ".join(sorted(parts))

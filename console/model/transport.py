@@ -6,12 +6,19 @@ pure, no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gantry.v1 import job_pb2
 
-__all__ = ["NodeTransport", "transport_by_node", "transport_json", "transport_summary"]
+__all__ = [
+    "NodeTransport",
+    "fold_findings",
+    "transport_by_node",
+    "transport_json",
+    "transport_summary",
+]
 
 _NCCL = job_pb2.JobEventKind.JOB_EVENT_KIND_NCCL
 _INTRA = ("P2P", "SHM", "NVLS")
@@ -60,15 +67,27 @@ def transport_by_node(
     chosen = list(events)
     if attempt is None:
         attempt = max((e.attempt for e in chosen if e.kind == _NCCL), default=None)
+    return fold_findings(
+        (e.node, e.details, e.message) for e in chosen if e.kind == _NCCL and e.attempt == attempt
+    )
+
+
+# An agent from before the network's name was a detail said it in the message only.
+_NETWORK_WORDS = re.compile(r"uses the (\S+) network")
+
+
+def fold_findings(
+    findings: Iterable[tuple[str, Mapping[str, str], str]],
+) -> dict[str, NodeTransport]:
+    """Per node, from NCCL findings given as (node, details, message): the one reading of
+    them, for the job's screen, ``gantry job`` and the advisor alike."""
     out: dict[str, NodeTransport] = {}
-    for event in chosen:
-        if event.kind != _NCCL or event.attempt != attempt:
-            continue
-        node = out.setdefault(event.node, NodeTransport(event.node))
-        details = event.details
+    for name, details, message in findings:
+        node = out.setdefault(name, NodeTransport(name))
         finding = details.get("finding", "")
         if finding == "network":
-            network = details.get("network", "")
+            words = _NETWORK_WORDS.search(message)
+            network = details.get("network") or (words[1] if words else "")
             if network and network not in node.networks:
                 node.networks.append(network)
         elif finding == "transport":
@@ -85,7 +104,7 @@ def transport_by_node(
         elif finding == "version":
             node.nccl_version = node.nccl_version or details.get("version") or None
         elif finding == "ib_fallback":
-            node.fallback = node.fallback or event.message or "sockets although IB was asked for"
+            node.fallback = node.fallback or message or "sockets although IB was asked for"
     return out
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from agent.jobs.node.log_scan import MAX_CAUSE_CHARS, LogScanner, short
-from agent.jobs.node.log_signatures import strip_prefix
+from agent.jobs.node.log_findings import MAX_CAUSE_CHARS, short, strip_prefix
+from agent.jobs.node.log_scan import LogScanner
 
 __all__ = ["MAX_CAUSE_CHARS", "failure_cause"]
 

@@ -21,23 +21,20 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from agent.jobs.node.log_signatures import (
-    SIGNATURES,
+from agent.jobs.node.log_findings import (
+    Diagnosis,
     Hit,
-    Severity,
-    overflow_scale,
+    short,
     strip_prefix,
-    watchdog_hit,
-    with_last_error,
-    with_work,
 )
+from agent.jobs.node.log_signatures import SIGNATURES, overflow_scale
+from agent.jobs.node.nccl_signatures import watchdog_hit, with_last_error, with_work
 
-__all__ = ["CAUSE_PRIORITY", "MAX_CAUSE_CHARS", "Diagnosis", "LogScanner", "short"]
+__all__ = ["CAUSE_PRIORITY", "LogScanner"]
 
 MAX_LINE = 8192
-MAX_CAUSE_CHARS = 300
 MAX_TRACEBACK_LINES = 400
 FOLLOW_UP_LINES = 4
 MAX_PER_ALERT = 5
@@ -98,38 +95,6 @@ _NEEDLES = re.compile(
         )
     )
 )
-
-
-def short(text: str) -> str:
-    """``text`` on one line, cut to ``MAX_CAUSE_CHARS``."""
-    text = " ".join(text.split())
-    return text if len(text) <= MAX_CAUSE_CHARS else text[: MAX_CAUSE_CHARS - 3] + "..."
-
-
-@dataclass(frozen=True)
-class Diagnosis:
-    """A finding in a rank's log: one event in the job's timeline."""
-
-    alert: str
-    severity: Severity
-    cause: str
-    line: str
-    stream: str
-    fields: dict[str, str] = field(default_factory=dict)
-    time: float = 0.0  # the scanner's clock when the line was read
-    key: str = ""  # the same alert with the same key is one finding
-
-    def details(self) -> dict[str, str]:
-        """The event's details (the diagnosis contract)."""
-        out = {k: v for k, v in self.fields.items() if v}
-        out.update(
-            alert=self.alert,
-            cause=self.cause,
-            severity=self.severity,
-            line=self.line[:2000],
-            stream=self.stream,
-        )
-        return out
 
 
 @dataclass

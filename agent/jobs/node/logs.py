@@ -8,10 +8,19 @@ from dataclasses import dataclass
 
 from gantry.v1 import job_pb2
 
+from agent.jobs.journal import Journal
 from agent.jobs.node.failure_cause import failure_cause
 from agent.jobs.node.tailer import MAX_READ_BYTES, last_lines, read_lines
 
-__all__ = ["MAX_LOG_LINES", "STREAMS", "LogChunk", "extract_stacks", "failure_tail", "tail_log"]
+__all__ = [
+    "MAX_LOG_LINES",
+    "STREAMS",
+    "LogChunk",
+    "extract_stacks",
+    "failure_tail",
+    "rank_log_path",
+    "tail_log",
+]
 
 MAX_LOG_LINES = 10_000
 # The end of a failed rank's stderr kept with its failure event.
@@ -80,3 +89,18 @@ def failure_tail(stderr_path: str, stdout_path: str) -> tuple[str, str | None]:
         out = last_lines(stdout_path, FAILURE_TAIL_LINES, FAILURE_TAIL_BYTES).lines
         cause = failure_cause([line.text for line in out])
     return "\n".join(tail[-FAILURE_TAIL_LINES:]), cause
+
+
+def rank_log_path(
+    journal: Journal, node_name: str, job: str, attempt: int, rank: int, stream: str
+) -> str:
+    """The file of a rank's ``stream`` (attempt 0: the latest); ValueError for a stream that
+    is none, KeyError for a rank the journal does not know."""
+    if stream not in STREAMS:
+        raise ValueError(f"stream must be one of {STREAMS}, not {stream!r}")
+    if not attempt:
+        attempt = journal.latest_attempt(job) or 0
+    row = journal.get_rank(job, attempt, rank)
+    if row is None:
+        raise KeyError(f"{job} attempt {attempt} has no rank {rank} on {node_name}")
+    return row.stdout_path if stream == "stdout" else row.stderr_path

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from agent.jobs.node.nccl_lines import NcclLine, parse_nccl_line, transport_kind
+
 __all__ = [
     "INFINIBAND_SYSFS",
     "NcclFinding",
@@ -40,17 +42,9 @@ INFINIBAND_SYSFS = Path("/sys/class/infiniband")
 
 Severity = Literal["info", "warning"]
 
-MAX_LINE = 8192  # longer lines are cut before matching
 MAX_NOTES = 20
 MAX_WARNINGS = 50
 
-# CSI (colours, cursor), OSC (titles, links) and two-character escapes.
-_ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]")
-_MARKER_RE = re.compile(r"NCCL (INFO|WARN|ABORT|TRACE)(?: |$)")
-# What precedes the marker (searched in a bounded window): `HOST:PID:TID [DEV] ` for INFO,
-# `HOST:PID:TID [DEV] FILE:LINE ` for WARN, `HOST:PID:TID [DEV] SECONDS FILE:LINE ` for TRACE.
-_PREFIX_RE = re.compile(r"([^\s:\[\]|]+):(\d+):(\d+) \[(-?\d+)\] (?:[\d.]+ )?(?:\S+:\d+ )?\Z")
-_PREFIX_WINDOW = 300
 
 _VERSION_RE = re.compile(r"NCCL version (\S+)")
 _BARE_VERSION_RE = re.compile(r"^\s*NCCL version (\d[\w.+-]*)\s*$")
@@ -85,19 +79,6 @@ class _Note(Protocol):
         severity: Severity = "info",
         fields: Mapping[str, str] | None = None,
     ) -> None: ...
-
-
-@dataclass(frozen=True)
-class NcclLine:
-    """One NCCL line, found in whatever a log collector made of it."""
-
-    host: str
-    pid: int
-    tid: int
-    cuda_dev: int
-    level: str  # "INFO", "WARN", "ABORT" or "TRACE"
-    message: str
-    text: str  # the line from HOST on, without ANSI codes or a collector's prefix
 
 
 @dataclass(frozen=True)
@@ -157,44 +138,6 @@ class NcclState:
     def transport_summary(self) -> str:
         """`8 x NET/IB, 4 x P2P/IPC`, most used first."""
         return ", ".join(f"{n} x {kind}" for kind, n in self.transports.most_common())
-
-
-def transport_kind(via: str) -> str:
-    """`NET/IB/0/GDRDMA` -> NET/IB, `P2P/CUMEM/read` -> P2P/CUMEM, `SHM/direct/direct` -> SHM."""
-    parts = [p.strip() for p in via.split("/")]
-    head = parts[0]
-    if head in ("NET", "P2P") and len(parts) > 1 and parts[1]:
-        return f"{head}/{parts[1]}"
-    if head == "SHM" or head.startswith("direct shared memory"):
-        return "SHM"
-    return head or via
-
-
-def parse_nccl_line(line: str) -> NcclLine | None:
-    """The NCCL line inside `line`, or None for anything else."""
-    text = line[:MAX_LINE]
-    if "NCCL" not in text:
-        return None
-    if "\x1b" in text:
-        text = _ANSI_RE.sub("", text)
-    text = " ".join(text.splitlines())  # one line, whatever the caller handed over
-    for n, marker in enumerate(_MARKER_RE.finditer(text)):
-        if n == 4:  # NCCL writes one marker a line; more is someone else's text
-            break
-        start = max(0, marker.start() - _PREFIX_WINDOW)
-        prefix = _PREFIX_RE.search(text, start, marker.start())
-        if prefix is None:
-            continue
-        return NcclLine(
-            host=prefix.group(1),
-            pid=int(prefix.group(2)),
-            tid=int(prefix.group(3)),
-            cuda_dev=int(prefix.group(4)),
-            level=marker.group(1),
-            message=text[marker.end() :].strip(),
-            text=text[prefix.start() :].strip(),
-        )
-    return None
 
 
 class NcclParser:

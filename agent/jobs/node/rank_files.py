@@ -9,7 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.jobs.metrics_records import Record, RecordParser
-from agent.jobs.node.log_scan import Diagnosis, LogScanner
+from agent.jobs.node.log_findings import Diagnosis
+from agent.jobs.node.log_scan import LogScanner
 from agent.jobs.node.nccl import NcclFinding, NcclParser
 from agent.jobs.node.script_logs import ScriptLogParser
 from agent.jobs.node.tailer import MAX_READ_BYTES, Chunk, read_lines

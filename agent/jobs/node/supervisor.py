@@ -2,10 +2,11 @@
 
 A job's leader calls ``start_ranks`` / ``stop_ranks`` on every node of the job; the agent
 calls ``poll`` periodically (or runs ``run``). Each poll tails every live rank's metrics
-file (and, for a rank that does not report, DeepSpeed's progress lines on its stdout),
-applies state edges (``agent.jobs.node.rank_states``), notices exits and hangs, and journals the
-resulting events together with the offsets it read up to, so an agent restart (``readopt``,
-done on construction) neither loses nor repeats anything.
+file and both its streams (failure signatures always; progress lines for a rank that does
+not report), applies state edges (``rank_states``), notices exits and hangs, and journals
+the resulting events together with the offsets it read up to, so an agent restart
+(``readopt``, done on construction) neither loses nor repeats anything. The daemon hands in
+what the kernel log says of this node's ranks (``journal_kernel``).
 
 The rooms it drives: ``rank_start`` (files, row, process), ``rank_progress`` (what a rank
 wrote), ``hangs`` (SIGUSR1, the stacks, then FAILED), ``rank_exits`` (which edge an exit
@@ -34,10 +35,10 @@ from agent.jobs.node.hangs import (
     is_silent,
     stacks_dumped,
 )
-from agent.jobs.node.kernel_events import KernelAlert, KernelEvents
+from agent.jobs.node.kernel_alerts import KernelAlert, KernelAlerts
 from agent.jobs.node.launch import IMPORTS_FILE, rank_argv, rank_env
 from agent.jobs.node.live_rank import EventBatch, Launch, LiveRank
-from agent.jobs.node.logs import STREAMS, LogChunk, tail_log
+from agent.jobs.node.logs import LogChunk, rank_log_path, tail_log
 from agent.jobs.node.nccl import ib_devices_present
 from agent.jobs.node.rank_exits import settle_exit
 from agent.jobs.node.rank_journal import OnEvent, RankJournal
@@ -91,7 +92,7 @@ class LocalSupervisor:
         self._ib_present = ib_devices_present()
         self.standbys = Standbys(self.data_dir / "standby")
         self.retention = CheckpointRetention(journal, clock)
-        self.kernel = KernelEvents()
+        self.kernel = KernelAlerts()
         if readopt:
             self.readopt()
 
@@ -299,34 +300,18 @@ class LocalSupervisor:
 
     # --- the kernel log (on the loop; the daemon follows it) --------------------------------
 
-    def kernel_xid(
-        self, code: int, gpu: int | None, pci: str, text: str, pid: int | None = None
-    ) -> int:
-        """An XID the kernel logged: an alert for each rank using that GPU; how many."""
-        rows = [live.row for live in self._live.values()]
-        return self._journal_alerts(self.kernel.xid(rows, code, gpu, pci, text, pid))
-
-    def kernel_gpu_failed(self, gpu: int, pci: str, text: str) -> int:
-        """The driver lost ``gpu`` or could not bring it up: an alert for each rank on it."""
-        rows = [live.row for live in self._live.values()]
-        return self._journal_alerts(self.kernel.gpu_failed(rows, gpu, pci, text))
-
-    def kernel_oom_kill(self, pid: int, process: str, text: str) -> int:
-        """The oom-killer killed ``pid``: an alert if it was a rank's; remembered for its exit."""
-        rows = [live.row for live in self._live.values()]
-        alerts = self.kernel.oom_kill(rows, pid, process, text, self.wall_clock())
-        return self._journal_alerts(alerts)
-
-    def _journal_alerts(self, alerts: list[KernelAlert]) -> int:
+    def journal_kernel(self, alerts_for: Callable[[list[RankRow]], list[KernelAlert]]) -> int:
+        """Journals the ALERTs a kernel-log fact raises (``alerts_for``, one of
+        ``self.kernel``'s readings, given the rows watched here); how many."""
+        alerts = alerts_for([live.row for live in self._live.values()])
         for alert in alerts:
             live = self._live.get(alert.key)
-            if live is None:
-                continue
-            batch = EventBatch()
-            self.ranks_journal.emit(
-                batch, live.row, job_pb2.JOB_EVENT_KIND_ALERT, alert.message, alert.details
-            )
-            self.ranks_journal.commit(live.row, batch)
+            if live is not None:
+                batch = EventBatch()
+                self.ranks_journal.emit(
+                    batch, live.row, job_pb2.JOB_EVENT_KIND_ALERT, alert.message, alert.details
+                )
+                self.ranks_journal.commit(live.row, batch)
         return len(alerts)
 
     # --- stop -------------------------------------------------------------------------------
@@ -417,12 +402,5 @@ class LocalSupervisor:
         max_bytes: int = MAX_READ_BYTES,
     ) -> LogChunk:
         """A rank's log lines (``logs.tail_log``); KeyError for an unknown rank."""
-        if stream not in STREAMS:
-            raise ValueError(f"stream must be one of {STREAMS}, not {stream!r}")
-        if not attempt:
-            attempt = self.journal.latest_attempt(job) or 0
-        row = self.journal.get_rank(job, attempt, rank)
-        if row is None:
-            raise KeyError(f"{job} attempt {attempt} has no rank {rank} on {self.node_name}")
-        path = row.stdout_path if stream == "stdout" else row.stderr_path
+        path = rank_log_path(self.journal, self.node_name, job, attempt, rank, stream)
         return tail_log(path, stream, tail_lines, from_offset, max_bytes)

@@ -15,7 +15,7 @@ from gantry.v1.xid_catalog import xid_info
 
 from agent.jobs.journal import RankRow
 
-__all__ = ["KernelAlert", "KernelEvents"]
+__all__ = ["KernelAlert", "KernelAlerts"]
 
 MAX_OOM_KILLS = 256
 OOM_KILL_MEMORY_S = 600.0  # an oom kill explains a rank's SIGKILL seen this long after it
@@ -30,7 +30,7 @@ class KernelAlert:
     details: dict[str, str]
 
 
-class KernelEvents:
+class KernelAlerts:
     def __init__(self) -> None:
         self._oom_kills: OrderedDict[int, tuple[float, str]] = OrderedDict()
 
