@@ -82,26 +82,40 @@ class StopJobResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ...) -> None: ...
 
 class RestartJobRequest(_message.Message):
-    __slots__ = ("name", "node", "exclude_nodes", "from_checkpoint", "deepspeed_config_json", "spec")
+    __slots__ = ("name", "node", "exclude_nodes", "from_checkpoint", "deepspeed_config_json", "spec", "include_nodes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_NODES_FIELD_NUMBER: _ClassVar[int]
     FROM_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     DEEPSPEED_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_NODES_FIELD_NUMBER: _ClassVar[int]
     name: str
     node: str
     exclude_nodes: _containers.RepeatedScalarFieldContainer[str]
     from_checkpoint: str
     deepspeed_config_json: str
     spec: _job_pb2.JobSpec
-    def __init__(self, name: _Optional[str] = ..., node: _Optional[str] = ..., exclude_nodes: _Optional[_Iterable[str]] = ..., from_checkpoint: _Optional[str] = ..., deepspeed_config_json: _Optional[str] = ..., spec: _Optional[_Union[_job_pb2.JobSpec, _Mapping]] = ...) -> None: ...
+    include_nodes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., node: _Optional[str] = ..., exclude_nodes: _Optional[_Iterable[str]] = ..., from_checkpoint: _Optional[str] = ..., deepspeed_config_json: _Optional[str] = ..., spec: _Optional[_Union[_job_pb2.JobSpec, _Mapping]] = ..., include_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RestartJobResponse(_message.Message):
     __slots__ = ("job",)
     JOB_FIELD_NUMBER: _ClassVar[int]
     job: _job_pb2.Job
     def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ...) -> None: ...
+
+class ForgetJobRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ForgetJobResponse(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
     __slots__ = ()
@@ -120,12 +134,14 @@ class DescribeJobRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class DescribeJobResponse(_message.Message):
-    __slots__ = ("job", "checkpoints")
+    __slots__ = ("job", "checkpoints", "checkpoint_bytes")
     JOB_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_BYTES_FIELD_NUMBER: _ClassVar[int]
     job: _job_pb2.Job
     checkpoints: _containers.RepeatedCompositeFieldContainer[_job_pb2.Checkpoint]
-    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., checkpoints: _Optional[_Iterable[_Union[_job_pb2.Checkpoint, _Mapping]]] = ...) -> None: ...
+    checkpoint_bytes: int
+    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., checkpoints: _Optional[_Iterable[_Union[_job_pb2.Checkpoint, _Mapping]]] = ..., checkpoint_bytes: _Optional[int] = ...) -> None: ...
 
 class WatchJobEventsRequest(_message.Message):
     __slots__ = ("job_name", "after_seq", "follow", "metrics_tail", "batched")

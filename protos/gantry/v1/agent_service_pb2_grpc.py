@@ -61,6 +61,11 @@ class AgentServiceStub:
                 request_serializer=gantry_dot_v1_dot_agent__service__pb2.RestartJobRequest.SerializeToString,
                 response_deserializer=gantry_dot_v1_dot_agent__service__pb2.RestartJobResponse.FromString,
                 _registered_method=True)
+        self.ForgetJob = channel.unary_unary(
+                '/gantry.v1.AgentService/ForgetJob',
+                request_serializer=gantry_dot_v1_dot_agent__service__pb2.ForgetJobRequest.SerializeToString,
+                response_deserializer=gantry_dot_v1_dot_agent__service__pb2.ForgetJobResponse.FromString,
+                _registered_method=True)
         self.ListJobs = channel.unary_unary(
                 '/gantry.v1.AgentService/ListJobs',
                 request_serializer=gantry_dot_v1_dot_agent__service__pb2.ListJobsRequest.SerializeToString,
@@ -151,6 +156,12 @@ class AgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RestartJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForgetJob(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -251,6 +262,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.RestartJob,
                     request_deserializer=gantry_dot_v1_dot_agent__service__pb2.RestartJobRequest.FromString,
                     response_serializer=gantry_dot_v1_dot_agent__service__pb2.RestartJobResponse.SerializeToString,
+            ),
+            'ForgetJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetJob,
+                    request_deserializer=gantry_dot_v1_dot_agent__service__pb2.ForgetJobRequest.FromString,
+                    response_serializer=gantry_dot_v1_dot_agent__service__pb2.ForgetJobResponse.SerializeToString,
             ),
             'ListJobs': grpc.unary_unary_rpc_method_handler(
                     servicer.ListJobs,
@@ -445,6 +461,33 @@ class AgentService:
             '/gantry.v1.AgentService/RestartJob',
             gantry_dot_v1_dot_agent__service__pb2.RestartJobRequest.SerializeToString,
             gantry_dot_v1_dot_agent__service__pb2.RestartJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gantry.v1.AgentService/ForgetJob',
+            gantry_dot_v1_dot_agent__service__pb2.ForgetJobRequest.SerializeToString,
+            gantry_dot_v1_dot_agent__service__pb2.ForgetJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
