@@ -26,6 +26,7 @@ MUTATING = {
     "SubmitJob": "submit",
     "StopJob": "stop",
     "RestartJob": "restart",
+    "ForgetJob": "forget",
     "StartRanks": "start-ranks",
     "StopRanks": "stop-ranks",
     "StartTask": "task-start",
@@ -61,7 +62,7 @@ def _details(method: str, request: Any, context: Context) -> dict[str, str]:
         )
     elif method == "StopRanks":
         details.update(job=request.job_name, attempt=str(request.attempt))
-    elif method in ("StopJob", "RestartJob"):
+    elif method in ("StopJob", "RestartJob", "ForgetJob"):
         details["job"] = request.name
     elif method == "SubmitJob":
         details["job"] = request.spec.name

@@ -76,6 +76,8 @@ def _restart_job(request: agent_service_pb2.RestartJobRequest) -> None:
     check_optional_name(request.node, "node")
     for i, node in enumerate(request.exclude_nodes):
         check_name(node, f"exclude_nodes[{i}]")
+    for i, node in enumerate(request.include_nodes):
+        check_name(node, f"include_nodes[{i}]")
     check_config_json(request.deepspeed_config_json, "deepspeed_config_json")
     if request.HasField("spec"):
         validate_job_spec(request.spec)  # same name and nodes: the leader's check
@@ -191,6 +193,7 @@ VALIDATORS: dict[str, Callable[[Any], None]] = {
     "SubmitJob": _submit,
     "StopJob": _stop_job,
     "RestartJob": _restart_job,
+    "ForgetJob": _job_name,
     "ListJobs": _nothing,
     "DescribeJob": _job_name,
     "WatchJobEvents": _watch_job_events,
