@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 
 from gantry.v1 import job_pb2
 
-__all__ = ["CommsPerStep", "CommsTables", "Totals"]
+__all__ = ["TABLE_HEADER", "CommsPerStep", "CommsTables", "Totals"]
 
 Totals = dict[str, tuple[int, float]]  # op -> (calls, total latency in ms), since the start
 
-_HEADER = "Comm. Op"
+TABLE_HEADER = _HEADER = "Comm. Op"
 _LATENCY_HEADER = "Total Latency(ms)"
 _ROW = re.compile(
     r"(?P<size>\d+(?:\.\d+)? ?[KMGTPEZY]?B)\s+(?P<count>\d{1,15})\s+"
@@ -67,6 +67,11 @@ class CommsTables:
     def __init__(self, wait_s: float = 2.0) -> None:
         self._wait_s = wait_s
         self._open: dict[str, _Table] = {}
+
+    @property
+    def busy(self) -> bool:
+        """A table is open on some stream: its next line may be a row."""
+        return bool(self._open)
 
     def feed(
         self, stream: str, text: str, now: float, step: int | None

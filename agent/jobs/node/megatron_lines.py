@@ -19,7 +19,7 @@ from gantry.v1 import job_pb2
 
 from agent.jobs.metrics_records import whole_number
 
-__all__ = ["MegatronParser", "megatron_metrics"]
+__all__ = ["BLOCK_HEAD", "MegatronParser", "megatron_metrics"]
 
 _ITERATION = re.compile(r"\biteration[:=]?\s*(?P<step>\d+)\s*/\s*(?P<total>\d+)\s*\|")
 _NUMBER = re.compile(r"\s*(?P<n>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf)(?P<rest>.*)")
@@ -76,7 +76,7 @@ _SPLIT = ("forward_s", "backward_s", "allreduce_s", "optimizer_step_s")
 _KNOWN_TIMERS = frozenset(_TIMER_FIELDS) | _REDUCE_PARTS | {_REDUCE_ALL, "forward-backward"}
 _ONE_LINE = re.compile(r"(?:^|[\s\]:])time \(ms\)(?P<parts> \|.*)")
 _ONE_PART = re.compile(r"\s*(?P<name>[\w /.-]+?): (?P<value>[\d.]+)\s*$")
-_BLOCK_HEAD = "across ranks (ms):"  # "(min, max) time ", "max time " or "times "
+BLOCK_HEAD = _BLOCK_HEAD = "across ranks (ms):"  # "(min, max) time ", "max time " or "times "
 _BLOCK_VALUE = re.compile(r"\((?P<min>[\d.]{1,20}), (?P<max>[\d.]{1,20})\)|(?P<value>[\d.]{1,20})")
 _ALL_NAME = re.compile(r"^\s*(?P<name>[\w/.-]+):\s*$")  # --timing-log-option all
 _ALL_RANK = re.compile(r"\brank\s+\d+: (?P<value>[\d.]+)\s*$")
@@ -160,6 +160,11 @@ class MegatronParser:
         self.step: int | None = None  # the last iteration line's
         self._wait_s = wait_s
         self._blocks: dict[str, _Block] = {}
+
+    @property
+    def busy(self) -> bool:
+        """A timer block is open on some stream: its next line may be a row."""
+        return bool(self._blocks)
 
     def feed(self, stream: str, text: str, now: float) -> list[job_pb2.RankMetrics]:
         """What ``text`` (one line of ``stream``) completes: iteration figures, timers."""

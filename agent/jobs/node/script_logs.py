@@ -48,9 +48,9 @@ from collections.abc import Sequence
 from gantry.v1 import job_pb2
 
 from agent.jobs.metrics_records import MAX_COUNT, Record, RecordKind, whole_number
-from agent.jobs.node.comms_table import CommsPerStep, CommsTables, Totals
+from agent.jobs.node.comms_table import TABLE_HEADER, CommsPerStep, CommsTables, Totals
 from agent.jobs.node.deepspeed_lines import DeepSpeedStdoutParser, log_time
-from agent.jobs.node.megatron_lines import MegatronParser, megatron_metrics
+from agent.jobs.node.megatron_lines import BLOCK_HEAD, MegatronParser, megatron_metrics
 from agent.jobs.node.script_logs_hf import (
     Bar,
     LogDict,
@@ -99,6 +99,33 @@ _PHASES: tuple[tuple[str, int], ...] = (
     ("[before the start of training step]", _P.RANK_PHASE_FIRST_STEP),
 )
 _LAST_PHASE = max(phase for _, phase in _PHASES)  # past it, start-up lines say nothing
+# A line ``_may_wake`` says no to, read while no table or timer block is open and past the
+# start-up phases, changes nothing: it is skipped with one test instead of a call into each
+# reader (most of a chatty rank's output; tests/test_script_logs_prefilter.py checks that
+# skipping changes no record).
+_STARTUP = re.compile("|".join(re.escape(needle) for needle, _ in _PHASES))
+
+
+def _may_wake(line: str) -> bool:
+    """Whether ``line`` holds a text some reader below starts from (an unrolled test of
+    substrings: twice as fast as one regex of them)."""
+    return (
+        "step=" in line  # DeepSpeed's progress
+        or "{" in line  # log dicts
+        or "iter" in line  # Megatron's iterations, DeepSpeed's pipeline "iter time (s)"
+        or "%|" in line  # tqdm bars
+        or "time (" in line  # DeepSpeed's and Megatron's timers
+        or "PerSec=" in line  # DeepSpeed's throughput
+        or " ..." in line  # DeepSpeed's config print-out
+        or "from" in line  # resumed at step N
+        or "\r" in line  # draws
+        or "\x1b" in line
+        or TABLE_HEADER in line
+        or BLOCK_HEAD in line
+        or "Total optimization" in line  # the Trainer's total steps
+    )
+
+
 _RESUMED_AT = re.compile(
     r"(?:Continuing training from global step |Resuming training from checkpoint with epoch \d+"
     r" and global step |checkpoint from \S+ (?:\[[^\]]{0,40}\] )?at iteration )(?P<step>\d+)"
@@ -154,6 +181,14 @@ class ScriptLogParser:
 
     def feed(self, stream: str, line: str, now: float) -> list[Record]:
         """The records one line (or \\r-separated draws) of ``stream`` gives, at ``now``."""
+        if (
+            not _may_wake(line)
+            and (self.phase >= _LAST_PHASE or _STARTUP.search(line) is None)
+            and (not line or line.strip(" "))  # spaces alone: tqdm clearing its bar
+            and not self._comms.busy
+            and not self._megatron.busy
+        ):
+            return []
         out: list[Record] = []
         for segment in _SEGMENTS.split(line):
             self._segment(stream, segment, now, out)
