@@ -23,6 +23,8 @@ them: one rank on 127.0.0.1).
 - At the end: OUTPUT_DIR/final, a Hugging Face model directory (fp32) with the
   tokenizer.
 - Reports to $GANTRY_METRICS_FILE (agent.report); SIGUSR1 dumps every thread's stack.
+- Rank 0 writes TensorBoard event files (loss, learning rate, grad norm, tokens/s, the
+  step-time split) to LOGGING_DIR/<start>_attempt<N> (agent.rank.tensorboard_log).
 
 A universal checkpoint (deepspeed.checkpoint.ds_to_universal's output, as the agent
 writes for `gantry restart --exclude`) is loaded with checkpoint.load_universal, at any
@@ -53,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.rank.report import Reporter, install_stack_dump
+from agent.rank.tensorboard_log import open_board
 from agent.rank.train_loop import (
     DataPosition,
     LoopPlan,
@@ -138,7 +141,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="after warmup: decay linearly to 0 at the last step, or stay constant",
     )
     p.add_argument("--save_steps", type=int, default=500, help="checkpoint every N steps")
-    p.add_argument("--logging_dir", type=Path, help="default: OUTPUT_DIR/logs")
+    p.add_argument(
+        "--logging_dir",
+        type=Path,
+        help="TensorBoard event files (rank 0) and the DeepSpeed config used; "
+        "default: OUTPUT_DIR/logs",
+    )
     p.add_argument(
         "--resume_from_checkpoint",
         help="a checkpoint directory (or its tag) or 'latest': OUTPUT_DIR/checkpoints' "
@@ -322,8 +330,14 @@ def train(args: argparse.Namespace, rep: Reporter) -> int:
         ckpt_dir=args.output_dir / "checkpoints",
         data_digest=data.digest,
     )
-    loop = TrainLoop(engine, rep, data.tokenizer, data.dataset, plan, position)
-    step = loop.run()
+    # Rank 0 only, as HF Trainer: one run folder per attempt; closing flushes the rest.
+    board = open_board(logging_dir, world, log) if rank == 0 else None
+    loop = TrainLoop(engine, rep, data.tokenizer, data.dataset, plan, position, board)
+    try:
+        step = loop.run()
+    finally:
+        if board is not None:
+            board.close()
 
     final_dir = args.output_dir / "final"
     info = {

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.rank.report import CollectiveClock, Reporter, memory_bytes
+from agent.rank.tensorboard_log import BoardLog
 from agent.rank.train_setup import CKPT_TOKENIZER, log
 
 
@@ -71,9 +72,11 @@ class TrainLoop:
         dataset: Any,
         plan: LoopPlan,
         position: DataPosition,
+        board: BoardLog | None = None,
     ) -> None:
         self.engine = engine
         self.rep = rep
+        self.board = board  # rank 0's TensorBoard log, if any
         self.tokenizer = tokenizer
         self.dataset = dataset
         self.plan = plan
@@ -173,8 +176,7 @@ class TrainLoop:
         self.last_loss = loss
         comms = comm_clock.take()
         grad_norm = engine.get_global_grad_norm()
-        self.rep.metrics(
-            step,
+        record: dict[str, Any] = dict(
             epoch=round(self.epoch + self.batch_in_epoch / plan.per_epoch, 4),
             loss=loss,
             grad_norm=float(grad_norm) if grad_norm is not None else None,
@@ -190,6 +192,9 @@ class TrainLoop:
             optimizer_step_s=round(stats.step_s, 6),
             memory_bytes=memory_bytes(),
         )
+        self.rep.metrics(step, **record)
+        if self.board is not None:
+            self.board.step(step, record)
         if plan.rank == 0 and (step % plan.print_every == 0 or step == plan.total_steps):
             log(
                 f"step {step}/{plan.total_steps} loss {loss:.4f} lr {engine.get_lr()[0]:.3g} "
