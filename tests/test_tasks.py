@@ -77,7 +77,7 @@ async def test_failed_task_says_why_and_bad_specs_are_refused(tmp_path: Path) ->
     runner = TaskRunner(tmp_path / "agent", "node-a")
     task = await runner.start(eval_request(model(tmp_path, "fail"), data))
     task = await wait_state(runner, task.id, {TS.TASK_STATE_FAILED})
-    assert task.error == "exit code 2: gantry: the model is broken on purpose"
+    assert task.error == "gantry: the model is broken on purpose (exit code 2)"
     with pytest.raises(TaskError, match=r"no config\.json"):
         await runner.start(eval_request(tmp_path / "nope", data))
     with pytest.raises(TaskError, match="does not exist"):

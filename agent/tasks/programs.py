@@ -56,17 +56,22 @@ def task_argv(task: task_pb2.Task, task_dir: Path) -> list[str]:
                 argv += ["--max-samples", str(q.eval_max_samples)]
         return argv + (["--weight-only"] if q.weight_only else [])
     if which == "serve":
-        s = task.serve
-        argv = [*program, "--model", s.model_dir, "--listen", f"127.0.0.1:{s.port}"]
-        argv += ["--ready-file", str(task_dir / "ready.json")]
-        # Drain within the agent's stop grace, so a stop never has to SIGKILL a server.
-        argv += ["--drain-s", f"{SERVE_DRAIN_S:g}"]
-        if s.max_batch_size:
-            argv += ["--max-batch-size", str(s.max_batch_size)]
-        if s.max_queue_delay_ms:
-            argv += ["--max-queue-delay-ms", f"{s.max_queue_delay_ms:g}"]
-        return argv
+        return serve_command(task.serve, task_dir)
     raise TaskError("the task has no spec (eval, quantize or serve)")
+
+
+def serve_command(spec: task_pb2.ServeTaskSpec, task_dir: Path) -> list[str]:
+    """The inference server's command line (pure): the one place its flags are built."""
+    argv = [sys.executable, "-m", PROGRAMS[TK.TASK_KIND_SERVE]]
+    argv += ["--model", spec.model_dir, "--listen", f"127.0.0.1:{spec.port}"]
+    argv += ["--ready-file", str(task_dir / "ready.json")]
+    # Drain within the agent's stop grace, so a stop never has to SIGKILL a server.
+    argv += ["--drain-s", f"{SERVE_DRAIN_S:g}"]
+    if spec.max_batch_size:
+        argv += ["--max-batch-size", str(spec.max_batch_size)]
+    if spec.max_queue_delay_ms:
+        argv += ["--max-queue-delay-ms", f"{spec.max_queue_delay_ms:g}"]
+    return argv
 
 
 def check_spec(task: task_pb2.Task) -> None:

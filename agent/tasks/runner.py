@@ -7,6 +7,8 @@ A task program reports on stdout, one JSON object a line: `{"progress": 0.4,
 agent keeps each task's record in DATA/tasks/ID/task.pb (and its stderr beside it),
 so `ListTasks` still knows a task after the agent restarts; a task still running then
 is re-adopted by pid (its progress stream is not: it shows as running until it ends).
+A task's latest progress line rides on its record (`Task.progress`), so a listing shows
+how far each running task has got.
 Stop is SIGTERM to the task's process group, a grace period, then SIGKILL. Which program
 runs a task, and with what command line, is `agent.tasks.programs`.
 """
@@ -220,6 +222,7 @@ class TaskRunner:
     def _publish(self, running: _Running, progress: task_pb2.TaskProgress | None) -> None:
         if progress is not None:
             running.last = progress
+            running.task.progress.CopyFrom(progress)  # ListTasks shows it without a stream
         for queue in running.watchers:
             queue.put_nowait(progress)
 
@@ -335,11 +338,13 @@ class TaskRunner:
             lines = (running.dir / "stderr.log").read_text(errors="replace").strip().splitlines()
         last = lines[-1] if lines else ""
         how = f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
-        return f"{how}: {last[:300]}" if last else how
+        return f"{last[:300]} ({how})" if last else how  # what went wrong first
 
     def _finish(self, running: _Running, state: int, error: str) -> None:
         task = running.task
         task.state = state  # type: ignore[assignment]
+        if task.HasField("progress"):
+            task.progress.state = state  # type: ignore[assignment]
         if error:
             task.error = error
         _now(task.ended)

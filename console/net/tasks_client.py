@@ -1,17 +1,20 @@
 """Task verbs over gRPC: start, stop, list and watch an agent's eval, quantize and serve
-tasks."""
+tasks; and the start requests the CLI and the console both send."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
-from gantry.v1 import agent_service_pb2, task_pb2
+from gantry.v1 import agent_service_pb2, job_pb2, task_pb2
 
+from console.model.cost import arg_value
 from console.net.cluster_file import NodeTarget
-from console.net.jobs_client import AgentCalls, JobCommandError, _fail
+from console.net.jobs_client import AgentCalls, JobCommandError, JobsClient, _fail
 
 
 @dataclass
@@ -20,7 +23,75 @@ class NodeTask:
     task: task_pb2.Task
 
 
+def job_paths(spec: job_pb2.JobSpec) -> tuple[str, str]:
+    """(final model dir, held-out data) of a job trained by agent.train."""
+    args = list(spec.args)
+    base = Path(spec.working_dir or ".")
+    out = arg_value(args, "--output_dir")
+    data = arg_value(args, "--data")
+    model = str(base / out / "final") if out else ""
+    heldout = ""
+    if data:
+        data_path = base / data
+        heldout = str(data_path.parent / "heldout.jsonl") if data_path.suffix else ""
+    return os.path.normpath(model) if model else "", os.path.normpath(heldout) if heldout else ""
+
+
+def quantize_request(
+    model_dir: str,
+    out: str = "",
+    *,
+    weight_only: bool = False,
+    eval_data: str = "",
+    max_samples: int = 0,
+) -> agent_service_pb2.StartTaskRequest:
+    """int8 of `model_dir` into `out` (default MODEL_DIR-int8)."""
+    request = agent_service_pb2.StartTaskRequest()
+    q = request.quantize
+    q.model_dir = os.path.abspath(model_dir)
+    q.output_dir = os.path.abspath(out or model_dir.rstrip("/") + "-int8")
+    q.int8, q.weight_only = True, weight_only
+    q.eval_data_path = os.path.abspath(eval_data) if eval_data else ""
+    q.eval_max_samples = max(0, max_samples)
+    return request
+
+
+def serve_request(
+    model_dir: str, port: int = 0, max_batch_size: int = 0, max_queue_delay_ms: float = 0.0
+) -> agent_service_pb2.StartTaskRequest:
+    request = agent_service_pb2.StartTaskRequest()
+    s = request.serve
+    s.model_dir = os.path.abspath(model_dir)
+    s.port, s.max_batch_size, s.max_queue_delay_ms = port, max_batch_size, max_queue_delay_ms
+    return request
+
+
 class TasksClient(AgentCalls):
+    async def eval_request(
+        self, job: str = "", model: str = "", data: str = "", node: str = "", max_samples: int = 0
+    ) -> tuple[str, agent_service_pb2.StartTaskRequest]:
+        """(node, request) evaluating a job's final model on its held-out data, on its
+        leader (or `model` on `data`, on the first node); one line naming what is missing."""
+        request = agent_service_pb2.StartTaskRequest()
+        spec = request.eval
+        if job:
+            led, _ = await JobsClient(list(self.targets.values()), self.links).describe(job)
+            final, heldout = job_paths(led.job.spec)
+            spec.job_name = job
+            spec.model_dir = model or final
+            spec.data_path = data or heldout
+            spec.targets.CopyFrom(led.job.spec.eval_targets)
+            node = node or led.leader.name
+        elif model:
+            spec.model_dir = os.path.abspath(model)
+            spec.data_path = os.path.abspath(data) if data else ""
+        else:
+            raise JobCommandError("give a job name or --model DIR")
+        if not spec.data_path:
+            raise JobCommandError("give the held-out data: --data HELDOUT.jsonl")
+        spec.max_samples = max(0, max_samples)
+        return node or next(iter(self.targets)), request
+
     async def start(self, node: str, request: agent_service_pb2.StartTaskRequest) -> NodeTask:
         target = self.target(node)
         reply = await self._call(target, "StartTask", request)

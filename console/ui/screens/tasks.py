@@ -1,83 +1,72 @@
 """The tasks screen: every agent's eval, quantize and serve tasks; the selected one in
-detail (an evaluation's targets and its trend across checkpoints, a quantization's
-sizes, a server's health, requests/s, queue and batch sizes); start and stop servers.
+detail (an evaluation's verdict against its targets and its trend across checkpoints, a
+quantization's sizes before and after, a server's health, requests/s, queue and batch
+sizes; a running task's progress); start evaluations, quantizations and servers.
 
+    enter  the selected task's whole detail (scrollable)
+    E      evaluate a job's final model (asks for the job)
+    Q      quantize a model to int8 (asks for its directory)
     S      serve a model (asks for its directory)
     L      load-test a server (the selected one, or any endpoint)
     x      stop the selected task (confirmed)
+    tab    to the detail pane (the arrows scroll it)
     escape back
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import ClassVar
 
 from gantry.v1 import agent_service_pb2, task_pb2
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Vertical
+from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import DataTable, Footer, Input, Static
+from textual.widgets import DataTable, Footer, Static
 
-from console.model.bars import BLOCKS, format_bytes
+from console.model.bars import BLOCKS
+from console.model.task_view import (
+    MISSED,
+    detail_lines,
+    kind_name,
+    model_of,
+    outcome,
+    result_summary,
+    state_name,
+)
 from console.net.jobs_client import JobCommandError
 from console.net.serve_client import ServerView, probe
-from console.net.tasks_client import NodeTask, TasksClient
-from console.ui.screens.dialogs import DIALOG_CSS, ConfirmScreen
+from console.net.tasks_client import NodeTask, TasksClient, quantize_request, serve_request
+from console.ui.screens.dialogs import ConfirmScreen
+from console.ui.screens.task_dialogs import ModelDirScreen, TaskDetailScreen
 
 TS = task_pb2.TaskState
 TK = task_pb2.TaskKind
 POLL_S = 1.0
-COLUMNS = ("task", "kind", "state", "node", "model", "result")
+# The verdict and the result first: at 80 columns the model's path is what falls off.
+COLUMNS = ("task", "state", "result", "node", "kind", "model")
+ACTIVE = (TS.TASK_STATE_PENDING, TS.TASK_STATE_RUNNING)
+STYLES = {"failed": "red", MISSED: "yellow"}
+
+__all__ = ["COLUMNS", "ModelDirScreen", "TasksScreen", "eval_detail", "serve_detail"]
 
 
-def kind_name(kind: int) -> str:
-    return task_pb2.TaskKind.Name(kind).removeprefix("TASK_KIND_").lower()
-
-
-def task_state(state: int) -> str:
-    return task_pb2.TaskState.Name(state).removeprefix("TASK_STATE_").lower()
-
-
-def model_of(task: task_pb2.Task) -> str:
-    which = task.WhichOneof("spec")
-    return str(getattr(task, which).model_dir) if which else ""
-
-
-def result_of(task: task_pb2.Task) -> str:
-    r = task.results
-    if task.kind == TK.TASK_KIND_EVAL and "bleu4" in r:
-        verdict = "pass" if r.get("passed", 0) >= 1 else "FAIL"
-        return f"BLEU-4 {r['bleu4']:.3f} ROUGE-L {r.get('rouge_l', 0):.3f} {verdict}"
-    if task.kind == TK.TASK_KIND_QUANTIZE and "size_after" in r:
-        return f"{format_bytes(r.get('size_before'))} -> {format_bytes(r['size_after'])}"
-    if task.kind == TK.TASK_KIND_SERVE:
-        return task.endpoint or task.error
-    return task.error
+def eval_trend(history: list[task_pb2.Task]) -> str:
+    """BLEU-4 across a job's evaluations, oldest first, as blocks; "" for fewer than two."""
+    trend = [t.results["bleu4"] for t in history if "bleu4" in t.results]
+    if len(trend) < 2:
+        return ""
+    top = max(trend) or 1.0
+    spark = "".join(BLOCKS[min(len(BLOCKS) - 1, int(v / top * (len(BLOCKS) - 1)))] for v in trend)
+    return f"BLEU-4 across {len(trend)} checkpoints: {spark} (latest {trend[-1]:.3f})"
 
 
 def eval_detail(task: task_pb2.Task, history: list[task_pb2.Task]) -> str:
-    lines = []
-    try:
-        report: dict[str, Any] = json.loads(task.report_json) if task.report_json else {}
-    except ValueError:
-        report = {}
-    for name, target in (report.get("targets") or {}).items():
-        verdict = "pass" if target.get("pass") else "FAIL"
-        lines.append(
-            f"{name:<14} {target.get('value')!s:<10} target {target.get('target')}  {verdict}"
-        )
-    trend = [t.results["bleu4"] for t in history if "bleu4" in t.results]
-    if len(trend) > 1:
-        top = max(trend) or 1.0
-        spark = "".join(
-            BLOCKS[min(len(BLOCKS) - 1, int(v / top * (len(BLOCKS) - 1)))] for v in trend
-        )
-        lines.append(f"BLEU-4 across {len(trend)} checkpoints: {spark} (latest {trend[-1]:.3f})")
-    return "\n".join(lines) or "no report yet"
+    trend = eval_trend(history)
+    return "\n".join([*detail_lines(task), *([trend] if trend else [])])
 
 
 def serve_detail(view: ServerView | None) -> str:
@@ -100,40 +89,21 @@ def serve_detail(view: ServerView | None) -> str:
     return "\n".join(lines)
 
 
-class ModelDirScreen(ModalScreen[str | None]):
-    DEFAULT_CSS = DIALOG_CSS.format(name="ModelDirScreen")
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
-
-    def __init__(self, prompt: str, default: str = "") -> None:
-        super().__init__()
-        self.prompt = prompt
-        self.default = default
-
-    def compose(self) -> ComposeResult:
-        with Vertical():
-            yield Static(self.prompt, classes="dialog-title", markup=False)
-            yield Input(value=self.default, placeholder="/path/to/model")
-            yield Static("enter starts · escape cancels", classes="dialog-help")
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        self.dismiss(event.value.strip() or None)
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
-
 class TasksScreen(ModalScreen[None]):
     """Not a StoreScreen: it polls the agents itself while it is shown."""
 
     DEFAULT_CSS = """
     TasksScreen { background: $surface; }
-    #tasks-table { height: 1fr; }
-    #task-detail { height: auto; max-height: 12; padding: 0 1; background: $panel; }
-    #tasks-status { height: 1; padding: 0 1; }
+    TasksScreen #tasks-table { height: auto; max-height: 50%; min-height: 3; }
+    TasksScreen #task-detail-scroll { height: 1fr; min-height: 4; background: $panel; }
+    TasksScreen #task-detail { width: 1fr; padding: 0 1; }
+    TasksScreen #tasks-status { height: 1; padding: 0 1; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back"),
-        Binding("S", "serve", "Serve a model", key_display="S"),
+        Binding("E", "evaluate", "Evaluate", key_display="E"),
+        Binding("Q", "quantize", "Quantize", key_display="Q"),
+        Binding("S", "serve", "Serve", key_display="S"),
         Binding("L", "loadtest", "Load test", key_display="L"),
         Binding("x", "stop", "Stop task"),
     ]
@@ -144,11 +114,14 @@ class TasksScreen(ModalScreen[None]):
         self.tasks: list[NodeTask] = []
         self.server: ServerView | None = None
         self._keys: list[str] = []
+        self._listed = False
+        self._after_listing: list[Callable[[], object]] = []
 
     def compose(self) -> ComposeResult:
         yield Static("tasks: evaluations, quantizations, servers", id="tasks-title")
         yield DataTable(id="tasks-table", cursor_type="row")
-        yield Static(id="task-detail", markup=False)
+        with VerticalScroll(id="task-detail-scroll"):
+            yield Static(id="task-detail", markup=False)
         yield Static(id="tasks-status", markup=False)
         yield Footer()
 
@@ -160,12 +133,27 @@ class TasksScreen(ModalScreen[None]):
         self.poll()
         self.set_interval(POLL_S, self.poll)
 
+    def when_shown(self, action: Callable[[], object]) -> None:
+        """Runs `action` once the screen has listed the tasks (now if it has): the
+        palette's way in."""
+        if self._listed:
+            action()
+        else:
+            self._after_listing.append(action)
+
+    def _listed_once(self) -> None:
+        self._listed = True
+        actions, self._after_listing = self._after_listing, []
+        for action in actions:
+            action()
+
     @work(exclusive=True, group="tasks-poll")
     async def poll(self) -> None:
         try:
             tasks, errors = await self.client.list()
         except JobCommandError as exc:
             self._status(str(exc))
+            self._listed_once()
             return
         self.tasks = tasks
         selected = self.selected()
@@ -181,6 +169,8 @@ class TasksScreen(ModalScreen[None]):
         self._draw()
         if errors:
             self._status("not answering: " + "; ".join(errors))
+        if not self._listed:
+            self._listed_once()
 
     def selected(self) -> NodeTask | None:
         if not self.tasks:
@@ -202,26 +192,25 @@ class TasksScreen(ModalScreen[None]):
                 table.move_cursor(row=min(max(row, 0), len(keys) - 1))
         for found in self.tasks:
             t = found.task
-            state = task_state(t.state)
-            style = "red" if t.state == TS.TASK_STATE_FAILED else ""
+            state = outcome(t)
+            style = STYLES.get(state, "")
             cells = (
                 t.id,
-                kind_name(t.kind),
                 state,
+                result_summary(t),
                 found.node.name,
+                kind_name(t.kind),
                 model_of(t)[-40:],
-                result_of(t),
             )
             for column, value in zip(COLUMNS, cells, strict=True):
-                table.update_cell(t.id, column, Text(value, style=style))
+                table.update_cell(t.id, column, Text(value, style=style), update_width=True)
         self._draw_detail()
 
-    def _draw_detail(self) -> None:
-        found = self.selected()
-        detail = self.query_one("#task-detail", Static)
+    def detail_text(self, found: NodeTask | None = None) -> str:
+        """The selected task (or `found`) in full, for the pane and the detail screen."""
+        found = found or self.selected()
         if found is None:
-            detail.update("no tasks yet: gantry eval / quantize / serve, or S here")
-            return
+            return "no tasks yet: E evaluates a job, Q quantizes, S serves (or gantry eval …)"
         t = found.task
         if t.kind == TK.TASK_KIND_EVAL:
             history = [
@@ -229,21 +218,80 @@ class TasksScreen(ModalScreen[None]):
                 for n in self.tasks
                 if n.task.kind == TK.TASK_KIND_EVAL and n.task.eval.job_name == t.eval.job_name
             ]
-            detail.update(eval_detail(t, history))
-        elif t.kind == TK.TASK_KIND_SERVE:
-            detail.update(serve_detail(self.server) if t.endpoint else task_state(t.state))
-        else:
-            lines = [f"{k} {v:g}" for k, v in sorted(t.results.items())]
-            detail.update("\n".join(lines) or task_state(t.state))
+            return eval_detail(t, history)
+        lines = detail_lines(t, found.node.name)
+        if t.kind == TK.TASK_KIND_SERVE and t.endpoint and t.state == TS.TASK_STATE_RUNNING:
+            lines.append(serve_detail(self.server))
+        return "\n".join(lines)
+
+    def _draw_detail(self) -> None:
+        self.query_one("#task-detail", Static).update(self.detail_text())
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         self._draw_detail()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        found = self.selected()
+        if found is None:
+            return
+        task_id = found.task.id
+
+        def text() -> str:
+            latest = next((n for n in self.tasks if n.task.id == task_id), found)
+            return self.detail_text(latest)
+
+        self.app.push_screen(TaskDetailScreen(text))
+
+    def hint(self, text: str) -> None:
+        """A line for the operator under the detail (the palette's pointers)."""
+        self._status(text)
 
     def _status(self, text: str) -> None:
         self.query_one("#tasks-status", Static).update(text)
 
     def action_back(self) -> None:
         self.dismiss(None)
+
+    # -- starting tasks --------------------------------------------------------------
+
+    def action_evaluate(self) -> None:
+        found = self.selected()
+        job = found.task.eval.job_name if found is not None else ""
+        self.app.push_screen(
+            ModelDirScreen("Evaluate which job's final model?", job, placeholder="job name"),
+            self._evaluate_answered,
+        )
+
+    def _evaluate_answered(self, job: str | None) -> None:
+        if job:
+            self.evaluate(job)
+
+    @work(group="tasks-action")
+    async def evaluate(self, job: str) -> None:
+        """Evaluates the job's final model on its held-out data, on its leader."""
+        try:
+            node, request = await self.client.eval_request(job)
+        except JobCommandError as exc:
+            self._status(f"cannot evaluate {job}: {exc}")
+            return
+        await self._start(node, request)
+
+    def action_quantize(self) -> None:
+        found = self.selected()
+        model = model_of(found.task) if found is not None else ""
+        self.app.push_screen(
+            ModelDirScreen("Quantize which model directory to int8?", model), self._quantize
+        )
+
+    def _quantize(self, model_dir: str | None) -> None:
+        if not model_dir:
+            return
+        found = self.selected()
+        node, held_out = "", ""
+        if found is not None and model_of(found.task) == model_dir:
+            node = found.node.name
+            held_out = found.task.eval.data_path  # BLEU-4 before and after, on the same data
+        self._start_task(node, quantize_request(model_dir, eval_data=held_out))
 
     def action_serve(self) -> None:
         quantized = [
@@ -258,15 +306,15 @@ class TasksScreen(ModalScreen[None]):
 
     def _serve(self, model_dir: str | None) -> None:
         if model_dir:
-            self._start_server(model_dir)
+            self._start_task("", serve_request(model_dir))
 
     @work(group="tasks-action")
-    async def _start_server(self, model_dir: str) -> None:
-        request = agent_service_pb2.StartTaskRequest()
-        request.serve.model_dir = model_dir
-        node = next(iter(self.client.targets))
+    async def _start_task(self, node: str, request: agent_service_pb2.StartTaskRequest) -> None:
+        await self._start(node, request)
+
+    async def _start(self, node: str, request: agent_service_pb2.StartTaskRequest) -> None:
         try:
-            started = await self.client.start(node, request)
+            started = await self.client.start(node or next(iter(self.client.targets)), request)
         except JobCommandError as exc:
             self._status(f"refused: {exc}")
             return
@@ -291,7 +339,7 @@ class TasksScreen(ModalScreen[None]):
 
     def action_stop(self) -> None:
         found = self.selected()
-        if found is None or found.task.state not in (TS.TASK_STATE_PENDING, TS.TASK_STATE_RUNNING):
+        if found is None or found.task.state not in ACTIVE:
             self._status("nothing running to stop")
             return
         task_id = found.task.id
@@ -311,5 +359,5 @@ class TasksScreen(ModalScreen[None]):
         except JobCommandError as exc:
             self._status(f"refused: {exc}")
             return
-        self._status(f"{task_id}: {task_state(stopped.task.state)}")
+        self._status(f"{task_id}: {state_name(stopped.task.state)}")
         self.poll()

@@ -80,7 +80,7 @@ class ServeTaskSpec(_message.Message):
     def __init__(self, model_dir: _Optional[str] = ..., port: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_queue_delay_ms: _Optional[float] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "kind", "state", "node", "created", "ended", "error", "eval", "quantize", "serve", "results", "endpoint", "report_json")
+    __slots__ = ("id", "kind", "state", "node", "created", "ended", "error", "eval", "quantize", "serve", "results", "endpoint", "report_json", "progress")
     class ResultsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +101,7 @@ class Task(_message.Message):
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: TaskKind
     state: TaskState
@@ -114,7 +115,8 @@ class Task(_message.Message):
     results: _containers.ScalarMap[str, float]
     endpoint: str
     report_json: str
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., state: _Optional[_Union[TaskState, str]] = ..., node: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[str] = ..., eval: _Optional[_Union[EvalTaskSpec, _Mapping]] = ..., quantize: _Optional[_Union[QuantizeTaskSpec, _Mapping]] = ..., serve: _Optional[_Union[ServeTaskSpec, _Mapping]] = ..., results: _Optional[_Mapping[str, float]] = ..., endpoint: _Optional[str] = ..., report_json: _Optional[str] = ...) -> None: ...
+    progress: TaskProgress
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., state: _Optional[_Union[TaskState, str]] = ..., node: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[str] = ..., eval: _Optional[_Union[EvalTaskSpec, _Mapping]] = ..., quantize: _Optional[_Union[QuantizeTaskSpec, _Mapping]] = ..., serve: _Optional[_Union[ServeTaskSpec, _Mapping]] = ..., results: _Optional[_Mapping[str, float]] = ..., endpoint: _Optional[str] = ..., report_json: _Optional[str] = ..., progress: _Optional[_Union[TaskProgress, _Mapping]] = ...) -> None: ...
 
 class TaskProgress(_message.Message):
     __slots__ = ("task_id", "state", "fraction", "message", "time", "figures")
