@@ -18,6 +18,8 @@ from agent.jobs.node.ops_warmup import extensions_dir
 from agent.rpc.server import ListenError, build_server, check_loopback, split_listen
 from agent.runtime import build_job_runtime, tie_kernel_log
 from agent.security.auth import TokenError, load_or_create_token
+from agent.security.file_modes import PRIVATE_DIR_MODE, set_private_umask, tighten_tree
+from agent.security.task_credentials import export_credentials
 from agent.security.tls import (
     TlsError,
     TlsMaterial,
@@ -95,7 +97,10 @@ def write_endpoint(data_dir: Path, node_name: str, port: int, listen_host: str) 
 
 async def run_agent(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    opened = tighten_tree(data_dir)  # what an older agent, or another umask, left readable
+    if opened:
+        log.info("made %d file(s) and folder(s) under %s private to this user", opened, data_dir)
     try:
         token, token_path = load_or_create_token(data_dir, args.token_file)
     except TokenError as exc:
@@ -111,6 +116,8 @@ async def run_agent(args: argparse.Namespace) -> int:
     except (TlsError, ListenError) as exc:
         log.error("%s", exc)
         return 2
+    # The inference server of a serve task answers only whom this agent answers.
+    export_credentials(os.environ, token_path, files)
     # Calls to peer agents present this agent's certificate (none without TLS).
     configure_peers(args.node_name, channel_credentials(tls) if tls is not None else None)
     configure_peer_ssh(args.peer_ssh_config)
@@ -168,6 +175,7 @@ async def run_agent(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    set_private_umask()  # before anything is written; the ranks and tasks inherit it
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

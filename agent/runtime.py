@@ -19,6 +19,7 @@ from agent.jobs.node.ops_warmup import ENV as EXTENSIONS_ENV
 from agent.jobs.node.ops_warmup import warm_ops
 from agent.jobs.node.supervisor import LocalSupervisor
 from agent.rpc.jobs import JobService
+from agent.security.task_credentials import without_credentials
 from agent.telemetry.kernel_events import KernelNotice
 from agent.telemetry.kernel_log import GpuInitFailure, KernelOomKill, KernelXid
 from agent.telemetry.sampler import Sampler
@@ -74,7 +75,7 @@ def build_job_runtime(
     says); ``warm``: build DeepSpeed's ops there at start (and these named ones)."""
     journal = Journal.open(data_dir)
     bus = EventBus(journal)
-    base_env = dict(os.environ)
+    base_env = without_credentials(os.environ)  # the agent's token is not the ranks' business
     if extensions is not None:
         base_env[EXTENSIONS_ENV] = str(extensions)
     elif EXTENSIONS_ENV not in base_env:

@@ -74,7 +74,12 @@ def test_eval_quantize_serve_through_an_agent(
         stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
         request = inference_service_pb2.CompleteRequest(prompt="apple river stone")
         request.params.max_tokens = 4
-        reply = stub.Complete(request, timeout=60)
+        # The server answers only the agent's token.
+        with pytest.raises(grpc.RpcError) as anonymous:
+            stub.Complete(request, timeout=60)
+        assert anonymous.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        bearer = (("authorization", f"Bearer {agent.target.read_token()}"),)
+        reply = stub.Complete(request, metadata=bearer, timeout=60)
     assert reply.usage.completion_tokens == 4 and len(reply.token_ids) == 4
 
     code, out, _ = cli(["tasks", "--json", *c], capsys)

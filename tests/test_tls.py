@@ -262,11 +262,26 @@ def test_certificate_from_another_ca_is_refused(
     tls_agent: ThreadedAgent, cas: tuple[Path, Path]
 ) -> None:
     ca_dir, other = cas
-    # mallory trusts our CA but holds a certificate from another one.
+    # mallory trusts our CA but holds a certificate from another one: the console says so
+    # before it dials, naming the file ...
     mallory = console_tls(other, "mallory", ca=ca_dir / "ca.pem")
-    error = refused(NodeTarget("node-a", tls_agent.address, None, mallory))
-    assert error.code() is grpc.StatusCode.UNAVAILABLE
-    assert "refused this console's certificate" in describe_rpc_error(error, tls=True)
+    with pytest.raises(ClusterFileError, match="was not issued by the CA") as said:
+        node_info(NodeTarget("node-a", tls_agent.address, None, mallory))
+    assert str(mallory.cert) in str(said.value)
+    # ... and the agent refuses it on the wire all the same.
+    creds = grpc.ssl_channel_credentials(
+        mallory.ca.read_bytes(), mallory.key.read_bytes(), mallory.cert.read_bytes()
+    )
+
+    async def dial() -> None:
+        async with grpc.aio.secure_channel(tls_agent.address, creds) as channel:
+            stub = agent_service_pb2_grpc.AgentServiceStub(channel)
+            await stub.GetNodeInfo(agent_service_pb2.GetNodeInfoRequest(), timeout=5)
+
+    with pytest.raises(grpc.aio.AioRpcError) as wire:
+        asyncio.run(dial())
+    assert wire.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "refused this console's certificate" in describe_rpc_error(wire.value, tls=True)
     # And a console of the other CA does not trust our agent.
     stranger = console_tls(other, "mallory")
     error = refused(NodeTarget("node-a", tls_agent.address, None, stranger))

@@ -94,7 +94,7 @@ class Receiver(threading.Thread):
 def _redirect(stdout: str, stderr: str) -> None:
     """The rank's own log files on fds 1 and 2, as the wrapper would have given them."""
     for fd, path in ((1, stdout), (2, stderr)):
-        target = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        target = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)  # private logs
         os.dup2(target, fd)
         os.close(target)
 

@@ -8,9 +8,6 @@ way every AgentService request is validated and mutating calls are audited
 
 from __future__ import annotations
 
-import ipaddress
-import socket
-
 import grpc
 from gantry.v1 import agent_service_pb2, agent_service_pb2_grpc, job_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -21,6 +18,7 @@ from agent.rpc.guard import GuardInterceptor
 from agent.rpc.jobs import JobService
 from agent.rpc.service import AgentServicer
 from agent.security.auth import TokenAuthInterceptor
+from agent.security.listen import is_loopback
 from agent.security.tls import TlsMaterial, server_credentials
 from agent.telemetry.sampler import Sampler
 
@@ -41,22 +39,6 @@ def split_listen(address: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ListenError(f"--listen {address!r}: expected HOST:PORT, e.g. 127.0.0.1:50051")
     return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        try:
-            loopback = all(
-                ipaddress.ip_address(info[4][0]).is_loopback
-                for info in socket.getaddrinfo(host, None)
-            )
-        except OSError:
-            loopback = False
-    return loopback
 
 
 def check_loopback(host: str) -> None:

@@ -1,7 +1,9 @@
 """Bearer-token authentication for every RPC except the standard health service.
 
-On a mutual-TLS port the client certificate, verified by the handshake against the
-cluster's CA, authenticates the caller instead: no token is needed there.
+The agent's own token opens every call; a job token minted from it (`gantry.v1.job_tokens`,
+what a job's leader holds for its peers) opens only that job's leader calls
+(`agent.security.job_scope`). On a mutual-TLS port the client certificate, verified by the
+handshake against the cluster's CA, authenticates the caller instead: no token is needed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 import grpc
+from gantry.v1.job_tokens import verify_job_token
+
+from agent.security.job_scope import scoped_handler
 
 # Health checks must work for load balancers and probes that hold no token.
 UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/",)
@@ -60,23 +65,27 @@ def load_or_create_token(data_dir: Path, token_file: Path | None) -> tuple[str, 
     return token, path
 
 
-def bearer_matches(metadata: tuple[tuple[str, str | bytes], ...] | None, token: str) -> bool:
-    expected = f"Bearer {token}".encode()
+def bearer_of(metadata: tuple[tuple[str, str | bytes], ...] | None) -> bytes | None:
+    """The `authorization` header's value; None without one."""
     for key, value in metadata or ():
         if key == "authorization":
-            given = value.encode() if isinstance(value, str) else value
-            return hmac.compare_digest(given, expected)
-    return False
+            return value.encode() if isinstance(value, str) else value
+    return None
+
+
+def bearer_matches(metadata: tuple[tuple[str, str | bytes], ...] | None, token: str) -> bool:
+    given = bearer_of(metadata)
+    return given is not None and hmac.compare_digest(given, f"Bearer {token}".encode())
 
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 
-def _deny_handler(handler: Handler, message: str) -> Handler:
+def _deny_handler(handler: Handler, message: str, code: grpc.StatusCode) -> Handler:
     async def abort(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await context.abort(code, message)
 
-    # Requests are never parsed for an unauthenticated caller.
+    # Requests are never parsed for a caller refused here.
     def ignore(_: bytes) -> None:
         return None
 
@@ -91,7 +100,11 @@ def _deny_handler(handler: Handler, message: str) -> Handler:
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """`certificate_verified`: the server demands a client certificate from the cluster's
-    CA (mutual TLS), so every call that reaches it is authenticated already."""
+    CA (mutual TLS), so every call that reaches it is authenticated already.
+
+    A job token minted from this agent's token (`gantry.v1.job_tokens`) opens only the
+    calls a job's leader makes to its peers, for that job (`agent.security.job_scope`);
+    anything else it is shown gets PERMISSION_DENIED naming the scope."""
 
     def __init__(self, token: str, *, certificate_verified: bool = False) -> None:
         self._token = token
@@ -108,9 +121,13 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
             return handler
         if self._certificate_verified:
             return handler
-        metadata = handler_call_details.invocation_metadata
-        if bearer_matches(metadata, self._token):
+        given = bearer_of(handler_call_details.invocation_metadata)
+        if given is not None and hmac.compare_digest(given, f"Bearer {self._token}".encode()):
             return handler
-        has_header = any(key == "authorization" for key, _ in metadata or ())
-        reason = "wrong bearer token" if has_header else "missing bearer token"
-        return _deny_handler(handler, f"{reason} for {method}")
+        if given is not None and given.startswith(b"Bearer "):
+            presented = given[len(b"Bearer ") :].decode("ascii", "replace")
+            job = verify_job_token(presented, self._token)
+            if job is not None:
+                return scoped_handler(handler, method, job, _deny_handler)
+        reason = "wrong bearer token" if given is not None else "missing bearer token"
+        return _deny_handler(handler, f"{reason} for {method}", grpc.StatusCode.UNAUTHENTICATED)

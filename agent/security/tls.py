@@ -16,12 +16,9 @@ import datetime
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
-
-if TYPE_CHECKING:
-    from cryptography import x509
 
 
 class TlsError(Exception):
@@ -62,38 +59,24 @@ def _read(path: Path, what: str) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         raise TlsError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise TlsError(f"{what} {path} is a folder, not a file") from None
     except OSError as exc:
         raise TlsError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 
 
-def _certificate(data: bytes, path: Path, what: str) -> x509.Certificate:
-    from cryptography import x509
-
-    try:
-        return x509.load_pem_x509_certificate(data)
-    except ValueError:
-        raise TlsError(f"{what} {path} is not a PEM certificate") from None
-
-
-def _common_name(cert: x509.Certificate) -> str:
-    from cryptography.x509.oid import NameOID
-
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    value = names[0].value if names else ""
-    return value if isinstance(value, str) else value.decode("utf-8", "replace")
-
-
 def load_tls(files: TlsFiles, now: datetime.datetime | None = None) -> TlsMaterial:
-    """Reads and checks the CA, certificate and key."""
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import serialization
+    """Reads and checks the CA, certificate and key (`gantry.v1.tls_files`)."""
+    from gantry.v1.tls_files import PemFile, TlsFileError, check_tls_pems
 
     now = now or datetime.datetime.now(datetime.UTC)
     try:
         mode = files.key.stat().st_mode
     except FileNotFoundError:
         raise TlsError(f"private key {files.key} does not exist") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    except OSError as exc:
+        raise TlsError(f"cannot read private key {files.key}: {exc.strerror or exc}") from None
+    if stat.S_ISREG(mode) and mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise TlsError(
             f"private key {files.key} is readable by others (mode {stat.S_IMODE(mode):o}); "
             f"run: chmod 600 {files.key}"
@@ -101,31 +84,16 @@ def load_tls(files: TlsFiles, now: datetime.datetime | None = None) -> TlsMateri
     ca_pem = _read(files.ca, "CA certificate")
     cert_pem = _read(files.cert, "certificate")
     key_pem = _read(files.key, "private key")
-    ca = _certificate(ca_pem, files.ca, "CA certificate")
-    cert = _certificate(cert_pem, files.cert, "certificate")
     try:
-        key = serialization.load_pem_private_key(key_pem, password=None)
-    except (ValueError, TypeError):
-        raise TlsError(f"private key {files.key} is not an unencrypted PEM private key") from None
-    for path, c in ((files.ca, ca), (files.cert, cert)):
-        if c.not_valid_after_utc < now:
-            raise TlsError(
-                f"{path} expired on {c.not_valid_after_utc:%Y-%m-%d}; "
-                "issue a new one with gantry init --ca DIR"
-            )
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        raise TlsError(f"certificate {files.cert} was not issued by the CA {files.ca}") from None
-    public = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    expected = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    if public != expected:
-        raise TlsError(f"private key {files.key} does not belong to certificate {files.cert}")
-    return TlsMaterial(ca_pem, cert_pem, key_pem, _common_name(cert))
+        name = check_tls_pems(
+            PemFile(str(files.ca), ca_pem),
+            PemFile(str(files.cert), cert_pem),
+            PemFile(str(files.key), key_pem),
+            now,
+        )
+    except TlsFileError as exc:
+        raise TlsError(str(exc)) from None
+    return TlsMaterial(ca_pem, cert_pem, key_pem, name)
 
 
 def server_credentials(material: TlsMaterial) -> grpc.ServerCredentials:
@@ -157,6 +125,7 @@ def verified_identity(context: grpc.aio.ServicerContext[Any, Any]) -> str | None
         return None
     from cryptography import x509
     from cryptography.x509.oid import NameOID
+    from gantry.v1.tls_files import common_name
 
     try:
         cert = x509.load_pem_x509_certificate(pems[0])
@@ -165,5 +134,5 @@ def verified_identity(context: grpc.aio.ServicerContext[Any, Any]) -> str | None
     units = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
     unit = units[0].value if units else ""
     role = unit.removeprefix("gantry ") if isinstance(unit, str) else ""
-    name = _common_name(cert)
+    name = common_name(cert)
     return f"{role} {name}" if role else name

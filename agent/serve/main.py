@@ -1,8 +1,8 @@
 """`python -m agent.serve`: the inference server of a trained model.
 
     python -m agent.serve --model DIR [--listen 127.0.0.1:PORT] [--max-batch-size 8]
-        [--max-queue-delay-ms 10] [--token-file F] [--ready-file PATH] [--drain-s 10]
-        [--device auto|cpu|cuda]
+        [--max-queue-delay-ms 10] [--token-file F | --tls-ca CA --tls-cert C --tls-key K]
+        [--ready-file PATH] [--drain-s 10] [--device auto|cpu|cuda]
 
 DIR is a Hugging Face model directory with its tokenizer (the trainer's
 `OUTPUT_DIR/final`) or an int8 artifact of `agent.tasks.quantize`. The server listens
@@ -10,7 +10,12 @@ first, with grpc.health.v1 NOT_SERVING while the model loads (and reflection on)
 then turns SERVING and writes the ready file (JSON: address, pid) so that a
 supervising agent knows the port; `--listen HOST:0` takes any free port. It prints
 JSON progress lines on stdout (the agent's task protocol), the address included.
-With `--token-file`, every RPC but health needs `authorization: Bearer TOKEN`.
+
+Every RPC but health is authenticated: with `--token-file`, by `authorization: Bearer
+TOKEN`; with `--tls-*`, by a client certificate from the cluster's CA (mutual TLS), as
+the agent does. A serve task gets its agent's files through the environment
+(`agent.security.task_credentials`); without either the server refuses to start, and
+without TLS it listens on loopback only.
 
 SIGTERM or SIGINT: health turns NOT_SERVING, new requests get UNAVAILABLE, requests
 in flight have `--drain-s` seconds to finish, then the server exits 0.
@@ -40,6 +45,21 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from agent.security.auth import TokenAuthInterceptor, TokenError, load_or_create_token
+from agent.security.listen import OpenListenError, require_loopback_without_tls
+from agent.security.task_credentials import (
+    TLS_CA_ENV,
+    TLS_CERT_ENV,
+    TLS_KEY_ENV,
+    TOKEN_FILE_ENV,
+    env_path,
+)
+from agent.security.tls import (
+    TlsError,
+    TlsMaterial,
+    load_tls,
+    server_credentials,
+    tls_files_from_flags,
+)
 from agent.serve.rpc import Backend, InferenceServicer
 from agent.serve.stats import ServerStats
 
@@ -71,7 +91,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT (port 0: any)")
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--max-queue-delay-ms", type=float, default=10.0)
-    parser.add_argument("--token-file", type=Path, help="require this bearer token")
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        default=env_path(os.environ, TOKEN_FILE_ENV),
+        help=f"require this bearer token (default: ${TOKEN_FILE_ENV}, as the agent sets it)",
+    )
+    for flag, env, what in (
+        ("--tls-ca", TLS_CA_ENV, "the cluster's CA certificate"),
+        ("--tls-cert", TLS_CERT_ENV, "this server's certificate"),
+        ("--tls-key", TLS_KEY_ENV, "its private key (mode 600)"),
+    ):
+        parser.add_argument(
+            flag, type=Path, default=env_path(os.environ, env), help=f"mutual TLS: {what} (${env})"
+        )
     parser.add_argument("--ready-file", type=Path, help="written (address, pid) once serving")
     parser.add_argument("--drain-s", type=float, default=10.0, help="grace for requests on stop")
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda")
@@ -92,6 +125,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         split_listen(args.listen)
     except ListenError as exc:
         parser.error(str(exc))
+    if args.token_file is None and all(
+        f is None for f in (args.tls_ca, args.tls_cert, args.tls_key)
+    ):
+        parser.error(
+            "give credentials: --token-file F (the agent's token), or --tls-ca, --tls-cert "
+            "and --tls-key; the server answers no one without them"
+        )
     if not (args.model / "config.json").is_file():
         parser.error(f"--model {args.model}: no config.json (not a Hugging Face model directory)")
     return args
@@ -208,11 +248,23 @@ def in_thread(work: Callable[[], T]) -> asyncio.Future[T]:
 
 
 async def build_server(
-    servicer: InferenceServicer, listen: str, token: str | None
+    servicer: InferenceServicer,
+    listen: str,
+    token: str | None,
+    tls: TlsMaterial | None = None,
 ) -> tuple[grpc.aio.Server, int, HealthServicer]:
+    """Binds the server: every RPC but health needs `token`, or with `tls` a client
+    certificate from the cluster's CA. At least one of them."""
+    if not token and tls is None:
+        raise ListenError("the server needs a token or TLS files: it answers no one without")
     host, port = split_listen(listen)
+    try:
+        require_loopback_without_tls(host, tls is not None)
+    except OpenListenError as exc:
+        raise ListenError(str(exc)) from None
+    auth = TokenAuthInterceptor(token or "", certificate_verified=tls is not None)
     server = grpc.aio.server(
-        interceptors=[TokenAuthInterceptor(token)] if token else None,
+        interceptors=[auth],
         # Without this a second server on the same fixed port would silently share it.
         options=[("grpc.so_reuseport", 0)],
     )
@@ -222,7 +274,10 @@ async def build_server(
     reflection.enable_server_reflection((SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(bind)
+        if tls is None:
+            bound = server.add_insecure_port(bind)
+        else:
+            bound = server.add_secure_port(bind, server_credentials(tls))
     except RuntimeError:
         raise ListenError(f"cannot listen on {listen}: address in use or not available") from None
     for name in ("", SERVICE):
@@ -230,20 +285,29 @@ async def build_server(
     return server, bound, health
 
 
-async def serve(args: argparse.Namespace) -> int:
+def load_credentials(args: argparse.Namespace) -> tuple[str | None, TlsMaterial | None]:
+    """(token, TLS material) from the flags; TokenError or TlsError names what to fix."""
+    files = tls_files_from_flags(args.tls_ca, args.tls_cert, args.tls_key)
+    tls = load_tls(files) if files is not None else None
     token = None
     if args.token_file is not None:
-        try:
-            token, _ = load_or_create_token(args.token_file.parent, args.token_file)
-        except TokenError as exc:
-            log.error("%s", exc)
-            return 2
+        token, _ = load_or_create_token(args.token_file.parent, args.token_file)
+    return token, tls
+
+
+async def serve(args: argparse.Namespace) -> int:
+    try:
+        token, tls = load_credentials(args)
+        require_loopback_without_tls(split_listen(args.listen)[0], tls is not None)
+    except (TokenError, TlsError, OpenListenError) as exc:
+        log.error("%s", exc)
+        return 2
     stats = ServerStats()
     servicer = InferenceServicer(
         str(args.model), stats, args.max_batch_size, args.max_queue_delay_ms
     )
     try:
-        server, port, health = await build_server(servicer, args.listen, token)
+        server, port, health = await build_server(servicer, args.listen, token, tls)
     except ListenError as exc:
         log.error("%s", exc)
         return 2
@@ -254,7 +318,8 @@ async def serve(args: argparse.Namespace) -> int:
     await server.start()
     host = split_listen(args.listen)[0]
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    log.info("listening on %s; loading %s", address, args.model)
+    auth = "mutual TLS" if tls is not None else f"token {args.token_file}"
+    log.info("listening on %s (%s); loading %s", address, auth, args.model)
     emit({"progress": 0.0, "message": f"loading {args.model}", "address": address})
 
     code = await _load_and_serve(args, servicer, health, stats, stop, address)

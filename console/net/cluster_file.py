@@ -17,12 +17,14 @@ Errors are one line naming what to fix.
 
 from __future__ import annotations
 
+import datetime
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from gantry.v1.rules import NAME_RE  # a node's name, as the agents require
+from gantry.v1.tls_files import PemFile, TlsFileError, check_tls_pems
 
 
 class ClusterFileError(ValueError):
@@ -41,7 +43,10 @@ class TlsPaths:
     key: Path
 
     def read(self, node: str) -> tuple[bytes, bytes, bytes]:
-        """(ca, cert, key) as PEM bytes; a key readable by others is refused."""
+        """(ca, cert, key) as PEM bytes, checked as an agent checks its own
+        (`gantry.v1.tls_files`): a key readable by others, a file that is not PEM, an
+        expired certificate, one from another CA or a key of another certificate is
+        refused with one line naming the file."""
         try:
             mode = self.key.stat().st_mode
         except OSError as exc:
@@ -63,7 +68,17 @@ class TlsPaths:
             if b"-----BEGIN " not in data:
                 raise ClusterFileError(f"node {node}: TLS {what} {path} is not PEM")
             pems.append(data)
-        return pems[0], pems[1], pems[2]
+        ca, cert, key = pems
+        try:
+            check_tls_pems(
+                PemFile(str(self.ca), ca),
+                PemFile(str(self.cert), cert),
+                PemFile(str(self.key), key),
+                datetime.datetime.now(datetime.UTC),
+            )
+        except TlsFileError as exc:
+            raise ClusterFileError(f"node {node}: TLS {exc}") from None
+        return ca, cert, key
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """How a job's leader talks to the nodes of the job: the same interface for its own
-node (direct calls) and for peers (agent-to-agent gRPC with the peers' tokens)."""
+node (direct calls) and for peers (agent-to-agent gRPC with job tokens the console minted
+from the peers' tokens, `gantry.v1.job_tokens`, or with mutual TLS)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any, Protocol
 
 import grpc
 from gantry.v1 import agent_service_pb2, agent_service_pb2_grpc, job_pb2
+from gantry.v1.job_tokens import job_of, mint_job_token, verify_job_token
 
 from agent.jobs.event_bus import EventBus
 from agent.jobs.leader.peer_ssh import PeerSshError, SshForward
@@ -151,6 +153,7 @@ class RemoteNode:
         self.name = peer.name
         self.address = peer.address
         self._token_file = peer.token_file if peer.ssh else ""
+        self._token = ""
         self._metadata: tuple[tuple[str, str], ...] = ()
         self._use_token(peer.token)
         self._credentials = credentials if credentials is not None else _peer_credentials
@@ -170,12 +173,14 @@ class RemoteNode:
             self._lost_since = time.time()
 
     def _use_token(self, token: str) -> None:
+        self._token = token
         bearer = (("authorization", f"Bearer {token}"),) if token else ()
         self._metadata = (*bearer, *_caller_metadata)
 
     async def _token_refreshed(self, exc: grpc.aio.AioRpcError) -> bool:
         """SSH mode: the peer refused our token (its agent was started again, with a
-        fresh one): read its token file over SSH. True when there is a new one to try."""
+        fresh one): read its token file over SSH, and use a job token minted from it when
+        the console gave one. True when there is a new one to try."""
         if exc.code() is not grpc.StatusCode.UNAUTHENTICATED or not self._token_file:
             return False
         assert self._forward is not None
@@ -184,9 +189,19 @@ class RemoteNode:
         except PeerSshError as err:
             log.warning("%s: %s", self.name, err)
             return False
-        old = dict(self._metadata).get("authorization", "")
-        self._use_token(token)
-        return bool(token) and dict(self._metadata).get("authorization") != old
+        if not token:
+            return False
+        job = job_of(self._token)
+        if job is None:
+            if token == self._token:
+                return False
+            self._use_token(token)
+            return True
+        if verify_job_token(self._token, token) is not None:
+            return False  # the same token as before: it was not the token it refused
+        # Only a token scoped to this job is kept, as the console gave one.
+        self._use_token(mint_job_token(token, job))
+        return True
 
     async def _call(self, method: str, request: Any, timeout: float) -> Any:
         """One unary call; in SSH mode retried once with the peer's new token."""
