@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from textual.app import App
+from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Input, Select, Static
 
 from console.loadtest.config import LoadTestError
@@ -71,6 +72,9 @@ def test_histogram_lines_merge_buckets_to_the_rows_shown() -> None:
 
 
 class Host(App[None]):
+    # As the console's app: `q` quits, `?` opens help.
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("q", "quit", "Quit")]
+
     def __init__(self, screen: LoadTestScreen) -> None:
         super().__init__()
         self.lt = screen
@@ -115,6 +119,12 @@ async def test_run_stop_and_compare_against_a_live_endpoint(tmp_path: Path) -> N
             assert "latency" in text_of(screen, "#lt-detail-text")
             final = text_of(screen, "#lt-progress")
             assert "[done]" in final and f"done {first.completed}" in final
+            # The live figures end on the report's own.
+            lat = first.latency_ms
+            assert f"p50 {lat.p50:.1f} p99 {lat.p99:.1f} ms" in final
+            assert (screen.p50s[-1], screen.p99s[-1]) == (lat.p50, lat.p99)
+            assert screen.rates[-1] == first.achieved_rps
+            assert "warning: closed loop hides stalls" in text_of(screen, "#lt-notes")
 
             fill(screen, "open", "20", "30s")  # stopped long before its end
             await pilot.press("ctrl+r")
@@ -135,6 +145,7 @@ async def test_run_stop_and_compare_against_a_live_endpoint(tmp_path: Path) -> N
             compared = text_of(screen, "#lt-detail-text")
             assert f"A: {paths[0].stem}" in compared and f"B: {paths[1].stem}" in compared
             assert "achieved req/s" in compared
+            assert "warning: not comparable: A is closed loop and B is open loop" in compared
     finally:
         await server.stop(None)
 
@@ -158,6 +169,53 @@ async def test_bad_form_and_unreachable_target_say_why_in_one_line(tmp_path: Pat
         )
         assert "\n" not in status() and not screen.running
         assert list_reports(tmp_path) == []
+
+
+async def test_keys_typed_into_a_field_go_to_the_field(tmp_path: Path) -> None:
+    """`q` (the app's quit) and the screen's `m` and `c` typed into a focused field are
+    text: the endpoint is added to, not replaced, and nothing else happens."""
+    screen = LoadTestScreen(["127.0.0.1:43031"], reports_dir=tmp_path)
+    write_report(fixed_report("100/s for 10s", 100.0, 20.0, 80.0, 0), tmp_path / "run-a.json")
+    async with Host(screen).run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        target = screen.query_one("#lt-target", Input)
+        assert target.has_focus
+        await pilot.press("q")
+        assert target.value == "127.0.0.1:43031q" and pilot.app.is_running
+        await pilot.press("backspace", "tab", "tab")  # past the mode, into the load
+        load = screen.query_one("#lt-load", Input)
+        assert load.has_focus
+        await pilot.press("m", "c", "q")
+        assert load.value == "4mcq" and pilot.app.is_running
+        assert screen.marked == [] and text_of(screen, "#lt-status") == ""
+        await pilot.press("shift+tab", "shift+tab", "q")  # back into the endpoint
+        assert target.value == "127.0.0.1:43031q"
+
+
+async def test_short_completions_are_warned_of_live_and_ignore_eos_is_an_option(
+    tmp_path: Path,
+) -> None:
+    server, address, _ = await start_grpc(Timing(first_s=0.002, tokens=1))
+    screen = LoadTestScreen([address], reports_dir=tmp_path)
+    try:
+        async with Host(screen).run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            assert screen.query_one("#lt-eos", Select).value == "no"
+            fill(screen, "open", "20", "1s")
+            await pilot.press("ctrl+r")
+            done: Callable[[], bool] = lambda: "done: saved" in text_of(screen, "#lt-status")  # noqa: E731
+            await wait_for(pilot, done, 60, "the run")
+            notes = text_of(screen, "#lt-notes")
+            assert "warning: completions are short: median 1 token, max_tokens 4" in notes
+            assert "closed loop" not in notes
+            report = load_report(list_reports(tmp_path)[0])
+            assert report.max_tokens == 4 and not report.ignore_eos
+            assert any(n.startswith("completions are short") for n in report.notes)
+            assert "completions are short" in text_of(screen, "#lt-detail-text")
+            screen.query_one("#lt-eos", Select).value = "yes"
+            assert config_from_form(screen.form()).ignore_eos
+    finally:
+        await server.stop(None)
 
 
 # --- snapshot -------------------------------------------------------------------------

@@ -4,6 +4,7 @@ partial report still written."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -14,8 +15,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+from gantry.v1 import inference_service_pb2 as pb
 
 from console.cli import main
+from console.loadtest.config import LoadTestConfig
+from console.loadtest.resolve import resolve
 from tests.deepspeed_env import ROOT
 from tests.loadtest_servers import Timing, grpc_server_in_thread
 from tests.test_loadtest_live import closed_port
@@ -60,6 +64,10 @@ T = ["loadtest", "--target", "127.0.0.1:5"]
         (["loadtest", "--rate", "5"], "give the endpoint: --target HOST:PORT"),
         (["loadtest", "--target", "nowhere", "--rate", "5"], "--target 'nowhere': expected"),
         (["loadtest", "compare", "/nonexistent/a.json", "b.json"], "/nonexistent/a.json: No such"),
+        (
+            [*T, "--rate", "5", "--method", "a.B/C", "--ignore-eos"],
+            "--ignore-eos is for the Gantry endpoint or an HTTP completions URL",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
@@ -95,6 +103,7 @@ def test_json_report_saved_then_compared(
         assert code == 0, err
         report = json.loads(out)
         assert report["ok"] == 20 and report["mode"] == "closed"
+        assert report["notes"][0].startswith("closed loop hides stalls (coordinated omission)")
         saved = sorted((tmp_path / ".gantry" / "loadtests").glob("*.json"))
         assert len(saved) == 1 and json.loads(saved[0].read_text())["ok"] == 20
         assert f"report: {Path('.gantry/loadtests') / saved[0].name}" in err
@@ -110,9 +119,44 @@ def test_json_report_saved_then_compared(
     assert code == 0, err
     assert out.startswith(f"A: {saved[0]}\nB: {out_file}")
     assert "latency p99 ms" in out and "achieved req/s" in out
+    # Closed loop against open loop: said before the figures.
+    warning = "warning: not comparable: A is closed loop and B is open loop: closed loop hides"
+    assert out.index(warning) < out.index("latency p99 ms")
     code, out, _ = run_cli(["loadtest", "compare", str(out_file), str(out_file), "--json"], capsys)
     rows = {r["metric"]: r for r in json.loads(out)["rows"]}
     assert rows["latency p50 ms"]["verdict"] == "same" and rows["latency p50 ms"]["diff"] == 0
+    assert json.loads(out)["warnings"] == []
+    code, out, _ = run_cli(["loadtest", "compare", str(saved[0]), str(out_file), "--json"], capsys)
+    assert json.loads(out)["warnings"][0].startswith("A is closed loop and B is open loop")
+
+
+def test_short_completions_warn_live_and_in_the_table_and_ignore_eos_is_sent(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """One-token answers to max_tokens 8: a warning on stderr as soon as it shows, and a
+    note in the table; --ignore-eos goes out in every request."""
+    with grpc_server_in_thread(Timing(tokens=1)) as address:
+        base = ["loadtest", "--target", address, "--max-tokens", "8", "--no-save"]
+        code, out, err = run_cli([*base, "--concurrency", "2", "--requests", "40"], capsys)
+        assert code == 0, err
+        assert "gantry: warning: completions are short: median 1 token, max_tokens 8" in err
+        assert "gantry: warning: closed loop hides stalls" in err
+        assert err.count("completions are short") == 1  # once, not at every progress line
+        assert "note       completions are short: median 1 token, max_tokens 8" in out
+        assert "note       closed loop hides stalls" in out
+        code, out, err = run_cli(
+            [*base, "--rate", "50", "--requests", "10", "--ignore-eos", "--json", "--quiet"], capsys
+        )
+        assert code == 0, err
+        report = json.loads(out)
+        assert report["ignore_eos"] is True and report["max_tokens"] == 8
+        assert any("--ignore-eos is set, yet they end early" in n for n in report["notes"])
+        spec = asyncio.run(
+            resolve(LoadTestConfig(address, concurrency=1, max_tokens=8, ignore_eos=True))
+        )
+    for body in spec.bodies:
+        params = pb.GenerateRequest.FromString(body).params
+        assert params.ignore_eos and params.max_tokens == 8
 
 
 def test_ctrl_c_stops_the_workers_and_still_writes_the_partial_report(tmp_path: Path) -> None:

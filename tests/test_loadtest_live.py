@@ -253,6 +253,20 @@ async def test_an_openai_compatible_http_endpoint_streams() -> None:
     assert isinstance(first["prompt"], str) and first["prompt"]
 
 
+async def test_http_finish_reasons_are_kept_and_ignore_eos_is_in_the_body() -> None:
+    sse = await SseServer(SseTiming(tokens=4)).start()
+    try:
+        report = await run_loadtest(
+            LoadTestConfig(sse.url, concurrency=1, requests=3, max_tokens=4, ignore_eos=True)
+        )
+    finally:
+        await sse.close()
+    assert report.finishes == {"length": 3} and report.ignore_eos
+    assert report.completion_tokens is not None and round(report.completion_tokens.p50) == 4
+    assert all(body["ignore_eos"] is True for body in sse.bodies)
+    assert report.prompt_set.startswith("built-in: 8 prompts, sha256 ")
+
+
 async def test_stop_ends_the_run_with_a_partial_report() -> None:
     server, address, _ = await start_grpc(Timing(delay_s=0.010))
     stop = asyncio.Event()

@@ -4,8 +4,9 @@ Each iteration asks the `Scheduler` what changes (requests joining, cancelled on
 leaving), prefills the joining requests together, then runs one decode step for the
 whole running batch (`BatchDecoder`). Every token is handed to its request's sink as
 an event, from this thread: the sink must be thread-safe (the server posts it to its
-event loop). A request ends at its end-of-text token, at `max_tokens`, at a stop
-string, or when cancelled; its place is free from the next step on.
+event loop). A request ends at its end-of-text token (unless it ignores it: load tests
+that must decode `max_tokens` every time), at `max_tokens`, at a stop string, or when
+cancelled; its place is free from the next step on.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class _Sequence:
     sink: Sink
     text: TextStream
     sampling: Sampling
+    ignore_eos: bool = False
     generated: list[int] = field(default_factory=list)
     first_token_at: float | None = None
 
@@ -85,7 +87,9 @@ class Engine:
                 return candidate
         return 0
 
-    def submit(self, request: Request, sink: Sink) -> int:
+    def submit(self, request: Request, sink: Sink, *, ignore_eos: bool = False) -> int:
+        """Queues the request; `ignore_eos`: it ends at `max_tokens` (or a stop string),
+        an end-of-text token being decoded as any other."""
         generator = None
         if request.seed and request.temperature > 0:
             generator = torch.Generator(device=self._decoder.device)
@@ -95,6 +99,7 @@ class Engine:
             sink=sink,
             text=TextStream(self._decode_text, request.prompt_ids, request.stop),
             sampling=Sampling(request.temperature, request.top_p, generator),
+            ignore_eos=ignore_eos,
         )
         key = next(self._ids)
         with self._cond:
@@ -204,7 +209,7 @@ class Engine:
         if sequence.first_token_at is None:
             sequence.first_token_at = now
         sequence.generated.append(token)
-        eos = token in self._eos
+        eos = token in self._eos and not sequence.ignore_eos
         piece = "" if eos else sequence.text.push([token])
         if sequence.text.stopped:
             reason = "stop"

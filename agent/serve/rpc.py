@@ -116,7 +116,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):  #
         self.inflight += 1
         try:
             backend, req = await self._prepare(request.prompt, request.params, context)
-            async for event in self._run(backend, req, context):
+            async for event in self._run(backend, req, context, request.params.ignore_eos):
                 yield self._to_response(event)
         finally:
             self.inflight -= 1
@@ -129,7 +129,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):  #
             texts: list[str] = []
             ids: list[int] = []
             usage = pb.Usage()
-            async for event in self._run(backend, req, context):
+            async for event in self._run(backend, req, context, request.params.ignore_eos):
                 texts.append(event.text)
                 ids.extend(event.token_ids)
                 if isinstance(event, Done):
@@ -179,7 +179,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):  #
             await self._fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     async def _run(
-        self, backend: Backend, request: Request, context: Context
+        self, backend: Backend, request: Request, context: Context, ignore_eos: bool
     ) -> AsyncIterator[Chunk | Done]:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
@@ -189,7 +189,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):  #
             loop.call_soon_threadsafe(events.put_nowait, event)
 
         try:
-            key = engine.submit(request, sink)
+            key = engine.submit(request, sink, ignore_eos=ignore_eos)
         except RuntimeError:  # stopped between the check and now
             await self._fail(context, grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
         # Whatever ends the RPC (cancel, deadline, a failed write) frees the place; a

@@ -1,34 +1,58 @@
-"""The parent's side: merges the workers' snapshots exactly into live progress and totals."""
+"""The parent's side: merges the workers' snapshots exactly into live progress and totals.
+
+Live figures come from the same merged histograms and counters as the report, through the
+same functions: the last progress of a run shows the report's numbers.
+"""
 
 from __future__ import annotations
 
 from console.loadtest.config import LoadTestConfig
 from console.loadtest.histogram import Dist, Histogram
+from console.loadtest.notes import (
+    closed_loop_note,
+    send_lag_note,
+    short_completions_note,
+    unfinished_note,
+)
 from console.loadtest.plan import Plan
-from console.loadtest.progress import Progress
+from console.loadtest.progress import IntervalRates, Progress
 from console.loadtest.recorder import HISTOGRAMS, Snapshot
 from console.loadtest.report import Report
 
-LATE_SEND_MS = 10.0  # a p99 send lag above this gets a note in the report
-# The histograms whose interval figures progress shows (warm-up latencies included).
-LIVE = ("latency", "warmup_latency")
+LIVE_PERCENTILES = (50.0, 90.0, 99.0)
+
+
+def _per_s(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else 0.0
 
 
 class Aggregate:
-    def __init__(self, plan: Plan, start_at: float, workers: int) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        start_at: float,
+        workers: int,
+        *,
+        max_tokens: int | None = None,
+        ignore_eos: bool = False,
+    ) -> None:
+        """`max_tokens`: what each request asks for (None where the requests are not
+        completions), for the short-completions warning."""
         self.plan = plan
         self.start_at = start_at
         self.workers = workers
+        self.max_tokens = max_tokens
+        self.ignore_eos = ignore_eos
         self.totals = {name: Histogram() for name in HISTOGRAMS}
         self.sent = self.completed = self.ok = self.good = self.tokens = 0
         self.warmup_sent = self.warmup_done = self.unfinished = 0
         self.errors: dict[str, int] = {}
+        self.finishes: dict[str, int] = {}
         self.in_flight: dict[int, int] = {}
         self.last_send = self.last_completion = self.window_end = 0.0
         self.finished: set[int] = set()
         self.stopped = False
-        self._interval: list[Snapshot] = []
-        self._interval_start = start_at
+        self._rates = IntervalRates(start_at)
 
     def add(self, snap: Snapshot) -> None:
         for name, hist in snap.hists.items():
@@ -43,6 +67,8 @@ class Aggregate:
         self.unfinished += snap.unfinished
         for code, n in snap.errors.items():
             self.errors[code] = self.errors.get(code, 0) + n
+        for reason, n in snap.finishes.items():
+            self.finishes[reason] = self.finishes.get(reason, 0) + n
         self.in_flight[snap.worker] = snap.in_flight
         self.last_send = max(self.last_send, snap.last_send)
         self.last_completion = max(self.last_completion, snap.last_completion)
@@ -50,26 +76,28 @@ class Aggregate:
             self.finished.add(snap.worker)
             self.window_end = max(self.window_end, snap.window_end)
             self.stopped = self.stopped or snap.stopped
-        self._interval.append(snap)
+        self._rates.add(
+            snap.worker,
+            snap.sent + snap.warmup_sent,
+            snap.completed + snap.warmup_done,
+            snap.at,
+            snap.final,
+        )
 
     @property
     def all_finished(self) -> bool:
         return len(self.finished) == self.workers
 
+    def _windows(self) -> tuple[float, float, float]:
+        """(when sending was due to end, measured sending window s, time to the last
+        answer s), as the report counts them."""
+        measure_start = self.start_at + self.plan.warmup_s
+        due_end = self.window_end or max(self.last_send, self.last_completion)
+        window = max(0.0, max(due_end, self.last_send) - measure_start)
+        return due_end, window, max(0.0, self.last_completion - measure_start)
+
     def progress(self, now: float, *, done: bool = False) -> Progress:
-        """Figures over the interval since the previous call (which it closes)."""
-        seconds = max(now - self._interval_start, 1e-9)
-        live = Histogram()
-        sent = answered = 0
-        for snap in self._interval:
-            for name in LIVE:
-                if name in snap.hists:
-                    live.merge(snap.hists[name])
-            sent += snap.sent + snap.warmup_sent
-            answered += snap.completed + snap.warmup_done
-        self._interval = []
-        self._interval_start = now
-        p = live.percentiles((50.0, 90.0, 99.0))
+        """The run so far; its rates over the time the latest snapshots cover."""
         elapsed = now - self.start_at
         end_s = self.plan.end_s
         if done:
@@ -80,10 +108,17 @@ class Aggregate:
             phase = "drain"
         else:
             phase = "run"
+        sent_rate, answered_rate = self._rates.rates()
+        if done:
+            _, window, answered_in = self._windows()
+            sent_rate = _per_s(self.sent, window)
+            answered_rate = _per_s(self.completed, answered_in)
+        shown = self.totals["warmup_latency" if phase == "warmup" else "latency"]
+        p = shown.percentiles(LIVE_PERCENTILES)
         return Progress(
             elapsed_s=elapsed,
             target_rps=self.plan.target_rate_at(elapsed) if phase in ("warmup", "run") else None,
-            achieved_rps=sent / seconds,
+            achieved_rps=sent_rate,
             sent=self.sent,
             completed=self.completed,
             errors=dict(self.errors),
@@ -93,7 +128,22 @@ class Aggregate:
             done=done,
             phase=phase,
             warmup_sent=self.warmup_sent,
-            throughput_rps=answered / seconds,
+            throughput_rps=answered_rate,
+            notes=self._live_notes(),
+        )
+
+    def _live_notes(self) -> list[str]:
+        notes = [] if self.plan.open_loop else [closed_loop_note(self.plan.concurrency)]
+        short = self._short_completions()
+        return notes + ([short] if short else [])
+
+    def _short_completions(self) -> str | None:
+        completions = self.totals["completion_tokens"]
+        return short_completions_note(
+            completions.summary() if completions.count else None,
+            self.max_tokens,
+            self.finishes,
+            self.ignore_eos,
         )
 
     def to_report(
@@ -105,25 +155,24 @@ class Aggregate:
         streaming: bool,
         started_at: str,
         notes: list[str],
+        prompt_set: str = "",
     ) -> Report:
         plan = self.plan
-        measure_start = self.start_at + plan.warmup_s
-        due_end = self.window_end or max(self.last_send, self.last_completion)
-        window = max(0.0, max(due_end, self.last_send) - measure_start)
-        answered_in = max(0.0, self.last_completion - measure_start)
+        due_end, window, answered_in = self._windows()
         totals = self.totals
-
-        def per_s(n: int, seconds: float) -> float:
-            return n / seconds if seconds > 0 else 0.0
 
         def dist(name: str, wanted: bool = True) -> Dist | None:
             return totals[name].summary() if wanted else None
 
         latency = totals["latency"].summary()
-        notes = [
-            *notes,
-            *self._notes(config, totals["send_lag"].summary() if plan.open_loop else None),
+        send_lag = dist("send_lag", plan.open_loop)
+        computed = [
+            send_lag_note(send_lag),
+            unfinished_note(self.unfinished, self.stopped, config.timeout_s),
+            self._short_completions(),
         ]
+        if not plan.open_loop:
+            computed.insert(0, closed_loop_note(plan.concurrency))
         kept = ("latency", "service", "send_lag", "ttft", "itl", "tokens_per_s")
         return Report(
             target=config.target,
@@ -140,8 +189,8 @@ class Aggregate:
             duration_s=window,
             partial=self.stopped,
             target_rps=plan.target_rps(due_end - self.start_at) if plan.open_loop else None,
-            achieved_rps=per_s(self.sent, window),
-            throughput_rps=per_s(self.completed, answered_in),
+            achieved_rps=_per_s(self.sent, window),
+            throughput_rps=_per_s(self.completed, answered_in),
             sent=self.sent,
             completed=self.completed,
             ok=self.ok,
@@ -150,30 +199,21 @@ class Aggregate:
             warmup_requests=self.warmup_sent,
             latency_ms=latency,
             service_ms=totals["service"].summary() if plan.open_loop else latency,
-            send_lag_ms=dist("send_lag", plan.open_loop),
+            send_lag_ms=send_lag,
             ttft_ms=dist("ttft", streaming),
             itl_ms=dist("itl", streaming),
             tokens_per_s_request=dist("tokens_per_s", streaming),
             tokens=self.tokens,
-            tokens_per_s=per_s(self.tokens, answered_in),
+            tokens_per_s=_per_s(self.tokens, answered_in),
             slo_ttft_ms=config.slo_ttft_ms,
             slo_latency_ms=config.slo_latency_ms,
             good=self.good,
-            goodput_rps=per_s(self.good, answered_in),
+            goodput_rps=_per_s(self.good, answered_in),
             histograms={n: totals[n].encode() for n in kept if totals[n].count},
-            notes=notes,
+            notes=[*notes, *(note for note in computed if note)],
+            completion_tokens=dist("completion_tokens", streaming),
+            finishes=dict(sorted(self.finishes.items())),
+            max_tokens=self.max_tokens,
+            ignore_eos=self.ignore_eos,
+            prompt_set=prompt_set,
         )
-
-    def _notes(self, config: LoadTestConfig, send_lag: Dist | None) -> list[str]:
-        notes = []
-        if send_lag is not None and send_lag.p99 > LATE_SEND_MS:
-            notes.append(
-                f"the client sent late (send lag p99 {send_lag.p99:.1f} ms): the latencies "
-                "include that wait; more --workers may help"
-            )
-        if self.unfinished and not self.stopped:
-            notes.append(
-                f"{self.unfinished} requests were still unanswered {config.timeout_s:g} s "
-                "after sending ended and were cut off"
-            )
-        return notes

@@ -76,6 +76,32 @@ def _has_slo(report: Report) -> bool:
     return report.slo_ttft_ms is not None or report.slo_latency_ms is not None
 
 
+def incomparable(a: Report, b: Report) -> list[str]:
+    """What differs between the two runs beyond the load, so that their figures do not
+    measure the same thing (a field a report lacks is not compared)."""
+    warnings = []
+    if a.mode != b.mode:
+        warnings.append(
+            f"A is {a.mode} loop and B is {b.mode} loop: closed loop hides stalls "
+            "(coordinated omission), so its latencies read lower than open loop's"
+        )
+    checks: list[tuple[str, object, object]] = [
+        ("targets", a.target, b.target),
+        ("methods", a.method, b.method),
+        ("prompt sets", a.prompt_set or None, b.prompt_set or None),
+        ("max_tokens", a.max_tokens, b.max_tokens),
+        ("ignore-EOS settings", a.ignore_eos, b.ignore_eos),
+    ]
+    for what, va, vb in checks:
+        if va is not None and vb is not None and va != vb:
+            warnings.append(f"the {what} differ (A: {_said(va)}, B: {_said(vb)})")
+    return warnings
+
+
+def _said(value: object) -> str:
+    return ("yes" if value else "no") if isinstance(value, bool) else str(value)
+
+
 def compare(a: Report, b: Report) -> list[CompareRow]:
     """Every metric either report has, in a fixed order."""
     rows = []
@@ -92,12 +118,17 @@ def _fmt(value: float | None, sign: bool = False) -> str:
     return f"{value:+.2f}" if sign else f"{value:.2f}"
 
 
-def format_compare(rows: list[CompareRow], a_name: str = "A", b_name: str = "B") -> str:
+def format_compare(
+    rows: list[CompareRow],
+    a_name: str = "A",
+    b_name: str = "B",
+    warnings: list[str] | None = None,
+) -> str:
     width = max([len(a_name), len(b_name), 10])
-    lines = [
-        f"A: {a_name}",
-        f"B: {b_name}",
-        "",
+    lines = [f"A: {a_name}", f"B: {b_name}", ""]
+    if warnings:
+        lines += [f"warning: not comparable: {w}" for w in warnings] + [""]
+    lines += [
         f"{'metric':<20}{'A':>{width}}{'B':>{width}}{'B-A':>11}{'change':>9}  verdict (B)",
     ]
     for row in rows:

@@ -42,6 +42,7 @@ class LoadTestConfig:
     model: str = ""  # HTTP: the body's "model" (default: the server's first model)
     timeout_s: float = 30.0  # per request
     seed: int | None = None  # Poisson arrivals; None: a fresh one per run
+    ignore_eos: bool = False  # decode max_tokens past end-of-sequence (gantry, vLLM)
 
     @property
     def is_http(self) -> bool:
@@ -119,6 +120,10 @@ def validate(config: LoadTestConfig) -> None:
     _positive("--slo-latency-ms", config.slo_latency_ms)
     _positive("--timeout", config.timeout_s)
     _check_method_and_data(config)
+    if config.ignore_eos and config.method:
+        raise LoadTestError(
+            "--ignore-eos is for the Gantry endpoint or an HTTP completions URL, not --method"
+        )
     for flag, path in (("--prompts", config.prompts), ("--token-file", config.token_file)):
         if path is not None and not path.is_file():
             raise LoadTestError(f"{flag} {path}: no such file")

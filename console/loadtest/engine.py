@@ -97,11 +97,14 @@ class Engine:
         rec.sent(warm, scheduled, actual)
         first: float | None = None
         tokens = 0
+        finish = ""
         try:
             if client.streaming:
                 last = 0.0
                 async for n in client.stream(index):
-                    if n:
+                    if isinstance(n, str):
+                        finish = n
+                    elif n:
                         now = clock()
                         if first is None:
                             first = now
@@ -117,7 +120,7 @@ class Engine:
             raise
         except Exception as exc:
             code = client.error_code(exc)
-        rec.done(warm, scheduled, actual, clock(), code, first, tokens)
+        rec.done(warm, scheduled, actual, clock(), code, first, tokens, finish)
 
     async def _open_loop(self, start_at: float) -> float:
         """Returns when sending was due to end (absolute time)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -43,3 +44,17 @@ def load_prompts(path: Path | None) -> list[str]:
     if not prompts:
         raise LoadTestError(f"--prompts {path}: no prompts in the file")
     return prompts
+
+
+def describe_requests(prompts: list[str] | None, path: Path | None, data: str = "") -> str:
+    """Which requests a run sends, for telling whether two runs are comparable: the
+    prompts (where they came from, how many, a digest) or the --data body's digest."""
+    if prompts is None:
+        return f"--data sha256 {_digest([data or '{}'])}"
+    source = "built-in" if path is None else path.name
+    count = f"{len(prompts)} prompt{'' if len(prompts) == 1 else 's'}"
+    return f"{source}: {count}, sha256 {_digest(prompts)}"
+
+
+def _digest(texts: list[str]) -> str:
+    return hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]

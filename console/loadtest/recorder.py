@@ -14,7 +14,16 @@ from console.loadtest.histogram import Histogram
 # Where what a run does not measure would go (nothing records into it: each use is gated
 # by the same mode that decides `used`).
 _UNUSED = Histogram()
-HISTOGRAMS = ("latency", "service", "send_lag", "ttft", "itl", "tokens_per_s", "warmup_latency")
+HISTOGRAMS = (
+    "latency",
+    "service",
+    "send_lag",
+    "ttft",
+    "itl",
+    "tokens_per_s",
+    "completion_tokens",
+    "warmup_latency",
+)
 
 
 @dataclass
@@ -30,6 +39,7 @@ class Snapshot:
     errors: dict[str, int] = field(default_factory=dict)
     good: int = 0  # ok and within the SLOs
     tokens: int = 0
+    finishes: dict[str, int] = field(default_factory=dict)  # answers by why they ended
     warmup_sent: int = 0
     warmup_done: int = 0
     in_flight: int = 0
@@ -54,12 +64,13 @@ class Recorder:
     ) -> None:
         self.worker = worker
         self.open_loop = open_loop
+        self.streaming = streaming
         # A new HDR histogram costs ~0.5 ms: only those this run records into are made.
         self.used = {"latency"}
         if open_loop:
             self.used |= {"service", "send_lag"}
         if streaming:
-            self.used |= {"ttft", "itl", "tokens_per_s"}
+            self.used |= {"ttft", "itl", "tokens_per_s", "completion_tokens"}
         if warmup:
             self.used.add("warmup_latency")
         self.slo_ttft_ms = slo_ttft_ms
@@ -77,6 +88,7 @@ class Recorder:
         self.ttft = get("ttft", _UNUSED)
         self.itl = get("itl", _UNUSED)
         self.tokens_per_s = get("tokens_per_s", _UNUSED)
+        self.completion_tokens = get("completion_tokens", _UNUSED)
         self.warmup_latency = get("warmup_latency", _UNUSED)
         self.snap = Snapshot(self.worker, 0.0)
 
@@ -100,8 +112,10 @@ class Recorder:
         code: str,
         first: float | None,
         tokens: int,
+        finish: str = "",
     ) -> None:
-        """One request answered: `first` is when its first token came (streams only)."""
+        """One request answered: `first` is when its first token came and `finish` why it
+        ended ("eos", "length"...; "" when the endpoint does not say), streams only."""
         self.in_flight -= 1
         snap = self.snap
         latency_ms = (end - scheduled) * 1000
@@ -124,6 +138,10 @@ class Recorder:
         if first is not None:
             ttft_ms = (first - scheduled) * 1000
             self.ttft.record(ttft_ms)
+        if self.streaming:
+            self.completion_tokens.record(tokens)
+        if finish:
+            snap.finishes[finish] = snap.finishes.get(finish, 0) + 1
         if tokens:
             snap.tokens += tokens
             if end > actual:

@@ -8,7 +8,15 @@ from typing import Any
 from console.loadtest.histogram import Dist
 
 VERSION = 1
-DISTS = ("latency_ms", "service_ms", "send_lag_ms", "ttft_ms", "itl_ms", "tokens_per_s_request")
+DISTS = (
+    "latency_ms",
+    "service_ms",
+    "send_lag_ms",
+    "ttft_ms",
+    "itl_ms",
+    "tokens_per_s_request",
+    "completion_tokens",
+)
 
 
 @dataclass
@@ -49,6 +57,12 @@ class Report:
     goodput_rps: float
     histograms: dict[str, str] = field(default_factory=dict)  # encoded HDR, for exact merging
     notes: list[str] = field(default_factory=list)
+    # A report saved before these fields existed reads with their defaults.
+    completion_tokens: Dist | None = None  # streams: tokens in each successful answer
+    finishes: dict[str, int] = field(default_factory=dict)  # answers by why they ended
+    max_tokens: int | None = None  # asked of each request (None: not completions)
+    ignore_eos: bool = False
+    prompt_set: str = ""  # which requests were sent, e.g. "built-in: 8 prompts"
 
     @property
     def error_count(self) -> int:
@@ -85,6 +99,7 @@ class Report:
             raw = values.get(name)
             values[name] = Dist.from_json(raw) if raw is not None else None
         values["errors"] = {str(k): int(v) for k, v in (values.get("errors") or {}).items()}
+        values["finishes"] = {str(k): int(v) for k, v in (values.get("finishes") or {}).items()}
         return cls(**values)
 
     def to_table(self) -> str:
@@ -123,6 +138,7 @@ class Report:
         if self.tokens:
             lines.append("")
             lines.append(f"tokens     {self.tokens} in all, {self.tokens_per_s:.1f}/s overall")
+            lines.append(self._completions_line())
             if self.tokens_per_s_request is not None and self.tokens_per_s_request.count:
                 lines.append(_dist_row("tokens/s/req", self.tokens_per_s_request))
         if self.slo_ttft_ms is not None or self.slo_latency_ms is not None:
@@ -137,6 +153,16 @@ class Report:
             )
         lines.extend(f"note       {note}" for note in self.notes)
         return "\n".join(lines)
+
+    def _completions_line(self) -> str:
+        per = self.completion_tokens
+        parts = [f"median {per.p50:.0f}"] if per is not None and per.count else []
+        if self.max_tokens:
+            parts.append(f"max {self.max_tokens}" + (" (EOS ignored)" if self.ignore_eos else ""))
+        ended = ", ".join(f"{k} {v}" for k, v in sorted(self.finishes.items()))
+        if ended:
+            parts.append(f"ended by {ended}")
+        return "per answer " + ("   ".join(parts) or "-")
 
 
 def _dist_row(name: str, d: Dist) -> str:

@@ -15,7 +15,7 @@ from gantry.v1 import inference_service_pb2 as pb
 from google.protobuf import json_format
 
 from console.loadtest.config import LoadTestConfig, LoadTestError, validate
-from console.loadtest.prompts import load_prompts
+from console.loadtest.prompts import describe_requests, load_prompts
 from console.loadtest.reflection import find_method
 from console.loadtest.targets import CHANNEL_OPTIONS, GANTRY_GENERATE, TargetSpec
 
@@ -78,12 +78,22 @@ async def _resolve_grpc(config: LoadTestConfig, token: str) -> TargetSpec:
             prompts = load_prompts(config.prompts)
             bodies = tuple(
                 pb.GenerateRequest(
-                    prompt=p, params=pb.SamplingParams(max_tokens=config.max_tokens)
+                    prompt=p,
+                    params=pb.SamplingParams(
+                        max_tokens=config.max_tokens, ignore_eos=config.ignore_eos
+                    ),
                 ).SerializeToString()
                 for p in prompts
             )
             spec = TargetSpec(
-                "gantry", address, GANTRY_GENERATE, True, bodies, token, config.timeout_s
+                "gantry",
+                address,
+                GANTRY_GENERATE,
+                True,
+                bodies,
+                token,
+                config.timeout_s,
+                describe_requests(prompts, config.prompts),
             )
             probe = pb.GenerateRequest(
                 prompt=prompts[0], params=pb.SamplingParams(max_tokens=1)
@@ -111,6 +121,7 @@ async def _resolve_grpc(config: LoadTestConfig, token: str) -> TargetSpec:
                 (body,),
                 token,
                 config.timeout_s,
+                describe_requests(None, None, config.data),
             )
             probe = body
         await _probe_grpc(channel, spec, probe, metadata)
@@ -161,10 +172,13 @@ async def _resolve_http(config: LoadTestConfig, token: str) -> TargetSpec:
         try:
             model = config.model or await _first_model(client, url)
             bodies = []
-            for prompt in load_prompts(config.prompts):
+            prompts = load_prompts(config.prompts)
+            for prompt in prompts:
                 body: dict[str, Any] = {"prompt": prompt, "max_tokens": config.max_tokens}
                 if model:
                     body["model"] = model
+                if config.ignore_eos:
+                    body["ignore_eos"] = True  # vLLM's name for it; others may refuse it
                 body["stream"] = streaming
                 body.update(extra)
                 bodies.append(json.dumps(body).encode())
@@ -196,6 +210,7 @@ async def _resolve_http(config: LoadTestConfig, token: str) -> TargetSpec:
         tuple(bodies),
         token,
         config.timeout_s,
+        describe_requests(prompts, config.prompts),
     )
 
 

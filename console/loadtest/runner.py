@@ -55,7 +55,13 @@ async def run_loadtest(
         await workers.start()
         started_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         start_at = time.monotonic() + START_MARGIN_S
-        aggregate = Aggregate(plan, start_at, plan.workers)
+        aggregate = Aggregate(
+            plan,
+            start_at,
+            plan.workers,
+            max_tokens=None if spec.kind == "grpc" else config.max_tokens,
+            ignore_eos=config.ignore_eos,
+        )
         workers.begin(start_at)
         if stop is not None:
             stop_watch = asyncio.create_task(_stop_when_set(stop, workers))
@@ -89,6 +95,7 @@ async def run_loadtest(
             streaming=spec.streaming,
             started_at=started_at,
             notes=list(notes),
+            prompt_set=spec.prompt_set,
         )
     finally:
         if stop_watch is not None:

@@ -36,6 +36,7 @@ class TargetSpec:
     bodies: tuple[bytes, ...]  # serialized requests, sent round-robin
     token: str = ""
     timeout_s: float = 30.0
+    prompt_set: str = ""  # which requests: "built-in: 8 prompts", "p.jsonl: 40 prompts, ..."
 
 
 class Client(Protocol):
@@ -47,8 +48,9 @@ class Client(Protocol):
 
     async def unary(self, index: int) -> None: ...
 
-    def stream(self, index: int) -> AsyncIterator[int]:
-        """Yields the number of tokens in each message as it arrives."""
+    def stream(self, index: int) -> AsyncIterator[int | str]:
+        """Yields the number of tokens in each message as it arrives, then, where the
+        endpoint says, why the completion ended: a str, "eos", "length" or "stop"."""
         ...
 
     def error_code(self, exc: BaseException) -> str:
@@ -89,7 +91,7 @@ class GrpcClient:
             bodies[index % len(bodies)], timeout=self.spec.timeout_s, metadata=self._metadata
         )
 
-    async def stream(self, index: int) -> AsyncIterator[int]:
+    async def stream(self, index: int) -> AsyncIterator[int | str]:
         bodies = self._bodies
         call = self._stream(
             bodies[index % len(bodies)], timeout=self.spec.timeout_s, metadata=self._metadata
@@ -102,6 +104,8 @@ class GrpcClient:
         async for raw in call:
             message = parse(raw)
             yield len(message.token_ids) or (1 if message.text else 0)
+            if message.done and message.usage.finish_reason:
+                yield message.usage.finish_reason
 
     def error_code(self, exc: BaseException) -> str:
         if isinstance(exc, grpc.aio.AioRpcError):
@@ -123,10 +127,11 @@ class StreamError(Exception):
     """The server reported an error inside the event stream."""
 
 
-def sse_tokens(line: str) -> int | None:
-    """Tokens in one line of an OpenAI completions event stream; None at its end."""
+def sse_event(line: str) -> tuple[int, str] | None:
+    """(tokens, finish reason or "") in one line of an OpenAI completions event stream;
+    None at its end. OpenAI's "stop" (end-of-sequence or a stop string) reads as "eos"."""
     if not line.startswith("data:"):
-        return 0
+        return 0, ""
     payload = line[5:].strip()
     if payload == "[DONE]":
         return None
@@ -136,8 +141,16 @@ def sse_tokens(line: str) -> int | None:
     if chunk.get("error"):
         raise StreamError(str(chunk["error"]))
     choices = chunk.get("choices") or []
-    text = choices[0].get("text") if choices and isinstance(choices[0], dict) else None
-    return 1 if text else 0
+    choice = choices[0] if choices and isinstance(choices[0], dict) else {}
+    reason = choice.get("finish_reason")
+    reason = "eos" if reason == "stop" else reason if isinstance(reason, str) else ""
+    return (1 if choice.get("text") else 0), reason
+
+
+def sse_tokens(line: str) -> int | None:
+    """Tokens in one line of an OpenAI completions event stream; None at its end."""
+    event = sse_event(line)
+    return None if event is None else event[0]
 
 
 class HttpClient:
@@ -169,7 +182,7 @@ class HttpClient:
         if response.status_code != 200:
             raise HttpStatusError(response.status_code)
 
-    async def stream(self, index: int) -> AsyncIterator[int]:
+    async def stream(self, index: int) -> AsyncIterator[int | str]:
         assert self._client is not None
         bodies = self.spec.bodies
         body = bodies[index % len(bodies)]
@@ -178,10 +191,12 @@ class HttpClient:
                 await response.aread()
                 raise HttpStatusError(response.status_code)
             async for line in response.aiter_lines():
-                tokens = sse_tokens(line)
-                if tokens is None:
+                event = sse_event(line)
+                if event is None:
                     return
-                yield tokens
+                yield event[0]
+                if event[1]:
+                    yield event[1]
 
     def error_code(self, exc: BaseException) -> str:
         if isinstance(exc, HttpStatusError):

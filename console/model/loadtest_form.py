@@ -19,6 +19,7 @@ MODE_HELP = {
     "closed": "requests in flight (closed loop)",
     "schedule": "steps and ramps, e.g. 10:10s,ramp:40:20s",
 }
+YES_NO = ("no", "yes")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class LoadForm:
     duration: str  # "30s"; ignored by a schedule
     max_tokens: str = "32"
     warmup: str = "0s"
+    ignore_eos: str = "no"  # "yes": decode max_tokens every time, past end-of-sequence
 
 
 def config_from_form(form: LoadForm, token_file: Path | None = None) -> LoadTestConfig:
@@ -37,6 +39,8 @@ def config_from_form(form: LoadForm, token_file: Path | None = None) -> LoadTest
     load = form.load.strip()
     if form.mode not in MODES:
         raise LoadTestError(f"mode {form.mode!r}: expected one of {', '.join(MODES)}")
+    if form.ignore_eos not in YES_NO:
+        raise LoadTestError(f"ignore EOS {form.ignore_eos!r}: expected yes or no")
     if not load:
         raise LoadTestError(f"load: give the {MODE_HELP[form.mode]}")
     rate: float | None = None
@@ -69,6 +73,7 @@ def config_from_form(form: LoadForm, token_file: Path | None = None) -> LoadTest
         warmup_s=_duration("warm-up", form.warmup, allow_zero=True),
         max_tokens=max_tokens,
         token_file=token_file,
+        ignore_eos=form.ignore_eos == "yes",
     )
     validate(config)
     return config

@@ -42,6 +42,11 @@ def add_loadtest_verb(verbs: Any) -> argparse.ArgumentParser:
     add("--data", default="", metavar="JSON", help="the request for --method (HTTP: extra body)")
     add("--prompts", type=Path, default=None, metavar="FILE.jsonl", help='"prompt" or "text"')
     add("--max-tokens", default="32", metavar="N")
+    add(
+        "--ignore-eos",
+        action="store_true",
+        help="decode --max-tokens every time, past end-of-sequence (HTTP: vLLM's ignore_eos)",
+    )
     add("--model", default="", help="HTTP: the body's model (default: the server's first)")
     add("--rate", default=None, metavar="R", help="open loop: requests/s")
     add("--arrival", default="constant", metavar="constant|poisson")
@@ -110,6 +115,7 @@ def config_from_args(args: argparse.Namespace) -> LoadTestConfig:
         model=args.model,
         timeout_s=_duration("--timeout", args.timeout) or 30.0,
         seed=_number("--seed", args.seed, int),
+        ignore_eos=args.ignore_eos,
     )
 
 
@@ -133,15 +139,23 @@ def run_loadtest_verb(args: argparse.Namespace) -> int:
 
 
 class _ProgressLine:
-    """A line rewritten in place on a terminal; elsewhere one line a second."""
+    """A line rewritten in place on a terminal; elsewhere one line a second. Each warning
+    is printed once, on a line of its own, when it first appears."""
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self.tty = stream.isatty()
         self.last_printed = -1.0
         self.width = 0
+        self.warned: set[str] = set()
 
     def __call__(self, progress: Any) -> None:
+        for note in progress.notes:
+            if note not in self.warned:
+                self.warned.add(note)
+                start = "\r" + " " * self.width + "\r" if self.tty else ""
+                self.stream.write(f"{start}gantry: warning: {note}\n")
+                self.width = 0
         line = progress.line()
         if self.tty:
             self.stream.write("\r" + line.ljust(self.width))
@@ -198,7 +212,7 @@ async def _run(config: LoadTestConfig, args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from console.loadtest.compare import compare, compare_json, format_compare
+    from console.loadtest.compare import compare, compare_json, format_compare, incomparable
     from console.loadtest.store import load_report
 
     try:
@@ -206,10 +220,10 @@ def _compare(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(str(exc))
     rows = compare(a, b)
+    warnings = incomparable(a, b)
     if args.json:
-        print(
-            json.dumps({"a": str(args.a), "b": str(args.b), "rows": compare_json(rows)}, indent=2)
-        )
+        out = {"a": str(args.a), "b": str(args.b), "warnings": warnings}
+        print(json.dumps({**out, "rows": compare_json(rows)}, indent=2))
     else:
-        print(format_compare(rows, str(args.a), str(args.b)))
+        print(format_compare(rows, str(args.a), str(args.b), warnings))
     return 0

@@ -1,10 +1,13 @@
 """The Load Test screen: load a served endpoint from the console and read the results.
 
 The form picks the endpoint (the running servers are offered; any HOST:PORT or http(s)
-URL can be typed), the mode, the rate / concurrency / schedule, and the duration. The run
-goes in a child process (the console's event loop only merges its figures), with live
-requests/s and latency percentiles over time, the latency histogram and the errors.
-Every finished (or stopped) run is saved and listed; any two compare side by side.
+URL can be typed), the mode, the rate / concurrency / schedule, the duration, max tokens
+and whether completions ignore end-of-sequence. The run goes in a child process (the
+console's event loop only merges its figures), with live requests/s and the run's latency
+percentiles (the report's own figures), the latency histogram, the errors and warnings.
+Every finished (or stopped) run is saved and listed; any two compare side by side, with a
+warning when they are not comparable (open against closed loop, another target...).
+Keys typed into a field go to the field; the screen's letter keys act elsewhere.
 
     ctrl+r  run            ctrl+x  stop the run (the partial report is kept)
     m       mark a past run for comparison (the last two marked)
@@ -28,13 +31,13 @@ from textual.screen import ModalScreen
 from textual.suggester import SuggestFromList
 from textual.widgets import DataTable, Footer, Input, Select, Static
 
-from console.loadtest.compare import compare, format_compare
+from console.loadtest.compare import compare, format_compare, incomparable
 from console.loadtest.config import LoadTestConfig, LoadTestError
 from console.loadtest.progress import Progress
 from console.loadtest.report import Report
 from console.loadtest.runner import run_loadtest
 from console.loadtest.store import DEFAULT_DIR, list_reports, load_report, save_report
-from console.model.loadtest_form import MODE_HELP, MODES, LoadForm, config_from_form
+from console.model.loadtest_form import MODE_HELP, MODES, YES_NO, LoadForm, config_from_form
 from console.ui.widgets.chart import ChartRow
 
 HISTORY = 120  # progress points kept for the charts (two a second: a minute)
@@ -43,8 +46,9 @@ FORM_LABELS = (
     ("endpoint", "target"),
     ("mode", "mode"),
     ("load", "load"),
-    ("duration", "duration"),
-    ("max tokens", "max-tokens"),
+    ("run for", "duration"),
+    ("tokens", "max-tokens"),
+    ("ignore EOS", "eos"),
 )
 RUN_COLUMNS = ("run", "target", "load", "req/s", "p50 ms", "p99 ms", "errors", "")
 
@@ -91,9 +95,11 @@ class LoadTestScreen(ModalScreen[None]):
     LoadTestScreen .lt-label { padding: 0 1; color: $text-muted; }
     LoadTestScreen #lt-form > Input, LoadTestScreen #lt-labels > .lt-label { width: 1fr; }
     LoadTestScreen #lt-form > #lt-target, LoadTestScreen #lt-labels > .lt-target { width: 3fr; }
-    LoadTestScreen #lt-form > #lt-mode, LoadTestScreen #lt-labels > .lt-mode { width: 20; }
+    LoadTestScreen #lt-form > #lt-mode, LoadTestScreen #lt-labels > .lt-mode { width: 16; }
+    LoadTestScreen #lt-form > #lt-eos, LoadTestScreen #lt-labels > .lt-eos { width: 12; }
     LoadTestScreen #lt-help { height: 1; padding: 0 1; color: $text-muted; }
     LoadTestScreen #lt-progress { height: 1; padding: 0 1; }
+    LoadTestScreen #lt-notes { height: auto; padding: 0 1; color: $warning; }
     LoadTestScreen #lt-live { height: auto; padding: 0 1; }
     LoadTestScreen #lt-histogram { height: auto; max-height: 9; padding: 0 1; }
     LoadTestScreen #lt-runs { height: 8; }
@@ -133,18 +139,22 @@ class LoadTestScreen(ModalScreen[None]):
             for label, name in FORM_LABELS:
                 yield Static(label, classes=f"lt-label lt-{name}")
         with Horizontal(id="lt-form"):
+            # Not selected on focus: a key typed into a field adds to it, never replaces
+            # the endpoint with that one letter.
             yield Input(
                 value=self.endpoints[-1] if self.endpoints else "",
                 placeholder="HOST:PORT or http(s)://HOST/v1/completions",
                 suggester=SuggestFromList(self.endpoints) if self.endpoints else None,
+                select_on_focus=False,
                 id="lt-target",
             )
             yield Select([(m, m) for m in MODES], value="closed", allow_blank=False, id="lt-mode")
-            yield Input(value="4", placeholder="load", id="lt-load")
-            yield Input(value="10s", placeholder="duration", id="lt-duration")
-            yield Input(value="32", placeholder="max tokens", id="lt-max-tokens")
+            for value, name in (("4", "load"), ("10s", "duration"), ("32", "max-tokens")):
+                yield Input(value=value, placeholder=name, select_on_focus=False, id=f"lt-{name}")
+            yield Select([(v, v) for v in YES_NO], value="no", allow_blank=False, id="lt-eos")
         yield Static(id="lt-help", markup=False)
         yield Static("not running: ctrl+r runs", id="lt-progress", markup=False)
+        yield Static(id="lt-notes", markup=False)
         with Vertical(id="lt-live"):
             yield ChartRow("req/s", id="lt-rate")
             yield ChartRow("p50 ms", id="lt-p50")
@@ -174,6 +184,7 @@ class LoadTestScreen(ModalScreen[None]):
             load=self.query_one("#lt-load", Input).value,
             duration=self.query_one("#lt-duration", Input).value,
             max_tokens=self.query_one("#lt-max-tokens", Input).value,
+            ignore_eos=str(self.query_one("#lt-eos", Select).value),
         )
 
     def on_select_changed(self, event: Select.Changed) -> None:
@@ -205,6 +216,7 @@ class LoadTestScreen(ModalScreen[None]):
         self.stop_event = asyncio.Event()
         for series in (self.rates, self.p50s, self.p99s):
             series.clear()
+        self._show_notes([])
         self._status(f"reaching {config.target}…")
         self._run(config, self.stop_event)
 
@@ -221,12 +233,14 @@ class LoadTestScreen(ModalScreen[None]):
         path = save_report(report, self.reports_dir)
         self.last_report = report
         self.query_one("#lt-detail-text", Static).update(report.to_table())
+        self._show_notes(report.notes)
         state = "stopped (partial)" if report.partial else "done"
         self._status(f"{state}: saved {path}")
         self.load_runs()
 
     def show_progress(self, progress: Progress) -> None:
         self.query_one("#lt-progress", Static).update(progress.line())
+        self._show_notes(progress.notes)
         if progress.phase == "warmup":
             return
         self.rates.append(progress.achieved_rps)
@@ -240,6 +254,9 @@ class LoadTestScreen(ModalScreen[None]):
             errors = ", ".join(f"{k} {v}" for k, v in sorted(progress.errors.items()))
             lines.append(f"errors: {errors}")
         self.query_one("#lt-histogram", Static).update("\n".join(lines))
+
+    def _show_notes(self, notes: list[str]) -> None:
+        self.query_one("#lt-notes", Static).update("\n".join(f"warning: {n}" for n in notes))
 
     def action_stop_run(self) -> None:
         if self.stop_event is None:
@@ -316,7 +333,10 @@ class LoadTestScreen(ModalScreen[None]):
             pair = [self.runs[index - 1][0], self.runs[index][0]]
         a, b = pair
         rows = compare(by_path[a], by_path[b])
-        text = format_compare(rows, f"{a.stem} {by_path[a].load}", f"{b.stem} {by_path[b].load}")
+        warnings = incomparable(by_path[a], by_path[b])
+        text = format_compare(
+            rows, f"{a.stem} {by_path[a].load}", f"{b.stem} {by_path[b].load}", warnings
+        )
         self.query_one("#lt-detail-text", Static).update(text)
         self._status(f"comparing {a.stem} (A) with {b.stem} (B)")
 
