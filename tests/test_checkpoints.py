@@ -238,3 +238,27 @@ def test_retention_keeps_the_newest_the_latest_and_what_an_attempt_resumed_from(
         hf_checkpoint(hf, step)
     hf_checkpoint(hf, 20, complete=False)  # being written: neither counted nor removed
     assert [p.name for p in prunable(hf, 1, set())] == ["checkpoint-5", "checkpoint-10"]
+
+
+def test_only_real_checkpoints_are_listed_never_a_tokenizer_or_a_save_cut_short(
+    tmp_path: Path,
+) -> None:
+    # What agent.train leaves in checkpoint_dir, and what a crash or a conversion leaves.
+    ds_tag(tmp_path, "step20")
+    ds_tag(tmp_path, "step40")
+    (tmp_path / "latest").write_text("step40")
+    tokenizer = tmp_path / "tokenizer"
+    tokenizer.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (tokenizer / name).write_text("{}")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "runs" / "events").mkdir(parents=True)
+    (tmp_path / "step60").mkdir()  # killed as the save began
+    (tmp_path / "step40_universal" / "tmp").mkdir(parents=True)  # being converted
+    (tmp_path / "ds_config.json").write_text("{}")
+    listed = list_checkpoints(str(tmp_path))
+    assert [(c.tag, c.step) for c in listed] == [("step20", 20), ("step40", 40)]
+    assert resolve_reference("step60", str(tmp_path), "") is None
+    assert resolve_reference("tokenizer", str(tmp_path), "") is None
+    (tmp_path / "step40_universal" / "zero").mkdir()  # converted
+    assert [c.tag for c in list_checkpoints(str(tmp_path))][-1] == "step40_universal"

@@ -77,22 +77,31 @@ def _hf_step(path: Path, fallback: int) -> int:
     return step if isinstance(step, int) and step >= 0 else fallback
 
 
+def _has_entries(path: Path) -> bool:
+    return any(path.iterdir())
+
+
 def classify(path: Path) -> Found | None:
-    """What ``path`` is as a checkpoint, or None when it is not a complete one."""
+    """What ``path`` is as a checkpoint, or None when it is not a complete one: a folder
+    with nothing in it (a save cut short), a ``*_universal`` one without its ``zero/``
+    (a conversion under way or failed), a tokenizer, logs... are not."""
     if not path.is_dir():
         return None
     name = path.name
-    if (path / "zero").is_dir() or _UNIVERSAL_TAG.match(name):
+    if (path / "zero").is_dir():
         match = _UNIVERSAL_TAG.match(name) or _GANTRY_TAG.match(name) or _DS_TAG.match(name)
         return Found(path, UNIVERSAL, int(match.group(1)) if match else -1)
+    if _UNIVERSAL_TAG.match(name):
+        return None
     if match := _HF_TAG.match(name):
         if not (path / HF_STATE).is_file():
             return None  # being written, or cut by a crash: the Trainer could not load it
         return Found(path, HF, _hf_step(path, int(match.group(1))))
-    if match := _GANTRY_TAG.match(name):
-        return Found(path, GANTRY, int(match.group(1)))
-    if match := _MEGATRON_TAG.match(name):
-        return Found(path, MEGATRON, int(match.group(1)))
+    if match := _GANTRY_TAG.match(name) or _MEGATRON_TAG.match(name):
+        if not _has_entries(path):
+            return None
+        kind = GANTRY if name.startswith("step") else MEGATRON
+        return Found(path, kind, int(match.group(1)))
     if _has_model_states(path):
         match = _DS_TAG.match(name)
         return Found(path, DEEPSPEED, int(match.group(1)) if match else -1)

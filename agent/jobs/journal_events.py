@@ -89,6 +89,23 @@ class EventTables(JournalDb):
         row = self._db.execute(query, params).fetchone()
         return seq if row is None else max(seq, int(row[0]))
 
+    def checkpoint_told(self, event: job_pb2.JobEvent) -> bool:
+        """A CHECKPOINT_SAVED event of the same checkpoint (its tag, else its path) and
+        attempt as ``event`` is journaled here already."""
+        key = "tag" if event.details.get("tag") else "path"
+        row = self._db.execute(
+            "SELECT 1 FROM events WHERE job=? AND kind=? AND attempt=? "
+            "AND json_extract(details, ?)=? LIMIT 1",
+            (
+                event.job_name,
+                job_pb2.JobEventKind.JOB_EVENT_KIND_CHECKPOINT_SAVED,
+                event.attempt,
+                f"$.{key}",
+                event.details.get(key, ""),
+            ),
+        ).fetchone()
+        return row is not None
+
     def last_seq(self) -> int:
         row = self._db.execute("SELECT MAX(seq) FROM events").fetchone()
         return 0 if row[0] is None else int(row[0])

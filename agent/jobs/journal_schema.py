@@ -116,8 +116,14 @@ CREATE TABLE attempt_ranks (
 );
 """
 
+# A job's events of one kind without a scan of all its events: whether a checkpoint was
+# already told (one CHECKPOINT_SAVED per checkpoint, not one per rank).
+_SCHEMA_V5 = """
+CREATE INDEX events_job_kind ON events(job, kind, attempt);
+"""
+
 # Index i upgrades the schema from version i to i + 1.
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4)
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -7,10 +7,10 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
-from gantry.v1 import agent_service_pb2, job_pb2
+from gantry.v1 import agent_service_pb2
 from gantry.v1.spec_diff import spec_changes
 
 from agent.jobs.checkpoints import list_checkpoints
@@ -26,6 +26,7 @@ from agent.tasks.runner import TaskRunner
 log = logging.getLogger("gantry.agent")
 
 Context = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
 FOLLOW_POLL_S = 0.25
 STATUS_FOR = {
     "invalid": grpc.StatusCode.INVALID_ARGUMENT,
@@ -152,6 +153,8 @@ def _restart_details(
         details["node"] = request.node
     if request.exclude_nodes:
         details["exclude"] = ",".join(request.exclude_nodes)
+    if request.include_nodes:
+        details["include"] = ",".join(request.include_nodes)
     if request.from_checkpoint:
         details["from_checkpoint"] = request.from_checkpoint
     if request.HasField("spec"):
@@ -174,17 +177,17 @@ class JobRpcs:
         operator: str,
         verb: str,
         details: dict[str, str],
-        action: Awaitable[job_pb2.Job],
-    ) -> job_pb2.Job:
+        action: Awaitable[T],
+    ) -> T:
         """Runs a mutating verb and records who asked, what, and how it ended."""
         try:
-            job = await action
+            result = await action
         except JobError as exc:
             self.jobs.audit(operator, verb, {**details, "outcome": f"refused: {exc}"})
             await _abort_job_error(context, exc)
             raise
         self.jobs.audit(operator, verb, {**details, "outcome": "ok"})
-        return job
+        return result
 
     async def SubmitJob(
         self, request: agent_service_pb2.SubmitJobRequest, context: Context
@@ -225,9 +228,18 @@ class JobRpcs:
             request.from_checkpoint,
             operator=operator,
             spec=request.spec if request.HasField("spec") else None,
+            include=list(request.include_nodes),
         )
         job = await self._audited(context, operator, "restart", details, action)
         return agent_service_pb2.RestartJobResponse(job=job)
+
+    async def ForgetJob(
+        self, request: agent_service_pb2.ForgetJobRequest, context: Context
+    ) -> agent_service_pb2.ForgetJobResponse:
+        operator = operator_of(context)
+        action = self.jobs._leader().forget(request.name)
+        await self._audited(context, operator, "forget", {"job": request.name}, action)
+        return agent_service_pb2.ForgetJobResponse(name=request.name)
 
     async def ListJobs(
         self, request: agent_service_pb2.ListJobsRequest, context: Context
@@ -243,7 +255,11 @@ class JobRpcs:
             await _abort_job_error(context, exc)
             raise
         checkpoints = await asyncio.to_thread(list_checkpoints, job.spec.checkpoint_dir)
-        return agent_service_pb2.DescribeJobResponse(job=job, checkpoints=checkpoints)
+        return agent_service_pb2.DescribeJobResponse(
+            job=job,
+            checkpoints=checkpoints,
+            checkpoint_bytes=sum(c.size_bytes for c in checkpoints),
+        )
 
     async def ListCheckpoints(
         self, request: agent_service_pb2.ListCheckpointsRequest, context: Context

@@ -14,7 +14,9 @@
     checkpoint_dir: out/demo/checkpoints             # relative to working_dir; no '..'
                                       # (default: the args' --output_dir; its checkpoints/
                                       # for Gantry's own trainer)
-    keep_checkpoints: 3               # the newest 3 (never the latest); 0 = all (the default)
+    checkpoint: {keep_last: 3}        # retention: the newest 3, the latest and the one in
+                                      # use kept; 0 = all; default 5 with a checkpoint_dir
+                                      # (`keep_checkpoints: 3` is the older spelling)
     deepspeed_config: examples/ds_config_zero3.json   # relative to working_dir, or a mapping
     cost: {price_per_gpu_hour: 2.5, instance_type: p5.48xlarge, pricing: on-demand}
     eval_targets: {bleu4_min: 0.9, rouge_l_min: 0.9, ttft_ms_max: 200, tokens_per_s_min: 1000}
@@ -48,7 +50,6 @@ from console.model.job_spec_fields import (
     DEFAULT_COLLECTIVE_TIMEOUT_S,
     DEFAULT_HANG_TIMEOUT_S,
     EVAL_KEYS,
-    MAX_KEEP_CHECKPOINTS,
     TOP_KEYS,
     SpecFields,
 )
@@ -138,8 +139,9 @@ def job_spec_to_yaml(spec: job_pb2.JobSpec) -> str:
     doc["collective_timeout_s"] = spec.collective_timeout_s
     if spec.checkpoint_dir:
         doc["checkpoint_dir"] = spec.checkpoint_dir
-    if spec.keep_checkpoints:
-        doc["keep_checkpoints"] = spec.keep_checkpoints
+    if spec.checkpoint_dir or spec.keep_checkpoints:
+        # Always written: absent, it would read back as the default, not as 0 (keep all).
+        doc["checkpoint"] = {"keep_last": spec.keep_checkpoints}
     if spec.deepspeed_config_json:
         try:
             doc["deepspeed_config"] = json.loads(spec.deepspeed_config_json)
@@ -192,12 +194,7 @@ class _SpecParser(SpecFields, FileFields):
         if "checkpoint_dir" not in doc:
             spec.checkpoint_dir = checkpoints_of_output_dir(spec, working_dir)
         spec.restart.CopyFrom(self.restart(doc.get("restart"), spec))
-        if doc.get("keep_checkpoints") is not None:
-            spec.keep_checkpoints = self.whole(
-                doc["keep_checkpoints"], ("keep_checkpoints",), MAX_KEEP_CHECKPOINTS
-            )
-            if spec.keep_checkpoints and not spec.checkpoint_dir:
-                self.fail(("keep_checkpoints",), "needs checkpoint_dir: the folder to keep them in")
+        spec.keep_checkpoints = self.keep_checkpoints(doc, spec.checkpoint_dir)
         if doc.get("deepspeed_config") is not None:
             spec.deepspeed_config_json = self.deepspeed_config(doc["deepspeed_config"], working_dir)
         if doc.get("cost") is not None:

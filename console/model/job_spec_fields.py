@@ -10,10 +10,12 @@ from typing import NoReturn
 import yaml
 from gantry.v1 import job_pb2
 from gantry.v1.rules import (
+    DEFAULT_KEEP_LAST,
     ENV_NAME_RE,
     EVAL_TARGET_KEYS,
     FLAG_RE,
     LATEST,
+    MAX_KEEP_CHECKPOINTS,
     MAX_SECONDS,
     MAX_SLOTS,
     NAME_RULE,
@@ -47,12 +49,14 @@ TOP_KEYS = (
     "hang_timeout_s",
     "collective_timeout_s",
     "checkpoint_dir",
+    "checkpoint",
     "keep_checkpoints",
     "deepspeed_config",
     "cost",
     "eval_targets",
 )
 RESTART_KEYS = ("max_restarts", "backoff_s", "resume", "resume_flag")
+CHECKPOINT_KEYS = ("keep_last",)
 COST_KEYS = ("price_per_gpu_hour", "instance_type", "pricing")
 EVAL_KEYS = EVAL_TARGET_KEYS
 PRICING = ("on-demand", "reserved", "preemptible")
@@ -66,13 +70,17 @@ DEFAULT_HANG_TIMEOUT_S = 0.0
 DEFAULT_COLLECTIVE_TIMEOUT_S = 300.0
 
 MAX_RESTARTS = 100_000
-MAX_KEEP_CHECKPOINTS = 100_000
 
 
 class SpecFields(SpecReader):
     """The checks of the keys that name no file."""
 
-    SECTIONS = (("restart", RESTART_KEYS), ("cost", COST_KEYS), ("eval_targets", EVAL_KEYS))
+    SECTIONS = (
+        ("restart", RESTART_KEYS),
+        ("checkpoint", CHECKPOINT_KEYS),
+        ("cost", COST_KEYS),
+        ("eval_targets", EVAL_KEYS),
+    )
 
     def job_name(self, value: object) -> str:
         name = self.text_value(value, ("name",), "a job name")
@@ -242,6 +250,30 @@ class SpecFields(SpecReader):
                 f"{show(resume)} is outside the job's directories ({roots}); the agents refuse it",
             )
         return resume
+
+    def keep_checkpoints(self, doc: dict[str, object], checkpoint_dir: str) -> int:
+        """Retention: ``checkpoint: {keep_last: N}``, or its older spelling
+        ``keep_checkpoints: N``; 5 when checkpoint_dir is set and neither is given."""
+        keep_last: object = None
+        at: FieldPath = ("keep_checkpoints",)
+        if doc.get("checkpoint") is not None:
+            section = self.mapping(doc["checkpoint"], ("checkpoint",), CHECKPOINT_KEYS, "keep_last")
+            keep_last = section.get("keep_last")
+            if keep_last is not None and doc.get("keep_checkpoints") is not None:
+                self.fail(
+                    ("keep_checkpoints",),
+                    "is checkpoint.keep_last written the old way; give one of the two",
+                )
+            at = ("checkpoint", "keep_last")
+        if keep_last is None:
+            keep_last = doc.get("keep_checkpoints")
+            at = ("keep_checkpoints",)
+        if keep_last is None:
+            return DEFAULT_KEEP_LAST if checkpoint_dir else 0
+        keep = self.whole(keep_last, at, MAX_KEEP_CHECKPOINTS)
+        if keep and not checkpoint_dir:
+            self.fail(at, "needs checkpoint_dir: the folder to keep them in")
+        return keep
 
     def cost(self, value: object) -> job_pb2.CostPolicy:
         path: FieldPath = ("cost",)

@@ -14,6 +14,7 @@ from gantry.v1 import agent_service_pb2, job_pb2
 from gantry.v1.rules import LATEST, spec_args_resume
 
 from agent.jobs.checkpoints import latest_checkpoint, resolve_reference
+from agent.jobs.leader.batch_keep import batch_for_world
 from agent.jobs.leader.led_job import STOP_GRACE_S, Command, LedJob
 from agent.jobs.leader.peers import NodeRefused, NodeUnreachable, RemoteNode
 from agent.jobs.leader.policy import excluded_after
@@ -59,6 +60,7 @@ async def start_attempt(
     excluded = excluded_after(
         previous.excluded_nodes if previous is not None else (),
         command.exclude if command is not None else (),
+        command.include if command is not None else (),
     )
     resume = latest_path(spec) if previous is not None else ""
     resume = resume or first_resume(spec)
@@ -70,6 +72,9 @@ async def start_attempt(
         number=number, state=JS.JOB_STATE_STARTING, master_port=port, excluded_nodes=excluded
     )
     layout, world = assign_ranks(list(spec.nodes), set(excluded))
+    # The job's spec is written for its whole world; without some nodes, the ranks run it
+    # with the gradient accumulation that keeps the global batch.
+    batch = batch_for_world(spec, set(excluded))
     if resume:
         try:
             resume = await loadable_at(Path(resume), world)
@@ -81,12 +86,14 @@ async def start_attempt(
         name,
         EK.JOB_EVENT_KIND_ATTEMPT_STARTED,
         f"attempt {number}: {world} ranks on {', '.join(n for n, _ in layout)}"
-        + (f", resuming from {resume}" if resume else ", fresh start"),
+        + (f", resuming from {resume}" if resume else ", fresh start")
+        + (f"; {batch.message}" if batch.message else ""),
         attempt=number,
+        details=batch.details,
     )
     requests = {
         node: agent_service_pb2.StartRanksRequest(
-            spec=spec,
+            spec=batch.spec,
             attempt=number,
             master_addr=addr,
             master_port=port,

@@ -19,7 +19,6 @@ from gantry.v1 import agent_service_pb2, job_pb2
 from gantry.v1.rules import ValidationError, validate_job_spec
 from gantry.v1.spec_diff import spec_changes
 
-from agent.jobs.checkpoints import latest_checkpoint, resolve_reference
 from agent.jobs.event_bus import EventBus
 from agent.jobs.journal import Journal
 from agent.jobs.leader.attempt_start import (
@@ -28,10 +27,13 @@ from agent.jobs.leader.attempt_start import (
     first_resume,
     start_attempt,
 )
+from agent.jobs.leader.batch_keep import batch_for_world
+from agent.jobs.leader.errors import JobError
 from agent.jobs.leader.led_job import STOP_GRACE_S, Command, LedJob, Outcome
 from agent.jobs.leader.peer_events import PeerLedger, with_unknown_ranks
 from agent.jobs.leader.peers import NodeApi, RemoteNode
 from agent.jobs.leader.policy import after_failure
+from agent.jobs.leader.restart_checks import check_restart_nodes, resolve_from
 from agent.jobs.leader.states import ACTIVE_JOB_STATES, JobEdge
 from agent.jobs.leader.store import LeaderStore
 from agent.jobs.leader.watch import readopt, stop_attempt, watch_attempt
@@ -44,14 +46,6 @@ JS = job_pb2.JobState
 EK = job_pb2.JobEventKind
 UNKNOWN_OPERATOR = "unknown"
 BY_OPERATOR = "stopped by the operator"
-
-
-class JobError(Exception):
-    """A request the leader refuses; the message is one line naming what to fix."""
-
-    def __init__(self, message: str, *, code: str = "invalid") -> None:
-        super().__init__(message)
-        self.code = code  # "invalid", "not_found", "exists", "unavailable"
 
 
 class JobLeader:
@@ -135,47 +129,48 @@ class JobLeader:
         *,
         operator: str = UNKNOWN_OPERATOR,
         spec: job_pb2.JobSpec | None = None,
+        include: list[str] | None = None,
     ) -> job_pb2.Job:
-        """A new attempt now; with ``spec``, the job runs that spec from the new attempt on.
+        """A new attempt now; with ``spec``, the job runs that spec from the new attempt on;
+        ``exclude`` and ``include`` change the nodes it goes without from then on.
         Returns the job as it was before (its last attempt is the one replaced)."""
         led = self._get(name)
+        include = include or []
         current = self.store.spec(name)
         if spec is not None:
             _check_replacement(current, spec)
         target = spec if spec is not None else current
-        nodes = {n.node for n in current.nodes}
-        for bad in [node, *exclude]:
-            if bad and bad not in nodes:
-                raise JobError(f"node {bad} is not part of job {name} ({', '.join(sorted(nodes))})")
         last = self.store.last_attempt(name)
-        already = set(last.excluded_nodes) if last is not None else set()
-        if exclude and set(exclude) | already >= nodes:
-            raise JobError("cannot exclude every node of the job")
-        if exclude and latest_checkpoint(target.checkpoint_dir) is None:
-            where = target.checkpoint_dir or "the job's checkpoint_dir (unset)"
-            raise JobError(f"--exclude needs a checkpoint to convert, and {where} has none")
+        already = list(last.excluded_nodes) if last is not None else []
+        # Everything is refused now, while the running attempt (or a finished job) is untouched.
+        excluded = check_restart_nodes(name, target, node, exclude, include, already)
         if from_checkpoint:
-            # Refused now, before the running attempt (or a finished job) is touched.
-            found = resolve_reference(from_checkpoint, target.checkpoint_dir, target.working_dir)
-            if found is None:
-                where = " or ".join(d for d in (target.checkpoint_dir, target.working_dir) if d)
-                raise JobError(f"no checkpoint {from_checkpoint} in {where or 'the job'}")
-            from_checkpoint = str(found)
+            from_checkpoint = str(resolve_from(from_checkpoint, target))
         changes: list[str] = []
         if spec is not None:
             changes = spec_changes(current, spec)
-            # Refused now, while the running attempt is still untouched.
-            await self._check(led, spec, "", already | set(exclude))
+        if spec is not None or include or from_checkpoint:
+            # Every node of the next attempt sees the checkpoint and takes the spec.
+            await self._check(led, target, from_checkpoint, excluded)
         command = Command(
             "restart",
             exclude=tuple(exclude),
+            include=tuple(include),
             from_checkpoint=from_checkpoint,
             spec=job_pb2.JobSpec.FromString(spec.SerializeToString()) if spec else None,
         )
         why = f"operator restart by {operator}{f' (fault on {node})' if node else ''}"
         if exclude:
             why += f" excluding {', '.join(exclude)}"
+        if include:
+            why += f" including {', '.join(include)} again"
         details = {"operator": operator, "action": "restart"}
+        if exclude or include:
+            details["excluded"] = ",".join(sorted(excluded))
+            plan = batch_for_world(target, excluded)
+            if plan.message:
+                why += f"; {plan.message}"
+                details.update(plan.details)
         if spec is not None:
             details["changes"] = "; ".join(changes) or "none"
             why += f"; {details['changes']}" if changes else "; spec unchanged"
@@ -189,6 +184,22 @@ class JobLeader:
             self.store.job_edge(name, JobEdge.REOPEN)
             led.task = asyncio.create_task(self._run(led, command), name=f"job:{name}")
         return before
+
+    async def forget(self, name: str) -> None:
+        """Removes an ended job from the journal (its checkpoints and logs stay on disk)."""
+        led = self._get(name)
+        state = self.store.state(name)
+        if state in ACTIVE_JOB_STATES:
+            what = job_pb2.JobState.Name(state)[len("JOB_STATE_") :].lower()
+            raise JobError(
+                f"job {name} is {what}; stop it before forgetting it", code="unavailable"
+            )
+        if led.running():
+            raise JobError(f"job {name} is still ending; forget it in a moment", code="unavailable")
+        del self._jobs[name]
+        self.store.forget(name)
+        for api in led.nodes.values():
+            await api.close()
 
     def list_jobs(self) -> list[job_pb2.Job]:
         return [with_unknown_ranks(self._job_pb(led), led.nodes) for led in self._jobs.values()]

@@ -27,6 +27,7 @@ class Command:
     kind: str  # "stop" or "restart"
     grace_s: float = STOP_GRACE_S
     exclude: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()  # restart: excluded nodes brought back
     from_checkpoint: str = ""
     spec: job_pb2.JobSpec | None = None  # restart: the job's spec from the new attempt on
     done: asyncio.Future[None] | None = None

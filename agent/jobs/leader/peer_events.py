@@ -54,6 +54,10 @@ class PeerLedger:
             self.journal.set_peer_position(job, node, event.seq)
         return copy
 
+    def skip(self, job: str, node: str, event: job_pb2.JobEvent) -> None:
+        """`node`'s `event` read but not copied (another node told the same already)."""
+        self.journal.set_peer_position(job, node, event.seq)
+
     async def replay(self, job: str, attempt: int, tally: Tally) -> int:
         """Gives `tally` every rank event of `attempt` journaled here, this node's own and
         the copies of its peers': what the leader knew before it was restarted. Returns

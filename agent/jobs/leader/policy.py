@@ -26,6 +26,9 @@ def after_failure(reason: str, restarts_used: int, policy: job_pb2.RestartPolicy
     return AfterFailure(True, used, policy.backoff_s, message)
 
 
-def excluded_after(previous: tuple[str, ...], exclude: tuple[str, ...]) -> list[str]:
-    """The nodes a new attempt goes without: the last attempt's and the operator's."""
-    return sorted(set(previous) | set(exclude))
+def excluded_after(
+    previous: tuple[str, ...], exclude: tuple[str, ...], include: tuple[str, ...] = ()
+) -> list[str]:
+    """The nodes a new attempt goes without: the last attempt's and the operator's
+    ``exclude``, but for those the operator ``include``s again."""
+    return sorted((set(previous) | set(exclude)) - set(include))

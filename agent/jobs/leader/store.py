@@ -188,6 +188,12 @@ class LeaderStore:
             if outcome is not Outcome.RESTART:
                 self.job_edge(name, job_edge, reason, (kind, reason))
 
+    def forget(self, name: str) -> None:
+        """The job, its attempts and its peers' file gone (its events stay in the journal)."""
+        with self.journal.transaction():
+            self.journal.delete_job(name)
+        (self.root / name / PEERS_FILE).unlink(missing_ok=True)
+
     def set_resumed_from(self, name: str, number: int, resumed_from: str) -> None:
         self.journal.set_attempt_resumed_from(name, number, resumed_from)
 

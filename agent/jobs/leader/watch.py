@@ -72,7 +72,10 @@ async def watch_attempt(
             if event.attempt != attempt.number:
                 continue
             if node != store.node_name:
-                ledger.copy(name, node, event)
+                if _told_already(store, event):
+                    ledger.skip(name, node, event)
+                else:
+                    ledger.copy(name, node, event)
             tally.add(event)
         if edge is AttemptEdge.ALL_EXITED_OK:
             return Outcome.SUCCEEDED, "every rank exited 0", None
@@ -87,6 +90,13 @@ async def watch_attempt(
         for task in pumps:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+def _told_already(store: LeaderStore, event: job_pb2.JobEvent) -> bool:
+    """A peer's CHECKPOINT_SAVED for a checkpoint another node's rank already reported:
+    each node tells its first rank's save, the job's timeline one per checkpoint."""
+    kind = EK.JOB_EVENT_KIND_CHECKPOINT_SAVED
+    return event.kind == kind and store.journal.checkpoint_told(event)
 
 
 async def stop_attempt(led: LedJob, attempt: job_pb2.Attempt, grace_s: float) -> None:

@@ -1,5 +1,6 @@
-"""A job's ``keep_checkpoints`` applied on this node while its ranks run here: the oldest
-checkpoints past the count removed, never the one the running attempt resumed from."""
+"""A job's retention (``checkpoint: {keep_last: N}``, ``JobSpec.keep_checkpoints``) applied
+on this node while its ranks run here: the oldest checkpoints past the count removed, never
+the latest nor the one the running attempt resumed from (a universal one in use)."""
 
 from __future__ import annotations
 

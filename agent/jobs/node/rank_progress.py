@@ -82,23 +82,37 @@ def _apply_records(
             pending = merge_metrics(pending, record.metrics)
             metrics = latest_metrics(metrics, record.metrics)
         elif record.kind == RecordKind.CHECKPOINT:
-            details = {"tag": record.tag, "path": record.path}
-            if record.step is not None:
-                details["step"] = str(record.step)
-            rj.emit(
-                batch,
-                row,
-                _K.JOB_EVENT_KIND_CHECKPOINT_SAVED,
-                f"checkpoint {record.tag or record.path} saved",
-                details=details,
-                when=when,
-            )
+            _checkpoint_saved(rj, batch, row, record, when)
     if pending is not None:
         _metrics_event(rj, batch, row, pending)
     row = replace(row, last_heartbeat=heartbeat, last_metrics=metrics, metrics_source=source)
     if RankState(row.state) == RankState.STARTING:
         row = rj.edge(row, RankEdge.FIRST_REPORT)
     live.row = row
+
+
+def _checkpoint_saved(
+    rj: RankJournal, batch: EventBatch, row: RankRow, record: Record, when: float
+) -> None:
+    """One event per checkpoint, not one per rank: every rank of a DeepSpeed job saves its
+    part and reports it; the first report is the event (the leader folds the nodes')."""
+    details = {"tag": record.tag, "path": record.path}
+    if record.step is not None:
+        details["step"] = str(record.step)
+    rj.emit(
+        batch,
+        row,
+        _K.JOB_EVENT_KIND_CHECKPOINT_SAVED,
+        f"checkpoint {record.tag or record.path} saved",
+        details=details,
+        when=when,
+    )
+    event = batch.events[-1]
+    told = any(
+        e.kind == event.kind and dict(e.details) == details for e in batch.events[:-1]
+    ) or rj.journal.checkpoint_told(event)
+    if told:
+        batch.events.pop()
 
 
 def _phase(rj: RankJournal, row: RankRow, phase: int, when: float, batch: EventBatch) -> RankRow:

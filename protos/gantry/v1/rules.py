@@ -63,6 +63,10 @@ MAX_TAIL_LINES = 100_000  # the console's log screen keeps (and asks for) this m
 MAX_SAMPLES = 10_000_000
 MAX_BATCH_SIZE = 4096
 MAX_SEQ = 2**63 - 1  # SQLite's INTEGER; also the largest file offset
+MAX_KEEP_CHECKPOINTS = 100_000
+# Retention when a job spec names a checkpoint_dir and no count (the console's parser sets
+# it; in the contract 0 keeps every checkpoint).
+DEFAULT_KEEP_LAST = 5
 
 # -- the resume flag -----------------------------------------------------------------------
 
@@ -357,6 +361,7 @@ def validate_job_spec(spec: job_pb2.JobSpec, field: str = "spec") -> None:
             " flag (e.g. --resume_from_checkpoint, or --resume= for one --resume=PATH word)"
         )
     check_config_json(spec.deepspeed_config_json, _at(field, "deepspeed_config_json"))
+    check_at_most(spec.keep_checkpoints, _at(field, "keep_checkpoints"), MAX_KEEP_CHECKPOINTS)
     check_number(spec.cost.price_per_gpu_hour, _at(field, "cost.price_per_gpu_hour"))
     check_text(spec.cost.instance_type, _at(field, "cost.instance_type"))
     check_text(spec.cost.pricing, _at(field, "cost.pricing"))
