@@ -10,12 +10,11 @@ from textual.widgets import Static
 
 from console.ui.screens.job import JobScreen
 from console.ui.screens.job.checkpoints import CheckpointsPane
-from console.ui.screens.job.event_detail import EventDetailScreen
+from console.ui.screens.job.event_detail import ErrorLines, EventDetailScreen
 from console.ui.screens.job.events import EventsPane
 from console.ui.screens.job.pane import Cadence
 from console.ui.screens.job.ranks import RanksPane
 from console.ui.screens.logs import LogScreen
-from console.ui.widgets.log_view import LogView
 from tests.job_fixtures import NODES, checkpoints, demo_job
 from tests.test_console_job_snapshots import OPEN_JOB, make_app
 
@@ -151,7 +150,7 @@ async def test_enter_on_a_failure_opens_its_cause_and_l_its_log_at_the_error() -
         assert str(detail.query_one("#event-cause", Static).render()).startswith(
             "argument --deepspeed_config: can't open"
         )
-        lines = detail.query_one("#event-lines", LogView)
+        lines = detail.query_one("#event-lines", ErrorLines)
         assert lines.buffer.line(1) == line
         await pilot.press("l")
         await pilot.pause()

@@ -98,7 +98,7 @@ async def test_kill_a_rank_then_restart_it_from_the_console(
         psutil.Process(pid).children()[0].kill()
         await until(pilot, "node-b red", lambda: "node-b" in view.bad_nodes())
         await until(pilot, "cluster mark", lambda: "failed" in app.store.node("node-b").job_fault)
-        assert app.store.node("node-b").status_text(time.time()) == "live-job r1 failed"
+        assert app.store.node("node-b").status_text(time.time()) == "failed r1 live-job"
         await until(
             pilot,
             "red title",

@@ -143,7 +143,7 @@ def test_lines_are_stored_as_drawn() -> None:
     assert clean_line("\x1b[31mred\x1b[0m text") == "red text"
     assert clean_line("a\tb") == "a       b"
     assert clean_line(" 10%|#   |\r 50%|#####   |\r100%|########|") == "100%|########|"
-    assert clean_line("bell\x07") == "bell\ufffd"
+    assert clean_line("bell\x07") == "bell\u2407"  # the control picture: ␇
     assert len(clean_line("x" * (MAX_LINE_CHARS + 10))) == MAX_LINE_CHARS
     buffer = LogBuffer()
     buffer.append("\x1b[1;33m[WARNING]\x1b[0m slow")

@@ -48,7 +48,7 @@ class NodeView:
         default_factory=lambda: deque(maxlen=MAX_XID_EVENTS)
     )
     # What jobs run here ("demo-moe r0 gpu0, ...") and, when one of their ranks on
-    # this node failed or hung, what ("demo-moe r1 failed"): the node is shown red.
+    # this node failed or hung, what ("failed r1 demo-moe"): the node is shown red.
     jobs_text: str = ""
     job_fault: str = ""
     # A fatal XID (or a GPU the driver lost) since the agent last connected: "xid 79 gpu3".

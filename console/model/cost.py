@@ -1,8 +1,9 @@
 """What a job costs: GPU-hours used so far and the estimate to finish, at the job's
 price per GPU-hour (its spec's `cost`). Pure: the time is passed in.
 
-One rank holds one GPU (on a CPU node, one slot counted the same way), for as long
-as its attempt ran; a restart's lost work therefore shows as GPU-hours spent.
+One rank holds one GPU for as long as its attempt ran; a restart's lost work therefore
+shows as GPU-hours spent. A job whose ranks hold no GPU is billed the same way in
+CPU-hours (one rank, one slot), at the same price per hour.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class Cost:
     pricing: str
     instance_type: str
     remaining_gpu_hours: float | None  # None: no step time or no step budget yet
+    unit: str = "GPU"  # "CPU" when the job's ranks hold no GPU: the hours are CPU-hours
 
     @property
     def spent(self) -> float:
@@ -34,9 +36,10 @@ class Cost:
 
     def summary(self) -> str:
         """One line, e.g. `3.2 GPU-h $8.00 · to finish ~1.1 GPU-h $2.75 (on-demand 2.50/GPU-h)`."""
-        used = f"{self.gpu_hours:.2f} GPU-h"
+        hours = f"{self.unit}-h"
+        used = f"{self.gpu_hours:.2f} {hours}"
         rest = (
-            f" · to finish ~{self.remaining_gpu_hours:.2f} GPU-h"
+            f" · to finish ~{self.remaining_gpu_hours:.2f} {hours}"
             if self.remaining_gpu_hours is not None
             else ""
         )
@@ -46,7 +49,7 @@ class Cost:
         if self.remaining is not None:
             rest += f" ${self.remaining:,.2f}"
         where = " ".join(p for p in (self.instance_type, self.pricing) if p)
-        return f"{used}{rest} ({where + ' ' if where else ''}${self.price_per_gpu_hour:g}/GPU-h)"
+        return f"{used}{rest} ({where + ' ' if where else ''}${self.price_per_gpu_hour:g}/{hours})"
 
 
 def arg_value(args: list[str], flag: str) -> str | None:
@@ -77,6 +80,12 @@ def attempt_gpu_hours(attempt: job_pb2.Attempt, now: float) -> float:
     return max(0.0, end - start) * len(attempt.ranks) / 3600.0
 
 
+def hours_unit(job: job_pb2.Job) -> str:
+    """ "GPU" when any rank of the job holds a GPU (or no rank was placed yet), else "CPU"."""
+    ranks = [r for a in job.attempts for r in a.ranks]
+    return "GPU" if not ranks or any(r.gpu_indices for r in ranks) else "CPU"
+
+
 def job_cost(job: job_pb2.Job, now: float, step: int, step_time_s: float | None) -> Cost:
     """`step`: the last step reached; `step_time_s`: the recent mean step time."""
     used = sum(attempt_gpu_hours(a, now) for a in job.attempts)
@@ -86,4 +95,6 @@ def job_cost(job: job_pb2.Job, now: float, step: int, step_time_s: float | None)
     if job.state in ACTIVE_JOB_STATES and total is not None and step_time_s is not None and ranks:
         remaining = max(0, total - step) * step_time_s * ranks / 3600.0
     cost = job.spec.cost
-    return Cost(used, cost.price_per_gpu_hour, cost.pricing, cost.instance_type, remaining)
+    return Cost(
+        used, cost.price_per_gpu_hour, cost.pricing, cost.instance_type, remaining, hours_unit(job)
+    )

@@ -14,10 +14,13 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import NamedTuple
 
 from gantry.v1 import job_pb2
 from gantry.v1.figures import latest_metrics
+
+from console.model.job_steps import OP_PREFIX, READ_FIELDS, STEP_FIELDS, StepAgg
+from console.model.job_steps import RankPoint as RankPoint  # re-exported: callers import it here
+from console.model.job_steps import ts as ts
 
 EK = job_pb2.JobEventKind
 JS = job_pb2.JobState
@@ -36,81 +39,6 @@ ACTIVE_JOB_STATES = frozenset(
         JS.JOB_STATE_RESTARTING,
         JS.JOB_STATE_STOPPING,
     }
-)
-
-
-def ts(stamp: object) -> float:
-    """Seconds of a protobuf Timestamp (0.0 when unset)."""
-    seconds = getattr(stamp, "seconds", 0)
-    nanos = getattr(stamp, "nanos", 0)
-    return float(seconds) + float(nanos) / 1e9
-
-
-class RankPoint(NamedTuple):
-    """One rank's figures at one step."""
-
-    step: int
-    time: float
-    loss: float | None
-    grad_norm: float | None
-    loss_scale: float | None
-    step_time_s: float | None
-    collective_s: float | None
-    tokens_per_s: float | None
-
-
-@dataclass
-class StepAgg:
-    """Every rank's figures at one step, summed (mean = sum / n)."""
-
-    step: int
-    attempt: int = 0
-    time: float = 0.0
-    n: int = 0
-    sums: dict[str, float] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-
-    def add(self, name: str, value: float | None) -> None:
-        if value is None or not math.isfinite(value):
-            if value is not None:  # NaN / inf: counted, so the chart shows the hole
-                self.counts[name + ":bad"] = self.counts.get(name + ":bad", 0) + 1
-            return
-        self.sums[name] = self.sums.get(name, 0.0) + value
-        self.counts[name] = self.counts.get(name, 0) + 1
-
-    def mean(self, name: str) -> float | None:
-        n = self.counts.get(name, 0)
-        return self.sums[name] / n if n else None
-
-    def total(self, name: str) -> float | None:
-        return self.sums.get(name) if self.counts.get(name) else None
-
-
-STEP_FIELDS = (
-    "loss",
-    "grad_norm",
-    "learning_rate",
-    "tokens_per_s",
-    "step_time_s",
-    "forward_s",
-    "backward_s",
-    "allreduce_s",
-    "optimizer_step_s",
-    "collective_time_s",
-)
-# Every optional figure a metric record is read for (RankPoint's and STEP_FIELDS).
-_READ_FIELDS = tuple(
-    dict.fromkeys(
-        (
-            "loss",
-            "grad_norm",
-            "loss_scale",
-            "step_time_s",
-            "collective_time_s",
-            "tokens_per_s",
-            *STEP_FIELDS,
-        )
-    )
 )
 
 
@@ -172,6 +100,13 @@ class JobView:
     def nodes(self) -> list[str]:
         return [n.node for n in self.job.spec.nodes]
 
+    def newest_time(self) -> float:
+        """When this job last did something new: its latest attempt's start, else its
+        submission."""
+        attempt = self.latest_attempt()
+        started = ts(attempt.started) if attempt is not None else 0.0
+        return max(started, ts(self.job.created))
+
     def last_step(self) -> int:
         """The newest step reported: from the metric stream when this job is followed,
         else from the ranks' last metrics in the leader's description."""
@@ -191,6 +126,16 @@ class JobView:
             if value is not None:
                 out.append((agg.step, value))
         return out
+
+    def collective_ops(self, last: int = 0) -> list[str]:
+        """The collectives timed in the newest `last` steps (all when 0), by name."""
+        steps: Iterable[StepAgg] = self.steps.values()
+        if last:
+            steps = islice(reversed(self.steps.values()), last)
+        ops: set[str] = set()
+        for agg in steps:
+            ops.update(k[len(OP_PREFIX) :] for k in agg.counts if k.startswith(OP_PREFIX))
+        return sorted(ops)
 
     def time_series(
         self, name: str, bucket_s: float, now: float, buckets: int, how: str = "mean"
@@ -264,11 +209,18 @@ class JobsStore:
             view.job = job
             view.leader = leader
         if checkpoints is not None:
-            view.checkpoints = sorted(checkpoints, key=lambda c: c.step)
+            # A folder with no step (step -1: a tokenizer, a config) is no resume point.
+            view.checkpoints = sorted((c for c in checkpoints if c.step >= 0), key=lambda c: c.step)
             view.described_at = now
         self._touch(view)
         self.structure_version += 1
         return view
+
+    def forget(self, name: str) -> None:
+        """Drops a job its leader has forgotten (a listing keeps jobs no agent lists)."""
+        if self._jobs.pop(name, None) is not None:
+            self.version += 1
+            self.structure_version += 1
 
     def apply_event(self, event: job_pb2.JobEvent) -> bool:
         """One event of the leader's stream; False for one already held (a replay)."""
@@ -304,7 +256,7 @@ class JobsStore:
         # One look at each figure (a record costs tens of microseconds at most: a
         # thousand ranks send a thousand a second).
         has = m.HasField
-        values = {name: float(getattr(m, name)) for name in _READ_FIELDS if has(name)}
+        values = {name: float(getattr(m, name)) for name in READ_FIELDS if has(name)}
         get = values.get
         t = ts(m.time) or ts(event.time)
         step = int(m.step)
@@ -361,6 +313,11 @@ class JobsStore:
             else:  # NaN / inf: counted, so the chart shows the hole
                 bad = name + ":bad"
                 counts[bad] = counts.get(bad, 0) + 1
+        for op, value in m.collective_time_by_op_s.items():
+            if math.isfinite(value):
+                name = OP_PREFIX + op
+                sums[name] = sums.get(name, 0.0) + value
+                counts[name] = counts.get(name, 0) + 1
 
     def gpu_owners(self) -> dict[str, list[tuple[str, int, tuple[int, ...]]]]:
         """node -> [(job, rank, gpu indices)] for the ranks of every active job's latest
@@ -383,4 +340,28 @@ class JobsStore:
         out: set[str] = set()
         for view in self._jobs.values():
             out |= view.bad_nodes()
+        return out
+
+    def current_faults(self) -> dict[str, list[tuple[JobView, job_pb2.Rank]]]:
+        """node -> (job, rank) for every failed or hung rank of a job current on that
+        node, the newest job first: a job is current on a node while it is active, or
+        while it is the newest job there and failed. An older job's failure is history,
+        not a reason to show the node red or to restart that job from it."""
+        newest: dict[str, tuple[float, str]] = {}
+        for view in self._jobs.values():
+            attempt = view.latest_attempt()
+            for rank in attempt.ranks if attempt else ():
+                when = (view.newest_time(), view.name)
+                if when > newest.get(rank.node, (-1.0, "")):
+                    newest[rank.node] = when
+        out: dict[str, list[tuple[JobView, job_pb2.Rank]]] = {}
+        for view in sorted(self._jobs.values(), key=lambda v: (v.newest_time(), v.name)):
+            attempt = view.latest_attempt()
+            active = view.state in ACTIVE_JOB_STATES
+            for rank in attempt.ranks if attempt else ():
+                if rank.state not in BAD_RANK_STATES:
+                    continue
+                is_newest = newest.get(rank.node, (0.0, ""))[1] == view.name
+                if active or (is_newest and view.state == JS.JOB_STATE_FAILED):
+                    out.setdefault(rank.node, []).insert(0, (view, rank))
         return out

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
+from console.model.safe_text import safe_line
+
 # Longer lines are cut: one pasted tensor must not cost megabytes per line drawn.
 MAX_LINE_CHARS = 8192
 REGEX_PREFIX = "re:"
@@ -52,23 +54,19 @@ TRACEBACK = "Traceback (most recent call last)"
 # torchrun's --tee/--local-ranks-filter prefix: "[rank1]: ", "[default0]:".
 RANK_PREFIX = re.compile(r"^\[[a-z]+\d+\]: ?")
 
-_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?")
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-
 
 def clean_line(text: str) -> str:
-    """A raw log line as it is stored and drawn (no newline in it)."""
+    """A raw log line as it is stored and drawn (no newline in it): terminal escapes
+    dropped, other controls shown as symbols (safe_line), tabs expanded."""
     if text.isprintable():
         return text[:MAX_LINE_CHARS]
     if "\r" in text:
         # A progress bar redraws its line after each \r: keep what was shown last.
         parts = [part for part in text.split("\r") if part]
         text = parts[-1] if parts else ""
-    if "\x1b" in text:
-        text = _ANSI.sub("", text)
+    text = safe_line(text)
     if "\t" in text:
         text = text.expandtabs()
-    text = _CONTROL.sub("\ufffd", text)
     return text[:MAX_LINE_CHARS]
 
 

@@ -13,10 +13,9 @@ from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.css.query import NoMatches
 from textual.strip import Strip
-from textual.widgets import HelpPanel
 
 from console.model.cluster import ClusterStore
-from console.model.jobs import BAD_RANK_STATES, RS, JobsStore
+from console.model.jobs import RS, JobsStore
 from console.net.agent_client import ClusterSession
 from console.net.agent_link import AgentLinks
 from console.net.cluster_file import NodeTarget
@@ -26,6 +25,7 @@ from console.net.tasks_client import TasksClient
 from console.ui.commands import GantryCommands
 from console.ui.screens import StoreScreen
 from console.ui.screens.cluster import ClusterScreen
+from console.ui.screens.help import HelpScreen, help_rows
 from console.ui.screens.job import JobScreen
 from console.ui.screens.jobs import JobsScreen
 from console.ui.screens.rank_logs import rank_log_screen
@@ -168,10 +168,13 @@ class GantryApp(App[None]):
         self.exit()
 
     def action_toggle_help(self) -> None:
-        if self.screen.query(HelpPanel):
-            self.action_hide_help_panel()
-        else:
-            self.action_show_help_panel()
+        """The keys of the current screen, its own first (the help screen's `?` closes it)."""
+        screen = self.screen
+        if isinstance(screen, HelpScreen):
+            screen.dismiss(None)
+            return
+        title = type(screen).__name__.removesuffix("Screen").lower() or "console"
+        self.push_screen(HelpScreen(help_rows(screen), f"{title} keys"))
 
     def refresh_screen(self) -> None:
         """Asks the current screen to redraw from the store."""
@@ -200,12 +203,11 @@ class GantryApp(App[None]):
         """What runs on each node, and which nodes hold a failed or hung rank."""
         owners = self.jobs.gpu_owners()
         faults: dict[str, list[str]] = {}
-        for view in self.jobs:
-            attempt = view.latest_attempt()
-            for rank in attempt.ranks if attempt else []:
-                if rank.state in BAD_RANK_STATES:
-                    what = "hung" if rank.state == RS.RANK_STATE_HUNG else "failed"
-                    faults.setdefault(rank.node, []).append(f"{view.name} r{rank.rank} {what}")
+        for node_name, bad in self.jobs.current_faults().items():
+            for view, rank in bad:
+                what = "hung" if rank.state == RS.RANK_STATE_HUNG else "failed"
+                # What first: the node table's state column is 11 cells at 80 columns.
+                faults.setdefault(node_name, []).append(f"{what} r{rank.rank} {view.name}")
         for node in self.store:
             runs = [
                 f"{job} r{rank}" + (f" gpu{','.join(map(str, gpus))}" if gpus else "")
@@ -218,7 +220,11 @@ class GantryApp(App[None]):
     # -- jobs ----------------------------------------------------------------------
 
     def open_jobs(self) -> None:
-        self.push_screen(JobsScreen(self.jobs, self.open_job))
+        self.push_screen(JobsScreen(self.jobs, self.open_job, self.forget_job))
+
+    async def forget_job(self, name: str) -> str:
+        """Asks the job's leader to forget a finished job (jobs screen `d`)."""
+        return await self.operator.forget(name)
 
     def open_tasks(self) -> None:
         self.push_screen(TasksScreen(TasksClient(self.targets, self.links)))
@@ -238,12 +244,13 @@ class GantryApp(App[None]):
         return screen
 
     def restart_node(self, node: str) -> None:
-        """The restart dialog of the job whose rank failed on `node` (cluster screen `r`)."""
-        for view in self.jobs:
-            if node in view.bad_nodes():
-                screen = self.open_job(view.name)
-                self.call_after_refresh(screen.action_restart)
-                return
+        """The restart dialog of the current job whose rank failed on `node` (cluster
+        screen `r`): the same job that the node's red mark names."""
+        bad = self.jobs.current_faults().get(node)
+        if bad:
+            screen = self.open_job(bad[0][0].name)
+            self.call_after_refresh(screen.action_restart)
+            return
         self.notify(f"no failed rank on {node}", severity="warning")
 
     def open_logs(self, name: str, rank: int, attempt: int) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from gantry.v1 import agent_service_pb2, job_pb2
+from gantry.v1.job_tokens import scoped_for
 from gantry.v1.rules import ValidationError, validate_job_spec
 from gantry.v1.spec_diff import spec_changes
 
@@ -81,7 +82,9 @@ class JobLeader:
         validate_spec(spec)
         if self.store.state(spec.name) in ACTIVE_JOB_STATES:
             raise JobError(f"job {spec.name} is already running; stop it first", code="exists")
-        known = {p.name: p for p in peers}
+        # Only job tokens are kept (peers.json, memory), whatever the console sent: one leaked
+        # file opens this job's rank calls, not the cluster.
+        known = {p.name: _scoped(p, spec.name) for p in peers}
         known.setdefault(self.node_name, agent_service_pb2.PeerAgent(name=self.node_name))
         if spec.nodes[0].node != self.node_name:
             raise JobError(
@@ -383,3 +386,10 @@ def validate_spec(spec: job_pb2.JobSpec) -> None:
         validate_job_spec(spec)
     except ValidationError as exc:
         raise JobError(str(exc)) from None
+
+
+def _scoped(peer: agent_service_pb2.PeerAgent, job: str) -> agent_service_pb2.PeerAgent:
+    scoped = agent_service_pb2.PeerAgent()
+    scoped.CopyFrom(peer)
+    scoped.token = scoped_for(peer.token, job)
+    return scoped

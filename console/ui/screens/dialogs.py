@@ -1,5 +1,5 @@
 """Modal dialogs: a yes/no confirmation for destructive actions, and the restart
-dialog offered on a failed node."""
+dialog of a job (naming its failed node when one is failed)."""
 
 from __future__ import annotations
 
@@ -57,8 +57,8 @@ class RestartChoice:
 
 
 class RestartDialog(ModalScreen[RestartChoice | None]):
-    """What to do about a failed node: (a) restart the job in place, (b) go on
-    without the node, (c) restart the node's agent (greyed out with its reason when
+    """How to restart a job: (a) in place, (b) go on without a node (the failed one, or
+    the selected rank's), (c) restart the node's agent (greyed out with its reason when
     the console cannot reach the node over SSH)."""
 
     DEFAULT_CSS = DIALOG_CSS.format(name="RestartDialog")
@@ -70,14 +70,27 @@ class RestartDialog(ModalScreen[RestartChoice | None]):
     ]
 
     def __init__(
-        self, job: str, node: str, *, can_exclude: str = "", agent_restart: str = ""
+        self,
+        job: str,
+        node: str,
+        *,
+        fault: str = "",
+        can_exclude: str = "",
+        agent_restart: str = "",
     ) -> None:
-        """`can_exclude` / `agent_restart`: empty when offered, else why not."""
+        """`fault`: what went wrong on `node` ("rank 3 hung"), empty on a healthy job;
+        `can_exclude` / `agent_restart`: empty when offered, else why not."""
         super().__init__()
         self.job = job
         self.node = node
+        self.fault = fault
         self.can_exclude = can_exclude
         self.agent_restart = agent_restart
+
+    @property
+    def heading(self) -> str:
+        """What the dialog does, and the failed node only when one is failed."""
+        return f"restart {self.job}" + (f" · {self.node}: {self.fault}" if self.fault else "")
 
     def compose(self) -> ComposeResult:
         options = [
@@ -96,7 +109,7 @@ class RestartDialog(ModalScreen[RestartChoice | None]):
             ),
         ]
         with Vertical():
-            yield Static(f"{self.node} failed in {self.job}", classes="dialog-title", markup=False)
+            yield Static(self.heading, classes="dialog-title", markup=False)
             yield OptionList(*options)
             yield Static("a/b/c or enter · escape cancels", classes="dialog-help")
 

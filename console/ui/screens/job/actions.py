@@ -14,7 +14,7 @@ from textual.widgets import DataTable, OptionList, Static
 from console.model.advice import Advice
 from console.model.cluster import ClusterStore
 from console.model.job_rows import lost_nodes
-from console.model.jobs import JobsStore, JobView
+from console.model.jobs import BAD_RANK_STATES, RS, JobsStore, JobView
 from console.model.remedies import RemedyError, plan_remedy
 from console.net.jobs_client import JobCommandError
 from console.net.operator import Operator
@@ -99,9 +99,27 @@ class JobActions(StoreScreen):
         if self.operator is not None:
             agent_restart = self.operator.agent_restart_unavailable(node)
         dialog = RestartDialog(
-            self.job_name, node, can_exclude=can_exclude, agent_restart=agent_restart
+            self.job_name,
+            node,
+            fault=self._fault_on(view, node),
+            can_exclude=can_exclude,
+            agent_restart=agent_restart,
         )
         self.app.push_screen(dialog, self._restart_chosen)
+
+    def _fault_on(self, view: JobView, node: str) -> str:
+        """What is wrong on `node` for this job ("rank 3 hung", "lost"), "" when nothing."""
+        if node in lost_nodes(view, self.cluster):
+            return "lost"
+        attempt = view.latest_attempt()
+        ranks = attempt.ranks if attempt is not None else ()
+        bad = sorted(
+            (r for r in ranks if r.node == node and r.state in BAD_RANK_STATES),
+            key=lambda r: r.rank,
+        )
+        return ", ".join(
+            f"rank {r.rank} " + ("hung" if r.state == RS.RANK_STATE_HUNG else "failed") for r in bad
+        )
 
     def _restart_chosen(self, choice: RestartChoice | None) -> None:
         if choice is None or self.operator is None:

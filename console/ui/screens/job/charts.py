@@ -9,6 +9,7 @@ from textual.app import ComposeResult
 
 from console.model.cluster import ClusterStore
 from console.model.gpu_series import GpuUtilization
+from console.model.job_steps import OP_PREFIX
 from console.model.jobs import JobView
 from console.ui.screens.job.pane import Cadence, JobPane
 from console.ui.widgets.chart_panel import Chart, ChartPanel
@@ -25,9 +26,28 @@ CHARTS = (
     ("allreduce", " allred s", "allreduce_s", "mean", None),
     ("optim", " optim s", "optimizer_step_s", "mean", None),
 )
+# The step-time split a script's timers give (DeepSpeed's wall_clock_breakdown): a row
+# only when it has data (ZeRO-3 has no backward allreduce phase; its collectives are
+# all-gather and reduce-scatter, shown one row each from the comms logger's table).
+PHASE_FIELDS = frozenset(("forward_s", "backward_s", "allreduce_s", "optimizer_step_s"))
+OP_LABELS = {
+    "all_reduce": "allreduce",
+    "all_gather": "allgather",
+    "reduce_scatter": "redscatter",
+    "all_to_all": "alltoall",
+    "broadcast": "bcast",
+}
 CHART_POINTS = 120
 TIME_BUCKET_S = 5.0
 MAX_GPU_CHARTS = 4
+
+
+def op_label(op: str) -> str:
+    """A collective's chart label: `allgather s` for all_gather_into_tensor."""
+    for name, short in OP_LABELS.items():
+        if op.startswith(name):
+            return f"{short} s"
+    return f"{op[:9]} s"
 
 
 class ChartsPane(JobPane):
@@ -47,11 +67,15 @@ class ChartsPane(JobPane):
         yield self.panel
 
     def draw(self, view: JobView, now: float) -> None:
-        charts = [
-            Chart(label, tuple(self._series(view, field, how, now)), fixed)
-            for _key, label, field, how, fixed in CHARTS
-        ]
+        charts = []
+        for _key, label, field, how, fixed in CHARTS:
+            values = tuple(self._series(view, field, how, now))
+            if values or field not in PHASE_FIELDS:
+                charts.append(Chart(label, values, fixed))
         charts.append(Chart("coll %", tuple(self._ratio(view, now)), (0.0, 100.0)))
+        for op in view.collective_ops(CHART_POINTS):
+            values = tuple(self._series(view, OP_PREFIX + op, "mean", now))
+            charts.append(Chart(op_label(op), values))
         charts.extend(self._gpu_charts(view))
         self.panel.show(charts)
 

@@ -8,16 +8,45 @@ from typing import ClassVar
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from console.model.event_detail import EventDetail
 from console.model.log_buffer import LogBuffer
-from console.ui.widgets.log_view import LogView
+from console.model.log_lines import Severity
 
 MAX_SHOWN_LINES = 12
 CAUSE_STYLES = {"critical": "bold red", "warning": "bold yellow"}
+SEVERITY_STYLES = {Severity.ERROR: "red", Severity.WARNING: "yellow"}
+
+
+class ErrorLines(VerticalScroll, can_focus=True):
+    """The last error lines, wrapped (at 80 columns a traceback's line is longer than
+    the dialog), errors in red; scrolls when there are more than it has room for."""
+
+    DEFAULT_CSS = f"""
+    ErrorLines {{ height: auto; max-height: {MAX_SHOWN_LINES}; scrollbar-size-vertical: 1; }}
+    """
+
+    def __init__(self, buffer: LogBuffer, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.buffer = buffer
+
+    def compose(self) -> ComposeResult:
+        yield Static(self.text())
+
+    def text(self) -> Text:
+        buffer = self.buffer
+        out = Text(overflow="fold")  # a path longer than the width still shows whole
+        for index in range(buffer.first_index, buffer.end_index):
+            if index > buffer.first_index:
+                out.append("\n")
+            out.append(buffer.line(index), style=SEVERITY_STYLES.get(buffer.severity(index), ""))
+        return out
+
+    def on_mount(self) -> None:
+        self.scroll_end(animate=False)  # the last lines are the error
 
 
 class EventDetailScreen(ModalScreen[bool]):
@@ -58,9 +87,7 @@ class EventDetailScreen(ModalScreen[bool]):
             if detail.lines:
                 buffer = LogBuffer()
                 buffer.extend(detail.lines)
-                view = LogView(buffer, follow=True, id="event-lines")
-                view.styles.height = min(len(buffer), MAX_SHOWN_LINES) + 1  # + a scrollbar
-                yield view
+                yield ErrorLines(buffer, id="event-lines")
             help_text = "l the rank's log at the error · escape close"
             if not self.can_open_log:
                 help_text = "escape close"

@@ -6,6 +6,7 @@ checkpoints, advice), with the operator's actions on keys.
     s     stop the job (confirmed)
     l     the selected rank's log
     t     charts over steps / over time
+    / o O on the events tab: filter (esc clears), sort column, reverse
     enter on a checkpoint: resume from it (confirmed); on a finding: apply its remedy;
           on an event: its detail (a failure: its cause and last error lines; l opens
           the rank's log at the error)
