@@ -45,7 +45,9 @@ class EchoEngine:
     def now(self) -> float:
         return 0.0
 
-    def submit(self, request: Request, sink: Callable[[Event], None]) -> int:
+    def submit(
+        self, request: Request, sink: Callable[[Event], None], *, ignore_eos: bool = False
+    ) -> int:
         usage = Usage(len(request.prompt_ids), len(request.prompt_ids), 1.0, 1.0, "length")
         sink(Done("echo", request.prompt_ids, usage))
         return 1
@@ -215,3 +217,13 @@ def test_a_started_server_refuses_a_call_without_the_token(tmp_path: Path) -> No
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+async def test_the_consoles_probe_reads_stats_with_the_agents_token() -> None:
+    from console.net.serve_client import probe
+
+    async with running(TOKEN) as port:
+        anonymous = await probe(f"127.0.0.1:{port}")
+        assert anonymous.stats is None  # health is open; the stats are the agent's
+        with_token = await probe(f"127.0.0.1:{port}", TOKEN)
+        assert with_token.stats is not None and with_token.stats.model == "echo"

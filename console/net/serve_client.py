@@ -20,8 +20,10 @@ class ServerView:
     stats: inference_service_pb2.GetServerStatsResponse | None
 
 
-async def probe(endpoint: str) -> ServerView:
-    """A served model, not an agent: a channel of its own for each look, closed after."""
+async def probe(endpoint: str, token: str = "") -> ServerView:
+    """A served model, not an agent: a channel of its own for each look, closed after.
+    ``token``: the serving agent's (a server answers its stats only to it)."""
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
     async with open_channel(endpoint) as channel:
         try:
             health = await health_pb2_grpc.HealthStub(channel).Check(
@@ -32,7 +34,9 @@ async def probe(endpoint: str) -> ServerView:
             return ServerView(endpoint, describe_rpc_error(exc).replace("agent", "server"), None)
         try:
             stats = await inference_service_pb2_grpc.InferenceServiceStub(channel).GetServerStats(
-                inference_service_pb2.GetServerStatsRequest(), timeout=STATS_TIMEOUT_S
+                inference_service_pb2.GetServerStatsRequest(),
+                timeout=STATS_TIMEOUT_S,
+                metadata=metadata,
             )
         except grpc.aio.AioRpcError:
             stats = None

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from gantry.v1 import agent_service_pb2, job_pb2, task_pb2
 
+from console.model.task_view import outcome, result_summary
 from console.net.agent_link import AgentLinks
 from console.net.cluster_file import NodeTarget
 from console.net.jobs_client import JobCommandError, JobsClient
@@ -76,8 +77,7 @@ async def run_pipeline(
     request.eval.job_name, request.eval.model_dir, request.eval.data_path = job, model, heldout
     request.eval.targets.CopyFrom(led.job.spec.eval_targets)
     result.eval_task = await _wait_task(tasks, await tasks.start(node, request))
-    r = result.eval_task.task.results
-    say(f"eval: BLEU-4 {r.get('bleu4', 0):.3f}, ROUGE-L {r.get('rouge_l', 0):.3f}")
+    say(f"eval {outcome(result.eval_task.task)}: {result_summary(result.eval_task.task)}")
     request = agent_service_pb2.StartTaskRequest()
     request.quantize.model_dir, request.quantize.output_dir = model, model + "-int8"
     request.quantize.int8 = True

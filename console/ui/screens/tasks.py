@@ -37,6 +37,7 @@ from console.model.task_view import (
     result_summary,
     state_name,
 )
+from console.net.cluster_file import ClusterFileError
 from console.net.jobs_client import JobCommandError
 from console.net.serve_client import ServerView, probe
 from console.net.tasks_client import NodeTask, TasksClient, quantize_request, serve_request
@@ -163,7 +164,7 @@ class TasksScreen(ModalScreen[None]):
             and selected.task.state == TS.TASK_STATE_RUNNING
             and selected.task.endpoint
         ):
-            self.server = await probe(selected.task.endpoint)
+            self.server = await probe(selected.task.endpoint, _token(selected))
         else:
             self.server = None
         self._draw()
@@ -335,7 +336,12 @@ class TasksScreen(ModalScreen[None]):
         if found is not None and found.task.endpoint in endpoints:
             endpoints.remove(found.task.endpoint)
             endpoints.append(found.task.endpoint)  # the form starts on the last one
-        self.app.push_screen(LoadTestScreen(endpoints))
+        # A server answers only its agent's token: the form starts with the last one's.
+        serving = next(
+            (n for n in self.tasks if endpoints and n.task.endpoint == endpoints[-1]), None
+        )
+        token_file = serving.node.token_file if serving is not None else None
+        self.app.push_screen(LoadTestScreen(endpoints, token_file=token_file))
 
     def action_stop(self) -> None:
         found = self.selected()
@@ -361,3 +367,11 @@ class TasksScreen(ModalScreen[None]):
             return
         self._status(f"{task_id}: {state_name(stopped.task.state)}")
         self.poll()
+
+
+def _token(found: NodeTask) -> str:
+    """The serving agent's token, "" when it cannot be read (the probe then says so)."""
+    try:
+        return found.node.read_token()
+    except ClusterFileError:
+        return ""
