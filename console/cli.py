@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +24,7 @@ from console.ui.forked import without_grpc_fork_handlers
 if TYPE_CHECKING:
     from console.ssh.mode import SshMode
 
-JOB_VERBS = ("launch", "jobs", "job", "stop", "restart", "logs", "events", "advise")
+JOB_VERBS = ("launch", "jobs", "job", "stop", "restart", "forget", "logs", "events", "advise")
 TASK_VERBS = ("eval", "quantize", "serve", "tasks", "task", "stop-task")
 LOADTEST_VERBS = ("loadtest",)  # need no cluster
 DEFAULT_CLUSTER_FILES = (Path(".gantry/cluster.yaml"), Path(".gantry/demo/cluster.yaml"))
@@ -80,23 +82,50 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NODE",
         help="go on without NODE (resumes from a universal checkpoint at the smaller size)",
     )
-    restart.add_argument("--from", dest="from_checkpoint", default="", metavar="CHECKPOINT")
+    restart.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="NODE",
+        help="bring NODE back into the job (undoes an earlier --exclude; repeatable)",
+    )
+    restart.add_argument(
+        "--from",
+        dest="from_checkpoint",
+        default="",
+        metavar="CHECKPOINT",
+        help="a checkpoint tag (step200) or folder; a bad one is refused, the job untouched",
+    )
+    forget = verbs.add_parser(
+        "forget", help="remove a finished job from its leader (checkpoints and logs stay)"
+    )
+    forget.add_argument("name")
     logs = verbs.add_parser("logs", help="a rank's log")
     logs.add_argument("name")
     logs.add_argument("--rank", type=int, default=0)
     logs.add_argument("--attempt", type=int, default=0, help="default: the latest")
     logs.add_argument("--stderr", action="store_true", help="stderr instead of stdout")
     logs.add_argument("--tail", type=int, default=200, metavar="LINES")
-    logs.add_argument("-f", "--follow", action="store_true")
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="then new lines, until the attempt has ended"
+    )
+    logs.add_argument(
+        "--raw", action="store_true", help="pass terminal escapes and control characters through"
+    )
     events = verbs.add_parser("events", help="a job's timeline: attempts, failures, restarts")
     events.add_argument("name")
-    events.add_argument("-f", "--follow", action="store_true")
+    events.add_argument(
+        "-f", "--follow", action="store_true", help="then new events, until the job has ended"
+    )
     advise = verbs.add_parser(
         "advise", help="why a job is slow or broken, with the fix (the console's advisor)"
     )
     advise.add_argument("name")
     advise.add_argument(
         "--apply", default="", metavar="RULE", help="apply that finding's remedy (restarts)"
+    )
+    advise.add_argument(
+        "--yes", action="store_true", help="apply without asking (needed without a terminal)"
     )
     from console.ssh.cli_args import add_ssh_verbs
     from console.verbs.init import add_init_verb
@@ -107,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_loadtest_verb(verbs)
     add_init_verb(verbs)
     add_ssh_verbs(verbs)
-    for verb in (launch, jobs, job, stop, restart, logs, events, advise, *task_parsers):
+    for verb in (launch, jobs, job, stop, restart, forget, logs, events, advise, *task_parsers):
         add_connection_args(verb, suppress=True)
         verb.add_argument("--json", action="store_true", help="print JSON")
     return parser
@@ -159,19 +188,38 @@ def cmd_console(targets: list[NodeTarget], ssh: SshMode | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     without_grpc_fork_handlers()
+    try:
+        code = run(argv)
+        sys.stdout.flush()  # inside the try: a reader gone by now is no error either
+    except BrokenPipeError:
+        sys.exit(reader_gone())
+    sys.exit(code)
+
+
+def reader_gone() -> int:
+    """The exit status once the reader of stdout went away (`gantry logs ... | head`): quiet,
+    as `git log | head` is (128 + SIGPIPE), and nothing left to flush into the closed pipe."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
+
+
+def run(argv: list[str] | None = None) -> int:
+    """The verb's exit status (argparse's own exits pass through as SystemExit)."""
     args = build_parser().parse_args(argv)
     if args.verb in LOADTEST_VERBS:
         from console.verbs.loadtest import run_loadtest_verb
 
-        sys.exit(run_loadtest_verb(args))
+        return run_loadtest_verb(args)
     if args.verb == "init":
         from console.verbs.init import run_init_verb
 
-        sys.exit(run_init_verb(args))
+        return run_init_verb(args)
     if args.verb in SSH_VERBS:
         from console.ssh.up_verb import run_ssh_verb
 
-        sys.exit(run_ssh_verb(args))
+        return run_ssh_verb(args)
     ssh: SshMode | None = None
     try:
         if getattr(args, "ssh", None) is not None:
@@ -185,9 +233,9 @@ def main(argv: list[str] | None = None) -> None:
             targets = resolve_targets(args)
     except ValueError as exc:  # ClusterFileError, HostfileError, StateError
         print(f"gantry: {exc}", file=sys.stderr)
-        sys.exit(2)
+        return 2
     try:
-        sys.exit(dispatch(args, targets, ssh))
+        return dispatch(args, targets, ssh)
     finally:
         if ssh is not None:
             ssh.close()

@@ -204,14 +204,21 @@ async def test_a_dead_agent_gives_the_same_one_line_error(tmp_path: Path) -> Non
 
 
 async def test_an_unreadable_token_is_one_line(tmp_path: Path) -> None:
-    target = NodeTarget("node-a", f"127.0.0.1:{free_port()}", tmp_path / "missing")
+    port = free_port()
+    target = NodeTarget("node-a", f"127.0.0.1:{port}", tmp_path / "missing")
     unreadable = r"^node node-a: cannot read token file "
+    (tmp_path / "agent").mkdir()
+    with threaded_agent(tmp_path / "agent", listen=f"127.0.0.1:{port}"):  # there to refuse
+        async with TasksClient([target]) as client:
+            with pytest.raises(JobCommandError, match=unreadable):
+                await client.start("node-a", agent_service_pb2.StartTaskRequest())
+            with pytest.raises(JobCommandError, match=unreadable):
+                async for _ in client.watch(target, "task-1"):
+                    pass
+    # Nobody listening: that is said first, whatever the token.
     async with TasksClient([target]) as client:
-        with pytest.raises(JobCommandError, match=unreadable):
+        with pytest.raises(AgentUnreachable, match=r"^node-a: agent unreachable"):
             await client.start("node-a", agent_service_pb2.StartTaskRequest())
-        with pytest.raises(JobCommandError, match=unreadable):
-            async for _ in client.watch(target, "task-1"):
-                pass
 
 
 async def test_an_agent_that_comes_back_is_reached_at_once(tmp_path: Path) -> None:

@@ -81,7 +81,7 @@ def test_job_runs_on_both_nodes_and_succeeds(
         (0, "node-a"),
         (1, "node-b"),
     ]
-    assert all(r["metrics"]["step"] == "4" for r in ranks)
+    assert all(r["metrics"]["step"] == 4 for r in ranks)
     code, out, _ = cli(["jobs", "--cluster", str(cluster_file)], capsys)
     assert code == 0
     assert "ok-job" in out and "succeeded" in out

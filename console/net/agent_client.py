@@ -12,11 +12,13 @@ import grpc
 from gantry.v1 import agent_service_pb2
 
 from console.model.cluster import ClusterStore
-from console.net.agent_link import AgentLinks, describe_rpc_error
+from console.net.agent_link import AgentLink, AgentLinks, describe_rpc_error
 from console.net.backoff import Backoff
 from console.net.cluster_file import ClusterFileError, NodeTarget
 
 CONNECT_TIMEOUT_S = 5.0
+# The replies that say the agent is there but refuses this console's credentials.
+REFUSED_CODES = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 
 
 class AgentConnection:
@@ -49,13 +51,18 @@ class AgentConnection:
                 self.store.set_lost(name, self.now(), "agent closed the stream")
             except grpc.aio.AioRpcError as exc:
                 tls = self.target.tls is not None
-                if exc.code() is grpc.StatusCode.UNAUTHENTICATED:
+                if exc.code() in REFUSED_CODES:
                     self.store.set_unauthorized(name, self.now(), describe_rpc_error(exc))
                 else:
                     self.store.set_lost(name, self.now(), describe_rpc_error(exc, tls=tls))
             except ClusterFileError as exc:
-                # The token file is re-read on every attempt: fixing it heals the row.
-                self.store.set_unauthorized(name, self.now(), str(exc))
+                # The token file is re-read on every attempt: fixing it heals the row. An
+                # agent that is not there is lost, whatever the token.
+                why = await unreachable_reason(self.links.link(self.target), CONNECT_TIMEOUT_S)
+                if why:
+                    self.store.set_lost(name, self.now(), why)
+                else:
+                    self.store.set_unauthorized(name, self.now(), str(exc))
             self.on_change()
             await asyncio.sleep(self.backoff.next())
 
@@ -135,3 +142,18 @@ async def fetch_status(
         agent_service_pb2.GetNodeInfoRequest(), metadata=metadata, timeout=timeout_s
     )
     return reply
+
+
+async def unreachable_reason(link: AgentLink, timeout_s: float = CONNECT_TIMEOUT_S) -> str:
+    """Why the agent cannot be reached ("": it answered, whatever it said), asked without a
+    token: for when the console has none to send, so that an address nobody listens on is
+    reported as unreachable, not as a token problem."""
+    try:
+        stub = await link.stub()
+        await stub.GetNodeInfo(agent_service_pb2.GetNodeInfoRequest(), timeout=timeout_s)
+    except ClusterFileError:
+        return ""  # a TLS file: the caller's own error names it
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return describe_rpc_error(exc, tls=link.tls)
+    return ""

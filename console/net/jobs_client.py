@@ -11,10 +11,16 @@ from typing import Self
 import grpc
 from gantry.v1 import agent_service_pb2, agent_service_pb2_grpc, job_pb2
 
+from console.net.agent_client import unreachable_reason
 from console.net.agent_link import AgentLinks, Metadata, describe_rpc_error
 from console.net.cluster_file import ClusterFileError, NodeTarget
+from console.net.follow import until_ended
 
 RPC_TIMEOUT_S = 60.0
+PROBE_TIMEOUT_S = 5.0
+ENDED_JOB_STATES = frozenset(
+    {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_STOPPED}
+)
 
 
 class JobCommandError(Exception):
@@ -23,6 +29,10 @@ class JobCommandError(Exception):
 
 class AgentUnreachable(JobCommandError):
     """An agent the verb needs did not answer: nothing wrong with the input (exit 1)."""
+
+
+class NotConfirmed(JobCommandError):
+    """The operator answered no: nothing was done (exit 1)."""
 
 
 @dataclass
@@ -81,12 +91,16 @@ class AgentCalls:
     async def _stub(
         self, target: NodeTarget
     ) -> tuple[agent_service_pb2_grpc.AgentServiceStub, Metadata]:
-        """The target's stub and call metadata; a file that cannot be read: JobCommandError."""
+        """The target's stub and call metadata; a file that cannot be read: JobCommandError,
+        unless the agent cannot be reached anyway (AgentUnreachable: that comes first)."""
         link = self.links.link(target)
         try:
             metadata = link.metadata()
             return await link.stub(), metadata
         except ClusterFileError as exc:
+            why = await unreachable_reason(link, PROBE_TIMEOUT_S)
+            if why:
+                raise AgentUnreachable(f"{target.name}: {why}") from None
             raise JobCommandError(str(exc)) from None
 
     async def _call(self, target: NodeTarget, method: str, request: object) -> object:
@@ -176,19 +190,77 @@ class JobsClient(AgentCalls):
         from_checkpoint: str,
         *,
         spec: job_pb2.JobSpec | None = None,
+        include: list[str] | None = None,
     ) -> LedJob:
-        """A new attempt now; with ``spec`` (same name and nodes), the job runs it from then on."""
+        """A new attempt now; with ``spec`` (same name and nodes), the job runs it from then on;
+        ``include``: excluded nodes to bring back."""
         led = await self.find(name)
         request = agent_service_pb2.RestartJobRequest(
-            name=name, node=node, exclude_nodes=exclude, from_checkpoint=from_checkpoint, spec=spec
+            name=name,
+            node=node,
+            exclude_nodes=exclude,
+            from_checkpoint=from_checkpoint,
+            spec=spec,
+            include_nodes=include or [],
         )
         reply = await self._call(led.leader, "RestartJob", request)
         assert isinstance(reply, agent_service_pb2.RestartJobResponse)
         return LedJob(led.leader, reply.job)
 
-    async def events(self, name: str, follow: bool) -> AsyncIterator[job_pb2.JobEvent]:
+    async def forget(self, name: str) -> str:
+        """Removes a finished job from its leader's journal (a live one is refused: its
+        leader says why); one line saying what was done."""
         led = await self.find(name)
-        request = agent_service_pb2.WatchJobEventsRequest(job_name=name, follow=follow)
+        reply = await self._call(
+            led.leader, "ForgetJob", agent_service_pb2.ForgetJobRequest(name=name)
+        )
+        assert isinstance(reply, agent_service_pb2.ForgetJobResponse)
+        return f"forgot {reply.name or name} on {led.leader.name} (checkpoints and logs stay)"
+
+    async def wait_ended(self, name: str, timeout_s: float, poll_s: float = 0.3) -> LedJob:
+        """The job once it has ended, or as it is after ``timeout_s``."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            led = await self.find(name)
+            if led.job.state in ENDED_JOB_STATES or asyncio.get_running_loop().time() > deadline:
+                return led
+            await asyncio.sleep(poll_s)
+
+    async def job_ended(self, name: str) -> bool:
+        """Whether the job has succeeded, failed or been stopped (or is no more)."""
+        try:
+            led = await self.find(name)
+        except AgentUnreachable:
+            return False
+        except JobCommandError:
+            return True  # forgotten meanwhile
+        return led.job.state in ENDED_JOB_STATES
+
+    async def events(
+        self, name: str, follow: bool, *, after_seq: int = 0
+    ) -> AsyncIterator[job_pb2.JobEvent]:
+        """The job's events; ``follow``: then the new ones, until the job has ended and
+        every event is read."""
+        if not follow:
+            async for event in self._events(name, False, after_seq):
+                yield event
+            return
+        last = after_seq
+        async for event in until_ended(
+            self._events(name, True, after_seq), lambda: self.job_ended(name)
+        ):
+            last = max(last, event.seq)
+            yield event
+        async for event in self._events(name, False, last):  # what came as it ended
+            yield event
+
+    async def _events(
+        self, name: str, follow: bool, after_seq: int
+    ) -> AsyncIterator[job_pb2.JobEvent]:
+        led = await self.find(name)
+        request = agent_service_pb2.WatchJobEventsRequest(
+            job_name=name, follow=follow, after_seq=after_seq
+        )
         stub, metadata = await self._stub(led.leader)
         call = stub.WatchJobEvents(request, metadata=metadata)
         try:
@@ -202,11 +274,10 @@ class JobsClient(AgentCalls):
     async def logs(
         self, name: str, rank: int, attempt: int, stream: str, tail: int, follow: bool
     ) -> AsyncIterator[job_pb2.LogLine]:
+        """A rank's log lines (``attempt`` 0: the latest); ``follow``: then the new ones, until
+        the attempt has ended and every line is read."""
         led, _ = await self.describe(name)
-        attempts = led.job.attempts
-        if not attempts:
-            raise JobCommandError(f"job {name} has no attempt yet")
-        chosen = attempts[attempt - 1] if 0 < attempt <= len(attempts) else attempts[-1]
+        chosen = choose_attempt(led.job, attempt)
         nodes = [r.node for r in chosen.ranks if r.rank == rank]
         if not nodes:
             ranks = ", ".join(str(r.rank) for r in chosen.ranks)
@@ -220,6 +291,49 @@ class JobsClient(AgentCalls):
             tail_lines=tail,
             follow=follow,
         )
+        if not follow:
+            async for line in self._tail(target, request):
+                yield line
+            return
+        last: int | None = None
+        lines = until_ended(
+            self._tail(target, request), lambda: self.attempt_ended(name, chosen.number)
+        )
+        async for line in lines:
+            last = line.offset
+            yield line
+        # What was written as it ended: read on from the last line (itself skipped).
+        request.follow = False
+        while True:
+            if last is not None:
+                request.from_offset = last  # 0 reads as unset: the tail, filtered below
+            more = [
+                line
+                async for line in self._tail(target, request)
+                if last is None or line.offset > last
+            ]
+            if not more:
+                return
+            for line in more:
+                yield line
+            last = more[-1].offset
+
+    async def attempt_ended(self, name: str, number: int) -> bool:
+        """Whether the job has ended, or gone on to an attempt after ``number``."""
+        try:
+            led = await self.find(name)
+        except AgentUnreachable:
+            return False
+        except JobCommandError:
+            return True
+        attempts = led.job.attempts
+        return led.job.state in ENDED_JOB_STATES or (
+            bool(attempts) and attempts[-1].number > number
+        )
+
+    async def _tail(
+        self, target: NodeTarget, request: agent_service_pb2.TailRankLogRequest
+    ) -> AsyncIterator[job_pb2.LogLine]:
         stub, metadata = await self._stub(target)
         call = stub.TailRankLog(request, metadata=metadata)
         try:
@@ -230,3 +344,20 @@ class JobsClient(AgentCalls):
             raise _fail(target, exc) from None
         finally:
             call.cancel()
+
+
+def choose_attempt(job: job_pb2.Job, number: int) -> job_pb2.Attempt:
+    """The job's attempt ``number`` (0: the latest); JobCommandError naming those it has."""
+    attempts = list(job.attempts)
+    name = job.spec.name
+    if not attempts:
+        raise JobCommandError(f"job {name} has no attempt yet")
+    if number == 0:
+        return attempts[-1]
+    for attempt in attempts:
+        if attempt.number == number:
+            return attempt
+    have = ", ".join(str(a.number) for a in attempts)
+    raise JobCommandError(
+        f"job {name} has no attempt {number} (its attempts: {have}; --attempt 0 is the latest)"
+    )

@@ -70,13 +70,21 @@ class Operator:
         *,
         node: str = "",
         exclude: tuple[str, ...] = (),
+        include: tuple[str, ...] = (),
         from_checkpoint: str = "",
         spec: job_pb2.JobSpec | None = None,
     ) -> str:
-        led = await self.client.restart(name, node, list(exclude), from_checkpoint, spec=spec)
+        led = await self.client.restart(
+            name, node, list(exclude), from_checkpoint, spec=spec, include=list(include)
+        )
         what = f" without {', '.join(exclude)}" if exclude else ""
+        what += f" with {', '.join(include)} back" if include else ""
         what += f" from {from_checkpoint}" if from_checkpoint else ""
         return f"{name}: restart{what} requested (attempt {len(led.job.attempts)} was the last)"
+
+    async def forget(self, name: str) -> str:
+        """A finished job removed from its leader (a live one: JobCommandError)."""
+        return await self.client.forget(name)
 
     async def stop(self, name: str, grace_s: float = 10.0) -> str:
         await self.client.stop(name, grace_s)

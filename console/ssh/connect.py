@@ -14,10 +14,9 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncssh
-
 from console.ssh.defaults import CONNECT_TIMEOUT_S
 from console.ssh.hostfile import HostEntry
+from console.ssh.quiet_asyncssh import asyncssh
 
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
 KEEPALIVE_INTERVAL_S = 10.0

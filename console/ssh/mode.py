@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from console.model.cluster import ClusterStore, ConnState
 from console.net.cluster_file import NodeTarget
-from console.ssh.connect import SshError
+from console.ssh.connect import SshError  # first: it imports asyncssh without warnings
 from console.ssh.defaults import DEFAULT_STATE
 from console.ssh.hostfile import load_hostfile
 from console.ssh.remote_agent import RemoteError, start_agent

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncssh
+from console.ssh.quiet_asyncssh import asyncssh
 
 START_TIMEOUT_S = 60.0
 STOP_GRACE_S = 5.0

@@ -22,11 +22,10 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-import asyncssh
-
 from console.net.backoff import Backoff
 from console.net.cluster_file import NodeTarget
 from console.ssh.connect import SshError, SshOptions, connect
+from console.ssh.quiet_asyncssh import asyncssh
 from console.ssh.remote_agent import node_token_path
 from console.ssh.state import SshNode
 

@@ -25,12 +25,11 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import asyncssh
-
 from console.net.cluster_file import ClusterFileError, NodeTarget
 from console.ssh.connect import SshError, SshOptions, connect
 from console.ssh.hostfile import HostEntry, HostfileError, load_hostfile
 from console.ssh.mode import TUNNEL_WAIT_S
+from console.ssh.quiet_asyncssh import asyncssh
 from console.ssh.remote_agent import (
     RemoteError,
     VersionMismatch,

@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
-from gantry.v1 import agent_service_pb2
+from gantry.v1 import agent_service_pb2, job_pb2
 
 from console.model.advice import Advice, findings_for, load_thresholds
 from console.model.cluster import ClusterStore
@@ -18,7 +19,7 @@ from console.model.jobs import JobsStore, JobView
 from console.model.remedies import RemedyError, plan_remedy
 from console.net.agent_link import AgentLink
 from console.net.cluster_file import ClusterFileError, NodeTarget
-from console.net.jobs_client import JobCommandError, JobsClient
+from console.net.jobs_client import JobCommandError, JobsClient, NotConfirmed
 
 HISTORY_QUIET_S = 0.3  # the replayed history has arrived once the stream goes quiet
 HISTORY_MAX_S = 3.0
@@ -88,15 +89,41 @@ def advice_text(name: str, advice: list[Advice]) -> str:
     return "\n".join(lines)
 
 
+def job_scope(job: job_pb2.Job) -> tuple[int, int]:
+    """What findings are computed for: the job's current attempt and its world size."""
+    if not job.attempts:
+        return 0, 0
+    return int(job.attempts[-1].number), len(job.attempts[-1].ranks)
+
+
+def check_scope(name: str, rule: str, then: tuple[int, int], now: tuple[int, int]) -> None:
+    """Refuses (one line) a finding computed for another attempt or world size than now's."""
+    if then != now:
+        raise JobCommandError(
+            f"{rule} was found in attempt {then[0]} at {then[1]} ranks, and {name} is now on "
+            f"attempt {now[0]} at {now[1]} ranks: not applied (run `gantry advise {name}` again)"
+        )
+
+
+def _always(question: str) -> bool:
+    return True
+
+
 async def advise(
-    client: JobsClient, targets: list[NodeTarget], name: str, apply: str = ""
+    client: JobsClient,
+    targets: list[NodeTarget],
+    name: str,
+    apply: str = "",
+    confirm: Callable[[str], bool] = _always,
 ) -> tuple[list[Advice], str]:
-    """The findings, and (with `apply`) one line saying what was applied."""
+    """The findings, and (with `apply`, once `confirm` says yes) one line saying what was
+    applied; a finding is applied only to the attempt and world size it was found in."""
     try:
         thresholds = load_thresholds()
     except ValueError as exc:
         raise JobCommandError(str(exc)) from None
     view, cluster = await gather(client, targets, name)
+    scope = job_scope(view.job)
     advice = findings_for(view, cluster, time.time(), thresholds)
     if not apply:
         return advice, ""
@@ -111,6 +138,10 @@ async def advise(
     except RemedyError as exc:
         raise JobCommandError(str(exc)) from None
     changes = "; ".join(plan.changes)
+    if not confirm(f"apply {apply} to {name} ({changes})? this restarts it"):
+        raise NotConfirmed(f"{apply} not applied to {name}")
+    now, _ = await client.describe(name)  # what may have changed while the question was up
+    check_scope(name, apply, scope, job_scope(now.job))
     if plan.exclude:  # go on without a node: a restart at the smaller world, the spec as it is
         node = plan.exclude[0]
         led = await client.restart(name, node, list(plan.exclude), "")

@@ -1,4 +1,4 @@
-"""The job verbs of the CLI: launch, jobs, job, stop, restart, logs, events, advise."""
+"""The job verbs of the CLI: launch, jobs, job, stop, restart, forget, logs, events, advise."""
 
 from __future__ import annotations
 
@@ -6,13 +6,22 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from gantry.v1 import job_pb2
 
 from console.model.job_spec import JobSpecError, load_job_spec
+from console.model.safe_text import safe_line
 from console.net.cluster_file import NodeTarget
-from console.net.jobs_client import AgentUnreachable, JobCommandError, JobsClient
+from console.net.jobs_client import (
+    ENDED_JOB_STATES,
+    AgentUnreachable,
+    JobCommandError,
+    JobsClient,
+    LedJob,
+    NotConfirmed,
+)
 from console.verbs.jobs_format import (
     event_json,
     event_line,
@@ -21,6 +30,8 @@ from console.verbs.jobs_format import (
     jobs_table,
     state_name,
 )
+
+STOP_WAIT_EXTRA_S = 30.0  # beyond the grace: the ranks' nodes answer, the leader records it
 
 
 def _print_json(value: Any) -> None:
@@ -60,28 +71,34 @@ async def _verb(args: argparse.Namespace, targets: list[NodeTarget], client: Job
             print(job_text(led, checkpoints, events))
         return 0
     if verb == "stop":
-        led = await client.stop(args.name, args.grace)
-        if args.json:
-            _print_json(job_json(led))
-        else:
-            print(f"job {args.name}: {state_name(led.job.state)}")
-        return 0
+        return await _stop(args, client)
     if verb == "restart":
-        led = await client.restart(args.name, args.node, args.exclude, args.from_checkpoint)
+        led = await client.restart(
+            args.name, args.node, args.exclude, args.from_checkpoint, include=args.include
+        )
+        # Printed only now: the leader has accepted it (a refusal raised, exit 2).
         if args.json:
             _print_json(job_json(led))
         else:
-            print(f"job {args.name}: restarting (attempt {len(led.job.attempts)} was the last)")
+            print(f"{args.name}: restart accepted{_restart_what(args)}; {_after(led)}")
+        return 0
+    if verb == "forget":
+        said = await client.forget(args.name)
+        if args.json:
+            _print_json({"forgotten": args.name})
+        else:
+            print(said)
         return 0
     if verb == "logs":
         stream = "stderr" if args.stderr else "stdout"
         async for line in client.logs(
             args.name, args.rank, args.attempt, stream, args.tail, args.follow
         ):
+            text = line.text if args.raw else safe_line(line.text)
             if args.json:
-                print(json.dumps({"offset": line.offset, "stream": line.stream, "text": line.text}))
+                print(json.dumps({"offset": line.offset, "stream": line.stream, "text": text}))
             else:
-                print(line.text, flush=args.follow)
+                print(text, flush=args.follow)
         return 0
     if verb == "events":
         async for event in client.events(args.name, args.follow):
@@ -95,7 +112,9 @@ async def _verb(args: argparse.Namespace, targets: list[NodeTarget], client: Job
     if verb == "advise":
         from console.verbs.advise import advice_json, advice_text, advise
 
-        advice, applied = await advise(client, targets, args.name, args.apply)
+        advice, applied = await advise(
+            client, targets, args.name, args.apply, confirm=_confirmer(args.yes)
+        )
         if args.json:
             _print_json({"job": args.name, "findings": advice_json(advice), "applied": applied})
         else:
@@ -106,10 +125,74 @@ async def _verb(args: argparse.Namespace, targets: list[NodeTarget], client: Job
     raise AssertionError(verb)
 
 
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _ranks_on_nodes(led: LedJob) -> str:
+    ranks = led.job.attempts[-1].ranks if led.job.attempts else []
+    return f"{_plural(len(ranks), 'rank')} on {_plural(len({r.node for r in ranks}), 'node')}"
+
+
+async def _stop(args: argparse.Namespace, client: JobsClient) -> int:
+    """Stops the job and says what happened: stopped, already ended, or still stopping."""
+    before = await client.find(args.name)
+    if before.job.state in ENDED_JOB_STATES:
+        if args.json:
+            _print_json(job_json(before))
+        else:
+            print(f"{args.name} was already {state_name(before.job.state)}: nothing to stop")
+        return 0
+    await client.stop(args.name, args.grace)
+    led = await client.wait_ended(args.name, args.grace + STOP_WAIT_EXTRA_S)
+    if args.json:
+        _print_json(job_json(led))
+    state = led.job.state
+    if state == job_pb2.JOB_STATE_STOPPED:
+        if not args.json:
+            print(f"stopped {args.name} ({_ranks_on_nodes(led)})")
+        return 0
+    if state in ENDED_JOB_STATES:
+        if not args.json:
+            print(f"{args.name} {state_name(state)} before the stop took effect")
+        return 0
+    print(f"gantry: {args.name}: stop requested, still {state_name(state)}", file=sys.stderr)
+    return 1
+
+
+def _restart_what(args: argparse.Namespace) -> str:
+    what = f" without {', '.join(args.exclude)}" if args.exclude else ""
+    what += f" with {', '.join(args.include)} back" if args.include else ""
+    return what + (f" from {args.from_checkpoint}" if args.from_checkpoint else "")
+
+
+def _after(led: LedJob) -> str:
+    attempts = len(led.job.attempts)
+    return f"attempt {attempts + 1} starts" if attempts else "its first attempt starts"
+
+
+def _confirmer(yes: bool) -> Callable[[str], bool]:
+    """Asks on the terminal (with --yes: no question); no terminal and no --yes: refused."""
+
+    def confirm(question: str) -> bool:
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise JobCommandError(f"no terminal to ask {question!r}: pass --yes to go ahead")
+        print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+        answer = sys.stdin.readline().strip().lower()
+        return answer in ("y", "yes")
+
+    return confirm
+
+
 def run_job_verb(args: argparse.Namespace, targets: list[NodeTarget]) -> int:
     try:
         return asyncio.run(_run(args, targets))
     except AgentUnreachable as exc:
+        print(f"gantry: {exc}", file=sys.stderr)
+        return 1
+    except NotConfirmed as exc:
         print(f"gantry: {exc}", file=sys.stderr)
         return 1
     except (JobSpecError, JobCommandError) as exc:

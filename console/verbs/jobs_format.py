@@ -6,13 +6,17 @@ import time
 from typing import Any
 
 from gantry.v1 import job_pb2
-from google.protobuf import json_format
 
 from console.model.cost import Cost, job_cost
 from console.model.diagnoses import diagnoses, diagnoses_json
+from console.model.proto_json import message_json
 from console.model.rank_phase import starting_phase
+from console.model.safe_text import safe_line
 from console.model.transport import transport_by_node, transport_json
 from console.net.jobs_client import LedJob
+
+# The states a reason explains: on any other, an earlier attempt's reason would mislead.
+REASONED_STATES = frozenset({job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_STOPPED})
 
 
 def state_name(value: int) -> str:
@@ -34,10 +38,10 @@ def job_json(
 ) -> dict[str, Any]:
     out: dict[str, Any] = {
         "leader": led.leader.name,
-        "job": json_format.MessageToDict(led.job, always_print_fields_with_no_presence=False),
+        "job": message_json(led.job),
     }
     if checkpoints is not None:
-        out["checkpoints"] = [json_format.MessageToDict(c) for c in checkpoints]
+        out["checkpoints"] = [message_json(c) for c in checkpoints]
     if events is not None:
         # The latest attempt's: what NCCL runs over, and what the agents diagnosed.
         attempt = led.job.attempts[-1].number if led.job.attempts else None
@@ -66,6 +70,23 @@ def cost_now(job: job_pb2.Job) -> Cost:
     return job_cost(job, time.time(), step, sum(times) / len(times) if times else None)
 
 
+def shown_reason(job: job_pb2.Job) -> str:
+    """The reason for the job's state: only a failed or stopped job has one."""
+    if job.state not in REASONED_STATES:
+        return ""
+    return job.reason or (job.attempts[-1].reason if job.attempts else "")
+
+
+def last_known_step(job: job_pb2.Job) -> int | None:
+    """The furthest step the latest attempt that reported one reached (None: none did);
+    ranks that stopped or restarted do not take it back to 0."""
+    for attempt in reversed(job.attempts):
+        step = max((int(r.metrics.step) for r in attempt.ranks), default=0)
+        if step > 0:
+            return step
+    return None
+
+
 def _table(rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join(
@@ -84,7 +105,7 @@ def jobs_table(jobs: list[LedJob]) -> str:
     for led in jobs:
         job = led.job
         attempt = job.attempts[-1] if job.attempts else None
-        steps = [r.metrics.step for r in attempt.ranks] if attempt else []
+        step = last_known_step(job)
         losses = [r.metrics for r in attempt.ranks if r.metrics.HasField("loss")] if attempt else []
         rows.append(
             (
@@ -93,9 +114,9 @@ def jobs_table(jobs: list[LedJob]) -> str:
                 led.leader.name,
                 str(len(job.attempts)),
                 f"{job.restarts_used}/{job.spec.restart.max_restarts}",
-                str(max(steps)) if steps else "-",
+                "-" if step is None else str(step),
                 f"{losses[0].loss:.4f}" if losses else "-",
-                job.reason,
+                safe_line(shown_reason(job)),
             )
         )
     return _table(rows)
@@ -109,7 +130,7 @@ def job_text(
     job = led.job
     lines = [
         f"job {job.spec.name}: {state_name(job.state)}"
-        + (f" ({job.reason})" if job.reason else ""),
+        + (f" ({shown_reason(job)})" if shown_reason(job) else ""),
         f"leader {led.leader.name} · restarts {job.restarts_used}/{job.spec.restart.max_restarts}"
         f" · nodes {' '.join(f'{n.node}:{n.slots}' for n in job.spec.nodes)}",
         f"cost {cost_now(job).summary()}",
@@ -179,7 +200,8 @@ def job_text(
             mark = " (latest)" if c.latest else ""
             kind = f"  {c.format}" if c.format else ""
             lines.append(f"  {c.tag}  step {c.step}  {c.size_bytes / 1e6:.1f} MB{kind}{mark}")
-    return "\n".join(lines)
+    # Reasons and causes quote what ranks printed: no escape sequence reaches the terminal.
+    return "\n".join(safe_line(line) for line in "\n".join(lines).split("\n"))
 
 
 def event_kind_name(value: int) -> str:
@@ -189,10 +211,10 @@ def event_kind_name(value: int) -> str:
 def event_line(event: job_pb2.JobEvent) -> str:
     when = event.time.ToDatetime().strftime("%H:%M:%S")
     where = event.node + (f"/rank {event.rank}" if event.rank >= 0 else "")
-    return (
+    return safe_line(
         f"{when}  #{event.attempt:<2} {event_kind_name(event.kind):<16} {where:<16} {event.message}"
     )
 
 
 def event_json(event: job_pb2.JobEvent) -> dict[str, Any]:
-    return json_format.MessageToDict(event)
+    return message_json(event)

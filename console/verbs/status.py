@@ -8,10 +8,10 @@ from typing import Any
 
 import grpc
 from gantry.v1 import agent_service_pb2
-from google.protobuf import json_format
 
 from console.model.bars import format_bytes, format_rate
-from console.net.agent_client import fetch_status
+from console.model.proto_json import message_json
+from console.net.agent_client import REFUSED_CODES, fetch_status, unreachable_reason
 from console.net.agent_link import AgentLinks, describe_rpc_error
 from console.net.cluster_file import ClusterFileError, NodeTarget
 
@@ -28,10 +28,16 @@ async def probe(target: NodeTarget, timeout_s: float, links: AgentLinks) -> Node
     try:
         reply = await fetch_status(target, timeout_s, links)
     except ClusterFileError as exc:
-        return NodeStatus(target, "unauthorized", str(exc))
+        # No token to send: unauthorized only if the agent is there to refuse it.
+        why = await unreachable_reason(links.link(target), timeout_s)
+        return (
+            NodeStatus(target, "unreachable", why)
+            if why
+            else NodeStatus(target, "unauthorized", str(exc))
+        )
     except grpc.aio.AioRpcError as exc:
-        state = "unauthorized" if exc.code() is grpc.StatusCode.UNAUTHENTICATED else "unreachable"
-        return NodeStatus(target, state, describe_rpc_error(exc))
+        state = "unauthorized" if exc.code() in REFUSED_CODES else "unreachable"
+        return NodeStatus(target, state, describe_rpc_error(exc, tls=target.tls is not None))
     return NodeStatus(target, "live", reply=reply)
 
 
@@ -51,9 +57,9 @@ def to_json(statuses: list[NodeStatus]) -> dict[str, Any]:
         if s.error:
             entry["error"] = s.error
         if s.reply is not None:
-            entry["info"] = json_format.MessageToDict(s.reply.info)
-            entry["latest"] = json_format.MessageToDict(s.reply.latest)
-            entry["xid_events"] = [json_format.MessageToDict(e) for e in s.reply.xid_events]
+            entry["info"] = message_json(s.reply.info)
+            entry["latest"] = message_json(s.reply.latest)
+            entry["xid_events"] = [message_json(e) for e in s.reply.xid_events]
         nodes.append(entry)
     return {"ok": all(s.state == "live" for s in statuses), "nodes": nodes}
 

@@ -11,9 +11,9 @@ import sys
 from typing import Any
 
 from gantry.v1 import task_pb2
-from google.protobuf import json_format
 
 from console.model import task_view
+from console.model.proto_json import message_json
 from console.model.task_view import detail_lines, figures_text, result_summary, verdict_json
 from console.net.cluster_file import NodeTarget
 from console.net.jobs_client import JobCommandError
@@ -69,7 +69,7 @@ def task_json(found: NodeTask) -> dict[str, Any]:
     """A task as JSON: its record (numbers at full precision), its outcome and, for an
     evaluation that ran, `targets_met` and the `misses`."""
     out: dict[str, Any] = {"node": found.node.name}
-    out["task"] = json_format.MessageToDict(found.task)
+    out["task"] = message_json(found.task)
     out.update(verdict_json(found.task))
     if found.task.report_json:
         with contextlib.suppress(ValueError):
