@@ -26,6 +26,7 @@ from gantry.v1.job_tokens import (
 from agent.jobs.leader.peers import RemoteNode
 from console.model.job_spec import parse_job_spec
 from console.net.agent_link import AgentLinks
+from console.net.jobs_client import JobsClient
 from tests.conftest import StartAgent
 from tests.secure_agent import ThreadedAgent, threaded_agent
 
@@ -222,3 +223,38 @@ def test_a_job_runs_across_two_agents_with_job_tokens_only(
     for token in tokens.values():
         assert token not in kept
     assert all(job_of(p["token"]) == "scoped-job" for p in json.loads(kept))
+
+
+@pytest.mark.parametrize("sender", ["console", "old console"])
+def test_the_leader_keeps_only_job_tokens_whoever_sends_the_job(
+    local_agents: StartAgent, tmp_path: Path, sender: str
+) -> None:
+    agents = [local_agents(name) for name in ("node-a", "node-b")]
+    doc = {
+        "name": "kept-job",
+        "nodes": ["node-a slots=1", "node-b slots=1"],
+        "command": ["python", str(FAKE_RANK)],
+        "args": ["--steps", "1", "--step-s", "0.01"],
+        "working_dir": str(tmp_path),
+        "restart": {"max_restarts": 0, "backoff_s": 0},
+    }
+    spec = parse_job_spec(json.dumps(doc), tmp_path, {"node-a", "node-b"})
+    tokens = {a.name: a.target.read_token() for a in agents}
+
+    async def send() -> None:
+        if sender == "console":
+            async with JobsClient([a.target for a in agents]) as client:
+                await client.launch(spec)
+            return
+        # A console from before job tokens sends the peers' own tokens.
+        peers = [A.PeerAgent(name=a.name, address=a.address, token=tokens[a.name]) for a in agents]
+        async with AgentLinks() as links:
+            link = links.link(agents[0].target)
+            request = A.SubmitJobRequest(spec=spec, peers=peers)
+            await (await link.stub()).SubmitJob(request, metadata=link.metadata(), timeout=30)
+
+    asyncio.run(send())
+    kept = (agents[0].data_dir / "jobs" / "kept-job" / "peers.json").read_text()
+    for token in tokens.values():
+        assert token not in kept
+    assert all(job_of(p["token"]) == "kept-job" for p in json.loads(kept) if p.get("token"))

@@ -10,6 +10,7 @@ from typing import Self
 
 import grpc
 from gantry.v1 import agent_service_pb2, agent_service_pb2_grpc, job_pb2
+from gantry.v1.job_tokens import scoped_for
 
 from console.net.agent_client import unreachable_reason
 from console.net.agent_link import AgentLinks, Metadata, describe_rpc_error
@@ -125,7 +126,7 @@ class JobsClient(AgentCalls):
                 agent_service_pb2.PeerAgent(
                     name=name,
                     address=target.peer_address,
-                    token=token,
+                    token=scoped_for(token, spec.name),  # the leader keeps a job token, not ours
                     ssh=target.ssh,
                     token_file=target.node_token_file,
                 )

@@ -49,6 +49,7 @@ def job_json(
         out["diagnoses"] = diagnoses_json(diagnoses(events, attempt))
     cost = cost_now(led.job)
     out["cost"] = {
+        "unit": cost.unit,  # "GPU", or "CPU" when the ranks hold no GPU (the hours are CPU-hours)
         "gpu_hours": round(cost.gpu_hours, 4),
         "price_per_gpu_hour": cost.price_per_gpu_hour,
         "spent": round(cost.spent, 2),
