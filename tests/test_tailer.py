@@ -371,3 +371,30 @@ def test_deepspeed_older_forms() -> None:
     assert third is not None and third.metrics is not None
     assert third.metrics.forward_s == pytest.approx(0.02746)
     assert third.metrics.allreduce_s == pytest.approx(0.0225)
+
+
+def test_lines_and_byte_offsets_are_the_same_whatever_the_bytes(tmp_path: Path) -> None:
+    """Valid UTF-8 is decoded at once, anything else line by line: both give each line's
+    own text and its byte offset."""
+    samples = [
+        "plain ascii line",
+        "  3%|███   | 12/345 [00:07<06:50,  1.23s/it]",
+        "café ☕ 你好",
+        "with a CR\r",
+        "",
+        "\ufffd a real replacement character",
+    ]
+    for extra in (b"", b"bad \xff\xfe bytes\n"):
+        data = ("\n".join(samples) + "\n").encode() + extra + b"partial"
+        path = tmp_path / "log"
+        path.write_bytes(data)
+        chunk = read_lines(path, 0)
+        starts = [0]
+        for raw in data.split(b"\n")[:-1]:
+            starts.append(starts[-1] + len(raw) + 1)
+        expected = [
+            raw.decode("utf-8", "replace").removesuffix("\r") for raw in data.split(b"\n")[:-1]
+        ]
+        assert [line.text for line in chunk.lines] == expected
+        assert [line.offset for line in chunk.lines] == starts[:-1]
+        assert chunk.offset == data.rindex(b"\n") + 1

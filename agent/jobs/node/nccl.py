@@ -228,7 +228,9 @@ class NcclParser:
 
     def _info(self, msg: str, parsed: NcclLine, note: _Note) -> None:
         state = self.state
-        if match := _CHANNEL_RE.search(msg):
+        # Each regex only past a substring it needs: most INFO lines match none of them.
+        match: re.Match[str] | None = None
+        if " via " in msg and (match := _CHANNEL_RE.search(msg)):
             via = match.group("via").strip()
             kind = transport_kind(via)
             gdr = "GDRDMA" in via
@@ -247,7 +249,7 @@ class NcclParser:
             state.channels.setdefault(int(match.group("channel")), set()).add(kind)
             if kind == "NET/Socket" and state.socket_line is None:
                 state.socket_line = parsed.text
-        elif _NVLS_RE.search(msg):
+        elif "NVLS" in msg and _NVLS_RE.search(msg):
             if "NVLS" not in state.transports:
                 note(
                     "transport",
@@ -255,7 +257,7 @@ class NcclParser:
                     fields={"transport": "NVLS", "gdr": "0"},
                 )
             state.transports["NVLS"] += 1
-        elif _GDR_RE.search(msg):
+        elif "rdma" in msg.lower() and _GDR_RE.search(msg):
             if not state.gdr:
                 state.gdr = True
                 note(
@@ -263,7 +265,7 @@ class NcclParser:
                     f"{self._who()}: GPUDirect RDMA enabled",
                     fields={"transport": "GDR", "gdr": "1"},
                 )
-        elif match := _NETWORK_RE.search(msg):
+        elif "Using network" in msg and (match := _NETWORK_RE.search(msg)):
             network = match.group(1).strip()
             if network not in state.networks:
                 state.networks.append(network)
@@ -277,7 +279,7 @@ class NcclParser:
                 )
             if network == "Socket" and state.socket_line is None:
                 state.socket_line = parsed.text
-        elif match := _NET_USING_RE.search(msg):
+        elif "NET/" in msg and (match := _NET_USING_RE.search(msg)):
             net, rest = match.group("net").strip(), match.group("rest")
             devices = _DEVICE_RE.findall(rest.split(";")[0])
             oob_match = _OOB_RE.search(rest)
@@ -297,12 +299,12 @@ class NcclParser:
                     f"{self._who()}: NET/{net} uses {', '.join(devices) or '-'}{oob_text}",
                     fields={"net": net, "devices": ",".join(devices)},
                 )
-        elif (match := _NET_NOTE_RE.search(msg)) or "ibverbs" in msg:
+        elif ("NET/IB" in msg and (match := _NET_NOTE_RE.search(msg))) or "ibverbs" in msg:
             if len(state.ib_notes) < MAX_NOTES:
                 state.ib_notes.append(match.group(1).strip() if match else msg)
-        elif match := _BOOTSTRAP_RE.search(msg):
+        elif "Bootstrap" in msg and (match := _BOOTSTRAP_RE.search(msg)):
             state.interfaces["Bootstrap"] = [_PORT_SUFFIX_RE.sub("", match.group(1))]
-        elif match := _VERSION_RE.search(msg):
+        elif "NCCL version" in msg and (match := _VERSION_RE.search(msg)):
             if state.version is None:
                 state.version = match.group(1)
                 note(
@@ -310,7 +312,7 @@ class NcclParser:
                     f"{self._who()}: NCCL {state.version}",
                     fields={"version": state.version},
                 )
-        elif match := _ENV_RE.search(msg):
+        elif "NCCL_" in msg and (match := _ENV_RE.search(msg)):
             name, value = match.group(1), match.group(2).strip().removesuffix(".")
             if state.env.get(name) != value:
                 state.env[name] = value

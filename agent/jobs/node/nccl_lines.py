@@ -19,6 +19,12 @@ _MARKER_RE = re.compile(r"NCCL (INFO|WARN|ABORT|TRACE)(?: |$)")
 # `HOST:PID:TID [DEV] FILE:LINE ` for WARN, `HOST:PID:TID [DEV] SECONDS FILE:LINE ` for TRACE.
 _PREFIX_RE = re.compile(r"([^\s:\[\]|]+):(\d+):(\d+) \[(-?\d+)\] (?:[\d.]+ )?(?:\S+:\d+ )?\Z")
 _PREFIX_WINDOW = 300
+# The common line, the prefix at its start: one match instead of the marker's and the
+# prefix's searches (a chatty NCCL_DEBUG=INFO rank prints thousands of them).
+_WHOLE_RE = re.compile(
+    r"([^\s:\[\]|]+):(\d+):(\d+) \[(-?\d+)\] (?:[\d.]+ )?(?:\S+:\d+ )?"
+    r"NCCL (INFO|WARN|ABORT|TRACE)(?: |$)"
+)
 
 
 class NcclLine(NamedTuple):
@@ -53,6 +59,12 @@ def parse_nccl_line(line: str) -> NcclLine | None:
     if "\x1b" in text:
         text = _ANSI_RE.sub("", text)
     text = " ".join(text.splitlines())  # one line, whatever the caller handed over
+    whole = _WHOLE_RE.match(text)
+    if whole is not None and whole.start(5) <= _PREFIX_WINDOW:
+        host, pid, tid, dev, level = whole.groups()
+        return NcclLine(
+            host, int(pid), int(tid), int(dev), level, text[whole.end() :].strip(), text.strip()
+        )
     for n, marker in enumerate(_MARKER_RE.finditer(text)):
         if n == 4:  # NCCL writes one marker a line; more is someone else's text
             break

@@ -51,14 +51,22 @@ def _split_ascii(data: bytes, base: int) -> tuple[list[Line], int]:
 
 
 def _split_lf(data: bytes, base: int) -> tuple[list[Line], int]:
-    """Complete lines of ``data`` ending in ``\n`` (a ``\r`` before it dropped), each decoded
-    on its own: the C-speed split of bytes, then one decode a line."""
+    """Complete lines of ``data`` ending in ``\n`` (a ``\r`` before it dropped), valid UTF-8
+    decoded at once (each line's bytes counted again only when it is not ASCII), else each
+    line decoded on its own, invalid bytes replaced."""
     end = data.rfind(b"\n")
     if end < 0:
         return [], base
+    body = data[:end]
+    whole = body.decode("utf-8", "replace")
     lines = []
     offset = base
-    for raw in data[:end].split(b"\n"):
+    if "\ufffd" not in whole:  # valid: no byte was replaced, so the lengths add up
+        for text in whole.split("\n"):
+            lines.append(Line(offset, text[:-1] if text.endswith("\r") else text))
+            offset += (len(text) if text.isascii() else len(text.encode())) + 1
+        return lines, base + end + 1
+    for raw in body.split(b"\n"):
         text = raw.decode("utf-8", "replace")
         lines.append(Line(offset, text[:-1] if text.endswith("\r") else text))
         offset += len(raw) + 1
