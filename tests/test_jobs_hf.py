@@ -151,7 +151,7 @@ def test_an_hf_trainer_script_is_watched_and_resumes_from_its_checkpoint(
     first = attempts(doc["job"])[0]
     rank0 = next(r for r in first["ranks"] if r.get("rank", 0) == 0)
     assert "loss" in rank0["metrics"] and "learningRate" in rank0["metrics"]
-    assert rank0["metrics"]["totalSteps"] == str(MAX_STEPS)
+    assert rank0["metrics"]["totalSteps"] == MAX_STEPS
     assert (out / f"checkpoint-{SAVE_STEPS}" / "trainer_state.json").is_file()
     # Every rank got through its start-up phases, rank 1 too (it prints nothing).
     _, events_out, _ = run.cli("events", JOB, "--json")
