@@ -19,7 +19,13 @@ from console.net.cluster_file import NodeTarget
 from console.net.follow import until_ended
 from console.net.jobs_client import JobCommandError, LedJob, choose_attempt
 from console.verbs.advise import check_scope, job_scope
-from console.verbs.jobs_format import event_line, job_text, jobs_table, last_known_step
+from console.verbs.jobs_format import (
+    event_line,
+    job_json,
+    job_text,
+    jobs_table,
+    last_known_step,
+)
 
 JS = job_pb2.JobState
 
@@ -213,3 +219,13 @@ def test_text_output_quotes_what_ranks_printed_without_its_escapes() -> None:
     assert "ranks of attempt #1:" in text.splitlines()  # its table's lines stay lines
     event = job_pb2.JobEvent(attempt=1, rank=0, node="a", message="\x1b[2Jcleared")
     assert event_line(event).endswith(" cleared") and "\x1b" not in event_line(event)
+
+
+def test_job_says_the_disk_its_checkpoints_use() -> None:
+    job = job_with_attempts(1)
+    checkpoints = [
+        job_pb2.Checkpoint(tag="step10", step=10, size_bytes=1_500_000),
+        job_pb2.Checkpoint(tag="step20", step=20, size_bytes=2_500_000, latest=True),
+    ]
+    assert "checkpoints (2, 4.0 MB on disk):" in job_text(led(job), checkpoints)
+    assert job_json(led(job), checkpoints)["checkpoint_bytes"] == 4_000_000

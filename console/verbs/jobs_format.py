@@ -42,6 +42,7 @@ def job_json(
     }
     if checkpoints is not None:
         out["checkpoints"] = [message_json(c) for c in checkpoints]
+        out["checkpoint_bytes"] = sum(c.size_bytes for c in checkpoints)  # the disk they use
     if events is not None:
         # The latest attempt's: what NCCL runs over, and what the agents diagnosed.
         attempt = led.job.attempts[-1].number if led.job.attempts else None
@@ -196,7 +197,8 @@ def job_text(
             lines += ["", f"diagnosed in attempt #{number}:"]
             lines += [f"  rank {d.rank} ({d.node}) {d.alert}: {d.cause}" for d in found[-20:]]
     if checkpoints:
-        lines += ["", "checkpoints:"]
+        used = sum(c.size_bytes for c in checkpoints)
+        lines += ["", f"checkpoints ({len(checkpoints)}, {used / 1e6:.1f} MB on disk):"]
         for c in checkpoints:
             mark = " (latest)" if c.latest else ""
             kind = f"  {c.format}" if c.format else ""
