@@ -11,13 +11,23 @@ from gantry.v1 import job_pb2
 from agent.jobs.node.launch_checks import resolve_argv
 from agent.jobs.resume_args import with_resume
 
-__all__ = ["BOOTSTRAP_DIR", "IMPORTS_FILE", "rank_argv", "rank_env", "with_deepspeed_config"]
+__all__ = [
+    "BOOTSTRAP_DIR",
+    "CHECKPOINT_REQUEST_FILE",
+    "IMPORTS_FILE",
+    "rank_argv",
+    "rank_env",
+    "with_deepspeed_config",
+]
 
 DS_CONFIG_FLAG = "--deepspeed_config"
 INSTRUMENT_ENV = "GANTRY_INSTRUMENT"
 IMPORTS_FILE = "imports.json"  # what the rank imported by its first step (agent.rank.hooks)
 # Found by path: the jobs room never imports the rank room.
 BOOTSTRAP_DIR = str(Path(__file__).resolve().parents[2] / "rank" / "bootstrap")
+
+
+CHECKPOINT_REQUEST_FILE = "checkpoint_request"  # agent.rank.checkpoint_request
 
 
 def rank_argv(
@@ -88,6 +98,8 @@ def rank_env(
         GANTRY_ATTEMPT=str(attempt),
         GANTRY_METRICS_FILE=str(metrics_path),
         GANTRY_IMPORTS_FILE=str(metrics_path.with_name(IMPORTS_FILE)),
+        # A preemption notice asks the rank for a checkpoint through this file.
+        GANTRY_CHECKPOINT_REQUEST_FILE=str(metrics_path.with_name(CHECKPOINT_REQUEST_FILE)),
         GANTRY_HEARTBEAT_S=f"{heartbeat_s:g}",
     )
     if spec.collective_timeout_s > 0:

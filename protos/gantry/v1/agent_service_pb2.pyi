@@ -82,7 +82,14 @@ class StopJobResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ...) -> None: ...
 
 class RestartJobRequest(_message.Message):
-    __slots__ = ("name", "node", "exclude_nodes", "from_checkpoint", "deepspeed_config_json", "spec", "include_nodes")
+    __slots__ = ("name", "node", "exclude_nodes", "from_checkpoint", "deepspeed_config_json", "spec", "include_nodes", "replace_nodes")
+    class ReplaceNodesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_NODES_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +97,7 @@ class RestartJobRequest(_message.Message):
     DEEPSPEED_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_NODES_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_NODES_FIELD_NUMBER: _ClassVar[int]
     name: str
     node: str
     exclude_nodes: _containers.RepeatedScalarFieldContainer[str]
@@ -97,7 +105,8 @@ class RestartJobRequest(_message.Message):
     deepspeed_config_json: str
     spec: _job_pb2.JobSpec
     include_nodes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., node: _Optional[str] = ..., exclude_nodes: _Optional[_Iterable[str]] = ..., from_checkpoint: _Optional[str] = ..., deepspeed_config_json: _Optional[str] = ..., spec: _Optional[_Union[_job_pb2.JobSpec, _Mapping]] = ..., include_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
+    replace_nodes: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., node: _Optional[str] = ..., exclude_nodes: _Optional[_Iterable[str]] = ..., from_checkpoint: _Optional[str] = ..., deepspeed_config_json: _Optional[str] = ..., spec: _Optional[_Union[_job_pb2.JobSpec, _Mapping]] = ..., include_nodes: _Optional[_Iterable[str]] = ..., replace_nodes: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RestartJobResponse(_message.Message):
     __slots__ = ("job",)

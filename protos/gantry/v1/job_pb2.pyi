@@ -21,6 +21,7 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATE_STOPPED: _ClassVar[JobState]
     JOB_STATE_SUCCEEDED: _ClassVar[JobState]
     JOB_STATE_FAILED: _ClassVar[JobState]
+    JOB_STATE_PREEMPTED: _ClassVar[JobState]
 
 class RankState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -66,6 +67,8 @@ class JobEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_EVENT_KIND_METRICS: _ClassVar[JobEventKind]
     JOB_EVENT_KIND_RANK_PHASE: _ClassVar[JobEventKind]
     JOB_EVENT_KIND_RANK_KILLED: _ClassVar[JobEventKind]
+    JOB_EVENT_KIND_PREEMPTION_NOTICE: _ClassVar[JobEventKind]
+    JOB_EVENT_KIND_NODE_REPLACED: _ClassVar[JobEventKind]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_PENDING: JobState
 JOB_STATE_STARTING: JobState
@@ -75,6 +78,7 @@ JOB_STATE_STOPPING: JobState
 JOB_STATE_STOPPED: JobState
 JOB_STATE_SUCCEEDED: JobState
 JOB_STATE_FAILED: JobState
+JOB_STATE_PREEMPTED: JobState
 RANK_STATE_UNSPECIFIED: RankState
 RANK_STATE_PENDING: RankState
 RANK_STATE_STARTING: RankState
@@ -111,6 +115,8 @@ JOB_EVENT_KIND_NCCL: JobEventKind
 JOB_EVENT_KIND_METRICS: JobEventKind
 JOB_EVENT_KIND_RANK_PHASE: JobEventKind
 JOB_EVENT_KIND_RANK_KILLED: JobEventKind
+JOB_EVENT_KIND_PREEMPTION_NOTICE: JobEventKind
+JOB_EVENT_KIND_NODE_REPLACED: JobEventKind
 
 class NodeSlots(_message.Message):
     __slots__ = ("node", "slots")
@@ -155,7 +161,7 @@ class EvalTargets(_message.Message):
     def __init__(self, bleu4_min: _Optional[float] = ..., rouge_l_min: _Optional[float] = ..., ttft_ms_max: _Optional[float] = ..., tokens_per_s_min: _Optional[float] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("name", "nodes", "command", "args", "env", "restart", "hang_timeout_s", "collective_timeout_s", "checkpoint_dir", "deepspeed_config_json", "working_dir", "cost", "eval_targets", "keep_checkpoints")
+    __slots__ = ("name", "nodes", "command", "args", "env", "restart", "hang_timeout_s", "collective_timeout_s", "checkpoint_dir", "deepspeed_config_json", "working_dir", "cost", "eval_targets", "keep_checkpoints", "parallelism", "spares", "preemption")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -177,6 +183,9 @@ class JobSpec(_message.Message):
     COST_FIELD_NUMBER: _ClassVar[int]
     EVAL_TARGETS_FIELD_NUMBER: _ClassVar[int]
     KEEP_CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    PARALLELISM_FIELD_NUMBER: _ClassVar[int]
+    SPARES_FIELD_NUMBER: _ClassVar[int]
+    PREEMPTION_FIELD_NUMBER: _ClassVar[int]
     name: str
     nodes: _containers.RepeatedCompositeFieldContainer[NodeSlots]
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -191,11 +200,45 @@ class JobSpec(_message.Message):
     cost: CostPolicy
     eval_targets: EvalTargets
     keep_checkpoints: int
-    def __init__(self, name: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeSlots, _Mapping]]] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., restart: _Optional[_Union[RestartPolicy, _Mapping]] = ..., hang_timeout_s: _Optional[float] = ..., collective_timeout_s: _Optional[float] = ..., checkpoint_dir: _Optional[str] = ..., deepspeed_config_json: _Optional[str] = ..., working_dir: _Optional[str] = ..., cost: _Optional[_Union[CostPolicy, _Mapping]] = ..., eval_targets: _Optional[_Union[EvalTargets, _Mapping]] = ..., keep_checkpoints: _Optional[int] = ...) -> None: ...
+    parallelism: Parallelism
+    spares: _containers.RepeatedScalarFieldContainer[str]
+    preemption: PreemptionPolicy
+    def __init__(self, name: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeSlots, _Mapping]]] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., restart: _Optional[_Union[RestartPolicy, _Mapping]] = ..., hang_timeout_s: _Optional[float] = ..., collective_timeout_s: _Optional[float] = ..., checkpoint_dir: _Optional[str] = ..., deepspeed_config_json: _Optional[str] = ..., working_dir: _Optional[str] = ..., cost: _Optional[_Union[CostPolicy, _Mapping]] = ..., eval_targets: _Optional[_Union[EvalTargets, _Mapping]] = ..., keep_checkpoints: _Optional[int] = ..., parallelism: _Optional[_Union[Parallelism, _Mapping]] = ..., spares: _Optional[_Iterable[str]] = ..., preemption: _Optional[_Union[PreemptionPolicy, _Mapping]] = ...) -> None: ...
+
+class Parallelism(_message.Message):
+    __slots__ = ("tensor", "expert")
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    EXPERT_FIELD_NUMBER: _ClassVar[int]
+    tensor: int
+    expert: int
+    def __init__(self, tensor: _Optional[int] = ..., expert: _Optional[int] = ...) -> None: ...
+
+class PreemptionPolicy(_message.Message):
+    __slots__ = ("grace_s",)
+    GRACE_S_FIELD_NUMBER: _ClassVar[int]
+    grace_s: float
+    def __init__(self, grace_s: _Optional[float] = ...) -> None: ...
+
+class RankCoordinates(_message.Message):
+    __slots__ = ("data", "tensor", "expert")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    EXPERT_FIELD_NUMBER: _ClassVar[int]
+    data: int
+    tensor: int
+    expert: int
+    def __init__(self, data: _Optional[int] = ..., tensor: _Optional[int] = ..., expert: _Optional[int] = ...) -> None: ...
 
 class RankMetrics(_message.Message):
-    __slots__ = ("step", "epoch", "loss", "grad_norm", "learning_rate", "loss_scale", "step_time_s", "samples_per_s", "tokens_per_s", "collective_time_s", "collective_time_by_op_s", "forward_s", "backward_s", "allreduce_s", "optimizer_step_s", "memory_bytes", "time", "total_steps", "tflops")
+    __slots__ = ("step", "epoch", "loss", "grad_norm", "learning_rate", "loss_scale", "step_time_s", "samples_per_s", "tokens_per_s", "collective_time_s", "collective_time_by_op_s", "forward_s", "backward_s", "allreduce_s", "optimizer_step_s", "memory_bytes", "time", "total_steps", "tflops", "peak_memory_bytes", "collective_time_by_group_s")
     class CollectiveTimeByOpSEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class CollectiveTimeByGroupSEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -221,6 +264,8 @@ class RankMetrics(_message.Message):
     TIME_FIELD_NUMBER: _ClassVar[int]
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     TFLOPS_FIELD_NUMBER: _ClassVar[int]
+    PEAK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIVE_TIME_BY_GROUP_S_FIELD_NUMBER: _ClassVar[int]
     step: int
     epoch: float
     loss: float
@@ -240,10 +285,12 @@ class RankMetrics(_message.Message):
     time: _timestamp_pb2.Timestamp
     total_steps: int
     tflops: float
-    def __init__(self, step: _Optional[int] = ..., epoch: _Optional[float] = ..., loss: _Optional[float] = ..., grad_norm: _Optional[float] = ..., learning_rate: _Optional[float] = ..., loss_scale: _Optional[float] = ..., step_time_s: _Optional[float] = ..., samples_per_s: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., collective_time_s: _Optional[float] = ..., collective_time_by_op_s: _Optional[_Mapping[str, float]] = ..., forward_s: _Optional[float] = ..., backward_s: _Optional[float] = ..., allreduce_s: _Optional[float] = ..., optimizer_step_s: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., total_steps: _Optional[int] = ..., tflops: _Optional[float] = ...) -> None: ...
+    peak_memory_bytes: int
+    collective_time_by_group_s: _containers.ScalarMap[str, float]
+    def __init__(self, step: _Optional[int] = ..., epoch: _Optional[float] = ..., loss: _Optional[float] = ..., grad_norm: _Optional[float] = ..., learning_rate: _Optional[float] = ..., loss_scale: _Optional[float] = ..., step_time_s: _Optional[float] = ..., samples_per_s: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., collective_time_s: _Optional[float] = ..., collective_time_by_op_s: _Optional[_Mapping[str, float]] = ..., forward_s: _Optional[float] = ..., backward_s: _Optional[float] = ..., allreduce_s: _Optional[float] = ..., optimizer_step_s: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., total_steps: _Optional[int] = ..., tflops: _Optional[float] = ..., peak_memory_bytes: _Optional[int] = ..., collective_time_by_group_s: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Rank(_message.Message):
-    __slots__ = ("rank", "local_rank", "node", "pid", "state", "exit_code", "reason", "gpu_indices", "last_heartbeat", "metrics", "phase", "phase_since", "unknown_since")
+    __slots__ = ("rank", "local_rank", "node", "pid", "state", "exit_code", "reason", "gpu_indices", "last_heartbeat", "metrics", "phase", "phase_since", "unknown_since", "coordinates")
     RANK_FIELD_NUMBER: _ClassVar[int]
     LOCAL_RANK_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
@@ -257,6 +304,7 @@ class Rank(_message.Message):
     PHASE_FIELD_NUMBER: _ClassVar[int]
     PHASE_SINCE_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_SINCE_FIELD_NUMBER: _ClassVar[int]
+    COORDINATES_FIELD_NUMBER: _ClassVar[int]
     rank: int
     local_rank: int
     node: str
@@ -270,10 +318,18 @@ class Rank(_message.Message):
     phase: RankPhase
     phase_since: _timestamp_pb2.Timestamp
     unknown_since: _timestamp_pb2.Timestamp
-    def __init__(self, rank: _Optional[int] = ..., local_rank: _Optional[int] = ..., node: _Optional[str] = ..., pid: _Optional[int] = ..., state: _Optional[_Union[RankState, str]] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Union[RankMetrics, _Mapping]] = ..., phase: _Optional[_Union[RankPhase, str]] = ..., phase_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., unknown_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    coordinates: RankCoordinates
+    def __init__(self, rank: _Optional[int] = ..., local_rank: _Optional[int] = ..., node: _Optional[str] = ..., pid: _Optional[int] = ..., state: _Optional[_Union[RankState, str]] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., gpu_indices: _Optional[_Iterable[int]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Union[RankMetrics, _Mapping]] = ..., phase: _Optional[_Union[RankPhase, str]] = ..., phase_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., unknown_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., coordinates: _Optional[_Union[RankCoordinates, _Mapping]] = ...) -> None: ...
 
 class Attempt(_message.Message):
-    __slots__ = ("number", "state", "reason", "started", "ended", "resumed_from", "master_port", "ranks", "excluded_nodes")
+    __slots__ = ("number", "state", "reason", "started", "ended", "resumed_from", "master_port", "ranks", "excluded_nodes", "replaced_nodes", "preempted")
+    class ReplacedNodesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -283,6 +339,8 @@ class Attempt(_message.Message):
     MASTER_PORT_FIELD_NUMBER: _ClassVar[int]
     RANKS_FIELD_NUMBER: _ClassVar[int]
     EXCLUDED_NODES_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_NODES_FIELD_NUMBER: _ClassVar[int]
+    PREEMPTED_FIELD_NUMBER: _ClassVar[int]
     number: int
     state: JobState
     reason: str
@@ -292,7 +350,9 @@ class Attempt(_message.Message):
     master_port: int
     ranks: _containers.RepeatedCompositeFieldContainer[Rank]
     excluded_nodes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, number: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resumed_from: _Optional[str] = ..., master_port: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[Rank, _Mapping]]] = ..., excluded_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
+    replaced_nodes: _containers.ScalarMap[str, str]
+    preempted: bool
+    def __init__(self, number: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., reason: _Optional[str] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resumed_from: _Optional[str] = ..., master_port: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[Rank, _Mapping]]] = ..., excluded_nodes: _Optional[_Iterable[str]] = ..., replaced_nodes: _Optional[_Mapping[str, str]] = ..., preempted: _Optional[bool] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("spec", "state", "reason", "leader", "created", "attempts", "restarts_used")

@@ -26,7 +26,7 @@ from gantry.v1 import job_pb2 as gantry_dot_v1_dot_job__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14gantry/v1/task.proto\x12\tgantry.v1\x1a\x13gantry/v1/job.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x84\x01\n\x0c\x45valTaskSpec\x12\x10\n\x08job_name\x18\x01 \x01(\t\x12\x11\n\tmodel_dir\x18\x02 \x01(\t\x12\x11\n\tdata_path\x18\x03 \x01(\t\x12\'\n\x07targets\x18\x04 \x01(\x0b\x32\x16.gantry.v1.EvalTargets\x12\x13\n\x0bmax_samples\x18\x05 \x01(\r\"\x8e\x01\n\x10QuantizeTaskSpec\x12\x11\n\tmodel_dir\x18\x01 \x01(\t\x12\x12\n\noutput_dir\x18\x02 \x01(\t\x12\x0c\n\x04int8\x18\x03 \x01(\x08\x12\x13\n\x0bweight_only\x18\x04 \x01(\x08\x12\x16\n\x0e\x65val_data_path\x18\x05 \x01(\t\x12\x18\n\x10\x65val_max_samples\x18\x06 \x01(\r\"d\n\rServeTaskSpec\x12\x11\n\tmodel_dir\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x03 \x01(\r\x12\x1a\n\x12max_queue_delay_ms\x18\x04 \x01(\x01\"\x8d\x04\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12!\n\x04kind\x18\x02 \x01(\x0e\x32\x13.gantry.v1.TaskKind\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.gantry.v1.TaskState\x12\x0c\n\x04node\x18\x04 \x01(\t\x12+\n\x07\x63reated\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05\x65nded\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\'\n\x04\x65val\x18\n \x01(\x0b\x32\x17.gantry.v1.EvalTaskSpecH\x00\x12/\n\x08quantize\x18\x0b \x01(\x0b\x32\x1b.gantry.v1.QuantizeTaskSpecH\x00\x12)\n\x05serve\x18\x0c \x01(\x0b\x32\x18.gantry.v1.ServeTaskSpecH\x00\x12-\n\x07results\x18\x14 \x03(\x0b\x32\x1c.gantry.v1.Task.ResultsEntry\x12\x10\n\x08\x65ndpoint\x18\x15 \x01(\t\x12\x13\n\x0breport_json\x18\x16 \x01(\t\x12)\n\x08progress\x18\x17 \x01(\x0b\x32\x17.gantry.v1.TaskProgress\x1a.\n\x0cResultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x06\n\x04spec\"\xf8\x01\n\x0cTaskProgress\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.gantry.v1.TaskState\x12\x10\n\x08\x66raction\x18\x03 \x01(\x01\x12\x0f\n\x07message\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x07\x66igures\x18\x06 \x03(\x0b\x32$.gantry.v1.TaskProgress.FiguresEntry\x1a.\n\x0c\x46iguresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*f\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eTASK_KIND_EVAL\x10\x01\x12\x16\n\x12TASK_KIND_QUANTIZE\x10\x02\x12\x13\n\x0fTASK_KIND_SERVE\x10\x03*\xa0\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12TASK_STATE_PENDING\x10\x01\x12\x16\n\x12TASK_STATE_RUNNING\x10\x02\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x03\x12\x15\n\x11TASK_STATE_FAILED\x10\x04\x12\x16\n\x12TASK_STATE_STOPPED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14gantry/v1/task.proto\x12\tgantry.v1\x1a\x13gantry/v1/job.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x84\x01\n\x0c\x45valTaskSpec\x12\x10\n\x08job_name\x18\x01 \x01(\t\x12\x11\n\tmodel_dir\x18\x02 \x01(\t\x12\x11\n\tdata_path\x18\x03 \x01(\t\x12\'\n\x07targets\x18\x04 \x01(\x0b\x32\x16.gantry.v1.EvalTargets\x12\x13\n\x0bmax_samples\x18\x05 \x01(\r\"\x8e\x01\n\x10QuantizeTaskSpec\x12\x11\n\tmodel_dir\x18\x01 \x01(\t\x12\x12\n\noutput_dir\x18\x02 \x01(\t\x12\x0c\n\x04int8\x18\x03 \x01(\x08\x12\x13\n\x0bweight_only\x18\x04 \x01(\x08\x12\x16\n\x0e\x65val_data_path\x18\x05 \x01(\t\x12\x18\n\x10\x65val_max_samples\x18\x06 \x01(\r\"w\n\rServeTaskSpec\x12\x11\n\tmodel_dir\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x03 \x01(\r\x12\x1a\n\x12max_queue_delay_ms\x18\x04 \x01(\x01\x12\x11\n\thttp_port\x18\x05 \x01(\r\"\xa4\x04\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12!\n\x04kind\x18\x02 \x01(\x0e\x32\x13.gantry.v1.TaskKind\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.gantry.v1.TaskState\x12\x0c\n\x04node\x18\x04 \x01(\t\x12+\n\x07\x63reated\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05\x65nded\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\'\n\x04\x65val\x18\n \x01(\x0b\x32\x17.gantry.v1.EvalTaskSpecH\x00\x12/\n\x08quantize\x18\x0b \x01(\x0b\x32\x1b.gantry.v1.QuantizeTaskSpecH\x00\x12)\n\x05serve\x18\x0c \x01(\x0b\x32\x18.gantry.v1.ServeTaskSpecH\x00\x12-\n\x07results\x18\x14 \x03(\x0b\x32\x1c.gantry.v1.Task.ResultsEntry\x12\x10\n\x08\x65ndpoint\x18\x15 \x01(\t\x12\x13\n\x0breport_json\x18\x16 \x01(\t\x12)\n\x08progress\x18\x17 \x01(\x0b\x32\x17.gantry.v1.TaskProgress\x12\x15\n\rhttp_endpoint\x18\x18 \x01(\t\x1a.\n\x0cResultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x06\n\x04spec\"\xf8\x01\n\x0cTaskProgress\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.gantry.v1.TaskState\x12\x10\n\x08\x66raction\x18\x03 \x01(\x01\x12\x0f\n\x07message\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x07\x66igures\x18\x06 \x03(\x0b\x32$.gantry.v1.TaskProgress.FiguresEntry\x1a.\n\x0c\x46iguresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*f\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eTASK_KIND_EVAL\x10\x01\x12\x16\n\x12TASK_KIND_QUANTIZE\x10\x02\x12\x13\n\x0fTASK_KIND_SERVE\x10\x03*\xa0\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12TASK_STATE_PENDING\x10\x01\x12\x16\n\x12TASK_STATE_RUNNING\x10\x02\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x03\x12\x15\n\x11TASK_STATE_FAILED\x10\x04\x12\x16\n\x12TASK_STATE_STOPPED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,22 +37,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASK_RESULTSENTRY']._serialized_options = b'8\001'
   _globals['_TASKPROGRESS_FIGURESENTRY']._loaded_options = None
   _globals['_TASKPROGRESS_FIGURESENTRY']._serialized_options = b'8\001'
-  _globals['_TASKKIND']._serialized_start=1250
-  _globals['_TASKKIND']._serialized_end=1352
-  _globals['_TASKSTATE']._serialized_start=1355
-  _globals['_TASKSTATE']._serialized_end=1515
+  _globals['_TASKKIND']._serialized_start=1292
+  _globals['_TASKKIND']._serialized_end=1394
+  _globals['_TASKSTATE']._serialized_start=1397
+  _globals['_TASKSTATE']._serialized_end=1557
   _globals['_EVALTASKSPEC']._serialized_start=90
   _globals['_EVALTASKSPEC']._serialized_end=222
   _globals['_QUANTIZETASKSPEC']._serialized_start=225
   _globals['_QUANTIZETASKSPEC']._serialized_end=367
   _globals['_SERVETASKSPEC']._serialized_start=369
-  _globals['_SERVETASKSPEC']._serialized_end=469
-  _globals['_TASK']._serialized_start=472
-  _globals['_TASK']._serialized_end=997
-  _globals['_TASK_RESULTSENTRY']._serialized_start=943
-  _globals['_TASK_RESULTSENTRY']._serialized_end=989
-  _globals['_TASKPROGRESS']._serialized_start=1000
-  _globals['_TASKPROGRESS']._serialized_end=1248
-  _globals['_TASKPROGRESS_FIGURESENTRY']._serialized_start=1202
-  _globals['_TASKPROGRESS_FIGURESENTRY']._serialized_end=1248
+  _globals['_SERVETASKSPEC']._serialized_end=488
+  _globals['_TASK']._serialized_start=491
+  _globals['_TASK']._serialized_end=1039
+  _globals['_TASK_RESULTSENTRY']._serialized_start=985
+  _globals['_TASK_RESULTSENTRY']._serialized_end=1031
+  _globals['_TASKPROGRESS']._serialized_start=1042
+  _globals['_TASKPROGRESS']._serialized_end=1290
+  _globals['_TASKPROGRESS_FIGURESENTRY']._serialized_start=1244
+  _globals['_TASKPROGRESS_FIGURESENTRY']._serialized_end=1290
 # @@protoc_insertion_point(module_scope)

@@ -68,19 +68,21 @@ class QuantizeTaskSpec(_message.Message):
     def __init__(self, model_dir: _Optional[str] = ..., output_dir: _Optional[str] = ..., int8: _Optional[bool] = ..., weight_only: _Optional[bool] = ..., eval_data_path: _Optional[str] = ..., eval_max_samples: _Optional[int] = ...) -> None: ...
 
 class ServeTaskSpec(_message.Message):
-    __slots__ = ("model_dir", "port", "max_batch_size", "max_queue_delay_ms")
+    __slots__ = ("model_dir", "port", "max_batch_size", "max_queue_delay_ms", "http_port")
     MODEL_DIR_FIELD_NUMBER: _ClassVar[int]
     PORT_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    HTTP_PORT_FIELD_NUMBER: _ClassVar[int]
     model_dir: str
     port: int
     max_batch_size: int
     max_queue_delay_ms: float
-    def __init__(self, model_dir: _Optional[str] = ..., port: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_queue_delay_ms: _Optional[float] = ...) -> None: ...
+    http_port: int
+    def __init__(self, model_dir: _Optional[str] = ..., port: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_queue_delay_ms: _Optional[float] = ..., http_port: _Optional[int] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "kind", "state", "node", "created", "ended", "error", "eval", "quantize", "serve", "results", "endpoint", "report_json", "progress")
+    __slots__ = ("id", "kind", "state", "node", "created", "ended", "error", "eval", "quantize", "serve", "results", "endpoint", "report_json", "progress", "http_endpoint")
     class ResultsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +104,7 @@ class Task(_message.Message):
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    HTTP_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: TaskKind
     state: TaskState
@@ -116,7 +119,8 @@ class Task(_message.Message):
     endpoint: str
     report_json: str
     progress: TaskProgress
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., state: _Optional[_Union[TaskState, str]] = ..., node: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[str] = ..., eval: _Optional[_Union[EvalTaskSpec, _Mapping]] = ..., quantize: _Optional[_Union[QuantizeTaskSpec, _Mapping]] = ..., serve: _Optional[_Union[ServeTaskSpec, _Mapping]] = ..., results: _Optional[_Mapping[str, float]] = ..., endpoint: _Optional[str] = ..., report_json: _Optional[str] = ..., progress: _Optional[_Union[TaskProgress, _Mapping]] = ...) -> None: ...
+    http_endpoint: str
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., state: _Optional[_Union[TaskState, str]] = ..., node: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[str] = ..., eval: _Optional[_Union[EvalTaskSpec, _Mapping]] = ..., quantize: _Optional[_Union[QuantizeTaskSpec, _Mapping]] = ..., serve: _Optional[_Union[ServeTaskSpec, _Mapping]] = ..., results: _Optional[_Mapping[str, float]] = ..., endpoint: _Optional[str] = ..., report_json: _Optional[str] = ..., progress: _Optional[_Union[TaskProgress, _Mapping]] = ..., http_endpoint: _Optional[str] = ...) -> None: ...
 
 class TaskProgress(_message.Message):
     __slots__ = ("task_id", "state", "fraction", "message", "time", "figures")
