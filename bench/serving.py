@@ -43,10 +43,15 @@ rendered as agent.tasks.eval renders them.
         [--max-queue-delay-ms 10] [--device auto|cpu|cuda] [--server-threads N]
         [--int8-dynamic] [--no-int8] [--keep]
 
+REST vs gRPC (bench/serving_rest.py): the batched server also serves the OpenAI-compatible
+HTTP API (--http-port); after the cells above, the load tester runs against its gRPC and
+its HTTP endpoint at concurrency 32 (--no-rest skips it). The servers answer a bearer
+token the bench makes (as an agent's).
+
 Every process the bench starts is stopped on exit, Ctrl-C or error.
 
 Last line: {"batching_gain_c32": ..., "ttft_p50_ms_c32": ..., "ttft_p99_ms_c32": ...,
-"int8_tokens_per_s_ratio": ...}
+"int8_tokens_per_s_ratio": ..., "rest_vs_grpc_tokens_per_s_ratio": ...}
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ import contextlib
 import json
 import math
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -79,6 +85,7 @@ from gantry.v1 import inference_service_pb2 as pb  # noqa: E402
 from gantry.v1 import inference_service_pb2_grpc  # noqa: E402
 
 from bench.failover import BenchError, _raise_interrupt, run_main  # noqa: E402
+from bench.serving_rest import rest_vs_grpc  # noqa: E402
 
 PYTHON = sys.executable
 START_TIMEOUT_S = 300.0  # torch + transformers imports and the load, on a busy small machine
@@ -92,6 +99,9 @@ PROMPT_CONVERSATIONS = 64
 GOAL_GAIN = 6.0
 GOAL_TTFT_P50_MS = 100.0
 GOAL_TTFT_P99_MS = 500.0
+# The servers answer only a bearer token, as an agent's serve task does.
+BENCH_TOKEN = secrets.token_urlsafe(24)
+METADATA = (("authorization", f"Bearer {BENCH_TOKEN}"),)
 
 
 # --- the model ------------------------------------------------------------------------
@@ -169,6 +179,7 @@ class Server:
     proc: subprocess.Popen[bytes]
     dir: Path
     address: str = ""
+    http_address: str = ""  # with --http-port
 
     @property
     def process(self) -> psutil.Process:
@@ -179,10 +190,16 @@ class Server:
 
 
 def launch_server(
-    model: Path, base: Path, max_batch_size: int, args: argparse.Namespace, env: dict[str, str]
+    model: Path,
+    base: Path,
+    max_batch_size: int,
+    args: argparse.Namespace,
+    env: dict[str, str],
+    http: bool = False,
 ) -> Server:
     base.mkdir(parents=True, exist_ok=True)
     argv = [PYTHON, "-m", "agent.serve", "--model", str(model), "--listen", "127.0.0.1:0"]
+    argv += ["--token-file", str(args.token_file)] + (["--http-port", "0"] if http else [])
     argv += ["--ready-file", str(base / "ready.json"), "--drain-s", "5"]
     argv += ["--device", args.device, "--max-batch-size", str(max_batch_size)]
     argv += ["--max-queue-delay-ms", f"{args.max_queue_delay_ms:g}"]
@@ -202,7 +219,8 @@ def wait_ready(server: Server, deadline: float) -> None:
         if time.monotonic() > deadline:
             raise BenchError(f"the server was not ready in {START_TIMEOUT_S:.0f} s")
         time.sleep(0.1)
-    server.address = json.loads(ready.read_text())["address"]
+    doc = json.loads(ready.read_text())
+    server.address, server.http_address = doc["address"], doc.get("http_address", "")
 
 
 def stop_server(server: Server) -> None:
@@ -352,7 +370,7 @@ async def one_request(stub: Any, prompt: str, max_tokens: int, window: Window, c
         prompt=prompt, params=pb.SamplingParams(max_tokens=max_tokens, temperature=0.0)
     )
     try:
-        async for message in stub.Generate(request, timeout=RPC_TIMEOUT_S):
+        async for message in stub.Generate(request, timeout=RPC_TIMEOUT_S, metadata=METADATA):
             now = time.monotonic()
             n = len(message.token_ids)
             if n and reply.first is None:
@@ -420,7 +438,7 @@ async def closed_loop(
 
 async def server_stats(stub: Any) -> pb.GetServerStatsResponse:
     response: pb.GetServerStatsResponse = await stub.GetServerStats(
-        pb.GetServerStatsRequest(), timeout=30
+        pb.GetServerStatsRequest(), timeout=30, metadata=METADATA
     )
     return response
 
@@ -508,7 +526,9 @@ def goal(ok: bool) -> str:
     return "yes" if ok else "NO"
 
 
-def report(cells: list[Cell], args: argparse.Namespace) -> dict[str, float | None]:
+def report(
+    cells: list[Cell], args: argparse.Namespace, rest_ratio: float = float("nan")
+) -> dict[str, float | None]:
     top = max(args.concurrency)
     groups: dict[tuple[str, int], list[Cell]] = {}
     for cell in cells:
@@ -567,6 +587,7 @@ def report(cells: list[Cell], args: argparse.Namespace) -> dict[str, float | Non
         "ttft_p50_ms_c32": rounded(p50, 2),
         "ttft_p99_ms_c32": rounded(p99, 2),
         "int8_tokens_per_s_ratio": rounded(int8_ratio, 3),
+        "rest_vs_grpc_tokens_per_s_ratio": rounded(rest_ratio, 3),
     }
 
 
@@ -598,6 +619,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="of the random demo weights")
     parser.add_argument("--int8-dynamic", action="store_true", help="also dynamic int8")
     parser.add_argument("--no-int8", action="store_true", help="skip int8")
+    parser.add_argument("--no-rest", action="store_true", help="skip REST vs gRPC")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = parser.parse_args()
     if args.quick:
@@ -624,8 +646,12 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     root = Path(tempfile.mkdtemp(prefix="gantry-serving-"))
     env = server_env(args.server_threads)
+    args.token_file = root / "token"
+    args.token_file.write_text(BENCH_TOKEN + "\n")
+    args.token_file.chmod(0o600)
     servers: dict[str, Server] = {}
     cells: list[Cell] = []
+    rest_ratio = float("nan")
     t0 = time.monotonic()
     try:
         if args.model is None:
@@ -661,7 +687,9 @@ def main() -> None:
         # All servers load at once and wait, idle, for their turns: cells of different
         # settings can then alternate without a restart between them.
         for name, directory, batch in settings:
-            servers[name] = launch_server(directory, root / "servers" / name, batch, args, env)
+            http = name == "batched" and not args.no_rest
+            base = root / "servers" / name
+            servers[name] = launch_server(directory, base, batch, args, env, http)
         launched = time.monotonic()
         deadline = launched + START_TIMEOUT_S
         for name in list(servers):
@@ -679,6 +707,12 @@ def main() -> None:
         print(HEADER, flush=True)
         plan = schedule(args.concurrency, [n for n in int8 if n in servers])
         cells = [measure(servers[name], name, c, prompts, args) for name, c in plan]
+        batched = servers["batched"]
+        if batched.http_address:
+            rest = rest_vs_grpc(
+                batched.address, batched.http_address, prompts, args.token_file, root, args
+            )
+            rest_ratio = rest.ratio
     finally:
         for server in servers.values():
             stop_server(server)
@@ -692,7 +726,7 @@ def main() -> None:
         "srv CPU, bench, other: CPU-s per s of the server, this bench, other processes)"
     )
     print(f"total {time.monotonic() - t0:.0f} s")
-    print(json.dumps(report(cells, args)))
+    print(json.dumps(report(cells, args, rest_ratio)))
 
 
 if __name__ == "__main__":

@@ -221,8 +221,9 @@ class Engine:
             self._emit(sequence, Chunk(piece, (token,)))
             return False
         piece += sequence.text.finish()
-        self._emit(sequence, Done(piece, (token,), self._usage(sequence, reason)))
-        self._stats.request_completed()
+        usage = self._usage(sequence, reason)
+        self._emit(sequence, Done(piece, (token,), usage))
+        self._stats.request_completed(usage.total_time_ms / 1000)
         return True
 
     def _finish(self, keys: list[int]) -> None:

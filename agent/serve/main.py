@@ -2,20 +2,24 @@
 
     python -m agent.serve --model DIR [--listen 127.0.0.1:PORT] [--max-batch-size 8]
         [--max-queue-delay-ms 10] [--token-file F | --tls-ca CA --tls-cert C --tls-key K]
-        [--ready-file PATH] [--drain-s 10] [--device auto|cpu|cuda]
+        [--ready-file PATH] [--drain-s 10] [--device auto|cpu|cuda] [--http-port P]
 
 DIR is a Hugging Face model directory with its tokenizer (the trainer's
 `OUTPUT_DIR/final`) or an int8 artifact of `agent.tasks.quantize`. The server listens
 first, with grpc.health.v1 NOT_SERVING while the model loads (and reflection on),
-then turns SERVING and writes the ready file (JSON: address, pid) so that a
-supervising agent knows the port; `--listen HOST:0` takes any free port. It prints
-JSON progress lines on stdout (the agent's task protocol), the address included.
+then turns SERVING and writes the ready file (JSON: address, pid, and with
+`--http-port` http_address) so that a supervising agent knows the ports; `--listen
+HOST:0` takes any free port. It prints JSON progress lines on stdout (the agent's task
+protocol), the addresses included.
 
-Every RPC but health is authenticated: with `--token-file`, by `authorization: Bearer
-TOKEN`; with `--tls-*`, by a client certificate from the cluster's CA (mutual TLS), as
-the agent does. A serve task gets its agent's files through the environment
-(`agent.security.task_credentials`); without either the server refuses to start, and
-without TLS it listens on loopback only.
+`--http-port P` also serves the OpenAI-compatible HTTP API (agent.serve.http_api) on the
+--listen host, port P (0: any free port), from the same engine and event loop.
+
+Every RPC but health (and every HTTP path but /health) is authenticated: with
+`--token-file`, by `authorization: Bearer TOKEN`; with `--tls-*`, by a client certificate
+from the cluster's CA (mutual TLS), as the agent does. A serve task gets its agent's
+files through the environment (`agent.security.task_credentials`); without either the
+server refuses to start, and without TLS it listens on loopback only (HTTP too).
 
 SIGTERM or SIGINT: health turns NOT_SERVING, new requests get UNAVAILABLE, requests
 in flight have `--drain-s` seconds to finish, then the server exits 0.
@@ -60,7 +64,15 @@ from agent.security.tls import (
     server_credentials,
     tls_files_from_flags,
 )
-from agent.serve.rpc import Backend, InferenceServicer
+from agent.serve.http_api import (
+    HttpApi,
+    HttpListenError,
+    HttpServer,
+    server_ssl_context,
+    start_http,
+)
+from agent.serve.loading import DEFAULT_THREADS, build_backend
+from agent.serve.rpc import InferenceServicer
 from agent.serve.stats import ServerStats
 
 log = logging.getLogger("gantry.serve")
@@ -71,12 +83,6 @@ DEFAULT_LISTEN = "127.0.0.1:50061"
 STOP_GRACE_S = 2.0
 DRAIN_POLL_S = 0.02
 T = TypeVar("T")
-
-
-# One decode loop over small per-step matrices: more intra-op threads mostly spin in
-# OpenMP barriers, and on a node shared with other work a second thread made the
-# batched server up to 20x slower (bench/serving.py), so one unless told otherwise.
-DEFAULT_THREADS = 1
 
 
 class ListenError(ValueError):
@@ -106,6 +112,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             flag, type=Path, default=env_path(os.environ, env), help=f"mutual TLS: {what} (${env})"
         )
     parser.add_argument("--ready-file", type=Path, help="written (address, pid) once serving")
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        metavar="P",
+        help="also serve the OpenAI-compatible HTTP API on the --listen host, port P (0: any)",
+    )
     parser.add_argument("--drain-s", type=float, default=10.0, help="grace for requests on stop")
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda")
     parser.add_argument(
@@ -119,6 +131,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--threads must be at least 1")
     if args.max_batch_size < 1:
         parser.error("--max-batch-size must be at least 1")
+    if args.http_port is not None and not 0 <= args.http_port <= 65535:
+        parser.error(f"--http-port {args.http_port} is not a port (0 to 65535)")
     if args.max_queue_delay_ms < 0 or args.drain_s < 0:
         parser.error("--max-queue-delay-ms and --drain-s must not be negative")
     try:
@@ -151,10 +165,17 @@ def emit(doc: dict[str, Any]) -> None:
         print(json.dumps(doc), flush=True)
 
 
-def write_ready_file(path: Path, address: str) -> None:
+def join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def write_ready_file(path: Path, address: str, http_address: str = "") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"address": address, "pid": os.getpid()}) + "\n")
+    doc: dict[str, Any] = {"address": address, "pid": os.getpid()}
+    if http_address:
+        doc["http_address"] = http_address
+    tmp.write_text(json.dumps(doc) + "\n")
     tmp.replace(path)
 
 
@@ -162,65 +183,6 @@ def remove_ready_file(path: Path) -> None:
     with contextlib.suppress(OSError, ValueError):
         if json.loads(path.read_text()).get("pid") == os.getpid():
             path.unlink()
-
-
-# --- the model ------------------------------------------------------------------------
-
-
-def load_for_serving(
-    model_dir: Path, device: str, threads: int = DEFAULT_THREADS
-) -> tuple[Any, Any]:
-    """(model in eval mode, tokenizer) from a HF directory or an int8 artifact: the one
-    place the server loads a model. ModelLoadError names what is wrong."""
-    import torch
-    from transformers.utils import logging as hf_logging
-
-    from agent.ml.loading import load_model, quiet_torchao
-
-    quiet_torchao()  # transformers imports torchao while loading any model
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    torch.set_num_threads(threads)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return load_model(model_dir, device)
-
-
-def context_tokens(model: Any, tokenizer: Any) -> int:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else None
-    for value in (
-        getattr(config or model.config, "max_position_embeddings", None),
-        getattr(tokenizer, "model_max_length", None),
-    ):
-        if isinstance(value, int) and 0 < value < 10_000_000:
-            return value
-    return 2048
-
-
-def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
-    """Where `generate` stops: the generation config's end tokens, else the tokenizer's."""
-    generation = getattr(model, "generation_config", None)
-    for value in (getattr(generation, "eos_token_id", None), tokenizer.eos_token_id):
-        if isinstance(value, int):
-            return {value}
-        if isinstance(value, list | tuple) and value:
-            return {v for v in value if isinstance(v, int)}
-    return set()
-
-
-def build_backend(args: argparse.Namespace, stats: ServerStats) -> Backend:
-    """Loads the model and warms the decode loop up (runs in a worker thread)."""
-    from agent.serve.batching import Scheduler
-    from agent.serve.engine import Engine
-
-    model, tokenizer = load_for_serving(args.model, args.device, args.threads)
-    scheduler: Scheduler[int] = Scheduler(args.max_batch_size, args.max_queue_delay_ms / 1000)
-    engine = Engine(model, tokenizer, scheduler, stats, eos_token_ids(model, tokenizer))
-    engine.warm_up()
-
-    def encode(prompt: str) -> list[int]:
-        return list(tokenizer(prompt)["input_ids"])
-
-    return Backend(engine=engine, encode=encode, context_tokens=context_tokens(model, tokenizer))
 
 
 def in_thread(work: Callable[[], T]) -> asyncio.Future[T]:
@@ -272,7 +234,7 @@ async def build_server(
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection((SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
-    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    bind = join_host_port(host, port)
     try:
         if tls is None:
             bound = server.add_insecure_port(bind)
@@ -311,24 +273,54 @@ async def serve(args: argparse.Namespace) -> int:
     except ListenError as exc:
         log.error("%s", exc)
         return 2
+    host = split_listen(args.listen)[0]
+    try:
+        http = await _start_http(args, servicer, host, token, tls)
+    except HttpListenError as exc:
+        log.error("%s", exc)
+        await server.stop(None)
+        return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
-    host = split_listen(args.listen)[0]
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    addresses = {"address": join_host_port(host, port)}
+    if http is not None:
+        addresses["http_address"] = join_host_port(host, http.port)
     auth = "mutual TLS" if tls is not None else f"token {args.token_file}"
-    log.info("listening on %s (%s); loading %s", address, auth, args.model)
-    emit({"progress": 0.0, "message": f"loading {args.model}", "address": address})
+    log.info("listening on %s (%s); loading %s", _where(addresses), auth, args.model)
+    emit({"progress": 0.0, "message": f"loading {args.model}", **addresses})
 
-    code = await _load_and_serve(args, servicer, health, stats, stop, address)
+    code = await _load_and_serve(args, servicer, health, stats, stop, addresses)
     await _drain(servicer, health, args.drain_s)
+    if http is not None:
+        await http.close()
     await server.stop(STOP_GRACE_S)
     if args.ready_file is not None:
         remove_ready_file(args.ready_file)
     log.info("stopped")
     return code
+
+
+async def _start_http(
+    args: argparse.Namespace,
+    servicer: InferenceServicer,
+    host: str,
+    token: str | None,
+    tls: TlsMaterial | None,
+) -> HttpServer | None:
+    """The HTTP API with the gRPC server's credentials, or None without --http-port."""
+    if args.http_port is None:
+        return None
+    api = HttpApi(servicer, token, certificate_verified=tls is not None)
+    context = server_ssl_context(tls.ca, args.tls_cert, args.tls_key) if tls else None
+    return await start_http(api, host, args.http_port, context)
+
+
+def _where(addresses: dict[str, str]) -> str:
+    where = addresses["address"]
+    return f"{where} (gRPC), {addresses['http_address']} (HTTP)" if len(addresses) > 1 else where
 
 
 async def _load_and_serve(
@@ -337,7 +329,7 @@ async def _load_and_serve(
     health: HealthServicer,
     stats: ServerStats,
     stop: asyncio.Event,
-    address: str,
+    addresses: dict[str, str],
 ) -> int:
     loading = in_thread(lambda: build_backend(args, stats))
     stopped = asyncio.ensure_future(stop.wait())
@@ -358,9 +350,9 @@ async def _load_and_serve(
     for name in ("", SERVICE):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     if args.ready_file is not None:
-        write_ready_file(args.ready_file, address)
-    log.info("serving %s on %s", args.model, address)
-    emit({"message": f"serving on {address}", "address": address})
+        write_ready_file(args.ready_file, addresses["address"], addresses.get("http_address", ""))
+    log.info("serving %s on %s", args.model, _where(addresses))
+    emit({"message": f"serving on {_where(addresses)}", **addresses})
     await stopped
     return 0
 

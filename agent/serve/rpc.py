@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -42,21 +42,27 @@ class Backend:
     engine: Engine
     encode: Callable[[str], Sequence[int]]
     context_tokens: int  # the model's context (max_position_embeddings)
+    # Chat messages ({"role", "content"}) to one prompt (HTTP /v1/chat/completions);
+    # None: agent.serve.openai_api.plain_chat_prompt.
+    render_chat: Callable[[Sequence[Mapping[str, str]]], str] | None = None
 
 
-def check_params(prompt: str, params: pb.SamplingParams, context_tokens: int) -> None:
-    """Checks what can be checked before tokenizing; InvalidRequest says what is wrong."""
+def check_params(
+    prompt: str, params: pb.SamplingParams, context_tokens: int, prefix: str = "params."
+) -> None:
+    """Checks what can be checked before tokenizing; InvalidRequest says what is wrong
+    (fields named with `prefix`: "params." over gRPC, "" over HTTP)."""
     if not prompt:
         raise InvalidRequest("prompt is empty")
     limit = min(MAX_TOKENS_LIMIT, context_tokens)
     if params.max_tokens == 0:
-        raise InvalidRequest(f"params.max_tokens must be between 1 and {limit}")
+        raise InvalidRequest(f"{prefix}max_tokens must be between 1 and {limit}")
     if params.max_tokens > limit:
-        raise InvalidRequest(f"params.max_tokens {params.max_tokens} is above the limit {limit}")
+        raise InvalidRequest(f"{prefix}max_tokens {params.max_tokens} is above the limit {limit}")
     if not params.temperature >= 0:  # also refuses NaN
-        raise InvalidRequest(f"params.temperature {params.temperature} must not be negative")
+        raise InvalidRequest(f"{prefix}temperature {params.temperature} must not be negative")
     if not 0 <= params.top_p <= 1:
-        raise InvalidRequest(f"params.top_p {params.top_p} must be between 0 and 1")
+        raise InvalidRequest(f"{prefix}top_p {params.top_p} must be between 0 and 1")
     if len(params.stop) > MAX_STOP_STRINGS:
         raise InvalidRequest(f"at most {MAX_STOP_STRINGS} stop strings")
 

@@ -1,4 +1,5 @@
-"""Counters behind GetServerStats: totals, rates over a sliding window, batch sizes.
+"""Counters behind GetServerStats and /metrics: totals, rates over a sliding window,
+batch sizes, request latencies.
 
 Thread-safe (the decode thread records steps and tokens, the event loop records
 requests); the clock is injected so tests need no sleeping.
@@ -13,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 WINDOW_S = 10.0
+# Upper bounds of the request latency histogram (/metrics), seconds.
+LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,10 @@ class StatsSnapshot:
     requests_per_s: float
     tokens_per_s: float
     batch_size_histogram: dict[int, int] = field(default_factory=dict)
+    tokens_total: int = 0
+    completed_total: int = 0
+    latency_counts: tuple[int, ...] = ()  # per LATENCY_BUCKETS_S bound, then above the last
+    latency_sum_s: float = 0.0
 
 
 class ServerStats:
@@ -37,6 +44,9 @@ class ServerStats:
         self._completed: deque[float] = deque()  # completion times
         self._tokens: deque[tuple[float, int]] = deque()  # (time, tokens generated)
         self._histogram: Counter[int] = Counter()
+        self._tokens_total = 0
+        self._latency_counts = [0] * (len(LATENCY_BUCKETS_S) + 1)
+        self._latency_sum_s = 0.0
 
     def request_received(self) -> None:
         with self._lock:
@@ -46,9 +56,16 @@ class ServerStats:
         with self._lock:
             self._errors_total += 1
 
-    def request_completed(self) -> None:
+    def request_completed(self, latency_s: float = 0.0) -> None:
+        """A request ended; `latency_s`: received to its last token."""
+        bucket = next(
+            (i for i, bound in enumerate(LATENCY_BUCKETS_S) if latency_s <= bound),
+            len(LATENCY_BUCKETS_S),
+        )
         with self._lock:
             self._completed.append(self._clock())
+            self._latency_counts[bucket] += 1
+            self._latency_sum_s += latency_s
 
     def step(self, batch_size: int, tokens: int) -> None:
         """A decode step of `batch_size` sequences; `tokens` generated since the last call."""
@@ -57,6 +74,7 @@ class ServerStats:
                 self._histogram[batch_size] += 1
             if tokens:
                 self._tokens.append((self._clock(), tokens))
+                self._tokens_total += tokens
 
     def snapshot(self) -> StatsSnapshot:
         now = self._clock()
@@ -74,4 +92,8 @@ class ServerStats:
                 requests_per_s=len(self._completed) / span,
                 tokens_per_s=sum(n for _, n in self._tokens) / span,
                 batch_size_histogram=dict(self._histogram),
+                tokens_total=self._tokens_total,
+                completed_total=sum(self._latency_counts),
+                latency_counts=tuple(self._latency_counts),
+                latency_sum_s=self._latency_sum_s,
             )

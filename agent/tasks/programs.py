@@ -71,6 +71,8 @@ def serve_command(spec: task_pb2.ServeTaskSpec, task_dir: Path) -> list[str]:
         argv += ["--max-batch-size", str(spec.max_batch_size)]
     if spec.max_queue_delay_ms:
         argv += ["--max-queue-delay-ms", f"{spec.max_queue_delay_ms:g}"]
+    if spec.http_port:  # 0: gRPC only
+        argv += ["--http-port", str(spec.http_port)]
     return argv
 
 
@@ -96,6 +98,13 @@ def check_spec(task: task_pb2.Task) -> None:
         _model_dir(task.serve.model_dir)
         if task.serve.port > 65535:
             raise TaskError(f"serve: port {task.serve.port} is not a port")
+        if task.serve.http_port > 65535:
+            raise TaskError(f"serve: --http-port {task.serve.http_port} is not a port")
+        if task.serve.http_port and task.serve.http_port == task.serve.port:
+            raise TaskError(
+                f"serve: --http-port {task.serve.http_port} is the gRPC --port too; "
+                "give each its own"
+            )
     else:
         raise TaskError("the task has no spec (eval, quantize or serve)")
 

@@ -8,7 +8,8 @@ agent keeps each task's record in DATA/tasks/ID/task.pb (and its stderr beside i
 so `ListTasks` still knows a task after the agent restarts; a task still running then
 is re-adopted by pid (its progress stream is not: it shows as running until it ends).
 A task's latest progress line rides on its record (`Task.progress`), so a listing shows
-how far each running task has got.
+how far each running task has got. A server's ready file gives `Task.endpoint` (gRPC)
+and, when it serves HTTP too, `Task.http_endpoint`.
 Stop is SIGTERM to the task's process group, a grace period, then SIGKILL. Which program
 runs a task, and with what command line, is `agent.tasks.programs`.
 """
@@ -315,11 +316,14 @@ class TaskRunner:
                 except ValueError:
                     doc = None
                 if isinstance(doc, dict) and doc.get("address"):
-                    running.task.endpoint = str(doc["address"])
-                    running.task.state = TS.TASK_STATE_RUNNING
+                    task = running.task
+                    task.endpoint = str(doc["address"])
+                    task.http_endpoint = str(doc.get("http_address") or "")
+                    task.state = TS.TASK_STATE_RUNNING
                     self._save(running)
+                    also = f" (HTTP {task.http_endpoint})" if task.http_endpoint else ""
                     self._publish(
-                        running, self._progress(running, f"serving on {running.task.endpoint}")
+                        running, self._progress(running, f"serving on {task.endpoint}{also}")
                     )
                     return
             await asyncio.sleep(READY_POLL_S)

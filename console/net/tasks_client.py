@@ -23,6 +23,15 @@ class NodeTask:
     task: task_pb2.Task
 
 
+def completions_url(found: NodeTask) -> str:
+    """A serve task's OpenAI-compatible completions URL ("" without HTTP): https where its
+    agent uses mutual TLS, as its server then does."""
+    if not found.task.http_endpoint:
+        return ""
+    scheme = "https" if found.node.tls is not None else "http"
+    return f"{scheme}://{found.task.http_endpoint}/v1/completions"
+
+
 def job_paths(spec: job_pb2.JobSpec) -> tuple[str, str]:
     """(final model dir, held-out data) of a job trained by agent.train."""
     args = list(spec.args)
@@ -57,12 +66,18 @@ def quantize_request(
 
 
 def serve_request(
-    model_dir: str, port: int = 0, max_batch_size: int = 0, max_queue_delay_ms: float = 0.0
+    model_dir: str,
+    port: int = 0,
+    max_batch_size: int = 0,
+    max_queue_delay_ms: float = 0.0,
+    http_port: int = 0,
 ) -> agent_service_pb2.StartTaskRequest:
+    """`http_port`: also the OpenAI-compatible HTTP API there (0: gRPC only)."""
     request = agent_service_pb2.StartTaskRequest()
     s = request.serve
     s.model_dir = os.path.abspath(model_dir)
     s.port, s.max_batch_size, s.max_queue_delay_ms = port, max_batch_size, max_queue_delay_ms
+    s.http_port = http_port
     return request
 
 

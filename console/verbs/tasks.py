@@ -20,6 +20,7 @@ from console.net.jobs_client import JobCommandError
 from console.net.tasks_client import (
     NodeTask,
     TasksClient,
+    completions_url,
     job_paths,
     quantize_request,
     serve_request,
@@ -50,10 +51,19 @@ def add_task_verbs(verbs: Any) -> list[argparse.ArgumentParser]:
     )
     qu.add_argument("--max-samples", type=int, default=0)
     qu.add_argument("--no-wait", action="store_true")
-    se = verbs.add_parser("serve", help="start the gRPC inference server on an agent")
+    se = verbs.add_parser(
+        "serve", help="start the inference server on an agent (gRPC; with --http-port also HTTP)"
+    )
     se.add_argument("model", metavar="MODEL_DIR")
     se.add_argument("--node", default="")
     se.add_argument("--port", type=int, default=0, help="0: any free port")
+    se.add_argument(
+        "--http-port",
+        type=int,
+        default=0,
+        metavar="P",
+        help="also serve the OpenAI-compatible HTTP API (/v1/completions...) on P (0: gRPC only)",
+    )
     se.add_argument("--max-batch-size", type=int, default=8)
     se.add_argument("--max-queue-delay-ms", type=float, default=10.0)
     tasks = verbs.add_parser("tasks", help="every agent's eval, quantize and serve tasks")
@@ -140,6 +150,8 @@ async def _verb(args: argparse.Namespace, targets: list[NodeTarget], client: Tas
         else:
             print(task_line(found))
             print(results_text(found.task))
+            if found.task.http_endpoint:
+                print(f"HTTP (OpenAI-compatible): {completions_url(found)}")
         return 0
     if verb == "stop-task":
         found = await client.stop(args.id, args.grace)
@@ -160,7 +172,11 @@ async def _verb(args: argparse.Namespace, targets: list[NodeTarget], client: Tas
         )
     else:  # serve
         node = args.node or targets[0].name
-        request = serve_request(args.model, args.port, args.max_batch_size, args.max_queue_delay_ms)
+        if not 0 <= args.http_port <= 65535:
+            raise JobCommandError(f"--http-port {args.http_port} is not a port (0 to 65535)")
+        request = serve_request(
+            args.model, args.port, args.max_batch_size, args.max_queue_delay_ms, args.http_port
+        )
     started = await client.start(node, request)
     if not args.json:
         print(f"task {started.task.id} started on {started.node.name}", flush=True)
@@ -173,6 +189,8 @@ async def _verb(args: argparse.Namespace, targets: list[NodeTarget], client: Tas
         print(json.dumps(task_json(final), indent=2))
     else:
         print(task_line(final))
+        if final.task.http_endpoint:
+            print(f"HTTP (OpenAI-compatible): {completions_url(final)}")
         if final.task.results or final.task.report_json:
             print(results_text(final.task))
     if final.task.state == TS.TASK_STATE_FAILED:

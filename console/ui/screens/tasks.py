@@ -1,13 +1,14 @@
 """The tasks screen: every agent's eval, quantize and serve tasks; the selected one in
 detail (an evaluation's verdict against its targets and its trend across checkpoints, a
-quantization's sizes before and after, a server's health, requests/s, queue and batch
-sizes; a running task's progress); start evaluations, quantizations and servers.
+quantization's sizes before and after, a server's endpoints (gRPC, and HTTP when it
+serves the OpenAI-compatible API too), health, requests/s, queue and batch sizes; a running
+task's progress); start evaluations, quantizations and servers.
 
     enter  the selected task's whole detail (scrollable)
     E      evaluate a job's final model (asks for the job)
     Q      quantize a model to int8 (asks for its directory)
     S      serve a model (asks for its directory)
-    L      load-test a server (the selected one, or any endpoint)
+    L      load-test a server (the selected one's gRPC or HTTP endpoint, or any endpoint)
     x      stop the selected task (confirmed)
     tab    to the detail pane (the arrows scroll it)
     escape back
@@ -40,7 +41,13 @@ from console.model.task_view import (
 from console.net.cluster_file import ClusterFileError
 from console.net.jobs_client import JobCommandError
 from console.net.serve_client import ServerView, probe
-from console.net.tasks_client import NodeTask, TasksClient, quantize_request, serve_request
+from console.net.tasks_client import (
+    NodeTask,
+    TasksClient,
+    completions_url,
+    quantize_request,
+    serve_request,
+)
 from console.ui.screens.dialogs import ConfirmScreen
 from console.ui.screens.task_dialogs import ModelDirScreen, TaskDetailScreen
 
@@ -221,6 +228,8 @@ class TasksScreen(ModalScreen[None]):
             ]
             return eval_detail(t, history)
         lines = detail_lines(t, found.node.name)
+        if t.http_endpoint:
+            lines.append(f"HTTP (OpenAI-compatible) {completions_url(found)}")
         if t.kind == TK.TASK_KIND_SERVE and t.endpoint and t.state == TS.TASK_STATE_RUNNING:
             lines.append(serve_detail(self.server))
         return "\n".join(lines)
@@ -325,21 +334,25 @@ class TasksScreen(ModalScreen[None]):
     def action_loadtest(self) -> None:
         from console.ui.screens.loadtest import LoadTestScreen
 
-        endpoints = [
-            n.task.endpoint
+        # Each running server's endpoints, its HTTP one first: the form starts on the
+        # last one offered, the selected server's gRPC endpoint.
+        owners = {
+            endpoint: n
             for n in self.tasks
             if n.task.kind == TK.TASK_KIND_SERVE
             and n.task.state == TS.TASK_STATE_RUNNING
             and n.task.endpoint
-        ]
+            for endpoint in server_endpoints(n)
+        }
+        endpoints = list(owners)
         found = self.selected()
-        if found is not None and found.task.endpoint in endpoints:
-            endpoints.remove(found.task.endpoint)
-            endpoints.append(found.task.endpoint)  # the form starts on the last one
+        if found is not None:
+            for endpoint in server_endpoints(found):
+                if endpoint in owners:
+                    endpoints.remove(endpoint)
+                    endpoints.append(endpoint)
         # A server answers only its agent's token: the form starts with the last one's.
-        serving = next(
-            (n for n in self.tasks if endpoints and n.task.endpoint == endpoints[-1]), None
-        )
+        serving = owners.get(endpoints[-1]) if endpoints else None
         token_file = serving.node.token_file if serving is not None else None
         self.app.push_screen(LoadTestScreen(endpoints, token_file=token_file))
 
@@ -367,6 +380,12 @@ class TasksScreen(ModalScreen[None]):
             return
         self._status(f"{task_id}: {state_name(stopped.task.state)}")
         self.poll()
+
+
+def server_endpoints(found: NodeTask) -> list[str]:
+    """A serve task's endpoints for the load test: its HTTP completions URL (if it serves
+    HTTP), then its gRPC HOST:PORT."""
+    return [e for e in (completions_url(found), found.task.endpoint) if e]
 
 
 def _token(found: NodeTask) -> str:

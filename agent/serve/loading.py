@@ -1,0 +1,93 @@
+"""Loading a model for serving: the model and tokenizer, its context and end tokens, the
+decode engine warmed up, and how chat messages become a prompt."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from agent.serve.openai_api import plain_chat_prompt
+from agent.serve.rpc import Backend
+from agent.serve.stats import ServerStats
+
+# One decode loop over small per-step matrices: more intra-op threads mostly spin in
+# OpenMP barriers, and on a node shared with other work a second thread made the
+# batched server up to 20x slower (bench/serving.py), so one unless told otherwise.
+DEFAULT_THREADS = 1
+
+
+def load_for_serving(
+    model_dir: Path, device: str, threads: int = DEFAULT_THREADS
+) -> tuple[Any, Any]:
+    """(model in eval mode, tokenizer) from a HF directory or an int8 artifact: the one
+    place the server loads a model. ModelLoadError names what is wrong."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from agent.ml.loading import load_model, quiet_torchao
+
+    quiet_torchao()  # transformers imports torchao while loading any model
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    torch.set_num_threads(threads)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return load_model(model_dir, device)
+
+
+def context_tokens(model: Any, tokenizer: Any) -> int:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else None
+    for value in (
+        getattr(config or model.config, "max_position_embeddings", None),
+        getattr(tokenizer, "model_max_length", None),
+    ):
+        if isinstance(value, int) and 0 < value < 10_000_000:
+            return value
+    return 2048
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """Where `generate` stops: the generation config's end tokens, else the tokenizer's."""
+    generation = getattr(model, "generation_config", None)
+    for value in (getattr(generation, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            return {value}
+        if isinstance(value, list | tuple) and value:
+            return {v for v in value if isinstance(v, int)}
+    return set()
+
+
+def build_backend(args: argparse.Namespace, stats: ServerStats) -> Backend:
+    """Loads the model and warms the decode loop up (runs in a worker thread)."""
+    from agent.serve.batching import Scheduler
+    from agent.serve.engine import Engine
+
+    model, tokenizer = load_for_serving(args.model, args.device, args.threads)
+    scheduler: Scheduler[int] = Scheduler(args.max_batch_size, args.max_queue_delay_ms / 1000)
+    engine = Engine(model, tokenizer, scheduler, stats, eos_token_ids(model, tokenizer))
+    engine.warm_up()
+
+    def encode(prompt: str) -> list[int]:
+        return list(tokenizer(prompt)["input_ids"])
+
+    return Backend(
+        engine=engine,
+        encode=encode,
+        context_tokens=context_tokens(model, tokenizer),
+        render_chat=chat_renderer(tokenizer),
+    )
+
+
+def chat_renderer(tokenizer: Any) -> Callable[[Sequence[Mapping[str, str]]], str]:
+    """The tokenizer's chat template when it has one, else plain "role: content" lines."""
+    if not getattr(tokenizer, "chat_template", None):
+        return plain_chat_prompt
+
+    def render(messages: Sequence[Mapping[str, str]]) -> str:
+        rendered = tokenizer.apply_chat_template(
+            [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
+        )
+        return str(rendered)
+
+    return render

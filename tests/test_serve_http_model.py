@@ -1,0 +1,150 @@
+"""Issue 17, REST beside gRPC, with a real model: `python -m agent.serve --http-port 0` on
+127.0.0.1 serves both APIs from one engine; greedy output is the same over REST (whole and
+streamed) as over gRPC, and `gantry loadtest` reaches the HTTP endpoint with the token."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from gantry.v1 import inference_service_pb2 as pb
+from gantry.v1 import inference_service_pb2_grpc
+
+from console.loadtest.config import LoadTestConfig
+from console.loadtest.runner import run_loadtest
+from tests.test_serve import PROMPTS, Served, launch, model_dir, stop_server
+
+__all__ = ["model_dir"]  # the module's fixture, shared
+
+MAX_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def served(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    extra = ["--max-batch-size", "4", "--max-queue-delay-ms", "5", "--http-port", "0"]
+    server = launch(model_dir, tmp_path_factory.mktemp("http-server"), extra)
+    try:
+        yield server.wait_ready()
+    finally:
+        stop_server(server)
+
+
+def http_base(server: Served) -> str:
+    return f"http://{json.loads(server.ready_file.read_text())['http_address']}"
+
+
+def headers(server: Served) -> dict[str, str]:
+    return {"authorization": f"Bearer {server.token}"}
+
+
+def grpc_text(server: Served, prompt: str, ignore_eos: bool = False) -> tuple[str, str]:
+    """(text, finish reason) of a greedy Complete."""
+    with server.channel() as channel:
+        stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
+        params = pb.SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=ignore_eos)
+        reply = stub.Complete(pb.CompleteRequest(prompt=prompt, params=params), **server.kw())
+    return reply.text, reply.usage.finish_reason
+
+
+def test_greedy_output_is_the_same_over_rest_and_grpc(served: Served) -> None:
+    base = http_base(served)
+    assert base != f"http://{served.address}"
+    with httpx.Client(headers=headers(served), timeout=60) as client:
+        for prompt in PROMPTS:
+            for ignore_eos in (False, True):
+                want, reason = grpc_text(served, prompt, ignore_eos)
+                body: dict[str, Any] = {
+                    "prompt": prompt,
+                    "max_tokens": MAX_TOKENS,
+                    "temperature": 0,
+                    "ignore_eos": ignore_eos,
+                }
+                whole = client.post(f"{base}/v1/completions", json=body)
+                assert whole.status_code == 200, whole.text
+                choice = whole.json()["choices"][0]
+                assert choice["text"] == want, prompt
+                assert choice["finish_reason"] == ("stop" if reason == "eos" else reason)
+                pieces = []
+                with client.stream(
+                    "POST", f"{base}/v1/completions", json={**body, "stream": True}
+                ) as streamed:
+                    for line in streamed.iter_lines():
+                        if line.startswith("data: ") and line != "data: [DONE]":
+                            pieces.append(json.loads(line[6:])["choices"][0]["text"])
+                assert "".join(pieces) == want, prompt
+
+
+def test_chat_is_the_completion_of_the_joined_messages(served: Served) -> None:
+    base = http_base(served)
+    messages = [{"role": "user", "content": "apple river"}]
+    with httpx.Client(headers=headers(served), timeout=60) as client:
+        reply = client.post(
+            f"{base}/v1/chat/completions",
+            json={"messages": messages, "max_tokens": MAX_TOKENS, "temperature": 0},
+        )
+        assert reply.status_code == 200, reply.text
+        models = client.get(f"{base}/v1/models").json()
+        metrics = client.get(f"{base}/metrics").text
+        anonymous = httpx.post(f"{base}/v1/completions", json={"prompt": "apple"})
+    want, _ = grpc_text(served, "user: apple river\nassistant:")
+    assert reply.json()["choices"][0]["message"]["content"] == want
+    assert models["data"][0]["id"] == str(served_model(served))
+    assert "gantry_serve_completion_tokens_total" in metrics
+    assert anonymous.status_code == 401
+
+
+def served_model(server: Served) -> Path:
+    argv = server.proc.args
+    assert isinstance(argv, list)
+    return Path(str(argv[argv.index("--model") + 1]))
+
+
+async def test_the_load_tester_reaches_the_http_endpoint(served: Served) -> None:
+    url = f"{http_base(served)}/v1/completions"
+    report = await run_loadtest(
+        LoadTestConfig(
+            url,
+            max_tokens=4,
+            concurrency=2,
+            requests=6,
+            token_file=served.base / "token",
+            ignore_eos=True,
+        )
+    )
+    assert report.kind == "http" and report.streaming
+    assert report.ok == 6 and not report.errors
+    assert report.finishes == {"length": 6}
+    assert report.ttft_ms is not None and report.ttft_ms.count == 6
+    assert 6 <= report.tokens <= 24
+
+
+def test_the_benchs_rest_vs_grpc_ratio_runs_against_both_endpoints(
+    served: Served, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bench/serving.py's figure, in short: four load tests, a finite ratio, no errors."""
+    from bench.serving_rest import rest_vs_grpc
+
+    ready = json.loads(served.ready_file.read_text())
+    args = argparse.Namespace(max_tokens=4, seconds=1.0, warmup_s=0.0)
+    result = rest_vs_grpc(
+        served.address, ready["http_address"], PROMPTS, served.base / "token", tmp_path, args
+    )
+    assert result.errors == {"grpc": 0, "http": 0}
+    assert len(result.rates["grpc"]) == len(result.rates["http"]) == 2
+    assert all(rate > 0 for runs in result.rates.values() for rate in runs)
+    assert 0 < result.ratio < 100
+    assert "HTTP / gRPC tokens/s" in capsys.readouterr().out
+
+
+def test_a_stop_closes_both_ports(served: Served) -> None:
+    base = http_base(served)
+    served.proc.send_signal(signal.SIGTERM)
+    assert served.proc.wait(30) == 0
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{base}/health", timeout=5)
