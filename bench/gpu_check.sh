@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The checks that need a machine with an NVIDIA GPU, in one run (a few minutes; every
-# step has its own timeout, and all of them together stop at 8 minutes, not counting a
+# step has its own timeout, and all of them together stop at 9.5 minutes, not counting a
 # `make venv`):
 #
 #   1. a GPU is there: `nvidia-smi -L`, else NVML through pynvml; and the venv's torch
@@ -8,7 +8,10 @@
 #   2. the agent's NVML sampler (agent.telemetry.sampler) on the real device: its figures;
 #   3. a one-GPU DeepSpeed run of the demo job (NCCL backend) with the sampler running:
 #      steps/s, tokens/s, loss, GPU memory and utilization;
-#   4. bench/serving.py --quick on the GPU (the server's --device cuda).
+#   4. bench/serving.py --quick on the GPU (the server's --device cuda);
+#   5. bf16 against fp16, and bf16 with --gradient_checkpointing, on one GPU
+#      (bench/parallel.py --precisions): steps/s, loss and peak memory of each.
+#      Expert and tensor parallelism run on the CPU (bench/parallel.py without a GPU).
 #
 #     bash bench/gpu_check.sh          # from the repository root
 #
@@ -29,7 +32,7 @@ set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 1
 PY=${GANTRY_PYTHON:-.venv/bin/python}
-TOTAL_S=480  # the whole check, make venv aside
+TOTAL_S=570  # the whole check, make venv aside
 
 # --- 1. is there a GPU ----------------------------------------------------------------
 if ! command -v nvidia-smi >/dev/null 2>&1; then
@@ -89,6 +92,7 @@ step() {  # step NAME TIMEOUT_S COMMAND...: runs it, notes a failure, goes on
 step "2. NVML sampler" 45 "$PY" bench/gpu_check_steps.py nvml --seconds 3
 step "3. DeepSpeed, 1 GPU, NCCL" 180 "$PY" bench/gpu_check_steps.py train --steps 60 --timeout-s 160
 step "4. bench/serving.py on the GPU" 240 "$PY" bench/serving.py --quick --device cuda
+step "5. bf16 vs fp16, checkpointing" 100 "$PY" bench/parallel.py --precisions --device cuda --steps 30
 
 echo
 if [ ${#failed[@]} -ne 0 ]; then

@@ -219,6 +219,34 @@ def adapt_config(
     return out
 
 
+def adapt_parallel(
+    adapted: Adapted, *, tensor: int = 1, expert: int = 1, moe: bool | None = None
+) -> None:
+    """The config for the job's layout: DeepSpeed's MoE layer (`moe`; by default when
+    expert > 1) does not run under ZeRO stage 3, lowered to 2; tensor parallelism is
+    DeepSpeed's AutoTP for training."""
+    cfg, note = adapted.config, adapted.changes.append
+    zero = cfg.get("zero_optimization")
+    moe = expert > 1 if moe is None else moe
+    if moe and isinstance(zero, dict) and zero.get("stage") == 3:
+        zero["stage"] = 2
+        for key in [k for k in zero if k.startswith("stage3_")]:
+            del zero[key]
+        note(
+            f"zero_optimization.stage 3 -> 2: DeepSpeed's MoE layer (expert parallel {expert}) "
+            "does not run under ZeRO stage 3"
+        )
+    if tensor > 1:
+        block = cfg.get("tensor_parallel")
+        current = block.get("autotp_size") if isinstance(block, Mapping) else None
+        if current != tensor:
+            cfg["tensor_parallel"] = {
+                **(block if isinstance(block, Mapping) else {}),
+                "autotp_size": tensor,
+            }
+            note(f"tensor_parallel.autotp_size {current!r} -> {tensor} (the job's parallelism)")
+
+
 def _adapt_precision(cfg: dict[str, Any], hw: Hardware, note: Any) -> None:
     fp16 = cfg.get("fp16")
     bf16 = cfg.get("bf16", cfg.get("bfloat16"))

@@ -5,7 +5,8 @@
         [--per_device_train_batch_size N] [--gradient_accumulation_steps N] \\
         [--num_train_epochs E] [--max_steps N] [--learning_rate LR] [--warmup_steps N] \\
         [--save_steps N] [--resume_from_checkpoint PATH|latest] [--logging_dir DIR] \\
-        [--seed S] [--max_length N]
+        [--seed S] [--max_length N] [--gradient_checkpointing] \\
+        [--expert_parallel_size E] [--tensor_parallel_size T]
 
 Runs under the `deepspeed` launcher (which appends --local_rank=N) or as plain
 processes given RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT (without
@@ -22,6 +23,12 @@ them: one rank on 127.0.0.1).
   tag="stepN") with the step and data position; a resume continues both.
 - At the end: OUTPUT_DIR/final, a Hugging Face model directory (fp32) with the
   tokenizer.
+- --gradient_checkpointing recomputes activations in the backward pass (less memory, about a
+  third more compute); each step reports the rank's peak memory (peak_memory_bytes).
+- --expert_parallel_size E (default $GANTRY_EXPERT_PARALLEL) puts the MoE blocks on
+  DeepSpeed's MoE layer with ep_size=E; --tensor_parallel_size T ($GANTRY_TENSOR_PARALLEL)
+  is DeepSpeed's AutoTP (GPU only). The start record carries the rank's coordinates
+  (agent.rank.parallel_plan), each metrics record the collective time per group.
 - Reports to $GANTRY_METRICS_FILE (agent.report); SIGUSR1 dumps every thread's stack.
 - Rank 0 writes TensorBoard event files (loss, learning rate, grad norm, tokens/s, the
   step-time split) to LOGGING_DIR/<start>_attempt<N> (agent.rank.tensorboard_log).
@@ -44,18 +51,17 @@ checkpoint to resume) is `agent.rank.train_setup`, the optimizer steps and the f
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.rank.parallel_plan import EXPERT_ENV, TENSOR_ENV, ParallelPlan, env_size
 from agent.rank.report import Reporter, install_stack_dump
 from agent.rank.tensorboard_log import open_board
+from agent.rank.train_engine import DEFAULT_LR, RankEngine, build_engine
 from agent.rank.train_loop import (
     DataPosition,
     LoopPlan,
@@ -115,7 +121,23 @@ __all__ = [
     "train",
 ]
 
-DEFAULT_LR = 5e-5
+_TRUE = frozenset({"yes", "true", "t", "y", "1"})
+_FALSE = frozenset({"no", "false", "f", "n", "0"})
+
+
+def _bool(text: str) -> bool:
+    """A flag's value as HfArgumentParser reads it (yes/no, true/false, 1/0, ...)."""
+    word = text.lower()
+    if word not in _TRUE | _FALSE:
+        raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+    return word in _TRUE
+
+
+def _size_default(name: str) -> int:
+    try:
+        return env_size(name)
+    except ValueError as exc:
+        raise SystemExit(f"gantry: {exc}") from None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -152,6 +174,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="a checkpoint directory (or its tag) or 'latest': OUTPUT_DIR/checkpoints' "
         "latest if there is one, else a fresh start",
     )
+    p.add_argument(
+        "--gradient_checkpointing",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="recompute activations in the backward pass instead of keeping them",
+    )
+    p.add_argument(
+        "--expert_parallel_size",
+        type=int,
+        default=_size_default(EXPERT_ENV),
+        help=f"ranks sharing the experts (DeepSpeed's MoE layer); default ${EXPERT_ENV} or 1",
+    )
+    p.add_argument(
+        "--deepspeed_moe",
+        action="store_true",
+        help="DeepSpeed's MoE layer at expert parallel 1 too (what expert parallelism is "
+        "compared with)",
+    )
+    p.add_argument(
+        "--tensor_parallel_size",
+        type=int,
+        default=_size_default(TENSOR_ENV),
+        help=f"DeepSpeed AutoTP size (GPU only); default ${TENSOR_ENV} or 1",
+    )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--max_length", type=int, default=512, help="tokens per conversation")
     p.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher")
@@ -161,6 +209,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "gradient_accumulation_steps",
         "save_steps",
         "max_length",
+        "expert_parallel_size",
+        "tensor_parallel_size",
     ):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -175,82 +225,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 # --- a rank's steps -----------------------------------------------------------------
-
-
-@dataclass
-class RankEngine:
-    """The DeepSpeed engine with the config it was built from and the run's length."""
-
-    engine: Any
-    config: dict[str, Any]
-    changes: list[str]
-    micro_batch: int
-    grad_accum: int
-    per_epoch: int
-    total_steps: int
-
-
-def build_engine(
-    args: argparse.Namespace, data: RankData, rank: int, world: int, logging_dir: Path
-) -> RankEngine:
-    """The model, the DeepSpeed config adapted to the hardware, AdamW and the LR schedule."""
-    import deepspeed
-    import torch
-
-    from agent.ml.data import batches_per_epoch
-    from agent.ml.models import build_model
-    from agent.rank import ds_config
-
-    try:
-        hw = ds_config.detect_hardware()
-    except ValueError as exc:  # a bad GANTRY_CPU_BF16: fails before the model is built
-        raise SystemExit(f"gantry: {exc}") from None
-    model = build_model(args.model_name_or_path, data.tokenizer, seed=args.seed)
-    adapted = ds_config.adapt_config(
-        ds_config.load_config(args.deepspeed_config),
-        hw,
-        world_size=world,
-        micro_batch=args.per_device_train_batch_size,
-        grad_accum=args.gradient_accumulation_steps,
-        hidden_size=getattr(model.config, "hidden_size", None),
-    )
-    cfg = adapted.config
-    resume = data.resume
-    if resume is not None and is_universal(*resume):
-        # A universal checkpoint is what lets a job go on at another world size; plain
-        # ZeRO checkpoints load only at the world size that wrote them.
-        cfg.setdefault("checkpoint", {})["load_universal"] = True
-        adapted.changes.append(f"loading {resume[0] / (resume[1] or 'latest')} as universal")
-    for change in adapted.changes:
-        log(change)
-    log(f"{ds_config.summary(cfg)} on {world} rank(s), {hw.accelerator} accelerator")
-    (logging_dir / f"ds_config.rank{rank}.json").write_text(json.dumps(cfg, indent=2) + "\n")
-
-    mbs = int(cfg.get("train_micro_batch_size_per_gpu") or 1)
-    gas = int(cfg.get("gradient_accumulation_steps") or 1)
-    per_epoch = batches_per_epoch(data.dataset, world, mbs)
-    total_steps = (
-        args.max_steps
-        if args.max_steps > 0
-        else max(1, math.ceil(args.num_train_epochs * per_epoch / gas))
-    )
-    opt_params = adapted.optimizer_params
-    lr = args.learning_rate or float(opt_params.get("lr", DEFAULT_LR))
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=lr,
-        betas=tuple(opt_params.get("betas", (0.9, 0.999))),
-        eps=float(opt_params.get("eps", 1e-8)),
-        weight_decay=float(opt_params.get("weight_decay", 0.0)),
-    )
-    factor = lr_lambda(args.warmup_steps, total_steps, args.lr_scheduler_type)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        optimizer=optimizer,
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
-        config=cfg,
-    )
-    return RankEngine(engine, cfg, adapted.changes, mbs, gas, per_epoch, total_steps)
 
 
 def restore(engine: Any, data: RankData, micro_batch: int, world: int) -> DataPosition:
@@ -295,10 +269,13 @@ def train(args: argparse.Namespace, rep: Reporter) -> int:
     logging_dir = args.logging_dir or args.output_dir / "logs"
     logging_dir.mkdir(parents=True, exist_ok=True)
 
+    layout = ParallelPlan(rank, world, args.tensor_parallel_size, args.expert_parallel_size)
     data = open_data(args, world)
-    run = build_engine(args, data, rank, world, logging_dir)
+    run = build_engine(args, data, rank, world, logging_dir, layout)
     engine = run.engine
-    position = restore(engine, data, run.micro_batch, world)
+    # Tensor-parallel ranks train on the same micro-batches: the data splits over the rest.
+    data_rank, data_world = rank // layout.tensor, world // layout.tensor
+    position = restore(engine, data, run.micro_batch, data_world)
 
     step = int(engine.global_steps)
     n_params = count_parameters(engine.module)
@@ -317,10 +294,13 @@ def train(args: argparse.Namespace, rep: Reporter) -> int:
         gradient_accumulation_steps=run.grad_accum,
         config_changes=run.changes,
         resumed_from=position.resumed_from,
+        gradient_checkpointing=bool(args.gradient_checkpointing),
+        parallelism={"tensor": layout.tensor, "expert": layout.expert} if layout.parallel else None,
+        coordinates=layout.coordinates() if layout.parallel else None,
     )
     plan = LoopPlan(
-        rank=rank,
-        world_size=world,
+        rank=data_rank,
+        world_size=data_world,
         micro_batch=run.micro_batch,
         per_epoch=run.per_epoch,
         total_steps=run.total_steps,
@@ -329,6 +309,7 @@ def train(args: argparse.Namespace, rep: Reporter) -> int:
         seed=args.seed,
         ckpt_dir=args.output_dir / "checkpoints",
         data_digest=data.digest,
+        tensor_parallel=layout.tensor,
     )
     # Rank 0 only, as HF Trainer: one run folder per attempt; closing flushes the rest.
     board = open_board(logging_dir, world, log) if rank == 0 else None

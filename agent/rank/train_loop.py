@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.rank.parallel_plan import group_times
+from agent.rank.peak_memory import peak_memory_bytes
 from agent.rank.report import CollectiveClock, Reporter, memory_bytes
 from agent.rank.tensorboard_log import BoardLog
 from agent.rank.train_setup import CKPT_TOKENIZER, log
@@ -42,6 +44,7 @@ class LoopPlan:
     seed: int
     ckpt_dir: Path
     data_digest: str
+    tensor_parallel: int = 1  # world_size above counts data-parallel ranks only
 
 
 @dataclass
@@ -191,6 +194,8 @@ class TrainLoop:
             backward_s=round(stats.backward_s, 6),
             optimizer_step_s=round(stats.step_s, 6),
             memory_bytes=memory_bytes(),
+            peak_memory_bytes=peak_memory_bytes(),
+            collective_by_group_s=group_times(comms, plan.tensor_parallel, plan.world_size),
         )
         self.rep.metrics(step, **record)
         if self.board is not None:
@@ -205,10 +210,15 @@ class TrainLoop:
 def save_final(
     engine: Any, model: Any, tokenizer: Any, final_dir: Path, rank: int, info: dict[str, Any]
 ) -> None:
-    """A Hugging Face directory in fp32, gathered from the ZeRO-3 partitions."""
+    """A Hugging Face directory in fp32, gathered from the ZeRO-3 partitions (and, under
+    DeepSpeed's MoE layer, every expert gathered into Mixtral's layout)."""
     import deepspeed
     import torch
 
+    from agent.ml.moe_deepspeed import gather_experts, has_deepspeed_moe, mixtral_state_dict
+
+    moe = has_deepspeed_moe(model)
+    experts = gather_experts(model) if moe else {}
     params = list(model.parameters())
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
         if rank == 0:
@@ -223,6 +233,12 @@ def save_final(
         if tmp.exists():
             shutil.rmtree(tmp)
         config = model.config
+        if moe:
+            from transformers import AutoModelForCausalLM
+
+            state = mixtral_state_dict(state, experts)
+            model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
+            model.load_state_dict(state, strict=True)
         model.save_pretrained(str(tmp), state_dict=state)
         # transformers 5 writes the module's own dtype (bf16 in a bf16 run) into config.json;
         # the weights saved are fp32, and so must the config say.

@@ -101,7 +101,9 @@ def network_bound(inp: AdvisorInput, th: Thresholds) -> list[Finding]:
     """
     per_step: dict[int, float] = {}
     ranks = 0
+    windows: list[MetricPoint] = []
     for points in by_rank(inp.metrics).values():
+        windows += points[-th.collective_window_steps :]
         timed = [
             p
             for p in points[-th.collective_window_steps :]
@@ -122,23 +124,28 @@ def network_bound(inp: AdvisorInput, th: Thresholds) -> list[Finding]:
         f"({len(per_step)} steps, {ranks} ranks; threshold {th.collective_fraction_max:.0%})"
     )
     evidence += "; " + _transport(inp)
+    dominant = dominant_group(windows)
+    details = (
+        "NCCL may have fallen back from InfiniBand/RoCE to TCP sockets: with "
+        "NCCL_DEBUG=INFO look for 'NET/Socket' instead of 'NET/IB', make sure "
+        "NCCL_IB_DISABLE is not 1, set NCCL_SOCKET_IFNAME to the fast interface, and "
+        "check the topology (nvidia-smi topo -m: GPUs and NICs on the same PCIe "
+        "switch and NUMA node)."
+    )
+    summary = "Check the NCCL transport and the network path"
+    if dominant is not None:
+        group, fraction = dominant
+        evidence += f"; the {group} group's collectives ({_GROUP_OPS[group]}) took {fraction:.0%}"
+        if group != "data":
+            summary = f"Keep the {group}-parallel groups within a node; check the network path"
+            details = f"{_GROUP_ADVICE[group]} {details}"
     findings = [
         Finding(
             "network-bound",
             "warning",
             "Training is network-bound",
             evidence,
-            Remedy(
-                kind="advice",
-                summary="Check the NCCL transport and the network path",
-                details=(
-                    "NCCL may have fallen back from InfiniBand/RoCE to TCP sockets: with "
-                    "NCCL_DEBUG=INFO look for 'NET/Socket' instead of 'NET/IB', make sure "
-                    "NCCL_IB_DISABLE is not 1, set NCCL_SOCKET_IFNAME to the fast interface, and "
-                    "check the topology (nvidia-smi topo -m: GPUs and NICs on the same PCIe "
-                    "switch and NUMA node)."
-                ),
-            ),
+            Remedy(kind="advice", summary=summary, details=details),
         )
     ]
     ga = inp.grad_accum
@@ -163,6 +170,42 @@ def network_bound(inp: AdvisorInput, th: Thresholds) -> list[Finding]:
             )
         )
     return findings
+
+
+_GROUP_OPS = {
+    "data": "gradient all-reduce / reduce-scatter / all-gather",
+    "tensor": "the tensor-parallel layers' all-reduce",
+    "expert": "the experts' all-to-all",
+}
+_GROUP_ADVICE = {
+    "tensor": (
+        "Tensor parallelism reduces activations in every layer, forward and backward: a "
+        "tensor-parallel group belongs on one node's NVLink, so keep parallelism.tensor at "
+        "most the GPUs per node (or lower it)."
+    ),
+    "expert": (
+        "Expert parallelism sends every token to its experts and back (all-to-all) in each MoE "
+        "layer: keep an expert-parallel group within a node where it fits (parallelism.expert "
+        "at most the GPUs per node), or lower parallelism.expert so that fewer tokens cross "
+        "nodes."
+    ),
+}
+
+
+def dominant_group(points: Sequence[MetricPoint]) -> tuple[str, float] | None:
+    """The process group ("data", "tensor", "expert") with the most collective time over
+    `points`, and its share of it; None when no point has per-group times."""
+    totals: dict[str, float] = defaultdict(float)
+    for p in points:
+        by_group: Mapping[str, float] = getattr(p, "collective_by_group_s", None) or {}
+        for group, seconds in by_group.items():
+            if group in _GROUP_OPS and is_finite(seconds) and seconds > 0:
+                totals[group] += seconds
+    total = sum(totals.values())
+    if not total:
+        return None
+    group = max(sorted(totals), key=lambda g: totals[g])
+    return group, totals[group] / total
 
 
 def _medians(

@@ -43,6 +43,7 @@ COLUMN_WIDTHS = {
     "tok/s": 5,
     "coll%": 5,
     "beat": 5,
+    "d,t,e": 7,  # a rank's (data, tensor, expert) coordinates
 }
 DEFAULT_WIDTH = 8
 
@@ -102,9 +103,9 @@ class RankTable(LineTable):
         classes: str | None = None,
     ) -> None:
         super().__init__(name=name, id=id, classes=classes)
+        self._chosen_widths = COLUMN_WIDTHS if widths is None else widths
         self.columns = tuple(columns)
-        chosen = COLUMN_WIDTHS if widths is None else widths
-        self.widths = tuple(chosen.get(c, DEFAULT_WIDTH) for c in self.columns)
+        self.widths = tuple(self._chosen_widths.get(c, DEFAULT_WIDTH) for c in self.columns)
         self._rows: list[tuple[str, ...]] = []
         self._bad: set[int] = set()
         self._warn: set[int] = set()
@@ -149,6 +150,18 @@ class RankTable(LineTable):
             self.refresh()
         elif changed:
             self.refresh_row_lines(changed)
+
+    def set_columns(self, columns: Sequence[str]) -> None:
+        """Other columns (a job with parallelism adds one); rows must follow with set_rows."""
+        columns = tuple(columns)
+        if columns == self.columns:
+            return
+        self.columns = columns
+        self.widths = tuple(self._chosen_widths.get(c, DEFAULT_WIDTH) for c in columns)
+        self._strips.clear()
+        self._header = None
+        self._rows = []
+        self.refresh()
 
     def line_text(self, row: int) -> str:
         """The plain text of a row's line (for tests and tools)."""

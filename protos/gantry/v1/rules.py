@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from gantry.v1 import job_pb2
+from gantry.v1.parallelism import spec_layout_problem
 
 # -- syntax --------------------------------------------------------------------------------
 
@@ -342,6 +343,9 @@ def validate_job_spec(spec: job_pb2.JobSpec, field: str = "spec") -> None:
     `field` prefixes each field named in an error ("" for none)."""
     check_name(spec.name, _at(field, "name"))
     _check_nodes(spec, field)
+    problem = spec_layout_problem(spec)
+    if problem is not None:
+        raise ValidationError(f"{_at(field, 'parallelism')}: {problem}")
     if not spec.command or not spec.command[0]:
         raise ValidationError(f"{_at(field, 'command')}: give the program to run")
     words = _words(spec.command, _at(field, "command")) + _words(spec.args, _at(field, "args"))

@@ -11,6 +11,11 @@ from textual.app import ComposeResult
 from console.model.cluster import ClusterStore
 from console.model.job_rows import RANK_COLUMNS, lost_nodes, rank_cells
 from console.model.jobs import BAD_RANK_STATES, JobView
+from console.model.rank_coordinates import (
+    cells_with_coordinates,
+    has_parallelism,
+    with_coordinates,
+)
 from console.ui.screens.job.pane import JobPane
 from console.ui.widgets.rank_table import RankTable
 
@@ -35,6 +40,11 @@ class RanksPane(JobPane):
 
     def draw(self, view: JobView, now: float) -> None:
         table = self.table
+        coordinates = has_parallelism(view.spec)
+        columns = with_coordinates(RANK_COLUMNS) if coordinates else RANK_COLUMNS
+        if columns != table.columns:
+            table.set_columns(columns)
+            self._rank_keys = []  # every row again, in the new columns
         lost = lost_nodes(view, self.cluster)
         rows = view.rank_rows()
         bad = {
@@ -58,6 +68,11 @@ class RanksPane(JobPane):
         fresh = [
             rank_cells(rank, latest, rank.node in lost, now) for rank, latest in rows[first:last]
         ]
+        if coordinates:
+            fresh = [
+                cells_with_coordinates(RANK_COLUMNS, cells, rank)
+                for cells, (rank, _) in zip(fresh, rows[first:last], strict=True)
+            ]
         cells[first:last] = fresh
         table.set_rows(cells, bad)
 
