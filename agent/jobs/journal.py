@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 
 from gantry.v1 import job_pb2
+from gantry.v1.parallelism import coordinates
 
 from agent.jobs.journal_db import FILE_NAME
 from agent.jobs.journal_events import EventTables
@@ -307,7 +308,21 @@ class Journal(EventTables):
                 pb.ranks.extend(led[attempt.number])
             else:
                 pb.ranks.extend(rank_to_pb(r) for r in ranks if r.attempt == attempt.number)
+        _place_ranks(job)
         return job
+
+
+def _place_ranks(job: job_pb2.Job) -> None:
+    """Each rank's (data, tensor, expert) coordinates, for a job with tensor or expert
+    parallelism: they follow from its rank number and the spec."""
+    sizes = job.spec.parallelism
+    if (sizes.tensor or 1) == 1 and (sizes.expert or 1) == 1:
+        return
+    for attempt in job.attempts:
+        for rank in attempt.ranks:
+            at = coordinates(rank.rank, sizes.tensor, sizes.expert)
+            rank.coordinates.data, rank.coordinates.tensor = at.data, at.tensor
+            rank.coordinates.expert = at.expert
 
 
 def _attempt_values(a: AttemptRow) -> tuple[object, ...]:

@@ -162,6 +162,15 @@ def metrics_from_fields(fields: Mapping[str, object]) -> job_pb2.RankMetrics:
     memory = _int(fields.get("memory_bytes"))
     if memory is not None and memory >= 0:
         m.memory_bytes = memory
+    peak = _int(fields.get("peak_memory_bytes"))
+    if peak is not None and peak >= 0:
+        m.peak_memory_bytes = peak
+    by_group = fields.get("collective_by_group_s")
+    if isinstance(by_group, dict):
+        for group, seconds in list(by_group.items())[:8]:
+            value = as_number(seconds)
+            if isinstance(group, str) and len(group) <= 32 and value is not None:
+                m.collective_time_by_group_s[group] = value
     when = as_number(fields.get("time"))
     if when is not None and math.isfinite(when):
         m.time.FromNanoseconds(int(when * 1e9))

@@ -102,6 +102,9 @@ def rank_env(
         GANTRY_CHECKPOINT_REQUEST_FILE=str(metrics_path.with_name(CHECKPOINT_REQUEST_FILE)),
         GANTRY_HEARTBEAT_S=f"{heartbeat_s:g}",
     )
+    if spec.HasField("parallelism"):  # Gantry's trainer reads its sizes from these
+        env["GANTRY_TENSOR_PARALLEL"] = str(spec.parallelism.tensor or 1)
+        env["GANTRY_EXPERT_PARALLEL"] = str(spec.parallelism.expert or 1)
     if spec.collective_timeout_s > 0:
         env["GANTRY_COLLECTIVE_TIMEOUT_S"] = f"{spec.collective_timeout_s:g}"
     if env.get(INSTRUMENT_ENV, "1") != "0":
