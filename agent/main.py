@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from agent.jobs.leader.peer_ssh import configure_peer_ssh
@@ -29,6 +30,12 @@ from agent.security.tls import (
     tls_files_from_flags,
 )
 from agent.telemetry.kernel_follow import KernelLogFollower
+from agent.telemetry.preemption import (
+    NoticeSource,
+    NoticeSpecError,
+    SigtermNotice,
+    parse_notice_spec,
+)
 from agent.telemetry.sampler import Sampler
 
 log = logging.getLogger("gantry.agent")
@@ -82,9 +89,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="where XIDs and oom kills are read: auto (/dev/kmsg, else journalctl -k), off, "
         "or a file being appended to (a saved or relayed kernel log)",
     )
+    parser.add_argument(
+        "--preemption-notice",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="where this node learns of its preemption (repeatable): sigterm (SIGTERM first "
+        "announces it, waits for the ranks' checkpoint and stop, then stops the agent), "
+        "file:PATH (the file appears), url:URL (polled: GCE's .../instance/preempted, AWS's "
+        ".../spot/instance-action)",
+    )
     args = parser.parse_args(argv)
     if args.sample_interval <= 0 or args.history <= 0:
         parser.error("--sample-interval and --history must be positive")
+    try:
+        args.notice_sources = [parse_notice_spec(s) for s in args.preemption_notice]
+    except NoticeSpecError as exc:
+        parser.error(str(exc))
     return args
 
 
@@ -135,7 +156,8 @@ async def run_agent(args: argparse.Namespace) -> int:
     gpus = [gpu.index for gpu in sampler.node_info().gpus]
     extensions = extensions_dir(data_dir, args.torch_extensions_dir, os.environ)
     warm = None if args.no_warm_ops else tuple(args.warm_op)
-    runtime = build_job_runtime(args.node_name, data_dir, gpus, extensions, warm)
+    notices: list[NoticeSource] = getattr(args, "notice_sources", [])
+    runtime = build_job_runtime(args.node_name, data_dir, gpus, extensions, warm, notices)
     try:
         server, port, health_servicer = await build_server(
             sampler, token, args.listen, runtime.jobs, tls
@@ -164,8 +186,9 @@ async def run_agent(args: argparse.Namespace) -> int:
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    sigterm = next((n for n in notices if isinstance(n, SigtermNotice)), None)
+    loop.add_signal_handler(signal.SIGTERM, _on_sigterm(sigterm, runtime.until_ranks_stopped, stop))
     await stop.wait()
     log.info("stopping")
     await health_servicer.enter_graceful_shutdown()
@@ -176,6 +199,31 @@ async def run_agent(args: argparse.Namespace) -> int:
     if metrics is not None:
         metrics[0].shutdown()
     return 0
+
+
+def _on_sigterm(
+    sigterm: SigtermNotice | None,
+    until_ranks_stopped: Callable[[], Awaitable[None]],
+    stop: asyncio.Event,
+) -> Callable[[], None]:
+    """SIGTERM stops the agent; with the ``sigterm`` notice source the first one announces
+    the preemption and stops the agent once the ranks are stopped (a second stops it now)."""
+    pending: list[asyncio.Task[None]] = []
+
+    async def drain() -> None:
+        await until_ranks_stopped()
+        log.info("preempted: the ranks here are stopped")
+        stop.set()
+
+    def handler() -> None:
+        if sigterm is None or pending:
+            stop.set()
+            return
+        log.warning("SIGTERM: announcing this node's preemption")
+        sigterm.received()
+        pending.append(asyncio.create_task(drain()))
+
+    return handler
 
 
 def main(argv: list[str] | None = None) -> None:

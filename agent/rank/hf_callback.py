@@ -25,10 +25,16 @@ Gantry's own trainer writes:
   the optimizer inside the last backward pass, so backward_s includes it and
   optimizer_step_s is absent.
 - `checkpoint` after each save: tag `checkpoint-N`, path OUTPUT_DIR/checkpoint-N.
+- A checkpoint the agent asks for (a preemption notice, agent.rank.checkpoint_request):
+  at the step's end the Trainer is told to save (`control.should_save`); once saved, the
+  request is answered. Under torch.distributed every rank saves when any rank was asked
+  (one all-reduce of a flag per step while Gantry runs the script): a node that got no
+  request must not leave the others' collective save waiting.
 - `end` at train end, with the last logged loss. Heartbeats go on until the process
   exits, so what the script does after `train()` is not taken for a hang.
 
-Imports only transformers (and torch, which the Trainer needs) and agent.report.
+Imports only transformers (and torch, which the Trainer needs), agent.report and
+agent.rank.checkpoint_request.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from agent.rank.checkpoint_request import CheckpointRequests
 from agent.rank.report import CollectiveClock, Reporter, memory_bytes, process_reporter
 
 __all__ = ["GantryCallback"]
@@ -53,6 +60,19 @@ def _sync() -> None:
     """Wait for queued GPU work, so a clock read after it measures the work itself."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         torch.cuda.synchronize()
+
+
+def _any_rank(asked: bool) -> bool:
+    """Whether any rank of the job was asked: an all-reduce of the flag under
+    torch.distributed (every rank calls it at each step's end), else ``asked``."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return asked
+    on_gpu = dist.get_backend() == "nccl"
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else None
+    flag = torch.tensor([1 if asked else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def _number(value: object) -> float | None:
@@ -88,8 +108,13 @@ class GantryCallback(TrainerCallback):
     `reporter` defaults to the process's one reporter (agent.report.process_reporter),
     which the script may also use through agent.report.report()."""
 
-    def __init__(self, reporter: Reporter | None = None) -> None:
+    def __init__(
+        self, reporter: Reporter | None = None, requests: CheckpointRequests | None = None
+    ) -> None:
         self.reporter = reporter if reporter is not None else process_reporter()
+        # Checkpoints the agent asks for ($GANTRY_CHECKPOINT_REQUEST_FILE; unset: never).
+        self.requests = requests if requests is not None else CheckpointRequests()
+        self._asked: str | None = None  # the request the next save answers
         self.reporter.start_heartbeat()  # alive from here, before the model is ready
         self._clock = CollectiveClock()
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
@@ -233,6 +258,7 @@ class GantryCallback(TrainerCallback):
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        self._honour_request(control)
         if not self._in_step:
             return
         _sync()
@@ -303,14 +329,28 @@ class GantryCallback(TrainerCallback):
         # A step already written: the agent merges two records of one step.
         self.reporter.metrics(state.global_step, **fields)
 
+    def _honour_request(self, control: TrainerControl) -> None:
+        """A checkpoint asked for (here, or on any rank): the Trainer saves at this step."""
+        if self.requests.path is None:
+            return  # not run by Gantry: no request, and no collective either
+        request = self.requests.pending()
+        if request is not None and request != self._asked:
+            self._asked = request
+        if _any_rank(request is not None):
+            control.should_save = True
+
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        if not self._active:
-            return
-        self._flush()
-        tag = f"checkpoint-{state.global_step}"
-        self.reporter.checkpoint(state.global_step, tag, os.path.join(args.output_dir or "", tag))
+        if self._active:
+            self._flush()
+            tag = f"checkpoint-{state.global_step}"
+            path = os.path.join(args.output_dir or "", tag)
+            self.reporter.checkpoint(state.global_step, tag, path)
+        if self._asked is not None:
+            # Reported first: the agent takes the checkpoint record, then this answer.
+            self.requests.done(self._asked)
+            self._asked = None
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

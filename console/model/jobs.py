@@ -38,8 +38,11 @@ ACTIVE_JOB_STATES = frozenset(
         JS.JOB_STATE_RUNNING,
         JS.JOB_STATE_RESTARTING,
         JS.JOB_STATE_STOPPING,
+        JS.JOB_STATE_PREEMPTED,  # waiting for its node to be back: not ended
     }
 )
+# Active states in which the job's ranks hold their GPUs (a preempted job's were stopped).
+HOLDING_JOB_STATES = ACTIVE_JOB_STATES - {JS.JOB_STATE_PREEMPTED}
 
 
 @dataclass
@@ -324,7 +327,7 @@ class JobsStore:
         attempt (GPU indices empty on CPU nodes)."""
         owners: dict[str, list[tuple[str, int, tuple[int, ...]]]] = {}
         for view in self._jobs.values():
-            if view.state not in ACTIVE_JOB_STATES:
+            if view.state not in HOLDING_JOB_STATES:
                 continue
             attempt = view.latest_attempt()
             if attempt is None:

@@ -16,7 +16,9 @@ from console.model.transport import transport_by_node, transport_json
 from console.net.jobs_client import LedJob
 
 # The states a reason explains: on any other, an earlier attempt's reason would mislead.
-REASONED_STATES = frozenset({job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_STOPPED})
+REASONED_STATES = frozenset(
+    {job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_STOPPED, job_pb2.JOB_STATE_PREEMPTED}
+)
 
 
 def state_name(value: int) -> str:
@@ -73,7 +75,7 @@ def cost_now(job: job_pb2.Job) -> Cost:
 
 
 def shown_reason(job: job_pb2.Job) -> str:
-    """The reason for the job's state: only a failed or stopped job has one."""
+    """The reason for the job's state: only a failed, stopped or preempted job has one."""
     if job.state not in REASONED_STATES:
         return ""
     return job.reason or (job.attempts[-1].reason if job.attempts else "")
@@ -143,8 +145,9 @@ def job_text(
         extra = f" resumed from {attempt.resumed_from}" if attempt.resumed_from else ""
         if attempt.excluded_nodes:
             extra += f" excluding {', '.join(attempt.excluded_nodes)}"
-        reason = f": {attempt.reason}" if attempt.reason else ""
-        lines.append(f"  #{attempt.number} {state_name(attempt.state)}{extra}{reason}")
+        reason = f": {safe_line(attempt.reason)}" if attempt.reason else ""
+        state = state_name(attempt.state) + (" (preempted)" if attempt.preempted else "")
+        lines.append(f"  #{attempt.number} {state}{extra}{reason}")
     if job.attempts:
         rows: list[tuple[str, ...]] = [
             (

@@ -16,8 +16,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from gantry.v1 import agent_service_pb2, job_pb2
-from gantry.v1.job_tokens import scoped_for
-from gantry.v1.rules import ValidationError, validate_job_spec
 from gantry.v1.spec_diff import spec_changes
 
 from agent.jobs.event_bus import EventBus
@@ -33,11 +31,13 @@ from agent.jobs.leader.errors import JobError
 from agent.jobs.leader.led_job import STOP_GRACE_S, Command, LedJob, Outcome
 from agent.jobs.leader.peer_events import PeerLedger, with_unknown_ranks
 from agent.jobs.leader.peers import NodeApi, RemoteNode
-from agent.jobs.leader.policy import after_failure
+from agent.jobs.leader.policy import PREEMPT_SETTLE_S, after_failure
+from agent.jobs.leader.preemption import wait_until_back
 from agent.jobs.leader.restart_checks import check_restart_nodes, resolve_from
+from agent.jobs.leader.spec_checks import check_replacement, scoped, validate_spec
 from agent.jobs.leader.states import ACTIVE_JOB_STATES, JobEdge
 from agent.jobs.leader.store import LeaderStore
-from agent.jobs.leader.watch import readopt, stop_attempt, watch_attempt
+from agent.jobs.leader.watch import AskLocal, readopt, stop_attempt, watch_attempt
 
 __all__ = ["STOP_GRACE_S", "UNKNOWN_OPERATOR", "JobError", "JobLeader", "validate_spec"]
 
@@ -61,6 +61,8 @@ class JobLeader:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         make_remote: Callable[[agent_service_pb2.PeerAgent], NodeApi] = RemoteNode,
+        ask_local: AskLocal | None = None,
+        preempt_settle_s: float = PREEMPT_SETTLE_S,
     ) -> None:
         self.node_name = node_name
         self.root = data_dir / "jobs"
@@ -70,6 +72,8 @@ class JobLeader:
         self._ledger = PeerLedger(node_name, journal, bus)
         self._sleep = sleep
         self._make_remote = make_remote
+        self._ask_local = ask_local  # this node's ranks asked for a checkpoint (a preemption)
+        self._settle_s = preempt_settle_s
         self._jobs: dict[str, LedJob] = {}
 
     # -- operator verbs ---------------------------------------------------------
@@ -84,7 +88,7 @@ class JobLeader:
             raise JobError(f"job {spec.name} is already running; stop it first", code="exists")
         # Only job tokens are kept (peers.json, memory), whatever the console sent: one leaked
         # file opens this job's rank calls, not the cluster.
-        known = {p.name: _scoped(p, spec.name) for p in peers}
+        known = {p.name: scoped(p, spec.name) for p in peers}
         known.setdefault(self.node_name, agent_service_pb2.PeerAgent(name=self.node_name))
         if spec.nodes[0].node != self.node_name:
             raise JobError(
@@ -141,7 +145,7 @@ class JobLeader:
         include = include or []
         current = self.store.spec(name)
         if spec is not None:
-            _check_replacement(current, spec)
+            check_replacement(current, spec)
         target = spec if spec is not None else current
         last = self.store.last_attempt(name)
         already = list(last.excluded_nodes) if last is not None else []
@@ -250,6 +254,12 @@ class JobLeader:
         name = led.name
         command = first
         try:
+            if adopt and self.store.state(name) == JS.JOB_STATE_PREEMPTED:
+                # Led again after a restart: whatever was away, every node must answer.
+                command = await self._wait_back(led, recovered=True)
+                if command is not None and command.kind == "stop":
+                    return self._stopped(led, command)
+                adopt = False
             while True:
                 attempt = await readopt(self.store, led) if adopt else None
                 adopted, adopt = attempt is not None, False
@@ -261,10 +271,17 @@ class JobLeader:
                     outcome, reason = Outcome.STOPPED, BY_OPERATOR
                 elif attempt.state == JS.JOB_STATE_RUNNING:
                     outcome, reason, command = await watch_attempt(
-                        self.store, self._ledger, led, attempt, adopted
+                        self.store, self._ledger, led, attempt, adopted, self._ask_local
                     )
                 else:
                     outcome, reason = Outcome.FAILED, attempt.reason
+                if outcome is Outcome.PREEMPTED:
+                    # Waits as PREEMPTED; no restart spent (the policy is for failures).
+                    self.store.attempt_ended(name, attempt, outcome, reason)
+                    command = await self._wait_back(led)
+                    if command is not None and command.kind == "stop":
+                        return self._stopped(led, command)
+                    continue
                 if outcome is not Outcome.FAILED:
                     self.store.attempt_ended(name, attempt, outcome, reason)
                     if command is not None:
@@ -287,10 +304,7 @@ class JobLeader:
                 )
                 command = await self._backoff(led, decision.backoff_s)
                 if command is not None and command.kind == "stop":
-                    told = (EK.JOB_EVENT_KIND_STOPPED, BY_OPERATOR)
-                    self.store.job_edge(name, JobEdge.STOP, BY_OPERATOR, told)
-                    command.resolve()
-                    return
+                    return self._stopped(led, command)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a leader bug must not leave ranks running unsupervised
@@ -307,6 +321,31 @@ class JobLeader:
             self.store.job_edge(led.name, JobEdge.FAIL, why, (EK.JOB_EVENT_KIND_FAILED, why))
         except Exception:
             log.exception("job %s: recording the leader's failure", led.name)
+
+    def _stopped(self, led: LedJob, command: Command) -> None:
+        """An operator's stop while no attempt runs (backing off, or preempted)."""
+        told = (EK.JOB_EVENT_KIND_STOPPED, BY_OPERATOR)
+        self.store.job_edge(led.name, JobEdge.STOP, BY_OPERATOR, told)
+        command.resolve()
+
+    async def _wait_back(self, led: LedJob, recovered: bool = False) -> Command | None:
+        """A preempted job's wait for its nodes (``preemption.wait_until_back``)."""
+        spec = self.store.spec(led.name)
+        last = self.store.last_attempt(led.name)
+        excluded = set(last.excluded_nodes) if last is not None else set()
+        nodes = [n for n in dict.fromkeys(e.node for e in spec.nodes) if n not in excluded]
+        away = set(nodes) if recovered else set()
+        preempted = nodes if recovered else led.preempted_nodes
+        settle_until = led.preempt_deadline + self._settle_s
+        return await wait_until_back(
+            led,
+            nodes,
+            preempted,
+            settle_until,
+            self.store.clock,
+            lambda seconds: self._backoff(led, seconds),
+            went_away=away,
+        )
 
     async def _backoff(self, led: LedJob, seconds: float) -> Command | None:
         """The policy's pause before the next attempt, or the command that cut it short."""
@@ -353,43 +392,3 @@ class JobLeader:
         command.done = asyncio.get_running_loop().create_future()
         await led.commands.put(command)
         await command.done
-
-
-def _node_list(spec: job_pb2.JobSpec) -> list[tuple[str, int]]:
-    return [(n.node, n.slots or 1) for n in spec.nodes]
-
-
-def _check_replacement(current: job_pb2.JobSpec, new: job_pb2.JobSpec) -> None:
-    """A restart's new spec: valid, and for the same job on the same nodes."""
-    if new.name != current.name:
-        raise JobError(
-            f"the new spec is for job {new.name or '(unnamed)'}, not {current.name};"
-            " a restart keeps the job's name"
-        )
-    validate_spec(new)
-    if _node_list(new) != _node_list(current):
-        raise JobError(
-            f"the new spec of job {current.name} runs on [{_show_nodes(new)}], not"
-            f" [{_show_nodes(current)}]; a restart keeps the job's nodes"
-            " (use --exclude to go on without one)"
-        )
-
-
-def _show_nodes(spec: job_pb2.JobSpec) -> str:
-    return ", ".join(f"{node} slots={slots}" for node, slots in _node_list(spec)) or "none"
-
-
-def validate_spec(spec: job_pb2.JobSpec) -> None:
-    """The contract's check of a spec (`gantry.v1.rules`), again here: a leader is also
-    reached by code paths that pass no RPC guard (recover, restart's new spec)."""
-    try:
-        validate_job_spec(spec)
-    except ValidationError as exc:
-        raise JobError(str(exc)) from None
-
-
-def _scoped(peer: agent_service_pb2.PeerAgent, job: str) -> agent_service_pb2.PeerAgent:
-    scoped = agent_service_pb2.PeerAgent()
-    scoped.CopyFrom(peer)
-    scoped.token = scoped_for(peer.token, job)
-    return scoped

@@ -20,6 +20,7 @@ class Outcome(enum.Enum):
     FAILED = "failed"
     STOPPED = "stopped"
     RESTART = "restart"
+    PREEMPTED = "preempted"  # a node's notice: checkpointed and stopped, the job waits
 
 
 @dataclass
@@ -50,6 +51,9 @@ class LedJob:
     task: asyncio.Task[None] | None = None
     # The attempt being watched, its ranks as their events say (saved at each edge).
     live: job_pb2.Attempt | None = None
+    # The last preemption: the nodes that announced it, and its deadline (wall clock).
+    preempted_nodes: tuple[str, ...] = ()
+    preempt_deadline: float = 0.0
 
     def running(self) -> bool:
         return self.task is not None and not self.task.done()

@@ -50,6 +50,8 @@ class JobState(IntEnum):
     STOPPED = job_pb2.JOB_STATE_STOPPED
     SUCCEEDED = job_pb2.JOB_STATE_SUCCEEDED
     FAILED = job_pb2.JOB_STATE_FAILED
+    # A node announced its preemption: the attempt checkpointed and stopped, the job waits.
+    PREEMPTED = job_pb2.JOB_STATE_PREEMPTED
 
 
 class AttemptState(IntEnum):
@@ -70,6 +72,7 @@ class JobEdge(StrEnum):
     FAIL = "fail"
     STOP = "stop"
     REOPEN = "reopen"
+    PREEMPT = "preempt"
 
 
 class AttemptEdge(StrEnum):
@@ -83,14 +86,15 @@ class AttemptEdge(StrEnum):
 
 _J = JobState
 _ENDED = (_J.STOPPED, _J.SUCCEEDED, _J.FAILED)
-_LIVE = (_J.PENDING, _J.STARTING, _J.RUNNING, _J.RESTARTING)
+_LIVE = (_J.PENDING, _J.STARTING, _J.RUNNING, _J.RESTARTING, _J.PREEMPTED)
 JOB_EDGES: Mapping[JobEdge, Edge] = {
     # A new job, or one submitted again under the name of an ended one (which it replaces).
     JobEdge.SUBMIT: Edge.of([_J.NEW, *_ENDED], _J.PENDING),
     # A first attempt, one after a backoff, one the operator asked for while the last ran,
-    # or one after a leader restart found its attempt half started.
+    # one after a leader restart found its attempt half started, or one once the nodes of
+    # a preempted job are back.
     JobEdge.ATTEMPT_STARTING: Edge.of(
-        [_J.PENDING, _J.STARTING, _J.RUNNING, _J.RESTARTING], _J.STARTING
+        [_J.PENDING, _J.STARTING, _J.RUNNING, _J.RESTARTING, _J.PREEMPTED], _J.STARTING
     ),
     JobEdge.ATTEMPT_RUNNING: Edge.of([_J.STARTING], _J.RUNNING),
     JobEdge.RESTART_AFTER_FAILURE: Edge.of([_J.STARTING, _J.RUNNING], _J.RESTARTING),
@@ -100,6 +104,8 @@ JOB_EDGES: Mapping[JobEdge, Edge] = {
     JobEdge.STOP: Edge.of(_LIVE, _J.STOPPED),
     # The operator restarts an ended job.
     JobEdge.REOPEN: Edge.of(_ENDED, _J.PENDING),
+    # A node's preemption notice: the attempt checkpointed and stopped (no restart spent).
+    JobEdge.PREEMPT: Edge.of([_J.STARTING, _J.RUNNING], _J.PREEMPTED),
 }
 
 _A = AttemptState

@@ -19,6 +19,7 @@ from gantry.v1 import agent_service_pb2, job_pb2
 from agent.jobs.event_bus import EventBus
 from agent.jobs.journal import AttemptRow, Journal
 from agent.jobs.leader.led_job import Outcome
+from agent.jobs.leader.preemption import is_preempted
 from agent.jobs.leader.states import (
     AttemptEdge,
     JobEdge,
@@ -59,6 +60,9 @@ class LeaderStore:
         job = self.journal.job_pb(name)
         if job is None:
             raise KeyError(name)
+        for attempt in job.attempts:
+            # The journal keeps no flag of its own: a preempted attempt's reason says so.
+            attempt.preempted = is_preempted(attempt.reason)
         return job
 
     def state(self, name: str) -> int:
@@ -176,8 +180,9 @@ class LeaderStore:
     def attempt_ended(
         self, name: str, attempt: job_pb2.Attempt, outcome: Outcome, reason: str
     ) -> None:
-        """A succeeded or stopped attempt's last edge and, when the job ends with it, the
-        job's, written together (an operator restart's new attempt follows)."""
+        """A succeeded, stopped or preempted attempt's last edge and, when the job ends (or
+        waits) with it, the job's, written together (an operator restart's new attempt
+        follows)."""
         with self.journal.transaction():
             if outcome is Outcome.SUCCEEDED:
                 edge, job_edge, kind = AttemptEdge.ALL_EXITED_OK, JobEdge.SUCCEED, EK_SUCCEEDED
@@ -185,7 +190,9 @@ class LeaderStore:
             else:
                 edge, job_edge, kind = AttemptEdge.STOPPED, JobEdge.STOP, EK_STOPPED
                 self.attempt_edge(name, attempt.number, edge, reason, ranks=attempt.ranks)
-            if outcome is not Outcome.RESTART:
+            if outcome is Outcome.PREEMPTED:
+                self.job_edge(name, JobEdge.PREEMPT, reason)  # the watch told it, with figures
+            elif outcome is not Outcome.RESTART:
                 self.job_edge(name, job_edge, reason, (kind, reason))
 
     def forget(self, name: str) -> None:

@@ -1,13 +1,15 @@
 """How the leader watches a running attempt: every node's events pumped into one bounded
 queue (a peer's copied into the journal with its read position), the ranks' states
 tallied until the attempt's table names its edge, and the operator's commands answered
-meanwhile; and how it stops an attempt's ranks on every node."""
+meanwhile (and a node's preemption notice: the ranks' checkpoints awaited within the
+grace, agent.jobs.leader.preemption); and how it stops an attempt's ranks on every node."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from gantry.v1 import agent_service_pb2, job_pb2
 
@@ -15,11 +17,14 @@ from agent.jobs.event_bus import MAX_BATCH
 from agent.jobs.leader.led_job import STOP_GRACE_S, Command, LedJob, Outcome
 from agent.jobs.leader.peer_events import PeerLedger, Tally
 from agent.jobs.leader.peers import NodeRefused, NodeUnreachable
+from agent.jobs.leader.preemption import Preempting
 from agent.jobs.leader.states import AttemptEdge
 from agent.jobs.leader.store import LeaderStore
 
 log = logging.getLogger("gantry.agent")
 EK = job_pb2.JobEventKind
+# The leader's own node's ranks asked for a checkpoint: (job, request id, attempt) -> how many.
+AskLocal = Callable[[str, str, int], int]
 
 
 async def watch_attempt(
@@ -28,10 +33,13 @@ async def watch_attempt(
     led: LedJob,
     attempt: job_pb2.Attempt,
     adopted: bool = False,
+    ask_local: AskLocal | None = None,
 ) -> tuple[Outcome, str, Command | None]:
     """Until the attempt ends: SUCCEEDED (its edge still to write), FAILED (written, its
     ranks stopped), or, on a command, STOPPED/RESTART (stopped, the STOPPED edge still to
-    write, with the command)."""
+    write, with the command); on a node's preemption notice, PREEMPTED once every rank
+    saved the checkpoint asked for or the grace is over (stopped, the STOPPED edge still
+    to write)."""
     name = led.name
     # Bounded: a leader busy stopping ranks holds its peers' streams back, not its memory.
     queue: asyncio.Queue[tuple[str, job_pb2.JobEvent]] = asyncio.Queue(MAX_BATCH)
@@ -51,11 +59,21 @@ async def watch_attempt(
     pumps = [asyncio.create_task(pump(n)) for n in sorted({r.node for r in attempt.ranks})]
     getter: asyncio.Task[tuple[str, job_pb2.JobEvent]] | None = None
     commander: asyncio.Task[Command] | None = None
+    preempting: Preempting | None = None
     try:
-        while (edge := tally.edge()) is None:
+        while (edge := tally.edge()) is None or preempting is not None:
+            if preempting is not None and (
+                edge is not None
+                or preempting.complete(attempt.ranks)
+                or store.clock() >= preempting.deadline
+            ):
+                return await _preempted(store, led, attempt, preempting)
             getter = getter or asyncio.create_task(queue.get())
             commander = commander or asyncio.create_task(led.commands.get())
-            done, _ = await asyncio.wait({getter, commander}, return_when=asyncio.FIRST_COMPLETED)
+            timeout = None if preempting is None else max(0.0, preempting.deadline - store.clock())
+            done, _ = await asyncio.wait(
+                {getter, commander}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
             if commander in done:
                 command = commander.result()
                 commander = None
@@ -77,6 +95,7 @@ async def watch_attempt(
                 else:
                     ledger.copy(name, node, event)
             tally.add(event)
+            preempting = _on_preemption(store, led, attempt, preempting, event, ask_local)
         if edge is AttemptEdge.ALL_EXITED_OK:
             return Outcome.SUCCEEDED, "every rank exited 0", None
         await stop_attempt(led, attempt, STOP_GRACE_S)
@@ -90,6 +109,62 @@ async def watch_attempt(
         for task in pumps:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+def _on_preemption(
+    store: LeaderStore,
+    led: LedJob,
+    attempt: job_pb2.Attempt,
+    preempting: Preempting | None,
+    event: job_pb2.JobEvent,
+    ask_local: AskLocal | None,
+) -> Preempting | None:
+    """A notice begins (or joins) the attempt's preemption: the leader's own ranks are asked
+    for the same checkpoint; a rank's answer is counted."""
+    if event.kind != EK.JOB_EVENT_KIND_PREEMPTION_NOTICE:
+        return preempting  # the hot path: metrics, phases
+    policy = store.spec(led.name).preemption
+    request = ""
+    if preempting is None:
+        preempting = Preempting.first(event, policy, store.clock())
+        if preempting is None:
+            return None
+        request = event.details["request"]
+        grace = preempting.deadline - preempting.noticed_at
+        store.event(
+            led.name,
+            EK.JOB_EVENT_KIND_PREEMPTION_NOTICE,
+            f"{event.node} announced its preemption: waiting up to {grace:.0f} s for every"
+            f" rank's checkpoint {request}",
+            attempt=attempt.number,
+            details={"node": event.node, "request": request, "grace_s": f"{grace:g}"},
+        )
+    else:
+        request = preempting.add(event, policy, store.clock())
+    if request and ask_local is not None:
+        ask_local(led.name, request, attempt.number)
+    return preempting
+
+
+async def _preempted(
+    store: LeaderStore, led: LedJob, attempt: job_pb2.Attempt, preempting: Preempting
+) -> tuple[Outcome, str, Command | None]:
+    """The attempt's ranks stopped after a preemption's checkpoint (or its grace)."""
+    now = store.clock()
+    reason = preempting.reason(attempt.ranks, now)
+    details = preempting.details(attempt.ranks, now)
+    store.attempt_edge(led.name, attempt.number, AttemptEdge.STOP, ranks=attempt.ranks)
+    store.event(
+        led.name,
+        EK.JOB_EVENT_KIND_PREEMPTION_NOTICE,
+        reason,
+        attempt=attempt.number,
+        details=details,
+    )
+    led.preempted_nodes = tuple(preempting.nodes)
+    led.preempt_deadline = preempting.deadline
+    await stop_attempt(led, attempt, STOP_GRACE_S)
+    return Outcome.PREEMPTED, reason, None
 
 
 def _told_already(store: LeaderStore, event: job_pb2.JobEvent) -> bool:

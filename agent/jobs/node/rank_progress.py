@@ -21,14 +21,23 @@ _K = job_pb2.JobEventKind
 NCCL_EVENT_KINDS = ("version", "network", "interfaces", "ib_fallback", "warn", "transport")
 
 
-def read_progress(rj: RankJournal, live: LiveRank, batch: EventBatch, now: float) -> bool:
-    """Applies what the rank wrote since the last poll; True if all of it was read."""
+def read_progress(
+    rj: RankJournal,
+    live: LiveRank,
+    batch: EventBatch,
+    now: float,
+    checkpoints: list[Record] | None = None,
+) -> bool:
+    """Applies what the rank wrote since the last poll; True if all of it was read. The
+    checkpoint records read are also added to ``checkpoints`` (a requested one's answer)."""
     # A rank reporting through its own file and training: its printing adds nothing.
     trained = live.row.phase == job_pb2.RANK_PHASE_TRAINING
     reading = live.files.read(now, script_lines=not (trained and live.row.metrics_source == "file"))
     batch.offsets.update(reading.offsets)
     if reading.records:
         _apply_records(rj, live, reading.records, batch, now)
+        if checkpoints is not None:
+            checkpoints += [r for r in reading.records if r.kind == RecordKind.CHECKPOINT]
     for found in reading.diagnoses:
         rj.emit(
             batch,

@@ -27,6 +27,8 @@ from gantry.v1 import job_pb2
 from gantry.v1.rules import check_name
 
 from agent.jobs.journal import AttemptRow, Journal, RankRow, rank_to_pb
+from agent.jobs.metrics_records import Record
+from agent.jobs.node.checkpoint_asks import CheckpointAsks, announce, ask_job, running
 from agent.jobs.node.checkpoint_retention import CheckpointRetention
 from agent.jobs.node.hangs import (
     STACK_WAIT_S,
@@ -93,6 +95,7 @@ class LocalSupervisor:
         self.standbys = Standbys(self.data_dir / "standby")
         self.retention = CheckpointRetention(journal, clock)
         self.kernel = KernelAlerts()
+        self.asks = CheckpointAsks()  # checkpoints asked for by a preemption notice
         if readopt:
             self.readopt()
 
@@ -229,6 +232,7 @@ class LocalSupervisor:
                 continue
             if done:
                 del self._live[key]
+                self.asks.forget(key)
         jobs = {live.row.job for live in self._live.values()}
         for job in jobs:
             try:
@@ -243,7 +247,10 @@ class LocalSupervisor:
         before = live.row
         code = live.poll_exit()  # before reading: all the rank wrote is then in the files
         batch = EventBatch()
-        drained = self._read_progress(live, batch, now)
+        answered = self.asks.answered_id(live.row)  # before the records (see settle)
+        checkpoints: list[Record] = []
+        drained = self._read_progress(live, batch, now, checkpoints)
+        self.asks.settle(rj, batch, live.row, checkpoints, answered)
         row = live.row
         state = live.state
         if state in TERMINAL_RANK_STATES:
@@ -265,10 +272,12 @@ class LocalSupervisor:
             rj.commit(row, batch)
         return RankState(row.state) in TERMINAL_RANK_STATES and row.exit_code is not None
 
-    def _read_progress(self, live: LiveRank, batch: EventBatch, now: float) -> bool:
+    def _read_progress(
+        self, live: LiveRank, batch: EventBatch, now: float, seen: list[Record] | None = None
+    ) -> bool:
         """``read_progress``; a rank that has just begun training gets a standby prepared."""
         phase = live.row.phase
-        drained = read_progress(self.ranks_journal, live, batch, now)
+        drained = read_progress(self.ranks_journal, live, batch, now, seen)
         training = job_pb2.RANK_PHASE_TRAINING
         if phase != training and live.row.phase == training and live.launch is not None:
             # Trained once: the next attempt of this slot can start from a standby.
@@ -313,6 +322,22 @@ class LocalSupervisor:
                 )
                 self.ranks_journal.commit(live.row, batch)
         return len(alerts)
+
+    # --- checkpoints asked for (a preemption notice): ``checkpoint_asks`` -------------------
+
+    def request_checkpoint(self, job: str, request_id: str, attempt: int = 0) -> int:
+        """Asks the job's running ranks here (of ``attempt``; 0: any) for a checkpoint now."""
+        return ask_job(self.asks, self._live.values(), job, request_id, attempt)
+
+    def announce_preemption(self, source: str, deadline: float | None) -> list[str]:
+        """This node is being preempted: every job's ranks here are asked for a checkpoint,
+        and each job's leader told (a PREEMPTION_NOTICE event); returns the jobs."""
+        lives = list(self._live.values())
+        return announce(self.ranks_journal, self.asks, lives, self.node_name, source, deadline)
+
+    def holds_ranks(self) -> bool:
+        """Some rank here has not ended (nor begun to stop) yet."""
+        return any(running(live) for live in self._live.values())
 
     # --- stop -------------------------------------------------------------------------------
 
