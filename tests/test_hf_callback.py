@@ -291,6 +291,7 @@ def test_callback_imports_no_agent_service_code(tmp_path: Path) -> None:
     assert set(done.stdout.split()) == {
         "agent",
         "agent.rank",
+        "agent.rank.any_rank",  # an all-reduce of "was any rank asked": torch only
         "agent.rank.checkpoint_request",  # the contract with the agent: standard library only
         "agent.rank.report",
         "agent.hf_callback",

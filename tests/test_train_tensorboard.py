@@ -21,6 +21,8 @@ from tensorboard.backend.event_processing.event_accumulator import (  # type: ig
 )
 
 from agent.rank import demo_data
+from agent.rank.checkpoint_request import ENV as REQUEST_ENV
+from agent.rank.checkpoint_request import answered_path
 from agent.rank.ds_config import BF16_ENV
 from agent.rank.tensorboard_log import (
     ATTEMPT_ENV,
@@ -268,3 +270,21 @@ def test_trainer_without_tensorboard_says_so_and_trains(
     ]
     assert (tmp_path / "out" / "final" / "config.json").is_file()
     assert [p.name for p in logs.iterdir()] == ["ds_config.rank0.json"]
+
+
+@pytest.mark.timeout(LOADED_TIMEOUT_S)
+def test_trainer_saves_at_once_when_asked_and_answers(
+    deepspeed_warm: dict[str, str], data: Path, tmp_path: Path
+) -> None:
+    """A checkpoint request (a preemption notice) is honoured at the next step's end,
+    whatever --save_steps says, and answered after the checkpoint is written."""
+    request = tmp_path / "checkpoint_request"
+    request.write_text("preempt-7\n")
+    out_dir = tmp_path / "out"
+    train_one_rank(
+        {**deepspeed_warm, REQUEST_ENV: str(request)},
+        trainer_args(data, out_dir, tmp_path / "logs", 3),
+    )
+    saved = sorted(p.name for p in (out_dir / "checkpoints").glob("step*"))
+    assert saved == ["step1", "step3"]  # asked at step 1; the last step as always
+    assert answered_path(request).read_text().strip() == "preempt-7"

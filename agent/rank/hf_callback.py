@@ -47,6 +47,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from agent.rank.any_rank import any_rank_asked
 from agent.rank.checkpoint_request import CheckpointRequests
 from agent.rank.report import CollectiveClock, Reporter, memory_bytes, process_reporter
 
@@ -60,19 +61,6 @@ def _sync() -> None:
     """Wait for queued GPU work, so a clock read after it measures the work itself."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         torch.cuda.synchronize()
-
-
-def _any_rank(asked: bool) -> bool:
-    """Whether any rank of the job was asked: an all-reduce of the flag under
-    torch.distributed (every rank calls it at each step's end), else ``asked``."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
-        return asked
-    on_gpu = dist.get_backend() == "nccl"
-    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else None
-    flag = torch.tensor([1 if asked else 0], dtype=torch.int32, device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
 
 
 def _number(value: object) -> float | None:
@@ -336,7 +324,7 @@ class GantryCallback(TrainerCallback):
         request = self.requests.pending()
         if request is not None and request != self._asked:
             self._asked = request
-        if _any_rank(request is not None):
+        if any_rank_asked(request is not None):
             control.should_save = True
 
     def on_save(

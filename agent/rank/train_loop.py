@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.rank.any_rank import any_rank_asked
+from agent.rank.checkpoint_request import CheckpointRequests
 from agent.rank.parallel_plan import group_times
 from agent.rank.peak_memory import peak_memory_bytes
 from agent.rank.report import CollectiveClock, Reporter, memory_bytes
@@ -88,6 +90,7 @@ class TrainLoop:
         self.step = int(engine.global_steps)
         self.last_saved = self.step if position.resumed_from else -1
         self.first_loss: float | None = None
+        self.requests = CheckpointRequests()  # $GANTRY_CHECKPOINT_REQUEST_FILE
         self.last_loss: float | None = None
 
     def save(self, at_step: int) -> None:
@@ -158,9 +161,12 @@ class TrainLoop:
                     continue  # within gradient accumulation
                 self.step = int(engine.global_steps)
                 self._report(stats, comm_clock, fp16)
-                if self.step % plan.save_steps == 0:
+                asked = self.requests.pending()  # a preemption notice: save now
+                if self.step % plan.save_steps == 0 or any_rank_asked(asked is not None):
                     self.save(self.step)
                     self.last_saved = self.step
+                if asked is not None:
+                    self.requests.done(asked)  # after the checkpoint's record
                 stats = StepStats()
                 if self.step >= plan.total_steps:
                     break

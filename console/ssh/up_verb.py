@@ -273,12 +273,17 @@ def cmd_up(args: argparse.Namespace) -> int:
 # -- down --------------------------------------------------------------------------------
 
 JOB_STOP_GRACE_S = 10.0
-ACTIVE_JOB_STATES = (
-    "JOB_STATE_PENDING",
-    "JOB_STATE_STARTING",
-    "JOB_STATE_RUNNING",
-    "JOB_STATE_RESTARTING",
-)
+
+
+def _active_job_states() -> tuple[str, ...]:
+    """The console's one set of live job states (console.model.jobs), less stopping (counted
+    apart below), by name, imported late as the protos are here."""
+    from gantry.v1 import job_pb2
+
+    from console.model.jobs import ACTIVE_JOB_STATES
+
+    live = ACTIVE_JOB_STATES - {job_pb2.JOB_STATE_STOPPING}
+    return tuple(job_pb2.JobState.Name(state) for state in sorted(live))
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -348,7 +353,7 @@ def _maybe_stop_jobs(targets: list[NodeTarget], stop_without_asking: bool) -> No
     jobs, errors = asyncio.run(listing())
     for line in errors:
         print(line, file=sys.stderr)
-    active = [led for led in jobs if job_pb2.JobState.Name(led.job.state) in ACTIVE_JOB_STATES]
+    active = [led for led in jobs if job_pb2.JobState.Name(led.job.state) in _active_job_states()]
     if not active:
         return
     names = ", ".join(led.job.spec.name for led in active)
@@ -384,13 +389,13 @@ async def _stop_and_wait(client: JobsClient, names: list[str]) -> None:
         except JobCommandError as exc:
             print(f"{name}: {exc}", file=sys.stderr)
     deadline = time.monotonic() + JOB_STOP_GRACE_S + 20
+    ending = (*_active_job_states(), "JOB_STATE_STOPPING")
     while time.monotonic() < deadline:
         jobs, _ = await client.list_jobs()
         active = [
             led.job.spec.name
             for led in jobs
-            if led.job.spec.name in names
-            and job_pb2.JobState.Name(led.job.state) in (*ACTIVE_JOB_STATES, "JOB_STATE_STOPPING")
+            if led.job.spec.name in names and job_pb2.JobState.Name(led.job.state) in ending
         ]
         if not active:
             return
