@@ -4,19 +4,11 @@ ranks report collective time per group (data, tensor, expert)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 import pytest
 
 from console.model.advisor_rules_speed import dominant_group, network_bound
 from console.model.advisor_types import AdvisorInput, MetricPoint, Thresholds
-
-
-@dataclass(frozen=True)
-class GroupPoint(MetricPoint):
-    """A metrics point with the per-group collective time RankMetrics carries."""
-
-    collective_by_group_s: Mapping[str, float] = field(default_factory=dict)
 
 
 def points(by_group: Mapping[str, float] | None, steps: int = 30) -> list[MetricPoint]:
@@ -38,7 +30,7 @@ def points(by_group: Mapping[str, float] | None, steps: int = 30) -> list[Metric
             if by_group is None:
                 out.append(MetricPoint(**common))  # type: ignore[arg-type]
             else:
-                out.append(GroupPoint(**common, collective_by_group_s=by_group))  # type: ignore[arg-type]
+                out.append(MetricPoint(**common, collective_by_group_s=by_group))  # type: ignore[arg-type]
     return out
 
 
@@ -89,3 +81,24 @@ def test_without_groups_the_rule_reads_as_before() -> None:
     evidence, summary, _ = advise(points({"data": 0.6}))
     assert "the data group's collectives (gradient all-reduce" in evidence
     assert summary == "Check the NCCL transport and the network path"
+
+
+def test_time_per_group_reaches_the_advisor_from_the_jobs_metrics_events() -> None:
+    from gantry.v1 import job_pb2
+
+    from console.model.advice import AdvisorInputs
+    from console.model.cluster import ClusterStore
+    from console.model.jobs import JobsStore
+
+    store = JobsStore()
+    view = store.apply_job("node-a", job_pb2.Job(spec=job_pb2.JobSpec(name="moe")))
+    event = job_pb2.JobEvent(
+        seq=1, job_name="moe", attempt=1, kind=job_pb2.JOB_EVENT_KIND_METRICS, node="node-a"
+    )
+    event.metrics.step = 5
+    event.metrics.collective_time_s = 0.5
+    event.metrics.collective_time_by_group_s["expert"] = 0.4
+    store.apply_event(event)
+    inputs = AdvisorInputs()
+    built = inputs.build(inputs.take(view, ClusterStore(), 10.0))
+    assert [dict(p.collective_by_group_s) for p in built.metrics] == [{"expert": 0.4}]

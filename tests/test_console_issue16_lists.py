@@ -155,3 +155,16 @@ def test_log_lines_carry_no_terminal_control(raw: str) -> None:
     buffer.append(raw)
     line = buffer.line(buffer.first_index)
     assert not any(0x80 <= ord(c) <= 0x9F or ord(c) < 0x20 or c == "\u202e" for c in line)
+
+
+def test_the_jobs_list_shows_the_last_step_reached_not_a_resumed_attempts_zero() -> None:
+    from gantry.v1 import job_pb2
+
+    from console.model.jobs import JobsStore
+
+    job = job_pb2.Job(spec=job_pb2.JobSpec(name="demo"), state=job_pb2.JOB_STATE_SUCCEEDED)
+    first = job.attempts.add(number=1)
+    first.ranks.add(rank=0).metrics.step = 300
+    job.attempts.add(number=2).ranks.add(rank=0)  # resumed at the end: no step reported
+    view = JobsStore().apply_job("node-a", job)
+    assert view.last_step() == 300

@@ -158,6 +158,7 @@ class AdvisorInputs:
                 step_time_s=p.step_time_s,
                 collective_time_s=p.collective_s,
                 tokens_per_s=p.tokens_per_s,
+                collective_by_group_s=p.collective_by_group_s or {},
             )
             for p in history[len(kept) :]
         ]

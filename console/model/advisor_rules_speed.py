@@ -197,7 +197,7 @@ def dominant_group(points: Sequence[MetricPoint]) -> tuple[str, float] | None:
     `points`, and its share of it; None when no point has per-group times."""
     totals: dict[str, float] = defaultdict(float)
     for p in points:
-        by_group: Mapping[str, float] = getattr(p, "collective_by_group_s", None) or {}
+        by_group: Mapping[str, float] = p.collective_by_group_s or {}
         for group, seconds in by_group.items():
             if group in _GROUP_OPS and is_finite(seconds) and seconds > 0:
                 totals[group] += seconds

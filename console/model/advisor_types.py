@@ -32,6 +32,7 @@ class MetricPoint:
     collective_time_s: float | None
     tokens_per_s: float | None
     attempt: int | None = None
+    collective_by_group_s: Mapping[str, float] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,11 @@ Plain Python; the jobs store keeps them."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
+from gantry.v1 import job_pb2
 
 
 def ts(stamp: object) -> float:
@@ -26,6 +29,7 @@ class RankPoint(NamedTuple):
     step_time_s: float | None
     collective_s: float | None
     tokens_per_s: float | None
+    collective_by_group_s: Mapping[str, float] | None = None  # "data", "tensor", "expert"
 
 
 @dataclass
@@ -84,3 +88,13 @@ READ_FIELDS = tuple(
         )
     )
 )
+
+
+def last_known_step(job: job_pb2.Job) -> int | None:
+    """The furthest step the latest attempt that reported one reached (None: none did);
+    ranks that stopped or restarted do not take it back to 0."""
+    for attempt in reversed(job.attempts):
+        step = max((int(r.metrics.step) for r in attempt.ranks), default=0)
+        if step > 0:
+            return step
+    return None

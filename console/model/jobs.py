@@ -18,7 +18,13 @@ from itertools import islice
 from gantry.v1 import job_pb2
 from gantry.v1.figures import latest_metrics
 
-from console.model.job_steps import OP_PREFIX, READ_FIELDS, STEP_FIELDS, StepAgg
+from console.model.job_steps import (
+    OP_PREFIX,
+    READ_FIELDS,
+    STEP_FIELDS,
+    StepAgg,
+    last_known_step,
+)
 from console.model.job_steps import RankPoint as RankPoint  # re-exported: callers import it here
 from console.model.job_steps import ts as ts
 
@@ -115,8 +121,7 @@ class JobView:
         else from the ranks' last metrics in the leader's description."""
         if self.steps:
             return next(reversed(self.steps))
-        attempt = self.latest_attempt()
-        return max((int(r.metrics.step) for r in attempt.ranks), default=0) if attempt else 0
+        return last_known_step(self.job) or 0  # a stopped or resumed attempt's 0 is not it
 
     def step_series(self, name: str, how: str = "mean", last: int = 0) -> list[tuple[int, float]]:
         """(step, value) of a per-step aggregate, oldest first (`last`: only that many)."""
@@ -289,6 +294,7 @@ class JobsStore:
                 get("step_time_s"),
                 get("collective_time_s"),
                 get("tokens_per_s"),
+                dict(m.collective_time_by_group_s) or None,
             )
         )
         steps = view.steps

@@ -9,6 +9,7 @@ from gantry.v1 import job_pb2
 
 from console.model.cost import Cost, job_cost
 from console.model.diagnoses import diagnoses, diagnoses_json
+from console.model.job_steps import last_known_step
 from console.model.proto_json import message_json
 from console.model.rank_phase import starting_phase
 from console.model.safe_text import safe_line
@@ -79,16 +80,6 @@ def shown_reason(job: job_pb2.Job) -> str:
     if job.state not in REASONED_STATES:
         return ""
     return job.reason or (job.attempts[-1].reason if job.attempts else "")
-
-
-def last_known_step(job: job_pb2.Job) -> int | None:
-    """The furthest step the latest attempt that reported one reached (None: none did);
-    ranks that stopped or restarted do not take it back to 0."""
-    for attempt in reversed(job.attempts):
-        step = max((int(r.metrics.step) for r in attempt.ranks), default=0)
-        if step > 0:
-            return step
-    return None
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
