@@ -1,5 +1,5 @@
 """Failover: how fast two Gantry agents get a 2-rank DeepSpeed job going again after
-one rank is SIGKILLed.
+one rank is SIGKILLed, and after a whole node is lost with a hot spare to take its ranks.
 
 Two real `gantry-agent` processes (node-a, node-b, one rank each) run `python -m
 agent.train` on the CPU accelerator (tiny model, checkpoints every --save-steps, restart
@@ -28,8 +28,16 @@ stopped on exit, Ctrl-C or error.
 
 - kill -> next step, raw: everything included (the new ranks' start-up too).
 
+Then as many hot-spare runs (bench/failover_replace.py): a third agent, node-c, is the
+job's spare; node-b's agent and its rank are SIGKILLed together, and the next attempt runs
+rank 1 on node-c at the same world size from the checkpoint as it is:
+
+- replace -> next step, less model start-up: (kill -> the spare's first metrics record) -
+  (the spare's rank start -> that record). Goal: <= 5 s.
+
 Last line: {"kill_to_all_stopped_s": ..., "kill_to_next_step_s": ...,
-"kill_to_next_step_raw_s": ...} (medians)
+"kill_to_next_step_raw_s": ..., "replace_to_next_step_s": ...,
+"replace_to_next_step_raw_s": ...} (medians)
 """
 
 from __future__ import annotations
@@ -52,7 +60,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psutil
 
@@ -65,6 +73,9 @@ from gantry.v1 import job_pb2  # noqa: E402
 from console.model.job_spec import parse_job_spec  # noqa: E402
 from console.net.jobs_client import JobsClient  # noqa: E402
 from console.net.local_agents import LocalAgent, start_agent  # noqa: E402
+
+if TYPE_CHECKING:
+    from bench.failover_replace import ReplaceRun
 
 PYTHON = sys.executable
 DS_CONFIG = ROOT / "examples" / "ds_config_zero3.json"
@@ -398,8 +409,9 @@ def _kill_point(files: RankFiles, save_steps: int, kill_after: int, fake: bool) 
 
 
 def standbys_ready(agents: dict[str, LocalAgent], job: str) -> bool:
-    """Every agent has a standby for the job's next attempt that has done its imports."""
-    for agent in agents.values():
+    """Every agent of the job has a standby for its next attempt that has done its imports
+    (not the spare, node-c: it holds no ranks of the job)."""
+    for agent in (agents[node] for node in NODES):
         logs = list((agent.data_dir / "standby" / job).glob("*/stdout.log"))
         if not logs or not all("gantry standby: ready" in p.read_text() for p in logs):
             return False
@@ -554,8 +566,11 @@ async def wait_state(client: JobsClient, name: str, states: set[int], timeout_s:
 
 async def measure(
     args: argparse.Namespace, agents: dict[str, LocalAgent], root: Path, data: Path
-) -> list[Run]:
+) -> tuple[list[Run], list[ReplaceRun]]:
+    from bench.failover_replace import replace_run  # it uses this module's helpers
+
     runs = []
+    replaced = []
     sources = trainer_sources()
     async with JobsClient([a.target for a in agents.values()]) as client:
         for number in range(1, args.runs + 1):
@@ -569,13 +584,25 @@ async def measure(
                 flush=True,
             )
             runs.append(run)
-    return runs
+        for number in range(1, args.runs + 1):
+            spared = await replace_run(args, number, client, agents, root, data)
+            check_sources(sources)
+            print(
+                f"spare run {number}: node lost -> first step on the spare "
+                f"{spared.replace_to_next_step_s:.3f} s (+ {spared.startup_s:.1f} s model "
+                f"start-up); {spared.replaced_nodes or 'NOT replaced'}",
+                flush=True,
+            )
+            replaced.append(spared)
+    return runs, replaced
 
 
 # -- report -----------------------------------------------------------------------------------
 
 
-def report(args: argparse.Namespace, runs: list[Run]) -> dict[str, float]:
+def report(
+    args: argparse.Namespace, runs: list[Run], replaced: list[ReplaceRun]
+) -> dict[str, float]:
     what = "fake_rank.py" if args.fake else f"agent.train {args.model}"
     print()
     print(
@@ -614,12 +641,25 @@ def report(args: argparse.Namespace, runs: list[Run]) -> dict[str, float]:
         ("model start-up of attempt 2 (s)", startup, ""),
     ):
         print(f"{label:44} {statistics.median(values):8.3f} {max(values):8.3f} {goal:>6}")
+    spare_net = [r.replace_to_next_step_s for r in replaced]
+    spare_raw = [r.kill_to_spare_step_s for r in replaced]
+    for label, values, goal in (
+        ("node lost -> spare's step, less start-up (s)", spare_net, "<= 5"),
+        ("node lost -> spare's step, raw (s)", spare_raw, ""),
+        ("model start-up on the spare (s)", [r.startup_s for r in replaced], ""),
+    ):
+        print(f"{label:44} {statistics.median(values):8.3f} {max(values):8.3f} {goal:>6}")
     every = all(r.continues for r in runs)
     print(f"attempt 2 continues from the checkpoint in every run: {'yes' if every else 'NO'}")
+    same = all(r.same_world and r.replaced_nodes == "node-b=node-c" for r in replaced)
+    said = "yes" if same else "NO"
+    print(f"the spare ran node-b's rank at the same world size in every run: {said}")
     return {
         "kill_to_all_stopped_s": round(statistics.median(stopped), 3),
         "kill_to_next_step_s": round(statistics.median(net), 3),
         "kill_to_next_step_raw_s": round(statistics.median(raw), 3),
+        "replace_to_next_step_s": round(statistics.median(spare_net), 3),
+        "replace_to_next_step_raw_s": round(statistics.median(spare_raw), 3),
     }
 
 
@@ -652,20 +692,20 @@ def main() -> None:
     agents: dict[str, LocalAgent] = {}
     try:
         data = root / "no-data" if args.fake else prepare_data(root, args.max_length)
-        for node in NODES:
+        for node in (*NODES, "node-c"):  # node-c: the spare of the hot-spare runs
             agents[node] = start_agent(
                 node,
                 root / "agents" / node,
                 extra_args=["--torch-extensions-dir", str(EXTENSIONS_DIR)],
             )
-        runs = asyncio.run(measure(args, agents, root, data))
+        runs, replaced = asyncio.run(measure(args, agents, root, data))
     finally:
         stop_agents(list(agents.values()), root)
         if args.keep:
             print(f"kept {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
-    figures = report(args, runs)
+    figures = report(args, runs, replaced)
     print(json.dumps(figures))
 
 

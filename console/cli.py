@@ -90,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="bring NODE back into the job (undoes an earlier --exclude; repeatable)",
     )
     restart.add_argument(
+        "--replace",
+        action="append",
+        default=[],
+        metavar="NODE=SPARE",
+        help="run NODE's ranks on SPARE, one of the spec's spares (same ranks, same world);"
+        " SPARE=NODE gives them back (repeatable)",
+    )
+    restart.add_argument(
         "--from",
         dest="from_checkpoint",
         default="",

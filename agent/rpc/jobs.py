@@ -155,6 +155,8 @@ def _restart_details(
         details["exclude"] = ",".join(request.exclude_nodes)
     if request.include_nodes:
         details["include"] = ",".join(request.include_nodes)
+    if request.replace_nodes:
+        details["replace"] = ",".join(f"{n}={s}" for n, s in sorted(request.replace_nodes.items()))
     if request.from_checkpoint:
         details["from_checkpoint"] = request.from_checkpoint
     if request.HasField("spec"):
@@ -221,7 +223,9 @@ class JobRpcs:
         operator = operator_of(context)
         # Before the restart: afterwards the job's spec may already be the new one.
         details = _restart_details(request, leader)
-        action = leader.restart(
+        restart: Any = leader.restart  # replace=: the leader's side of issue 17
+        more = {"replace": dict(request.replace_nodes)} if request.replace_nodes else {}
+        action = restart(
             request.name,
             request.node,
             list(request.exclude_nodes),
@@ -229,6 +233,7 @@ class JobRpcs:
             operator=operator,
             spec=request.spec if request.HasField("spec") else None,
             include=list(request.include_nodes),
+            **more,
         )
         job = await self._audited(context, operator, "restart", details, action)
         return agent_service_pb2.RestartJobResponse(job=job)

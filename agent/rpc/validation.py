@@ -43,7 +43,7 @@ from gantry.v1.rules import (
     validate_job_spec,
 )
 
-__all__ = ["VALIDATORS", "restart_checkpoint", "validate_request"]
+__all__ = ["VALIDATORS", "check_spares", "restart_checkpoint", "validate_request"]
 
 
 def _show(value: object, limit: int = 60) -> str:
@@ -51,8 +51,26 @@ def _show(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def check_spares(spec: job_pb2.JobSpec) -> None:
+    """A spec's spares: agent names, each once, none also a node of the job."""
+    if len(spec.spares) > MAX_NODES:
+        raise ValidationError(f"spares: more than {MAX_NODES} spares")
+    nodes = {n.node for n in spec.nodes}
+    seen: set[str] = set()
+    for i, spare in enumerate(spec.spares):
+        check_name(spare, f"spares[{i}]")
+        if spare in nodes:
+            raise ValidationError(
+                f"spares[{i}]: {spare} is also a node of the job; a spare holds no ranks"
+            )
+        if spare in seen:
+            raise ValidationError(f"spares[{i}]: {spare} is listed twice; list each spare once")
+        seen.add(spare)
+
+
 def _submit(request: agent_service_pb2.SubmitJobRequest) -> None:
     validate_job_spec(request.spec)
+    check_spares(request.spec)
     if len(request.peers) > MAX_NODES:
         raise ValidationError(f"peers: more than {MAX_NODES} peers")
     for i, peer in enumerate(request.peers):
@@ -78,9 +96,13 @@ def _restart_job(request: agent_service_pb2.RestartJobRequest) -> None:
         check_name(node, f"exclude_nodes[{i}]")
     for i, node in enumerate(request.include_nodes):
         check_name(node, f"include_nodes[{i}]")
+    for node, spare in sorted(request.replace_nodes.items()):
+        check_name(node, "replace_nodes")
+        check_name(spare, f"replace_nodes[{node}]")
     check_config_json(request.deepspeed_config_json, "deepspeed_config_json")
     if request.HasField("spec"):
         validate_job_spec(request.spec)  # same name and nodes: the leader's check
+        check_spares(request.spec)
         check_checkpoint_ref(request.from_checkpoint, "from_checkpoint", request.spec)
     else:
         # Confined to the stored job's directories by `restart_checkpoint`.

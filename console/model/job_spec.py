@@ -20,6 +20,8 @@
     deepspeed_config: examples/ds_config_zero3.json   # relative to working_dir, or a mapping
     cost: {price_per_gpu_hour: 2.5, instance_type: p5.48xlarge, pricing: on-demand}
     eval_targets: {bleu4_min: 0.9, rouge_l_min: 0.9, ttft_ms_max: 200, tokens_per_s_min: 1000}
+    spares: [node-c]                  # agents that hold no ranks until one replaces a node
+    parallelism: {tensor: 1, expert: 2}   # data parallel = world / (tensor x expert)
 
 Every error is a `JobSpecError` with one line: where (file, and line when known), the
 field, and what to fix. working_dir and checkpoint_dir are stored as absolute paths, as seen
@@ -54,6 +56,7 @@ from console.model.job_spec_fields import (
     SpecFields,
 )
 from console.model.job_spec_files import FileFields
+from console.model.job_spec_parallel import ParallelFields, parallelism_yaml
 from console.model.job_spec_yaml import JobSpecError, kind
 
 __all__ = [
@@ -121,6 +124,8 @@ def job_spec_to_yaml(spec: job_pb2.JobSpec) -> str:
         "nodes": hostfile_lines(spec),
         "command": list(spec.command),
     }
+    if spec.spares:
+        doc["spares"] = list(spec.spares)
     if spec.args:
         doc["args"] = list(spec.args)
     if spec.env:
@@ -155,10 +160,13 @@ def job_spec_to_yaml(spec: job_pb2.JobSpec) -> str:
     if spec.HasField("eval_targets"):
         targets = spec.eval_targets
         doc["eval_targets"] = {k: getattr(targets, k) for k in EVAL_KEYS if targets.HasField(k)}
+    parallelism = parallelism_yaml(spec)
+    if parallelism is not None:
+        doc["parallelism"] = parallelism
     return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100)
 
 
-class _SpecParser(SpecFields, FileFields):
+class _SpecParser(SpecFields, FileFields, ParallelFields):
     """One job spec document, parsed key by key."""
 
     def parse(self) -> job_pb2.JobSpec:
@@ -188,6 +196,7 @@ class _SpecParser(SpecFields, FileFields):
         )
         for node, slots in self.nodes(doc["nodes"]):
             spec.nodes.add(node=node, slots=slots)
+        spec.spares.extend(self.spares(doc.get("spares"), {n.node for n in spec.nodes}))
         working_dir = self.working_dir(doc.get("working_dir"))
         spec.working_dir = str(working_dir)
         spec.checkpoint_dir = self.checkpoint_dir(doc.get("checkpoint_dir"), working_dir)
@@ -201,6 +210,8 @@ class _SpecParser(SpecFields, FileFields):
             spec.cost.CopyFrom(self.cost(doc["cost"]))
         if doc.get("eval_targets") is not None:
             spec.eval_targets.CopyFrom(self.eval_targets(doc["eval_targets"]))
+        if doc.get("parallelism") is not None:
+            spec.parallelism.CopyFrom(self.parallelism(doc["parallelism"]))
         self.check_contract(spec)
         return spec
 

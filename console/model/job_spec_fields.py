@@ -54,6 +54,8 @@ TOP_KEYS = (
     "deepspeed_config",
     "cost",
     "eval_targets",
+    "spares",
+    "parallelism",
 )
 RESTART_KEYS = ("max_restarts", "backoff_s", "resume", "resume_flag")
 CHECKPOINT_KEYS = ("keep_last",)
@@ -80,6 +82,7 @@ class SpecFields(SpecReader):
         ("checkpoint", CHECKPOINT_KEYS),
         ("cost", COST_KEYS),
         ("eval_targets", EVAL_KEYS),
+        ("parallelism", ("tensor", "expert")),
     )
 
     def job_name(self, value: object) -> str:
@@ -122,6 +125,32 @@ class SpecFields(SpecReader):
                 )
             seen.add(node_name)
             result.append((node_name, slots))
+        return result
+
+    def spares(self, value: object, nodes: set[str]) -> list[str]:
+        """``spares: [node-c, ...]``: agents of the cluster that hold no ranks until one runs
+        a failed node's ranks (`gantry restart NAME --replace node-b=node-c`)."""
+        path: FieldPath = ("spares",)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.fail(path, f"expected a list of node names, e.g. [node-c], got {kind(value)}")
+        result: list[str] = []
+        for i, item in enumerate(value):
+            at: FieldPath = (*path, i)
+            if not isinstance(item, str):
+                self.fail(at, f"expected a node name, got {kind(item)}")
+            name = self.checked_text(item, at).strip()
+            if self.known_nodes is not None and name not in self.known_nodes:
+                known = ", ".join(sorted(self.known_nodes)) or "no nodes"
+                self.fail(at, f"unknown node {clip(name)} (the cluster has {known})")
+            if not is_name(name):
+                self.fail(at, f"node name {show(name)} must be lower-case letters, digits and '-'")
+            if name in nodes:
+                self.fail(at, f"{name} is also in nodes: a spare runs no ranks of its own")
+            if name in result:
+                self.fail(at, f"{name} is listed twice; list each spare once")
+            result.append(name)
         return result
 
     def entry_fail(self, path: FieldPath, line: int | None, message: str) -> NoReturn:

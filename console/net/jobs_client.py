@@ -116,7 +116,8 @@ class JobsClient(AgentCalls):
     async def launch(self, spec: job_pb2.JobSpec) -> LedJob:
         leader = self.target(spec.nodes[0].node)
         peers = []
-        for name in sorted({n.node for n in spec.nodes}):
+        # The spares too: the leader starts a replaced node's ranks on one of them.
+        for name in sorted({n.node for n in spec.nodes} | set(spec.spares)):
             target = self.target(name)
             try:
                 token = target.read_token()
@@ -192,9 +193,11 @@ class JobsClient(AgentCalls):
         *,
         spec: job_pb2.JobSpec | None = None,
         include: list[str] | None = None,
+        replace: dict[str, str] | None = None,
     ) -> LedJob:
         """A new attempt now; with ``spec`` (same name and nodes), the job runs it from then on;
-        ``include``: excluded nodes to bring back."""
+        ``include``: excluded nodes to bring back; ``replace``: node -> the spare to run its
+        ranks (a spare -> its node: the ranks go back)."""
         led = await self.find(name)
         request = agent_service_pb2.RestartJobRequest(
             name=name,
@@ -203,6 +206,7 @@ class JobsClient(AgentCalls):
             from_checkpoint=from_checkpoint,
             spec=spec,
             include_nodes=include or [],
+            replace_nodes=replace or {},
         )
         reply = await self._call(led.leader, "RestartJob", request)
         assert isinstance(reply, agent_service_pb2.RestartJobResponse)

@@ -73,12 +73,20 @@ class Operator:
         include: tuple[str, ...] = (),
         from_checkpoint: str = "",
         spec: job_pb2.JobSpec | None = None,
+        replace: dict[str, str] | None = None,
     ) -> str:
         led = await self.client.restart(
-            name, node, list(exclude), from_checkpoint, spec=spec, include=list(include)
+            name,
+            node,
+            list(exclude),
+            from_checkpoint,
+            spec=spec,
+            include=list(include),
+            replace=replace,
         )
         what = f" without {', '.join(exclude)}" if exclude else ""
         what += f" with {', '.join(include)} back" if include else ""
+        what += "".join(f" with {n}'s ranks on {s}" for n, s in (replace or {}).items())
         what += f" from {from_checkpoint}" if from_checkpoint else ""
         return f"{name}: restart{what} requested (attempt {len(led.job.attempts)} was the last)"
 

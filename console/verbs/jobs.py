@@ -74,7 +74,12 @@ async def _verb(args: argparse.Namespace, targets: list[NodeTarget], client: Job
         return await _stop(args, client)
     if verb == "restart":
         led = await client.restart(
-            args.name, args.node, args.exclude, args.from_checkpoint, include=args.include
+            args.name,
+            args.node,
+            args.exclude,
+            args.from_checkpoint,
+            include=args.include,
+            replace=parse_replace(args.replace),
         )
         # Printed only now: the leader has accepted it (a refusal raised, exit 2).
         if args.json:
@@ -160,9 +165,30 @@ async def _stop(args: argparse.Namespace, client: JobsClient) -> int:
     return 1
 
 
+def parse_replace(values: list[str]) -> dict[str, str]:
+    """``--replace NODE=SPARE`` values as {node: spare}; JobCommandError names a bad one."""
+    replace: dict[str, str] = {}
+    for value in values:
+        node, _, spare = value.partition("=")
+        node, spare = node.strip(), spare.strip()
+        if not node or not spare:
+            raise JobCommandError(f"--replace {value}: write NODE=SPARE, e.g. node-b=node-c")
+        if node in replace:
+            raise JobCommandError(f"--replace names {node} twice; replace each node once")
+        replace[node] = spare
+    return replace
+
+
+def replace_text(replace: dict[str, str]) -> str:
+    """ " replacing node-b with node-c" (empty for none)."""
+    pairs = ", ".join(f"{node} with {spare}" for node, spare in replace.items())
+    return f" replacing {pairs}" if pairs else ""
+
+
 def _restart_what(args: argparse.Namespace) -> str:
     what = f" without {', '.join(args.exclude)}" if args.exclude else ""
     what += f" with {', '.join(args.include)} back" if args.include else ""
+    what += replace_text(parse_replace(args.replace))
     return what + (f" from {args.from_checkpoint}" if args.from_checkpoint else "")
 
 

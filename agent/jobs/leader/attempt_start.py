@@ -1,6 +1,7 @@
 """How the leader starts an attempt: what it resumes from (converted for the new world
-size when needed), where its ranks go, and every node asked at once; and the checks every
-node makes before a job (or a restart's new spec) is accepted."""
+size when needed), where its ranks go (a replaced node's on its spare), and every node asked
+at once; the checks every node makes before a job (or a restart's new spec) is accepted;
+and, after a failure, which nodes a spare should replace."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from gantry.v1 import agent_service_pb2, job_pb2
 from gantry.v1.rules import LATEST, spec_args_resume
@@ -19,6 +22,14 @@ from agent.jobs.leader.led_job import STOP_GRACE_S, Command, LedJob
 from agent.jobs.leader.peers import NodeRefused, NodeUnreachable, RemoteNode
 from agent.jobs.leader.policy import excluded_after
 from agent.jobs.leader.rank_layout import assign_ranks
+from agent.jobs.leader.spares import (
+    Replacement,
+    fatal_alerts,
+    nodes_to_lead,
+    placed,
+    replacement_for,
+    swaps_after,
+)
 from agent.jobs.leader.states import AttemptEdge, JobEdge
 from agent.jobs.leader.store import LeaderStore
 from agent.jobs.leader.universal import (
@@ -62,16 +73,25 @@ async def start_attempt(
         command.exclude if command is not None else (),
         command.include if command is not None else (),
     )
+    kept = _kept_swaps(previous)
+    swaps = swaps_after(kept, _asked_swaps(command))
     resume = latest_path(spec) if previous is not None else ""
     resume = resume or first_resume(spec)
     if command is not None and command.from_checkpoint:
         resume = command.from_checkpoint
     port = free_port()
-    number = store.new_attempt(name, port, excluded, new_spec)
+    number = _new_attempt(store, name, port, excluded, new_spec, swaps)
     attempt = job_pb2.Attempt(
-        number=number, state=JS.JOB_STATE_STARTING, master_port=port, excluded_nodes=excluded
+        number=number,
+        state=JS.JOB_STATE_STARTING,
+        master_port=port,
+        excluded_nodes=excluded,
+        replaced_nodes=swaps,
     )
-    layout, world = assign_ranks(list(spec.nodes), set(excluded))
+    spec_layout, world = assign_ranks(list(spec.nodes), set(excluded))
+    layout = placed(spec_layout, swaps)
+    if swaps != kept:
+        _tell_replaced(store, name, number, spec_layout, kept, swaps, command)
     # The job's spec is written for its whole world; without some nodes, the ranks run it
     # with the gradient accumulation that keeps the global batch.
     batch = batch_for_world(spec, set(excluded))
@@ -133,6 +153,33 @@ async def start_attempt(
     return attempt
 
 
+# Until the leader's Command, the journal's AttemptRow and LeaderStore.new_attempt carry the
+# replacements (issue 17: the integrator's part), none is asked for, kept or written.
+def _kept_swaps(previous: object) -> dict[str, str]:
+    """The last attempt's replacements (node -> spare)."""
+    return dict(getattr(previous, "replaced_nodes", ()) or ())
+
+
+def _asked_swaps(command: Command | None) -> dict[str, str]:
+    """The restart's ``replace`` (running node -> the node to run its ranks next)."""
+    return dict(getattr(command, "replace", None) or {})
+
+
+def _new_attempt(
+    store: LeaderStore,
+    name: str,
+    port: int,
+    excluded: list[str],
+    spec: job_pb2.JobSpec | None,
+    swaps: dict[str, str],
+) -> int:
+    if not swaps:
+        return store.new_attempt(name, port, excluded, spec)
+    record: Any = store.new_attempt
+    number: int = record(name, port, excluded, spec, swaps)
+    return number
+
+
 def _start_failed(
     store: LeaderStore, attempt: job_pb2.Attempt, name: str, reason: str
 ) -> job_pb2.Attempt:
@@ -149,9 +196,13 @@ async def check_nodes(
     resume: str,
     leader: str,
     excluded: set[str] | None = None,
+    swaps: Mapping[str, str] | None = None,
 ) -> None:
-    """Every node (but ``excluded``) agrees to run ``spec``; raises NodeCheckFailed."""
-    layout, world = assign_ranks(list(spec.nodes), excluded or set())
+    """Every node (but ``excluded``; a replaced node's spare in its place) agrees to run
+    ``spec``; raises NodeCheckFailed."""
+    spec_layout, world = assign_ranks(list(spec.nodes), excluded or set())
+    layout = placed(spec_layout, swaps or {})
+    spares = set((swaps or {}).values())
 
     async def check(node: str, ranks: list[int]) -> None:
         api = led.nodes[node]
@@ -171,7 +222,14 @@ async def check_nodes(
         except NodeUnreachable as exc:
             raise NodeCheckFailed(str(exc), unreachable=True) from None
         except NodeRefused as exc:
-            raise NodeCheckFailed(str(exc), unreachable=False) from None
+            why = str(exc)
+            if node in spares and "does not exist" in why:
+                why += (
+                    f" (spare {node} must see the job's checkpoint_dir"
+                    f" {spec.checkpoint_dir or '(unset)'}: a node-local checkpoint_dir"
+                    " cannot be resumed on a spare)"
+                )
+            raise NodeCheckFailed(why, unreachable=False) from None
 
     await asyncio.gather(*(check(n, r) for n, r in layout))
 
@@ -228,3 +286,64 @@ def first_resume(spec: job_pb2.JobSpec) -> str:
         found = resolve_reference(given, spec.checkpoint_dir, spec.working_dir)
         return str(found) if found is not None else ""
     return ""
+
+
+def _tell_replaced(
+    store: LeaderStore,
+    name: str,
+    number: int,
+    spec_layout: list[tuple[str, list[int]]],
+    kept: Mapping[str, str],
+    swaps: Mapping[str, str],
+    command: Command | None,
+) -> None:
+    """One NODE_REPLACED event for the replacements this attempt changes, and why."""
+    ranks = dict(spec_layout)
+    moves = []
+    for node in sorted(set(kept) | set(swaps)):
+        was, now = kept.get(node, node), swaps.get(node, node)
+        if was != now:
+            which = ", ".join(str(r) for r in ranks.get(node, [])) or "none"
+            instead = "" if was == node else f" instead of {was}"
+            moves.append(f"{node}'s ranks ({which}) run on {now}{instead}")
+    why = getattr(command, "reason", "") or "by the operator"
+    store.event(
+        name,
+        EK.JOB_EVENT_KIND_NODE_REPLACED,
+        f"attempt {number}: {'; '.join(moves)} ({why})",
+        attempt=number,
+        details={node: spare for node, spare in swaps.items()} | {"reason": why},
+    )
+
+
+async def unhealthy_nodes(led: LedJob, nodes: Iterable[str]) -> dict[str, str]:
+    """The nodes of ``nodes`` whose agent does not answer a ping, each with why."""
+
+    async def ping(node: str) -> str:
+        api = led.nodes.get(node)
+        if api is None:
+            return "is not known to the leader"
+        try:
+            await api.ping()
+        except (NodeUnreachable, NodeRefused) as exc:
+            return f"failed its health check ({exc})"
+        return ""
+
+    names = sorted(set(nodes))
+    answers = await asyncio.gather(*(ping(n) for n in names))
+    return {n: why for n, why in zip(names, answers, strict=True) if why}
+
+
+async def spare_after_failure(store: LeaderStore, led: LedJob) -> Replacement | None:
+    """After a failed attempt: spares for the nodes that failed it repeatedly, lost their
+    agent, or showed a fatal XID (spares.replacement_for), or None."""
+    spec = store.spec(led.name)
+    if not spec.spares:
+        return None
+    attempts = list(store.job(led.name).attempts)
+    if not attempts:
+        return None
+    alerts = store.journal.events_after(0, led.name, kinds=[EK.JOB_EVENT_KIND_ALERT])
+    unhealthy = fatal_alerts(alerts, attempts[-1].number)
+    unhealthy.update(await unhealthy_nodes(led, nodes_to_lead(spec)))
+    return replacement_for(spec, attempts, unhealthy)

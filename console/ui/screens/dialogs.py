@@ -1,5 +1,6 @@
 """Modal dialogs: a yes/no confirmation for destructive actions, and the restart
-dialog of a job (naming its failed node when one is failed)."""
+dialog of a job (naming its failed node when one is failed; offering a spare when the
+job has spares)."""
 
 from __future__ import annotations
 
@@ -52,20 +53,23 @@ class ConfirmScreen(ModalScreen[bool]):
 
 @dataclass(frozen=True)
 class RestartChoice:
-    kind: str  # "in-place" | "exclude" | "agent"
+    kind: str  # "in-place" | "exclude" | "agent" | "replace"
     node: str
+    spare: str = ""  # "replace": the spare that runs the node's ranks
 
 
 class RestartDialog(ModalScreen[RestartChoice | None]):
     """How to restart a job: (a) in place, (b) go on without a node (the failed one, or
     the selected rank's), (c) restart the node's agent (greyed out with its reason when
-    the console cannot reach the node over SSH)."""
+    the console cannot reach the node over SSH), and, when the job has spares, (d) run the
+    node's ranks on a spare (greyed out with its reason when none is free)."""
 
     DEFAULT_CSS = DIALOG_CSS.format(name="RestartDialog")
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("a", "choose('in-place')", "In place", show=False),
         Binding("b", "choose('exclude')", "Without node", show=False),
         Binding("c", "choose('agent')", "Restart agent", show=False),
+        Binding("d", "choose('replace')", "Replace with a spare", show=False),
         Binding("escape", "cancel", "Cancel"),
     ]
 
@@ -77,10 +81,16 @@ class RestartDialog(ModalScreen[RestartChoice | None]):
         fault: str = "",
         can_exclude: str = "",
         agent_restart: str = "",
+        spare: str = "",
+        can_replace: str | None = None,
     ) -> None:
         """`fault`: what went wrong on `node` ("rank 3 hung"), empty on a healthy job;
-        `can_exclude` / `agent_restart`: empty when offered, else why not."""
+        `can_exclude` / `agent_restart` / `can_replace`: empty when offered, else why not;
+        `can_replace` None: the job has no spares (no fourth option); `spare`: the free
+        spare (d) uses."""
         super().__init__()
+        self.spare = spare
+        self.can_replace = can_replace
         self.job = job
         self.node = node
         self.fault = fault
@@ -108,10 +118,21 @@ class RestartDialog(ModalScreen[RestartChoice | None]):
                 disabled=bool(self.agent_restart),
             ),
         ]
+        if self.can_replace is not None:
+            options.append(
+                Option(
+                    f"d  replace {self.node} with a spare"
+                    + (f" ({self.spare}: same ranks, same world)" if self.spare else "")
+                    + (f" — {self.can_replace}" if self.can_replace else ""),
+                    id="replace",
+                    disabled=bool(self.can_replace),
+                )
+            )
+        keys = "a/b/c/d" if self.can_replace is not None else "a/b/c"
         with Vertical():
             yield Static(self.heading, classes="dialog-title", markup=False)
             yield OptionList(*options)
-            yield Static("a/b/c or enter · escape cancels", classes="dialog-help")
+            yield Static(f"{keys} or enter · escape cancels", classes="dialog-help")
 
     def on_mount(self) -> None:
         self.query_one(OptionList).focus()
@@ -127,7 +148,13 @@ class RestartDialog(ModalScreen[RestartChoice | None]):
         if kind == "agent" and self.agent_restart:
             self.notify(self.agent_restart, severity="warning")
             return
-        self.dismiss(RestartChoice(kind, self.node))
+        if kind == "replace":
+            if self.can_replace is None:
+                return
+            if self.can_replace:
+                self.notify(self.can_replace, severity="warning")
+                return
+        self.dismiss(RestartChoice(kind, self.node, self.spare if kind == "replace" else ""))
 
     def action_cancel(self) -> None:
         self.dismiss(None)

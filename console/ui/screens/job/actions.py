@@ -98,12 +98,15 @@ class JobActions(StoreScreen):
         agent_restart = self.agent_restart
         if self.operator is not None:
             agent_restart = self.operator.agent_restart_unavailable(node)
+        spare, can_replace = _spare_for(view, node)
         dialog = RestartDialog(
             self.job_name,
             node,
             fault=self._fault_on(view, node),
             can_exclude=can_exclude,
             agent_restart=agent_restart,
+            spare=spare,
+            can_replace=can_replace,
         )
         self.app.push_screen(dialog, self._restart_chosen)
 
@@ -129,6 +132,19 @@ class JobActions(StoreScreen):
             question = f"Restart {self.job_name} in place from the latest checkpoint?"
             detail = "Every rank on every node is stopped, then a new attempt starts."
             call = lambda: operator.restart(self.job_name, node=choice.node)  # noqa: E731
+        elif choice.kind == "replace":
+            question = f"Run {choice.node}'s ranks on spare {choice.spare}?"
+            detail = (
+                "Every rank is stopped; the next attempt runs the same ranks, the same world "
+                "and the same global batch, with the spare in the node's place, from the "
+                "latest checkpoint as it is."
+            )
+            view = self.view
+            # --node is for the record, and names a node of the spec (not a spare in use).
+            fault = choice.node if view is not None and choice.node in view.nodes() else ""
+            call = lambda: operator.restart(  # noqa: E731
+                self.job_name, node=fault, replace={choice.node: choice.spare}
+            )
         elif choice.kind == "agent":
             question = f"Restart the agent of {choice.node} over SSH?"
             detail = "Its ranks keep running; the new agent re-adopts them."
@@ -235,3 +251,19 @@ class JobActions(StoreScreen):
             return
         self._shown[selector] = key
         self.query_one(selector, Static).update(content, layout=False)
+
+
+def _spare_for(view: JobView, node: str) -> tuple[str, str | None]:
+    """The free spare the restart dialog offers for ``node`` and, empty when it can, why
+    not; None for a job without spares (the dialog has no fourth option)."""
+    spares = list(view.spec.spares)
+    if not spares:
+        return "", None
+    attempt = view.latest_attempt()
+    swaps = dict(attempt.replaced_nodes) if attempt is not None else {}
+    if node in spares and node not in swaps.values():
+        return "", f"{node} is a spare that runs no ranks"
+    free = [s for s in spares if s not in swaps.values() and s != node]
+    if not free:
+        return "", "every spare already runs another node's ranks"
+    return free[0], ""
