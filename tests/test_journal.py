@@ -64,7 +64,7 @@ def with_attempt(journal: Journal, job: str = "moe", number: int = 1) -> None:
 
 def test_file_wal_and_schema_version(tmp_path: Path, journal: Journal) -> None:
     assert journal.path == tmp_path / FILE_NAME
-    assert journal.schema_version() == SCHEMA_VERSION == 5
+    assert journal.schema_version() == SCHEMA_VERSION == 6
     mode = sqlite3.connect(journal.path).execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
 

@@ -152,7 +152,7 @@ class Journal(EventTables):
         with self.transaction():
             cur = self._db.execute(
                 f"INSERT OR IGNORE INTO attempts ({ATTEMPT_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 _attempt_values(attempt),
             )
             return cur.rowcount > 0
@@ -171,11 +171,11 @@ class Journal(EventTables):
         """Inserts the attempt or overwrites every field of it (its ranks stay)."""
         with self.transaction():
             self._db.execute(
-                f"INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                f"INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(job, number) DO UPDATE SET state=excluded.state, "
                 "reason=excluded.reason, started=excluded.started, ended=excluded.ended, "
                 "resumed_from=excluded.resumed_from, master_port=excluded.master_port, "
-                "excluded_nodes=excluded.excluded_nodes",
+                "excluded_nodes=excluded.excluded_nodes, replaced_nodes=excluded.replaced_nodes",
                 _attempt_values(attempt),
             )
 
@@ -337,4 +337,5 @@ def _attempt_values(a: AttemptRow) -> tuple[object, ...]:
         a.resumed_from,
         a.master_port,
         excluded,
+        json.dumps(dict(a.replaced_nodes)),
     )

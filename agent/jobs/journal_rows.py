@@ -50,6 +50,7 @@ class AttemptRow:
     resumed_from: str = ""
     master_port: int = 0
     excluded_nodes: tuple[str, ...] = ()
+    replaced_nodes: tuple[tuple[str, str], ...] = ()  # (node of the spec, its spare)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,8 @@ RANK_COLUMNS = (
 )
 EVENT_COLUMNS = "seq, job, attempt, kind, time, node, rank, message, details, metrics"
 ATTEMPT_COLUMNS = (
-    "job, number, state, reason, started, ended, resumed_from, master_port, excluded_nodes"
+    "job, number, state, reason, started, ended, resumed_from, master_port, excluded_nodes, "
+    "replaced_nodes"
 )
 
 
@@ -155,7 +157,10 @@ def rank_from_db(r: tuple[Any, ...]) -> RankRow:
 
 def attempt_from_db(r: tuple[Any, ...]) -> AttemptRow:
     """A row of ``SELECT ATTEMPT_COLUMNS``."""
-    return AttemptRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], tuple(json.loads(r[8])))
+    replaced = tuple(sorted(json.loads(r[9]).items()))
+    return AttemptRow(
+        r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], tuple(json.loads(r[8])), replaced
+    )
 
 
 def event_from_db(r: tuple[Any, ...]) -> job_pb2.JobEvent:
@@ -184,6 +189,7 @@ def attempt_to_pb(row: AttemptRow) -> job_pb2.Attempt:
         resumed_from=row.resumed_from,
         master_port=row.master_port,
         excluded_nodes=row.excluded_nodes,
+        replaced_nodes=dict(row.replaced_nodes),
     )
     set_ts(row.started, pb.started)
     set_ts(row.ended, pb.ended)

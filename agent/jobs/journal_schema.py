@@ -122,8 +122,20 @@ _SCHEMA_V5 = """
 CREATE INDEX events_job_kind ON events(job, kind, attempt);
 """
 
+# Each attempt's hot spares: the nodes of the spec whose ranks ran on a spare.
+_SCHEMA_V6 = """
+ALTER TABLE attempts ADD COLUMN replaced_nodes TEXT NOT NULL DEFAULT '{}';  -- JSON node -> spare
+"""
+
 # Index i upgrades the schema from version i to i + 1.
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5)
+MIGRATIONS: tuple[str, ...] = (
+    _SCHEMA_V1,
+    _SCHEMA_V2,
+    _SCHEMA_V3,
+    _SCHEMA_V4,
+    _SCHEMA_V5,
+    _SCHEMA_V6,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -223,9 +223,7 @@ class JobRpcs:
         operator = operator_of(context)
         # Before the restart: afterwards the job's spec may already be the new one.
         details = _restart_details(request, leader)
-        restart: Any = leader.restart  # replace=: the leader's side of issue 17
-        more = {"replace": dict(request.replace_nodes)} if request.replace_nodes else {}
-        action = restart(
+        action = leader.restart(
             request.name,
             request.node,
             list(request.exclude_nodes),
@@ -233,7 +231,7 @@ class JobRpcs:
             operator=operator,
             spec=request.spec if request.HasField("spec") else None,
             include=list(request.include_nodes),
-            **more,
+            replace=dict(request.replace_nodes),
         )
         job = await self._audited(context, operator, "restart", details, action)
         return agent_service_pb2.RestartJobResponse(job=job)

@@ -9,7 +9,7 @@ from gantry.v1 import job_pb2
 
 from console.model.cost import Cost, job_cost
 from console.model.diagnoses import diagnoses, diagnoses_json
-from console.model.job_steps import last_known_step
+from console.model.job_steps import last_known_step as last_known_step  # re-exported
 from console.model.proto_json import message_json
 from console.model.rank_phase import starting_phase
 from console.model.safe_text import safe_line

@@ -11,7 +11,6 @@ import ipaddress
 import socket
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
 from gantry.v1 import agent_service_pb2, job_pb2
 from gantry.v1.rules import LATEST, spec_args_resume
@@ -73,14 +72,14 @@ async def start_attempt(
         command.exclude if command is not None else (),
         command.include if command is not None else (),
     )
-    kept = _kept_swaps(previous)
-    swaps = swaps_after(kept, _asked_swaps(command))
+    kept = dict(previous.replaced_nodes) if previous is not None else {}
+    swaps = swaps_after(kept, command.replace if command is not None else {})
     resume = latest_path(spec) if previous is not None else ""
     resume = resume or first_resume(spec)
     if command is not None and command.from_checkpoint:
         resume = command.from_checkpoint
     port = free_port()
-    number = _new_attempt(store, name, port, excluded, new_spec, swaps)
+    number = store.new_attempt(name, port, excluded, new_spec, swaps)
     attempt = job_pb2.Attempt(
         number=number,
         state=JS.JOB_STATE_STARTING,
@@ -151,33 +150,6 @@ async def start_attempt(
         store.attempt_edge(name, number, AttemptEdge.RANKS_STARTED, ranks=attempt.ranks)
         store.job_edge(name, JobEdge.ATTEMPT_RUNNING)
     return attempt
-
-
-# Until the leader's Command, the journal's AttemptRow and LeaderStore.new_attempt carry the
-# replacements (issue 17: the integrator's part), none is asked for, kept or written.
-def _kept_swaps(previous: object) -> dict[str, str]:
-    """The last attempt's replacements (node -> spare)."""
-    return dict(getattr(previous, "replaced_nodes", ()) or ())
-
-
-def _asked_swaps(command: Command | None) -> dict[str, str]:
-    """The restart's ``replace`` (running node -> the node to run its ranks next)."""
-    return dict(getattr(command, "replace", None) or {})
-
-
-def _new_attempt(
-    store: LeaderStore,
-    name: str,
-    port: int,
-    excluded: list[str],
-    spec: job_pb2.JobSpec | None,
-    swaps: dict[str, str],
-) -> int:
-    if not swaps:
-        return store.new_attempt(name, port, excluded, spec)
-    record: Any = store.new_attempt
-    number: int = record(name, port, excluded, spec, swaps)
-    return number
 
 
 def _start_failed(
@@ -306,7 +278,7 @@ def _tell_replaced(
             which = ", ".join(str(r) for r in ranks.get(node, [])) or "none"
             instead = "" if was == node else f" instead of {was}"
             moves.append(f"{node}'s ranks ({which}) run on {now}{instead}")
-    why = getattr(command, "reason", "") or "by the operator"
+    why = command.reason if command is not None and command.reason else "by the operator"
     store.event(
         name,
         EK.JOB_EVENT_KIND_NODE_REPLACED,

@@ -24,16 +24,18 @@ from agent.jobs.leader.attempt_start import (
     NodeCheckFailed,
     check_nodes,
     first_resume,
+    latest_path,
+    spare_after_failure,
     start_attempt,
 )
-from agent.jobs.leader.batch_keep import batch_for_world
 from agent.jobs.leader.errors import JobError
 from agent.jobs.leader.led_job import STOP_GRACE_S, Command, LedJob, Outcome
 from agent.jobs.leader.peer_events import PeerLedger, with_unknown_ranks
 from agent.jobs.leader.peers import NodeApi, RemoteNode
 from agent.jobs.leader.policy import PREEMPT_SETTLE_S, after_failure
 from agent.jobs.leader.preemption import wait_until_back
-from agent.jobs.leader.restart_checks import check_restart_nodes, resolve_from
+from agent.jobs.leader.restart_checks import check_restart_nodes, resolve_from, restart_told
+from agent.jobs.leader.spares import check_replace, nodes_to_lead
 from agent.jobs.leader.spec_checks import check_replacement, scoped, validate_spec
 from agent.jobs.leader.states import ACTIVE_JOB_STATES, JobEdge
 from agent.jobs.leader.store import LeaderStore
@@ -100,10 +102,15 @@ class JobLeader:
                 raise JobError(
                     f"unknown node {entry.node} (the cluster has {', '.join(sorted(known))})"
                 )
+        for spare in spec.spares:
+            if spare not in known:
+                raise JobError(
+                    f"unknown spare {spare} (the cluster has {', '.join(sorted(known))})"
+                )
         # This node's events of an earlier job of that name are not this one's.
         seen = {**self._ledger.positions(spec.name), self.node_name: self.bus.last_seq()}
         led = LedJob(spec.name, peers=known, seen=seen)
-        led.nodes = {name: self._node(known[name]) for name in {n.node for n in spec.nodes}}
+        led.nodes = {name: self._node(known[name]) for name in nodes_to_lead(spec)}
         # Everything is checked on every node before anything starts.
         await self._check(led, spec, first_resume(spec))
         self._jobs[spec.name] = led
@@ -137,12 +144,15 @@ class JobLeader:
         operator: str = UNKNOWN_OPERATOR,
         spec: job_pb2.JobSpec | None = None,
         include: list[str] | None = None,
+        replace: dict[str, str] | None = None,
     ) -> job_pb2.Job:
         """A new attempt now; with ``spec``, the job runs that spec from the new attempt on;
-        ``exclude`` and ``include`` change the nodes it goes without from then on.
+        ``exclude`` and ``include`` change the nodes it goes without from then on;
+        ``replace`` (running node -> spare, or a spare -> its node back) where ranks run.
         Returns the job as it was before (its last attempt is the one replaced)."""
         led = self._get(name)
         include = include or []
+        replace = replace or {}
         current = self.store.spec(name)
         if spec is not None:
             check_replacement(current, spec)
@@ -151,36 +161,29 @@ class JobLeader:
         already = list(last.excluded_nodes) if last is not None else []
         # Everything is refused now, while the running attempt (or a finished job) is untouched.
         excluded = check_restart_nodes(name, target, node, exclude, include, already)
+        kept = dict(last.replaced_nodes) if last is not None else {}
+        swaps = check_replace(name, target, replace, kept, sorted(excluded)) if replace else kept
         if from_checkpoint:
             from_checkpoint = str(resolve_from(from_checkpoint, target))
         changes: list[str] = []
         if spec is not None:
             changes = spec_changes(current, spec)
-        if spec is not None or include or from_checkpoint:
+        if spec is not None or include or from_checkpoint or replace:
             # Every node of the next attempt sees the checkpoint and takes the spec.
-            await self._check(led, target, from_checkpoint, excluded)
+            resume = from_checkpoint or (latest_path(target) if replace else "")
+            await self._check(led, target, resume, excluded, swaps)
         command = Command(
             "restart",
             exclude=tuple(exclude),
             include=tuple(include),
             from_checkpoint=from_checkpoint,
             spec=job_pb2.JobSpec.FromString(spec.SerializeToString()) if spec else None,
+            replace=dict(replace),
+            reason=f"by the operator {operator}",
         )
-        why = f"operator restart by {operator}{f' (fault on {node})' if node else ''}"
-        if exclude:
-            why += f" excluding {', '.join(exclude)}"
-        if include:
-            why += f" including {', '.join(include)} again"
-        details = {"operator": operator, "action": "restart"}
-        if exclude or include:
-            details["excluded"] = ",".join(sorted(excluded))
-            plan = batch_for_world(target, excluded)
-            if plan.message:
-                why += f"; {plan.message}"
-                details.update(plan.details)
-        if spec is not None:
-            details["changes"] = "; ".join(changes) or "none"
-            why += f"; {details['changes']}" if changes else "; spec unchanged"
+        why, details = restart_told(
+            operator, node, exclude, include, replace, swaps, excluded, target, spec, changes
+        )
         self.store.event(name, EK.JOB_EVENT_KIND_OPERATOR_ACTION, why, details=details)
         # The answer is the job as the restart found it: its last attempt is the one the
         # restart replaces (the CLI says "attempt N was the last").
@@ -227,9 +230,7 @@ class JobLeader:
             peers = self.store.peers(name)
             spec = self.store.spec(name)
             led = LedJob(name, peers, seen=self._ledger.positions(name))
-            led.nodes = {
-                n: self._node(peers[n]) for n in {x.node for x in spec.nodes} if n in peers
-            }
+            led.nodes = {n: self._node(peers[n]) for n in nodes_to_lead(spec) if n in peers}
             self._jobs[name] = led
             if self.store.state(name) in ACTIVE_JOB_STATES:
                 attempt = self.store.last_attempt(name)
@@ -302,9 +303,14 @@ class JobLeader:
                     told=(EK.JOB_EVENT_KIND_RESTARTING, decision.message),
                     restarts_used=decision.restarts_used,
                 )
+                # A node that keeps failing, is lost or shows a fatal XID: a spare runs its
+                # ranks from the next attempt (agent.jobs.leader.spares).
+                spare = await spare_after_failure(self.store, led)
                 command = await self._backoff(led, decision.backoff_s)
                 if command is not None and command.kind == "stop":
                     return self._stopped(led, command)
+                if command is None and spare is not None:
+                    command = Command("restart", replace=spare.replace, reason=spare.why)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a leader bug must not leave ranks running unsupervised
@@ -370,10 +376,15 @@ class JobLeader:
         return job
 
     async def _check(
-        self, led: LedJob, spec: job_pb2.JobSpec, resume: str, excluded: set[str] | None = None
+        self,
+        led: LedJob,
+        spec: job_pb2.JobSpec,
+        resume: str,
+        excluded: set[str] | None = None,
+        swaps: dict[str, str] | None = None,
     ) -> None:
         try:
-            await check_nodes(led, spec, resume, self.node_name, excluded)
+            await check_nodes(led, spec, resume, self.node_name, excluded, swaps)
         except NodeCheckFailed as exc:
             raise JobError(str(exc), code="unavailable" if exc.unreachable else "invalid") from None
 

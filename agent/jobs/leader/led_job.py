@@ -31,6 +31,9 @@ class Command:
     include: tuple[str, ...] = ()  # restart: excluded nodes brought back
     from_checkpoint: str = ""
     spec: job_pb2.JobSpec | None = None  # restart: the job's spec from the new attempt on
+    # restart: running node -> the node that runs its ranks next (a spare, or its own node back)
+    replace: dict[str, str] = field(default_factory=dict)
+    reason: str = ""  # restart: why, for the NODE_REPLACED event ("" : by the operator)
     done: asyncio.Future[None] | None = None
 
     def resolve(self) -> None:

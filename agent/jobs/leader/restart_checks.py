@@ -10,12 +10,13 @@ policy's as the operator's, inherits the last attempt's set; ``--exclude`` adds 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from gantry.v1 import job_pb2
 
 from agent.jobs.checkpoints import latest_checkpoint, resolve_reference
+from agent.jobs.leader.batch_keep import batch_for_world
 from agent.jobs.leader.errors import JobError
 
 __all__ = ["check_restart_nodes", "resolve_from"]
@@ -65,3 +66,39 @@ def resolve_from(reference: str, spec: job_pb2.JobSpec) -> Path:
         where = " or ".join(d for d in searched if d) or "the job's folders (none set)"
         raise JobError(f"no checkpoint {reference} in {where}", code="not_found")
     return found
+
+
+def restart_told(
+    operator: str,
+    node: str,
+    exclude: Sequence[str],
+    include: Sequence[str],
+    replace: Mapping[str, str],
+    swaps: Mapping[str, str],
+    excluded: set[str],
+    target: job_pb2.JobSpec,
+    spec: job_pb2.JobSpec | None,
+    changes: Sequence[str],
+) -> tuple[str, dict[str, str]]:
+    """The operator restart's event: what it says and its details (who, which nodes it
+    goes without or brings back, the spares, the batch on a changed world, the spec)."""
+    why = f"operator restart by {operator}{f' (fault on {node})' if node else ''}"
+    if exclude:
+        why += f" excluding {', '.join(exclude)}"
+    if include:
+        why += f" including {', '.join(include)} again"
+    if replace:
+        why += " replacing " + ", ".join(f"{n} with {s}" for n, s in replace.items())
+    details = {"operator": operator, "action": "restart"}
+    if replace:
+        details["replaced"] = ",".join(f"{n}={s}" for n, s in sorted(swaps.items()))
+    if exclude or include:
+        details["excluded"] = ",".join(sorted(excluded))
+        plan = batch_for_world(target, excluded)
+        if plan.message:
+            why += f"; {plan.message}"
+            details.update(plan.details)
+    if spec is not None:
+        details["changes"] = "; ".join(changes) or "none"
+        why += f"; {details['changes']}" if changes else "; spec unchanged"
+    return why, details

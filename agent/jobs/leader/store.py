@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeAlias
 
@@ -132,10 +132,16 @@ class LeaderStore:
                 self.event(name, *told)
 
     def new_attempt(
-        self, name: str, master_port: int, excluded: Sequence[str], spec: job_pb2.JobSpec | None
+        self,
+        name: str,
+        master_port: int,
+        excluded: Sequence[str],
+        spec: job_pb2.JobSpec | None,
+        replaced: Mapping[str, str] | None = None,
     ) -> int:
         """ATTEMPT_STARTING: the job's next attempt, STARTING, with no ranks yet; with
-        ``spec``, the job runs that spec from this attempt on."""
+        ``spec``, the job runs that spec from this attempt on; ``replaced``: node -> the
+        spare that runs its ranks."""
         state = transition_job(self.state(name), JobEdge.ATTEMPT_STARTING)
         number = (self.journal.latest_attempt(name) or 0) + 1
         row = AttemptRow(
@@ -145,6 +151,7 @@ class LeaderStore:
             started=self.clock(),
             master_port=master_port,
             excluded_nodes=tuple(excluded),
+            replaced_nodes=tuple(sorted((replaced or {}).items())),
         )
         with self.journal.transaction():
             if spec is not None:
@@ -269,6 +276,7 @@ class LeaderStore:
                         attempt.resumed_from,
                         attempt.master_port,
                         tuple(attempt.excluded_nodes),
+                        tuple(sorted(attempt.replaced_nodes.items())),
                     )
                 )
                 self.journal.set_attempt_ranks(job.spec.name, attempt.number, attempt.ranks)
