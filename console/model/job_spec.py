@@ -160,6 +160,8 @@ def job_spec_to_yaml(spec: job_pb2.JobSpec) -> str:
     if spec.HasField("eval_targets"):
         targets = spec.eval_targets
         doc["eval_targets"] = {k: getattr(targets, k) for k in EVAL_KEYS if targets.HasField(k)}
+    if spec.preemption.grace_s:
+        doc["preemption"] = {"grace_s": spec.preemption.grace_s}
     parallelism = parallelism_yaml(spec)
     if parallelism is not None:
         doc["parallelism"] = parallelism
@@ -212,6 +214,8 @@ class _SpecParser(SpecFields, FileFields, ParallelFields):
             spec.eval_targets.CopyFrom(self.eval_targets(doc["eval_targets"]))
         if doc.get("parallelism") is not None:
             spec.parallelism.CopyFrom(self.parallelism(doc["parallelism"]))
+        if doc.get("preemption") is not None:
+            spec.preemption.CopyFrom(self.preemption(doc["preemption"]))
         self.check_contract(spec)
         return spec
 

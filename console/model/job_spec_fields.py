@@ -56,10 +56,13 @@ TOP_KEYS = (
     "eval_targets",
     "spares",
     "parallelism",
+    "preemption",
 )
 RESTART_KEYS = ("max_restarts", "backoff_s", "resume", "resume_flag")
 CHECKPOINT_KEYS = ("keep_last",)
 COST_KEYS = ("price_per_gpu_hour", "instance_type", "pricing")
+PREEMPTION_KEYS = ("grace_s",)
+MAX_PREEMPTION_GRACE_S = 3600.0
 EVAL_KEYS = EVAL_TARGET_KEYS
 PRICING = ("on-demand", "reserved", "preemptible")
 SLOTS_RE = re.compile(r"slots=(.*)\Z")
@@ -83,6 +86,7 @@ class SpecFields(SpecReader):
         ("cost", COST_KEYS),
         ("eval_targets", EVAL_KEYS),
         ("parallelism", ("tensor", "expert")),
+        ("preemption", PREEMPTION_KEYS),
     )
 
     def job_name(self, value: object) -> str:
@@ -325,6 +329,18 @@ class SpecFields(SpecReader):
                 )
             cost.pricing = pricing
         return cost
+
+    def preemption(self, value: object) -> job_pb2.PreemptionPolicy:
+        """``preemption: {grace_s: N}``: from a node's notice to the attempt's stop (0: 30 s)."""
+        path: FieldPath = ("preemption",)
+        doc = self.mapping(value, path, PREEMPTION_KEYS, "grace_s")
+        policy = job_pb2.PreemptionPolicy()
+        if doc.get("grace_s") is not None:
+            grace = self.number(doc["grace_s"], (*path, "grace_s"), "s")
+            if not 0 <= grace <= MAX_PREEMPTION_GRACE_S:
+                self.fail((*path, "grace_s"), f"must be 0 to {MAX_PREEMPTION_GRACE_S:g} seconds")
+            policy.grace_s = grace
+        return policy
 
     def eval_targets(self, value: object) -> job_pb2.EvalTargets:
         path: FieldPath = ("eval_targets",)

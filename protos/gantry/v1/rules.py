@@ -358,6 +358,7 @@ def validate_job_spec(spec: job_pb2.JobSpec, field: str = "spec") -> None:
     check_seconds(spec.hang_timeout_s, _at(field, "hang_timeout_s"))
     check_seconds(spec.collective_timeout_s, _at(field, "collective_timeout_s"))
     check_seconds(spec.restart.backoff_s, _at(field, "restart.backoff_s"))
+    check_seconds(spec.preemption.grace_s, _at(field, "preemption.grace_s"))
     check_checkpoint_ref(spec.restart.resume, _at(field, "restart.resume"), spec)
     if spec.restart.resume_flag and not FLAG_RE.match(spec.restart.resume_flag):
         raise ValidationError(
