@@ -20,11 +20,11 @@ def train_with_requests(tmp_path: Path, request: str | None, max_steps: int) -> 
     if request is not None:
         request_file.write_text(request + "\n")
     metrics = tmp_path / "metrics.jsonl"
-    reporter = Reporter(metrics, rank=0, heartbeat_s=60)
-    trainer = tiny_trainer(tmp_path / "out", max_steps=max_steps, reporter=reporter)
-    trainer.remove_callback(GantryCallback)
-    trainer.add_callback(GantryCallback(reporter, CheckpointRequests(request_file)))
-    trainer.train()
+    with Reporter(metrics, rank=0, heartbeat_s=60) as reporter:  # closed: no thread left
+        trainer = tiny_trainer(tmp_path / "out", max_steps=max_steps, reporter=reporter)
+        trainer.remove_callback(GantryCallback)
+        trainer.add_callback(GantryCallback(reporter, CheckpointRequests(request_file)))
+        trainer.train()
     return [r.step or 0 for r in parsed(metrics) if r.kind == RecordKind.CHECKPOINT]
 
 
