@@ -57,6 +57,7 @@ _OOB_RE = re.compile(r"OOB (\S+)")
 _PORT_SUFFIX_RE = re.compile(r"<\d+>\Z")  # eth0:10.1.2.3<0>
 _ENV_RE = re.compile(r"(NCCL_[A-Z0-9_]+) set (?:by environment )?to (.*)")
 # NCCL 2.4/2.5 said "Ring 00 : 15 -> 0 [receive] via NET/Socket/0" (no device brackets).
+PARSED_LINES_KEPT = 1024
 _CHANNEL_RE = re.compile(
     r"(?:Channel|Ring) (?P<channel>\d+)(?:/\d+)? ?: (?P<src>\d+)(?:\[[^\]]*\])?"
     r" -> (?P<dst>\d+)(?:\[[^\]]*\])?"
@@ -163,6 +164,9 @@ class NcclParser:
         if env is not None and ib_present is None:
             self._ib_present = ib_devices_present()
         self._fallback_reported = False
+        # Lines already parsed: NCCL prints the same channel and ring lines again for every
+        # communicator a job creates (parse_nccl_line is pure; bounded, cleared when full).
+        self._parsed: dict[str, NcclLine | None] = {}
 
     def feed_lines(self, lines: Iterable[str]) -> list[NcclFinding]:
         findings: list[NcclFinding] = []
@@ -171,9 +175,18 @@ class NcclParser:
         return findings
 
     def feed(self, line: str) -> list[NcclFinding]:
-        parsed = parse_nccl_line(line) if isinstance(line, str) else None
+        if not isinstance(line, str):
+            return []
+        known = self._parsed
+        if line in known:
+            parsed = known[line]
+        else:
+            parsed = parse_nccl_line(line)
+            if len(known) >= PARSED_LINES_KEPT:
+                known.clear()
+            known[line] = parsed
         if parsed is None:
-            return self._bare_version(line) if isinstance(line, str) else []
+            return self._bare_version(line)
         state = self.state
         if state.host is None:
             state.host = parsed.host
