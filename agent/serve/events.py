@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -48,3 +50,22 @@ class Failed:
 
 Event = Chunk | Done | Failed
 Sink = Callable[[Event], None]  # called from the decode thread
+
+
+class Submits(Protocol):
+    def submit(self, request: Request, sink: Sink, *, ignore_eos: bool = False) -> int: ...
+
+
+def submit_to_queue(
+    engine: Submits, request: Request, ignore_eos: bool
+) -> tuple[int, asyncio.Queue[Event]]:
+    """Submits ``request`` from the event loop; its events, sent from the decode thread,
+    arrive in the returned queue (the gRPC and HTTP front ends read it). Raises the
+    engine's RuntimeError when it has stopped."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[Event] = asyncio.Queue()
+
+    def sink(event: Event) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, event)
+
+    return engine.submit(request, sink, ignore_eos=ignore_eos), events

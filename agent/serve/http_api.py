@@ -28,7 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.serve.events import Done, Event, Failed
+from agent.serve.events import Done, Event, Failed, submit_to_queue
 from agent.serve.metrics import CONTENT_TYPE, metrics_registry, metrics_text
 from agent.serve.openai_api import (
     DONE_EVENT,
@@ -188,15 +188,9 @@ class HttpApi:
     async def _run(
         self, request: web.Request, backend: Backend, engine_request: Any, call: ApiCall
     ) -> web.StreamResponse:
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Event] = asyncio.Queue()
         engine = backend.engine
-
-        def sink(event: Event) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, event)
-
         try:
-            key = engine.submit(engine_request, sink, ignore_eos=call.params.ignore_eos)
+            key, events = submit_to_queue(engine, engine_request, call.params.ignore_eos)
         except RuntimeError:  # stopped between the check and now
             raise ApiError(503, "the server is shutting down") from None
         prefix = "chatcmpl" if call.chat else "cmpl"

@@ -18,7 +18,7 @@ import grpc
 from gantry.v1 import inference_service_pb2 as pb
 from gantry.v1 import inference_service_pb2_grpc
 
-from agent.serve.events import Chunk, Done, Event, Failed, Request, Usage
+from agent.serve.events import Chunk, Done, Failed, Request, Usage, submit_to_queue
 from agent.serve.stats import ServerStats
 
 if TYPE_CHECKING:
@@ -187,15 +187,9 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):  #
     async def _run(
         self, backend: Backend, request: Request, context: Context, ignore_eos: bool
     ) -> AsyncIterator[Chunk | Done]:
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Event] = asyncio.Queue()
         engine = backend.engine
-
-        def sink(event: Event) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, event)
-
         try:
-            key = engine.submit(request, sink, ignore_eos=ignore_eos)
+            key, events = submit_to_queue(engine, request, ignore_eos)
         except RuntimeError:  # stopped between the check and now
             await self._fail(context, grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
         # Whatever ends the RPC (cancel, deadline, a failed write) frees the place; a
