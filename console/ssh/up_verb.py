@@ -276,14 +276,10 @@ JOB_STOP_GRACE_S = 10.0
 
 
 def _active_job_states() -> tuple[str, ...]:
-    """The console's one set of live job states (console.model.jobs), less stopping (counted
-    apart below), by name, imported late as the protos are here."""
-    from gantry.v1 import job_pb2
+    """console.model.jobs' live job states less stopping (counted apart), by name."""
+    from console.model.jobs import ACTIVE_JOB_STATES, JS
 
-    from console.model.jobs import ACTIVE_JOB_STATES
-
-    live = ACTIVE_JOB_STATES - {job_pb2.JOB_STATE_STOPPING}
-    return tuple(job_pb2.JobState.Name(state) for state in sorted(live))
+    return tuple(JS.Name(state) for state in sorted(ACTIVE_JOB_STATES - {JS.JOB_STATE_STOPPING}))
 
 
 def cmd_down(args: argparse.Namespace) -> int:

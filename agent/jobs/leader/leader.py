@@ -1,4 +1,6 @@
-"""The job leader: the agent of a job's first node starts every rank of every node,
+"""The job leader (one class, the agent's job API; just past 400 lines, its checks and
+stories live in attempt_start, restart_checks, spec_checks, spares and preemption): the agent
+of a job's first node starts every rank of every node,
 watches them all, and on any failure stops them all and starts a new attempt from
 the latest checkpoint, within the job's restart policy.
 
