@@ -23,6 +23,8 @@ def test_the_grace_is_read_and_written_back(tmp_path: Path) -> None:
     assert spec.preemption.grace_s == 45
     assert "grace_s: 45" in job_spec_to_yaml(spec)
     assert not parse(tmp_path, {}).HasField("preemption")
+    empty = parse(tmp_path, {"preemption": {}})  # the default grace, said out loud
+    assert parse_job_spec(job_spec_to_yaml(empty), tmp_path, {"node-a"}) == empty
 
 
 @pytest.mark.parametrize(

@@ -160,7 +160,7 @@ def job_spec_to_yaml(spec: job_pb2.JobSpec) -> str:
     if spec.HasField("eval_targets"):
         targets = spec.eval_targets
         doc["eval_targets"] = {k: getattr(targets, k) for k in EVAL_KEYS if targets.HasField(k)}
-    if spec.preemption.grace_s:
+    if spec.HasField("preemption"):  # written even at 0 (the default): the key was there
         doc["preemption"] = {"grace_s": spec.preemption.grace_s}
     parallelism = parallelism_yaml(spec)
     if parallelism is not None:
