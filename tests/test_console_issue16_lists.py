@@ -168,3 +168,16 @@ def test_the_jobs_list_shows_the_last_step_reached_not_a_resumed_attempts_zero()
     job.attempts.add(number=2).ranks.add(rank=0)  # resumed at the end: no step reported
     view = JobsStore().apply_job("node-a", job)
     assert view.last_step() == 300
+
+
+def test_a_job_whose_ranks_reported_no_step_shows_a_dash_not_zero() -> None:
+    from gantry.v1 import job_pb2
+
+    from console.model.jobs import JobsStore
+    from console.ui.screens.jobs import COLUMNS, job_row
+
+    job = job_pb2.Job(spec=job_pb2.JobSpec(name="demo"), state=job_pb2.JOB_STATE_SUCCEEDED)
+    job.spec.args.extend(["--max_steps", "300"])
+    job.attempts.add(number=1).ranks.add(rank=0)
+    row = dict(zip(COLUMNS, job_row(JobsStore().apply_job("node-a", job)), strict=True))
+    assert row["step"] == "-/300"

@@ -41,7 +41,8 @@ def job_row(view: JobView) -> tuple[str, ...]:
         view.name,
         state_name(view.state, "JOB_STATE_"),
         str(attempt.number) if attempt else "-",
-        f"{view.last_step()}" + (f"/{total}" if total else ""),
+        # No step reported by any attempt (or only by its metric events): "-", as gantry jobs.
+        f"{view.last_step() or '-'}" + (f"/{total}" if total else ""),
         str(len(attempt.ranks)) if attempt else "-",
         short_reason(reason),
         view.leader,
