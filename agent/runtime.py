@@ -121,10 +121,8 @@ def build_job_runtime(
         data_dir, node_name, journal, on_event=bus.notify, base_env=base_env
     )
     jobs = JobService(node_name, supervisor, bus, gpus)
-    local = LocalNode(node_name, bus, jobs.start_ranks, jobs.stop_ranks)
-    leader = JobLeader(
-        node_name, data_dir, bus, local, journal, ask_local=supervisor.request_checkpoint
-    )
+    local = LocalNode(node_name, bus, jobs.start_ranks, jobs.stop_ranks, jobs.request_checkpoint)
+    leader = JobLeader(node_name, data_dir, bus, local, journal)
     jobs.leader = leader
     return JobRuntime(journal, bus, supervisor, jobs, leader, warm, notices)
 

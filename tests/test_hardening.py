@@ -209,6 +209,12 @@ def test_restart_checkpoint_is_confined_to_the_stored_job() -> None:
             "master_addr",
         ),
         ("StopRanks", A.StopRanksRequest(job_name="x", grace_s=-1), "grace_s"),
+        (
+            "RequestCheckpoint",
+            A.RequestCheckpointRequest(job_name="x", request_id="a b\n"),
+            "request_id",
+        ),
+        ("RequestCheckpoint", A.RequestCheckpointRequest(job_name="../x"), "job_name"),
         ("StartTask", A.StartTaskRequest(), "give an eval, quantize or serve spec"),
         ("StopTask", A.StopTaskRequest(task_id="../x"), "task_id"),
         ("WatchTask", A.WatchTaskRequest(task_id=""), "task_id"),

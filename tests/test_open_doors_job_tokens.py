@@ -120,6 +120,7 @@ def test_a_leaked_job_token_cannot_start_a_task_or_touch_another_job(
         assert "a job token for demo-moe" in details and method in details
     other = {
         "StopRanks": A.StopRanksRequest(job_name="other-job", attempt=1),
+        "RequestCheckpoint": A.RequestCheckpointRequest(job_name="other-job", request_id="p-1"),
         "WatchJobEvents": A.WatchJobEventsRequest(job_name="other-job"),
         "StartRanks": A.StartRanksRequest(
             spec=job_pb2.JobSpec(name="other-job", command=["python", "x.py"]), attempt=1
@@ -135,6 +136,8 @@ def test_a_leaked_job_token_cannot_start_a_task_or_touch_another_job(
     assert call(agent, "GetNodeInfo", A.GetNodeInfoRequest(), leaked) is None
     own = call(agent, "StopRanks", A.StopRanksRequest(job_name="demo-moe", attempt=1), leaked)
     assert own is None
+    ask = A.RequestCheckpointRequest(job_name="demo-moe", attempt=1, request_id="preempt-x-1")
+    assert call(agent, "RequestCheckpoint", ask, leaked) is None
     # A job token another agent's token minted is no token here; the full one opens all.
     stranger = mint_job_token("someone-elses-token-0123456789", "demo-moe")
     assert code(call(agent, "GetNodeInfo", A.GetNodeInfoRequest(), stranger)) is (

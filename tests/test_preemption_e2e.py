@@ -1,7 +1,9 @@
 """A node announces its preemption, with real agents on 127.0.0.1 and a rank program that
 honours checkpoint requests: the ranks checkpoint within the grace, the attempt stops, the
 job waits as preempted (no restart spent) until the node's agent is back, then resumes
-from that checkpoint. Sources: a notice file, and SIGTERM to the agent."""
+from that checkpoint. Sources: a notice file, and SIGTERM to the agent. With three nodes,
+the one that got no notice is asked by the leader (RequestCheckpoint) and saves too: the
+stand-in rank program does no all-reduce that could carry the request instead."""
 
 from __future__ import annotations
 
@@ -25,20 +27,24 @@ PREEMPT_RANK = Path(__file__).parent / "fixtures" / "preempt_rank.py"
 EK = job_pb2.JobEventKind
 
 
-def preempt_job(tmp_path: Path, name: str) -> Path:
+def preempt_job(tmp_path: Path, name: str, nodes: int = 2) -> Path:
     ckpt = tmp_path / "ckpt"
     args = ["--steps", "100000", "--step-s", "0.1", "--checkpoint-dir", str(ckpt)]
-    return write_job(tmp_path, name, args, command=[sys.executable, str(PREEMPT_RANK)])
+    hosts = [f"node-{c} slots=1" for c in "abc"[:nodes]]
+    command = [sys.executable, str(PREEMPT_RANK)]
+    return write_job(tmp_path, name, args, command=command, nodes=hosts)
 
 
 def two_nodes(
-    local_agents: StartAgent, tmp_path: Path, notice: list[str]
-) -> tuple[Path, LocalAgent, LocalAgent]:
+    local_agents: StartAgent, tmp_path: Path, notice: list[str], third: bool = False
+) -> tuple[Path, LocalAgent, LocalAgent, list[LocalAgent]]:
+    """node-a (the leader), node-b (the one with the notice source), and node-c if asked."""
     leader = local_agents("node-a")
     peer = local_agents("node-b", extra_args=notice)
+    others = [local_agents("node-c")] if third else []
     path = tmp_path / "cluster.yaml"
-    dump_cluster_file(path, [leader.target, peer.target])
-    return path, leader, peer
+    dump_cluster_file(path, [leader.target, peer.target, *(o.target for o in others)])
+    return path, leader, peer, others
 
 
 def saved_steps(events: list[dict[str, Any]], attempt: int) -> dict[int, int]:
@@ -71,13 +77,15 @@ def wait_preempted_then_resumed(
     local_agents: StartAgent,
     capsys: pytest.CaptureFixture[str],
     before_restart: Any = None,
+    others: tuple[LocalAgent, ...] = (),
 ) -> None:
+    world = 2 + len(others)
     report = wait_job(cluster_file, "spot", {"JOB_STATE_PREEMPTED"}, capsys, timeout=40)
     job = report["job"]
     first = job["attempts"][0]
     assert first.get("preempted") is True, first
     assert first["reason"].startswith("preempted: node-b"), first["reason"]
-    assert "saved by 2/2 ranks" in first["reason"], first["reason"]
+    assert f"saved by {world}/{world} ranks" in first["reason"], first["reason"]
     assert job.get("restartsUsed", 0) == 0
     assert len(job["attempts"]) == 1  # it waits: node-b's agent still answers
 
@@ -99,11 +107,12 @@ def wait_preempted_then_resumed(
     deadline = time.monotonic() + 30
     while True:
         events = job_events(cluster_file, "spot", capsys)
-        saved, resumed = saved_steps(events, 1), resumed_at({"a": leader, "b": back}, 2)
-        if len(resumed) == 2 or time.monotonic() > deadline:
+        agents = {"a": leader, "b": back, **{o.name: o for o in others}}
+        saved, resumed = saved_steps(events, 1), resumed_at(agents, 2)
+        if len(resumed) == world or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    assert sorted(saved) == [0, 1], saved
+    assert sorted(saved) == list(range(world)), saved
     # Every rank goes on from the step it saved: no step lost.
     assert resumed == saved, (saved, resumed)
     assert cli(["stop", "spot", "--cluster", str(cluster_file)], capsys)[0] == 0
@@ -113,17 +122,23 @@ def test_a_notice_file_checkpoints_stops_waits_and_resumes(
     local_agents: StartAgent, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     notice = tmp_path / "preempted"
-    cluster_file, leader, peer = two_nodes(
-        local_agents, tmp_path, ["--preemption-notice", f"file:{notice}"]
+    cluster_file, leader, peer, others = two_nodes(
+        local_agents, tmp_path, ["--preemption-notice", f"file:{notice}"], third=True
     )
-    spec = preempt_job(tmp_path, "spot")
+    spec = preempt_job(tmp_path, "spot", nodes=3)
     assert cli(["launch", str(spec), "--cluster", str(cluster_file)], capsys)[0] == 0
     wait_job(cluster_file, "spot", {"JOB_STATE_RUNNING"}, capsys)
     time.sleep(1.5)  # some steps first
     notice.write_text(f"{time.time() + 25:.0f}\n")  # the instance goes in 25 s
 
     wait_preempted_then_resumed(
-        cluster_file, leader, peer, local_agents, capsys, before_restart=lambda: notice.unlink()
+        cluster_file,
+        leader,
+        peer,
+        local_agents,
+        capsys,
+        before_restart=lambda: notice.unlink(),
+        others=tuple(others),
     )
     events = job_events(cluster_file, "spot", capsys)
     told = [e for e in events if e.get("kind") == "JOB_EVENT_KIND_PREEMPTION_NOTICE"]
@@ -135,7 +150,7 @@ def test_a_notice_file_checkpoints_stops_waits_and_resumes(
 def test_sigterm_announces_then_stops_the_agent_once_its_ranks_are_stopped(
     local_agents: StartAgent, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cluster_file, leader, peer = two_nodes(
+    cluster_file, leader, peer, _ = two_nodes(
         local_agents, tmp_path, ["--preemption-notice", "sigterm"]
     )
     spec = preempt_job(tmp_path, "spot")

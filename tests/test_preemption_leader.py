@@ -20,17 +20,15 @@ NOTICE = EK.JOB_EVENT_KIND_PREEMPTION_NOTICE
 
 
 class PreemptAgent(Agent):
-    """tests.test_leader.Agent whose leader asks its own node's ranks through ``asked``."""
+    """tests.test_leader.Agent whose leader asks each node's ranks for a checkpoint through
+    the node's ``request_checkpoint`` (node-a's is its LocalNode's, the supervisor's there)."""
 
     def __init__(self, data_dir: Path, peer: ScriptedNode | None = None) -> None:
         super().__init__(data_dir, peer)
-        self.asked: list[tuple[str, str, int]] = []
-        local = LocalNode("node-a", self.bus, self.a.start_ranks, self.a.stop_ranks)
+        local = LocalNode(
+            "node-a", self.bus, self.a.start_ranks, self.a.stop_ranks, self.a.request_checkpoint
+        )
         remotes: dict[str, NodeApi] = {"node-b": self.b}
-
-        def ask_local(job: str, request: str, attempt: int) -> int:
-            self.asked.append((job, request, attempt))
-            return 1
 
         self.leader = JobLeader(
             "node-a",
@@ -41,7 +39,6 @@ class PreemptAgent(Agent):
             clock=self.clock,
             sleep=self.sleeps,
             make_remote=lambda peer: remotes[peer.name],
-            ask_local=ask_local,
             preempt_settle_s=3600,
         )
 
@@ -58,11 +55,16 @@ def answer(node: ScriptedNode, rank: int, request: str = "preempt-node-b-1") -> 
     node.emit(NOTICE, rank, 1, f"rank {rank}: checkpoint step7 saved", details)
 
 
+def asked(node: ScriptedNode) -> list[tuple[str, str, int]]:
+    return [(r.job_name, r.request_id, r.attempt) for r in node.checkpoints]
+
+
 async def preempted(agent: PreemptAgent) -> job_pb2.Job:
     await submitted(agent, spec(max_restarts=0))
     notice(agent)
-    await agent.until(lambda: bool(agent.asked), "node-a's ranks asked")
-    assert agent.asked == [(JOB, "preempt-node-b-1", 1)]
+    # Every node of the attempt is asked, the one that announced too (it changes nothing).
+    await agent.until(lambda: bool(agent.a.checkpoints and agent.b.checkpoints), "asked")
+    assert asked(agent.a) == asked(agent.b) == [(JOB, "preempt-node-b-1", 1)]
     answer(agent.b, 1)
     answer(agent.a, 0)
     return await agent.until_state(JS.JOB_STATE_PREEMPTED)
@@ -98,7 +100,7 @@ async def test_the_grace_over_stops_the_attempt_with_what_was_saved(tmp_path: Pa
     agent = PreemptAgent(tmp_path)
     await submitted(agent)
     notice(agent, deadline=f"{T0 + 5}")  # the instance goes before the 30 s grace
-    await agent.until(lambda: bool(agent.asked), "asked")
+    await agent.until(lambda: bool(agent.a.checkpoints), "asked")
     answer(agent.b, 1)
     agent.clock.now = T0 + 6
     agent.a.emit(EK.JOB_EVENT_KIND_METRICS, 0, step=8)  # rank 0 never answered

@@ -1,7 +1,8 @@
 """Every AgentService call passes here after authentication: its request is validated
 (`agent.rpc.validation`) before a servicer sees it, and the mutating calls the servicers do
-not audit themselves (agent-to-agent StartRanks/StopRanks, and any mutating call refused
-here) are recorded in the journal's audit trail: who, what, when, and how it ended."""
+not audit themselves (agent-to-agent StartRanks/StopRanks/RequestCheckpoint, and any
+mutating call refused here) are recorded in the journal's audit trail: who, what, when,
+and how it ended."""
 
 from __future__ import annotations
 
@@ -29,10 +30,11 @@ MUTATING = {
     "ForgetJob": "forget",
     "StartRanks": "start-ranks",
     "StopRanks": "stop-ranks",
+    "RequestCheckpoint": "checkpoint-ask",
     "StartTask": "task-start",
     "StopTask": "task-stop",
 }
-AUDITED_HERE = ("StartRanks", "StopRanks")
+AUDITED_HERE = ("StartRanks", "StopRanks", "RequestCheckpoint")
 
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -62,6 +64,10 @@ def _details(method: str, request: Any, context: Context) -> dict[str, str]:
         )
     elif method == "StopRanks":
         details.update(job=request.job_name, attempt=str(request.attempt))
+    elif method == "RequestCheckpoint":
+        details.update(
+            job=request.job_name, attempt=str(request.attempt), request=request.request_id
+        )
     elif method in ("StopJob", "RestartJob", "ForgetJob"):
         details["job"] = request.name
     elif method == "SubmitJob":

@@ -129,6 +129,14 @@ class JobService:
         ranks = await self.supervisor.stop_ranks(request.job_name, request.attempt, grace)
         return agent_service_pb2.StopRanksResponse(ranks=ranks)
 
+    async def request_checkpoint(
+        self, request: agent_service_pb2.RequestCheckpointRequest
+    ) -> agent_service_pb2.RequestCheckpointResponse:
+        asked = self.supervisor.request_checkpoint(
+            request.job_name, request.request_id, request.attempt
+        )
+        return agent_service_pb2.RequestCheckpointResponse(asked=asked)
+
     def _leader(self) -> JobLeader:
         assert self.leader is not None, "JobService used before its leader was set"
         return self.leader
@@ -322,3 +330,8 @@ class JobRpcs:
         self, request: agent_service_pb2.StopRanksRequest, context: Context
     ) -> agent_service_pb2.StopRanksResponse:
         return await self.jobs.stop_ranks(request)
+
+    async def RequestCheckpoint(
+        self, request: agent_service_pb2.RequestCheckpointRequest, context: Context
+    ) -> agent_service_pb2.RequestCheckpointResponse:
+        return await self.jobs.request_checkpoint(request)

@@ -11,6 +11,7 @@ the job's stored spec.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +45,8 @@ from gantry.v1.rules import (
 )
 
 __all__ = ["VALIDATORS", "check_spares", "restart_checkpoint", "validate_request"]
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a checkpoint request's id
 
 
 def _show(value: object, limit: int = 60) -> str:
@@ -165,6 +168,14 @@ def _stop_ranks(request: agent_service_pb2.StopRanksRequest) -> None:
     check_seconds(request.grace_s, "grace_s")
 
 
+def _request_checkpoint(request: agent_service_pb2.RequestCheckpointRequest) -> None:
+    check_name(request.job_name, "job_name")
+    if not REQUEST_ID.fullmatch(request.request_id):
+        raise ValidationError(
+            "request_id: give 1-64 characters of letters, digits, '.', '_' or '-'"
+        )
+
+
 def _start_task(request: agent_service_pb2.StartTaskRequest) -> None:
     which = request.WhichOneof("spec")
     if which == "eval":
@@ -223,6 +234,7 @@ VALIDATORS: dict[str, Callable[[Any], None]] = {
     "ListCheckpoints": _job_name_field,
     "StartRanks": _start_ranks,
     "StopRanks": _stop_ranks,
+    "RequestCheckpoint": _request_checkpoint,
     "StartTask": _start_task,
     "StopTask": _stop_task,
     "ListTasks": _nothing,

@@ -30,6 +30,7 @@ LEADER_CALLS: dict[str, Callable[[Any], str] | None] = {
     "GetNodeInfo": None,
     "StartRanks": _start_ranks_job,
     "StopRanks": _job_name,
+    "RequestCheckpoint": _job_name,
     "WatchJobEvents": _job_name,
 }
 

@@ -39,6 +39,7 @@ class ScriptedNode:
         self.started: list[A.StartRanksRequest] = []
         self.stopped: list[tuple[int, float]] = []  # (attempt, grace_s)
         self.asked: list[int] = []  # each events() call's after_seq
+        self.checkpoints: list[A.RequestCheckpointRequest] = []  # the checkpoints asked
         self.refuse: Exception | None = None
         self.lost: float | None = None
         self.on_stop = on_stop
@@ -115,6 +116,14 @@ class ScriptedNode:
             elif self.on_stop == "exit0":
                 self.emit(EK.JOB_EVENT_KIND_RANK_EXITED, rank, request.attempt, exit_code="0")
         return A.StopRanksResponse()
+
+    async def request_checkpoint(
+        self, request: A.RequestCheckpointRequest
+    ) -> A.RequestCheckpointResponse:
+        if self.refuse is not None:
+            raise self.refuse
+        self.checkpoints.append(request)
+        return A.RequestCheckpointResponse(asked=len(self.ranks_of(request.attempt)))
 
     async def events(self, job_name: str, after_seq: int) -> AsyncGenerator[job_pb2.JobEvent, None]:
         self.asked.append(after_seq)

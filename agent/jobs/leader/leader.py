@@ -41,7 +41,7 @@ from agent.jobs.leader.spares import check_replace, nodes_to_lead
 from agent.jobs.leader.spec_checks import check_replacement, scoped, validate_spec
 from agent.jobs.leader.states import ACTIVE_JOB_STATES, JobEdge
 from agent.jobs.leader.store import LeaderStore
-from agent.jobs.leader.watch import AskLocal, readopt, stop_attempt, watch_attempt
+from agent.jobs.leader.watch import readopt, stop_attempt, watch_attempt
 
 __all__ = ["STOP_GRACE_S", "UNKNOWN_OPERATOR", "JobError", "JobLeader", "validate_spec"]
 
@@ -65,7 +65,6 @@ class JobLeader:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         make_remote: Callable[[agent_service_pb2.PeerAgent], NodeApi] = RemoteNode,
-        ask_local: AskLocal | None = None,
         preempt_settle_s: float = PREEMPT_SETTLE_S,
     ) -> None:
         self.node_name = node_name
@@ -76,7 +75,6 @@ class JobLeader:
         self._ledger = PeerLedger(node_name, journal, bus)
         self._sleep = sleep
         self._make_remote = make_remote
-        self._ask_local = ask_local  # this node's ranks asked for a checkpoint (a preemption)
         self._settle_s = preempt_settle_s
         self._jobs: dict[str, LedJob] = {}
 
@@ -274,7 +272,7 @@ class JobLeader:
                     outcome, reason = Outcome.STOPPED, BY_OPERATOR
                 elif attempt.state == JS.JOB_STATE_RUNNING:
                     outcome, reason, command = await watch_attempt(
-                        self.store, self._ledger, led, attempt, adopted, self._ask_local
+                        self.store, self._ledger, led, attempt, adopted
                     )
                 else:
                     outcome, reason = Outcome.FAILED, attempt.reason

@@ -78,6 +78,10 @@ class NodeApi(Protocol):
         self, request: agent_service_pb2.StopRanksRequest
     ) -> agent_service_pb2.StopRanksResponse: ...
 
+    async def request_checkpoint(
+        self, request: agent_service_pb2.RequestCheckpointRequest
+    ) -> agent_service_pb2.RequestCheckpointResponse: ...
+
     def events(self, job_name: str, after_seq: int) -> AsyncGenerator[job_pb2.JobEvent, None]:
         """The node's events of the job after `after_seq` (its own seq), on and on."""
         ...
@@ -91,16 +95,34 @@ StartRanks = Callable[
 StopRanks = Callable[
     [agent_service_pb2.StopRanksRequest], Awaitable[agent_service_pb2.StopRanksResponse]
 ]
+AskCheckpoint = Callable[
+    [agent_service_pb2.RequestCheckpointRequest],
+    Awaitable[agent_service_pb2.RequestCheckpointResponse],
+]
+
+
+async def _ask_nobody(
+    request: agent_service_pb2.RequestCheckpointRequest,
+) -> agent_service_pb2.RequestCheckpointResponse:
+    return agent_service_pb2.RequestCheckpointResponse()
 
 
 class LocalNode:
     """The leader's own node: the calls go straight to its supervisor."""
 
-    def __init__(self, name: str, bus: EventBus, start: StartRanks, stop: StopRanks) -> None:
+    def __init__(
+        self,
+        name: str,
+        bus: EventBus,
+        start: StartRanks,
+        stop: StopRanks,
+        ask: AskCheckpoint = _ask_nobody,
+    ) -> None:
         self.name = name
         self._bus = bus
         self._start = start
         self._stop = stop
+        self._ask = ask
 
     async def ping(self) -> None:
         return None
@@ -117,6 +139,11 @@ class LocalNode:
         self, request: agent_service_pb2.StopRanksRequest
     ) -> agent_service_pb2.StopRanksResponse:
         return await self._stop(request)
+
+    async def request_checkpoint(
+        self, request: agent_service_pb2.RequestCheckpointRequest
+    ) -> agent_service_pb2.RequestCheckpointResponse:
+        return await self._ask(request)
 
     async def events(self, job_name: str, after_seq: int) -> AsyncGenerator[job_pb2.JobEvent, None]:
         async for event in self._bus.follow(job_name, after_seq):
@@ -278,6 +305,14 @@ class RemoteNode:
     ) -> agent_service_pb2.StopRanksResponse:
         reply: agent_service_pb2.StopRanksResponse = await self._call(
             "StopRanks", request, RPC_TIMEOUT_S + request.grace_s
+        )
+        return reply
+
+    async def request_checkpoint(
+        self, request: agent_service_pb2.RequestCheckpointRequest
+    ) -> agent_service_pb2.RequestCheckpointResponse:
+        reply: agent_service_pb2.RequestCheckpointResponse = await self._call(
+            "RequestCheckpoint", request, RPC_TIMEOUT_S
         )
         return reply
 

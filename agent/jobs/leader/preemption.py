@@ -3,10 +3,10 @@ stream), every rank's answer to the checkpoint request counted until the grace i
 and, once the attempt stopped, the wait until the preempted nodes are back.
 
 Who writes the requests: each node writes its own ranks' on its own notice (no round trip
-while the clock runs); the leader, on reading the notice, writes its own node's ranks'
-(``ask_local``). The contract has no call for the leader to ask a third node's ranks, so a
-job of three nodes or more depends on its ranks agreeing among themselves (the trainer's
-and the callback's all-reduce of the request) for the nodes that got no notice."""
+while the clock runs); the leader, on reading the notice, asks every node of the attempt
+for the same request (RequestCheckpoint; asking twice changes nothing), so a node that got
+no notice saves too. The trainer's and the callback's all-reduce of the request makes all
+ranks save at the same step, whichever saw the request first."""
 
 from __future__ import annotations
 

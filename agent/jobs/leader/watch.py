@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 
 from gantry.v1 import agent_service_pb2, job_pb2
 
@@ -23,8 +22,6 @@ from agent.jobs.leader.store import LeaderStore
 
 log = logging.getLogger("gantry.agent")
 EK = job_pb2.JobEventKind
-# The leader's own node's ranks asked for a checkpoint: (job, request id, attempt) -> how many.
-AskLocal = Callable[[str, str, int], int]
 
 
 async def watch_attempt(
@@ -33,7 +30,6 @@ async def watch_attempt(
     led: LedJob,
     attempt: job_pb2.Attempt,
     adopted: bool = False,
-    ask_local: AskLocal | None = None,
 ) -> tuple[Outcome, str, Command | None]:
     """Until the attempt ends: SUCCEEDED (its edge still to write), FAILED (written, its
     ranks stopped), or, on a command, STOPPED/RESTART (stopped, the STOPPED edge still to
@@ -60,6 +56,7 @@ async def watch_attempt(
     getter: asyncio.Task[tuple[str, job_pb2.JobEvent]] | None = None
     commander: asyncio.Task[Command] | None = None
     preempting: Preempting | None = None
+    asks: set[asyncio.Task[None]] = set()
     try:
         while (edge := tally.edge()) is None or preempting is not None:
             if preempting is not None and (
@@ -95,7 +92,12 @@ async def watch_attempt(
                 else:
                     ledger.copy(name, node, event)
             tally.add(event)
-            preempting = _on_preemption(store, led, attempt, preempting, event, ask_local)
+            preempting, request = _on_preemption(store, led, attempt, preempting, event)
+            if request:
+                for node in sorted({r.node for r in attempt.ranks}):
+                    asking = asyncio.create_task(_ask(led, node, attempt.number, request))
+                    asks.add(asking)
+                    asking.add_done_callback(asks.discard)
         if edge is AttemptEdge.ALL_EXITED_OK:
             return Outcome.SUCCEEDED, "every rank exited 0", None
         await stop_attempt(led, attempt, STOP_GRACE_S)
@@ -103,6 +105,8 @@ async def watch_attempt(
         store.attempt_edge(name, attempt.number, edge, tally.failure, told, attempt.ranks)
         return Outcome.FAILED, tally.failure, None
     finally:
+        for ask in asks:
+            ask.cancel()
         for task in [*pumps, getter, commander]:
             if task is not None:
                 task.cancel()
@@ -117,18 +121,17 @@ def _on_preemption(
     attempt: job_pb2.Attempt,
     preempting: Preempting | None,
     event: job_pb2.JobEvent,
-    ask_local: AskLocal | None,
-) -> Preempting | None:
-    """A notice begins (or joins) the attempt's preemption: the leader's own ranks are asked
-    for the same checkpoint; a rank's answer is counted."""
+) -> tuple[Preempting | None, str]:
+    """A notice begins (or joins) the attempt's preemption, and its request id is returned
+    for every node's ranks to be asked the same checkpoint; a rank's answer is counted."""
     if event.kind != EK.JOB_EVENT_KIND_PREEMPTION_NOTICE:
-        return preempting  # the hot path: metrics, phases
+        return preempting, ""  # the hot path: metrics, phases
     policy = store.spec(led.name).preemption
     request = ""
     if preempting is None:
         preempting = Preempting.first(event, policy, store.clock())
         if preempting is None:
-            return None
+            return None, ""
         request = event.details["request"]
         grace = preempting.deadline - preempting.noticed_at
         store.event(
@@ -141,9 +144,23 @@ def _on_preemption(
         )
     else:
         request = preempting.add(event, policy, store.clock())
-    if request and ask_local is not None:
-        ask_local(led.name, request, attempt.number)
-    return preempting
+    return preempting, request
+
+
+async def _ask(led: LedJob, node: str, attempt: int, request_id: str) -> None:
+    """One node's ranks asked for the preemption's checkpoint (the node that announced has
+    asked its own already: asking again changes nothing). A node that cannot be asked only
+    saves nothing: the grace still bounds the wait."""
+    api = led.nodes.get(node)
+    if api is None:
+        return
+    ask = agent_service_pb2.RequestCheckpointRequest(
+        job_name=led.name, attempt=attempt, request_id=request_id
+    )
+    try:
+        await api.request_checkpoint(ask)
+    except (NodeUnreachable, NodeRefused) as exc:
+        log.warning("checkpoint %s not asked of %s: %s", request_id, node, exc)
 
 
 async def _preempted(

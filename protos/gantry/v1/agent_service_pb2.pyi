@@ -254,6 +254,22 @@ class StopRanksResponse(_message.Message):
     ranks: _containers.RepeatedCompositeFieldContainer[_job_pb2.Rank]
     def __init__(self, ranks: _Optional[_Iterable[_Union[_job_pb2.Rank, _Mapping]]] = ...) -> None: ...
 
+class RequestCheckpointRequest(_message.Message):
+    __slots__ = ("job_name", "attempt", "request_id")
+    JOB_NAME_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    job_name: str
+    attempt: int
+    request_id: str
+    def __init__(self, job_name: _Optional[str] = ..., attempt: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class RequestCheckpointResponse(_message.Message):
+    __slots__ = ("asked",)
+    ASKED_FIELD_NUMBER: _ClassVar[int]
+    asked: int
+    def __init__(self, asked: _Optional[int] = ...) -> None: ...
+
 class StartTaskRequest(_message.Message):
     __slots__ = ("eval", "quantize", "serve")
     EVAL_FIELD_NUMBER: _ClassVar[int]

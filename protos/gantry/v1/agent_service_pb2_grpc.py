@@ -101,6 +101,11 @@ class AgentServiceStub:
                 request_serializer=gantry_dot_v1_dot_agent__service__pb2.StopRanksRequest.SerializeToString,
                 response_deserializer=gantry_dot_v1_dot_agent__service__pb2.StopRanksResponse.FromString,
                 _registered_method=True)
+        self.RequestCheckpoint = channel.unary_unary(
+                '/gantry.v1.AgentService/RequestCheckpoint',
+                request_serializer=gantry_dot_v1_dot_agent__service__pb2.RequestCheckpointRequest.SerializeToString,
+                response_deserializer=gantry_dot_v1_dot_agent__service__pb2.RequestCheckpointResponse.FromString,
+                _registered_method=True)
         self.StartTask = channel.unary_unary(
                 '/gantry.v1.AgentService/StartTask',
                 request_serializer=gantry_dot_v1_dot_agent__service__pb2.StartTaskRequest.SerializeToString,
@@ -210,6 +215,14 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RequestCheckpoint(self, request, context):
+        """A preemption notice: the job's running ranks here (of the attempt; 0: any) save a
+        checkpoint now. Asking again with the same request_id changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StartTask(self, request, context):
         """Tasks: evaluation, quantization, serving
         """
@@ -302,6 +315,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.StopRanks,
                     request_deserializer=gantry_dot_v1_dot_agent__service__pb2.StopRanksRequest.FromString,
                     response_serializer=gantry_dot_v1_dot_agent__service__pb2.StopRanksResponse.SerializeToString,
+            ),
+            'RequestCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestCheckpoint,
+                    request_deserializer=gantry_dot_v1_dot_agent__service__pb2.RequestCheckpointRequest.FromString,
+                    response_serializer=gantry_dot_v1_dot_agent__service__pb2.RequestCheckpointResponse.SerializeToString,
             ),
             'StartTask': grpc.unary_unary_rpc_method_handler(
                     servicer.StartTask,
@@ -677,6 +695,33 @@ class AgentService:
             '/gantry.v1.AgentService/StopRanks',
             gantry_dot_v1_dot_agent__service__pb2.StopRanksRequest.SerializeToString,
             gantry_dot_v1_dot_agent__service__pb2.StopRanksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gantry.v1.AgentService/RequestCheckpoint',
+            gantry_dot_v1_dot_agent__service__pb2.RequestCheckpointRequest.SerializeToString,
+            gantry_dot_v1_dot_agent__service__pb2.RequestCheckpointResponse.FromString,
             options,
             channel_credentials,
             insecure,
