@@ -145,10 +145,13 @@ def test_expert_parallel_2_matches_expert_parallel_1(
     )
     log = (tmp_path / "ep2" / "t.rank0.log").read_text()
     assert "2 MoE block(s) on DeepSpeed's MoE layer, expert parallel 2" in log
+    # Mixtral's own weight for its router loss, added to the loss the backward pass takes.
+    assert "MoE gates' load-balancing loss weighted 0.001 in the loss" in log
     for rank in (0, 1):
         assert_close(losses(ep2[rank]), losses(ep1[rank]))
         (start,) = records(ep2[rank], "start")
         assert start["parallelism"] == {"tensor": 1, "expert": 2}
+        assert start["moe_aux_loss_coef"] == pytest.approx(0.001)
         assert start["coordinates"] == {"data": 0, "tensor": 0, "expert": rank}
         for record in records(ep2[rank], "metrics"):
             groups = record["collective_by_group_s"]
@@ -165,6 +168,25 @@ def test_expert_parallel_2_matches_expert_parallel_1(
     assert set(finals[0]) == set(finals[1])
     for key, want in finals[0].items():
         assert torch.allclose(finals[1][key], want, atol=1e-5), key
+
+
+@pytest.mark.timeout(LOADED_TIMEOUT_S)
+def test_the_moe_load_balancing_loss_reaches_the_backward_pass(
+    deepspeed_warm: dict[str, str], data: Path, tmp_path: Path
+) -> None:
+    runs = {}
+    for coef in ("0", "1"):
+        out = tmp_path / f"aux{coef}"
+        extra = ("--deepspeed_moe", "--moe_aux_loss_coef", coef)
+        runs[coef] = losses(
+            one_rank(deepspeed_warm, out, trainer_args(data, out, "tiny-moe", *extra))[1]
+        )
+    # The same first forward (the reported loss is the language model's alone), then the
+    # gates trained on the load-balancing loss too route differently.
+    assert runs["0"][0] == runs["1"][0]
+    assert any(
+        abs(a - b) > 1e-4 * abs(b) for a, b in zip(runs["1"][1:], runs["0"][1:], strict=True)
+    )
 
 
 @pytest.mark.timeout(LOADED_TIMEOUT_S)

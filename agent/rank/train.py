@@ -195,6 +195,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "compared with)",
     )
     p.add_argument(
+        "--moe_aux_loss_coef",
+        type=float,
+        default=None,
+        help="weight of the gates' load-balancing loss added to the loss on DeepSpeed's MoE "
+        "layer; default the model config's router_aux_loss_coef (Mixtral: 0.001)",
+    )
+    p.add_argument(
         "--tensor_parallel_size",
         type=int,
         default=_size_default(TENSOR_ENV),
@@ -279,6 +286,9 @@ def train(args: argparse.Namespace, rep: Reporter) -> int:
 
     step = int(engine.global_steps)
     n_params = count_parameters(engine.module)
+    aux_coef = moe_aux_coef(args, engine.module)
+    if aux_coef:
+        log(f"MoE gates' load-balancing loss weighted {aux_coef:g} in the loss")
     log(
         f"{args.model_name_or_path}: {n_params:,} parameters; {len(data.dataset)} conversations, "
         f"{run.per_epoch} micro-batches per rank per epoch; steps {step} -> {run.total_steps}"
@@ -297,6 +307,7 @@ def train(args: argparse.Namespace, rep: Reporter) -> int:
         gradient_checkpointing=bool(args.gradient_checkpointing),
         parallelism={"tensor": layout.tensor, "expert": layout.expert} if layout.parallel else None,
         coordinates=layout.coordinates() if layout.parallel else None,
+        moe_aux_loss_coef=aux_coef or None,
     )
     plan = LoopPlan(
         rank=data_rank,
@@ -310,6 +321,7 @@ def train(args: argparse.Namespace, rep: Reporter) -> int:
         ckpt_dir=args.output_dir / "checkpoints",
         data_digest=data.digest,
         tensor_parallel=layout.tensor,
+        moe_aux_loss_coef=aux_coef,
     )
     # Rank 0 only, as HF Trainer: one run folder per attempt; closing flushes the rest.
     board = open_board(logging_dir, world, log) if rank == 0 else None
@@ -344,6 +356,18 @@ class Terminated(SystemExit):
 
 def _on_sigterm(signum: int, frame: object) -> None:
     raise Terminated(128 + signum)
+
+
+def moe_aux_coef(args: argparse.Namespace, model: Any) -> float:
+    """The load-balancing loss's weight on DeepSpeed's MoE layer (0 without it): the flag,
+    else the model's router_aux_loss_coef, as Mixtral weighs its own router loss."""
+    from agent.ml.moe_deepspeed import has_deepspeed_moe
+
+    if not has_deepspeed_moe(model):
+        return 0.0
+    if args.moe_aux_loss_coef is not None:
+        return float(args.moe_aux_loss_coef)
+    return float(getattr(getattr(model, "config", None), "router_aux_loss_coef", 0.0) or 0.0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

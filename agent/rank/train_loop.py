@@ -47,6 +47,7 @@ class LoopPlan:
     ckpt_dir: Path
     data_digest: str
     tensor_parallel: int = 1  # world_size above counts data-parallel ranks only
+    moe_aux_loss_coef: float = 0.0  # the MoE gates' load-balancing loss, added to the loss
 
 
 @dataclass
@@ -114,6 +115,16 @@ class TrainLoop:
         if plan.rank == 0:
             log(f"checkpoint {ckpt_dir / tag}")
 
+    def _with_aux(self, loss: Any) -> Any:
+        """The loss the backward pass takes: the language-model loss (the one reported)
+        plus the weighted load-balancing loss of DeepSpeed's MoE gates, if any."""
+        if not self.plan.moe_aux_loss_coef:
+            return loss
+        from agent.ml.moe_deepspeed import aux_loss
+
+        aux = aux_loss(self.engine.module)
+        return loss if aux is None else loss + self.plan.moe_aux_loss_coef * aux
+
     def run(self) -> int:
         """Train to the total steps, then checkpoint the last step if not yet; the step."""
         from deepspeed.accelerator import get_accelerator
@@ -144,7 +155,7 @@ class TrainLoop:
                 out = engine(**batch)
                 accel.synchronize()
                 t1 = time.perf_counter()
-                engine.backward(out.loss)
+                engine.backward(self._with_aux(out.loss))
                 accel.synchronize()
                 t2 = time.perf_counter()
                 engine.step()
