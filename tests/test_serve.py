@@ -311,7 +311,9 @@ def test_generate_streams_what_complete_and_generate_give(
     usage = messages[-1].usage
     assert usage.prompt_tokens == len(tiny.encode(prompt)) == complete.usage.prompt_tokens
     assert usage.completion_tokens == len(want)
-    assert usage.finish_reason == ("eos" if len(want) < n else "length")
+    assert usage.finish_reason == (
+        pb.FINISH_REASON_EOS if len(want) < n else pb.FINISH_REASON_LENGTH
+    )
     assert 0 < usage.time_to_first_token_ms <= usage.total_time_ms
 
 
@@ -342,7 +344,7 @@ def test_stop_strings_and_seeded_sampling(server: Served, stub: Any, tiny: TinyM
     params = pb.SamplingParams(max_tokens=16, stop=[stop, "never-seen"])
     cut = stub.Complete(pb.CompleteRequest(prompt=prompt, params=params), **server.kw())
     assert cut.text == full[: full.index(stop)]
-    assert cut.usage.finish_reason == "stop"
+    assert cut.usage.finish_reason == pb.FINISH_REASON_STOP
     sampled = pb.SamplingParams(max_tokens=8, temperature=1.0, top_p=0.9, seed=7)
     twice = [
         stub.Complete.future(pb.CompleteRequest(prompt=prompt, params=sampled), **server.kw())
@@ -424,7 +426,10 @@ def test_sigterm_drains_the_request_in_flight_then_exits_0(server: Served) -> No
             )
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         collector.join(60)
-    assert messages[-1].done and messages[-1].usage.finish_reason in ("length", "eos")
+    assert messages[-1].done and messages[-1].usage.finish_reason in (
+        pb.FINISH_REASON_LENGTH,
+        pb.FINISH_REASON_EOS,
+    )
     assert sum(len(m.token_ids) for m in messages) == messages[-1].usage.completion_tokens
     assert served.proc.wait(30) == 0, served.logs()
     assert not served.ready_file.exists()

@@ -43,13 +43,17 @@ def headers(server: Served) -> dict[str, str]:
     return {"authorization": f"Bearer {server.token}"}
 
 
+def reason_text(code: int) -> str:
+    return pb.FinishReason.Name(code).removeprefix("FINISH_REASON_").lower()
+
+
 def grpc_text(server: Served, prompt: str, ignore_eos: bool = False) -> tuple[str, str]:
     """(text, finish reason) of a greedy Complete."""
     with server.channel() as channel:
         stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
         params = pb.SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=ignore_eos)
         reply = stub.Complete(pb.CompleteRequest(prompt=prompt, params=params), **server.kw())
-    return reply.text, reply.usage.finish_reason
+    return reply.text, reason_text(reply.usage.finish_reason)
 
 
 def test_greedy_output_is_the_same_over_rest_and_grpc(served: Served) -> None:

@@ -117,7 +117,7 @@ def generate(served: Served, ignore_eos: bool) -> tuple[list[int], str]:
             stub.Generate(pb.GenerateRequest(prompt=PROMPT, params=params), **served.kw())
         )
     ids = [t for r in responses for t in r.token_ids]
-    return ids, responses[-1].usage.finish_reason
+    return ids, pb.FinishReason.Name(responses[-1].usage.finish_reason)[14:].lower()
 
 
 def test_the_server_decodes_max_tokens_with_ignore_eos(server: Served) -> None:

@@ -93,13 +93,22 @@ def build_request(
     )
 
 
+# The engine's reasons (agent.serve.events.Usage) as the contract's enum.
+FINISH_REASONS = {
+    "length": pb.FINISH_REASON_LENGTH,
+    "stop": pb.FINISH_REASON_STOP,
+    "eos": pb.FINISH_REASON_EOS,
+    "cancelled": pb.FINISH_REASON_CANCELLED,
+}
+
+
 def usage_pb(usage: Usage) -> pb.Usage:
     return pb.Usage(
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         time_to_first_token_ms=usage.time_to_first_token_ms,
         total_time_ms=usage.total_time_ms,
-        finish_reason=usage.finish_reason,
+        finish_reason=FINISH_REASONS.get(usage.finish_reason, pb.FINISH_REASON_UNSPECIFIED),
     )
 
 

@@ -105,7 +105,8 @@ class GrpcClient:
             message = parse(raw)
             yield len(message.token_ids) or (1 if message.text else 0)
             if message.done and message.usage.finish_reason:
-                yield message.usage.finish_reason
+                name = inference_service_pb2.FinishReason.Name(message.usage.finish_reason)
+                yield name.removeprefix("FINISH_REASON_").lower()
 
     def error_code(self, exc: BaseException) -> str:
         if isinstance(exc, grpc.aio.AioRpcError):
