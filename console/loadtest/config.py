@@ -43,6 +43,22 @@ class LoadTestConfig:
     timeout_s: float = 30.0  # per request
     seed: int | None = None  # Poisson arrivals; None: a fresh one per run
     ignore_eos: bool = False  # decode max_tokens past end-of-sequence (gantry, vLLM)
+    # Capacity search (console.loadtest.sweep): the highest open-loop rate whose SLOs hold.
+    sweep: bool = False
+    # --proto FILE (repeatable) and -I DIR: the method's schema without server reflection.
+    proto_files: tuple[Path, ...] = ()
+    import_paths: tuple[Path, ...] = ()
+    metadata: tuple[tuple[str, str], ...] = ()  # --metadata k=v: sent with every request
+    # TLS: a gRPC target with any of these (or an https URL) is reached over TLS, the
+    # server's certificate verified against tls_ca (else the system's roots) unless
+    # `insecure`; tls_cert + tls_key: the client's certificate (mutual TLS).
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    insecure: bool = False  # TLS without verifying the server's certificate; asked for only
+    # Load from the cluster: these agents run the load workers (an audited task).
+    from_nodes: tuple[str, ...] = ()
+    cluster: Path | None = None  # the cluster file naming them (default: the usual search)
 
     @property
     def is_http(self) -> bool:
@@ -51,6 +67,17 @@ class LoadTestConfig:
     @property
     def open_loop(self) -> bool:
         return self.concurrency is None
+
+    @property
+    def uses_tls_flags(self) -> bool:
+        return any((self.tls_ca, self.tls_cert, self.tls_key, self.insecure))
+
+    @property
+    def uses_tls(self) -> bool:
+        """Reached over TLS: an https URL, or a gRPC target given a TLS flag."""
+        if self.is_http:
+            return self.target.startswith("https://")
+        return self.uses_tls_flags
 
 
 def split_host_port(target: str) -> tuple[str, int]:
@@ -82,7 +109,9 @@ def validate(config: LoadTestConfig) -> None:
         )
         if value is not None
     ]
-    if not given:
+    if config.sweep:
+        _check_sweep(config, given)
+    elif not given:
         raise LoadTestError(
             "give the load: --rate R (open loop), --concurrency N (closed loop) or --schedule S"
         )
@@ -124,9 +153,16 @@ def validate(config: LoadTestConfig) -> None:
         raise LoadTestError(
             "--ignore-eos is for the Gantry endpoint or an HTTP completions URL, not --method"
         )
-    for flag, path in (("--prompts", config.prompts), ("--token-file", config.token_file)):
+    files = [("--prompts", config.prompts), ("--token-file", config.token_file)]
+    files += [("--tls-ca", config.tls_ca), ("--tls-cert", config.tls_cert)]
+    files += [("--tls-key", config.tls_key), *(("--proto", p) for p in config.proto_files)]
+    for flag, path in files:
         if path is not None and not path.is_file():
             raise LoadTestError(f"{flag} {path}: no such file")
+    _check_proto_metadata_tls(config)
+    for name in config.from_nodes:
+        if not NODE_RE.match(name):
+            raise LoadTestError(f"--from-nodes: {name!r} is not a node name")
 
 
 def _check_method_and_data(config: LoadTestConfig) -> None:
@@ -144,3 +180,56 @@ def _check_method_and_data(config: LoadTestConfig) -> None:
             raise LoadTestError(f"--data is not JSON: {exc}") from None
         if not isinstance(body, dict):
             raise LoadTestError('--data must be a JSON object, e.g. \'{"name": "x"}\'')
+
+
+def _check_sweep(config: LoadTestConfig, given: list[str]) -> None:
+    if given:
+        raise LoadTestError(f"--sweep chooses the rates itself: drop {', '.join(given)}")
+    if config.slo_ttft_ms is None and config.slo_latency_ms is None:
+        raise LoadTestError("--sweep needs an SLO: --slo-ttft-ms MS and/or --slo-latency-ms MS")
+    if config.requests is not None:
+        raise LoadTestError("--sweep runs each step for --duration: drop --requests")
+
+
+def _check_proto_metadata_tls(config: LoadTestConfig) -> None:
+    if config.proto_files and not config.method:
+        raise LoadTestError("--proto describes the --method to call: give --method too")
+    if config.proto_files and config.is_http:
+        raise LoadTestError("--proto is for gRPC targets, not an HTTP URL")
+    for path in config.import_paths:
+        if not path.is_dir():
+            raise LoadTestError(f"-I {path}: no such directory")
+    if config.import_paths and not config.proto_files:
+        raise LoadTestError("-I is where --proto files import from: give --proto too")
+    for key, value in config.metadata:
+        if not METADATA_KEY_RE.match(key):
+            raise LoadTestError(
+                f"--metadata {key!r}: a key is lowercase letters, digits, '-', '_' or '.'"
+            )
+        if key.startswith("grpc-") or key in RESERVED_METADATA:
+            raise LoadTestError(f"--metadata {key!r}: reserved; the load tester sets it")
+        if not key.endswith("-bin") and not all(" " <= c <= "~" for c in value):
+            raise LoadTestError(f"--metadata {key}: the value must be printable ASCII")
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise LoadTestError("--tls-cert and --tls-key go together (the client's certificate)")
+    if config.is_http and config.target.startswith("http://") and config.uses_tls_flags:
+        raise LoadTestError("TLS flags need an https:// URL, not http://")
+    if config.insecure and config.tls_ca is not None:
+        raise LoadTestError("--insecure skips the check --tls-ca is for: give one of them")
+
+
+NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+METADATA_KEY_RE = re.compile(r"^[0-9a-z_.-]+$")
+# Set by the load tester or the transport: --token-file carries the bearer token.
+RESERVED_METADATA = frozenset({"authorization", "content-type", "te", "user-agent", ":authority"})
+
+
+def parse_metadata(items: list[str]) -> tuple[tuple[str, str], ...]:
+    """--metadata k=v (repeatable) as pairs; keys lowercased (gRPC's rule)."""
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise LoadTestError(f"--metadata {item!r}: expected KEY=VALUE")
+        pairs.append((key.strip().lower(), value))
+    return tuple(pairs)

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from console.loadtest.config import LoadTestConfig, LoadTestError, validate
+from console.loadtest.config import LoadTestConfig, LoadTestError, parse_metadata, validate
 from console.loadtest.schedule import parse_duration, parse_rate
 
 EXIT_INTERRUPTED = 130
@@ -35,6 +35,7 @@ def add_loadtest_verb(verbs: Any) -> argparse.ArgumentParser:
     cmp.add_argument("a", type=Path, metavar="A.json")
     cmp.add_argument("b", type=Path, metavar="B.json")
     cmp.add_argument("--json", action="store_true", help="print JSON")
+    cmp.add_argument("--html", type=Path, default=None, metavar="FILE", help="an HTML report")
     # Numbers are taken as text and checked here, so a bad one is a one-line error.
     add = lt.add_argument
     add("--target", default="", metavar="HOST:PORT|URL", help="gRPC HOST:PORT or http(s) URL")
@@ -61,6 +62,23 @@ def add_loadtest_verb(verbs: Any) -> argparse.ArgumentParser:
     add("--slo-latency-ms", default=None, metavar="MS")
     add("--seed", default=None, metavar="N", help="for Poisson arrivals")
     add("--token-file", type=Path, default=argparse.SUPPRESS, help="bearer token")
+    add(
+        "--sweep",
+        action="store_true",
+        help="search the highest open-loop rate whose SLOs hold (give --slo-ttft-ms and/or "
+        "--slo-latency-ms; --duration is each step's)",
+    )
+    add("--proto", type=Path, action="append", default=[], metavar="FILE", help="no reflection")
+    add("-I", "--import-path", type=Path, action="append", default=[], metavar="DIR")
+    add("--metadata", action="append", default=[], metavar="K=V", help="sent with each request")
+    add("--tls-ca", type=Path, default=None, metavar="PEM", help="verify the server with it")
+    add("--tls-cert", type=Path, default=None, metavar="PEM", help="client certificate (mTLS)")
+    add("--tls-key", type=Path, default=None, metavar="PEM", help="client key (mTLS)")
+    add("--insecure", action="store_true", help="TLS without verifying the server")
+    add("--from-nodes", default="", metavar="A,B", help="agents that run the load workers")
+    add("--cluster", type=Path, default=None, metavar="FILE", help="for --from-nodes")
+    add("--csv", type=Path, default=None, metavar="FILE", help="every interval, as CSV")
+    add("--html", type=Path, default=None, metavar="FILE", help="a self-contained HTML report")
     add("--json", action="store_true", help="print the report as JSON")
     add("--out", type=Path, default=None, metavar="FILE", help="write the JSON report there")
     add("--no-save", action="store_true", help="do not keep the report in .gantry/loadtests/")
@@ -116,6 +134,16 @@ def config_from_args(args: argparse.Namespace) -> LoadTestConfig:
         timeout_s=_duration("--timeout", args.timeout) or 30.0,
         seed=_number("--seed", args.seed, int),
         ignore_eos=args.ignore_eos,
+        sweep=args.sweep,
+        proto_files=tuple(args.proto),
+        import_paths=tuple(args.import_path),
+        metadata=parse_metadata(args.metadata),
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        insecure=args.insecure,
+        from_nodes=tuple(n.strip() for n in args.from_nodes.split(",") if n.strip()),
+        cluster=args.cluster,
     )
 
 
