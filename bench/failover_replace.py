@@ -17,6 +17,7 @@ on its port after each run."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 from gantry.v1 import job_pb2
 
 from bench import failover as fo
-from console.net.jobs_client import JobsClient
+from console.net.jobs_client import JobCommandError, JobsClient
 from console.net.local_agents import LocalAgent, start_agent
 
 SPARE = "node-c"
@@ -59,6 +60,20 @@ def first_metrics(agent: LocalAgent, job: str, attempt: int, rank: int) -> dict[
     return next((r for r in records if r.get("kind") == "metrics"), None)
 
 
+async def launch_when_back(client: JobsClient, spec: job_pb2.JobSpec) -> None:
+    """Launches once every node answers: node-b's agent, started again after the last run,
+    may still be reconnecting when the next run begins."""
+    deadline = time.monotonic() + fo.START_TIMEOUT_S
+    while True:
+        try:
+            await client.launch(spec)
+            return
+        except JobCommandError as exc:
+            if "unreachable" not in str(exc) or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
 async def replace_run(
     args: argparse.Namespace,
     number: int,
@@ -71,7 +86,7 @@ async def replace_run(
     out = root / f"replace-{number}"
     run = ReplaceRun(number)
     files = fo.RankFiles(agents, name)
-    await client.launch(spare_spec(args, name, data, out))
+    await launch_when_back(client, spare_spec(args, name, data, out))
     await fo.wait_attempt(client, name, 1, fo.START_TIMEOUT_S)
     await fo.wait_for(
         "steps past a checkpoint",
