@@ -7,13 +7,16 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gantry-installed
 PROTOS := $(wildcard protos/gantry/v1/*.proto)
 
-.PHONY: venv test lint typecheck pytest demo protos clean system-tools
+.PHONY: venv test lint typecheck pytest demo protos clean system-tools node-client
 
 # Programs the suite drives for real, as PROGRAM:DEBIAN-PACKAGE: tmux (the console through
-# a real pty) and OpenSSH's sshd and ssh-keygen (`gantry up` through a real SSH server).
+# a real pty), OpenSSH's sshd and ssh-keygen (`gantry up` through a real SSH server) and
+# Chromium (the load tester's HTML reports, opened in a real headless browser), Node.js
+# and npm (the inference contract's Node client, tests/clients/node).
 # sshd is named by its path: /usr/sbin is not on every PATH. Installed with Debian's apt
 # (one update) only when missing.
-SYSTEM_TOOLS := tmux:tmux /usr/sbin/sshd:openssh-server ssh-keygen:openssh-client
+SYSTEM_TOOLS := tmux:tmux /usr/sbin/sshd:openssh-server ssh-keygen:openssh-client \
+	chromium:chromium node:nodejs npm:npm
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,7 +43,15 @@ system-tools:
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq$$missing; \
 	fi
 
-pytest: venv system-tools
+NODE_CLIENT := tests/clients/node
+# The Node client of the inference contract (tests/test_serve_contract_node.py): its
+# packages, pinned by package-lock.json, installed once.
+$(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package-lock.json
+	npm ci --prefix $(NODE_CLIENT) --no-audit --no-fund
+
+node-client: system-tools $(NODE_CLIENT)/node_modules/.package-lock.json
+
+pytest: venv system-tools node-client
 	$(VENV)/bin/pytest -q
 
 test: lint typecheck pytest

@@ -7,20 +7,27 @@
 - the client's CPU per call (this process's user+system time over the calls it made, open
   loop at the fixed rate), and streamed messages/s through Gantry's Generate (100 messages
   a request, 8 in flight; a bare loop's figure alongside);
-- for reference, open loop at half the bare loop's rate (what this machine can sustain now).
+- for reference, open loop at half the bare loop's rate (what this machine can sustain now);
+- capacity search (`gantry loadtest --sweep`) against an echo server of known capacity: N
+  requests served at once, each holding its slot S ms (the others wait), so N/S requests/s;
+  `sweep_capacity_error_pct` is the found max_rate_within_slo's distance from N/S, in %
+  (latency SLO 3 S; each step --sweep-seconds).
 
 The server runs in a child process (`--serve`), so its CPU is not counted as the client's.
 
     .venv/bin/python bench/loadgen.py [--seconds 3] [--concurrency 32] [--rate 4000]
+                                      [--slots 16] [--slot-ms 50] [--sweep-seconds 3]
 
 Last line: {"closed_loop_ratio_vs_bare": ..., "open_loop_rate_error_pct": ...,
-            "send_lag_p99_ms": ..., "client_cpu_us_per_call": ..., "stream_msgs_per_s": ...}
+            "send_lag_p99_ms": ..., "client_cpu_us_per_call": ..., "stream_msgs_per_s": ...,
+            "sweep_capacity_error_pct": ...}
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -28,7 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +63,26 @@ class Echo(inference_service_pb2_grpc.InferenceServiceServicer):  # type: ignore
         yield pb.GenerateResponse(done=True)
 
 
-async def serve() -> None:
+class SlotsEcho(Echo):
+    """Complete answers `slots` requests at once, each after `slot_s`: slots / slot_s
+    requests/s at most, whatever the load."""
+
+    def __init__(self, slots: int, slot_s: float) -> None:
+        self.slot_s = slot_s
+        self.free = asyncio.Semaphore(slots)
+
+    async def Complete(self, request: pb.CompleteRequest, context: Any) -> pb.CompleteResponse:
+        async with self.free:
+            await asyncio.sleep(self.slot_s)
+        return pb.CompleteResponse(text=request.prompt)
+
+
+async def serve(slots: int = 0, slot_s: float = 0.0) -> None:
     from grpc_reflection.v1alpha import reflection
 
     server = grpc.aio.server()
-    inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(Echo(), server)
+    servicer = SlotsEcho(slots, slot_s) if slots else Echo()
+    inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
     service = "gantry.v1.InferenceService"
     reflection.enable_server_reflection((service, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -146,11 +168,15 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=4000.0)
     parser.add_argument("--workers", type=int, default=1, help="client processes")
     parser.add_argument("--rounds", type=int, default=4, help="bare/load tester pairs")
+    parser.add_argument("--slots", type=int, default=16, help="sweep: the server's slots")
+    parser.add_argument("--slot-ms", type=float, default=50.0, help="sweep: each request's")
+    parser.add_argument("--sweep-seconds", type=float, default=3.0, help="sweep: each step's")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bare", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-slots", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        asyncio.run(serve())
+        asyncio.run(serve(args.slots if args.serve_slots else 0, args.slot_ms / 1000))
         return
     if args.bare:
         address, conc, seconds = args.bare
@@ -158,18 +184,54 @@ def main() -> None:
         return
 
     load = os.getloadavg()[0]  # other work on this machine skews every figure
+    with echo_server() as address:
+        figures = measure(address, args)
+    slots = ["--serve-slots", "--slots", str(args.slots), "--slot-ms", str(args.slot_ms)]
+    with echo_server(*slots) as address:
+        figures.update(measure_sweep(address, args))
+    report(figures, args, load)
+
+
+@contextlib.contextmanager
+def echo_server(*flags: str) -> Iterator[str]:
+    """The echo server in a child process (its CPU not counted as the client's)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     server = subprocess.Popen(
-        [sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, text=True, env=env
+        [sys.executable, __file__, "--serve", *flags], stdout=subprocess.PIPE, text=True, env=env
     )
     try:
         assert server.stdout is not None
-        address = f"127.0.0.1:{json.loads(server.stdout.readline())['port']}"
-        figures = measure(address, args)
+        yield f"127.0.0.1:{json.loads(server.stdout.readline())['port']}"
     finally:
         server.terminate()
         server.wait(10)
-    report(figures, args, load)
+
+
+def measure_sweep(address: str, args: argparse.Namespace) -> dict[str, float]:
+    """The capacity search against the slots server: the found rate against N/S."""
+    from console.loadtest.config import LoadTestConfig
+    from console.loadtest.engine import tune_gc
+    from console.loadtest.sweep_run import run_sweep
+
+    capacity = args.slots / (args.slot_ms / 1000)
+    config = LoadTestConfig(
+        target=address, method=METHOD, data=json.dumps({"prompt": "hello"}), sweep=True,
+        slo_latency_ms=3 * args.slot_ms, duration_s=args.sweep_seconds, warmup_s=0.5,
+        workers=args.workers,
+    )  # fmt: skip
+    tune_gc()
+    started = time.monotonic()
+    sweep = asyncio.run(run_sweep(config))
+    print(sweep.to_table() + "\n")
+    found = sweep.max_rate_within_slo or 0.0
+    return {
+        "sweep_capacity_rps": capacity,
+        "sweep_ceiling_rps": sweep.ceiling_rps,
+        "sweep_found_rps": found,
+        "sweep_steps": float(len(sweep.steps)),
+        "sweep_s": time.monotonic() - started,
+        "sweep_capacity_error_pct": 100 * abs(found - capacity) / capacity,
+    }
 
 
 def measure(address: str, args: argparse.Namespace) -> dict[str, float]:
@@ -275,6 +337,16 @@ def report(f: dict[str, float], args: argparse.Namespace, load: float) -> None:
         (f"open loop at {f['half_rate']:.0f}/s: client CPU us/call", f["half_cpu_us_per_call"], ""),
         ("stream: bare grpc.aio messages/s", f["bare_stream_msgs_per_s"], "~30,000"),
         ("stream: load tester messages/s", f["stream_msgs_per_s"], ""),
+        (
+            f"sweep: capacity req/s ({args.slots} x {args.slot_ms:g} ms)",
+            f["sweep_capacity_rps"],
+            "",
+        ),
+        ("sweep: closed-loop ceiling req/s", f["sweep_ceiling_rps"], ""),
+        ("sweep: max rate within SLO req/s", f["sweep_found_rps"], ""),
+        ("sweep: open-loop steps", f["sweep_steps"], "<= 12"),
+        ("sweep: seconds in all", f["sweep_s"], ""),
+        ("sweep: capacity error %", f["sweep_capacity_error_pct"], "<= 10"),
     ]
     print(f"{'figure':44} {'measured':>12} {'goal':>14}")
     for name, value, goal in rows:
@@ -285,6 +357,7 @@ def report(f: dict[str, float], args: argparse.Namespace, load: float) -> None:
         "send_lag_p99_ms",
         "client_cpu_us_per_call",
         "stream_msgs_per_s",
+        "sweep_capacity_error_pct",
     )
     print(json.dumps({k: round(f[k], 4) for k in keys}))
 

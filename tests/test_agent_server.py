@@ -122,6 +122,30 @@ async def test_reflection_lists_the_services(agent: RunningAgent) -> None:
     assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
 
 
+async def test_reflection_v1_and_undecodable_bytes(agent: RunningAgent) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2 as v1alpha
+
+    async with grpc.aio.insecure_channel(agent.address) as channel:
+        # Reflection v1: the same messages as v1alpha under grpc.reflection.v1.
+        call = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=v1alpha.ServerReflectionRequest.SerializeToString,
+            response_deserializer=v1alpha.ServerReflectionResponse.FromString,
+        )(iter([v1alpha.ServerReflectionRequest(list_services="")]), metadata=agent.metadata())
+        names = [s.name async for r in call for s in r.list_services_response.service]
+        assert "gantry.v1.AgentService" in names
+        # Bytes that are no DescribeJobRequest: INVALID_ARGUMENT in one line, not UNKNOWN.
+        raw = channel.unary_unary(
+            "/gantry.v1.AgentService/DescribeJob",
+            request_serializer=bytes,
+            response_deserializer=bytes,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await raw(b"\xff\xff\xff", metadata=agent.metadata(), timeout=5)
+        assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details() == "request: not a gantry.v1.DescribeJobRequest"
+
+
 async def test_watch_replays_history_then_streams_live(agent: RunningAgent) -> None:
     await wait_for_samples(agent.sampler, 10)
     async with grpc.aio.insecure_channel(agent.address) as channel:

@@ -30,7 +30,8 @@ from agent.security.task_credentials import (
 )
 from agent.security.tls import TlsFiles, load_tls
 from agent.serve.events import Done, Event, Request, Usage
-from agent.serve.main import ListenError, build_server, parse_args
+from agent.serve.flags import ListenError, parse_args
+from agent.serve.main import build_server
 from agent.serve.rpc import Backend, InferenceServicer
 from agent.serve.stats import ServerStats
 from console.net.ca import init_ca

@@ -98,7 +98,8 @@ def test_chat_is_the_completion_of_the_joined_messages(served: Served) -> None:
         anonymous = httpx.post(f"{base}/v1/completions", json={"prompt": "apple"})
     want, _ = grpc_text(served, "user: apple river\nassistant:")
     assert reply.json()["choices"][0]["message"]["content"] == want
-    assert models["data"][0]["id"] == str(served_model(served))
+    # The model's name (OUTPUT_DIR of OUTPUT_DIR/final), never its path (issue 18).
+    assert models["data"][0]["id"] == served_model(served).parent.name
     assert "gantry_serve_completion_tokens_total" in metrics
     assert anonymous.status_code == 401
 

@@ -103,3 +103,16 @@ def test_a_failed_task_says_what_went_wrong_first() -> None:
     task.error = "gantry: the model is broken (exit code 2)"
     assert result_summary(task) == "gantry: the model is broken (exit code 2)"
     assert "failed: gantry: the model is broken" in task_line(NodeTask(NODE, task))
+
+
+def test_a_load_test_task_shows_its_target_where_others_show_a_model() -> None:
+    from gantry.v1 import task_pb2
+
+    from console.model.task_view import model_of
+
+    spec = task_pb2.LoadTestTaskSpec(target="10.0.0.5:50051", kind="gantry")
+    task = task_pb2.Task(id="lt-1", kind=task_pb2.TASK_KIND_LOADTEST, loadtest=spec)
+    assert model_of(task) == "10.0.0.5:50051"
+    node = NodeTask(NodeTarget("node-a", "127.0.0.1:1", None), task)
+    assert "10.0.0.5:50051" in task_line(node)
+    assert model_of(serve_task()) == serve_task().serve.model_dir

@@ -22,14 +22,27 @@ Activations, two modes:
   the activation dtype on the fly and the per-channel scale applied to the output,
   `linear(x, q) * s == linear(x, q * s)`: exact dequantization, no int8 kernel needed,
   for accuracy-sensitive models or hardware without int8 matmuls.
+
+Two forwards, the same products: a step that routes at least as many (token, expert)
+pairs as there are experts (a decode batch) sorts the pairs by expert and runs each
+projection as one grouped matmul over all experts (`torch.nn.functional.grouped_mm`),
+the int8 weights converted to float for it (weight-only: exact dequantization again;
+dynamic: the int8 x int8 products summed in fp32 are exact integers while
+in_features <= 1040, the bound above, else the loop below); a smaller step (batch 1
+touches 2 of 32 experts) loops over the experts it hits, as converting every expert's
+weights would cost more than the few it needs. Where grouped_mm refuses (a device or
+dtype without its kernel) the loop runs.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 INT8_MAX = 127
+# Products of int8 values summed in fp32 are exact integers up to this many terms.
+EXACT_FP32_TERMS = 1040
 # Scales never reach 0: an all-zero row quantizes to zeros with a harmless tiny scale.
 MIN_SCALE = torch.finfo(torch.float32).eps
 
@@ -204,6 +217,85 @@ class Int8Experts(nn.Module):
         top_k_index: torch.Tensor,
         top_k_weights: torch.Tensor,
     ) -> torch.Tensor:
+        if top_k_index.numel() >= self.num_experts and self._grouped_ok(hidden_states):
+            try:
+                return self.grouped_forward(hidden_states, top_k_index, top_k_weights)
+            except (RuntimeError, NotImplementedError):  # no kernel for this device/dtype
+                self._grouped_refused = True
+        return self.loop_forward(hidden_states, top_k_index, top_k_weights)
+
+    def _grouped_ok(self, x: torch.Tensor) -> bool:
+        if getattr(self, "_grouped_refused", False) or not hasattr(F, "grouped_mm"):
+            return False
+        # Dynamic activations are exact through fp32 only below EXACT_FP32_TERMS.
+        return self.weight_only or max(self.hidden_dim, self.intermediate_dim) <= EXACT_FP32_TERMS
+
+    def _grouped_linear(
+        self,
+        x: torch.Tensor,
+        qweight: torch.Tensor,
+        scale: torch.Tensor,
+        bias: torch.Tensor | None,
+        experts: torch.Tensor,
+        offsets: torch.Tensor,
+    ) -> torch.Tensor:
+        """x (S, in) sorted by expert, qweight (E, out, in) -> (S, out) in x's dtype;
+        the products of `_linear`, each row through its expert `experts[row]`."""
+        if self.weight_only:
+            y = F.grouped_mm(x, qweight.to(x.dtype).transpose(-2, -1), offs=offsets)
+            y = y * scale.to(x.dtype)[experts]
+        else:
+            xq, xscale = quantize_rows(x)
+            products = F.grouped_mm(xq.float(), qweight.float().transpose(-2, -1), offs=offsets)
+            y = (products.round() * xscale * scale[experts]).to(x.dtype)
+        if bias is not None:
+            y = y + bias.to(x.dtype)[experts]
+        return y
+
+    def grouped_forward(
+        self,
+        hidden_states: torch.Tensor,
+        top_k_index: torch.Tensor,
+        top_k_weights: torch.Tensor,
+    ) -> torch.Tensor:
+        """Every expert in one grouped matmul per projection (see the module docstring)."""
+        top_k = top_k_index.shape[-1]
+        experts, order = torch.sort(top_k_index.reshape(-1), stable=True)
+        token = order // top_k
+        counts = torch.bincount(experts, minlength=self.num_experts + 1)[: self.num_experts]
+        offsets = torch.cumsum(counts, 0, dtype=torch.int32)
+        # Pairs routed to the sentinel E sort last, past offsets[-1]: grouped_mm leaves
+        # their rows unset and the mask below drops them.
+        clamped = experts.clamp(max=self.num_experts - 1)
+        gate_up = self._grouped_linear(
+            hidden_states[token],
+            self.gate_up_qweight,
+            self.gate_up_scale,
+            self.gate_up_bias,
+            clamped,
+            offsets,
+        )
+        gate, up = gate_up.chunk(2, dim=-1)
+        out = self._grouped_linear(
+            self.act_fn(gate) * up,
+            self.down_qweight,
+            self.down_scale,
+            self.down_bias,
+            clamped,
+            offsets,
+        )
+        weights = top_k_weights.reshape(-1)[order, None]
+        out = torch.where((experts < self.num_experts)[:, None], out * weights, 0.0)
+        final = torch.zeros_like(hidden_states)
+        return final.index_add_(0, token, out.to(final.dtype))
+
+    def loop_forward(
+        self,
+        hidden_states: torch.Tensor,
+        top_k_index: torch.Tensor,
+        top_k_weights: torch.Tensor,
+    ) -> torch.Tensor:
+        """The experts the step hits, one after the other (transformers' eager loop)."""
         final = torch.zeros_like(hidden_states)
         with torch.no_grad():
             mask = nn.functional.one_hot(top_k_index, num_classes=self.num_experts + 1)

@@ -12,7 +12,6 @@ import grpc
 from gantry.v1 import agent_service_pb2, agent_service_pb2_grpc, job_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from agent.rpc.guard import GuardInterceptor
 from agent.rpc.jobs import JobService
@@ -20,6 +19,8 @@ from agent.rpc.service import AgentServicer
 from agent.security.auth import TokenAuthInterceptor
 from agent.security.listen import is_loopback
 from agent.security.tls import TlsMaterial, server_credentials
+from agent.serve.reflection_v1 import enable_server_reflection
+from agent.serve.undecodable import UndecodableRequestInterceptor
 from agent.telemetry.sampler import Sampler
 
 AGENT_SERVICE = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
@@ -77,8 +78,13 @@ async def build_server(
         check_loopback(host)
     guard = GuardInterceptor(jobs.audit, lambda name: _spec_of(jobs, name))
     server = grpc.aio.server(
-        # Authentication first: an unauthenticated request is never parsed or validated.
-        interceptors=[TokenAuthInterceptor(token, certificate_verified=tls is not None), guard],
+        # Authentication first: an unauthenticated request is never parsed or validated;
+        # bytes that are not the method's message get INVALID_ARGUMENT, not UNKNOWN.
+        interceptors=[
+            TokenAuthInterceptor(token, certificate_verified=tls is not None),
+            UndecodableRequestInterceptor(),
+            guard,
+        ],
         options=[
             ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -91,13 +97,8 @@ async def build_server(
     agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(sampler, jobs), server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (
-            AGENT_SERVICE,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
+    enable_server_reflection(
+        (AGENT_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server
     )
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:

@@ -1,5 +1,6 @@
-"""The task half of AgentService: evaluation, quantization and serving tasks on this
-node (`agent.tasks.runner.TaskRunner`), every start and stop audited with its operator."""
+"""The task half of AgentService: evaluation, quantization, serving and load test tasks on
+this node (`agent.tasks.runner.TaskRunner`), every start and stop audited with its operator
+(a load test's spec without its token and requests)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,16 @@ import grpc
 from gantry.v1 import agent_service_pb2
 
 from agent.rpc.jobs import Context, JobService, operator_of
+from agent.tasks.loadtest_task import audit_line
 from agent.tasks.runner import TaskError
+
+
+def spec_details(request: agent_service_pb2.StartTaskRequest) -> dict[str, str]:
+    """A start request as the audit trail keeps it."""
+    which = request.WhichOneof("spec") or "none"
+    if which == "loadtest":
+        return {"kind": which, "spec": audit_line(request.loadtest)}
+    return {"kind": which, "spec": str(getattr(request, which, "")).replace("\n", " ")}
 
 
 class TaskRpcs:
@@ -21,8 +31,7 @@ class TaskRpcs:
         self, request: agent_service_pb2.StartTaskRequest, context: Context
     ) -> agent_service_pb2.StartTaskResponse:
         operator = operator_of(context)
-        which = request.WhichOneof("spec") or "none"
-        details = {"kind": which, "spec": str(getattr(request, which, "")).replace("\n", " ")}
+        details = spec_details(request)
         try:
             task = await self.jobs.tasks.start(request)
         except TaskError as exc:

@@ -44,6 +44,8 @@ from gantry.v1.rules import (
     validate_job_spec,
 )
 
+from agent.rpc.validation_loadtest import check_loadtest_spec
+
 __all__ = ["VALIDATORS", "check_spares", "restart_checkpoint", "validate_request"]
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a checkpoint request's id
@@ -199,8 +201,10 @@ def _start_task(request: agent_service_pb2.StartTaskRequest) -> None:
         check_at_most(spec.port, "serve.port", 65535)
         check_at_most(spec.max_batch_size, "serve.max_batch_size", MAX_BATCH_SIZE)
         check_number(spec.max_queue_delay_ms, "serve.max_queue_delay_ms", 60_000)
+    elif which == "loadtest":
+        check_loadtest_spec(request.loadtest)
     else:
-        raise ValidationError("spec: give an eval, quantize or serve spec")
+        raise ValidationError("spec: give an eval, quantize or serve spec, or a loadtest spec")
 
 
 def _task_id(request: Any) -> None:

@@ -2,13 +2,14 @@
 
 The requests joining at one step are prefilled together in one forward (left-padded,
 masked, positions from each prompt's own start: the first token `generate` picks for
-each). Each one's KV cache then joins the running batch: one
-`DynamicCache` whose tensors hold every running sequence left-padded to the longest,
-with an attention mask marking the padding. A decode step feeds every sequence its
-last token in one forward and returns one row of logits per sequence; position ids
-come from each sequence's own length, so padding never shifts a sequence. Sequences
-that leave are dropped from the batch and leading columns that became padding for
-every row are trimmed.
+each); a prompt longer than a chunk is prefilled a chunk per call (`Prefilling`), so
+the engine can run decode steps between its chunks. A prefilled prompt then takes a
+row of the running batch's `SlotCache` (preallocated, one row per sequence, each row
+its own length). A decode step feeds every row its last token in one forward, with a
+per-row attention mask and per-row positions computed from the cache's length tensor
+in place: no per-sequence tensor work and no copy of the cache per step. A sequence
+that leaves frees its row (the last row moves into it). On CUDA the step is replayed
+from CUDA graphs captured per batch-size bucket (agent/serve/cuda_graphs.py).
 
 Why not transformers' continuous batching (`init_continuous_batching`)? It runs on
 CPU, streams and cancels, but (1) its own scheduler admits as soon as a request
@@ -17,8 +18,9 @@ ran, which the server's batch-size histogram needs; (2) on CPU it sizes its page
 cache from the host's total memory unless told a block count; (3) it needs the
 model's attention to run through its paged kernels, which custom or quantized
 models may not; (4) it is young and its configuration has changed across the 5.x
-releases this project allows. This loop asks only that the model take a
-`DynamicCache`, an attention mask and position ids, as `generate` does.
+releases this project allows. This loop asks only that the model's attention layers
+call `cache.update` and take a 4-D attention mask and position ids, as `generate`'s
+static cache path does (see slot_cache.py for why not `StaticCache` itself).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from typing import Any, Generic, TypeVar
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
+
+from agent.serve.slot_cache import SlotCache
 
 K = TypeVar("K", bound=Hashable)
 
@@ -68,37 +72,42 @@ def _kv(layer: DynamicLayer) -> tuple[torch.Tensor, torch.Tensor]:
     return layer.keys, layer.values
 
 
-def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
-    missing = width - t.shape[-2]
-    if missing == 0:
-        return t
-    pad = t.new_zeros((*t.shape[:-2], missing, t.shape[-1]))
-    return torch.cat([pad, t], dim=-2)
-
-
 class BatchDecoder(Generic[K]):
-    """The running batch's KV cache and the model calls on it. One thread uses it."""
+    """The running batch's KV cache and the model calls on it. One thread uses it.
 
-    def __init__(self, model: Any) -> None:
+    `rows`: the batch size to preallocate for (the cache grows past it if needed)."""
+
+    def __init__(self, model: Any, rows: int = 8, *, graphs: bool = True) -> None:
         self.model = model
         self.device = next(model.parameters()).device
         params = inspect.signature(model.forward).parameters
         self._logits_to_keep = "logits_to_keep" in params
         # transformers 5.24 renamed `past_key_values` to `cache` (the old name warns).
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        # sdpa takes a boolean mask; eager attention adds the mask to the scores.
+        impl = getattr(model.config, "_attn_implementation", "sdpa")
+        self._additive_mask = impl == "eager"
         self._keys: list[K] = []
-        self._lengths: list[int] = []  # real tokens in each row's cache
-        self._cache: DynamicCache | None = None
-        self._mask: torch.Tensor | None = None  # [rows, width]: 1 real, 0 padding
+        self._longest = 0  # the longest row's length
+        self._cache = SlotCache(rows, self.device)
+        self._graphs: Any = None
+        if graphs and self.device.type == "cuda":
+            from agent.serve.cuda_graphs import DecodeGraphs
+
+            self._graphs = DecodeGraphs(self)
 
     @property
     def keys(self) -> list[K]:
         return list(self._keys)
 
+    @property
+    def cache(self) -> SlotCache:
+        return self._cache
+
     def __len__(self) -> int:
         return len(self._keys)
 
-    def _forward(self, cache: DynamicCache, **kwargs: Any) -> torch.Tensor:
+    def _forward(self, cache: Any, **kwargs: Any) -> torch.Tensor:
         kwargs[self._cache_arg] = cache
         if self._logits_to_keep:
             kwargs["logits_to_keep"] = 1
@@ -106,17 +115,40 @@ class BatchDecoder(Generic[K]):
         logits: torch.Tensor = out.logits[:, -1, :].float()
         return logits
 
+    def _prefilled(self, cache: DynamicCache, length: int) -> Prefilled:
+        kvs = [_kv(layer) for layer in _layers(cache)]
+        return Prefilled(keys=[k for k, _ in kvs], values=[v for _, v in kvs], length=length)
+
     @torch.inference_mode()
     def prefill(self, prompt_ids: Sequence[int]) -> tuple[torch.Tensor, Prefilled]:
         """Runs the prompt alone: the logits of its next token ([1, vocab]) and its cache."""
         ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=self.device)
         cache = DynamicCache(config=self.model.config)
         logits = self._forward(cache, input_ids=ids, attention_mask=torch.ones_like(ids))
-        kvs = [_kv(layer) for layer in _layers(cache)]
-        prefilled = Prefilled(
-            keys=[k for k, _ in kvs], values=[v for _, v in kvs], length=ids.shape[1]
+        return logits, self._prefilled(cache, ids.shape[1])
+
+    def start_prefill(self, prompt_ids: Sequence[int]) -> Prefilling:
+        """A prompt to prefill a chunk at a time (`prefill_chunk`)."""
+        return Prefilling(tuple(prompt_ids), DynamicCache(config=self.model.config))
+
+    @torch.inference_mode()
+    def prefill_chunk(
+        self, state: Prefilling, tokens: int
+    ) -> tuple[torch.Tensor, Prefilled] | None:
+        """Runs the prompt's next `tokens` tokens over the cache of those before them:
+        None until the last chunk, then what `prefill` gives for the whole prompt."""
+        end = min(len(state.prompt), state.done + max(1, tokens))
+        chunk = list(state.prompt[state.done : end])
+        ids = torch.tensor([chunk], dtype=torch.long, device=self.device)
+        positions = torch.arange(state.done, end, device=self.device)[None]
+        mask = torch.ones((1, end), dtype=torch.long, device=self.device)
+        logits = self._forward(
+            state.cache, input_ids=ids, attention_mask=mask, position_ids=positions
         )
-        return logits, prefilled
+        state.done = end
+        if end < len(state.prompt):
+            return None
+        return logits, self._prefilled(state.cache, end)
 
     @torch.inference_mode()
     def prefill_many(
@@ -129,11 +161,12 @@ class BatchDecoder(Generic[K]):
         if len(prompts) == 1:
             return [self.prefill(prompts[0])]
         width = max(len(p) for p in prompts)
-        ids = torch.zeros((len(prompts), width), dtype=torch.long, device=self.device)
+        ids = torch.zeros((len(prompts), width), dtype=torch.long)
         mask = torch.zeros_like(ids)
         for row, prompt in enumerate(prompts):
             ids[row, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
             mask[row, width - len(prompt) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
         logits = self._forward(cache, input_ids=ids, attention_mask=mask, position_ids=positions)
@@ -142,8 +175,8 @@ class BatchDecoder(Generic[K]):
         for row, prompt in enumerate(prompts):
             start = width - len(prompt)
             prefilled = Prefilled(
-                keys=[k[row : row + 1, :, start:].contiguous() for k, _ in kvs],
-                values=[v[row : row + 1, :, start:].contiguous() for _, v in kvs],
+                keys=[k[row : row + 1, :, start:] for k, _ in kvs],
+                values=[v[row : row + 1, :, start:] for _, v in kvs],
                 length=len(prompt),
             )
             out.append((logits[row : row + 1], prefilled))
@@ -151,73 +184,88 @@ class BatchDecoder(Generic[K]):
 
     @torch.inference_mode()
     def join(self, key: K, prefilled: Prefilled) -> None:
+        """The sequence takes the next free row, at its prompt's length."""
         if key in self._keys:
             raise KeyError(f"{key!r} is already in the batch")
-        if self._cache is None or self._mask is None or not self._keys:
-            self._cache = DynamicCache()
-            for layer_idx, (k, v) in enumerate(zip(prefilled.keys, prefilled.values, strict=True)):
-                self._cache.update(k, v, layer_idx)
-            self._mask = torch.ones((1, prefilled.length), dtype=torch.long, device=self.device)
-        else:
-            width = max(self._mask.shape[1], prefilled.length)
-            layers = _layers(self._cache)
-            for layer, k, v in zip(layers, prefilled.keys, prefilled.values, strict=True):
-                keys, values = _kv(layer)
-                layer.keys = torch.cat([_left_pad(keys, width), _left_pad(k, width)])
-                layer.values = torch.cat([_left_pad(values, width), _left_pad(v, width)])
-            row = torch.zeros((1, width), dtype=torch.long, device=self.device)
-            row[:, width - prefilled.length :] = 1
-            self._mask = torch.cat([_left_pad_mask(self._mask, width), row])
+        row = len(self._keys)
+        self._reserve(row + 1, prefilled.length + 1)
+        self._cache.write_prompt(row, prefilled.keys, prefilled.values)
+        self._cache.lengths[row] = prefilled.length
         self._keys.append(key)
-        self._lengths.append(prefilled.length)
+        self._longest = max(self._longest, prefilled.length)
+
+    def capture_graphs(self) -> None:
+        """On CUDA, captures the decode step per batch-size bucket (elsewhere a no-op)."""
+        if self._graphs is not None:
+            self._graphs.capture()
+
+    def _reserve(self, rows: int, length: int) -> None:
+        if rows > self._cache.rows or length > self._cache.length:
+            if self._graphs is not None:
+                self._graphs.invalidate()  # their buffers are about to move
+            self._cache.reserve(rows, length)
 
     @torch.inference_mode()
     def drop(self, keys: Sequence[K]) -> None:
+        """The sequences leave; the last rows move into the rows they free."""
         gone = set(keys)
-        keep = [i for i, key in enumerate(self._keys) if key not in gone]
-        if len(keep) == len(self._keys):
+        rows = len(self._keys)
+        left = [key for key in self._keys if key not in gone]
+        if len(left) == rows:
             return
-        self._keys = [self._keys[i] for i in keep]
-        self._lengths = [self._lengths[i] for i in keep]
-        if not keep or self._cache is None or self._mask is None:
-            self._cache = None
-            self._mask = None
-            return
-        index = torch.tensor(keep, dtype=torch.long, device=self.device)
-        start = self._mask.shape[1] - max(self._lengths)  # columns now padding in every row
-        mask = self._mask[index, start:]
-        for layer in _layers(self._cache):
-            k, v = _kv(layer)
-            layer.keys = k[index, :, start:]
-            layer.values = v[index, :, start:]
-        self._mask = mask
+        n = len(left)
+        holes = [i for i, key in enumerate(self._keys) if key in gone and i < n]
+        movers = [i for i in range(n, rows) if self._keys[i] not in gone]
+        self._cache.move_rows(movers, holes)
+        for hole, mover in zip(holes, movers, strict=True):
+            self._keys[hole] = self._keys[mover]
+        del self._keys[n:]
+        self._cache.lengths[n:rows] = 0  # free rows: CUDA graphs still write at them
+        self._longest = int(self._cache.lengths[:n].max()) if n else 0
 
     @torch.inference_mode()
     def step(self, tokens: Mapping[K, int]) -> torch.Tensor:
         """One forward for the whole batch, feeding each row `tokens[key]`: the next-token
         logits, one row per sequence in the order of `keys`."""
-        if self._cache is None or self._mask is None or not self._keys:
+        n = len(self._keys)
+        if not n:
             raise RuntimeError("step on an empty batch")
-        ids = torch.tensor(
-            [[tokens[key]] for key in self._keys], dtype=torch.long, device=self.device
-        )
-        positions = torch.tensor(
-            [[length] for length in self._lengths], dtype=torch.long, device=self.device
-        )
-        mask = torch.cat([self._mask, torch.ones_like(ids)], dim=1)
-        logits = self._forward(
-            self._cache, input_ids=ids, attention_mask=mask, position_ids=positions
-        )
-        self._mask = mask
-        self._lengths = [length + 1 for length in self._lengths]
+        length = self._longest + 1
+        self._reserve(n, length)
+        ids = torch.tensor([tokens[key] for key in self._keys], dtype=torch.long)
+        logits = None
+        if self._graphs is not None:
+            logits = self._graphs.run(ids, n)
+        if logits is None:
+            logits = self._eager_step(ids.to(self.device)[:, None], n, length)
+        self._cache.lengths[:n] += 1
+        self._longest = length
         return logits
 
+    def _eager_step(self, ids: torch.Tensor, n: int, length: int) -> torch.Tensor:
+        cache = self._cache
+        mask = cache.decode_mask(n, length)
+        if self._additive_mask:
+            dtype = next(self.model.parameters()).dtype
+            mask = torch.zeros(mask.shape, dtype=dtype, device=self.device).masked_fill_(
+                ~mask, torch.finfo(dtype).min
+            )
+        cache.step_rows, cache.step_length = n, length
+        try:
+            return self._forward(
+                cache, input_ids=ids, attention_mask=mask, position_ids=cache.lengths[:n, None]
+            )
+        finally:
+            cache.step_rows = 0
 
-def _left_pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
-    missing = width - mask.shape[1]
-    if missing == 0:
-        return mask
-    return torch.cat([mask.new_zeros((mask.shape[0], missing)), mask], dim=1)
+
+@dataclass
+class Prefilling:
+    """A long prompt being prefilled a chunk at a time."""
+
+    prompt: tuple[int, ...]
+    cache: DynamicCache
+    done: int = 0  # tokens prefilled so far
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,10 @@
 
 Each iteration asks the `Scheduler` what changes (requests joining, cancelled ones
 leaving), prefills the joining requests together, then runs one decode step for the
-whole running batch (`BatchDecoder`). Every token is handed to its request's sink as
+whole running batch (`BatchDecoder`). A prompt longer than `prefill_chunk_tokens` is
+prefilled one chunk per iteration instead, the oldest first, so that the running
+sequences keep getting a token every iteration while it fills (its request joins the
+decode batch after its last chunk). Every token is handed to its request's sink as
 an event, from this thread: the sink must be thread-safe (the server posts it to its
 event loop). A request ends at its end-of-text token (unless it ignores it: load tests
 that must decode `max_tokens` every time), at `max_tokens`, at a stop string, or when
@@ -15,19 +18,24 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from agent.serve.batching import Plan, Scheduler
-from agent.serve.decode import GREEDY, BatchDecoder, Sampling, choose_tokens
-from agent.serve.events import Chunk, Done, Event, Failed, Request, Sink, Usage
+from agent.serve.decode import GREEDY, BatchDecoder, Prefilled, Prefilling, Sampling, choose_tokens
+from agent.serve.events import Chunk, Done, Event, Failed, Request, Sink, Usage, held_wakeups
 from agent.serve.stats import ServerStats
-from agent.serve.text import TextStream
+from agent.serve.text import TextStream, text_decoder
 
 log = logging.getLogger("gantry.serve")
+
+# Longer prompts are prefilled in chunks of this many tokens, one per decode step. A
+# chunk of 512 costs a few decode steps of the demo model on one CPU core.
+PREFILL_CHUNK_TOKENS = 512
 
 
 @dataclass
@@ -50,20 +58,33 @@ class Engine:
         stats: ServerStats,
         eos_token_ids: Collection[int],
         clock: Callable[[], float] = time.monotonic,
+        prefill_chunk_tokens: int = PREFILL_CHUNK_TOKENS,
     ) -> None:
+        if prefill_chunk_tokens < 1:
+            raise ValueError("prefill_chunk_tokens must be at least 1")
         self._model = model
         self._tokenizer = tokenizer
+        self._decode_text = text_decoder(tokenizer)
         self._scheduler = scheduler
         self._stats = stats
         self._eos = frozenset(eos_token_ids)
         self._clock = clock
-        self._decoder: BatchDecoder[int] = BatchDecoder(model)
+        self._chunk = prefill_chunk_tokens
+        self._decoder: BatchDecoder[int] = self._new_decoder()
+        self._prefilling: OrderedDict[int, Prefilling] = OrderedDict()  # the worker's own
         self._cond = threading.Condition()
         self._ids = itertools.count(1)
         self._queued: dict[int, _Sequence] = {}  # guarded by _cond
         self._running: dict[int, _Sequence] = {}  # the worker's own
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="gantry-decode", daemon=True)
+
+    def _new_decoder(self) -> BatchDecoder[int]:
+        return BatchDecoder(self._model, rows=self._scheduler.max_batch_size)
+
+    @property
+    def max_batch_size(self) -> int:
+        return self._scheduler.max_batch_size
 
     def now(self) -> float:
         return self._clock()
@@ -80,6 +101,7 @@ class Engine:
             self._decoder.join(0, prefilled)
             self._decoder.step({0: token})
             self._decoder.drop([0])
+            self._decoder.capture_graphs()
 
     def _first_token_id(self) -> int:
         for candidate in (self._tokenizer.bos_token_id, self._tokenizer.eos_token_id):
@@ -139,9 +161,6 @@ class Engine:
 
     # -- the worker thread ---------------------------------------------------------
 
-    def _decode_text(self, ids: Sequence[int]) -> str:
-        return str(self._tokenizer.decode(list(ids), skip_special_tokens=True))
-
     def _run(self) -> None:
         with torch.inference_mode():
             while True:
@@ -169,39 +188,66 @@ class Engine:
         if plan.evicted:
             self._decoder.drop(plan.evicted)
             for key in plan.evicted:
+                self._prefilling.pop(key, None)
                 sequence = self._running.pop(key, None)
                 if sequence is not None:
                     self._emit(sequence, Done("", (), self._usage(sequence, "cancelled")))
         self._running.update(admitted)
         generated = 0
         finished: list[int] = []
-        prefills = (
-            self._decoder.prefill_many([seq.request.prompt_ids for _, seq in admitted])
-            if admitted
-            else []
-        )
-        for (key, sequence), (logits, prefilled) in zip(admitted, prefills, strict=True):
-            [token] = choose_tokens(logits, [sequence.sampling])
-            generated += 1
-            if self._accept(sequence, token):
-                finished.append(key)
-            else:
-                self._decoder.join(key, prefilled)
+        # The events of each phase reach the event loop together at its end (one wake-up).
+        with held_wakeups():
+            for (key, sequence), (logits, prefilled) in self._prefill(admitted):
+                [token] = choose_tokens(logits, [sequence.sampling])
+                generated += 1
+                if self._accept(sequence, token):
+                    finished.append(key)
+                else:
+                    self._decoder.join(key, prefilled)
         self._finish(finished)
         if len(self._decoder):
             finished = []
             batch = [(key, self._running[key]) for key in self._decoder.keys]
             logits = self._decoder.step({key: seq.generated[-1] for key, seq in batch})
             tokens = choose_tokens(logits, [seq.sampling for _, seq in batch])
-            for (key, sequence), token in zip(batch, tokens, strict=True):
-                if self._accept(sequence, token):
-                    finished.append(key)
+            with held_wakeups():
+                for (key, sequence), token in zip(batch, tokens, strict=True):
+                    if self._accept(sequence, token):
+                        finished.append(key)
             generated += len(batch)
             self._stats.step(len(batch), generated)
             self._decoder.drop(finished)
             self._finish(finished)
         elif generated:
             self._stats.step(0, generated)
+
+    def _prefill(
+        self, admitted: list[tuple[int, _Sequence]]
+    ) -> list[tuple[tuple[int, _Sequence], tuple[torch.Tensor, Prefilled]]]:
+        """The requests whose prompts are now prefilled: the short ones admitted now (in
+        one forward), then the oldest long one if its last chunk ran."""
+        short = [(k, s) for k, s in admitted if len(s.request.prompt_ids) <= self._chunk]
+        for key, sequence in admitted:
+            if len(sequence.request.prompt_ids) > self._chunk:
+                self._prefilling[key] = self._decoder.start_prefill(sequence.request.prompt_ids)
+        ready = (
+            list(
+                zip(
+                    short,
+                    self._decoder.prefill_many([s.request.prompt_ids for _, s in short]),
+                    strict=True,
+                )
+            )
+            if short
+            else []
+        )
+        if self._prefilling:
+            key, state = next(iter(self._prefilling.items()))
+            done = self._decoder.prefill_chunk(state, self._chunk)
+            if done is not None:
+                del self._prefilling[key]
+                ready.append(((key, self._running[key]), done))
+        return ready
 
     def _accept(self, sequence: _Sequence, token: int) -> bool:
         """Records a new token and sends it on; True when the request is complete."""
@@ -237,7 +283,8 @@ class Engine:
 
     def _fail_running(self, message: str) -> None:
         failed = list(self._running)
-        self._decoder = BatchDecoder(self._model)
+        self._decoder = self._new_decoder()
+        self._prefilling.clear()
         for key in failed:
             self._emit(self._running.pop(key), Failed(message))
         with self._cond:

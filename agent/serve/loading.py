@@ -16,24 +16,29 @@ from agent.serve.stats import ServerStats
 # OpenMP barriers, and on a node shared with other work a second thread made the
 # batched server up to 20x slower (bench/serving.py), so one unless told otherwise.
 DEFAULT_THREADS = 1
+DEFAULT_MAX_BATCH_SIZE = 8  # on CPU, when the operator gives none
 
 
 def load_for_serving(
     model_dir: Path, device: str, threads: int = DEFAULT_THREADS
 ) -> tuple[Any, Any]:
-    """(model in eval mode, tokenizer) from a HF directory or an int8 artifact: the one
-    place the server loads a model. ModelLoadError names what is wrong."""
+    """(model in eval mode, tokenizer) from a HF directory or an int8 artifact, its
+    experts on grouped matmuls where it has them: the one place the server loads a
+    model. ModelLoadError names what is wrong."""
     import torch
     from transformers.utils import logging as hf_logging
 
     from agent.ml.loading import load_model, quiet_torchao
+    from agent.serve.experts import select_experts
 
     quiet_torchao()  # transformers imports torchao while loading any model
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     torch.set_num_threads(threads)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return load_model(model_dir, device)
+    model, tokenizer = load_model(model_dir, device)
+    select_experts(model)
+    return model, tokenizer
 
 
 def context_tokens(model: Any, tokenizer: Any) -> int:
@@ -58,13 +63,29 @@ def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
     return set()
 
 
+def max_batch_size_for(model: Any, requested: int | None) -> int:
+    """The operator's --max-batch-size; without one, on CUDA as many sequences of full
+    context as half the free GPU memory holds (64-256), elsewhere DEFAULT_MAX_BATCH_SIZE."""
+    if requested:
+        return requested
+    import torch
+
+    if next(model.parameters()).device.type != "cuda":
+        return DEFAULT_MAX_BATCH_SIZE
+    from agent.serve.cuda_graphs import context_length, kv_bytes_per_token, max_batch_for_memory
+
+    free_bytes, _ = torch.cuda.mem_get_info()
+    return max_batch_for_memory(free_bytes, kv_bytes_per_token(model) * context_length(model))
+
+
 def build_backend(args: argparse.Namespace, stats: ServerStats) -> Backend:
     """Loads the model and warms the decode loop up (runs in a worker thread)."""
     from agent.serve.batching import Scheduler
     from agent.serve.engine import Engine
 
     model, tokenizer = load_for_serving(args.model, args.device, args.threads)
-    scheduler: Scheduler[int] = Scheduler(args.max_batch_size, args.max_queue_delay_ms / 1000)
+    max_batch = max_batch_size_for(model, getattr(args, "max_batch_size", None))
+    scheduler: Scheduler[int] = Scheduler(max_batch, args.max_queue_delay_ms / 1000)
     engine = Engine(model, tokenizer, scheduler, stats, eos_token_ids(model, tokenizer))
     engine.warm_up()
 

@@ -1,13 +1,15 @@
 """`python -m agent.serve`: the inference server of a trained model.
 
-    python -m agent.serve --model DIR [--listen 127.0.0.1:PORT] [--max-batch-size 8]
-        [--max-queue-delay-ms 10] [--token-file F | --tls-ca CA --tls-cert C --tls-key K]
+    python -m agent.serve --model DIR [--model-name NAME] [--listen 127.0.0.1:PORT]
+        [--max-batch-size N] [--max-queue-delay-ms 10]
+        [--token-file F | --tls-ca CA --tls-cert C --tls-key K]
         [--ready-file PATH] [--drain-s 10] [--device auto|cpu|cuda] [--http-port P]
 
 DIR is a Hugging Face model directory with its tokenizer (the trainer's
-`OUTPUT_DIR/final`) or an int8 artifact of `agent.tasks.quantize`. The server listens
-first, with grpc.health.v1 NOT_SERVING while the model loads (and reflection on),
-then turns SERVING and writes the ready file (JSON: address, pid, and with
+`OUTPUT_DIR/final`) or an int8 artifact of `agent.tasks.quantize`. Clients know the model
+by NAME, never by its path (default: agent.serve.flags.model_name). The server listens
+first, with grpc.health.v1 NOT_SERVING while the model loads (and reflection v1 and
+v1alpha on), then turns SERVING and writes the ready file (JSON: address, pid, and with
 `--http-port` http_address) so that a supervising agent knows the ports; `--listen
 HOST:0` takes any free port. It prints JSON progress lines on stdout (the agent's task
 protocol), the addresses included.
@@ -23,6 +25,10 @@ server refuses to start, and without TLS it listens on loopback only (HTTP too).
 
 SIGTERM or SIGINT: health turns NOT_SERVING, new requests get UNAVAILABLE, requests
 in flight have `--drain-s` seconds to finish, then the server exits 0.
+
+The contract clients in other languages build on (auth, limits, status codes):
+protos/gantry/v1/inference_service.proto; request bytes that do not decode get
+INVALID_ARGUMENT (agent.serve.undecodable).
 
 Batching: see agent.serve.batching (admission) and agent.serve.decode (model stepping).
 """
@@ -46,17 +52,9 @@ import grpc
 from gantry.v1 import inference_service_pb2, inference_service_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from agent.security.auth import TokenAuthInterceptor, TokenError, load_or_create_token
 from agent.security.listen import OpenListenError, require_loopback_without_tls
-from agent.security.task_credentials import (
-    TLS_CA_ENV,
-    TLS_CERT_ENV,
-    TLS_KEY_ENV,
-    TOKEN_FILE_ENV,
-    env_path,
-)
 from agent.security.tls import (
     TlsError,
     TlsMaterial,
@@ -64,6 +62,7 @@ from agent.security.tls import (
     server_credentials,
     tls_files_from_flags,
 )
+from agent.serve.flags import ListenError, model_name, parse_args, split_listen
 from agent.serve.http_api import (
     HttpApi,
     HttpListenError,
@@ -71,92 +70,21 @@ from agent.serve.http_api import (
     server_ssl_context,
     start_http,
 )
-from agent.serve.loading import DEFAULT_THREADS, build_backend
+from agent.serve.loading import build_backend
+from agent.serve.reflection_v1 import enable_server_reflection
 from agent.serve.rpc import InferenceServicer
 from agent.serve.stats import ServerStats
+from agent.serve.undecodable import UndecodableRequestInterceptor
 
 log = logging.getLogger("gantry.serve")
 
 SERVICE = inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-DEFAULT_LISTEN = "127.0.0.1:50061"
 STOP_GRACE_S = 2.0
 DRAIN_POLL_S = 0.02
+# gRPC's default, set here so that the documented RESOURCE_EXHAUSTED limit holds.
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
 T = TypeVar("T")
-
-
-class ListenError(ValueError):
-    pass
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m agent.serve", description="Gantry inference server"
-    )
-    parser.add_argument("--model", required=True, type=Path, help="model directory")
-    parser.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT (port 0: any)")
-    parser.add_argument("--max-batch-size", type=int, default=8)
-    parser.add_argument("--max-queue-delay-ms", type=float, default=10.0)
-    parser.add_argument(
-        "--token-file",
-        type=Path,
-        default=env_path(os.environ, TOKEN_FILE_ENV),
-        help=f"require this bearer token (default: ${TOKEN_FILE_ENV}, as the agent sets it)",
-    )
-    for flag, env, what in (
-        ("--tls-ca", TLS_CA_ENV, "the cluster's CA certificate"),
-        ("--tls-cert", TLS_CERT_ENV, "this server's certificate"),
-        ("--tls-key", TLS_KEY_ENV, "its private key (mode 600)"),
-    ):
-        parser.add_argument(
-            flag, type=Path, default=env_path(os.environ, env), help=f"mutual TLS: {what} (${env})"
-        )
-    parser.add_argument("--ready-file", type=Path, help="written (address, pid) once serving")
-    parser.add_argument(
-        "--http-port",
-        type=int,
-        metavar="P",
-        help="also serve the OpenAI-compatible HTTP API on the --listen host, port P (0: any)",
-    )
-    parser.add_argument("--drain-s", type=float, default=10.0, help="grace for requests on stop")
-    parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=int(os.environ.get("OMP_NUM_THREADS") or DEFAULT_THREADS),
-        help=f"torch threads (default: $OMP_NUM_THREADS, else {DEFAULT_THREADS})",
-    )
-    args = parser.parse_args(argv)
-    if args.threads < 1:
-        parser.error("--threads must be at least 1")
-    if args.max_batch_size < 1:
-        parser.error("--max-batch-size must be at least 1")
-    if args.http_port is not None and not 0 <= args.http_port <= 65535:
-        parser.error(f"--http-port {args.http_port} is not a port (0 to 65535)")
-    if args.max_queue_delay_ms < 0 or args.drain_s < 0:
-        parser.error("--max-queue-delay-ms and --drain-s must not be negative")
-    try:
-        split_listen(args.listen)
-    except ListenError as exc:
-        parser.error(str(exc))
-    if args.token_file is None and all(
-        f is None for f in (args.tls_ca, args.tls_cert, args.tls_key)
-    ):
-        parser.error(
-            "give credentials: --token-file F (the agent's token), or --tls-ca, --tls-cert "
-            "and --tls-key; the server answers no one without them"
-        )
-    if not (args.model / "config.json").is_file():
-        parser.error(f"--model {args.model}: no config.json (not a Hugging Face model directory)")
-    return args
-
-
-def split_listen(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ListenError(f"--listen {address!r}: expected HOST:PORT, e.g. 127.0.0.1:50061")
-    return host, int(port)
 
 
 def emit(doc: dict[str, Any]) -> None:
@@ -226,14 +154,18 @@ async def build_server(
         raise ListenError(str(exc)) from None
     auth = TokenAuthInterceptor(token or "", certificate_verified=tls is not None)
     server = grpc.aio.server(
-        interceptors=[auth],
-        # Without this a second server on the same fixed port would silently share it.
-        options=[("grpc.so_reuseport", 0)],
+        # Authentication first: a caller it refuses is never parsed.
+        interceptors=[auth, UndecodableRequestInterceptor()],
+        options=[
+            # Without this a second server on the same fixed port would silently share it.
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+        ],
     )
     inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection((SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+    enable_server_reflection((SERVICE, HEALTH_SERVICE), server)
     bind = join_host_port(host, port)
     try:
         if tls is None:
@@ -265,9 +197,9 @@ async def serve(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 2
     stats = ServerStats()
-    servicer = InferenceServicer(
-        str(args.model), stats, args.max_batch_size, args.max_queue_delay_ms
-    )
+    name = model_name(args.model, args.model_name)
+    # Until the model is loaded (which sizes an unset one), the batch size asked for.
+    servicer = InferenceServicer(name, stats, args.max_batch_size or 0, args.max_queue_delay_ms)
     try:
         server, port, health = await build_server(servicer, args.listen, token, tls)
     except ListenError as exc:
@@ -346,6 +278,7 @@ async def _load_and_serve(
         log.error("cannot serve %s: %s", args.model, exc)
         return 1
     servicer.backend = backend
+    servicer.max_batch_size = backend.engine.max_batch_size
     backend.engine.start()
     for name in ("", SERVICE):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -28,6 +28,8 @@ log = logging.getLogger("gantry.serve")
 
 MAX_TOKENS_LIMIT = 4096
 MAX_STOP_STRINGS = 16
+UNSET_TOP_P = 0.0  # proto3's default for an unset top_p: taken as NO_NUCLEUS_CUT
+NO_NUCLEUS_CUT = 1.0
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -56,7 +58,7 @@ def check_params(
         raise InvalidRequest("prompt is empty")
     limit = min(MAX_TOKENS_LIMIT, context_tokens)
     if params.max_tokens == 0:
-        raise InvalidRequest(f"{prefix}max_tokens must be between 1 and {limit}")
+        raise InvalidRequest(f"{prefix}max_tokens is required: between 1 and {limit}")
     if params.max_tokens > limit:
         raise InvalidRequest(f"{prefix}max_tokens {params.max_tokens} is above the limit {limit}")
     if not params.temperature >= 0:  # also refuses NaN
@@ -77,6 +79,11 @@ def check_prompt_length(prompt_tokens: int, context_tokens: int) -> None:
         )
 
 
+def effective_top_p(top_p: float) -> float:
+    """The top_p the engine samples with: an unset (0) top_p keeps every token, as 1.0."""
+    return NO_NUCLEUS_CUT if top_p == UNSET_TOP_P else top_p
+
+
 def build_request(
     prompt_ids: Sequence[int], params: pb.SamplingParams, context_tokens: int, received: float
 ) -> Request:
@@ -87,7 +94,7 @@ def build_request(
         max_tokens=min(params.max_tokens, context_tokens - len(prompt_ids)),
         received=received,
         temperature=params.temperature,
-        top_p=params.top_p or 1.0,
+        top_p=effective_top_p(params.top_p),
         stop=tuple(params.stop),
         seed=params.seed,
     )

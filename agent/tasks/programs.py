@@ -12,6 +12,8 @@ from pathlib import Path
 
 from gantry.v1 import task_pb2
 
+from agent.tasks.loadtest_task import LOADTEST_PROGRAM, loadtest_argv, loadtest_problem
+
 TK = task_pb2.TaskKind
 # A serve task drains within the runner's stop grace (runner.STOP_GRACE_S), so a stop never
 # has to SIGKILL a server.
@@ -20,6 +22,7 @@ PROGRAMS = {
     TK.TASK_KIND_EVAL: "agent.tasks.eval",
     TK.TASK_KIND_QUANTIZE: "agent.tasks.quantize",
     TK.TASK_KIND_SERVE: "agent.serve",
+    TK.TASK_KIND_LOADTEST: LOADTEST_PROGRAM,  # a console program, run as a process
 }
 
 
@@ -57,6 +60,8 @@ def task_argv(task: task_pb2.Task, task_dir: Path) -> list[str]:
         return argv + (["--weight-only"] if q.weight_only else [])
     if which == "serve":
         return serve_command(task.serve, task_dir)
+    if which == "loadtest":
+        return loadtest_argv(program, task_dir)
     raise TaskError("the task has no spec (eval, quantize or serve)")
 
 
@@ -105,6 +110,10 @@ def check_spec(task: task_pb2.Task) -> None:
                 f"serve: --http-port {task.serve.http_port} is the gRPC --port too; "
                 "give each its own"
             )
+    elif which == "loadtest":
+        problem = loadtest_problem(task.loadtest)
+        if problem:
+            raise TaskError(problem)
     else:
         raise TaskError("the task has no spec (eval, quantize or serve)")
 

@@ -1,5 +1,6 @@
-"""Tasks: evaluation, quantization and serving, each a supervised child process of the
-agent (`python -m agent.tasks.eval | agent.tasks.quantize | agent.serve`).
+"""Tasks: evaluation, quantization, serving and load test workers, each a supervised child
+process of the agent (`python -m agent.tasks.eval | agent.tasks.quantize | agent.serve |
+console.loadtest.node_main`; the last's spec file and record: `agent.tasks.loadtest_task`).
 
 A task program reports on stdout, one JSON object a line: `{"progress": 0.4,
 "message": "...", "figures": {...}}` while it works and `{"done": true, "results":
@@ -8,8 +9,9 @@ agent keeps each task's record in DATA/tasks/ID/task.pb (and its stderr beside i
 so `ListTasks` still knows a task after the agent restarts; a task still running then
 is re-adopted by pid (its progress stream is not: it shows as running until it ends).
 A task's latest progress line rides on its record (`Task.progress`), so a listing shows
-how far each running task has got. A server's ready file gives `Task.endpoint` (gRPC)
-and, when it serves HTTP too, `Task.http_endpoint`.
+how far each running task has got; a load test's line carries its worker's interval figures
+(`TaskProgress.load`), which a watcher must read from its first line on. A server's ready
+file gives `Task.endpoint` (gRPC) and, when it serves HTTP too, `Task.http_endpoint`.
 Stop is SIGTERM to the task's process group, a grace period, then SIGKILL. Which program
 runs a task, and with what command line, is `agent.tasks.programs`.
 """
@@ -30,7 +32,9 @@ from pathlib import Path
 
 import psutil
 from gantry.v1 import agent_service_pb2, task_pb2
+from google.protobuf import json_format
 
+from agent.tasks.loadtest_task import keep_spec
 from agent.tasks.programs import PROGRAMS, SERVE_DRAIN_S, TaskError, check_spec, task_argv
 
 __all__ = [
@@ -132,9 +136,10 @@ class TaskRunner:
             "eval": TK.TASK_KIND_EVAL,
             "quantize": TK.TASK_KIND_QUANTIZE,
             "serve": TK.TASK_KIND_SERVE,
+            "loadtest": TK.TASK_KIND_LOADTEST,
         }.get(which or "")
         if kind is None:
-            raise TaskError("the task has no spec (eval, quantize or serve)")
+            raise TaskError("the task has no spec (eval, quantize, serve or loadtest)")
         task = task_pb2.Task(
             id=f"{which}-{uuid.uuid4().hex[:8]}", kind=kind, state=TS.TASK_STATE_PENDING
         )
@@ -144,6 +149,8 @@ class TaskRunner:
         check_spec(task)
         running = _Running(task, self.root / task.id)
         running.dir.mkdir(parents=True, exist_ok=True)
+        if kind == TK.TASK_KIND_LOADTEST:
+            keep_spec(task, running.dir)  # the token and requests stay out of the record
         argv = task_argv(task, running.dir)
         stderr = (running.dir / "stderr.log").open("ab")
         try:
@@ -273,6 +280,12 @@ class TaskRunner:
         for key, value in (doc.get("figures") or {}).items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 progress.figures[key] = float(value)
+        if task.kind == TK.TASK_KIND_LOADTEST and isinstance(doc.get("load"), dict):
+            try:
+                json_format.ParseDict(doc["load"], progress.load)
+            except json_format.ParseError:
+                log.warning("task %s: an unreadable load snapshot; skipped", task.id)
+                return
         self._publish(running, progress)
 
     async def _supervise(self, running: _Running) -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from console.loadtest.config import LoadTestConfig
 from console.loadtest.histogram import Dist, Histogram
+from console.loadtest.intervals import IntervalLog
 from console.loadtest.notes import (
+    LATE_SEND_MS,
     closed_loop_note,
     send_lag_note,
     short_completions_note,
@@ -17,13 +19,62 @@ from console.loadtest.notes import (
 from console.loadtest.plan import Plan
 from console.loadtest.progress import IntervalRates, Progress
 from console.loadtest.recorder import HISTOGRAMS, Snapshot
-from console.loadtest.report import Report
+from console.loadtest.report import NodeFigures, Report
 
 LIVE_PERCENTILES = (50.0, 90.0, 99.0)
 
 
 def _per_s(n: int, seconds: float) -> float:
     return n / seconds if seconds > 0 else 0.0
+
+
+class NodeTally:
+    """One node's workers merged (`--from-nodes`): its counts and its histograms."""
+
+    def __init__(self, node: str, workers: int) -> None:
+        self.node, self.workers = node, workers
+        self.sent = self.completed = self.ok = self.errors = 0
+        self.send_lag, self.latency = Histogram(), Histogram()
+
+    def add(self, snap: Snapshot) -> None:
+        self.sent += snap.sent
+        self.completed += snap.completed
+        self.ok += snap.ok
+        self.errors += sum(snap.errors.values())
+        if "send_lag" in snap.hists:
+            self.send_lag.merge(snap.hists["send_lag"])
+        if "latency" in snap.hists:
+            self.latency.merge(snap.hists["latency"])
+
+    def figures(self, open_loop: bool) -> NodeFigures:
+        def p99(hist: Histogram) -> float | None:
+            return hist.percentiles((99.0,))[99.0] if hist.count else None
+
+        return NodeFigures(
+            self.node,
+            self.workers,
+            self.sent,
+            self.completed,
+            self.ok,
+            self.errors,
+            p99(self.send_lag) if open_loop else None,
+            p99(self.latency),
+        )
+
+
+def late_node_notes(nodes: list[NodeFigures]) -> list[str]:
+    """A note for each node whose send lag p99 is over LATE_SEND_MS while another's is not:
+    that generator was overloaded, not the target."""
+    lags = {n.node: n.send_lag_p99_ms for n in nodes if n.send_lag_p99_ms is not None}
+    if len(lags) < 2 or min(lags.values()) > LATE_SEND_MS:
+        return []
+    best = min(lags.values())
+    return [
+        f"{node}'s send lag p99 is {lag:.1f} ms (the best node's {best:.1f} ms): it could not "
+        "keep up with its share; give it fewer --workers or load from more nodes"
+        for node, lag in lags.items()
+        if lag > LATE_SEND_MS
+    ]
 
 
 class Aggregate:
@@ -35,9 +86,11 @@ class Aggregate:
         *,
         max_tokens: int | None = None,
         ignore_eos: bool = False,
+        node_of: dict[int, str] | None = None,
     ) -> None:
         """`max_tokens`: what each request asks for (None where the requests are not
-        completions), for the short-completions warning."""
+        completions), for the short-completions warning; `node_of`: each worker's node,
+        for a run from the cluster (figures by node)."""
         self.plan = plan
         self.start_at = start_at
         self.workers = workers
@@ -53,8 +106,17 @@ class Aggregate:
         self.finished: set[int] = set()
         self.stopped = False
         self._rates = IntervalRates(start_at)
+        self.intervals = IntervalLog(start_at + plan.warmup_s)
+        self.node_of = node_of or {}
+        self.nodes: dict[str, NodeTally] = {}
+        for node in self.node_of.values():
+            if node not in self.nodes:
+                self.nodes[node] = NodeTally(node, list(self.node_of.values()).count(node))
 
     def add(self, snap: Snapshot) -> None:
+        self.intervals.add(snap)
+        if snap.worker in self.node_of:
+            self.nodes[self.node_of[snap.worker]].add(snap)
         for name, hist in snap.hists.items():
             self.totals[name].merge(hist)
         self.sent += snap.sent
@@ -173,6 +235,8 @@ class Aggregate:
         ]
         if not plan.open_loop:
             computed.insert(0, closed_loop_note(plan.concurrency))
+        nodes = [tally.figures(plan.open_loop) for tally in self.nodes.values()]
+        computed += late_node_notes(nodes)
         kept = ("latency", "service", "send_lag", "ttft", "itl", "tokens_per_s")
         return Report(
             target=config.target,
@@ -216,4 +280,6 @@ class Aggregate:
             max_tokens=self.max_tokens,
             ignore_eos=self.ignore_eos,
             prompt_set=prompt_set,
+            nodes=nodes,
+            intervals=self.intervals.to_json(),
         )

@@ -1,7 +1,9 @@
-"""Finding a method through gRPC server reflection (grpc.reflection.v1alpha)."""
+"""Finding a method through gRPC server reflection (grpc.reflection.v1alpha), and in a
+set of file descriptors (the reflected ones, or those of --proto files)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from console.loadtest.config import LoadTestError
 
-Metadata = tuple[tuple[str, str], ...] | None
+Metadata = tuple[tuple[str, str | bytes], ...] | None
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,7 @@ class MethodInfo:
     client_streaming: bool
     server_streaming: bool
     request_class: type[Message]
+    response_class: type[Message]
 
 
 class _Reflection:
@@ -52,7 +55,7 @@ async def find_method(
     channel: grpc.aio.Channel, address: str, name: str, metadata: Metadata, timeout: float
 ) -> MethodInfo:
     """LoadTestError when the server has no reflection or no such method."""
-    service, _, method = name.partition("/")
+    service = name.partition("/")[0]
     reflection = _Reflection(channel, address, metadata, timeout)
     try:
         listed = await reflection.ask(list_services="")
@@ -74,20 +77,41 @@ async def find_method(
         await reflection.call.done_writing()
     except grpc.aio.AioRpcError as exc:
         raise _reflection_error(exc, address, name) from None
+    return method_in_pool(files.values(), name, f"{address}'s reflection")
+
+
+def method_in_pool(
+    files: Iterable[descriptor_pb2.FileDescriptorProto], name: str, source: str
+) -> MethodInfo:
+    """The method `name` among these files, built into a pool of their own; LoadTestError
+    naming the service or method when it is not there."""
+    by_file = {f.name: f for f in files}
     pool = descriptor_pool.DescriptorPool()
     added: set[str] = set()
 
     def add(file_name: str) -> None:
-        if file_name in added or file_name not in files:
+        if file_name in added or file_name not in by_file:
             return
         added.add(file_name)
-        for dep in files[file_name].dependency:
+        for dep in by_file[file_name].dependency:
             add(dep)
-        pool.Add(files[file_name])
+        pool.Add(by_file[file_name])
 
-    for file_name in files:
+    for file_name in by_file:
         add(file_name)
-    found = pool.FindServiceByName(service)
+    service, _, method = name.partition("/")
+    try:
+        found = pool.FindServiceByName(service)
+    except KeyError:
+        services = sorted(
+            f"{f.package}.{s.name}" if f.package else s.name
+            for f in by_file.values()
+            for s in f.service
+        )
+        raise LoadTestError(
+            f"unknown method {name}: no service {service} in {source} "
+            f"(found: {', '.join(services) or 'none'})"
+        ) from None
     by_name = {m.name: m for m in found.methods}
     if method not in by_name:
         raise LoadTestError(
@@ -100,6 +124,7 @@ async def find_method(
         bool(m.client_streaming),
         bool(m.server_streaming),
         message_factory.GetMessageClass(m.input_type),
+        message_factory.GetMessageClass(m.output_type),
     )
 
 

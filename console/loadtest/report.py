@@ -19,6 +19,45 @@ DISTS = (
 )
 
 
+@dataclass(frozen=True)
+class NodeFigures:
+    """One node's share of a run from the cluster (`--from-nodes`): a node whose send lag
+    stands out could not keep up with its share of the load."""
+
+    node: str
+    workers: int
+    sent: int
+    completed: int
+    ok: int
+    errors: int
+    send_lag_p99_ms: float | None  # open loop
+    latency_p99_ms: float | None  # its answers' response time
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.__dict__)
+        for name in ("send_lag_p99_ms", "latency_p99_ms"):
+            value = out[name]
+            out[name] = round(value, 3) if value is not None else None
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NodeFigures:
+        def ms(name: str) -> float | None:
+            value = data.get(name)
+            return float(value) if value is not None else None
+
+        return cls(
+            str(data["node"]),
+            int(data["workers"]),
+            int(data["sent"]),
+            int(data["completed"]),
+            int(data["ok"]),
+            int(data["errors"]),
+            ms("send_lag_p99_ms"),
+            ms("latency_p99_ms"),
+        )
+
+
 @dataclass
 class Report:
     target: str
@@ -63,6 +102,9 @@ class Report:
     max_tokens: int | None = None  # asked of each request (None: not completions)
     ignore_eos: bool = False
     prompt_set: str = ""  # which requests were sent, e.g. "built-in: 8 prompts"
+    nodes: list[NodeFigures] = field(default_factory=list)  # --from-nodes: each node's share
+    # The run second by second: console.loadtest.intervals.Interval.to_json() each.
+    intervals: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def error_count(self) -> int:
@@ -81,6 +123,8 @@ class Report:
         for name, value in self.__dict__.items():
             if isinstance(value, Dist):
                 out[name] = value.to_json()
+            elif name == "nodes":
+                out[name] = [node.to_json() for node in self.nodes]
             elif isinstance(value, float):
                 out[name] = round(value, 4)
             else:
@@ -100,6 +144,7 @@ class Report:
             values[name] = Dist.from_json(raw) if raw is not None else None
         values["errors"] = {str(k): int(v) for k, v in (values.get("errors") or {}).items()}
         values["finishes"] = {str(k): int(v) for k, v in (values.get("finishes") or {}).items()}
+        values["nodes"] = [NodeFigures.from_json(n) for n in values.get("nodes") or []]
         return cls(**values)
 
     def to_table(self) -> str:
@@ -135,6 +180,9 @@ class Report:
         for name, dist in rows:
             if dist is not None and dist.count:
                 lines.append(_dist_row(name, dist))
+        if self.nodes:
+            lines.append("")
+            lines.extend(_node_rows(self.nodes))
         if self.tokens:
             lines.append("")
             lines.append(f"tokens     {self.tokens} in all, {self.tokens_per_s:.1f}/s overall")
@@ -163,6 +211,20 @@ class Report:
         if ended:
             parts.append(f"ended by {ended}")
         return "per answer " + ("   ".join(parts) or "-")
+
+
+def _node_rows(nodes: list[NodeFigures]) -> list[str]:
+    lines = [
+        f"{'node':<13}{'workers':>8}{'sent':>9}{'ok':>9}{'errors':>8}"
+        f"{'send lag p99':>14}{'latency p99':>13}"
+    ]
+    for n in nodes:
+        lag = f"{n.send_lag_p99_ms:.2f} ms" if n.send_lag_p99_ms is not None else "-"
+        latency = f"{n.latency_p99_ms:.2f} ms" if n.latency_p99_ms is not None else "-"
+        lines.append(
+            f"{n.node:<13}{n.workers:>8}{n.sent:>9}{n.ok:>9}{n.errors:>8}{lag:>14}{latency:>13}"
+        )
+    return lines
 
 
 def _dist_row(name: str, d: Dist) -> str:

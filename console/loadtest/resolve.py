@@ -14,10 +14,13 @@ import httpx
 from gantry.v1 import inference_service_pb2 as pb
 from google.protobuf import json_format
 
-from console.loadtest.config import LoadTestConfig, LoadTestError, validate
+from console.loadtest.call_metadata import GrpcMetadata, grpc_metadata, http_headers
+from console.loadtest.config import LoadTestConfig, LoadTestError, split_host_port, validate
 from console.loadtest.prompts import describe_requests, load_prompts
-from console.loadtest.reflection import find_method
+from console.loadtest.proto_files import method_from_protos
+from console.loadtest.reflection import MethodInfo, find_method
 from console.loadtest.targets import CHANNEL_OPTIONS, GANTRY_GENERATE, TargetSpec
+from console.loadtest.tls import TlsSettings, check_server, client_context, grpc_channel, read_tls
 
 CONNECT_TIMEOUT_S = 5.0
 # Codes that say the run cannot work at all; any other error of the probe is left for the
@@ -50,15 +53,20 @@ async def resolve(config: LoadTestConfig) -> TargetSpec:
     return await _resolve_grpc(config, token)
 
 
-async def wait_reachable(channel: grpc.aio.Channel, address: str, timeout: float) -> None:
+async def wait_reachable(
+    channel: grpc.aio.Channel, address: str, timeout: float, *, tls: bool = False
+) -> None:
     """Returns once connected; fails at the first failed attempt rather than retrying."""
     deadline = time.monotonic() + timeout
     state = channel.get_state(try_to_connect=True)
     while state is not grpc.ChannelConnectivity.READY:
         if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
-            raise LoadTestError(
-                f"cannot reach {address}: connection refused or failed (is the server running?)"
+            why = (
+                "the connection or its TLS handshake failed"
+                if tls
+                else "connection refused or failed"
             )
+            raise LoadTestError(f"cannot reach {address}: {why} (is the server running?)")
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise LoadTestError(f"cannot reach {address}: no connection in {timeout:g} s")
@@ -69,11 +77,30 @@ async def wait_reachable(channel: grpc.aio.Channel, address: str, timeout: float
         state = channel.get_state(try_to_connect=True)
 
 
+async def _target_tls(config: LoadTestConfig, host: str, port: int) -> TlsSettings | None:
+    tls = read_tls(config)
+    if tls is None:
+        return None
+    return await check_server(
+        config.target, host, port, tls, grpc_target=not config.is_http, timeout_s=CONNECT_TIMEOUT_S
+    )
+
+
+async def _method(
+    config: LoadTestConfig, channel: grpc.aio.Channel, metadata: GrpcMetadata | None
+) -> MethodInfo:
+    if config.proto_files:
+        return await method_from_protos(config.proto_files, config.import_paths, config.method)
+    timeout = min(config.timeout_s, 10.0)
+    return await find_method(channel, config.target, config.method, metadata, timeout)
+
+
 async def _resolve_grpc(config: LoadTestConfig, token: str) -> TargetSpec:
     address = config.target
-    metadata = (("authorization", f"Bearer {token}"),) if token else None
-    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
-        await wait_reachable(channel, address, CONNECT_TIMEOUT_S)
+    tls = await _target_tls(config, *split_host_port(address))
+    metadata = grpc_metadata(config.metadata, token) or None
+    async with grpc_channel(address, tls, CHANNEL_OPTIONS) as channel:
+        await wait_reachable(channel, address, CONNECT_TIMEOUT_S, tls=tls is not None)
         if not config.method:
             prompts = load_prompts(config.prompts)
             bodies = tuple(
@@ -94,14 +121,14 @@ async def _resolve_grpc(config: LoadTestConfig, token: str) -> TargetSpec:
                 token,
                 config.timeout_s,
                 describe_requests(prompts, config.prompts),
+                config.metadata,
+                tls,
             )
             probe = pb.GenerateRequest(
                 prompt=prompts[0], params=pb.SamplingParams(max_tokens=1)
             ).SerializeToString()
         else:
-            info = await find_method(
-                channel, address, config.method, metadata, min(config.timeout_s, 10.0)
-            )
+            info = await _method(config, channel, metadata)
             if info.client_streaming:
                 raise LoadTestError(
                     f"{config.method} is client-streaming: only unary and server-streaming "
@@ -111,7 +138,8 @@ async def _resolve_grpc(config: LoadTestConfig, token: str) -> TargetSpec:
             try:
                 json_format.Parse(config.data or "{}", request)
             except json_format.ParseError as exc:
-                raise LoadTestError(f"--data does not fit {config.method}: {exc}") from None
+                detail = " ".join(str(exc).split())  # protobuf's message spans lines
+                raise LoadTestError(f"--data does not fit {config.method}: {detail}") from None
             body = request.SerializeToString()
             spec = TargetSpec(
                 "grpc",
@@ -122,6 +150,8 @@ async def _resolve_grpc(config: LoadTestConfig, token: str) -> TargetSpec:
                 token,
                 config.timeout_s,
                 describe_requests(None, None, config.data),
+                config.metadata,
+                tls,
             )
             probe = body
         await _probe_grpc(channel, spec, probe, metadata)
@@ -167,8 +197,13 @@ async def _resolve_http(config: LoadTestConfig, token: str) -> TargetSpec:
     url = config.target
     extra: dict[str, Any] = json.loads(config.data) if config.data else {}
     streaming = extra.get("stream", True) is not False
-    headers = {"authorization": f"Bearer {token}"} if token else {}
-    async with httpx.AsyncClient(headers=headers, timeout=CONNECT_TIMEOUT_S) as client:
+    headers = http_headers(config.metadata, token)
+    parsed = httpx.URL(url)
+    tls = await _target_tls(config, parsed.host, parsed.port or 443)
+    verify = True if tls is None else client_context(tls, "http/1.1")
+    async with httpx.AsyncClient(
+        headers=headers, timeout=CONNECT_TIMEOUT_S, verify=verify
+    ) as client:
         try:
             model = config.model or await _first_model(client, url)
             bodies = []
@@ -211,6 +246,8 @@ async def _resolve_http(config: LoadTestConfig, token: str) -> TargetSpec:
         token,
         config.timeout_s,
         describe_requests(prompts, config.prompts),
+        config.metadata,
+        tls,
     )
 
 

@@ -6,6 +6,10 @@
 interval histograms and counters twice a second; they are merged exactly). Setting `stop`
 ends the run cleanly: requests in flight are cut off (counted as unfinished) and the report
 covers what was measured, marked partial.
+
+With `config.from_nodes` the workers run on those nodes, as tasks of their agents, reached
+through `nodes` (console.net.loadtest_nodes.AgentNodeTasks for the CLI; see
+console.loadtest.cluster_workers); the report then has each node's figures.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from console.loadtest.aggregate import Aggregate
-from console.loadtest.config import LoadTestConfig
+from console.loadtest.cluster_workers import ClusterWorkers, NodeTasks, cluster_plan
+from console.loadtest.config import LoadTestConfig, LoadTestError
 from console.loadtest.plan import make_plan
 from console.loadtest.progress import Progress
 from console.loadtest.report import Report
@@ -41,26 +46,39 @@ async def run_loadtest(
     stop: asyncio.Event | None = None,
     *,
     in_process: bool | None = None,
+    nodes: NodeTasks | None = None,
 ) -> Report:
     """Runs the test. `in_process` (default: only with one worker) keeps the engines in this
-    event loop instead of child processes. LoadTestError before the run starts."""
+    event loop instead of child processes; `nodes`: the agents, for `config.from_nodes`.
+    LoadTestError before the run starts."""
+    if config.from_nodes and nodes is None:
+        raise LoadTestError("--from-nodes needs the cluster's agents (give --cluster FILE)")
     spec = await resolve(config)
     plan = make_plan(config)
     local = config.workers == 1 if in_process is None else in_process
-    workers: Workers = (
-        LocalWorkers(spec, plan, config) if local else ProcessWorkers(spec, plan, config)
-    )
+    workers: Workers
+    if config.from_nodes:
+        assert nodes is not None
+        plan = cluster_plan(plan, config)
+        workers = ClusterWorkers(spec, plan, config, nodes)
+    elif local:
+        workers = LocalWorkers(spec, plan, config)
+    else:
+        workers = ProcessWorkers(spec, plan, config)
     stop_watch: asyncio.Task[float] | None = None
     try:
         await workers.start()
         started_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         start_at = time.monotonic() + START_MARGIN_S
+        if isinstance(workers, ClusterWorkers):
+            start_at = workers.start_at  # in the nodes' specs already
         aggregate = Aggregate(
             plan,
             start_at,
             plan.workers,
             max_tokens=None if spec.kind == "grpc" else config.max_tokens,
             ignore_eos=config.ignore_eos,
+            node_of=workers.node_of if isinstance(workers, ClusterWorkers) else None,
         )
         workers.begin(start_at)
         if stop is not None:

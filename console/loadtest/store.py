@@ -12,14 +12,14 @@ from console.loadtest.report import Report
 DEFAULT_DIR = Path(".gantry/loadtests")
 
 
-def _slug(target: str) -> str:
+def slug(target: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", target.split("://")[-1]).strip("-")[:60] or "target"
 
 
 def save_report(report: Report, dir: Path = DEFAULT_DIR, now: datetime | None = None) -> Path:
     dir.mkdir(parents=True, exist_ok=True)
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
-    base = f"{stamp}-{_slug(report.target)}"
+    base = f"{stamp}-{slug(report.target)}"
     path = dir / f"{base}.json"
     n = 1
     while path.exists():

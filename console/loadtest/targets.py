@@ -18,8 +18,11 @@ import httpx
 from gantry.v1 import inference_service_pb2
 from google.protobuf.message import DecodeError
 
+from console.loadtest.call_metadata import Pairs, grpc_metadata, http_headers
+from console.loadtest.tls import TlsSettings, client_context, grpc_channel
+
 GANTRY_GENERATE = "gantry.v1.InferenceService/Generate"
-CHANNEL_OPTIONS = [
+CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.enable_retries", 0),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     # Each channel its own connection: workers and channels must not share one socket.
@@ -37,6 +40,8 @@ class TargetSpec:
     token: str = ""
     timeout_s: float = 30.0
     prompt_set: str = ""  # which requests: "built-in: 8 prompts", "p.jsonl: 40 prompts, ..."
+    metadata: Pairs = ()  # --metadata k=v, sent with every request (besides the token)
+    tls: TlsSettings | None = None  # None: plain gRPC, or an http:// URL
 
 
 class Client(Protocol):
@@ -69,12 +74,12 @@ class GrpcClient:
         self.spec = spec
         self.streaming = spec.streaming
         self._bodies = spec.bodies
-        self._metadata = (("authorization", f"Bearer {spec.token}"),) if spec.token else None
+        self._metadata = grpc_metadata(spec.metadata, spec.token) or None
         self._channel: grpc.aio.Channel | None = None
         self._parse = spec.kind == "gantry"
 
     async def open(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self.spec.address, options=CHANNEL_OPTIONS)
+        self._channel = grpc_channel(self.spec.address, self.spec.tls, CHANNEL_OPTIONS)
         path = "/" + self.spec.method
         # No serializers: requests go as the bytes prepared before the run.
         self._unary = self._channel.unary_unary(path, None, None)
@@ -163,11 +168,12 @@ class HttpClient:
         self._client: httpx.AsyncClient | None = None
 
     async def open(self) -> None:
-        headers = {"content-type": "application/json"}
-        if self.spec.token:
-            headers["authorization"] = f"Bearer {self.spec.token}"
+        headers = [("content-type", "application/json")]
+        headers += http_headers(self.spec.metadata, self.spec.token)
+        tls = self.spec.tls
         self._client = httpx.AsyncClient(
             headers=headers,
+            verify=True if tls is None else client_context(tls, "http/1.1"),
             timeout=httpx.Timeout(self.spec.timeout_s),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
         )

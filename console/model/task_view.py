@@ -40,8 +40,12 @@ def state_name(state: int) -> str:
 
 
 def model_of(task: task_pb2.Task) -> str:
+    """The model a task works on; a load test's: the endpoint it loads."""
     which = task.WhichOneof("spec")
-    return str(getattr(task, which).model_dir) if which else ""
+    if not which:
+        return ""
+    spec = getattr(task, which)
+    return str(getattr(spec, "model_dir", "") or getattr(spec, "target", ""))
 
 
 # --- figures --------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """`gantry loadtest`: load-test a gRPC or OpenAI-compatible HTTP endpoint from the CLI, and
-`gantry loadtest compare A.json B.json`. Needs no cluster file.
+`gantry loadtest compare A.json B.json`. Needs no cluster file. `--sweep` searches the
+highest open-loop rate whose SLOs hold (console.loadtest.sweep) and reports the curve.
 
 Exit status: 0 after a full run, 130 after Ctrl-C (the partial report is still printed and
-saved), 2 on bad input or an unusable target (one line on stderr, before the run starts).
+saved), 2 on bad input or an unusable target (one line on stderr, before the run starts),
+1 when a --csv or --html file could not be written (the report is still printed).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ EXIT_INTERRUPTED = 130
 def add_loadtest_verb(verbs: Any) -> argparse.ArgumentParser:
     lt: argparse.ArgumentParser = verbs.add_parser(
         "loadtest",
-        help="load-test a gRPC or OpenAI-compatible HTTP endpoint (no cluster needed)",
+        help="load-test a gRPC or OpenAI-compatible HTTP endpoint (no cluster needed unless "
+        "--from-nodes)",
         description="Open loop (--rate, --schedule) or closed loop (--concurrency) load "
         "against the Gantry inference endpoint, any reflected gRPC method, or an "
         "OpenAI-compatible /v1/completions URL. `gantry loadtest compare A.json B.json` "
@@ -213,7 +216,14 @@ async def _run(config: LoadTestConfig, args: argparse.Namespace) -> int:
 
     loop.add_signal_handler(signal.SIGINT, interrupted)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    nodes = None
     try:
+        if config.from_nodes:
+            from console.net.loadtest_nodes import open_node_tasks
+
+            nodes = open_node_tasks(config)
+        if config.sweep:
+            return await _sweep(config, args, stop, nodes)
         # Even one worker runs in a child process: drawing progress here then never
         # delays a send.
         report = await run_loadtest(
@@ -221,10 +231,13 @@ async def _run(config: LoadTestConfig, args: argparse.Namespace) -> int:
             on_progress=None if args.quiet else _ProgressLine(sys.stderr),
             stop=stop,
             in_process=False,
+            nodes=nodes,
         )
     except LoadTestError as exc:
         return _fail(str(exc))
     finally:
+        if nodes is not None:
+            await nodes.close()
         loop.remove_signal_handler(signal.SIGTERM)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -232,11 +245,91 @@ async def _run(config: LoadTestConfig, args: argparse.Namespace) -> int:
         print(f"report: {args.out}", file=sys.stderr)
     elif not args.no_save:
         print(f"report: {save_report(report)}", file=sys.stderr)
+    written = _write_files(report, args, None)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
         print(report.to_table())
-    return EXIT_INTERRUPTED if stop.is_set() else 0
+    return EXIT_INTERRUPTED if stop.is_set() else written
+
+
+async def _sweep(
+    config: LoadTestConfig, args: argparse.Namespace, stop: asyncio.Event, nodes: Any = None
+) -> int:
+    """`--sweep`: the capacity search, each step's line on stderr as it finishes."""
+    from console.loadtest.sweep import STEP_HEADER, Step, step_row
+    from console.loadtest.sweep_run import run_sweep, save_sweep, write_sweep
+
+    line = [_ProgressLine(sys.stderr)]
+    headed: list[bool] = []
+
+    def event(kind: str, value: float) -> None:
+        line[0] = _ProgressLine(sys.stderr)  # each run's clock starts at 0
+        what = {
+            "probe": f"closed-loop probe, {value:g} in flight",
+            "ceiling": f"ceiling {value:.1f}/s answered (closed loop)",
+        }.get(kind, f"step at {value:.1f}/s")
+        print(f"sweep: {what}", file=sys.stderr)
+
+    def finished(step: Step) -> None:
+        if not headed:
+            headed.append(True)
+            print(f"sweep: {STEP_HEADER}", file=sys.stderr)
+        print(f"sweep: {step_row(step)}", file=sys.stderr)
+        if step.why:
+            print(f"sweep: {step.why}", file=sys.stderr)
+
+    sweep = await run_sweep(
+        config,
+        on_step=None if args.quiet else finished,
+        on_progress=None if args.quiet else (lambda p: line[0](p)),
+        stop=stop,
+        on_event=None if args.quiet else event,
+        in_process=False,
+        nodes=nodes,
+    )
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_sweep(sweep, args.out)
+        print(f"report: {args.out}", file=sys.stderr)
+    elif not args.no_save:
+        print(f"report: {save_sweep(sweep)}", file=sys.stderr)
+    chosen = sweep.chosen_report()
+    written = 0
+    if chosen is not None:
+        written = _write_files(chosen, args, sweep.to_json())
+    elif args.csv is not None or args.html is not None:
+        print("gantry: warning: no step ran, so no --csv or --html was written", file=sys.stderr)
+    if args.json:
+        print(json.dumps(sweep.to_json(), indent=2))
+    else:
+        print(sweep.to_table())
+    return EXIT_INTERRUPTED if stop.is_set() else written
+
+
+def _write_files(report: Any, args: argparse.Namespace, sweep: dict[str, Any] | None) -> int:
+    """--csv and --html (with --sweep: of the run at the rate found, with the curve);
+    1 when one could not be written (said in one line), else 0."""
+    if args.csv is None and args.html is None:
+        return 0
+    from console.loadtest import report_files
+
+    status = 0
+    for path, kind in ((args.csv, "csv"), (args.html, "html")):
+        if path is None:
+            continue
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if kind == "csv":
+                report_files.write_csv(report, path)
+            else:
+                report_files.write_html(report, path, sweep=sweep)
+        except OSError as exc:
+            print(f"gantry: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+            status = 1
+            continue
+        print(f"report: {path}", file=sys.stderr)
+    return status
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -249,6 +342,15 @@ def _compare(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     rows = compare(a, b)
     warnings = incomparable(a, b)
+    if args.html is not None:
+        from console.loadtest.report_files import write_compare_html
+
+        try:
+            args.html.parent.mkdir(parents=True, exist_ok=True)
+            write_compare_html(a, b, str(args.a), str(args.b), args.html)
+        except OSError as exc:
+            return _fail(f"cannot write {args.html}: {exc.strerror or exc}")
+        print(f"report: {args.html}", file=sys.stderr)
     if args.json:
         out = {"a": str(args.a), "b": str(args.b), "warnings": warnings}
         print(json.dumps({**out, "rows": compare_json(rows)}, indent=2))

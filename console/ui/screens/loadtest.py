@@ -2,7 +2,9 @@
 
 The form picks the endpoint (the running servers are offered; any HOST:PORT or http(s)
 URL can be typed), the mode, the rate / concurrency / schedule, the duration, max tokens
-and whether completions ignore end-of-sequence. The run goes in a child process (the
+and whether completions ignore end-of-sequence. The sweep mode searches the highest rate
+whose SLOs (the fields it shows) hold, showing each step as it finishes and the result;
+a sweep is saved under sweeps/ beside the runs. The run goes in a child process (the
 console's event loop only merges its figures), with live requests/s and the run's latency
 percentiles (the report's own figures), the latency histogram, the errors and warnings.
 Every finished (or stopped) run is saved and listed; any two compare side by side, with a
@@ -37,8 +39,12 @@ from console.loadtest.progress import Progress
 from console.loadtest.report import Report
 from console.loadtest.runner import run_loadtest
 from console.loadtest.store import DEFAULT_DIR, list_reports, load_report, save_report
+from console.loadtest.sweep import SweepReport
+from console.loadtest.sweep_run import run_sweep, save_sweep
 from console.model.loadtest_form import MODE_HELP, MODES, YES_NO, LoadForm, config_from_form
+from console.model.loadtest_sweep_form import SWEEP_HELP, SWEEP_MODE, sweep_config_from_form
 from console.ui.widgets.chart import ChartRow
+from console.ui.widgets.loadtest_sweep import SloRow, SweepSteps
 
 HISTORY = 120  # progress points kept for the charts (two a second: a minute)
 HISTOGRAM_ROWS = 8
@@ -105,6 +111,11 @@ class LoadTestScreen(ModalScreen[None]):
     LoadTestScreen #lt-runs { height: 8; }
     LoadTestScreen #lt-detail { height: 1fr; padding: 0 1; background: $panel; }
     LoadTestScreen #lt-status { height: 1; padding: 0 1; }
+    LoadTestScreen #lt-slo, LoadTestScreen #lt-steps { display: none; }
+    LoadTestScreen.-sweep #lt-slo, LoadTestScreen.-sweep #lt-steps { display: block; }
+    LoadTestScreen.-sweep #lt-live, LoadTestScreen.-sweep #lt-histogram { display: none; }
+    LoadTestScreen.-sweep #lt-runs, LoadTestScreen.-sweep #lt-load { display: none; }
+    LoadTestScreen.-sweep #lt-labels > .lt-load { display: none; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+r", "run", "Run", priority=True),
@@ -132,6 +143,7 @@ class LoadTestScreen(ModalScreen[None]):
         self.p50s: deque[float] = deque(maxlen=HISTORY)
         self.p99s: deque[float] = deque(maxlen=HISTORY)
         self.last_report: Report | None = None
+        self.last_sweep: SweepReport | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("load test", id="lt-title")
@@ -148,13 +160,16 @@ class LoadTestScreen(ModalScreen[None]):
                 select_on_focus=False,
                 id="lt-target",
             )
-            yield Select([(m, m) for m in MODES], value="closed", allow_blank=False, id="lt-mode")
+            modes = [*MODES, SWEEP_MODE]
+            yield Select([(m, m) for m in modes], value="closed", allow_blank=False, id="lt-mode")
             for value, name in (("4", "load"), ("10s", "duration"), ("32", "max-tokens")):
                 yield Input(value=value, placeholder=name, select_on_focus=False, id=f"lt-{name}")
             yield Select([(v, v) for v in YES_NO], value="no", allow_blank=False, id="lt-eos")
+        yield SloRow(id="lt-slo")
         yield Static(id="lt-help", markup=False)
         yield Static("not running: ctrl+r runs", id="lt-progress", markup=False)
         yield Static(id="lt-notes", markup=False)
+        yield SweepSteps(id="lt-steps")
         with Vertical(id="lt-live"):
             yield ChartRow("req/s", id="lt-rate")
             yield ChartRow("p50 ms", id="lt-p50")
@@ -192,8 +207,10 @@ class LoadTestScreen(ModalScreen[None]):
 
     def _show_help(self) -> None:
         mode = str(self.query_one("#lt-mode", Select).value)
+        self.set_class(mode == SWEEP_MODE, "-sweep")
         known = f" · servers: {', '.join(self.endpoints)}" if self.endpoints else ""
-        self.query_one("#lt-help", Static).update(f"load: {MODE_HELP.get(mode, '')}{known}")
+        what = f"sweep: {SWEEP_HELP}" if mode == SWEEP_MODE else f"load: {MODE_HELP.get(mode, '')}"
+        self.query_one("#lt-help", Static).update(f"{what}{known}")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.action_run()
@@ -208,17 +225,29 @@ class LoadTestScreen(ModalScreen[None]):
         if self.running:
             self._status("a run is going: ctrl+x stops it")
             return
+        form = self.form()
         try:
-            config = config_from_form(self.form(), self.token_file)
+            if form.mode == SWEEP_MODE:
+                slo = self.query_one(SloRow).values()
+                config = sweep_config_from_form(form, *slo, token_file=self.token_file)
+            else:
+                config = config_from_form(form, self.token_file)
         except LoadTestError as exc:
             self._status(str(exc))
             return
         self.stop_event = asyncio.Event()
-        for series in (self.rates, self.p50s, self.p99s):
-            series.clear()
+        self._clear_series()
         self._show_notes([])
         self._status(f"reaching {config.target}…")
-        self._run(config, self.stop_event)
+        if config.sweep:
+            self.query_one(SweepSteps).begin()
+            self._run_sweep(config, self.stop_event)
+        else:
+            self._run(config, self.stop_event)
+
+    def _clear_series(self) -> None:
+        for series in (self.rates, self.p50s, self.p99s):
+            series.clear()
 
     @work(exclusive=True, group="loadtest")
     async def _run(self, config: LoadTestConfig, stop: asyncio.Event) -> None:
@@ -237,6 +266,40 @@ class LoadTestScreen(ModalScreen[None]):
         state = "stopped (partial)" if report.partial else "done"
         self._status(f"{state}: saved {path}")
         self.load_runs()
+
+    @work(exclusive=True, group="loadtest")
+    async def _run_sweep(self, config: LoadTestConfig, stop: asyncio.Event) -> None:
+        steps = self.query_one(SweepSteps)
+
+        def event(kind: str, value: float) -> None:
+            self._clear_series()
+            if kind == "ceiling":
+                steps.set_ceiling(value)
+            else:
+                what = f"probe, {value:g} in flight" if kind == "probe" else f"{value:.1f}/s"
+                self._status(f"sweep: {what}…")
+
+        try:
+            sweep = await run_sweep(
+                config, steps.add, self.show_progress, stop, on_event=event, in_process=False
+            )
+        except LoadTestError as exc:
+            self._status(str(exc))
+            return
+        finally:
+            self.stop_event = None
+        path = save_sweep(sweep, self.reports_dir / "sweeps")
+        self.show_sweep(sweep)
+        best = sweep.max_rate_within_slo
+        found = f"{best:.1f}/s" if best is not None else "none"
+        state = "stopped" if stop.is_set() else "done"
+        self._status(f"sweep {state}: max rate within SLO {found}: saved {path}")
+
+    def show_sweep(self, sweep: SweepReport) -> None:
+        """A finished sweep: its steps and result, and its table in the detail pane."""
+        self.last_sweep = sweep
+        self.query_one(SweepSteps).show_sweep(sweep)
+        self.query_one("#lt-detail-text", Static).update(sweep.to_table())
 
     def show_progress(self, progress: Progress) -> None:
         self.query_one("#lt-progress", Static).update(progress.line())

@@ -271,14 +271,16 @@ class RequestCheckpointResponse(_message.Message):
     def __init__(self, asked: _Optional[int] = ...) -> None: ...
 
 class StartTaskRequest(_message.Message):
-    __slots__ = ("eval", "quantize", "serve")
+    __slots__ = ("eval", "quantize", "serve", "loadtest")
     EVAL_FIELD_NUMBER: _ClassVar[int]
     QUANTIZE_FIELD_NUMBER: _ClassVar[int]
     SERVE_FIELD_NUMBER: _ClassVar[int]
+    LOADTEST_FIELD_NUMBER: _ClassVar[int]
     eval: _task_pb2.EvalTaskSpec
     quantize: _task_pb2.QuantizeTaskSpec
     serve: _task_pb2.ServeTaskSpec
-    def __init__(self, eval: _Optional[_Union[_task_pb2.EvalTaskSpec, _Mapping]] = ..., quantize: _Optional[_Union[_task_pb2.QuantizeTaskSpec, _Mapping]] = ..., serve: _Optional[_Union[_task_pb2.ServeTaskSpec, _Mapping]] = ...) -> None: ...
+    loadtest: _task_pb2.LoadTestTaskSpec
+    def __init__(self, eval: _Optional[_Union[_task_pb2.EvalTaskSpec, _Mapping]] = ..., quantize: _Optional[_Union[_task_pb2.QuantizeTaskSpec, _Mapping]] = ..., serve: _Optional[_Union[_task_pb2.ServeTaskSpec, _Mapping]] = ..., loadtest: _Optional[_Union[_task_pb2.LoadTestTaskSpec, _Mapping]] = ...) -> None: ...
 
 class StartTaskResponse(_message.Message):
     __slots__ = ("task",)

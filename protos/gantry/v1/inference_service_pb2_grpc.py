@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class InferenceServiceStub:
-    """Served by the inference server that an agent starts for a serve task.
+    """Served by `python -m agent.serve`; auth, health and status codes: the top of this file.
     """
 
     def __init__(self, channel):
@@ -53,24 +53,29 @@ class InferenceServiceStub:
 
 
 class InferenceServiceServicer:
-    """Served by the inference server that an agent starts for a serve task.
+    """Served by `python -m agent.serve`; auth, health and status codes: the top of this file.
     """
 
     def Generate(self, request, context):
-        """Streams tokens as they are decoded; the last message carries the usage.
+        """Streams the reply as it is decoded: messages with the new tokens and their text
+        (a message's text may be empty while a possible stop string is held back), and a
+        last message with done = true and the usage. Cancelling the call, or its
+        deadline passing, stops decoding.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Complete(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The whole reply in one message, once decoding ends.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetServerStats(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The server's counters; cheap, for dashboards and load testers.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -102,7 +107,7 @@ def add_InferenceServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class InferenceService:
-    """Served by the inference server that an agent starts for a serve task.
+    """Served by `python -m agent.serve`; auth, health and status codes: the top of this file.
     """
 
     @staticmethod

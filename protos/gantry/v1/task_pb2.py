@@ -26,33 +26,55 @@ from gantry.v1 import job_pb2 as gantry_dot_v1_dot_job__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14gantry/v1/task.proto\x12\tgantry.v1\x1a\x13gantry/v1/job.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x84\x01\n\x0c\x45valTaskSpec\x12\x10\n\x08job_name\x18\x01 \x01(\t\x12\x11\n\tmodel_dir\x18\x02 \x01(\t\x12\x11\n\tdata_path\x18\x03 \x01(\t\x12\'\n\x07targets\x18\x04 \x01(\x0b\x32\x16.gantry.v1.EvalTargets\x12\x13\n\x0bmax_samples\x18\x05 \x01(\r\"\x8e\x01\n\x10QuantizeTaskSpec\x12\x11\n\tmodel_dir\x18\x01 \x01(\t\x12\x12\n\noutput_dir\x18\x02 \x01(\t\x12\x0c\n\x04int8\x18\x03 \x01(\x08\x12\x13\n\x0bweight_only\x18\x04 \x01(\x08\x12\x16\n\x0e\x65val_data_path\x18\x05 \x01(\t\x12\x18\n\x10\x65val_max_samples\x18\x06 \x01(\r\"w\n\rServeTaskSpec\x12\x11\n\tmodel_dir\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x03 \x01(\r\x12\x1a\n\x12max_queue_delay_ms\x18\x04 \x01(\x01\x12\x11\n\thttp_port\x18\x05 \x01(\r\"\xa4\x04\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12!\n\x04kind\x18\x02 \x01(\x0e\x32\x13.gantry.v1.TaskKind\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.gantry.v1.TaskState\x12\x0c\n\x04node\x18\x04 \x01(\t\x12+\n\x07\x63reated\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05\x65nded\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\'\n\x04\x65val\x18\n \x01(\x0b\x32\x17.gantry.v1.EvalTaskSpecH\x00\x12/\n\x08quantize\x18\x0b \x01(\x0b\x32\x1b.gantry.v1.QuantizeTaskSpecH\x00\x12)\n\x05serve\x18\x0c \x01(\x0b\x32\x18.gantry.v1.ServeTaskSpecH\x00\x12-\n\x07results\x18\x14 \x03(\x0b\x32\x1c.gantry.v1.Task.ResultsEntry\x12\x10\n\x08\x65ndpoint\x18\x15 \x01(\t\x12\x13\n\x0breport_json\x18\x16 \x01(\t\x12)\n\x08progress\x18\x17 \x01(\x0b\x32\x17.gantry.v1.TaskProgress\x12\x15\n\rhttp_endpoint\x18\x18 \x01(\t\x1a.\n\x0cResultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x06\n\x04spec\"\xf8\x01\n\x0cTaskProgress\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.gantry.v1.TaskState\x12\x10\n\x08\x66raction\x18\x03 \x01(\x01\x12\x0f\n\x07message\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x07\x66igures\x18\x06 \x03(\x0b\x32$.gantry.v1.TaskProgress.FiguresEntry\x1a.\n\x0c\x46iguresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*f\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eTASK_KIND_EVAL\x10\x01\x12\x16\n\x12TASK_KIND_QUANTIZE\x10\x02\x12\x13\n\x0fTASK_KIND_SERVE\x10\x03*\xa0\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12TASK_STATE_PENDING\x10\x01\x12\x16\n\x12TASK_STATE_RUNNING\x10\x02\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x03\x12\x15\n\x11TASK_STATE_FAILED\x10\x04\x12\x16\n\x12TASK_STATE_STOPPED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14gantry/v1/task.proto\x12\tgantry.v1\x1a\x13gantry/v1/job.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x84\x01\n\x0c\x45valTaskSpec\x12\x10\n\x08job_name\x18\x01 \x01(\t\x12\x11\n\tmodel_dir\x18\x02 \x01(\t\x12\x11\n\tdata_path\x18\x03 \x01(\t\x12\'\n\x07targets\x18\x04 \x01(\x0b\x32\x16.gantry.v1.EvalTargets\x12\x13\n\x0bmax_samples\x18\x05 \x01(\r\"\x8e\x01\n\x10QuantizeTaskSpec\x12\x11\n\tmodel_dir\x18\x01 \x01(\t\x12\x12\n\noutput_dir\x18\x02 \x01(\t\x12\x0c\n\x04int8\x18\x03 \x01(\x08\x12\x13\n\x0bweight_only\x18\x04 \x01(\x08\x12\x16\n\x0e\x65val_data_path\x18\x05 \x01(\t\x12\x18\n\x10\x65val_max_samples\x18\x06 \x01(\r\"w\n\rServeTaskSpec\x12\x11\n\tmodel_dir\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x03 \x01(\r\x12\x1a\n\x12max_queue_delay_ms\x18\x04 \x01(\x01\x12\x11\n\thttp_port\x18\x05 \x01(\r\"\xfd\x03\n\x10LoadTestTaskSpec\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x11\n\tstreaming\x18\x04 \x01(\x08\x12\x0e\n\x06\x62odies\x18\x05 \x03(\x0c\x12\r\n\x05token\x18\x06 \x01(\t\x12\x11\n\ttimeout_s\x18\x07 \x01(\x01\x12\x12\n\nprompt_set\x18\x08 \x01(\t\x12\x11\n\topen_loop\x18\t \x01(\x08\x12$\n\x06phases\x18\n \x03(\x0b\x32\x14.gantry.v1.LoadPhase\x12\x0f\n\x07\x61rrival\x18\x0b \x01(\t\x12\x0c\n\x04seed\x18\x0c \x01(\x04\x12\x13\n\x0b\x63oncurrency\x18\r \x01(\r\x12\x10\n\x08warmup_s\x18\x0e \x01(\x01\x12\r\n\x05run_s\x18\x0f \x01(\x01\x12\x10\n\x08requests\x18\x10 \x01(\x04\x12\x0e\n\x06worker\x18\x11 \x01(\r\x12\x0f\n\x07workers\x18\x12 \x01(\r\x12\x13\n\x0bslo_ttft_ms\x18\x13 \x01(\x01\x12\x16\n\x0eslo_latency_ms\x18\x14 \x01(\x01\x12\x14\n\x0cstart_unix_s\x18\x15 \x01(\x01\x12\x12\n\nbody_count\x18\x16 \x01(\r\x12)\n\x08metadata\x18\x17 \x03(\x0b\x32\x17.gantry.v1.LoadMetadata\x12\x1f\n\x03tls\x18\x18 \x01(\x0b\x32\x12.gantry.v1.LoadTls\"*\n\x0cLoadMetadata\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"c\n\x07LoadTls\x12\x0e\n\x06\x63\x61_pem\x18\x01 \x01(\x0c\x12\x10\n\x08\x63\x65rt_pem\x18\x02 \x01(\x0c\x12\x0f\n\x07key_pem\x18\x03 \x01(\x0c\x12\x10\n\x08insecure\x18\x04 \x01(\x08\x12\x13\n\x0bserver_name\x18\x05 \x01(\t\"E\n\tLoadPhase\x12\x12\n\nstart_rate\x18\x01 \x01(\x01\x12\x10\n\x08\x65nd_rate\x18\x02 \x01(\x01\x12\x12\n\nduration_s\x18\x03 \x01(\x01\"\xcf\x05\n\x10LoadTestSnapshot\x12\x0e\n\x06worker\x18\x01 \x01(\r\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0c\n\x04\x61t_s\x18\x03 \x01(\x01\x12?\n\nhistograms\x18\x04 \x03(\x0b\x32+.gantry.v1.LoadTestSnapshot.HistogramsEntry\x12\x0c\n\x04sent\x18\x05 \x01(\x04\x12\x11\n\tcompleted\x18\x06 \x01(\x04\x12\n\n\x02ok\x18\x07 \x01(\x04\x12\x0c\n\x04good\x18\x08 \x01(\x04\x12\x0e\n\x06tokens\x18\t \x01(\x04\x12\x37\n\x06\x65rrors\x18\n \x03(\x0b\x32\'.gantry.v1.LoadTestSnapshot.ErrorsEntry\x12;\n\x08\x66inishes\x18\x0b \x03(\x0b\x32).gantry.v1.LoadTestSnapshot.FinishesEntry\x12\x13\n\x0bwarmup_sent\x18\x0c \x01(\x04\x12\x13\n\x0bwarmup_done\x18\r \x01(\x04\x12\x11\n\tin_flight\x18\x0e \x01(\x04\x12\x18\n\x0blast_send_s\x18\x0f \x01(\x01H\x00\x88\x01\x01\x12\x1e\n\x11last_completion_s\x18\x10 \x01(\x01H\x01\x88\x01\x01\x12\r\n\x05\x66inal\x18\x11 \x01(\x08\x12\x12\n\nunfinished\x18\x12 \x01(\x04\x12\x19\n\x0cwindow_end_s\x18\x13 \x01(\x01H\x02\x88\x01\x01\x12\x0f\n\x07stopped\x18\x14 \x01(\x08\x1a\x31\n\x0fHistogramsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0b\x45rrorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a/\n\rFinishesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x42\x0e\n\x0c_last_send_sB\x14\n\x12_last_completion_sB\x0f\n\r_window_end_s\"\xd5\x04\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12!\n\x04kind\x18\x02 \x01(\x0e\x32\x13.gantry.v1.TaskKind\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.gantry.v1.TaskState\x12\x0c\n\x04node\x18\x04 \x01(\t\x12+\n\x07\x63reated\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05\x65nded\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\'\n\x04\x65val\x18\n \x01(\x0b\x32\x17.gantry.v1.EvalTaskSpecH\x00\x12/\n\x08quantize\x18\x0b \x01(\x0b\x32\x1b.gantry.v1.QuantizeTaskSpecH\x00\x12)\n\x05serve\x18\x0c \x01(\x0b\x32\x18.gantry.v1.ServeTaskSpecH\x00\x12/\n\x08loadtest\x18\r \x01(\x0b\x32\x1b.gantry.v1.LoadTestTaskSpecH\x00\x12-\n\x07results\x18\x14 \x03(\x0b\x32\x1c.gantry.v1.Task.ResultsEntry\x12\x10\n\x08\x65ndpoint\x18\x15 \x01(\t\x12\x13\n\x0breport_json\x18\x16 \x01(\t\x12)\n\x08progress\x18\x17 \x01(\x0b\x32\x17.gantry.v1.TaskProgress\x12\x15\n\rhttp_endpoint\x18\x18 \x01(\t\x1a.\n\x0cResultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x06\n\x04spec\"\xa3\x02\n\x0cTaskProgress\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.gantry.v1.TaskState\x12\x10\n\x08\x66raction\x18\x03 \x01(\x01\x12\x0f\n\x07message\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x07\x66igures\x18\x06 \x03(\x0b\x32$.gantry.v1.TaskProgress.FiguresEntry\x12)\n\x04load\x18\x07 \x01(\x0b\x32\x1b.gantry.v1.LoadTestSnapshot\x1a.\n\x0c\x46iguresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*~\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eTASK_KIND_EVAL\x10\x01\x12\x16\n\x12TASK_KIND_QUANTIZE\x10\x02\x12\x13\n\x0fTASK_KIND_SERVE\x10\x03\x12\x16\n\x12TASK_KIND_LOADTEST\x10\x04*\xa0\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12TASK_STATE_PENDING\x10\x01\x12\x16\n\x12TASK_STATE_RUNNING\x10\x02\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x03\x12\x15\n\x11TASK_STATE_FAILED\x10\x04\x12\x16\n\x12TASK_STATE_STOPPED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gantry.v1.task_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_LOADTESTSNAPSHOT_HISTOGRAMSENTRY']._loaded_options = None
+  _globals['_LOADTESTSNAPSHOT_HISTOGRAMSENTRY']._serialized_options = b'8\001'
+  _globals['_LOADTESTSNAPSHOT_ERRORSENTRY']._loaded_options = None
+  _globals['_LOADTESTSNAPSHOT_ERRORSENTRY']._serialized_options = b'8\001'
+  _globals['_LOADTESTSNAPSHOT_FINISHESENTRY']._loaded_options = None
+  _globals['_LOADTESTSNAPSHOT_FINISHESENTRY']._serialized_options = b'8\001'
   _globals['_TASK_RESULTSENTRY']._loaded_options = None
   _globals['_TASK_RESULTSENTRY']._serialized_options = b'8\001'
   _globals['_TASKPROGRESS_FIGURESENTRY']._loaded_options = None
   _globals['_TASKPROGRESS_FIGURESENTRY']._serialized_options = b'8\001'
-  _globals['_TASKKIND']._serialized_start=1292
-  _globals['_TASKKIND']._serialized_end=1394
-  _globals['_TASKSTATE']._serialized_start=1397
-  _globals['_TASKSTATE']._serialized_end=1557
+  _globals['_TASKKIND']._serialized_start=2834
+  _globals['_TASKKIND']._serialized_end=2960
+  _globals['_TASKSTATE']._serialized_start=2963
+  _globals['_TASKSTATE']._serialized_end=3123
   _globals['_EVALTASKSPEC']._serialized_start=90
   _globals['_EVALTASKSPEC']._serialized_end=222
   _globals['_QUANTIZETASKSPEC']._serialized_start=225
   _globals['_QUANTIZETASKSPEC']._serialized_end=367
   _globals['_SERVETASKSPEC']._serialized_start=369
   _globals['_SERVETASKSPEC']._serialized_end=488
-  _globals['_TASK']._serialized_start=491
-  _globals['_TASK']._serialized_end=1039
-  _globals['_TASK_RESULTSENTRY']._serialized_start=985
-  _globals['_TASK_RESULTSENTRY']._serialized_end=1031
-  _globals['_TASKPROGRESS']._serialized_start=1042
-  _globals['_TASKPROGRESS']._serialized_end=1290
-  _globals['_TASKPROGRESS_FIGURESENTRY']._serialized_start=1244
-  _globals['_TASKPROGRESS_FIGURESENTRY']._serialized_end=1290
+  _globals['_LOADTESTTASKSPEC']._serialized_start=491
+  _globals['_LOADTESTTASKSPEC']._serialized_end=1000
+  _globals['_LOADMETADATA']._serialized_start=1002
+  _globals['_LOADMETADATA']._serialized_end=1044
+  _globals['_LOADTLS']._serialized_start=1046
+  _globals['_LOADTLS']._serialized_end=1145
+  _globals['_LOADPHASE']._serialized_start=1147
+  _globals['_LOADPHASE']._serialized_end=1216
+  _globals['_LOADTESTSNAPSHOT']._serialized_start=1219
+  _globals['_LOADTESTSNAPSHOT']._serialized_end=1938
+  _globals['_LOADTESTSNAPSHOT_HISTOGRAMSENTRY']._serialized_start=1738
+  _globals['_LOADTESTSNAPSHOT_HISTOGRAMSENTRY']._serialized_end=1787
+  _globals['_LOADTESTSNAPSHOT_ERRORSENTRY']._serialized_start=1789
+  _globals['_LOADTESTSNAPSHOT_ERRORSENTRY']._serialized_end=1834
+  _globals['_LOADTESTSNAPSHOT_FINISHESENTRY']._serialized_start=1836
+  _globals['_LOADTESTSNAPSHOT_FINISHESENTRY']._serialized_end=1883
+  _globals['_TASK']._serialized_start=1941
+  _globals['_TASK']._serialized_end=2538
+  _globals['_TASK_RESULTSENTRY']._serialized_start=2484
+  _globals['_TASK_RESULTSENTRY']._serialized_end=2530
+  _globals['_TASKPROGRESS']._serialized_start=2541
+  _globals['_TASKPROGRESS']._serialized_end=2832
+  _globals['_TASKPROGRESS_FIGURESENTRY']._serialized_start=2786
+  _globals['_TASKPROGRESS_FIGURESENTRY']._serialized_end=2832
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,87 @@
+"""--proto FILE -I DIR: a method of a server without reflection, its request built from the
+.proto files (a real gRPC server on 127.0.0.1 port 0 that has no reflection)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from console.loadtest.config import LoadTestConfig, LoadTestError
+from console.loadtest.runner import preflight, run_loadtest
+from tests.loadtest_target_servers import (
+    COUNT_REPLIES,
+    ECHO,
+    ECHO_PROTO,
+    GrpcTarget,
+    start_target,
+    write_protos,
+)
+
+DATA = json.dumps({"text": "hi", "times": 3, "word": {"value": "x"}})
+# SayRequest{text: "hi", times: 3, word: {value: "x"}}, encoded by hand.
+WIRE = b"\x0a\x02hi" + b"\x10\x03" + b"\x1a\x03\x0a\x01x"
+
+
+@pytest.fixture
+async def target() -> AsyncIterator[GrpcTarget]:
+    served = await start_target()
+    yield served
+    await served.stop()
+
+
+async def test_a_server_without_reflection_is_loaded_from_the_proto_files(
+    target: GrpcTarget, tmp_path: Path
+) -> None:
+    echo, include = write_protos(tmp_path)
+    with pytest.raises(LoadTestError, match="does not offer server reflection"):
+        await preflight(LoadTestConfig(target.address, method=f"{ECHO}/Say", data=DATA, rate=1))
+    say = LoadTestConfig(
+        target.address,
+        method=f"{ECHO}/Say",
+        data=DATA,
+        concurrency=1,
+        requests=4,
+        proto_files=(echo,),
+        import_paths=(include,),
+    )
+    unary = await run_loadtest(say)
+    assert unary.kind == "grpc" and not unary.streaming
+    assert unary.ok == 4 and not unary.errors
+    assert target.echo.requests == [WIRE] * 5  # the probe, then the four
+    streamed = await run_loadtest(replace(say, method=f"{ECHO}/Count", requests=2))
+    assert streamed.streaming and streamed.ok == 2 and streamed.tokens == 2 * COUNT_REPLIES
+
+
+async def test_a_method_or_message_not_in_the_files_is_named_in_one_line(
+    target: GrpcTarget, tmp_path: Path
+) -> None:
+    echo, include = write_protos(tmp_path / "good")
+    base = LoadTestConfig(target.address, rate=1, proto_files=(echo,), import_paths=(include,))
+
+    async def error(config: LoadTestConfig) -> str:
+        with pytest.raises(LoadTestError) as info:
+            await preflight(config)
+        assert "\n" not in str(info.value)
+        return str(info.value)
+
+    assert await error(replace(base, method=f"{ECHO}/Shout")) == (
+        f"unknown method {ECHO}/Shout: {ECHO} has no method Shout (its methods: Count, Say)"
+    )
+    assert await error(replace(base, method="echo.v1.Quiet/Say")) == (
+        "unknown method echo.v1.Quiet/Say: no service echo.v1.Quiet in the --proto files "
+        "(found: echo.v1.Echo)"
+    )
+    broken, _ = write_protos(
+        tmp_path / "broken", ECHO_PROTO.replace("returns (SayReply);", "returns (Missing);")
+    )
+    message = await error(replace(base, method=f"{ECHO}/Say", proto_files=(broken,)))
+    assert message.startswith("--proto: ") and '"Missing" is not defined.' in message
+    no_import = await error(replace(base, method=f"{ECHO}/Say", import_paths=()))
+    assert no_import.startswith("--proto: ") and "shared/words.proto" in no_import
+    misfit = await error(replace(base, method=f"{ECHO}/Say", data='{"nope": 1}'))
+    assert misfit.startswith(f"--data does not fit {ECHO}/Say: ")
+    assert target.echo.requests == []  # nothing was sent
