@@ -119,6 +119,28 @@ def usage_pb(usage: Usage) -> pb.Usage:
     )
 
 
+def caught_up(
+    first: Chunk, events: asyncio.Queue[Chunk | Done | Failed]
+) -> tuple[Chunk | Done, Failed | None]:
+    """`first` and the events already waiting behind it as one message: the tokens decoded
+    since the previous one (as the contract allows). One write per token costs this loop
+    more than a batched decode step costs the engine, so a loop that fell behind catches up
+    in one write instead of falling further behind; a loop that keeps up sends one token
+    a message. A failure waiting behind is handed back, to follow the merged message."""
+    if events.empty():
+        return first, None
+    text, ids = [first.text], list(first.token_ids)
+    while not events.empty():
+        event = events.get_nowait()
+        if isinstance(event, Failed):
+            return Chunk("".join(text), tuple(ids)), event
+        text.append(event.text)
+        ids.extend(event.token_ids)
+        if isinstance(event, Done):
+            return Done("".join(text), tuple(ids), event.usage), None
+    return Chunk("".join(text), tuple(ids)), None
+
+
 class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):  # type: ignore[misc]
     def __init__(
         self, model_name: str, stats: ServerStats, max_batch_size: int, max_queue_delay_ms: float
@@ -211,8 +233,12 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):  #
         # Whatever ends the RPC (cancel, deadline, a failed write) frees the place; a
         # no-op once the request is complete.
         context.add_done_callback(lambda _: engine.cancel(key))  # type: ignore[arg-type]  # stub: a class
+        held: Failed | None = None
         while True:
-            event = await events.get()
+            event = held or await events.get()
+            held = None
+            if isinstance(event, Chunk):
+                event, held = caught_up(event, events)
             if isinstance(event, Failed):
                 code = grpc.StatusCode.UNAVAILABLE if self.draining else grpc.StatusCode.INTERNAL
                 await self._fail(context, code, event.message)

@@ -58,7 +58,8 @@ class InferenceServiceServicer:
 
     def Generate(self, request, context):
         """Streams the reply as it is decoded: messages with the new tokens and their text
-        (a message's text may be empty while a possible stop string is held back), and a
+        (a message's text may be empty while a possible stop string is held back; one token
+        a message while the server keeps up, several when it catches up under load), and a
         last message with done = true and the usage. Cancelling the call, or its
         deadline passing, stops decoding.
         """
