@@ -7,16 +7,17 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gantry-installed
 PROTOS := $(wildcard protos/gantry/v1/*.proto)
 
-.PHONY: venv test lint typecheck pytest demo protos clean system-tools node-client
+.PHONY: venv test lint typecheck pytest demo protos clean system-tools node-client netbed
 
 # Programs the suite drives for real, as PROGRAM:DEBIAN-PACKAGE: tmux (the console through
 # a real pty), OpenSSH's sshd and ssh-keygen (`gantry up` through a real SSH server) and
 # Chromium (the load tester's HTML reports, opened in a real headless browser), Node.js
-# and npm (the inference contract's Node client, tests/clients/node).
+# and npm (the inference contract's Node client, tests/clients/node) and iproute2 (the
+# namespaced test bed of tests/netbed).
 # sshd is named by its path: /usr/sbin is not on every PATH. Installed with Debian's apt
 # (one update) only when missing.
 SYSTEM_TOOLS := tmux:tmux /usr/sbin/sshd:openssh-server ssh-keygen:openssh-client \
-	chromium:chromium node:nodejs npm:npm
+	chromium:chromium node:nodejs npm:npm ip:iproute2 bridge:iproute2 ss:iproute2
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +56,11 @@ pytest: venv system-tools node-client
 	$(VENV)/bin/pytest -q
 
 test: lint typecheck pytest
+
+# A 3-host namespaced test bed to try by hand (root; `python -m tests.netbed N` for N
+# hosts): Ctrl-C tears it down.
+netbed: venv system-tools
+	$(PY) -m tests.netbed
 
 demo: venv
 	$(VENV)/bin/python -m console.demo

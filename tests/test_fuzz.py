@@ -290,7 +290,9 @@ def defuse(method: str, request: Any) -> None:
         request.spec.command.append("/nonexistent/gantry-fuzz")
     if method == "StartTask":
         which = request.WhichOneof("spec")
-        if which is not None:
+        if which == "loadtest":
+            request.loadtest.target = ""  # refused: a load test names its target
+        elif which is not None:
             getattr(request, which).model_dir = "/nonexistent/gantry-fuzz-model"
     if hasattr(request, "follow"):
         request.follow = False

@@ -12,8 +12,10 @@ Conventions recognised (one folder per checkpoint):
   the step is that file's ``global_step``;
 - Megatron: ``iter_NNNNNNN`` with ``latest_checkpointed_iteration.txt`` beside them.
 
-Anything else in the folder (a tokenizer, logs, ``runs/``) is not a checkpoint. Reads the
-file system only; nothing here writes.
+Anything else in the folder (a tokenizer, logs, ``runs/``) is not a checkpoint, nor is a
+``*.saving`` folder: Gantry's trainer saves into ``stepN.saving`` and renames it to ``stepN``
+once every rank wrote its part (``agent.rank.checkpoint_save``), so such a folder is a save
+under way or one a full disk cut short. Reads the file system only; nothing here writes.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ _MEGATRON_TAG = re.compile(r"^iter_(\d+)$")
 HF_STATE = "trainer_state.json"
 DS_LATEST = "latest"
 MEGATRON_LATEST = "latest_checkpointed_iteration.txt"
+SAVING_SUFFIX = ".saving"  # agent.rank.checkpoint_save.SAVING_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -85,9 +88,9 @@ def classify(path: Path) -> Found | None:
     """What ``path`` is as a checkpoint, or None when it is not a complete one: a folder
     with nothing in it (a save cut short), a ``*_universal`` one without its ``zero/``
     (a conversion under way or failed), a tokenizer, logs... are not."""
-    if not path.is_dir():
-        return None
     name = path.name
+    if name.endswith(SAVING_SUFFIX) or name.startswith(".") or not path.is_dir():
+        return None
     if (path / "zero").is_dir():
         match = _UNIVERSAL_TAG.match(name) or _GANTRY_TAG.match(name) or _DS_TAG.match(name)
         return Found(path, UNIVERSAL, int(match.group(1)) if match else -1)

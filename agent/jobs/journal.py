@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from gantry.v1 import job_pb2
 from gantry.v1.parallelism import coordinates
 
+from agent.jobs.journal_clock import ranks_not_after
 from agent.jobs.journal_db import FILE_NAME
 from agent.jobs.journal_events import EventTables
 from agent.jobs.journal_rows import (
@@ -269,7 +270,9 @@ class Journal(EventTables):
     # --- a leader's view of its attempts' ranks ---------------------------------------------
 
     def set_attempt_ranks(self, job: str, number: int, ranks: Sequence[job_pb2.Rank]) -> None:
-        """The leader's view of the attempt's ranks on every node (replacing the last)."""
+        """The leader's view of the attempt's ranks on every node (replacing the last); a
+        peer's time ahead of this node's clock is kept to it (``journal_clock``)."""
+        ranks = ranks_not_after(ranks, time.time())
         blob = job_pb2.Attempt(ranks=ranks).SerializeToString()
         with self.transaction():
             self._db.execute(

@@ -10,7 +10,13 @@ from typing import Self
 
 from agent.jobs.journal_schema import MIGRATIONS, SCHEMA_VERSION, JournalError, statements
 
+__all__ = ["FILE_NAME", "JournalDb", "JournalWriteError"]
+
 FILE_NAME = "journal.sqlite3"
+
+
+class JournalWriteError(JournalError):
+    """A transaction could not be written (a full disk): rolled back, nothing of it kept."""
 
 
 class JournalDb:
@@ -73,9 +79,22 @@ class JournalDb:
         self._depth = 1
         try:
             yield
+        except sqlite3.Error as exc:
+            self._depth = 0
+            self._db.execute("ROLLBACK")
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                raise JournalWriteError(f"journal {self.path}: {exc}: nothing of it saved") from exc
+            raise
         except BaseException:
             self._depth = 0
             self._db.execute("ROLLBACK")
             raise
         self._depth = 0
-        self._db.execute("COMMIT")
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # SQLite may leave the transaction open after a failed COMMIT (a full disk): end
+            # it, or every later BEGIN fails even once there is space again.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise JournalWriteError(f"journal {self.path}: {exc}: nothing of it saved") from exc

@@ -1,5 +1,8 @@
 """The journal's append-only side: events (numbered by seq), tail offsets, a leader's read
-positions on its peers, and the audit trail."""
+positions on its peers, and the audit trail.
+
+A peer's event copied here is kept from running ahead of this node's clock
+(``journal_clock``)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from pathlib import Path
 
 from gantry.v1 import job_pb2
 
+from agent.jobs.journal_clock import event_not_after
 from agent.jobs.journal_db import JournalDb
 from agent.jobs.journal_rows import EVENT_COLUMNS, AuditEntry, event_from_db, set_ts
 
@@ -21,7 +25,9 @@ class EventTables(JournalDb):
 
     def append_event(self, event: job_pb2.JobEvent) -> int:
         """Stores ``event`` (its ``seq`` is ignored) and returns the new seq; sets it too."""
-        when = event.time.ToNanoseconds() / 1e9 if event.HasField("time") else time.time()
+        now = time.time()
+        event_not_after(event, now)
+        when = event.time.ToNanoseconds() / 1e9 if event.HasField("time") else now
         metrics = event.metrics.SerializeToString() if event.HasField("metrics") else None
         with self.transaction():
             cur = self._db.execute(

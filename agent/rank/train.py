@@ -322,6 +322,7 @@ def train(args: argparse.Namespace, rep: Reporter) -> int:
         data_digest=data.digest,
         tensor_parallel=layout.tensor,
         moe_aux_loss_coef=aux_coef,
+        local_rank=local_rank,
     )
     # Rank 0 only, as HF Trainer: one run folder per attempt; closing flushes the rest.
     board = open_board(logging_dir, world, log) if rank == 0 else None

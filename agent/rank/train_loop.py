@@ -12,6 +12,7 @@ from typing import Any
 
 from agent.rank.any_rank import any_rank_asked
 from agent.rank.checkpoint_request import CheckpointRequests
+from agent.rank.checkpoint_save import save_atomically, save_folder
 from agent.rank.parallel_plan import group_times
 from agent.rank.peak_memory import peak_memory_bytes
 from agent.rank.report import CollectiveClock, Reporter, memory_bytes
@@ -48,6 +49,7 @@ class LoopPlan:
     data_digest: str
     tensor_parallel: int = 1  # world_size above counts data-parallel ranks only
     moe_aux_loss_coef: float = 0.0  # the MoE gates' load-balancing loss, added to the loss
+    local_rank: int = 0  # the node's local rank 0 publishes each checkpoint saved
 
 
 @dataclass
@@ -95,7 +97,8 @@ class TrainLoop:
         self.last_loss: float | None = None
 
     def save(self, at_step: int) -> None:
-        """A DeepSpeed checkpoint tagged stepN, with the data position to resume at."""
+        """A DeepSpeed checkpoint tagged stepN, with the data position to resume at; whole or
+        absent (agent.rank.checkpoint_save): a failed save ends the rank with its cause."""
         plan = self.plan
         tag = f"step{at_step}"
         client = {
@@ -108,9 +111,9 @@ class TrainLoop:
             "data": plan.data_digest,
         }
         ckpt_dir = plan.ckpt_dir
-        self.engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client)
+        save_atomically(self.engine, ckpt_dir, tag, client, plan.local_rank)
         if plan.rank == 0 and not (ckpt_dir / CKPT_TOKENIZER).is_dir():
-            self.tokenizer.save_pretrained(str(ckpt_dir / CKPT_TOKENIZER))
+            save_folder(ckpt_dir, CKPT_TOKENIZER, lambda d: self.tokenizer.save_pretrained(str(d)))
         self.rep.checkpoint(at_step, tag, ckpt_dir / tag)
         if plan.rank == 0:
             log(f"checkpoint {ckpt_dir / tag}")

@@ -216,9 +216,25 @@ async def master_addr(led: LedJob, nodes: list[str]) -> str:
                 if ip is not None:
                     return "127.0.0.1" if ipaddress.ip_address(ip).is_loopback else ip
     hosts = {p.address.rpartition(":")[0] for p in led.peers.values() if p.address}
-    if all(h in ("127.0.0.1", "localhost", "[::1]", "") for h in hosts):
+    if all(h in LOOPBACK_HOSTS for h in hosts):
         return "127.0.0.1"
-    return socket.getfqdn()
+    return rank0_host(led.peers, nodes) or socket.getfqdn()
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "")
+
+
+def rank0_host(peers: Mapping[str, agent_service_pb2.PeerAgent], nodes: list[str]) -> str:
+    """Direct mode: the host rank 0's node is reached at (the cluster file's), which its
+    peers reach too; this machine's own name may resolve to an address they cannot reach
+    (another interface, or 127.0.1.1). "" when there is none to use."""
+    peer = peers.get(nodes[0]) if nodes else None
+    if peer is None or peer.ssh or not peer.address:
+        return ""
+    host = peer.address.rpartition(":")[0]
+    if host in LOOPBACK_HOSTS or ":" in host or host.startswith("["):
+        return ""  # IPv6 literals: left to the host's name, as before
+    return host
 
 
 def latest_path(spec: job_pb2.JobSpec) -> str:

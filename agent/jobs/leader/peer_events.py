@@ -14,6 +14,7 @@ from gantry.v1.figures import latest_metrics
 
 from agent.jobs.event_bus import MAX_BATCH, EventBus
 from agent.jobs.journal import Journal
+from agent.jobs.journal_clock import ORIGIN  # the detail naming a copy's node
 from agent.jobs.leader.peers import NodeApi
 from agent.jobs.leader.states import (
     ACTIVE_JOB_STATES,
@@ -27,7 +28,6 @@ from agent.jobs.metrics_records import phase_from_name
 
 EK = job_pb2.JobEventKind
 RS = job_pb2.RankState
-ORIGIN = "origin"  # the detail naming the node a copied event came from
 ORIGIN_SEQ = "origin_seq"  # ... and its seq there
 
 
@@ -141,3 +141,23 @@ def with_unknown_ranks(job: job_pb2.Job, nodes: Mapping[str, NodeApi]) -> job_pb
         if rank.node in lost and int(rank.state) not in ENDED_RANK_STATES:
             rank.unknown_since.FromNanoseconds(int(lost[rank.node] * 1e9))
     return marked
+
+
+def mark_unreachable(attempt: job_pb2.Attempt, node: str, why: str, since_s: float) -> None:
+    """The ranks of `node` that had not ended when the leader lost it: their state unknown
+    (not running: nobody can say), since when, and why."""
+    for rank in attempt.ranks:
+        if rank.node == node and int(rank.state) not in ENDED_RANK_STATES:
+            rank.state = RS.RANK_STATE_UNSPECIFIED
+            if not rank.HasField("unknown_since"):
+                rank.unknown_since.FromNanoseconds(int(since_s * 1e9))
+            rank.reason = why
+
+
+def failure_with_unreachable(failure: str, unreachable: list[str]) -> str:
+    """An attempt's reason, the nodes the leader could not reach named first."""
+    if not unreachable:
+        return failure
+    nodes = ", ".join(unreachable)
+    verb = "is" if len(unreachable) == 1 else "are"
+    return f"{nodes} {verb} unreachable (partitioned or down); {failure}"

@@ -38,6 +38,9 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
 # Channels to one address share one connection, and its backoff, unless told otherwise:
 # each new event stream gets a connection of its own, tried at once.
 STREAM_CHANNEL_OPTIONS = (*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1))
+# Channels given up after an unreachable peer, kept open for the calls still on them; the
+# oldest beyond this many are closed (their calls ended by their deadlines long since).
+MAX_RETIRED_CHANNELS = 4
 
 # How this agent calls its peers: its certificate (mutual TLS; None: plain channels) and
 # the name it gives for their audit trails. One agent per process, so one setting per
@@ -188,6 +191,8 @@ class RemoteNode:
         self._channel: grpc.aio.Channel | None = None
         self._channel_address = ""
         self._lost_since: float | None = None
+        self._retired: list[grpc.aio.Channel] = []  # see _retire_channel
+        self._closing: set[asyncio.Future[None]] = set()
 
     def lost_since(self) -> float | None:
         return self._lost_since
@@ -244,6 +249,7 @@ class RemoteNode:
                 error = _translate(exc, self.name, self._where())
                 if isinstance(error, NodeUnreachable):
                     self._lost()
+                    self._retire_channel()
                 raise error from None
             except NodeUnreachable:
                 self._lost()
@@ -270,7 +276,10 @@ class RemoteNode:
         if self._channel is None or address != self._channel_address:
             if self._channel is not None:
                 await self._channel.close(None)
-            self._channel = self._open(address, CHANNEL_OPTIONS)
+            # After a retirement, a connection of its own: channels to one address share
+            # one otherwise, and the retired channel's would be reused.
+            options = STREAM_CHANNEL_OPTIONS if self._retired else CHANNEL_OPTIONS
+            self._channel = self._open(address, options)
             self._channel_address = address
         return agent_service_pb2_grpc.AgentServiceStub(self._channel)
 
@@ -283,6 +292,21 @@ class RemoteNode:
             return await self._forward.local_ip()
         except PeerSshError as exc:
             raise NodeUnreachable(f"{self.name}'s agent: {exc}") from None
+
+    def _retire_channel(self) -> None:
+        """After a call found the peer unreachable, the next one opens a new connection:
+        the old one may sit on a link that was cut and healed since, where gRPC notices
+        only at its next keepalive (seconds later) and fails the calls sent on it. Calls
+        still running on it end by their deadlines; it is closed later."""
+        if self._channel is None:
+            return
+        self._retired.append(self._channel)
+        self._channel = None
+        while len(self._retired) > MAX_RETIRED_CHANNELS:
+            old = self._retired.pop(0)
+            task = asyncio.ensure_future(old.close(None))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     def _where(self) -> str:
         if self._forward is not None:
@@ -358,5 +382,8 @@ class RemoteNode:
         if self._channel is not None:
             await self._channel.close(None)
             self._channel = None
+        for channel in self._retired:
+            await channel.close(None)
+        self._retired.clear()
         if self._forward is not None:
             await self._forward.close()

@@ -9,12 +9,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from gantry.v1 import agent_service_pb2, job_pb2
 
 from agent.jobs.event_bus import MAX_BATCH
+from agent.jobs.journal_db import JournalWriteError
 from agent.jobs.leader.led_job import STOP_GRACE_S, Command, LedJob, Outcome
-from agent.jobs.leader.peer_events import PeerLedger, Tally
+from agent.jobs.leader.peer_events import (
+    PeerLedger,
+    Tally,
+    failure_with_unreachable,
+    mark_unreachable,
+)
 from agent.jobs.leader.peers import NodeRefused, NodeUnreachable
 from agent.jobs.leader.preemption import Preempting
 from agent.jobs.leader.states import AttemptEdge
@@ -22,6 +29,7 @@ from agent.jobs.leader.store import LeaderStore
 
 log = logging.getLogger("gantry.agent")
 EK = job_pb2.JobEventKind
+JOURNAL_RETRY_S = 1.0  # a peer's event the journal could not take is tried again this soon
 
 
 async def watch_attempt(
@@ -90,7 +98,11 @@ async def watch_attempt(
                 if _told_already(store, event):
                     ledger.skip(name, node, event)
                 else:
-                    ledger.copy(name, node, event)
+                    copied = await _copy(ledger, name, node, event)
+                    # The tally reads the leader's clock too (agent.jobs.journal_clock).
+                    event.time.CopyFrom(copied.time)
+                    if event.HasField("metrics"):
+                        event.metrics.time.CopyFrom(copied.metrics.time)
             tally.add(event)
             preempting, request = _on_preemption(store, led, attempt, preempting, event)
             if request:
@@ -100,10 +112,13 @@ async def watch_attempt(
                     asking.add_done_callback(asks.discard)
         if edge is AttemptEdge.ALL_EXITED_OK:
             return Outcome.SUCCEEDED, "every rank exited 0", None
-        await stop_attempt(led, attempt, STOP_GRACE_S)
-        told = (EK.JOB_EVENT_KIND_ATTEMPT_FAILED, tally.failure)
-        store.attempt_edge(name, attempt.number, edge, tally.failure, told, attempt.ranks)
-        return Outcome.FAILED, tally.failure, None
+        unreachable = await stop_attempt(led, attempt, STOP_GRACE_S)
+        # A partitioned node's ranks fail nowhere the leader can hear; the ranks it hears
+        # fail on a collective's timeout: the node it cannot reach is the cause to name.
+        failure = failure_with_unreachable(tally.failure, unreachable)
+        told = (EK.JOB_EVENT_KIND_ATTEMPT_FAILED, failure)
+        store.attempt_edge(name, attempt.number, edge, failure, told, attempt.ranks)
+        return Outcome.FAILED, failure, None
     finally:
         for ask in asks:
             ask.cancel()
@@ -184,6 +199,23 @@ async def _preempted(
     return Outcome.PREEMPTED, reason, None
 
 
+async def _copy(
+    ledger: PeerLedger, name: str, node: str, event: job_pb2.JobEvent
+) -> job_pb2.JobEvent:
+    """A peer's event into the journal; while the journal cannot be written (a full disk)
+    it is tried again each second, said once in the log: the peer's read position is not
+    moved, so nothing is lost, and the leader stays alive."""
+    said = False
+    while True:
+        try:
+            return ledger.copy(name, node, event)
+        except JournalWriteError as exc:
+            if not said:
+                log.error("job %s: %s; retrying each second", name, exc)
+                said = True
+            await asyncio.sleep(JOURNAL_RETRY_S)
+
+
 def _told_already(store: LeaderStore, event: job_pb2.JobEvent) -> bool:
     """A peer's CHECKPOINT_SAVED for a checkpoint another node's rank already reported:
     each node tells its first rank's save, the job's timeline one per checkpoint."""
@@ -191,23 +223,44 @@ def _told_already(store: LeaderStore, event: job_pb2.JobEvent) -> bool:
     return event.kind == kind and store.journal.checkpoint_told(event)
 
 
-async def stop_attempt(led: LedJob, attempt: job_pb2.Attempt, grace_s: float) -> None:
-    """Every node stops the attempt's ranks; their last states go into ``attempt``."""
+async def stop_attempt(led: LedJob, attempt: job_pb2.Attempt, grace_s: float) -> list[str]:
+    """Every node stops the attempt's ranks; their last states go into ``attempt``. A node
+    that does not answer a ping is not waited on (a stop's deadline is far longer): its
+    ranks are marked unreachable. Returns those nodes."""
     request = agent_service_pb2.StopRanksRequest(
         job_name=led.name, attempt=attempt.number, grace_s=grace_s
     )
     nodes = sorted({r.node for r in attempt.ranks})
+    unreachable: list[str] = []
 
     async def stop_one(node: str) -> None:
+        api = led.nodes[node]
+        stopping = asyncio.create_task(api.stop_ranks(request))
+        pinging = asyncio.create_task(api.ping())
         try:
-            reply = await led.nodes[node].stop_ranks(request)
-        except (NodeUnreachable, NodeRefused) as exc:
+            # Until the stop is answered, or either call fails (a ping that fails first
+            # gives the stop up).
+            await asyncio.wait({stopping, pinging}, return_when=asyncio.FIRST_EXCEPTION)
+            if not stopping.done():
+                pinging.result()
+            reply = stopping.result()
+        except NodeUnreachable as exc:
+            log.warning("job %s: stopping ranks on %s: %s", led.name, node, exc)
+            unreachable.append(node)
+            mark_unreachable(attempt, node, str(exc), api.lost_since() or time.time())
+            return
+        except NodeRefused as exc:
             log.warning("job %s: stopping ranks on %s: %s", led.name, node, exc)
             return
+        finally:
+            for task in (stopping, pinging):
+                task.cancel()
+            await asyncio.gather(stopping, pinging, return_exceptions=True)
         for rank in reply.ranks:
             merge_rank(attempt, rank)
 
     await asyncio.gather(*(stop_one(n) for n in nodes if n in led.nodes))
+    return sorted(unreachable)
 
 
 def merge_rank(attempt: job_pb2.Attempt, rank: job_pb2.Rank) -> None:
