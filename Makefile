@@ -17,7 +17,7 @@ PROTOS := $(wildcard protos/gantry/v1/*.proto)
 # sshd is named by its path: /usr/sbin is not on every PATH. Installed with Debian's apt
 # (one update) only when missing.
 SYSTEM_TOOLS := tmux:tmux /usr/sbin/sshd:openssh-server ssh-keygen:openssh-client \
-	chromium:chromium node:nodejs npm:npm ip:iproute2 bridge:iproute2 ss:iproute2
+	chromium:chromium node:nodejs npm:npm ip:iproute2 bridge:iproute2 ss:iproute2 nft:nftables
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -16,10 +16,11 @@ def slug(target: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", target.split("://")[-1]).strip("-")[:60] or "target"
 
 
-def save_report(report: Report, dir: Path = DEFAULT_DIR, now: datetime | None = None) -> Path:
+def new_report_path(dir: Path, target: str, now: datetime | None = None, suffix: str = "") -> Path:
+    """A free file under `dir` (created), named by the time and the target."""
     dir.mkdir(parents=True, exist_ok=True)
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
-    base = f"{stamp}-{slug(report.target)}"
+    base = f"{stamp}-{slug(target)}{suffix}"
     path = dir / f"{base}.json"
     n = 1
     while path.exists():
@@ -27,6 +28,11 @@ def save_report(report: Report, dir: Path = DEFAULT_DIR, now: datetime | None = 
         # ("-2" sorted before it, and the slug may end in "-<port>" anyway).
         n += 1
         path = dir / f"{base}~{n:03d}.json"
+    return path
+
+
+def save_report(report: Report, dir: Path = DEFAULT_DIR, now: datetime | None = None) -> Path:
+    path = new_report_path(dir, report.target, now)
     write_report(report, path)
     return path
 

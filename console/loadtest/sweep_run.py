@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from console.loadtest.cluster_workers import NodeTasks
@@ -22,7 +22,7 @@ from console.loadtest.config import DEFAULT_DURATION_S, LoadTestConfig
 from console.loadtest.progress import Progress
 from console.loadtest.report import Report
 from console.loadtest.runner import run_loadtest
-from console.loadtest.store import DEFAULT_DIR, slug
+from console.loadtest.store import DEFAULT_DIR, new_report_path
 from console.loadtest.sweep import CapacitySearch, Slo, Step, StepFigures, SweepReport
 
 PROBE_MAX_S = 5.0
@@ -120,14 +120,7 @@ def write_sweep(sweep: SweepReport, path: Path) -> None:
 
 def save_sweep(sweep: SweepReport, dir: Path = SWEEPS_DIR, now: datetime | None = None) -> Path:
     """Under .gantry/loadtests/sweeps/, named by time and target as single runs are."""
-    dir.mkdir(parents=True, exist_ok=True)
-    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
-    base = f"{stamp}-{slug(sweep.target)}-sweep"
-    path = dir / f"{base}.json"
-    n = 1
-    while path.exists():
-        n += 1
-        path = dir / f"{base}~{n:03d}.json"
+    path = new_report_path(dir, sweep.target, now, suffix="-sweep")
     write_sweep(sweep, path)
     return path
 
