@@ -1,11 +1,11 @@
 """Issue 19, the partition fault, on the namespaced test bed (tests/netbed): a node's link
-cut while its ranks are mid-step, and the console's link to a node cut while a job runs.
+cut while its ranks are mid-step (tests/netbed/scenarios.py: partition_scenario, which
+bench/faults.py runs too), and the console's link to a node cut while a job runs.
 Needs root (CI runs as root): without it the bed fails with one line saying so."""
 
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 
@@ -13,95 +13,39 @@ from tests.netbed.bed import Netbed
 from tests.netbed.fixture import netbed, netbed_faults_undone  # noqa: F401
 from tests.netbed.jobs import (
     barrier_spec,
+    checkpoint_step,
     cli,
-    cluster_of,
-    last_attempt,
+    launch,
     min_step,
     state,
     wait_report,
 )
+from tests.netbed.scenarios import PARTITION_COLLECTIVE_TIMEOUT_S, STOP_EXTRA_S, partition_scenario
 
-COLLECTIVE_TIMEOUT_S = 4.0
-STOP_BOUND_S = COLLECTIVE_TIMEOUT_S + 5  # the issue's bound
-
-
-def resumed_step(bed: Netbed, name: str, rank: int) -> int:
-    """The step the latest attempt's `rank` says it resumed at (its log's first line)."""
-    code, out = cli(["--cluster", str(bed.cluster_file), "logs", name, "--rank", str(rank)])
-    assert code == 0, out
-    match = re.search(r"resumed at (\d+)", out)
-    assert match, out
-    return int(match.group(1))
-
-
-def checkpoint_step(latest: Path) -> int:
-    """The step `latest` names (0: none yet)."""
-    try:
-        return int(latest.read_text().strip().removeprefix("step"))
-    except (OSError, ValueError):
-        return 0
-
-
-def launch(bed: Netbed, spec: Path) -> None:
-    code, out = cli(["--cluster", str(bed.cluster_file), "launch", str(spec)])
-    assert code == 0, out
+COLLECTIVE_TIMEOUT_S = PARTITION_COLLECTIVE_TIMEOUT_S
+STOP_BOUND_S = COLLECTIVE_TIMEOUT_S + STOP_EXTRA_S  # the issue's bound
 
 
 def test_partitioned_node_stops_every_rank_and_a_restart_resumes(
     netbed: Netbed,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    name = "partition"
-    launch(netbed, barrier_spec(netbed, tmp_path, name, COLLECTIVE_TIMEOUT_S))
-    # Past the second checkpoint (step 10): every rank is mid-step when the link goes.
-    wait_report(netbed, name, lambda r: min_step(r) >= 12, 60, "step 12 on every rank")
-    assert sorted(netbed.rank_pids(name)) == ["node-1", "node-2", "node-3"]
-    cut_node = netbed.host("node-3")
-    netbed.cut(cut_node, max_s=60)
-    cut_at = time.monotonic()
-    while netbed.rank_pids(name) and time.monotonic() - cut_at < STOP_BOUND_S + 10:
-        time.sleep(0.1)
-    stopped_s = time.monotonic() - cut_at
-    print(f"partition_to_all_stopped_s={stopped_s:.2f}")
-    assert not netbed.rank_pids(name), "ranks still running after the partition"
-    assert stopped_s <= STOP_BOUND_S, f"{stopped_s:.1f}s > collective timeout + 5 s"
-    saved_step = checkpoint_step(tmp_path / "ckpt" / "latest")
-    saved = f"step{saved_step}"
+    seen = partition_scenario(netbed, tmp_path, COLLECTIVE_TIMEOUT_S)
+    print(f"partition_to_all_stopped_s={seen.stopped_s:.2f}")
+    assert not seen.ranks_left, f"ranks still running after the partition: {seen.ranks_left}"
+    assert seen.stopped_s <= STOP_BOUND_S, f"{seen.stopped_s:.1f}s > collective timeout + 5 s"
 
-    # Still cut: asked of the leader alone (a console asking node-3 waits out its timeout).
-    leader_only = cluster_of(netbed, ["node-1"])
-    report = wait_report(
-        netbed,
-        name,
-        lambda r: state(r) == "JOB_STATE_FAILED",
-        30,
-        "the attempt's failure",
-        leader_only,
-    )
-    attempt = last_attempt(report)
+    attempt = seen.failed
     assert "node-3" in attempt["reason"] and "unreachable" in attempt["reason"], attempt
     lost = [r for r in attempt["ranks"] if r["node"] == "node-3"]
     assert lost and all(r.get("state") != "RANK_STATE_RUNNING" for r in lost), lost
     assert all("unknownSince" in r and "unreachable" in r.get("reason", "") for r in lost)
 
-    netbed.heal(cut_node)
-    code, out = cli(["--cluster", str(netbed.cluster_file), "restart", name])
-    assert code == 0, out
-    report = wait_report(
-        netbed,
-        name,
-        lambda r: len(r["job"].get("attempts", [])) == 2 and min_step(r) >= saved_step + 2,
-        60,
-        "the second attempt's steps",
-    )
-    resumed = last_attempt(report)
-    assert resumed["resumedFrom"] == str(tmp_path / "ckpt" / saved), resumed
+    resumed = seen.resumed
+    assert resumed["resumedFrom"] == str(seen.checkpoint_dir / f"step{seen.saved_step}"), resumed
     # No step lost beyond the checkpoint: every rank went on from the step it holds.
-    resumed_at = [resumed_step(netbed, name, rank) for rank in range(3)]
-    steps_lost = max(saved_step - at for at in resumed_at)
-    print(f"partition_steps_lost={steps_lost}")
-    assert resumed_at == [saved_step] * 3, resumed_at
-    assert cli(["--cluster", str(netbed.cluster_file), "stop", name])[0] == 0
+    print(f"partition_steps_lost={seen.steps_lost}")
+    assert seen.resumed_at == [seen.saved_step] * 3, seen.resumed_at
 
 
 def test_console_cut_from_a_node_shows_it_lost_and_the_job_goes_on(
@@ -118,8 +62,8 @@ def test_console_cut_from_a_node_shows_it_lost_and_the_job_goes_on(
     nodes = {n["name"]: n for n in json.loads(out)["nodes"]}
     assert nodes["node-2"]["state"] != "live", nodes["node-2"]
     assert nodes["node-1"]["state"] == nodes["node-3"]["state"] == "live"
-    # The job's own progress, read where the ranks write it (every console call that asks
-    # node-2 waits out its timeout): two more checkpoints while node-2 is cut.
+    # The job's own progress, read where the ranks write it: two more checkpoints while
+    # node-2 is cut.
     latest = tmp_path / "ckpt" / "latest"
     before = checkpoint_step(latest)
     deadline = time.monotonic() + 30

@@ -40,12 +40,28 @@ LINK_OPTIONS: tuple[ChannelOption, ...] = (
     *CHANNEL_OPTIONS,
     ("grpc.use_local_subchannel_pool", 1),
 )
+# A call on a channel still connecting waits for the connection (20 s when the node's
+# packets are dropped): the verbs wait this long for it, once (see `AgentLink.reachable`).
+CONNECT_DEADLINE_S = 5.0
+CONNECT_POLL_MIN_S, CONNECT_POLL_MAX_S = 0.002, 0.1
+LOST_AFTER_S = 2.0  # a connection that fails only after this long: lost, not refused
 # A 1,024-rank job makes hundreds of calls a second: the token (and TLS) files are read
 # at most this often per agent, so a rotated token is picked up within it.
 TOKEN_REREAD_S = 5.0
 # Who is operating: recorded by the agents with every job verb (audit trail, events).
 OPERATOR_METADATA_KEY = "x-gantry-operator"
 OPERATOR_ENV = "GANTRY_OPERATOR"
+
+
+_READY = grpc.ChannelConnectivity.READY
+# States in which a call does not wait for a connection.
+_SETTLED = frozenset(
+    {
+        _READY,
+        grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+        grpc.ChannelConnectivity.SHUTDOWN,
+    }
+)
 
 
 def auth_metadata(token: str) -> Metadata:
@@ -88,6 +104,11 @@ def describe_rpc_error(exc: grpc.aio.AioRpcError, *, tls: bool = False) -> str:
     return f"{code.name.lower()}: {exc.details()}"
 
 
+def lost_reason(deadline_s: float = CONNECT_DEADLINE_S) -> str:
+    """The line for an agent whose connection did not come up within `deadline_s`."""
+    return f"agent unreachable (no connection within {deadline_s:g}s)"
+
+
 def _is_tls_failure(details: str) -> bool:
     lowered = details.lower()
     return any(word in lowered for word in ("handshake", "ssl", "certificate", "tls"))
@@ -127,6 +148,7 @@ class AgentLink:
         self._lock: asyncio.Lock | None = None
         self._metadata: Metadata = ()
         self._read_at: float | None = None
+        self._lost = False  # its connection did not come up within a connect deadline
 
     @property
     def tls(self) -> bool:
@@ -172,6 +194,36 @@ class AgentLink:
                 # Once per channel, not per call: a stub builds a callable per method.
                 self._stub = agent_service_pb2_grpc.AgentServiceStub(self._channel)
             return self._stub
+
+    async def reachable(self, deadline_s: float = CONNECT_DEADLINE_S) -> bool:
+        """False when the channel has not connected within `deadline_s`, or failed only
+        after seconds (a call on it would wait out its own timeout); once so found, False
+        at once until the channel, which goes on trying in the background, is ready. True
+        also when the connection was refused at once: a call then fails with its reason.
+
+        Raises ClusterFileError when a TLS file cannot be read.
+        """
+        await self.stub()
+        channel = self._channel
+        assert channel is not None
+        state = channel.get_state(try_to_connect=True)
+        if state is not _READY and self._lost:
+            return False
+        # Polled: a cancelled wait_for_state_change leaves gRPC a callback for a loop that
+        # may be closed by the time the channel changes.
+        began = time.monotonic()
+        pause_s = CONNECT_POLL_MIN_S
+        while state not in _SETTLED and time.monotonic() - began < deadline_s:
+            await asyncio.sleep(pause_s)
+            pause_s = min(2 * pause_s, CONNECT_POLL_MAX_S)
+            state = channel.get_state(try_to_connect=True)
+        # A refusal comes at once; a connection that failed only after seconds (a TLS
+        # handshake whose packets are dropped gives up after ~5 s) is a lost node too.
+        waited_s = time.monotonic() - began
+        self._lost = state is not _READY and (
+            state not in _SETTLED or waited_s >= min(LOST_AFTER_S, deadline_s)
+        )
+        return not self._lost
 
     async def close(self) -> None:
         """Closes the channel (its calls end cancelled); the next use opens a new one."""

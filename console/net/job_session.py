@@ -25,7 +25,7 @@ import grpc
 from gantry.v1 import agent_service_pb2, agent_service_pb2_grpc, job_pb2
 
 from console.model.jobs import EK, RANK_HISTORY, JobsStore, JobView
-from console.net.agent_link import AgentLinks, Metadata, describe_rpc_error
+from console.net.agent_link import AgentLinks, Metadata, describe_rpc_error, lost_reason
 from console.net.backoff import Backoff
 from console.net.cluster_file import ClusterFileError, NodeTarget
 
@@ -151,6 +151,8 @@ class JobsSession:
         async def ask(node: str) -> list[tuple[str, job_pb2.Job]] | str:
             try:
                 stub, metadata = await self._stub(node)
+                if not await self.links.link(self._by_name[node]).reachable():
+                    return f"{node}: {lost_reason()}"  # not waited on again while lost
                 reply = await stub.ListJobs(
                     agent_service_pb2.ListJobsRequest(), metadata=metadata, timeout=RPC_TIMEOUT_S
                 )

@@ -13,7 +13,13 @@ from gantry.v1 import agent_service_pb2, agent_service_pb2_grpc, job_pb2
 from gantry.v1.job_tokens import scoped_for
 
 from console.net.agent_client import unreachable_reason
-from console.net.agent_link import AgentLinks, Metadata, describe_rpc_error
+from console.net.agent_link import (
+    CONNECT_DEADLINE_S,
+    AgentLinks,
+    Metadata,
+    describe_rpc_error,
+    lost_reason,
+)
 from console.net.cluster_file import ClusterFileError, NodeTarget
 from console.net.follow import until_ended
 
@@ -93,11 +99,16 @@ class AgentCalls:
         self, target: NodeTarget
     ) -> tuple[agent_service_pb2_grpc.AgentServiceStub, Metadata]:
         """The target's stub and call metadata; a file that cannot be read: JobCommandError,
-        unless the agent cannot be reached anyway (AgentUnreachable: that comes first)."""
+        unless the agent cannot be reached anyway (AgentUnreachable: that comes first). An
+        agent not connected within the connect deadline: AgentUnreachable, once waited for
+        per client (its calls would each wait out their timeouts)."""
         link = self.links.link(target)
         try:
             metadata = link.metadata()
-            return await link.stub(), metadata
+            stub = await link.stub()
+            if not await link.reachable(CONNECT_DEADLINE_S):
+                raise AgentUnreachable(f"{target.name}: {lost_reason(CONNECT_DEADLINE_S)}")
+            return stub, metadata
         except ClusterFileError as exc:
             why = await unreachable_reason(link, PROBE_TIMEOUT_S)
             if why:

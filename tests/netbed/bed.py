@@ -9,6 +9,7 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -108,8 +109,13 @@ class Netbed:
         self, key: tuple[str, str], do: list[list[str]], undo: list[list[str]], max_s: float
     ) -> None:
         self._undo(key)
-        for cmd in do:
-            ip(cmd)
+        try:
+            for cmd in do:
+                ip(cmd)
+        except BaseException:
+            for cmd in undo:  # what the failed command's predecessors did
+                ip(cmd, check=False)
+            raise
         timer = threading.Timer(max_s, self._undo, args=(key,))
         timer.daemon = True
         with self._lock:
@@ -136,8 +142,38 @@ class Netbed:
         )
 
     def heal(self, host: Host) -> None:
-        """Undoes the link fault on `host` (cut, delay, loss)."""
-        self._undo((host.name, "link"))
+        """Undoes every link fault on `host` (cut, delay, loss, throttle, drop)."""
+        for fault in ("link", "rate", "drop"):
+            self._undo((host.name, fault))
+
+    def throttle(
+        self, host: Host, rate: str = "20mbit", max_s: float = DEFAULT_FAULT_MAX_S
+    ) -> None:
+        """`host`'s link slowed to `rate` each way (tc tbf on both ends of its veth): the
+        slow link of a kernel without netem. `unthrottle` or `heal` undoes it."""
+        do = p.throttle_commands(self.plan, host.plan, rate)
+        self._apply((host.name, "rate"), do, p.clear_commands(self.plan, host.plan), max_s)
+
+    def unthrottle(self, host: Host) -> None:
+        self._undo((host.name, "rate"))
+
+    def drop(self, host: Host, pct: float, max_s: float = DEFAULT_FAULT_MAX_S) -> None:
+        """`pct` % of the packets across `host`'s link dropped at random, each way (nftables
+        in its namespace; needs no netem). `undrop` or `heal` undoes it."""
+        if shutil.which("nft") is None:
+            raise NetbedError(
+                "nft is missing (random loss needs nftables): apt-get install nftables"
+            )
+        do = p.drop_commands(host.plan, pct)
+        self._apply((host.name, "drop"), do, p.undrop_commands(host.plan), max_s)
+
+    def undrop(self, host: Host) -> None:
+        self._undo((host.name, "drop"))
+
+    def dropped_packets(self, host: Host) -> int:
+        """What `drop` has dropped on `host` so far (0 when no drop is on)."""
+        listing = host.run(["nft", "list", "table", "inet", p.LOSS_TABLE])
+        return p.dropped_packets(listing.stdout) if listing.returncode == 0 else 0
 
     def has_netem(self) -> bool:
         """Whether this kernel has sch_netem (delay and loss need it; cut does not)."""

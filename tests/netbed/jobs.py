@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -103,3 +104,30 @@ def min_step(report: Report) -> int:
     """The lowest step the last attempt's ranks reported (0: one has reported none)."""
     ranks = last_attempt(report).get("ranks", [])
     return min((int(r.get("metrics", {}).get("step", 0)) for r in ranks), default=0)
+
+
+def launch(bed: Netbed, spec: Path) -> None:
+    code, out = cli(["--cluster", str(bed.cluster_file), "launch", str(spec)])
+    assert code == 0, out
+
+
+def stop(bed: Netbed, name: str) -> None:
+    code, out = cli(["--cluster", str(bed.cluster_file), "stop", name])
+    assert code == 0, out
+
+
+def checkpoint_step(latest: Path) -> int:
+    """The step `latest` names (0: none yet)."""
+    try:
+        return int(latest.read_text().strip().removeprefix("step"))
+    except (OSError, ValueError):
+        return 0
+
+
+def resumed_step(bed: Netbed, name: str, rank: int) -> int:
+    """The step the latest attempt's `rank` says it resumed at (its log's first line)."""
+    code, out = cli(["--cluster", str(bed.cluster_file), "logs", name, "--rank", str(rank)])
+    assert code == 0, out
+    match = re.search(r"resumed at (\d+)", out)
+    assert match, out
+    return int(match.group(1))

@@ -190,7 +190,8 @@ def teardown_commands(plan: BedPlan) -> list[list[str]]:
     ]
 
 
-# -- faults: the bridge's port state (cut), tc netem on both ends (delay, loss) -----------
+# -- faults: the bridge's port state (cut), tc netem (delay, loss) or tbf (throttle) on
+# both ends, nftables (drop) -------------------------------------------------------------
 
 
 def _both_ends(plan: BedPlan, host: HostPlan) -> list[list[str]]:
@@ -221,7 +222,7 @@ def netem_commands(
 
 
 def clear_commands(plan: BedPlan, host: HostPlan) -> list[list[str]]:
-    """Removes any netem from both ends (the default qdisc comes back)."""
+    """Removes any netem or tbf from both ends (the default qdisc comes back)."""
     return [
         ["ip", "netns", "exec", host.ns, "tc", "qdisc", "del", "dev", HOST_IFACE, "root"],
         [
@@ -237,6 +238,70 @@ def clear_commands(plan: BedPlan, host: HostPlan) -> list[list[str]]:
             "root",
         ],
     ]
+
+
+RATE_RE = re.compile(r"\d+(\.\d+)?(bit|kbit|mbit|gbit)\Z")
+# tbf's bucket: at least a few full frames; its queue: a second at the rate (a slow link
+# queues, it does not drop what a deeper buffer would carry).
+TBF_BURST = "64kb"
+TBF_LATENCY = "1s"
+LOSS_TABLE = f"{PREFIX}_loss"
+
+
+def throttle_commands(plan: BedPlan, host: HostPlan, rate: str) -> list[list[str]]:
+    """A token bucket (tc tbf) at `rate` on both ends of `host`'s veth: what it sends and
+    what it receives pass at `rate` each way (this kernel's netem-free slow link)."""
+    if not RATE_RE.match(rate):
+        raise PlanError(f"rate {rate!r}: write it as tc does, e.g. 20mbit, 500kbit, 1gbit")
+    tbf = ["root", "tbf", "rate", rate, "burst", TBF_BURST, "latency", TBF_LATENCY]
+    return [[*end, *tbf] for end in _both_ends(plan, host)]
+
+
+def drop_commands(host: HostPlan, pct: float) -> list[list[str]]:
+    """nftables in `host`'s namespace drops `pct` % of what crosses its eth0, at random, each
+    way (a round trip loses about twice that); lo is untouched. Undone by `undrop_commands`."""
+    if not 0 < pct <= 100:
+        raise PlanError(f"loss {pct} %: a random loss is over 0 and at most 100 %")
+    per_mille = round(pct * 10)
+    nft = ["ip", "netns", "exec", host.ns, "nft"]
+    # nft's numgen draws 0..999: "< 1000" is out of its range, and 100 % needs no draw.
+    chance = ["numgen", "random", "mod", "1000", "<", str(per_mille)] if per_mille < 1000 else []
+    cmds = [[*nft, "add", "table", "inet", LOSS_TABLE]]
+    for chain, hook, match in (("in", "input", "iifname"), ("out", "output", "oifname")):
+        cmds += [
+            [
+                *nft,
+                "add",
+                "chain",
+                "inet",
+                LOSS_TABLE,
+                chain,
+                f"{{ type filter hook {hook} priority 0; policy accept; }}",
+            ],
+            [
+                *nft,
+                "add",
+                "rule",
+                "inet",
+                LOSS_TABLE,
+                chain,
+                match,
+                HOST_IFACE,
+                *chance,
+                "counter",
+                "drop",
+            ],
+        ]
+    return cmds
+
+
+def dropped_packets(table_listing: str) -> int:
+    """The packets the loss rules dropped, from `nft list table inet LOSS_TABLE`."""
+    return sum(int(n) for n in re.findall(r"counter packets (\d+)", table_listing))
+
+
+def undrop_commands(host: HostPlan) -> list[list[str]]:
+    return [["ip", "netns", "exec", host.ns, "nft", "delete", "table", "inet", LOSS_TABLE]]
 
 
 def port_state_commands(plan: BedPlan, host: HostPlan, cut: bool) -> list[list[str]]:

@@ -78,6 +78,7 @@ def rank_env(
     metrics_path: Path,
     gpus: Sequence[int],
     heartbeat_s: float,
+    socket_ifname: str | None = None,
 ) -> dict[str, str]:
     """The agent's environment, then the job's ``env``, then what Gantry itself decides.
 
@@ -105,6 +106,8 @@ def rank_env(
     if spec.HasField("parallelism"):  # Gantry's trainer reads its sizes from these
         env["GANTRY_TENSOR_PARALLEL"] = str(spec.parallelism.tensor or 1)
         env["GANTRY_EXPERT_PARALLEL"] = str(spec.parallelism.expert or 1)
+    if socket_ifname and "GLOO_SOCKET_IFNAME" not in env:
+        env["GLOO_SOCKET_IFNAME"] = socket_ifname  # agent.jobs.node.route_iface says why
     if spec.collective_timeout_s > 0:
         env["GANTRY_COLLECTIVE_TIMEOUT_S"] = f"{spec.collective_timeout_s:g}"
     if env.get(INSTRUMENT_ENV, "1") != "0":

@@ -50,6 +50,7 @@ from agent.jobs.node.rank_progress import read_progress
 from agent.jobs.node.rank_start import new_rank_row, spawn_rank, write_ds_config
 from agent.jobs.node.rank_states import TERMINAL_RANK_STATES, RankEdge, RankState
 from agent.jobs.node.readopt import readopt_ranks
+from agent.jobs.node.route_iface import interface_to
 from agent.jobs.node.standby import Standbys
 from agent.jobs.node.tailer import MAX_READ_BYTES
 
@@ -177,6 +178,7 @@ class LocalSupervisor:
 
         argv = rank_argv(spec, resume_from, ds_config)
         cwd = spec.working_dir or os.getcwd()
+        ifname = interface_to(master_addr)
         started: list[job_pb2.Rank] = []
         for row in rows:
             env = rank_env(
@@ -192,6 +194,7 @@ class LocalSupervisor:
                 metrics_path=Path(row.metrics_path),
                 gpus=gpus,
                 heartbeat_s=self.heartbeat_s,
+                socket_ifname=ifname,
             )
             started.append(self._spawn(row, Launch(argv, env, cwd), spec))
         return started
