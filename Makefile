@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gantry-installed
 PROTOS := $(wildcard protos/gantry/v1/*.proto)
 
-.PHONY: venv test lint typecheck pytest demo protos clean system-tools node-client netbed
+.PHONY: venv test lint typecheck pytest demo protos clean system-tools node-client netbed test-faults
 
 # Programs the suite drives for real, as PROGRAM:DEBIAN-PACKAGE: tmux (the console through
 # a real pty), OpenSSH's sshd and ssh-keygen (`gantry up` through a real SSH server) and
@@ -56,6 +56,11 @@ pytest: venv system-tools node-client
 	$(VENV)/bin/pytest -q
 
 test: lint typecheck pytest
+
+# The slow fault scenarios of the namespaced test bed (root; minutes): slow and lossy links
+# under a real DeepSpeed job. bench/faults.py runs them too, with the figures.
+test-faults: venv system-tools
+	$(VENV)/bin/pytest -q -m slow_scenario tests/test_fault_slow_link.py tests/test_fault_lossy_link.py
 
 # A 3-host namespaced test bed to try by hand (root; `python -m tests.netbed N` for N
 # hosts): Ctrl-C tears it down.

@@ -66,6 +66,7 @@ def test_drop_undoes_itself_at_its_time_limit(netbed: Netbed) -> None:  # noqa: 
         time.sleep(0.1)
 
 
+@pytest.mark.slow_scenario  # a real DeepSpeed job over minutes: `make test-faults`, bench/faults.py
 def test_lossy_link_job_ends_diagnosed_and_the_streams_recover(
     deepspeed_warm: dict[str, str],  # noqa: F811
     netbed: Netbed,  # noqa: F811

@@ -97,6 +97,7 @@ def test_throttle_undoes_itself_at_its_time_limit(netbed: Netbed) -> None:  # no
         time.sleep(0.1)
 
 
+@pytest.mark.slow_scenario  # a real DeepSpeed job over minutes: `make test-faults`, bench/faults.py
 def test_slow_link_fires_the_network_rule_and_restoring_it_clears_it(
     deepspeed_warm: dict[str, str],  # noqa: F811
     netbed: Netbed,  # noqa: F811
