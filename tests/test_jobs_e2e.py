@@ -89,6 +89,13 @@ def test_job_runs_on_both_nodes_and_succeeds(
     assert code == 0
     assert "rank 1 of 2 attempt 1 master 127.0.0.1:" in out
     assert "step 4" in out
+    # Launched again once it ended (as `make demo` does each time): its leader begins at
+    # attempt 1 again, and node-b, which still holds the first run's rank 1, starts it.
+    code, out, err = cli(["launch", str(spec), "--cluster", str(cluster_file)], capsys)
+    assert code == 0, err
+    again = wait_job(cluster_file, "ok-job", {"JOB_STATE_SUCCEEDED"}, capsys)
+    assert len(again["job"]["attempts"]) == 1
+    assert all(r["metrics"]["step"] == 4 for r in again["job"]["attempts"][0]["ranks"])
 
 
 def test_failed_rank_stops_all_and_a_new_attempt_succeeds(

@@ -380,8 +380,17 @@ async def test_unstartable_rank_fails_and_bad_requests_are_refused(
     assert rank.state == job_pb2.RANK_STATE_FAILED and "could not start" in rank.reason
     assert kinds(events) == [K.JOB_EVENT_KIND_RANK_FAILED]
     assert not sup.live_keys()
+    # An ended rank's place is free again (an earlier job of the same name, resubmitted:
+    # its leader begins at attempt 1 again); its folder is kept beside the new one.
+    [again] = sup.start_ranks(bad, 1, [0], 1, "127.0.0.1", 29500)
+    assert again.state == job_pb2.RANK_STATE_FAILED
+    rank_dir = sup.rank_dir("moe", 1, 0)
+    assert len(list(rank_dir.parent.glob("rank-0.earlier-*"))) == 1
+    # A rank that has not ended keeps its place: a second start is refused.
+    sup.start_ranks(spec(fake_rank, "steps=1000", "period=0.1"), 7, [0], 1, "127.0.0.1", 29500)
     with pytest.raises(ValueError, match="already started"):
-        sup.start_ranks(bad, 1, [0], 1, "127.0.0.1", 29500)
+        sup.start_ranks(spec(fake_rank), 7, [0], 1, "127.0.0.1", 29500)
+    await sup.stop_ranks("moe", 7, 1.0)
     with pytest.raises(ValueError, match="job name"):
         sup.start_ranks(job_pb2.JobSpec(name="../x", command=["x"]), 1, [0], 1, "h", 1)
     with pytest.raises(ValueError, match="outside world size"):

@@ -233,6 +233,13 @@ class Journal(EventTables):
                 ),
             )
 
+    def delete_rank(self, job: str, attempt: int, rank: int) -> None:
+        """Removes one rank's row (agent.jobs.node.rank_reuse: an earlier job's)."""
+        with self.transaction():
+            self._db.execute(
+                "DELETE FROM ranks WHERE job=? AND attempt=? AND rank=?", (job, attempt, rank)
+            )
+
     def get_rank(self, job: str, attempt: int, rank: int) -> RankRow | None:
         row = self._db.execute(
             f"SELECT {RANK_COLUMNS} FROM ranks WHERE job=? AND attempt=? AND rank=?",

@@ -47,6 +47,7 @@ from agent.jobs.node.nccl import ib_devices_present
 from agent.jobs.node.rank_exits import settle_exit
 from agent.jobs.node.rank_journal import OnEvent, RankJournal
 from agent.jobs.node.rank_progress import read_progress
+from agent.jobs.node.rank_reuse import free_ended_place
 from agent.jobs.node.rank_start import new_rank_row, spawn_rank, write_ds_config
 from agent.jobs.node.rank_states import TERMINAL_RANK_STATES, RankEdge, RankState
 from agent.jobs.node.readopt import readopt_ranks
@@ -150,7 +151,8 @@ class LocalSupervisor:
         for rank in ranks:
             if not 0 <= rank < world_size:
                 raise ValueError(f"rank {rank} is outside world size {world_size}")
-            if self.journal.get_rank(spec.name, attempt, rank) is not None:
+            key = (spec.name, attempt, rank)
+            if not free_ended_place(self.journal, self._live, key, self.rank_dir(*key)):
                 raise ValueError(f"{spec.name} attempt {attempt} rank {rank} was already started")
         # Before anything is journaled: a config that cannot be written refuses the start.
         ds_config = write_ds_config(self.attempt_dir(spec.name, attempt), spec)
