@@ -135,3 +135,17 @@ def test_a_journal_that_cannot_be_written_holds_the_events_and_says_so(
     assert journal.get_offset("m") == 20 and len(announced) == 2
     assert "database or disk is full" in caplog.text and "2 held event(s) saved" in caplog.text
     journal.close()
+
+
+def test_two_ranks_saving_the_tokenizer_at_once_leave_one_whole_folder(tmp_path: Path) -> None:
+    from agent.rank.checkpoint_save import save_folder
+
+    # Tensor parallel ranks of one data-parallel rank both save it: neither fails.
+    def write(folder: Path, text: str) -> None:
+        folder.mkdir()
+        (folder / "tokenizer.json").write_text(text)
+
+    save_folder(tmp_path, "tokenizer", lambda d: write(d, "a"))
+    save_folder(tmp_path, "tokenizer", lambda d: write(d, "b"))  # finds it in place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer"]
+    assert (tmp_path / "tokenizer" / "tokenizer.json").read_text() == "a"

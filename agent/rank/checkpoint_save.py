@@ -117,10 +117,17 @@ def failure_message(exc: BaseException, ckpt_dir: Path, tag: str) -> str:
 def save_folder(ckpt_dir: Path, name: str, write: Callable[[Path], None]) -> None:
     """``write`` fills ``name.saving``, renamed to ``name`` when done (the tokenizer saved
     beside the checkpoints); a failure raises ``SaveFailed``."""
-    saving = ckpt_dir / (name + SAVING_SUFFIX)
+    # Each writer its own folder: the ranks of one data-parallel rank (tensor parallel)
+    # save it at the same time, and the first rename wins.
+    saving = ckpt_dir / f"{name}-{os.getpid()}{SAVING_SUFFIX}"
     try:
         write(saving)
-        saving.rename(ckpt_dir / name)
+        try:
+            saving.rename(ckpt_dir / name)
+        except OSError:
+            if not (ckpt_dir / name).is_dir():
+                raise
+            shutil.rmtree(saving, ignore_errors=True)  # another rank's copy is in place
     except Exception as exc:
         shutil.rmtree(saving, ignore_errors=True)
         raise SaveFailed(failure_message(exc, ckpt_dir, name)) from exc
