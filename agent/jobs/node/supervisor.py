@@ -1,5 +1,5 @@
 """The node-local half of the supervisor: starts, watches and stops this node's ranks (one
-class, the agent's rank API; about 430 lines because each method is the thin door to its
+class, the agent's rank API; about 440 lines because each method is the thin door to its
 room: launch, rank_progress, rank_exits, hangs, checkpoint_asks, kernel_alerts, standby).
 
 A job's leader calls ``start_ranks`` / ``stop_ranks`` on every node of the job; the agent

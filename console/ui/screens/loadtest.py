@@ -1,4 +1,6 @@
-"""The Load Test screen: load a served endpoint from the console and read the results.
+"""The Load Test screen (one screen just past 400 lines: its form, run and sweep parts live in
+console/model/loadtest_*form.py and console/ui/widgets/loadtest*.py): load a served endpoint
+from the console and read the results.
 
 The form picks the endpoint (the running servers are offered; any HOST:PORT or http(s)
 URL can be typed), the mode, the rate / concurrency / schedule, the duration, max tokens
