@@ -333,7 +333,8 @@ class Window:
 
 
 class CpuMeter:
-    """CPU seconds used by the server, this process and everything else, over an interval."""
+    """CPU seconds used by the server (with its engine process), this process and everything
+    else, over an interval."""
 
     def __init__(self, server: psutil.Process) -> None:
         self.server = server
@@ -346,15 +347,27 @@ class CpuMeter:
         return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
 
     @staticmethod
-    def _cpu(proc: psutil.Process) -> float:
+    def _cpu(proc: psutil.Process, with_children: bool = False) -> float:
+        """The process's CPU time, with its children's (the server's engine process)."""
+        total = 0.0
+        for each in (proc, *(CpuMeter._children(proc) if with_children else ())):
+            try:
+                t = each.cpu_times()
+            except psutil.Error:
+                continue
+            total += t.user + t.system
+        return total
+
+    @staticmethod
+    def _children(proc: psutil.Process) -> list[psutil.Process]:
         try:
-            t = proc.cpu_times()
+            return list(proc.children(recursive=True))
         except psutil.Error:
-            return 0.0
-        return float(t.user + t.system)
+            return []
 
     def mark(self) -> tuple[float, float, float, float]:
-        return (time.monotonic(), self._cpu(self.server), self._cpu(self.me), self._busy())
+        server = self._cpu(self.server, with_children=True)
+        return (time.monotonic(), server, self._cpu(self.me), self._busy())
 
     def start(self) -> None:
         self._marks = self.mark()

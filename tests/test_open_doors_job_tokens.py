@@ -171,11 +171,15 @@ def test_an_ssh_leader_mints_a_job_token_from_a_restarted_peers_new_token() -> N
     node = RemoteNode(peer)
     fresh = "fresh-token-after-restart-0123"
     node._forward = FakeForward(fresh)  # type: ignore[assignment]
-    assert asyncio.run(node._token_refreshed(unauthenticated()))
+    assert asyncio.run(node._token_refreshed(unauthenticated(), old))
     bearer = dict(node._metadata)["authorization"].removeprefix("Bearer ")
     assert verify_job_token(bearer, fresh) == "demo-moe" and fresh not in bearer
-    # The same token read again is not a new one to try.
-    assert not asyncio.run(node._token_refreshed(unauthenticated()))
+    # A call that was sent with the old token beside it tries the renewed one
+    # (test_ssh_peers: the events stream renewed it while a stop was in flight).
+    assert asyncio.run(node._token_refreshed(unauthenticated(), old))
+    assert dict(node._metadata)["authorization"] == f"Bearer {bearer}"
+    # The renewed token refused, and the same token read again: nothing new to try.
+    assert not asyncio.run(node._token_refreshed(unauthenticated(), bearer))
 
 
 # -- a whole job across two real agents with job tokens ----------------------------------------

@@ -28,7 +28,7 @@ import torch
 from agent.serve.batching import Plan, Scheduler
 from agent.serve.decode import GREEDY, BatchDecoder, Prefilled, Prefilling, Sampling, choose_tokens
 from agent.serve.events import Chunk, Done, Event, Failed, Request, Sink, Usage, held_wakeups
-from agent.serve.stats import ServerStats
+from agent.serve.stats import StepRecorder
 from agent.serve.text import TextStream, text_decoder
 
 log = logging.getLogger("gantry.serve")
@@ -55,7 +55,7 @@ class Engine:
         model: Any,
         tokenizer: Any,
         scheduler: Scheduler[int],
-        stats: ServerStats,
+        stats: StepRecorder,
         eos_token_ids: Collection[int],
         clock: Callable[[], float] = time.monotonic,
         prefill_chunk_tokens: int = PREFILL_CHUNK_TOKENS,
@@ -109,9 +109,12 @@ class Engine:
                 return candidate
         return 0
 
-    def submit(self, request: Request, sink: Sink, *, ignore_eos: bool = False) -> int:
-        """Queues the request; `ignore_eos`: it ends at `max_tokens` (or a stop string),
-        an end-of-text token being decoded as any other."""
+    def submit(
+        self, request: Request, sink: Sink, *, ignore_eos: bool = False, key: int | None = None
+    ) -> int:
+        """Queues the request under `key` (default: the next free one); `ignore_eos`: it
+        ends at `max_tokens` (or a stop string), an end-of-text token being decoded as any
+        other."""
         generator = None
         if request.seed and request.temperature > 0:
             generator = torch.Generator(device=self._decoder.device)
@@ -123,7 +126,7 @@ class Engine:
             sampling=Sampling(request.temperature, request.top_p, generator),
             ignore_eos=ignore_eos,
         )
-        key = next(self._ids)
+        key = next(self._ids) if key is None else key
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the engine is stopped")
@@ -168,7 +171,8 @@ class Engine:
                 if admitted is None:
                     return
                 try:
-                    self._iterate(*admitted)
+                    with held_wakeups():  # an iteration's events and figures leave together
+                        self._iterate(*admitted)
                 except Exception as exc:  # a model error fails the batch, not the server
                     log.exception("decode step failed")
                     self._fail_running(f"generation failed: {exc}")

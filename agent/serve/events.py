@@ -75,11 +75,7 @@ class _Poster:
     def post(self, queue: asyncio.Queue[Event], event: Event) -> None:
         with self._lock:
             self._pending.append((queue, event))
-            if self._scheduled:
-                return
-            held = getattr(_held, "posters", None)
-            if held is not None:  # the thread is in `held_wakeups`: wake at its end
-                held.add(self)
+            if self._scheduled or wake_later(self):
                 return
             self._scheduled = True
         self._loop.call_soon_threadsafe(self._deliver)
@@ -99,7 +95,21 @@ class _Poster:
             queue.put_nowait(event)
 
 
+class Wakes(Protocol):
+    def wake(self) -> None: ...
+
+
 _held = threading.local()
+
+
+def wake_later(poster: Wakes) -> bool:
+    """True when this thread is in `held_wakeups`: `poster.wake()` is then called at the
+    block's end, once however many times it was asked."""
+    held: set[Wakes] | None = getattr(_held, "posters", None)
+    if held is None:
+        return False
+    held.add(poster)
+    return True
 
 
 @contextlib.contextmanager
@@ -109,7 +119,7 @@ def held_wakeups() -> Iterator[None]:
     if getattr(_held, "posters", None) is not None:  # nested: the outer block wakes
         yield
         return
-    posters: set[_Poster] = set()
+    posters: set[Wakes] = set()
     _held.posters = posters
     try:
         yield

@@ -1,5 +1,6 @@
-"""Loading a model for serving: the model and tokenizer, its context and end tokens, the
-decode engine warmed up, and how chat messages become a prompt."""
+"""Loading a model for serving: the model and tokenizer, its context and end tokens (in
+the engine process, agent.serve.engine_worker), the engine process as the server sees it,
+and how chat messages become a prompt."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from agent.serve.engine_process import EngineProcess
 from agent.serve.openai_api import plain_chat_prompt
 from agent.serve.rpc import Backend
 from agent.serve.stats import ServerStats
@@ -78,16 +80,25 @@ def max_batch_size_for(model: Any, requested: int | None) -> int:
     return max_batch_for_memory(free_bytes, kv_bytes_per_token(model) * context_length(model))
 
 
-def build_backend(args: argparse.Namespace, stats: ServerStats) -> Backend:
-    """Loads the model and warms the decode loop up (runs in a worker thread)."""
-    from agent.serve.batching import Scheduler
-    from agent.serve.engine import Engine
+def start_engine(args: argparse.Namespace, stats: ServerStats) -> EngineProcess:
+    """The engine process, loading the model (agent.serve.engine_worker)."""
+    return EngineProcess(
+        args.model,
+        device=args.device,
+        threads=args.threads,
+        max_batch_size=getattr(args, "max_batch_size", None),
+        max_queue_delay_ms=args.max_queue_delay_ms,
+        stats=stats,
+    )
 
-    model, tokenizer = load_for_serving(args.model, args.device, args.threads)
-    max_batch = max_batch_size_for(model, getattr(args, "max_batch_size", None))
-    scheduler: Scheduler[int] = Scheduler(max_batch, args.max_queue_delay_ms / 1000)
-    engine = Engine(model, tokenizer, scheduler, stats, eos_token_ids(model, tokenizer))
-    engine.warm_up()
+
+def build_backend(model_dir: Path, engine: EngineProcess) -> Backend:
+    """The tokenizer, loaded while the engine process loads the model, then the engine
+    ready (runs in a worker thread). ModelLoadError or EngineLoadError says what is wrong."""
+    from agent.ml.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    engine.wait_ready()
 
     def encode(prompt: str) -> list[int]:
         return list(tokenizer(prompt)["input_ids"])
@@ -95,7 +106,7 @@ def build_backend(args: argparse.Namespace, stats: ServerStats) -> Backend:
     return Backend(
         engine=engine,
         encode=encode,
-        context_tokens=context_tokens(model, tokenizer),
+        context_tokens=engine.context_tokens,
         render_chat=chat_renderer(tokenizer),
     )
 

@@ -70,7 +70,7 @@ from agent.serve.http_api import (
     server_ssl_context,
     start_http,
 )
-from agent.serve.loading import build_backend
+from agent.serve.loading import build_backend, start_engine
 from agent.serve.reflection_v1 import enable_server_reflection
 from agent.serve.rpc import InferenceServicer
 from agent.serve.stats import ServerStats
@@ -263,23 +263,33 @@ async def _load_and_serve(
     stop: asyncio.Event,
     addresses: dict[str, str],
 ) -> int:
-    loading = in_thread(lambda: build_backend(args, stats))
+    engine = start_engine(args, stats)
+    loading = in_thread(lambda: build_backend(args.model, engine))
     stopped = asyncio.ensure_future(stop.wait())
     either: list[asyncio.Future[Any]] = [loading, stopped]
     await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
     if not loading.done():
         log.info("stopped while loading")
         loading.cancel()
+        await asyncio.to_thread(engine.kill)
         return 0
     try:
         backend = loading.result()
     except Exception as exc:
         stopped.cancel()
+        await asyncio.to_thread(engine.kill)
         log.error("cannot serve %s: %s", args.model, exc)
         return 1
+    lost: list[str] = []
+
+    def engine_lost(why: str) -> None:  # the server stops, with an error
+        lost.append(why)
+        stop.set()
+
+    engine.on_lost = engine_lost
     servicer.backend = backend
-    servicer.max_batch_size = backend.engine.max_batch_size
-    backend.engine.start()
+    servicer.max_batch_size = engine.max_batch_size
+    engine.start()
     for name in ("", SERVICE):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     if args.ready_file is not None:
@@ -287,7 +297,7 @@ async def _load_and_serve(
     log.info("serving %s on %s", args.model, _where(addresses))
     emit({"message": f"serving on {_where(addresses)}", **addresses})
     await stopped
-    return 0
+    return 1 if lost else 0
 
 
 async def _drain(servicer: InferenceServicer, health: HealthServicer, drain_s: float) -> None:

@@ -12,17 +12,14 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import grpc
 from gantry.v1 import inference_service_pb2 as pb
 from gantry.v1 import inference_service_pb2_grpc
 
-from agent.serve.events import Chunk, Done, Failed, Request, Usage, submit_to_queue
+from agent.serve.events import Chunk, Done, Failed, Request, Sink, Usage, submit_to_queue
 from agent.serve.stats import ServerStats
-
-if TYPE_CHECKING:
-    from agent.serve.engine import Engine
 
 log = logging.getLogger("gantry.serve")
 
@@ -37,11 +34,33 @@ class InvalidRequest(ValueError):
     pass
 
 
+class EngineHandle(Protocol):
+    """The decode engine as the front ends use it: agent.serve.engine_process.EngineProcess
+    in the server, agent.serve.engine.Engine in process (tests, tools)."""
+
+    @property
+    def max_batch_size(self) -> int: ...
+
+    def submit(
+        self, request: Request, sink: Sink, *, ignore_eos: bool = False, key: int | None = None
+    ) -> int: ...
+
+    def cancel(self, key: int) -> None: ...
+
+    def load(self) -> tuple[int, int]: ...
+
+    def now(self) -> float: ...
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = ...) -> None: ...
+
+
 @dataclass(frozen=True)
 class Backend:
     """What serving needs once the model is loaded."""
 
-    engine: Engine
+    engine: EngineHandle
     encode: Callable[[str], Sequence[int]]
     context_tokens: int  # the model's context (max_position_embeddings)
     # Chat messages ({"role", "content"}) to one prompt (HTTP /v1/chat/completions);

@@ -12,6 +12,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 WINDOW_S = 10.0
 # Upper bounds of the request latency histogram (/metrics), seconds.
@@ -29,6 +30,15 @@ class StatsSnapshot:
     completed_total: int = 0
     latency_counts: tuple[int, ...] = ()  # per LATENCY_BUCKETS_S bound, then above the last
     latency_sum_s: float = 0.0
+
+
+class StepRecorder(Protocol):
+    """What the decode engine records: ServerStats, or in the engine process the relay
+    that sends the figures to the server's ServerStats (agent.serve.engine_worker)."""
+
+    def step(self, batch_size: int, tokens: int) -> None: ...
+
+    def request_completed(self, latency_s: float = 0.0) -> None: ...
 
 
 class ServerStats:

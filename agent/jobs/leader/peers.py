@@ -209,12 +209,15 @@ class RemoteNode:
         bearer = (("authorization", f"Bearer {token}"),) if token else ()
         self._metadata = (*bearer, *_caller_metadata)
 
-    async def _token_refreshed(self, exc: grpc.aio.AioRpcError) -> bool:
-        """SSH mode: the peer refused our token (its agent was started again, with a
-        fresh one): read its token file over SSH, and use a job token minted from it when
-        the console gave one. True when there is a new one to try."""
+    async def _token_refreshed(self, exc: grpc.aio.AioRpcError, refused: str) -> bool:
+        """SSH mode: the peer refused our token `refused` (its agent was started again,
+        with a fresh one): read its token file over SSH, and use a job token minted from
+        it when the console gave one. True when there is a new one to try, also when a
+        call running beside this one renewed the token since."""
         if exc.code() is not grpc.StatusCode.UNAUTHENTICATED or not self._token_file:
             return False
+        if self._token != refused:
+            return True
         assert self._forward is not None
         try:
             token = await self._forward.read_text(self._token_file)
@@ -238,13 +241,14 @@ class RemoteNode:
     async def _call(self, method: str, request: Any, timeout: float) -> Any:
         """One unary call; in SSH mode retried once with the peer's new token."""
         for attempt in (1, 2):
+            token = self._token
             try:
                 stub = await self._stub()
                 reply = await getattr(stub, method)(
                     request, metadata=self._metadata, timeout=timeout
                 )
             except grpc.aio.AioRpcError as exc:
-                if attempt == 1 and await self._token_refreshed(exc):
+                if attempt == 1 and await self._token_refreshed(exc, token):
                     continue
                 error = _translate(exc, self.name, self._where())
                 if isinstance(error, NodeUnreachable):
@@ -348,6 +352,7 @@ class RemoteNode:
         delay = RETRY_MIN_S
         while True:
             channel: grpc.aio.Channel | None = None
+            token = self._token
             try:
                 channel = self._open(await self._address(), STREAM_CHANNEL_OPTIONS)
                 stub = agent_service_pb2_grpc.AgentServiceStub(channel)
@@ -368,7 +373,7 @@ class RemoteNode:
                     last = max(last, message.event.seq)
                     yield message.event
             except grpc.aio.AioRpcError as exc:
-                await self._token_refreshed(exc)
+                await self._token_refreshed(exc, token)
             except NodeUnreachable:
                 pass
             finally:
