@@ -67,50 +67,40 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
-import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import grpc
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from gantry.v1 import inference_service_pb2 as pb  # noqa: E402
-from gantry.v1 import inference_service_pb2_grpc  # noqa: E402
 
 from bench.failover import BenchError, _raise_interrupt, run_main  # noqa: E402
+from bench.serving_load import (  # noqa: E402
+    BENCH_TOKEN,
+    Cell,
+    CpuMeter,
+    closed_loop,
+)
+from bench.serving_report import HEADER, print_cell, report  # noqa: E402
 from bench.serving_rest import rest_vs_grpc  # noqa: E402
 
 PYTHON = sys.executable
 START_TIMEOUT_S = 300.0  # torch + transformers imports and the load, on a busy small machine
 STOP_TIMEOUT_S = 20.0
-RPC_TIMEOUT_S = 120.0
-DRAIN_MIN_S = 5.0  # at least this long for the requests running at a window's end
 QUANTIZE_TIMEOUT_S = 600.0
 DEMO_MODEL = "tiny-moe"
 DEMO_MAX_LENGTH = 128  # examples/job-demo.yaml's --max_length: the tokenizer is trained on that
 PROMPT_CONVERSATIONS = 64
-GOAL_GAIN = 12.0
-GOAL_TTFT_P50_MS = 100.0
-GOAL_TTFT_P99_MS = 500.0
-GOAL_TOKENS_PER_S_C64 = 12_000.0  # on a GPU
-GOAL_REQUESTS_PER_S_C64 = 1_200.0  # the stretch, at 32 tokens a reply
-# The servers answer only a bearer token, as an agent's serve task does.
-BENCH_TOKEN = secrets.token_urlsafe(24)
-METADATA = (("authorization", f"Bearer {BENCH_TOKEN}"),)
 
 
 # --- the model ------------------------------------------------------------------------
@@ -244,234 +234,6 @@ def stop_server(server: Server) -> None:
             server.proc.wait(10)
 
 
-# --- the load -------------------------------------------------------------------------
-
-
-@dataclass
-class Reply:
-    sent: float
-    first: float | None = None
-    ended: float | None = None
-    tokens: int = 0
-    server_ttft_ms: float | None = None
-    finish: str = ""
-    error: str = ""
-    cut_at: float | None = None  # cancelled by the bench before it ended
-
-
-@dataclass
-class Cell:
-    setting: str
-    concurrency: int
-    window_s: float
-    tokens: int = 0  # completion tokens that arrived in the window
-    completed: int = 0  # replies that ended in the window
-    replies: list[Reply] = field(default_factory=list)  # the requests sent in the window
-    errors: Counter[str] = field(default_factory=Counter)
-    mean_batch: float = float("nan")
-    server_cpu: float = float("nan")  # CPU-s per s over the window
-    client_cpu: float = float("nan")
-    other_cpu: float = float("nan")
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.window_s
-
-    @property
-    def tokens_per_cpu_s(self) -> float:
-        """Tokens per CPU-second of the server: steadier than tokens/s when other work
-        takes a varying share of the machine (but OpenMP threads spinning count too)."""
-        return ratio(self.tokens_per_s, self.server_cpu)
-
-    @property
-    def requests_per_s(self) -> float:
-        return self.completed / self.window_s
-
-    def ttft_ms(self, q: float) -> float:
-        """A request cut before its first token counts with its wait so far (a lower bound)."""
-        values = [(t - r.sent) * 1000 for r in self.replies if (t := r.first or r.cut_at)]
-        return percentile(values, q)
-
-    @property
-    def cut(self) -> int:
-        """Requests sent in the window that had not ended when the bench gave up on them."""
-        return sum(1 for r in self.replies if r.cut_at is not None)
-
-    def server_ttft_ms(self, q: float) -> float:
-        values = [r.server_ttft_ms for r in self.replies if r.server_ttft_ms is not None]
-        return percentile(values, q)
-
-    @property
-    def mean_completion_tokens(self) -> float:
-        done = [r.tokens for r in self.replies if r.finish]
-        return sum(done) / len(done) if done else float("nan")
-
-    @property
-    def finishes(self) -> str:
-        counts = Counter(r.finish for r in self.replies if r.finish)
-        return ",".join(f"{k}:{v}" for k, v in sorted(counts.items())) or "-"
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); NaN when there is nothing."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
-
-
-class Window:
-    """The measured interval, [start, end) on the monotonic clock."""
-
-    def __init__(self, start: float, end: float) -> None:
-        self.start = start
-        self.end = end
-
-    def __contains__(self, t: float) -> bool:
-        return self.start <= t < self.end
-
-
-class CpuMeter:
-    """CPU seconds used by the server (with its engine process), this process and everything
-    else, over an interval."""
-
-    def __init__(self, server: psutil.Process) -> None:
-        self.server = server
-        self.me = psutil.Process()
-        self._marks: tuple[float, float, float, float] | None = None
-
-    @staticmethod
-    def _busy() -> float:
-        t = psutil.cpu_times()
-        return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
-
-    @staticmethod
-    def _cpu(proc: psutil.Process, with_children: bool = False) -> float:
-        """The process's CPU time, with its children's (the server's engine process)."""
-        total = 0.0
-        for each in (proc, *(CpuMeter._children(proc) if with_children else ())):
-            try:
-                t = each.cpu_times()
-            except psutil.Error:
-                continue
-            total += t.user + t.system
-        return total
-
-    @staticmethod
-    def _children(proc: psutil.Process) -> list[psutil.Process]:
-        try:
-            return list(proc.children(recursive=True))
-        except psutil.Error:
-            return []
-
-    def mark(self) -> tuple[float, float, float, float]:
-        server = self._cpu(self.server, with_children=True)
-        return (time.monotonic(), server, self._cpu(self.me), self._busy())
-
-    def start(self) -> None:
-        self._marks = self.mark()
-
-    def stop(self, cell: Cell) -> None:
-        if self._marks is None:
-            return
-        t0, s0, c0, b0 = self._marks
-        t1, s1, c1, b1 = self.mark()
-        wall = max(t1 - t0, 1e-9)
-        cell.server_cpu = (s1 - s0) / wall
-        cell.client_cpu = (c1 - c0) / wall
-        cell.other_cpu = max(0.0, (b1 - b0) - (s1 - s0) - (c1 - c0)) / wall
-
-
-async def one_request(stub: Any, prompt: str, max_tokens: int, window: Window, cell: Cell) -> None:
-    reply = Reply(sent=time.monotonic())
-    counted = reply.sent in window
-    if counted:
-        cell.replies.append(reply)
-    request = pb.GenerateRequest(
-        prompt=prompt, params=pb.SamplingParams(max_tokens=max_tokens, temperature=0.0)
-    )
-    try:
-        async for message in stub.Generate(request, timeout=RPC_TIMEOUT_S, metadata=METADATA):
-            now = time.monotonic()
-            n = len(message.token_ids)
-            if n and reply.first is None:
-                reply.first = now
-            reply.tokens += n
-            if now in window:
-                cell.tokens += n
-            if message.done:
-                reply.ended = now
-                reply.finish = message.usage.finish_reason
-                reply.server_ttft_ms = message.usage.time_to_first_token_ms
-                if now in window:
-                    cell.completed += 1
-    except grpc.aio.AioRpcError as exc:
-        reply.error = f"{exc.code().name}: {exc.details()}"
-        if counted or time.monotonic() in window:
-            cell.errors[reply.error] += 1
-    except asyncio.CancelledError:  # the bench gave up on it after the window
-        reply.cut_at = time.monotonic()
-        raise
-
-
-async def closed_loop(
-    address: str,
-    setting: str,
-    c: int,
-    prompts: list[str],
-    args: argparse.Namespace,
-    meter: CpuMeter,
-) -> Cell:
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
-        await channel.channel_ready()
-        start = time.monotonic() + args.warmup_s
-        window = Window(start, start + args.seconds)
-        cell = Cell(setting, c, args.seconds)
-        turn = iter(range(1 << 62))
-        before: dict[int, int] = {}
-
-        async def worker() -> None:
-            while time.monotonic() < window.end:
-                i = next(turn)
-                await one_request(stub, prompts[i % len(prompts)], args.max_tokens, window, cell)
-
-        async def marks() -> None:
-            nonlocal before
-            await asyncio.sleep(max(0.0, window.start - time.monotonic()))
-            meter.start()
-            before = dict((await server_stats(stub)).batch_size_histogram)
-            await asyncio.sleep(max(0.0, window.end - time.monotonic()))
-            meter.stop(cell)
-            after = dict((await server_stats(stub)).batch_size_histogram)
-            cell.mean_batch = mean_batch(before, after)
-
-        tasks = [asyncio.ensure_future(w) for w in [marks(), *(worker() for _ in range(c))]]
-        # The requests still running at the window's end get a grace to finish, then
-        # are cancelled (a server that has fallen far behind would take minutes).
-        grace = window.end + max(DRAIN_MIN_S, args.seconds) - time.monotonic()
-        _, pending = await asyncio.wait(tasks, timeout=grace)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    return cell
-
-
-async def server_stats(stub: Any) -> pb.GetServerStatsResponse:
-    response: pb.GetServerStatsResponse = await stub.GetServerStats(
-        pb.GetServerStatsRequest(), timeout=30, metadata=METADATA
-    )
-    return response
-
-
-def mean_batch(before: dict[int, int], after: dict[int, int]) -> float:
-    """Mean decode batch size of the steps between two histograms (size 0: prefill only)."""
-    steps = {k: after.get(k, 0) - before.get(k, 0) for k in after if k > 0}
-    total = sum(steps.values())
-    return sum(k * v for k, v in steps.items()) / total if total else float("nan")
-
-
 def measure(
     server: Server, setting: str, c: int, prompts: list[str], args: argparse.Namespace
 ) -> Cell:
@@ -494,154 +256,6 @@ def schedule(concurrencies: list[int], int8: list[str]) -> list[tuple[str, int]]
         plan += [(name, c) for name in (pair if i % 2 == 0 else pair[::-1])]
     top = concurrencies[-1]
     return plan + [(name, top) for name in [*pair, *int8, "batched"]]
-
-
-def merge(cells: list[Cell]) -> Cell:
-    """One cell over several windows of the same setting and concurrency."""
-    if len(cells) == 1:
-        return cells[0]
-    m = Cell(cells[0].setting, cells[0].concurrency, sum(c.window_s for c in cells))
-    m.tokens = sum(c.tokens for c in cells)
-    m.completed = sum(c.completed for c in cells)
-    m.replies = [r for c in cells for r in c.replies]
-    m.errors = sum((c.errors for c in cells), Counter())
-    m.mean_batch = sum(c.mean_batch for c in cells) / len(cells)
-    m.server_cpu = sum(c.server_cpu for c in cells) / len(cells)
-    m.client_cpu = sum(c.client_cpu for c in cells) / len(cells)
-    m.other_cpu = sum(c.other_cpu for c in cells) / len(cells)
-    return m
-
-
-# --- the report -----------------------------------------------------------------------
-
-HEADER = (
-    f"{'setting':10} {'conc':>4} {'tokens/s':>9} {'tok/CPU':>7} {'req/s':>7} "
-    f"{'ttft p50':>8} {'p99':>7} "
-    f"{'srv p50':>7} {'srv p99':>7} {'batch':>5} {'tok/req':>7} {'finish':>15} "
-    f"{'srv CPU':>7} {'bench':>5} {'other':>5} {'cut':>4} {'errors':>6}"
-)
-
-
-def print_cell(c: Cell) -> None:
-    print(
-        f"{c.setting:10} {c.concurrency:4} {c.tokens_per_s:9.1f} {c.tokens_per_cpu_s:7.0f} "
-        f"{c.requests_per_s:7.2f} "
-        f"{c.ttft_ms(50):8.1f} {c.ttft_ms(99):7.1f} {c.server_ttft_ms(50):7.1f} "
-        f"{c.server_ttft_ms(99):7.1f} {c.mean_batch:5.1f} {c.mean_completion_tokens:7.1f} "
-        f"{c.finishes:>15} {c.server_cpu:7.2f} {c.client_cpu:5.2f} {c.other_cpu:5.2f} "
-        f"{c.cut:4} {sum(c.errors.values()):6}",
-        flush=True,
-    )
-    for error, n in c.errors.most_common(3):
-        print(f"    {n} x {error}")
-
-
-def ratio(a: float, b: float) -> float:
-    return a / b if b > 0 else float("nan")
-
-
-def rounded(value: float, digits: int) -> float | None:
-    return round(value, digits) if math.isfinite(value) else None
-
-
-def goal(ok: bool) -> str:
-    return "yes" if ok else "NO"
-
-
-def report(
-    cells: list[Cell], args: argparse.Namespace, rest_ratio: float = float("nan")
-) -> dict[str, float | None]:
-    top = 32 if 32 in args.concurrency else max(args.concurrency)
-    groups: dict[tuple[str, int], list[Cell]] = {}
-    for cell in cells:
-        groups.setdefault((cell.setting, cell.concurrency), []).append(cell)
-    by = {key: merge(group) for key, group in groups.items()}
-    batched, single = by[("batched", top)], by[("batch 1", top)]
-    gain = ratio(batched.tokens_per_s, single.tokens_per_s)
-    p50, p99 = batched.ttft_ms(50), batched.ttft_ms(99)
-    int8 = by.get(("int8 wo", top))
-    int8_ratio = ratio(int8.tokens_per_s, batched.tokens_per_s) if int8 else float("nan")
-    print()
-    print(f"{'figure (concurrency ' + str(top) + ')':44} {'measured':>10} {'goal':>10} {'met':>4}")
-    print(
-        f"{'batching gain, tokens/s batched / batch 1':44} {gain:10.2f} {'>= 12':>10} "
-        f"{goal(gain >= GOAL_GAIN):>4}"
-    )
-    print(
-        f"{'time to first token p50, ms (batched)':44} {p50:10.1f} {'< 100':>10} "
-        f"{goal(p50 < GOAL_TTFT_P50_MS):>4}"
-    )
-    print(
-        f"{'time to first token p99, ms (batched)':44} {p99:10.1f} {'< 500':>10} "
-        f"{goal(p99 < GOAL_TTFT_P99_MS):>4}"
-    )
-    print(f"{'int8 (weight-only) / fp32 tokens/s':44} {int8_ratio:10.3f} {'(report)':>10}")
-    cpu_gain = ratio(batched.tokens_per_cpu_s, single.tokens_per_cpu_s)
-    print(f"{'batching gain per server CPU-second':44} {cpu_gain:10.2f} {'(report)':>10}")
-    print(
-        f"{'tokens per server CPU-second (batched)':44} {batched.tokens_per_cpu_s:10.0f} "
-        f"{'(report)':>10}"
-    )
-    if int8:
-        cpu_int8 = ratio(int8.tokens_per_cpu_s, batched.tokens_per_cpu_s)
-        print(
-            f"{'int8 (weight-only) / fp32 per server CPU-s':44} {cpu_int8:10.3f} {'(report)':>10}"
-        )
-    dyn = by.get(("int8 dyn", top))
-    if dyn:
-        dyn_ratio = ratio(dyn.tokens_per_s, batched.tokens_per_s)
-        print(
-            f"{'int8 (dynamic activations) / fp32 tokens/s':44} {dyn_ratio:10.3f} {'(report)':>10}"
-        )
-    short = [c for c in cells if c.mean_completion_tokens < args.max_tokens - 0.5]
-    if short:
-        print(
-            f"note: some replies stopped before {args.max_tokens} tokens (end of text); "
-            "tokens/s counts the tokens produced"
-        )
-    other = sum(c.other_cpu for c in cells) / len(cells)
-    if other > 0.25:
-        print(
-            f"warning: other processes used {other:.2f} CPU-s per s on average ({os.cpu_count()} "
-            "cores): the rows are skewed by how much of the machine the server had; the "
-            "per-CPU-second figures are steadier"
-        )
-    if any(c.errors for c in cells):
-        print("warning: some requests failed (see the errors column)")
-    figures = {
-        "batching_gain_c32": rounded(gain, 3),
-        "ttft_p50_ms_c32": rounded(p50, 2),
-        "ttft_p99_ms_c32": rounded(p99, 2),
-        "tokens_per_server_cpu_s_c32": rounded(batched.tokens_per_cpu_s, 1),
-        "int8_tokens_per_s_ratio": rounded(int8_ratio, 3),
-        "rest_vs_grpc_tokens_per_s_ratio": rounded(rest_ratio, 3),
-    }
-    c64 = by.get(("batched", 64))
-    if c64 is not None:
-        figures.update(gpu_figures(c64))
-    return figures
-
-
-def gpu_figures(c64: Cell) -> dict[str, float | None]:
-    """The GPU goals of issue 18, batched at concurrency 64 (printed and returned)."""
-    tokens, requests, p99 = c64.tokens_per_s, c64.requests_per_s, c64.ttft_ms(99)
-    print(
-        f"{'tokens/s, batched, concurrency 64':44} {tokens:10.0f} {'>= 12000':>10} "
-        f"{goal(tokens >= GOAL_TOKENS_PER_S_C64):>4}"
-    )
-    print(
-        f"{'requests/s, batched, concurrency 64':44} {requests:10.0f} {'>= 1200':>10} "
-        f"{goal(requests >= GOAL_REQUESTS_PER_S_C64):>4}"
-    )
-    print(
-        f"{'time to first token p99, ms, concurrency 64':44} {p99:10.1f} {'< 500':>10} "
-        f"{goal(p99 < GOAL_TTFT_P99_MS):>4}"
-    )
-    return {
-        "tokens_per_s_c64": rounded(tokens, 1),
-        "requests_per_s_c64": rounded(requests, 2),
-        "ttft_p99_ms": rounded(p99, 2),
-    }
 
 
 # --- main -----------------------------------------------------------------------------
