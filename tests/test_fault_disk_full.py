@@ -68,14 +68,18 @@ def spec(tmp_path: Path, ckpt: Path) -> Path:
         str(tmp_path / "demo" / "train.jsonl"),
         "--output_dir",
         str(ckpt.parent),
+        # Steps of one short sample, no accumulation: the checkpoint's size (the model's
+        # and its optimizer's state) is the same, its steps faster.
         "--per_device_train_batch_size",
-        "4",
+        "1",
+        "--gradient_accumulation_steps",
+        "1",
         "--save_steps",
         "3",
         "--max_steps",
         "6",
         "--max_length",
-        "128",
+        "64",
         "--seed",
         "1",
         "--resume_from_checkpoint",
@@ -88,8 +92,9 @@ def spec(tmp_path: Path, ckpt: Path) -> Path:
         "args": args,
         "env": {**DEEPSPEED_ENV, "OMP_NUM_THREADS": "1", "GANTRY_CPU_BF16": "0"},
         "working_dir": str(ROOT),
-        # Long enough a backoff for the test to grow the disk before attempt 2 saves.
-        "restart": {"max_restarts": 1, "backoff_s": 3, "resume": "latest"},
+        # The test grows the disk as soon as attempt 1 has failed: attempt 2 starts its
+        # ranks (seconds of imports) and trains 3 steps before it saves.
+        "restart": {"max_restarts": 1, "backoff_s": 1, "resume": "latest"},
         "collective_timeout_s": 60,
         "checkpoint_dir": str(ckpt),
     }
@@ -116,7 +121,14 @@ def test_a_full_disk_fails_the_save_loudly_and_the_restart_resumes_from_the_last
         report: dict[str, Any] = json.loads(out)
         return report
 
-    def wait(what: str, check: Callable[[dict[str, Any]], bool], timeout: float) -> Any:
+    def wait(
+        what: str,
+        check: Callable[[dict[str, Any]], bool],
+        timeout: float,
+        sooner: Callable[[], bool] = lambda: False,
+    ) -> Any:
+        """Until `check` holds for the job's report or, looked at every 20 ms between two
+        reports, `sooner` holds."""
         deadline = time.monotonic() + timeout
         while True:
             report = job()
@@ -124,7 +136,11 @@ def test_a_full_disk_fails_the_save_loudly_and_the_restart_resumes_from_the_last
                 return report
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {what}: {json.dumps(report)[-3000:]}")
-            time.sleep(0.25)
+            next_report = time.monotonic() + 0.25
+            while time.monotonic() < next_report:
+                if sooner():
+                    return report
+                time.sleep(0.02)
 
     try:
         code, _, err = run_cli(
@@ -132,10 +148,13 @@ def test_a_full_disk_fails_the_save_loudly_and_the_restart_resumes_from_the_last
         )
         assert code == 0, err
         ended = ("JOB_STATE_FAILED", "JOB_STATE_SUCCEEDED")
+        # step3's files read as soon as `latest` names it: the steps to the save of step6
+        # take well under a second.
         wait(
             "step3 saved",
             lambda r: (ckpt / "latest").is_file() or r["job"].get("state") in ended,
             START_TIMEOUT_S,
+            sooner=(ckpt / "latest").is_file,
         )
         step3 = files_digest(ckpt / "step3")
         report = wait(

@@ -42,7 +42,7 @@ HOSTILE = "<img src=http://192.0.2.1/x.png> & </table>"
 class Runs:
     probe: Report  # closed loop, the capacity search's ceiling
     slow: Report  # open loop, 30/s
-    fast: Report  # open loop, 60/s
+    fast: Report  # open loop, 60/s for 2 s
 
 
 async def run_with_intervals(config: LoadTestConfig) -> Report:
@@ -79,11 +79,13 @@ def runs() -> Iterator[Runs]:
                     address, rate=rate, duration_s=seconds, slo_ttft_ms=SLO_TTFT_MS
                 )
 
-            return Runs(
-                await run_with_intervals(LoadTestConfig(address, concurrency=4, requests=40)),
-                await run_with_intervals(open_loop(30, 2)),
-                await run_with_intervals(open_loop(60, 3)),
+            # At once (each run its own aggregate and intervals): 2 s for the three.
+            probe, slow, fast = await asyncio.gather(
+                run_with_intervals(LoadTestConfig(address, concurrency=4, requests=40)),
+                run_with_intervals(open_loop(30, 2)),
+                run_with_intervals(open_loop(60, 2)),
             )
+            return Runs(probe, slow, fast)
 
         yield asyncio.run(all_three())
 
@@ -103,8 +105,8 @@ def test_the_csv_has_every_interval_and_they_add_up_to_the_report(
     header = list(rows[0])
     counts = {"sent", "completed", "ok", "errors", "good", "tokens", "in_flight"}
     assert all(name in counts or name.endswith(("_s", "_ms")) for name in header), header
-    # One row per second of the 3 s window (and the drain), contiguous from 0.
-    assert 3 <= len(rows) <= 5
+    # One row per second of the 2 s window (and the drain), contiguous from 0.
+    assert 2 <= len(rows) <= 4
     assert float(rows[0]["start_s"]) == 0.0
     for before, after in itertools.pairwise(rows):
         assert float(after["start_s"]) == float(before["end_s"])
@@ -112,7 +114,7 @@ def test_the_csv_has_every_interval_and_they_add_up_to_the_report(
     def total(column: str) -> int:
         return sum(int(row[column]) for row in rows)
 
-    assert total("sent") == report.sent == 180
+    assert total("sent") == report.sent == 120
     assert total("completed") == report.completed
     assert total("ok") == report.ok
     assert total("errors") == report.error_count
@@ -173,44 +175,98 @@ class Dom(HTMLParser):
         self.text.append(data)
 
 
-def open_in_browser(page: Path, profile: Path) -> Dom:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.fail(
-            "chromium is not installed; this test opens the report in a real browser "
-            "(apt-get install chromium)",
-            pytrace=False,
-        )
-    argv = [
-        chromium,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={profile}",
-        # Any request the page made would fail: the plots must draw without one.
-        "--proxy-server=127.0.0.1:9",
-        "--host-resolver-rules=MAP * ~NOTFOUND",
-        "--virtual-time-budget=10000",
-        "--dump-dom",
-        page.as_uri(),
-    ]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=BROWSER_TIMEOUT_S)
-    assert done.returncode == 0, done.stderr[-2000:]
-    dom = Dom()
-    dom.feed(done.stdout)
-    return dom
+class Opening:
+    """`page` opening in a headless chromium of its own, in `folder`: several open at once
+    (each takes seconds, most of them on one core). `dom()` waits for it."""
+
+    def __init__(self, page: Path, folder: Path) -> None:
+        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+        if chromium is None:
+            pytest.fail(
+                "chromium is not installed; this test opens the report in a real browser "
+                "(apt-get install chromium)",
+                pytrace=False,
+            )
+        argv = [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={folder / 'profile'}",
+            # Any request the page made would fail: the plots must draw without one.
+            "--proxy-server=127.0.0.1:9",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            page.as_uri(),
+        ]
+        self.page = page
+        folder.mkdir(parents=True, exist_ok=True)
+        self._out, self._err = folder / "dom.html", folder / "stderr.txt"
+        # Files, not pipes: a page's DOM waits for no reader.
+        with self._out.open("w") as out, self._err.open("w") as err:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=err)
+        self._dom: Dom | None = None
+
+    def dom(self) -> Dom:
+        if self._dom is None:
+            try:
+                code = self.proc.wait(BROWSER_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.close()
+                raise
+            assert code == 0, self._err.read_text()[-2000:]
+            self._dom = Dom()
+            self._dom.feed(self._out.read_text())
+        return self._dom
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
-def test_the_html_report_draws_its_plots_offline(runs: Runs, tmp_path: Path) -> None:
+@dataclass
+class Pages:
+    """The pages the browser opens, written and opening at once."""
+
+    report: Report  # the run page's: the fast run, with a hostile note
+    run: Opening
+    sweep: Opening  # the slow run's page, with the sweep of the fast and the slow runs
+    compare: Opening  # the slow run ("30/s <open>") against the probe ("closed")
+
+
+@pytest.fixture(scope="module")
+def pages(runs: Runs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pages]:
+    """Each page keeps a chromium busy for seconds: the three open side by side."""
+    root = tmp_path_factory.mktemp("pages")
     report = dataclasses.replace(runs.fast, notes=[*runs.fast.notes, HOSTILE])
-    page = tmp_path / "run.html"
-    write_html(report, page)
-    assert "<script src" not in page.read_text()
-    dom = open_in_browser(page, tmp_path / "profile")
+    write_html(report, root / "run.html")
+    search = CapacitySearch(Slo(ttft_ms=SLO_TTFT_MS, latency_ms=None))
+    search.record_probe(4, runs.probe.throughput_rps)
+    for run, rate in ((runs.fast, 60.0), (runs.slow, 30.0)):
+        search.record(StepFigures.from_report(rate, run))
+    sweep = SweepReport.from_search(search, [runs.fast, runs.slow]).to_json()
+    write_html(runs.slow, root / "sweep.html", sweep=sweep)
+    write_compare_html(runs.slow, runs.probe, "30/s <open>", "closed", root / "compare.html")
+    openings: list[Opening] = []
+    try:
+        for name in ("run", "sweep", "compare"):
+            openings.append(Opening(root / f"{name}.html", root / name))
+        yield Pages(report, *openings)
+    finally:
+        for opening in openings:
+            opening.close()
+
+
+def test_the_html_report_draws_its_plots_offline(pages: Pages) -> None:
+    report = pages.report
+    assert "<script src" not in pages.run.page.read_text()
+    dom = pages.run.dom()
     assert dom.plots == ["latency-over-time", "latency-histogram", "token-latencies"]
     assert dom.main_svgs >= 2 * len(dom.plots)
     assert dom.remote == [] and dom.imgs == 0
@@ -221,29 +277,18 @@ def test_the_html_report_draws_its_plots_offline(runs: Runs, tmp_path: Path) -> 
     assert dom.table_rows["summary"] == 6
 
 
-def test_the_sweep_page_has_the_curve_and_every_step(runs: Runs, tmp_path: Path) -> None:
-    search = CapacitySearch(Slo(ttft_ms=SLO_TTFT_MS, latency_ms=None))
-    search.record_probe(4, runs.probe.throughput_rps)
-    for report, rate in ((runs.fast, 60.0), (runs.slow, 30.0)):
-        search.record(StepFigures.from_report(rate, report))
-    sweep = SweepReport.from_search(search, [runs.fast, runs.slow]).to_json()
-    page = tmp_path / "sweep.html"
-    write_html(runs.slow, page, sweep=sweep)
-    dom = open_in_browser(page, tmp_path / "profile")
+def test_the_sweep_page_has_the_curve_and_every_step(pages: Pages) -> None:
+    dom = pages.sweep.dom()
     assert dom.plots[0] == "sweep-curve" and len(dom.plots) == 4
     assert dom.main_svgs >= 2 * len(dom.plots)
     assert dom.remote == []
-    assert dom.table_rows["sweep-steps"] == 1 + 2
+    assert dom.table_rows["sweep-steps"] == 1 + 2  # the fast and the slow runs' steps
     text = " ".join(dom.text)
     assert "max rate within SLO" in text and "closed-loop ceiling" in text
 
 
-def test_the_compare_page_overlays_both_runs_with_the_differences(
-    runs: Runs, tmp_path: Path
-) -> None:
-    page = tmp_path / "compare.html"
-    write_compare_html(runs.slow, runs.probe, "30/s <open>", "closed", page)
-    dom = open_in_browser(page, tmp_path / "profile")
+def test_the_compare_page_overlays_both_runs_with_the_differences(runs: Runs, pages: Pages) -> None:
+    dom = pages.compare.dom()
     assert dom.plots == ["latency-over-time", "latency-histogram", "token-latencies"]
     assert dom.main_svgs >= 2 * len(dom.plots)
     assert dom.remote == []

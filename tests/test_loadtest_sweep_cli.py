@@ -19,7 +19,12 @@ from tests.loadtest_servers import Timing, grpc_server_in_thread
 from tests.loadtest_sweep_server import slots_server_in_thread
 from tests.test_loadtest_cli import COMPLETE, run_cli
 
-SLOTS, SLOT_S = 4, 0.04  # capacity 100 requests/s
+SLOTS, SLOT_S = 6, 0.06  # capacity 100 requests/s
+# A step of STEP at a rate r past the capacity queues up to (r - 100) * 0.5 requests, each
+# 10 ms more wait: the 150 ms SLO, less the 60 ms a request takes, fails from about
+# 90 ms / 0.5 s = 18 % past the capacity (within the bounds asserted below), and a rate
+# under it has 90 ms to spare for a busy machine's stalls.
+STEP = "500ms"
 
 
 def test_sweep_finds_the_capacity_of_a_known_endpoint(
@@ -27,7 +32,7 @@ def test_sweep_finds_the_capacity_of_a_known_endpoint(
 ) -> None:
     with slots_server_in_thread(SLOTS, SLOT_S) as address:
         args = ["loadtest", "--target", address, "--method", COMPLETE, "--data", "{}"]
-        args += ["--sweep", "--slo-latency-ms", "150", "--duration", "1s", "--json"]
+        args += ["--sweep", "--slo-latency-ms", "150", "--duration", STEP, "--json"]
         code, out, err = run_cli(args, capsys, cwd=tmp_path)
     assert code == 0, err
     data = json.loads(out)
@@ -128,7 +133,9 @@ def test_sweep_html_gets_the_curve_and_the_run_at_the_rate_found(
     csv, html, out_json = tmp_path / "s.csv", tmp_path / "s.html", tmp_path / "s.json"
     with slots_server_in_thread(SLOTS, SLOT_S) as address:
         args = ["loadtest", "--target", address, "--method", COMPLETE, "--data", "{}"]
-        args += ["--sweep", "--slo-latency-ms", "150", "--duration", "1s", "--quiet"]
+        # Short steps: no capacity is asserted here. Twice the capacity still fails (200
+        # ms of queue in 200 ms), so the run at the rate found is not the highest rate's.
+        args += ["--sweep", "--slo-latency-ms", "150", "--duration", "200ms", "--quiet"]
         args += ["--csv", str(csv), "--html", str(html), "--out", str(out_json)]
         code, out, err = run_cli(args, capsys)
     assert code == 0, err

@@ -68,8 +68,10 @@ async def test_a_sweep_from_the_screen_shows_each_step_and_the_result(tmp_path: 
             assert text_of(screen, "#lt-help").startswith("sweep: the highest rate")
             await pilot.press("ctrl+r")  # no SLO yet
             assert "--sweep needs an SLO" in text_of(screen, "#lt-status")
-            screen.query_one("#lt-slo-latency", Input).value = "150"
-            screen.query_one("#lt-duration", Input).value = "1s"
+            # Short steps and an SLO every step keeps: the search runs its shortest course
+            # (up from the ceiling to 4x it: four steps), each step still shown as it ends.
+            screen.query_one("#lt-slo-latency", Input).value = "10000"
+            screen.query_one("#lt-duration", Input).value = "200ms"
             await pilot.press("ctrl+r")
             steps = screen.query_one(SweepSteps)
 

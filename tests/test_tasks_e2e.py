@@ -91,13 +91,18 @@ def test_eval_quantize_serve_through_an_agent(
 
 
 async def test_demo_pipeline_evaluates_quantizes_and_serves_a_finished_job(
-    local_agents: StartAgent, tmp_path: Path
+    local_agents: StartAgent, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from console.model.job_spec import load_job_spec
     from console.net.jobs_client import JobsClient
     from console.net.tasks_client import TasksClient
+    from console.verbs import demo_pipeline
     from console.verbs.demo_pipeline import run_pipeline
     from tests.test_jobs_e2e import write_job
+
+    # The pipeline looks at the job and at each task every POLL_S (2 s, for a person
+    # watching); the test need not wait up to that long after each of the four.
+    monkeypatch.setattr(demo_pipeline, "POLL_S", 0.2)
 
     agents = [local_agents("node-a"), local_agents("node-b")]
     targets = [a.target for a in agents]
