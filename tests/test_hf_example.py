@@ -17,6 +17,13 @@ from tests.ds_runs import train_two_ranks
 SCRIPT = ROOT / "examples" / "hf-trainer" / "train.py"
 DS_CONFIG = ROOT / "examples" / "hf-trainer" / "ds_config.json"
 RUN_TIMEOUT_S = 300
+# Small and few steps: the first run still logs 4 times, saves twice and crosses an epoch
+# (the data is ~9.5 optimizer steps long); the second resumes and logs twice more.
+N_TRAIN = 150
+LOG_STEPS = 3
+SAVE_STEPS = 6
+FIRST_STEPS = 4 * LOG_STEPS
+SECOND_STEPS = FIRST_STEPS + 2 * LOG_STEPS
 
 
 @dataclass
@@ -58,7 +65,7 @@ def global_step(checkpoint: Path) -> int:
 def test_trains_under_deepspeed_and_resumes_latest(
     deepspeed_warm: dict[str, str], tmp_path: Path
 ) -> None:
-    data, _ = write_demo(tmp_path / "data", n_train=600, n_heldout=0)
+    data, _ = write_demo(tmp_path / "data", n_train=N_TRAIN, n_heldout=0)
     out = tmp_path / "out"
     out.mkdir()
     common = [
@@ -69,7 +76,7 @@ def test_trains_under_deepspeed_and_resumes_latest(
         "--output_dir",
         str(out),
         "--per_device_train_batch_size",
-        "8",
+        "4",
         "--gradient_accumulation_steps",
         "2",
         "--learning_rate",
@@ -77,19 +84,20 @@ def test_trains_under_deepspeed_and_resumes_latest(
         "--warmup_steps",
         "2",
         "--logging_steps",
-        "5",
+        str(LOG_STEPS),
         "--save_steps",
-        "10",
+        str(SAVE_STEPS),
         "--disable_tqdm",
         "true",
         "--gantry_callback",
         "--resume_from_checkpoint",
         "latest",  # nothing there yet: a fresh start
     ]
-    first = run_two_ranks(deepspeed_warm, out, "first", [*common, "--max_steps", "20"])
+    first = run_two_ranks(deepspeed_warm, out, "first", [*common, "--max_steps", str(FIRST_STEPS)])
     assert "starting fresh" in first.logs[0]
-    assert global_step(out / "checkpoint-20") == 20
-    assert (out / "checkpoint-20" / "global_step20").is_dir()  # DeepSpeed's own state
+    last = out / f"checkpoint-{FIRST_STEPS}"
+    assert global_step(last) == FIRST_STEPS
+    assert (last / f"global_step{FIRST_STEPS}").is_dir()  # DeepSpeed's own state
     assert (out / "tokenizer.json").is_file() and (out / "model.safetensors").is_file()
     losses = [d["loss"] for d in first.log_dicts()]
     assert len(losses) == 4 and losses[-1] < losses[0] - 0.5, losses
@@ -102,22 +110,24 @@ def test_trains_under_deepspeed_and_resumes_latest(
         start = rows[kinds.index("start")]
         assert start["world_size"] == 2 and start["deepspeed"] is True
         steps = [r for r in rows if r["kind"] == "metrics" and "step_time_s" in r]
-        assert [r["step"] for r in steps] == list(range(1, 21))
+        assert [r["step"] for r in steps] == list(range(1, FIRST_STEPS + 1))
         assert all(r["collective_total_s"] > 0 and r["collective_s"] for r in steps)
-        assert [r["step"] for r in rows if r["kind"] == "checkpoint"] == [10, 20]
+        assert [r["step"] for r in rows if r["kind"] == "checkpoint"] == [SAVE_STEPS, FIRST_STEPS]
         phases = [r["phase"] for r in rows if r["kind"] == "phase"]
         assert phases == ["first_step", "training"]
 
-    second = run_two_ranks(deepspeed_warm, out, "second", [*common, "--max_steps", "30"])
-    assert f"resuming from {out / 'checkpoint-20'}" in second.logs[0]
-    assert global_step(out / "checkpoint-30") == 30
+    second = run_two_ranks(
+        deepspeed_warm, out, "second", [*common, "--max_steps", str(SECOND_STEPS)]
+    )
+    assert f"resuming from {last}" in second.logs[0]
+    assert global_step(out / f"checkpoint-{SECOND_STEPS}") == SECOND_STEPS
     resumed = second.log_dicts()
     assert len(resumed) == 2
-    # the step-25 loss goes on from where the first run stopped, far below where it began
+    # the first loss logged goes on from where the first run stopped, far below where it began
     assert resumed[0]["loss"] < (losses[0] + losses[-1]) / 2, (losses, resumed)
-    state = json.loads((out / "checkpoint-30" / "trainer_state.json").read_text())
+    state = json.loads((out / f"checkpoint-{SECOND_STEPS}" / "trainer_state.json").read_text())
     logged_steps = [h["step"] for h in state["log_history"] if "loss" in h]
-    assert logged_steps == [5, 10, 15, 20, 25, 30]
+    assert logged_steps == list(range(LOG_STEPS, SECOND_STEPS + 1, LOG_STEPS))  # 6 of them
     rows = second.records(0)
     start = next(r for r in rows if r["kind"] == "start")
-    assert start["step"] == 20 and start["resumed_from"] == str(out / "checkpoint-20")
+    assert start["step"] == FIRST_STEPS and start["resumed_from"] == str(last)

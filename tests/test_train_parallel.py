@@ -3,6 +3,10 @@ checkpointing and peak memory; expert parallel 2 on DeepSpeed's MoE layer agains
 parallel 1; tensor parallel 2 (DeepSpeed's AutoTP) against one rank. Each run takes
 10-25 s on idle cores.
 
+The runs a test compares are independent and spend most of their time single-threaded
+(importing torch and DeepSpeed, building the engine): a test starts them side by side. The
+plain one-rank tiny-dense run is the baseline of two tests: it runs once, in the background.
+
 Tolerance: a fixed-seed run's loss at every step stays within LOSS_REL_TOL (relative) of its
 baseline. The layouts compute the same sums in another order and place, so the losses agree
 to float32 rounding (measured: equal to 1e-7); 1e-3 leaves room for other CPUs' kernels."""
@@ -12,8 +16,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import torch
@@ -24,6 +30,8 @@ from agent.rank.ds_config import BF16_ENV
 from tests.deepspeed_env import ROOT, free_port
 from tests.ds_runs import LOADED_TIMEOUT_S, RUN_TIMEOUT_S, train_two_ranks
 
+A = TypeVar("A")
+B = TypeVar("B")
 LOSS_REL_TOL = 1e-3
 STEPS = 3
 DS_CONFIG = {
@@ -93,6 +101,26 @@ def two_ranks(env: dict[str, str], out: Path, args: list[str]) -> list[Path]:
     return [out / f"metrics.rank{rank}.jsonl" for rank in range(len(run.codes))]
 
 
+@pytest.fixture(scope="module")
+def dense_one_rank(
+    deepspeed_warm: dict[str, str], data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Future[tuple[str, Path]]]:
+    """The plain tiny-dense run on one rank (its output and metrics file), started in the
+    background at once: the gradient-checkpointing and the tensor-parallel tests compare
+    their runs with it while theirs run."""
+    out = tmp_path_factory.mktemp("dense-one-rank")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield pool.submit(one_rank, deepspeed_warm, out, trainer_args(data, out, "tiny-dense"))
+
+
+def side_by_side(first: Callable[[], A], second: Callable[[], B]) -> tuple[A, B]:
+    """The results of two independent runs started together (each in its own subprocesses,
+    port and output folder)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        a, b = pool.submit(first), pool.submit(second)
+        return a.result(), b.result()
+
+
 def losses(metrics: Path) -> list[float]:
     got = records(metrics, "metrics")
     assert [r["step"] for r in got] == list(range(1, STEPS + 1))
@@ -106,16 +134,17 @@ def assert_close(got: list[float], want: list[float]) -> None:
 
 @pytest.mark.timeout(LOADED_TIMEOUT_S)
 def test_gradient_checkpointing_trains_the_same_and_peak_memory_is_reported(
-    deepspeed_warm: dict[str, str], data: Path, tmp_path: Path
+    deepspeed_warm: dict[str, str],
+    data: Path,
+    dense_one_rank: Future[tuple[str, Path]],
+    tmp_path: Path,
 ) -> None:
-    plain_out, plain = one_rank(
-        deepspeed_warm, tmp_path / "a", trainer_args(data, tmp_path / "a", "tiny-dense")
-    )
     ckpt_out, ckpt = one_rank(
         deepspeed_warm,
         tmp_path / "b",
         trainer_args(data, tmp_path / "b", "tiny-dense", "--gradient_checkpointing"),
     )
+    plain_out, plain = dense_one_rank.result()
     assert "gantry: gradient checkpointing on" in ckpt_out
     assert "gradient checkpointing on" not in plain_out
     (start,) = records(ckpt, "start")
@@ -133,15 +162,17 @@ def test_gradient_checkpointing_trains_the_same_and_peak_memory_is_reported(
 def test_expert_parallel_2_matches_expert_parallel_1(
     deepspeed_warm: dict[str, str], data: Path, tmp_path: Path
 ) -> None:
-    ep1 = two_ranks(
-        deepspeed_warm,
-        tmp_path / "ep1",
-        trainer_args(data, tmp_path / "ep1", "tiny-moe", "--deepspeed_moe"),
-    )
-    ep2 = two_ranks(
-        deepspeed_warm,
-        tmp_path / "ep2",
-        trainer_args(data, tmp_path / "ep2", "tiny-moe", "--expert_parallel_size", "2"),
+    ep1, ep2 = side_by_side(
+        lambda: two_ranks(
+            deepspeed_warm,
+            tmp_path / "ep1",
+            trainer_args(data, tmp_path / "ep1", "tiny-moe", "--deepspeed_moe"),
+        ),
+        lambda: two_ranks(
+            deepspeed_warm,
+            tmp_path / "ep2",
+            trainer_args(data, tmp_path / "ep2", "tiny-moe", "--expert_parallel_size", "2"),
+        ),
     )
     log = (tmp_path / "ep2" / "t.rank0.log").read_text()
     assert "2 MoE block(s) on DeepSpeed's MoE layer, expert parallel 2" in log
@@ -174,13 +205,14 @@ def test_expert_parallel_2_matches_expert_parallel_1(
 def test_the_moe_load_balancing_loss_reaches_the_backward_pass(
     deepspeed_warm: dict[str, str], data: Path, tmp_path: Path
 ) -> None:
-    runs = {}
-    for coef in ("0", "1"):
+
+    def run(coef: str) -> list[float]:
         out = tmp_path / f"aux{coef}"
         extra = ("--deepspeed_moe", "--moe_aux_loss_coef", coef)
-        runs[coef] = losses(
-            one_rank(deepspeed_warm, out, trainer_args(data, out, "tiny-moe", *extra))[1]
-        )
+        return losses(one_rank(deepspeed_warm, out, trainer_args(data, out, "tiny-moe", *extra))[1])
+
+    aux0, aux1 = side_by_side(lambda: run("0"), lambda: run("1"))
+    runs = {"0": aux0, "1": aux1}
     # The same first forward (the reported loss is the language model's alone), then the
     # gates trained on the load-balancing loss too route differently.
     assert runs["0"][0] == runs["1"][0]
@@ -191,17 +223,18 @@ def test_the_moe_load_balancing_loss_reaches_the_backward_pass(
 
 @pytest.mark.timeout(LOADED_TIMEOUT_S)
 def test_tensor_parallel_2_matches_one_rank(
-    deepspeed_warm: dict[str, str], data: Path, tmp_path: Path
+    deepspeed_warm: dict[str, str],
+    data: Path,
+    dense_one_rank: Future[tuple[str, Path]],
+    tmp_path: Path,
 ) -> None:
     # The same global batch: TP 2 on two ranks is one data-parallel rank, as is one rank alone.
-    _, tp1 = one_rank(
-        deepspeed_warm, tmp_path / "tp1", trainer_args(data, tmp_path / "tp1", "tiny-dense")
-    )
     tp2 = two_ranks(
         deepspeed_warm,
         tmp_path / "tp2",
         trainer_args(data, tmp_path / "tp2", "tiny-dense", "--tensor_parallel_size", "2"),
     )
+    _, tp1 = dense_one_rank.result()
     want = losses(tp1)
     for rank in (0, 1):
         assert_close(losses(tp2[rank]), want)
