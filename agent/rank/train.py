@@ -51,7 +51,6 @@ checkpoint to resume) is `agent.rank.train_setup`, the optimizer steps and the f
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import signal
 import sys
@@ -391,11 +390,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.distributed.destroy_process_group()
     except Exception:  # pragma: no cover - best effort at exit
         pass
-    # The interpreter's last garbage collection walks every object torch, DeepSpeed and
-    # transformers made: 1.3 s for one small model measured here, 4-8 s a DeepSpeed rank on
-    # a busy machine, between the end record and the exit the agent waits for. Frozen
-    # objects are not walked; the process is ending, so nothing is lost.
-    gc.freeze()
     return code
 
 
