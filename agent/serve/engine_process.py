@@ -102,12 +102,10 @@ class EngineProcess:
         """(requests queued, requests running), as of the process's last message."""
         return self._load
 
-    def submit(
-        self, request: Request, sink: Sink, *, ignore_eos: bool = False, key: int | None = None
-    ) -> int:
+    def submit(self, request: Request, sink: Sink, *, ignore_eos: bool = False) -> int:
         if self._stopping or self._process.poll() is not None:
             raise RuntimeError("the engine is stopped")
-        key = next(self._ids) if key is None else key
+        key = next(self._ids)
         self._sinks[key] = sink
         try:
             self._conn.send(("submit", key, request, ignore_eos))
