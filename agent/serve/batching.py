@@ -51,6 +51,11 @@ class Scheduler(Generic[K]):
         return len(self._queue)
 
     @property
+    def queued(self) -> list[K]:
+        """The waiting requests, oldest first."""
+        return list(self._queue)
+
+    @property
     def running(self) -> list[K]:
         return list(self._running)
 

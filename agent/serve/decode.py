@@ -1,15 +1,15 @@
 """Model stepping for the inference server: prefill the joining requests, decode the batch.
 
-The requests joining at one step are prefilled together in one forward (left-padded,
-masked, positions from each prompt's own start: the first token `generate` picks for
-each); a prompt longer than a chunk is prefilled a chunk per call (`Prefilling`), so
-the engine can run decode steps between its chunks. A prefilled prompt then takes a
-row of the running batch's `SlotCache` (preallocated, one row per sequence, each row
-its own length). A decode step feeds every row its last token in one forward, with a
-per-row attention mask and per-row positions computed from the cache's length tensor
-in place: no per-sequence tensor work and no copy of the cache per step. A sequence
-that leaves frees its row (the last row moves into it). On CUDA the step is replayed
-from CUDA graphs captured per batch-size bucket (agent/serve/cuda_graphs.py).
+The requests joining at one step are prefilled together in one forward (packed several
+to a row, each prompt masked to itself, positions from its own start: the first token
+`generate` picks for each); a prompt longer than a chunk is prefilled a chunk per call
+(`Prefilling`), so the engine can run decode steps between its chunks. A prefilled
+prompt then takes a row of the running batch's `SlotCache` (preallocated, one row per
+sequence, each row its own length). A decode step feeds every row its last token in one
+forward, with a per-row attention mask and per-row positions computed from the cache's
+length tensor in place: no per-sequence tensor work and no copy of the cache per step. A
+sequence that leaves frees its row (the last row moves into it). On CUDA the step is
+replayed from CUDA graphs captured per batch-size bucket (agent/serve/cuda_graphs.py).
 
 Why not transformers' continuous batching (`init_continuous_batching`)? It runs on
 CPU, streams and cancels, but (1) its own scheduler admits as soon as a request
@@ -34,9 +34,14 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from agent.serve.packing import pack
 from agent.serve.slot_cache import SlotCache
 
 K = TypeVar("K", bound=Hashable)
+
+# A packed prefill's logits are [rows, columns where a prompt ends, vocabulary]: on a
+# large vocabulary they can outgrow the prompts, so such a join is packed in halves.
+PACKED_LOGITS_LIMIT = 1 << 24
 
 
 class UnsupportedModel(RuntimeError):
@@ -50,6 +55,15 @@ class Prefilled:
     keys: list[torch.Tensor]  # per layer [1, heads, length, dim]
     values: list[torch.Tensor]
     length: int
+
+
+def _vocab_size(model: Any) -> int:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        return int(weight.shape[0])
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else None
+    return int(getattr(config or model.config, "vocab_size", 0) or 1)
 
 
 def _layers(cache: DynamicCache) -> list[DynamicLayer]:
@@ -87,6 +101,7 @@ class BatchDecoder(Generic[K]):
         # sdpa takes a boolean mask; eager attention adds the mask to the scores.
         impl = getattr(model.config, "_attn_implementation", "sdpa")
         self._additive_mask = impl == "eager"
+        self._vocab = _vocab_size(model)
         self._keys: list[K] = []
         self._longest = 0  # the longest row's length
         self._cache = SlotCache(rows, self.device)
@@ -114,6 +129,15 @@ class BatchDecoder(Generic[K]):
         out = self.model(use_cache=True, **kwargs)
         logits: torch.Tensor = out.logits[:, -1, :].float()
         return logits
+
+    def _model_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """A boolean 4-D mask as the model's attention takes it (eager: additive)."""
+        if not self._additive_mask:
+            return mask
+        dtype = next(self.model.parameters()).dtype
+        return torch.zeros(mask.shape, dtype=dtype, device=self.device).masked_fill_(
+            ~mask, torch.finfo(dtype).min
+        )
 
     def _prefilled(self, cache: DynamicCache, length: int) -> Prefilled:
         kvs = [_kv(layer) for layer in _layers(cache)]
@@ -154,33 +178,43 @@ class BatchDecoder(Generic[K]):
     def prefill_many(
         self, prompts: Sequence[Sequence[int]]
     ) -> list[tuple[torch.Tensor, Prefilled]]:
-        """Runs several prompts in one forward, left-padded to the longest with the
-        padding masked out and positions counted from each prompt's own start: what
-        `prefill` gives each one, at the cost of about one. Requests admitted together
-        would otherwise wait for each other's prefills in turn, the last of 32 for 32."""
+        """Runs several prompts in one forward, packed several to a row (agent/serve/
+        packing.py), each attending only to itself with positions from its own start:
+        what `prefill` gives each one, at the cost of about one. Requests admitted
+        together would otherwise wait for each other's prefills in turn, the last of 32
+        for 32."""
         if len(prompts) == 1:
             return [self.prefill(prompts[0])]
-        width = max(len(p) for p in prompts)
-        ids = torch.zeros((len(prompts), width), dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
-            mask[row, width - len(prompt) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        packed = pack(prompts)
+        columns = packed.last_columns() if self._logits_to_keep else None
+        kept = len(columns) if columns is not None else packed.ids.shape[1]
+        if packed.rows * kept * self._vocab > PACKED_LOGITS_LIMIT:
+            half = len(prompts) // 2
+            return self.prefill_many(prompts[:half]) + self.prefill_many(prompts[half:])
         cache = DynamicCache(config=self.model.config)
-        logits = self._forward(cache, input_ids=ids, attention_mask=mask, position_ids=positions)
+        kwargs: dict[str, Any] = {self._cache_arg: cache}
+        if columns is not None:
+            kwargs["logits_to_keep"] = torch.tensor(columns, device=self.device)
+        out = self.model(
+            input_ids=packed.ids.to(self.device),
+            attention_mask=self._model_mask(packed.mask.to(self.device)),
+            position_ids=packed.positions.to(self.device),
+            use_cache=True,
+            **kwargs,
+        )
+        logits: torch.Tensor = out.logits.float()
+        where = {c: j for j, c in enumerate(columns)} if columns is not None else None
         kvs = [_kv(layer) for layer in _layers(cache)]
-        out = []
-        for row, prompt in enumerate(prompts):
-            start = width - len(prompt)
+        results = []
+        for row, start, end in packed.spans:
+            column = where[end - 1] if where is not None else end - 1
             prefilled = Prefilled(
-                keys=[k[row : row + 1, :, start:] for k, _ in kvs],
-                values=[v[row : row + 1, :, start:] for _, v in kvs],
-                length=len(prompt),
+                keys=[k[row : row + 1, :, start:end] for k, _ in kvs],
+                values=[v[row : row + 1, :, start:end] for _, v in kvs],
+                length=end - start,
             )
-            out.append((logits[row : row + 1], prefilled))
-        return out
+            results.append((logits[row, column][None], prefilled))
+        return results
 
     @torch.inference_mode()
     def join(self, key: K, prefilled: Prefilled) -> None:
@@ -244,12 +278,7 @@ class BatchDecoder(Generic[K]):
 
     def _eager_step(self, ids: torch.Tensor, n: int, length: int) -> torch.Tensor:
         cache = self._cache
-        mask = cache.decode_mask(n, length)
-        if self._additive_mask:
-            dtype = next(self.model.parameters()).dtype
-            mask = torch.zeros(mask.shape, dtype=dtype, device=self.device).masked_fill_(
-                ~mask, torch.finfo(dtype).min
-            )
+        mask = self._model_mask(cache.decode_mask(n, length))
         cache.step_rows, cache.step_length = n, length
         try:
             return self._forward(

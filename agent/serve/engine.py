@@ -2,15 +2,16 @@
 
 Each iteration asks the `Scheduler` what changes (requests joining, cancelled ones
 leaving), prefills the joining requests together, then runs one decode step for the
-whole running batch (`BatchDecoder`). A prompt longer than `prefill_chunk_tokens` is
-prefilled one chunk per iteration instead, the oldest first, so that the running
-sequences keep getting a token every iteration while it fills (its request joins the
-decode batch after its last chunk). Every token is handed to its request's sink as
-an event, from this thread: the sink must be thread-safe (the server posts it to its
-event loop). A request ends at its end-of-text token (unless it ignores it: load tests
-that must decode `max_tokens` every time), at `max_tokens`, at a stop string, or when
-cancelled; its place is free from the next step on.
-"""
+whole running batch (`BatchDecoder`). While an idle engine holds its queue for the delay
+window (to start a burst as one batch), it prefills the requests already waiting, so
+that the window's wait is not lost to the burst's prefill. A prompt longer than
+`prefill_chunk_tokens` is prefilled one chunk per iteration instead, the oldest first,
+so that the running sequences keep getting a token every iteration while it fills (its
+request joins the decode batch after its last chunk). Every token is handed to its
+request's sink as an event, from this thread: the sink must be thread-safe (the server
+posts it to its event loop). A request ends at its end-of-text token (unless it ignores
+it: load tests that must decode `max_tokens` every time), at `max_tokens`, at a stop
+string, or when cancelled; its place is free from the next step on."""
 
 from __future__ import annotations
 
@@ -72,6 +73,8 @@ class Engine:
         self._chunk = prefill_chunk_tokens
         self._decoder: BatchDecoder[int] = self._new_decoder()
         self._prefilling: OrderedDict[int, Prefilling] = OrderedDict()  # the worker's own
+        # Queued requests prefilled during an idle engine's delay window (the worker's own).
+        self._early: dict[int, tuple[torch.Tensor, Prefilled]] = {}
         self._cond = threading.Condition()
         self._ids = itertools.count(1)
         self._queued: dict[int, _Sequence] = {}  # guarded by _cond
@@ -170,6 +173,9 @@ class Engine:
                 admitted = self._next_batch()
                 if admitted is None:
                     return
+                if isinstance(admitted, list):
+                    self._prefill_early(admitted)
+                    continue
                 try:
                     with held_wakeups():  # an iteration's events and figures leave together
                         self._iterate(*admitted)
@@ -177,13 +183,28 @@ class Engine:
                     log.exception("decode step failed")
                     self._fail_running(f"generation failed: {exc}")
 
-    def _next_batch(self) -> tuple[Plan[int], list[tuple[int, _Sequence]]] | None:
+    def _next_batch(
+        self,
+    ) -> tuple[Plan[int], list[tuple[int, _Sequence]]] | list[tuple[int, _Sequence]] | None:
+        """The next iteration's plan and admitted requests; or, while an idle engine's
+        delay window holds the queue, the waiting requests not yet prefilled; None once
+        stopped."""
         with self._cond:
             while not self._stopping:
                 plan = self._scheduler.plan(self._clock())
                 if plan or self._scheduler.running:
                     admitted = [(key, self._queued.pop(key)) for key in plan.admitted]
                     return plan, admitted
+                for key in [k for k in self._early if k not in self._queued]:
+                    del self._early[key]  # cancelled while it waited
+                early = [
+                    (key, self._queued[key])
+                    for key in self._scheduler.queued
+                    if key not in self._early
+                    and len(self._queued[key].request.prompt_ids) <= self._chunk
+                ]
+                if early:
+                    return early
                 wake = self._scheduler.wake_at()
                 self._cond.wait(None if wake is None else max(0.0, wake - self._clock()))
         return None
@@ -225,26 +246,34 @@ class Engine:
         elif generated:
             self._stats.step(0, generated)
 
+    def _prefill_early(self, waiting: list[tuple[int, _Sequence]]) -> None:
+        try:
+            prefills = self._decoder.prefill_many([s.request.prompt_ids for _, s in waiting])
+        except Exception:  # prefilled again when admitted, which fails the request
+            log.debug("early prefill failed", exc_info=True)
+            return
+        for (key, _), prefilled in zip(waiting, prefills, strict=True):
+            self._early[key] = prefilled
+
     def _prefill(
         self, admitted: list[tuple[int, _Sequence]]
     ) -> list[tuple[tuple[int, _Sequence], tuple[torch.Tensor, Prefilled]]]:
         """The requests whose prompts are now prefilled: the short ones admitted now (in
-        one forward), then the oldest long one if its last chunk ran."""
-        short = [(k, s) for k, s in admitted if len(s.request.prompt_ids) <= self._chunk]
+        one forward, less those prefilled while they waited), then the oldest long one
+        if its last chunk ran."""
+        ready = [((k, s), self._early.pop(k)) for k, s in admitted if k in self._early]
+        prefilled = {k for (k, _), _ in ready}
+        short = [
+            (k, s)
+            for k, s in admitted
+            if len(s.request.prompt_ids) <= self._chunk and k not in prefilled
+        ]
         for key, sequence in admitted:
             if len(sequence.request.prompt_ids) > self._chunk:
                 self._prefilling[key] = self._decoder.start_prefill(sequence.request.prompt_ids)
-        ready = (
-            list(
-                zip(
-                    short,
-                    self._decoder.prefill_many([s.request.prompt_ids for _, s in short]),
-                    strict=True,
-                )
-            )
-            if short
-            else []
-        )
+        if short:
+            prefills = self._decoder.prefill_many([s.request.prompt_ids for _, s in short])
+            ready += zip(short, prefills, strict=True)
         if self._prefilling:
             key, state = next(iter(self._prefilling.items()))
             done = self._decoder.prefill_chunk(state, self._chunk)
