@@ -172,6 +172,7 @@ def test_an_idle_engine_prefills_what_waits_while_its_window_holds_the_queue(
     # One forward per arrival during the window, none at admission.
     assert prefilled == [len(prompts["a"]), 0, len(prompts["c"]), 0, len(prompts["b"]), 0]
     assert events["c"] == []
+    assert engine._early == {}  # the cancelled one's prefill is not kept
     for name in "ab":
         x = torch.tensor([prompts[name]])
         want = model.generate(

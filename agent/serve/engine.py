@@ -194,9 +194,9 @@ class Engine:
                 plan = self._scheduler.plan(self._clock())
                 if plan or self._scheduler.running:
                     admitted = [(key, self._queued.pop(key)) for key in plan.admitted]
+                    self._forget_cancelled_early(plan.admitted)
                     return plan, admitted
-                for key in [k for k in self._early if k not in self._queued]:
-                    del self._early[key]  # cancelled while it waited
+                self._forget_cancelled_early(())
                 early = [
                     (key, self._queued[key])
                     for key in self._scheduler.queued
@@ -245,6 +245,11 @@ class Engine:
             self._finish(finished)
         elif generated:
             self._stats.step(0, generated)
+
+    def _forget_cancelled_early(self, admitted: Collection[int]) -> None:
+        """Drops the early prefills of requests cancelled while they waited (under _cond)."""
+        for key in [k for k in self._early if k not in self._queued and k not in admitted]:
+            del self._early[key]
 
     def _prefill_early(self, waiting: list[tuple[int, _Sequence]]) -> None:
         try:
