@@ -15,7 +15,7 @@ from gantry.v1 import job_pb2
 from agent.jobs.event_bus import EventBus
 from agent.jobs.journal import Journal
 from agent.jobs.leader.leader import JobError, JobLeader
-from agent.jobs.leader.peers import LocalNode, NodeApi, NodeUnreachable
+from agent.jobs.leader.peers import LocalNode, NodeApi, NodeRefused, NodeUnreachable
 from tests.fakes.scripted_node import ScriptedNode
 
 EK = job_pb2.JobEventKind
@@ -223,6 +223,29 @@ async def test_a_stopped_attempt_is_stopped_whatever_its_ranks_report(
     job = agent.job()
     assert (job.state, job.restarts_used, len(job.attempts)) == (JS.JOB_STATE_STOPPED, 0, 1)
     assert agent.kinds() == ["SUBMITTED", "ATTEMPT_STARTED", "OPERATOR_ACTION", "STOPPED"]
+    await agent.kill()
+
+
+@pytest.mark.parametrize(
+    ("refusal", "why"),
+    [
+        (NodeUnreachable("node-b's agent at 10.0.0.2:7000 is unreachable"), "unreachable"),
+        (
+            NodeRefused("node-b's agent at 10.0.0.2:7000 refused the token"),
+            "the stop was refused (node-b's agent at 10.0.0.2:7000 refused the token)",
+        ),
+    ],
+)
+async def test_a_stop_that_could_not_reach_a_node_says_its_ranks_may_still_run(
+    agent: Agent, refusal: Exception, why: str
+) -> None:
+    await submitted(agent)
+    agent.b.refuse = refusal
+    job = await agent.leader.stop(JOB, 4.0, "bob")
+    assert job.state == JS.JOB_STATE_STOPPED
+    want = f"stopped by the operator, but ranks may still run on node-b: {why}"
+    assert job.reason == want and job.attempts[0].reason == want
+    assert agent.a.stopped == [(1, 4.0)]
     await agent.kill()
 
 

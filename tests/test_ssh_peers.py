@@ -228,6 +228,7 @@ def test_down_asks_before_stopping_ranks_and_up_brings_the_agents_back_to_them(
     assert {n: two_nodes.address(n) for n in ("node-1", "node-2")} == addresses
     out = two_nodes.gantry(capsys, "down", "--stop-ranks")
     assert "long-job: stop requested" in out and "node-2: agent stopped" in out
+    assert "long-job: stopped by the operator\n" in out  # every node's ranks were stopped
     deadline = time.monotonic() + 30
     while any(running(pid) for pid in pids):
         assert time.monotonic() < deadline, f"ranks left running: {out}"

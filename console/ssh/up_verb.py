@@ -23,10 +23,10 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from console.net.cluster_file import ClusterFileError, NodeTarget
 from console.ssh.connect import SshError, SshOptions, connect
+from console.ssh.down_jobs import maybe_stop_jobs
 from console.ssh.hostfile import HostEntry, HostfileError, load_hostfile
 from console.ssh.mode import TUNNEL_WAIT_S
 from console.ssh.quiet_asyncssh import asyncssh
@@ -51,9 +51,6 @@ from console.ssh.state import (
     write_token,
 )
 from console.ssh.tunnels import TunnelManager
-
-if TYPE_CHECKING:
-    from console.net.jobs_client import JobsClient
 
 VERIFY_TIMEOUT_S = 10.0
 
@@ -272,15 +269,6 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 # -- down --------------------------------------------------------------------------------
 
-JOB_STOP_GRACE_S = 10.0
-
-
-def _active_job_states() -> tuple[str, ...]:
-    """console.model.jobs' live job states less stopping (counted apart), by name."""
-    from console.model.jobs import ACTIVE_JOB_STATES, JS
-
-    return tuple(JS.Name(state) for state in sorted(ACTIVE_JOB_STATES - {JS.JOB_STATE_STOPPING}))
-
 
 def cmd_down(args: argparse.Namespace) -> int:
     cluster = load_state(args.state)
@@ -297,7 +285,7 @@ def cmd_down(args: argparse.Namespace) -> int:
             print(f"{name}: {why}", file=sys.stderr)
         reachable = [t for t in manager.targets() if t.name not in failures]
         if reachable and not args.keep_ranks:
-            _maybe_stop_jobs(reachable, args.stop_ranks)
+            maybe_stop_jobs(reachable, args.stop_ranks)
         stopped: list[str] = []
         for node in nodes:
             if node.name in failures:
@@ -335,65 +323,3 @@ def _down_options(saved: SshOptions, args: argparse.Namespace) -> SshOptions:
 async def _stop(manager: TunnelManager, node: SshNode) -> bool:
     conn = await manager.connection(node.name)
     return await stop_agent(conn, node.remote_python, node.name, node.remote_dir)
-
-
-def _maybe_stop_jobs(targets: list[NodeTarget], stop_without_asking: bool) -> None:
-    from gantry.v1 import job_pb2
-
-    from console.net.jobs_client import JobsClient, LedJob
-
-    async def listing() -> tuple[list[LedJob], list[str]]:
-        async with JobsClient(targets) as client:
-            return await client.list_jobs()
-
-    jobs, errors = asyncio.run(listing())
-    for line in errors:
-        print(line, file=sys.stderr)
-    active = [led for led in jobs if job_pb2.JobState.Name(led.job.state) in _active_job_states()]
-    if not active:
-        return
-    names = ", ".join(led.job.spec.name for led in active)
-    if not stop_without_asking:
-        if not sys.stdin.isatty():
-            print(f"leaving the ranks of {names} running (--stop-ranks stops them)")
-            return
-        answer = input(f"Stop the ranks of {names} too? [y/N] ").strip().lower()
-        if answer not in ("y", "yes"):
-            print(f"leaving the ranks of {names} running")
-            return
-    asyncio.run(_stop_jobs(targets, [led.job.spec.name for led in active]))
-
-
-async def _stop_jobs(targets: list[NodeTarget], names: list[str]) -> None:
-    """Stops the jobs' ranks and waits until their leaders report them stopped, so the
-    agents are not stopped while they still stop ranks."""
-    from console.net.jobs_client import JobsClient
-
-    async with JobsClient(targets) as client:
-        await _stop_and_wait(client, names)
-
-
-async def _stop_and_wait(client: JobsClient, names: list[str]) -> None:
-    from gantry.v1 import job_pb2
-
-    from console.net.jobs_client import JobCommandError
-
-    for name in names:
-        try:
-            await client.stop(name, JOB_STOP_GRACE_S)
-            print(f"{name}: stop requested")
-        except JobCommandError as exc:
-            print(f"{name}: {exc}", file=sys.stderr)
-    deadline = time.monotonic() + JOB_STOP_GRACE_S + 20
-    ending = (*_active_job_states(), "JOB_STATE_STOPPING")
-    while time.monotonic() < deadline:
-        jobs, _ = await client.list_jobs()
-        active = [
-            led.job.spec.name
-            for led in jobs
-            if led.job.spec.name in names and job_pb2.JobState.Name(led.job.state) in ending
-        ]
-        if not active:
-            return
-        await asyncio.sleep(0.5)
-    print(f"still stopping: {', '.join(active)}; stopping the agents anyway", file=sys.stderr)

@@ -32,7 +32,7 @@ from agent.jobs.leader.attempt_start import (
 )
 from agent.jobs.leader.errors import JobError
 from agent.jobs.leader.led_job import STOP_GRACE_S, Command, LedJob, Outcome
-from agent.jobs.leader.peer_events import PeerLedger, with_unknown_ranks
+from agent.jobs.leader.peer_events import BY_OPERATOR, PeerLedger, with_unknown_ranks
 from agent.jobs.leader.peers import NodeApi, RemoteNode
 from agent.jobs.leader.policy import PREEMPT_SETTLE_S, after_failure
 from agent.jobs.leader.preemption import wait_until_back
@@ -41,7 +41,7 @@ from agent.jobs.leader.spares import check_replace, nodes_to_lead
 from agent.jobs.leader.spec_checks import check_replacement, scoped, validate_spec
 from agent.jobs.leader.states import ACTIVE_JOB_STATES, JobEdge
 from agent.jobs.leader.store import LeaderStore
-from agent.jobs.leader.watch import readopt, stop_attempt, watch_attempt
+from agent.jobs.leader.watch import readopt, stop_attempt, stop_by_operator, watch_attempt
 
 __all__ = ["STOP_GRACE_S", "UNKNOWN_OPERATOR", "JobError", "JobLeader", "validate_spec"]
 
@@ -50,7 +50,6 @@ log = logging.getLogger("gantry.agent")
 JS = job_pb2.JobState
 EK = job_pb2.JobEventKind
 UNKNOWN_OPERATOR = "unknown"
-BY_OPERATOR = "stopped by the operator"
 
 
 class JobLeader:
@@ -268,8 +267,8 @@ class JobLeader:
                     attempt = await start_attempt(self.store, led, command)
                     command = None
                 if attempt.state == JS.JOB_STATE_STOPPING:  # a stop the last leader began
-                    await stop_attempt(led, attempt, STOP_GRACE_S)
-                    outcome, reason = Outcome.STOPPED, BY_OPERATOR
+                    reason = await stop_by_operator(led, attempt, STOP_GRACE_S)
+                    outcome = Outcome.STOPPED
                 elif attempt.state == JS.JOB_STATE_RUNNING:
                     outcome, reason, command = await watch_attempt(
                         self.store, self._ledger, led, attempt, adopted

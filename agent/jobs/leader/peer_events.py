@@ -154,6 +154,18 @@ def mark_unreachable(attempt: job_pb2.Attempt, node: str, why: str, since_s: flo
             rank.reason = why
 
 
+BY_OPERATOR = "stopped by the operator"
+
+
+def stopped_with_unstopped(reason: str, unstopped: dict[str, str]) -> str:
+    """An operator's stop, with the nodes whose ranks it could not stop (node -> why)
+    named after it: those ranks may still run, and the operator must know where."""
+    if not unstopped:
+        return reason
+    nodes = "; ".join(f"{node}: {why}" for node, why in sorted(unstopped.items()))
+    return f"{reason}, but ranks may still run on {nodes}"
+
+
 def failure_with_unreachable(failure: str, unreachable: list[str]) -> str:
     """An attempt's reason, the nodes the leader could not reach named first."""
     if not unreachable:

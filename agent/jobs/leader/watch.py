@@ -17,10 +17,12 @@ from agent.jobs.event_bus import MAX_BATCH
 from agent.jobs.journal_db import JournalWriteError
 from agent.jobs.leader.led_job import STOP_GRACE_S, Command, LedJob, Outcome
 from agent.jobs.leader.peer_events import (
+    BY_OPERATOR,
     PeerLedger,
     Tally,
     failure_with_unreachable,
     mark_unreachable,
+    stopped_with_unstopped,
 )
 from agent.jobs.leader.peers import NodeRefused, NodeUnreachable
 from agent.jobs.leader.preemption import Preempting
@@ -83,9 +85,9 @@ async def watch_attempt(
                 command = commander.result()
                 commander = None
                 store.attempt_edge(name, attempt.number, AttemptEdge.STOP, ranks=attempt.ranks)
-                await stop_attempt(led, attempt, command.grace_s)
+                reason = await stop_by_operator(led, attempt, command.grace_s)
                 if command.kind == "stop":
-                    return Outcome.STOPPED, "stopped by the operator", command
+                    return Outcome.STOPPED, reason, command
                 return Outcome.RESTART, "restarted by the operator", command
             if getter not in done:
                 continue
@@ -227,11 +229,27 @@ async def stop_attempt(led: LedJob, attempt: job_pb2.Attempt, grace_s: float) ->
     """Every node stops the attempt's ranks; their last states go into ``attempt``. A node
     that does not answer a ping is not waited on (a stop's deadline is far longer): its
     ranks are marked unreachable. Returns those nodes."""
+    return sorted(
+        node for node, unreachable in (await _stop(led, attempt, grace_s)).values() if unreachable
+    )
+
+
+async def stop_by_operator(led: LedJob, attempt: job_pb2.Attempt, grace_s: float) -> str:
+    """`stop_attempt` for an operator's stop: the attempt's reason, naming the nodes
+    whose ranks it could not stop (unreachable, or refusing) and why."""
+    unstopped = {node: why for node, (why, _) in (await _stop(led, attempt, grace_s)).items()}
+    return stopped_with_unstopped(BY_OPERATOR, unstopped)
+
+
+async def _stop(
+    led: LedJob, attempt: job_pb2.Attempt, grace_s: float
+) -> dict[str, tuple[str, bool]]:
+    """Node -> (why its ranks were not stopped, whether it was unreachable)."""
     request = agent_service_pb2.StopRanksRequest(
         job_name=led.name, attempt=attempt.number, grace_s=grace_s
     )
     nodes = sorted({r.node for r in attempt.ranks})
-    unreachable: list[str] = []
+    unstopped: dict[str, tuple[str, bool]] = {}
 
     async def stop_one(node: str) -> None:
         api = led.nodes[node]
@@ -246,11 +264,12 @@ async def stop_attempt(led: LedJob, attempt: job_pb2.Attempt, grace_s: float) ->
             reply = stopping.result()
         except NodeUnreachable as exc:
             log.warning("job %s: stopping ranks on %s: %s", led.name, node, exc)
-            unreachable.append(node)
+            unstopped[node] = ("unreachable", True)
             mark_unreachable(attempt, node, str(exc), api.lost_since() or time.time())
             return
         except NodeRefused as exc:
             log.warning("job %s: stopping ranks on %s: %s", led.name, node, exc)
+            unstopped[node] = (f"the stop was refused ({exc})", False)
             return
         finally:
             for task in (stopping, pinging):
@@ -260,7 +279,7 @@ async def stop_attempt(led: LedJob, attempt: job_pb2.Attempt, grace_s: float) ->
             merge_rank(attempt, rank)
 
     await asyncio.gather(*(stop_one(n) for n in nodes if n in led.nodes))
-    return sorted(unreachable)
+    return unstopped
 
 
 def merge_rank(attempt: job_pb2.Attempt, rank: job_pb2.Rank) -> None:
