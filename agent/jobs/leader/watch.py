@@ -229,9 +229,8 @@ async def stop_attempt(led: LedJob, attempt: job_pb2.Attempt, grace_s: float) ->
     """Every node stops the attempt's ranks; their last states go into ``attempt``. A node
     that does not answer a ping is not waited on (a stop's deadline is far longer): its
     ranks are marked unreachable. Returns those nodes."""
-    return sorted(
-        node for node, unreachable in (await _stop(led, attempt, grace_s)).values() if unreachable
-    )
+    unstopped = await _stop(led, attempt, grace_s)
+    return sorted(node for node, (_, unreachable) in unstopped.items() if unreachable)
 
 
 async def stop_by_operator(led: LedJob, attempt: job_pb2.Attempt, grace_s: float) -> str:
