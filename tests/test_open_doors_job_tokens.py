@@ -182,6 +182,45 @@ def test_an_ssh_leader_mints_a_job_token_from_a_restarted_peers_new_token() -> N
     assert not asyncio.run(node._token_refreshed(unauthenticated(), bearer))
 
 
+class SlowForward(FakeForward):
+    """Every read waits for all of them to have started: calls refused at once read the
+    token file at once."""
+
+    def __init__(self, text: str, readers: int) -> None:
+        super().__init__(text)
+        self.readers = readers
+        self.started = 0
+        self.all_started = asyncio.Event()
+
+    async def read_text(self, path: str) -> str:
+        self.started += 1
+        if self.started == self.readers:
+            self.all_started.set()
+        await self.all_started.wait()
+        return self.text
+
+
+def test_calls_refused_together_all_retry_with_the_token_one_of_them_renewed() -> None:
+    """A stop, a ping and the events stream refused with the old token at once each read
+    the new token file; whichever read finished first renewed the token, and the others
+    must retry with it (test_ssh_peers: the stop gave up, leaving node-2's ranks)."""
+    old = mint_job_token(PEER_TOKEN, "demo-moe")
+    peer = A.PeerAgent(
+        name="gpu-02", address="127.0.0.1:1", token=old, ssh="gpu-02", token_file="~/d/token"
+    )
+    node = RemoteNode(peer)
+    fresh = "fresh-token-after-restart-0123"
+    node._forward = SlowForward(fresh, readers=3)  # type: ignore[assignment]
+
+    async def together() -> list[bool]:
+        calls = [node._token_refreshed(unauthenticated(), old) for _ in range(3)]
+        return list(await asyncio.gather(*calls))
+
+    assert asyncio.run(together()) == [True, True, True]
+    bearer = dict(node._metadata)["authorization"].removeprefix("Bearer ")
+    assert verify_job_token(bearer, fresh) == "demo-moe"
+
+
 # -- a whole job across two real agents with job tokens ----------------------------------------
 
 

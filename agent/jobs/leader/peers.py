@@ -224,6 +224,8 @@ class RemoteNode:
         except PeerSshError as err:
             log.warning("%s: %s", self.name, err)
             return False
+        if self._token != refused:
+            return True  # renewed by a call that read the file while this one did
         if not token:
             return False
         job = job_of(self._token)
