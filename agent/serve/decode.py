@@ -122,13 +122,18 @@ class BatchDecoder(Generic[K]):
     def __len__(self) -> int:
         return len(self._keys)
 
-    def _forward(self, cache: Any, **kwargs: Any) -> torch.Tensor:
+    def _logits(self, cache: Any, keep: int | torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """The model's logits [rows, positions, vocab] over `cache`: at the positions `keep`
+        names (transformers' `logits_to_keep`) where the model takes it, else at all."""
         kwargs[self._cache_arg] = cache
         if self._logits_to_keep:
-            kwargs["logits_to_keep"] = 1
-        out = self.model(use_cache=True, **kwargs)
-        logits: torch.Tensor = out.logits[:, -1, :].float()
+            kwargs["logits_to_keep"] = keep
+        logits: torch.Tensor = self.model(use_cache=True, **kwargs).logits
         return logits
+
+    def _forward(self, cache: Any, **kwargs: Any) -> torch.Tensor:
+        """The next-token logits, one row per sequence."""
+        return self._logits(cache, 1, **kwargs)[:, -1, :].float()
 
     def _model_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """A boolean 4-D mask as the model's attention takes it (eager: additive)."""
@@ -186,24 +191,20 @@ class BatchDecoder(Generic[K]):
         if len(prompts) == 1:
             return [self.prefill(prompts[0])]
         packed = pack(prompts)
-        columns = packed.last_columns() if self._logits_to_keep else None
-        kept = len(columns) if columns is not None else packed.ids.shape[1]
+        columns = packed.last_columns()
+        kept = len(columns) if self._logits_to_keep else packed.ids.shape[1]
         if packed.rows * kept * self._vocab > PACKED_LOGITS_LIMIT:
             half = len(prompts) // 2
             return self.prefill_many(prompts[:half]) + self.prefill_many(prompts[half:])
         cache = DynamicCache(config=self.model.config)
-        kwargs: dict[str, Any] = {self._cache_arg: cache}
-        if columns is not None:
-            kwargs["logits_to_keep"] = torch.tensor(columns, device=self.device)
-        out = self.model(
+        logits = self._logits(
+            cache,
+            torch.tensor(columns, device=self.device),
             input_ids=packed.ids.to(self.device),
             attention_mask=self._model_mask(packed.mask.to(self.device)),
             position_ids=packed.positions.to(self.device),
-            use_cache=True,
-            **kwargs,
-        )
-        logits: torch.Tensor = out.logits.float()
-        where = {c: j for j, c in enumerate(columns)} if columns is not None else None
+        ).float()
+        where = {c: j for j, c in enumerate(columns)} if self._logits_to_keep else None
         kvs = [_kv(layer) for layer in _layers(cache)]
         results = []
         for row, start, end in packed.spans:

@@ -31,6 +31,7 @@ from agent.jobs.leader.store import LeaderStore
 
 log = logging.getLogger("gantry.agent")
 EK = job_pb2.JobEventKind
+UNREACHABLE = "unreachable"  # why a node's ranks were not stopped, when it is
 JOURNAL_RETRY_S = 1.0  # a peer's event the journal could not take is tried again this soon
 
 
@@ -230,25 +231,22 @@ async def stop_attempt(led: LedJob, attempt: job_pb2.Attempt, grace_s: float) ->
     that does not answer a ping is not waited on (a stop's deadline is far longer): its
     ranks are marked unreachable. Returns those nodes."""
     unstopped = await _stop(led, attempt, grace_s)
-    return sorted(node for node, (_, unreachable) in unstopped.items() if unreachable)
+    return sorted(node for node, why in unstopped.items() if why == UNREACHABLE)
 
 
 async def stop_by_operator(led: LedJob, attempt: job_pb2.Attempt, grace_s: float) -> str:
     """`stop_attempt` for an operator's stop: the attempt's reason, naming the nodes
     whose ranks it could not stop (unreachable, or refusing) and why."""
-    unstopped = {node: why for node, (why, _) in (await _stop(led, attempt, grace_s)).items()}
-    return stopped_with_unstopped(BY_OPERATOR, unstopped)
+    return stopped_with_unstopped(BY_OPERATOR, await _stop(led, attempt, grace_s))
 
 
-async def _stop(
-    led: LedJob, attempt: job_pb2.Attempt, grace_s: float
-) -> dict[str, tuple[str, bool]]:
-    """Node -> (why its ranks were not stopped, whether it was unreachable)."""
+async def _stop(led: LedJob, attempt: job_pb2.Attempt, grace_s: float) -> dict[str, str]:
+    """Node -> why its ranks were not stopped (UNREACHABLE, or the node's refusal)."""
     request = agent_service_pb2.StopRanksRequest(
         job_name=led.name, attempt=attempt.number, grace_s=grace_s
     )
     nodes = sorted({r.node for r in attempt.ranks})
-    unstopped: dict[str, tuple[str, bool]] = {}
+    unstopped: dict[str, str] = {}
 
     async def stop_one(node: str) -> None:
         api = led.nodes[node]
@@ -263,12 +261,12 @@ async def _stop(
             reply = stopping.result()
         except NodeUnreachable as exc:
             log.warning("job %s: stopping ranks on %s: %s", led.name, node, exc)
-            unstopped[node] = ("unreachable", True)
+            unstopped[node] = UNREACHABLE
             mark_unreachable(attempt, node, str(exc), api.lost_since() or time.time())
             return
         except NodeRefused as exc:
             log.warning("job %s: stopping ranks on %s: %s", led.name, node, exc)
-            unstopped[node] = (f"the stop was refused ({exc})", False)
+            unstopped[node] = f"the stop was refused ({exc})"
             return
         finally:
             for task in (stopping, pinging):
