@@ -1,9 +1,8 @@
 """``python -m agent.train``, the command in users' job specs: Gantry's trainer
 (``agent.rank.train``)."""
 
-import sys
-
+from agent.rank.quick_exit import exit_after
 from agent.rank.train import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_after(main)

@@ -53,12 +53,12 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from agent.rank.parallel_plan import EXPERT_ENV, TENSOR_ENV, ParallelPlan, env_size
+from agent.rank.quick_exit import exit_after
 from agent.rank.report import Reporter, install_stack_dump
 from agent.rank.tensorboard_log import open_board
 from agent.rank.train_engine import DEFAULT_LR, RankEngine, build_engine
@@ -394,4 +394,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_after(main)
