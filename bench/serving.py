@@ -50,12 +50,17 @@ token the bench makes (as an agent's).
 
 Every process the bench starts is stopped on exit, Ctrl-C or error.
 
+The decode loop alone (bench/serving_engine.py, before the servers start): the model's
+batch-1 and batch-N decode steps in a process of their own, no gRPC, no client: the gain
+the loop would give with a core to itself (on a 2-core machine the bench's client and
+the server's front end take most of a core from it).
+
 Last line: {"batching_gain_c32": ..., "ttft_p50_ms_c32": ..., "ttft_p99_ms_c32": ...,
 "tokens_per_server_cpu_s_c32": ..., "int8_tokens_per_s_ratio": ...,
-"rest_vs_grpc_tokens_per_s_ratio": ...}, the c32 figures at concurrency 32 (else the
-largest measured); tokens_per_server_cpu_s_c32: the batched server's completion tokens
-per CPU-second it used in its c32 windows. With --device cuda (concurrency 1,8,32,64
-unless given) or a --concurrency list with 64, also "tokens_per_s_c64",
+"rest_vs_grpc_tokens_per_s_ratio": ..., "decode_loop_gain": ...}, the c32 figures at
+concurrency 32 (else the largest measured); tokens_per_server_cpu_s_c32: the batched
+server's completion tokens per CPU-second it used in its c32 windows. With --device cuda
+(concurrency 1,8,32,64 unless given) or a --concurrency list with 64, also "tokens_per_s_c64",
 "requests_per_s_c64" (replies of --max-tokens tokens) and "ttft_p99_ms" (client side),
 of the batched server at concurrency 64; the batched server's --max-batch-size is then
 64 unless given.
@@ -65,7 +70,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -74,10 +78,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-
-import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -85,6 +86,7 @@ if str(ROOT) not in sys.path:
 
 
 from bench.failover import BenchError, _raise_interrupt, run_main  # noqa: E402
+from bench.serving_engine import decode_loop  # noqa: E402
 from bench.serving_load import (  # noqa: E402
     BENCH_TOKEN,
     Cell,
@@ -93,10 +95,16 @@ from bench.serving_load import (  # noqa: E402
 )
 from bench.serving_report import HEADER, print_cell, report  # noqa: E402
 from bench.serving_rest import rest_vs_grpc  # noqa: E402
+from bench.serving_server import (  # noqa: E402
+    START_TIMEOUT_S,
+    Server,
+    launch_server,
+    server_env,
+    stop_server,
+    wait_ready,
+)
 
 PYTHON = sys.executable
-START_TIMEOUT_S = 300.0  # torch + transformers imports and the load, on a busy small machine
-STOP_TIMEOUT_S = 20.0
 QUANTIZE_TIMEOUT_S = 600.0
 DEMO_MODEL = "tiny-moe"
 DEMO_MAX_LENGTH = 128  # examples/job-demo.yaml's --max_length: the tokenizer is trained on that
@@ -160,78 +168,7 @@ def quantize(model: Path, out: Path, weight_only: bool, env: dict[str, str]) -> 
         )
 
 
-# --- the server -----------------------------------------------------------------------
-
-
-def server_env(threads: int) -> dict[str, str]:
-    """The agent's environment for a task (agent.tasks.runner), OMP threads as asked."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env.pop(name, None)
-    if threads > 0:
-        env["OMP_NUM_THREADS"] = str(threads)
-    return env
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-    dir: Path
-    address: str = ""
-    http_address: str = ""  # with --http-port
-
-    @property
-    def process(self) -> psutil.Process:
-        return psutil.Process(self.proc.pid)
-
-    def logs(self) -> str:
-        return (self.dir / "stderr.log").read_text(errors="replace")[-3000:]
-
-
-def launch_server(
-    model: Path,
-    base: Path,
-    max_batch_size: int,
-    args: argparse.Namespace,
-    env: dict[str, str],
-    http: bool = False,
-) -> Server:
-    base.mkdir(parents=True, exist_ok=True)
-    argv = [PYTHON, "-m", "agent.serve", "--model", str(model), "--listen", "127.0.0.1:0"]
-    argv += ["--token-file", str(args.token_file)] + (["--http-port", "0"] if http else [])
-    argv += ["--ready-file", str(base / "ready.json"), "--drain-s", "5"]
-    argv += ["--device", args.device, "--max-batch-size", str(max_batch_size)]
-    argv += ["--max-queue-delay-ms", f"{args.max_queue_delay_ms:g}"]
-    with (base / "stdout.log").open("wb") as out, (base / "stderr.log").open("wb") as err:
-        proc = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdout=out, stderr=err, start_new_session=True
-        )
-    return Server(proc, base)
-
-
-def wait_ready(server: Server, deadline: float) -> None:
-    """Until the server writes its ready file (address, pid), as the agent waits for it."""
-    ready = server.dir / "ready.json"
-    while not ready.is_file():
-        if server.proc.poll() is not None:
-            raise BenchError(f"the server exited ({server.proc.returncode}):\n{server.logs()}")
-        if time.monotonic() > deadline:
-            raise BenchError(f"the server was not ready in {START_TIMEOUT_S:.0f} s")
-        time.sleep(0.1)
-    doc = json.loads(ready.read_text())
-    server.address, server.http_address = doc["address"], doc.get("http_address", "")
-
-
-def stop_server(server: Server) -> None:
-    """SIGTERM (it drains and exits 0), then SIGKILL if it does not."""
-    if server.proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            server.proc.send_signal(signal.SIGTERM)
-        try:
-            server.proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait(10)
+# --- a cell ---------------------------------------------------------------------------
 
 
 def measure(
@@ -328,7 +265,7 @@ def main() -> None:
     args.token_file.chmod(0o600)
     servers: dict[str, Server] = {}
     cells: list[Cell] = []
-    rest_ratio = float("nan")
+    rest_ratio = loop_gain = float("nan")
     t0 = time.monotonic()
     try:
         if args.model is None:
@@ -339,6 +276,7 @@ def main() -> None:
         else:
             model = args.model.resolve()
             print(f"model: {model}")
+        loop_gain = decode_loop(model, args, env, START_TIMEOUT_S)
         prompts = demo_prompts()
         threads = args.server_threads or f"unset (the server's default; {os.cpu_count()} cores)"
         print(
@@ -403,7 +341,7 @@ def main() -> None:
         "srv CPU, bench, other: CPU-s per s of the server, this bench, other processes)"
     )
     print(f"total {time.monotonic() - t0:.0f} s")
-    print(json.dumps(report(cells, args, rest_ratio)))
+    print(json.dumps(report(cells, args, rest_ratio, loop_gain)))
 
 
 if __name__ == "__main__":

@@ -47,7 +47,10 @@ def goal(ok: bool) -> str:
 
 
 def report(
-    cells: list[Cell], args: argparse.Namespace, rest_ratio: float = float("nan")
+    cells: list[Cell],
+    args: argparse.Namespace,
+    rest_ratio: float = float("nan"),
+    loop_gain: float = float("nan"),
 ) -> dict[str, float | None]:
     top = 32 if 32 in args.concurrency else max(args.concurrency)
     groups: dict[tuple[str, int], list[Cell]] = {}
@@ -74,6 +77,7 @@ def report(
         f"{goal(p99 < GOAL_TTFT_P99_MS):>4}"
     )
     print(f"{'int8 (weight-only) / fp32 tokens/s':44} {int8_ratio:10.3f} {'(report)':>10}")
+    print(f"{'batching gain of the decode loop alone':44} {loop_gain:10.2f} {'(report)':>10}")
     cpu_gain = ratio(batched.tokens_per_cpu_s, single.tokens_per_cpu_s)
     print(f"{'batching gain per server CPU-second':44} {cpu_gain:10.2f} {'(report)':>10}")
     print(
@@ -113,6 +117,7 @@ def report(
         "tokens_per_server_cpu_s_c32": rounded(batched.tokens_per_cpu_s, 1),
         "int8_tokens_per_s_ratio": rounded(int8_ratio, 3),
         "rest_vs_grpc_tokens_per_s_ratio": rounded(rest_ratio, 3),
+        "decode_loop_gain": rounded(loop_gain, 2),
     }
     c64 = by.get(("batched", 64))
     if c64 is not None:
