@@ -27,6 +27,29 @@ DS_CONFIG_FILE = "ds_config.json"
 RANK_FILES = ("stdout.log", "stderr.log", "metrics.jsonl", "exit_code")
 
 
+def check_start(
+    spec: job_pb2.JobSpec,
+    ranks: Sequence[int],
+    local_ranks: Sequence[int] | None,
+    gpus: Sequence[int],
+    world_size: int,
+) -> list[int]:
+    """The local ranks of a start request (default 0..n-1); ValueError names what is wrong."""
+    if not spec.command:
+        raise ValueError("the job spec has no command")
+    if not ranks:
+        raise ValueError("no ranks to start")
+    locals_ = list(range(len(ranks))) if local_ranks is None else list(local_ranks)
+    if len(locals_) != len(ranks) or len(set(ranks)) != len(ranks):
+        raise ValueError("ranks and local_ranks must be distinct and of equal length")
+    if gpus and max(locals_) >= len(gpus):
+        raise ValueError(f"{len(ranks)} local ranks but only GPUs {list(gpus)}")
+    for rank in ranks:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+    return locals_
+
+
 def write_ds_config(attempt_dir: Path, spec: job_pb2.JobSpec) -> Path | None:
     """The job's embedded DeepSpeed config as the attempt's ``ds_config.json``; None when
     the job has none. ValueError when it cannot be written (nothing is started then)."""

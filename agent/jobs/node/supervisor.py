@@ -1,6 +1,6 @@
 """The node-local half of the supervisor: starts, watches and stops this node's ranks (one
-class, the agent's rank API; about 440 lines because each method is the thin door to its
-room: launch, rank_progress, rank_exits, hangs, checkpoint_asks, kernel_alerts, standby).
+class, the agent's rank API; about 430 lines because each method is the thin door to its
+room: rank_start, rank_progress, rank_exits, hangs, checkpoint_asks, kernel_alerts, standby).
 
 A job's leader calls ``start_ranks`` / ``stop_ranks`` on every node of the job; the agent
 calls ``poll`` periodically (or runs ``run``). Each poll tails every live rank's metrics
@@ -48,7 +48,7 @@ from agent.jobs.node.rank_exits import settle_exit
 from agent.jobs.node.rank_journal import OnEvent, RankJournal
 from agent.jobs.node.rank_progress import read_progress
 from agent.jobs.node.rank_reuse import free_ended_place
-from agent.jobs.node.rank_start import new_rank_row, spawn_rank, write_ds_config
+from agent.jobs.node.rank_start import check_start, new_rank_row, spawn_rank, write_ds_config
 from agent.jobs.node.rank_states import TERMINAL_RANK_STATES, RankEdge, RankState
 from agent.jobs.node.readopt import readopt_ranks
 from agent.jobs.node.route_iface import interface_to
@@ -139,18 +139,8 @@ class LocalSupervisor:
         process cannot be started ends FAILED (its event says why); nothing raises for that.
         """
         self.rank_dir(spec.name, attempt, 0)  # validates the job name
-        if not spec.command:
-            raise ValueError("the job spec has no command")
-        if not ranks:
-            raise ValueError("no ranks to start")
-        locals_ = list(range(len(ranks))) if local_ranks is None else list(local_ranks)
-        if len(locals_) != len(ranks) or len(set(ranks)) != len(ranks):
-            raise ValueError("ranks and local_ranks must be distinct and of equal length")
-        if gpus and max(locals_) >= len(gpus):
-            raise ValueError(f"{len(ranks)} local ranks but only GPUs {list(gpus)}")
+        locals_ = check_start(spec, ranks, local_ranks, gpus, world_size)
         for rank in ranks:
-            if not 0 <= rank < world_size:
-                raise ValueError(f"rank {rank} is outside world size {world_size}")
             key = (spec.name, attempt, rank)
             if not free_ended_place(self.journal, self._live, key, self.rank_dir(*key)):
                 raise ValueError(f"{spec.name} attempt {attempt} rank {rank} was already started")
