@@ -4,7 +4,11 @@ completion tokens/s, requests/s and time to first token, with and without batchi
 Each server runs as the agent runs a serve task (`python -m agent.serve --model DIR
 --listen 127.0.0.1:0 --ready-file F ...`, the agent's environment with
 PYTHONUNBUFFERED and HF_HUB_OFFLINE, the server's own thread default unless
---server-threads):
+--server-threads), with `--engine-cpus auto` unless --engine-cpus says otherwise: its
+engine on a core of its own, its front end on the others. This bench's client then runs
+on the front end's cores, off the engine's, as a client on a machine of its own would
+(agent/serve/cpu_binding.py says what the binding is worth); `--engine-cpus none`
+measures with neither bound.
 
 - batched: `--max-batch-size` 32, or the largest concurrency when above, `--max-queue-delay-ms` 10;
 - batch 1: `--max-batch-size 1`, the same queue delay;
@@ -41,12 +45,14 @@ rendered as agent.tasks.eval renders them.
     .venv/bin/python bench/serving.py [--model DIR] [--quick] [--seconds 10]
         [--warmup-s 3] [--concurrency 1,8,32] [--max-tokens 32] [--max-batch-size N]
         [--max-queue-delay-ms 10] [--device auto|cpu|cuda] [--server-threads N]
-        [--int8-dynamic] [--no-int8] [--keep]
+        [--int8-dynamic] [--no-int8] [--engine-cpus auto|none|CPUS] [--keep]
 
-REST vs gRPC (bench/serving_rest.py): the batched server also serves the OpenAI-compatible
-HTTP API (--http-port); after the cells above, the load tester runs against its gRPC and
-its HTTP endpoint at concurrency 32 (--no-rest skips it). The servers answer a bearer
-token the bench makes (as an agent's).
+REST vs gRPC (bench/serving_rest.py): a batched server of its own, which also serves the
+OpenAI-compatible HTTP API (--http-port), with `--engine-cpus none` and the client unbound
+(the two front ends compared as before binding: HTTP's costs more per token, and bound to
+the core it would share with the client it is what limits the run); after the cells
+above, the load tester runs against its gRPC and its HTTP endpoint at concurrency 32
+(--no-rest skips it). The servers answer a bearer token the bench makes (as an agent's).
 
 Every process the bench starts is stopped on exit, Ctrl-C or error.
 
@@ -85,6 +91,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+from agent.serve.cpu_binding import (  # noqa: E402
+    AUTO,
+    NONE,
+    BindingError,
+    allowed_cpus,
+    bind_process,
+    format_cpus,
+    plan_binding,
+)
+from agent.serve.loading import DEFAULT_THREADS  # noqa: E402
 from bench.failover import BenchError, _raise_interrupt, run_main  # noqa: E402
 from bench.serving_engine import decode_loop  # noqa: E402
 from bench.serving_load import (  # noqa: E402
@@ -174,6 +190,8 @@ def quantize(model: Path, out: Path, weight_only: bool, env: dict[str, str]) -> 
 def measure(
     server: Server, setting: str, c: int, prompts: list[str], args: argparse.Namespace
 ) -> Cell:
+    if args.binding is not None:  # every thread, the client's gRPC threads started since too
+        bind_process(args.binding.front)
     meter = CpuMeter(server.process)
     cell = asyncio.run(closed_loop(server.address, setting, c, prompts, args, meter))
     if server.proc.poll() is not None:
@@ -226,6 +244,12 @@ def parse_args() -> argparse.Namespace:
         default=0,
         help="OMP_NUM_THREADS of the server (0: unset, the server's default, as the agent runs it)",
     )
+    parser.add_argument(
+        "--engine-cpus",
+        default=AUTO,
+        help="the servers' --engine-cpus (default auto); bound, this bench's client runs on "
+        "the front end's CPUs; none: no binding",
+    )
     parser.add_argument("--seed", type=int, default=0, help="of the random demo weights")
     parser.add_argument("--int8-dynamic", action="store_true", help="also dynamic int8")
     parser.add_argument("--no-int8", action="store_true", help="skip int8")
@@ -242,6 +266,11 @@ def parse_args() -> argparse.Namespace:
         parser.error("--concurrency: comma-separated integers, e.g. 1,8,32")
     if args.max_batch_size is None:
         args.max_batch_size = max(32, *args.concurrency)
+    threads = args.server_threads or DEFAULT_THREADS
+    try:
+        args.binding = plan_binding(args.engine_cpus, allowed_cpus(), threads)
+    except BindingError as exc:
+        parser.error(str(exc))
     if min(args.concurrency) < 1 or args.seconds <= 0 or args.warmup_s < 0:
         parser.error("need concurrency >= 1, --seconds > 0, --warmup-s >= 0")
     if args.max_batch_size < max(args.concurrency):
@@ -277,6 +306,13 @@ def main() -> None:
             model = args.model.resolve()
             print(f"model: {model}")
         loop_gain = decode_loop(model, args, env, START_TIMEOUT_S)
+        if args.binding is not None:
+            print(
+                f"CPUs: the servers' engines on {format_cpus(args.binding.engine)}; their "
+                f"front ends and this bench's client on {format_cpus(args.binding.front)}"
+            )
+        else:
+            print(f"CPUs: not bound (--engine-cpus {args.engine_cpus})")
         prompts = demo_prompts()
         threads = args.server_threads or f"unset (the server's default; {os.cpu_count()} cores)"
         print(
@@ -302,9 +338,13 @@ def main() -> None:
         # All servers load at once and wait, idle, for their turns: cells of different
         # settings can then alternate without a restart between them.
         for name, directory, batch in settings:
-            http = name == "batched" and not args.no_rest
             base = root / "servers" / name
-            servers[name] = launch_server(directory, base, batch, args, env, http)
+            servers[name] = launch_server(directory, base, batch, args, env)
+        if not args.no_rest:  # front ends compared as before binding: neither side bound
+            base = root / "servers" / "rest"
+            servers["rest"] = launch_server(
+                model, base, args.max_batch_size, args, env, http=True, engine_cpus=NONE
+            )
         launched = time.monotonic()
         deadline = launched + START_TIMEOUT_S
         for name in list(servers):
@@ -322,10 +362,11 @@ def main() -> None:
         print(HEADER, flush=True)
         plan = schedule(args.concurrency, [n for n in int8 if n in servers])
         cells = [measure(servers[name], name, c, prompts, args) for name, c in plan]
-        batched = servers["batched"]
-        if batched.http_address:
+        if "rest" in servers:
+            bind_process(allowed_cpus())
+            both = servers["rest"]
             rest = rest_vs_grpc(
-                batched.address, batched.http_address, prompts, args.token_file, root, args
+                both.address, both.http_address, prompts, args.token_file, root, args
             )
             rest_ratio = rest.ratio
     finally:

@@ -56,13 +56,16 @@ def launch_server(
     args: argparse.Namespace,
     env: dict[str, str],
     http: bool = False,
+    engine_cpus: str | None = None,
 ) -> Server:
+    """The server of `model` (`engine_cpus`: its --engine-cpus, else the bench's)."""
     base.mkdir(parents=True, exist_ok=True)
     argv = [PYTHON, "-m", "agent.serve", "--model", str(model), "--listen", "127.0.0.1:0"]
     argv += ["--token-file", str(args.token_file)] + (["--http-port", "0"] if http else [])
     argv += ["--ready-file", str(base / "ready.json"), "--drain-s", "5"]
     argv += ["--device", args.device, "--max-batch-size", str(max_batch_size)]
     argv += ["--max-queue-delay-ms", f"{args.max_queue_delay_ms:g}"]
+    argv += ["--engine-cpus", engine_cpus or args.engine_cpus]
     with (base / "stdout.log").open("wb") as out, (base / "stderr.log").open("wb") as err:
         proc = subprocess.Popen(
             argv, cwd=ROOT, env=env, stdout=out, stderr=err, start_new_session=True

@@ -26,6 +26,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from agent.serve.cpu_binding import format_cpus
 from agent.serve.engine_wire import event_from_wire
 from agent.serve.events import Done, Failed, Request, Sink, held_wakeups
 from agent.serve.stats import ServerStats
@@ -49,6 +50,7 @@ class EngineProcess:
         max_batch_size: int | None,
         max_queue_delay_ms: float,
         stats: ServerStats,
+        cpus: frozenset[int] | None = None,
     ) -> None:
         ours, theirs = socket.socketpair()
         argv = [sys.executable, "-m", "agent.serve.engine_worker", "--fd", str(theirs.fileno())]
@@ -56,6 +58,7 @@ class EngineProcess:
         argv += ["--model", str(model), "--device", device, "--threads", str(threads)]
         argv += ["--max-batch-size", str(max_batch_size or 0)]
         argv += ["--max-queue-delay-ms", str(max_queue_delay_ms)]
+        argv += ["--cpus", format_cpus(cpus)] if cpus else []
         # Its stdout is the server's stderr: the server's stdout carries the task protocol.
         self._process = subprocess.Popen(
             argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=sys.stderr

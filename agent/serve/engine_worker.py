@@ -2,7 +2,7 @@
 server's gRPC and HTTP event loop (started by agent.serve.engine_process, never by hand).
 
     python -m agent.serve.engine_worker --fd N --server-pid PID --model DIR [--device auto]
-        [--threads 1] [--max-batch-size N] [--max-queue-delay-ms 10]
+        [--threads 1] [--max-batch-size N] [--max-queue-delay-ms 10] [--cpus 3]
 
 Why a process: in one process the decode loop and the event loop share one GIL. On the
 demo model the decode loop alone makes 8,800 tokens/s at batch 32 on one core, but the
@@ -32,6 +32,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agent.serve.cpu_binding import bind_process, parse_cpus
 from agent.serve.engine_wire import FigureRecorder, WireEvent, event_to_wire
 from agent.serve.events import Event, Sink, wake_later
 
@@ -90,6 +91,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-batch-size", type=int, default=0, help="0: sized for the device")
     parser.add_argument("--max-queue-delay-ms", type=float, default=10.0)
+    parser.add_argument("--cpus", help="bind to these CPUs (the server's --engine-cpus)")
     return parser.parse_args(argv)
 
 
@@ -126,6 +128,8 @@ def die_with(server_pid: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     die_with(args.server_pid)
+    if args.cpus:  # before torch starts its threads: they inherit it
+        bind_process(parse_cpus(args.cpus))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     logging.basicConfig(

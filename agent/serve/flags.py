@@ -14,6 +14,7 @@ from agent.security.task_credentials import (
     TOKEN_FILE_ENV,
     env_path,
 )
+from agent.serve.cpu_binding import NONE, BindingError, allowed_cpus, plan_binding
 from agent.serve.loading import DEFAULT_THREADS
 
 DEFAULT_LISTEN = "127.0.0.1:50061"
@@ -73,9 +74,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=int(os.environ.get("OMP_NUM_THREADS") or DEFAULT_THREADS),
         help=f"torch threads (default: $OMP_NUM_THREADS, else {DEFAULT_THREADS})",
     )
+    parser.add_argument(
+        "--engine-cpus",
+        default=NONE,
+        metavar="CPUS",
+        help="bind the engine process to these CPUs (e.g. 3, 2-3) and the front end to the "
+        "others; auto: the last --threads CPUs; none (default): no binding",
+    )
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be at least 1")
+    try:
+        args.binding = plan_binding(args.engine_cpus, allowed_cpus(), args.threads)
+    except BindingError as exc:
+        parser.error(str(exc))
     if args.max_batch_size is not None and args.max_batch_size < 1:
         parser.error("--max-batch-size must be at least 1")
     if args.http_port is not None and not 0 <= args.http_port <= 65535:

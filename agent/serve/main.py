@@ -4,6 +4,7 @@
         [--max-batch-size N] [--max-queue-delay-ms 10]
         [--token-file F | --tls-ca CA --tls-cert C --tls-key K]
         [--ready-file PATH] [--drain-s 10] [--device auto|cpu|cuda] [--http-port P]
+        [--threads N] [--engine-cpus none|auto|CPUS]
 
 DIR is a Hugging Face model directory with its tokenizer (the trainer's
 `OUTPUT_DIR/final`) or an int8 artifact of `agent.tasks.quantize`. Clients know the model
@@ -30,7 +31,8 @@ The contract clients in other languages build on (auth, limits, status codes):
 protos/gantry/v1/inference_service.proto; request bytes that do not decode get
 INVALID_ARGUMENT (agent.serve.undecodable).
 
-Batching: see agent.serve.batching (admission) and agent.serve.decode (model stepping).
+Batching: see agent.serve.batching (admission) and agent.serve.decode (model stepping);
+`--engine-cpus`, the engine's own cores: agent.serve.cpu_binding.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from agent.security.tls import (
     server_credentials,
     tls_files_from_flags,
 )
+from agent.serve.cpu_binding import AUTO, allowed_cpus, bind_process, format_cpus
 from agent.serve.flags import ListenError, model_name, parse_args, split_listen
 from agent.serve.http_api import (
     HttpApi,
@@ -324,7 +327,22 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    bind_front_end(args)  # before gRPC and the engine process start their threads
     sys.exit(asyncio.run(serve(args)))
+
+
+def bind_front_end(args: argparse.Namespace) -> None:
+    binding = args.binding
+    if binding is not None:
+        bind_process(binding.front)
+        log.info(
+            "engine on CPUs %s, front end on CPUs %s",
+            format_cpus(binding.engine),
+            format_cpus(binding.front),
+        )
+    elif args.engine_cpus.strip().lower() == AUTO:
+        cpus = len(allowed_cpus())
+        log.info("--engine-cpus auto: not bound (%d CPUs, %d engine threads)", cpus, args.threads)
 
 
 if __name__ == "__main__":
