@@ -268,7 +268,8 @@ def parse_args() -> argparse.Namespace:
         args.max_batch_size = max(32, *args.concurrency)
     threads = args.server_threads or DEFAULT_THREADS
     try:
-        args.binding = plan_binding(args.engine_cpus, allowed_cpus(), threads)
+        args.cpus = allowed_cpus()  # before this process binds itself
+        args.binding = plan_binding(args.engine_cpus, args.cpus, threads)
     except BindingError as exc:
         parser.error(str(exc))
     if min(args.concurrency) < 1 or args.seconds <= 0 or args.warmup_s < 0:
@@ -363,7 +364,7 @@ def main() -> None:
         plan = schedule(args.concurrency, [n for n in int8 if n in servers])
         cells = [measure(servers[name], name, c, prompts, args) for name, c in plan]
         if "rest" in servers:
-            bind_process(allowed_cpus())
+            bind_process(args.cpus)
             both = servers["rest"]
             rest = rest_vs_grpc(
                 both.address, both.http_address, prompts, args.token_file, root, args
