@@ -1,13 +1,16 @@
 """--engine-cpus (agent.serve.cpu_binding): the plan (pure), the flag's one-line errors,
-and a real server whose engine process and front end run on the CPUs planned."""
+a real server whose engine process and front end run on the CPUs planned, and `gantry
+serve --engine-cpus` through the agent's serve task."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
 import psutil
 import pytest
+from gantry.v1 import task_pb2
 
 from agent.serve.cpu_binding import (
     Binding,
@@ -17,6 +20,8 @@ from agent.serve.cpu_binding import (
     plan_binding,
 )
 from agent.serve.flags import parse_args
+from agent.tasks.runner import TaskRunner, task_argv
+from console.net.tasks_client import serve_request
 from tests.test_serve import launch, model_dir, stop_server
 from tests.test_serve_engine_process import engine_of
 
@@ -98,3 +103,34 @@ def test_a_bound_server_runs_its_engine_and_front_end_apart(
             assert "--engine-cpus auto: not bound (1 CPUs, 1 engine threads)" in served.logs()
     finally:
         stop_server(served)
+
+
+def test_gantry_serve_passes_engine_cpus_to_the_agents_server(tmp_path: Path) -> None:
+    request = serve_request(str(tmp_path), engine_cpus="auto")
+    assert request.serve.engine_cpus == "auto"
+    serve = task_pb2.TaskKind.TASK_KIND_SERVE
+    argv = task_argv(task_pb2.Task(kind=serve, serve=request.serve), tmp_path)
+    assert argv[argv.index("--engine-cpus") + 1] == "auto"
+    plain = serve_request(str(tmp_path)).serve
+    unbound = task_argv(task_pb2.Task(kind=serve, serve=plain), tmp_path)
+    assert "--engine-cpus" not in unbound
+
+
+async def test_a_serve_task_with_cpus_the_node_lacks_fails_with_the_servers_line(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    beyond = max(os.sched_getaffinity(0)) + 1
+    runner = TaskRunner(tmp_path / "agent", "node-a")
+    try:
+        task = await runner.start(serve_request(str(tmp_path / "model"), engine_cpus=str(beyond)))
+        for _ in range(1200):  # the server's imports, on a busy machine
+            task = runner.get(task.id)
+            if task.state == task_pb2.TaskState.TASK_STATE_FAILED:
+                break
+            await asyncio.sleep(0.05)
+        assert task.state == task_pb2.TaskState.TASK_STATE_FAILED, task
+        assert f"--engine-cpus {beyond}: CPU {beyond} is not one this server may use" in task.error
+    finally:
+        await runner.close()

@@ -78,6 +78,8 @@ def serve_command(spec: task_pb2.ServeTaskSpec, task_dir: Path) -> list[str]:
         argv += ["--max-queue-delay-ms", f"{spec.max_queue_delay_ms:g}"]
     if spec.http_port:  # 0: gRPC only
         argv += ["--http-port", str(spec.http_port)]
+    if spec.engine_cpus:
+        argv += ["--engine-cpus", spec.engine_cpus]
     return argv
 
 

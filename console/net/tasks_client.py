@@ -71,13 +71,15 @@ def serve_request(
     max_batch_size: int = 0,
     max_queue_delay_ms: float = 0.0,
     http_port: int = 0,
+    engine_cpus: str = "",
 ) -> agent_service_pb2.StartTaskRequest:
-    """`http_port`: also the OpenAI-compatible HTTP API there (0: gRPC only)."""
+    """`http_port`: also the OpenAI-compatible HTTP API there (0: gRPC only); `engine_cpus`:
+    the server's --engine-cpus ("": not bound)."""
     request = agent_service_pb2.StartTaskRequest()
     s = request.serve
     s.model_dir = os.path.abspath(model_dir)
     s.port, s.max_batch_size, s.max_queue_delay_ms = port, max_batch_size, max_queue_delay_ms
-    s.http_port = http_port
+    s.http_port, s.engine_cpus = http_port, engine_cpus
     return request
 
 

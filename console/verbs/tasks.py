@@ -66,6 +66,13 @@ def add_task_verbs(verbs: Any) -> list[argparse.ArgumentParser]:
     )
     se.add_argument("--max-batch-size", type=int, default=8)
     se.add_argument("--max-queue-delay-ms", type=float, default=10.0)
+    se.add_argument(
+        "--engine-cpus",
+        default="",
+        metavar="CPUS",
+        help="the engine on these CPUs of the node (e.g. 3, 2-3; auto: the last one), the "
+        "front end on the others (default: not bound)",
+    )
     tasks = verbs.add_parser("tasks", help="every agent's eval, quantize and serve tasks")
     task = verbs.add_parser("task", help="one task: state, results, report")
     task.add_argument("id")
@@ -175,7 +182,12 @@ async def _verb(args: argparse.Namespace, targets: list[NodeTarget], client: Tas
         if not 0 <= args.http_port <= 65535:
             raise JobCommandError(f"--http-port {args.http_port} is not a port (0 to 65535)")
         request = serve_request(
-            args.model, args.port, args.max_batch_size, args.max_queue_delay_ms, args.http_port
+            args.model,
+            args.port,
+            args.max_batch_size,
+            args.max_queue_delay_ms,
+            args.http_port,
+            args.engine_cpus,
         )
     started = await client.start(node, request)
     if not args.json:
