@@ -112,6 +112,7 @@ from bench.serving_load import (  # noqa: E402
 from bench.serving_report import HEADER, print_cell, report  # noqa: E402
 from bench.serving_rest import rest_vs_grpc  # noqa: E402
 from bench.serving_server import (  # noqa: E402
+    PYTHON,
     START_TIMEOUT_S,
     Server,
     launch_server,
@@ -120,7 +121,6 @@ from bench.serving_server import (  # noqa: E402
     wait_ready,
 )
 
-PYTHON = sys.executable
 QUANTIZE_TIMEOUT_S = 600.0
 DEMO_MODEL = "tiny-moe"
 DEMO_MAX_LENGTH = 128  # examples/job-demo.yaml's --max_length: the tokenizer is trained on that

@@ -22,14 +22,12 @@ import argparse
 import json
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from agent.serve.loading import DEFAULT_THREADS, load_for_serving
-
-ROOT = Path(__file__).resolve().parent.parent
+from bench.serving_server import PYTHON, ROOT
 
 
 def step_ms(model: Any, prompts: list[list[int]], tokens: int) -> float:
@@ -80,7 +78,7 @@ def decode_loop(
     if args.device == "cuda":
         print("decode loop alone: measured on CPU only", flush=True)
         return float("nan")
-    argv = [sys.executable, "-m", "bench.serving_engine", "--model", str(model)]
+    argv = [PYTHON, "-m", "bench.serving_engine", "--model", str(model)]
     argv += ["--device", args.device, "--rows", str(args.max_batch_size)]
     argv += ["--tokens", str(args.max_tokens), "--rounds", "3" if args.quick else "7"]
     argv += ["--threads", str(args.server_threads)] if args.server_threads else []

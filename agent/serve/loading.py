@@ -89,7 +89,7 @@ def start_engine(args: argparse.Namespace, stats: ServerStats) -> EngineProcess:
         max_batch_size=getattr(args, "max_batch_size", None),
         max_queue_delay_ms=args.max_queue_delay_ms,
         stats=stats,
-        cpus=binding.engine if (binding := getattr(args, "binding", None)) else None,
+        cpus=args.binding.engine if args.binding is not None else None,
     )
 
 
