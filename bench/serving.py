@@ -18,8 +18,9 @@ measures with neither bound.
 
 All servers load at once, then wait idle for their turns, so that the cells of different
 settings alternate (see `schedule`): batched and batch 1 swap which goes first at each
-concurrency, and at the largest one batched runs first and last (its figures are over
-both), so a change in other load on a shared machine weighs on both sides of a ratio.
+concurrency, and at the largest one each runs twice, batched first and last and batch 1
+twice between (each figure is over its two cells), so a change in other load on a
+shared machine weighs on both sides of a ratio.
 
 Each cell is a closed loop: C client coroutines over one channel, each sending the next
 prompt (`Generate`, greedy, max_tokens --max-tokens) as soon as its previous reply ended.
@@ -44,7 +45,8 @@ rendered as agent.tasks.eval renders them.
 
     .venv/bin/python bench/serving.py [--model DIR] [--quick] [--seconds 10]
         [--warmup-s 3] [--concurrency 1,8,32] [--max-tokens 32] [--max-batch-size N]
-        [--max-queue-delay-ms 10] [--device auto|cpu|cuda] [--server-threads N]
+        [--max-queue-delay-ms 10] [--stream-interval 1] [--device auto|cpu|cuda]
+        [--server-threads N]
         [--int8-dynamic] [--no-int8] [--engine-cpus auto|none|CPUS] [--keep]
 
 REST vs gRPC (bench/serving_rest.py): a batched server of its own, which also serves the
@@ -202,15 +204,15 @@ def measure(
 
 def schedule(concurrencies: list[int], int8: list[str]) -> list[tuple[str, int]]:
     """(setting, concurrency) in the order measured: batched and batch 1 alternate which
-    goes first, and at the top concurrency batched runs before and after the others
-    (its figures are over both), so that a drift in other load on the machine weighs
-    on both sides of each ratio."""
+    goes first, and at the top concurrency batched runs before and after the others,
+    batch 1 twice between them (each figure is over its two cells), so that a drift in
+    other load on the machine weighs on both sides of each ratio."""
     pair = ["batched", "batch 1"]
     plan: list[tuple[str, int]] = []
     for i, c in enumerate(concurrencies[:-1]):
         plan += [(name, c) for name in (pair if i % 2 == 0 else pair[::-1])]
     top = concurrencies[-1]
-    return plan + [(name, top) for name in [*pair, *int8, "batched"]]
+    return plan + [(name, top) for name in [*pair, *int8, "batch 1", "batched"]]
 
 
 # --- main -----------------------------------------------------------------------------
@@ -237,6 +239,9 @@ def parse_args() -> argparse.Namespace:
         help="of the batched server (default: 32, or the largest concurrency when above)",
     )
     parser.add_argument("--max-queue-delay-ms", type=float, default=10.0)
+    parser.add_argument(
+        "--stream-interval", type=int, default=1, help="the servers' --stream-interval"
+    )
     parser.add_argument("--device", default="auto", help="the server's --device")
     parser.add_argument(
         "--server-threads",
@@ -274,6 +279,8 @@ def parse_args() -> argparse.Namespace:
         parser.error(str(exc))
     if min(args.concurrency) < 1 or args.seconds <= 0 or args.warmup_s < 0:
         parser.error("need concurrency >= 1, --seconds > 0, --warmup-s >= 0")
+    if args.stream_interval < 1:
+        parser.error("--stream-interval must be at least 1")
     if args.max_batch_size < max(args.concurrency):
         print(
             f"note: --max-batch-size {args.max_batch_size} is below the concurrency "
@@ -320,7 +327,8 @@ def main() -> None:
             f"load: closed loop, greedy, max_tokens {args.max_tokens}, {len(prompts)} demo "
             f"prompts in turn; {args.warmup_s:g} s warm-up + {args.seconds:g} s measured per "
             f"cell; server --device {args.device}, --max-queue-delay-ms "
-            f"{args.max_queue_delay_ms:g}, OMP threads {threads}",
+            f"{args.max_queue_delay_ms:g}, --stream-interval {args.stream_interval}, OMP "
+            f"threads {threads}",
             flush=True,
         )
         settings: list[tuple[str, Path, int]] = [

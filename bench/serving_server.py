@@ -65,6 +65,7 @@ def launch_server(
     argv += ["--ready-file", str(base / "ready.json"), "--drain-s", "5"]
     argv += ["--device", args.device, "--max-batch-size", str(max_batch_size)]
     argv += ["--max-queue-delay-ms", f"{args.max_queue_delay_ms:g}"]
+    argv += ["--stream-interval", str(args.stream_interval)]
     argv += ["--engine-cpus", engine_cpus or args.engine_cpus]
     with (base / "stdout.log").open("wb") as out, (base / "stderr.log").open("wb") as err:
         proc = subprocess.Popen(

@@ -51,6 +51,7 @@ class EngineProcess:
         max_queue_delay_ms: float,
         stats: ServerStats,
         cpus: frozenset[int] | None = None,
+        stream_interval: int = 1,
     ) -> None:
         ours, theirs = socket.socketpair()
         argv = [sys.executable, "-m", "agent.serve.engine_worker", "--fd", str(theirs.fileno())]
@@ -58,6 +59,7 @@ class EngineProcess:
         argv += ["--model", str(model), "--device", device, "--threads", str(threads)]
         argv += ["--max-batch-size", str(max_batch_size or 0)]
         argv += ["--max-queue-delay-ms", str(max_queue_delay_ms)]
+        argv += ["--stream-interval", str(stream_interval)]
         argv += ["--cpus", format_cpus(cpus)] if cpus else []
         # Its stdout is the server's stderr: the server's stdout carries the task protocol.
         self._process = subprocess.Popen(

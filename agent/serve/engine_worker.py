@@ -3,6 +3,7 @@ server's gRPC and HTTP event loop (started by agent.serve.engine_process, never 
 
     python -m agent.serve.engine_worker --fd N --server-pid PID --model DIR [--device auto]
         [--threads 1] [--max-batch-size N] [--max-queue-delay-ms 10] [--cpus 3]
+        [--stream-interval 1]
 
 Why a process: in one process the decode loop and the event loop share one GIL. On the
 demo model the decode loop alone makes 8,800 tokens/s at batch 32 on one core, but the
@@ -92,6 +93,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-batch-size", type=int, default=0, help="0: sized for the device")
     parser.add_argument("--max-queue-delay-ms", type=float, default=10.0)
     parser.add_argument("--cpus", help="bind to these CPUs (the server's --engine-cpus)")
+    parser.add_argument("--stream-interval", type=int, default=1, help="tokens per message")
     return parser.parse_args(argv)
 
 
@@ -152,7 +154,14 @@ def main(argv: list[str] | None = None) -> int:
         model, tokenizer = load_for_serving(args.model, args.device, args.threads)
         max_batch = max_batch_size_for(model, args.max_batch_size or None)
         scheduler: Scheduler[int] = Scheduler(max_batch, args.max_queue_delay_ms / 1000)
-        engine = Engine(model, tokenizer, scheduler, figures, eos_token_ids(model, tokenizer))
+        engine = Engine(
+            model,
+            tokenizer,
+            scheduler,
+            figures,
+            eos_token_ids(model, tokenizer),
+            stream_interval=args.stream_interval,
+        )
         engine.warm_up()
     except Exception as exc:  # the server reports it as the reason it cannot serve
         conn.send(("failed", str(exc) or type(exc).__name__))

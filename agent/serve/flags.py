@@ -22,6 +22,7 @@ DEFAULT_LISTEN = "127.0.0.1:50061"
 # artifact OUTPUT_DIR/final-int8 (agent.tasks.quantize, the demo) as OUTPUT_DIR-int8.
 TRAINER_FINAL_DIR = "final"
 UNNAMED_MODEL = "model"  # a model directory with no name of its own (/)
+MAX_STREAM_INTERVAL = 1024  # larger is the same as "the first token, then the rest at the end"
 
 
 class ListenError(ValueError):
@@ -45,6 +46,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="default: 8 on CPU; on CUDA sized from free GPU memory, 64-256",
     )
     parser.add_argument("--max-queue-delay-ms", type=float, default=10.0)
+    parser.add_argument(
+        "--stream-interval",
+        type=int,
+        default=1,
+        metavar="N",
+        help="stream a request's tokens N at a time after its first (default 1: each as "
+        "decoded); larger N: less work per token for this server and its clients",
+    )
     parser.add_argument(
         "--token-file",
         type=Path,
@@ -92,6 +101,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--max-batch-size must be at least 1")
     if args.http_port is not None and not 0 <= args.http_port <= 65535:
         parser.error(f"--http-port {args.http_port} is not a port (0 to 65535)")
+    if not 1 <= args.stream_interval <= MAX_STREAM_INTERVAL:
+        parser.error(f"--stream-interval must be between 1 and {MAX_STREAM_INTERVAL}")
     if args.max_queue_delay_ms < 0 or args.drain_s < 0:
         parser.error("--max-queue-delay-ms and --drain-s must not be negative")
     try:

@@ -80,6 +80,8 @@ def serve_command(spec: task_pb2.ServeTaskSpec, task_dir: Path) -> list[str]:
         argv += ["--http-port", str(spec.http_port)]
     if spec.engine_cpus:
         argv += ["--engine-cpus", spec.engine_cpus]
+    if spec.stream_interval > 1:  # 0 or 1: each token as decoded
+        argv += ["--stream-interval", str(spec.stream_interval)]
     return argv
 
 

@@ -72,14 +72,16 @@ def serve_request(
     max_queue_delay_ms: float = 0.0,
     http_port: int = 0,
     engine_cpus: str = "",
+    stream_interval: int = 1,
 ) -> agent_service_pb2.StartTaskRequest:
     """`http_port`: also the OpenAI-compatible HTTP API there (0: gRPC only); `engine_cpus`:
-    the server's --engine-cpus ("": not bound)."""
+    the server's --engine-cpus ("": not bound); `stream_interval`: its --stream-interval."""
     request = agent_service_pb2.StartTaskRequest()
     s = request.serve
     s.model_dir = os.path.abspath(model_dir)
     s.port, s.max_batch_size, s.max_queue_delay_ms = port, max_batch_size, max_queue_delay_ms
     s.http_port, s.engine_cpus = http_port, engine_cpus
+    s.stream_interval = stream_interval if stream_interval > 1 else 0
     return request
 
 

@@ -73,6 +73,13 @@ def add_task_verbs(verbs: Any) -> list[argparse.ArgumentParser]:
         help="the engine on these CPUs of the node (e.g. 3, 2-3; auto: the last one), the "
         "front end on the others (default: not bound)",
     )
+    se.add_argument(
+        "--stream-interval",
+        type=int,
+        default=1,
+        metavar="N",
+        help="stream tokens N at a time after the first (default 1: each as decoded)",
+    )
     tasks = verbs.add_parser("tasks", help="every agent's eval, quantize and serve tasks")
     task = verbs.add_parser("task", help="one task: state, results, report")
     task.add_argument("id")
@@ -181,6 +188,8 @@ async def _verb(args: argparse.Namespace, targets: list[NodeTarget], client: Tas
         node = args.node or targets[0].name
         if not 0 <= args.http_port <= 65535:
             raise JobCommandError(f"--http-port {args.http_port} is not a port (0 to 65535)")
+        if args.stream_interval < 1:  # the server says how large it may be
+            raise JobCommandError(f"--stream-interval {args.stream_interval}: give 1 or more")
         request = serve_request(
             args.model,
             args.port,
@@ -188,6 +197,7 @@ async def _verb(args: argparse.Namespace, targets: list[NodeTarget], client: Tas
             args.max_queue_delay_ms,
             args.http_port,
             args.engine_cpus,
+            args.stream_interval,
         )
     started = await client.start(node, request)
     if not args.json:
