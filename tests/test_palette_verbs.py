@@ -15,6 +15,7 @@ from console.cli import build_parser
 from console.model.jobs import JobsStore
 from console.ui.commands import CLI_ONLY, Command, GantryCommands, console_commands
 from console.ui.screens.loadtest import LoadTestScreen
+from console.ui.screens.serve_dialog import ServeScreen
 from console.ui.screens.task_dialogs import ModelDirScreen
 from console.ui.screens.tasks import TasksScreen
 from tests.task_samples import met_eval
@@ -91,8 +92,8 @@ async def test_palette_entries_open_what_they_say() -> None:
     app = PaletteApp(client)
     async with app.run_test(size=(80, 24)) as pilot:
         await run_command(app, pilot, "Serve a model")
-        assert isinstance(app.screen, ModelDirScreen)
-        assert app.screen.prompt == "Serve which model directory?"
+        assert isinstance(app.screen, ServeScreen)
+        assert app.screen.prompt == "Serve a model (gantry serve)"
         await pilot.press("escape")
         assert isinstance(app.screen, TasksScreen)
         await run_command(app, pilot, "Quantize a model")
@@ -121,6 +122,6 @@ async def test_the_palette_finds_eval_by_typing() -> None:
         await pilot.press("enter")
         for _ in range(30):
             await pilot.pause()
-            if isinstance(app.screen, ModelDirScreen):
+            if isinstance(app.screen, ServeScreen):
                 break
-        assert isinstance(app.screen, ModelDirScreen)
+        assert isinstance(app.screen, ServeScreen)

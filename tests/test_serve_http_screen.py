@@ -138,6 +138,6 @@ def test_gantry_serve_and_task_print_the_http_endpoint(
         assert code == 0, err
         assert "HTTP (OpenAI-compatible): http://127.0.0.1:9001/v1/completions" in out
         code, out, err = run_cli(["serve", str(tmp_path / "m"), "--http-port", "70000", *c], capsys)
-        assert code == 2 and "--http-port 70000 is not a port (0 to 65535)" in err
+        assert code == 2 and "gantry: --http-port 70000: not a port (1 to 65535, or 0)" in err
     finally:
         server.stop(0)

@@ -15,6 +15,7 @@ from textual.containers import VerticalScroll
 
 from console.net.cluster_file import NodeTarget
 from console.net.tasks_client import NodeTask
+from console.ui.screens.serve_dialog import ServeScreen
 from console.ui.screens.task_dialogs import ModelDirScreen, TaskDetailScreen
 from console.ui.screens.tasks import TasksScreen
 from tests.task_samples import (
@@ -165,7 +166,7 @@ async def test_evaluate_quantize_and_serve_start_from_the_screen() -> None:
         await pilot.press("enter")  # the selected evaluation's model
         await pilot.pause()
         await pilot.press("S")
-        assert isinstance(app.screen, ModelDirScreen)
+        assert isinstance(app.screen, ServeScreen)
         await pilot.press(*"/m/int8", "enter")
         for _ in range(20):
             if len(client.started) == 3:

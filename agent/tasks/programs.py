@@ -74,7 +74,7 @@ def serve_command(spec: task_pb2.ServeTaskSpec, task_dir: Path) -> list[str]:
     argv += ["--drain-s", f"{SERVE_DRAIN_S:g}"]
     if spec.max_batch_size:
         argv += ["--max-batch-size", str(spec.max_batch_size)]
-    if spec.max_queue_delay_ms:
+    if spec.HasField("max_queue_delay_ms"):  # 0 too: a request that none be held
         argv += ["--max-queue-delay-ms", f"{spec.max_queue_delay_ms:g}"]
     if spec.http_port:  # 0: gRPC only
         argv += ["--http-port", str(spec.http_port)]

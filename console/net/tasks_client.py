@@ -13,6 +13,7 @@ import grpc
 from gantry.v1 import agent_service_pb2, job_pb2, task_pb2
 
 from console.model.cost import arg_value
+from console.model.serve_form import ServeSettings, checked
 from console.net.cluster_file import NodeTarget
 from console.net.jobs_client import AgentCalls, JobCommandError, JobsClient, _fail
 
@@ -69,20 +70,38 @@ def serve_request(
     model_dir: str,
     port: int = 0,
     max_batch_size: int = 0,
-    max_queue_delay_ms: float = 0.0,
+    max_queue_delay_ms: float | None = None,
     http_port: int = 0,
     engine_cpus: str = "",
     stream_interval: int = 1,
 ) -> agent_service_pb2.StartTaskRequest:
-    """`http_port`: also the OpenAI-compatible HTTP API there (0: gRPC only); `engine_cpus`:
+    """`max_queue_delay_ms` None: the server's default; `max_batch_size` 0: sized by the
+    server (8 on CPU, from free memory on a GPU); `http_port`: also the OpenAI-compatible
+    HTTP API there (0: gRPC only); `engine_cpus`:
     the server's --engine-cpus ("": not bound); `stream_interval`: its --stream-interval."""
     request = agent_service_pb2.StartTaskRequest()
     s = request.serve
     s.model_dir = os.path.abspath(model_dir)
-    s.port, s.max_batch_size, s.max_queue_delay_ms = port, max_batch_size, max_queue_delay_ms
+    s.port, s.max_batch_size = port, max_batch_size
+    if max_queue_delay_ms is not None:  # else the server's default
+        s.max_queue_delay_ms = max_queue_delay_ms
     s.http_port, s.engine_cpus = http_port, engine_cpus
     s.stream_interval = stream_interval if stream_interval > 1 else 0
     return request
+
+
+def serve_request_for(settings: ServeSettings) -> agent_service_pb2.StartTaskRequest:
+    """The serve task `gantry serve` and the tasks screen's dialog ask for (checked)."""
+    s = checked(settings)
+    return serve_request(
+        s.model_dir,
+        s.port,
+        s.max_batch_size,
+        s.max_queue_delay_ms,
+        s.http_port,
+        s.engine_cpus,
+        s.stream_interval,
+    )
 
 
 class TasksClient(AgentCalls):

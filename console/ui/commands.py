@@ -97,7 +97,8 @@ def task_commands(app: _ConsoleApp) -> list[Command]:
         ),
         Command(
             "Serve a model",
-            "the gRPC inference server on an agent (gantry serve MODEL_DIR)",
+            "the inference server on an agent: gRPC, with an HTTP port the OpenAI API too "
+            "(gantry serve MODEL_DIR)",
             on_tasks(app, TasksScreen.action_serve),
         ),
         Command(

@@ -14,6 +14,7 @@ from gantry.v1 import task_pb2
 
 from console.model import task_view
 from console.model.proto_json import message_json
+from console.model.serve_form import ServeFormError, ServeSettings
 from console.model.task_view import detail_lines, figures_text, result_summary, verdict_json
 from console.net.cluster_file import NodeTarget
 from console.net.jobs_client import JobCommandError
@@ -23,7 +24,7 @@ from console.net.tasks_client import (
     completions_url,
     job_paths,
     quantize_request,
-    serve_request,
+    serve_request_for,
 )
 
 __all__ = ["add_task_verbs", "job_paths", "run_task_verb", "task_json", "task_line"]
@@ -64,8 +65,13 @@ def add_task_verbs(verbs: Any) -> list[argparse.ArgumentParser]:
         metavar="P",
         help="also serve the OpenAI-compatible HTTP API (/v1/completions...) on P (0: gRPC only)",
     )
-    se.add_argument("--max-batch-size", type=int, default=8)
-    se.add_argument("--max-queue-delay-ms", type=float, default=10.0)
+    se.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=0,
+        help="default: the server's (8 on CPU; on a GPU sized from free memory, 64-256)",
+    )
+    se.add_argument("--max-queue-delay-ms", type=float, default=None, help="default: 10")
     se.add_argument(
         "--engine-cpus",
         default="",
@@ -186,19 +192,19 @@ async def _verb(args: argparse.Namespace, targets: list[NodeTarget], client: Tas
         )
     else:  # serve
         node = args.node or targets[0].name
-        if not 0 <= args.http_port <= 65535:
-            raise JobCommandError(f"--http-port {args.http_port} is not a port (0 to 65535)")
-        if args.stream_interval < 1:  # the server says how large it may be
-            raise JobCommandError(f"--stream-interval {args.stream_interval}: give 1 or more")
-        request = serve_request(
-            args.model,
-            args.port,
-            args.max_batch_size,
-            args.max_queue_delay_ms,
-            args.http_port,
-            args.engine_cpus,
-            args.stream_interval,
+        settings = ServeSettings(
+            model_dir=args.model,
+            port=args.port,
+            http_port=args.http_port,
+            max_batch_size=args.max_batch_size,
+            max_queue_delay_ms=args.max_queue_delay_ms,
+            engine_cpus=args.engine_cpus,
+            stream_interval=args.stream_interval,
         )
+        try:
+            request = serve_request_for(settings)
+        except ServeFormError as exc:
+            raise JobCommandError(exc.as_flag()) from None
     started = await client.start(node, request)
     if not args.json:
         print(f"task {started.task.id} started on {started.node.name}", flush=True)

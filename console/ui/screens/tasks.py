@@ -29,6 +29,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Static
 
 from console.model.bars import BLOCKS
+from console.model.serve_form import ServeSettings
 from console.model.task_view import (
     MISSED,
     detail_lines,
@@ -46,9 +47,10 @@ from console.net.tasks_client import (
     TasksClient,
     completions_url,
     quantize_request,
-    serve_request,
+    serve_request_for,
 )
 from console.ui.screens.dialogs import ConfirmScreen
+from console.ui.screens.serve_dialog import ServeScreen
 from console.ui.screens.task_dialogs import ModelDirScreen, TaskDetailScreen
 
 TS = task_pb2.TaskState
@@ -309,14 +311,11 @@ class TasksScreen(ModalScreen[None]):
             for n in self.tasks
             if n.task.kind == TK.TASK_KIND_QUANTIZE and n.task.state == TS.TASK_STATE_SUCCEEDED
         ]
-        self.app.push_screen(
-            ModelDirScreen("Serve which model directory?", quantized[-1] if quantized else ""),
-            self._serve,
-        )
+        self.app.push_screen(ServeScreen(quantized[-1] if quantized else ""), self._serve)
 
-    def _serve(self, model_dir: str | None) -> None:
-        if model_dir:
-            self._start_task("", serve_request(model_dir))
+    def _serve(self, settings: ServeSettings | None) -> None:
+        if settings is not None:
+            self._start_task("", serve_request_for(settings))
 
     @work(group="tasks-action")
     async def _start_task(self, node: str, request: agent_service_pb2.StartTaskRequest) -> None:
