@@ -107,7 +107,10 @@ def test_gantry_serve_names_the_flag_before_calling_an_agent(
 ) -> None:
     cluster = tmp_path / "cluster.yaml"
     # nothing listens there: a call would fail otherwise, not with the flag's line
-    dump_cluster_file(cluster, [NodeTarget("node-a", "127.0.0.1:9", "t" * 32)])
+    token = tmp_path / "token"
+    token.write_text("t" * 32)
+    token.chmod(0o600)
+    dump_cluster_file(cluster, [NodeTarget("node-a", "127.0.0.1:9", token)])
     code, _, err = run_cli(
         ["serve", str(tmp_path / "m"), *flags, "--cluster", str(cluster)], capsys
     )

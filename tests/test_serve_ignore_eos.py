@@ -8,7 +8,7 @@ greedily for PROMPT, so plain greedy decoding ends after one token."""
 from __future__ import annotations
 
 import json
-import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,7 @@ import pytest
 
 from console.loadtest.config import LoadTestConfig
 from console.loadtest.runner import run_loadtest
+from tests.serve_engine_run import run_request
 from tests.test_serve import Served, launch, stop_server
 
 LINES = [" apple river stone", " stone river apple", " the quick brown fox", " fox river stone"]
@@ -58,30 +59,13 @@ def early_eos(tmp_path_factory: pytest.TempPathFactory) -> EarlyEosModel:
 
 def decode(model: EarlyEosModel, ignore_eos: bool) -> tuple[list[int], str]:
     """Token ids and finish reason of PROMPT through the engine's decode loop."""
-    from agent.serve.batching import Scheduler
-    from agent.serve.engine import Engine
-    from agent.serve.events import Done, Event, Failed, Request
-    from agent.serve.stats import ServerStats
+    from agent.serve.events import Request
 
-    engine = Engine(model.model, model.tokenizer, Scheduler(4, 0.0), ServerStats(), {model.eos})
-    events: list[Event] = []
-    ended = threading.Event()
-
-    def sink(event: Event) -> None:
-        events.append(event)
-        if isinstance(event, Done | Failed):
-            ended.set()
-
-    engine.start()
-    try:
-        prompt_ids = tuple(model.tokenizer(PROMPT)["input_ids"])
-        engine.submit(Request(prompt_ids, MAX_TOKENS, engine.now()), sink, ignore_eos=ignore_eos)
-        assert ended.wait(60), "the engine did not finish the request"
-    finally:
-        engine.stop()
+    prompt_ids = tuple(model.tokenizer(PROMPT)["input_ids"])
+    request = Request(prompt_ids, MAX_TOKENS, time.monotonic())
+    events = run_request(model.model, model.tokenizer, request, {model.eos}, ignore_eos=ignore_eos)
     last = events[-1]
-    assert isinstance(last, Done), last
-    ids = [t for e in events if not isinstance(e, Failed) for t in e.token_ids]
+    ids = [t for e in events for t in e.token_ids]
     assert last.usage.completion_tokens == len(ids)
     return ids, last.usage.finish_reason
 

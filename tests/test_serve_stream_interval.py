@@ -5,7 +5,7 @@ as one token a message. The engine on a tiny model, the flag's errors, a real se
 
 from __future__ import annotations
 
-import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ import pytest
 from agent.serve.flags import MAX_STREAM_INTERVAL, parse_args
 from agent.tasks.programs import serve_command
 from console.net.tasks_client import serve_request
+from tests.serve_engine_run import run_request
 from tests.test_serve import LINES, PROMPTS, Served, launch, stop_server
 
 MAX_TOKENS = 10
@@ -39,30 +40,12 @@ def engine_events(
 ) -> list[Any]:
     """The events of PROMPTS[prompt] (max_tokens MAX_TOKENS, past end-of-text) from the
     engine."""
-    from agent.serve.batching import Scheduler
-    from agent.serve.engine import Engine
-    from agent.serve.events import Done, Event, Failed, Request
-    from agent.serve.stats import ServerStats
+    from agent.serve.events import Request
 
     _, model, tok = tiny
-    engine = Engine(model, tok, Scheduler(4, 0.0), ServerStats(), set(), stream_interval=interval)
-    events: list[Event] = []
-    ended = threading.Event()
-
-    def sink(event: Event) -> None:
-        events.append(event)
-        if isinstance(event, Done | Failed):
-            ended.set()
-
-    engine.start()
-    try:
-        ids = tuple(tok(PROMPTS[prompt])["input_ids"])
-        engine.submit(Request(ids, MAX_TOKENS, engine.now(), stop=stop), sink, ignore_eos=True)
-        assert ended.wait(60), "the engine did not finish the request"
-    finally:
-        engine.stop()
-    assert isinstance(events[-1], Done), events[-1]
-    return events
+    ids = tuple(tok(PROMPTS[prompt])["input_ids"])
+    request = Request(ids, MAX_TOKENS, time.monotonic(), stop=stop)
+    return run_request(model, tok, request, set(), ignore_eos=True, stream_interval=interval)
 
 
 def assembled(events: list[Any]) -> tuple[list[int], str]:
