@@ -26,6 +26,23 @@ def test_idle_queue_waits_for_the_delay_window() -> None:
     assert s.wake_at() is None
 
 
+def test_under_load_a_drained_batch_admits_at_once_and_a_pause_brings_the_window_back() -> None:
+    s: Scheduler[str] = Scheduler(max_batch_size=4, max_queue_delay_s=0.010)
+    s.submit("a", now=0.0)
+    assert not s.plan(now=0.005)  # a burst after a pause: held
+    assert s.plan(now=0.010).admitted == ["a"]
+    assert not s.plan(now=0.014)  # a's step; the last one before it ends
+    s.finish("a")
+    s.submit("b", now=0.020)  # 6 ms after that step: a client coming back
+    assert s.wake_at() == pytest.approx(0.020)
+    assert s.plan(now=0.020).admitted == ["b"]
+    s.finish("b")
+    s.submit("c", now=0.5)  # after a pause: a new burst, held for the window again
+    assert s.wake_at() == pytest.approx(0.51)
+    assert s.plan(now=0.505).admitted == []
+    assert s.plan(now=0.51).admitted == ["c"]
+
+
 def test_a_full_batch_does_not_wait() -> None:
     s: Scheduler[str] = Scheduler(max_batch_size=2, max_queue_delay_s=10.0)
     s.submit("a", now=0.0)

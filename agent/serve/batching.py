@@ -3,9 +3,15 @@
 Requests wait in a FIFO queue; at every decode step the decode loop asks `plan(now)`
 which queued requests join the running batch and which running ones leave it.
 
-- Idle (nothing running): the queue is held for up to `max_queue_delay_s` after its
-  oldest request arrived, or until `max_batch_size` requests wait, so that a burst
-  starts as one batch instead of one request followed by stragglers.
+- Idle (nothing running) after a pause: the queue is held for up to `max_queue_delay_s`
+  after its oldest request arrived, or until `max_batch_size` requests wait, so that a
+  burst starts as one batch instead of one request followed by stragglers.
+- Idle under load (the oldest waiting request arrived within LOAD_GAP_S, or the window
+  if longer, of the last step that ran): admitted at once. The batch has just drained
+  and its clients are coming back one by one; each joins at the next step anyway, and
+  holding them left the engine idle (bench/serving.py at concurrency 32 on 2 cores:
+  8,040 tokens/s with a 10 ms window held after every drain, 8,270 with this rule, and
+  8,350 with no window at all).
 - Running: queued requests join at the next step while there are free places
   (iteration-level batching); holding them back would only add latency, as the step
   in progress already gathers them.
@@ -23,6 +29,10 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
+
+# A request arriving this soon after the last step is taken for traffic, not a burst: the
+# round trip of a client that got its answer and sends again (loopback to a far region).
+LOAD_GAP_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,7 @@ class Scheduler(Generic[K]):
         self._queue: OrderedDict[K, float] = OrderedDict()  # key -> arrival time
         self._running: dict[K, None] = {}  # insertion-ordered set
         self._cancelled: dict[K, None] = {}
+        self._last_step: float | None = None  # the last plan that left a batch to run
 
     @property
     def queue_depth(self) -> int:
@@ -87,27 +98,33 @@ class Scheduler(Generic[K]):
         for key in evicted:
             del self._running[key]
         self._cancelled.clear()
+        admitted: list[K] = []
         free = self.max_batch_size - len(self._running)
-        if free <= 0 or not self._queue:
-            return Plan([], evicted)
-        if not self._running and not self._window_closed(now):
-            return Plan([], evicted)
-        admitted = list(self._queue)[:free]
-        for key in admitted:
-            del self._queue[key]
-            self._running[key] = None
+        if free > 0 and self._queue and (self._running or self._window_closed(now)):
+            admitted = list(self._queue)[:free]
+            for key in admitted:
+                del self._queue[key]
+                self._running[key] = None
+        if self._running:  # a step runs now
+            self._last_step = now
         return Plan(admitted, evicted)
 
     def wake_at(self) -> float | None:
         """When the delay window of an idle batch closes (None: nothing waits on time)."""
         if self._running or self._cancelled or not self._queue:
             return None
-        if len(self._queue) >= self.max_batch_size:
-            return next(iter(self._queue.values()))
-        return next(iter(self._queue.values())) + self.max_queue_delay_s
+        oldest = next(iter(self._queue.values()))
+        if len(self._queue) >= self.max_batch_size or self._under_load(oldest):
+            return oldest
+        return oldest + self.max_queue_delay_s
 
     def _window_closed(self, now: float) -> bool:
         if len(self._queue) >= self.max_batch_size:
             return True
         oldest = next(iter(self._queue.values()))
-        return now - oldest >= self.max_queue_delay_s
+        return self._under_load(oldest) or now - oldest >= self.max_queue_delay_s
+
+    def _under_load(self, arrived: float) -> bool:
+        """The request came soon after the last step: traffic, not a burst."""
+        last = self._last_step
+        return last is not None and arrived - last <= max(self.max_queue_delay_s, LOAD_GAP_S)
