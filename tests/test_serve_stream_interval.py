@@ -115,7 +115,8 @@ def test_gantry_serve_passes_the_interval_to_the_agents_server(tmp_path: Path) -
 def server(
     tiny: tuple[Path, Any, Any], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
-    served = launch(tiny[0], tmp_path_factory.mktemp("server"), ["--stream-interval", "4"])
+    extra = ["--stream-interval", "4", "--http-port", "0"]
+    served = launch(tiny[0], tmp_path_factory.mktemp("server"), extra)
     try:
         yield served.wait_ready()
     finally:
@@ -144,3 +145,26 @@ def test_a_server_streams_n_tokens_a_message(server: Served) -> None:
     usage = messages[-1].usage
     assert usage.completion_tokens == MAX_TOKENS
     assert 0 < usage.time_to_first_token_ms < usage.total_time_ms
+
+
+def test_the_http_api_streams_n_tokens_an_event(server: Served) -> None:
+    import json
+
+    import httpx
+
+    from tests.test_serve_http import sse_docs
+
+    ready = json.loads((server.base / "ready.json").read_text())
+    url = f"http://{ready['http_address']}/v1/completions"
+    # PROMPTS[2]: whole characters in its completion (text held back for a partial one
+    # would merge events whatever the interval)
+    body = {"prompt": PROMPTS[2], "max_tokens": MAX_TOKENS, "temperature": 0, "ignore_eos": True}
+    auth = {"authorization": f"Bearer {server.token}"}
+    whole = httpx.post(url, json=body, headers=auth, timeout=30).json()
+    streamed = httpx.post(url, json={**body, "stream": True}, headers=auth, timeout=30)
+    docs = sse_docs(streamed.text)
+    assert docs[-1] == "[DONE]"
+    texts = [d["choices"][0]["text"] for d in docs[:-1] if d["choices"]]
+    assert 1 <= len(texts) <= 4  # [1, 4, 4, 1] tokens at most: never one event a token
+    assert "".join(texts) == whole["choices"][0]["text"]
+    assert whole["usage"]["completion_tokens"] == MAX_TOKENS
