@@ -12,6 +12,9 @@
 #      1, 8, 32 and 64: the decode step replayed from CUDA graphs; its last line adds
 #      tokens_per_s_c64, requests_per_s_c64 (32 tokens a reply) and ttft_p99_ms (issue
 #      18's goals: >= 12,000 tokens/s, stretch 1,200 requests/s, p99 < 500 ms);
+#      GANTRY_STREAM_INTERVAL=N runs the servers with --stream-interval N (default 1):
+#      with the decode step on the GPU, the front end's work per streamed message is
+#      what a one-process server runs out of first;
 #   5. bf16 against fp16, and bf16 with --gradient_checkpointing, on one GPU
 #      (bench/parallel.py --precisions): steps/s, loss and peak memory of each.
 #      Expert and tensor parallelism run on the CPU (bench/parallel.py without a GPU).
@@ -95,7 +98,7 @@ step() {  # step NAME TIMEOUT_S COMMAND...: runs it, notes a failure, goes on
 step "2. NVML sampler" 45 "$PY" bench/gpu_check_steps.py nvml --seconds 3
 step "3. DeepSpeed, 1 GPU, NCCL" 180 "$PY" bench/gpu_check_steps.py train --steps 60 --timeout-s 160
 step "4. bench/serving.py on the GPU" 270 "$PY" bench/serving.py --quick --device cuda \
-    --concurrency 1,8,32,64 --max-batch-size 64
+    --concurrency 1,8,32,64 --max-batch-size 64 --stream-interval "${GANTRY_STREAM_INTERVAL:-1}"
 step "5. bf16 vs fp16, checkpointing" 100 "$PY" bench/parallel.py --precisions --device cuda --steps 30
 
 echo
