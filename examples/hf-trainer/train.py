@@ -381,6 +381,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         add_gantry_callback(trainer)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     trainer.save_model(str(output_dir))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Without it, gloo's worker threads can still be alive when the interpreter
+        # tears down, and the rank aborts after its work is done ("terminate called
+        # without an active exception", pytorch/pytorch#190489).
+        torch.distributed.destroy_process_group()
     return 0
 
 
