@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.jobs.node.failure_cause import MAX_CAUSE_CHARS, failure_cause
+from agent.jobs.node.failure_cause import MAX_CAUSE_CHARS, TERMINATE_CAUSE, failure_cause
 
 # deepspeedai/DeepSpeed#6441 (and deepspeedai/Megatron-DeepSpeed#439): torch's [rankN]:
 # prefix on every line of a resume at another world size.
@@ -220,6 +220,31 @@ def test_argparse_gantry_and_cpp_errors() -> None:
         failure_cause(cpp)
         == "[PG 0 Rank 1] Process group watchdog thread terminated with exception"
     )
+
+
+# A Hugging Face Trainer script under DeepSpeed (gloo, CPU) that never called
+# destroy_process_group: its work done, one rank aborted as the interpreter tore down.
+# Seen in this repository's tests/test_hf_example.py before examples/hf-trainer/train.py
+# destroyed its group; the same abort is pytorch/pytorch#190489's.
+ABORT_AT_EXIT = """\
+{'train_runtime': '1.028', 'train_samples_per_second': '93.38', 'train_steps_per_second': \
+'5.836', 'train_loss': '3.628', 'epoch': '1.8'}
+Writing model shards: 100%|##########| 1/1 [00:00<00:00, 220.23it/s]
+[2026-12-06 22:21:02,954] [WARNING] [lr_schedules.py:759:get_lr] Attempting to get learning \
+rate from scheduler before it has started
+terminate called without an active exception
+"""
+
+
+def test_an_abort_at_exit_points_at_the_process_group() -> None:
+    assert failure_cause(ABORT_AT_EXIT.splitlines()) == TERMINATE_CAUSE
+    assert "destroy_process_group()" in TERMINATE_CAUSE
+    # An exception's own what() says more, and wins.
+    thrown = [
+        "terminate called after throwing an instance of 'c10::Error'",
+        "  what():  [enforce fail at pair.cc:446] op.preamble.length <= op.nbytes",
+    ]
+    assert failure_cause(thrown) == "[enforce fail at pair.cc:446] op.preamble.length <= op.nbytes"
 
 
 def test_nothing_recognisable_and_bounded_length() -> None:

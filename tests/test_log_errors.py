@@ -117,6 +117,11 @@ def test_error_kind_names_real_lines() -> None:
     assert error_kind("train.py: error: argument --deepspeed_config: can't open 'x.json'") == (
         "error"
     )
+    # pytorch/pytorch#190489: a gloo rank that never destroyed its process group, at exit
+    assert error_kind("terminate called without an active exception") == "crash"
+    assert error_kind("terminate called after throwing an instance of 'gloo::IoException'") == (
+        "crash"
+    )
     for line in (*PICOTRON[:2], NCCL_1235[1], LAUNCHER[3], "step=10 loss=2.31 error_rate=0.1"):
         assert error_kind(line) is None, line
 

@@ -45,7 +45,7 @@ _KINDS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("cuda_error", r"CUDA error\b|cuDNN error\b|CUBLAS_STATUS_\w+|CUDNN_STATUS_\w+"),
         (
             "crash",
-            r"Segmentation fault|core dumped|terminate called after throwing"
+            r"Segmentation fault|core dumped|terminate called (?:after throwing|without an active)"
             r"|Fatal Python error|[Kk]illed by signal|exitcode\s*: -\d+",
         ),
         ("exception", r"\b\w*(?:Error|Exception)(?::|$)"),

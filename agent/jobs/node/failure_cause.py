@@ -5,7 +5,7 @@ cause when the rank fails; this reads the end of a rank's files the same way, fo
 whose lines the scanner did not see (the agent was restarted meanwhile). The signatures'
 causes come first (an NCCL watchdog timeout, out of memory, NCCL's errors, a lost gloo
 peer, a traceback's final ``Type: message`` line); then argparse's ``prog: error: ...``,
-Gantry's own ``gantry: ...``, or C++'s ``what():`` line.
+Gantry's own ``gantry: ...``, C++'s ``what():`` line, or C++'s abort with no exception.
 """
 
 from __future__ import annotations
@@ -16,12 +16,20 @@ from collections.abc import Sequence
 from agent.jobs.node.log_findings import MAX_CAUSE_CHARS, short, strip_prefix
 from agent.jobs.node.log_scan import LogScanner
 
-__all__ = ["MAX_CAUSE_CHARS", "failure_cause"]
+__all__ = ["MAX_CAUSE_CHARS", "TERMINATE_CAUSE", "failure_cause"]
 
 # argparse: "PROG: error: ...", where PROG may be "python -m agent.train".
 _ARGPARSE = re.compile(r"^[^:\s][^:]{0,200}: error: (?P<message>.+)$")
 _GANTRY = re.compile(r"^gantry: (?P<message>.+)$")
 _WHAT = re.compile(r"^\s*what\(\):\s*(?P<message>.+)$")
+# std::terminate with no exception: most often a gloo or NCCL worker thread still running
+# while the interpreter tears down, in a script that never destroyed its process group
+# (pytorch/pytorch#190489).
+_TERMINATE = re.compile(r"^terminate called without an active exception$")
+TERMINATE_CAUSE = (
+    "aborted at exit (terminate called without an active exception): does the script call"
+    " torch.distributed.destroy_process_group() when it is done?"
+)
 
 
 def failure_cause(lines: Sequence[str]) -> str | None:
@@ -37,4 +45,6 @@ def failure_cause(lines: Sequence[str]) -> str | None:
             match = pattern.match(cleaned)
             if match is not None:
                 return short(str(match["message"]))
+        if _TERMINATE.match(cleaned):
+            return TERMINATE_CAUSE
     return None
