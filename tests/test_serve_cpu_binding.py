@@ -21,6 +21,7 @@ from agent.serve.cpu_binding import (
 )
 from agent.serve.flags import parse_args
 from agent.tasks.runner import TaskRunner, task_argv
+from console.model.serve_form import ServeSettings
 from console.net.tasks_client import serve_request
 from tests.test_serve import launch, model_dir, stop_server
 from tests.test_serve_engine_process import engine_of
@@ -106,12 +107,12 @@ def test_a_bound_server_runs_its_engine_and_front_end_apart(
 
 
 def test_gantry_serve_passes_engine_cpus_to_the_agents_server(tmp_path: Path) -> None:
-    request = serve_request(str(tmp_path), engine_cpus="auto")
+    request = serve_request(ServeSettings(str(tmp_path), engine_cpus="auto"))
     assert request.serve.engine_cpus == "auto"
     serve = task_pb2.TaskKind.TASK_KIND_SERVE
     argv = task_argv(task_pb2.Task(kind=serve, serve=request.serve), tmp_path)
     assert argv[argv.index("--engine-cpus") + 1] == "auto"
-    plain = serve_request(str(tmp_path)).serve
+    plain = serve_request(ServeSettings(str(tmp_path))).serve
     unbound = task_argv(task_pb2.Task(kind=serve, serve=plain), tmp_path)
     assert "--engine-cpus" not in unbound
 
@@ -124,7 +125,9 @@ async def test_a_serve_task_with_cpus_the_node_lacks_fails_with_the_servers_line
     beyond = max(os.sched_getaffinity(0)) + 1
     runner = TaskRunner(tmp_path / "agent", "node-a")
     try:
-        task = await runner.start(serve_request(str(tmp_path / "model"), engine_cpus=str(beyond)))
+        task = await runner.start(
+            serve_request(ServeSettings(str(tmp_path / "model"), engine_cpus=str(beyond)))
+        )
         for _ in range(1200):  # the server's imports, on a busy machine
             task = runner.get(task.id)
             if task.state == task_pb2.TaskState.TASK_STATE_FAILED:

@@ -22,7 +22,7 @@ from console.model.serve_form import (
     settings_from_form,
 )
 from console.net.cluster_file import NodeTarget, dump_cluster_file
-from console.net.tasks_client import serve_request, serve_request_for
+from console.net.tasks_client import serve_request
 from console.ui.screens.serve_dialog import ServeScreen
 from console.verbs.tasks import add_task_verbs
 from tests.task_samples import met_eval
@@ -33,7 +33,7 @@ from tests.test_tasks_screen import FakeTasksClient, TasksApp, screen_text, show
 def test_empty_fields_are_the_servers_defaults() -> None:
     settings = settings_from_form(ServeForm(" /m/int8 "))
     assert settings == ServeSettings("/m/int8")
-    request = serve_request_for(settings)
+    request = serve_request(settings)
     assert not request.serve.HasField("max_queue_delay_ms")
     argv = serve_command(request.serve, Path("/t"))
     for flag in ("--http-port", "--max-batch-size", "--max-queue-delay-ms", "--engine-cpus"):
@@ -45,7 +45,7 @@ def test_every_field_reads() -> None:
     form = ServeForm("/m", "8000", "32", "0", " 2-3 ", "4")
     settings = settings_from_form(form)
     assert settings == ServeSettings("/m", 0, 8000, 32, 0.0, "2-3", 4)
-    argv = serve_command(serve_request_for(settings).serve, Path("/t"))
+    argv = serve_command(serve_request(settings).serve, Path("/t"))
     # 0 is a delay asked for (nothing held), not the default
     for flag, value in (
         ("--http-port", "8000"),
@@ -91,7 +91,9 @@ def test_gantry_serve_checks_as_the_dialog_does() -> None:
     args = parser.parse_args(["serve", "/m"])
     # the server's own defaults: batch size sized by it, its queue delay
     assert (args.max_batch_size, args.max_queue_delay_ms, args.stream_interval) == (0, None, 1)
-    assert serve_request(args.model).serve == serve_request_for(ServeSettings("/m")).serve
+    serve = serve_request(ServeSettings(args.model)).serve
+    assert (serve.max_batch_size, serve.stream_interval) == (0, 0)  # not sent: the server's
+    assert not serve.HasField("max_queue_delay_ms")
 
 
 @pytest.mark.parametrize(

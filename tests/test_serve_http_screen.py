@@ -16,6 +16,7 @@ import pytest
 from gantry.v1 import agent_service_pb2, agent_service_pb2_grpc, task_pb2
 from textual.widgets import Input
 
+from console.model.serve_form import ServeSettings
 from console.net.cluster_file import NodeTarget, TlsPaths, dump_cluster_file
 from console.net.tasks_client import NodeTask, completions_url, serve_request
 from console.ui.screens.loadtest import LoadTestScreen
@@ -81,9 +82,7 @@ def test_gantry_serve_takes_the_http_port() -> None:
     verbs = parser.add_subparsers(dest="verb")
     add_task_verbs(verbs)
     args = parser.parse_args(["serve", "/m", "--port", "9000", "--http-port", "9001"])
-    request = serve_request(
-        args.model, args.port, args.max_batch_size, args.max_queue_delay_ms, args.http_port
-    )
+    request = serve_request(ServeSettings(args.model, port=args.port, http_port=args.http_port))
     assert (request.serve.port, request.serve.http_port) == (9000, 9001)
     assert parser.parse_args(["serve", "/m"]).http_port == 0  # gRPC only
 

@@ -14,6 +14,7 @@ import pytest
 
 from agent.serve.flags import MAX_STREAM_INTERVAL, parse_args
 from agent.tasks.programs import serve_command
+from console.model.serve_form import ServeSettings
 from console.net.tasks_client import serve_request
 from tests.serve_engine_run import run_request
 from tests.test_serve import LINES, PROMPTS, Served, launch, stop_server
@@ -104,10 +105,10 @@ def test_the_flag_names_its_range(
 
 
 def test_gantry_serve_passes_the_interval_to_the_agents_server(tmp_path: Path) -> None:
-    request = serve_request(str(tmp_path), stream_interval=4)
+    request = serve_request(ServeSettings(str(tmp_path), stream_interval=4))
     argv = serve_command(request.serve, tmp_path)
     assert argv[argv.index("--stream-interval") + 1] == "4"
-    plain = serve_command(serve_request(str(tmp_path)).serve, tmp_path)
+    plain = serve_command(serve_request(ServeSettings(str(tmp_path))).serve, tmp_path)
     assert "--stream-interval" not in plain  # 1, the server's default: not sent
 
 

@@ -90,7 +90,7 @@ def start_engine(args: argparse.Namespace, stats: ServerStats) -> EngineProcess:
         max_queue_delay_ms=args.max_queue_delay_ms,
         stats=stats,
         cpus=args.binding.engine if args.binding is not None else None,
-        stream_interval=getattr(args, "stream_interval", 1),
+        stream_interval=args.stream_interval,
     )
 
 

@@ -66,42 +66,21 @@ def quantize_request(
     return request
 
 
-def serve_request(
-    model_dir: str,
-    port: int = 0,
-    max_batch_size: int = 0,
-    max_queue_delay_ms: float | None = None,
-    http_port: int = 0,
-    engine_cpus: str = "",
-    stream_interval: int = 1,
-) -> agent_service_pb2.StartTaskRequest:
-    """`max_queue_delay_ms` None: the server's default; `max_batch_size` 0: sized by the
-    server (8 on CPU, from free memory on a GPU); `http_port`: also the OpenAI-compatible
-    HTTP API there (0: gRPC only); `engine_cpus`:
-    the server's --engine-cpus ("": not bound); `stream_interval`: its --stream-interval."""
+def serve_request(settings: ServeSettings) -> agent_service_pb2.StartTaskRequest:
+    """The serve task `gantry serve` and the tasks screen's dialog ask for, once the
+    settings pass console.model.serve_form.checked (ServeFormError else). Defaults left
+    unset are the server's: its queue delay, and its batch size (8 on CPU, from free
+    memory on a GPU)."""
+    checked(settings)
     request = agent_service_pb2.StartTaskRequest()
     s = request.serve
-    s.model_dir = os.path.abspath(model_dir)
-    s.port, s.max_batch_size = port, max_batch_size
-    if max_queue_delay_ms is not None:  # else the server's default
-        s.max_queue_delay_ms = max_queue_delay_ms
-    s.http_port, s.engine_cpus = http_port, engine_cpus
-    s.stream_interval = stream_interval if stream_interval > 1 else 0
+    s.model_dir = os.path.abspath(settings.model_dir)
+    s.port, s.max_batch_size = settings.port, settings.max_batch_size
+    if settings.max_queue_delay_ms is not None:  # else the server's default
+        s.max_queue_delay_ms = settings.max_queue_delay_ms
+    s.http_port, s.engine_cpus = settings.http_port, settings.engine_cpus
+    s.stream_interval = settings.stream_interval if settings.stream_interval > 1 else 0
     return request
-
-
-def serve_request_for(settings: ServeSettings) -> agent_service_pb2.StartTaskRequest:
-    """The serve task `gantry serve` and the tasks screen's dialog ask for (checked)."""
-    s = checked(settings)
-    return serve_request(
-        s.model_dir,
-        s.port,
-        s.max_batch_size,
-        s.max_queue_delay_ms,
-        s.http_port,
-        s.engine_cpus,
-        s.stream_interval,
-    )
 
 
 class TasksClient(AgentCalls):

@@ -24,7 +24,7 @@ from console.net.tasks_client import (
     completions_url,
     job_paths,
     quantize_request,
-    serve_request_for,
+    serve_request,
 )
 
 __all__ = ["add_task_verbs", "job_paths", "run_task_verb", "task_json", "task_line"]
@@ -202,7 +202,7 @@ async def _verb(args: argparse.Namespace, targets: list[NodeTarget], client: Tas
             stream_interval=args.stream_interval,
         )
         try:
-            request = serve_request_for(settings)
+            request = serve_request(settings)
         except ServeFormError as exc:
             raise JobCommandError(exc.as_flag()) from None
     started = await client.start(node, request)

@@ -47,7 +47,7 @@ from console.net.tasks_client import (
     TasksClient,
     completions_url,
     quantize_request,
-    serve_request_for,
+    serve_request,
 )
 from console.ui.screens.dialogs import ConfirmScreen
 from console.ui.screens.serve_dialog import ServeScreen
@@ -315,7 +315,7 @@ class TasksScreen(ModalScreen[None]):
 
     def _serve(self, settings: ServeSettings | None) -> None:
         if settings is not None:
-            self._start_task("", serve_request_for(settings))
+            self._start_task("", serve_request(settings))
 
     @work(group="tasks-action")
     async def _start_task(self, node: str, request: agent_service_pb2.StartTaskRequest) -> None:
