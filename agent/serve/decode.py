@@ -2,7 +2,8 @@
 
 The requests joining at one step are prefilled together in one forward (packed several
 to a row, each prompt masked to itself, positions from its own start: the first token
-`generate` picks for each); a prompt longer than a chunk is prefilled a chunk per call
+`generate` picks for each), or, if short, inside the running batch's decode step
+(`step_joining`); a prompt longer than a chunk is prefilled a chunk per call
 (`Prefilling`), so the engine can run decode steps between its chunks. A prefilled
 prompt then takes a row of the running batch's `SlotCache` (preallocated, one row per
 sequence, each row its own length). A decode step feeds every row its last token in one
@@ -34,6 +35,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from agent.serve.cuda_graphs import context_length
 from agent.serve.packing import pack
 from agent.serve.slot_cache import SlotCache
 
@@ -42,6 +44,16 @@ K = TypeVar("K", bound=Hashable)
 # A packed prefill's logits are [rows, columns where a prompt ends, vocabulary]: on a
 # large vocabulary they can outgrow the prompts, so such a join is packed in halves.
 PACKED_LOGITS_LIMIT = 1 << 24
+# step_joining borrows a cache row per prompt token; the rows it adds may hold this
+# much at the model's full context (the demo model: 2 MB a row). A model whose rows are
+# larger joins by prefill, as its prefill's arithmetic outweighs a forward's fixed cost.
+JOINING_CACHE_BYTES = 256 << 20
+# A prompt token costs more as a row of the decode step than in a prefill of its own
+# (per-row attention, more (token, expert) pairs), while a separate prefill costs a
+# fixed forward: on the demo model on one CPU core (bench/serving.py) a 13-token prompt
+# joins 0.75 ms cheaper in the step, a 46-token one no cheaper. Prompts beyond this many
+# tokens in all are prefilled apart (several together, packed).
+JOINING_TOKENS = 32
 
 
 class UnsupportedModel(RuntimeError):
@@ -104,6 +116,8 @@ class BatchDecoder(Generic[K]):
         self._vocab = _vocab_size(model)
         self._keys: list[K] = []
         self._longest = 0  # the longest row's length
+        self._rows = max(1, rows)
+        self._context = context_length(model)
         self._cache = SlotCache(rows, self.device)
         self._graphs: Any = None
         if graphs and self.device.type == "cuda":
@@ -287,6 +301,60 @@ class BatchDecoder(Generic[K]):
             )
         finally:
             cache.step_rows = 0
+            cache.step_prompts = []
+
+    def can_join_in_step(self, prompt_tokens: int) -> bool:
+        """Whether `step_joining` can take prompts of this many tokens in all: up to
+        JOINING_TOKENS; not with CUDA graphs (their buffers must not grow); and only while
+        the rows the cache holds beyond the batch's own (one per prompt token, kept once
+        grown) would stay within JOINING_CACHE_BYTES at the model's full context."""
+        cache = self._cache
+        if self._graphs is not None or not len(self._keys) or not cache.allocated:
+            return False
+        if prompt_tokens > JOINING_TOKENS:
+            return False
+        borrowed = cache.rows_for(len(self._keys) + prompt_tokens) - self._rows
+        return borrowed * cache.bytes_per_position() * self._context <= JOINING_CACHE_BYTES
+
+    @torch.inference_mode()
+    def step_joining(
+        self, tokens: Mapping[K, int], joining: Sequence[tuple[K, Sequence[int]]]
+    ) -> torch.Tensor:
+        """`step` for the batch and the prefill of `joining`'s prompts in the same forward:
+        each prompt token takes a row of its own, as a decoding row would, and sees the
+        prompt up to itself (SlotCache.update). The logits: the batch's rows in the order
+        of `keys`, then one per joining prompt (its first token); the joining sequences
+        are then in the batch, at their prompts' lengths. One forward instead of a decode
+        step and a prefill: on a small model on a CPU each costs about the same fixed
+        time, whatever its tokens (bench/serving.py, closed loop)."""
+        n = len(self._keys)
+        if not n or not joining:
+            raise RuntimeError("step_joining needs a running batch and prompts")
+        if any(key in self._keys for key, _ in joining):
+            raise KeyError("a joining key is already in the batch")
+        spans: list[tuple[int, int]] = []
+        for _, prompt in joining:
+            spans.append((n + sum(t for _, t in spans), len(prompt)))
+        rows = spans[-1][0] + spans[-1][1]
+        length = max(self._longest + 1, *(len(p) for _, p in joining))
+        self._reserve(rows, length)
+        cache = self._cache
+        positions = [i for _, p in joining for i in range(len(p))]
+        cache.lengths[n:rows] = torch.tensor(positions, device=self.device)
+        ids = [tokens[key] for key in self._keys] + [t for _, p in joining for t in p]
+        cache.step_prompts = spans
+        logits = self._eager_step(
+            torch.tensor(ids, dtype=torch.long, device=self.device)[:, None], rows, length
+        )
+        cache.lengths[:n] += 1
+        lasts = [start + count - 1 for start, count in spans]
+        cache.lengths[lasts] += 1  # each prompt's last row: the whole prompt's length
+        cache.move_rows(lasts, list(range(n, n + len(spans))))
+        cache.lengths[n + len(spans) : rows] = 0
+        self._keys += [key for key, _ in joining]
+        self._longest = length
+        picked = torch.tensor(list(range(n)) + lasts, device=logits.device)
+        return logits.index_select(0, picked)
 
 
 @dataclass
