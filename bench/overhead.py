@@ -56,7 +56,7 @@ if str(ROOT) not in sys.path:
 
 from gantry.v1 import job_pb2  # noqa: E402
 
-from bench.failover import (  # noqa: E402
+from bench.failover_cluster import (  # noqa: E402
     DS_CONFIG,
     NODES,
     PYTHON,

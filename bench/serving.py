@@ -103,7 +103,7 @@ from agent.serve.cpu_binding import (  # noqa: E402
     plan_binding,
 )
 from agent.serve.loading import DEFAULT_THREADS  # noqa: E402
-from bench.failover import BenchError, _raise_interrupt, run_main  # noqa: E402
+from bench.failover_cluster import BenchError, _raise_interrupt, run_main  # noqa: E402
 from bench.serving_engine import decode_loop  # noqa: E402
 from bench.serving_load import (  # noqa: E402
     BENCH_TOKEN,

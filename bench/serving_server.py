@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.failover import BenchError
+from bench.failover_cluster import BenchError
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
