@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import psutil
 from gantry.v1 import job_pb2
 
+from agent.jobs.node.ops_warmup import WARM_CODE
 from console.model.job_spec import parse_job_spec
 from console.net.jobs_client import JobsClient
 from console.net.local_agents import LocalAgent
@@ -100,11 +101,21 @@ def sweep(root: Path) -> int:
     return killed
 
 
+def is_ops_build(proc: psutil.Process) -> bool:
+    """An agent's build of DeepSpeed's ops (agent/jobs/node/ops_warmup.py)."""
+    try:
+        return WARM_CODE in proc.cmdline()
+    except psutil.Error:
+        return False
+
+
 def stop_agents(agents: list[LocalAgent], root: Path) -> None:
     """Agents leave their ranks running when they stop (by design: a restarted agent
     re-adopts them), so the ranks are killed here too: first whatever is below each
-    agent, then anything else that names our temp dir."""
-    below = [p for a in agents for p in tree(a.process.pid)[1:]]
+    agent, then anything else that names our temp dir. An agent's build of DeepSpeed's
+    ops is left to finish, as the agent leaves it: killed, it would leave torch's build
+    lock in the shared extensions folder, and the next run's ranks would wait on it."""
+    below = [p for a in agents for p in tree(a.process.pid)[1:] if not is_ops_build(p)]
     for agent in agents:
         if agent.process.poll() is None:
             agent.process.kill()
