@@ -111,6 +111,29 @@ def test_slots_and_grouped_experts_decode_as_generate(
     assert all(got[i] == want[i] for i in want if i != 1)
 
 
+@pytest.mark.parametrize(
+    ("name", "attention"),
+    [("tiny-dense", "sdpa"), ("tiny-deepseek", "sdpa"), ("tiny-moe", "eager")],
+)
+def test_joining_in_step_decodes_as_generate_on_the_other_layouts(
+    moe: Moe, name: str, attention: str
+) -> None:
+    """Prompts joining in the step on a dense model, on DeepSeek's attention (keys and
+    values of different widths) and with eager attention (an additive mask)."""
+    from agent.ml.models import build_model
+
+    model: Any = build_model(name, moe.tokenizer, seed=0)
+    model.eval()
+    model.set_attn_implementation(attention)
+    model.generation_config.eos_token_id = None
+    case = Moe(model, moe.tokenizer)
+    prompts = [case.encode(p) for p in PROMPTS * 3]
+    want = {i: case.greedy(p, 6) for i, p in enumerate(prompts)}
+    got = decode_joining_and_leaving(case, prompts, 6, in_step=True)
+    assert got[1] == want[1][:5]
+    assert all(got[i] == want[i] for i in want if i != 1)
+
+
 def test_the_cache_is_preallocated_and_rows_are_reused(moe: Moe) -> None:
     """Steps write in place (no buffer moves while the batch fits); a leaving sequence's
     row goes to the next one that joins."""
