@@ -7,78 +7,22 @@ from __future__ import annotations
 import asyncio
 import copy
 import threading
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
 
-from agent.serve.decode import GREEDY, BatchDecoder, choose_tokens
-
-LINES = [" apple river stone", " stone river apple", " the quick brown fox", " fox river stone"]
-PROMPTS = ["apple river", "stone", "the quick brown fox jumps", "river fox apple stone"]
-
-
-@dataclass
-class Moe:
-    model: Any
-    tokenizer: Any
-
-    def encode(self, prompt: str) -> list[int]:
-        return list(self.tokenizer(prompt)["input_ids"])
-
-    def greedy(self, ids: Sequence[int], n: int) -> list[int]:
-        x = torch.tensor([list(ids)])
-        with torch.inference_mode():
-            out = self.model.generate(
-                x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False
-            )
-        return [int(t) for t in out[0, x.shape[1] :]]
+from agent.serve.decode import BatchDecoder
+from tests.serve_moe import PROMPTS, Moe, decode_joining_and_leaving, make_moe
 
 
 @pytest.fixture(scope="module")
 def moe() -> Iterator[Moe]:
-    from agent.ml.data import train_tokenizer
-    from agent.ml.models import build_model
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    tok = train_tokenizer(LINES * 10, vocab_size=300)
-    model: Any = build_model("tiny-moe", tok, seed=0)
-    model.eval()
-    model.generation_config.eos_token_id = None  # decode n tokens whatever they are
-    yield Moe(model, tok)
+    yield make_moe()
     torch.set_num_threads(threads)
-
-
-def decode_joining_and_leaving(
-    moe: Moe, prompts: list[list[int]], n: int, in_step: bool = False
-) -> dict[int, list[int]]:
-    """Six requests join per step (prefilled together; `in_step`: in the decode step,
-    once a batch runs); request 1 leaves after 5 tokens, so rows are freed and taken
-    again while the others run."""
-    decoder: BatchDecoder[int] = BatchDecoder(moe.model, rows=2)  # it must grow
-    got: dict[int, list[int]] = {i: [] for i in range(len(prompts))}
-    waiting = list(got)
-    while waiting or len(decoder):
-        joining, waiting = waiting[:6], waiting[6:]
-        keys = decoder.keys
-        feed = {i: got[i][-1] for i in keys}
-        if in_step and keys and joining:
-            logits = decoder.step_joining(feed, [(i, prompts[i]) for i in joining])
-            keys += joining
-        else:
-            prefills = decoder.prefill_many([prompts[i] for i in joining]) if joining else []
-            for i, (first, prefilled) in zip(joining, prefills, strict=True):
-                got[i] += choose_tokens(first, [GREEDY])
-                decoder.join(i, prefilled)
-            keys = decoder.keys
-            logits = decoder.step({i: got[i][-1] for i in keys})
-        for i, token in zip(keys, choose_tokens(logits, [GREEDY] * len(keys)), strict=True):
-            got[i].append(token)
-        decoder.drop([i for i in decoder.keys if len(got[i]) >= (5 if i == 1 else n)])
-    return got
 
 
 @pytest.mark.parametrize("in_step", [False, True], ids=["prefilled", "joining-in-step"])
@@ -111,29 +55,6 @@ def test_slots_and_grouped_experts_decode_as_generate(
     assert all(got[i] == want[i] for i in want if i != 1)
 
 
-@pytest.mark.parametrize(
-    ("name", "attention"),
-    [("tiny-dense", "sdpa"), ("tiny-deepseek", "sdpa"), ("tiny-moe", "eager")],
-)
-def test_joining_in_step_decodes_as_generate_on_the_other_layouts(
-    moe: Moe, name: str, attention: str
-) -> None:
-    """Prompts joining in the step on a dense model, on DeepSeek's attention (keys and
-    values of different widths) and with eager attention (an additive mask)."""
-    from agent.ml.models import build_model
-
-    model: Any = build_model(name, moe.tokenizer, seed=0)
-    model.eval()
-    model.set_attn_implementation(attention)
-    model.generation_config.eos_token_id = None
-    case = Moe(model, moe.tokenizer)
-    prompts = [case.encode(p) for p in PROMPTS * 3]
-    want = {i: case.greedy(p, 6) for i, p in enumerate(prompts)}
-    got = decode_joining_and_leaving(case, prompts, 6, in_step=True)
-    assert got[1] == want[1][:5]
-    assert all(got[i] == want[i] for i in want if i != 1)
-
-
 def test_the_cache_is_preallocated_and_rows_are_reused(moe: Moe) -> None:
     """Steps write in place (no buffer moves while the batch fits); a leaving sequence's
     row goes to the next one that joins."""
@@ -157,91 +78,6 @@ def test_the_cache_is_preallocated_and_rows_are_reused(moe: Moe) -> None:
         "b": base["b"] + 6,
         "c": base["c"] + 6,
         "d": base["d"] + 1,
-    }
-
-
-def test_prompts_join_the_step_within_its_token_and_memory_budgets(
-    moe: Moe, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A step takes joining prompts up to JOINING_TOKENS in all, only beside a running
-    batch, and only while the rows the cache grows beyond the batch's own would hold at
-    most JOINING_CACHE_BYTES at the model's full context."""
-    import agent.serve.decode as decode
-    from agent.serve.cuda_graphs import context_length, kv_bytes_per_token
-
-    decoder: BatchDecoder[str] = BatchDecoder(moe.model, rows=4)
-    assert not decoder.can_join_in_step(1)  # nothing runs: the prompt is prefilled
-    _, prefilled = decoder.prefill(moe.encode(PROMPTS[0]))
-    decoder.join("a", prefilled)
-    assert decoder.can_join_in_step(decode.JOINING_TOKENS)
-    assert not decoder.can_join_in_step(decode.JOINING_TOKENS + 1)
-    monkeypatch.setattr(decode, "JOINING_CACHE_BYTES", 0)
-    assert decoder.can_join_in_step(3)  # 1 + 3 rows: within the batch's 4
-    assert not decoder.can_join_in_step(4)  # 4 rows more
-    row = decoder.cache.bytes_per_position() * context_length(moe.model)
-    assert row == kv_bytes_per_token(moe.model) * context_length(moe.model)
-    monkeypatch.setattr(decode, "JOINING_CACHE_BYTES", 4 * row)
-    assert decoder.can_join_in_step(7)  # 8 rows: 4 more
-    assert not decoder.can_join_in_step(8)  # 16 rows: 12 more
-    ids = moe.encode(PROMPTS[2])
-    logits = decoder.step_joining({"a": 7}, [("b", ids)])
-    assert logits.shape[0] == 2 and decoder.keys == ["a", "b"]
-    assert decoder.cache.lengths[:2].tolist() == [len(moe.encode(PROMPTS[0])) + 1, len(ids)]
-    with pytest.raises(KeyError):
-        decoder.step_joining({"a": 7, "b": 7}, [("b", ids)])
-
-
-def test_a_short_prompt_joins_the_running_step_a_long_one_is_prefilled(moe: Moe) -> None:
-    """The engine puts a short prompt admitted beside a running request into the decode
-    step, prefills one past the step's budget apart, and all decode as `generate`."""
-    from agent.serve.batching import Scheduler
-    from agent.serve.decode import JOINING_TOKENS
-    from agent.serve.engine import Engine
-    from agent.serve.events import Done, Event, Request
-    from agent.serve.stats import ServerStats
-
-    engine = Engine(moe.model, moe.tokenizer, Scheduler(4, 0.0), ServerStats(), set())
-    joined: list[list[int]] = []
-    step_joining = engine._decoder.step_joining
-
-    def spy(tokens: Any, joining: Any) -> Any:
-        joined.append([len(prompt) for _, prompt in joining])
-        return step_joining(tokens, joining)
-
-    engine._decoder.step_joining = spy  # type: ignore[method-assign]
-    tokens: dict[str, list[int]] = {"first": [], "short": [], "long": []}
-    ended = {name: threading.Event() for name in tokens}
-
-    def sink(name: str) -> Any:
-        def put(event: Event) -> None:
-            tokens[name] += getattr(event, "token_ids", ())
-            if isinstance(event, Done):
-                ended[name].set()
-
-        return put
-
-    prompts = {
-        "first": moe.encode(PROMPTS[0]),
-        "short": moe.encode(PROMPTS[2]),
-        "long": moe.encode(" ".join(PROMPTS * 3)),
-    }
-    assert len(prompts["short"]) <= JOINING_TOKENS < len(prompts["long"])
-    engine.start()
-    try:
-        # long enough to be running still when the others arrive, on a busy machine too
-        engine.submit(Request(tuple(prompts["first"]), 200, engine.now()), sink("first"))
-        while not tokens["first"]:
-            threading.Event().wait(0.001)
-        for name in ("short", "long"):
-            engine.submit(Request(tuple(prompts[name]), 8, engine.now()), sink(name))
-            while not tokens[name]:
-                threading.Event().wait(0.001)
-        assert all(event.wait(60) for event in ended.values())
-    finally:
-        engine.stop()
-    assert joined == [[len(prompts["short"])]]
-    assert tokens == {
-        name: moe.greedy(ids, 200 if name == "first" else 8) for name, ids in prompts.items()
     }
 
 

@@ -51,8 +51,8 @@ JOINING_CACHE_BYTES = 256 << 20
 # A prompt token costs more as a row of the decode step than in a prefill of its own
 # (per-row attention, more (token, expert) pairs), while a separate prefill costs a
 # fixed forward: on the demo model on one CPU core (bench/serving.py) a 13-token prompt
-# joins 0.75 ms cheaper in the step, a 46-token one no cheaper. Prompts beyond this many
-# tokens in all are prefilled apart (several together, packed).
+# joins 0.75 ms cheaper in the step, a 46-token one no cheaper. When the prompts joining
+# at one step are more than this many tokens in all, they are prefilled together, packed.
 JOINING_TOKENS = 32
 
 
