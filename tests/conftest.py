@@ -6,6 +6,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import pytest
@@ -59,3 +60,21 @@ def kill_processes_mentioning(text: str) -> None:
                 os.killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(psutil.Error):
                 proc.kill()
+
+
+if TYPE_CHECKING:
+    from tests.serve_moe import Moe
+
+
+@pytest.fixture(scope="module")
+def moe() -> Iterator[Moe]:
+    """The serving tests' tiny MoE (tests/serve_moe.py), on one torch thread as the
+    server's engine runs."""
+    import torch
+
+    from tests.serve_moe import make_moe
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield make_moe()
+    torch.set_num_threads(threads)

@@ -7,22 +7,13 @@ from __future__ import annotations
 import asyncio
 import copy
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
 
 from agent.serve.decode import BatchDecoder
-from tests.serve_moe import PROMPTS, Moe, decode_joining_and_leaving, make_moe
-
-
-@pytest.fixture(scope="module")
-def moe() -> Iterator[Moe]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield make_moe()
-    torch.set_num_threads(threads)
+from tests.serve_moe import PROMPTS, Moe, decode_joining_and_leaving
 
 
 @pytest.mark.parametrize("in_step", [False, True], ids=["prefilled", "joining-in-step"])
