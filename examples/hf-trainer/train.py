@@ -33,6 +33,7 @@ WORLD_SIZE, MASTER_ADDR and MASTER_PORT (how Gantry starts ranks).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
@@ -389,5 +390,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def exit_now(code: int) -> None:
+    """Ends the process without the interpreter's teardown, its output flushed.
+
+    A rank whose work is done can still abort as the interpreter tears down ("terminate
+    called without an active exception"): destroy_process_group() only unregisters the
+    gloo group, DeepSpeed's engine and ZeRO-3's parameters still hold it, and its threads
+    outlive the interpreter (pytorch/pytorch#179291, #96017). Seen here once in a few
+    runs even with the group destroyed; a finished attempt then counts as failed."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

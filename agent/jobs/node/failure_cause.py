@@ -24,11 +24,13 @@ _GANTRY = re.compile(r"^gantry: (?P<message>.+)$")
 _WHAT = re.compile(r"^\s*what\(\):\s*(?P<message>.+)$")
 # std::terminate with no exception: most often a gloo or NCCL worker thread still running
 # while the interpreter tears down, in a script that never destroyed its process group
-# (pytorch/pytorch#190489).
+# (pytorch/pytorch#190489), or whose group something still holds after it did (DeepSpeed's
+# engine; pytorch/pytorch#179291).
 _TERMINATE = re.compile(r"^terminate called without an active exception$")
 TERMINATE_CAUSE = (
-    "aborted at exit (terminate called without an active exception): does the script call"
-    " torch.distributed.destroy_process_group() when it is done?"
+    "aborted at exit (terminate called without an active exception): a thread outlived the"
+    " interpreter; call torch.distributed.destroy_process_group() when done, and if it"
+    " still aborts, end with os._exit(0) after flushing output"
 )
 
 
