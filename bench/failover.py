@@ -52,7 +52,6 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -66,11 +65,9 @@ from bench.failover_cluster import (  # noqa: E402
     run_main,
     stop_agents,
 )
+from bench.failover_replace import ReplaceRun  # noqa: E402
 from bench.failover_scenarios import Run, measure  # noqa: E402
 from console.net.local_agents import LocalAgent, start_agent  # noqa: E402
-
-if TYPE_CHECKING:
-    from bench.failover_replace import ReplaceRun
 
 # -- report -----------------------------------------------------------------------------------
 

@@ -346,6 +346,22 @@ async def wait_state(client: JobsClient, name: str, states: set[int], timeout_s:
         await asyncio.sleep(POLL_S)
 
 
+def kill_point(files: RankFiles, save_steps: int, kill_after: int, fake: bool) -> int | None:
+    """Rank 1's last step once it is `kill_after` steps past a checkpoint both ranks saved
+    (never right after a save step, so the kill does not land in a checkpoint write)."""
+    steps = [[int(r["step"]) for r in files.records(1, rank, "metrics")] for rank in (0, 1)]
+    if not steps[0] or not steps[1]:
+        return None
+    last = steps[1][-1]
+    if fake:
+        return last if min(steps[0][-1], last) >= kill_after + 2 else None
+    saved = [{int(r["step"]) for r in files.records(1, rank, "checkpoint")} for rank in (0, 1)]
+    both = saved[0] & saved[1]
+    if not both or min(steps[0][-1], last) < max(both) + kill_after or last % save_steps == 0:
+        return None
+    return last
+
+
 def run_main(main: Callable[[], None]) -> None:
     """`main()`, with one line instead of a traceback for an interrupt or a BenchError
     (cleanup has run by then: every bench stops what it started in a finally)."""

@@ -26,7 +26,6 @@ from typing import Any
 from gantry.v1 import job_pb2
 
 from bench import failover_cluster as fo
-from bench.failover_scenarios import kill_point
 from console.net.jobs_client import JobCommandError, JobsClient
 from console.net.local_agents import LocalAgent, start_agent
 
@@ -91,7 +90,7 @@ async def replace_run(
     await fo.wait_attempt(client, name, 1, fo.START_TIMEOUT_S)
     await fo.wait_for(
         "steps past a checkpoint",
-        lambda: kill_point(files, args.save_steps, args.kill_after, args.fake),
+        lambda: fo.kill_point(files, args.save_steps, args.kill_after, args.fake),
         fo.START_TIMEOUT_S,
         name,
         client,

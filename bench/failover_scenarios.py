@@ -10,7 +10,6 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import psutil
 
@@ -26,6 +25,7 @@ from bench.failover_cluster import (
     job_events,
     job_spec,
     kill_all,
+    kill_point,
     running,
     step_of,
     trainer_sources,
@@ -35,11 +35,9 @@ from bench.failover_cluster import (
     wait_for,
     wait_state,
 )
+from bench.failover_replace import ReplaceRun, replace_run
 from console.net.jobs_client import JobsClient
 from console.net.local_agents import LocalAgent
-
-if TYPE_CHECKING:
-    from bench.failover_replace import ReplaceRun
 
 
 @dataclass
@@ -58,22 +56,6 @@ class Run:
     replay_rel_diff: float = float("nan")  # their rank-0 losses, max relative difference
     standby: bool = False  # attempt 2's ranks were handed to their standbys
     timeline: list[tuple[float, str]] = field(default_factory=list)
-
-
-def kill_point(files: RankFiles, save_steps: int, kill_after: int, fake: bool) -> int | None:
-    """Rank 1's last step once it is `kill_after` steps past a checkpoint both ranks saved
-    (never right after a save step, so the kill does not land in a checkpoint write)."""
-    steps = [[int(r["step"]) for r in files.records(1, rank, "metrics")] for rank in (0, 1)]
-    if not steps[0] or not steps[1]:
-        return None
-    last = steps[1][-1]
-    if fake:
-        return last if min(steps[0][-1], last) >= kill_after + 2 else None
-    saved = [{int(r["step"]) for r in files.records(1, rank, "checkpoint")} for rank in (0, 1)]
-    both = saved[0] & saved[1]
-    if not both or min(steps[0][-1], last) < max(both) + kill_after or last % save_steps == 0:
-        return None
-    return last
 
 
 def standbys_ready(agents: dict[str, LocalAgent], job: str) -> bool:
@@ -224,8 +206,6 @@ async def one_run(
 async def measure(
     args: argparse.Namespace, agents: dict[str, LocalAgent], root: Path, data: Path
 ) -> tuple[list[Run], list[ReplaceRun]]:
-    from bench.failover_replace import replace_run  # not at the top: it imports bench.failover
-
     runs = []
     replaced = []
     sources = trainer_sources()

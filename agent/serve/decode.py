@@ -291,10 +291,13 @@ class BatchDecoder(Generic[K]):
         self._longest = length
         return logits
 
-    def _eager_step(self, ids: torch.Tensor, n: int, length: int) -> torch.Tensor:
+    def _eager_step(
+        self, ids: torch.Tensor, n: int, length: int, prompts: list[tuple[int, int]] | None = None
+    ) -> torch.Tensor:
         cache = self._cache
         mask = self._model_mask(cache.decode_mask(n, length))
         cache.step_rows, cache.step_length = n, length
+        cache.step_prompts = prompts or []
         try:
             return self._forward(
                 cache, input_ids=ids, attention_mask=mask, position_ids=cache.lengths[:n, None]
@@ -309,9 +312,7 @@ class BatchDecoder(Generic[K]):
         the rows the cache holds beyond the batch's own (one per prompt token, kept once
         grown) would stay within JOINING_CACHE_BYTES at the model's full context."""
         cache = self._cache
-        if self._graphs is not None or not len(self._keys) or not cache.allocated:
-            return False
-        if prompt_tokens > JOINING_TOKENS:
+        if self._graphs is not None or not self._keys or prompt_tokens > JOINING_TOKENS:
             return False
         borrowed = cache.rows_for(len(self._keys) + prompt_tokens) - self._rows
         return borrowed * cache.bytes_per_position() * self._context <= JOINING_CACHE_BYTES
@@ -332,19 +333,19 @@ class BatchDecoder(Generic[K]):
             raise RuntimeError("step_joining needs a running batch and prompts")
         if any(key in self._keys for key, _ in joining):
             raise KeyError("a joining key is already in the batch")
-        spans: list[tuple[int, int]] = []
+        spans: list[tuple[int, int]] = []  # (first row, tokens) per prompt
+        rows = n
         for _, prompt in joining:
-            spans.append((n + sum(t for _, t in spans), len(prompt)))
-        rows = spans[-1][0] + spans[-1][1]
+            spans.append((rows, len(prompt)))
+            rows += len(prompt)
         length = max(self._longest + 1, *(len(p) for _, p in joining))
         self._reserve(rows, length)
         cache = self._cache
         positions = [i for _, p in joining for i in range(len(p))]
         cache.lengths[n:rows] = torch.tensor(positions, device=self.device)
         ids = [tokens[key] for key in self._keys] + [t for _, p in joining for t in p]
-        cache.step_prompts = spans
         logits = self._eager_step(
-            torch.tensor(ids, dtype=torch.long, device=self.device)[:, None], rows, length
+            torch.tensor(ids, dtype=torch.long, device=self.device)[:, None], rows, length, spans
         )
         cache.lengths[:n] += 1
         lasts = [start + count - 1 for start, count in spans]

@@ -285,7 +285,7 @@ class Engine:
             if key not in self._early and len(sequence.request.prompt_ids) <= self._chunk
         ]
         tokens = sum(len(sequence.request.prompt_ids) for _, sequence in short)
-        if short and len(self._decoder) and self._decoder.can_join_in_step(tokens):
+        if short and self._decoder.can_join_in_step(tokens):
             return short
         return []
 
