@@ -109,6 +109,7 @@ class SseTiming:
     tokens: int = 4
     fail_every: int = 0  # every n-th completion answers HTTP 500
     model: str = "tiny"
+    api_key: str = ""  # if set, every request needs the header x-api-key (else HTTP 401)
 
 
 class SseServer:
@@ -144,6 +145,9 @@ class SseServer:
                     for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)
                 )
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
+                if self.timing.api_key and headers.get("x-api-key") != self.timing.api_key:
+                    self._send(writer, 401, b'{"error": "invalid api key"}')
+                    continue
                 await self._answer(method, path, body, writer)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass

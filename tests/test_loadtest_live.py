@@ -200,8 +200,16 @@ async def test_a_token_is_needed_and_used(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(token + "\n")
     try:
-        with pytest.raises(LoadTestError, match=r"refused the call.*give --token-file"):
+        with pytest.raises(LoadTestError, match=r"refused the call.*give --token-file \(or"):
             await preflight(LoadTestConfig(address, rate=1))
+        # A third-party server's auth is often a header of its own.
+        tenant = (("x-tenant", "blue"),)
+        with pytest.raises(LoadTestError, match=r"give --token-file or check --metadata$"):
+            await preflight(LoadTestConfig(address, rate=1, metadata=tenant))
+        with pytest.raises(LoadTestError, match=r"check --token-file and --metadata$"):
+            bad = tmp_path / "bad"
+            bad.write_text("wrong-token\n")
+            await preflight(LoadTestConfig(address, rate=1, metadata=tenant, token_file=bad))
         report = await run_loadtest(
             LoadTestConfig(address, concurrency=1, requests=3, token_file=token_file)
         )

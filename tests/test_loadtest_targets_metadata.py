@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from console.loadtest.config import LoadTestConfig
+import pytest
+
+from console.loadtest.config import LoadTestConfig, LoadTestError
 from console.loadtest.runner import run_loadtest
+from tests.loadtest_servers import SseServer, SseTiming
 from tests.loadtest_target_servers import HttpsTarget, settle, start_target
 
 PAIRS = (("x-tenant", "blue"), ("trace-bin", "AAEC/w=="))
@@ -73,3 +76,20 @@ async def test_an_http_endpoint_gets_the_metadata_as_headers() -> None:
     assert len(http.headers) == 4  # the probe, then three
     for headers in http.headers:
         assert headers["x-tenant"] == "blue" and headers["trace-bin"] == "AAEC/w"
+
+
+async def test_an_http_endpoint_that_wants_its_own_header_says_so() -> None:
+    sse = await SseServer(SseTiming(api_key="k-1")).start()
+    try:
+        with pytest.raises(LoadTestError, match=r"HTTP 401.*--metadata K=V"):
+            await run_loadtest(LoadTestConfig(sse.url, concurrency=1, requests=2))
+        with pytest.raises(LoadTestError, match=r"HTTP 401.*or check --metadata$"):
+            await run_loadtest(
+                LoadTestConfig(sse.url, concurrency=1, requests=2, metadata=(("x-api-key", "no"),))
+            )
+        report = await run_loadtest(
+            LoadTestConfig(sse.url, concurrency=1, requests=2, metadata=(("x-api-key", "k-1"),))
+        )
+    finally:
+        await sse.close()
+    assert report.ok == 2

@@ -182,10 +182,19 @@ async def _probe_grpc(
             raise LoadTestError(f"{spec.address} does not serve {spec.method}{hint}") from None
         if code is grpc.StatusCode.UNAVAILABLE:
             raise LoadTestError(f"cannot reach {spec.address}: {exc.details()}") from None
-        need = "check --token-file" if spec.token else "give --token-file"
+        need = _auth_hint(bool(spec.token), bool(spec.metadata))
         raise LoadTestError(
             f"{spec.address} refused the call ({code.name}: {exc.details()}); {need}"
         ) from None
+
+
+def _auth_hint(token: bool, metadata: bool) -> str:
+    """What to fix when the target refuses the caller: a bearer token, or the header a
+    third-party server wants instead (x-api-key, a tenant)."""
+    fix = "check --token-file" if token else "give --token-file"
+    if metadata:
+        return fix + (" and --metadata" if token else " or check --metadata")
+    return fix + " (or the header the server wants: --metadata K=V)"
 
 
 def _models_url(url: str) -> str | None:
@@ -227,7 +236,7 @@ async def _resolve_http(config: LoadTestConfig, token: str) -> TargetSpec:
             raise LoadTestError(f"{url}: {type(exc).__name__}: {exc}") from None
     status = response.status_code
     if status in (401, 403):
-        need = "check --token-file" if token else "give --token-file"
+        need = _auth_hint(bool(token), bool(config.metadata))
         raise LoadTestError(f"{url} refused the request (HTTP {status}); {need}")
     if status in (404, 405):
         raise LoadTestError(
