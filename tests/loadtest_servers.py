@@ -110,6 +110,8 @@ class SseTiming:
     fail_every: int = 0  # every n-th completion answers HTTP 500
     model: str = "tiny"
     api_key: str = ""  # if set, every request needs the header x-api-key (else HTTP 401)
+    per_event: int = 1  # tokens in each event (vLLM's and Gantry's --stream-interval)
+    knows_usage: bool = True  # stream_options.include_usage; False: refuses it (HTTP 400)
 
 
 class SseServer:
@@ -166,6 +168,9 @@ class SseServer:
             return
         request = json.loads(body)
         self.bodies.append(request)
+        if "stream_options" in request and not t.knows_usage:
+            self._send(writer, 400, b'{"error": "unknown field stream_options"}')
+            return
         if not request.get("stream"):
             self._send(writer, 200, json.dumps({"choices": [{"text": "x"}]}).encode())
             return
@@ -178,12 +183,20 @@ class SseServer:
             b"transfer-encoding: chunked\r\n\r\n"
         )
         await asyncio.sleep(t.first_s)
-        for i in range(t.tokens):
+        for i in range(0, t.tokens, t.per_event):
             if i:
                 await asyncio.sleep(t.gap_s)
-            self._chunk(writer, {"choices": [{"index": 0, "text": f" t{i}"}]})
+            text = "".join(f" t{j}" for j in range(i, min(t.tokens, i + t.per_event)))
+            self._chunk(writer, {"choices": [{"index": 0, "text": text}]})
             await writer.drain()
         self._chunk(writer, {"choices": [{"index": 0, "text": "", "finish_reason": "length"}]})
+        if (request.get("stream_options") or {}).get("include_usage"):
+            usage = {
+                "prompt_tokens": 3,
+                "completion_tokens": t.tokens,
+                "total_tokens": 3 + t.tokens,
+            }
+            self._chunk(writer, {"choices": [], "usage": usage})
         writer.write(self._sized(b"data: [DONE]\n\n") + b"0\r\n\r\n")
         await writer.drain()
 

@@ -20,7 +20,7 @@ from console.loadtest.progress import Progress
 from console.loadtest.prompts import describe_requests
 from console.loadtest.recorder import Recorder, Snapshot
 from console.loadtest.report import Report
-from console.loadtest.targets import sse_event
+from console.loadtest.targets import ServerCount, sse_event
 from console.model.loadtest_form import LoadForm, config_from_form
 from tests.test_loadtest_pure import make_report
 
@@ -210,6 +210,16 @@ def test_sse_finish_reasons() -> None:
         "length",
     )
     assert sse_event("data: [DONE]") is None
+
+
+def test_sse_usage_is_the_servers_count() -> None:
+    # OpenAI's stream_options.include_usage: "usage": null on every event, then one
+    # event with no choices and the usage.
+    assert sse_event('data: {"choices": [{"text": "ab"}], "usage": null}') == (1, "")
+    usage = 'data: {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 7}}'
+    assert sse_event(usage) == ServerCount(7)
+    assert sse_event('data: {"choices": [], "usage": {"completion_tokens": "7"}}') == (0, "")
+    assert sse_event('data: {"choices": [], "usage": {"completion_tokens": true}}') == (0, "")
 
 
 def test_recorder_counts_finishes_and_completion_lengths() -> None:

@@ -256,9 +256,50 @@ async def test_an_openai_compatible_http_endpoint_streams() -> None:
     assert report.ttft_ms is not None and 30 <= report.ttft_ms.p50 <= 30 + 3 * SLACK_MS
     assert report.itl_ms is not None and 10 <= report.itl_ms.p50 <= 10 + 3 * SLACK_MS
     probe, first = sse.bodies[0], sse.bodies[1]
-    assert probe["stream"] is False and probe["max_tokens"] == 1
+    assert probe["stream"] is True and probe["max_tokens"] == 1
     assert first["model"] == "tiny" and first["stream"] is True and first["max_tokens"] == 4
+    assert first["stream_options"] == {"include_usage": True}
     assert isinstance(first["prompt"], str) and first["prompt"]
+
+
+@pytest.mark.parametrize("knows_usage", [True, False])
+async def test_http_tokens_are_the_servers_count_where_it_gives_one(knows_usage: bool) -> None:
+    # Three tokens an event, as a server with --stream-interval 3 sends them.
+    timing = SseTiming(tokens=6, per_event=3, knows_usage=knows_usage)
+    sse = await SseServer(timing).start()
+    try:
+        report = await run_loadtest(
+            LoadTestConfig(sse.url, concurrency=1, requests=3, max_tokens=6)
+        )
+    finally:
+        await sse.close()
+    assert report.ok == 3
+    if knows_usage:  # usage.completion_tokens, not the events
+        assert report.tokens == 18 and all("stream_options" in b for b in sse.bodies)
+    else:  # asked again without stream_options; events with text are all it can count
+        assert report.tokens == 6
+        assert [("stream_options" in b) for b in sse.bodies] == [True, False, False, False, False]
+
+
+async def test_http_stream_options_of_the_users_own_are_sent_as_given() -> None:
+    sse = await SseServer(SseTiming(tokens=2, knows_usage=False)).start()
+    try:
+        with pytest.raises(LoadTestError, match=r"HTTP 400: .*stream_options"):
+            await run_loadtest(
+                LoadTestConfig(
+                    sse.url,
+                    concurrency=1,
+                    requests=1,
+                    data='{"stream_options": {"include_usage": false}}',
+                )
+            )
+        report = await run_loadtest(
+            LoadTestConfig(sse.url, concurrency=1, requests=2, data='{"stream_options": null}')
+        )
+    finally:
+        await sse.close()
+    assert report.ok == 2 and report.tokens == 4
+    assert [("stream_options" in b) for b in sse.bodies] == [True, False, False, False]
 
 
 async def test_http_finish_reasons_are_kept_and_ignore_eos_is_in_the_body() -> None:

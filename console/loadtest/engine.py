@@ -20,7 +20,7 @@ from typing import Any
 from console.loadtest.plan import Plan, share
 from console.loadtest.recorder import Recorder, Snapshot
 from console.loadtest.schedule import arrivals
-from console.loadtest.targets import Client
+from console.loadtest.targets import Client, ServerCount
 
 SNAPSHOT_INTERVAL_S = 0.5
 LONGEST_SLEEP_S = 0.1  # so that a stop is seen within this, even between slow arrivals
@@ -97,6 +97,7 @@ class Engine:
         rec.sent(warm, scheduled, actual)
         first: float | None = None
         tokens = 0
+        counted: int | None = None  # the server's own count, where it gives one
         finish = ""
         try:
             if client.streaming:
@@ -104,6 +105,8 @@ class Engine:
                 async for n in client.stream(index):
                     if isinstance(n, str):
                         finish = n
+                    elif isinstance(n, ServerCount):
+                        counted = n.tokens
                     elif n:
                         now = clock()
                         if first is None:
@@ -120,6 +123,8 @@ class Engine:
             raise
         except Exception as exc:
             code = client.error_code(exc)
+        if counted is not None:
+            tokens = counted
         rec.done(warm, scheduled, actual, clock(), code, first, tokens, finish)
 
     async def _open_loop(self, start_at: float) -> float:

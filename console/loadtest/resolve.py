@@ -224,10 +224,15 @@ async def _resolve_http(config: LoadTestConfig, token: str) -> TargetSpec:
                 if config.ignore_eos:
                     body["ignore_eos"] = True  # vLLM's name for it; others may refuse it
                 body["stream"] = streaming
+                if streaming:
+                    body["stream_options"] = {"include_usage": True}  # the server's count
                 body.update(extra)
-                bodies.append(json.dumps(body).encode())
-            probe = {**json.loads(bodies[0]), "max_tokens": 1, "stream": False}
-            response = await client.post(url, json=probe, timeout=config.timeout_s)
+                if body.get("stream_options") is None:
+                    body.pop("stream_options", None)  # --data '{"stream_options": null}'
+                bodies.append(body)
+            response, bodies = await _probe_http(
+                client, url, bodies, "stream_options" not in extra, config.timeout_s
+            )
         except httpx.ConnectError as exc:
             raise LoadTestError(f"cannot reach {url}: {exc or 'connection failed'}") from None
         except httpx.TimeoutException:
@@ -251,13 +256,34 @@ async def _resolve_http(config: LoadTestConfig, token: str) -> TargetSpec:
         url,
         "POST " + (httpx.URL(url).path or "/"),
         streaming,
-        tuple(bodies),
+        tuple(json.dumps(body).encode() for body in bodies),
         token,
         config.timeout_s,
         describe_requests(prompts, config.prompts),
         config.metadata,
         tls,
     )
+
+
+async def _probe_http(
+    client: httpx.AsyncClient,
+    url: str,
+    bodies: list[dict[str, Any]],
+    ours: bool,
+    timeout_s: float,
+) -> tuple[httpx.Response, list[dict[str, Any]]]:
+    """One request of a token, as the run will send them: the answer, and the bodies to
+    send. A server that refuses the `stream_options` we add (not every OpenAI-compatible
+    server knows it) is asked again without, and the run goes without it."""
+    probe = {**bodies[0], "max_tokens": 1}
+    response = await client.post(url, json=probe, timeout=timeout_s)
+    if ours and response.status_code in (400, 422) and "stream_options" in probe:
+        del probe["stream_options"]
+        retry = await client.post(url, json=probe, timeout=timeout_s)
+        if retry.status_code < 400:
+            bodies = [{k: v for k, v in b.items() if k != "stream_options"} for b in bodies]
+            response = retry
+    return response, bodies
 
 
 async def _first_model(client: httpx.AsyncClient, url: str) -> str:

@@ -53,9 +53,10 @@ class Client(Protocol):
 
     async def unary(self, index: int) -> None: ...
 
-    def stream(self, index: int) -> AsyncIterator[int | str]:
+    def stream(self, index: int) -> AsyncIterator[int | str | ServerCount]:
         """Yields the number of tokens in each message as it arrives, then, where the
-        endpoint says, why the completion ended: a str, "eos", "length" or "stop"."""
+        endpoint says, why the completion ended: a str, "eos", "length" or "stop", and
+        the reply's tokens as the server counted them (`ServerCount`)."""
         ...
 
     def error_code(self, exc: BaseException) -> str:
@@ -133,9 +134,20 @@ class StreamError(Exception):
     """The server reported an error inside the event stream."""
 
 
-def sse_event(line: str) -> tuple[int, str] | None:
-    """(tokens, finish reason or "") in one line of an OpenAI completions event stream;
-    None at its end. OpenAI's "stop" (end-of-sequence or a stop string) reads as "eos"."""
+@dataclass(frozen=True)
+class ServerCount:
+    """A reply's tokens as the server counted them (OpenAI's `usage.completion_tokens`, in
+    the last event when the request asks `stream_options.include_usage`). It replaces the
+    count of messages with text: a message can carry several tokens (vLLM's and Gantry's
+    `--stream-interval`) or none (a detokenizer holding a partial UTF-8 character)."""
+
+    tokens: int
+
+
+def sse_event(line: str) -> tuple[int, str] | ServerCount | None:
+    """(tokens, finish reason or "") in one line of an OpenAI completions event stream,
+    the server's count where the line carries usage, None at the stream's end. OpenAI's
+    "stop" (end-of-sequence or a stop string) reads as "eos"."""
     if not line.startswith("data:"):
         return 0, ""
     payload = line[5:].strip()
@@ -147,6 +159,11 @@ def sse_event(line: str) -> tuple[int, str] | None:
     if chunk.get("error"):
         raise StreamError(str(chunk["error"]))
     choices = chunk.get("choices") or []
+    usage = chunk.get("usage")
+    if not choices and isinstance(usage, dict):
+        count = usage.get("completion_tokens")
+        if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
+            return ServerCount(count)
     choice = choices[0] if choices and isinstance(choices[0], dict) else {}
     reason = choice.get("finish_reason")
     reason = "eos" if reason == "stop" else reason if isinstance(reason, str) else ""
@@ -154,8 +171,11 @@ def sse_event(line: str) -> tuple[int, str] | None:
 
 
 def sse_tokens(line: str) -> int | None:
-    """Tokens in one line of an OpenAI completions event stream; None at its end."""
+    """Tokens in one line of an OpenAI completions event stream (0 in the usage line);
+    None at its end."""
     event = sse_event(line)
+    if isinstance(event, ServerCount):
+        return 0
     return None if event is None else event[0]
 
 
@@ -189,7 +209,7 @@ class HttpClient:
         if response.status_code != 200:
             raise HttpStatusError(response.status_code)
 
-    async def stream(self, index: int) -> AsyncIterator[int | str]:
+    async def stream(self, index: int) -> AsyncIterator[int | str | ServerCount]:
         assert self._client is not None
         bodies = self.spec.bodies
         body = bodies[index % len(bodies)]
@@ -201,6 +221,9 @@ class HttpClient:
                 event = sse_event(line)
                 if event is None:
                     return
+                if isinstance(event, ServerCount):
+                    yield event
+                    continue
                 yield event[0]
                 if event[1]:
                     yield event[1]
