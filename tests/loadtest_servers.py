@@ -172,7 +172,9 @@ class SseServer:
             self._send(writer, 400, b'{"error": "unknown field stream_options"}')
             return
         if not request.get("stream"):
-            self._send(writer, 200, json.dumps({"choices": [{"text": "x"}]}).encode())
+            choice = {"text": "x", "finish_reason": "length"}
+            answer = {"choices": [choice], "usage": {"prompt_tokens": 3, "completion_tokens": 5}}
+            self._send(writer, 200, json.dumps(answer).encode())
             return
         self.calls += 1
         if t.fail_every and self.calls % t.fail_every == 0:

@@ -5,6 +5,7 @@ closed-loop notes, and the warnings of comparing runs that are not comparable.""
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 
 import pytest
@@ -20,7 +21,7 @@ from console.loadtest.progress import Progress
 from console.loadtest.prompts import describe_requests
 from console.loadtest.recorder import Recorder, Snapshot
 from console.loadtest.report import Report
-from console.loadtest.targets import ServerCount, sse_event
+from console.loadtest.targets import ServerCount, completion_answer, sse_event
 from console.model.loadtest_form import LoadForm, config_from_form
 from tests.test_loadtest_pure import make_report
 
@@ -220,6 +221,23 @@ def test_sse_usage_is_the_servers_count() -> None:
     assert sse_event(usage) == ServerCount(7)
     assert sse_event('data: {"choices": [], "usage": {"completion_tokens": "7"}}') == (0, "")
     assert sse_event('data: {"choices": [], "usage": {"completion_tokens": true}}') == (0, "")
+
+
+def test_a_whole_completions_answer_says_its_tokens_in_its_usage() -> None:
+    answer = {
+        "choices": [{"text": "a b", "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6},
+    }
+    assert completion_answer(json.dumps(answer).encode()) == (2, "eos")
+    assert completion_answer(
+        b'{"choices": [{"text": "a"}], "usage": {"completion_tokens": 1}}'
+    ) == (
+        1,
+        "",
+    )
+    assert completion_answer(b'{"choices": [{"text": "a"}]}') is None  # no usage
+    assert completion_answer(b"not json") is None
+    assert completion_answer(b"[1, 2]") is None
 
 
 def test_recorder_counts_finishes_and_completion_lengths() -> None:

@@ -337,3 +337,15 @@ async def test_stop_ends_the_run_with_a_partial_report() -> None:
     assert report.partial and report.sent >= 10 and report.duration_s < 10
     assert report.ok + report.unfinished + report.error_count == report.sent
     assert report.target_rps == pytest.approx(50)
+
+
+async def test_whole_http_answers_count_the_tokens_their_usage_gives() -> None:
+    sse = await SseServer(SseTiming()).start()
+    try:
+        report = await run_loadtest(
+            LoadTestConfig(sse.url, concurrency=1, requests=3, data='{"stream": false}')
+        )
+    finally:
+        await sse.close()
+    assert report.ok == 3 and report.tokens == 3 * 5 and report.finishes == {"length": 3}
+    assert all(body["stream"] is False and "stream_options" not in body for body in sse.bodies)

@@ -116,7 +116,9 @@ class Engine:
                         last = now
                         tokens += n
             else:
-                await client.unary(index)
+                answer = await client.unary(index)
+                if answer is not None:
+                    tokens, finish = answer
             code = "OK"
         except asyncio.CancelledError:
             rec.cancelled(warm)

@@ -114,8 +114,8 @@ class Recorder:
         tokens: int,
         finish: str = "",
     ) -> None:
-        """One request answered: `first` is when its first token came and `finish` why it
-        ended ("eos", "length"...; "" when the endpoint does not say), streams only."""
+        """One request answered: `first` is when its first token came (streams only),
+        `finish` why it ended ("eos", "length"...; "" when the endpoint does not say)."""
         self.in_flight -= 1
         snap = self.snap
         latency_ms = (end - scheduled) * 1000

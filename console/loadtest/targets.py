@@ -51,7 +51,9 @@ class Client(Protocol):
 
     async def close(self) -> None: ...
 
-    async def unary(self, index: int) -> None: ...
+    async def unary(self, index: int) -> tuple[int, str] | None:
+        """Sends one request; where the answer says, its tokens and why it ended."""
+        ...
 
     def stream(self, index: int) -> AsyncIterator[int | str | ServerCount]:
         """Yields the number of tokens in each message as it arrives, then, where the
@@ -91,7 +93,7 @@ class GrpcClient:
         if self._channel is not None:
             await self._channel.close(None)
 
-    async def unary(self, index: int) -> None:
+    async def unary(self, index: int) -> tuple[int, str] | None:
         bodies = self._bodies
         await self._unary(
             bodies[index % len(bodies)], timeout=self.spec.timeout_s, metadata=self._metadata
@@ -165,9 +167,28 @@ def sse_event(line: str) -> tuple[int, str] | ServerCount | None:
         if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
             return ServerCount(count)
     choice = choices[0] if choices and isinstance(choices[0], dict) else {}
-    reason = choice.get("finish_reason")
-    reason = "eos" if reason == "stop" else reason if isinstance(reason, str) else ""
-    return (1 if choice.get("text") else 0), reason
+    return (1 if choice.get("text") else 0), _finish(choice.get("finish_reason"))
+
+
+def completion_answer(body: bytes) -> tuple[int, str] | None:
+    """(tokens, finish reason or "") of a whole (not streamed) completions answer, from its
+    `usage.completion_tokens`; None where the body does not say."""
+    try:
+        answer: Any = json.loads(body)
+    except ValueError:
+        return None
+    usage = answer.get("usage") if isinstance(answer, dict) else None
+    count = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        return None
+    choices = answer.get("choices") or []
+    choice = choices[0] if isinstance(choices, list) and choices else {}
+    reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+    return count, _finish(reason)
+
+
+def _finish(reason: object) -> str:
+    return "eos" if reason == "stop" else reason if isinstance(reason, str) else ""
 
 
 def sse_tokens(line: str) -> int | None:
@@ -202,12 +223,13 @@ class HttpClient:
         if self._client is not None:
             await self._client.aclose()
 
-    async def unary(self, index: int) -> None:
+    async def unary(self, index: int) -> tuple[int, str] | None:
         assert self._client is not None
         bodies = self.spec.bodies
         response = await self._client.post(self.spec.address, content=bodies[index % len(bodies)])
         if response.status_code != 200:
             raise HttpStatusError(response.status_code)
+        return completion_answer(response.content)
 
     async def stream(self, index: int) -> AsyncIterator[int | str | ServerCount]:
         assert self._client is not None
