@@ -123,11 +123,14 @@ class SseServer:
         self.bodies: list[dict[str, Any]] = []
         self.server: asyncio.Server | None = None
         self.url = ""
+        self.chat_url = ""
+        self.paths: list[str] = []
 
     async def start(self) -> SseServer:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         port = self.server.sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}/v1/completions"
+        self.chat_url = f"http://127.0.0.1:{port}/v1/chat/completions"
         return self
 
     async def close(self) -> None:
@@ -160,10 +163,12 @@ class SseServer:
         self, method: str, path: str, body: bytes, writer: asyncio.StreamWriter
     ) -> None:
         t = self.timing
+        self.paths.append(path)
         if method == "GET" and path == "/v1/models":
             self._send(writer, 200, json.dumps({"data": [{"id": t.model}]}).encode())
             return
-        if method != "POST" or path != "/v1/completions":
+        chat = path == "/v1/chat/completions"
+        if method != "POST" or path not in ("/v1/completions", "/v1/chat/completions"):
             self._send(writer, 404, b'{"error": "not found"}')
             return
         request = json.loads(body)
@@ -184,14 +189,18 @@ class SseServer:
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
             b"transfer-encoding: chunked\r\n\r\n"
         )
+        if chat:  # the role first, with no content, as vLLM and OpenAI send it
+            self._chunk(writer, {"choices": [{"index": 0, "delta": {"role": "assistant"}}]})
         await asyncio.sleep(t.first_s)
         for i in range(0, t.tokens, t.per_event):
             if i:
                 await asyncio.sleep(t.gap_s)
             text = "".join(f" t{j}" for j in range(i, min(t.tokens, i + t.per_event)))
-            self._chunk(writer, {"choices": [{"index": 0, "text": text}]})
+            piece = {"delta": {"content": text}} if chat else {"text": text}
+            self._chunk(writer, {"choices": [{"index": 0, **piece}]})
             await writer.drain()
-        self._chunk(writer, {"choices": [{"index": 0, "text": "", "finish_reason": "length"}]})
+        end = {"delta": {}} if chat else {"text": ""}
+        self._chunk(writer, {"choices": [{"index": 0, **end, "finish_reason": "length"}]})
         if (request.get("stream_options") or {}).get("include_usage"):
             usage = {
                 "prompt_tokens": 3,

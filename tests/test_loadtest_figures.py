@@ -213,6 +213,18 @@ def test_sse_finish_reasons() -> None:
     assert sse_event("data: [DONE]") is None
 
 
+def test_sse_chat_deltas() -> None:
+    def delta(d: str) -> str:
+        return f'data: {{"choices": [{{"index": 0, "delta": {d}, "finish_reason": null}}]}}'
+
+    assert sse_event(delta('{"role": "assistant", "content": ""}')) == (0, "")
+    assert sse_event(delta('{"content": "Hi"}')) == (1, "")
+    assert sse_event(delta('{"reasoning_content": "so"}')) == (1, "")  # a reasoning model
+    assert sse_event(delta('{"reasoning": "so"}')) == (1, "")
+    end = 'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}'
+    assert sse_event(end) == (0, "eos")
+
+
 def test_sse_usage_is_the_servers_count() -> None:
     # OpenAI's stream_options.include_usage: "usage": null on every event, then one
     # event with no choices and the usage.

@@ -349,3 +349,23 @@ async def test_whole_http_answers_count_the_tokens_their_usage_gives() -> None:
         await sse.close()
     assert report.ok == 3 and report.tokens == 3 * 5 and report.finishes == {"length": 3}
     assert all(body["stream"] is False and "stream_options" not in body for body in sse.bodies)
+
+
+@pytest.mark.parametrize("per_event", [1, 3])
+async def test_a_chat_endpoint_gets_each_prompt_as_a_user_message(per_event: int) -> None:
+    sse = await SseServer(SseTiming(tokens=6, per_event=per_event, first_s=0.02)).start()
+    try:
+        report = await run_loadtest(
+            LoadTestConfig(sse.chat_url, concurrency=2, requests=4, max_tokens=6)
+        )
+    finally:
+        await sse.close()
+    assert report.method == "POST /v1/chat/completions" and report.ok == 4
+    assert report.tokens == 24 and report.finishes == {"length": 4}
+    # The role-only event carries no token: the first token came after first_s.
+    assert report.ttft_ms is not None and report.ttft_ms.p50 >= 20
+    assert sse.paths[0] == "/v1/models"
+    for body in sse.bodies:
+        assert "prompt" not in body and body["model"] == "tiny"
+        [message] = body["messages"]
+        assert message["role"] == "user" and isinstance(message["content"], str)

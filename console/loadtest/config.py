@@ -23,7 +23,7 @@ DEFAULT_DURATION_S = 10.0
 
 @dataclass(frozen=True)
 class LoadTestConfig:
-    target: str  # "HOST:PORT" or "http(s)://.../v1/completions"
+    target: str  # "HOST:PORT" or "http(s)://.../v1/completions" (or chat/completions)
     method: str = ""  # "" = gantry.v1.InferenceService/Generate; else "pkg.Service/Method"
     data: str = ""  # JSON request body for --method (HTTP: extra fields of the body)
     prompts: Path | None = None  # JSONL of prompts ("prompt" or "text"); default: built-in
@@ -84,7 +84,8 @@ def split_host_port(target: str) -> tuple[str, int]:
     host, sep, port = target.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise LoadTestError(
-            f"--target {target!r}: expected HOST:PORT or http(s)://HOST/v1/completions"
+            f"--target {target!r}: expected HOST:PORT or http(s)://HOST/v1/completions "
+            "(or /v1/chat/completions)"
         )
     return host, int(port)
 

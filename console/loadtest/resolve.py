@@ -198,8 +198,16 @@ def _auth_hint(token: bool, metadata: bool) -> str:
 
 
 def _models_url(url: str) -> str | None:
-    base, sep, last = url.rstrip("/").rpartition("/")
-    return f"{base}/models" if sep and last == "completions" else None
+    path = url.rstrip("/")
+    for tail in ("/chat/completions", "/completions"):
+        if path.endswith(tail):
+            return path.removesuffix(tail) + "/models"
+    return None
+
+
+def is_chat(url: str) -> bool:
+    """An OpenAI chat endpoint (…/chat/completions): each prompt is one user message."""
+    return httpx.URL(url).path.rstrip("/").endswith("/chat/completions")
 
 
 async def _resolve_http(config: LoadTestConfig, token: str) -> TargetSpec:
@@ -217,8 +225,15 @@ async def _resolve_http(config: LoadTestConfig, token: str) -> TargetSpec:
             model = config.model or await _first_model(client, url)
             bodies = []
             prompts = load_prompts(config.prompts)
+            chat = is_chat(url)
             for prompt in prompts:
-                body: dict[str, Any] = {"prompt": prompt, "max_tokens": config.max_tokens}
+                body: dict[str, Any] = (
+                    {"messages": [{"role": "user", "content": prompt}]}
+                    if chat
+                    else {"prompt": prompt}
+                )
+                # max_tokens, not chat's newer max_completion_tokens: every server takes it.
+                body["max_tokens"] = config.max_tokens
                 if model:
                     body["model"] = model
                 if config.ignore_eos:
@@ -246,7 +261,7 @@ async def _resolve_http(config: LoadTestConfig, token: str) -> TargetSpec:
     if status in (404, 405):
         raise LoadTestError(
             f"{url} answered HTTP {status}: no OpenAI-compatible completions endpoint there "
-            "(expected http(s)://HOST/v1/completions)"
+            "(expected http(s)://HOST/v1/completions or /v1/chat/completions)"
         )
     if 400 <= status < 500:
         detail = " ".join(response.text.split())[:200]

@@ -168,7 +168,18 @@ def sse_event(line: str) -> tuple[int, str] | ServerCount | None:
         if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
             return ServerCount(count)
     choice = choices[0] if choices and isinstance(choices[0], dict) else {}
-    return (1 if choice.get("text") else 0), _finish(choice.get("finish_reason"))
+    return (1 if _has_text(choice) else 0), _finish(choice.get("finish_reason"))
+
+
+def _has_text(choice: dict[str, Any]) -> bool:
+    """A completions event's text, or a chat event's delta: its content, or the reasoning
+    a reasoning model streams before it (vLLM: reasoning_content, later reasoning)."""
+    if choice.get("text"):
+        return True
+    delta = choice.get("delta")
+    if not isinstance(delta, dict):
+        return False
+    return bool(delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning"))
 
 
 def completion_answer(body: bytes) -> tuple[int, str] | None:
@@ -202,7 +213,8 @@ def sse_tokens(line: str) -> int | None:
 
 
 class HttpClient:
-    """An OpenAI-compatible /v1/completions endpoint (vLLM, TGI...), streamed over SSE."""
+    """An OpenAI-compatible /v1/completions or /v1/chat/completions endpoint (vLLM, TGI,
+    llama.cpp...), streamed over SSE."""
 
     def __init__(self, spec: TargetSpec) -> None:
         self.spec = spec

@@ -30,8 +30,8 @@ def add_loadtest_verb(verbs: Any) -> argparse.ArgumentParser:
         "--from-nodes)",
         description="Open loop (--rate, --schedule) or closed loop (--concurrency) load "
         "against the Gantry inference endpoint, any reflected gRPC method, or an "
-        "OpenAI-compatible /v1/completions URL. `gantry loadtest compare A.json B.json` "
-        "sets two reports side by side.",
+        "OpenAI-compatible /v1/completions or /v1/chat/completions URL. "
+        "`gantry loadtest compare A.json B.json` sets two reports side by side.",
     )
     actions = lt.add_subparsers(dest="loadtest_action", metavar="compare")
     cmp = actions.add_parser("compare", help="two saved reports side by side")
