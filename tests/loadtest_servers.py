@@ -199,7 +199,7 @@ class SseServer:
             piece = {"delta": {"content": text}} if chat else {"text": text}
             self._chunk(writer, {"choices": [{"index": 0, **piece}]})
             await writer.drain()
-        end = {"delta": {}} if chat else {"text": ""}
+        end: dict[str, Any] = {"delta": {}} if chat else {"text": ""}
         self._chunk(writer, {"choices": [{"index": 0, **end, "finish_reason": "length"}]})
         if (request.get("stream_options") or {}).get("include_usage"):
             usage = {
