@@ -18,7 +18,6 @@ from console.loadtest.compare import compare, format_compare
 from console.loadtest.config import LoadTestConfig, LoadTestError, validate
 from console.loadtest.histogram import Dist, Histogram
 from console.loadtest.plan import make_plan, share
-from console.loadtest.prompts import BUILT_IN, load_prompts
 from console.loadtest.recorder import Recorder, Snapshot
 from console.loadtest.report import Report
 from console.loadtest.schedule import (
@@ -206,19 +205,6 @@ def test_valid_configs_pass() -> None:
     validate(LoadTestConfig("127.0.0.1:5", rate=10))
     validate(LoadTestConfig("127.0.0.1:5", schedule="10:1s,ramp:20:1s", arrival="poisson"))
     validate(LoadTestConfig("https://x/v1/completions", concurrency=4, workers=2, data="{}"))
-
-
-def test_prompts_file(tmp_path: Path) -> None:
-    path = tmp_path / "p.jsonl"
-    path.write_text('{"prompt": "a"}\n\n{"text": "b"}\n')
-    assert load_prompts(path) == ["a", "b"]
-    assert load_prompts(None) == list(BUILT_IN)
-    path.write_text('{"prompt": "a"}\n{"other": 1}\n')
-    with pytest.raises(LoadTestError, match="line 2: needs a non-empty"):
-        load_prompts(path)
-    path.write_text("not json\n")
-    with pytest.raises(LoadTestError, match="line 1: not JSON"):
-        load_prompts(path)
 
 
 # --- histograms: exact merging -----------------------------------------------------------

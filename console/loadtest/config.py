@@ -26,7 +26,7 @@ class LoadTestConfig:
     target: str  # "HOST:PORT" or "http(s)://.../v1/completions" (or chat/completions)
     method: str = ""  # "" = gantry.v1.InferenceService/Generate; else "pkg.Service/Method"
     data: str = ""  # JSON request body for --method (HTTP: extra fields of the body)
-    prompts: Path | None = None  # JSONL of prompts ("prompt" or "text"); default: built-in
+    prompts: Path | None = None  # a prompts file (console/loadtest/prompts.py); default: built-in
     max_tokens: int = 32
     rate: float | None = None  # open loop, requests/s
     arrival: str = "constant"  # or "poisson"

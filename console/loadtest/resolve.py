@@ -16,7 +16,7 @@ from google.protobuf import json_format
 
 from console.loadtest.call_metadata import GrpcMetadata, grpc_metadata, http_headers
 from console.loadtest.config import LoadTestConfig, LoadTestError, split_host_port, validate
-from console.loadtest.prompts import describe_requests, load_prompts
+from console.loadtest.prompts import describe_requests, read_prompts
 from console.loadtest.proto_files import method_from_protos
 from console.loadtest.reflection import MethodInfo, find_method
 from console.loadtest.targets import CHANNEL_OPTIONS, GANTRY_GENERATE, TargetSpec
@@ -102,7 +102,8 @@ async def _resolve_grpc(config: LoadTestConfig, token: str) -> TargetSpec:
     async with grpc_channel(address, tls, CHANNEL_OPTIONS) as channel:
         await wait_reachable(channel, address, CONNECT_TIMEOUT_S, tls=tls is not None)
         if not config.method:
-            prompts = load_prompts(config.prompts)
+            prompt_set = read_prompts(config.prompts)
+            prompts = prompt_set.prompts
             bodies = tuple(
                 pb.GenerateRequest(
                     prompt=p,
@@ -120,7 +121,7 @@ async def _resolve_grpc(config: LoadTestConfig, token: str) -> TargetSpec:
                 bodies,
                 token,
                 config.timeout_s,
-                describe_requests(prompts, config.prompts),
+                describe_requests(prompt_set, config.prompts),
                 config.metadata,
                 tls,
             )
@@ -224,7 +225,8 @@ async def _resolve_http(config: LoadTestConfig, token: str) -> TargetSpec:
         try:
             model = config.model or await _first_model(client, url)
             bodies = []
-            prompts = load_prompts(config.prompts)
+            prompt_set = read_prompts(config.prompts)
+            prompts = prompt_set.prompts
             chat = is_chat(url)
             for prompt in prompts:
                 body: dict[str, Any] = (
@@ -274,7 +276,7 @@ async def _resolve_http(config: LoadTestConfig, token: str) -> TargetSpec:
         tuple(json.dumps(body).encode() for body in bodies),
         token,
         config.timeout_s,
-        describe_requests(prompts, config.prompts),
+        describe_requests(prompt_set, config.prompts),
         config.metadata,
         tls,
     )

@@ -44,7 +44,14 @@ def add_loadtest_verb(verbs: Any) -> argparse.ArgumentParser:
     add("--target", default="", metavar="HOST:PORT|URL", help="gRPC HOST:PORT or http(s) URL")
     add("--method", default="", metavar="pkg.Service/Method", help="via server reflection")
     add("--data", default="", metavar="JSON", help="the request for --method (HTTP: extra body)")
-    add("--prompts", type=Path, default=None, metavar="FILE.jsonl", help='"prompt" or "text"')
+    add(
+        "--prompts",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help='JSONL or a JSON array: "prompt"/"text", chat "messages", ShareGPT '
+        '"conversations" or Alpaca "instruction" records',
+    )
     add("--max-tokens", default="32", metavar="N")
     add(
         "--ignore-eos",
