@@ -77,6 +77,25 @@ def test_a_chat_body_takes_max_completion_tokens_and_text_parts() -> None:
         ({"messages": [{"role": "robot", "content": "a"}]}, True, "messages[0]: role must be"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, True, "only text"),
         ({"prompt": "a", "logprobs": 2}, False, "logprobs is not supported"),
+        (
+            {"messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function"}]},
+            True,
+            "tools is not supported by this server; leave it out",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "a"}], "tool_choice": "required"},
+            True,
+            "tool_choice is not supported",
+        ),
+        (
+            {
+                "messages": [{"role": "user", "content": "a"}],
+                "response_format": {"type": "json_object"},
+            },
+            True,
+            "response_format is not supported",
+        ),
+        ({"prompt": "a", "repetition_penalty": 1.2}, False, "repetition_penalty is not"),
     ],
 )
 def test_bad_bodies_are_refused_with_one_line(body: Any, chat: bool, words: str) -> None:
@@ -115,3 +134,19 @@ def test_metrics_count_tokens_latency_and_batch_sizes() -> None:
     assert 'gantry_serve_batch_size_bucket{le="4"} 2.0' in text
     assert "gantry_serve_batch_size_sum 6.0" in text
     assert "gantry_serve_queue_depth 1.0" in text
+
+
+def test_neutral_values_of_unimplemented_fields_pass() -> None:
+    # What OpenAI's clients and LangChain-style wrappers send when nothing is asked for.
+    body = {
+        "messages": [{"role": "user", "content": "a"}],
+        "tools": [],
+        "tool_choice": "none",
+        "response_format": {"type": "text"},
+        "logprobs": False,
+        "presence_penalty": 0,
+        "repetition_penalty": 1.0,
+        "parallel_tool_calls": True,
+    }
+    call = parse_call(body, chat=True, model_ids=IDS)
+    assert call.messages == ({"role": "user", "content": "a"},)

@@ -4,10 +4,10 @@ replies and stream chunks to JSON, errors in OpenAI's error shape.
 Fields as OpenAI and vLLM take them: model, prompt (or messages), max_tokens (chat also
 max_completion_tokens), temperature (default 1, as OpenAI), top_p, stop (a string or a
 list), seed, stream, stream_options.include_usage, ignore_eos (vLLM's) and n (1 only).
-Fields Gantry does not implement (echo, logprobs, best_of, penalties) are refused when
-set to anything but their neutral value; other unknown fields are ignored, as OpenAI's
-clients send many. Defaults: max_tokens 16 for completions (OpenAI's), 512 for chat,
-either cut to the model's context.
+Fields Gantry does not implement (echo, logprobs, best_of, penalties, tools, a
+response_format) are refused when set to anything but their neutral value; other
+unknown fields are ignored, as OpenAI's clients send many. Defaults: max_tokens 16 for
+completions (OpenAI's), 512 for chat, either cut to the model's context.
 
 Chat messages become one prompt with the tokenizer's chat template when the model has
 one, else `plain_chat_prompt`: each message as "role: content" on its own line, then
@@ -40,6 +40,16 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
     "frequency_penalty": (0, 0.0, None),
     "suffix": (None, ""),
     "logit_bias": (None, {}),
+    # The model calls no tools and follows no schema: a client that asks for either is
+    # told, rather than handed free text it would parse as a tool call or as JSON.
+    "tools": (None, []),
+    "tool_choice": (None, "none", "auto"),
+    "functions": (None, []),
+    "function_call": (None, "none", "auto"),
+    "response_format": (None, {"type": "text"}),
+    # vLLM's extra sampling fields.
+    "repetition_penalty": (None, 1, 1.0),
+    "min_tokens": (None, 0),
 }
 ERROR_TYPES = {
     400: "invalid_request_error",
