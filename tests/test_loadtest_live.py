@@ -369,3 +369,15 @@ async def test_a_chat_endpoint_gets_each_prompt_as_a_user_message(per_event: int
         assert "prompt" not in body and body["model"] == "tiny"
         [message] = body["messages"]
         assert message["role"] == "user" and isinstance(message["content"], str)
+
+
+@pytest.mark.parametrize("tail", ["", "/", "/v1", "/v1/"])
+async def test_a_servers_base_url_means_its_completions(tail: str) -> None:
+    sse = await SseServer(SseTiming(tokens=2)).start()
+    base = sse.url.removesuffix("/v1/completions")
+    try:
+        report = await run_loadtest(LoadTestConfig(base + tail, concurrency=1, requests=2))
+    finally:
+        await sse.close()
+    assert report.ok == 2 and report.method == "POST /v1/completions"
+    assert sse.paths == ["/v1/models"] + ["/v1/completions"] * 3

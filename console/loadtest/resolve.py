@@ -211,8 +211,18 @@ def is_chat(url: str) -> bool:
     return httpx.URL(url).path.rstrip("/").endswith("/chat/completions")
 
 
+def completions_url(target: str) -> str:
+    """The URL to load: a server's base URL (`http://host:8000`, `…/v1`, as OpenAI's
+    clients take it) means its /v1/completions; any other path is used as given."""
+    parsed = httpx.URL(target)
+    path = parsed.path.rstrip("/")
+    if path in ("", "/v1"):
+        return str(parsed.copy_with(path="/v1/completions"))
+    return target
+
+
 async def _resolve_http(config: LoadTestConfig, token: str) -> TargetSpec:
-    url = config.target
+    url = completions_url(config.target)
     extra: dict[str, Any] = json.loads(config.data) if config.data else {}
     streaming = extra.get("stream", True) is not False
     headers = http_headers(config.metadata, token)
