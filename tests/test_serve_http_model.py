@@ -1,6 +1,7 @@
 """Issue 17, REST beside gRPC, with a real model: `python -m agent.serve --http-port 0` on
 127.0.0.1 serves both APIs from one engine; greedy output is the same over REST (whole and
-streamed) as over gRPC, and `gantry loadtest` reaches the HTTP endpoint with the token."""
+streamed) as over gRPC, `gantry loadtest` reaches the HTTP endpoint with the token, and
+OpenAI's own Python client (the `openai` package) works against it as documented."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from gantry.v1 import inference_service_pb2 as pb
 from gantry.v1 import inference_service_pb2_grpc
@@ -126,7 +128,7 @@ async def test_the_load_tester_reaches_the_http_endpoint(served: Served) -> None
     assert report.ok == 6 and not report.errors
     assert report.finishes == {"length": 6}
     assert report.ttft_ms is not None and report.ttft_ms.count == 6
-    assert 6 <= report.tokens <= 24
+    assert report.tokens == 24  # the server's own count (usage), 4 a request
 
 
 def test_the_benchs_rest_vs_grpc_ratio_runs_against_both_endpoints(
@@ -147,6 +149,104 @@ def test_the_benchs_rest_vs_grpc_ratio_runs_against_both_endpoints(
     assert "HTTP / gRPC tokens/s" in capsys.readouterr().out
 
 
+def openai_client(server: Served, key: str | None = None) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=f"{http_base(server)}/v1",
+        api_key=key or server.token,
+        max_retries=0,
+        timeout=60,
+    )
+
+
+def test_openais_own_client_completes_chats_and_streams(served: Served) -> None:
+    client = openai_client(served)
+    [model] = [m.id for m in client.models.list()]
+    want, _ = grpc_text(served, "apple", ignore_eos=True)
+    whole = client.completions.create(
+        model=model,
+        prompt="apple",
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
+    assert whole.choices[0].text == want and whole.choices[0].finish_reason == "length"
+    assert whole.usage is not None and whole.usage.completion_tokens == MAX_TOKENS
+    stream = client.completions.create(
+        model=model,
+        prompt="apple",
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )
+    events = list(stream)
+    assert "".join(e.choices[0].text for e in events if e.choices) == want
+    usage = events[-1].usage
+    assert usage is not None and usage.completion_tokens == MAX_TOKENS
+    chat = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "apple river"}],
+        max_completion_tokens=MAX_TOKENS,
+        temperature=0,
+        seed=1,
+        stop=["\n\n"],
+        user="operator-1",
+        tools=[],  # what wrappers send when there are none
+    )
+    joined, _ = grpc_text(served, "user: apple river\nassistant:")
+    assert chat.choices[0].message.content is not None
+    assert joined.startswith(chat.choices[0].message.content)
+    pieces = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": [{"type": "text", "text": "apple"}]}],
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+        stream=True,
+    )
+    deltas = [p.choices[0].delta for p in pieces if p.choices]
+    assert deltas[0].role == "assistant" and "".join(d.content or "" for d in deltas)
+
+
+@pytest.mark.parametrize(
+    ("ask", "words"),
+    [
+        ({"n": 2}, "n must be 1"),
+        ({"logprobs": True}, "logprobs is not supported"),
+        ({"response_format": {"type": "json_object"}}, "response_format is not supported"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+            "tools is not supported",
+        ),
+    ],
+)
+def test_openais_client_is_refused_what_the_server_cannot_honour(
+    served: Served, ask: dict[str, Any], words: str
+) -> None:
+    client = openai_client(served)
+    model = client.models.list().data[0].id
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "apple"}], max_tokens=2, **ask
+        )
+    assert refused.value.status_code == 400 and words in refused.value.message
+
+
+def test_openais_client_asking_for_another_model_is_told_which_one_is_served(
+    served: Served,
+) -> None:
+    with pytest.raises(openai.NotFoundError) as refused:
+        openai_client(served).completions.create(model="gpt-4o", prompt="apple", max_tokens=2)
+    assert "this server serves" in refused.value.message
+
+
+def test_openais_client_with_a_wrong_key_is_told_so(served: Served) -> None:
+    with pytest.raises(openai.AuthenticationError) as refused:
+        openai_client(served, key="not-the-token").models.list()
+    assert refused.value.status_code == 401
+
+
+# Last: it stops the module's server.
 def test_a_stop_closes_both_ports(served: Served) -> None:
     base = http_base(served)
     served.proc.send_signal(signal.SIGTERM)
