@@ -70,8 +70,12 @@ class Outbox:
 
     def wake(self) -> None:
         """Sends what waits, with the figures and the engine's load."""
-        load = self._load()
         with self._lock:  # one sender at a time, in order
+            # Read under the lock: the command thread's wake after a cancel read (0, 1)
+            # before the decode thread evicted it, and sent that after the decode thread's
+            # (0, 0): an idle server then said one request was running until the next one.
+            # (No lock of the engine's is held while posting, so this order cannot deadlock.)
+            load = self._load()
             events, self._events = self._events, []
             try:
                 self._conn.send(("iteration", events, self._figures.take(), load))
