@@ -1,5 +1,6 @@
-"""Console under a big job: 1,024 ranks on 128 nodes reporting metrics at 1 Hz, one
-rank's log at 5,000 lines/s, and an operator pressing keys.
+"""Console under a big job (the bench's runner, just past 400 lines: its agents, leader,
+probes and report live in bench/console_job_*.py): 1,024 ranks on 128 nodes reporting
+metrics at 1 Hz, one rank's log at 5,000 lines/s, and an operator pressing keys.
 
 The agents' side runs in a child process, so its CPU is not counted: 128 grpc.aio
 servers on 127.0.0.1 implementing AgentService behind the agents' own token check

@@ -18,7 +18,7 @@ from console.loadtest.histogram import Dist
 from console.loadtest.notes import short_completions_note
 from console.loadtest.plan import make_plan
 from console.loadtest.progress import Progress
-from console.loadtest.prompts import describe_requests
+from console.loadtest.prompts import PromptSet, describe_requests
 from console.loadtest.recorder import Recorder, Snapshot
 from console.loadtest.report import Report
 from console.loadtest.targets import ServerCount, completion_answer, sse_event
@@ -273,7 +273,9 @@ def test_ignore_eos_from_form_and_refused_with_method() -> None:
 
 
 def test_prompt_sets_are_told_apart() -> None:
-    assert describe_requests(["a", "b"], None).startswith("built-in: 2 prompts, sha256 ")
-    one = describe_requests(["a"], None)
-    assert one.startswith("built-in: 1 prompt, sha256 ") and one != describe_requests(["b"], None)
+    two = PromptSet(["a", "b"])
+    assert describe_requests(two, None).startswith("built-in: 2 prompts, sha256 ")
+    one = describe_requests(PromptSet(["a"]), None)
+    assert one.startswith("built-in: 1 prompt, sha256 ")
+    assert one != describe_requests(PromptSet(["b"]), None)
     assert describe_requests(None, None, '{"x": 1}') != describe_requests(None, None, "{}")

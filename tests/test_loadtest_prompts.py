@@ -11,7 +11,7 @@ import pytest
 
 from console.loadtest import prompts as prompts_module
 from console.loadtest.config import LoadTestError
-from console.loadtest.prompts import BUILT_IN, describe_requests, load_prompts, read_prompts
+from console.loadtest.prompts import BUILT_IN, describe_requests, read_prompts
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "prompts"
 
@@ -19,8 +19,8 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "prompts"
 def test_prompt_and_text_lines(tmp_path: Path) -> None:
     path = tmp_path / "p.jsonl"
     path.write_text('{"prompt": "a"}\n\n{"text": "b"}\n')
-    assert load_prompts(path) == ["a", "b"]
-    assert load_prompts(None) == list(BUILT_IN)
+    assert read_prompts(path).prompts == ["a", "b"]
+    assert read_prompts(None).prompts == list(BUILT_IN)
 
 
 def test_sharegpt_gives_each_conversations_first_human_turn() -> None:
@@ -37,14 +37,14 @@ def test_sharegpt_gives_each_conversations_first_human_turn() -> None:
 
 
 def test_openai_chat_messages_give_the_first_user_message() -> None:
-    assert load_prompts(FIXTURES / "openai_chat.jsonl") == [
+    assert read_prompts(FIXTURES / "openai_chat.jsonl").prompts == [
         "What is the capital of France?",
         "Describe this in one line.",
     ]
 
 
 def test_alpaca_instructions_with_their_input() -> None:
-    assert load_prompts(FIXTURES / "alpaca.json") == [
+    assert read_prompts(FIXTURES / "alpaca.json").prompts == [
         "Give three tips for staying healthy.",
         "Translate the following sentence into French.\n\nThe weather is nice today.",
     ]
@@ -76,10 +76,10 @@ def test_bad_files_are_one_line_naming_where(tmp_path: Path, text: str, error: s
     path = tmp_path / "bad.jsonl"
     path.write_text(text)
     with pytest.raises(LoadTestError, match=error) as caught:
-        load_prompts(path)
+        read_prompts(path)
     assert "\n" not in str(caught.value)
 
 
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(LoadTestError, match=r"--prompts .*nope\.jsonl: No such file"):
-        load_prompts(tmp_path / "nope.jsonl")
+        read_prompts(tmp_path / "nope.jsonl")

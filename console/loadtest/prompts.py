@@ -44,10 +44,6 @@ class PromptSet:
     more: bool = False  # usable prompts past MAX_PROMPTS were left out
 
 
-def load_prompts(path: Path | None) -> list[str]:
-    return read_prompts(path).prompts
-
-
 def read_prompts(path: Path | None) -> PromptSet:
     if path is None:
         return PromptSet(list(BUILT_IN))
@@ -122,14 +118,11 @@ def _first_turn(turns: Any, role: str, content: str) -> str | None:
     return None
 
 
-def describe_requests(
-    prompts: list[str] | PromptSet | None, path: Path | None, data: str = ""
-) -> str:
+def describe_requests(read: PromptSet | None, path: Path | None, data: str = "") -> str:
     """Which requests a run sends, for telling whether two runs are comparable: the
     prompts (where they came from, how many, a digest) or the --data body's digest."""
-    if prompts is None:
+    if read is None:
         return f"--data sha256 {_digest([data or '{}'])}"
-    read = prompts if isinstance(prompts, PromptSet) else PromptSet(prompts)
     texts = read.prompts
     source = "built-in" if path is None else path.name
     count = f"{len(texts)} prompt{'' if len(texts) == 1 else 's'}"

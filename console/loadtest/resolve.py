@@ -206,12 +206,12 @@ def _models_url(url: str) -> str | None:
     return None
 
 
-def is_chat(url: str) -> bool:
+def _is_chat(url: str) -> bool:
     """An OpenAI chat endpoint (…/chat/completions): each prompt is one user message."""
     return httpx.URL(url).path.rstrip("/").endswith("/chat/completions")
 
 
-def completions_url(target: str) -> str:
+def _target_url(target: str) -> str:
     """The URL to load: a server's base URL (`http://host:8000`, `…/v1`, as OpenAI's
     clients take it) means its /v1/completions; any other path is used as given."""
     parsed = httpx.URL(target)
@@ -222,7 +222,7 @@ def completions_url(target: str) -> str:
 
 
 async def _resolve_http(config: LoadTestConfig, token: str) -> TargetSpec:
-    url = completions_url(config.target)
+    url = _target_url(config.target)
     extra: dict[str, Any] = json.loads(config.data) if config.data else {}
     streaming = extra.get("stream", True) is not False
     headers = http_headers(config.metadata, token)
@@ -237,7 +237,7 @@ async def _resolve_http(config: LoadTestConfig, token: str) -> TargetSpec:
             bodies = []
             prompt_set = read_prompts(config.prompts)
             prompts = prompt_set.prompts
-            chat = is_chat(url)
+            chat = _is_chat(url)
             for prompt in prompts:
                 body: dict[str, Any] = (
                     {"messages": [{"role": "user", "content": prompt}]}

@@ -161,14 +161,30 @@ def sse_event(line: str) -> tuple[int, str] | ServerCount | None:
         raise StreamError("an event that is not a JSON object")
     if chunk.get("error"):
         raise StreamError(str(chunk["error"]))
-    choices = chunk.get("choices") or []
-    usage = chunk.get("usage")
-    if not choices and isinstance(usage, dict):
-        count = usage.get("completion_tokens")
-        if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
+    choice = _first_choice(chunk)
+    if choice is None:  # no choices: the usage event, if it says
+        count = _usage_tokens(chunk)
+        if count is not None:
             return ServerCount(count)
-    choice = choices[0] if choices and isinstance(choices[0], dict) else {}
+        choice = {}
     return (1 if _has_text(choice) else 0), _finish(choice.get("finish_reason"))
+
+
+def _first_choice(answer: dict[str, Any]) -> dict[str, Any] | None:
+    """An answer's or event's first choice; None when it has none ({} when it is no object)."""
+    choices = answer.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return None
+    return choices[0] if isinstance(choices[0], dict) else {}
+
+
+def _usage_tokens(answer: dict[str, Any]) -> int | None:
+    """`usage.completion_tokens`, where it is a count."""
+    usage = answer.get("usage")
+    count = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
+        return count
+    return None
 
 
 def _has_text(choice: dict[str, Any]) -> bool:
@@ -189,14 +205,10 @@ def completion_answer(body: bytes) -> tuple[int, str] | None:
         answer: Any = json.loads(body)
     except ValueError:
         return None
-    usage = answer.get("usage") if isinstance(answer, dict) else None
-    count = usage.get("completion_tokens") if isinstance(usage, dict) else None
-    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+    count = _usage_tokens(answer) if isinstance(answer, dict) else None
+    if count is None:
         return None
-    choices = answer.get("choices") or []
-    choice = choices[0] if isinstance(choices, list) and choices else {}
-    reason = choice.get("finish_reason") if isinstance(choice, dict) else None
-    return count, _finish(reason)
+    return count, _finish((_first_choice(answer) or {}).get("finish_reason"))
 
 
 def _finish(reason: object) -> str:
