@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from agent.serve.decode import GREEDY, BatchDecoder, choose_tokens
+from agent.serve.decode import BatchDecoder
+from agent.serve.sampling import GREEDY, choose_tokens
 
 LINES = [" apple river stone", " stone river apple", " the quick brown fox", " fox river stone"]
 PROMPTS = ["apple river", "stone", "the quick brown fox jumps", "river fox apple stone"]

@@ -186,7 +186,8 @@ def test_batched_decoding_equals_generate(
     with the trained weights and with agent.tasks.quantize's int8 ones."""
     import copy
 
-    from agent.serve.decode import GREEDY, BatchDecoder, choose_tokens
+    from agent.serve.decode import BatchDecoder
+    from agent.serve.sampling import GREEDY, choose_tokens
 
     if weights == "int8":
         from agent.tasks.quantize import quantize_model
@@ -217,7 +218,8 @@ def test_batched_decoding_equals_generate(
 def test_requests_prefilled_together_decode_as_generate(tiny: TinyModel) -> None:
     """Prompts of different lengths prefilled in one padded forward, then decoded in one
     batch, each get `generate`'s greedy tokens."""
-    from agent.serve.decode import GREEDY, BatchDecoder, choose_tokens
+    from agent.serve.decode import BatchDecoder
+    from agent.serve.sampling import GREEDY, choose_tokens
 
     n = 10
     want = {i: tiny.greedy(p, n) for i, p in enumerate(PROMPTS)}

@@ -1,6 +1,7 @@
 """Prompts joining a running batch inside its decode step (BatchDecoder.step_joining, a
-row per prompt token): as `generate` on every built-in layout, within the step's token
-and memory budgets, and chosen by the engine for short prompts only."""
+ragged batch: agent/serve/ragged.py): as `generate` on every built-in layout and for
+long prompts, within the step's token budget, only for models whose attention takes the
+ragged step, and chosen by the engine for prompts that fit the budget."""
 
 from __future__ import annotations
 
@@ -36,46 +37,77 @@ def test_joining_in_step_decodes_as_generate_on_the_other_layouts(
     assert all(got[i] == want[i] for i in want if i != 1)
 
 
-def test_prompts_join_the_step_within_its_token_and_memory_budgets(
-    moe: Moe, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_long_prompts_and_many_at_once_join_as_generate(moe: Moe) -> None:
+    """Prompts of 30 to 150 tokens, six joining one step, decode as `generate`."""
+    text = " ".join(PROMPTS)
+    prompts = [moe.encode(" ".join([text] * k)) for k in (2, 3, 5, 8, 4, 6, 7, 2)]
+    assert min(map(len, prompts)) >= 30 and max(map(len, prompts)) <= 150
+    want = {i: moe.greedy(p, 6) for i, p in enumerate(prompts)}
+    got = decode_joining_and_leaving(moe, prompts, 6, in_step=True)
+    assert got[1] == want[1][:5]
+    assert all(got[i] == want[i] for i in want if i != 1)
+
+
+def test_prompts_join_the_step_within_its_token_budget(moe: Moe) -> None:
     """A step takes joining prompts up to JOINING_TOKENS in all, only beside a running
-    batch, and only while the rows the cache grows beyond the batch's own would hold at
-    most JOINING_CACHE_BYTES at the model's full context."""
+    batch; each prompt is written into the row it keeps, at its length."""
     import agent.serve.decode as decode
-    from agent.serve.cuda_graphs import context_length, kv_bytes_per_token
 
     decoder: BatchDecoder[str] = BatchDecoder(moe.model, rows=4)
-    assert not decoder.can_join_in_step(1)  # nothing runs: the prompt is prefilled
-    _, prefilled = decoder.prefill(moe.encode(PROMPTS[0]))
-    decoder.join("a", prefilled)
-    assert decoder.can_join_in_step(decode.JOINING_TOKENS)
-    assert not decoder.can_join_in_step(decode.JOINING_TOKENS + 1)
-    monkeypatch.setattr(decode, "JOINING_CACHE_BYTES", 0)
-    assert decoder.can_join_in_step(3)  # 1 + 3 rows: within the batch's 4
-    assert not decoder.can_join_in_step(4)  # 4 rows more
-    row = decoder.cache.bytes_per_position() * context_length(moe.model)
-    assert row == kv_bytes_per_token(moe.model) * context_length(moe.model)
-    monkeypatch.setattr(decode, "JOINING_CACHE_BYTES", 4 * row)
-    assert decoder.can_join_in_step(7)  # 8 rows: 4 more
-    assert not decoder.can_join_in_step(8)  # 16 rows: 12 more
+    assert decoder.joining_budget() == 0  # nothing runs: the prompt is prefilled
+    first = moe.encode(PROMPTS[0])
+    decoder.join("a", decoder.prefill(first)[1])
+    assert decoder.joining_budget() == decode.JOINING_TOKENS
     ids = moe.encode(PROMPTS[2])
     logits = decoder.step_joining({"a": 7}, [("b", ids)])
     assert logits.shape[0] == 2 and decoder.keys == ["a", "b"]
-    assert decoder.cache.lengths[:2].tolist() == [len(moe.encode(PROMPTS[0])) + 1, len(ids)]
+    assert decoder.cache.lengths[:2].tolist() == [len(first) + 1, len(ids)]
     with pytest.raises(KeyError):
         decoder.step_joining({"a": 7, "b": 7}, [("b", ids)])
+    with pytest.raises(KeyError):
+        decoder.step_joining({"a": 7, "b": 7}, [("c", ids), ("c", ids)])
 
 
-def test_a_short_prompt_joins_the_running_step_a_long_one_is_prefilled(moe: Moe) -> None:
+@pytest.mark.parametrize("attention", ["ignores the layout", "disagrees"])
+def test_a_model_whose_attention_takes_no_ragged_step_joins_by_prefill(
+    moe: Moe, monkeypatch: pytest.MonkeyPatch, attention: str
+) -> None:
+    """A model whose attention layers do not run the ragged layout (custom attention
+    that computes on what it is given, or gives other numbers) gets no joining budget:
+    its prompts are prefilled, and it decodes as `generate`."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from agent.serve import ragged
+
+    def plain(module: Any, q: Any, k: Any, v: Any, mask: Any, **kwargs: Any) -> Any:
+        kwargs.pop(ragged.KWARG, None)
+        return sdpa_attention_forward(module, q, k, v, mask, **kwargs)
+
+    def other(module: Any, q: Any, k: Any, v: Any, mask: Any, **kwargs: Any) -> Any:
+        out, weights = ragged.ragged_attention(module, q, k, v, mask, **kwargs)
+        return out * 0.5, weights
+
+    fake = plain if attention == "ignores the layout" else other
+    monkeypatch.setitem(AttentionInterface._global_mapping, ragged.NAME, fake)
+    decoder: BatchDecoder[str] = BatchDecoder(moe.model, rows=4)
+    decoder.join("a", decoder.prefill(moe.encode(PROMPTS[0]))[1])
+    assert decoder.joining_budget() == 0
+    assert moe.model.config._attn_implementation == "sdpa"  # set back after the probe
+
+
+def test_a_short_prompt_joins_the_running_step_a_long_one_is_prefilled(
+    moe: Moe, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The engine puts a short prompt admitted beside a running request into the decode
     step, prefills one past the step's budget apart, and all decode as `generate`."""
+    import agent.serve.decode as decode
     from agent.serve.batching import Scheduler
-    from agent.serve.decode import JOINING_TOKENS
     from agent.serve.engine import Engine
     from agent.serve.events import Done, Event, Request
     from agent.serve.stats import ServerStats
 
+    monkeypatch.setattr(decode, "JOINING_TOKENS", 16)
     engine = Engine(moe.model, moe.tokenizer, Scheduler(4, 0.0), ServerStats(), set())
     joined: list[list[int]] = []
     step_joining = engine._decoder.step_joining
@@ -101,7 +133,7 @@ def test_a_short_prompt_joins_the_running_step_a_long_one_is_prefilled(moe: Moe)
         "short": moe.encode(PROMPTS[2]),
         "long": moe.encode(" ".join(PROMPTS * 3)),
     }
-    assert len(prompts["short"]) <= JOINING_TOKENS < len(prompts["long"])
+    assert len(prompts["short"]) <= decode.JOINING_TOKENS < len(prompts["long"])
     engine.start()
     try:
         # long enough to be running still when the others arrive, on a busy machine too
@@ -121,19 +153,24 @@ def test_a_short_prompt_joins_the_running_step_a_long_one_is_prefilled(moe: Moe)
     }
 
 
-def test_the_short_prompts_admitted_together_join_all_or_none(moe: Moe) -> None:
-    """All the short prompts admitted at one step join it if their tokens fit its budget;
-    past it none does (they are prefilled together, packed, where a prompt joined beside
-    them would cost more than packed with them); a chunked prompt never joins, and
-    nothing joins a step with no batch running."""
+def test_the_prompts_admitted_together_join_while_they_fit(moe: Moe) -> None:
+    """The prompts admitted at one step join it, oldest first, while their tokens fit
+    its budget; one past it is prefilled apart (a shorter one after it may still join);
+    a chunked prompt never joins, and nothing joins a step with no batch running."""
     from agent.serve.batching import Scheduler
     from agent.serve.decode import JOINING_TOKENS
     from agent.serve.engine import Engine
     from agent.serve.events import Request
     from agent.serve.stats import ServerStats
 
+    chunk = JOINING_TOKENS  # a prompt up to a chunk is prefilled whole
     engine = Engine(
-        moe.model, moe.tokenizer, Scheduler(8, 0.0), ServerStats(), set(), prefill_chunk_tokens=24
+        moe.model,
+        moe.tokenizer,
+        Scheduler(8, 0.0),
+        ServerStats(),
+        set(),
+        prefill_chunk_tokens=chunk,
     )
 
     def admitted(*lengths: int) -> list[Any]:
@@ -146,6 +183,7 @@ def test_the_short_prompts_admitted_together_join_all_or_none(moe: Moe) -> None:
     engine._decoder.join(0, prefilled)
     both = admitted(half, half)
     assert engine._joining_in_step(both) == both
-    assert engine._joining_in_step(admitted(half, half + 1)) == []
-    long, short = admitted(25, 3)  # 25: over the 24-token chunk
+    first, over, small = admitted(half, half + 1, 3)
+    assert engine._joining_in_step([first, over, small]) == [first, small]
+    long, short = admitted(chunk + 1, 3)  # over the chunk: prefilled a chunk at a time
     assert engine._joining_in_step([long, short]) == [short]

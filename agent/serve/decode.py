@@ -2,15 +2,16 @@
 
 The requests joining at one step are prefilled together in one forward (packed several
 to a row, each prompt masked to itself, positions from its own start: the first token
-`generate` picks for each), or, if short, inside the running batch's decode step
-(`step_joining`); a prompt longer than a chunk is prefilled a chunk per call
-(`Prefilling`), so the engine can run decode steps between its chunks. A prefilled
-prompt then takes a row of the running batch's `SlotCache` (preallocated, one row per
-sequence, each row its own length). A decode step feeds every row its last token in one
-forward, with a per-row attention mask and per-row positions computed from the cache's
-length tensor in place: no per-sequence tensor work and no copy of the cache per step. A
-sequence that leaves frees its row (the last row moves into it). On CUDA the step is
-replayed from CUDA graphs captured per batch-size bucket (agent/serve/cuda_graphs.py).
+`generate` picks for each), or, beside a running batch, inside its decode step as a
+ragged batch (`step_joining`, agent/serve/ragged.py); a prompt longer than a chunk is
+prefilled a chunk per call (`Prefilling`), so the engine can run decode steps between
+its chunks. A prefilled prompt then takes a row of the running batch's `SlotCache`
+(preallocated, one row per sequence, each row its own length). A decode step feeds
+every row its last token in one forward, with a per-row attention mask and per-row
+positions computed from the cache's length tensor in place: no per-sequence tensor work
+and no copy of the cache per step. A sequence that leaves frees its row (the last row
+moves into it). On CUDA the step is replayed from CUDA graphs captured per batch-size
+bucket (agent/serve/cuda_graphs.py).
 
 Why not transformers' continuous batching (`init_continuous_batching`)? It runs on
 CPU, streams and cancels, but (1) its own scheduler admits as soon as a request
@@ -27,6 +28,7 @@ static cache path does (see slot_cache.py for why not `StaticCache` itself).
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -35,25 +37,23 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from agent.serve.cuda_graphs import context_length
 from agent.serve.packing import pack
+from agent.serve.ragged import KWARG as RAGGED_KWARG
+from agent.serve.ragged import RaggedCache, RaggedStep, attention_set, configs
 from agent.serve.slot_cache import SlotCache
 
 K = TypeVar("K", bound=Hashable)
 
+log = logging.getLogger("gantry.serve")
+
 # A packed prefill's logits are [rows, columns where a prompt ends, vocabulary]: on a
 # large vocabulary they can outgrow the prompts, so such a join is packed in halves.
 PACKED_LOGITS_LIMIT = 1 << 24
-# step_joining borrows a cache row per prompt token; the rows it adds may hold this
-# much at the model's full context (the demo model: 2 MB a row). A model whose rows are
-# larger joins by prefill, as its prefill's arithmetic outweighs a forward's fixed cost.
-JOINING_CACHE_BYTES = 256 << 20
-# A prompt token costs more as a row of the decode step than in a prefill of its own
-# (per-row attention, more (token, expert) pairs), while a separate prefill costs a
-# fixed forward: on the demo model on one CPU core (bench/serving.py) a 13-token prompt
-# joins 0.75 ms cheaper in the step, a 46-token one no cheaper. When the prompts joining
-# at one step are more than this many tokens in all, they are prefilled together, packed.
-JOINING_TOKENS = 32
+# The most prompt tokens one decode step takes in (`step_joining`); admitted prompts past
+# it are prefilled apart, packed. A joining token costs about what a prefilled one does
+# (on the demo model on one CPU core, about 10 us), so this bounds the step's extra time
+# as the prefill chunk bounds a chunk's (engine.PREFILL_CHUNK_TOKENS, the same size).
+JOINING_TOKENS = 512
 
 
 class UnsupportedModel(RuntimeError):
@@ -117,8 +117,9 @@ class BatchDecoder(Generic[K]):
         self._keys: list[K] = []
         self._longest = 0  # the longest row's length
         self._rows = max(1, rows)
-        self._context = context_length(model)
         self._cache = SlotCache(rows, self.device)
+        self._configs = configs(model)
+        self._ragged: bool | None = None  # prompts join ragged steps: probed when first asked
         self._graphs: Any = None
         if graphs and self.device.type == "cuda":
             from agent.serve.cuda_graphs import DecodeGraphs
@@ -291,71 +292,101 @@ class BatchDecoder(Generic[K]):
         self._longest = length
         return logits
 
-    def _eager_step(
-        self, ids: torch.Tensor, n: int, length: int, prompts: list[tuple[int, int]] | None = None
-    ) -> torch.Tensor:
+    def _eager_step(self, ids: torch.Tensor, n: int, length: int) -> torch.Tensor:
         cache = self._cache
         mask = self._model_mask(cache.decode_mask(n, length))
         cache.step_rows, cache.step_length = n, length
-        cache.step_prompts = prompts or []
         try:
             return self._forward(
                 cache, input_ids=ids, attention_mask=mask, position_ids=cache.lengths[:n, None]
             )
         finally:
             cache.step_rows = 0
-            cache.step_prompts = []
 
-    def can_join_in_step(self, prompt_tokens: int) -> bool:
-        """Whether `step_joining` can take prompts of this many tokens in all: up to
-        JOINING_TOKENS; not with CUDA graphs (their buffers must not grow); and only while
-        the rows the cache holds beyond the batch's own (one per prompt token, kept once
-        grown) would stay within JOINING_CACHE_BYTES at the model's full context."""
-        cache = self._cache
-        if self._graphs is not None or not self._keys or prompt_tokens > JOINING_TOKENS:
+    def joining_budget(self) -> int:
+        """How many prompt tokens in all `step_joining` can take now: JOINING_TOKENS
+        beside a running batch; 0 with no batch, with CUDA graphs (their buffers must not
+        grow), or for a model whose attention does not take a ragged step (`probe`)."""
+        if self._graphs is not None or not self._keys:
+            return 0
+        if self._ragged is None:
+            self._ragged = self._probe_ragged()
+        return JOINING_TOKENS if self._ragged else 0
+
+    def _probe_ragged(self) -> bool:
+        """Whether a ragged step on this model gives what separate prefills give: a row
+        decoding beside a joining prompt, then the step after (both rows' caches)."""
+        vocab = self._vocab
+        tokens = [(7 * i + 3) % vocab for i in range(7)]
+        probe: BatchDecoder[str] = BatchDecoder(self.model, rows=2, graphs=False)
+        probe._ragged = True
+        try:
+            probe.join("a", probe.prefill(tokens[:4])[1])
+            first = probe.step_joining({"a": tokens[4]}, [("b", tokens[:6])])
+            second = probe.step({"a": tokens[5], "b": tokens[6]})
+            want = [self.prefill(tokens[:k])[0][0] for k in (5, 6, 6, 7)]
+        except Exception as exc:  # any failure: the model joins by prefill
+            log.info("prompts join by prefill (no ragged step on this model: %s)", exc)
             return False
-        borrowed = cache.rows_for(len(self._keys) + prompt_tokens) - self._rows
-        return borrowed * cache.bytes_per_position() * self._context <= JOINING_CACHE_BYTES
+        got = [first[0], first[1], second[0], second[1]]
+        if all(torch.allclose(g, w, rtol=1e-3, atol=1e-4) for g, w in zip(got, want, strict=True)):
+            return True
+        log.info("prompts join by prefill (a ragged step disagrees with prefill on this model)")
+        return False
 
     @torch.inference_mode()
     def step_joining(
         self, tokens: Mapping[K, int], joining: Sequence[tuple[K, Sequence[int]]]
     ) -> torch.Tensor:
-        """`step` for the batch and the prefill of `joining`'s prompts in the same forward:
-        each prompt token takes a row of its own, as a decoding row would, and sees the
-        prompt up to itself (SlotCache.update). The logits: the batch's rows in the order
-        of `keys`, then one per joining prompt (its first token); the joining sequences
-        are then in the batch, at their prompts' lengths. One forward instead of a decode
-        step and a prefill: on a small model on a CPU each costs about the same fixed
-        time, whatever its tokens (bench/serving.py, closed loop)."""
+        """`step` for the batch and the prefill of `joining`'s prompts in the same forward,
+        as one ragged sequence (agent/serve/ragged.py): each prompt is written into the
+        row it then keeps. The logits: the batch's rows in the order of `keys`, then one
+        per joining prompt (its first token); the joining sequences are then in the
+        batch, at their prompts' lengths. One forward instead of a decode step and a
+        prefill: on a small model each costs mostly a fixed time, whatever it holds."""
         n = len(self._keys)
         if not n or not joining:
             raise RuntimeError("step_joining needs a running batch and prompts")
-        if any(key in self._keys for key, _ in joining):
+        if any(key in self._keys for key, _ in joining) or len({k for k, _ in joining}) < len(
+            joining
+        ):
             raise KeyError("a joining key is already in the batch")
-        spans: list[tuple[int, int]] = []  # (first row, tokens) per prompt
-        rows = n
-        for _, prompt in joining:
-            spans.append((rows, len(prompt)))
-            rows += len(prompt)
         length = max(self._longest + 1, *(len(p) for _, p in joining))
-        self._reserve(rows, length)
+        self._reserve(n + len(joining), length)
         cache = self._cache
-        positions = [i for _, p in joining for i in range(len(p))]
-        cache.lengths[n:rows] = torch.tensor(positions, device=self.device)
+        prompts: list[tuple[int, int, int]] = []
+        start = n
+        for row, (_, prompt) in enumerate(joining, start=n):
+            prompts.append((row, start, len(prompt)))
+            start += len(prompt)
+        step = RaggedStep(n, cache.decode_mask(n, length), length, prompts)
+        device = self.device
         ids = [tokens[key] for key in self._keys] + [t for _, p in joining for t in p]
-        logits = self._eager_step(
-            torch.tensor(ids, dtype=torch.long, device=self.device)[:, None], rows, length, spans
+        positions = torch.cat(
+            [cache.lengths[:n]] + [torch.arange(len(p), device=device) for _, p in joining]
         )
+        keep = list(range(n)) + [first + count - 1 for _, first, count in prompts]
+        view = RaggedCache(cache.keys, cache.values, cache.lengths, step)
+        with attention_set(self._configs):
+            logits = self._logits(
+                view,
+                torch.tensor(keep, device=device),
+                input_ids=torch.tensor([ids], dtype=torch.long, device=device),
+                attention_mask=step.mask,
+                position_ids=positions[None],
+                **{RAGGED_KWARG: step},
+            )[0]
+        if step.calls == 0:
+            raise UnsupportedModel("the model's attention did not take the ragged step")
+        if not self._logits_to_keep:
+            logits = logits[keep]
         cache.lengths[:n] += 1
-        lasts = [start + count - 1 for start, count in spans]
-        cache.lengths[lasts] += 1  # each prompt's last row: the whole prompt's length
-        cache.move_rows(lasts, list(range(n, n + len(spans))))
-        cache.lengths[n + len(spans) : rows] = 0
+        cache.lengths[n : n + len(joining)] = torch.tensor(
+            [len(p) for _, p in joining], device=device
+        )
         self._keys += [key for key, _ in joining]
         self._longest = length
-        picked = torch.tensor(list(range(n)) + lasts, device=logits.device)
-        return logits.index_select(0, picked)
+        return logits.float()
 
 
 @dataclass
@@ -365,33 +396,3 @@ class Prefilling:
     prompt: tuple[int, ...]
     cache: DynamicCache
     done: int = 0  # tokens prefilled so far
-
-
-@dataclass(frozen=True)
-class Sampling:
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    generator: torch.Generator | None = None
-
-
-GREEDY = Sampling()
-
-
-def choose_tokens(logits: torch.Tensor, sampling: Sequence[Sampling]) -> list[int]:
-    """One token per row of `logits`: argmax at temperature 0 (as `generate` picks
-    greedily), else nucleus sampling. Greedy rows cost one argmax for the batch."""
-    greedy: list[int] = logits.argmax(dim=-1).tolist()
-    return [
-        greedy[row] if s.temperature <= 0 else _sample(logits[row], s)
-        for row, s in enumerate(sampling)
-    ]
-
-
-def _sample(logits: torch.Tensor, s: Sampling) -> int:
-    probs = torch.softmax(logits.float() / s.temperature, dim=-1)
-    if 0 < s.top_p < 1:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-        sorted_probs[before >= s.top_p] = 0  # keep the smallest set reaching top_p
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-    return int(torch.multinomial(probs, 1, generator=s.generator).item())

@@ -2,22 +2,23 @@
 
 Each iteration asks the `Scheduler` what changes (requests joining, cancelled ones
 leaving), prefills the joining requests together, then runs one decode step for the
-whole running batch (`BatchDecoder`). Short prompts joining a running batch go into its
-decode step instead (`step_joining`): on a small model each forward costs about the same
-fixed time whatever it holds, and under steady load about one request joins per step, so
-a separate prefill was a second forward per step (the decode loop alone, closed loop at
-concurrency 32 on the demo model and one core: 8,672 -> 10,596 tokens/s; through the
-whole server on 2 cores the difference is within the run-to-run noise). While an idle
-engine holds its queue for the delay window (to start a burst as one batch), it prefills
-the requests already waiting, so that the window's wait is not lost to the burst's
-prefill. A prompt longer than `prefill_chunk_tokens` is prefilled one chunk per
-iteration instead, the oldest first, so that the running sequences keep getting a token
-every iteration while it fills (its request joins the decode batch after its last
-chunk). Every token is handed to its request's sink as an event, from this thread: the
-sink must be thread-safe (the server posts it to its event loop). A request ends at its
-end-of-text token (unless it ignores it: load tests that must decode `max_tokens` every
-time), at `max_tokens`, at a stop string, or when cancelled; its place is free from the
-next step on.
+whole running batch (`BatchDecoder`). Prompts joining a running batch go into its decode
+step instead, as one ragged sequence (`step_joining`, up to JOINING_TOKENS in all): on a
+small model each forward costs mostly a fixed time whatever it holds, and under steady
+load about one request joins per step, so a separate prefill was a second forward per
+step. (The decode loop alone, closed loop at concurrency 32 on the demo model and one
+core: 8,672 -> 10,596 tokens/s when short prompts first joined the step a row per prompt
+token; 13,200-13,750 -> 13,900-14,400 as a ragged sequence, which also takes prompts of
+any length up to the budget.) While an idle engine holds its queue for the delay window
+(to start a burst as one batch), it prefills the requests already waiting, so that the
+window's wait is not lost to the burst's prefill. A prompt longer than
+`prefill_chunk_tokens` is prefilled one chunk per iteration instead, the oldest first,
+so that the running sequences keep getting a token every iteration while it fills (its
+request joins the decode batch after its last chunk). Every token is handed to its
+request's sink as an event, from this thread: the sink must be thread-safe (the server
+posts it to its event loop). A request ends at its end-of-text token (unless it ignores
+it: load tests that must decode `max_tokens` every time), at `max_tokens`, at a stop
+string, or when cancelled; its place is free from the next step on.
 
 `stream_interval` N > 1: a request's first token is sent at once (time to first token
 is unchanged), then its tokens go out N at a time, the rest with its end: the server's
@@ -40,8 +41,9 @@ from typing import Any
 import torch
 
 from agent.serve.batching import Plan, Scheduler
-from agent.serve.decode import GREEDY, BatchDecoder, Prefilled, Prefilling, Sampling, choose_tokens
+from agent.serve.decode import BatchDecoder, Prefilled, Prefilling
 from agent.serve.events import Chunk, Done, Event, Failed, Request, Sink, Usage, held_wakeups
+from agent.serve.sampling import GREEDY, Sampling, choose_tokens
 from agent.serve.stats import StepRecorder
 from agent.serve.text import TextStream, text_decoder
 
@@ -117,11 +119,13 @@ class Engine:
 
     def warm_up(self) -> None:
         """One prefill and one decode step before serving: fails early on an unsupported
-        model and takes the first-call costs out of the first request's latency."""
+        model and takes the first-call costs out of the first request's latency (and the
+        probe of whether prompts can join a step: BatchDecoder.joining_budget)."""
         with torch.inference_mode():
             logits, prefilled = self._decoder.prefill([self._first_token_id()])
             [token] = choose_tokens(logits, [GREEDY])
             self._decoder.join(0, prefilled)
+            self._decoder.joining_budget()
             self._decoder.step({0: token})
             self._decoder.drop([0])
             self._decoder.capture_graphs()
@@ -276,18 +280,17 @@ class Engine:
         self, admitted: list[tuple[int, _Sequence]]
     ) -> list[tuple[int, _Sequence]]:
         """The admitted requests whose prompts go into this iteration's decode step
-        (BatchDecoder.step_joining): all the short ones not yet prefilled, if a batch
-        runs and their tokens fit the step's budget; else none. Once some must be
-        prefilled apart, the others cost less packed into that forward too."""
-        short = [
-            (key, sequence)
-            for key, sequence in admitted
-            if key not in self._early and len(sequence.request.prompt_ids) <= self._chunk
-        ]
-        tokens = sum(len(sequence.request.prompt_ids) for _, sequence in short)
-        if short and self._decoder.can_join_in_step(tokens):
-            return short
-        return []
+        (BatchDecoder.step_joining): the short ones not yet prefilled, oldest first, while
+        their tokens fit the step's budget (none if no batch runs); the others are
+        prefilled apart, packed."""
+        budget = self._decoder.joining_budget() if admitted else 0
+        joining = []
+        for key, sequence in admitted:
+            tokens = len(sequence.request.prompt_ids)
+            if key not in self._early and tokens <= min(budget, self._chunk):
+                joining.append((key, sequence))
+                budget -= tokens
+        return joining
 
     def _forget_cancelled_early(self, admitted: Collection[int]) -> None:
         """Drops the early prefills of requests cancelled while they waited (under _cond)."""

@@ -47,8 +47,6 @@ class SlotCache:
         # ([0, step_rows)) and how many positions attention reads.
         self.step_rows = 0
         self.step_length = 0
-        # A joining step's prompts: (first row, tokens), one row per prompt token.
-        self.step_prompts: list[tuple[int, int]] = []
         self._row_index = torch.arange(self.rows, device=device)
         self._position_index = torch.arange(self.length, device=device)
 
@@ -100,14 +98,6 @@ class SlotCache:
         for t in (*self.keys, *self.values, self.lengths):
             t.index_copy_(0, dst, t.index_select(0, src))
 
-    def rows_for(self, rows: int) -> int:
-        """The rows the buffers hold once `reserve` has made room for `rows`."""
-        return _grown(self.rows, rows, 1)
-
-    def bytes_per_position(self) -> int:
-        """A row's keys and values per position, over all layers (0 before the first)."""
-        return sum(t.shape[1] * t.shape[3] * t.element_size() for t in (*self.keys, *self.values))
-
     def decode_mask(self, rows: int, length: int) -> torch.Tensor:
         """[rows, 1, 1, length], True where a row's new token may attend: its own
         positions up to and including the one it is written at."""
@@ -125,9 +115,7 @@ class SlotCache:
         **__: Any,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Writes each row's new token at its own position; the rows' keys and values
-        over the step's length (positions past a row's length are masked out). In a
-        joining step a prompt's rows (row i: its token i, at position i) each also take
-        the whole prompt at positions [0, tokens): row i's mask shows it [0, i]."""
+        over the step's length (positions past a row's length are masked out)."""
         n = self.step_rows
         if n == 0:
             raise RuntimeError("SlotCache.update outside a decode step")
@@ -136,11 +124,6 @@ class SlotCache:
         rows = self._row_index[:n]
         keys[rows, :, positions] = key_states[:, :, 0]
         values[rows, :, positions] = value_states[:, :, 0]
-        for start, tokens in self.step_prompts:
-            end = start + tokens
-            # [tokens, heads, dim] -> [1, heads, tokens, dim], broadcast over its rows
-            keys[start:end, :, :tokens] = key_states[start:end, :, 0].transpose(0, 1)[None]
-            values[start:end, :, :tokens] = value_states[start:end, :, 0].transpose(0, 1)[None]
         return keys[:n, :, : self.step_length], values[:n, :, : self.step_length]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
