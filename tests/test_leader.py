@@ -138,6 +138,35 @@ def fail_rank_1(agent: Agent, attempt: int) -> None:
     agent.b.emit(EK.JOB_EVENT_KIND_RANK_FAILED, 1, attempt, "rank 1 failed: exit code 3")
 
 
+async def test_a_rank_failing_on_its_peers_reset_waits_for_the_peers_own_failure(
+    agent: Agent,
+) -> None:
+    """Rank 1 is killed with -9 and rank 0's gloo reset reaches the leader first: the
+    leader stops nothing yet, names rank 1's own failure when it comes (within
+    SETTLE_S), and only then stops the ranks."""
+    await submitted(agent)
+    reset = "gloo: Connection reset by peer: a peer rank died or the network dropped"
+    agent.a.emit(
+        EK.JOB_EVENT_KIND_RANK_FAILED,
+        0,
+        message="rank 0 failed",
+        reason=reset,
+        signature="gloo_reset",
+    )
+    await agent.until(
+        lambda: agent.job().attempts[0].ranks[0].state == RS.RANK_STATE_FAILED, "rank 0 read"
+    )
+    assert agent.job().state == JS.JOB_STATE_RUNNING
+    assert agent.a.stopped == [] and agent.b.stopped == []
+    agent.b.emit(
+        EK.JOB_EVENT_KIND_RANK_FAILED, 1, message="rank 1 failed", reason="killed by signal 9"
+    )
+    job = await agent.until_state(JS.JOB_STATE_FAILED)
+    assert job.attempts[0].reason == "rank 1 on node-b failed: killed by signal 9"
+    assert agent.a.stopped and agent.b.stopped
+    await agent.kill()
+
+
 async def test_every_rank_exiting_0_is_a_success(agent: Agent) -> None:
     await submitted(agent)
     agent.clock.now = T0 + 60

@@ -74,28 +74,55 @@ class PeerLedger:
         return max(last, end)
 
 
+# A rank that failed because another did: its connection to a peer dropped (gloo) or
+# NCCL saw a remote process exit (the signatures of agent.jobs.node.log_signatures).
+FOLLOWING = frozenset({"gloo_reset", "nccl_remote_exited"})
+# How long the leader waits, after such a failure comes first, for the failure it
+# follows from before it stops the attempt: a rank killed with -9 (or by the oom-killer)
+# is seen by its own node's next poll, and its peers' reset can reach the leader first.
+SETTLE_S = 3.0
+
+
 @dataclass
 class Tally:
     """What the ranks of one running attempt have reported: each event applied to its
-    ranks, the first failure kept, the attempt's edge read from its state table."""
+    ranks, the failure to name kept (the first, unless it only follows from another
+    rank's and that one comes within SETTLE_S), the attempt's edge read from its state
+    table."""
 
     attempt: job_pb2.Attempt
     failure: str = ""
+    following_since: float | None = None  # the kept failure follows from another's
 
-    def add(self, event: job_pb2.JobEvent) -> None:
+    def add(self, event: job_pb2.JobEvent, now: float | None = None) -> None:
+        """`now`: the leader's clock (None: no waiting for a root cause, as on replay)."""
         apply_event(self.attempt, event)
         state = reported_rank_state(event)
         # A hung rank is reported FAILED by its node once its stacks are dumped;
         # stopping everything at RANK_HUNG would lose the stacks.
-        if state in (RS.RANK_STATE_FAILED, RS.RANK_STATE_KILLED) and not self.failure:
-            why = event.details.get("reason") or event.message
-            verb = "failed" if state == RS.RANK_STATE_FAILED else "was killed"
-            self.failure = f"rank {event.rank} on {event.node} {verb}: {why}"
+        if state not in (RS.RANK_STATE_FAILED, RS.RANK_STATE_KILLED):
+            return
+        follows = event.details.get("signature") in FOLLOWING
+        root_after_following = (
+            self.following_since is not None and state == RS.RANK_STATE_FAILED and not follows
+        )
+        if self.failure and not root_after_following:
+            return
+        why = event.details.get("reason") or event.message
+        verb = "failed" if state == RS.RANK_STATE_FAILED else "was killed"
+        self.failure = f"rank {event.rank} on {event.node} {verb}: {why}"
+        self.following_since = now if follows and not root_after_following else None
 
-    def edge(self) -> AttemptEdge | None:
-        """RANK_FAILED, ALL_EXITED_OK, or None while the attempt runs on."""
+    def settle_at(self) -> float | None:
+        """While the kept failure only follows from another's: when to stop waiting."""
+        return None if self.following_since is None else self.following_since + SETTLE_S
+
+    def edge(self, now: float = float("inf")) -> AttemptEdge | None:
+        """RANK_FAILED, ALL_EXITED_OK, or None while the attempt runs on (or while a
+        failure that follows from another's waits for it until `settle_at`)."""
         if self.failure:
-            return AttemptEdge.RANK_FAILED
+            settle = self.settle_at()
+            return AttemptEdge.RANK_FAILED if settle is None or now >= settle else None
         return attempt_edge_for(AttemptState.RUNNING, [r.state for r in self.attempt.ranks])
 
 

@@ -69,7 +69,7 @@ async def watch_attempt(
     preempting: Preempting | None = None
     asks: set[asyncio.Task[None]] = set()
     try:
-        while (edge := tally.edge()) is None or preempting is not None:
+        while (edge := tally.edge(store.clock())) is None or preempting is not None:
             if preempting is not None and (
                 edge is not None
                 or preempting.complete(attempt.ranks)
@@ -78,7 +78,9 @@ async def watch_attempt(
                 return await _preempted(store, led, attempt, preempting)
             getter = getter or asyncio.create_task(queue.get())
             commander = commander or asyncio.create_task(led.commands.get())
-            timeout = None if preempting is None else max(0.0, preempting.deadline - store.clock())
+            deadline = preempting.deadline if preempting is not None else None
+            wake = [t for t in (tally.settle_at(), deadline) if t is not None]
+            timeout = max(0.0, min(wake) - store.clock()) if wake else None
             done, _ = await asyncio.wait(
                 {getter, commander}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
@@ -106,7 +108,7 @@ async def watch_attempt(
                     event.time.CopyFrom(copied.time)
                     if event.HasField("metrics"):
                         event.metrics.time.CopyFrom(copied.metrics.time)
-            tally.add(event)
+            tally.add(event, store.clock())
             preempting, request = _on_preemption(store, led, attempt, preempting, event)
             if request:
                 for node in sorted({r.node for r in attempt.ranks}):
