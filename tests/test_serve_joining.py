@@ -66,6 +66,8 @@ def test_prompts_join_the_step_within_its_token_budget(moe: Moe) -> None:
         decoder.step_joining({"a": 7, "b": 7}, [("b", ids)])
     with pytest.raises(KeyError):
         decoder.step_joining({"a": 7, "b": 7}, [("c", ids), ("c", ids)])
+    with pytest.raises(ValueError, match="no tokens"):
+        decoder.step_joining({"a": 7, "b": 7}, [("c", [])])
 
 
 @pytest.mark.parametrize("attention", ["ignores the layout", "disagrees"])

@@ -306,7 +306,7 @@ class BatchDecoder(Generic[K]):
     def joining_budget(self) -> int:
         """How many prompt tokens in all `step_joining` can take now: JOINING_TOKENS
         beside a running batch; 0 with no batch, with CUDA graphs (their buffers must not
-        grow), or for a model whose attention does not take a ragged step (`probe`)."""
+        grow), or for a model whose attention does not take a ragged step (its probe)."""
         if self._graphs is not None or not self._keys:
             return 0
         if self._ragged is None:
@@ -351,6 +351,8 @@ class BatchDecoder(Generic[K]):
             joining
         ):
             raise KeyError("a joining key is already in the batch")
+        if not all(prompt for _, prompt in joining):
+            raise ValueError("a joining prompt has no tokens")
         length = max(self._longest + 1, *(len(p) for _, p in joining))
         self._reserve(n + len(joining), length)
         cache = self._cache
