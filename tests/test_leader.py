@@ -167,6 +167,28 @@ async def test_a_rank_failing_on_its_peers_reset_waits_for_the_peers_own_failure
     await agent.kill()
 
 
+async def test_a_peers_reset_waits_for_nothing_once_the_peers_node_is_lost(
+    agent: Agent,
+) -> None:
+    """node-b's agent dies with its rank: rank 0's reset comes, and the rank it follows
+    from will never report. The leader stops waiting once node-b is lost (the clock here
+    never moves, so only that can end the wait) and names the node it cannot reach."""
+    await submitted(agent)
+    agent.b.lost = T0
+    agent.b.refuse = NodeUnreachable("node-b's agent at 10.0.0.2:7000 is unreachable")
+    reset = "gloo: Connection reset by peer: a peer rank died or the network dropped"
+    agent.a.emit(
+        EK.JOB_EVENT_KIND_RANK_FAILED,
+        0,
+        message="rank 0 failed",
+        reason=reset,
+        signature="gloo_reset",
+    )
+    job = await agent.until_state(JS.JOB_STATE_FAILED)
+    assert "node-b" in job.attempts[0].reason and "unreachable" in job.attempts[0].reason
+    await agent.kill()
+
+
 async def test_every_rank_exiting_0_is_a_success(agent: Agent) -> None:
     await submitted(agent)
     agent.clock.now = T0 + 60

@@ -113,6 +113,11 @@ class Tally:
         self.failure = f"rank {event.rank} on {event.node} {verb}: {why}"
         self.following_since = now if follows and not root_after_following else None
 
+    def settle(self) -> None:
+        """No more waiting: the failure kept is the one to name (the rank it follows from
+        is on a node the leader has lost, whose report will not come)."""
+        self.following_since = None
+
     def settle_at(self) -> float | None:
         """While the kept failure only follows from another's: when to stop waiting."""
         return None if self.following_since is None else self.following_since + SETTLE_S

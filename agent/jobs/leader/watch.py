@@ -33,6 +33,9 @@ log = logging.getLogger("gantry.agent")
 EK = job_pb2.JobEventKind
 UNREACHABLE = "unreachable"  # why a node's ranks were not stopped, when it is
 JOURNAL_RETRY_S = 1.0  # a peer's event the journal could not take is tried again this soon
+# While a failure waits for the one it follows from, how often the leader looks whether a
+# node of the attempt is lost (its events stream ends at once when its agent dies).
+LOST_POLL_S = 0.1
 
 
 async def watch_attempt(
@@ -69,7 +72,7 @@ async def watch_attempt(
     preempting: Preempting | None = None
     asks: set[asyncio.Task[None]] = set()
     try:
-        while (edge := tally.edge(store.clock())) is None or preempting is not None:
+        while (edge := _edge(tally, led, attempt, store.clock())) is None or preempting is not None:
             if preempting is not None and (
                 edge is not None
                 or preempting.complete(attempt.ranks)
@@ -78,8 +81,10 @@ async def watch_attempt(
                 return await _preempted(store, led, attempt, preempting)
             getter = getter or asyncio.create_task(queue.get())
             commander = commander or asyncio.create_task(led.commands.get())
+            settle = tally.settle_at()
+            settle = None if settle is None else min(settle, store.clock() + LOST_POLL_S)
             deadline = preempting.deadline if preempting is not None else None
-            wake = [t for t in (tally.settle_at(), deadline) if t is not None]
+            wake = [t for t in (settle, deadline) if t is not None]
             timeout = max(0.0, min(wake) - store.clock()) if wake else None
             done, _ = await asyncio.wait(
                 {getter, commander}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
@@ -133,6 +138,17 @@ async def watch_attempt(
         for task in pumps:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+def _edge(tally: Tally, led: LedJob, attempt: job_pb2.Attempt, now: float) -> AttemptEdge | None:
+    """The attempt's edge now. A failure that only follows from another rank's waits for
+    that rank's own report (Tally.settle_at), unless a node of the attempt is lost: its
+    ranks' reports will not come, and `failure_with_unreachable` names it."""
+    if tally.settle_at() is not None and any(
+        led.nodes[node].lost_since() is not None for node in {r.node for r in attempt.ranks}
+    ):
+        tally.settle()
+    return tally.edge(now)
 
 
 def _on_preemption(
