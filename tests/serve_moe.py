@@ -46,6 +46,17 @@ def make_moe() -> Moe:
     return Moe(model, tok)
 
 
+def assert_decodes_as_generate(
+    moe: Moe, prompts: list[list[int]], n: int, in_step: bool = True
+) -> None:
+    """`decode_joining_and_leaving` gives each request `generate`'s greedy tokens (request
+    1, which leaves early, its first 5)."""
+    want = {i: moe.greedy(p, n) for i, p in enumerate(prompts)}
+    got = decode_joining_and_leaving(moe, prompts, n, in_step)
+    assert got[1] == want[1][:5]
+    assert all(got[i] == want[i] for i in want if i != 1)
+
+
 def decode_joining_and_leaving(
     moe: Moe, prompts: list[list[int]], n: int, in_step: bool = False
 ) -> dict[int, list[int]]:

@@ -138,13 +138,8 @@ def fail_rank_1(agent: Agent, attempt: int) -> None:
     agent.b.emit(EK.JOB_EVENT_KIND_RANK_FAILED, 1, attempt, "rank 1 failed: exit code 3")
 
 
-async def test_a_rank_failing_on_its_peers_reset_waits_for_the_peers_own_failure(
-    agent: Agent,
-) -> None:
-    """Rank 1 is killed with -9 and rank 0's gloo reset reaches the leader first: the
-    leader stops nothing yet, names rank 1's own failure when it comes (within
-    SETTLE_S), and only then stops the ranks."""
-    await submitted(agent)
+def fail_rank_0_on_a_reset(agent: Agent) -> None:
+    """Rank 0 fails only because its peer's connection dropped (the node's diagnosis)."""
     reset = "gloo: Connection reset by peer: a peer rank died or the network dropped"
     agent.a.emit(
         EK.JOB_EVENT_KIND_RANK_FAILED,
@@ -153,6 +148,16 @@ async def test_a_rank_failing_on_its_peers_reset_waits_for_the_peers_own_failure
         reason=reset,
         signature="gloo_reset",
     )
+
+
+async def test_a_rank_failing_on_its_peers_reset_waits_for_the_peers_own_failure(
+    agent: Agent,
+) -> None:
+    """Rank 1 is killed with -9 and rank 0's gloo reset reaches the leader first: the
+    leader stops nothing yet, names rank 1's own failure when it comes (within
+    SETTLE_S), and only then stops the ranks."""
+    await submitted(agent)
+    fail_rank_0_on_a_reset(agent)
     await agent.until(
         lambda: agent.job().attempts[0].ranks[0].state == RS.RANK_STATE_FAILED, "rank 0 read"
     )
@@ -176,14 +181,7 @@ async def test_a_peers_reset_waits_for_nothing_once_the_peers_node_is_lost(
     await submitted(agent)
     agent.b.lost = T0
     agent.b.refuse = NodeUnreachable("node-b's agent at 10.0.0.2:7000 is unreachable")
-    reset = "gloo: Connection reset by peer: a peer rank died or the network dropped"
-    agent.a.emit(
-        EK.JOB_EVENT_KIND_RANK_FAILED,
-        0,
-        message="rank 0 failed",
-        reason=reset,
-        signature="gloo_reset",
-    )
+    fail_rank_0_on_a_reset(agent)
     job = await agent.until_state(JS.JOB_STATE_FAILED)
     assert "node-b" in job.attempts[0].reason and "unreachable" in job.attempts[0].reason
     await agent.kill()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from agent.serve.decode import BatchDecoder
-from tests.serve_moe import PROMPTS, Moe, decode_joining_and_leaving
+from tests.serve_moe import PROMPTS, Moe, assert_decodes_as_generate
 
 
 @pytest.mark.parametrize(
@@ -31,10 +31,7 @@ def test_joining_in_step_decodes_as_generate_on_the_other_layouts(
     model.generation_config.eos_token_id = None
     case = Moe(model, moe.tokenizer)
     prompts = [case.encode(p) for p in PROMPTS * 3]
-    want = {i: case.greedy(p, 6) for i, p in enumerate(prompts)}
-    got = decode_joining_and_leaving(case, prompts, 6, in_step=True)
-    assert got[1] == want[1][:5]
-    assert all(got[i] == want[i] for i in want if i != 1)
+    assert_decodes_as_generate(case, prompts, 6)
 
 
 def test_long_prompts_and_many_at_once_join_as_generate(moe: Moe) -> None:
@@ -42,10 +39,7 @@ def test_long_prompts_and_many_at_once_join_as_generate(moe: Moe) -> None:
     text = " ".join(PROMPTS)
     prompts = [moe.encode(" ".join([text] * k)) for k in (2, 3, 5, 8, 4, 6, 7, 2)]
     assert min(map(len, prompts)) >= 30 and max(map(len, prompts)) <= 150
-    want = {i: moe.greedy(p, 6) for i, p in enumerate(prompts)}
-    got = decode_joining_and_leaving(moe, prompts, 6, in_step=True)
-    assert got[1] == want[1][:5]
-    assert all(got[i] == want[i] for i in want if i != 1)
+    assert_decodes_as_generate(moe, prompts, 6)
 
 
 def test_prompts_join_the_step_within_its_token_budget(moe: Moe) -> None:

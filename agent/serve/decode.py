@@ -368,7 +368,7 @@ class BatchDecoder(Generic[K]):
             [cache.lengths[:n]] + [torch.arange(len(p), device=device) for _, p in joining]
         )
         keep = list(range(n)) + [first + count - 1 for _, first, count in prompts]
-        view = RaggedCache(cache.keys, cache.values, cache.lengths, step)
+        view = RaggedCache(cache, step)
         with attention_set(self._configs):
             logits = self._logits(
                 view,

@@ -35,6 +35,8 @@ from typing import Any
 import torch
 from transformers import AttentionInterface
 
+from agent.serve.slot_cache import SlotCache
+
 NAME = "gantry_ragged"
 KWARG = "gantry_ragged"
 # Attention features this function does not implement: a model passing any of them
@@ -108,15 +110,8 @@ class RaggedCache:
     """The cache a ragged forward sees: the decoder's SlotCache buffers (per layer
     [rows, heads, length, dim]) written in the step's layout."""
 
-    def __init__(
-        self,
-        keys: list[torch.Tensor],
-        values: list[torch.Tensor],
-        lengths: torch.Tensor,
-        step: RaggedStep,
-    ) -> None:
-        self._keys, self._values, self._lengths, self._step = keys, values, lengths, step
-        self._rows = torch.arange(step.rows, device=lengths.device)
+    def __init__(self, slots: SlotCache, step: RaggedStep) -> None:
+        self._slots, self._step = slots, step
 
     def update(
         self,
@@ -128,11 +123,12 @@ class RaggedCache:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         step = self._step
         n = step.rows
-        keys, values = self._keys[layer_idx], self._values[layer_idx]
-        positions = self._lengths[:n]
+        slots = self._slots
+        keys, values = slots.keys[layer_idx], slots.values[layer_idx]
+        rows, positions = slots.row_index(n), slots.lengths[:n]
         # [1, heads, tokens, dim]: token i of the running rows is row i's next token
-        keys[self._rows, :, positions] = key_states[0, :, :n].transpose(0, 1)
-        values[self._rows, :, positions] = value_states[0, :, :n].transpose(0, 1)
+        keys[rows, :, positions] = key_states[0, :, :n].transpose(0, 1)
+        values[rows, :, positions] = value_states[0, :, :n].transpose(0, 1)
         for row, start, tokens in step.prompts:
             keys[row, :, :tokens] = key_states[0, :, start : start + tokens]
             values[row, :, :tokens] = value_states[0, :, start : start + tokens]
@@ -143,7 +139,7 @@ class RaggedCache:
         return self._step.length
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._slots.keys)
 
 
 def configs(model: Any) -> list[Any]:

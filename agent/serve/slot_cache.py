@@ -98,6 +98,10 @@ class SlotCache:
         for t in (*self.keys, *self.values, self.lengths):
             t.index_copy_(0, dst, t.index_select(0, src))
 
+    def row_index(self, rows: int) -> torch.Tensor:
+        """[0, rows) as a tensor on the cache's device (kept, not made per step)."""
+        return self._row_index[:rows]
+
     def decode_mask(self, rows: int, length: int) -> torch.Tensor:
         """[rows, 1, 1, length], True where a row's new token may attend: its own
         positions up to and including the one it is written at."""
@@ -121,7 +125,7 @@ class SlotCache:
             raise RuntimeError("SlotCache.update outside a decode step")
         positions = self.lengths[:n]
         keys, values = self.keys[layer_idx], self.values[layer_idx]
-        rows = self._row_index[:n]
+        rows = self.row_index(n)
         keys[rows, :, positions] = key_states[:, :, 0]
         values[rows, :, positions] = value_states[:, :, 0]
         return keys[:n, :, : self.step_length], values[:n, :, : self.step_length]
