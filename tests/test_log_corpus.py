@@ -1,6 +1,7 @@
 """The corpus of real excerpts (tests/fixtures/logs/, each one's source in SOURCES.md)
 replayed line by line through what the agent runs on a rank's output: the failure
-scanner and NCCL's parser. What each must find is in expected.json."""
+scanner, NCCL's parser, the script-output reader (per-step figures) and the comms-logger
+table reader. What each must find is in expected.json."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.protobuf.json_format import MessageToDict
 
+from agent.jobs.metrics_records import merge_metrics
+from agent.jobs.node.comms_table import CommsPerStep, CommsTables, Totals
 from agent.jobs.node.log_scan import LogScanner
 from agent.jobs.node.nccl import NcclParser
+from agent.jobs.node.script_logs import ScriptLogParser
 
 CRITICAL_NOT_TRACEBACK = frozenset(
     {"gloo_reset", "cuda_oom", "nccl_cuda_oom", "nccl_system_error", "nccl_remote_exited"}
@@ -85,3 +90,69 @@ def test_the_corpus_is_large_and_every_failure_class_is_in_it() -> None:
         "nccl_system_error",
         "nccl_remote_exited",
     } <= classes
+
+
+def _close(got: object, want: object) -> bool:
+    if isinstance(want, dict):
+        return isinstance(got, dict) and all(_close(got.get(k), v) for k, v in want.items())
+    if isinstance(want, bool) or not isinstance(want, int | float):
+        return got == want
+    return isinstance(got, int | float) and got == pytest.approx(want, rel=1e-6, abs=1e-12)
+
+
+def _step_records(name: str) -> list[dict[str, Any]]:
+    """The rank's merged figures after each METRICS record, as ScriptLogParser's reader keeps
+    them (bars on stderr, the rest on stdout)."""
+    parser, now, latest = ScriptLogParser(), 0.0, None
+    records = []
+    for line in (LOGS / name).read_text(errors="replace").splitlines():
+        now += 0.05
+        records += parser.feed("stderr" if "%|" in line else "stdout", line, now)
+    records += parser.flush(now + 10.0)
+    merged = []
+    for record in records:
+        if record.metrics is not None:
+            latest = merge_metrics(latest, record.metrics)
+            merged.append(MessageToDict(latest, preserving_proto_field_name=True))
+    for figures in merged:
+        figures["step"] = int(figures.get("step", 0))
+    return merged
+
+
+def _comms_tables(name: str) -> list[Totals]:
+    tables, found = CommsTables(), []
+    for i, line in enumerate((LOGS / name).read_text(errors="replace").splitlines()):
+        found += [totals for _, totals in tables.feed("stdout", line, i * 0.01, None)[1]]
+    return found + [totals for _, _, totals in tables.flush(1e9)]
+
+
+TRAINER_OUTPUT = sorted(
+    n for n, want in EXPECTED.items() if "metrics" in want and "comms" not in want
+)
+COMMS_TABLES = sorted(n for n, want in EXPECTED.items() if "comms" in want)
+
+
+@pytest.mark.parametrize("name", TRAINER_OUTPUT)
+def test_trainer_output_gives_its_steps_figures(name: str) -> None:
+    merged = _step_records(name)
+    for want in EXPECTED[name]["metrics"]:
+        assert any(_close(got, want) for got in merged), f"{name}: no step with {want}: {merged}"
+
+
+@pytest.mark.parametrize("name", COMMS_TABLES)
+def test_comms_logger_tables_give_time_per_collective(name: str) -> None:
+    """Each table's rows summed per op; read as the totals of one step, they are the
+    collective time per step that the entry names."""
+    (totals,) = _comms_tables(name)
+    for row in EXPECTED[name]["comms"]:
+        calls, total_ms = totals[row["op"]]
+        assert calls >= row["count"] and total_ms >= row["total_ms"], (name, row, totals)
+    figures = CommsPerStep().metrics(1, totals)
+    assert figures is not None
+    got = {"collective_time_by_op_s": dict(figures.collective_time_by_op_s)}
+    for want in EXPECTED[name]["metrics"]:
+        assert _close(got, want), (name, got, want)
+
+
+def test_the_figures_tests_cover_trainer_output_and_comms_tables() -> None:
+    assert len(TRAINER_OUTPUT) >= 8 and len(COMMS_TABLES) >= 2
