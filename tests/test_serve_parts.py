@@ -1,5 +1,6 @@
-"""The inference server's pure parts: the batch scheduler, text streaming and the stats
-window (agent.serve.batching, text, stats), without a model or a server."""
+"""The inference server's pure parts: the batch scheduler, text streaming, the stats
+window and where a prompt is tokenized (agent.serve.batching, text, stats, rpc), without a
+model or a server."""
 
 from __future__ import annotations
 
@@ -148,3 +149,30 @@ def test_stats_rates_over_the_window_and_batch_histogram() -> None:
     assert snap.batch_size_histogram == {3: 2, 1: 1}
     now[0] = 131.0
     assert stats.snapshot().tokens_per_s == 0.0
+
+
+# --- tokenizing a prompt ---------------------------------------------------------------
+
+
+def test_a_short_prompt_is_tokenized_on_the_loop_and_a_long_one_in_a_worker_thread() -> None:
+    import asyncio
+    import threading
+
+    from agent.serve.rpc import INLINE_ENCODE_CHARS, Backend
+
+    threads: list[int] = []
+
+    def encode(prompt: str) -> list[int]:
+        threads.append(threading.get_ident())
+        return [len(prompt)]
+
+    backend = Backend(engine=None, encode=encode, context_tokens=64)  # type: ignore[arg-type]
+
+    async def both() -> tuple[Sequence[int], Sequence[int], int]:
+        short = await backend.tokens("x" * INLINE_ENCODE_CHARS)
+        long = await backend.tokens("x" * (INLINE_ENCODE_CHARS + 1))
+        return short, long, threading.get_ident()
+
+    short, long, loop_thread = asyncio.run(both())
+    assert (short, long) == ([INLINE_ENCODE_CHARS], [INLINE_ENCODE_CHARS + 1])
+    assert threads[0] == loop_thread and threads[1] != loop_thread

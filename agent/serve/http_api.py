@@ -167,7 +167,7 @@ class HttpApi:
             received = backend.engine.now()
             try:
                 check_params(prompt, call.params, backend.context_tokens, prefix="")
-                ids = await asyncio.to_thread(backend.encode, prompt)
+                ids = await backend.tokens(prompt)
                 engine_request = build_request(ids, call.params, backend.context_tokens, received)
             except InvalidRequest as exc:
                 raise ApiError(400, str(exc)) from None

@@ -27,6 +27,7 @@ MAX_TOKENS_LIMIT = 4096
 MAX_STOP_STRINGS = 16
 UNSET_TOP_P = 0.0  # proto3's default for an unset top_p: taken as NO_NUCLEUS_CUT
 NO_NUCLEUS_CUT = 1.0
+INLINE_ENCODE_CHARS = 512  # longer prompts are tokenized in a worker thread
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -64,6 +65,14 @@ class Backend:
     # Chat messages ({"role", "content"}) to one prompt (HTTP /v1/chat/completions);
     # None: agent.serve.openai_api.plain_chat_prompt.
     render_chat: Callable[[Sequence[Mapping[str, str]]], str] | None = None
+
+    async def tokens(self, prompt: str) -> Sequence[int]:
+        """The prompt's token ids: on the event loop for a short prompt (tens of µs, less
+        than a worker thread's round trip costs the loop), in a worker thread for a long one,
+        which would hold every stream up."""
+        if len(prompt) <= INLINE_ENCODE_CHARS:
+            return self.encode(prompt)
+        return await asyncio.to_thread(self.encode, prompt)
 
 
 def check_params(
@@ -234,7 +243,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):  #
         received = backend.engine.now()
         try:
             check_params(prompt, params, backend.context_tokens)
-            ids = await asyncio.to_thread(backend.encode, prompt)  # long prompts take a while
+            ids = await backend.tokens(prompt)
             return backend, build_request(ids, params, backend.context_tokens, received)
         except InvalidRequest as exc:
             await self._fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
