@@ -4,8 +4,11 @@ oom kill through a real agent)."""
 
 from __future__ import annotations
 
+from gantry.v1.xid_catalog import xid_info, xid_info_for_line
+
 from agent.jobs.journal import RankRow
 from agent.jobs.node.kernel_alerts import KernelAlerts
+from agent.jobs.node.log_scan import LogScanner
 
 
 def row(rank: int, gpu: int, pid: int) -> RankRow:
@@ -54,3 +57,23 @@ def test_an_oom_kill_explains_only_its_ranks_sigkill() -> None:
     assert alerts.killed_by_oom(100, -9, 60.0) is None  # another process
     assert alerts.killed_by_oom(101, 137, 10_000.0) is None  # long ago
     assert alerts.oom_kill(ROWS, 999, "java", "Out of memory: Killed process 999", 70.0) == []
+
+
+def test_the_line_decides_an_xids_verdict_here_and_in_a_ranks_log() -> None:
+    """One reading of a line: the per-rank kernel alert and the rank scanner's finding take
+    the verdict the line prints (NVLink5 Fatal/Nonfatal), as the node's kernel events do."""
+    nonfatal = (  # https://github.com/leptonai/gpud/pull/1174 (kmsg input in the description)
+        "NVRM: Xid (PCI:0018:01:00): 145, RLW_RXPIPE Nonfatal XC0 i0 Link 13 "
+        "(0x0409a0c2 0x00000008 0x00000001 0x00000000 0x00100000 0x00000004)"
+    )
+    for code, line in ((145, nonfatal), (79, "NVRM: Xid (PCI:0018:01:00): 79, GPU has fallen")):
+        want = xid_info_for_line(code, line)
+        (alert,) = KernelAlerts().xid([row(0, 0, 7)], code, 0, "0018:01:00", line)
+        assert (alert.details["action"], alert.details["description"]) == (
+            want.action,
+            want.description,
+        )
+        scanner = LogScanner()
+        scanner.feed("stderr", line, 0.0)
+        assert scanner.found["xid"].fields["action"] == want.action
+    assert xid_info(145).action != xid_info_for_line(145, nonfatal).action  # the line decided

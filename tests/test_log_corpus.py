@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gantry.v1 import job_pb2
 from google.protobuf.json_format import MessageToDict
 
 from agent.jobs.metrics_records import merge_metrics
@@ -101,21 +102,26 @@ def _close(got: object, want: object) -> bool:
 
 
 def _step_records(name: str) -> list[dict[str, Any]]:
-    """The rank's merged figures after each METRICS record, as ScriptLogParser's reader keeps
-    them (bars on stderr, the rest on stdout)."""
+    """Each step's figures once all its METRICS records are merged, as the rank's reader
+    keeps them (bars on stderr, the rest on stdout): a later line that spoils a figure
+    shows."""
     parser, now, latest = ScriptLogParser(), 0.0, None
     records = []
     for line in (LOGS / name).read_text(errors="replace").splitlines():
         now += 0.05
         records += parser.feed("stderr" if "%|" in line else "stdout", line, now)
     records += parser.flush(now + 10.0)
-    merged = []
+    by_step: dict[int, job_pb2.RankMetrics] = {}
     for record in records:
         if record.metrics is not None:
             latest = merge_metrics(latest, record.metrics)
-            merged.append(MessageToDict(latest, preserving_proto_field_name=True))
-    for figures in merged:
-        figures["step"] = int(figures.get("step", 0))
+            by_step[latest.step] = latest
+    merged = [MessageToDict(m, preserving_proto_field_name=True) for m in by_step.values()]
+    for figures in merged:  # int64 fields come as strings from MessageToDict
+        for key, value in figures.items():
+            if isinstance(value, str) and value.isdigit():
+                figures[key] = int(value)
+        figures.setdefault("step", 0)
     return merged
 
 

@@ -28,7 +28,9 @@ CONTRACT_ALERTS = frozenset(ALERTS)
 # dump or IB-fallback-when-IB-was-asked log was found in public threads).
 REQUIRED_ALERTS = CONTRACT_ALERTS - {"nccl_flight_recorder", "ib_fallback"}
 NETWORKS = frozenset({"IB", "RoCE", "Socket"})
-TRANSPORTS = frozenset({"NET/IB", "NET/Socket", "P2P/IPC", "P2P/CUMEM", "SHM", "NVLS", "COLLNET"})
+TRANSPORTS = frozenset(
+    {"NET/IB", "NET/Socket", "P2P/IPC", "P2P/CUMEM", "P2P/direct pointer", "SHM", "NVLS", "COLLNET"}
+)
 ENTRY_KEYS = frozenset(
     {"alerts", "may", "cause_contains", "details", "xid", "pci", "nccl", "metrics", "comms"}
 )

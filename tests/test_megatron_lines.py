@@ -86,8 +86,12 @@ MEGATRON_2026 = (
 def test_megatron_2021_timers_belong_to_the_iteration_before_them() -> None:
     parser = ScriptLogParser()
     records = feed(parser, "stdout", MEGATRON_2021)
-    # The first timer line came before any iteration line: no step to give it.
-    assert [m.step for m in metrics(records)] == [30, 30]
+    # The first timer line came before any iteration line: no step to give it. The memory
+    # report says its own ("after 20 iterations").
+    assert [m.step for m in metrics(records)] == [20, 30, 30]
+    step20 = merged(records, 20)
+    assert step20.memory_bytes == int(6245.033203125 * 2**20)
+    assert step20.peak_memory_bytes == int(6245.0361328125 * 2**20)
     step30 = merged(records, 30)
     assert (step30.loss, step30.learning_rate, step30.loss_scale) == (10.12573, 1.111e-07, 16384)
     assert step30.step_time_s == pytest.approx(0.1234)
@@ -100,7 +104,7 @@ def test_megatron_2021_timers_belong_to_the_iteration_before_them() -> None:
 def test_alcf_key_value_line_and_min_max_block() -> None:
     parser = ScriptLogParser()
     records = feed(parser, "stdout", ALCF)
-    assert records[-1].metrics is not None and records[-1].metrics.loss == 11.133188
+    assert records[-1].metrics is not None and records[-1].metrics.step == 1  # the memory report
     records += parser.flush(10.0)  # nothing followed the block: it ends by time
     step1 = merged(records, 1)
     assert (step1.loss, step1.loss_scale, step1.total_steps) == (11.133188, 1.0, 317892)
@@ -109,6 +113,7 @@ def test_alcf_key_value_line_and_min_max_block() -> None:
     assert step1.learning_rate == pytest.approx(1.88743e-08)
     assert step1.forward_s == pytest.approx(25.34172)  # DeepSpeed's split of the same step
     assert step1.optimizer_step_s == pytest.approx(2.23498)  # Megatron's, the slowest rank
+    assert step1.peak_memory_bytes == int(50664.2548828125 * 2**20)
     assert records[-1].metrics is not None and records[-1].metrics.step == 1
 
 

@@ -54,7 +54,7 @@ _THROUGHPUT = re.compile(
     r"|(?<![\w/.])(?P<oepoch>\d+)/(?P<ostep>\d+)), "
     r"(?:RunningAvgSamplesPerSec=[^,]*, CurrSamplesPerSec=(?P<curr>[^,\s]*)"
     r"|SamplesPerSec=(?P<avg>[^,\s]*))"
-    r"(?:, MemAllocated=(?P<mem>[\d.]+)GB)?"
+    r"(?:, MemAllocated=(?P<mem>[\d.]+)GB)?(?:, MaxMemAllocated=(?P<maxmem>[\d.]+)GB)?"
 )
 _TIMERS = re.compile(r"\btime \(ms\)(?P<parts> \|.*)")
 _TIMER_PART = re.compile(r"\s*(?P<name>[\w.-]+): (?P<value>-?[\d.]+)")
@@ -150,9 +150,10 @@ class DeepSpeedStdoutParser:
             m.samples_per_s = rate
             if match["curr"] is not None and self.train_batch_size and rate > 0:
                 m.step_time_s = self.train_batch_size / rate
-        memory = as_number(match["mem"])
-        if memory is not None and 0 <= memory * GIB <= MAX_COUNT:
-            m.memory_bytes = int(memory * GIB)
+        for attr, group in (("memory_bytes", "mem"), ("peak_memory_bytes", "maxmem")):
+            memory = as_number(match[group])
+            if memory is not None and 0 <= memory * GIB <= MAX_COUNT:
+                setattr(m, attr, int(memory * GIB))
         return self._record(m, when)
 
     def _timer_line(self, parts: str, when: float | None) -> Record | None:

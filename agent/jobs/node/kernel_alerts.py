@@ -11,7 +11,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from gantry.v1.xid_catalog import xid_info
+from gantry.v1.xid_catalog import xid_info_for_line
 
 from agent.jobs.journal import RankRow
 
@@ -44,7 +44,7 @@ class KernelAlerts:
         pid: int | None = None,
     ) -> list[KernelAlert]:
         """Alerts for the ranks on ``gpu`` (or whose process ``pid`` is) for Xid ``code``."""
-        info = xid_info(code)
+        info = xid_info_for_line(code, text)  # as the node's kernel events read it
         where = f"GPU {gpu}" if gpu is not None else f"the GPU at PCI {pci}"
         cause = f"Xid {code} on {where}: {info.description} ({info.action_text})"
         out = []

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from agent.jobs.node.log_findings import (
     Diagnosis,
@@ -30,7 +30,12 @@ from agent.jobs.node.log_findings import (
     strip_prefix,
 )
 from agent.jobs.node.log_signatures import SIGNATURES, overflow_scale
-from agent.jobs.node.nccl_signatures import watchdog_hit, with_last_error, with_work
+from agent.jobs.node.nccl_signatures import (
+    TAKEDOWN_KEY,
+    watchdog_hit,
+    with_last_error,
+    with_work,
+)
 
 __all__ = ["CAUSE_PRIORITY", "LogScanner"]
 
@@ -75,6 +80,7 @@ _FOLLOWED = frozenset(
         "nccl_remote_exited",
     }
 )
+_SEVERITY = {"info": 0, "warning": 1, "critical": 2}  # a graver finding of an alert is kept
 _LATEST_WINS = frozenset({"traceback"})  # a later traceback says more than an earlier one
 
 _TRACEBACK = "Traceback (most recent call last):"
@@ -195,10 +201,26 @@ class LogScanner:
                 now,
                 hit.key,
             )
-            if hit.alert in _FOLLOWED and _LAST_ERROR not in line:
-                self._wait(state, found)
-            else:
+            if hit.alert not in _FOLLOWED:
                 self._emit(found)
+            elif _LAST_ERROR not in line:
+                self._wait(state, found)
+            elif after := line.split(_LAST_ERROR, 1)[1].strip():
+                # A message flattened onto one line: its "Last error:" text is here.
+                done = with_last_error(hit, after)
+                self._emit(
+                    replace(
+                        found,
+                        alert=done.alert,
+                        cause=done.cause,
+                        fields=dict(done.fields),
+                        key=done.key,
+                        severity=done.severity,
+                    )
+                )
+            else:
+                self._wait(state, found)
+                state.last_error = True
             return hit
         return None
 
@@ -343,6 +365,8 @@ class LogScanner:
         if (
             kept is None
             or found.alert in _LATEST_WINS
+            or (kept.key == TAKEDOWN_KEY and found.key != TAKEDOWN_KEY)
+            or _SEVERITY[found.severity] > _SEVERITY[kept.severity]  # a later Xid 94 over a 43
             or (
                 found.alert == "nccl_watchdog_timeout"
                 and "last_completed" in found.fields
@@ -362,9 +386,13 @@ class LogScanner:
         self._out.append(found)
 
     def cause(self) -> Diagnosis | None:
-        """The finding that best says why the rank failed, or None."""
+        """The finding that best says why the rank failed, or None. PyTorch's bare abort
+        message (an NCCL failure, which one unsaid) comes after every other finding."""
+        takedown = None
         for alert in CAUSE_PRIORITY:
             found = self.found.get(alert)
-            if found is not None:
+            if found is not None and found.key == TAKEDOWN_KEY:
+                takedown = found
+            elif found is not None:
                 return found
-        return None
+        return takedown

@@ -13,10 +13,17 @@ from __future__ import annotations
 
 import re
 
-from gantry.v1.xid_catalog import xid_info
+from gantry.v1.xid_catalog import xid_info_for_line
 
-from agent.jobs.node.log_findings import Hit, Signature
-from agent.jobs.node.nccl_signatures import flight_recorder, nccl_error, nccl_warn, watchdog_hit
+from agent.jobs.node.log_findings import Hit, Severity, Signature
+from agent.jobs.node.nccl_signatures import (
+    TAKEDOWN,
+    flight_recorder,
+    nccl_error,
+    nccl_warn,
+    takedown,
+    watchdog_hit,
+)
 
 __all__ = ["ALERTS", "SIGNATURES", "cuda_oom_cause", "overflow_scale"]
 
@@ -116,10 +123,16 @@ def _zero_alloc(line: str) -> Hit | None:
 
 
 # The kernel's oom-killer, when its lines reach a log: "Out of memory: Killed process 4125
-# (python) total-vm:..., anon-rss:...kB", "oom-kill:constraint=CONSTRAINT_NONE,...,pid=4125".
+# (python) total-vm:..., anon-rss:...kB", "oom-kill:constraint=CONSTRAINT_NONE,...,pid=4125";
+# a cgroup's: "Memory cgroup out of memory: Killed process 140339 (python3)" (older: "Kill
+# process 42453 (x) score 1000 or sacrifice child"), and the bare "Killed process 935 (python)
+# total-vm:..." some kernels print on a line of its own. Slurm's cgroup plugin, in the job's
+# output: "slurmstepd: error: Detected 1 oom-kill event(s) in StepId=9411285.0. Some of your
+# processes may have been killed by the cgroup out-of-memory handler." (older: "in step 1234.0").
 _OOM_KILL = re.compile(
-    r"Out of memory: Kill(?:ed)? process (?P<pid>\d+) \((?P<name>[^)]*)\)"
+    r"(?:[Oo]ut of memory: Kill(?:ed)? process|\bKilled process) (?P<pid>\d+) \((?P<name>[^)]*)\)"
     r"|oom-kill:.*?task=(?P<task>[^,]+),pid=(?P<pid2>\d+)"
+    r"|Detected \d+ oom[-_]kill events? ?(?:\(s\) )?in (?:StepId=|step )(?P<step>\d+(?:\.\w+)?)"
 )
 
 
@@ -127,6 +140,15 @@ def _host_oom(line: str) -> Hit | None:
     match = _OOM_KILL.search(line)
     if match is None:
         return None
+    if match["step"]:
+        return Hit(
+            "host_oom",
+            "critical",
+            f"host out of memory: Slurm's cgroup oom-killer killed a process of step "
+            f"{match['step']} (raise the job's --mem, or use less host memory per rank)",
+            {"slurm_step": match["step"]},
+            key=f"slurm/{match['step']}",
+        )
     pid = match["pid"] or match["pid2"]
     name = match["name"] or match["task"]
     return Hit(
@@ -245,16 +267,21 @@ _XID = re.compile(
 )
 
 
+# An Xid with nothing to do (43: a process stopped) is told as info, so that a graver Xid later
+# in the same log becomes the rank's cause.
+_XID_SEVERITY: dict[str, Severity] = {"critical": "critical", "info": "info"}
+
+
 def _xid(line: str) -> Hit | None:
     match = _XID.search(line)
     if match is None:
         return None
-    info = xid_info(int(match["xid"]))
+    info = xid_info_for_line(int(match["xid"]), line)  # NVLink5's verdict, 154's recovery
     cause = f"Xid {info.code} on the GPU at PCI {match['pci']}: {info.description}"
     cause += f" ({info.action_text})"
     return Hit(
         "xid",
-        "critical" if info.severity == "critical" else "warning",
+        _XID_SEVERITY.get(info.severity, "warning"),
         cause,
         {
             "xid": str(info.code),
@@ -304,7 +331,9 @@ SIGNATURES: tuple[Signature, ...] = (
     Signature("nccl_error", ("rror", "Cuda failure", "network error"), nccl_error),
     Signature("nccl_warn", ("NCCL WARN",), nccl_warn),
     Signature("zero_alloc", ("DefaultCPUAllocator", "cudaHostAlloc", "pinned memory"), _zero_alloc),
-    Signature("host_oom", ("Out of memory: Kill", "oom-kill:"), _host_oom),
+    Signature(
+        "host_oom", ("ut of memory: Kill", "Killed process", "oom-kill", "oom_kill"), _host_oom
+    ),
     Signature("loss_scale_storm", (_MIN_SCALE,), _min_scale),
     Signature("nan_loss", ("nan", "NaN", "inf"), _nan_loss),
     Signature("gloo", ("gloo",), _gloo),
@@ -314,4 +343,6 @@ SIGNATURES: tuple[Signature, ...] = (
         ("RmInitAdapter failed", "fallen off the bus", "failed to initialize"),
         _gpu_missing,
     ),
+    # Last: on a line that says more (a flattened abort message), the other rule wins.
+    Signature("nccl_watchdog_timeout", (TAKEDOWN,), takedown),
 )

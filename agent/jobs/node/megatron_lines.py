@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from gantry.v1 import job_pb2
 
-from agent.jobs.metrics_records import whole_number
+from agent.jobs.metrics_records import MAX_COUNT, whole_number
 
 __all__ = ["BLOCK_HEAD", "MegatronParser", "megatron_metrics"]
 
@@ -127,6 +127,24 @@ def megatron_metrics(text: str) -> job_pb2.RankMetrics | None:
     return m
 
 
+# Megatron's report_memory (also GPT-NeoX's): "[Rank 0] (after 10 iterations) memory (MB) |
+# allocated: 19278.6 | max allocated: 27906.4 | reserved: ... | max reserved: ...", NeoX
+# without the parentheses. MB here is 2**20 bytes (torch.cuda.memory_allocated() / 1024 / 1024).
+_MEMORY = re.compile(
+    r"after (?P<step>\d{1,12}) iterations\)? memory \(MB\) \| allocated: (?P<now>[\d.]+)"
+    r" \| max allocated: (?P<peak>[\d.]+)"
+)
+
+
+def memory_metrics(found: re.Match[str]) -> job_pb2.RankMetrics:
+    m = job_pb2.RankMetrics(step=int(found["step"]))
+    for attr, group in (("memory_bytes", "now"), ("peak_memory_bytes", "peak")):
+        mib = _ms(found[group])  # a plain finite number
+        if mib is not None and 0 <= mib * 2**20 <= MAX_COUNT:
+            setattr(m, attr, int(mib * 2**20))
+    return m
+
+
 def timer_metrics(step: int, timers_ms: Mapping[str, float]) -> job_pb2.RankMetrics | None:
     """Step ``step``'s split from Megatron's per-iteration timers (ms), else None."""
     m = job_pb2.RankMetrics(step=step)
@@ -135,8 +153,11 @@ def timer_metrics(step: int, timers_ms: Mapping[str, float]) -> job_pb2.RankMetr
             setattr(m, attr, timers_ms[name] / 1000.0)
     if _REDUCE_ALL in timers_ms:
         m.allreduce_s = timers_ms[_REDUCE_ALL] / 1000.0
-    elif any(name in _REDUCE_PARTS for name in timers_ms):
-        m.allreduce_s = sum(v for k, v in timers_ms.items() if k in _REDUCE_PARTS) / 1000.0
+    elif (reduced := sum(v for k, v in timers_ms.items() if k in _REDUCE_PARTS)) > 0:
+        # 0: not measured here. GPT-NeoX under DeepSpeed prints "backward-allreduce: 0.00"
+        # beside DeepSpeed's own "backward_allreduce: 162.60" for the same step: the engine
+        # reduces inside its backward, which NeoX's timer does not see.
+        m.allreduce_s = reduced / 1000.0
     return m if any(m.HasField(attr) for attr in _SPLIT) else None
 
 
@@ -181,6 +202,11 @@ class MegatronParser:
             return out
         if "time (ms) |" in text:
             self._one_line(text, out)
+            return out
+        if "memory (MB) |" in text:
+            memory = _MEMORY.search(text)
+            if memory is not None:
+                out.append(memory_metrics(memory))
             return out
         m = megatron_metrics(text)
         if m is not None:

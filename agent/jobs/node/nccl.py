@@ -49,7 +49,9 @@ _NETWORK_RE = re.compile(r"Using network (\S.*)")
 _NET_USING_RE = re.compile(r"NET/(?P<net>[^:]{1,60}): Using (?P<rest>.*)")
 _NET_NOTE_RE = re.compile(r"NET/IB ?: (?!Using )(.*)")
 _BOOTSTRAP_RE = re.compile(r"Bootstrap ?: Using (?:\[\d+\])?(\S+)")
-_DEVICE_RE = re.compile(r"\[\d+\]([^\s;<\[]+)")
+# "[0]mlx5_0:1/IB", "[0]ens7:10.128.0.33<0>", and NCCL 2.2x's merged NICs "[0]={[0] mlx5_2:1/RoCE,
+# [1] mlx5_3:1/RoCE}" (each physical NIC once, not the "={" of the merged one).
+_DEVICE_RE = re.compile(r"\[\d+\] ?(?!=)([^\s;<\[{},=]+)")
 _OOB_RE = re.compile(r"OOB (\S+)")
 _PORT_SUFFIX_RE = re.compile(r"<\d+>\Z")  # eth0:10.1.2.3<0>
 _ENV_RE = re.compile(r"(NCCL_[A-Z0-9_]+) set (?:by environment )?to (.*)")

@@ -10,10 +10,13 @@ from agent.jobs.node.log_findings import Hit, strip_prefix
 
 __all__ = [
     "NCCL_CUDA_FAILURE",
+    "TAKEDOWN",
+    "TAKEDOWN_KEY",
     "WATCHDOG_WORK",
     "flight_recorder",
     "nccl_error",
     "nccl_warn",
+    "takedown",
     "watchdog_hit",
     "with_last_error",
     "with_work",
@@ -23,17 +26,31 @@ __all__ = [
 # PyTorch 1.x to 2.x: "[Rank 1] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=5,
 # OpType=ALLREDUCE, NumelIn=1, NumelOut=1, Timeout(ms)=600000) ran for 600013 milliseconds
 # before timing out." (1.x: no SeqNum, no Numel*; 1.8: TensorShape=[...]).
+# A terminal's wrap right after "timeout: " loses the space to the scanner's strip: optional.
 _WATCHDOG = re.compile(
-    r"Watchdog caught collective operation timeout: WorkNCCL\((?P<fields>.*?)\)"
-    r" ran for (?P<ran>\d+) milliseconds before timing out"
+    r"Watchdog caught collective operation timeout: ?WorkNCCL\((?P<fields>.*?)\)"
+    r"\s*ran for (?P<ran>\d+) milliseconds before timing out"
 )
 _WORK_FIELD = re.compile(r"(?P<key>\w+)(?:\(ms\))?=(?P<value>\[[^\]]*\]|[^,]*)")
 _WATCHDOG_START = "Watchdog caught collective operation timeout"
 # 2.x, a later line: "[Rank 0] Timeout at NCCL work: 1580, last enqueued NCCL work: 1582,
-# last completed NCCL work: 1579."
+# last completed NCCL work: 1579."; ~2.6+: "... failure detected by watchdog at work sequence
+# id: 460631 PG status: last enqueued work: 460631, last completed work: 460630".
 WATCHDOG_WORK = re.compile(
-    r"last enqueued NCCL work: (?P<enqueued>-?\d+), last completed NCCL work: (?P<completed>-?\d+)"
+    r"[Ll]ast enqueued (?:NCCL )?work: (?P<enqueued>-?\d+),"
+    r" last completed (?:NCCL )?work: (?P<completed>-?\d+)"
 )
+# A CUDA error the watchdog met on an NCCL stream, not a timeout: 2.1-2.3 "[Rank 1] NCCL
+# watchdog thread terminated with exception: CUDA error: unspecified launch failure", 2.4+
+# "Process group watchdog thread terminated with exception: CUDA error: uncorrectable ECC error
+# encountered". Usually a GPU fault: the kernel log's Xid says which.
+_WATCHDOG_CUDA = re.compile(
+    r"atchdog thread terminated with exception: CUDA error: (?P<what>[^.\n]*[^.\s])"
+)
+# What PyTorch prints before it aborts the process after any NCCL failure (a timeout or an
+# error): "Some NCCL operations have failed or timed out. Due to the asynchronous nature of CUDA
+# kernels, ..." and "To avoid data inconsistency, we are taking the entire process down."
+TAKEDOWN = "Some NCCL operations have failed or timed out"
 # 2.2+: the heartbeat monitor, when the watchdog itself is stuck.
 _WATCHDOG_STUCK = re.compile(
     r"watchdog (?:thread )?got stuck for (?P<s>\d+) seconds|Heartbeat monitor timed out"
@@ -45,6 +62,16 @@ def watchdog_hit(line: str) -> Hit | None:
     if match is None and _WATCHDOG_START in line:
         # Cut by a terminal's wrap: the scanner joins the next line and reads it again.
         return Hit("nccl_watchdog_timeout", "critical", "NCCL watchdog timeout", key="partial")
+    cuda = _WATCHDOG_CUDA.search(line) if match is None else None
+    if cuda is not None and "out of memory" not in cuda["what"]:  # memory: cuda_oom's
+        what = cuda["what"]
+        return Hit(
+            "nccl_cuda_error",
+            "critical",
+            f"CUDA error: {what} (caught by the NCCL watchdog; check the node's Xid lines)",
+            {"cuda_error": what},
+            key=what,
+        )
     if match is None:
         stuck = _WATCHDOG_STUCK.search(line)
         if stuck is None:
@@ -70,6 +97,23 @@ def watchdog_hit(line: str) -> Hit | None:
         cause += f", timeout {fields['Timeout']} ms"
         out["timeout_ms"] = fields["Timeout"]
     return Hit("nccl_watchdog_timeout", "critical", cause, out, key=f"{op}/{seq}")
+
+
+def takedown(line: str) -> Hit | None:
+    """PyTorch's abort after an NCCL failure, when the log holds nothing better (a
+    lower-priority finding: any other one on the rank replaces it as the cause)."""
+    if TAKEDOWN not in line:
+        return None
+    return Hit(
+        "nccl_watchdog_timeout",
+        "critical",
+        "NCCL operations failed or timed out (PyTorch took the process down; the log does not "
+        "say which collective)",
+        key=TAKEDOWN_KEY,
+    )
+
+
+TAKEDOWN_KEY = "takedown"
 
 
 def with_work(hit: Hit, line: str) -> Hit | None:

@@ -52,6 +52,7 @@ from agent.jobs.node.comms_table import TABLE_HEADER, CommsPerStep, CommsTables,
 from agent.jobs.node.deepspeed_lines import DeepSpeedStdoutParser, log_time
 from agent.jobs.node.megatron_lines import BLOCK_HEAD, MegatronParser, megatron_metrics
 from agent.jobs.node.script_logs_hf import (
+    MAX_STEPS,
     Bar,
     LogDict,
     StepMatcher,
@@ -288,7 +289,10 @@ class ScriptLogParser:
         self, stream: str, fields: dict[str, float | None], now: float, out: list[Record]
     ) -> None:
         item = LogDict.of(fields, stream, now)
-        step = fields.get("step")  # transformers 3.x printed it
+        total = fields.get(MAX_STEPS)
+        if total is not None and 0 < total <= MAX_COUNT:
+            self._set_total(int(total))
+        step = fields.get("step")  # transformers 3.x printed it (ms-swift: its position)
         if step is not None and 0 <= step <= MAX_COUNT and step.is_integer():
             self._placed([(item, int(step))], out)
             return

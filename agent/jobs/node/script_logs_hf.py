@@ -24,7 +24,15 @@ from gantry.v1 import job_pb2
 
 from agent.jobs.metrics_records import MAX_COUNT, whole_number
 
-__all__ = ["Bar", "LogDict", "StepMatcher", "hf_metrics", "parse_bar", "parse_log_dict"]
+__all__ = [
+    "MAX_STEPS",
+    "Bar",
+    "LogDict",
+    "StepMatcher",
+    "hf_metrics",
+    "parse_bar",
+    "parse_log_dict",
+]
 
 MAX_QUEUE = 1024  # redraws waiting for their dict
 MAX_PENDING = 256  # dicts waiting for their redraw
@@ -37,6 +45,10 @@ _BAR = re.compile(
 )
 _RATE = re.compile(r"(?P<value>\d+(?:\.\d+)?|\?)\s*(?P<a>[A-Za-z]*)/(?P<b>[A-Za-z]+)")
 _DICT_START = re.compile(r"\{\s*['\"]")
+# ms-swift's Trainer prints where it is inside its log dict.
+_AT = "global_step/max_steps"
+_POSITION = re.compile(r"['\"](?P<n>\d{1,12})/(?P<of>\d{1,12})['\"]")
+MAX_STEPS = "max_steps"  # the key parse_log_dict gives the total under
 _PAIR = re.compile(
     r"(?P<q>['\"])(?P<key>[^'\"\n]{1,120})(?P=q)\s*:\s*"
     r"(?P<value>'[^'\n]{0,120}'|\"[^\"\n]{0,120}\"|[\w.]+\([^()\n]{0,200}\)|[^,{}\n]{1,80})"
@@ -101,6 +113,10 @@ def parse_log_dict(text: str) -> dict[str, float | None] | None:
     for pair in _PAIR.finditer(text, start.start() + 1, end):
         if len(fields) >= MAX_KEYS:
             break
+        position = _POSITION.fullmatch(pair["value"].strip()) if pair["key"] == _AT else None
+        if position is not None:  # ms-swift: "global_step/max_steps": "1/547"
+            fields["step"], fields[MAX_STEPS] = float(position["n"]), float(position["of"])
+            continue
         fields[pair["key"]] = _value(pair["value"])
     # The Trainer always adds "epoch" (3.x: "step"); a script's own config dict seldom does.
     if "epoch" not in fields and "step" not in fields:
