@@ -128,6 +128,57 @@ def test_the_cause_prefers_the_root_over_what_follows() -> None:
     assert cause is not None and cause.alert == "cuda_oom"
 
 
+def test_pytorchs_bare_abort_message_is_the_cause_only_when_nothing_says_more() -> None:
+    # The takedown lines as PyTorch 2.x prints them (tests/fixtures/logs/, doclayout22), then
+    # the timeout they followed, as another rank's log shows it first.
+    takedown = (
+        "[E ProcessGroupNCCL.cpp:488] Some NCCL operations have failed or timed out. Due to the "
+        "asynchronous nature of CUDA kernels, subsequent GPU operations might run on "
+        "corrupted/incomplete data.\n"
+    )
+    scanner, _ = scan(takedown)
+    alone = scanner.cause()
+    assert alone is not None and "the log does not say which collective" in alone.cause
+    timeout = (
+        "[Rank 0] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=7, "
+        "OpType=ALLREDUCE, NumelIn=1, NumelOut=1, Timeout(ms)=600000) ran for 600013 "
+        "milliseconds before timing out.\n"
+    )
+    scanner, _ = scan(takedown + timeout + takedown)
+    cause = scanner.cause()
+    assert cause is not None and "ALLREDUCE (SeqNum 7)" in cause.cause
+    gloo = "RuntimeError: [gloo/transport/tcp/pair.cc:598] Connection closed by peer [1.2.3.4]:5\n"
+    scanner, _ = scan(takedown + gloo)
+    cause = scanner.cause()
+    assert cause is not None and cause.alert == "gloo_reset"  # anything else comes first
+
+
+def test_a_graver_finding_of_an_alert_replaces_a_milder_one() -> None:
+    # Xid 43 (a process stopped: nothing to do), then Xid 79 on another GPU of the node.
+    scanner, _ = scan(
+        "NVRM: Xid (PCI:0000:00:05): 43, pid=1045242, name=pt_main_thread, Ch 00000008\n"
+        "NVRM: Xid (PCI:0000:a1:00): 79, pid='<unknown>', name=<unknown>, GPU has fallen off "
+        "the bus.\n"
+        "NVRM: Xid (PCI:0000:00:06): 43, pid=1045243, name=pt_main_thread, Ch 00000008\n"
+    )
+    cause = scanner.cause()
+    assert cause is not None and cause.fields["xid"] == "79"
+
+
+def test_a_cuda_error_the_watchdog_catches_is_a_cuda_error_and_memory_stays_oom() -> None:
+    scanner, _ = scan(
+        "[Rank 3] NCCL watchdog thread terminated with exception: CUDA error: an illegal memory "
+        "access was encountered\n"
+    )
+    cause = scanner.cause()
+    assert cause is not None and cause.alert == "nccl_cuda_error"
+    assert cause.fields["cuda_error"] == "an illegal memory access was encountered"
+    scanner, _ = scan(
+        "[Rank 3] NCCL watchdog thread terminated with exception: CUDA error: out of memory\n"
+    )
+    assert set(scanner.found) == {"cuda_oom"}
+
+
 def test_ordinary_training_output_finds_nothing() -> None:
     lines = [
         "[2024-05-01 10:00:00,123] [INFO] [logging.py:96:log_dist] [Rank 0] step=10, "

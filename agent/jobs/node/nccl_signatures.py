@@ -51,6 +51,7 @@ _WATCHDOG_CUDA = re.compile(
 # error): "Some NCCL operations have failed or timed out. Due to the asynchronous nature of CUDA
 # kernels, ..." and "To avoid data inconsistency, we are taking the entire process down."
 TAKEDOWN = "Some NCCL operations have failed or timed out"
+TAKEDOWN_KEY = "takedown"  # its findings' key: the scanner ranks them after every other
 # 2.2+: the heartbeat monitor, when the watchdog itself is stuck.
 _WATCHDOG_STUCK = re.compile(
     r"watchdog (?:thread )?got stuck for (?P<s>\d+) seconds|Heartbeat monitor timed out"
@@ -111,9 +112,6 @@ def takedown(line: str) -> Hit | None:
         "say which collective)",
         key=TAKEDOWN_KEY,
     )
-
-
-TAKEDOWN_KEY = "takedown"
 
 
 def with_work(hit: Hit, line: str) -> Hit | None:
