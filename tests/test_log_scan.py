@@ -179,6 +179,49 @@ def test_a_cuda_error_the_watchdog_catches_is_a_cuda_error_and_memory_stays_oom(
     assert set(scanner.found) == {"cuda_oom"}
 
 
+FRAME = '  File "/opt/torch/distributed/launcher/api.py", line 264, in launch_agent\n'
+
+
+def test_torchruns_summary_names_the_rank_that_died_and_how() -> None:
+    # torchrun's format (torch/distributed/elastic/multiprocessing/errors/__init__.py) behind
+    # srun -l's "0: " prefix, with another failure before the root cause; the worker exited.
+    summary = [
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ",
+        "============================================================",
+        "train.py FAILED",
+        "------------------------------------------------------------",
+        "Failures:",
+        "[1]:",
+        "  time      : 2026-12-07_06:50:00",
+        "  host      : node-b",
+        "  rank      : 3 (local_rank: 1)",
+        "  exitcode  : -15 (pid: 4242)",
+        "  error_file: <N/A>",
+        "  traceback : Signal 15 (SIGTERM) received by PID 4242",
+        "------------------------------------------------------------",
+        "Root Cause (first observed failure):",
+        "[0]:",
+        "  time      : 2026-12-07_06:49:58",
+        "  host      : node-b",
+        "  rank      : 2 (local_rank: 0)",
+        "  exitcode  : 1 (pid: 4241)",
+        "  error_file: <N/A>",
+        "  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html",
+        "============================================================",
+    ]
+    text = "".join(f"0: {line}\n" for line in summary)
+    scanner, found = scan("0: " + FRAME + text)
+    cause = scanner.cause()
+    assert cause is not None and cause.cause == (
+        "ChildFailedError: rank 2 (local rank 0) on node-b exited with code 1"
+    )
+    assert (cause.fields["rank"], cause.fields["exitcode"]) == ("2", "1")
+    assert len(found) == 1  # told once, when the summary was read
+    cut, found = scan("0: " + FRAME + text.split("Root Cause")[0])
+    cause = cut.cause()  # the log ends inside the summary: the fields read so far
+    assert cause is not None and "rank 3" in cause.cause and "SIGTERM" in cause.cause
+
+
 def test_ordinary_training_output_finds_nothing() -> None:
     lines = [
         "[2024-05-01 10:00:00,123] [INFO] [logging.py:96:log_dist] [Rank 0] step=10, "

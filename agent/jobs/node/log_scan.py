@@ -36,6 +36,7 @@ from agent.jobs.node.nccl_signatures import (
     with_last_error,
     with_work,
 )
+from agent.jobs.node.torchrun_summary import CHILD_FAILED, ChildFailedSummary
 
 __all__ = ["CAUSE_PRIORITY", "LogScanner"]
 
@@ -114,6 +115,7 @@ class _Stream:
     pending: Diagnosis | None = None  # waiting for its follow-up line
     pending_left: int = 0
     last_error: bool = False  # NCCL's "Last error:" was seen: the next line says it
+    child: ChildFailedSummary | None = None  # torchrun's summary after its ChildFailedError
 
 
 class LogScanner:
@@ -150,6 +152,9 @@ class LogScanner:
             if state.pending is not None:
                 self._emit(state.pending)
                 state.pending = None
+            if state.child is not None:
+                self._emit(state.child.completed())
+                state.child = None
         out, self._out = self._out, []
         return out
 
@@ -161,6 +166,9 @@ class LogScanner:
             state = self._streams[stream] = _Stream()
         if state.pending is not None:
             self._follow_up(state, line)
+        if state.child is not None and state.child.feed(line):
+            self._emit(state.child.completed())
+            state.child = None
         if state.prefix is not None:
             self._in_traceback(state, stream, line, now)
             return
@@ -313,11 +321,13 @@ class LogScanner:
         name = match["type"].rsplit(".", 1)[-1]
         message = (match["message"] or "").strip()
         cause = f"{name}: {message}" if message else name
-        self._emit(
-            Diagnosis(
-                "traceback", "warning", short(cause), text, stream, {"exception": name}, now, cause
-            )
+        found = Diagnosis(
+            "traceback", "warning", short(cause), text, stream, {"exception": name}, now, cause
         )
+        if name == CHILD_FAILED and not message:
+            state.child = ChildFailedSummary(found)  # its summary follows: told once read
+        else:
+            self._emit(found)
 
     def _overflow(self, stream: str, line: str, now: float, scale: str | None) -> None:
         if scale is not None:
