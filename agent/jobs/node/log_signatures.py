@@ -262,11 +262,10 @@ def _gloo(line: str) -> Hit | None:
 # --- XID -------------------------------------------------------------------------------------
 # "NVRM: Xid (PCI:0000:3b:00): 79, pid=1234, name=python, GPU has fallen off the bus."
 # (older: "NVRM: Xid (0000:3b:00): 13, ...").
-_XID = re.compile(
-    r"NVRM: Xid \((?:PCI:)?(?P<pci>[0-9a-fA-F:.]+)\): (?P<xid>\d+)(?:, (?P<rest>.*))?"
-)
+_XID = re.compile(r"NVRM: Xid \((?:PCI:)?(?P<pci>[^)]{0,32})\): (?P<xid>\d+)(?:, (?P<rest>.*))?")
 
 
+_PCI_ADDRESS = re.compile(r"[0-9a-fA-F]{1,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}(?:\.[0-7])?")
 # An Xid with nothing to do (43: a process stopped) is told as info, so that a graver Xid later
 # in the same log becomes the rank's cause.
 _XID_SEVERITY: dict[str, Severity] = {"critical": "critical", "info": "info"}
@@ -277,48 +276,61 @@ def _xid(line: str) -> Hit | None:
     if match is None:
         return None
     info = xid_info_for_line(int(match["xid"]), line)  # NVLink5's verdict, 154's recovery
-    cause = f"Xid {info.code} on the GPU at PCI {match['pci']}: {info.description}"
-    cause += f" ({info.action_text})"
+    # "(PCI:...)" where a report redacted the address: no address, still an Xid.
+    pci = match["pci"] if _PCI_ADDRESS.fullmatch(match["pci"]) else ""
+    where = f"the GPU at PCI {pci}" if pci else "a GPU"
+    cause = f"Xid {info.code} on {where}: {info.description} ({info.action_text})"
     return Hit(
         "xid",
         _XID_SEVERITY.get(info.severity, "warning"),
         cause,
         {
             "xid": str(info.code),
-            "pci": match["pci"],
+            "pci": pci,
             "action": info.action,
             "description": info.description,
         },
-        key=f"{match['pci']}/{info.code}",
+        key=f"{pci}/{info.code}",
     )
 
 
 # A GPU the driver could not bring up, or lost: "NVRM: GPU 0000:0a:00.0: RmInitAdapter failed!
-# (0x26:0xffff:1601)", "NVRM: GPU at PCI:0000:b3:00: GPU-... \n NVRM: GPU has fallen off the bus."
+# (0x26:0xffff:1601)", "NVRM: GPU at PCI:0000:b3:00: GPU-... \n NVRM: GPU has fallen off the bus.";
+# and nvidia-smi's "Unable to determine the device handle for GPU 0000:0B:00.0: Unknown Error"
+# (or ": GPU is lost"): NVML cannot reach a GPU the driver lost.
+_SMI_LOST = "Unable to determine the device handle for GPU"
 _GPU_MISSING = re.compile(
-    r"(?:GPU (?:at PCI:)?(?P<pci>[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}(?:\.\d)?)\S*:? )?"
-    r".*?(?P<what>RmInitAdapter failed|fallen off the bus|failed to initialize)"
+    r"RmInitAdapter failed|fallen off the bus|failed to initialize|" + _SMI_LOST
+)
+# The address wherever the line has it: "GPU 0000:0a:00.0:", "GPU at PCI:0000:b3:00:",
+# nvidia-smi's "GPU 0000:A1:00.0" and its 3-digit domains ("GPU 000:BA:80.0").
+_GPU_PCI = re.compile(
+    r"\bGPU ?(?:at )?(?:PCI:)?(?P<pci>[0-9a-fA-F]{3,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}(?:\.\d)?)"
 )
 
 
 def _gpu_missing(line: str) -> Hit | None:
-    if "NVRM" not in line:
+    if "NVRM" not in line and _SMI_LOST not in line:
         return None
     match = _GPU_MISSING.search(line)
     if match is None:
         return None
-    pci = match["pci"] or ""
+    address = _GPU_PCI.search(line)
+    pci = address["pci"] if address is not None else ""
     where = f"the GPU at PCI {pci}" if pci else "a GPU"
     what = {
         "RmInitAdapter failed": "failed to initialise (RmInitAdapter failed)",
         "fallen off the bus": "has fallen off the bus",
-    }.get(match["what"], match["what"])
+        _SMI_LOST: "cannot be reached by NVML (nvidia-smi: "
+        + line.rsplit(": ", 1)[-1].strip()[:80]
+        + ")",
+    }.get(match[0], match[0])
     return Hit(
         "gpu_missing",
         "critical",
         f"{where} {what}: it is gone until the node is drained and reset or rebooted",
         {"pci": pci, "action": "drain_node"} if pci else {"action": "drain_node"},
-        key=pci or match["what"],
+        key=pci or match[0],
     )
 
 
@@ -340,7 +352,7 @@ SIGNATURES: tuple[Signature, ...] = (
     Signature("xid", ("NVRM: Xid",), _xid),
     Signature(
         "gpu_missing",
-        ("RmInitAdapter failed", "fallen off the bus", "failed to initialize"),
+        ("RmInitAdapter failed", "fallen off the bus", "failed to initialize", _SMI_LOST),
         _gpu_missing,
     ),
     # Last: on a line that says more (a flattened abort message), the other rule wins.
