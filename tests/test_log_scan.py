@@ -222,6 +222,34 @@ def test_torchruns_summary_names_the_rank_that_died_and_how() -> None:
     assert cause is not None and "rank 3" in cause.cause and "SIGTERM" in cause.cause
 
 
+def test_a_headless_traceback_behind_a_wrappers_prefix_ends_at_its_exception() -> None:
+    # vLLM's Ray workers put "(RayWorkerWrapper pid=335, ip=10.1.0.67) ERROR ... ] " before
+    # every line (NVIDIA/nccl#1591): the prefix has no colon at its end.
+    prefix = "(RayWorkerWrapper pid=335) ERROR 01-29 07:44:33 worker_base.py:467] "
+    scanner, found = scan(
+        f'{prefix}  File "/opt/vllm/worker.py", line 12, in run\n'
+        f"{prefix}    raise RuntimeError(msg)\n"
+        f"{prefix}torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.\n"
+        "after the traceback: NCCL WARN Net : Connection closed by remote peer\n"
+    )
+    assert [f.split(":")[0] for f in found] == ["cuda_oom"]
+    assert set(scanner.found) == {"cuda_oom", "nccl_warn"}  # and the lines after it are read
+
+
+def test_a_watchdogs_work_line_alone_is_a_timeout_and_after_its_line_no_second_one() -> None:
+    work = (
+        "[rank1]:[E1107 03:07:20 ProcessGroupNCCL.cpp:1664] [PG 0 (default_pg) Rank 1] Timeout "
+        "at NCCL work: 876319, last enqueued NCCL work: 876319, last completed NCCL work: 876318."
+    )
+    _, found = scan(work + "\n")
+    assert found == [
+        "nccl_watchdog_timeout: NCCL watchdog timeout at SeqNum 876319 (the collective's own "
+        "line is not in the log); last enqueued 876319, last completed 876318"
+    ]
+    _, found = scan(WATCHDOG_2X.splitlines()[0] + "\n" + work + "\n")
+    assert len(found) == 1 and "(SeqNum 1580)" in found[0]  # the work line completed it
+
+
 def test_ordinary_training_output_finds_nothing() -> None:
     lines = [
         "[2024-05-01 10:00:00,123] [INFO] [logging.py:96:log_dist] [Rank 0] step=10, "

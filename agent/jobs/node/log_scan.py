@@ -108,6 +108,14 @@ _may_match = _any_in(
 )
 
 
+def _told(found: Diagnosis, hit: Hit) -> Diagnosis:
+    """``found`` (its line, stream and time) telling what ``hit`` now says."""
+    fields = dict(hit.fields)
+    return replace(
+        found, alert=hit.alert, severity=hit.severity, cause=hit.cause, fields=fields, key=hit.key
+    )
+
+
 @dataclass
 class _Stream:
     prefix: str | None = None  # inside a traceback: what came before its header
@@ -116,6 +124,7 @@ class _Stream:
     pending_left: int = 0
     last_error: bool = False  # NCCL's "Last error:" was seen: the next line says it
     child: ChildFailedSummary | None = None  # torchrun's summary after its ChildFailedError
+    tail_prefix: str = ""  # the last traceback's prefix, taken off its exception's follow-ups
 
 
 class LogScanner:
@@ -164,18 +173,20 @@ class LogScanner:
         state = self._streams.get(stream)
         if state is None:
             state = self._streams[stream] = _Stream()
-        if state.pending is not None:
-            self._follow_up(state, line)
+        if state.pending is not None and self._follow_up(state, line):
+            return  # the line completed the finding it followed (a watchdog's work counters)
         if state.child is not None and state.child.feed(line):
             self._emit(state.child.completed())
             state.child = None
         if state.prefix is not None:
             self._in_traceback(state, stream, line, now)
             return
-        if 'File "' in line and (frame := _FRAME.match(line)) is not None:
-            # A traceback whose header is not in the log (cut above, or another stream's).
-            prefix = frame["prefix"]
-            state.prefix = prefix + " " if prefix.endswith(":") else prefix
+        if 'File "' in line and _FRAME.match(line) is not None:
+            # A traceback whose header is not in the log (cut above, or another stream's): its
+            # prefix is what comes before the frame's own two-space indent ("[rank0]: ",
+            # "(RayWorkerWrapper pid=335) ERROR 01-29 07:44:33 worker_base.py:467] ").
+            head = line[: line.index('File "')]
+            state.prefix = head[:-2] if head.endswith("  ") else head
             state.traceback_lines = 0
             return
         if not _may_match(line):
@@ -215,17 +226,7 @@ class LogScanner:
                 self._wait(state, found)
             elif after := line.split(_LAST_ERROR, 1)[1].strip():
                 # A message flattened onto one line: its "Last error:" text is here.
-                done = with_last_error(hit, after)
-                self._emit(
-                    replace(
-                        found,
-                        alert=done.alert,
-                        cause=done.cause,
-                        fields=dict(done.fields),
-                        key=done.key,
-                        severity=done.severity,
-                    )
-                )
+                self._emit(_told(found, with_last_error(hit, after)))
             else:
                 self._wait(state, found)
                 state.last_error = True
@@ -243,9 +244,12 @@ class LogScanner:
             self._emit(state.pending)
         state.pending, state.pending_left, state.last_error = found, FOLLOW_UP_LINES, False
 
-    def _follow_up(self, state: _Stream, line: str) -> None:
+    def _follow_up(self, state: _Stream, line: str) -> bool:
+        """Whether ``line`` completed the pending watchdog finding (nothing else to read)."""
         pending = state.pending
         assert pending is not None
+        if state.tail_prefix and line.startswith(state.tail_prefix):
+            line = line[len(state.tail_prefix) :]  # the traceback's wrapper, on its follow-ups
         hit = Hit(pending.alert, pending.severity, pending.cause, pending.fields, pending.key)
         done: Hit | None = None
         text = line.strip()
@@ -253,17 +257,8 @@ class LogScanner:
             # A line cut by a terminal's wrap: read it with the next one.
             joined = watchdog_hit(pending.line + text)
             if joined is not None and "ran_ms" in joined.fields:
-                state.pending = Diagnosis(
-                    joined.alert,
-                    joined.severity,
-                    joined.cause,
-                    pending.line + text,
-                    pending.stream,
-                    dict(joined.fields),
-                    pending.time,
-                    joined.key,
-                )
-                return
+                state.pending = replace(_told(pending, joined), line=pending.line + text)
+                return True
         if pending.alert == "nccl_watchdog_timeout":
             done = with_work(hit, line)
         elif _LAST_ERROR in text:
@@ -272,28 +267,18 @@ class LogScanner:
                 done = with_last_error(hit, after)
             else:
                 state.last_error = True
-                return
+                return False
         elif state.last_error and text:
             done = with_last_error(hit, text)
         if done is not None:
-            self._emit(
-                Diagnosis(
-                    done.alert,
-                    done.severity,
-                    done.cause,
-                    pending.line,
-                    pending.stream,
-                    dict(done.fields),
-                    pending.time,
-                    done.key,
-                )
-            )
+            self._emit(_told(pending, done))
             state.pending = None
-            return
+            return pending.alert == "nccl_watchdog_timeout"
         state.pending_left -= 1
         if state.pending_left <= 0:
             self._emit(pending)
             state.pending = None
+        return False
 
     def _in_traceback(self, state: _Stream, stream: str, line: str, now: float) -> None:
         prefix = state.prefix or ""
@@ -314,7 +299,7 @@ class LogScanner:
             if _may_match(line):
                 self._match(state, stream, line, now)
             return
-        state.prefix = None
+        state.prefix, state.tail_prefix = None, prefix
         hit = self._match(state, stream, text, now) if _may_match(text) else None
         if hit is not None:
             return  # the exception line itself is a signature (an OOM, NCCL, gloo)

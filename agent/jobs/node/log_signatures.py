@@ -18,6 +18,7 @@ from gantry.v1.xid_catalog import xid_info_for_line
 from agent.jobs.node.log_findings import Hit, Severity, Signature
 from agent.jobs.node.nccl_signatures import (
     TAKEDOWN,
+    TIMEOUT_AT,
     flight_recorder,
     nccl_error,
     nccl_warn,
@@ -335,7 +336,7 @@ def _gpu_missing(line: str) -> Hit | None:
 
 
 SIGNATURES: tuple[Signature, ...] = (
-    Signature("nccl_watchdog_timeout", ("atchdog", "Heartbeat monitor"), watchdog_hit),
+    Signature("nccl_watchdog_timeout", ("atchdog", "Heartbeat monitor", TIMEOUT_AT), watchdog_hit),
     Signature(
         "nccl_flight_recorder", ("dump debug info", "debug info to", "light"), flight_recorder
     ),

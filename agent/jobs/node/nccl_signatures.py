@@ -12,6 +12,7 @@ __all__ = [
     "NCCL_CUDA_FAILURE",
     "TAKEDOWN",
     "TAKEDOWN_KEY",
+    "TIMEOUT_AT",
     "WATCHDOG_WORK",
     "flight_recorder",
     "nccl_error",
@@ -50,6 +51,10 @@ _WATCHDOG_CUDA = re.compile(
 # What PyTorch prints before it aborts the process after any NCCL failure (a timeout or an
 # error): "Some NCCL operations have failed or timed out. Due to the asynchronous nature of CUDA
 # kernels, ..." and "To avoid data inconsistency, we are taking the entire process down."
+# 2.x: "[Rank 0] Timeout at NCCL work: 1580, last enqueued NCCL work: 1582, last completed
+# NCCL work: 1579." (the follow-up of a "Watchdog caught" line, or alone).
+TIMEOUT_AT = "Timeout at NCCL work"
+_TIMEOUT_AT = re.compile(TIMEOUT_AT + r": (?P<seq>\d+)")
 TAKEDOWN = "Some NCCL operations have failed or timed out"
 TAKEDOWN_KEY = "takedown"  # its findings' key: the scanner ranks them after every other
 # 2.2+: the heartbeat monitor, when the watchdog itself is stuck.
@@ -73,6 +78,8 @@ def watchdog_hit(line: str) -> Hit | None:
             {"cuda_error": what},
             key=what,
         )
+    if match is None and (lone := _TIMEOUT_AT.search(line)) is not None:
+        return _lone_work_line(lone["seq"], line)
     if match is None:
         stuck = _WATCHDOG_STUCK.search(line)
         if stuck is None:
@@ -98,6 +105,18 @@ def watchdog_hit(line: str) -> Hit | None:
         cause += f", timeout {fields['Timeout']} ms"
         out["timeout_ms"] = fields["Timeout"]
     return Hit("nccl_watchdog_timeout", "critical", cause, out, key=f"{op}/{seq}")
+
+
+def _lone_work_line(seq: str, line: str) -> Hit:
+    """PyTorch's "Timeout at NCCL work: N, last enqueued ..." without the "Watchdog caught"
+    line before it (lost to Ray's "[repeated 6x across cluster]", or to a cut paste)."""
+    fields = {"seq": seq}
+    cause = f"NCCL watchdog timeout at SeqNum {seq} (the collective's own line is not in the log)"
+    work = WATCHDOG_WORK.search(line)
+    if work is not None:
+        fields.update(last_enqueued=work["enqueued"], last_completed=work["completed"])
+        cause += f"; last enqueued {work['enqueued']}, last completed {work['completed']}"
+    return Hit("nccl_watchdog_timeout", "critical", cause, fields, key=f"work/{seq}")
 
 
 def takedown(line: str) -> Hit | None:
