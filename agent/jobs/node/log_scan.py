@@ -245,7 +245,8 @@ class LogScanner:
         state.pending, state.pending_left, state.last_error = found, FOLLOW_UP_LINES, False
 
     def _follow_up(self, state: _Stream, line: str) -> bool:
-        """Whether ``line`` completed the pending watchdog finding (nothing else to read)."""
+        """Whether ``line`` belonged to the pending watchdog finding (the rest of its wrapped
+        line, or its work counters): then nothing else is read in it."""
         pending = state.pending
         assert pending is not None
         if state.tail_prefix and line.startswith(state.tail_prefix):
