@@ -125,8 +125,8 @@ class Engine:
             raise
         except Exception as exc:
             code = client.error_code(exc)
-        if counted is not None:
-            tokens = counted
+        if counted is not None and (counted > 0 or tokens == 0):
+            tokens = counted  # a server that sends a usage of 0 beside its text counts nothing
         rec.done(warm, scheduled, actual, clock(), code, first, tokens, finish)
 
     async def _open_loop(self, start_at: float) -> float:

@@ -270,14 +270,26 @@ async def _resolve_http(config: LoadTestConfig, token: str) -> TargetSpec:
     if status in (401, 403):
         need = _auth_hint(bool(token), bool(config.metadata))
         raise LoadTestError(f"{url} refused the request (HTTP {status}); {need}")
+    said = _error_message(response)
+    if status == 404 and "model" in said.lower():  # vLLM, Ollama: the model, not the route
+        raise LoadTestError(
+            f"{url} does not serve that model (HTTP 404: {said[:200]}); give --model, one "
+            f"of those {_models_url(url) or 'the server lists'} lists"
+        )
     if status in (404, 405):
         raise LoadTestError(
             f"{url} answered HTTP {status}: no OpenAI-compatible completions endpoint there "
             "(expected http(s)://HOST/v1/completions or /v1/chat/completions)"
+            + (f"; it said: {said[:200]}" if said else "")
         )
     if 400 <= status < 500:
         detail = " ".join(response.text.split())[:200]
         raise LoadTestError(f"{url} refused the probe request: HTTP {status}: {detail}")
+    if streaming and status == 200 and not _openai_events(response.text):
+        raise LoadTestError(
+            f"{url} streams events that are not OpenAI completions (no choices in them; TGI's "
+            "/generate_stream?): give its /v1/completions or /v1/chat/completions URL"
+        )
     return TargetSpec(
         "http",
         url,
@@ -290,6 +302,43 @@ async def _resolve_http(config: LoadTestConfig, token: str) -> TargetSpec:
         config.metadata,
         tls,
     )
+
+
+def _openai_events(stream: str) -> bool:
+    """Whether a streamed answer's JSON events are OpenAI's (choices, usage or an error);
+    True when it has none to judge by."""
+    judged = False
+    for line in stream.splitlines():
+        payload = line[5:].strip() if line.startswith("data:") else "[DONE]"
+        if payload == "[DONE]":
+            continue
+        try:
+            event: Any = json.loads(payload)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            if {"choices", "usage", "error"} & event.keys() or event.get("object") == "error":
+                return True
+            judged = True
+    return not judged
+
+
+def _error_message(response: httpx.Response) -> str:
+    """What an error answer says: OpenAI's error.message, a message, an error string or
+    FastAPI's detail; else the body's text ("" for an empty body)."""
+    try:
+        body: Any = response.json()
+    except ValueError:
+        return " ".join(response.text.split())
+    error = body.get("error") if isinstance(body, dict) else None
+    for said in (
+        error.get("message") if isinstance(error, dict) else error,
+        body.get("message") if isinstance(body, dict) else None,
+        body.get("detail") if isinstance(body, dict) else None,
+    ):
+        if isinstance(said, str) and said:
+            return " ".join(said.split())
+    return " ".join(response.text.split())
 
 
 async def _probe_http(

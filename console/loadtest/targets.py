@@ -145,13 +145,19 @@ class ServerCount:
     `--stream-interval`) or none (a detokenizer holding a partial UTF-8 character)."""
 
     tokens: int
+    # llama.cpp puts the usage on the last chunk, beside that chunk's text and finish reason.
+    text_events: int = 0
+    finish: str = ""
 
 
 def sse_event(line: str) -> tuple[int, str] | ServerCount | None:
     """(tokens, finish reason or "") in one line of an OpenAI completions event stream,
     the server's count where the line carries usage, None at the stream's end. OpenAI's
-    "stop" (end-of-sequence or a stop string) reads as "eos"."""
+    "stop" (end-of-sequence or a stop string) reads as "eos". StreamError: the server
+    reported an error in the stream (an error object, or llama.cpp's ``error:`` line)."""
     if not line.startswith("data:"):
+        if line.startswith("error:"):
+            raise StreamError(line[6:].strip()[:300] or "an error event")
         return 0, ""
     payload = line[5:].strip()
     if payload == "[DONE]":
@@ -159,15 +165,20 @@ def sse_event(line: str) -> tuple[int, str] | ServerCount | None:
     chunk: Any = json.loads(payload)
     if not isinstance(chunk, dict):
         raise StreamError("an event that is not a JSON object")
-    if chunk.get("error"):
-        raise StreamError(str(chunk["error"]))
+    if chunk.get("error") or chunk.get("object") == "error":
+        raise StreamError(str(chunk.get("error") or chunk.get("message") or chunk)[:300])
     choice = _first_choice(chunk)
+    count = _usage_tokens(chunk)
     if choice is None:  # no choices: the usage event, if it says
-        count = _usage_tokens(chunk)
         if count is not None:
             return ServerCount(count)
         choice = {}
-    return (1 if _has_text(choice) else 0), _finish(choice.get("finish_reason"))
+    events, finish = (1 if _has_text(choice) else 0), _finish(choice.get("finish_reason"))
+    if count is not None and finish:
+        # The usage of the last chunk (llama.cpp). Some servers put a running usage on every
+        # chunk (vLLM's continuous_usage_stats): the one beside the finish reason is final.
+        return ServerCount(count, events, finish)
+    return events, finish
 
 
 def _first_choice(answer: dict[str, Any]) -> dict[str, Any] | None:
@@ -220,7 +231,7 @@ def sse_tokens(line: str) -> int | None:
     None at its end."""
     event = sse_event(line)
     if isinstance(event, ServerCount):
-        return 0
+        return event.text_events
     return None if event is None else event[0]
 
 
@@ -264,11 +275,22 @@ class HttpClient:
             if response.status_code != 200:
                 await response.aread()
                 raise HttpStatusError(response.status_code)
+            kind = ""  # the SSE "event:" field of the event being read
             async for line in response.aiter_lines():
+                if line.startswith("event:"):
+                    kind = line[6:].strip()
+                    continue
+                if kind == "error" and line.startswith("data:"):
+                    raise StreamError(line[5:].strip()[:300] or "an error event")
+                kind = kind if line else ""
                 event = sse_event(line)
                 if event is None:
                     return
                 if isinstance(event, ServerCount):
+                    if event.text_events:
+                        yield event.text_events
+                    if event.finish:
+                        yield event.finish
                     yield event
                     continue
                 yield event[0]
