@@ -196,3 +196,24 @@ def test_ctrl_c_stops_the_workers_and_still_writes_the_partial_report(tmp_path: 
     assert "achieved" in out  # the table is printed too
     _gone, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive
+
+
+def test_data_is_read_from_a_file_or_stdin_when_it_starts_with_an_at(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Triton ModelInfer request with one 224x224 image is megabytes of JSON: past a command
+    # line's limit, so --data @FILE (and @- for standard input), as curl and grpcurl take it.
+    import io
+
+    from console.verbs.loadtest import _data
+
+    request = tmp_path / "infer.json"
+    request.write_text('{"model_name": "resnet", "inputs": []}')
+    assert _data(f"@{request}") == request.read_text()
+    monkeypatch.setattr("sys.stdin", io.StringIO('{"name": "x"}'))
+    assert _data("@-") == '{"name": "x"}'
+    assert _data('{"a": 1}') == '{"a": 1}'
+    code, _, err = run_cli([*T, "--rate", "5", "--data", f"@{tmp_path / 'nope.json'}"], capsys)
+    assert code == 2 and err.strip().endswith(
+        f"--data @{tmp_path / 'nope.json'}: No such file or directory"
+    )

@@ -186,7 +186,7 @@ def test_plan_defaults() -> None:
         ({"slo_ttft_ms": 0.0}, "--slo-ttft-ms must be a positive number"),
         ({"method": "NoSlash"}, "expected pkg.Service/Method"),
         ({"method": "a.B/C", "data": "{bad"}, "--data is not JSON"),
-        ({"method": "a.B/C", "data": "[1]"}, "must be a JSON object"),
+        ({"target": "http://h/v1/completions", "data": "[1]"}, "must be a JSON object"),
         ({"data": "{}"}, "--data goes with --method"),
         ({"target": "http://h/v1/completions", "method": "a.B/C"}, "--method is for gRPC"),
         ({"prompts": Path("/nonexistent.jsonl")}, "--prompts /nonexistent.jsonl: no such file"),

@@ -85,3 +85,59 @@ async def test_a_method_or_message_not_in_the_files_is_named_in_one_line(
     misfit = await error(replace(base, method=f"{ECHO}/Say", data='{"nope": 1}'))
     assert misfit.startswith(f"--data does not fit {ECHO}/Say: ")
     assert target.echo.requests == []  # nothing was sent
+
+
+async def test_an_any_field_and_a_proto2_required_field_in_data(
+    target: GrpcTarget, tmp_path: Path
+) -> None:
+    # googleapis' ServiceManager and Hadoop's HA protocol: an Any whose "@type" is a message of
+    # the --proto files, and proto2 fields marked required.
+    proto = ECHO_PROTO.replace(
+        'import "shared/words.proto";',
+        'import "shared/words.proto";\nimport "google/protobuf/any.proto";',
+    ).replace("shared.Word word = 3; }", "shared.Word word = 3; google.protobuf.Any extra = 4; }")
+    echo, include = write_protos(tmp_path / "any", proto)
+    extra = {"@type": "type.googleapis.com/shared.Word", "value": "y"}
+    say = LoadTestConfig(
+        target.address,
+        method=f"{ECHO}/Say",
+        data=json.dumps({"text": "hi", "extra": extra}),
+        concurrency=1,
+        requests=2,
+        proto_files=(echo,),
+        import_paths=(include,),
+    )
+    report = await run_loadtest(say)
+    assert report.ok == 2 and b"type.googleapis.com/shared.Word" in target.echo.requests[-1]
+    proto2 = (
+        ECHO_PROTO.replace('syntax = "proto3";', 'syntax = "proto2";')
+        .replace(
+            "string text = 1; int32 times = 2; shared.Word word = 3;",
+            "required string text = 1; optional int32 times = 2; optional shared.Word word = 3;",
+        )
+        .replace(
+            "message SayReply { string text = 1; }",
+            "message SayReply { optional string text = 1; }",
+        )
+    )
+    words = 'syntax = "proto2";\npackage shared;\nmessage Word { required string value = 1; }\n'
+    echo2, include2 = write_protos(tmp_path / "proto2", proto2)
+    (include2 / "shared" / "words.proto").write_text(words)
+    strict = replace(say, proto_files=(echo2,), import_paths=(include2,))
+    with pytest.raises(LoadTestError) as info:
+        await preflight(replace(strict, data='{"times": 1, "word": {}}'))
+    assert str(info.value) == f"--data lacks what {ECHO}/Say requires: text, word.value"
+
+
+async def test_protoc_log_lines_and_missing_imports_give_one_line_that_says_what_to_give(
+    tmp_path: Path,
+) -> None:
+    from console.loadtest.proto_files import compile_protos
+
+    echo, _ = write_protos(tmp_path)  # its import is in include/, not given below
+    with pytest.raises(LoadTestError) as info:
+        await compile_protos((echo,), ())
+    assert str(info.value) == (
+        f"--proto: cannot find shared/words.proto (imported at {echo}:3); give -I DIR, the "
+        "folder that import path is relative to"
+    )

@@ -79,3 +79,13 @@ def test_the_first_error_of_protoc_skips_its_warnings() -> None:
     )
     assert first_error(stderr) == 'api/echo.proto:8:46: "Missing" is not defined.'
     assert first_error("") == "protoc failed with no message"
+
+
+def test_protocs_own_log_lines_are_not_its_error() -> None:
+    # protoc 5+ logs through absl (a file without a syntax line: Hadoop's, HBase's protos).
+    stderr = (
+        "W0000 00:00:1733555555.123456   4242 parser.cc:659] No edition or syntax specified "
+        "for the proto file: ha.proto. Please use 'syntax = \"proto2\";' or ...\n"
+        'ha.proto:12:3: "Missing" is not defined.\n'
+    )
+    assert first_error(stderr) == 'ha.proto:12:3: "Missing" is not defined.'

@@ -179,7 +179,7 @@ def _check_method_and_data(config: LoadTestConfig) -> None:
             body = json.loads(config.data)
         except ValueError as exc:
             raise LoadTestError(f"--data is not JSON: {exc}") from None
-        if not isinstance(body, dict):
+        if config.is_http and not isinstance(body, dict):  # gRPC: the request type judges
             raise LoadTestError('--data must be a JSON object, e.g. \'{"name": "x"}\'')
 
 

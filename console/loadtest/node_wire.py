@@ -38,6 +38,7 @@ CARRIED_TARGET_FIELDS = frozenset(
         "prompt_set",
         "metadata",
         "tls",
+        "client_streaming",
     }
 )
 
@@ -74,6 +75,7 @@ def task_spec(run: WorkerRun) -> task_pb2.LoadTestTaskSpec:
         kind=target.kind,
         method=target.method,
         streaming=target.streaming,
+        client_streaming=target.client_streaming,
         bodies=list(target.bodies),
         token=target.token,
         timeout_s=target.timeout_s,
@@ -122,6 +124,7 @@ def worker_run(spec: task_pb2.LoadTestTaskSpec) -> WorkerRun:
         prompt_set=spec.prompt_set,
         metadata=tuple((m.key, m.value) for m in spec.metadata),
         tls=_tls(spec),
+        client_streaming=spec.client_streaming,
     )
     timeline = None
     if spec.open_loop:

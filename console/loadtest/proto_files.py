@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -41,10 +42,28 @@ def protoc_args(files: tuple[Path, ...], import_paths: tuple[Path, ...], out: Pa
     return args + [str(f.resolve()) for f in files]
 
 
+# protoc's own log lines (absl): "W0000 00:00:1733555555.123456   42 parser.cc:659] No edition
+# or syntax specified for the proto file: x.proto. Please use 'syntax = "proto2";' ...".
+_ABSL_LOG = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ \S+:\d+\] ")
+_NOT_FOUND = re.compile(r"^(?P<file>\S+): File not found\.$")
+_IMPORTED = re.compile(r'^(?P<at>\S+:\d+):\d+: Import "(?P<file>[^"]+)" was not found')
+
+
 def first_error(stderr: str) -> str:
-    """protoc's first error line (its warnings skipped)."""
+    """protoc's first error line (its warnings and log lines skipped); for imports it could
+    not find, every one of them, where the first was imported, and what to give."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if "warning:" not in line.lower()]
+    errors = [
+        line for line in lines if "warning:" not in line.lower() and not _ABSL_LOG.match(line)
+    ]
+    missing = [m["file"] for line in errors if (m := _NOT_FOUND.match(line))]
+    if missing:
+        where = next((m["at"] for line in errors if (m := _IMPORTED.match(line))), "")
+        return (
+            f"cannot find {', '.join(dict.fromkeys(missing))}"
+            + (f" (imported at {where})" if where else "")
+            + "; give -I DIR, the folder that import path is relative to"
+        )
     return (errors or lines or ["protoc failed with no message"])[0]
 
 

@@ -19,7 +19,13 @@ from console.loadtest.config import LoadTestConfig, LoadTestError, split_host_po
 from console.loadtest.prompts import describe_requests, read_prompts
 from console.loadtest.proto_files import method_from_protos
 from console.loadtest.reflection import MethodInfo, find_method
-from console.loadtest.targets import CHANNEL_OPTIONS, GANTRY_GENERATE, TargetSpec
+from console.loadtest.targets import (
+    CHANNEL_OPTIONS,
+    GANTRY_GENERATE,
+    TargetSpec,
+    grpc_callables,
+    request_of,
+)
 from console.loadtest.tls import TlsSettings, check_server, client_context, grpc_channel, read_tls
 
 CONNECT_TIMEOUT_S = 5.0
@@ -130,17 +136,16 @@ async def _resolve_grpc(config: LoadTestConfig, token: str) -> TargetSpec:
             ).SerializeToString()
         else:
             info = await _method(config, channel, metadata)
-            if info.client_streaming:
-                raise LoadTestError(
-                    f"{config.method} is client-streaming: only unary and server-streaming "
-                    "methods can be load-tested"
-                )
             request = info.request_class()
-            try:
-                json_format.Parse(config.data or "{}", request)
+            pool: Any = request.DESCRIPTOR.file.pool  # stub: upb's pool is not the Python one
+            try:  # the method's own pool: an Any's "@type" is looked up there
+                json_format.Parse(config.data or "{}", request, descriptor_pool=pool)
             except json_format.ParseError as exc:
                 detail = " ".join(str(exc).split())  # protobuf's message spans lines
                 raise LoadTestError(f"--data does not fit {config.method}: {detail}") from None
+            if not request.IsInitialized():  # proto2's required fields
+                missing = ", ".join(request.FindInitializationErrors())  # type: ignore[attr-defined]
+                raise LoadTestError(f"--data lacks what {config.method} requires: {missing}")
             body = request.SerializeToString()
             spec = TargetSpec(
                 "grpc",
@@ -153,6 +158,7 @@ async def _resolve_grpc(config: LoadTestConfig, token: str) -> TargetSpec:
                 describe_requests(None, None, config.data),
                 config.metadata,
                 tls,
+                client_streaming=info.client_streaming,
             )
             probe = body
         await _probe_grpc(channel, spec, probe, metadata)
@@ -162,18 +168,15 @@ async def _resolve_grpc(config: LoadTestConfig, token: str) -> TargetSpec:
 async def _probe_grpc(
     channel: grpc.aio.Channel, spec: TargetSpec, body: bytes, metadata: Any
 ) -> None:
-    path = "/" + spec.method
+    unary, stream = grpc_callables(channel, spec)
+    request = request_of(spec, body)
     try:
         if spec.streaming:
-            call = channel.unary_stream(path, None, None)(
-                body, timeout=spec.timeout_s, metadata=metadata
-            )
+            call = stream(request, timeout=spec.timeout_s, metadata=metadata)
             await call.read()  # the first message (or the status) is enough
             call.cancel()
         else:
-            await channel.unary_unary(path, None, None)(
-                body, timeout=spec.timeout_s, metadata=metadata
-            )
+            await unary(request, timeout=spec.timeout_s, metadata=metadata)
     except grpc.aio.AioRpcError as exc:
         code = exc.code()
         if code not in _REFUSALS:

@@ -42,6 +42,9 @@ class TargetSpec:
     prompt_set: str = ""  # which requests: "built-in: 8 prompts", "p.jsonl: 40 prompts, ..."
     metadata: Pairs = ()  # --metadata k=v, sent with every request (besides the token)
     tls: TlsSettings | None = None  # None: plain gRPC, or an http:// URL
+    # A method that takes a stream (bidirectional or client-streaming): each request is sent
+    # as a stream of one message, then half-closed, and its replies read as usual.
+    client_streaming: bool = False
 
 
 class Client(Protocol):
@@ -72,6 +75,19 @@ def make_client(spec: TargetSpec) -> Client:
     return GrpcClient(spec)
 
 
+def grpc_callables(channel: grpc.aio.Channel, spec: TargetSpec) -> tuple[Any, Any]:
+    """(the call for a unary reply, the call for a streamed one) of ``spec``'s method."""
+    path = "/" + spec.method
+    if spec.client_streaming:
+        return channel.stream_unary(path, None, None), channel.stream_stream(path, None, None)
+    return channel.unary_unary(path, None, None), channel.unary_stream(path, None, None)
+
+
+def request_of(spec: TargetSpec, body: bytes) -> Any:
+    """What a call of ``spec``'s method takes: the request, or a stream of it alone."""
+    return iter((body,)) if spec.client_streaming else body
+
+
 class GrpcClient:
     def __init__(self, spec: TargetSpec) -> None:
         self.spec = spec
@@ -83,10 +99,8 @@ class GrpcClient:
 
     async def open(self) -> None:
         self._channel = grpc_channel(self.spec.address, self.spec.tls, CHANNEL_OPTIONS)
-        path = "/" + self.spec.method
         # No serializers: requests go as the bytes prepared before the run.
-        self._unary = self._channel.unary_unary(path, None, None)
-        self._stream = self._channel.unary_stream(path, None, None)
+        self._unary, self._stream = grpc_callables(self._channel, self.spec)
         await asyncio.wait_for(self._channel.channel_ready(), self.spec.timeout_s)
 
     async def close(self) -> None:
@@ -94,17 +108,13 @@ class GrpcClient:
             await self._channel.close(None)
 
     async def unary(self, index: int) -> tuple[int, str] | None:
-        bodies = self._bodies
-        await self._unary(
-            bodies[index % len(bodies)], timeout=self.spec.timeout_s, metadata=self._metadata
-        )
+        body = request_of(self.spec, self._bodies[index % len(self._bodies)])
+        await self._unary(body, timeout=self.spec.timeout_s, metadata=self._metadata)
         return None  # a reply's status is all that counts: it is not parsed
 
     async def stream(self, index: int) -> AsyncIterator[int | str]:
-        bodies = self._bodies
-        call = self._stream(
-            bodies[index % len(bodies)], timeout=self.spec.timeout_s, metadata=self._metadata
-        )
+        body = request_of(self.spec, self._bodies[index % len(self._bodies)])
+        call = self._stream(body, timeout=self.spec.timeout_s, metadata=self._metadata)
         if not self._parse:
             async for _ in call:
                 yield 1

@@ -43,7 +43,12 @@ def add_loadtest_verb(verbs: Any) -> argparse.ArgumentParser:
     add = lt.add_argument
     add("--target", default="", metavar="HOST:PORT|URL", help="gRPC HOST:PORT or http(s) URL")
     add("--method", default="", metavar="pkg.Service/Method", help="via server reflection")
-    add("--data", default="", metavar="JSON", help="the request for --method (HTTP: extra body)")
+    add(
+        "--data",
+        default="",
+        metavar="JSON|@FILE",
+        help="the request for --method (HTTP: extra body); @FILE or @- reads it",
+    )
     add(
         "--prompts",
         type=Path,
@@ -115,6 +120,18 @@ def _duration(flag: str, text: str | None, allow_zero: bool = False) -> float | 
         raise LoadTestError(f"{flag} {text!r}: {exc}") from None
 
 
+def _data(text: str) -> str:
+    """--data as given, or read from @FILE (@-: standard input): a request too long for a
+    command line (a tensor for Triton's ModelInfer is megabytes of JSON)."""
+    if not text.startswith("@"):
+        return text
+    try:
+        return sys.stdin.read() if text == "@-" else Path(text[1:]).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise LoadTestError(f"--data {text}: {reason}") from None
+
+
 def config_from_args(args: argparse.Namespace) -> LoadTestConfig:
     """LoadTestError on the first bad value, naming the flag."""
     rate = None
@@ -126,7 +143,7 @@ def config_from_args(args: argparse.Namespace) -> LoadTestConfig:
     return LoadTestConfig(
         target=args.target,
         method=args.method,
-        data=args.data,
+        data=_data(args.data),
         prompts=args.prompts,
         max_tokens=_number("--max-tokens", args.max_tokens, int),
         rate=rate,

@@ -88,7 +88,7 @@ class ServeTaskSpec(_message.Message):
     def __init__(self, model_dir: _Optional[str] = ..., port: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_queue_delay_ms: _Optional[float] = ..., http_port: _Optional[int] = ..., engine_cpus: _Optional[str] = ..., stream_interval: _Optional[int] = ...) -> None: ...
 
 class LoadTestTaskSpec(_message.Message):
-    __slots__ = ("target", "kind", "method", "streaming", "bodies", "token", "timeout_s", "prompt_set", "open_loop", "phases", "arrival", "seed", "concurrency", "warmup_s", "run_s", "requests", "worker", "workers", "slo_ttft_ms", "slo_latency_ms", "start_unix_s", "body_count", "metadata", "tls")
+    __slots__ = ("target", "kind", "method", "streaming", "bodies", "token", "timeout_s", "prompt_set", "open_loop", "phases", "arrival", "seed", "concurrency", "warmup_s", "run_s", "requests", "worker", "workers", "slo_ttft_ms", "slo_latency_ms", "start_unix_s", "body_count", "metadata", "tls", "client_streaming")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +113,7 @@ class LoadTestTaskSpec(_message.Message):
     BODY_COUNT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     TLS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_STREAMING_FIELD_NUMBER: _ClassVar[int]
     target: str
     kind: str
     method: str
@@ -137,7 +138,8 @@ class LoadTestTaskSpec(_message.Message):
     body_count: int
     metadata: _containers.RepeatedCompositeFieldContainer[LoadMetadata]
     tls: LoadTls
-    def __init__(self, target: _Optional[str] = ..., kind: _Optional[str] = ..., method: _Optional[str] = ..., streaming: _Optional[bool] = ..., bodies: _Optional[_Iterable[bytes]] = ..., token: _Optional[str] = ..., timeout_s: _Optional[float] = ..., prompt_set: _Optional[str] = ..., open_loop: _Optional[bool] = ..., phases: _Optional[_Iterable[_Union[LoadPhase, _Mapping]]] = ..., arrival: _Optional[str] = ..., seed: _Optional[int] = ..., concurrency: _Optional[int] = ..., warmup_s: _Optional[float] = ..., run_s: _Optional[float] = ..., requests: _Optional[int] = ..., worker: _Optional[int] = ..., workers: _Optional[int] = ..., slo_ttft_ms: _Optional[float] = ..., slo_latency_ms: _Optional[float] = ..., start_unix_s: _Optional[float] = ..., body_count: _Optional[int] = ..., metadata: _Optional[_Iterable[_Union[LoadMetadata, _Mapping]]] = ..., tls: _Optional[_Union[LoadTls, _Mapping]] = ...) -> None: ...
+    client_streaming: bool
+    def __init__(self, target: _Optional[str] = ..., kind: _Optional[str] = ..., method: _Optional[str] = ..., streaming: _Optional[bool] = ..., bodies: _Optional[_Iterable[bytes]] = ..., token: _Optional[str] = ..., timeout_s: _Optional[float] = ..., prompt_set: _Optional[str] = ..., open_loop: _Optional[bool] = ..., phases: _Optional[_Iterable[_Union[LoadPhase, _Mapping]]] = ..., arrival: _Optional[str] = ..., seed: _Optional[int] = ..., concurrency: _Optional[int] = ..., warmup_s: _Optional[float] = ..., run_s: _Optional[float] = ..., requests: _Optional[int] = ..., worker: _Optional[int] = ..., workers: _Optional[int] = ..., slo_ttft_ms: _Optional[float] = ..., slo_latency_ms: _Optional[float] = ..., start_unix_s: _Optional[float] = ..., body_count: _Optional[int] = ..., metadata: _Optional[_Iterable[_Union[LoadMetadata, _Mapping]]] = ..., tls: _Optional[_Union[LoadTls, _Mapping]] = ..., client_streaming: _Optional[bool] = ...) -> None: ...
 
 class LoadMetadata(_message.Message):
     __slots__ = ("key", "value")
