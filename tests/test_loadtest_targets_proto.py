@@ -141,3 +141,21 @@ async def test_protoc_log_lines_and_missing_imports_give_one_line_that_says_what
         f"--proto: cannot find shared/words.proto (imported at {echo}:3); give -I DIR, the "
         "folder that import path is relative to"
     )
+
+
+async def test_another_services_stream_is_reported_in_messages_not_tokens(
+    target: GrpcTarget, tmp_path: Path
+) -> None:
+    echo, include = write_protos(tmp_path)
+    count = LoadTestConfig(
+        target.address,
+        method=f"{ECHO}/Count",
+        data=DATA,
+        concurrency=1,
+        requests=2,
+        proto_files=(echo,),
+        import_paths=(include,),
+    )
+    text = (await run_loadtest(count)).to_table()
+    assert "1st message" in text and "inter-msg" in text and "messages   6 in all" in text
+    assert "TTFT" not in text and "tokens" not in text.split("messages")[1].split("\n")[0]

@@ -170,12 +170,14 @@ class Report:
             f"{'(ms)':<13}{'p50':>9}{'p90':>9}{'p99':>9}{'p99.9':>9}{'max':>9}{'mean':>9}"
             f"{'count':>8}"
         )
+        # Another service's stream carries messages, not tokens (route_guide's ListFeatures).
+        messages = self.kind == "grpc"
         rows: list[tuple[str, Dist | None]] = [
             ("latency", self.latency_ms),
             ("service", self.service_ms if self.mode == "open" else None),
             ("send lag", self.send_lag_ms),
-            ("TTFT", self.ttft_ms),
-            ("inter-token", self.itl_ms),
+            ("1st message" if messages else "TTFT", self.ttft_ms),
+            ("inter-msg" if messages else "inter-token", self.itl_ms),
         ]
         for name, dist in rows:
             if dist is not None and dist.count:
@@ -185,7 +187,8 @@ class Report:
             lines.extend(_node_rows(self.nodes))
         if self.tokens:
             lines.append("")
-            lines.append(f"tokens     {self.tokens} in all, {self.tokens_per_s:.1f}/s overall")
+            unit = "messages" if messages else "tokens"
+            lines.append(f"{unit:<11}{self.tokens} in all, {self.tokens_per_s:.1f}/s overall")
             lines.append(self._completions_line())
             if self.tokens_per_s_request is not None and self.tokens_per_s_request.count:
                 lines.append(_dist_row("tokens/s/req", self.tokens_per_s_request))
