@@ -26,6 +26,21 @@ DATA = json.dumps({"text": "hi", "times": 3, "word": {"value": "x"}})
 WIRE = b"\x0a\x02hi" + b"\x10\x03" + b"\x1a\x03\x0a\x01x"
 
 
+def echo_load(
+    address: str, echo: Path, include: Path, method: str, requests: int = 2
+) -> LoadTestConfig:
+    """A closed loop of one over echo.v1.Echo's `method`, its types from the .proto files."""
+    return LoadTestConfig(
+        address,
+        method=f"{ECHO}/{method}",
+        data=DATA,
+        concurrency=1,
+        requests=requests,
+        proto_files=(echo,),
+        import_paths=(include,),
+    )
+
+
 @pytest.fixture
 async def target() -> AsyncIterator[GrpcTarget]:
     served = await start_target()
@@ -39,15 +54,7 @@ async def test_a_server_without_reflection_is_loaded_from_the_proto_files(
     echo, include = write_protos(tmp_path)
     with pytest.raises(LoadTestError, match="does not offer server reflection"):
         await preflight(LoadTestConfig(target.address, method=f"{ECHO}/Say", data=DATA, rate=1))
-    say = LoadTestConfig(
-        target.address,
-        method=f"{ECHO}/Say",
-        data=DATA,
-        concurrency=1,
-        requests=4,
-        proto_files=(echo,),
-        import_paths=(include,),
-    )
+    say = echo_load(target.address, echo, include, "Say", requests=4)
     unary = await run_loadtest(say)
     assert unary.kind == "grpc" and not unary.streaming
     assert unary.ok == 4 and not unary.errors
@@ -147,15 +154,6 @@ async def test_another_services_stream_is_reported_in_messages_not_tokens(
     target: GrpcTarget, tmp_path: Path
 ) -> None:
     echo, include = write_protos(tmp_path)
-    count = LoadTestConfig(
-        target.address,
-        method=f"{ECHO}/Count",
-        data=DATA,
-        concurrency=1,
-        requests=2,
-        proto_files=(echo,),
-        import_paths=(include,),
-    )
-    text = (await run_loadtest(count)).to_table()
+    text = (await run_loadtest(echo_load(target.address, echo, include, "Count"))).to_table()
     assert "1st message" in text and "inter-msg" in text and "messages   6 in all" in text
     assert "TTFT" not in text and "tokens" not in text.split("messages")[1].split("\n")[0]
