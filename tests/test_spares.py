@@ -127,3 +127,20 @@ def test_a_fatal_xid_marks_its_node_and_a_benign_one_does_not() -> None:
     decided = replacement_for(spec(), [failed(1, "node-a")], fatal_alerts(events, 1))
     assert decided is not None and decided.replace == {"node-b": "node-c"}
     assert "Xid 79" in decided.why
+
+    # NVLink5's Xid 149 says Fatal or Nonfatal in its line; Xid 154 names its recovery
+    # (https://github.com/leptonai/gpud/pull/1174, NVIDIA/open-gpu-kernel-modules#1134).
+    def said(node: str, xid: int, line: str) -> job_pb2.JobEvent:
+        event = alert(node, xid)
+        event.details["line"] = line
+        return event
+
+    link = "NVRM: Xid (PCI:0000:00:00): 149, NETIR_LINK_EVT {} XC0 i0 Link 00 (0x025001c6)"
+    none = (
+        "NVRM: Xid (PCI:0000:01:00): 154, GPU recovery action changed from 0x0 (None) to 0x0 (None)"
+    )
+    lines = [
+        said("node-a", 149, link.format("Fatal")),
+        said("node-b", 149, link.format("Nonfatal")),
+    ]
+    assert set(fatal_alerts([*lines, said("node-c", 154, none)], 1)) == {"node-a"}

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gantry.v1 import job_pb2
-from gantry.v1.xid_catalog import xid_info
+from gantry.v1.xid_catalog import xid_info_for_line
 
 from agent.jobs.leader.errors import JobError
 
@@ -135,8 +135,11 @@ def fatal_alerts(events: Sequence[job_pb2.JobEvent], attempt: int) -> dict[str, 
             continue
         alert = event.details.get("alert", "")
         code = event.details.get("xid", "")
+        # The line decides where it says more than the code (NVLink5's Fatal/Nonfatal, the
+        # recovery Xid 154 names), as the node's kernel events read it.
+        line = event.details.get("line", "")
         fatal = alert == "gpu_missing" or (
-            alert == "xid" and code.isdigit() and xid_info(int(code)).fatal
+            alert == "xid" and code.isdigit() and xid_info_for_line(int(code), line).fatal
         )
         if fatal and event.node and event.node not in found:
             found[event.node] = event.details.get("cause") or event.message
