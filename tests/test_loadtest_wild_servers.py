@@ -70,18 +70,26 @@ def replay() -> Iterator[str]:
     server.server_close()
 
 
-def load(url: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any], str]:
+def load(
+    replay: str, name: str, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, dict[str, Any], str]:
+    """`gantry loadtest` on the excerpt `name`'s server: (exit code, report, stderr)."""
+    url = f"{replay}/{name}/v1/completions"
     args = ["loadtest", "--target", url, "--requests", str(REQUESTS), "--concurrency", "1"]
     code, out, err = run_cli([*args, "--json", "--no-save", "--quiet"], capsys)
     return code, (json.loads(out) if code == 0 else {}), err
 
 
-@pytest.mark.parametrize("name", sorted(n for n, w in EXPECTED.items() if w["kind"] == "stream"))
+def excerpts(kind: str) -> list[str]:
+    return sorted(name for name, want in EXPECTED.items() if want["kind"] == kind)
+
+
+@pytest.mark.parametrize("name", excerpts("stream"))
 def test_a_real_stream_gives_its_tokens_finish_or_error(
     name: str, replay: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     want = EXPECTED[name]
-    code, report, err = load(f"{replay}/{name}/v1/completions", capsys)
+    code, report, err = load(replay, name, capsys)
     assert code == 0, err
     if want["error"]:
         assert report["errors"] == {want["run_code"]: REQUESTS} and report["ok"] == 0
@@ -92,12 +100,12 @@ def test_a_real_stream_gives_its_tokens_finish_or_error(
         assert report["finishes"] == {want["finish"]: REQUESTS}
 
 
-@pytest.mark.parametrize("name", sorted(n for n, w in EXPECTED.items() if w["kind"] == "status"))
+@pytest.mark.parametrize("name", excerpts("status"))
 def test_an_error_status_is_counted_or_stops_the_run_saying_what_the_server_said(
     name: str, replay: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     want = EXPECTED[name]
-    code, report, err = load(f"{replay}/{name}/v1/completions", capsys)
+    code, report, err = load(replay, name, capsys)
     if want["status"] >= 500:  # the server may recover: the run counts them
         assert code == 0 and report["errors"] == {want["run_code"]: REQUESTS}
     elif want["status"] == 404:  # vLLM's and Ollama's answer to an unknown model
@@ -107,12 +115,12 @@ def test_an_error_status_is_counted_or_stops_the_run_saying_what_the_server_said
         assert code == 2 and f"HTTP {want['status']}" in err
 
 
-@pytest.mark.parametrize("name", sorted(n for n, w in EXPECTED.items() if w["kind"] == "models"))
+@pytest.mark.parametrize("name", excerpts("models"))
 def test_the_model_is_the_first_one_the_server_lists(
     name: str, replay: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     Replay.bodies.clear()
-    code, report, err = load(f"{replay}/{name}/v1/completions", capsys)
+    code, report, err = load(replay, name, capsys)
     assert code == 0 and report["ok"] == REQUESTS, err
     assert {body["model"] for body in Replay.bodies} == {EXPECTED[name]["model"]}
 

@@ -266,7 +266,10 @@ def _gloo(line: str) -> Hit | None:
 _XID = re.compile(r"NVRM: Xid \((?:PCI:)?(?P<pci>[^)]{0,32})\): (?P<xid>\d+)(?:, (?P<rest>.*))?")
 
 
-_PCI_ADDRESS = re.compile(r"[0-9a-fA-F]{1,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}(?:\.[0-7])?")
+# A PCI address as the driver and nvidia-smi print it: "0000:3b:00", "0000:0B:00.0", and
+# nvidia-smi's 3-digit domains ("000:BA:80.0").
+_PCI = r"[0-9a-fA-F]{3,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}(?:\.[0-7])?"
+_PCI_ADDRESS = re.compile(_PCI)
 # An Xid with nothing to do (43: a process stopped) is told as info, so that a graver Xid later
 # in the same log becomes the rank's cause.
 _XID_SEVERITY: dict[str, Severity] = {"critical": "critical", "info": "info"}
@@ -305,9 +308,7 @@ _GPU_MISSING = re.compile(
 )
 # The address wherever the line has it: "GPU 0000:0a:00.0:", "GPU at PCI:0000:b3:00:",
 # nvidia-smi's "GPU 0000:A1:00.0" and its 3-digit domains ("GPU 000:BA:80.0").
-_GPU_PCI = re.compile(
-    r"\bGPU ?(?:at )?(?:PCI:)?(?P<pci>[0-9a-fA-F]{3,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}(?:\.\d)?)"
-)
+_GPU_PCI = re.compile(r"\bGPU ?(?:at )?(?:PCI:)?(?P<pci>" + _PCI + ")")
 
 
 def _gpu_missing(line: str) -> Hit | None:

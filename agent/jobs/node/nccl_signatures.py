@@ -110,13 +110,9 @@ def watchdog_hit(line: str) -> Hit | None:
 def _lone_work_line(seq: str, line: str) -> Hit:
     """PyTorch's "Timeout at NCCL work: N, last enqueued ..." without the "Watchdog caught"
     line before it (lost to Ray's "[repeated 6x across cluster]", or to a cut paste)."""
-    fields = {"seq": seq}
     cause = f"NCCL watchdog timeout at SeqNum {seq} (the collective's own line is not in the log)"
-    work = WATCHDOG_WORK.search(line)
-    if work is not None:
-        fields.update(last_enqueued=work["enqueued"], last_completed=work["completed"])
-        cause += f"; last enqueued {work['enqueued']}, last completed {work['completed']}"
-    return Hit("nccl_watchdog_timeout", "critical", cause, fields, key=f"work/{seq}")
+    hit = Hit("nccl_watchdog_timeout", "critical", cause, {"seq": seq}, key=f"work/{seq}")
+    return with_work(hit, line) or hit
 
 
 def takedown(line: str) -> Hit | None:
