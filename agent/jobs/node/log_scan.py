@@ -21,8 +21,9 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
+from agent.jobs.node.gpu_split import SplitGpuMessage
 from agent.jobs.node.log_findings import (
     Diagnosis,
     Hit,
@@ -125,6 +126,7 @@ class _Stream:
     last_error: bool = False  # NCCL's "Last error:" was seen: the next line says it
     child: ChildFailedSummary | None = None  # torchrun's summary after its ChildFailedError
     tail_prefix: str = ""  # the last traceback's prefix, taken off its exception's follow-ups
+    gpu: SplitGpuMessage = field(default_factory=SplitGpuMessage)  # a driver message's address
 
 
 class LogScanner:
@@ -173,6 +175,8 @@ class LogScanner:
         state = self._streams.get(stream)
         if state is None:
             state = self._streams[stream] = _Stream()
+        if "NVRM" in line or state.gpu.pci:
+            state.gpu.see(line)
         if state.pending is not None and self._follow_up(state, line):
             return  # the line completed the finding it followed (a watchdog's work counters)
         if state.child is not None and state.child.feed(line):
@@ -210,6 +214,7 @@ class LogScanner:
             hit = signature.read(line)
             if hit is None:
                 continue
+            hit = state.gpu.carry(hit)
             found = Diagnosis(
                 hit.alert,
                 hit.severity,

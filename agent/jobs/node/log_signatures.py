@@ -26,7 +26,7 @@ from agent.jobs.node.nccl_signatures import (
     watchdog_hit,
 )
 
-__all__ = ["ALERTS", "SIGNATURES", "cuda_oom_cause", "overflow_scale"]
+__all__ = ["ALERTS", "PCI", "PCI_ADDRESS", "SIGNATURES", "cuda_oom_cause", "overflow_scale"]
 
 
 # Every alert name a diagnosis may carry (details["alert"] of an ALERT event).
@@ -268,8 +268,8 @@ _XID = re.compile(r"NVRM: Xid \((?:PCI:)?(?P<pci>[^)]{0,32})\): (?P<xid>\d+)(?:,
 
 # A PCI address as the driver and nvidia-smi print it: "0000:3b:00", "0000:0B:00.0", and
 # nvidia-smi's 3-digit domains ("000:BA:80.0").
-_PCI = r"[0-9a-fA-F]{3,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}(?:\.[0-7])?"
-_PCI_ADDRESS = re.compile(_PCI)
+PCI = r"[0-9a-fA-F]{3,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}(?:\.[0-7])?"
+PCI_ADDRESS = re.compile(PCI)
 # An Xid with nothing to do (43: a process stopped) is told as info, so that a graver Xid later
 # in the same log becomes the rank's cause.
 _XID_SEVERITY: dict[str, Severity] = {"critical": "critical", "info": "info"}
@@ -281,7 +281,7 @@ def _xid(line: str) -> Hit | None:
         return None
     info = xid_info_for_line(int(match["xid"]), line)  # NVLink5's verdict, 154's recovery
     # "(PCI:...)" where a report redacted the address: no address, still an Xid.
-    pci = match["pci"] if _PCI_ADDRESS.fullmatch(match["pci"]) else ""
+    pci = match["pci"] if PCI_ADDRESS.fullmatch(match["pci"]) else ""
     where = f"the GPU at PCI {pci}" if pci else "a GPU"
     cause = f"Xid {info.code} on {where}: {info.description} ({info.action_text})"
     return Hit(
@@ -308,7 +308,7 @@ _GPU_MISSING = re.compile(
 )
 # The address wherever the line has it: "GPU 0000:0a:00.0:", "GPU at PCI:0000:b3:00:",
 # nvidia-smi's "GPU 0000:A1:00.0" and its 3-digit domains ("GPU 000:BA:80.0").
-_GPU_PCI = re.compile(r"\bGPU ?(?:at )?(?:PCI:)?(?P<pci>" + _PCI + ")")
+_GPU_PCI = re.compile(r"\bGPU ?(?:at )?(?:PCI:)?(?P<pci>" + PCI + ")")
 
 
 def _gpu_missing(line: str) -> Hit | None:
