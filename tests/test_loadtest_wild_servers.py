@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from console.loadtest import probe_retry
 from console.loadtest.resolve import _openai_events
 from tests.test_loadtest_cli import run_cli
 
@@ -58,6 +59,17 @@ class Replay(BaseHTTPRequestHandler):
             self._answer(200, (SERVERS / name).read_bytes(), "text/event-stream")
         else:  # a /v1/models case: any well-formed answer
             self._answer(200, b'data: {"choices": [{"text": "x"}]}\n\ndata: [DONE]\n\n')
+
+
+@pytest.fixture(autouse=True)
+def no_probe_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A probe answered 429/503 is retried after a wait (tests/test_loadtest_probe_retry.py
+    times those): not slept here."""
+
+    async def instant(seconds: float) -> None:
+        return None
+
+    monkeypatch.setattr(probe_retry, "pause", instant)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,8 @@ from google.protobuf import json_format
 
 from console.loadtest.call_metadata import GrpcMetadata, grpc_metadata, http_headers
 from console.loadtest.config import LoadTestConfig, LoadTestError, split_host_port, validate
+from console.loadtest.grpc_probe import auth_hint, probe_grpc
+from console.loadtest.probe_retry import RETRY_STATUSES, ProbeRetries
 from console.loadtest.prompts import describe_requests, read_prompts
 from console.loadtest.proto_files import method_from_protos
 from console.loadtest.reflection import MethodInfo, find_method
@@ -23,20 +25,10 @@ from console.loadtest.targets import (
     CHANNEL_OPTIONS,
     GANTRY_GENERATE,
     TargetSpec,
-    grpc_callables,
-    request_of,
 )
 from console.loadtest.tls import TlsSettings, check_server, client_context, grpc_channel, read_tls
 
 CONNECT_TIMEOUT_S = 5.0
-# Codes that say the run cannot work at all; any other error of the probe is left for the
-# run to count.
-_REFUSALS = (
-    grpc.StatusCode.UNAUTHENTICATED,
-    grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.UNIMPLEMENTED,
-    grpc.StatusCode.UNAVAILABLE,
-)
 
 
 def read_token(path: Path | None) -> str:
@@ -51,12 +43,15 @@ def read_token(path: Path | None) -> str:
     return token
 
 
-async def resolve(config: LoadTestConfig) -> TargetSpec:
+async def resolve(config: LoadTestConfig, retries: ProbeRetries | None = None) -> TargetSpec:
+    """The target, checked by one probe request; a probe answered 429/503 (gRPC:
+    UNAVAILABLE) is tried again as `retries` allows (console.loadtest.probe_retry)."""
     validate(config)
     token = read_token(config.token_file)
+    retries = retries or ProbeRetries()
     if config.is_http:
-        return await _resolve_http(config, token)
-    return await _resolve_grpc(config, token)
+        return await _resolve_http(config, token, retries)
+    return await _resolve_grpc(config, token, retries)
 
 
 async def wait_reachable(
@@ -101,7 +96,7 @@ async def _method(
     return await find_method(channel, config.target, config.method, metadata, timeout)
 
 
-async def _resolve_grpc(config: LoadTestConfig, token: str) -> TargetSpec:
+async def _resolve_grpc(config: LoadTestConfig, token: str, retries: ProbeRetries) -> TargetSpec:
     address = config.target
     tls = await _target_tls(config, *split_host_port(address))
     metadata = grpc_metadata(config.metadata, token) or None
@@ -161,44 +156,8 @@ async def _resolve_grpc(config: LoadTestConfig, token: str) -> TargetSpec:
                 client_streaming=info.client_streaming,
             )
             probe = body
-        await _probe_grpc(channel, spec, probe, metadata)
+        await probe_grpc(channel, spec, probe, metadata, retries)
     return spec
-
-
-async def _probe_grpc(
-    channel: grpc.aio.Channel, spec: TargetSpec, body: bytes, metadata: Any
-) -> None:
-    unary, stream = grpc_callables(channel, spec)
-    request = request_of(spec, body)
-    try:
-        if spec.streaming:
-            call = stream(request, timeout=spec.timeout_s, metadata=metadata)
-            await call.read()  # the first message (or the status) is enough
-            call.cancel()
-        else:
-            await unary(request, timeout=spec.timeout_s, metadata=metadata)
-    except grpc.aio.AioRpcError as exc:
-        code = exc.code()
-        if code not in _REFUSALS:
-            return
-        if code is grpc.StatusCode.UNIMPLEMENTED:
-            hint = "; give --method pkg.Service/Method" if spec.kind == "gantry" else ""
-            raise LoadTestError(f"{spec.address} does not serve {spec.method}{hint}") from None
-        if code is grpc.StatusCode.UNAVAILABLE:
-            raise LoadTestError(f"cannot reach {spec.address}: {exc.details()}") from None
-        need = _auth_hint(bool(spec.token), bool(spec.metadata))
-        raise LoadTestError(
-            f"{spec.address} refused the call ({code.name}: {exc.details()}); {need}"
-        ) from None
-
-
-def _auth_hint(token: bool, metadata: bool) -> str:
-    """What to fix when the target refuses the caller: a bearer token, or the header a
-    third-party server wants instead (x-api-key, a tenant)."""
-    fix = "check --token-file" if token else "give --token-file"
-    if metadata:
-        return fix + (" and --metadata" if token else " or check --metadata")
-    return fix + " (or the header the server wants: --metadata K=V)"
 
 
 def _models_url(url: str) -> str | None:
@@ -224,7 +183,7 @@ def _target_url(target: str) -> str:
     return target
 
 
-async def _resolve_http(config: LoadTestConfig, token: str) -> TargetSpec:
+async def _resolve_http(config: LoadTestConfig, token: str, retries: ProbeRetries) -> TargetSpec:
     url = _target_url(config.target)
     extra: dict[str, Any] = json.loads(config.data) if config.data else {}
     streaming = extra.get("stream", True) is not False
@@ -236,7 +195,7 @@ async def _resolve_http(config: LoadTestConfig, token: str) -> TargetSpec:
         headers=headers, timeout=CONNECT_TIMEOUT_S, verify=verify
     ) as client:
         try:
-            model = config.model or await _first_model(client, url)
+            model = config.model or await _first_model(client, url, retries)
             bodies = []
             prompt_set = read_prompts(config.prompts)
             prompts = prompt_set.prompts
@@ -261,7 +220,7 @@ async def _resolve_http(config: LoadTestConfig, token: str) -> TargetSpec:
                     body.pop("stream_options", None)  # --data '{"stream_options": null}'
                 bodies.append(body)
             response, bodies = await _probe_http(
-                client, url, bodies, "stream_options" not in extra, config.timeout_s
+                client, url, bodies, "stream_options" not in extra, config.timeout_s, retries
             )
         except httpx.ConnectError as exc:
             raise LoadTestError(f"cannot reach {url}: {exc or 'connection failed'}") from None
@@ -271,9 +230,14 @@ async def _resolve_http(config: LoadTestConfig, token: str) -> TargetSpec:
             raise LoadTestError(f"{url}: {type(exc).__name__}: {exc}") from None
     status = response.status_code
     if status in (401, 403):
-        need = _auth_hint(bool(token), bool(config.metadata))
+        need = auth_hint(bool(token), bool(config.metadata))
         raise LoadTestError(f"{url} refused the request (HTTP {status}); {need}")
     said = _error_message(response)
+    if status in RETRY_STATUSES and (status == 429 or retries.too_long is not None):
+        # Still rate limited, or it asks for a longer wait than the probe's; a 503 after
+        # the retries goes on: the server may recover, and the run counts them.
+        detail = " ".join(response.text.split())[:200]
+        raise LoadTestError(retries.refusal(url, status, detail))
     if status == 404 and "model" in said.lower():  # vLLM, Ollama: the model, not the route
         raise LoadTestError(
             f"{url} does not serve that model (HTTP 404: {said[:200]}); give --model, one "
@@ -350,27 +314,30 @@ async def _probe_http(
     bodies: list[dict[str, Any]],
     ours: bool,
     timeout_s: float,
+    retries: ProbeRetries,
 ) -> tuple[httpx.Response, list[dict[str, Any]]]:
     """One request of a token, as the run will send them: the answer, and the bodies to
     send. A server that refuses the `stream_options` we add (not every OpenAI-compatible
-    server knows it) is asked again without, and the run goes without it."""
+    server knows it) is asked again without, and the run goes without it. A 429 or 503 is
+    asked again as `retries` allows."""
     probe = {**bodies[0], "max_tokens": 1}
-    response = await client.post(url, json=probe, timeout=timeout_s)
+    response = await retries.send(lambda: client.post(url, json=probe, timeout=timeout_s))
     if ours and response.status_code in (400, 422) and "stream_options" in probe:
         del probe["stream_options"]
-        retry = await client.post(url, json=probe, timeout=timeout_s)
+        retry = await retries.send(lambda: client.post(url, json=probe, timeout=timeout_s))
         if retry.status_code < 400:
             bodies = [{k: v for k, v in b.items() if k != "stream_options"} for b in bodies]
             response = retry
     return response, bodies
 
 
-async def _first_model(client: httpx.AsyncClient, url: str) -> str:
-    """The first model the server lists, or "" (then the body carries no "model")."""
+async def _first_model(client: httpx.AsyncClient, url: str, retries: ProbeRetries) -> str:
+    """The first model the server lists, or "" (then the body carries no "model"); a 429
+    or 503 (llama.cpp's "Loading model") is asked again as `retries` allows."""
     models_url = _models_url(url)
     if models_url is None:
         return ""
-    response = await client.get(models_url)
+    response = await retries.send(lambda: client.get(models_url))
     try:
         data = response.json()["data"]
         return str(data[0]["id"]) if response.status_code == 200 and data else ""
