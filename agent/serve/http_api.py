@@ -81,7 +81,7 @@ class HttpApi:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.servicer = servicer
-        self._bearer = f"Bearer {token}".encode() if token else None
+        self._token = token.encode() if token else None
         self._certificate_verified = certificate_verified
         self._clock = clock
         self._registry = metrics_registry(servicer.stats, self._load)
@@ -91,6 +91,7 @@ class HttpApi:
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/v1/models/{model}", self.model)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/health", self.health)
         return app
@@ -108,10 +109,17 @@ class HttpApi:
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in OPEN_PATHS and not self._certificate_verified:
-            given = request.headers.get("Authorization", "").encode("utf-8", "replace")
+            given = request.headers.get("Authorization", "").strip()
             if not given:
                 return error_response(401, "give the agent's token: Authorization: Bearer TOKEN")
-            if self._bearer is None or not hmac.compare_digest(given, self._bearer):
+            # The scheme is case-insensitive (RFC 9110): some clients send "bearer".
+            scheme, _, token = given.partition(" ")
+            token_bytes = token.strip().encode("utf-8", "replace")
+            if (
+                scheme.lower() != "bearer"
+                or self._token is None
+                or not hmac.compare_digest(token_bytes, self._token)
+            ):
                 return error_response(401, "the bearer token is not this server's (the agent's)")
         try:
             return await handler(request)
@@ -129,14 +137,23 @@ class HttpApi:
             return web.json_response({"status": "loading"}, status=503)
         return web.json_response({"status": "serving", "model": self.servicer.model_name})
 
-    async def models(self, request: web.Request) -> web.Response:
-        model = {
+    def _model_card(self) -> dict[str, Any]:
+        return {
             "id": self.servicer.model_name,
             "object": "model",
             "created": int(self._clock()),
             "owned_by": "gantry",
         }
-        return web.json_response({"object": "list", "data": [model]})
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [self._model_card()]})
+
+    async def model(self, request: web.Request) -> web.Response:
+        """GET /v1/models/{model}: OpenAI's clients' models.retrieve."""
+        if request.match_info["model"] not in self.model_ids:
+            served = json.dumps(self.servicer.model_name)
+            return error_response(404, f"no such model; this server serves {served}", "model")
+        return web.json_response(self._model_card())
 
     async def metrics(self, request: web.Request) -> web.Response:
         body = metrics_text(self._registry)
@@ -159,8 +176,7 @@ class HttpApi:
             backend = self._backend()
             prompt = call.prompt
             if chat:
-                render = backend.render_chat or plain_chat_prompt
-                prompt = await asyncio.to_thread(render, call.messages)
+                prompt = await _render(backend, call)
             if not call.max_tokens_given:
                 limit = min(MAX_TOKENS_LIMIT, backend.context_tokens)
                 call.params.max_tokens = min(call.params.max_tokens, limit)
@@ -170,7 +186,7 @@ class HttpApi:
                 ids = await backend.tokens(prompt)
                 engine_request = build_request(ids, call.params, backend.context_tokens, received)
             except InvalidRequest as exc:
-                raise ApiError(400, str(exc)) from None
+                raise ApiError(400, str(exc), _param_of(str(exc), chat)) from None
             return await self._run(request, backend, engine_request, call)
         except ApiError as exc:
             servicer.stats.request_failed()
@@ -246,6 +262,29 @@ class HttpApi:
         await response.write(DONE_EVENT)
         await response.write_eof()
         return response
+
+
+async def _render(backend: Backend, call: ApiCall) -> str:
+    """The messages as one prompt; a chat template that refuses them (a jinja
+    `raise_exception`, say roles that do not alternate) is the client's 400."""
+    render = backend.render_chat or plain_chat_prompt
+    try:
+        return await asyncio.to_thread(render, call.messages)
+    except Exception as exc:  # the template's own error, whatever its type
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        raise ApiError(
+            400, f"messages: the model's chat template refused them: {message}", "messages"
+        ) from None
+
+
+def _param_of(message: str, chat: bool) -> str | None:
+    """The field an engine-side refusal (agent.serve.rpc.check_params) is about."""
+    for name in ("max_tokens", "temperature", "top_p", "stop"):
+        if message.startswith(name) or f" {name}" in message:
+            return name
+    if message.startswith("prompt"):
+        return "messages" if chat else "prompt"
+    return None
 
 
 async def _json(request: web.Request) -> Any:

@@ -11,7 +11,10 @@ completions (OpenAI's), 512 for chat, either cut to the model's context.
 
 Chat messages become one prompt with the tokenizer's chat template when the model has
 one, else `plain_chat_prompt`: each message as "role: content" on its own line, then
-"assistant:".
+"assistant:". A "developer" message (OpenAI's newer name) is a "system" one; content is
+a string, null, or a list of text parts (joined by newlines); any other part (image_url,
+input_audio, file) and earlier tool calls (an assistant's tool_calls) are refused, naming
+the message, rather than silently dropped.
 """
 
 from __future__ import annotations
@@ -123,9 +126,9 @@ def _stop(body: Mapping[str, Any]) -> list[str]:
     if stop is None:
         return []
     if isinstance(stop, str):
-        return [stop]
+        stop = [stop]
     if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
-        return list(stop)
+        return [s for s in stop if s]  # "" stops nothing: dropped, not matched everywhere
     raise _bad("stop must be a string or a list of strings", "stop")
 
 
@@ -140,6 +143,31 @@ def _prompt(body: Mapping[str, Any]) -> str:
     return prompt
 
 
+def _content(i: int, content: Any) -> str:
+    """A message's content: a string, null (an assistant's turn that only called tools),
+    or a list of parts of which only text ones are taken (joined by newlines, as vLLM)."""
+    if content is None:
+        return ""
+    if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+        texts = []
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text":
+                what = json.dumps(kind) if isinstance(kind, str) else "a part without a type"
+                raise _bad(
+                    f"messages[{i}].content[{j}]: only text content is accepted, not {what} "
+                    "(this server serves a text model)",
+                    "messages",
+                )
+            if not isinstance(part.get("text"), str):
+                raise _bad(f"messages[{i}].content[{j}].text must be a string", "messages")
+            texts.append(part["text"])
+        return "\n".join(texts)
+    if not isinstance(content, str):
+        raise _bad(f"messages[{i}]: content must be a string or a list of parts", "messages")
+    return content
+
+
 def _messages(body: Mapping[str, Any]) -> tuple[Mapping[str, str], ...]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -148,16 +176,20 @@ def _messages(body: Mapping[str, Any]) -> tuple[Mapping[str, str], ...]:
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in ROLES:
             raise _bad(f"messages[{i}]: role must be one of {', '.join(ROLES)}", "messages")
-        content = message.get("content")
-        if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
-            if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-                raise _bad(f"messages[{i}]: only text content is accepted", "messages")
-            content = "".join(str(p.get("text", "")) for p in content)
-        if content is None:
-            content = ""
-        if not isinstance(content, str):
-            raise _bad(f"messages[{i}]: content must be a string", "messages")
-        out.append({"role": str(message["role"]), "content": content})
+        # Earlier tool calls the model would not see: as tools, refused, not dropped.
+        for calls in ("tool_calls", "function_call"):
+            if message.get(calls) not in (None, []):
+                raise _bad(
+                    f"messages[{i}].{calls}: tool calls are not supported by this server",
+                    "messages",
+                )
+        # OpenAI's "developer" (newer models' name for "system"): chat templates know
+        # "system" only.
+        role = "system" if message["role"] == "developer" else str(message["role"])
+        out_message = {"role": role, "content": _content(i, message.get("content"))}
+        if isinstance(message.get("name"), str) and message["name"]:
+            out_message["name"] = message["name"]  # for a template that shows names
+        out.append(out_message)
     return tuple(out)
 
 
@@ -179,14 +211,17 @@ def parse_call(body: Any, *, chat: bool, model_ids: Sequence[str]) -> ApiCall:
     for name, neutral in NEUTRAL.items():
         if name in body and body[name] not in neutral:
             raise _bad(f"{name} is not supported by this server; leave it out", name)
+    name = "max_tokens"
     max_tokens = _integer(body, "max_completion_tokens") if chat else None
     if max_tokens is None:
         max_tokens = _integer(body, "max_tokens")
+    else:
+        name = "max_completion_tokens"
     given = max_tokens is not None
     if max_tokens is None:
         max_tokens = CHAT_MAX_TOKENS if chat else COMPLETION_MAX_TOKENS
     elif max_tokens < 1:
-        raise _bad(f"max_tokens must be at least 1, not {max_tokens}", "max_tokens")
+        raise _bad(f"{name} must be at least 1, not {max_tokens}", name)
     seed = _integer(body, "seed") or 0
     if not 0 <= seed < SEED_LIMIT:
         raise _bad(f"seed must be between 0 and 2**64-1, not {seed}", "seed")
