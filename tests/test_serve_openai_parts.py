@@ -64,11 +64,18 @@ def test_a_chat_body_takes_max_completion_tokens_and_text_parts() -> None:
     assert plain_chat_prompt(call.messages) == "user: a\nassistant:"
 
 
+def test_seed_minus_one_is_no_seed_as_llama_cpp_clients_send_it() -> None:
+    # llama.cpp's server documents seed -1 as "random" and its clients send it by default.
+    call = parse_call({"prompt": "a", "seed": -1}, chat=False, model_ids=IDS)
+    assert call.params.seed == 0
+    assert parse_call({"prompt": "a", "seed": 7}, chat=False, model_ids=IDS).params.seed == 7
+
+
 @pytest.mark.parametrize(
     ("body", "chat", "words"),
     [
         ([], False, "the body must be a JSON object"),
-        ({"prompt": "a", "seed": -1}, False, "seed must be between 0 and 2**64-1"),
+        ({"prompt": "a", "seed": -2}, False, "seed must be between 0 and 2**64-1"),
         ({"prompt": "a", "max_tokens": 0}, False, "max_tokens must be at least 1"),
         ({"prompt": "a", "max_tokens": "8"}, False, 'max_tokens must be an integer, not "8"'),
         ({"prompt": "a", "stream": "yes"}, False, "stream must be true or false"),

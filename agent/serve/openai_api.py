@@ -223,8 +223,10 @@ def parse_call(body: Any, *, chat: bool, model_ids: Sequence[str]) -> ApiCall:
     elif max_tokens < 1:
         raise _bad(f"{name} must be at least 1, not {max_tokens}", name)
     seed = _integer(body, "seed") or 0
+    if seed == -1:
+        seed = 0  # llama.cpp's "random", which its clients send by default: no seed
     if not 0 <= seed < SEED_LIMIT:
-        raise _bad(f"seed must be between 0 and 2**64-1, not {seed}", "seed")
+        raise _bad(f"seed must be between 0 and 2**64-1 (or -1: none), not {seed}", "seed")
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise _bad("stream_options must be an object", "stream_options")
