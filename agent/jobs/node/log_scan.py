@@ -27,6 +27,7 @@ from agent.jobs.node.gpu_split import SplitGpuMessage
 from agent.jobs.node.log_findings import (
     Diagnosis,
     Hit,
+    launcher_prefix,
     short,
     strip_prefix,
 )
@@ -256,6 +257,9 @@ class LogScanner:
         assert pending is not None
         if state.tail_prefix and line.startswith(state.tail_prefix):
             line = line[len(state.tail_prefix) :]  # the traceback's wrapper, on its follow-ups
+        # A launcher's prefix (srun -l's "12: " only if the line followed up had one).
+        numbered = launcher_prefix(pending.line) != launcher_prefix(pending.line, numbered=False)
+        line = strip_prefix(line, numbered)
         hit = Hit(pending.alert, pending.severity, pending.cause, pending.fields, pending.key)
         done: Hit | None = None
         text = line.strip()

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Protocol
 
+from agent.jobs.node.log_findings import strip_prefix
 from agent.jobs.node.nccl_lines import NcclLine, parse_nccl_line, transport_kind
 from agent.jobs.node.nccl_state import NcclFinding, NcclState, Severity
 
@@ -160,7 +161,8 @@ class NcclParser:
 
     def _bare_version(self, line: str) -> list[NcclFinding]:
         """NCCL_DEBUG=VERSION prints its version with no prefix: "NCCL version 2.18.5+cuda12.0"."""
-        match = _BARE_VERSION_RE.match(line)
+        # A launcher's prefix may come first ("10.0.0.6: ", "[rank0]:"): nothing else may.
+        match = _BARE_VERSION_RE.match(strip_prefix(line) if "NCCL version" in line else line)
         if match is None or self.state.version is not None:
             return []
         self.state.version = match.group(1)

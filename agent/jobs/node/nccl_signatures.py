@@ -227,7 +227,8 @@ def nccl_error(line: str) -> Hit | None:
 
 def with_last_error(hit: Hit, line: str) -> Hit:
     """An NCCL error completed by the "Last error:" text that follows it."""
-    text = strip_prefix(line.strip()).strip()
+    # srun -l's "12: " only where the scanner saw it on the error's own line (it takes it off).
+    text = strip_prefix(line.strip(), numbered=False).strip()
     failure = NCCL_CUDA_FAILURE.search(text)
     if failure is not None:
         if failure["what"] == "out of memory":

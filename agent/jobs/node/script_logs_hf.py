@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from gantry.v1 import job_pb2
 
 from agent.jobs.metrics_records import MAX_COUNT, whole_number
+from agent.jobs.node.log_findings import strip_prefix
 
 __all__ = [
     "MAX_STEPS",
@@ -75,7 +76,8 @@ def parse_bar(text: str) -> tuple[Bar, int, int] | None:
     match = _BAR.search(text)
     if match is None:
         return None
-    before = text[: match.start()].rstrip()
+    # A launcher's prefix ("[default0]:", srun -l's "0: ", "gpu004: ") is not a description.
+    before = strip_prefix(text[: match.start()]).rstrip()
     desc = before[:-1].strip()[-200:] if before.endswith(":") else ""
     unit, step_time = "", None
     rate = _RATE.match(match["rate"].strip())
