@@ -296,6 +296,29 @@ async def test_hung_rank_is_dumped_then_failed(
     assert journal.events_after(0, "moe") == events
 
 
+async def test_a_rank_blocked_in_one_call_is_hung_though_its_heartbeats_go_on(
+    supervisors: Callable[..., LocalSupervisor],
+    journal: Journal,
+    fake_rank: Path,
+    events: list[job_pb2.JobEvent],
+) -> None:
+    """A rank stuck in a collective keeps beating from Gantry's start-up hook (its
+    heartbeat thread runs on): heartbeats that say it has not moved are not progress."""
+    sup = supervisors()  # the real clock; heartbeats every hang_timeout_s / 4 = 0.5 s
+    job_spec = spec(fake_rank, "steps=100000", "hang_at=3", hang_timeout_s=2)
+    sup.start_ranks(job_spec, 1, [0], 1, "127.0.0.1", 29500)
+    await poll_until(sup, lambda: steps(events) == [1, 2])
+    stuck_from = asyncio.get_running_loop().time()
+    await poll_until(sup, lambda: states(sup) != [job_pb2.RANK_STATE_RUNNING], timeout=30)
+    [hung] = [e for e in events if e.kind == K.JOB_EVENT_KIND_RANK_HUNG]
+    assert hung.details["last_step"] == "2"
+    assert asyncio.get_running_loop().time() - stuck_from < 2 + 10  # generous: a busy host
+    metrics = Path(journal.ranks("moe")[0].metrics_path).read_text().splitlines()
+    beats = [json.loads(line) for line in metrics if '"heartbeat"' in line]
+    assert beats and beats[-1]["moved"] is False  # the hook's heartbeats went on, unmoved
+    await poll_until(sup, all_done(sup), timeout=30)
+
+
 async def test_no_hang_detection_without_a_timeout(
     supervisors: Callable[..., LocalSupervisor], fake_rank: Path
 ) -> None:

@@ -118,3 +118,29 @@ def test_phases_around_a_wrapped_call() -> None:
     phases.set("training")
     phases.set("joining")  # once training, a rank has no start-up phases left
     assert written[-1] == "training"
+
+
+TRAIN_THEN_BLOCK = """
+import threading, time, torch
+model = torch.nn.Linear(4, 4)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+end = time.time() + 0.6
+while time.time() < end:  # training: optimizer steps between heartbeats
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    opt.zero_grad()
+print(time.time(), flush=True)
+threading.Event().wait(0.8)  # then blocked in one call, as in a collective a peer never joins
+"""
+
+
+def test_heartbeats_say_whether_the_rank_moved_on(tmp_path: Path) -> None:
+    done, metrics = run(TRAIN_THEN_BLOCK, tmp_path)
+    assert done.returncode == 0, done.stderr
+    blocked_at = float(done.stdout.split()[-1])
+    beats = [r for r in records(metrics) if r["kind"] == "heartbeat"]
+    training = [b["moved"] for b in beats if b["time"] < blocked_at]
+    blocked = [b["moved"] for b in beats if b["time"] > blocked_at + 0.2]
+    # Every beat while training normally falls after a step; a starved thread may miss one.
+    assert training and sum(training) >= len(training) / 2
+    assert blocked and not any(blocked)

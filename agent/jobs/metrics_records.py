@@ -5,7 +5,7 @@ A rank using Gantry's reporter appends JSON lines to ``$GANTRY_METRICS_FILE``::
 
     {"kind": "metrics", "time": 1.7e9, "rank": 0, "step": 12, "loss": 2.31, "lr": 1e-4,
      "collective_s": {"all_reduce": 0.012}, "collective_total_s": 0.012, ...}
-    {"kind": "heartbeat", "time": ..., "rank": 0, "step": 12}
+    {"kind": "heartbeat", "time": ..., "rank": 0, "step": 12, "moved": true}
     {"kind": "checkpoint", "time": ..., "rank": 0, "step": 100, "tag": "global_step100",
      "path": "/ckpt/global_step100"}
     {"kind": "start", ...}  {"kind": "end", ...}
@@ -62,6 +62,9 @@ class Record:
     # "stderr"), which the rank's own file overrides.
     source: str = "file"
     phase: int = 0  # PHASE only: a job_pb2.RankPhase value
+    # HEARTBEAT only: whether the rank advanced since its last heartbeat (agent.rank.report);
+    # None from a reporter that does not say, which counts as progress.
+    moved: bool | None = None
 
 
 _PHASE_PREFIX = "RANK_PHASE_"
@@ -234,4 +237,7 @@ class RecordParser:
                 tag=tag if isinstance(tag, str) else "",
                 path=path if isinstance(path, str) else "",
             )
+        if kind == RecordKind.HEARTBEAT:
+            moved = fields.get("moved")
+            return Record(kind, when, step, moved=moved if isinstance(moved, bool) else None)
         return Record(kind, when, step)

@@ -12,7 +12,8 @@ Python process of the rank. Then, whatever the script is:
   (``OpBuilder.load``); joining the process group (``init_process_group``); loading a
   checkpoint (DeepSpeed's ``load_checkpoint``, the ``Trainer``'s ``_load_from_checkpoint``);
   first step (set up, waiting for the first optimizer step); training (torch's global
-  optimizer step hook fired once, then removed).
+  optimizer step hook fired; it then counts the steps, so that a heartbeat says whether
+  the rank moved on: see agent.rank.report's ``Reporter.heartbeat``).
 
 Hooks are applied when those modules are first imported (a ``sys.meta_path`` finder that
 wraps the real loader), never by importing anything the script did not. Every hook is
@@ -54,10 +55,14 @@ TRAINING = "training"
 
 
 class PhaseLog:
-    """The rank's current phase, written as a record each time it changes."""
+    """The rank's current phase, written as a record each time it changes; ``tick`` is
+    called at each optimizer step (the heartbeat says the rank moved on)."""
 
-    def __init__(self, write: Callable[[str], None]) -> None:
+    def __init__(
+        self, write: Callable[[str], None], tick: Callable[[], None] = lambda: None
+    ) -> None:
         self._write = write
+        self.tick = tick
         self._lock = threading.Lock()
         self.current = ""
 
@@ -152,17 +157,18 @@ def _hook_optimizer(module: ModuleType, phases: PhaseLog) -> None:
     register = getattr(module, "register_optimizer_step_post_hook", None)
     if register is None:
         return
-    handle: list[Any] = []
+    first: list[bool] = [True]
 
-    def first_step(optimizer: object, args: object, kwargs: object) -> None:
-        with contextlib.suppress(Exception):
-            handle.pop().remove()
-        with contextlib.suppress(Exception):
-            _write_imports(os.environ)  # before the phase: the agent reads it on TRAINING
-        phases.set(TRAINING)
+    def stepped(optimizer: object, args: object, kwargs: object) -> None:
+        phases.tick()  # every step: one call and an increment
+        if first:
+            first.clear()
+            with contextlib.suppress(Exception):
+                _write_imports(os.environ)  # before the phase: the agent reads it on TRAINING
+            phases.set(TRAINING)
 
     with contextlib.suppress(Exception):
-        handle.append(register(first_step))
+        register(stepped)
 
 
 def _hook_op_builder(module: ModuleType, phases: PhaseLog) -> None:
@@ -264,7 +270,7 @@ def install(environ: dict[str, str] | None = None) -> bool:
     report = _load_reporter()
     report.install_stack_dump()
     reporter = report.Reporter()
-    phases = PhaseLog(reporter.phase)
+    phases = PhaseLog(reporter.phase, reporter.tick)
     phases.set(IMPORTING)
     reporter.start_heartbeat()
     env[HEARTBEAT_PID_ENV] = str(os.getpid())

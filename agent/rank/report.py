@@ -38,7 +38,8 @@ so a tailer never sees a partial line:
      "collective_s": {op: s}, "collective_total_s", "forward_s", "backward_s",
      "optimizer_step_s", "memory_bytes"}     (a field that was not measured is absent;
         two records of one step complete each other)
-    {"kind": "heartbeat", "time", "rank", "step"}  every GANTRY_HEARTBEAT_S (5) seconds
+    {"kind": "heartbeat", "time", "rank", "step", "moved"}  every GANTRY_HEARTBEAT_S (5) s;
+        moved: whether the rank advanced since the last one (see Reporter.heartbeat)
     {"kind": "checkpoint", "time", "rank", "step", "tag", "path"}
     {"kind": "end", "time", "rank", "step", "status": "completed" | "failed", ...}
 
@@ -117,6 +118,16 @@ def _json_default(value: object) -> object:
     return str(value)
 
 
+def _main_thread_position() -> tuple[tuple[int, int], ...]:
+    """Where the main thread is: each frame's code and last instruction, innermost first."""
+    frame = sys._current_frames().get(threading.main_thread().ident or -1)
+    position: list[tuple[int, int]] = []
+    while frame is not None and len(position) < 128:
+        position.append((id(frame.f_code), frame.f_lasti))
+        frame = frame.f_back
+    return tuple(position)
+
+
 class Reporter:
     """Appends JSON-line records for the agent; a no-op when no file is named.
 
@@ -142,6 +153,10 @@ class Reporter:
             raise ValueError(f"{HEARTBEAT_ENV} must be positive, not {heartbeat_s}")
         self.heartbeat_s = heartbeat_s
         self.step = 0
+        # Bumped by what sees the rank advance without a record (the start-up hook: each
+        # optimizer step).
+        self.ticks = 0
+        self._last_position: tuple[object, ...] | None = None
         self.started = False  # a start record was written
         self._clock = clock
         self._lock = threading.Lock()
@@ -196,7 +211,17 @@ class Reporter:
         self.write("checkpoint", step=step, tag=tag, path=str(path))
 
     def heartbeat(self) -> None:
-        self.write("heartbeat", step=self.step)
+        """Alive, and whether the rank moved on since the last heartbeat: a new step or
+        tick, or its main thread elsewhere in its Python code. A rank blocked in one call
+        (a collective whose peer hung, a lock, a stalled read) beats on from this thread
+        unmoved, which the agent counts as no progress once the rank trains."""
+        position = (self.step, self.ticks, _main_thread_position())
+        moved = position != self._last_position
+        self._last_position = position
+        self.write("heartbeat", step=self.step, moved=moved)
+
+    def tick(self) -> None:
+        self.ticks += 1
 
     def end(self, status: str = "completed", **fields: Any) -> None:
         if self._ended:

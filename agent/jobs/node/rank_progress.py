@@ -67,7 +67,8 @@ def _apply_records(
     rj: RankJournal, live: LiveRank, records: list[Record], batch: EventBatch, now: float
 ) -> None:
     row = live.row
-    live.last_progress = now
+    if any(_progress(record, row.phase) for record in records):
+        live.last_progress = now
     heartbeat = row.last_heartbeat
     metrics = row.last_metrics
     source = row.metrics_source
@@ -98,6 +99,19 @@ def _apply_records(
     if RankState(row.state) == RankState.STARTING:
         row = rj.edge(row, RankEdge.FIRST_REPORT)
     live.row = row
+
+
+def _progress(record: Record, phase: int) -> bool:
+    """Whether ``record`` shows the rank moving on. A training rank's heartbeat that says it
+    has not (no step, no optimizer step, its main thread in the same call since the last
+    one: blocked in a collective, a lock, a read) is only alive: a rank hung in a
+    collective beats on from its heartbeat thread. Before training, start-up (compiling
+    ops, loading a checkpoint) blocks in one call for long: any record is progress."""
+    return not (
+        record.kind == RecordKind.HEARTBEAT
+        and record.moved is False
+        and phase == job_pb2.RANK_PHASE_TRAINING
+    )
 
 
 def _checkpoint_saved(
