@@ -219,6 +219,11 @@ async def test_a_failed_rank_restarts_the_job_until_its_restarts_run_out(agent: 
     # Every failure stopped the attempt's ranks on every node.
     assert [n for n, _ in agent.b.stopped] == [1, 2, 3]
     assert [n for n, _ in agent.a.stopped] == [1, 2, 3]
+    # Without a checkpoint_dir Gantry resumes nothing; the script may resume itself.
+    events = agent.journal.events_after(0, JOB)
+    started = [e.message for e in events if e.kind == EK.JOB_EVENT_KIND_ATTEMPT_STARTED]
+    assert started[0].endswith("fresh start")
+    assert all("no checkpoint_dir to resume from" in m for m in started[1:])
     assert agent.kinds() == [
         "SUBMITTED",
         *(["ATTEMPT_STARTED", "ATTEMPT_FAILED", "RESTARTING"] * 2),

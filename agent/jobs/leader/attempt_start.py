@@ -105,7 +105,7 @@ async def start_attempt(
         name,
         EK.JOB_EVENT_KIND_ATTEMPT_STARTED,
         f"attempt {number}: {world} ranks on {', '.join(n for n, _ in layout)}"
-        + (f", resuming from {resume}" if resume else ", fresh start")
+        + (f", resuming from {resume}" if resume else _no_resume(spec, number))
         + (f"; {batch.message}" if batch.message else ""),
         attempt=number,
         details=batch.details,
@@ -257,6 +257,14 @@ async def loadable_at(checkpoint: Path, world: int) -> str:
             )
         return str(checkpoint)
     return await convert_to_universal(checkpoint)
+
+
+def _no_resume(spec: job_pb2.JobSpec, number: int) -> str:
+    """What an attempt that Gantry resumes from nothing says: a later attempt of a job
+    without a checkpoint_dir may still resume itself (a script loading its own snapshot)."""
+    if number > 1 and not spec.checkpoint_dir:
+        return ", no checkpoint_dir to resume from (the script resumes itself if it does)"
+    return ", fresh start"
 
 
 def first_resume(spec: job_pb2.JobSpec) -> str:
