@@ -114,6 +114,9 @@ async def test_each_peer_event_is_copied_once_across_a_leader_restart(tmp_path: 
         peer.emit_event(EK.JOB_EVENT_KIND_METRICS, step=step)
     peer.emit_event(EK.JOB_EVENT_KIND_METRICS, step=1, attempt=7)  # another attempt's: not copied
     await until(lambda: agent.copies() == [1, 2, 3, 4, 5, 6], "the first copies")
+    # The peer's figures carry no time (a script's printed line has none): none is made up.
+    figures = agent.leader.describe(JOB).attempts[0].ranks[1].metrics
+    assert figures.step == 5 and not figures.HasField("time")
     await agent.kill()
 
     agent = Agent(tmp_path, peer)

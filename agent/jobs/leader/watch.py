@@ -111,8 +111,8 @@ async def watch_attempt(
                     copied = await _copy(ledger, name, node, event)
                     # The tally reads the leader's clock too (agent.jobs.journal_clock).
                     event.time.CopyFrom(copied.time)
-                    if event.HasField("metrics"):
-                        event.metrics.time.CopyFrom(copied.metrics.time)
+                    if event.HasField("metrics") and copied.metrics.HasField("time"):
+                        event.metrics.time.CopyFrom(copied.metrics.time)  # unset stays unset
             tally.add(event, store.clock())
             preempting, request = _on_preemption(store, led, attempt, preempting, event)
             if request:
