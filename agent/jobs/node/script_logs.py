@@ -34,9 +34,11 @@ DeepSpeed 0.3-0.19
 progress, throughput, timer and pipeline lines (``agent.jobs.node.deepspeed_lines``) and its
 comms-logger summary tables (``agent.jobs.node.comms_table``), Megatron-LM / Megatron-DeepSpeed /
 GPT-NeoX / nanotron ``iteration N/ M | key: value |`` lines and the timers after them
-(``agent.jobs.node.megatron_lines``). Multi-line output (timer blocks, tables) is followed per
-stream, so the other stream's lines may interleave; a block ends at its stream's next other line
-or ``wait_s`` after its last row (``flush``). Garbage never raises.
+(``agent.jobs.node.megatron_lines``), and, for a line none of those took, plain loops' progress
+lines (nanoGPT, llm.c, nanochat, modded-nanogpt, litgpt, torchtitan, timm, the CIFAR and DDP
+tutorials: ``agent.jobs.node.loop_lines``). Multi-line output (timer blocks, tables) is followed
+per stream, so the other stream's lines may interleave; a block ends at its stream's next other
+line or ``wait_s`` after its last row (``flush``). Garbage never raises.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from gantry.v1 import job_pb2
 from agent.jobs.metrics_records import MAX_COUNT, Record, RecordKind, whole_number
 from agent.jobs.node.comms_table import TABLE_HEADER, CommsPerStep, CommsTables, Totals
 from agent.jobs.node.deepspeed_lines import DeepSpeedStdoutParser, log_time
+from agent.jobs.node.loop_lines import TOTAL_ARGS, loop_metrics, may_hold
 from agent.jobs.node.megatron_lines import BLOCK_HEAD, MegatronParser, megatron_metrics
 from agent.jobs.node.script_logs_hf import (
     MAX_STEPS,
@@ -124,6 +127,7 @@ def _may_wake(line: str) -> bool:
         or TABLE_HEADER in line
         or BLOCK_HEAD in line
         or "Total optimization" in line  # the Trainer's total steps
+        or may_hold(line)  # plain loops' progress lines
     )
 
 
@@ -158,7 +162,7 @@ class ScriptLogParser:
     def __init__(self, argv: Sequence[str] = (), wait_s: float = 2.0) -> None:
         argv = [str(a) for a in list(argv)[:4096]]
         max_steps = _float(_arg(argv, "--max_steps", "--max-steps"))
-        iters = _float(_arg(argv, "--train-iters", "--train_iters"))
+        iters = _float(_arg(argv, "--train-iters", "--train_iters", *TOTAL_ARGS))
         total = next((int(v) for v in (max_steps, iters) if v and 1 <= v <= MAX_COUNT), None)
         first = _arg(argv, "--logging_first_step", "--logging-first-step")
         self.phase = 0  # the latest job_pb2.RankPhase reached
@@ -264,18 +268,23 @@ class ScriptLogParser:
             self._comms_table(step, totals, stream, out)
         if in_table or not text.strip():
             return
-        if "{" in text:
-            fields = parse_log_dict(text)
-            if fields is not None:
-                self._log_dict(stream, fields, now, out)
+        fields = parse_log_dict(text) if "{" in text else None
+        if fields is not None:
+            self._log_dict(stream, fields, now, out)
         record = self._deepspeed.parse(text)
         if record is not None and record.metrics is not None:
             self._metrics(record.metrics, record.time, stream, out)
+        taken = fields is not None or (record is not None and record.metrics is not None)
         for m in self._megatron.feed(stream, text, now):
+            taken = True
             iteration = m.HasField("total_steps")  # else the timers of the last iteration
             if iteration:
                 self._set_total(m.total_steps)
             self._metrics(m, log_time(text) if iteration else None, stream, out)
+        loop = None if taken else loop_metrics(text)  # plain loops: a line no reader above took
+        if loop is not None:
+            self._set_total(loop.total_steps if loop.HasField("total_steps") else None)
+            self._metrics(loop, log_time(text), stream, out)
         self._startup(stream, text, out)
 
     def _comms_table(
