@@ -33,7 +33,7 @@ class LiveRank:
     hang_timeout_s: float
     last_progress: float  # supervisor clock
     files: RankFiles
-    exit_code: int | None = None  # the code, once known without a handle
+    exit_code: int | None = None  # the code, once known (``poll_exit``; readopt, no handle)
     hung_at: float | None = None
     stack_offset: int = 0
     stack_size: int = -1  # stderr's size at the last poll while the stacks are written
@@ -41,14 +41,18 @@ class LiveRank:
     stop_owned: bool = False  # stop_ranks is stopping it: poll leaves it alone
     stop_deadline: float | None = None  # a STOPPING rank re-adopted: SIGKILL at this time
     launch: Launch | None = None  # how it was started (None: re-adopted)
+    reads_after_exit: int = 0  # reads since its exit was known (a bounded drain)
 
     @property
     def state(self) -> RankState:
         return RankState(self.row.state)
 
     def poll_exit(self) -> int | None:
-        """The exit code once the rank has ended, else None."""
-        return self.exit_code if self.handle is None else self.handle.poll()
+        """The exit code once the rank has ended, else None; kept in ``exit_code``, so a
+        read that follows knows the rank had ended before it (``read_progress``)."""
+        if self.exit_code is None and self.handle is not None:
+            self.exit_code = self.handle.poll()
+        return self.exit_code
 
 
 @dataclass

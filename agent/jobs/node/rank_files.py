@@ -5,6 +5,7 @@ journal, no events (the supervisor applies what it returns)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -46,10 +47,14 @@ class RankFiles:
     nccl: NcclParser | None = None
     scan: LogScanner = field(default_factory=LogScanner)
 
-    def read(self, now: float, script_lines: bool = True) -> Reading:
+    def read(self, now: float, script_lines: bool = True, final: bool = False) -> Reading:
         """The new lines of all three files. ``script_lines``: read what the script prints
         for progress too (tqdm on stderr, log lines on stdout); not needed once a rank
-        reports through its own file and trains. Both streams are scanned either way."""
+        reports through its own file and trains. Both streams are scanned either way.
+        ``final``: the rank has exited. Each file's unterminated last line is read too (a
+        tqdm bar's last draw has no line end), and what the script parser holds back (a log
+        dict waiting for the bar redraw that tells its step) is given now: no later read
+        would."""
         out = Reading()
 
         def parse_file(text: str) -> list[Record]:
@@ -68,18 +73,19 @@ class RankFiles:
 
             return parse
 
-        self.metrics_offset = self._read(self.metrics_path, self.metrics_offset, parse_file, out)
+        metrics, stderr, stdout = self.metrics_path, self.stderr_path, self.stdout_path
+        self.metrics_offset = self._read(metrics, self.metrics_offset, parse_file, out, final)
         # tqdm's bars (the step and its rate) are drawn on stderr.
         self.stderr_offset = self._read(
-            self.stderr_path, self.stderr_offset, parse_stream("stderr"), out, split_cr=True
+            stderr, self.stderr_offset, parse_stream("stderr"), out, final, split_cr=True
         )
         self.stdout_offset = self._read(
-            self.stdout_path, self.stdout_offset, parse_stream("stdout"), out, split_cr=True
+            stdout, self.stdout_offset, parse_stream("stdout"), out, final, split_cr=True
         )
         out.diagnoses.extend(self.scan.flush())
         del out.diagnoses[MAX_DIAGNOSES_PER_READ:]
         if script_lines:
-            out.records += self.script.flush(now)
+            out.records += self.script.flush(math.inf if final else now)
         return out
 
     @staticmethod
@@ -88,12 +94,14 @@ class RankFiles:
         offset: int,
         parse: Callable[[str], list[Record]],
         out: Reading,
+        final: bool,
         split_cr: bool = False,
     ) -> int:
         budget = MAX_READ_BYTES_PER_FILE
         chunk = Chunk(offset=offset, more=True)
         while chunk.more and budget > 0:
-            chunk = read_lines(path, chunk.offset, min(budget, MAX_READ_BYTES), split_cr=split_cr)
+            size = min(budget, MAX_READ_BYTES)
+            chunk = read_lines(path, chunk.offset, size, split_cr=split_cr, final=final)
             budget -= MAX_READ_BYTES
             for line in chunk.lines:
                 out.records += parse(line.text)

@@ -14,11 +14,14 @@ from agent.jobs.node.live_rank import EventBatch, LiveRank
 from agent.jobs.node.rank_journal import RankJournal
 from agent.jobs.node.rank_states import RankEdge, RankState
 
-__all__ = ["NCCL_EVENT_KINDS", "read_progress"]
+__all__ = ["MAX_READS_AFTER_EXIT", "NCCL_EVENT_KINDS", "read_progress"]
 
 _K = job_pb2.JobEventKind
 # NCCL findings worth an event; per-channel transport news stays in the log.
 NCCL_EVENT_KINDS = ("version", "network", "interfaces", "ib_fallback", "warn", "transport")
+# A rank that has exited is read until its files are drained, at most this many more reads
+# (each bounded by rank_files' budget): a leftover child writing on cannot keep it watched.
+MAX_READS_AFTER_EXIT = 16
 
 
 def read_progress(
@@ -29,10 +32,18 @@ def read_progress(
     checkpoints: list[Record] | None = None,
 ) -> bool:
     """Applies what the rank wrote since the last poll; True if all of it was read. The
-    checkpoint records read are also added to ``checkpoints`` (a requested one's answer)."""
+    checkpoint records read are also added to ``checkpoints`` (a requested one's answer).
+
+    Once its exit is known (``live.poll_exit``, called before), all it wrote is in the
+    files: their partial last lines and the records its parser held back are read too, and
+    after ``MAX_READS_AFTER_EXIT`` such reads it counts as read, drained or not."""
+    exited = live.exit_code is not None
     # A rank reporting through its own file and training: its printing adds nothing.
     trained = live.row.phase == job_pb2.RANK_PHASE_TRAINING
-    reading = live.files.read(now, script_lines=not (trained and live.row.metrics_source == "file"))
+    script_lines = not (trained and live.row.metrics_source == "file")
+    reading = live.files.read(now, script_lines=script_lines, final=exited)
+    if exited:
+        live.reads_after_exit += 1
     batch.offsets.update(reading.offsets)
     if reading.records:
         _apply_records(rj, live, reading.records, batch, now)
@@ -60,7 +71,7 @@ def read_progress(
                     "line": finding.line,
                 },
             )
-    return reading.drained
+    return reading.drained or (exited and live.reads_after_exit >= MAX_READS_AFTER_EXIT)
 
 
 def _apply_records(

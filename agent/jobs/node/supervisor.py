@@ -267,7 +267,7 @@ class LocalSupervisor:
         live.row = row
         if row != before or batch.events or batch.offsets:
             rj.commit(row, batch)
-        return RankState(row.state) in TERMINAL_RANK_STATES and row.exit_code is not None
+        return drained and row.exit_code is not None and live.state in TERMINAL_RANK_STATES
 
     def _read_progress(
         self, live: LiveRank, batch: EventBatch, now: float, seen: list[Record] | None = None
@@ -370,7 +370,7 @@ class LocalSupervisor:
             await live.handle.stop_async(grace_s)
         code = live.poll_exit()
         batch = EventBatch()
-        self._read_progress(live, batch, self.clock())
+        drained = self._read_progress(live, batch, self.clock())  # else poll drains it
         row = live.row
         if code is not None and RankState(row.state) == RankState.STOPPING:
             row = self._exited(live, row, code, batch)
@@ -380,7 +380,7 @@ class LocalSupervisor:
             live.stop_deadline = self.clock()  # survived SIGKILL so far: poll kills again
         live.row = row
         self.ranks_journal.commit(row, batch)
-        if row.exit_code is not None and RankState(row.state) in TERMINAL_RANK_STATES:
+        if drained and row.exit_code is not None and live.state in TERMINAL_RANK_STATES:
             self._live.pop(row.key, None)
 
     def close(self) -> None:

@@ -6,6 +6,9 @@ seen twice or half. Each read is bounded; a file that does not exist yet reads a
 With ``split_cr`` a lone ``\r`` also ends a line, so a progress bar redrawn in place (tqdm
 writes ``\r`` before each draw and no newline until it closes) arrives draw by draw; ``\r\n``
 stays one line end, and a ``\r`` that is the last byte read waits for the next byte.
+
+With ``final`` the writer is gone (the rank has exited): no more bytes will come, so what
+follows the last line end is a line too (a print without a newline, tqdm's last draw).
 """
 
 from __future__ import annotations
@@ -109,9 +112,14 @@ def _split(data: bytes, base: int, force_partial: bool) -> tuple[list[Line], int
 
 
 def read_lines(
-    path: Path | str, offset: int, max_bytes: int = MAX_READ_BYTES, split_cr: bool = False
+    path: Path | str,
+    offset: int,
+    max_bytes: int = MAX_READ_BYTES,
+    split_cr: bool = False,
+    final: bool = False,
 ) -> Chunk:
-    """Complete lines from ``offset``, at most about ``max_bytes`` of them."""
+    """Complete lines from ``offset``, at most about ``max_bytes`` of them; with ``final``
+    (nothing more will be written), also the partial line the file ends with."""
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed below, after fstat
     except (FileNotFoundError, NotADirectoryError):
@@ -130,6 +138,13 @@ def read_lines(
         lines, new_offset = _split_cr(data, offset, full)
     else:
         lines, new_offset = _split(data, offset, force_partial=full and b"\n" not in data)
+    end = offset + len(data)
+    if final and not full and new_offset < end:
+        rest = data[new_offset - offset :]
+        text = (rest[:-1] if rest.endswith(b"\r") else rest).decode("utf-8", errors="replace")
+        if text:
+            lines.append(Line(new_offset, text))
+        new_offset = end
     return Chunk(lines, new_offset, restarted, more=full)
 
 
