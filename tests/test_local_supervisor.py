@@ -54,9 +54,16 @@ if not deepspeed:
 else:
     print("[2026-11-28 09:46:22,901] [INFO] [logging.py:123:log_dist] [Rank 0] "
           "step=0, skipped=0, lr=[0.001], mom=[(0.9, 0.999)]", flush=True)
+if "optimizer" in args:  # optimizer steps, as a training script takes (the hook counts them)
+    import torch
+    weight = torch.nn.Parameter(torch.ones(1))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
 for step in range(1, int(args.get("steps", 0)) + 1):
     if step == int(args.get("hang_at", -1)):
         stuck_in_all_reduce()
+    if "optimizer" in args:
+        weight.sum().backward()
+        optimizer.step()
     if deepspeed:
         print(f"[Rank 0] time (ms) | fwd: 1.00 | bwd: 2.00 | bwd_inner: 1.00 | "
               f"bwd_allreduce: 1.00 | step: {step}.00", flush=True)
@@ -305,9 +312,9 @@ async def test_a_rank_blocked_in_one_call_is_hung_though_its_heartbeats_go_on(
     """A rank stuck in a collective keeps beating from Gantry's start-up hook (its
     heartbeat thread runs on): heartbeats that say it has not moved are not progress."""
     sup = supervisors()  # the real clock; heartbeats every hang_timeout_s / 4 = 0.5 s
-    job_spec = spec(fake_rank, "steps=100000", "hang_at=3", hang_timeout_s=2)
+    job_spec = spec(fake_rank, "steps=100000", "hang_at=3", "optimizer=1", hang_timeout_s=2)
     sup.start_ranks(job_spec, 1, [0], 1, "127.0.0.1", 29500)
-    await poll_until(sup, lambda: steps(events) == [1, 2])
+    await poll_until(sup, lambda: steps(events) == [1, 2], timeout=60)  # torch imports first
     stuck_from = asyncio.get_running_loop().time()
     await poll_until(sup, lambda: states(sup) != [job_pb2.RANK_STATE_RUNNING], timeout=30)
     [hung] = [e for e in events if e.kind == K.JOB_EVENT_KIND_RANK_HUNG]

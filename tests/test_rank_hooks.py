@@ -130,7 +130,7 @@ while time.time() < end:  # training: optimizer steps between heartbeats
     opt.step()
     opt.zero_grad()
 print(time.time(), flush=True)
-threading.Event().wait(0.8)  # then blocked in one call, as in a collective a peer never joins
+threading.Event().wait(1.5)  # then blocked in one call, as in a collective a peer never joins
 """
 
 
@@ -139,8 +139,12 @@ def test_heartbeats_say_whether_the_rank_moved_on(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     blocked_at = float(done.stdout.split()[-1])
     beats = [r for r in records(metrics) if r["kind"] == "heartbeat"]
-    training = [b["moved"] for b in beats if b["time"] < blocked_at]
-    blocked = [b["moved"] for b in beats if b["time"] > blocked_at + 0.2]
+    # Not said before the first optimizer step (as a launcher's would not be).
+    assert "moved" not in beats[0]
+    training = [b["moved"] for b in beats if b["time"] < blocked_at and "moved" in b]
+    # Inside the wait (the process then exits, and its main thread moves again).
+    blocked = [b.get("moved") for b in beats if blocked_at + 0.2 < b["time"] < blocked_at + 1.3]
     # Every beat while training normally falls after a step; a starved thread may miss one.
     assert training and sum(training) >= len(training) / 2
-    assert blocked and not any(blocked)
+    # The first beat in the wait may still see the move into it (a starved thread beats late).
+    assert len(blocked) >= 2 and not any(blocked[1:])

@@ -39,7 +39,8 @@ so a tailer never sees a partial line:
      "optimizer_step_s", "memory_bytes"}     (a field that was not measured is absent;
         two records of one step complete each other)
     {"kind": "heartbeat", "time", "rank", "step", "moved"}  every GANTRY_HEARTBEAT_S (5) s;
-        moved: whether the rank advanced since the last one (see Reporter.heartbeat)
+        moved: whether the rank advanced since the last one, once it has stepped
+        (see Reporter.heartbeat)
     {"kind": "checkpoint", "time", "rank", "step", "tag", "path"}
     {"kind": "end", "time", "rank", "step", "status": "completed" | "failed", ...}
 
@@ -214,11 +215,14 @@ class Reporter:
         """Alive, and whether the rank moved on since the last heartbeat: a new step or
         tick, or its main thread elsewhere in its Python code. A rank blocked in one call
         (a collective whose peer hung, a lock, a stalled read) beats on from this thread
-        unmoved, which the agent counts as no progress once the rank trains."""
+        unmoved, which the agent counts as no progress once the rank trains. Not said
+        before this process has stepped (a launcher such as torchrun, whose workers train,
+        waits in one call by design)."""
         position = (self.step, self.ticks, _main_thread_position())
         moved = position != self._last_position
         self._last_position = position
-        self.write("heartbeat", step=self.step, moved=moved)
+        said = self.step > 0 or self.ticks > 0
+        self.write("heartbeat", step=self.step, moved=moved if said else None)
 
     def tick(self) -> None:
         self.ticks += 1
