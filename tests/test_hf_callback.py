@@ -54,7 +54,7 @@ class Batches:
         return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": labels}
 
 
-def tiny_trainer(out: Path, max_steps: int, reporter: Reporter) -> Any:
+def tiny_trainer(out: Path, max_steps: int, reporter: Reporter, eval_steps: int = 0) -> Any:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
@@ -83,8 +83,15 @@ def tiny_trainer(out: Path, max_steps: int, reporter: Reporter) -> Any:
         disable_tqdm=True,
         dataloader_num_workers=0,
         seed=0,
+        eval_strategy="steps" if eval_steps else "no",
+        eval_steps=eval_steps or None,
     )
-    trainer = Trainer(model=LlamaForCausalLM(config), args=args, train_dataset=Batches())
+    trainer = Trainer(
+        model=LlamaForCausalLM(config),
+        args=args,
+        train_dataset=Batches(),
+        eval_dataset=Batches() if eval_steps else None,
+    )
     trainer.add_callback(GantryCallback(reporter))
     return trainer
 
@@ -180,6 +187,15 @@ report_checkpoint(3, "/ckpt/step3")
 if len(sys.argv) > 1:
     raise RuntimeError("boom")
 """
+
+
+def test_callback_writes_each_evaluations_loss_at_its_step(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    rep = Reporter(path, rank=0, heartbeat_s=60)
+    tiny_trainer(tmp_path / "out", max_steps=4, reporter=rep, eval_steps=2).train()
+    evaluated = [r.metrics for r in parsed(path) if r.metrics and r.metrics.HasField("eval_loss")]
+    assert [m.step for m in evaluated] == [2, 4]
+    assert all(0 < m.eval_loss < 10 and not m.HasField("loss") for m in evaluated)
 
 
 def test_report_in_a_script(tmp_path: Path) -> None:

@@ -135,7 +135,6 @@ def test_a_launcher_prefix_changes_nothing(line: str, want: dict[str, Any], pref
     "line",
     [
         # evaluation, not a training step
-        "step 60: train loss 3.4148, val loss 3.4162",  # nanoGPT
         "step:5200/20000 val_loss:2.1501 val_bpb:1.2701 train_time:226207ms step_avg:43.50ms",
         "step:0/1480 val_loss:7.7109 train_time:0ms step_avg:nanms",
         "validate step: 10  loss:  7.1234  memory: 12.34GiB(15.62%)  tps: 1,234",  # torchtitan
@@ -196,8 +195,37 @@ def test_the_script_reader_takes_them_with_the_total_from_argv() -> None:
         "step 60: train loss 3.4148, val loss 3.4162",
         "iter 60: loss 3.4115, time 12.46ms, mfu 0.00%",
     ]
-    (only,) = _figures(lines, argv=("train.py", "--max_iters=60", "--compile=False"))
+    # Step 0 (nothing trained yet) is dropped; the evaluation at 60 gives its eval_loss.
+    (evaluated, only) = _figures(lines, argv=("train.py", "--max_iters=60", "--compile=False"))
+    assert evaluated == {"step": "60", "eval_loss": 3.4162, "total_steps": "60"}
     assert only["step"] == "60" and only["total_steps"] == "60" and only["loss"] == 3.4115
+    assert only["eval_loss"] == 3.4162  # kept with the step's figures
+
+
+@pytest.mark.parametrize(
+    ("line", "step", "loss"),
+    [
+        # karpathy/nanoGPT train.py's estimate_loss line
+        ("step 2000: train loss 1.0431, val loss 1.4757", 2000, 1.4757),
+        # NVIDIA/Megatron-LM evaluate_and_print_results, older and newer prefix
+        (
+            " validation loss at iteration 1000 | lm loss value: 3.449384E+00 | lm loss PPL:"
+            " 3.148215E+01 | ",
+            1000,
+            3.449384,
+        ),
+        (
+            " validation loss at iteration 500 on validation set | lm loss value: 2.1E+00 |"
+            " lm loss PPL: 8.1E+00 | ",
+            500,
+            2.1,
+        ),
+    ],
+)
+def test_an_evaluation_line_gives_only_its_eval_loss(line: str, step: int, loss: float) -> None:
+    m = loop_metrics(line)
+    assert m is not None and m.step == step and m.eval_loss == pytest.approx(loss)
+    assert not m.HasField("loss") and not m.HasField("step_time_s")
     titan_line = "step: 10  loss:  8.1234  memory: 1.00GiB(1.00%)  tps: 1  mfu: 1.00%"
     assert "total_steps" not in _figures([titan_line])[0]
     titan = ("--job.config_file", "llama3_8b.toml", "--training.steps", "1000")

@@ -135,6 +135,7 @@ _FLOAT_FIELDS: Mapping[str, str] = {
     "allreduce_s": "allreduce_s",
     "optimizer_step_s": "optimizer_step_s",
     "tflops": "tflops",
+    "eval_loss": "eval_loss",
 }
 
 

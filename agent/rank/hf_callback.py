@@ -21,9 +21,9 @@ Gantry's own trainer writes:
   Trainer counts tokens), collective_s per op and collective_total_s when DeepSpeed's
   comms logger is on (`"comms_logger": {"enabled": true, "prof_all": true}`),
   memory_bytes. On the steps the Trainer logs, its loss, grad_norm, learning rate (as
-  lr) and epoch are merged into that step's record. Under DeepSpeed the engine steps
-  the optimizer inside the last backward pass, so backward_s includes it and
-  optimizer_step_s is absent.
+  lr) and epoch are merged into that step's record, and an evaluation's eval_loss into
+  the step it ran at. Under DeepSpeed the engine steps the optimizer inside the last
+  backward pass, so backward_s includes it and optimizer_step_s is absent.
 - `checkpoint` after each save: tag `checkpoint-N`, path OUTPUT_DIR/checkpoint-N.
 - A checkpoint the agent asks for (a preemption notice, agent.rank.checkpoint_request):
   at the step's end the Trainer is told to save (`control.should_save`); once saved, the
@@ -304,7 +304,12 @@ class GantryCallback(TrainerCallback):
             if value is not None:
                 fields[name] = value
         if not fields.keys() - {"epoch"}:
-            return  # the end-of-training summary or an evaluation's figures: not a step's
+            # The end-of-training summary or an evaluation's figures: not a step's; an
+            # evaluation's loss goes with the step it ran at.
+            evaluated = _number((logs or {}).get("eval_loss"))
+            if evaluated is not None and math.isfinite(evaluated):
+                self.reporter.metrics(state.global_step, eval_loss=evaluated)
+            return
         loss = fields.get("loss")
         if loss is not None and math.isfinite(loss):
             self._last_loss = loss

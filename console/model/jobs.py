@@ -23,6 +23,7 @@ from console.model.job_steps import (
     READ_FIELDS,
     STEP_FIELDS,
     StepAgg,
+    last_eval_loss,
     last_known_step,
 )
 from console.model.job_steps import RankPoint as RankPoint  # re-exported: callers import it here
@@ -73,6 +74,7 @@ class JobView:
     last_seq: int = 0
     described_at: float = 0.0
     version: int = 0
+    eval_loss: tuple[int, float] | None = None  # (step, loss) of the newest evaluation seen
 
     @property
     def state(self) -> int:
@@ -122,6 +124,14 @@ class JobView:
         if self.steps:
             return next(reversed(self.steps))
         return last_known_step(self.job) or 0  # a stopped or resumed attempt's 0 is not it
+
+    def last_eval(self) -> tuple[int, float] | None:
+        """(step, loss) of the newest evaluation: from the metric stream, else the
+        leader's description."""
+        described = last_eval_loss(self.job)
+        if self.eval_loss is None or (described is not None and described[0] > self.eval_loss[0]):
+            return described
+        return self.eval_loss
 
     def step_series(self, name: str, how: str = "mean", last: int = 0) -> list[tuple[int, float]]:
         """(step, value) of a per-step aggregate, oldest first (`last`: only that many)."""
@@ -268,6 +278,8 @@ class JobsStore:
         get = values.get
         t = ts(m.time) or ts(event.time)
         step = int(m.step)
+        if has("eval_loss") and (view.eval_loss is None or step >= view.eval_loss[0]):
+            view.eval_loss = (step, m.eval_loss)
         latest = view.ranks.get(event.rank)
         if latest is None:
             latest = view.ranks[event.rank] = RankLatest(

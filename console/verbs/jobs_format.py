@@ -9,6 +9,7 @@ from gantry.v1 import job_pb2
 
 from console.model.cost import Cost, job_cost
 from console.model.diagnoses import diagnoses, diagnoses_json
+from console.model.job_steps import last_eval_loss
 from console.model.job_steps import last_known_step as last_known_step  # re-exported
 from console.model.proto_json import message_json
 from console.model.rank_phase import starting_phase
@@ -129,9 +130,11 @@ def job_text(
         f"leader {led.leader.name} · restarts {job.restarts_used}/{job.spec.restart.max_restarts}"
         f" · nodes {' '.join(f'{n.node}:{n.slots}' for n in job.spec.nodes)}",
         f"cost {cost_now(job).summary()}",
-        "",
-        "attempts:",
     ]
+    evaluated = last_eval_loss(job)
+    if evaluated is not None:
+        lines.append(f"eval loss {evaluated[1]:.4g} at step {evaluated[0]}")
+    lines += ["", "attempts:"]
     for attempt in job.attempts:
         extra = f" resumed from {attempt.resumed_from}" if attempt.resumed_from else ""
         if attempt.excluded_nodes:

@@ -5,8 +5,10 @@ Each shape below is one project's exact format string (source and commit in the 
 line in tests/test_loop_lines.py or the corpus); a line that is not exactly one of them gives
 nothing: no generic "a number after 'loss'". Figures are taken as the script prints them
 (``tokens_per_s`` is the script's tok/s, per GPU or per job as it says); a step is the script's
-own step count. Evaluation lines (nanoGPT's ``step N: train loss ..., val loss ...``,
-modded-nanogpt's ``val_loss:``, torchtitan's ``validate step:``, timm's ``Test:``) are not steps.
+own step count. Evaluation lines are not steps: nanoGPT's ``step N: train loss ..., val loss
+...`` and Megatron's ``validation loss at iteration N | lm loss value: ...`` give only
+``eval_loss`` at their step; modded-nanogpt's ``val_loss:``, torchtitan's ``validate step:`` and
+timm's ``Test:`` give nothing.
 
 ``epoch`` is set as the Hugging Face Trainer sets it (epochs done, fractional) and only where the
 line decides it: timm's ``[idx/per-epoch]`` and the DDP tutorial's per-epoch ``Steps:``. A line
@@ -120,6 +122,21 @@ _DDP = re.compile(
 )
 
 
+# Evaluations, read for their loss only (``eval_loss`` at the step they ran at):
+# karpathy/nanoGPT train.py @3adf61e1:
+#   print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+_NANOGPT_EVAL = re.compile(
+    _B + rf"step (?P<step>\d+): train loss (?:{_N}), val loss (?P<eval>{_N})\s*$"
+)
+# NVIDIA/Megatron-LM megatron/training/training.py evaluate_and_print_results:
+#   f" validation loss at {prefix} | " + "{} value: {:.6E} | ".format(key, ...) per loss key,
+#   prefix "iteration N" (newer: "iteration N on validation set"); the first key's value.
+_MEGATRON_EVAL = re.compile(
+    _B + r"validation loss at iteration (?P<step>\d+)(?: on [\w ]{1,40})? \| "
+    rf"lm loss value: (?P<eval>{_N}) \|"
+)
+
+
 def may_hold(line: str) -> bool:
     """Whether ``line`` may be one of the shapes (a cheap test before the regexes)."""
     return "loss" in line or "Loss:" in line or "Steps: " in line or "train_time:" in line
@@ -199,6 +216,13 @@ def _ddp(found: re.Match[str]) -> job_pb2.RankMetrics | None:
     return job_pb2.RankMetrics(step=epoch * per, epoch=float(epoch))
 
 
+def _eval(found: re.Match[str]) -> job_pb2.RankMetrics | None:
+    step, loss = whole_number(found["step"]), _float(found["eval"])
+    if step is None or loss is None:
+        return None
+    return job_pb2.RankMetrics(step=step, eval_loss=loss)
+
+
 _Reader = Callable[[re.Match[str]], job_pb2.RankMetrics | None]
 # (a substring every line of the shape holds, the shape, its reader), the cheap test first.
 _SHAPES: tuple[tuple[str, re.Pattern[str], _Reader], ...] = (
@@ -212,6 +236,8 @@ _SHAPES: tuple[tuple[str, re.Pattern[str], _Reader], ...] = (
     ("memory:", _TORCHTITAN, _plain),
     ("Train: ", _TIMM, _timm),
     ("Steps: ", _DDP, _ddp),
+    (", val loss ", _NANOGPT_EVAL, _eval),
+    ("validation loss at iteration ", _MEGATRON_EVAL, _eval),
 )
 
 

@@ -137,10 +137,14 @@ def _kind(fields: dict[str, float | None]) -> str:
 
 
 def hf_metrics(fields: dict[str, float | None], step: int) -> job_pb2.RankMetrics | None:
-    """A log dict's figures at ``step``; None for an evaluation's dict (nothing of training)."""
+    """A log dict's figures at ``step``; of an evaluation's dict only its ``eval_loss``
+    (None without one)."""
     kind = _kind(fields)
     if kind == "eval":
-        return None
+        loss = fields.get("eval_loss")
+        if loss is None or not math.isfinite(loss):
+            return None
+        return job_pb2.RankMetrics(step=step, eval_loss=loss)
     m = job_pb2.RankMetrics(step=step)
     for key in ("loss", "grad_norm", "learning_rate"):
         value = fields.get(key)

@@ -206,6 +206,7 @@ class JobScreen(JobActions):
             state_name(job.state, "JOB_STATE_"),
             f"attempt {attempt.number}" if attempt else "no attempt",
             f"step {step}" + (f"/{total}" if total else ""),
+            *([f"eval loss {evaluated[1]:.4g}"] if (evaluated := view.last_eval()) else []),
             f"restarts {job.restarts_used}/{job.spec.restart.max_restarts}",
             f"leader {view.leader}",
         ]
