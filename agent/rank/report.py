@@ -36,7 +36,7 @@ so a tailer never sees a partial line:
     {"kind": "metrics", "time", "rank", "step", "epoch", "loss", "grad_norm", "lr",
      "loss_scale", "step_time_s", "samples_per_s", "tokens_per_s",
      "collective_s": {op: s}, "collective_total_s", "forward_s", "backward_s",
-     "optimizer_step_s", "memory_bytes"}     (a field that was not measured is absent;
+     "optimizer_step_s", "memory_bytes", "eval_loss"}  (a field not measured is absent;
         two records of one step complete each other)
     {"kind": "heartbeat", "time", "rank", "step", "moved"}  every GANTRY_HEARTBEAT_S (5) s;
         moved: whether the rank advanced since the last one, once it has stepped
