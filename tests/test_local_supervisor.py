@@ -16,6 +16,7 @@ import pytest
 from gantry.v1 import job_pb2
 
 from agent.jobs.journal import Journal
+from agent.jobs.node.hangs import NO_HANDLER
 from agent.jobs.node.launch import rank_argv, rank_env
 from agent.jobs.node.logs import extract_stacks
 from agent.jobs.node.supervisor import LocalSupervisor
@@ -28,7 +29,8 @@ K = job_pb2.JobEventKind
 # writing the metrics file), env_out (file to dump its environment, argv and cwd into).
 FAKE_RANK = r"""
 import faulthandler, json, os, signal, sys, time
-faulthandler.register(signal.SIGUSR1, all_threads=True)
+if "no_stacks=1" not in sys.argv:
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
 if "ignore_term" in args:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -324,6 +326,32 @@ async def test_a_rank_blocked_in_one_call_is_hung_though_its_heartbeats_go_on(
     beats = [json.loads(line) for line in metrics if '"heartbeat"' in line]
     assert beats and beats[-1]["moved"] is False  # the hook's heartbeats went on, unmoved
     await poll_until(sup, all_done(sup), timeout=30)
+
+
+async def test_a_hung_rank_that_cannot_dump_its_stacks_is_not_sent_sigusr1(
+    supervisors: Callable[..., LocalSupervisor],
+    journal: Journal,
+    fake_rank: Path,
+    events: list[job_pb2.JobEvent],
+) -> None:
+    """SIGUSR1's default action kills: a rank without a handler for it (the start-up hook
+    off, no faulthandler) is failed at once and killed, saying why there are no stacks."""
+    clock = ManualClock()
+    sup = supervisors(clock=clock)
+    job_spec = spec(fake_rank, "steps=5", "hang_at=3", "no_stacks=1", hang_timeout_s=30)
+    job_spec.env["GANTRY_INSTRUMENT"] = "0"
+    sup.start_ranks(job_spec, 1, [0], 1, "127.0.0.1", 29500)
+    await poll_until(sup, lambda: steps(events) == [1, 2])
+    clock.advance(31)
+    await sup.poll()
+    await sup.poll()  # no dump to wait for
+    [rank] = sup.ranks("moe")
+    assert rank.state == job_pb2.RANK_STATE_FAILED and rank.reason.startswith("hung")
+    [failed] = [e for e in events if e.kind == K.JOB_EVENT_KIND_RANK_FAILED]
+    assert failed.details["stacks"] == NO_HANDLER
+    await poll_until(sup, all_done(sup))
+    [rank] = sup.ranks("moe")
+    assert rank.exit_code == -signal.SIGKILL  # killed by Gantry, not by the SIGUSR1
 
 
 async def test_no_hang_detection_without_a_timeout(

@@ -17,6 +17,7 @@ from agent.jobs.node.tailer import read_lines
 
 __all__ = [
     "MAX_STACK_BYTES",
+    "NO_HANDLER",
     "STACK_QUIET_S",
     "STACK_WAIT_DONE_S",
     "STACK_WAIT_MAX_S",
@@ -35,6 +36,10 @@ STACK_WAIT_MAX_S = 10.0
 STACK_QUIET_S = 1.0  # stderr unchanged this long: the stack dump is complete
 STACK_WAIT_DONE_S = 5.0  # quiet this late, a dump without a <module> frame is all there is
 MAX_STACK_BYTES = 256 * 1024
+NO_HANDLER = (
+    "(no stack dump: no process of the rank handles SIGUSR1; Gantry's start-up hook is off"
+    " (GANTRY_INSTRUMENT=0) or the rank is not Python)"
+)
 _OUTERMOST = " in <module>"  # the main thread's first frame, the last line faulthandler writes
 
 
@@ -52,7 +57,8 @@ def ask_for_stacks(live: LiveRank, now: float) -> None:
     live.hung_at = now
     live.stack_offset = file_size(live.row.stderr_path)
     if live.handle is not None:
-        live.handle.signal_group(signal.SIGUSR1)
+        # Only processes that registered a handler: SIGUSR1 kills the others.
+        live.stacks_asked = live.handle.signal_catchers(signal.SIGUSR1) > 0
 
 
 def hang_detected(
@@ -82,6 +88,8 @@ def stacks_dumped(live: LiveRank, now: float, stack_wait_s: float) -> bool:
     """
     if live.hung_at is None:
         return False
+    if not live.stacks_asked:
+        return True  # nobody to dump them: no wait
     size = file_size(live.row.stderr_path)
     if size != live.stack_size:
         live.stack_size, live.stack_size_since = size, now
@@ -106,6 +114,8 @@ def dump_stacks_and_fail(
     row = rj.edge(row, RankEdge.STACKS_DUMPED, reason=reason, ended=rj.wall_clock())
     if live.handle is not None:
         live.handle.kill()
+    if not stacks and not live.stacks_asked:
+        stacks = NO_HANDLER
     details = {"state": RankState(row.state).name, "stacks": stacks or "(no stack dump)"}
     rj.emit(batch, row, _K.JOB_EVENT_KIND_RANK_FAILED, f"rank {row.rank} failed: {reason}", details)
     return row

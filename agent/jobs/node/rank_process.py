@@ -83,6 +83,18 @@ def _identity(proc: psutil.Process, create_time: float) -> str:
         return "gone"
 
 
+def _caught_signals(pid: int) -> int | None:
+    """The signals ``pid`` has handlers for (/proc's SigCgt mask), or None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("SigCgt:"):
+                    return int(line.split()[1], 16)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def _reap(pid: int) -> None:
     # A dead wrapper may still be our child (a supervisor object was replaced within the
     # same process): reap the zombie. Anyone else's child is reaped by its own parent.
@@ -150,6 +162,28 @@ class RankHandle:
         except (ProcessLookupError, PermissionError):
             return False
         return True
+
+    def signal_catchers(self, sig: int) -> int:
+        """Sends ``sig`` to each process under the wrapper that catches it (a rank whose
+        faulthandler is registered for it); how many. A process that does not would die of
+        it (SIGUSR1's default action), so it is spared. Where /proc cannot tell, the whole
+        group is signalled (1 when anyone was)."""
+        caught, readable = [], False
+        for pid, _ in self.descendants():
+            mask = _caught_signals(pid)
+            if mask is None:
+                continue
+            readable = True
+            if mask >> (sig - 1) & 1:
+                caught.append(pid)
+        if not readable:
+            return int(self.signal_group(sig))
+        sent = 0
+        for pid in caught:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+                sent += 1
+        return sent
 
     def descendants(self) -> list[_Descendant]:
         """(pid, create_time) of everything below the wrapper, even what left the group."""
