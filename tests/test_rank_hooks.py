@@ -148,3 +148,21 @@ def test_heartbeats_say_whether_the_rank_moved_on(tmp_path: Path) -> None:
     assert training and sum(training) >= len(training) / 2
     # The first beat in the wait may still see the move into it (a starved thread beats late).
     assert len(blocked) >= 2 and not any(blocked[1:])
+
+
+TRAINER_MADE = """
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                     num_attention_heads=2, num_key_value_heads=2)
+args = TrainingArguments(output_dir="out", logging_steps=25, disable_tqdm=True, use_cpu=True,
+                         report_to="none")
+Trainer(model=LlamaForCausalLM(config), args=args)
+"""
+
+
+def test_a_trainer_s_logging_settings_in_the_script_s_code_are_recorded(tmp_path: Path) -> None:
+    done, metrics = run(TRAINER_MADE, tmp_path)
+    assert done.returncode == 0, done.stderr
+    [trainer] = [r for r in records(metrics) if r["kind"] == "trainer"]
+    assert trainer["logging_steps"] == 25 and trainer["logging_first_step"] is False

@@ -10,6 +10,7 @@ A rank using Gantry's reporter appends JSON lines to ``$GANTRY_METRICS_FILE``::
      "path": "/ckpt/global_step100"}
     {"kind": "start", ...}  {"kind": "end", ...}
     {"kind": "phase", "time": ..., "rank": 0, "phase": "joining"}
+    {"kind": "trainer", "time": ..., "rank": 0, "logging_steps": 10, "logging_first_step": false}
 
 Unknown and missing fields are tolerated; a line that is not a JSON object is skipped and
 counted, never raised.
@@ -48,6 +49,7 @@ class RecordKind(StrEnum):
     START = "start"
     END = "end"
     PHASE = "phase"
+    TRAINER = "trainer"  # a Hugging Face Trainer's settings, from the start-up hook
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,9 @@ class Record:
     # HEARTBEAT only: whether the rank advanced since its last heartbeat (agent.rank.report);
     # None from a reporter that does not say, which counts as progress.
     moved: bool | None = None
+    # TRAINER only: its logging_steps (a ratio of the run below 1) and logging_first_step.
+    logging_steps: float | None = None
+    logging_first_step: bool = False
 
 
 _PHASE_PREFIX = "RANK_PHASE_"
@@ -238,6 +243,10 @@ class RecordParser:
                 tag=tag if isinstance(tag, str) else "",
                 path=path if isinstance(path, str) else "",
             )
+        if kind == RecordKind.TRAINER:
+            every = as_number(fields.get("logging_steps"))
+            first = fields.get("logging_first_step") is True
+            return Record(kind, when, step, logging_steps=every, logging_first_step=first)
         if kind == RecordKind.HEARTBEAT:
             moved = fields.get("moved")
             return Record(kind, when, step, moved=moved if isinstance(moved, bool) else None)

@@ -59,10 +59,14 @@ class PhaseLog:
     called at each optimizer step (the heartbeat says the rank moved on)."""
 
     def __init__(
-        self, write: Callable[[str], None], tick: Callable[[], None] = lambda: None
+        self,
+        write: Callable[[str], None],
+        tick: Callable[[], None] = lambda: None,
+        note: Callable[..., None] = lambda kind, **fields: None,
     ) -> None:
         self._write = write
         self.tick = tick
+        self.note = note  # another record: note(kind, **fields)
         self._lock = threading.Lock()
         self.current = ""
 
@@ -189,6 +193,28 @@ def _hook_trainer(module: ModuleType, phases: PhaseLog) -> None:
     trainer = getattr(module, "Trainer", None)
     if trainer is not None:
         _patch(trainer, "_load_from_checkpoint", phases.during(LOADING_CHECKPOINT))
+        _patch(trainer, "__init__", _noting_settings(phases))
+
+
+def _noting_settings(phases: PhaseLog) -> Callable[[Any], Any]:
+    """Trainer.__init__, then a record of its logging settings: where its log dicts fall
+    when no progress bar numbers them (disable_tqdm), set in the script's code."""
+
+    def wrap(init: Any) -> Any:
+        @functools.wraps(init)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
+            init(self, *args, **kwargs)
+            with contextlib.suppress(Exception):
+                settings = self.args
+                phases.note(
+                    "trainer",
+                    logging_steps=float(settings.logging_steps),
+                    logging_first_step=bool(settings.logging_first_step),
+                )
+
+        return wrapper
+
+    return wrap
 
 
 HOOKS: dict[str, Callable[[ModuleType, PhaseLog], None]] = {
@@ -270,7 +296,7 @@ def install(environ: dict[str, str] | None = None) -> bool:
     report = _load_reporter()
     report.install_stack_dump()
     reporter = report.Reporter()
-    phases = PhaseLog(reporter.phase, reporter.tick)
+    phases = PhaseLog(reporter.phase, reporter.tick, reporter.write)
     phases.set(IMPORTING)
     reporter.start_heartbeat()
     env[HEARTBEAT_PID_ENV] = str(os.getpid())

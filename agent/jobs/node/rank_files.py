@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agent.jobs.metrics_records import Record, RecordParser
+from agent.jobs.metrics_records import Record, RecordKind, RecordParser
 from agent.jobs.node.log_findings import Diagnosis
 from agent.jobs.node.log_scan import LogScanner
 from agent.jobs.node.nccl import NcclFinding, NcclParser
@@ -59,6 +59,10 @@ class RankFiles:
 
         def parse_file(text: str) -> list[Record]:
             record = self.records.parse(text)
+            if record is not None and record.kind == RecordKind.TRAINER:
+                # Before the printed lines it explains: the metrics file is read first.
+                self.script.trainer(record.logging_steps, record.logging_first_step)
+                return []
             return [record] if record is not None else []
 
         def parse_stream(stream: str) -> Callable[[str], list[Record]]:

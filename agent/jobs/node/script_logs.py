@@ -338,6 +338,13 @@ class ScriptLogParser:
         """Where this process's running totals (comms tables, pipeline timers) start."""
         self._comms_per_step.base_step = self._deepspeed.start_step = step
 
+    def trainer(self, logging_steps: float | None, first_step: bool) -> None:
+        """The Trainer's own logging settings (its start-up hook's record): where its log
+        dicts fall when no bar says (disable_tqdm), unless the command line said."""
+        if self._steps.logging_steps is None and logging_steps is not None and logging_steps > 0:
+            self._steps.logging_steps = logging_steps
+        self._steps.first_step = self._steps.first_step or first_step
+
     def _set_total(self, total: int | None) -> None:
         if total:
             self.total = self._steps.total = total
