@@ -4,6 +4,7 @@ prints without a progress bar (disable_tqdm), when the command line does not say
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from agent.jobs.metrics_records import RecordKind
@@ -16,7 +17,7 @@ DICTS = [
 ]
 
 
-def steps_read(tmp_path: Path, trainer: dict[str, object] | None, argv: list[str]) -> list[int]:
+def steps_read(tmp_path: Path, trainer: Mapping[str, object] | None, argv: list[str]) -> list[int]:
     metrics, stdout, stderr = (tmp_path / n for n in ("metrics.jsonl", "out.log", "err.log"))
     lines = [json.dumps({"kind": "phase", "time": 1.0, "rank": 0, "phase": "importing"})]
     if trainer is not None:

@@ -116,7 +116,7 @@ async def test_a_writer_left_behind_does_not_keep_an_exited_rank_watched(
     try:
         await wait_for(lambda: pid_file.exists() and pid_file.read_text() != "")
         [started] = sup.ranks("moe")
-        await wait_for(lambda: sup.live_keys() and _exited(started.pid))
+        await wait_for(lambda: bool(sup.live_keys()) and _exited(started.pid))
         polls = await poll_counting(sup)
         assert polls <= MAX_READS_AFTER_EXIT + 1
         [rank] = sup.ranks("moe")
