@@ -169,9 +169,10 @@ def test_lines_of_other_shapes_give_nothing(line: str) -> None:
     assert loop_metrics(line) is None
 
 
-def test_a_nan_loss_leaves_the_loss_unset_but_keeps_the_step() -> None:
+def test_a_nan_loss_is_shown_as_nan_at_its_step() -> None:
+    # The row shows nan, not the last finite loss (the scanner's nan_loss alert says it too).
     got = _fields("iter 3010: loss nan, time 1019.95ms, mfu 14.12%")  # karpathy/nanoGPT#215
-    assert got == {"step": 3010, "step_time_s": pytest.approx(1.01995)}
+    assert got == {"step": 3010, "loss": "NaN", "step_time_s": pytest.approx(1.01995)}
 
 
 def _figures(lines: list[str], argv: tuple[str, ...] = ()) -> list[dict[str, Any]]:

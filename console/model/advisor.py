@@ -12,8 +12,8 @@ are each rank's latest metric points (one point per reported step).
 Remedies with a kind other than "advice" can be applied by `console.model.remedies`.
 
 The vocabulary (inputs, findings, thresholds) is `advisor_types`; the rules are in
-`advisor_rules_failures`, `advisor_rules_events`, `advisor_rules_training` and
-`advisor_rules_speed`; this module orders them and evaluates them all.
+`advisor_rules_failures`, `advisor_rules_events`, `advisor_rules_runtime`,
+`advisor_rules_training` and `advisor_rules_speed`; this module orders them and evaluates them all.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from console.model.advisor_rules_events import (
     xid,
 )
 from console.model.advisor_rules_failures import CUDA_OOM_RE, HOST_OOM_RE, interruptions, oom
+from console.model.advisor_rules_runtime import runtime_failures
 from console.model.advisor_rules_speed import input_bound, network_bound, straggler
 from console.model.advisor_rules_training import grad_spike, loss_scale_collapse, nan_loss
 from console.model.advisor_series import shared_grouping
@@ -81,6 +82,7 @@ __all__ = [
     "network_bound",
     "oom",
     "rank_failed",
+    "runtime_failures",
     "straggler",
     "training_alerts",
     "watchdog_timeout",
@@ -95,6 +97,7 @@ RULES: tuple[Rule, ...] = (
     gpu_missing,
     watchdog_timeout,
     nccl_error,
+    runtime_failures,
     nan_loss,
     loss_scale_collapse,
     training_alerts,  # after the metric rules: theirs are kept where both find the same
@@ -112,6 +115,7 @@ ENDING_RULES: tuple[Rule, ...] = (
     gpu_missing,
     watchdog_timeout,
     nccl_error,
+    runtime_failures,
     nan_loss,
     loss_scale_collapse,
     training_alerts,

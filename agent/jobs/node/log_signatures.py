@@ -25,6 +25,7 @@ from agent.jobs.node.nccl_signatures import (
     takedown,
     watchdog_hit,
 )
+from agent.jobs.node.runtime_signatures import RUNTIME_ALERTS, RUNTIME_SIGNATURES
 
 __all__ = ["ALERTS", "PCI", "PCI_ADDRESS", "SIGNATURES", "cuda_oom_cause", "overflow_scale"]
 
@@ -50,6 +51,7 @@ ALERTS = (
     "xid",
     "ib_fallback",
     "gpu_missing",
+    *RUNTIME_ALERTS,  # disk_full, dataloader_worker, rendezvous, socket_ifname
 )
 
 
@@ -119,7 +121,9 @@ def _zero_alloc(line: str) -> Hit | None:
         size = int(match["bytes"])
         cause += f": tried {size / 2**30:.2f} GiB"
         fields["tried"] = f"{size / 2**30:.2f} GiB"
-    cause += " (ZeRO offload and pinned buffers live in host RAM)"
+    cause += (
+        ": host RAM or the rank's memory limit is short (ZeRO offload, pinned buffers live there)"
+    )
     return Hit("zero_alloc", "critical", cause, fields, key="host")
 
 
@@ -193,10 +197,14 @@ def _min_scale(line: str) -> Hit | None:
 
 
 # {'loss': nan, ...} (Trainer), "lm loss: nan" / "lm loss: inf" (Megatron), "loss=nan",
-# "Loss is nan", "number of nan iterations:   3" (Megatron).
+# "Loss is nan", "number of nan iterations:   3" (Megatron); nanoGPT's and plain loops' "iter
+# 15: loss nan, time ..." (no separator), "loss: tensor(nan, grad_fn=...)".
 _NAN_LOSS = re.compile(
-    r"\bloss['\"]?\s*(?:[:=]|is)\s*['\"]?(?P<value>nan|[+-]?inf(?:inity)?)\b", re.IGNORECASE
+    r"\bloss['\"]?\s*(?:[:=]|is)?\s*['\"]?(?:tensor\()?(?P<value>nan|[+-]?inf(?:inity)?)\b",
+    re.IGNORECASE,
 )
+# The step the same line names: "iter 15:", " iteration      100/", "step=40", "global_step 7".
+_NAN_STEP = re.compile(r"(?:\b|_)(?:iter(?:ation)?|step)\s*[:=]?\s*(?P<step>\d+)\b", re.IGNORECASE)
 _NAN_ITERS = re.compile(r"number of nan iterations:\s*(?P<n>[1-9]\d*)")
 # {'grad_norm': nan} (Trainer), "grad norm: nan" (Megatron): the loss follows a step later.
 _NAN_GRAD = re.compile(
@@ -208,7 +216,16 @@ def _nan_loss(line: str) -> Hit | None:
     match = _NAN_LOSS.search(line)
     if match is not None:
         value = match["value"].lower()
-        return Hit("nan_loss", "critical", f"loss is {value}", {"value": value}, key=value)
+        step = _NAN_STEP.search(line[: match.start()])
+        if step is None:
+            return Hit("nan_loss", "critical", f"loss is {value}", {"value": value}, key=value)
+        return Hit(
+            "nan_loss",
+            "critical",
+            f"loss is {value} at step {step['step']}",
+            {"value": value, "step": step["step"]},
+            key=value,
+        )
     iters = _NAN_ITERS.search(line)
     if iters is not None:
         return Hit("nan_loss", "critical", f"{iters['n']} iterations with a NaN loss", key="iters")
@@ -357,6 +374,7 @@ SIGNATURES: tuple[Signature, ...] = (
         ("RmInitAdapter failed", "fallen off the bus", "failed to initialize", _SMI_LOST),
         _gpu_missing,
     ),
+    *RUNTIME_SIGNATURES,  # disk, DataLoader workers, rendezvous, GLOO_SOCKET_IFNAME
     # Last: on a line that says more (a flattened abort message), the other rule wins.
     Signature("nccl_watchdog_timeout", (TAKEDOWN,), takedown),
 )

@@ -153,7 +153,10 @@ def _float(text: str | None) -> float | None:
 
 
 def _set(m: job_pb2.RankMetrics, found: re.Match[str], group: str, attr: str, scale: float) -> None:
-    value = _float(found.groupdict().get(group))
+    text = found.groupdict().get(group)
+    value = _float(text)
+    if value is None and attr == "loss" and text and text.strip("+-").lower() in ("nan", "inf"):
+        value = float(text)  # shown as it is (the scanner's nan_loss alert says it too)
     if value is not None:
         setattr(m, attr, value * scale)
 
