@@ -187,6 +187,24 @@ async def test_a_peers_reset_waits_for_nothing_once_the_peers_node_is_lost(
     await agent.kill()
 
 
+async def test_a_reset_after_a_peer_exited_0_names_the_early_exit(agent: Agent) -> None:
+    """Rank 1's script ends (exit 0) while rank 0 still trains: rank 0's lost connection is
+    all that fails, and the reason says the peer ended early rather than died."""
+    await submitted(agent)
+    agent.b.emit(EK.JOB_EVENT_KIND_RANK_EXITED, 1, exit_code="0", state="EXITED")
+    await agent.until(
+        lambda: agent.job().attempts[0].ranks[1].state == RS.RANK_STATE_EXITED, "rank 1 read"
+    )
+    fail_rank_0_on_a_reset(agent)  # no wait for rank 1's own failure: it has none
+    job = await agent.until_state(JS.JOB_STATE_FAILED)
+    reason = job.attempts[0].reason
+    assert reason.startswith("rank 0 on node-a failed: gloo: Connection reset by peer")
+    assert reason.endswith(
+        "(rank 1 had exited 0 first: its script ended while the others still trained)"
+    )
+    await agent.kill()
+
+
 async def test_every_rank_exiting_0_is_a_success(agent: Agent) -> None:
     await submitted(agent)
     agent.clock.now = T0 + 60

@@ -112,6 +112,10 @@ class Tally:
         verb = "failed" if state == RS.RANK_STATE_FAILED else "was killed"
         self.failure = f"rank {event.rank} on {event.node} {verb}: {why}"
         self.following_since = now if follows and not root_after_following else None
+        early = _ended_early(self.attempt, event.rank) if follows else ""
+        if early:  # the peer it lost had ended: no failure of its own to wait for
+            self.failure += early
+            self.following_since = None
 
     def settle(self) -> None:
         """No more waiting: the failure kept is the one to name (the rank it follows from
@@ -129,6 +133,18 @@ class Tally:
             settle = self.settle_at()
             return AttemptEdge.RANK_FAILED if settle is None or now >= settle else None
         return attempt_edge_for(AttemptState.RUNNING, [r.state for r in self.attempt.ranks])
+
+
+def _ended_early(attempt: job_pb2.Attempt, rank: int) -> str:
+    """A lost peer that had exited 0: the cause is a script that ended early there (its
+    peers then wait on a collective it never joins), not a crash."""
+    early = sorted(
+        r.rank for r in attempt.ranks if r.rank != rank and r.state == RS.RANK_STATE_EXITED
+    )
+    if not early:
+        return ""
+    who = f"rank {early[0]}" if len(early) == 1 else "ranks " + ", ".join(map(str, early))
+    return f" ({who} had exited 0 first: its script ended while the others still trained)"
 
 
 def apply_event(attempt: job_pb2.Attempt, event: job_pb2.JobEvent) -> None:
