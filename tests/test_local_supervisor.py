@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from gantry.v1 import job_pb2
 
 from agent.jobs.journal import Journal
-from agent.jobs.node.hangs import NO_HANDLER
+from agent.jobs.node.hangs import JOIN_WARN_DEFAULT_S, NO_HANDLER
 from agent.jobs.node.launch import rank_argv, rank_env
 from agent.jobs.node.logs import extract_stacks
 from agent.jobs.node.supervisor import LocalSupervisor
@@ -354,6 +355,49 @@ async def test_a_hung_rank_that_cannot_dump_its_stacks_is_not_sent_sigusr1(
     assert rank.exit_code == -signal.SIGKILL  # killed by Gantry, not by the SIGUSR1
 
 
+JOINING_FOREVER = """
+import json, os, time
+with open(os.environ["GANTRY_METRICS_FILE"], "a") as f:
+    f.write(json.dumps({"kind": "phase", "time": time.time(), "rank": 0, "phase": "joining"}))
+    f.write("\\n")
+time.sleep(60)
+"""
+
+
+async def test_a_rank_joining_too_long_is_warned_of_once(
+    supervisors: Callable[..., LocalSupervisor],
+    tmp_path: Path,
+    events: list[job_pb2.JobEvent],
+) -> None:
+    """A rendezvous that cannot complete (MASTER_ADDR unresolvable) waits silently for
+    torch's own timeout: one warning names the master, and the rank goes on."""
+    script = tmp_path / "joining.py"
+    script.write_text(JOINING_FOREVER)
+    wall = ManualClock(time.time())
+    sup = supervisors(wall_clock=wall)
+    job = job_pb2.JobSpec(
+        name="moe", command=[sys.executable, str(script)], working_dir=str(tmp_path)
+    )
+    job.env["GANTRY_INSTRUMENT"] = "0"
+    sup.start_ranks(job, 1, [0], 1, "127.0.0.1", 29500)
+    await poll_until(sup, lambda: sup.ranks("moe")[0].phase == job_pb2.RANK_PHASE_JOINING)
+
+    def told() -> list[job_pb2.JobEvent]:
+        return [e for e in events if e.kind == K.JOB_EVENT_KIND_ALERT]
+
+    wall.advance(JOIN_WARN_DEFAULT_S - 10)  # no hang timeout: the default wait
+    await sup.poll()
+    assert not told()
+    wall.advance(20)
+    await sup.poll()
+    await sup.poll()
+    [alert] = told()
+    assert alert.details["alert"] == "rendezvous" and alert.details["severity"] == "warning"
+    assert "joining the process group for" in alert.message
+    assert alert.details["master"] == "127.0.0.1:29500"
+    assert sup.ranks("moe")[0].state == job_pb2.RANK_STATE_RUNNING  # it goes on
+
+
 async def test_no_hang_detection_without_a_timeout(
     supervisors: Callable[..., LocalSupervisor], fake_rank: Path
 ) -> None:
@@ -513,6 +557,7 @@ def test_extract_stacks() -> None:
 
 NCCL_SOCKET_FALLBACK = r"""
 import sys
+import time
 lines = [
     "node-b:4242:4242 [0] NCCL INFO NCCL version 2.21.5+cuda12.4",
     "node-b:4242:4260 [0] NCCL INFO NET/IB : No device found.",

@@ -16,6 +16,8 @@ from agent.jobs.node.rank_states import RankEdge, RankState
 from agent.jobs.node.tailer import read_lines
 
 __all__ = [
+    "JOIN_WARN_DEFAULT_S",
+    "JOIN_WARN_S",
     "MAX_STACK_BYTES",
     "NO_HANDLER",
     "STACK_QUIET_S",
@@ -28,6 +30,7 @@ __all__ = [
     "is_silent",
     "read_stacks",
     "stacks_dumped",
+    "tell_slow_join",
 ]
 
 _K = job_pb2.JobEventKind
@@ -36,6 +39,8 @@ STACK_WAIT_MAX_S = 10.0
 STACK_QUIET_S = 1.0  # stderr unchanged this long: the stack dump is complete
 STACK_WAIT_DONE_S = 5.0  # quiet this late, a dump without a <module> frame is all there is
 MAX_STACK_BYTES = 256 * 1024
+JOIN_WARN_S = 60.0  # a join is not called slow before this, whatever the hang timeout
+JOIN_WARN_DEFAULT_S = 300.0  # without a hang timeout
 NO_HANDLER = (
     "(no stack dump: no process of the rank handles SIGUSR1; Gantry's start-up hook is off"
     " (GANTRY_INSTRUMENT=0) or the rank is not Python)"
@@ -50,6 +55,28 @@ def is_silent(live: LiveRank, now: float) -> bool:
         and live.hang_timeout_s > 0
         and now - live.last_progress > live.hang_timeout_s
     )
+
+
+def tell_slow_join(rj: RankJournal, live: LiveRank, row: RankRow, batch: EventBatch) -> None:
+    """One warning alert for a rank joining its process group for longer than its hang
+    timeout (at least JOIN_WARN_S; JOIN_WARN_DEFAULT_S without one): a rendezvous that
+    cannot complete (a MASTER_ADDR that does not resolve, a master that cannot be reached)
+    waits silently for torch's own timeout, 30 minutes by default. The rank goes on."""
+    if live.joining_told or row.phase != job_pb2.RANK_PHASE_JOINING or row.phase_since is None:
+        return
+    limit = max(live.hang_timeout_s, JOIN_WARN_S) if live.hang_timeout_s > 0 else None
+    waited = rj.wall_clock() - row.phase_since
+    if waited < (limit or JOIN_WARN_DEFAULT_S):
+        return
+    live.joining_told = True
+    env = live.launch.env if live.launch is not None else {}
+    master = f"{env.get('MASTER_ADDR', '?')}:{env.get('MASTER_PORT', '?')}"
+    cause = (
+        f"joining the process group for {waited:.0f} s: the master {master} does not answer "
+        "(check that it resolves and is reachable from this node, and that rank 0 started)"
+    )
+    details = {"alert": "rendezvous", "severity": "warning", "cause": cause, "master": master}
+    rj.emit(batch, row, _K.JOB_EVENT_KIND_ALERT, f"rank {row.rank}: {cause}", details)
 
 
 def ask_for_stacks(live: LiveRank, now: float) -> None:

@@ -38,6 +38,7 @@ from agent.jobs.node.hangs import (
     hang_detected,
     is_silent,
     stacks_dumped,
+    tell_slow_join,
 )
 from agent.jobs.node.kernel_alerts import KernelAlert, KernelAlerts
 from agent.jobs.node.launch import IMPORTS_FILE, rank_argv, rank_env
@@ -264,6 +265,7 @@ class LocalSupervisor:
                 live.handle.kill()
         elif is_silent(live, now):
             row = hang_detected(rj, live, row, batch, now)
+        tell_slow_join(rj, live, row, batch)
         live.row = row
         if row != before or batch.events or batch.offsets:
             rj.commit(row, batch)
