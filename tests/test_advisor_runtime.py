@@ -38,3 +38,9 @@ def test_each_runtime_failure_is_one_finding_with_its_fix(name: str, cause: str,
 def test_other_alerts_are_not_runtime_failures() -> None:
     inp = dataclasses.replace(given(now=NOW), notes=[alert("gloo_reset", 0, cause="reset")])
     assert not [f for f in evaluate(inp) if f.rule in ("disk_full", "rendezvous")]
+
+
+def test_a_slow_join_is_a_warning_while_the_job_runs() -> None:
+    note = alert("rendezvous", 0, cause="joining the process group for 300 s", severity="warning")
+    running = dataclasses.replace(given(now=NOW), notes=[note], running=True)
+    assert only(evaluate(running), "rendezvous").severity == "warning"

@@ -8,7 +8,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from console.model.advisor_series import ago, clip, ranks_text
-from console.model.advisor_types import AdvisorInput, EventNote, Finding, Remedy, Thresholds
+from console.model.advisor_types import (
+    AdvisorInput,
+    EventNote,
+    Finding,
+    Remedy,
+    Severity,
+    Thresholds,
+)
 
 # alert -> (title, the remedy's summary, its details)
 RUNTIME_ADVICE: Mapping[str, tuple[str, str, str]] = {
@@ -69,5 +76,8 @@ def runtime_failures(inp: AdvisorInput, th: Thresholds) -> list[Finding]:
             evidence += f"; also {ranks_text(others)}"
         title, summary, details = RUNTIME_ADVICE[alert]
         remedy = Remedy(kind="advice", summary=summary, details=details)
-        findings.append(Finding(alert, "critical", title, evidence, remedy))
+        # A warning (a join that is only slow so far) stays one while the job runs.
+        critical = any(n.details.get("severity", "critical") == "critical" for n in notes)
+        severity: Severity = "critical" if critical or not inp.running else "warning"
+        findings.append(Finding(alert, severity, title, evidence, remedy))
     return findings
