@@ -193,6 +193,7 @@ def test_callback_writes_each_evaluations_loss_at_its_step(tmp_path: Path) -> No
     path = tmp_path / "metrics.jsonl"
     rep = Reporter(path, rank=0, heartbeat_s=60)
     tiny_trainer(tmp_path / "out", max_steps=4, reporter=rep, eval_steps=2).train()
+    rep.close()  # its heartbeats go on after training, as the script's process would
     evaluated = [r.metrics for r in parsed(path) if r.metrics and r.metrics.HasField("eval_loss")]
     assert [m.step for m in evaluated] == [2, 4]
     assert all(0 < m.eval_loss < 10 and not m.HasField("loss") for m in evaluated)
