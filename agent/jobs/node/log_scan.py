@@ -108,10 +108,11 @@ def _any_in(needles: Iterable[str]) -> Callable[[str], bool]:
     return test
 
 
-# Whether a line may hold any signature (each rule then checks its own).
+# Whether a line may hold any signature; then each rule's own needles, unrolled alike.
 _may_match = _any_in(
     [n for s in SIGNATURES for n in s.needles] + ["Traceback", "verflow", "OVERFLOW", _LAST_ERROR]
 )
+_RULES = tuple((_any_in(s.needles), s) for s in SIGNATURES)
 
 
 def _told(found: Diagnosis, hit: Hit) -> Diagnosis:
@@ -213,8 +214,8 @@ class LogScanner:
         if overflow:
             self._overflow(stream, line, now, scale)
             return None
-        for signature in SIGNATURES:
-            if not any(needle in line for needle in signature.needles):
+        for may_hold, signature in _RULES:
+            if not may_hold(line):
                 continue
             hit = signature.read(line)
             if hit is None:
