@@ -166,3 +166,28 @@ def test_a_trainer_s_logging_settings_in_the_script_s_code_are_recorded(tmp_path
     assert done.returncode == 0, done.stderr
     [trainer] = [r for r in records(metrics) if r["kind"] == "trainer"]
     assert trainer["logging_steps"] == 25 and trainer["logging_first_step"] is False
+
+
+TRAIN_THEN_BUSY = """
+import time, torch
+model = torch.nn.Linear(4, 4)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for _ in range(20):
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    opt.zero_grad()
+started = time.time()
+while time.time() - started < 1.2:
+    sum(range(10**8 // 4))  # one long call at one place, on the CPU: an evaluation's way
+print(started, flush=True)
+"""
+
+
+def test_a_main_thread_busy_in_one_call_has_moved(tmp_path: Path) -> None:
+    """Work at one line (a device sync per batch, a long kernel) is not a hang: it uses CPU."""
+    done, metrics = run(TRAIN_THEN_BUSY, tmp_path)
+    assert done.returncode == 0, done.stderr
+    busy_from = float(done.stdout.split()[-1])
+    beats = [r for r in records(metrics) if r["kind"] == "heartbeat"]
+    busy = [b.get("moved") for b in beats if busy_from + 0.2 < b["time"] < busy_from + 1.1]
+    assert len(busy) >= 2 and all(busy[1:])

@@ -69,6 +69,8 @@ from typing import Any
 METRICS_FILE_ENV = "GANTRY_METRICS_FILE"
 HEARTBEAT_ENV = "GANTRY_HEARTBEAT_S"
 DEFAULT_HEARTBEAT_S = 5.0
+# A main thread that used this share of a heartbeat's interval in CPU time worked.
+BUSY_SHARE = 0.1
 # Set (to its pid) by whatever already runs a heartbeat thread in this process.
 HEARTBEAT_PID_ENV = "GANTRY_HEARTBEAT_PID"
 PHASES = (
@@ -119,6 +121,17 @@ def _json_default(value: object) -> object:
     return str(value)
 
 
+def _main_thread_cpu_s() -> float | None:
+    """The main thread's CPU seconds (None where the platform cannot tell)."""
+    try:
+        ident = threading.main_thread().ident
+        if ident is None:
+            return None
+        return time.clock_gettime(time.pthread_getcpuclockid(ident))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
 def _main_thread_position() -> tuple[tuple[int, int], ...]:
     """Where the main thread is: each frame's code and last instruction, innermost first."""
     frame = sys._current_frames().get(threading.main_thread().ident or -1)
@@ -158,6 +171,7 @@ class Reporter:
         # optimizer step).
         self.ticks = 0
         self._last_position: tuple[object, ...] | None = None
+        self._last_cpu: float | None = None
         self.started = False  # a start record was written
         self._clock = clock
         self._lock = threading.Lock()
@@ -215,12 +229,19 @@ class Reporter:
         """Alive, and whether the rank moved on since the last heartbeat: a new step or
         tick, or its main thread elsewhere in its Python code. A rank blocked in one call
         (a collective whose peer hung, a lock, a stalled read) beats on from this thread
-        unmoved, which the agent counts as no progress once the rank trains. Not said
+        unmoved, which the agent counts as no progress once the rank trains; a main thread
+        that used CPU (BUSY_SHARE of the interval) moved on, wherever it is. Not said
         before this process has stepped (a launcher such as torchrun, whose workers train,
         waits in one call by design)."""
         position = (self.step, self.ticks, _main_thread_position())
         moved = position != self._last_position
         self._last_position = position
+        # A main thread busy in one long call (an evaluation waiting on each batch's device
+        # sync at the same line) uses its CPU: that is work, not a hang.
+        cpu = _main_thread_cpu_s()
+        if cpu is not None and self._last_cpu is not None:
+            moved = moved or cpu - self._last_cpu >= BUSY_SHARE * self.heartbeat_s
+        self._last_cpu = cpu
         said = self.step > 0 or self.ticks > 0
         self.write("heartbeat", step=self.step, moved=moved if said else None)
 
