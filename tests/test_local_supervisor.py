@@ -398,6 +398,45 @@ async def test_a_rank_joining_too_long_is_warned_of_once(
     assert sup.ranks("moe")[0].state == job_pb2.RANK_STATE_RUNNING  # it goes on
 
 
+SILENT = """
+import sys, time
+end = time.time() + 5
+while time.time() < end:
+    if sys.argv[1] == "busy":
+        sum(range(100_000))  # works, prints nothing (every rank but 0 of many scripts)
+    else:
+        time.sleep(0.1)  # waits, prints nothing (blocked in a collective)
+"""
+
+
+@pytest.mark.parametrize("work", ["busy", "idle"])
+async def test_a_rank_without_heartbeats_is_judged_by_its_cpu(
+    supervisors: Callable[..., LocalSupervisor],
+    tmp_path: Path,
+    events: list[job_pb2.JobEvent],
+    work: str,
+) -> None:
+    """The start-up hook off and nothing printed: only its CPU time says whether the rank
+    works. A busy one is not hung however long it is silent; an idle one is."""
+    script = tmp_path / "silent.py"
+    script.write_text(SILENT)
+    sup = supervisors()
+    job = job_pb2.JobSpec(
+        name="moe",
+        command=[sys.executable, str(script), work],
+        working_dir=str(tmp_path),
+        hang_timeout_s=1.5,
+    )
+    job.env["GANTRY_INSTRUMENT"] = "0"
+    sup.start_ranks(job, 1, [0], 1, "127.0.0.1", 29500)
+    await poll_until(sup, all_done(sup), timeout=60)
+    [rank] = sup.ranks("moe")
+    if work == "busy":
+        assert rank.state == job_pb2.RANK_STATE_EXITED and rank.exit_code == 0
+    else:
+        assert rank.state == job_pb2.RANK_STATE_FAILED and rank.reason.startswith("hung")
+
+
 async def test_no_hang_detection_without_a_timeout(
     supervisors: Callable[..., LocalSupervisor], fake_rank: Path
 ) -> None:

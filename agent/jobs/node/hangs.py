@@ -16,6 +16,7 @@ from agent.jobs.node.rank_states import RankEdge, RankState
 from agent.jobs.node.tailer import read_lines
 
 __all__ = [
+    "BUSY_CPU_SHARE",
     "JOIN_WARN_DEFAULT_S",
     "JOIN_WARN_S",
     "MAX_STACK_BYTES",
@@ -25,10 +26,12 @@ __all__ = [
     "STACK_WAIT_MAX_S",
     "STACK_WAIT_S",
     "ask_for_stacks",
+    "busy_without_heartbeats",
     "dump_stacks_and_fail",
     "hang_detected",
     "is_silent",
     "read_stacks",
+    "silent_by_now",
     "stacks_dumped",
     "tell_slow_join",
 ]
@@ -39,6 +42,7 @@ STACK_WAIT_MAX_S = 10.0
 STACK_QUIET_S = 1.0  # stderr unchanged this long: the stack dump is complete
 STACK_WAIT_DONE_S = 5.0  # quiet this late, a dump without a <module> frame is all there is
 MAX_STACK_BYTES = 256 * 1024
+BUSY_CPU_SHARE = 0.1  # of one core, for a rank without heartbeats to count as working
 JOIN_WARN_S = 60.0  # a join is not called slow before this, whatever the hang timeout
 JOIN_WARN_DEFAULT_S = 300.0  # without a hang timeout
 NO_HANDLER = (
@@ -55,6 +59,33 @@ def is_silent(live: LiveRank, now: float) -> bool:
         and live.hang_timeout_s > 0
         and now - live.last_progress > live.hang_timeout_s
     )
+
+
+def busy_without_heartbeats(live: LiveRank, now: float) -> None:
+    """A rank that sends no heartbeat (its start-up hook off: GANTRY_INSTRUMENT=0) and
+    prints nothing, as every rank but 0 of many scripts, shows no progress but its CPU
+    time: its processes using BUSY_CPU_SHARE of the time since the last look count as
+    progress. A rank blocked in a collective uses none."""
+    if (
+        live.beats
+        or live.handle is None
+        or live.state not in (RankState.STARTING, RankState.RUNNING)
+    ):
+        return
+    cpu = live.handle.cpu_seconds()
+    if cpu is None:
+        return
+    if live.cpu_seen is not None:
+        then, used = live.cpu_seen
+        if now > then and cpu - used >= BUSY_CPU_SHARE * (now - then):
+            live.last_progress = now
+    live.cpu_seen = (now, cpu)
+
+
+def silent_by_now(live: LiveRank, now: float) -> bool:
+    """``is_silent``, once a rank without heartbeats has had its CPU time looked at."""
+    busy_without_heartbeats(live, now)
+    return is_silent(live, now)
 
 
 def tell_slow_join(rj: RankJournal, live: LiveRank, row: RankRow, batch: EventBatch) -> None:

@@ -37,6 +37,8 @@ class LiveRank:
     hung_at: float | None = None
     stacks_asked: bool = True  # a process of the hung rank handles SIGUSR1 (was signalled)
     joining_told: bool = False  # its slow join was warned of (hangs.tell_slow_join)
+    beats: bool = False  # it has sent a heartbeat (else its CPU time tells its progress)
+    cpu_seen: tuple[float, float] | None = None  # (supervisor clock, its CPU seconds)
     stack_offset: int = 0
     stack_size: int = -1  # stderr's size at the last poll while the stacks are written
     stack_size_since: float = 0.0  # when stderr last grew (or was first looked at)

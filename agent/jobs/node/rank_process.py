@@ -185,6 +185,21 @@ class RankHandle:
                 sent += 1
         return sent
 
+    def cpu_seconds(self) -> float | None:
+        """User and system CPU seconds of the processes under the wrapper (None: gone)."""
+        if self.poll() is not None or not self._alive() or self._proc is None:
+            return None
+        total = 0.0
+        try:
+            children = self._proc.children(recursive=True)
+        except psutil.Error:
+            return None
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                times = child.cpu_times()
+                total += times.user + times.system
+        return total
+
     def descendants(self) -> list[_Descendant]:
         """(pid, create_time) of everything below the wrapper, even what left the group."""
         if self.poll() is not None or not self._alive() or self._proc is None:

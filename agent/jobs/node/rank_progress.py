@@ -80,6 +80,7 @@ def _apply_records(
     row = live.row
     if any(_progress(record, row.phase) for record in records):
         live.last_progress = now
+    live.beats = live.beats or any(r.kind == RecordKind.HEARTBEAT for r in records)
     heartbeat = row.last_heartbeat
     metrics = row.last_metrics
     source = row.metrics_source

@@ -36,7 +36,7 @@ from agent.jobs.node.hangs import (
     STACK_WAIT_S,
     dump_stacks_and_fail,
     hang_detected,
-    is_silent,
+    silent_by_now,
     stacks_dumped,
     tell_slow_join,
 )
@@ -263,7 +263,7 @@ class LocalSupervisor:
         elif state == RankState.STOPPING:
             if live.stop_deadline is not None and now >= live.stop_deadline and live.handle:
                 live.handle.kill()
-        elif is_silent(live, now):
+        elif silent_by_now(live, now):
             row = hang_detected(rj, live, row, batch, now)
         tell_slow_join(rj, live, row, batch)
         live.row = row
