@@ -77,3 +77,9 @@ def test_gantry_job_says_the_newest_evaluation() -> None:
     )
     assert "eval loss 2.2 at step 30" in job_text(led(job), []).splitlines()
     assert not any("eval loss" in line for line in job_text(led(job_with()), []).splitlines())
+
+
+def test_the_evaluation_keeps_its_own_step_while_the_rank_steps_on() -> None:
+    # The rank's figures at step 70 still carry the evaluation that ran at 40.
+    job = job_with(job_pb2.RankMetrics(step=70, loss=1.9, eval_loss=2.2, eval_step=40))
+    assert "eval loss 2.2 at step 40" in job_text(led(job), []).splitlines()

@@ -198,7 +198,7 @@ def test_the_script_reader_takes_them_with_the_total_from_argv() -> None:
     ]
     # Step 0 (nothing trained yet) is dropped; the evaluation at 60 gives its eval_loss.
     (evaluated, only) = _figures(lines, argv=("train.py", "--max_iters=60", "--compile=False"))
-    assert evaluated == {"step": "60", "eval_loss": 3.4162, "total_steps": "60"}
+    assert evaluated == {"step": "60", "eval_loss": 3.4162, "eval_step": "60", "total_steps": "60"}
     assert only["step"] == "60" and only["total_steps"] == "60" and only["loss"] == 3.4115
     assert only["eval_loss"] == 3.4162  # kept with the step's figures
 

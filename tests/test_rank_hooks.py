@@ -156,8 +156,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArgumen
 config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                      num_attention_heads=2, num_key_value_heads=2)
 args = TrainingArguments(output_dir="out", logging_steps=25, disable_tqdm=True, use_cpu=True,
-                         report_to="none")
-Trainer(model=LlamaForCausalLM(config), args=args)
+                         report_to="none", eval_strategy="steps", eval_steps=40, max_steps=120)
+Trainer(model=LlamaForCausalLM(config), args=args, eval_dataset=[{"input_ids": [1, 2]}])
 """
 
 
@@ -166,6 +166,7 @@ def test_a_trainer_s_logging_settings_in_the_script_s_code_are_recorded(tmp_path
     assert done.returncode == 0, done.stderr
     [trainer] = [r for r in records(metrics) if r["kind"] == "trainer"]
     assert trainer["logging_steps"] == 25 and trainer["logging_first_step"] is False
+    assert trainer["eval_steps"] == 40 and trainer["max_steps"] == 120
 
 
 TRAIN_THEN_BUSY = """

@@ -10,7 +10,8 @@ A rank using Gantry's reporter appends JSON lines to ``$GANTRY_METRICS_FILE``::
      "path": "/ckpt/global_step100"}
     {"kind": "start", ...}  {"kind": "end", ...}
     {"kind": "phase", "time": ..., "rank": 0, "phase": "joining"}
-    {"kind": "trainer", "time": ..., "rank": 0, "logging_steps": 10, "logging_first_step": false}
+    {"kind": "trainer", "time": ..., "rank": 0, "logging_steps": 10, "logging_first_step": false,
+     "eval_steps": 40, "max_steps": 120}
 
 Unknown and missing fields are tolerated; a line that is not a JSON object is skipped and
 counted, never raised.
@@ -67,9 +68,12 @@ class Record:
     # HEARTBEAT only: whether the rank advanced since its last heartbeat (agent.rank.report);
     # None from a reporter that does not say, which counts as progress.
     moved: bool | None = None
-    # TRAINER only: its logging_steps (a ratio of the run below 1) and logging_first_step.
+    # TRAINER only: its logging_steps (a ratio of the run below 1), logging_first_step,
+    # eval_steps (evaluating every so many steps) and max_steps (when set).
     logging_steps: float | None = None
     logging_first_step: bool = False
+    eval_steps: float | None = None
+    max_steps: int | None = None
 
 
 _PHASE_PREFIX = "RANK_PHASE_"
@@ -180,6 +184,8 @@ def metrics_from_fields(fields: Mapping[str, object]) -> job_pb2.RankMetrics:
             value = as_number(seconds)
             if isinstance(group, str) and len(group) <= 32 and value is not None:
                 m.collective_time_by_group_s[group] = value
+    if m.HasField("eval_loss") and step is not None:
+        m.eval_step = step  # an evaluation's loss is reported at the step it ran at
     when = as_number(fields.get("time"))
     if when is not None and math.isfinite(when):
         m.time.FromNanoseconds(int(when * 1e9))
@@ -246,7 +252,16 @@ class RecordParser:
         if kind == RecordKind.TRAINER:
             every = as_number(fields.get("logging_steps"))
             first = fields.get("logging_first_step") is True
-            return Record(kind, when, step, logging_steps=every, logging_first_step=first)
+            evals, last = as_number(fields.get("eval_steps")), _int(fields.get("max_steps"))
+            return Record(
+                kind,
+                when,
+                step,
+                logging_steps=every,
+                logging_first_step=first,
+                eval_steps=evals,
+                max_steps=last,
+            )
         if kind == RecordKind.HEARTBEAT:
             moved = fields.get("moved")
             return Record(kind, when, step, moved=moved if isinstance(moved, bool) else None)

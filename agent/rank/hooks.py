@@ -197,8 +197,9 @@ def _hook_trainer(module: ModuleType, phases: PhaseLog) -> None:
 
 
 def _noting_settings(phases: PhaseLog) -> Callable[[Any], Any]:
-    """Trainer.__init__, then a record of its logging settings: where its log dicts fall
-    when no progress bar numbers them (disable_tqdm), set in the script's code."""
+    """Trainer.__init__, then a record of its logging settings: where its log and
+    evaluation dicts fall when no progress bar numbers them (disable_tqdm), and its
+    max_steps, set in the script's code."""
 
     def wrap(init: Any) -> Any:
         @functools.wraps(init)
@@ -206,10 +207,15 @@ def _noting_settings(phases: PhaseLog) -> Callable[[Any], Any]:
             init(self, *args, **kwargs)
             with contextlib.suppress(Exception):
                 settings = self.args
+                strategy = getattr(settings, "eval_strategy", "no")
+                evaluating = str(getattr(strategy, "value", strategy)) == "steps"
+                every = settings.eval_steps or settings.logging_steps if evaluating else None
                 phases.note(
                     "trainer",
                     logging_steps=float(settings.logging_steps),
                     logging_first_step=bool(settings.logging_first_step),
+                    eval_steps=float(every) if every else None,
+                    max_steps=int(settings.max_steps) if settings.max_steps > 0 else None,
                 )
 
         return wrapper

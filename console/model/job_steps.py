@@ -103,9 +103,9 @@ def last_known_step(job: job_pb2.Job) -> int | None:
 def last_eval_loss(job: job_pb2.Job) -> tuple[int, float] | None:
     """(step, loss) of the newest evaluation any rank of the job reported, else None."""
     found = [
-        (int(r.metrics.step), r.metrics.eval_loss)
+        (int(m.eval_step if m.HasField("eval_step") else m.step), m.eval_loss)
         for attempt in job.attempts
         for r in attempt.ranks
-        if r.metrics.HasField("eval_loss")
+        if (m := r.metrics).HasField("eval_loss")
     ]
     return max(found, default=None, key=lambda pair: pair[0])

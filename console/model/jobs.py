@@ -278,8 +278,10 @@ class JobsStore:
         get = values.get
         t = ts(m.time) or ts(event.time)
         step = int(m.step)
-        if has("eval_loss") and (view.eval_loss is None or step >= view.eval_loss[0]):
-            view.eval_loss = (step, m.eval_loss)
+        if has("eval_loss"):
+            at = int(m.eval_step) if has("eval_step") else step
+            if view.eval_loss is None or at >= view.eval_loss[0]:
+                view.eval_loss = (at, m.eval_loss)
         latest = view.ranks.get(event.rank)
         if latest is None:
             latest = view.ranks[event.rank] = RankLatest(

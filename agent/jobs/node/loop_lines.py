@@ -223,7 +223,7 @@ def _eval(found: re.Match[str]) -> job_pb2.RankMetrics | None:
     step, loss = whole_number(found["step"]), _float(found["eval"])
     if step is None or loss is None:
         return None
-    return job_pb2.RankMetrics(step=step, eval_loss=loss)
+    return job_pb2.RankMetrics(step=step, eval_loss=loss, eval_step=step)
 
 
 _Reader = Callable[[re.Match[str]], job_pb2.RankMetrics | None]

@@ -61,7 +61,12 @@ class RankFiles:
             record = self.records.parse(text)
             if record is not None and record.kind == RecordKind.TRAINER:
                 # Before the printed lines it explains: the metrics file is read first.
-                self.script.trainer(record.logging_steps, record.logging_first_step)
+                self.script.trainer(
+                    record.logging_steps,
+                    record.logging_first_step,
+                    record.eval_steps,
+                    record.max_steps,
+                )
                 return []
             return [record] if record is not None else []
 

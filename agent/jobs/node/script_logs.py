@@ -338,12 +338,23 @@ class ScriptLogParser:
         """Where this process's running totals (comms tables, pipeline timers) start."""
         self._comms_per_step.base_step = self._deepspeed.start_step = step
 
-    def trainer(self, logging_steps: float | None, first_step: bool) -> None:
-        """The Trainer's own logging settings (its start-up hook's record): where its log
-        dicts fall when no bar says (disable_tqdm), unless the command line said."""
+    def trainer(
+        self,
+        logging_steps: float | None,
+        first_step: bool,
+        eval_steps: float | None = None,
+        max_steps: int | None = None,
+    ) -> None:
+        """The Trainer's own settings (its start-up hook's record): where its log and
+        evaluation dicts fall when no bar says (disable_tqdm), and its last step, unless
+        the command line said."""
         if self._steps.logging_steps is None and logging_steps is not None and logging_steps > 0:
             self._steps.logging_steps = logging_steps
         self._steps.first_step = self._steps.first_step or first_step
+        if eval_steps is not None and eval_steps > 0:
+            self._steps.eval_steps = eval_steps
+        if self.total is None and max_steps is not None and 0 < max_steps <= MAX_COUNT:
+            self._set_total(max_steps)
 
     def _set_total(self, total: int | None) -> None:
         if total:

@@ -144,7 +144,7 @@ def hf_metrics(fields: dict[str, float | None], step: int) -> job_pb2.RankMetric
         loss = fields.get("eval_loss")
         if loss is None or not math.isfinite(loss):
             return None
-        return job_pb2.RankMetrics(step=step, eval_loss=loss)
+        return job_pb2.RankMetrics(step=step, eval_loss=loss, eval_step=step)
     m = job_pb2.RankMetrics(step=step)
     for key in ("loss", "grad_norm", "learning_rate"):
         value = fields.get(key)
@@ -194,6 +194,7 @@ class StepMatcher:
         self.logging_steps = logging_steps
         self.total = total
         self.first_step = first_step  # --logging_first_step: the first log is at step 1
+        self.eval_steps: float | None = None  # the Trainer's, where its hook said them
         self.wait_s = wait_s
         self.last_step = 0  # of the last dict placed, or the step resumed from
         self.bar_step: int | None = None  # the Trainer bar's latest step
@@ -249,6 +250,10 @@ class StepMatcher:
             return self._place(item, self.bar_step)
         if item.kind == "end" and self.total:
             return self._place(item, self.total)
+        if item.kind == "eval" and self.eval_steps and self.eval_steps >= 1:
+            # An evaluation runs at a multiple of eval_steps, at or after the last log.
+            every = int(min(self.eval_steps, MAX_COUNT))
+            return self._place(item, max(1, math.ceil(self.last_step / every)) * every)
         if item.kind != "train":
             return self._place(item, self.last_step)
         if self.first_step and self._placed == 0 and self.last_step == 0:

@@ -230,7 +230,7 @@ class RankCoordinates(_message.Message):
     def __init__(self, data: _Optional[int] = ..., tensor: _Optional[int] = ..., expert: _Optional[int] = ...) -> None: ...
 
 class RankMetrics(_message.Message):
-    __slots__ = ("step", "epoch", "loss", "grad_norm", "learning_rate", "loss_scale", "step_time_s", "samples_per_s", "tokens_per_s", "collective_time_s", "collective_time_by_op_s", "forward_s", "backward_s", "allreduce_s", "optimizer_step_s", "memory_bytes", "time", "total_steps", "tflops", "peak_memory_bytes", "collective_time_by_group_s", "eval_loss")
+    __slots__ = ("step", "epoch", "loss", "grad_norm", "learning_rate", "loss_scale", "step_time_s", "samples_per_s", "tokens_per_s", "collective_time_s", "collective_time_by_op_s", "forward_s", "backward_s", "allreduce_s", "optimizer_step_s", "memory_bytes", "time", "total_steps", "tflops", "peak_memory_bytes", "collective_time_by_group_s", "eval_loss", "eval_step")
     class CollectiveTimeByOpSEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -267,6 +267,7 @@ class RankMetrics(_message.Message):
     PEAK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     COLLECTIVE_TIME_BY_GROUP_S_FIELD_NUMBER: _ClassVar[int]
     EVAL_LOSS_FIELD_NUMBER: _ClassVar[int]
+    EVAL_STEP_FIELD_NUMBER: _ClassVar[int]
     step: int
     epoch: float
     loss: float
@@ -289,7 +290,8 @@ class RankMetrics(_message.Message):
     peak_memory_bytes: int
     collective_time_by_group_s: _containers.ScalarMap[str, float]
     eval_loss: float
-    def __init__(self, step: _Optional[int] = ..., epoch: _Optional[float] = ..., loss: _Optional[float] = ..., grad_norm: _Optional[float] = ..., learning_rate: _Optional[float] = ..., loss_scale: _Optional[float] = ..., step_time_s: _Optional[float] = ..., samples_per_s: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., collective_time_s: _Optional[float] = ..., collective_time_by_op_s: _Optional[_Mapping[str, float]] = ..., forward_s: _Optional[float] = ..., backward_s: _Optional[float] = ..., allreduce_s: _Optional[float] = ..., optimizer_step_s: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., total_steps: _Optional[int] = ..., tflops: _Optional[float] = ..., peak_memory_bytes: _Optional[int] = ..., collective_time_by_group_s: _Optional[_Mapping[str, float]] = ..., eval_loss: _Optional[float] = ...) -> None: ...
+    eval_step: int
+    def __init__(self, step: _Optional[int] = ..., epoch: _Optional[float] = ..., loss: _Optional[float] = ..., grad_norm: _Optional[float] = ..., learning_rate: _Optional[float] = ..., loss_scale: _Optional[float] = ..., step_time_s: _Optional[float] = ..., samples_per_s: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., collective_time_s: _Optional[float] = ..., collective_time_by_op_s: _Optional[_Mapping[str, float]] = ..., forward_s: _Optional[float] = ..., backward_s: _Optional[float] = ..., allreduce_s: _Optional[float] = ..., optimizer_step_s: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., total_steps: _Optional[int] = ..., tflops: _Optional[float] = ..., peak_memory_bytes: _Optional[int] = ..., collective_time_by_group_s: _Optional[_Mapping[str, float]] = ..., eval_loss: _Optional[float] = ..., eval_step: _Optional[int] = ...) -> None: ...
 
 class Rank(_message.Message):
     __slots__ = ("rank", "local_rank", "node", "pid", "state", "exit_code", "reason", "gpu_indices", "last_heartbeat", "metrics", "phase", "phase_since", "unknown_since", "coordinates")
