@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from agent.jobs.node.gpu_split import SplitGpuMessage
 from agent.jobs.node.log_findings import (
     Diagnosis,
     Hit,
+    any_in,
     launcher_prefix,
     short,
     strip_prefix,
@@ -99,20 +100,11 @@ _LAST_ERROR = "Last error:"
 _LOWER = re.compile("[a-z]")  # INFO: or WARNING: lines are a logger's, not an exception
 
 
-def _any_in(needles: Iterable[str]) -> Callable[[str], bool]:
-    """``lambda line: "a" in line or "b" in line ...``, generated as dataclasses generate
-    their methods: every line of every rank goes through it, and an unrolled test of
-    substrings costs half of one regex alternating them (bench/log_scan.py)."""
-    body = " or ".join(f"{needle!r} in line" for needle in sorted(set(needles)))
-    test: Callable[[str], bool] = eval(f"lambda line: {body}")
-    return test
-
-
 # Whether a line may hold any signature; then each rule's own needles, unrolled alike.
-_may_match = _any_in(
+_may_match = any_in(
     [n for s in SIGNATURES for n in s.needles] + ["Traceback", "verflow", "OVERFLOW", _LAST_ERROR]
 )
-_RULES = tuple((_any_in(s.needles), s) for s in SIGNATURES)
+_RULES = tuple((any_in(s.needles), s) for s in SIGNATURES)
 
 
 def _told(found: Diagnosis, hit: Hit) -> Diagnosis:
