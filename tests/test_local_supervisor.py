@@ -132,7 +132,9 @@ def supervisors(
         return sup
 
     yield make
-    # Nothing a test started outlives it.
+    # Nothing a test started outlives it: standbys (a rank that trained prepares one) and ranks.
+    for sup in made:
+        sup.close()
     pgids = [r.pid for r in journal.live_ranks(None, []) if r.pid > 0]
     for pgid in pgids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
