@@ -357,6 +357,10 @@ def test_stop_strings_and_seeded_sampling(server: Served, stub: Any, tiny: TinyM
     ]
     first, second = (list(f.result().token_ids) for f in twice)
     assert first == second and len(first) == 8  # one seed, one sample, batched or not
+    # top_k 1 at any temperature keeps only the most likely token: the greedy reply.
+    hot = pb.SamplingParams(max_tokens=8, temperature=5.0, top_k=1, seed=3)
+    kept = stub.Complete(pb.CompleteRequest(prompt=prompt, params=hot), **server.kw())
+    assert list(kept.token_ids) == tiny.greedy(prompt, 8)
 
 
 @pytest.mark.parametrize(

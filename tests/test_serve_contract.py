@@ -264,3 +264,18 @@ async def test_reflection_v1_and_v1alpha_list_and_describe_the_services(
             ]
             package = symbol.rpartition(".")[0]
             assert any(f.package == package for f in files)
+
+
+def test_top_k_cuts_before_sampling() -> None:
+    import torch
+
+    from agent.serve.sampling import Sampling, choose_tokens
+
+    logits = torch.tensor([[0.0, 3.0, 2.9, 2.8]])  # nearly even among 1, 2, 3 when hot
+    gen = torch.Generator().manual_seed(0)
+    hot = [Sampling(temperature=50.0, generator=gen)]
+    assert len({choose_tokens(logits, hot)[0] for _ in range(60)}) > 2  # no cut: any token
+    kept = [Sampling(temperature=50.0, generator=gen, top_k=2)]
+    assert {choose_tokens(logits, kept)[0] for _ in range(60)} == {1, 2}
+    params = pb.SamplingParams(max_tokens=4, top_k=5)
+    assert build_request([1], params, 64, 0.0).top_k == 5

@@ -64,6 +64,18 @@ def test_a_chat_body_takes_max_completion_tokens_and_text_parts() -> None:
     assert plain_chat_prompt(call.messages) == "user: a\nassistant:"
 
 
+def test_top_k_as_vllm_takes_it_and_min_p_refused() -> None:
+    def top_k(value: object) -> int:
+        return parse_call({"prompt": "a", "top_k": value}, chat=False, model_ids=IDS).params.top_k
+
+    assert (top_k(40), top_k(-1), top_k(0), top_k(None)) == (40, 0, 0, 0)  # -1, 0: no cut
+    with pytest.raises(ApiError, match="top_k must be -1, 0"):
+        top_k(-5)
+    with pytest.raises(ApiError, match="min_p is not supported"):
+        parse_call({"prompt": "a", "min_p": 0.05}, chat=False, model_ids=IDS)
+    assert parse_call({"prompt": "a", "min_p": 0}, chat=False, model_ids=IDS).params.top_k == 0
+
+
 def test_seed_minus_one_is_no_seed_as_llama_cpp_clients_send_it() -> None:
     # llama.cpp's server documents seed -1 as "random" and its clients send it by default.
     call = parse_call({"prompt": "a", "seed": -1}, chat=False, model_ids=IDS)

@@ -150,7 +150,7 @@ class Engine:
             request=request,
             sink=sink,
             text=TextStream(self._decode_text, request.prompt_ids, request.stop),
-            sampling=Sampling(request.temperature, request.top_p, generator),
+            sampling=Sampling(request.temperature, request.top_p, generator, request.top_k),
             ignore_eos=ignore_eos,
         )
         key = next(self._ids) if key is None else key

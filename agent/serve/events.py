@@ -18,6 +18,7 @@ class Request:
     received: float  # the engine's clock when the request arrived (for time to first token)
     temperature: float = 0.0
     top_p: float = 1.0
+    top_k: int = 0  # 0: no cut
     stop: tuple[str, ...] = ()
     seed: int = 0
 

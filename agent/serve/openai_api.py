@@ -2,12 +2,12 @@
 replies and stream chunks to JSON, errors in OpenAI's error shape.
 
 Fields as OpenAI and vLLM take them: model, prompt (or messages), max_tokens (chat also
-max_completion_tokens), temperature (default 1, as OpenAI), top_p, stop (a string or a
-list), seed, stream, stream_options.include_usage, ignore_eos (vLLM's) and n (1 only).
-Fields Gantry does not implement (echo, logprobs, best_of, penalties, tools, a
-response_format) are refused when set to anything but their neutral value; other
-unknown fields are ignored, as OpenAI's clients send many. Defaults: max_tokens 16 for
-completions (OpenAI's), 512 for chat, either cut to the model's context.
+max_completion_tokens), temperature (default 1, as OpenAI), top_p, top_k (vLLM's: -1 or 0 no
+cut), stop (a string or a list), seed, stream, stream_options.include_usage, ignore_eos
+(vLLM's) and n (1 only). Fields Gantry does not implement (echo, logprobs, best_of,
+penalties, min_p, tools, a response_format) are refused when set to anything but their
+neutral value; other unknown fields are ignored, as OpenAI's clients send many. Defaults:
+max_tokens 16 for completions (OpenAI's), 512 for chat, either cut to the model's context.
 
 Chat messages become one prompt with the tokenizer's chat template when the model has
 one, else `plain_chat_prompt`: each message as "role: content" on its own line, then
@@ -53,6 +53,7 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
     # vLLM's extra sampling fields.
     "repetition_penalty": (None, 1, 1.0),
     "min_tokens": (None, 0),
+    "min_p": (None, 0, 0.0),
 }
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -227,6 +228,9 @@ def parse_call(body: Any, *, chat: bool, model_ids: Sequence[str]) -> ApiCall:
         seed = 0  # llama.cpp's "random", which its clients send by default: no seed
     if not 0 <= seed < SEED_LIMIT:
         raise _bad(f"seed must be between 0 and 2**64-1 (or -1: none), not {seed}", "seed")
+    top_k = _integer(body, "top_k")  # vLLM's: -1 or 0 (and leaving it out) keep every token
+    if top_k is not None and top_k < -1:
+        raise _bad(f"top_k must be -1, 0 (no cut) or a number of tokens, not {top_k}", "top_k")
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise _bad("stream_options must be an object", "stream_options")
@@ -234,6 +238,7 @@ def parse_call(body: Any, *, chat: bool, model_ids: Sequence[str]) -> ApiCall:
         max_tokens=min(max_tokens, 2**32 - 1),
         temperature=_number(body, "temperature", DEFAULT_TEMPERATURE),
         top_p=_number(body, "top_p", 1.0),
+        top_k=min(top_k, 2**32 - 1) if top_k and top_k > 0 else 0,
         stop=_stop(body),
         seed=seed,
         ignore_eos=_flag(body, "ignore_eos"),

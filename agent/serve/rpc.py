@@ -121,6 +121,7 @@ def build_request(
         received=received,
         temperature=params.temperature,
         top_p=effective_top_p(params.top_p),
+        top_k=params.top_k,
         stop=tuple(params.stop),
         seed=params.seed,
     )

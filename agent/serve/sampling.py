@@ -1,5 +1,6 @@
 """Choosing each row's next token from the decode step's logits: greedy (argmax, as
-`generate` picks with do_sample=False) or nucleus sampling at a temperature."""
+`generate` picks with do_sample=False) or sampling at a temperature, after a top-k and a
+nucleus (top_p) cut, in that order (as `generate`'s warpers)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ class Sampling:
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     generator: torch.Generator | None = None
+    top_k: int = 0  # 0: no cut
 
 
 GREEDY = Sampling()
@@ -30,6 +32,9 @@ def choose_tokens(logits: torch.Tensor, sampling: Sequence[Sampling]) -> list[in
 
 
 def _sample(logits: torch.Tensor, s: Sampling) -> int:
+    if 0 < s.top_k < logits.shape[-1]:  # the k most likely, then top_p among them
+        kth = torch.topk(logits, s.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits.float() / s.temperature, dim=-1)
     if 0 < s.top_p < 1:
         sorted_probs, order = torch.sort(probs, descending=True)
