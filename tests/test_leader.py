@@ -205,6 +205,40 @@ async def test_a_reset_after_a_peer_exited_0_names_the_early_exit(agent: Agent) 
     await agent.kill()
 
 
+WAITING_STACKS = """Thread 0x00007f1a2b3c4700 (most recent call first):
+  File "/usr/lib/python3.11/threading.py", line 331 in wait
+
+Current thread 0x00007f1a2d8e1740 (most recent call first):
+  File "/venv/site-packages/torch/distributed/distributed_c10d.py", line 3012 in all_gather
+  File "/venv/site-packages/transformers/trainer_pt_utils.py", line 140 in nested_gather
+  File "/job/run_clm.py", line 620 in main"""
+STUCK_STACKS = """Current thread 0x00007f55aa0e1740 (most recent call first):
+  File "/job/run_clm.py", line 97 in on_step_end
+  File "/venv/site-packages/transformers/trainer_callback.py", line 556 in call_event"""
+
+
+async def test_of_two_hung_ranks_the_one_stuck_outside_a_collective_is_named(
+    agent: Agent,
+) -> None:
+    """Rank 1 is stuck in its own code; rank 0 waits for it in all_gather. Rank 0's hang
+    reaches the leader first; the leader waits for the rank it waits on and names that."""
+    await submitted(agent)
+    hung = "hung: no progress for 31 s (hang timeout 30 s)"
+    agent.a.emit(
+        EK.JOB_EVENT_KIND_RANK_FAILED, 0, message=f"rank 0 failed: {hung}", stacks=WAITING_STACKS
+    )
+    await agent.until(
+        lambda: agent.job().attempts[0].ranks[0].state == RS.RANK_STATE_FAILED, "rank 0 read"
+    )
+    assert agent.job().state == JS.JOB_STATE_RUNNING  # waiting for the rank it waits on
+    agent.b.emit(
+        EK.JOB_EVENT_KIND_RANK_FAILED, 1, message=f"rank 1 failed: {hung}", stacks=STUCK_STACKS
+    )
+    job = await agent.until_state(JS.JOB_STATE_FAILED)
+    assert job.attempts[0].reason == f"rank 1 on node-b failed: rank 1 failed: {hung}"
+    await agent.kill()
+
+
 async def test_every_rank_exiting_0_is_a_success(agent: Agent) -> None:
     await submitted(agent)
     agent.clock.now = T0 + 60

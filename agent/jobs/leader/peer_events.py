@@ -6,6 +6,7 @@ ranks it cannot vouch for because their node does not answer."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -81,6 +82,21 @@ FOLLOWING = frozenset({"gloo_reset", "nccl_remote_exited"})
 # follows from before it stops the attempt: a rank killed with -9 (or by the oom-killer)
 # is seen by its own node's next poll, and its peers' reset can reach the leader first.
 SETTLE_S = 3.0
+# A hung rank whose main thread waits in a collective (torch.distributed's, DeepSpeed's
+# comm) waits for a peer: the rank stuck elsewhere is the cause. Its own hang is found
+# up to a heartbeat and a stack dump later (hangs.STACK_WAIT_MAX_S), so it is waited for
+# longer.
+_COLLECTIVE_FRAME = re.compile(r'File "[^"]*/(?:torch/distributed|deepspeed/comm)/')
+HUNG_SETTLE_S = 20.0
+
+
+def waits_on_peers(event: job_pb2.JobEvent) -> bool:
+    """A hung rank's failure whose main thread's innermost frame is a collective."""
+    stacks = event.details.get("stacks", "")
+    if "hung" not in event.message or "Current thread" not in stacks:
+        return False
+    main = stacks[stacks.index("Current thread") :].splitlines()[1:2]
+    return bool(main) and _COLLECTIVE_FRAME.search(main[0]) is not None
 
 
 @dataclass
@@ -93,6 +109,7 @@ class Tally:
     attempt: job_pb2.Attempt
     failure: str = ""
     following_since: float | None = None  # the kept failure follows from another's
+    settle_s: float = SETTLE_S  # how long to wait for the failure it follows from
 
     def add(self, event: job_pb2.JobEvent, now: float | None = None) -> None:
         """`now`: the leader's clock (None: no waiting for a root cause, as on replay)."""
@@ -102,7 +119,8 @@ class Tally:
         # stopping everything at RANK_HUNG would lose the stacks.
         if state not in (RS.RANK_STATE_FAILED, RS.RANK_STATE_KILLED):
             return
-        follows = event.details.get("signature") in FOLLOWING
+        waiting = waits_on_peers(event)
+        follows = event.details.get("signature") in FOLLOWING or waiting
         root_after_following = (
             self.following_since is not None and state == RS.RANK_STATE_FAILED and not follows
         )
@@ -112,6 +130,7 @@ class Tally:
         verb = "failed" if state == RS.RANK_STATE_FAILED else "was killed"
         self.failure = f"rank {event.rank} on {event.node} {verb}: {why}"
         self.following_since = now if follows and not root_after_following else None
+        self.settle_s = HUNG_SETTLE_S if waiting else SETTLE_S
         early = _ended_early(self.attempt, event.rank) if follows else ""
         if early:  # the peer it lost had ended: no failure of its own to wait for
             self.failure += early
@@ -124,7 +143,7 @@ class Tally:
 
     def settle_at(self) -> float | None:
         """While the kept failure only follows from another's: when to stop waiting."""
-        return None if self.following_since is None else self.following_since + SETTLE_S
+        return None if self.following_since is None else self.following_since + self.settle_s
 
     def edge(self, now: float = float("inf")) -> AttemptEdge | None:
         """RANK_FAILED, ALL_EXITED_OK, or None while the attempt runs on (or while a
