@@ -177,3 +177,22 @@ async def test_an_event_without_a_rank_has_no_log_key() -> None:
         await pilot.press("escape")
         top: object = app.screen
         assert top is screen
+
+
+async def test_the_title_says_the_newest_evaluation_and_its_step() -> None:
+    app = make_app()
+    async with app.run_test(size=(120, 24)) as pilot:
+        event = job_pb2.JobEvent(
+            seq=10_000,
+            job_name="demo-moe",
+            attempt=2,
+            kind=job_pb2.JobEventKind.JOB_EVENT_KIND_METRICS,
+            rank=0,
+            node=NODES[0],
+        )
+        event.metrics.step, event.metrics.eval_loss, event.metrics.eval_step = 60, 2.345, 60
+        app.jobs.apply_event(event)
+        screen = JobScreen("demo-moe", app.jobs, app.store, None, clock=app.clock)
+        app.push_screen(screen)
+        await pilot.pause()
+        assert "eval loss 2.345" in str(screen.query_one("#job-title").render())
