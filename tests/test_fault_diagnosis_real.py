@@ -18,26 +18,19 @@ from typing import Any
 import pytest
 
 from agent.jobs.node.failure_cause import failure_cause
-from agent.jobs.node.log_scan import CAUSE_PRIORITY, LogScanner
+from agent.jobs.node.log_scan import CAUSE_PRIORITY
 from agent.jobs.node.log_signatures import ALERTS
 from agent.jobs.node.runtime_signatures import RUNTIME_ALERTS
+from tests.test_launcher_prefixes import scanned
 
 CAPTURED = Path(__file__).resolve().parent / "fixtures" / "logs" / "captured"
 EXPECTED: dict[str, dict[str, Any]] = json.loads((CAPTURED / "expected.json").read_text())
 
 
-def _scan(lines: list[str]) -> LogScanner:
-    scanner = LogScanner()
-    for i, line in enumerate(lines):
-        scanner.feed("stderr", line, i * 0.01)
-    scanner.flush()
-    return scanner
-
-
 def _one(line: str) -> tuple[str, str, dict[str, str]] | None:
-    found = _scan([line]).cause()
+    found = scanned([line]).cause()
     if found is None:
-        found = next(iter(_scan([line]).found.values()), None)
+        found = next(iter(scanned([line]).found.values()), None)
     return None if found is None else (found.alert, found.cause, dict(found.fields))
 
 
@@ -52,7 +45,7 @@ def test_every_captured_file_has_an_entry_and_a_row() -> None:
 def test_captured_run_gives_its_diagnosis(name: str) -> None:
     want = EXPECTED[name]
     lines = (CAPTURED / name).read_text().splitlines()
-    scanner = _scan(lines)
+    scanner = scanned(lines)
     found = set(scanner.found)
     assert set(want["alerts"]) <= found, f"{name}: missing {set(want['alerts']) - found}"
     assert found <= set(want["alerts"]) | set(want.get("may", ())), f"{name}: also {found}"
@@ -98,7 +91,7 @@ def test_new_alerts_are_in_the_catalogue_and_rank_before_a_traceback() -> None:
     ],
 )
 def test_a_nan_loss_is_read_with_its_step(line: str, value: str, step: str) -> None:
-    found = _scan([line]).found["nan_loss"]
+    found = scanned([line]).found["nan_loss"]
     assert found.fields["value"] == value
     assert found.fields.get("step", "") == step
     assert found.cause == f"loss is {value}" + (f" at step {step}" if step else "")
@@ -114,7 +107,7 @@ def test_a_nan_loss_is_read_with_its_step(line: str, value: str, step: str) -> N
     ],
 )
 def test_no_nan_loss_where_the_loss_is_a_number_or_a_word(line: str) -> None:
-    assert "nan_loss" not in _scan([line]).found
+    assert "nan_loss" not in scanned([line]).found
 
 
 # --- DataLoader workers ----------------------------------------------------------------------
@@ -150,7 +143,7 @@ def test_a_dataloader_worker_death_names_its_fix(line: str, says: str) -> None:
 
 
 def test_the_chained_exited_unexpectedly_does_not_hide_the_signal() -> None:
-    scanner = _scan(
+    scanner = scanned(
         [
             "RuntimeError: DataLoader worker (pid 1817) is killed by signal: Killed. ",
             "",
@@ -211,7 +204,7 @@ def test_the_benign_ipv6_warning_is_no_alert() -> None:
         "[W1207 09:41:10.480686039 socket.cpp:764] [c10d] The IPv6 network addresses of "
         "(localhost, 33181) cannot be retrieved (gai error: -2 - Name or service not known)."
     )
-    assert _scan([line]).found == {}
+    assert scanned([line]).found == {}
 
 
 # --- host memory ------------------------------------------------------------------------------
@@ -231,4 +224,4 @@ def test_a_cpu_allocator_failure_does_not_blame_zero_alone() -> None:
     "line", ["retrying after a MemoryError in the cache", "INFO: MemoryError handler installed"]
 )
 def test_memory_error_only_as_an_exception_line(line: str) -> None:
-    assert "zero_alloc" not in _scan([line]).found
+    assert "zero_alloc" not in scanned([line]).found

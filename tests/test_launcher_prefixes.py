@@ -42,7 +42,8 @@ PREFIXES = [
 ]
 
 
-def _scan(lines: list[str]) -> LogScanner:
+def scanned(lines: list[str]) -> LogScanner:
+    """A scanner fed ``lines`` on stderr, then flushed (shared with other scanner tests)."""
     scanner = LogScanner()
     for i, line in enumerate(lines):
         scanner.feed("stderr", line, i * 0.01)
@@ -51,7 +52,7 @@ def _scan(lines: list[str]) -> LogScanner:
 
 
 def _findings(lines: list[str]) -> dict[str, tuple[str, dict[str, str]]]:
-    scanner = _scan(lines)
+    scanner = scanned(lines)
     return {alert: (d.cause, d.fields) for alert, d in scanner.found.items()}
 
 
@@ -233,15 +234,15 @@ def test_a_number_and_a_colon_are_srun_s_label_only_where_asked(line: str) -> No
 
 def test_an_exception_line_whose_message_starts_with_a_number_keeps_it() -> None:
     lines = [*TRACEBACK[:-1], "KeyError: 12"]
-    (found,) = _scan(lines).found.values()
+    (found,) = scanned(lines).found.values()
     assert found.cause == "KeyError: 12"
     lines = ["0: " + line for line in lines]
-    (found,) = _scan(lines).found.values()
+    (found,) = scanned(lines).found.values()
     assert found.cause == "KeyError: 12"
 
 
 def test_a_numbered_line_of_output_is_read_as_printed() -> None:
     """A script printing "12: loss 3.2" (not srun's label) changes nothing read before it."""
     lines = [*NCCL_ERROR[:3], "12: socket closed by peer 10.1.2.3"]
-    found = _scan(lines).found["nccl_remote_exited"]
+    found = scanned(lines).found["nccl_remote_exited"]
     assert found.fields["last_error"] == "12: socket closed by peer 10.1.2.3"

@@ -123,11 +123,8 @@ def _json_default(value: object) -> object:
 
 def _main_thread_cpu_s() -> float | None:
     """The main thread's CPU seconds (None where the platform cannot tell)."""
-    try:
-        ident = threading.main_thread().ident
-        if ident is None:
-            return None
-        return time.clock_gettime(time.pthread_getcpuclockid(ident))
+    try:  # the main thread has an ident once it runs, which it does to have called us
+        return time.clock_gettime(time.pthread_getcpuclockid(threading.main_thread().ident or 0))
     except (AttributeError, OSError, ValueError):
         return None
 

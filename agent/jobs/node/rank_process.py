@@ -185,15 +185,21 @@ class RankHandle:
                 sent += 1
         return sent
 
-    def cpu_seconds(self) -> float | None:
-        """User and system CPU seconds of the processes under the wrapper (None: gone)."""
+    def _children(self) -> list[psutil.Process] | None:
+        """Every process below the wrapper, even what left the group (None: it is gone)."""
         if self.poll() is not None or not self._alive() or self._proc is None:
             return None
-        total = 0.0
         try:
-            children = self._proc.children(recursive=True)
+            return self._proc.children(recursive=True)
         except psutil.Error:
             return None
+
+    def cpu_seconds(self) -> float | None:
+        """User and system CPU seconds of the processes under the wrapper (None: gone)."""
+        children = self._children()
+        if children is None:
+            return None
+        total = 0.0
         for child in children:
             with contextlib.suppress(psutil.Error):
                 times = child.cpu_times()
@@ -202,14 +208,8 @@ class RankHandle:
 
     def descendants(self) -> list[_Descendant]:
         """(pid, create_time) of everything below the wrapper, even what left the group."""
-        if self.poll() is not None or not self._alive() or self._proc is None:
-            return []
         out: list[_Descendant] = []
-        try:
-            children = self._proc.children(recursive=True)
-        except psutil.Error:
-            return []
-        for child in children:
+        for child in self._children() or []:
             with contextlib.suppress(psutil.Error):
                 out.append((child.pid, child.create_time()))
         return out
