@@ -40,13 +40,15 @@ The model: --model DIR (a trained demo model, e.g. .gantry/demo/out/final, or an
 directory the server loads); without it the demo architecture (tiny-moe) with the demo
 tokenizer and seeded random weights, built in a temp dir: throughput does not depend on
 the weights as long as replies run to max_tokens, which the figures show (mean
-completion tokens, finish reasons). Prompts are the demo's held-out conversations,
-rendered as agent.tasks.eval renders them.
+completion tokens, finish reasons). Prompts are the demo's 122 held-out conversations,
+rendered as agent.tasks.eval renders them, sent in turn: they repeat, as a chat
+application's system prompts and earlier turns do, so the servers' prefix cache (on by
+default, as vLLM's) finds their starts; the share is printed (--prefix-cache-mb 0: off).
 
     .venv/bin/python bench/serving.py [--model DIR] [--quick] [--seconds 10]
         [--warmup-s 3] [--concurrency 1,8,32] [--max-tokens 32] [--max-batch-size N]
-        [--max-queue-delay-ms 10] [--stream-interval 1] [--device auto|cpu|cuda]
-        [--server-threads N]
+        [--max-queue-delay-ms 10] [--stream-interval 1] [--prefix-cache-mb MB]
+        [--device auto|cpu|cuda] [--server-threads N]
         [--int8-dynamic] [--no-int8] [--engine-cpus auto|none|CPUS] [--keep]
 
 REST vs gRPC (bench/serving_rest.py): a batched server of its own, which also serves the
@@ -239,9 +241,8 @@ def parse_args() -> argparse.Namespace:
         help="of the batched server (default: 32, or the largest concurrency when above)",
     )
     parser.add_argument("--max-queue-delay-ms", type=float, default=10.0)
-    parser.add_argument(
-        "--stream-interval", type=int, default=1, help="the servers' --stream-interval"
-    )
+    parser.add_argument("--stream-interval", type=int, default=1, help="the servers' own")
+    parser.add_argument("--prefix-cache-mb", type=int, help="the servers' own (default theirs)")
     parser.add_argument("--device", default="auto", help="the server's --device")
     parser.add_argument(
         "--server-threads",
@@ -279,8 +280,8 @@ def parse_args() -> argparse.Namespace:
         parser.error(str(exc))
     if min(args.concurrency) < 1 or args.seconds <= 0 or args.warmup_s < 0:
         parser.error("need concurrency >= 1, --seconds > 0, --warmup-s >= 0")
-    if args.stream_interval < 1:
-        parser.error("--stream-interval must be at least 1")
+    if args.stream_interval < 1 or (args.prefix_cache_mb or 0) < 0:
+        parser.error("--stream-interval must be at least 1, --prefix-cache-mb at least 0")
     if args.max_batch_size < max(args.concurrency):
         print(
             f"note: --max-batch-size {args.max_batch_size} is below the concurrency "

@@ -36,6 +36,8 @@ class Reply:
     ended: float | None = None
     tokens: int = 0
     server_ttft_ms: float | None = None
+    prompt_tokens: int = 0  # the server's Usage
+    cached_tokens: int = 0  # of them, found in its prefix cache
     finish: str = ""
     error: str = ""
     cut_at: float | None = None  # cancelled by the bench before it ended
@@ -87,6 +89,12 @@ class Cell:
     def mean_completion_tokens(self) -> float:
         done = [r.tokens for r in self.replies if r.finish]
         return sum(done) / len(done) if done else float("nan")
+
+    @property
+    def cached_share(self) -> float:
+        """The share of the ended replies' prompt tokens the server found in its prefix cache."""
+        done = [r for r in self.replies if r.finish]
+        return ratio(sum(r.cached_tokens for r in done), sum(r.prompt_tokens for r in done))
 
     @property
     def finishes(self) -> str:
@@ -186,6 +194,8 @@ async def one_request(stub: Any, prompt: str, max_tokens: int, window: Window, c
                 reply.ended = now
                 reply.finish = message.usage.finish_reason
                 reply.server_ttft_ms = message.usage.time_to_first_token_ms
+                reply.prompt_tokens = message.usage.prompt_tokens
+                reply.cached_tokens = message.usage.cached_prompt_tokens
                 if now in window:
                     cell.completed += 1
     except grpc.aio.AioRpcError as exc:

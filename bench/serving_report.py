@@ -77,6 +77,8 @@ def report(
         f"{goal(p99 < GOAL_TTFT_P99_MS):>4}"
     )
     print(f"{'int8 (weight-only) / fp32 tokens/s':44} {int8_ratio:10.3f} {'(report)':>10}")
+    share = batched.cached_share
+    print(f"{'prompt tokens found in the prefix cache':44} {share:10.1%} {'(report)':>10}")
     print(f"{'batching gain of the decode loop alone':44} {loop_gain:10.2f} {'(report)':>10}")
     cpu_gain = ratio(batched.tokens_per_cpu_s, single.tokens_per_cpu_s)
     print(f"{'batching gain per server CPU-second':44} {cpu_gain:10.2f} {'(report)':>10}")

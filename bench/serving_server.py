@@ -66,6 +66,8 @@ def launch_server(
     argv += ["--device", args.device, "--max-batch-size", str(max_batch_size)]
     argv += ["--max-queue-delay-ms", f"{args.max_queue_delay_ms:g}"]
     argv += ["--stream-interval", str(args.stream_interval)]
+    if args.prefix_cache_mb is not None:
+        argv += ["--prefix-cache-mb", str(args.prefix_cache_mb)]
     argv += ["--engine-cpus", engine_cpus or args.engine_cpus]
     with (base / "stdout.log").open("wb") as out, (base / "stderr.log").open("wb") as err:
         proc = subprocess.Popen(

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from agent.serve.decode import BatchDecoder
+from agent.serve.prefix_cache import PrefixCache
 from agent.serve.sampling import GREEDY, choose_tokens
 
 LINES = [" apple river stone", " stone river apple", " the quick brown fox", " fox river stone"]
@@ -47,23 +48,31 @@ def make_moe() -> Moe:
 
 
 def assert_decodes_as_generate(
-    moe: Moe, prompts: list[list[int]], n: int, in_step: bool = True
+    moe: Moe,
+    prompts: list[list[int]],
+    n: int,
+    in_step: bool = True,
+    prefix_cache: PrefixCache | None = None,
 ) -> None:
     """`decode_joining_and_leaving` gives each request `generate`'s greedy tokens (request
     1, which leaves early, its first 5)."""
     want = {i: moe.greedy(p, n) for i, p in enumerate(prompts)}
-    got = decode_joining_and_leaving(moe, prompts, n, in_step)
+    got = decode_joining_and_leaving(moe, prompts, n, in_step, prefix_cache)
     assert got[1] == want[1][:5]
     assert all(got[i] == want[i] for i in want if i != 1)
 
 
 def decode_joining_and_leaving(
-    moe: Moe, prompts: list[list[int]], n: int, in_step: bool = False
+    moe: Moe,
+    prompts: list[list[int]],
+    n: int,
+    in_step: bool = False,
+    prefix_cache: PrefixCache | None = None,
 ) -> dict[int, list[int]]:
     """Six requests join per step (prefilled together; `in_step`: in the decode step,
-    once a batch runs); request 1 leaves after 5 tokens, so rows are freed and taken
-    again while the others run."""
-    decoder: BatchDecoder[int] = BatchDecoder(moe.model, rows=2)  # it must grow
+    once a batch runs, from `prefix_cache`'s blocks where it has them); request 1 leaves
+    after 5 tokens, so rows are freed and taken again while the others run."""
+    decoder: BatchDecoder[int] = BatchDecoder(moe.model, rows=2, prefix_cache=prefix_cache)
     got: dict[int, list[int]] = {i: [] for i in range(len(prompts))}
     waiting = list(got)
     while waiting or len(decoder):

@@ -341,6 +341,33 @@ def test_concurrent_requests_share_decode_steps(server: Served, stub: Any, tiny:
     assert after.queue_depth == 0 and after.running == 0
 
 
+def test_a_repeated_prompt_start_is_served_from_the_prefix_cache(
+    server: Served, stub: Any, tiny: TinyModel
+) -> None:
+    """Beside a running request, a prompt whose start an earlier prompt had is run from
+    the server's prefix cache (on by default): the same reply, and its usage says how many
+    prompt tokens were found."""
+    running = stub.Generate(
+        pb.GenerateRequest(
+            prompt=PROMPTS[1], params=pb.SamplingParams(max_tokens=900, ignore_eos=True)
+        ),
+        **server.kw(),
+    )
+    next(running)  # in the batch: the prompts below join its steps
+    prompt = " ".join(PROMPTS * 3)
+    params = pb.SamplingParams(max_tokens=6)
+    replies = [
+        stub.Complete(pb.CompleteRequest(prompt=prompt, params=params), **server.kw())
+        for _ in range(2)
+    ]
+    running.cancel()
+    assert [list(r.token_ids) for r in replies] == [tiny.greedy(prompt, 6)] * 2
+    length = len(tiny.encode(prompt))
+    assert replies[0].usage.cached_prompt_tokens == 0
+    assert replies[1].usage.cached_prompt_tokens == (length - 1) // 8 * 8 > 0
+    assert replies[1].usage.prompt_tokens == length
+
+
 def test_stop_strings_and_seeded_sampling(server: Served, stub: Any, tiny: TinyModel) -> None:
     prompt = PROMPTS[0]
     full = tiny.text(tiny.greedy(prompt, 16))

@@ -11,7 +11,8 @@ import pytest
 import torch
 import transformers
 
-from agent.serve.decode import JOINING_TOKENS, BatchDecoder, UnsupportedModel
+from agent.serve.decode import JOINING_TOKENS, BatchDecoder
+from agent.serve.prefilled import UnsupportedModel
 from tests.serve_moe import PROMPTS, Moe, assert_decodes_as_generate
 
 VOCAB = 300  # the tests' tokenizer (tests/serve_moe.py)

@@ -116,7 +116,12 @@ async def test_a_completion_whole_and_streamed(base: str, engine: ScriptedEngine
         assert doc["choices"] == [
             {"index": 0, "text": " one two three", "logprobs": None, "finish_reason": "stop"}
         ]
-        assert doc["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+        assert doc["usage"] == {
+            "prompt_tokens": 3,
+            "completion_tokens": 4,
+            "total_tokens": 7,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        }
         streamed = await client.post(
             f"{base}/v1/completions",
             json={**body, "stream": True, "stream_options": {"include_usage": True}},

@@ -131,8 +131,13 @@ def test_stream_chunks_carry_text_then_the_finish_reason() -> None:
     )
     assert b'"finish_reason":"length"' in shape.chunk("", "length")
     assert b'"finish_reason":"stop"' in shape.chunk("", "eos")
-    reply = Shape("c", 1, "m", chat=True).reply("hi", Usage(2, 3, 1.0, 2.0, "stop"))
-    assert reply["usage"] == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
+    reply = Shape("c", 1, "m", chat=True).reply("hi", Usage(2, 3, 1.0, 2.0, "stop", 1))
+    assert reply["usage"] == {
+        "prompt_tokens": 2,
+        "completion_tokens": 3,
+        "total_tokens": 5,
+        "prompt_tokens_details": {"cached_tokens": 1},
+    }
 
 
 def test_metrics_count_tokens_latency_and_batch_sizes() -> None:

@@ -30,14 +30,21 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from agent.serve.packing import pack
+from agent.serve.prefilled import (
+    Prefilled,
+    Prefilling,
+    UnsupportedModel,
+    kv_of,
+    layers_of,
+    vocab_size,
+)
+from agent.serve.prefix_cache import NO_MATCH, Match, PrefixCache
 from agent.serve.ragged import KWARG as RAGGED_KWARG
 from agent.serve.ragged import RaggedCache, RaggedStep, attention_set, configs
 from agent.serve.slot_cache import SlotCache
@@ -56,54 +63,19 @@ PACKED_LOGITS_LIMIT = 1 << 24
 JOINING_TOKENS = 512
 
 
-class UnsupportedModel(RuntimeError):
-    pass
-
-
-@dataclass
-class Prefilled:
-    """A request's cache after its prompt, not yet in the batch."""
-
-    keys: list[torch.Tensor]  # per layer [1, heads, length, dim]
-    values: list[torch.Tensor]
-    length: int
-
-
-def _vocab_size(model: Any) -> int:
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    weight = getattr(head, "weight", None)
-    if isinstance(weight, torch.Tensor) and weight.dim() == 2:
-        return int(weight.shape[0])
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else None
-    return int(getattr(config or model.config, "vocab_size", 0) or 1)
-
-
-def _layers(cache: DynamicCache) -> list[DynamicLayer]:
-    layers: list[DynamicLayer] = []
-    for layer in cache.layers:
-        # Sliding-window and other layer kinds keep a different layout; padding them
-        # into one batch would be wrong, so refuse rather than decode garbage.
-        if type(layer) is not DynamicLayer:
-            raise UnsupportedModel(
-                f"cache layer {type(layer).__name__} is not supported by the batched decoder "
-                "(sliding-window or hybrid attention)"
-            )
-        layers.append(layer)
-    return layers
-
-
-def _kv(layer: DynamicLayer) -> tuple[torch.Tensor, torch.Tensor]:
-    if layer.keys is None or layer.values is None:
-        raise UnsupportedModel("the model left a cache layer empty")
-    return layer.keys, layer.values
-
-
 class BatchDecoder(Generic[K]):
     """The running batch's KV cache and the model calls on it. One thread uses it.
 
     `rows`: the batch size to preallocate for (the cache grows past it if needed)."""
 
-    def __init__(self, model: Any, rows: int = 8, *, graphs: bool = True) -> None:
+    def __init__(
+        self,
+        model: Any,
+        rows: int = 8,
+        *,
+        graphs: bool = True,
+        prefix_cache: PrefixCache | None = None,
+    ) -> None:
         self.model = model
         self.device = next(model.parameters()).device
         params = inspect.signature(model.forward).parameters
@@ -113,18 +85,22 @@ class BatchDecoder(Generic[K]):
         # sdpa takes a boolean mask; eager attention adds the mask to the scores.
         impl = getattr(model.config, "_attn_implementation", "sdpa")
         self._additive_mask = impl == "eager"
-        self._vocab = _vocab_size(model)
+        self._vocab = vocab_size(model)
         self._keys: list[K] = []
         self._longest = 0  # the longest row's length
         self._rows = max(1, rows)
         self._cache = SlotCache(rows, self.device)
         self._configs = configs(model)
         self._ragged: bool | None = None  # prompts join ragged steps: probed when first asked
+        # Prompts joining a step start from the blocks found here (ragged steps only).
+        self._prefix = prefix_cache
+        self.joined_cached: list[int] = []  # the last step_joining's, per prompt: tokens found
         self._graphs: Any = None
         if graphs and self.device.type == "cuda":
             from agent.serve.cuda_graphs import DecodeGraphs
 
             self._graphs = DecodeGraphs(self)
+            self._prefix = None  # prompts join by prefill beside the graphs: no cache to read
 
     @property
     def keys(self) -> list[K]:
@@ -133,6 +109,14 @@ class BatchDecoder(Generic[K]):
     @property
     def cache(self) -> SlotCache:
         return self._cache
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab
+
+    def assume_ragged(self) -> None:
+        """Prompts join steps without the probe (the probe's own decoder)."""
+        self._ragged = True
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -160,7 +144,7 @@ class BatchDecoder(Generic[K]):
         )
 
     def _prefilled(self, cache: DynamicCache, length: int) -> Prefilled:
-        kvs = [_kv(layer) for layer in _layers(cache)]
+        kvs = [kv_of(layer) for layer in layers_of(cache)]
         return Prefilled(keys=[k for k, _ in kvs], values=[v for _, v in kvs], length=length)
 
     @torch.inference_mode()
@@ -220,7 +204,7 @@ class BatchDecoder(Generic[K]):
             position_ids=packed.positions.to(self.device),
         ).float()
         where = {c: j for j, c in enumerate(columns)} if self._logits_to_keep else None
-        kvs = [_kv(layer) for layer in _layers(cache)]
+        kvs = [kv_of(layer) for layer in layers_of(cache)]
         results = []
         for row, start, end in packed.spans:
             column = where[end - 1] if where is not None else end - 1
@@ -310,29 +294,29 @@ class BatchDecoder(Generic[K]):
         if self._graphs is not None or not self._keys:
             return 0
         if self._ragged is None:
-            self._ragged = self._probe_ragged()
+            from agent.serve.ragged_probe import probe
+
+            self._ragged, prefix_agrees = probe(self)
+            if not prefix_agrees and self._prefix is not None:
+                log.info("prefix cache off (a cached prefix disagrees with prefill on this model)")
+                self._prefix = None
         return JOINING_TOKENS if self._ragged else 0
 
-    def _probe_ragged(self) -> bool:
-        """Whether a ragged step on this model gives what separate prefills give: a row
-        decoding beside a joining prompt, then the step after (both rows' caches)."""
-        vocab = self._vocab
-        tokens = [(7 * i + 3) % vocab for i in range(7)]
-        probe: BatchDecoder[str] = BatchDecoder(self.model, rows=2, graphs=False)
-        probe._ragged = True
-        try:
-            probe.join("a", probe.prefill(tokens[:4])[1])
-            first = probe.step_joining({"a": tokens[4]}, [("b", tokens[:6])])
-            second = probe.step({"a": tokens[5], "b": tokens[6]})
-            want = [self.prefill(tokens[:k])[0][0] for k in (5, 6, 6, 7)]
-        except Exception as exc:  # any failure: the model joins by prefill
-            log.info("prompts join by prefill (no ragged step on this model: %s)", exc)
-            return False
-        got = [first[0], first[1], second[0], second[1]]
-        if all(torch.allclose(g, w, rtol=1e-3, atol=1e-4) for g, w in zip(got, want, strict=True)):
-            return True
-        log.info("prompts join by prefill (a ragged step disagrees with prefill on this model)")
-        return False
+    def _match(self, prompt: Sequence[int]) -> Match:
+        return self._prefix.match(prompt) if self._prefix is not None else NO_MATCH
+
+    def keep_prefix(self, key: K, tokens: Sequence[int]) -> None:
+        """Keeps the blocks of `key`'s row in the prefix cache: `tokens` are the sequence's
+        tokens, of which the row holds the first (a leaving sequence's, before `drop`)."""
+        if self._prefix is None or self._ragged is False:  # None: steps joined unprobed
+            return
+        row = self._keys.index(key)
+        length = min(len(tokens), int(self._cache.lengths[row]))
+
+        def kv(start: int, end: int) -> torch.Tensor:
+            return self._cache.row_kv(row, start, end)
+
+        self._prefix.insert(tokens[:length], kv)
 
     @torch.inference_mode()
     def step_joining(
@@ -356,18 +340,23 @@ class BatchDecoder(Generic[K]):
         length = max(self._longest + 1, *(len(p) for _, p in joining))
         self._reserve(n + len(joining), length)
         cache = self._cache
-        prompts: list[tuple[int, int, int]] = []
+        found = [self._match(prompt) for _, prompt in joining]
+        self.joined_cached = [match.tokens for match in found]
+        prompts: list[tuple[int, int, int, int]] = []
         start = n
-        for row, (_, prompt) in enumerate(joining, start=n):
-            prompts.append((row, start, len(prompt)))
-            start += len(prompt)
+        for row, ((_, prompt), match) in enumerate(zip(joining, found, strict=True), start=n):
+            if match.kv is not None:
+                cache.write_prefix(row, match.kv)
+            prompts.append((row, start, len(prompt) - match.tokens, match.tokens))
+            start += len(prompt) - match.tokens
         step = RaggedStep(n, cache.decode_mask(n, length), length, prompts)
         device = self.device
-        ids = [tokens[key] for key in self._keys] + [t for _, p in joining for t in p]
-        positions = torch.cat(
-            [cache.lengths[:n]] + [torch.arange(len(p), device=device) for _, p in joining]
-        )
-        keep = list(range(n)) + [first + count - 1 for _, first, count in prompts]
+        ids = [tokens[key] for key in self._keys]
+        positions = [cache.lengths[:n]]
+        for (_, prompt), match in zip(joining, found, strict=True):
+            ids += prompt[match.tokens :]
+            positions.append(torch.arange(match.tokens, len(prompt), device=device))
+        keep = list(range(n)) + [first + count - 1 for _, first, count, _ in prompts]
         view = RaggedCache(cache, step)
         with attention_set(self._configs):
             logits = self._logits(
@@ -375,7 +364,7 @@ class BatchDecoder(Generic[K]):
                 torch.tensor(keep, device=device),
                 input_ids=torch.tensor([ids], dtype=torch.long, device=device),
                 attention_mask=step.mask,
-                position_ids=positions[None],
+                position_ids=torch.cat(positions)[None],
                 **{RAGGED_KWARG: step},
             )[0]
         if step.calls == 0:
@@ -388,13 +377,6 @@ class BatchDecoder(Generic[K]):
         )
         self._keys += [key for key, _ in joining]
         self._longest = length
+        for key, prompt in joining:
+            self.keep_prefix(key, prompt)
         return logits.float()
-
-
-@dataclass
-class Prefilling:
-    """A long prompt being prefilled a chunk at a time."""
-
-    prompt: tuple[int, ...]
-    cache: DynamicCache
-    done: int = 0  # tokens prefilled so far

@@ -6,26 +6,22 @@ whole running batch (`BatchDecoder`). Prompts joining a running batch go into it
 step instead, as one ragged sequence (`step_joining`, up to JOINING_TOKENS in all): on a
 small model each forward costs mostly a fixed time whatever it holds, and under steady
 load about one request joins per step, so a separate prefill was a second forward per
-step. (The decode loop alone, closed loop at concurrency 32 on the demo model and one
-core: 8,672 -> 10,596 tokens/s when short prompts first joined the step a row per prompt
-token; 13,200-13,750 -> 13,900-14,400 as a ragged sequence, which also takes prompts of
-any length up to the budget.) While an idle engine holds its queue for the delay window
-(to start a burst as one batch), it prefills the requests already waiting, so that the
-window's wait is not lost to the burst's prefill. A prompt longer than
-`prefill_chunk_tokens` is prefilled one chunk per iteration instead, the oldest first,
-so that the running sequences keep getting a token every iteration while it fills (its
-request joins the decode batch after its last chunk). Every token is handed to its
-request's sink as an event, from this thread: the sink must be thread-safe (the server
-posts it to its event loop). A request ends at its end-of-text token (unless it ignores
-it: load tests that must decode `max_tokens` every time), at `max_tokens`, at a stop
-string, or when cancelled; its place is free from the next step on.
+step (the decode loop alone at concurrency 32 on the demo model and one core: 13,200-
+13,750 -> 13,900-14,400 tokens/s). Such a prompt starts from the blocks of it found in
+the prefix cache (agent/serve/prefix_cache.py, `prefix_cache_bytes`, 0: none), which
+keeps each joining prompt and each finished sequence. While an idle engine holds its
+queue for the delay window (to start a burst as one batch), it prefills the requests
+already waiting. A prompt longer than `prefill_chunk_tokens` is prefilled one chunk per
+iteration instead, the oldest first, so that the running sequences keep getting a token
+every iteration while it fills. Every token is handed to its request's sink as an
+event, from this thread: the sink must be thread-safe (the server posts it to its event
+loop). A request ends at its end-of-text token (unless it ignores it: load tests that
+must decode `max_tokens` every time), at `max_tokens`, at a stop string, or when
+cancelled; its place is free from the next step on.
 
-`stream_interval` N > 1: a request's first token is sent at once (time to first token
-is unchanged), then its tokens go out N at a time, the rest with its end: the server's
-front end and the client handle one streamed message per N tokens. SGLang's
-`--stream-interval` trades smoothness for throughput the same way; on a small machine
-where the front end and the client share cores with nothing else, or on a GPU where
-the decode step is cheap, the per-message work is what limits a batched server."""
+`stream_interval` N > 1: a request's first token is sent at once, then its tokens go out
+N at a time, the rest with its end (SGLang's `--stream-interval`): less work per token
+for the server's front end and the client, where that is what limits a batched server."""
 
 from __future__ import annotations
 
@@ -35,15 +31,17 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from agent.serve.batching import Plan, Scheduler
-from agent.serve.decode import BatchDecoder, Prefilled, Prefilling
-from agent.serve.events import Chunk, Done, Event, Failed, Request, Sink, Usage, held_wakeups
+from agent.serve.decode import BatchDecoder
+from agent.serve.events import Chunk, Done, Event, Failed, Request, Sink, held_wakeups
+from agent.serve.prefilled import Prefilled, Prefilling
+from agent.serve.prefix_cache import PrefixCache
 from agent.serve.sampling import GREEDY, Sampling, choose_tokens
+from agent.serve.sequence import Sequence, usage
 from agent.serve.stats import StepRecorder
 from agent.serve.text import TextStream, text_decoder
 
@@ -52,20 +50,6 @@ log = logging.getLogger("gantry.serve")
 # Longer prompts are prefilled in chunks of this many tokens, one per decode step. A
 # chunk of 512 costs a few decode steps of the demo model on one CPU core.
 PREFILL_CHUNK_TOKENS = 512
-
-
-@dataclass
-class _Sequence:
-    request: Request
-    sink: Sink
-    text: TextStream
-    sampling: Sampling
-    ignore_eos: bool = False
-    generated: list[int] = field(default_factory=list)
-    first_token_at: float | None = None
-    # Accepted but not yet sent (stream_interval > 1).
-    unsent_text: str = ""
-    unsent_ids: list[int] = field(default_factory=list)
 
 
 class Engine:
@@ -79,6 +63,7 @@ class Engine:
         clock: Callable[[], float] = time.monotonic,
         prefill_chunk_tokens: int = PREFILL_CHUNK_TOKENS,
         stream_interval: int = 1,
+        prefix_cache_bytes: int = 0,
     ) -> None:
         if prefill_chunk_tokens < 1:
             raise ValueError("prefill_chunk_tokens must be at least 1")
@@ -93,19 +78,21 @@ class Engine:
         self._clock = clock
         self._chunk = prefill_chunk_tokens
         self._stream_interval = stream_interval
+        self._prefix = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self._decoder: BatchDecoder[int] = self._new_decoder()
         self._prefilling: OrderedDict[int, Prefilling] = OrderedDict()  # the worker's own
         # Queued requests prefilled during an idle engine's delay window (the worker's own).
         self._early: dict[int, tuple[torch.Tensor, Prefilled]] = {}
         self._cond = threading.Condition()
         self._ids = itertools.count(1)
-        self._queued: dict[int, _Sequence] = {}  # guarded by _cond
-        self._running: dict[int, _Sequence] = {}  # the worker's own
+        self._queued: dict[int, Sequence] = {}  # guarded by _cond
+        self._running: dict[int, Sequence] = {}  # the worker's own
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="gantry-decode", daemon=True)
 
     def _new_decoder(self) -> BatchDecoder[int]:
-        return BatchDecoder(self._model, rows=self._scheduler.max_batch_size)
+        rows = self._scheduler.max_batch_size
+        return BatchDecoder(self._model, rows=rows, prefix_cache=self._prefix)
 
     @property
     def max_batch_size(self) -> int:
@@ -146,7 +133,7 @@ class Engine:
         if request.seed and request.temperature > 0:
             generator = torch.Generator(device=self._decoder.device)
             generator.manual_seed(request.seed)
-        sequence = _Sequence(
+        sequence = Sequence(
             request=request,
             sink=sink,
             text=TextStream(self._decode_text, request.prompt_ids, request.stop),
@@ -209,7 +196,7 @@ class Engine:
 
     def _next_batch(
         self,
-    ) -> tuple[Plan[int], list[tuple[int, _Sequence]]] | list[tuple[int, _Sequence]] | None:
+    ) -> tuple[Plan[int], list[tuple[int, Sequence]]] | list[tuple[int, Sequence]] | None:
         """The next iteration's plan and admitted requests; or, while an idle engine's
         delay window holds the queue, the waiting requests not yet prefilled; None once
         stopped."""
@@ -233,14 +220,14 @@ class Engine:
                 self._cond.wait(None if wake is None else max(0.0, wake - self._clock()))
         return None
 
-    def _iterate(self, plan: Plan[int], admitted: list[tuple[int, _Sequence]]) -> None:
+    def _iterate(self, plan: Plan[int], admitted: list[tuple[int, Sequence]]) -> None:
         if plan.evicted:
             self._decoder.drop(plan.evicted)
             for key in plan.evicted:
                 self._prefilling.pop(key, None)
                 sequence = self._running.pop(key, None)
                 if sequence is not None:
-                    self._emit(sequence, Done("", (), self._usage(sequence, "cancelled")))
+                    self._emit(sequence, Done("", (), usage(sequence, self._clock(), "cancelled")))
         self._running.update(admitted)
         generated = 0
         finished: list[int] = []
@@ -262,6 +249,8 @@ class Engine:
             if joining:
                 prompts = [(key, seq.request.prompt_ids) for key, seq in joining]
                 logits = self._decoder.step_joining(feed, prompts)
+                for (_, sequence), cached in zip(joining, self._decoder.joined_cached, strict=True):
+                    sequence.cached_tokens = cached
             else:
                 logits = self._decoder.step(feed)
             tokens = choose_tokens(logits, [seq.sampling for _, seq in batch + joining])
@@ -271,14 +260,15 @@ class Engine:
                         finished.append(key)
             generated += len(batch) + len(joining)
             self._stats.step(len(batch), generated)
+            for key in finished:  # a conversation's next turn starts with this one
+                done = self._running[key]
+                self._decoder.keep_prefix(key, done.request.prompt_ids + tuple(done.generated))
             self._decoder.drop(finished)
             self._finish(finished)
         elif generated:
             self._stats.step(0, generated)
 
-    def _joining_in_step(
-        self, admitted: list[tuple[int, _Sequence]]
-    ) -> list[tuple[int, _Sequence]]:
+    def _joining_in_step(self, admitted: list[tuple[int, Sequence]]) -> list[tuple[int, Sequence]]:
         """The admitted requests whose prompts go into this iteration's decode step
         (BatchDecoder.step_joining): the short ones not yet prefilled, oldest first, while
         their tokens fit the step's budget (none if no batch runs); the others are
@@ -297,7 +287,7 @@ class Engine:
         for key in [k for k in self._early if k not in self._queued and k not in admitted]:
             del self._early[key]
 
-    def _prefill_early(self, waiting: list[tuple[int, _Sequence]]) -> None:
+    def _prefill_early(self, waiting: list[tuple[int, Sequence]]) -> None:
         try:
             prefills = self._decoder.prefill_many([s.request.prompt_ids for _, s in waiting])
         except Exception:  # prefilled again when admitted, which fails the request
@@ -307,8 +297,8 @@ class Engine:
             self._early[key] = prefilled
 
     def _prefill(
-        self, admitted: list[tuple[int, _Sequence]], joining: list[tuple[int, _Sequence]]
-    ) -> list[tuple[tuple[int, _Sequence], tuple[torch.Tensor, Prefilled]]]:
+        self, admitted: list[tuple[int, Sequence]], joining: list[tuple[int, Sequence]]
+    ) -> list[tuple[tuple[int, Sequence], tuple[torch.Tensor, Prefilled]]]:
         """The requests whose prompts are now prefilled: the short ones admitted now (in
         one forward, less those prefilled while they waited and those `joining` the
         decode step), then the oldest long one if its last chunk ran."""
@@ -333,7 +323,7 @@ class Engine:
                 ready.append(((key, self._running[key]), done))
         return ready
 
-    def _accept(self, sequence: _Sequence, token: int) -> bool:
+    def _accept(self, sequence: Sequence, token: int) -> bool:
         """Records a new token and sends it on; True when the request is complete."""
         now = self._clock()
         if sequence.first_token_at is None:
@@ -356,9 +346,9 @@ class Engine:
                 sequence.unsent_text, sequence.unsent_ids = "", []
             return False
         piece = sequence.unsent_text + piece + sequence.text.finish()
-        usage = self._usage(sequence, reason)
-        self._emit(sequence, Done(piece, (*sequence.unsent_ids, token), usage))
-        self._stats.request_completed(usage.total_time_ms / 1000)
+        ended = usage(sequence, self._clock(), reason)
+        self._emit(sequence, Done(piece, (*sequence.unsent_ids, token), ended))
+        self._stats.request_completed(ended.total_time_ms / 1000)
         return True
 
     def _finish(self, keys: list[int]) -> None:
@@ -380,20 +370,8 @@ class Engine:
             for key in failed:
                 self._scheduler.finish(key)
 
-    def _usage(self, sequence: _Sequence, reason: str) -> Usage:
-        now = self._clock()
-        received = sequence.request.received
-        first = sequence.first_token_at
-        return Usage(
-            prompt_tokens=len(sequence.request.prompt_ids),
-            completion_tokens=len(sequence.generated),
-            time_to_first_token_ms=(first - received) * 1000 if first is not None else 0.0,
-            total_time_ms=(now - received) * 1000,
-            finish_reason=reason,
-        )
-
     @staticmethod
-    def _emit(sequence: _Sequence, event: Event) -> None:
+    def _emit(sequence: Sequence, event: Event) -> None:
         try:
             sequence.sink(event)
         except Exception:  # the server's loop is gone (shutting down): nobody listens

@@ -52,6 +52,7 @@ class EngineProcess:
         stats: ServerStats,
         cpus: frozenset[int] | None = None,
         stream_interval: int = 1,
+        prefix_cache_mb: int = 0,
     ) -> None:
         ours, theirs = socket.socketpair()
         argv = [sys.executable, "-m", "agent.serve.engine_worker", "--fd", str(theirs.fileno())]
@@ -60,6 +61,7 @@ class EngineProcess:
         argv += ["--max-batch-size", str(max_batch_size or 0)]
         argv += ["--max-queue-delay-ms", str(max_queue_delay_ms)]
         argv += ["--stream-interval", str(stream_interval)]
+        argv += ["--prefix-cache-mb", str(prefix_cache_mb)]
         argv += ["--cpus", format_cpus(cpus)] if cpus else []
         # Its stdout is the server's stderr: the server's stdout carries the task protocol.
         self._process = subprocess.Popen(

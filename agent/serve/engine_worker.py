@@ -98,6 +98,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-queue-delay-ms", type=float, default=10.0)
     parser.add_argument("--cpus", help="bind to these CPUs (the server's --engine-cpus)")
     parser.add_argument("--stream-interval", type=int, default=1, help="tokens per message")
+    parser.add_argument("--prefix-cache-mb", type=int, default=0, help="0: no prefix cache")
     return parser.parse_args(argv)
 
 
@@ -165,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             figures,
             eos_token_ids(model, tokenizer),
             stream_interval=args.stream_interval,
+            prefix_cache_bytes=args.prefix_cache_mb << 20,
         )
         engine.warm_up()
     except Exception as exc:  # the server reports it as the reason it cannot serve

@@ -30,6 +30,7 @@ class Usage:
     time_to_first_token_ms: float
     total_time_ms: float
     finish_reason: str  # "length", "stop", "eos", "cancelled"
+    cached_prompt_tokens: int = 0  # of prompt_tokens, found in the prefix cache
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,10 @@ DEFAULT_LISTEN = "127.0.0.1:50061"
 TRAINER_FINAL_DIR = "final"
 UNNAMED_MODEL = "model"  # a model directory with no name of its own (/)
 MAX_STREAM_INTERVAL = 1024  # larger is the same as "the first token, then the rest at the end"
+# The prefix cache's default size: on the demo model 2 KiB a token (128 K tokens); on a
+# 7B model with a key and value head per query head (Llama 2) in bf16, 0.5 MiB a token
+# (512 tokens: a long system prompt).
+DEFAULT_PREFIX_CACHE_MB = 256
 
 
 class ListenError(ValueError):
@@ -53,6 +57,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="N",
         help="stream a request's tokens N at a time after its first (default 1: each as "
         "decoded); larger N: less work per token for this server and its clients",
+    )
+    parser.add_argument(
+        "--prefix-cache-mb",
+        type=int,
+        default=DEFAULT_PREFIX_CACHE_MB,
+        metavar="MB",
+        help="keep the keys and values of prompts' token blocks, up to MB, so that a prompt "
+        f"starting with them runs only the rest (default {DEFAULT_PREFIX_CACHE_MB}; 0: off)",
     )
     parser.add_argument(
         "--token-file",
@@ -101,6 +113,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--max-batch-size must be at least 1")
     if args.http_port is not None and not 0 <= args.http_port <= 65535:
         parser.error(f"--http-port {args.http_port} is not a port (0 to 65535)")
+    if args.prefix_cache_mb < 0:
+        parser.error("--prefix-cache-mb must not be negative (0 turns it off)")
     if not 1 <= args.stream_interval <= MAX_STREAM_INTERVAL:
         parser.error(f"--stream-interval must be between 1 and {MAX_STREAM_INTERVAL}")
     if args.max_queue_delay_ms < 0 or args.drain_s < 0:

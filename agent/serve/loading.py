@@ -91,6 +91,7 @@ def start_engine(args: argparse.Namespace, stats: ServerStats) -> EngineProcess:
         stats=stats,
         cpus=args.binding.engine if args.binding is not None else None,
         stream_interval=args.stream_interval,
+        prefix_cache_mb=getattr(args, "prefix_cache_mb", 0),
     )
 
 

@@ -265,11 +265,14 @@ def finish_reason(engine_reason: str) -> str:
     return "stop" if engine_reason in ("eos", "stop") else engine_reason
 
 
-def usage_json(usage: Usage) -> dict[str, int]:
+def usage_json(usage: Usage) -> dict[str, Any]:
+    """OpenAI's usage object; prompt_tokens_details.cached_tokens as OpenAI reports its own
+    prompt caching: the prompt tokens found in the server's prefix cache."""
     return {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_prompt_tokens},
     }
 
 

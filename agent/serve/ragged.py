@@ -10,7 +10,9 @@ transformers' `AttentionInterface`, which runs the decode rows as one SDPA call 
 their cache rows (each row masked to its own length) and each prompt as a causal SDPA
 call over its own new row. `RaggedCache` is the cache the model calls `update` on in
 such a step: it writes the decode tokens at their rows' positions and each prompt into
-the row it takes in the batch, so the prompt needs no copy afterwards.
+the row it takes in the batch, so the prompt needs no copy afterwards. A prompt whose
+first tokens were found in the prefix cache (agent/serve/prefix_cache.py) has them in its
+row already and runs only the rest, each token seeing the cached ones and those before it.
 
 vLLM and SGLang run mixed prefill and decode batches the same way (flattened tokens,
 variable-length attention). Against what it replaces, on the demo model and one CPU
@@ -55,8 +57,9 @@ class RaggedStep:
     rows: int  # the running rows, tokens [0, rows) of the sequence, cache rows [0, rows)
     mask: torch.Tensor  # [rows, 1, 1, length]: what each running row's token may see
     length: int  # positions attention reads
-    # Per joining prompt: (its cache row, its first token in the sequence, its tokens).
-    prompts: list[tuple[int, int, int]] = field(default_factory=list)
+    # Per joining prompt: (its cache row, its first token in the sequence, the tokens it
+    # runs, the tokens before them already in its row from the prefix cache).
+    prompts: list[tuple[int, int, int, int]] = field(default_factory=list)
     calls: int = 0  # attention layers that ran ragged (0 after a forward: not taken)
 
 
@@ -89,13 +92,21 @@ def ragged_attention(
         out[0, :n] = torch.nn.functional.scaled_dot_product_attention(
             decode, key[:n], value[:n], attn_mask=step.mask, scale=scaling, enable_gqa=gqa
         )[:, :, 0]
-    for row, start, tokens in step.prompts:
-        end = start + tokens
+    for row, start, tokens, cached in step.prompts:
+        end, seen = start + tokens, cached + tokens
+        # SDPA's is_causal aligns a non-square mask top left; after cached tokens, token i
+        # sees positions up to cached + i (bottom right), so that mask is explicit.
+        causal = (
+            None
+            if cached == 0
+            else torch.ones(tokens, seen, dtype=torch.bool, device=query.device).tril(cached)
+        )
         prompt = torch.nn.functional.scaled_dot_product_attention(
             query[:, :, start:end],
-            key[row : row + 1, :, :tokens],
-            value[row : row + 1, :, :tokens],
-            is_causal=True,
+            key[row : row + 1, :, :seen],
+            value[row : row + 1, :, :seen],
+            attn_mask=causal,
+            is_causal=causal is None,
             scale=scaling,
             enable_gqa=gqa,
         )
@@ -129,9 +140,9 @@ class RaggedCache:
         # [1, heads, tokens, dim]: token i of the running rows is row i's next token
         keys[rows, :, positions] = key_states[0, :, :n].transpose(0, 1)
         values[rows, :, positions] = value_states[0, :, :n].transpose(0, 1)
-        for row, start, tokens in step.prompts:
-            keys[row, :, :tokens] = key_states[0, :, start : start + tokens]
-            values[row, :, :tokens] = value_states[0, :, start : start + tokens]
+        for row, start, tokens, cached in step.prompts:
+            keys[row, :, cached : cached + tokens] = key_states[0, :, start : start + tokens]
+            values[row, :, cached : cached + tokens] = value_states[0, :, start : start + tokens]
         used = n + len(step.prompts)
         return keys[:used, :, : step.length], values[:used, :, : step.length]
 

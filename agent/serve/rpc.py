@@ -143,6 +143,7 @@ def usage_pb(usage: Usage) -> pb.Usage:
         time_to_first_token_ms=usage.time_to_first_token_ms,
         total_time_ms=usage.total_time_ms,
         finish_reason=FINISH_REASONS.get(usage.finish_reason, pb.FINISH_REASON_UNSPECIFIED),
+        cached_prompt_tokens=usage.cached_prompt_tokens,
     )
 
 

@@ -89,6 +89,20 @@ class SlotCache:
             self.keys[layer][row, :, : k.shape[2]] = k[0]
             self.values[layer][row, :, : v.shape[2]] = v[0]
 
+    def write_prefix(self, row: int, kv: torch.Tensor) -> None:
+        """Row `row` takes keys and values from the prefix cache at its first positions:
+        [layers, 2, heads, tokens, dim] (agent/serve/prefix_cache.py)."""
+        tokens = kv.shape[3]
+        for layer, (keys, values) in enumerate(zip(self.keys, self.values, strict=True)):
+            keys[row, :, :tokens] = kv[layer, 0]
+            values[row, :, :tokens] = kv[layer, 1]
+
+    def row_kv(self, row: int, start: int, end: int) -> torch.Tensor:
+        """Row `row`'s keys and values at positions [start, end), as write_prefix takes them."""
+        pairs = zip(self.keys, self.values, strict=True)
+        kv = [torch.stack((k[row, :, start:end], v[row, :, start:end])) for k, v in pairs]
+        return torch.stack(kv)
+
     def move_rows(self, sources: list[int], targets: list[int]) -> None:
         """Copies rows `sources` into rows `targets` (a leaving sequence's row is reused)."""
         if not sources:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!gantry/v1/inference_service.proto\x12\tgantry.v1\"\x87\x01\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x01\x12\r\n\x05top_p\x18\x03 \x01(\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x12\n\nignore_eos\x18\x06 \x01(\x08\x12\r\n\x05top_k\x18\x07 \x01(\r\"\xba\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x1e\n\x16time_to_first_token_ms\x18\x03 \x01(\x01\x12\x15\n\rtotal_time_ms\x18\x04 \x01(\x01\x12.\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x17.gantry.v1.FinishReasonJ\x04\x08\x05\x10\x06R\x12\x66inish_reason_text\"`\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12)\n\x06params\x18\x02 \x01(\x0b\x32\x19.gantry.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"b\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x12\x1f\n\x05usage\x18\x04 \x01(\x0b\x32\x10.gantry.v1.Usage\"`\n\x0f\x43ompleteRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12)\n\x06params\x18\x02 \x01(\x0b\x32\x19.gantry.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"T\n\x10\x43ompleteResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.gantry.v1.Usage\"\x17\n\x15GetServerStatsRequest\"\xf1\x02\n\x16GetServerStatsResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bqueue_depth\x18\x02 \x01(\r\x12\x0f\n\x07running\x18\x03 \x01(\r\x12\x16\n\x0erequests_total\x18\x04 \x01(\x04\x12\x14\n\x0c\x65rrors_total\x18\x05 \x01(\x04\x12\x16\n\x0erequests_per_s\x18\x06 \x01(\x01\x12\x14\n\x0ctokens_per_s\x18\x07 \x01(\x01\x12W\n\x14\x62\x61tch_size_histogram\x18\x08 \x03(\x0b\x32\x39.gantry.v1.GetServerStatsResponse.BatchSizeHistogramEntry\x12\x16\n\x0emax_batch_size\x18\t \x01(\r\x12\x1a\n\x12max_queue_delay_ms\x18\n \x01(\x01\x1a\x39\n\x17\x42\x61tchSizeHistogramEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*\x93\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x02\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x32\xf5\x01\n\x10InferenceService\x12\x45\n\x08Generate\x12\x1a.gantry.v1.GenerateRequest\x1a\x1b.gantry.v1.GenerateResponse0\x01\x12\x43\n\x08\x43omplete\x12\x1a.gantry.v1.CompleteRequest\x1a\x1b.gantry.v1.CompleteResponse\x12U\n\x0eGetServerStats\x12 .gantry.v1.GetServerStatsRequest\x1a!.gantry.v1.GetServerStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!gantry/v1/inference_service.proto\x12\tgantry.v1\"\x87\x01\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x01\x12\r\n\x05top_p\x18\x03 \x01(\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x12\n\nignore_eos\x18\x06 \x01(\x08\x12\r\n\x05top_k\x18\x07 \x01(\r\"\xd8\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x1e\n\x16time_to_first_token_ms\x18\x03 \x01(\x01\x12\x15\n\rtotal_time_ms\x18\x04 \x01(\x01\x12.\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x17.gantry.v1.FinishReason\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x07 \x01(\rJ\x04\x08\x05\x10\x06R\x12\x66inish_reason_text\"`\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12)\n\x06params\x18\x02 \x01(\x0b\x32\x19.gantry.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"b\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x12\x1f\n\x05usage\x18\x04 \x01(\x0b\x32\x10.gantry.v1.Usage\"`\n\x0f\x43ompleteRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12)\n\x06params\x18\x02 \x01(\x0b\x32\x19.gantry.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"T\n\x10\x43ompleteResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.gantry.v1.Usage\"\x17\n\x15GetServerStatsRequest\"\xf1\x02\n\x16GetServerStatsResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bqueue_depth\x18\x02 \x01(\r\x12\x0f\n\x07running\x18\x03 \x01(\r\x12\x16\n\x0erequests_total\x18\x04 \x01(\x04\x12\x14\n\x0c\x65rrors_total\x18\x05 \x01(\x04\x12\x16\n\x0erequests_per_s\x18\x06 \x01(\x01\x12\x14\n\x0ctokens_per_s\x18\x07 \x01(\x01\x12W\n\x14\x62\x61tch_size_histogram\x18\x08 \x03(\x0b\x32\x39.gantry.v1.GetServerStatsResponse.BatchSizeHistogramEntry\x12\x16\n\x0emax_batch_size\x18\t \x01(\r\x12\x1a\n\x12max_queue_delay_ms\x18\n \x01(\x01\x1a\x39\n\x17\x42\x61tchSizeHistogramEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*\x93\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x02\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x32\xf5\x01\n\x10InferenceService\x12\x45\n\x08Generate\x12\x1a.gantry.v1.GenerateRequest\x1a\x1b.gantry.v1.GenerateResponse0\x01\x12\x43\n\x08\x43omplete\x12\x1a.gantry.v1.CompleteRequest\x1a\x1b.gantry.v1.CompleteResponse\x12U\n\x0eGetServerStats\x12 .gantry.v1.GetServerStatsRequest\x1a!.gantry.v1.GetServerStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,26 +33,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETSERVERSTATSRESPONSE_BATCHSIZEHISTOGRAMENTRY']._loaded_options = None
   _globals['_GETSERVERSTATSRESPONSE_BATCHSIZEHISTOGRAMENTRY']._serialized_options = b'8\001'
-  _globals['_FINISHREASON']._serialized_start=1155
-  _globals['_FINISHREASON']._serialized_end=1302
+  _globals['_FINISHREASON']._serialized_start=1185
+  _globals['_FINISHREASON']._serialized_end=1332
   _globals['_SAMPLINGPARAMS']._serialized_start=49
   _globals['_SAMPLINGPARAMS']._serialized_end=184
   _globals['_USAGE']._serialized_start=187
-  _globals['_USAGE']._serialized_end=373
-  _globals['_GENERATEREQUEST']._serialized_start=375
-  _globals['_GENERATEREQUEST']._serialized_end=471
-  _globals['_GENERATERESPONSE']._serialized_start=473
-  _globals['_GENERATERESPONSE']._serialized_end=571
-  _globals['_COMPLETEREQUEST']._serialized_start=573
-  _globals['_COMPLETEREQUEST']._serialized_end=669
-  _globals['_COMPLETERESPONSE']._serialized_start=671
-  _globals['_COMPLETERESPONSE']._serialized_end=755
-  _globals['_GETSERVERSTATSREQUEST']._serialized_start=757
-  _globals['_GETSERVERSTATSREQUEST']._serialized_end=780
-  _globals['_GETSERVERSTATSRESPONSE']._serialized_start=783
-  _globals['_GETSERVERSTATSRESPONSE']._serialized_end=1152
-  _globals['_GETSERVERSTATSRESPONSE_BATCHSIZEHISTOGRAMENTRY']._serialized_start=1095
-  _globals['_GETSERVERSTATSRESPONSE_BATCHSIZEHISTOGRAMENTRY']._serialized_end=1152
-  _globals['_INFERENCESERVICE']._serialized_start=1305
-  _globals['_INFERENCESERVICE']._serialized_end=1550
+  _globals['_USAGE']._serialized_end=403
+  _globals['_GENERATEREQUEST']._serialized_start=405
+  _globals['_GENERATEREQUEST']._serialized_end=501
+  _globals['_GENERATERESPONSE']._serialized_start=503
+  _globals['_GENERATERESPONSE']._serialized_end=601
+  _globals['_COMPLETEREQUEST']._serialized_start=603
+  _globals['_COMPLETEREQUEST']._serialized_end=699
+  _globals['_COMPLETERESPONSE']._serialized_start=701
+  _globals['_COMPLETERESPONSE']._serialized_end=785
+  _globals['_GETSERVERSTATSREQUEST']._serialized_start=787
+  _globals['_GETSERVERSTATSREQUEST']._serialized_end=810
+  _globals['_GETSERVERSTATSRESPONSE']._serialized_start=813
+  _globals['_GETSERVERSTATSRESPONSE']._serialized_end=1182
+  _globals['_GETSERVERSTATSRESPONSE_BATCHSIZEHISTOGRAMENTRY']._serialized_start=1125
+  _globals['_GETSERVERSTATSRESPONSE_BATCHSIZEHISTOGRAMENTRY']._serialized_end=1182
+  _globals['_INFERENCESERVICE']._serialized_start=1335
+  _globals['_INFERENCESERVICE']._serialized_end=1580
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,190 @@
+"""The serving loop's prefix cache (agent/serve/prefix_cache.py): token blocks matched
+exactly and whole, a prompt's last token always run, least recently used blocks evicted
+leaves first within its bytes; prompts joining from cached blocks decode as `generate`
+(fp32 and int8), and each request's usage says how many of its prompt tokens were found."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from agent.serve.prefix_cache import PrefixCache
+from tests.serve_moe import PROMPTS, Moe, assert_decodes_as_generate
+
+LAYERS, HEADS, DIM = 2, 3, 4
+
+
+def positions_kv(tokens: list[int]) -> Any:
+    """kv_of for `tokens`: each position's keys and values hold its token (to check which
+    positions a match returns)."""
+
+    def kv(start: int, end: int) -> torch.Tensor:
+        values = torch.tensor(tokens[start:end], dtype=torch.float32)
+        return values.view(1, 1, 1, -1, 1).expand(LAYERS, 2, HEADS, -1, DIM).clone()
+
+    return kv
+
+
+def block_bytes(size: int) -> int:
+    return LAYERS * 2 * HEADS * size * DIM * 4
+
+
+def test_a_match_is_whole_blocks_from_the_start_leaving_the_last_token() -> None:
+    cache = PrefixCache(1 << 20, block_tokens=4)
+    tokens = list(range(10, 22))  # 12 tokens: 3 blocks
+    cache.insert(tokens, positions_kv(tokens))
+    assert len(cache) == 3 and cache.bytes == 3 * block_bytes(4)
+    whole = cache.match(tokens)  # the last token must run: 2 blocks, not 3
+    assert whole.tokens == 8 and whole.kv is not None
+    assert whole.kv[1, 1, 2, :, 0].tolist() == tokens[:8]  # positions in order
+    assert cache.match([*tokens, 99]).tokens == 12
+    assert cache.match([*tokens[:6], 0, 0, 0]).tokens == 4  # the second block differs
+    assert cache.match(tokens[:4]).tokens == 0  # a 4-token prompt keeps its last to run
+    assert cache.match([5, *tokens]).tokens == 0  # the same tokens shifted: no match
+    assert (cache.found, cache.looked_up) == (24, 12 + 13 + 9 + 4 + 13)
+
+
+def test_a_block_matches_only_after_the_same_blocks() -> None:
+    """Keys chain each block to its parent: equal blocks after different starts differ."""
+    cache = PrefixCache(1 << 20, block_tokens=2)
+    first, second = [1, 2, 3, 4, 5], [9, 9, 3, 4, 5]
+    cache.insert(first, positions_kv(first))
+    assert cache.match(second).tokens == 0
+    cache.insert(second, positions_kv(second))
+    match = cache.match(second)
+    assert match.tokens == 4 and match.kv is not None
+    assert match.kv[0, 0, 0, :, 0].tolist() == [9, 9, 3, 4]
+
+
+def test_insert_reads_only_the_new_blocks() -> None:
+    cache = PrefixCache(1 << 20, block_tokens=2)
+    asked: list[tuple[int, int]] = []
+    tokens = [1, 2, 3, 4, 5, 6, 7]
+
+    def kv(start: int, end: int) -> torch.Tensor:
+        asked.append((start, end))
+        kv: torch.Tensor = positions_kv(tokens)(start, end)
+        return kv
+
+    cache.insert(tokens[:4], kv)
+    cache.insert(tokens, kv)  # blocks 1-2 are there; 3 is new; the odd token is no block
+    cache.insert(tokens, kv)
+    assert asked == [(0, 4), (4, 6)] and len(cache) == 3
+
+
+def test_eviction_keeps_the_bytes_and_takes_leaves_first() -> None:
+    """Over its bytes, the least recently used blocks go; a chain's start is never older
+    than its end, so a shared start outlives the branches under it."""
+    cache = PrefixCache(3 * block_bytes(2), block_tokens=2)
+    shared = [1, 2, 3, 4]
+    a, b = [*shared, 10, 11, 0], [*shared, 20, 21, 0]
+    cache.insert(a[:6], positions_kv(a))  # 3 blocks: full
+    cache.insert(b[:6], positions_kv(b))  # a 4th: a's last block goes, not the shared ones
+    assert cache.bytes <= cache.capacity_bytes and len(cache) == 3
+    assert cache.match(b).tokens == 6
+    assert cache.match(a).tokens == 4
+    assert PrefixCache(0).match(a).tokens == 0
+    empty = PrefixCache(0, block_tokens=2)
+    empty.insert(a, positions_kv(a))
+    assert len(empty) == 0 and empty.bytes == 0
+    with pytest.raises(ValueError):
+        PrefixCache(1, block_tokens=0)
+
+
+@pytest.mark.parametrize("weights", ["fp32", "int8 wo"])
+def test_prompts_joining_from_cached_blocks_decode_as_generate(moe: Moe, weights: str) -> None:
+    """Prompts sharing a long start, and repeats, join the step from the blocks earlier
+    joins left: each request still gets `generate`'s greedy tokens."""
+    model = copy.deepcopy(moe.model)
+    if weights != "fp32":
+        from agent.tasks.quantize_plan import quantize_model
+
+        quantize_model(model, weight_only=True)
+    case = Moe(model, moe.tokenizer)
+    start = " ".join(PROMPTS * 2)
+    prompts = [case.encode(f"{start} {p}") for p in PROMPTS * 5]
+    assert min(map(len, prompts)) > 16
+    cache = PrefixCache(1 << 24)
+    assert_decodes_as_generate(case, prompts, 6, in_step=True, prefix_cache=cache)
+    assert cache.found >= 12 * 16  # the third step's six prompts and later found blocks
+
+
+def test_the_engine_reports_cached_prompt_tokens_and_keeps_finished_turns(moe: Moe) -> None:
+    """A prompt joining a running batch after another with the same start finds its
+    blocks (its usage says how many); so does a next turn that repeats a finished
+    conversation, reply included."""
+    from agent.serve.batching import Scheduler
+    from agent.serve.engine import Engine
+    from agent.serve.engine_wire import FigureRecorder
+    from agent.serve.events import Done, Event, Request
+
+    engine = Engine(
+        moe.model,
+        moe.tokenizer,
+        Scheduler(4, 0.0),
+        FigureRecorder(),
+        eos_token_ids=(),
+        prefix_cache_bytes=1 << 24,
+    )
+    engine.warm_up()
+    engine.start()
+    try:
+
+        def ignore(event: Event) -> None:
+            pass
+
+        def run(prompt: list[int], max_tokens: int) -> tuple[list[int], Any]:
+            done = threading.Event()
+            out: list[Event] = []
+
+            def sink(event: Event) -> None:
+                out.append(event)
+                if isinstance(event, Done):
+                    done.set()
+
+            engine.submit(Request(tuple(prompt), max_tokens, engine.now()), sink)
+            assert done.wait(60)
+            ids = [t for e in out for t in getattr(e, "token_ids", ())]
+            last = out[-1]
+            assert isinstance(last, Done)
+            return ids, last.usage
+
+        # keeps a batch running (until cancelled), so the prompts below join its steps
+        long_one = Request(tuple(moe.encode(PROMPTS[1])), 900, engine.now())
+        background = engine.submit(long_one, ignore)
+        prompt = moe.encode(" ".join(PROMPTS * 3))
+        first, usage = run(prompt, 4)
+        assert usage.cached_prompt_tokens == 0
+        again, usage = run(prompt, 4)
+        assert again == first == moe.greedy(prompt, 4)
+        assert usage.cached_prompt_tokens == (len(prompt) - 1) // 8 * 8 > 0
+        turn = prompt + first + moe.encode(PROMPTS[0])  # the conversation's next turn
+        ids, usage = run(turn, 3)
+        assert ids == moe.greedy(turn, 3)
+        assert usage.cached_prompt_tokens == (len(prompt) + len(first) - 1) // 8 * 8
+        engine.cancel(background)
+    finally:
+        engine.stop()
+
+
+def test_the_flag_is_on_by_default_and_refuses_a_negative_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.serve.flags import DEFAULT_PREFIX_CACHE_MB, parse_args
+
+    (tmp_path / "config.json").write_text("{}")
+    token = tmp_path / "token"
+    token.write_text("t" * 32)
+    argv = ["--model", str(tmp_path), "--token-file", str(token)]
+    assert parse_args(argv).prefix_cache_mb == DEFAULT_PREFIX_CACHE_MB > 0
+    assert parse_args([*argv, "--prefix-cache-mb", "0"]).prefix_cache_mb == 0
+    with pytest.raises(SystemExit) as exited:
+        parse_args([*argv, "--prefix-cache-mb", "-1"])
+    assert exited.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.endswith("error: --prefix-cache-mb must not be negative (0 turns it off)")
