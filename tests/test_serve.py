@@ -356,16 +356,22 @@ def test_a_repeated_prompt_start_is_served_from_the_prefix_cache(
     next(running)  # in the batch: the prompts below join its steps
     prompt = " ".join(PROMPTS * 3)
     params = pb.SamplingParams(max_tokens=6)
+    before = stats(stub, server)
     replies = [
         stub.Complete(pb.CompleteRequest(prompt=prompt, params=params), **server.kw())
         for _ in range(2)
     ]
     running.cancel()
+    after = stats(stub, server)
     assert [list(r.token_ids) for r in replies] == [tiny.greedy(prompt, 6)] * 2
     length = len(tiny.encode(prompt))
     assert replies[0].usage.cached_prompt_tokens == 0
     assert replies[1].usage.cached_prompt_tokens == (length - 1) // 8 * 8 > 0
     assert replies[1].usage.prompt_tokens == length
+    # GetServerStats sums them: the cache's hit rate
+    assert after.prompt_tokens_total - before.prompt_tokens_total == 2 * length
+    found = after.cached_prompt_tokens_total - before.cached_prompt_tokens_total
+    assert found == replies[1].usage.cached_prompt_tokens
 
 
 def test_stop_strings_and_seeded_sampling(server: Served, stub: Any, tiny: TinyModel) -> None:

@@ -38,8 +38,8 @@ def test_events_and_figures_cross_as_they_were() -> None:
         event_from_wire((1, "a", (), (), "extra"))
     figures = FigureRecorder()
     figures.step(32, 33)
-    figures.request_completed(0.25)
-    assert figures.take() == [("step", 32, 33), ("completed", 0.25)]
+    figures.request_completed(0.25, 20, 16)
+    assert figures.take() == [("step", 32, 33), ("completed", 0.25, 20, 16)]
     assert figures.take() == []
     stats = ServerStats()
     stats.step(32, 33)

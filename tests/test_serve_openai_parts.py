@@ -146,10 +146,12 @@ def test_metrics_count_tokens_latency_and_batch_sizes() -> None:
     stats.request_received()
     stats.step(4, 5)
     stats.step(2, 2)
-    stats.request_completed(0.3)
-    stats.request_completed(120.0)
+    stats.request_completed(0.3, 20, 16)
+    stats.request_completed(120.0, 5)
     text = metrics_text(metrics_registry(stats, lambda: (1, 2))).decode()
     assert "gantry_serve_completion_tokens_total 7.0" in text
+    assert "gantry_serve_prompt_tokens_total 25.0" in text
+    assert "gantry_serve_prompt_tokens_cached_total 16.0" in text
     assert 'gantry_serve_request_latency_seconds_bucket{le="0.25"} 0.0' in text
     assert 'gantry_serve_request_latency_seconds_bucket{le="0.5"} 1.0' in text
     assert 'gantry_serve_request_latency_seconds_bucket{le="+Inf"} 2.0' in text

@@ -188,3 +188,32 @@ def test_the_flag_is_on_by_default_and_refuses_a_negative_size(
     assert exited.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.endswith("error: --prefix-cache-mb must not be negative (0 turns it off)")
+
+
+def test_the_tasks_screen_shows_the_servers_prefix_cache_hit_rate() -> None:
+    from gantry.v1 import inference_service_pb2 as pb
+
+    from console.net.serve_client import ServerView
+    from console.ui.screens.tasks import serve_detail
+
+    stats = pb.GetServerStatsResponse(max_batch_size=8)
+    view = ServerView("127.0.0.1:9000", "SERVING", stats)
+    assert "prefix cache" not in serve_detail(view)  # no request completed yet
+    stats.prompt_tokens_total, stats.cached_prompt_tokens_total = 2400, 1968
+    assert "prefix cache 82% of prompt tokens found (1,968 of 2,400)" in serve_detail(view)
+
+
+def test_gantry_serve_passes_the_size_to_the_agents_server(tmp_path: Path) -> None:
+    from agent.tasks.programs import serve_command
+    from console.model.serve_form import ServeFormError, ServeSettings
+    from console.net.tasks_client import serve_request
+
+    def argv(**kw: Any) -> list[str]:
+        return serve_command(serve_request(ServeSettings(str(tmp_path), **kw)).serve, tmp_path)
+
+    assert "--prefix-cache-mb" not in argv()  # the server's default
+    off = argv(prefix_cache_mb=0)
+    assert off[off.index("--prefix-cache-mb") + 1] == "0"
+    with pytest.raises(ServeFormError) as refused:
+        argv(prefix_cache_mb=-1)
+    assert refused.value.as_flag() == "--prefix-cache-mb -1: give 0 (off) or more"

@@ -348,7 +348,9 @@ class Engine:
         piece = sequence.unsent_text + piece + sequence.text.finish()
         ended = usage(sequence, self._clock(), reason)
         self._emit(sequence, Done(piece, (*sequence.unsent_ids, token), ended))
-        self._stats.request_completed(ended.total_time_ms / 1000)
+        self._stats.request_completed(
+            ended.total_time_ms / 1000, ended.prompt_tokens, ended.cached_prompt_tokens
+        )
         return True
 
     def _finish(self, keys: list[int]) -> None:

@@ -174,7 +174,7 @@ class EngineProcess:
             if figure[0] == "step":
                 self._stats.step(figure[1], figure[2])
             else:
-                self._stats.request_completed(figure[1])
+                self._stats.request_completed(*figure[1:])
 
     def _gone(self) -> None:
         """The process ended (asked to or not): the requests it had fail."""

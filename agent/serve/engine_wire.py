@@ -21,7 +21,8 @@ from typing import Any
 from agent.serve.events import Chunk, Done, Event, Failed, Usage
 
 WireEvent = tuple[Any, ...]
-# ("step", batch_size, tokens) or ("completed", latency_s): agent.serve.stats.ServerStats.
+# ("step", batch_size, tokens) or ("completed", latency_s, prompt_tokens, cached_tokens):
+# agent.serve.stats.ServerStats.
 Figure = tuple[Any, ...]
 
 
@@ -55,9 +56,11 @@ class FigureRecorder:
         with self._lock:
             self._figures.append(("step", batch_size, tokens))
 
-    def request_completed(self, latency_s: float = 0.0) -> None:
+    def request_completed(
+        self, latency_s: float = 0.0, prompt_tokens: int = 0, cached_tokens: int = 0
+    ) -> None:
         with self._lock:
-            self._figures.append(("completed", latency_s))
+            self._figures.append(("completed", latency_s, prompt_tokens, cached_tokens))
 
     def take(self) -> list[Figure]:
         with self._lock:

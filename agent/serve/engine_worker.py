@@ -118,7 +118,9 @@ def serve_commands(conn: Connection, engine: Engine, outbox: Outbox) -> None:
             engine.cancel(message[1])
         elif kind == "stop":
             return
-        if not conn.poll():  # after a burst of commands, the load the server reports
+        # After a burst of commands, the load the server reports; while a batch runs, its
+        # next iteration's message says it (a message per request was as many again).
+        if not conn.poll() and engine.load()[1] == 0:
             outbox.wake()
 
 

@@ -4,6 +4,8 @@ from the same counters as GetServerStats (gRPC and HTTP requests together).
     gantry_serve_requests_total            requests received (counter)
     gantry_serve_request_errors_total      requests refused or failed (counter)
     gantry_serve_completion_tokens_total   tokens generated (counter)
+    gantry_serve_prompt_tokens_total       prompt tokens of completed requests (counter)
+    gantry_serve_prompt_tokens_cached_total  of them, found in the prefix cache (counter)
     gantry_serve_request_latency_seconds   received to last token, completed requests
     gantry_serve_queue_depth               requests waiting for a place in the batch
     gantry_serve_running_requests          requests in the running batch
@@ -49,6 +51,16 @@ class ServeCollector(Collector):
         )
         yield CounterMetricFamily(
             "gantry_serve_completion_tokens", "Tokens generated", value=snap.tokens_total
+        )
+        yield CounterMetricFamily(
+            "gantry_serve_prompt_tokens",
+            "Prompt tokens of completed requests",
+            value=snap.prompt_tokens_total,
+        )
+        yield CounterMetricFamily(
+            "gantry_serve_prompt_tokens_cached",
+            "Of them, found in the prefix cache (vLLM: prefix_cache_hits)",
+            value=snap.cached_prompt_tokens_total,
         )
         cumulative, buckets = 0, []
         counts = snap.latency_counts or (0,) * (len(LATENCY_BUCKETS_S) + 1)

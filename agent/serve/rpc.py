@@ -226,6 +226,8 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):  #
             batch_size_histogram=snap.batch_size_histogram,
             max_batch_size=self.max_batch_size,
             max_queue_delay_ms=self.max_queue_delay_ms,
+            prompt_tokens_total=snap.prompt_tokens_total,
+            cached_prompt_tokens_total=snap.cached_prompt_tokens_total,
         )
 
     # -- helpers -------------------------------------------------------------------

@@ -30,6 +30,8 @@ class StatsSnapshot:
     completed_total: int = 0
     latency_counts: tuple[int, ...] = ()  # per LATENCY_BUCKETS_S bound, then above the last
     latency_sum_s: float = 0.0
+    prompt_tokens_total: int = 0  # of the completed requests
+    cached_prompt_tokens_total: int = 0  # of those, found in the prefix cache
 
 
 class StepRecorder(Protocol):
@@ -38,7 +40,9 @@ class StepRecorder(Protocol):
 
     def step(self, batch_size: int, tokens: int) -> None: ...
 
-    def request_completed(self, latency_s: float = 0.0) -> None: ...
+    def request_completed(
+        self, latency_s: float = 0.0, prompt_tokens: int = 0, cached_tokens: int = 0
+    ) -> None: ...
 
 
 class ServerStats:
@@ -57,6 +61,8 @@ class ServerStats:
         self._tokens_total = 0
         self._latency_counts = [0] * (len(LATENCY_BUCKETS_S) + 1)
         self._latency_sum_s = 0.0
+        self._prompt_tokens = 0
+        self._cached_tokens = 0
 
     def request_received(self) -> None:
         with self._lock:
@@ -66,8 +72,11 @@ class ServerStats:
         with self._lock:
             self._errors_total += 1
 
-    def request_completed(self, latency_s: float = 0.0) -> None:
-        """A request ended; `latency_s`: received to its last token."""
+    def request_completed(
+        self, latency_s: float = 0.0, prompt_tokens: int = 0, cached_tokens: int = 0
+    ) -> None:
+        """A request ended; `latency_s`: received to its last token; of its `prompt_tokens`,
+        `cached_tokens` came from the prefix cache."""
         bucket = next(
             (i for i, bound in enumerate(LATENCY_BUCKETS_S) if latency_s <= bound),
             len(LATENCY_BUCKETS_S),
@@ -76,6 +85,8 @@ class ServerStats:
             self._completed.append(self._clock())
             self._latency_counts[bucket] += 1
             self._latency_sum_s += latency_s
+            self._prompt_tokens += prompt_tokens
+            self._cached_tokens += cached_tokens
 
     def step(self, batch_size: int, tokens: int) -> None:
         """A decode step of `batch_size` sequences; `tokens` generated since the last call."""
@@ -106,4 +117,6 @@ class ServerStats:
                 completed_total=sum(self._latency_counts),
                 latency_counts=tuple(self._latency_counts),
                 latency_sum_s=self._latency_sum_s,
+                prompt_tokens_total=self._prompt_tokens,
+                cached_prompt_tokens_total=self._cached_tokens,
             )

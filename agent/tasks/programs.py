@@ -82,6 +82,8 @@ def serve_command(spec: task_pb2.ServeTaskSpec, task_dir: Path) -> list[str]:
         argv += ["--engine-cpus", spec.engine_cpus]
     if spec.stream_interval > 1:  # 0 or 1: each token as decoded
         argv += ["--stream-interval", str(spec.stream_interval)]
+    if spec.HasField("prefix_cache_mb"):  # 0 too: no prefix cache
+        argv += ["--prefix-cache-mb", str(spec.prefix_cache_mb)]
     return argv
 
 

@@ -20,6 +20,7 @@ LABELS = {
     "max_queue_delay_ms": "queue delay",
     "engine_cpus": "engine CPUs",
     "stream_interval": "stream interval",
+    "prefix_cache_mb": "prefix cache MB",
 }
 
 
@@ -48,6 +49,7 @@ class ServeSettings:
     max_queue_delay_ms: float | None = None  # None: the server's (10)
     engine_cpus: str = ""  # "": not bound
     stream_interval: int = 1
+    prefix_cache_mb: int | None = None  # None: the server's (256); 0: off
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,10 @@ def checked(settings: ServeSettings) -> ServeSettings:
     if settings.stream_interval < 1:
         raise ServeFormError(
             "stream_interval", f"{{name}} {settings.stream_interval}: give 1 or more"
+        )
+    if settings.prefix_cache_mb is not None and settings.prefix_cache_mb < 0:
+        raise ServeFormError(
+            "prefix_cache_mb", f"{{name}} {settings.prefix_cache_mb}: give 0 (off) or more"
         )
     return settings
 

@@ -80,6 +80,8 @@ def serve_request(settings: ServeSettings) -> agent_service_pb2.StartTaskRequest
         s.max_queue_delay_ms = settings.max_queue_delay_ms
     s.http_port, s.engine_cpus = settings.http_port, settings.engine_cpus
     s.stream_interval = settings.stream_interval if settings.stream_interval > 1 else 0
+    if settings.prefix_cache_mb is not None:  # else the server's default
+        s.prefix_cache_mb = settings.prefix_cache_mb
     return request
 
 

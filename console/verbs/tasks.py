@@ -86,6 +86,13 @@ def add_task_verbs(verbs: Any) -> list[argparse.ArgumentParser]:
         metavar="N",
         help="stream tokens N at a time after the first (default 1: each as decoded)",
     )
+    se.add_argument(
+        "--prefix-cache-mb",
+        type=int,
+        metavar="MB",
+        help="keep prompts' keys and values, up to MB, for prompts starting the same way "
+        "(default: the server's, 256; 0: off)",
+    )
     tasks = verbs.add_parser("tasks", help="every agent's eval, quantize and serve tasks")
     task = verbs.add_parser("task", help="one task: state, results, report")
     task.add_argument("id")
@@ -200,6 +207,7 @@ async def _verb(args: argparse.Namespace, targets: list[NodeTarget], client: Tas
             max_queue_delay_ms=args.max_queue_delay_ms,
             engine_cpus=args.engine_cpus,
             stream_interval=args.stream_interval,
+            prefix_cache_mb=args.prefix_cache_mb,
         )
         try:
             request = serve_request(settings)

@@ -101,7 +101,7 @@ class GetServerStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetServerStatsResponse(_message.Message):
-    __slots__ = ("model", "queue_depth", "running", "requests_total", "errors_total", "requests_per_s", "tokens_per_s", "batch_size_histogram", "max_batch_size", "max_queue_delay_ms")
+    __slots__ = ("model", "queue_depth", "running", "requests_total", "errors_total", "requests_per_s", "tokens_per_s", "batch_size_histogram", "max_batch_size", "max_queue_delay_ms", "prompt_tokens_total", "cached_prompt_tokens_total")
     class BatchSizeHistogramEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +119,8 @@ class GetServerStatsResponse(_message.Message):
     BATCH_SIZE_HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    CACHED_PROMPT_TOKENS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     model: str
     queue_depth: int
     running: int
@@ -129,4 +131,6 @@ class GetServerStatsResponse(_message.Message):
     batch_size_histogram: _containers.ScalarMap[int, int]
     max_batch_size: int
     max_queue_delay_ms: float
-    def __init__(self, model: _Optional[str] = ..., queue_depth: _Optional[int] = ..., running: _Optional[int] = ..., requests_total: _Optional[int] = ..., errors_total: _Optional[int] = ..., requests_per_s: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., batch_size_histogram: _Optional[_Mapping[int, int]] = ..., max_batch_size: _Optional[int] = ..., max_queue_delay_ms: _Optional[float] = ...) -> None: ...
+    prompt_tokens_total: int
+    cached_prompt_tokens_total: int
+    def __init__(self, model: _Optional[str] = ..., queue_depth: _Optional[int] = ..., running: _Optional[int] = ..., requests_total: _Optional[int] = ..., errors_total: _Optional[int] = ..., requests_per_s: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., batch_size_histogram: _Optional[_Mapping[int, int]] = ..., max_batch_size: _Optional[int] = ..., max_queue_delay_ms: _Optional[float] = ..., prompt_tokens_total: _Optional[int] = ..., cached_prompt_tokens_total: _Optional[int] = ...) -> None: ...

@@ -70,7 +70,7 @@ class QuantizeTaskSpec(_message.Message):
     def __init__(self, model_dir: _Optional[str] = ..., output_dir: _Optional[str] = ..., int8: _Optional[bool] = ..., weight_only: _Optional[bool] = ..., eval_data_path: _Optional[str] = ..., eval_max_samples: _Optional[int] = ...) -> None: ...
 
 class ServeTaskSpec(_message.Message):
-    __slots__ = ("model_dir", "port", "max_batch_size", "max_queue_delay_ms", "http_port", "engine_cpus", "stream_interval")
+    __slots__ = ("model_dir", "port", "max_batch_size", "max_queue_delay_ms", "http_port", "engine_cpus", "stream_interval", "prefix_cache_mb")
     MODEL_DIR_FIELD_NUMBER: _ClassVar[int]
     PORT_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +78,7 @@ class ServeTaskSpec(_message.Message):
     HTTP_PORT_FIELD_NUMBER: _ClassVar[int]
     ENGINE_CPUS_FIELD_NUMBER: _ClassVar[int]
     STREAM_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_MB_FIELD_NUMBER: _ClassVar[int]
     model_dir: str
     port: int
     max_batch_size: int
@@ -85,7 +86,8 @@ class ServeTaskSpec(_message.Message):
     http_port: int
     engine_cpus: str
     stream_interval: int
-    def __init__(self, model_dir: _Optional[str] = ..., port: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_queue_delay_ms: _Optional[float] = ..., http_port: _Optional[int] = ..., engine_cpus: _Optional[str] = ..., stream_interval: _Optional[int] = ...) -> None: ...
+    prefix_cache_mb: int
+    def __init__(self, model_dir: _Optional[str] = ..., port: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_queue_delay_ms: _Optional[float] = ..., http_port: _Optional[int] = ..., engine_cpus: _Optional[str] = ..., stream_interval: _Optional[int] = ..., prefix_cache_mb: _Optional[int] = ...) -> None: ...
 
 class LoadTestTaskSpec(_message.Message):
     __slots__ = ("target", "kind", "method", "streaming", "bodies", "token", "timeout_s", "prompt_set", "open_loop", "phases", "arrival", "seed", "concurrency", "warmup_s", "run_s", "requests", "worker", "workers", "slo_ttft_ms", "slo_latency_ms", "start_unix_s", "body_count", "metadata", "tls", "client_streaming")
