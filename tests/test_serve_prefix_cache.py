@@ -167,6 +167,16 @@ def test_the_engine_reports_cached_prompt_tokens_and_keeps_finished_turns(moe: M
         ids, usage = run(turn, 3)
         assert ids == moe.greedy(turn, 3)
         assert usage.cached_prompt_tokens == (len(prompt) + len(first) - 1) // 8 * 8
+        # A conversation past the step's budget (512 tokens) is prefilled in chunks; its
+        # next turn runs only what is new, so it joins the step.
+        long = moe.encode(" ".join(PROMPTS * 40))
+        assert 600 < len(long) < 900
+        reply, usage = run(long, 3)
+        assert usage.cached_prompt_tokens == 0 and reply == moe.greedy(long, 3)
+        turn = long + reply + moe.encode(PROMPTS[2])
+        ids, usage = run(turn, 3)
+        assert ids == moe.greedy(turn, 3)
+        assert usage.cached_prompt_tokens == (len(long) + len(reply) - 1) // 8 * 8
         engine.cancel(background)
     finally:
         engine.stop()

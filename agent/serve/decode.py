@@ -302,6 +302,11 @@ class BatchDecoder(Generic[K]):
                 self._prefix = None
         return JOINING_TOKENS if self._ragged else 0
 
+    def tokens_to_run(self, prompt: Sequence[int]) -> int:
+        """How many of `prompt`'s tokens a joining step would run: those past the blocks
+        the prefix cache has of it."""
+        return len(prompt) - (self._prefix.peek(prompt) if self._prefix is not None else 0)
+
     def _match(self, prompt: Sequence[int]) -> Match:
         return self._prefix.match(prompt) if self._prefix is not None else NO_MATCH
 

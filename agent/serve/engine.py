@@ -270,13 +270,13 @@ class Engine:
 
     def _joining_in_step(self, admitted: list[tuple[int, Sequence]]) -> list[tuple[int, Sequence]]:
         """The admitted requests whose prompts go into this iteration's decode step
-        (BatchDecoder.step_joining): the short ones not yet prefilled, oldest first, while
-        their tokens fit the step's budget (none if no batch runs); the others are
-        prefilled apart, packed."""
+        (BatchDecoder.step_joining): those not yet prefilled whose tokens to run (past what
+        the prefix cache has: a long conversation's next turn too) fit the step's budget,
+        oldest first (none if no batch runs); the others are prefilled apart."""
         budget = self._decoder.joining_budget() if admitted else 0
         joining = []
         for key, sequence in admitted:
-            tokens = len(sequence.request.prompt_ids)
+            tokens = self._decoder.tokens_to_run(sequence.request.prompt_ids)
             if key not in self._early and tokens <= min(budget, self._chunk):
                 joining.append((key, sequence))
                 budget -= tokens
@@ -310,7 +310,7 @@ class Engine:
             if len(s.request.prompt_ids) <= self._chunk and k not in prefilled
         ]
         for key, sequence in admitted:
-            if len(sequence.request.prompt_ids) > self._chunk:
+            if len(sequence.request.prompt_ids) > self._chunk and key not in prefilled:
                 self._prefilling[key] = self._decoder.start_prefill(sequence.request.prompt_ids)
         if short:
             prefills = self._decoder.prefill_many([s.request.prompt_ids for _, s in short])

@@ -86,6 +86,12 @@ class PrefixCache:
         for key, _ in reversed(chain):  # leaf first: the start of the chain ends newest
             self._blocks.move_to_end(key)
 
+    def peek(self, prompt: Sequence[int]) -> int:
+        """How many tokens `match` would find now (nothing touched or counted)."""
+        if not self._blocks:
+            return 0
+        return len(self._chain(prompt, (len(prompt) - 1) // self.block_tokens)) * self.block_tokens
+
     def match(self, prompt: Sequence[int]) -> Match:
         """The longest run of blocks here that starts `prompt`, leaving its last token."""
         self.looked_up += len(prompt)
