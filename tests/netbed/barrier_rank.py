@@ -1,9 +1,11 @@
 """A stand-in training script whose steps cross the network: at each step's end every rank
 meets the others in a TCP barrier at MASTER_ADDR:MASTER_PORT (rank 0 serves it), waiting at
 most GANTRY_COLLECTIVE_TIMEOUT_S, as NCCL's watchdog would; a rank that waits longer exits 1
-with "collective timed out". Every --save-every steps each rank writes
-CKPT/step{N}/rank{R}.json, the ranks meet again, and rank 0 points CKPT/latest at it.
-Prints ``resumed at N`` at start and ``step N`` per step."""
+with "collective timed out". A rank whose peer went away says so as gloo's TCP transport
+does ("[gloo/transport/tcp/pair.cc] Connection closed by peer [ADDR]:PORT", or "Read error
+[ADDR]:PORT: Connection reset by peer"), as a DeepSpeed rank on gloo prints it. Every
+--save-every steps each rank writes CKPT/step{N}/rank{R}.json, the ranks meet again, and
+rank 0 points CKPT/latest at it. Prints ``resumed at N`` at start and ``step N`` per step."""
 
 from __future__ import annotations
 
@@ -22,8 +24,17 @@ CONNECT_RETRY_S = 0.1
 RENDEZVOUS_MIN_S = 60.0
 
 
+# Where gloo's TCP pair reports a peer gone (torch's third_party/gloo, as its errors print).
+PAIR = "[../third_party/gloo/gloo/transport/tcp/pair.cc:598]"
+
+
 class CollectiveTimeout(Exception):
     pass
+
+
+def _peer_name(conn: socket.socket) -> str:
+    host, port = conn.getpeername()[:2]
+    return f"[{host}]:{port}"
 
 
 class Barrier:
@@ -47,6 +58,7 @@ class Barrier:
             finally:
                 server.close()
             self.files = [c.makefile("rwb") for c in self.peers]
+            self.names = [_peer_name(c) for c in self.peers]
             return
         while True:
             try:
@@ -59,15 +71,18 @@ class Barrier:
         conn.settimeout(timeout_s)
         self.peers = [conn]
         self.files = [conn.makefile("rwb")]
+        self.names = [_peer_name(conn)]
 
     def meet(self, step: int) -> None:
         line = f"{step}\n".encode()
+        peer = self.names[0]
         try:
             if self.rank == 0:
-                for f in self.files:
+                for f, peer in zip(self.files, self.names, strict=True):
                     if not f.readline():
-                        raise CollectiveTimeout(f"a rank left the barrier at step {step}")
-                for f in self.files:
+                        raise CollectiveTimeout(f"{PAIR} Connection closed by peer {peer}")
+                for i, f in enumerate(self.files):
+                    peer = self.names[i]
                     f.write(line)
                     f.flush()
             else:
@@ -75,13 +90,14 @@ class Barrier:
                 f.write(line)
                 f.flush()
                 if not f.readline():
-                    raise CollectiveTimeout(f"rank 0 left the barrier at step {step}")
+                    raise CollectiveTimeout(f"{PAIR} Connection closed by peer {peer}")
         except TimeoutError:
             raise CollectiveTimeout(
                 f"collective timed out after {self.timeout_s:g}s at step {step}"
             ) from None
         except OSError as exc:  # a rank that timed out first closed its connection
-            raise CollectiveTimeout(f"a rank left the barrier at step {step}: {exc}") from None
+            why = exc.strerror or str(exc)
+            raise CollectiveTimeout(f"{PAIR} Read error {peer}: {why}") from None
 
 
 def resumed_step(path: str, rank: int) -> int:
