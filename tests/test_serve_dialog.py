@@ -38,13 +38,13 @@ def test_empty_fields_are_the_servers_defaults() -> None:
     argv = serve_command(request.serve, Path("/t"))
     for flag in ("--http-port", "--max-batch-size", "--max-queue-delay-ms", "--engine-cpus"):
         assert flag not in argv
-    assert "--stream-interval" not in argv
+    assert "--stream-interval" not in argv and "--prefix-cache-mb" not in argv
 
 
 def test_every_field_reads() -> None:
-    form = ServeForm("/m", "8000", "32", "0", " 2-3 ", "4")
+    form = ServeForm("/m", "8000", "32", "0", " 2-3 ", "4", "0")
     settings = settings_from_form(form)
-    assert settings == ServeSettings("/m", 0, 8000, 32, 0.0, "2-3", 4)
+    assert settings == ServeSettings("/m", 0, 8000, 32, 0.0, "2-3", 4, 0)
     argv = serve_command(serve_request(settings).serve, Path("/t"))
     # 0 is a delay asked for (nothing held), not the default
     for flag, value in (
@@ -53,6 +53,7 @@ def test_every_field_reads() -> None:
         ("--max-queue-delay-ms", "0"),
         ("--engine-cpus", "2-3"),
         ("--stream-interval", "4"),
+        ("--prefix-cache-mb", "0"),  # 0 turns it off: sent, unlike an empty field
     ):
         assert argv[argv.index(flag) + 1] == value
     assert settings_from_form(ServeForm("/m", engine_cpus="None")).engine_cpus == ""
@@ -72,6 +73,8 @@ def test_every_field_reads() -> None:
             "engine CPUs 'core2': auto, none, or CPUs such as 3, 2-3 or 0,2",
         ),
         (ServeForm("/m", stream_interval="0"), "stream interval 0: give 1 or more"),
+        (ServeForm("/m", prefix_cache_mb="1G"), "prefix cache MB '1G': not a whole number"),
+        (ServeForm("/m", prefix_cache_mb="-1"), "prefix cache MB -1: give 0 (off) or more"),
     ],
 )
 def test_a_field_that_does_not_read_is_named(form: ServeForm, error: str) -> None:

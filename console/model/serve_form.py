@@ -62,6 +62,7 @@ class ServeForm:
     max_queue_delay_ms: str = ""
     engine_cpus: str = ""
     stream_interval: str = ""
+    prefix_cache_mb: str = ""
 
 
 def checked(settings: ServeSettings) -> ServeSettings:
@@ -106,6 +107,11 @@ def settings_from_form(form: ServeForm) -> ServeSettings:
             max_queue_delay_ms=_delay(form.max_queue_delay_ms),
             engine_cpus=_cpus(form.engine_cpus),
             stream_interval=_whole("stream_interval", form.stream_interval, 1),
+            prefix_cache_mb=(
+                _whole("prefix_cache_mb", form.prefix_cache_mb, 0)
+                if form.prefix_cache_mb.strip()
+                else None
+            ),
         )
     )
 

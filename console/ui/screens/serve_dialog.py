@@ -1,5 +1,6 @@
 """The tasks screen's serve dialog: the model directory and what `gantry serve` takes
-besides (the HTTP API's port, batch size, queue delay, engine CPUs, stream interval),
+besides (the HTTP API's port, batch size, queue delay, engine CPUs, stream interval,
+prefix cache size),
 read by console.model.serve_form with the verb's own checks."""
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ FIELDS = (
     ("max_queue_delay_ms", "queue delay, ms", "10"),
     ("engine_cpus", "engine CPUs", "none (auto, or CPUs: 3, 2-3)"),
     ("stream_interval", "stream interval", "1: each token as decoded"),
+    ("prefix_cache_mb", "prefix cache MB", "the server's: 256 (0: off)"),
 )
 
 
