@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from agent.serve.prefix_cache import PrefixCache
+from agent.serve.prefix_cache import Match, PrefixCache
 from tests.serve_moe import PROMPTS, Moe, assert_decodes_as_generate
 
 LAYERS, HEADS, DIM = 2, 3, 4
@@ -28,6 +29,17 @@ def positions_kv(tokens: list[int]) -> Any:
         return values.view(1, 1, 1, -1, 1).expand(LAYERS, 2, HEADS, -1, DIM).clone()
 
     return kv
+
+
+class CountingCache(PrefixCache):
+    """A prefix cache that counts the tokens its matches found."""
+
+    found = 0
+
+    def match(self, prompt: Sequence[int]) -> Match:
+        found = super().match(prompt)
+        self.found += found.tokens
+        return found
 
 
 def block_bytes(size: int) -> int:
@@ -46,7 +58,8 @@ def test_a_match_is_whole_blocks_from_the_start_leaving_the_last_token() -> None
     assert cache.match([*tokens[:6], 0, 0, 0]).tokens == 4  # the second block differs
     assert cache.match(tokens[:4]).tokens == 0  # a 4-token prompt keeps its last to run
     assert cache.match([5, *tokens]).tokens == 0  # the same tokens shifted: no match
-    assert (cache.found, cache.looked_up) == (24, 12 + 13 + 9 + 4 + 13)
+    # peek says what match would find, and leaves the blocks' order alone
+    assert [cache.peek(p) for p in (tokens, [*tokens, 99], tokens[:4])] == [8, 12, 0]
 
 
 def test_a_block_matches_only_after_the_same_blocks() -> None:
@@ -109,7 +122,7 @@ def test_prompts_joining_from_cached_blocks_decode_as_generate(moe: Moe, weights
     start = " ".join(PROMPTS * 2)
     prompts = [case.encode(f"{start} {p}") for p in PROMPTS * 5]
     assert min(map(len, prompts)) > 16
-    cache = PrefixCache(1 << 24)
+    cache = CountingCache(1 << 24)
     assert_decodes_as_generate(case, prompts, 6, in_step=True, prefix_cache=cache)
     assert cache.found >= 12 * 16  # the third step's six prompts and later found blocks
 

@@ -63,8 +63,6 @@ class PrefixCache:
         self._blocks: OrderedDict[Key, _Block] = OrderedDict()  # least recently used first
         self._ids = itertools.count(1)
         self.bytes = 0
-        self.looked_up = 0  # prompt tokens asked for
-        self.found = 0  # of them, found here
 
     def __len__(self) -> int:
         return len(self._blocks)
@@ -86,25 +84,25 @@ class PrefixCache:
         for key, _ in reversed(chain):  # leaf first: the start of the chain ends newest
             self._blocks.move_to_end(key)
 
-    def peek(self, prompt: Sequence[int]) -> int:
-        """How many tokens `match` would find now (nothing touched or counted)."""
+    def _prompt_chain(self, prompt: Sequence[int]) -> list[tuple[Key, _Block]]:
+        """The blocks here that start `prompt`, leaving its last token to run."""
         if not self._blocks:
-            return 0
-        return len(self._chain(prompt, (len(prompt) - 1) // self.block_tokens)) * self.block_tokens
+            return []
+        return self._chain(prompt, (len(prompt) - 1) // self.block_tokens)
+
+    def peek(self, prompt: Sequence[int]) -> int:
+        """How many tokens `match` would find now (nothing touched)."""
+        return len(self._prompt_chain(prompt)) * self.block_tokens
 
     def match(self, prompt: Sequence[int]) -> Match:
         """The longest run of blocks here that starts `prompt`, leaving its last token."""
-        self.looked_up += len(prompt)
-        if not self._blocks:
-            return NO_MATCH
-        chain = self._chain(prompt, (len(prompt) - 1) // self.block_tokens)
+        chain = self._prompt_chain(prompt)
         if not chain:
             return NO_MATCH
         self._touch(chain)
-        count = len(chain) * self.block_tokens
-        self.found += count
         kvs = [block.kv for _, block in chain]
-        return Match(count, kvs[0] if len(kvs) == 1 else torch.cat(kvs, dim=3))
+        kv = kvs[0] if len(kvs) == 1 else torch.cat(kvs, dim=3)
+        return Match(len(chain) * self.block_tokens, kv)
 
     def insert(self, tokens: Sequence[int], kv_of: KV) -> None:
         """Keeps the full blocks of `tokens` not here yet; `kv_of(start, end)` gives the
@@ -133,7 +131,3 @@ class PrefixCache:
         while self.bytes > self.capacity_bytes and self._blocks:
             _, block = self._blocks.popitem(last=False)
             self.bytes -= block.kv.nbytes
-
-    def clear(self) -> None:
-        self._blocks.clear()
-        self.bytes = 0

@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -61,6 +62,21 @@ class RaggedStep:
     # runs, the tokens before them already in its row from the prefix cache).
     prompts: list[tuple[int, int, int, int]] = field(default_factory=list)
     calls: int = 0  # attention layers that ran ragged (0 after a forward: not taken)
+
+    @cached_property
+    def prompt_masks(self) -> list[torch.Tensor | None]:
+        """Per prompt, what its tokens see of its row (made once a step, for every layer):
+        None for a causal prompt from position 0 (SDPA's is_causal); after cached tokens,
+        token i sees positions up to cached + i, aligned bottom right, where is_causal on a
+        non-square mask aligns top left."""
+        return [
+            None
+            if cached == 0
+            else torch.ones(
+                tokens, cached + tokens, dtype=torch.bool, device=self.mask.device
+            ).tril(cached)
+            for _, _, tokens, cached in self.prompts
+        ]
 
 
 def ragged_attention(
@@ -92,15 +108,8 @@ def ragged_attention(
         out[0, :n] = torch.nn.functional.scaled_dot_product_attention(
             decode, key[:n], value[:n], attn_mask=step.mask, scale=scaling, enable_gqa=gqa
         )[:, :, 0]
-    for row, start, tokens, cached in step.prompts:
+    for (row, start, tokens, cached), causal in zip(step.prompts, step.prompt_masks, strict=True):
         end, seen = start + tokens, cached + tokens
-        # SDPA's is_causal aligns a non-square mask top left; after cached tokens, token i
-        # sees positions up to cached + i (bottom right), so that mask is explicit.
-        causal = (
-            None
-            if cached == 0
-            else torch.ones(tokens, seen, dtype=torch.bool, device=query.device).tril(cached)
-        )
         prompt = torch.nn.functional.scaled_dot_product_attention(
             query[:, :, start:end],
             key[row : row + 1, :, :seen],

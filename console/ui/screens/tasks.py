@@ -90,12 +90,10 @@ def serve_detail(view: ServerView | None) -> str:
             f"queue {s.queue_depth} · running {s.running}/{s.max_batch_size} · "
             f"requests {s.requests_total} · errors {s.errors_total}"
         )
-        if s.prompt_tokens_total:
-            share = s.cached_prompt_tokens_total / s.prompt_tokens_total
-            lines.append(
-                f"prefix cache {share:.0%} of prompt tokens found "
-                f"({s.cached_prompt_tokens_total:,} of {s.prompt_tokens_total:,})"
-            )
+        if asked := s.prompt_tokens_total:
+            found = s.cached_prompt_tokens_total
+            share = f"{found / asked:.0%} of prompt tokens found ({found:,} of {asked:,})"
+            lines.append(f"prefix cache {share}")
         hist = dict(s.batch_size_histogram)
         if hist:
             top = max(hist.values())
