@@ -132,6 +132,35 @@ def test_text_is_cut_before_a_stop_string_spread_over_tokens() -> None:
     assert held.push(list(b"d")) == "ENd"
 
 
+def test_the_tokenizers_stream_decoder_emits_what_the_python_scheme_does() -> None:
+    """A fast tokenizer's streams run tokenizers' DecodeStream: token by token, the same
+    pieces as the Python offsets scheme, on a byte-level BPE whose tokens split multibyte
+    characters (random ids: partial characters, special tokens, a partial end), with and
+    without stop strings."""
+    import random
+
+    from agent.ml.conversations import train_tokenizer
+    from agent.serve.text import stream_decoder, text_decoder
+
+    texts = [
+        "caf\u00e9 na\u00efve \u65e5\u672c\u8a9e \u30c6\u30ad\u30b9\u30c8 \U0001f642\U0001f680 ok"
+    ] * 20
+    tokenizer = train_tokenizer(texts, vocab_size=300)
+    decode, stream_of = text_decoder(tokenizer), stream_decoder(tokenizer)
+    assert stream_of is not None
+    vocab = len(tokenizer)
+    rng = random.Random(0)
+    for case in range(300):
+        prompt = [rng.randrange(vocab) for _ in range(rng.randrange(8))]
+        ids = [rng.randrange(vocab) for _ in range(rng.randrange(1, 24))]
+        if case % 3 == 0:  # words the tokenizer made: whole characters across tokens
+            ids = tokenizer(texts[0])["input_ids"][: len(ids)]
+        stop = ["\u672c", "ok"] if case % 2 else []
+        python, rust = TextStream(decode, prompt, stop), TextStream(decode, prompt, stop, stream_of)
+        pieces = [[s.push([i]) for i in ids] + [s.finish()] for s in (python, rust)]
+        assert pieces[0] == pieces[1], (prompt, ids)
+
+
 def test_stats_rates_over_the_window_and_batch_histogram() -> None:
     now = [100.0]
     stats = ServerStats(window_s=10.0, clock=lambda: now[0])

@@ -127,14 +127,10 @@ def test_prompts_joining_from_cached_blocks_decode_as_generate(moe: Moe, weights
     assert cache.found >= 12 * 16  # the third step's six prompts and later found blocks
 
 
-def test_the_engine_reports_cached_prompt_tokens_and_keeps_finished_turns(moe: Moe) -> None:
-    """A prompt joining a running batch after another with the same start finds its
-    blocks (its usage says how many); so does a next turn that repeats a finished
-    conversation, reply included."""
+def cached_engine(moe: Moe, **settings: Any) -> Any:
     from agent.serve.batching import Scheduler
     from agent.serve.engine import Engine
     from agent.serve.engine_wire import FigureRecorder
-    from agent.serve.events import Done, Event, Request
 
     engine = Engine(
         moe.model,
@@ -143,54 +139,118 @@ def test_the_engine_reports_cached_prompt_tokens_and_keeps_finished_turns(moe: M
         FigureRecorder(),
         eos_token_ids=(),
         prefix_cache_bytes=1 << 24,
+        **settings,
     )
     engine.warm_up()
     engine.start()
+    return engine
+
+
+def run_together(
+    engine: Any, prompts: list[list[int]], max_tokens: int
+) -> list[tuple[list[int], Any]]:
+    """Requests submitted at once: each one's tokens and usage, once all are done."""
+    from agent.serve.events import Done, Event, Request
+
+    outs: list[list[Event]] = [[] for _ in prompts]
+    done = threading.Semaphore(0)
+
+    def sink_of(out: list[Event]) -> Any:
+        def sink(event: Event) -> None:
+            out.append(event)
+            if isinstance(event, Done):
+                done.release()
+
+        return sink
+
+    for prompt, out in zip(prompts, outs, strict=True):
+        engine.submit(Request(tuple(prompt), max_tokens, engine.now()), sink_of(out))
+    for _ in prompts:
+        assert done.acquire(timeout=60)
+    results = []
+    for out in outs:
+        assert isinstance(out[-1], Done)
+        results.append(([t for e in out for t in getattr(e, "token_ids", ())], out[-1].usage))
+    return results
+
+
+def run(engine: Any, prompt: list[int], max_tokens: int) -> tuple[list[int], Any]:
+    """A request's tokens and usage, once it is done."""
+    [result] = run_together(engine, [prompt], max_tokens)
+    return result
+
+
+def keep_a_batch_running(engine: Any, moe: Moe) -> int:
+    """A request that runs (until cancelled), so that prompts join its steps."""
+    from agent.serve.events import Event, Request
+
+    def ignore(event: Event) -> None:
+        pass
+
+    return int(engine.submit(Request(tuple(moe.encode(PROMPTS[1])), 900, engine.now()), ignore))
+
+
+def test_the_engine_reports_cached_prompt_tokens_and_keeps_finished_turns(moe: Moe) -> None:
+    """A prompt joining a running batch after another with the same start finds its
+    blocks (its usage says how many); so does a next turn that repeats a finished
+    conversation, reply included."""
+    engine = cached_engine(moe)
     try:
-
-        def ignore(event: Event) -> None:
-            pass
-
-        def run(prompt: list[int], max_tokens: int) -> tuple[list[int], Any]:
-            done = threading.Event()
-            out: list[Event] = []
-
-            def sink(event: Event) -> None:
-                out.append(event)
-                if isinstance(event, Done):
-                    done.set()
-
-            engine.submit(Request(tuple(prompt), max_tokens, engine.now()), sink)
-            assert done.wait(60)
-            ids = [t for e in out for t in getattr(e, "token_ids", ())]
-            last = out[-1]
-            assert isinstance(last, Done)
-            return ids, last.usage
-
-        # keeps a batch running (until cancelled), so the prompts below join its steps
-        long_one = Request(tuple(moe.encode(PROMPTS[1])), 900, engine.now())
-        background = engine.submit(long_one, ignore)
+        background = keep_a_batch_running(engine, moe)
         prompt = moe.encode(" ".join(PROMPTS * 3))
-        first, usage = run(prompt, 4)
+        first, usage = run(engine, prompt, 4)
         assert usage.cached_prompt_tokens == 0
-        again, usage = run(prompt, 4)
+        again, usage = run(engine, prompt, 4)
         assert again == first == moe.greedy(prompt, 4)
         assert usage.cached_prompt_tokens == (len(prompt) - 1) // 8 * 8 > 0
         turn = prompt + first + moe.encode(PROMPTS[0])  # the conversation's next turn
-        ids, usage = run(turn, 3)
+        ids, usage = run(engine, turn, 3)
         assert ids == moe.greedy(turn, 3)
         assert usage.cached_prompt_tokens == (len(prompt) + len(first) - 1) // 8 * 8
-        # A conversation past the step's budget (512 tokens) is prefilled in chunks; its
-        # next turn runs only what is new, so it joins the step.
+        # A conversation past the step's budget (512 tokens) is prefilled in chunks (after
+        # the start it shares with the prompts above); its next turn runs only what is
+        # new, so it joins the step.
         long = moe.encode(" ".join(PROMPTS * 40))
         assert 600 < len(long) < 900
-        reply, usage = run(long, 3)
-        assert usage.cached_prompt_tokens == 0 and reply == moe.greedy(long, 3)
+        reply, usage = run(engine, long, 3)
+        assert 0 < usage.cached_prompt_tokens < len(prompt) and reply == moe.greedy(long, 3)
         turn = long + reply + moe.encode(PROMPTS[2])
-        ids, usage = run(turn, 3)
+        ids, usage = run(engine, turn, 3)
         assert ids == moe.greedy(turn, 3)
         assert usage.cached_prompt_tokens == (len(long) + len(reply) - 1) // 8 * 8
         engine.cancel(background)
+    finally:
+        engine.stop()
+
+
+@pytest.mark.parametrize("batch", ["idle", "running"])
+def test_a_long_prompt_is_prefilled_in_chunks_from_its_cached_start(moe: Moe, batch: str) -> None:
+    """A prompt whose new part is longer than a chunk is prefilled in chunks, starting
+    after the blocks the prefix cache has of it (a shared long system prompt, a long
+    document asked about again); a prompt prefilled apart leaves its blocks as it joins
+    the batch. Replies stay `generate`'s."""
+    engine = cached_engine(moe, prefill_chunk_tokens=16)
+    try:
+        background = keep_a_batch_running(engine, moe) if batch == "running" else None
+        system = moe.encode(" ".join(PROMPTS * 3))
+        assert len(system) > 40
+        first, usage = run(engine, system, 2)  # kept as it joins the batch
+        assert usage.cached_prompt_tokens == 0 and first == moe.greedy(system, 2)
+        for question in PROMPTS[2:]:
+            prompt = system + moe.encode(" ".join([question] * 6))
+            assert len(prompt) - len(system) > 16  # more new tokens than a chunk
+            ids, usage = run(engine, prompt, 4)
+            assert ids == moe.greedy(prompt, 4)
+            assert usage.cached_prompt_tokens >= len(system) // 8 * 8
+        # Two admitted together: the second's chunks start when the first's are done, from
+        # the blocks the first left.
+        prompt = moe.encode(" ".join(reversed(PROMPTS * 8)))
+        (first, one), (second, other) = run_together(engine, [prompt, prompt], 3)
+        assert first == second == moe.greedy(prompt, 3)
+        assert one.cached_prompt_tokens == 0
+        assert other.cached_prompt_tokens == (len(prompt) - 1) // 8 * 8
+        if background is not None:
+            engine.cancel(background)
     finally:
         engine.stop()
 

@@ -4,14 +4,14 @@ The requests joining at one step are prefilled together in one forward (packed s
 to a row, each prompt masked to itself, positions from its own start: the first token
 `generate` picks for each), or, beside a running batch, inside its decode step as a
 ragged batch (`step_joining`, agent/serve/ragged.py); a prompt longer than a chunk is
-prefilled a chunk per call (`Prefilling`), so the engine can run decode steps between
-its chunks. A prefilled prompt then takes a row of the running batch's `SlotCache`
-(preallocated, one row per sequence, each row its own length). A decode step feeds
-every row its last token in one forward, with a per-row attention mask and per-row
-positions computed from the cache's length tensor in place: no per-sequence tensor work
-and no copy of the cache per step. A sequence that leaves frees its row (the last row
-moves into it). On CUDA the step is replayed from CUDA graphs captured per batch-size
-bucket (agent/serve/cuda_graphs.py).
+prefilled a chunk per call (`Prefilling`, after the start the prefix cache has of it),
+so the engine can run decode steps between its chunks. A prefilled prompt then takes a
+row of the running batch's `SlotCache` (preallocated, one row per sequence, each row its
+own length). A decode step feeds every row its last token in one forward, with a per-row
+attention mask and per-row positions computed from the cache's length tensor in place:
+no per-sequence tensor work and no copy of the cache per step. A sequence that leaves
+frees its row (the last row moves into it). On CUDA the step is replayed from CUDA
+graphs captured per batch-size bucket (agent/serve/cuda_graphs.py).
 
 Why not transformers' continuous batching (`init_continuous_batching`)? It runs on
 CPU, streams and cancels, but (1) its own scheduler admits as soon as a request
@@ -165,6 +165,8 @@ class BatchDecoder(Generic[K]):
     ) -> tuple[torch.Tensor, Prefilled] | None:
         """Runs the prompt's next `tokens` tokens over the cache of those before them:
         None until the last chunk, then what `prefill` gives for the whole prompt."""
+        if state.cached is None:  # at the first chunk: what a prompt admitted with it left
+            state.start_after(self._match(state.prompt))
         end = min(len(state.prompt), state.done + max(1, tokens))
         chunk = list(state.prompt[state.done : end])
         ids = torch.tensor([chunk], dtype=torch.long, device=self.device)

@@ -43,7 +43,7 @@ from agent.serve.prefix_cache import PrefixCache
 from agent.serve.sampling import GREEDY, Sampling, choose_tokens
 from agent.serve.sequence import Sequence, usage
 from agent.serve.stats import StepRecorder
-from agent.serve.text import TextStream, text_decoder
+from agent.serve.text import TextStream, stream_decoder, text_decoder
 
 log = logging.getLogger("gantry.serve")
 
@@ -72,6 +72,7 @@ class Engine:
         self._model = model
         self._tokenizer = tokenizer
         self._decode_text = text_decoder(tokenizer)
+        self._stream_text = stream_decoder(tokenizer)
         self._scheduler = scheduler
         self._stats = stats
         self._eos = frozenset(eos_token_ids)
@@ -136,7 +137,7 @@ class Engine:
         sequence = Sequence(
             request=request,
             sink=sink,
-            text=TextStream(self._decode_text, request.prompt_ids, request.stop),
+            text=TextStream(self._decode_text, request.prompt_ids, request.stop, self._stream_text),
             sampling=Sampling(request.temperature, request.top_p, generator, request.top_k),
             ignore_eos=ignore_eos,
         )
@@ -241,6 +242,7 @@ class Engine:
                     finished.append(key)
                 else:
                     self._decoder.join(key, prefilled)
+                    self._decoder.keep_prefix(key, sequence.request.prompt_ids)
         self._finish(finished)
         if len(self._decoder):
             finished = []
@@ -320,7 +322,9 @@ class Engine:
             done = self._decoder.prefill_chunk(state, self._chunk)
             if done is not None:
                 del self._prefilling[key]
-                ready.append(((key, self._running[key]), done))
+                sequence = self._running[key]
+                sequence.cached_tokens = state.cached or 0
+                ready.append(((key, sequence), done))
         return ready
 
     def _accept(self, sequence: Sequence, token: int) -> bool:

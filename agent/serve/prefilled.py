@@ -10,6 +10,8 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from agent.serve.prefix_cache import Match
+
 
 class UnsupportedModel(RuntimeError):
     pass
@@ -60,3 +62,13 @@ class Prefilling:
     prompt: tuple[int, ...]
     cache: DynamicCache
     done: int = 0  # tokens prefilled so far
+    cached: int | None = None  # of them, found in the prefix cache (None: not asked yet)
+
+    def start_after(self, match: Match) -> None:
+        """The cache starts with the blocks found of the prompt: chunks run the rest."""
+        self.cached = match.tokens
+        if match.kv is None:
+            return
+        for layer in range(match.kv.shape[0]):
+            self.cache.update(match.kv[layer, 0][None], match.kv[layer, 1][None], layer)
+        self.done = match.tokens
