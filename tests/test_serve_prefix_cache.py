@@ -223,13 +223,16 @@ def test_the_engine_reports_cached_prompt_tokens_and_keeps_finished_turns(moe: M
         engine.stop()
 
 
+@pytest.mark.parametrize("chunk", [16, None])
 @pytest.mark.parametrize("batch", ["idle", "running"])
-def test_a_long_prompt_is_prefilled_in_chunks_from_its_cached_start(moe: Moe, batch: str) -> None:
-    """A prompt whose new part is longer than a chunk is prefilled in chunks, starting
-    after the blocks the prefix cache has of it (a shared long system prompt, a long
-    document asked about again); a prompt prefilled apart leaves its blocks as it joins
-    the batch. Replies stay `generate`'s."""
-    engine = cached_engine(moe, prefill_chunk_tokens=16)
+def test_a_prompt_prefilled_apart_starts_from_its_cached_start(
+    moe: Moe, batch: str, chunk: int | None
+) -> None:
+    """A prompt prefilled apart from the step, in chunks (its new part longer than a
+    chunk) or alone (on an idle engine), starts after the blocks the prefix cache has of
+    it (a shared system prompt, a document asked about again), and leaves its own as it
+    joins the batch. Replies stay `generate`'s."""
+    engine = cached_engine(moe, **({} if chunk is None else {"prefill_chunk_tokens": chunk}))
     try:
         background = keep_a_batch_running(engine, moe) if batch == "running" else None
         system = moe.encode(" ".join(PROMPTS * 3))
@@ -242,6 +245,8 @@ def test_a_long_prompt_is_prefilled_in_chunks_from_its_cached_start(moe: Moe, ba
             ids, usage = run(engine, prompt, 4)
             assert ids == moe.greedy(prompt, 4)
             assert usage.cached_prompt_tokens >= len(system) // 8 * 8
+        if chunk is None:  # two admitted together on an idle engine are prefilled packed
+            return
         # Two admitted together: the second's chunks start when the first's are done, from
         # the blocks the first left.
         prompt = moe.encode(" ".join(reversed(PROMPTS * 8)))

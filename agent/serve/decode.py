@@ -143,9 +143,10 @@ class BatchDecoder(Generic[K]):
             ~mask, torch.finfo(dtype).min
         )
 
-    def _prefilled(self, cache: DynamicCache, length: int) -> Prefilled:
+    def _prefilled(self, cache: DynamicCache, length: int, cached: int = 0) -> Prefilled:
         kvs = [kv_of(layer) for layer in layers_of(cache)]
-        return Prefilled(keys=[k for k, _ in kvs], values=[v for _, v in kvs], length=length)
+        keys, values = [k for k, _ in kvs], [v for _, v in kvs]
+        return Prefilled(keys=keys, values=values, length=length, cached=cached)
 
     @torch.inference_mode()
     def prefill(self, prompt_ids: Sequence[int]) -> tuple[torch.Tensor, Prefilled]:
@@ -178,7 +179,7 @@ class BatchDecoder(Generic[K]):
         state.done = end
         if end < len(state.prompt):
             return None
-        return logits, self._prefilled(state.cache, end)
+        return logits, self._prefilled(state.cache, end, state.cached or 0)
 
     @torch.inference_mode()
     def prefill_many(
@@ -188,9 +189,13 @@ class BatchDecoder(Generic[K]):
         packing.py), each attending only to itself with positions from its own start:
         what `prefill` gives each one, at the cost of about one. Requests admitted
         together would otherwise wait for each other's prefills in turn, the last of 32
-        for 32."""
+        for 32. One prompt alone (an idle engine's) starts after the blocks the prefix
+        cache has of it."""
         if len(prompts) == 1:
-            return [self.prefill(prompts[0])]
+            state = self.start_prefill(prompts[0])
+            alone = self.prefill_chunk(state, len(state.prompt))
+            assert alone is not None  # one chunk of the whole prompt: its last
+            return [alone]
         packed = pack(prompts)
         columns = packed.last_columns()
         kept = len(columns) if self._logits_to_keep else packed.ids.shape[1]

@@ -236,6 +236,7 @@ class Engine:
         # The events of each phase reach the event loop together at its end (one wake-up).
         with held_wakeups():
             for (key, sequence), (logits, prefilled) in self._prefill(admitted, joining):
+                sequence.cached_tokens = prefilled.cached
                 [token] = choose_tokens(logits, [sequence.sampling])
                 generated += 1
                 if self._accept(sequence, token):
@@ -322,9 +323,7 @@ class Engine:
             done = self._decoder.prefill_chunk(state, self._chunk)
             if done is not None:
                 del self._prefilling[key]
-                sequence = self._running[key]
-                sequence.cached_tokens = state.cached or 0
-                ready.append(((key, sequence), done))
+                ready.append(((key, self._running[key]), done))
         return ready
 
     def _accept(self, sequence: Sequence, token: int) -> bool:

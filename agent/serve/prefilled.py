@@ -24,6 +24,7 @@ class Prefilled:
     keys: list[torch.Tensor]  # per layer [1, heads, length, dim]
     values: list[torch.Tensor]
     length: int
+    cached: int = 0  # of its first tokens, found in the prefix cache
 
 
 def vocab_size(model: Any) -> int:
