@@ -231,14 +231,17 @@ def test_a_prompt_prefilled_apart_starts_from_its_cached_start(
     """A prompt prefilled apart from the step, in chunks (its new part longer than a
     chunk) or alone (on an idle engine), starts after the blocks the prefix cache has of
     it (a shared system prompt, a document asked about again), and leaves its own as it
-    joins the batch. Replies stay `generate`'s."""
+    joins the batch (or, its first token its last, as it ends). Replies stay
+    `generate`'s."""
     engine = cached_engine(moe, **({} if chunk is None else {"prefill_chunk_tokens": chunk}))
     try:
         background = keep_a_batch_running(engine, moe) if batch == "running" else None
         system = moe.encode(" ".join(PROMPTS * 3))
         assert len(system) > 40
-        first, usage = run(engine, system, 2)  # kept as it joins the batch
-        assert usage.cached_prompt_tokens == 0 and first == moe.greedy(system, 2)
+        first, usage = run(engine, system, 1)  # one token: kept, though it never joins
+        assert usage.cached_prompt_tokens == 0 and first == moe.greedy(system, 1)
+        again, usage = run(engine, system, 1)
+        assert again == first and usage.cached_prompt_tokens == (len(system) - 1) // 8 * 8
         for question in PROMPTS[2:]:
             prompt = system + moe.encode(" ".join([question] * 6))
             assert len(prompt) - len(system) > 16  # more new tokens than a chunk

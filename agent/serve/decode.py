@@ -330,6 +330,11 @@ class BatchDecoder(Generic[K]):
 
         self._prefix.insert(tokens[:length], kv)
 
+    def keep_prefilled(self, tokens: Sequence[int], prefilled: Prefilled) -> None:
+        """Keeps the blocks of a prompt prefilled apart that ends at its first token."""
+        if self._prefix is not None and self._ragged is not False:
+            self._prefix.insert(tokens[: prefilled.length], prefilled.kv)
+
     @torch.inference_mode()
     def step_joining(
         self, tokens: Mapping[K, int], joining: Sequence[tuple[K, Sequence[int]]]

@@ -241,6 +241,7 @@ class Engine:
                 generated += 1
                 if self._accept(sequence, token):
                     finished.append(key)
+                    self._decoder.keep_prefilled(sequence.request.prompt_ids, prefilled)
                 else:
                     self._decoder.join(key, prefilled)
                     self._decoder.keep_prefix(key, sequence.request.prompt_ids)

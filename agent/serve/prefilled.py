@@ -26,6 +26,13 @@ class Prefilled:
     length: int
     cached: int = 0  # of its first tokens, found in the prefix cache
 
+    def kv(self, start: int, end: int) -> torch.Tensor:
+        """Positions [start, end) as the prefix cache keeps them (SlotCache.row_kv's)."""
+        pairs = zip(self.keys, self.values, strict=True)
+        return torch.stack(
+            [torch.stack((k[0, :, start:end], v[0, :, start:end])) for k, v in pairs]
+        )
+
 
 def vocab_size(model: Any) -> int:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
