@@ -58,7 +58,7 @@ def text_decoder(tokenizer: Any) -> Decode:
 def stream_decoder(tokenizer: Any) -> StreamOf | None:
     """tokenizers' `DecodeStream` for a tokenizer `text_decoder` calls directly (a token
     costs a quarter of the Python scheme's two decodes on the demo tokenizer); None
-    otherwise, or where tokenizers' DecodeStream takes no starting ids (before 0.22)."""
+    otherwise, or where tokenizers' DecodeStream takes no starting ids (older releases)."""
     backend = _fast_backend(tokenizer)
     try:
         from tokenizers.decoders import DecodeStream
