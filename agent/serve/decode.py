@@ -331,7 +331,7 @@ class BatchDecoder(Generic[K]):
         self._prefix.insert(tokens[:length], kv)
 
     def keep_prefilled(self, tokens: Sequence[int], prefilled: Prefilled) -> None:
-        """Keeps the blocks of a prompt prefilled apart that ends at its first token."""
+        """Keeps the blocks of a prompt prefilled apart (as it joins, or ends at once)."""
         if self._prefix is not None and self._ragged is not False:
             self._prefix.insert(tokens[: prefilled.length], prefilled.kv)
 

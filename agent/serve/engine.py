@@ -239,12 +239,11 @@ class Engine:
                 sequence.cached_tokens = prefilled.cached
                 [token] = choose_tokens(logits, [sequence.sampling])
                 generated += 1
+                self._decoder.keep_prefilled(sequence.request.prompt_ids, prefilled)
                 if self._accept(sequence, token):
                     finished.append(key)
-                    self._decoder.keep_prefilled(sequence.request.prompt_ids, prefilled)
                 else:
                     self._decoder.join(key, prefilled)
-                    self._decoder.keep_prefix(key, sequence.request.prompt_ids)
         self._finish(finished)
         if len(self._decoder):
             finished = []

@@ -10,7 +10,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from agent.serve.prefix_cache import Match
+from agent.serve.prefix_cache import Match, stacked_kv
 
 
 class UnsupportedModel(RuntimeError):
@@ -27,11 +27,8 @@ class Prefilled:
     cached: int = 0  # of its first tokens, found in the prefix cache
 
     def kv(self, start: int, end: int) -> torch.Tensor:
-        """Positions [start, end) as the prefix cache keeps them (SlotCache.row_kv's)."""
-        pairs = zip(self.keys, self.values, strict=True)
-        return torch.stack(
-            [torch.stack((k[0, :, start:end], v[0, :, start:end])) for k, v in pairs]
-        )
+        """Positions [start, end) as the prefix cache keeps them."""
+        return stacked_kv(self.keys, self.values, 0, start, end)
 
 
 def vocab_size(model: Any) -> int:

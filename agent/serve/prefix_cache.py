@@ -39,6 +39,17 @@ Key = tuple[int, tuple[int, ...]]  # (parent block's id, 0 at the start; the blo
 KV = Callable[[int, int], torch.Tensor]
 
 
+def stacked_kv(
+    keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor], row: int, start: int, end: int
+) -> torch.Tensor:
+    """Row `row` of per-layer [rows, kv heads, length, dim] keys and values, positions
+    [start, end), in the layout a block keeps."""
+    pairs = zip(keys, values, strict=True)
+    return torch.stack(
+        [torch.stack((k[row, :, start:end], v[row, :, start:end])) for k, v in pairs]
+    )
+
+
 @dataclass
 class _Block:
     id: int

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from agent.serve.prefix_cache import stacked_kv
+
 MIN_LENGTH = 64
 
 
@@ -99,9 +101,7 @@ class SlotCache:
 
     def row_kv(self, row: int, start: int, end: int) -> torch.Tensor:
         """Row `row`'s keys and values at positions [start, end), as write_prefix takes them."""
-        pairs = zip(self.keys, self.values, strict=True)
-        kv = [torch.stack((k[row, :, start:end], v[row, :, start:end])) for k, v in pairs]
-        return torch.stack(kv)
+        return stacked_kv(self.keys, self.values, row, start, end)
 
     def move_rows(self, sources: list[int], targets: list[int]) -> None:
         """Copies rows `sources` into rows `targets` (a leaving sequence's row is reused)."""

@@ -60,13 +60,13 @@ def stream_decoder(tokenizer: Any) -> StreamOf | None:
     costs a quarter of the Python scheme's two decodes on the demo tokenizer); None
     otherwise, or where tokenizers' DecodeStream takes no starting ids (older releases)."""
     backend = _fast_backend(tokenizer)
+    if backend is None:
+        return None
     try:
         from tokenizers.decoders import DecodeStream
 
         DecodeStream(ids=[], skip_special_tokens=True)
     except (ImportError, TypeError):
-        return None
-    if backend is None:
         return None
 
     def stream_of(context: Sequence[int]) -> Step | None:
